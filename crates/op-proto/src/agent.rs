@@ -1,0 +1,156 @@
+//! The agent ↔ manager protocol (DESIGN.md section 5.1).
+//!
+//! - `POST /v1/agent/register` with [`RegisterRequest`] → [`RegisterResponse`].
+//! - `POST /v1/agent/sync?index=N&wait=30s` with a [`Heartbeat`] body → [`DesiredState`]. The call
+//!   returns at once when the manager's state index differs from N, else when something for this
+//!   node changes or the wait ends. It carries the full desired state, so a reconnect can never miss
+//!   an update. (DESIGN sketched a GET; a POST lets the heartbeat ride in the body.)
+//! - `POST /v1/agent/runs` with a [`RunBatch`] → [`RunBatchAck`]; idempotent by run id.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::job::JobSpec;
+use crate::node::{AgentStats, LoadInfo, RunningRun};
+use crate::package::{InstalledPackage, PackageRef};
+use crate::run::{RunRecord, Trigger};
+
+/// Longest wait a sync call may ask for.
+pub const MAX_SYNC_WAIT_SECS: u64 = 120;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub api_version: u32,
+    pub node_id: Uuid,
+    pub hostname: String,
+    pub ips: Vec<IpAddr>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub agent_version: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub arch: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub node_id: Uuid,
+    /// The API URLs of every manager in the cluster.
+    pub managers: Vec<String>,
+    pub settings: AgentSettings,
+}
+
+/// Settings the manager hands to every agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSettings {
+    /// How long a sync call parks when nothing changes. The agent's heartbeat period.
+    pub sync_wait_secs: u64,
+    /// Most run records per `POST /v1/agent/runs`.
+    pub run_batch_max: usize,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            sync_wait_secs: 10,
+            run_batch_max: 500,
+        }
+    }
+}
+
+/// Query of a sync call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncQuery {
+    /// The `index` of the last desired state the agent applied (0 at start).
+    #[serde(default)]
+    pub index: u64,
+    /// Seconds to park when nothing changed.
+    #[serde(default)]
+    pub wait: Option<u64>,
+}
+
+/// The body of every sync call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub node_id: Uuid,
+    pub agent_version: String,
+    #[serde(default)]
+    pub load: Option<LoadInfo>,
+    #[serde(default)]
+    pub running: Vec<RunningRun>,
+    #[serde(default)]
+    pub packages: Vec<InstalledPackage>,
+    #[serde(default)]
+    pub stats: AgentStats,
+}
+
+/// One job an agent must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredJob {
+    pub revision: u64,
+    pub spec: JobSpec,
+}
+
+/// Everything a node must be doing, computed for that node by the manager.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// Pass back as `index` on the next sync.
+    pub index: u64,
+    /// The jobs this node runs after host selection. A once-job appears only while this node is a
+    /// pending target of its current revision.
+    pub jobs: Vec<DesiredJob>,
+    #[serde(default)]
+    pub packages: Vec<PackageRef>,
+    #[serde(default)]
+    pub directives: Vec<Directive>,
+    #[serde(default)]
+    pub managers: Vec<String>,
+    #[serde(default)]
+    pub settings: Option<AgentSettings>,
+}
+
+/// A one-off order for this node, carried by the sync channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Directive {
+    /// Run a job (or an ad-hoc command wrapped in a job) now. The manager picks the run id, so a
+    /// directive received twice runs once.
+    Run(Box<RunDirective>),
+    /// Stop a run in progress.
+    Kill { run_id: Uuid },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunDirective {
+    pub invocation_id: Uuid,
+    pub run_id: Uuid,
+    pub revision: u64,
+    pub spec: JobSpec,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    pub trigger: Trigger,
+    /// Do not start after this instant (the caller has given up on this host).
+    pub not_after: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunBatch {
+    pub node_id: Uuid,
+    pub runs: Vec<RunRecord>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunBatchAck {
+    /// Records stored now.
+    pub accepted: usize,
+    /// Records the manager already had (a redelivery).
+    pub duplicates: usize,
+}

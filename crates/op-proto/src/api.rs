@@ -1,0 +1,306 @@
+//! Request and response bodies shared by the manager's and the agent's HTTP APIs.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::job::JobSpec;
+use crate::run::RunStatus;
+
+/// The API version of this build. A peer with another version gets a 400 naming both.
+pub const API_VERSION: u32 = 1;
+/// Header every client sends with its API version.
+pub const API_VERSION_HEADER: &str = "x-op-api-version";
+
+/// The error body of every `/v1` endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable machine-readable code (`not_found`, `invalid_job`, `unauthorized`, ...).
+    pub code: String,
+    /// One line for a person: what was wrong and what to do.
+    pub message: String,
+    /// Further lines, for example every error of a task file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+}
+
+impl ErrorBody {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            code: code.into(),
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+}
+
+/// The seed's response envelope, kept for `POST /api/opAgent`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeedEnvelope {
+    #[serde(rename = "Code")]
+    pub code: String,
+    #[serde(rename = "Message")]
+    pub message: String,
+    #[serde(rename = "Details")]
+    pub details: serde_json::Value,
+}
+
+impl SeedEnvelope {
+    pub fn ok(message: impl Into<String>, details: serde_json::Value) -> SeedEnvelope {
+        SeedEnvelope {
+            code: "OK".into(),
+            message: message.into(),
+            details,
+        }
+    }
+
+    pub fn error(message: impl Into<String>) -> SeedEnvelope {
+        SeedEnvelope {
+            code: "ERROR".into(),
+            message: message.into(),
+            details: serde_json::Value::Null,
+        }
+    }
+}
+
+/// A job as the manager stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub spec: JobSpec,
+    /// Bumped on every save, enable and disable.
+    pub revision: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Token name of the last writer.
+    #[serde(default)]
+    pub updated_by: String,
+}
+
+/// A job with what the manager computes for display.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub record: JobRecord,
+    /// The next fire times (empty for once and API jobs).
+    #[serde(default)]
+    pub next_fires: Vec<DateTime<Utc>>,
+}
+
+/// Hosts a once-job revision was assigned to at save time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnceSelection {
+    /// `hostname` of every selected node.
+    pub selected: Vec<TargetHost>,
+    /// Listed hosts (hostnames or IPs) that match no known node.
+    pub unknown: Vec<String>,
+    /// Listed hosts that are known but not Ready (they were not selected).
+    pub not_ready: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetHost {
+    pub node_id: Uuid,
+    pub hostname: String,
+    pub ips: String,
+}
+
+/// The answer to a job save.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaveJobResponse {
+    pub name: String,
+    pub revision: u64,
+    pub created: bool,
+    pub next_fires: Vec<DateTime<Utc>>,
+    #[serde(default)]
+    pub once: Option<OnceSelection>,
+}
+
+/// State of one once-job target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+impl TargetState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetState::Pending => "pending",
+            TargetState::Running => "running",
+            TargetState::Done => "done",
+            TargetState::Failed => "failed",
+        }
+    }
+}
+
+/// One row of `GET /v1/jobs/NAME/once`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnceTarget {
+    pub job: String,
+    pub revision: u64,
+    pub node_id: Uuid,
+    pub hostname: String,
+    pub state: TargetState,
+    #[serde(default)]
+    pub run_id: Option<Uuid>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Query of `GET /v1/runs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// A hostname, an IP or a node id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RunStatus>,
+    /// Runs that started at or after this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+    /// The latest N runs per node (the seed's `logs JOB HOST LIMIT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_node: Option<u32>,
+    /// Cap on the total number of rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocation: Option<Uuid>,
+    /// Only runs whose revision is this one (once-job versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+}
+
+/// Token scopes (DESIGN.md section 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Read only.
+    Viewer,
+    /// Jobs, runs, packages.
+    Operator,
+    /// Everything, including tokens and cluster membership.
+    Admin,
+    /// The agent protocol only.
+    Agent,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Viewer => "viewer",
+            Scope::Operator => "operator",
+            Scope::Admin => "admin",
+            Scope::Agent => "agent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scope> {
+        Some(match s {
+            "viewer" => Scope::Viewer,
+            "operator" => Scope::Operator,
+            "admin" => Scope::Admin,
+            "agent" => Scope::Agent,
+            _ => return None,
+        })
+    }
+
+    /// True when a token of this scope may read fleet data (nodes, jobs, runs, packages).
+    pub fn can_read(self) -> bool {
+        matches!(self, Scope::Viewer | Scope::Operator | Scope::Admin)
+    }
+
+    /// True when a token of this scope may change jobs, run them and manage packages.
+    pub fn can_operate(self) -> bool {
+        matches!(self, Scope::Operator | Scope::Admin)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    pub name: String,
+    pub scope: Scope,
+    /// Seconds until the token expires; none = never.
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// A token as listed (never with its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub scope: Scope,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// The answer to a token creation: the only time the secret is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub info: TokenInfo,
+    pub secret: String,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: u64,
+    pub at: DateTime<Utc>,
+    /// The token name that made the change.
+    pub actor: String,
+    /// What was done (`job.save`, `job.delete`, `token.create`, ...).
+    pub action: String,
+    /// What it was done to (a job name, a token name, ...).
+    pub target: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// A cluster member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    pub id: u64,
+    pub api_addr: String,
+    pub raft_addr: String,
+    pub voter: bool,
+    #[serde(default)]
+    pub matched_index: Option<u64>,
+}
+
+/// `GET /v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster_id: String,
+    pub node_id: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub state: String,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub members: Vec<ClusterMember>,
+}
+
+/// `GET /v1/version` on the manager and the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub version: String,
+    pub api_version: u32,
+    pub component: String,
+}
+
+/// Parameters of an invocation, as a JSON object of strings.
+pub type Params = BTreeMap<String, String>;

@@ -1,0 +1,834 @@
+//! The seed's task-file form of a [`JobSpec`].
+//!
+//! Compatibility rules (DESIGN.md section 1): keys match case-insensitively; keys that start with
+//! `#` are comments (the seed's samples write `"## Execute every minute": ""`); any other unknown
+//! key is an error that names the closest known key; flags accept `0`/`1` and `true`/`false`.
+//! Parsing collects every error in the file instead of stopping at the first one, so an operator
+//! fixes a file in one pass.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::{Map, Value, json};
+
+use super::{
+    CgroupLimits, Concurrency, DEFAULT_KILL_GRACE_SECS, JobSpec, MAX_COMMAND_LEN, MAX_PARAMS,
+    MAX_TIMEOUT_SECS, validate_name, validate_param_name,
+};
+use crate::hosts::HostPattern;
+use crate::schedule::{Schedule, Zone};
+
+/// Canonical spelling of every key a task file may hold, seed keys first.
+const KEYS: &[&str] = &[
+    "JobName",
+    "Command",
+    "CronExpr",
+    "OnceJob",
+    "Timeout",
+    "SynFlag",
+    "Enabled",
+    "WhiteHosts",
+    "BlackHosts",
+    "TimeZone",
+    "Concurrency",
+    "WorkDir",
+    "Env",
+    "RunAs",
+    "Params",
+    "Retries",
+    "RetryDelay",
+    "Jitter",
+    "Labels",
+    "KillGrace",
+    "CPUShares",
+    "CPUQuotaUs",
+    "MemoryLimit",
+    "MemorySwLimit",
+    "IOReadLimit",
+    "IOWriteLimit",
+    "IOLimitDevice",
+];
+
+/// Every key a task file may hold, in canonical spelling.
+pub fn known_keys() -> &'static [&'static str] {
+    KEYS
+}
+
+/// One problem with one field of a task file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The key as the file spelled it (or the canonical key for a missing field).
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why a task file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskFileError {
+    #[error("not valid JSON: {0}")]
+    NotJson(String),
+    #[error("a task file must be a JSON object, found {0}")]
+    NotObject(&'static str),
+    #[error("{}", join_errors(.0))]
+    Fields(Vec<FieldError>),
+}
+
+impl TaskFileError {
+    /// Every problem as its own line.
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            TaskFileError::Fields(errors) => errors.iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+fn join_errors(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Parses the text of a task file.
+pub fn parse(text: &str) -> Result<JobSpec, TaskFileError> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| TaskFileError::NotJson(e.to_string()))?;
+    parse_value(&value)
+}
+
+/// Parses a decoded task file.
+pub fn parse_value(value: &Value) -> Result<JobSpec, TaskFileError> {
+    let Value::Object(map) = value else {
+        return Err(TaskFileError::NotObject(json_kind(value)));
+    };
+    let mut reader = Reader::default();
+    let fields = reader.collect_keys(map);
+    let spec = reader.read(&fields);
+    if reader.errors.is_empty() {
+        Ok(spec)
+    } else {
+        Err(TaskFileError::Fields(reader.errors))
+    }
+}
+
+/// The task-file form of a job: the seed's keys always, our optional keys when not at default.
+pub fn to_value(spec: &JobSpec) -> Value {
+    let mut map = Map::new();
+    map.insert("JobName".into(), json!(spec.name));
+    map.insert("Command".into(), json!(spec.command));
+    map.insert("CronExpr".into(), json!(spec.cron_expr));
+    map.insert("OnceJob".into(), json!(u8::from(spec.once_job)));
+    map.insert("Timeout".into(), json!(spec.timeout_secs));
+    map.insert("SynFlag".into(), json!(u8::from(spec.syn_flag)));
+    map.insert("Enabled".into(), json!(u8::from(spec.enabled)));
+    map.insert("WhiteHosts".into(), hosts_value(&spec.white_hosts));
+    map.insert("BlackHosts".into(), hosts_value(&spec.black_hosts));
+    if let Some(tz) = &spec.time_zone {
+        map.insert("TimeZone".into(), json!(tz));
+    }
+    if spec.concurrency != Concurrency::Forbid {
+        map.insert("Concurrency".into(), json!(spec.concurrency.as_str()));
+    }
+    if let Some(dir) = &spec.work_dir {
+        map.insert("WorkDir".into(), json!(dir));
+    }
+    if !spec.env.is_empty() {
+        map.insert("Env".into(), json!(spec.env));
+    }
+    if let Some(user) = &spec.run_as {
+        map.insert("RunAs".into(), json!(user));
+    }
+    if !spec.params.is_empty() {
+        map.insert("Params".into(), json!(spec.params));
+    }
+    if spec.retries != 0 {
+        map.insert("Retries".into(), json!(spec.retries));
+    }
+    if spec.retry_delay_secs != 0 {
+        map.insert("RetryDelay".into(), json!(spec.retry_delay_secs));
+    }
+    if spec.jitter_secs != 0 {
+        map.insert("Jitter".into(), json!(spec.jitter_secs));
+    }
+    if !spec.labels.is_empty() {
+        map.insert("Labels".into(), json!(spec.labels));
+    }
+    if spec.kill_grace_secs != DEFAULT_KILL_GRACE_SECS {
+        map.insert("KillGrace".into(), json!(spec.kill_grace_secs));
+    }
+    let cg = &spec.cgroup;
+    for (key, value) in [
+        ("CPUShares", cg.cpu_shares),
+        ("CPUQuotaUs", cg.cpu_quota_us),
+        ("MemoryLimit", cg.memory_limit),
+        ("MemorySwLimit", cg.memory_sw_limit),
+        ("IOReadLimit", cg.io_read_limit),
+        ("IOWriteLimit", cg.io_write_limit),
+    ] {
+        if value != 0 {
+            map.insert(key.into(), json!(value));
+        }
+    }
+    if !cg.io_limit_device.is_empty() {
+        map.insert("IOLimitDevice".into(), json!(cg.io_limit_device));
+    }
+    Value::Object(map)
+}
+
+fn hosts_value(hosts: &[HostPattern]) -> Value {
+    Value::Array(hosts.iter().map(|h| json!(h.as_str())).collect())
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Levenshtein distance on lower-cased ASCII, for "did you mean" hints.
+fn distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.to_ascii_lowercase().chars().collect();
+    let b: Vec<char> = b.to_ascii_lowercase().chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn closest_key(key: &str) -> &'static str {
+    KEYS.iter()
+        .min_by_key(|k| distance(key, k))
+        .copied()
+        .unwrap_or("JobName")
+}
+
+/// Accumulates field errors while reading one file.
+#[derive(Default)]
+struct Reader {
+    errors: Vec<FieldError>,
+}
+
+/// The file's values by canonical key, with the spelling the file used.
+type Fields<'a> = BTreeMap<&'static str, (&'a str, &'a Value)>;
+
+impl Reader {
+    fn error(&mut self, field: &str, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn collect_keys<'a>(&mut self, map: &'a Map<String, Value>) -> Fields<'a> {
+        let mut fields = Fields::new();
+        for (key, value) in map {
+            if key.trim_start().starts_with('#') {
+                continue;
+            }
+            match KEYS.iter().find(|k| k.eq_ignore_ascii_case(key)) {
+                Some(canonical) => {
+                    if let Some((first, _)) = fields.get(canonical) {
+                        let message = format!("given twice (also as {first:?}); keep one");
+                        self.error(key, message);
+                    } else {
+                        fields.insert(canonical, (key.as_str(), value));
+                    }
+                }
+                None => {
+                    let message = format!(
+                        "unknown key; did you mean {:?}? (keys starting with '#' are comments)",
+                        closest_key(key)
+                    );
+                    self.error(key, message);
+                }
+            }
+        }
+        fields
+    }
+
+    fn read(&mut self, f: &Fields<'_>) -> JobSpec {
+        let mut spec = JobSpec::new("", "");
+
+        match f.get("JobName") {
+            None => self.error("JobName", "is required"),
+            Some((key, value)) => {
+                if let Some(name) = self.string(key, value) {
+                    if let Err(e) = validate_name(&name) {
+                        self.error(key, e);
+                    }
+                    spec.name = name;
+                }
+            }
+        }
+        match f.get("Command") {
+            None => self.error("Command", "is required"),
+            Some((key, value)) => {
+                if let Some(cmd) = self.string(key, value) {
+                    if cmd.trim().is_empty() {
+                        self.error(key, "must not be empty");
+                    } else if cmd.len() > MAX_COMMAND_LEN {
+                        self.error(
+                            key,
+                            format!(
+                                "is {} bytes; at most {MAX_COMMAND_LEN} are allowed",
+                                cmd.len()
+                            ),
+                        );
+                    } else if cmd.contains('\0') {
+                        self.error(key, "must not contain a NUL character");
+                    }
+                    spec.command = cmd;
+                }
+            }
+        }
+        if let Some((key, value)) = f.get("OnceJob")
+            && let Some(b) = self.flag(key, value)
+        {
+            spec.once_job = b;
+        }
+        if let Some((key, value)) = f.get("SynFlag")
+            && let Some(b) = self.flag(key, value)
+        {
+            spec.syn_flag = b;
+        }
+        if let Some((key, value)) = f.get("Enabled")
+            && let Some(b) = self.flag(key, value)
+        {
+            spec.enabled = b;
+        }
+        if let Some((key, value)) = f.get("Timeout")
+            && let Some(n) = self.number(key, value, 0, MAX_TIMEOUT_SECS, "seconds (0 = no limit)")
+        {
+            spec.timeout_secs = n;
+        }
+        if let Some((key, value)) = f.get("TimeZone")
+            && let Some(tz) = self.string(key, value)
+        {
+            let tz = tz.trim().to_string();
+            if tz.is_empty() {
+                spec.time_zone = None;
+            } else if Zone::parse(&tz).is_none() {
+                self.error(key, format!("{tz:?} is not a known IANA time zone (for example \"Europe/Berlin\", \"UTC\")"));
+            } else {
+                spec.time_zone = Some(tz);
+            }
+        }
+        if let Some((key, value)) = f.get("CronExpr") {
+            if let Some(expr) = self.string(key, value) {
+                spec.cron_expr = expr.trim().to_string();
+            }
+            if !spec.cron_expr.is_empty()
+                && let Err(e) = Schedule::parse(&spec.cron_expr, spec.zone())
+            {
+                self.error(key, e.to_string());
+            }
+        }
+        if spec.once_job && !spec.cron_expr.is_empty() {
+            self.error(
+                "OnceJob",
+                "a once-job runs once per saved revision and cannot also have a CronExpr; \
+                 set CronExpr to \"\" or OnceJob to 0",
+            );
+        }
+        if let Some((key, value)) = f.get("WhiteHosts") {
+            spec.white_hosts = self.hosts(key, value);
+        }
+        if let Some((key, value)) = f.get("BlackHosts") {
+            spec.black_hosts = self.hosts(key, value);
+        }
+        if let Some((key, value)) = f.get("Concurrency")
+            && let Some(s) = self.string(key, value)
+        {
+            match Concurrency::parse(s.trim()) {
+                Some(c) => spec.concurrency = c,
+                None => self.error(
+                    key,
+                    format!("{s:?} is not a policy; use \"forbid\", \"allow\" or \"replace\""),
+                ),
+            }
+        }
+        if let Some((key, value)) = f.get("WorkDir")
+            && let Some(dir) = self.string(key, value)
+        {
+            if dir.is_empty() {
+                spec.work_dir = None;
+            } else if !dir.starts_with('/') || dir.contains('\0') {
+                self.error(key, format!("{dir:?} must be an absolute path"));
+            } else {
+                spec.work_dir = Some(dir);
+            }
+        }
+        if let Some((key, value)) = f.get("Env")
+            && let Some(env) = self.string_map(key, value)
+        {
+            for (name, val) in &env {
+                if validate_param_name(name).is_err() {
+                    self.error(
+                        key,
+                        format!("variable name {name:?} must match [A-Za-z_][A-Za-z0-9_]*"),
+                    );
+                } else if name.to_ascii_uppercase().starts_with("OP_") {
+                    self.error(
+                        key,
+                        format!("variable name {name:?} uses the reserved prefix OP_"),
+                    );
+                }
+                if val.contains('\0') {
+                    self.error(key, format!("value of {name:?} must not contain NUL"));
+                }
+            }
+            spec.env = env;
+        }
+        if let Some((key, value)) = f.get("RunAs")
+            && let Some(user) = self.string(key, value)
+        {
+            if user.is_empty() {
+                spec.run_as = None;
+            } else if !valid_user(&user) {
+                self.error(key, format!("{user:?} is not a user name or numeric uid"));
+            } else {
+                spec.run_as = Some(user);
+            }
+        }
+        if let Some((key, value)) = f.get("Params") {
+            spec.params = self.params(key, value);
+        }
+        if !spec.params.is_empty() && (spec.once_job || !spec.cron_expr.is_empty()) {
+            self.error(
+                "Params",
+                "scheduled jobs run without parameters; declare Params only on API jobs \
+                 (CronExpr \"\" and OnceJob 0)",
+            );
+        }
+        if let Some((key, value)) = f.get("Retries")
+            && let Some(n) = self.number(key, value, 0, 10, "retries")
+        {
+            spec.retries = n as u32;
+        }
+        if let Some((key, value)) = f.get("RetryDelay")
+            && let Some(n) = self.number(key, value, 0, 86_400, "seconds")
+        {
+            spec.retry_delay_secs = n;
+        }
+        if let Some((key, value)) = f.get("Jitter")
+            && let Some(n) = self.number(key, value, 0, 3_600, "seconds")
+        {
+            spec.jitter_secs = n;
+        }
+        if let Some((key, value)) = f.get("KillGrace")
+            && let Some(n) = self.number(key, value, 0, 3_600, "seconds")
+        {
+            spec.kill_grace_secs = n;
+        }
+        if let Some((key, value)) = f.get("Labels")
+            && let Some(labels) = self.string_map(key, value)
+        {
+            for (k, v) in &labels {
+                if !valid_label(k) {
+                    self.error(
+                        key,
+                        format!("label key {k:?} must be 1..63 of [A-Za-z0-9._/-]"),
+                    );
+                }
+                if v.len() > 63 || v.chars().any(|c| c.is_control() || c == ',' || c == '=') {
+                    self.error(key, format!("label value {v:?} must be at most 63 characters without ',', '=' or control characters"));
+                }
+            }
+            spec.labels = labels;
+        }
+        spec.cgroup = self.cgroup(f);
+        spec
+    }
+
+    fn cgroup(&mut self, f: &Fields<'_>) -> CgroupLimits {
+        let mut cg = CgroupLimits::default();
+        const TIB: u64 = 1 << 40;
+        let num = |reader: &mut Reader, name: &str, lo: u64, hi: u64, what: &str| -> u64 {
+            match f.get(name) {
+                Some((key, value)) => reader.number(key, value, lo, hi, what).unwrap_or(0),
+                None => 0,
+            }
+        };
+        cg.cpu_shares = num(
+            self,
+            "CPUShares",
+            0,
+            262_144,
+            "a relative weight (0 = unset, else 2..262144)",
+        );
+        if cg.cpu_shares == 1 {
+            self.error("CPUShares", "1 is below the minimum weight 2 (0 = unset)");
+        }
+        cg.cpu_quota_us = num(
+            self,
+            "CPUQuotaUs",
+            0,
+            100_000_000,
+            "microseconds per 100 ms period (0 = unlimited)",
+        );
+        if (1..1000).contains(&cg.cpu_quota_us) {
+            self.error(
+                "CPUQuotaUs",
+                "must be 0 (unlimited) or at least 1000 microseconds",
+            );
+        }
+        cg.memory_limit = num(self, "MemoryLimit", 0, TIB, "bytes (0 = unlimited)");
+        cg.memory_sw_limit = num(self, "MemorySwLimit", 0, TIB, "bytes (0 = unlimited)");
+        if cg.memory_limit != 0 && cg.memory_sw_limit != 0 && cg.memory_sw_limit < cg.memory_limit {
+            self.error(
+                "MemorySwLimit",
+                "must be at least MemoryLimit (it counts memory plus swap)",
+            );
+        }
+        cg.io_read_limit = num(
+            self,
+            "IOReadLimit",
+            0,
+            TIB,
+            "bytes per second (0 = unlimited)",
+        );
+        cg.io_write_limit = num(
+            self,
+            "IOWriteLimit",
+            0,
+            TIB,
+            "bytes per second (0 = unlimited)",
+        );
+        if let Some((key, value)) = f.get("IOLimitDevice")
+            && let Some(dev) = self.string(key, value)
+        {
+            if !dev.is_empty() && !valid_device(&dev) {
+                self.error(
+                    key,
+                    format!("{dev:?} must be a device path under /dev/ or MAJOR:MINOR"),
+                );
+            }
+            cg.io_limit_device = dev;
+        }
+        if (cg.io_read_limit != 0 || cg.io_write_limit != 0) && cg.io_limit_device.is_empty() {
+            self.error(
+                "IOLimitDevice",
+                "is required when IOReadLimit or IOWriteLimit is set",
+            );
+        }
+        cg
+    }
+
+    fn string(&mut self, key: &str, value: &Value) -> Option<String> {
+        match value {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => Some(String::new()),
+            other => {
+                self.error(key, format!("must be a string, found {}", json_kind(other)));
+                None
+            }
+        }
+    }
+
+    fn flag(&mut self, key: &str, value: &Value) -> Option<bool> {
+        let parsed = match value {
+            Value::Bool(b) => Some(*b),
+            Value::Number(n) => match n.as_u64() {
+                Some(0) => Some(false),
+                Some(1) => Some(true),
+                _ => None,
+            },
+            Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+                "0" | "false" => Some(false),
+                "1" | "true" => Some(true),
+                _ => None,
+            },
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.error(
+                key,
+                format!("must be 0 or 1 (or false/true), found {value}"),
+            );
+        }
+        parsed
+    }
+
+    fn number(&mut self, key: &str, value: &Value, lo: u64, hi: u64, what: &str) -> Option<u64> {
+        let n: Option<i128> = match value {
+            Value::Number(n) => n
+                .as_i64()
+                .map(i128::from)
+                .or_else(|| n.as_u64().map(i128::from))
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() < 1e30)
+                        .map(|f| f as i128)
+                }),
+            Value::String(s) => s.trim().parse::<i128>().ok(),
+            _ => None,
+        };
+        match n {
+            None => {
+                self.error(
+                    key,
+                    format!("must be a whole number of {what}, found {value}"),
+                );
+                None
+            }
+            Some(n) if n < i128::from(lo) || n > i128::from(hi) => {
+                self.error(
+                    key,
+                    format!("{n} is out of range; allowed is {lo}..={hi} {what}"),
+                );
+                None
+            }
+            Some(n) => Some(n as u64),
+        }
+    }
+
+    fn hosts(&mut self, key: &str, value: &Value) -> Vec<HostPattern> {
+        let Value::Array(items) = value else {
+            if value.is_null() {
+                return Vec::new();
+            }
+            self.error(
+                key,
+                format!(
+                    "must be a list of host names, IPs, CIDRs or globs, found {}",
+                    json_kind(value)
+                ),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in items {
+            match item {
+                Value::String(s) if s.trim().is_empty() => {}
+                Value::String(s) => match HostPattern::parse(s.trim()) {
+                    Ok(p) => out.push(p),
+                    Err(e) => self.error(key, e.to_string()),
+                },
+                other => self.error(
+                    key,
+                    format!("entries must be strings, found {}", json_kind(other)),
+                ),
+            }
+        }
+        out
+    }
+
+    fn params(&mut self, key: &str, value: &Value) -> Vec<String> {
+        let Value::Array(items) = value else {
+            if value.is_null() {
+                return Vec::new();
+            }
+            self.error(
+                key,
+                format!(
+                    "must be a list of parameter names, found {}",
+                    json_kind(value)
+                ),
+            );
+            return Vec::new();
+        };
+        if items.len() > MAX_PARAMS {
+            self.error(
+                key,
+                format!(
+                    "declares {} parameters; at most {MAX_PARAMS} are allowed",
+                    items.len()
+                ),
+            );
+            return Vec::new();
+        }
+        let mut out: Vec<String> = Vec::new();
+        for item in items {
+            let Value::String(name) = item else {
+                self.error(
+                    key,
+                    format!("entries must be strings, found {}", json_kind(item)),
+                );
+                continue;
+            };
+            if let Err(e) = validate_param_name(name) {
+                self.error(key, e);
+            } else if out.iter().any(|p| p.eq_ignore_ascii_case(name)) {
+                self.error(
+                    key,
+                    format!("parameter {name:?} is declared twice (names are case-insensitive)"),
+                );
+            } else {
+                out.push(name.clone());
+            }
+        }
+        out
+    }
+
+    fn string_map(&mut self, key: &str, value: &Value) -> Option<BTreeMap<String, String>> {
+        match value {
+            Value::Null => Some(BTreeMap::new()),
+            Value::Object(map) => {
+                let mut out = BTreeMap::new();
+                for (k, v) in map {
+                    match v {
+                        Value::String(s) => {
+                            out.insert(k.clone(), s.clone());
+                        }
+                        Value::Number(n) => {
+                            out.insert(k.clone(), n.to_string());
+                        }
+                        Value::Bool(b) => {
+                            out.insert(k.clone(), b.to_string());
+                        }
+                        other => self.error(
+                            key,
+                            format!(
+                                "value of {k:?} must be a string, found {}",
+                                json_kind(other)
+                            ),
+                        ),
+                    }
+                }
+                Some(out)
+            }
+            other => {
+                self.error(
+                    key,
+                    format!("must be an object of strings, found {}", json_kind(other)),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn valid_user(user: &str) -> bool {
+    if user.chars().all(|c| c.is_ascii_digit()) {
+        return user.parse::<u32>().is_ok();
+    }
+    let mut chars = user.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    first_ok
+        && user.len() <= 32
+        && user
+            .trim_end_matches('$')
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn valid_label(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 63
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+}
+
+fn valid_device(dev: &str) -> bool {
+    if let Some((major, minor)) = dev.split_once(':') {
+        return major.parse::<u32>().is_ok() && minor.parse::<u32>().is_ok();
+    }
+    dev.starts_with("/dev/")
+        && dev.len() > 5
+        && !dev.split('/').any(|part| part == "..")
+        && !dev.contains('\0')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errs(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(spec) => panic!("expected an error, parsed {spec:?}"),
+            Err(e) => e.messages(),
+        }
+    }
+
+    #[test]
+    fn minimal_and_defaults() {
+        let spec = parse(r#"{"jobname":"a","command":"true"}"#).unwrap();
+        assert_eq!(spec, JobSpec::new("a", "true"));
+    }
+
+    #[test]
+    fn case_insensitive_and_comments() {
+        let spec =
+            parse(r###"{"JOBNAME":"a","cOmMaNd":"true","## note":"x","#":1,"oncejob":true}"###)
+                .unwrap();
+        assert!(spec.once_job);
+    }
+
+    #[test]
+    fn duplicate_keys_in_different_case() {
+        let e = errs(r#"{"JobName":"a","jobname":"b","Command":"x"}"#);
+        assert!(e.iter().any(|m| m.contains("given twice")), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_key_suggests_closest() {
+        let e = errs(r#"{"JobName":"a","Command":"x","Timout":3}"#);
+        assert_eq!(
+            e,
+            vec![
+                r#"Timout: unknown key; did you mean "Timeout"? (keys starting with '#' are comments)"#
+            ]
+        );
+        let e = errs(r#"{"JobName":"a","Command":"x","whitehost":[]}"#);
+        assert!(e[0].contains("\"WhiteHosts\""), "{e:?}");
+    }
+
+    #[test]
+    fn collects_all_errors() {
+        let e = errs(r#"{"Timeout":-1,"OnceJob":2}"#);
+        assert_eq!(e.len(), 4, "{e:?}");
+    }
+
+    #[test]
+    fn round_trip_full() {
+        let text = r#"{
+            "JobName":"full","Command":"echo {host}","Timeout":10,"SynFlag":1,"Enabled":0,
+            "WhiteHosts":["10.0.0.0/8","web-*"],"BlackHosts":["10.0.0.5"],"TimeZone":"Europe/Berlin",
+            "Concurrency":"replace","WorkDir":"/tmp","Env":{"A":"1"},"RunAs":"nobody","Params":["host"],
+            "Retries":2,"RetryDelay":3,"Jitter":4,"Labels":{"role":"db"},"KillGrace":7,
+            "CPUShares":512,"CPUQuotaUs":50000,"MemoryLimit":1048576,"MemorySwLimit":2097152,
+            "IOReadLimit":1000,"IOWriteLimit":2000,"IOLimitDevice":"/dev/sdb"}"#;
+        let spec = parse(text).unwrap();
+        let back = parse_value(&to_value(&spec)).unwrap();
+        assert_eq!(spec, back);
+        assert_eq!(spec.cgroup.memory_limit, 1_048_576);
+    }
+
+    #[test]
+    fn cgroup_rules() {
+        let e = errs(r#"{"JobName":"a","Command":"x","IOReadLimit":5}"#);
+        assert!(e[0].starts_with("IOLimitDevice"), "{e:?}");
+        let e = errs(r#"{"JobName":"a","Command":"x","MemoryLimit":10,"MemorySwLimit":5}"#);
+        assert!(e[0].starts_with("MemorySwLimit"), "{e:?}");
+        let e = errs(r#"{"JobName":"a","Command":"x","CPUQuotaUs":5}"#);
+        assert!(e[0].starts_with("CPUQuotaUs"), "{e:?}");
+    }
+
+    #[test]
+    fn once_job_with_cron_is_refused() {
+        let e = errs(r#"{"JobName":"a","Command":"x","OnceJob":1,"CronExpr":"* * * * *"}"#);
+        assert!(e[0].starts_with("OnceJob"), "{e:?}");
+    }
+}

@@ -1,0 +1,115 @@
+//! Node records: what the manager knows about each agent.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::hosts::HostIdentity;
+use crate::package::InstalledPackage;
+use crate::run::Trigger;
+
+/// Liveness as the manager sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NodeStatus {
+    /// Seen within `node_timeout`.
+    Ready,
+    /// Not seen for longer than `node_timeout`.
+    NotReady,
+    /// Forgotten by an operator or after `forget_after`; kept only for history.
+    Left,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Ready => "Ready",
+            NodeStatus::NotReady => "NotReady",
+            NodeStatus::Left => "Left",
+        }
+    }
+}
+
+/// Host load, read by the agent from /proc.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadInfo {
+    pub load1: f64,
+    pub load5: f64,
+    pub load15: f64,
+    pub cpus: u32,
+    pub mem_total_kb: u64,
+    pub mem_available_kb: u64,
+}
+
+/// A run in progress on a node, reported with every heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningRun {
+    pub run_id: Uuid,
+    pub job: String,
+    pub trigger: Trigger,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Counters an agent reports so that nothing it drops or skips is silent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStats {
+    /// Finished runs waiting in the outbox.
+    pub outbox_depth: u64,
+    /// Finished runs dropped because the outbox hit its byte budget.
+    pub dropped_runs: u64,
+    /// Cron fires missed while the agent was down or busy.
+    pub lost_fires: u64,
+    /// Fires skipped because the previous run was still alive.
+    pub skipped_fires: u64,
+}
+
+/// Everything the manager stores about one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: Uuid,
+    pub hostname: String,
+    pub ips: Vec<IpAddr>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub agent_version: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub arch: String,
+    pub status: NodeStatus,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    #[serde(default)]
+    pub load: Option<LoadInfo>,
+    #[serde(default)]
+    pub running: Vec<RunningRun>,
+    #[serde(default)]
+    pub packages: Vec<InstalledPackage>,
+    #[serde(default)]
+    pub stats: AgentStats,
+}
+
+impl NodeInfo {
+    pub fn identity(&self) -> HostIdentity {
+        HostIdentity {
+            hostname: self.hostname.clone(),
+            ips: self.ips.clone(),
+            labels: self.labels.clone(),
+        }
+    }
+
+    /// The IPs joined with ',' (the seed's HOSTIPS cell).
+    pub fn ip_string(&self) -> String {
+        join_ips(&self.ips)
+    }
+}
+
+/// IPs as the seed printed them: joined with ','.
+pub fn join_ips(ips: &[IpAddr]) -> String {
+    ips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}

@@ -1,0 +1,171 @@
+//! Run records: one execution of a job on one node.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Default size of the output tail kept with a run record (the full output stays on the agent).
+pub const DEFAULT_OUTPUT_TAIL: usize = 64 * 1024;
+
+/// Why a run started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Cron,
+    Once,
+    /// Invoked on the agent through its API (`/api/opAgent`, `/v1/jobs/NAME/run`).
+    Api,
+    /// Invoked through the manager (a directive on the sync channel).
+    Adhoc,
+    Retry,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Cron => "cron",
+            Trigger::Once => "once",
+            Trigger::Api => "api",
+            Trigger::Adhoc => "adhoc",
+            Trigger::Retry => "retry",
+        }
+    }
+}
+
+/// Where a run is, or how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    /// Exit code 0.
+    Ok,
+    /// Non-zero exit, or the process could not be started.
+    Failed,
+    /// Killed because it ran longer than its Timeout.
+    Timeout,
+    /// Killed on purpose: disabled or removed job, `replace` policy, agent shutdown, kill directive.
+    Killed,
+    /// Not started because the previous run was still alive (`forbid`).
+    Skipped,
+    /// The agent died while the run was in flight; reported after restart.
+    Lost,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Ok => "ok",
+            RunStatus::Failed => "failed",
+            RunStatus::Timeout => "timeout",
+            RunStatus::Killed => "killed",
+            RunStatus::Skipped => "skipped",
+            RunStatus::Lost => "lost",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        Some(match s {
+            "running" => RunStatus::Running,
+            "ok" => RunStatus::Ok,
+            "failed" => RunStatus::Failed,
+            "timeout" => RunStatus::Timeout,
+            "killed" => RunStatus::Killed,
+            "skipped" => RunStatus::Skipped,
+            "lost" => RunStatus::Lost,
+            _ => return None,
+        })
+    }
+
+    /// True for every status but `Running`.
+    pub fn is_final(self) -> bool {
+        self != RunStatus::Running
+    }
+
+    /// True for statuses that count as a problem in `analysis`.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Failed | RunStatus::Timeout | RunStatus::Killed | RunStatus::Lost
+        )
+    }
+}
+
+/// Resource usage of a finished run, from `wait4`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rusage {
+    pub user_ms: u64,
+    pub sys_ms: u64,
+    /// Peak RSS in KiB. On Linux this includes the agent's own pages copied at fork, so small jobs
+    /// report at least the agent's RSS.
+    pub max_rss_kb: u64,
+}
+
+/// One execution of a job on one node. Made by the agent (which picks the UUIDv7 `run_id`),
+/// delivered at least once, stored once by the manager.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: Uuid,
+    pub job: String,
+    pub job_revision: u64,
+    pub node_id: Uuid,
+    pub hostname: String,
+    pub ips: Vec<IpAddr>,
+    pub trigger: Trigger,
+    /// 0 for the first attempt, then 1.. for retries.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Set when the run belongs to a manager invocation (fan-out).
+    #[serde(default)]
+    pub invocation_id: Option<Uuid>,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// The command as it was run (after parameter substitution).
+    pub command: String,
+    #[serde(default)]
+    pub planned_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub ended_at: Option<DateTime<Utc>>,
+    pub status: RunStatus,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// Why the run did not succeed, in one line (`exit status 2`, `timeout after 10s`, ...).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The last bytes of merged stdout+stderr (lossy UTF-8).
+    #[serde(default)]
+    pub output: String,
+    /// True when `output` holds only the tail of a longer output.
+    #[serde(default)]
+    pub output_truncated: bool,
+    /// Total bytes the run wrote.
+    #[serde(default)]
+    pub output_bytes: u64,
+    #[serde(default)]
+    pub rusage: Option<Rusage>,
+}
+
+impl RunRecord {
+    /// Seconds from start to end, when both are known.
+    pub fn duration_ms(&self) -> Option<i64> {
+        Some((self.ended_at? - self.started_at?).num_milliseconds())
+    }
+
+    /// The first line of the error, or of the output when the run failed without one.
+    pub fn first_error_line(&self) -> String {
+        self.error
+            .as_deref()
+            .unwrap_or("")
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    }
+}
