@@ -1,0 +1,111 @@
+//! How results reach the operator: tables in the seed's shape and JSON.
+//!
+//! The seed printed with tablewriter: upper-case headers, no borders, columns padded and separated
+//! by a tab, a multi-line cell spanning several lines (one IP per line). We keep that look so
+//! scripts that cut columns keep working, and size nothing to the terminal unless asked to.
+
+use std::io::{self, Write};
+
+use chrono::{DateTime, Local, Utc};
+use serde::Serialize;
+
+/// A table of text cells; a cell may hold several lines.
+#[derive(Debug, Default)]
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new<S: AsRef<str>>(headers: &[S]) -> Table {
+        Table {
+            headers: headers.iter().map(|h| h.as_ref().to_uppercase()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row<S: Into<String>>(&mut self, cells: impl IntoIterator<Item = S>) {
+        self.rows.push(cells.into_iter().map(Into::into).collect());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Writes the table: each column as wide as its widest line plus a tab stop.
+    pub fn write(&self, out: &mut impl Write) -> io::Result<()> {
+        let cols = self.headers.len();
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (i, cell) in row.iter().enumerate().take(cols) {
+                for line in cell.lines() {
+                    widths[i] = widths[i].max(line.chars().count());
+                }
+            }
+        }
+        write_line(out, &self.headers, &widths)?;
+        for row in &self.rows {
+            let split: Vec<Vec<&str>> = (0..cols)
+                .map(|i| {
+                    let cell = row.get(i).map(String::as_str).unwrap_or("");
+                    let lines: Vec<&str> = cell.lines().collect();
+                    if lines.is_empty() { vec![""] } else { lines }
+                })
+                .collect();
+            let height = split.iter().map(Vec::len).max().unwrap_or(1);
+            for l in 0..height {
+                let line: Vec<String> = split
+                    .iter()
+                    .map(|c| c.get(l).copied().unwrap_or("").to_string())
+                    .collect();
+                write_line(out, &line, &widths)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_line(out: &mut impl Write, cells: &[String], widths: &[usize]) -> io::Result<()> {
+    let mut line = String::new();
+    for (i, cell) in cells.iter().enumerate() {
+        line.push_str(cell);
+        if i + 1 < cells.len() {
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            line.extend(std::iter::repeat_n(' ', pad));
+            line.push('\t');
+        }
+    }
+    writeln!(out, "{}", line.trim_end())
+}
+
+/// Prints a value as pretty JSON.
+pub fn write_json<T: Serialize + ?Sized>(out: &mut impl Write, value: &T) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value).map_err(io::Error::other)?;
+    writeln!(out)
+}
+
+/// A time as the seed printed it: local, `YYYY-MM-DD HH:MM:SS`.
+pub fn local_time(t: DateTime<Utc>) -> String {
+    t.with_timezone(&Local)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_shape() {
+        let mut t = Table::new(&["hostname", "ip"]);
+        t.row(["op-agent-test01", "192.168.1.1\n10.0.0.1"]);
+        t.row(["b", "192.168.1.2"]);
+        let mut out = Vec::new();
+        t.write(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "HOSTNAME       \tIP\nop-agent-test01\t192.168.1.1\n               \t10.0.0.1\nb              \t192.168.1.2\n"
+        );
+    }
+}

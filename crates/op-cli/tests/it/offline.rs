@@ -1,0 +1,209 @@
+//! Commands that need no manager: `validate`, `cron`, `completion`, help and version.
+
+use std::path::PathBuf;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn agentcli() -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin!("agentcli"));
+    cmd.env("TZ", "UTC");
+    cmd
+}
+
+fn fixture(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../op-proto/tests/data")
+        .join(path)
+}
+
+#[test]
+fn validate_accepts_the_seed_samples() {
+    let out = agentcli()
+        .arg("validate")
+        .args(
+            ["ll", "python_test", "cycleTest", "apiTest", "task-sample"]
+                .map(|f| fixture(&format!("seed/{f}.json"))),
+        )
+        .assert()
+        .success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(
+        text.contains("ll.json: OK  ls-l  (once-job, timeout 10s, sync)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("apiTest.json: OK  apiTest.py  (API job, no timeout, async)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cycleTest.json: OK  cycleTest.py  (cron \"*/5 * * * * * *\""),
+        "{text}"
+    );
+    // Three next fires, five seconds apart.
+    let next_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("next:"))
+        .unwrap();
+    assert_eq!(next_line.matches(", ").count(), 2, "{next_line}");
+}
+
+#[test]
+fn validate_refuses_each_bad_file_with_its_error() {
+    let table = [
+        ("missing-jobname.json", "JobName: is required"),
+        ("bad-name.json", "JobName: contains ' '"),
+        (
+            "unknown-key.json",
+            "Timout: unknown key; did you mean \"Timeout\"?",
+        ),
+        (
+            "cron-4-fields.json",
+            "cron expression has 4 fields; expected 5, 6 or 7",
+        ),
+        ("cron-8-fields.json", "cron expression has 8 fields"),
+        ("cron-61-seconds.json", "second field \"61\" is invalid"),
+        ("cron-never.json", "never fires again"),
+        ("negative-timeout.json", "Timeout: -1 is out of range"),
+        (
+            "bad-timezone.json",
+            "\"Mars/Olympus\" is not a known IANA time zone",
+        ),
+        ("bad-cidr.json", "is not a valid CIDR"),
+        ("not-json.json", "not valid JSON"),
+    ];
+    for (file, want) in table {
+        agentcli()
+            .arg("validate")
+            .arg(fixture(&format!("bad/{file}")))
+            .assert()
+            .code(1)
+            .stdout(predicate::str::contains("INVALID").and(predicate::str::contains(want)));
+    }
+}
+
+#[test]
+fn validate_mixed_files_exit_one_and_json_lists_all() {
+    let out = agentcli()
+        .args(["validate", "-o", "json"])
+        .arg(fixture("seed/ll.json"))
+        .arg(fixture("bad/unknown-key.json"))
+        .assert()
+        .code(1);
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v[0]["ok"], true);
+    assert_eq!(v[0]["job"]["JobName"], "ls-l");
+    assert_eq!(v[1]["ok"], false);
+    assert!(v[1]["errors"][0].as_str().unwrap().starts_with("Timout"));
+}
+
+#[test]
+fn validate_unreadable_file_is_an_error() {
+    agentcli()
+        .args(["validate", "/nonexistent/task.json"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::starts_with("agentcli: error:"));
+}
+
+#[test]
+fn cron_prints_next_fires_in_a_zone() {
+    agentcli()
+        .args([
+            "cron",
+            "0 30 2 * * * *",
+            "--count",
+            "3",
+            "--tz",
+            "America/New_York",
+            "--after",
+            "2026-03-07T00:00:00Z",
+        ])
+        .assert()
+        .success()
+        .stdout("2026-03-07 02:30:00 EST\n2026-03-08 03:00:00 EDT\n2026-03-09 02:30:00 EDT\n");
+}
+
+#[test]
+fn cron_seed_form_and_seed_output_flag() {
+    let out = agentcli()
+        .args([
+            "cron",
+            "*/10 * * * * * *",
+            "-n",
+            "2",
+            "--after",
+            "2026-11-25T08:29:43Z",
+            "--o",
+            "json",
+        ])
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v["next"][0], "2026-11-25T08:29:50Z");
+    assert_eq!(v["next"][1], "2026-11-25T08:30:00Z");
+}
+
+#[test]
+fn cron_errors() {
+    agentcli()
+        .args(["cron", "* * * *"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("4 fields"));
+    agentcli()
+        .args(["cron", "0 0 0 1 1 * 2020"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("never fires"));
+    agentcli()
+        .args(["cron", "@daily", "--tz", "Nowhere/City"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("unknown time zone"));
+}
+
+#[test]
+fn help_has_examples_and_completion_works() {
+    agentcli()
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Examples:"));
+    agentcli()
+        .args(["validate", "--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Examples:"));
+    agentcli()
+        .args(["cron", "--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Examples:"));
+    agentcli()
+        .args(["completion", "bash"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("agentcli"));
+    agentcli().arg("--version").assert().success();
+    agentcli().arg("no-such-command").assert().code(2);
+}
+
+#[test]
+fn broken_pipe_is_not_an_error() {
+    // Close stdout before the command writes to it: like `agentcli cron ... | head -0`.
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; '{}' cron '* * * * * * *' -n 100000 | head -c 0",
+            assert_cmd::cargo::cargo_bin!("agentcli").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", out);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
