@@ -1,0 +1,459 @@
+//! A typed async client for the op-manager HTTP API.
+//!
+//! One method per route, taking and returning `op-proto` types. Used by `agentcli`, the agent's
+//! link to its managers, `op-manager token ...`, the tests and the benchmarks, so the API has one
+//! Rust caller to keep in step with it. Every request carries the API version header and the
+//! bearer token. Errors tell "could not reach the manager" apart from "the manager said no", and
+//! the latter carries the server's [`ErrorBody`].
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use op_proto::agent::{
+    DesiredState, Heartbeat, RegisterRequest, RegisterResponse, RunBatch, RunBatchAck,
+};
+use op_proto::api::{
+    AuditEntry, ClusterStatus, CreateTokenRequest, CreatedToken, JobView, OnceTarget, RunQuery,
+    SaveJobResponse, TokenInfo, VersionInfo,
+};
+use op_proto::{API_VERSION, API_VERSION_HEADER, ErrorBody, JobSpec, NodeInfo, RunRecord};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+/// Default time limit of one request (a sync call adds its wait to it).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid manager URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot connect to {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("{url}: no answer within {secs} s")]
+    Timeout { url: String, secs: u64 },
+    #[error("{url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The manager answered with an error status.
+    #[error("{status}: {}", .body.message)]
+    Api { status: u16, body: ErrorBody },
+    #[error("{url}: unexpected response: {message}")]
+    Decode { url: String, message: String },
+}
+
+impl ClientError {
+    /// The server's error code (`not_found`, `unauthorized`, ...), when the server answered.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { body, .. } => Some(&body.code),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status, when the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// True when the manager could not be reached at all (worth trying another one).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connect { .. } | ClientError::Timeout { .. }
+        )
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// A client for one manager.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+/// `http://host:port` from `host:port`, `http://host:port/` or `https://...`.
+pub fn normalize_base_url(url: &str) -> Result<String> {
+    let trimmed = url.trim().trim_end_matches('/');
+    let with_scheme = if trimmed.contains("://") {
+        trimmed.to_string()
+    } else {
+        format!("http://{trimmed}")
+    };
+    let parsed = reqwest::Url::parse(&with_scheme).map_err(|e| ClientError::BadUrl {
+        url: url.to_string(),
+        reason: e.to_string(),
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(ClientError::BadUrl {
+            url: url.to_string(),
+            reason: "expected http://HOST:PORT or https://HOST:PORT".into(),
+        });
+    }
+    Ok(with_scheme)
+}
+
+impl Client {
+    /// A client for the manager at `base_url`, authenticating with `token` (if any).
+    pub fn new(base_url: &str, token: Option<&str>) -> Result<Client> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ClientError::Transport {
+                url: base_url.to_string(),
+                source: e,
+            })?;
+        Ok(Client {
+            http,
+            base: normalize_base_url(base_url)?,
+            token: token.map(|t| t.trim().to_string()),
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// The same client with another per-request time limit.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// A request to `path` (starting with `/`) with the version header and credentials set; for
+    /// callers that need something the typed methods do not offer.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header(API_VERSION_HEADER, API_VERSION.to_string())
+            .timeout(self.timeout);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        req
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, path: &str, req: RequestBuilder) -> Result<Response> {
+        let resp = req.send().await.map_err(|e| self.transport(path, e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let body = serde_json::from_str::<ErrorBody>(&text).unwrap_or_else(|_| {
+            ErrorBody::new(
+                status_code(status),
+                if text.trim().is_empty() {
+                    status.canonical_reason().unwrap_or("error").to_string()
+                } else {
+                    text.trim().to_string()
+                },
+            )
+        });
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            body,
+        })
+    }
+
+    fn transport(&self, path: &str, e: reqwest::Error) -> ClientError {
+        let url = self.url(path);
+        if e.is_connect() {
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                message = s.to_string();
+                source = s.source();
+            }
+            ClientError::Connect { url, message }
+        } else if e.is_timeout() {
+            ClientError::Timeout {
+                url,
+                secs: self.timeout.as_secs(),
+            }
+        } else {
+            ClientError::Transport { url, source: e }
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(&self, path: &str, req: RequestBuilder) -> Result<T> {
+        let resp = self.send(path, req).await?;
+        let bytes = resp.bytes().await.map_err(|e| self.transport(path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url: self.url(path),
+            message: e.to_string(),
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.json(path, self.request(Method::GET, path)).await
+    }
+
+    async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.json(path, self.request(Method::POST, path).json(body))
+            .await
+    }
+
+    // --- health and version ---
+
+    /// `GET /healthz`: Ok when the manager answers.
+    pub async fn healthz(&self) -> Result<()> {
+        self.send("/healthz", self.request(Method::GET, "/healthz"))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn version(&self) -> Result<VersionInfo> {
+        self.get("/v1/version").await
+    }
+
+    /// `GET /metrics` (Prometheus text).
+    pub async fn metrics(&self) -> Result<String> {
+        let resp = self
+            .send("/metrics", self.request(Method::GET, "/metrics"))
+            .await?;
+        resp.text().await.map_err(|e| self.transport("/metrics", e))
+    }
+
+    pub async fn cluster(&self) -> Result<ClusterStatus> {
+        self.get("/v1/cluster").await
+    }
+
+    // --- jobs ---
+
+    pub async fn list_jobs(&self) -> Result<Vec<JobView>> {
+        self.get("/v1/jobs").await
+    }
+
+    pub async fn get_job(&self, name: &str) -> Result<JobView> {
+        self.get(&format!("/v1/jobs/{}", path_segment(name))).await
+    }
+
+    /// Saves a task file as written (the seed's JSON). The server validates it.
+    pub async fn save_job_text(&self, name: &str, task_json: &str) -> Result<SaveJobResponse> {
+        let path = format!("/v1/jobs/{}", path_segment(name));
+        let req = self
+            .request(Method::PUT, &path)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(task_json.to_string());
+        self.json(&path, req).await
+    }
+
+    /// Saves a job spec (sent in its task-file form).
+    pub async fn save_job(&self, spec: &JobSpec) -> Result<SaveJobResponse> {
+        let text = serde_json::to_string(spec).map_err(|e| ClientError::Decode {
+            url: self.url("/v1/jobs"),
+            message: e.to_string(),
+        })?;
+        self.save_job_text(&spec.name, &text).await
+    }
+
+    pub async fn delete_job(&self, name: &str) -> Result<()> {
+        let path = format!("/v1/jobs/{}", path_segment(name));
+        self.send(&path, self.request(Method::DELETE, &path))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn enable_job(&self, name: &str) -> Result<JobView> {
+        self.post(&format!("/v1/jobs/{}/enable", path_segment(name)), &())
+            .await
+    }
+
+    pub async fn disable_job(&self, name: &str) -> Result<JobView> {
+        self.post(&format!("/v1/jobs/{}/disable", path_segment(name)), &())
+            .await
+    }
+
+    /// Once-job targets of `name` at `revision` (None = the current revision).
+    pub async fn once_targets(&self, name: &str, revision: Option<u64>) -> Result<Vec<OnceTarget>> {
+        let mut path = format!("/v1/jobs/{}/once", path_segment(name));
+        if let Some(r) = revision {
+            path.push_str(&format!("?revision={r}"));
+        }
+        self.get(&path).await
+    }
+
+    // --- nodes ---
+
+    /// Every node, Ready first.
+    pub async fn list_nodes(&self) -> Result<Vec<NodeInfo>> {
+        self.get("/v1/nodes").await
+    }
+
+    /// One node by id, hostname or IP.
+    pub async fn get_node(&self, key: &str) -> Result<NodeInfo> {
+        self.get(&format!("/v1/nodes/{}", path_segment(key))).await
+    }
+
+    /// Forgets a node: it becomes Left until its agent registers again.
+    pub async fn forget_node(&self, id: Uuid) -> Result<()> {
+        let path = format!("/v1/nodes/{id}");
+        self.send(&path, self.request(Method::DELETE, &path))
+            .await?;
+        Ok(())
+    }
+
+    // --- runs ---
+
+    /// Runs matching `query`, newest first.
+    pub async fn runs(&self, query: &RunQuery) -> Result<Vec<RunRecord>> {
+        let req = self.request(Method::GET, "/v1/runs").query(query);
+        self.json("/v1/runs", req).await
+    }
+
+    pub async fn run(&self, id: Uuid) -> Result<RunRecord> {
+        self.get(&format!("/v1/runs/{id}")).await
+    }
+
+    // --- audit and tokens ---
+
+    pub async fn audit(
+        &self,
+        since: Option<DateTime<Utc>>,
+        limit: Option<u32>,
+    ) -> Result<Vec<AuditEntry>> {
+        #[derive(Serialize)]
+        struct Q {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            since: Option<DateTime<Utc>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            limit: Option<u32>,
+        }
+        let req = self
+            .request(Method::GET, "/v1/audit")
+            .query(&Q { since, limit });
+        self.json("/v1/audit", req).await
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
+        self.get("/v1/tokens").await
+    }
+
+    pub async fn create_token(&self, req: &CreateTokenRequest) -> Result<CreatedToken> {
+        self.post("/v1/tokens", req).await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<TokenInfo> {
+        let path = format!("/v1/tokens/{}", path_segment(id));
+        self.json(&path, self.request(Method::DELETE, &path)).await
+    }
+
+    // --- agent protocol ---
+
+    pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse> {
+        self.post("/v1/agent/register", req).await
+    }
+
+    /// One long-poll: returns at once when the manager's state for this node differs from
+    /// `index`, else when it changes or after `wait_secs`. The heartbeat rides in the body.
+    pub async fn sync(
+        &self,
+        index: u64,
+        wait_secs: u64,
+        heartbeat: &Heartbeat,
+    ) -> Result<DesiredState> {
+        let path = format!("/v1/agent/sync?index={index}&wait={wait_secs}");
+        let req = self
+            .request(Method::POST, &path)
+            .timeout(self.timeout + Duration::from_secs(wait_secs))
+            .json(heartbeat);
+        self.json(&path, req).await
+    }
+
+    /// Delivers finished runs; idempotent by run id.
+    pub async fn post_runs(&self, batch: &RunBatch) -> Result<RunBatchAck> {
+        self.post("/v1/agent/runs", batch).await
+    }
+}
+
+/// Percent-encodes one path segment (job names are plain, but hostnames and ids come from users).
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn status_code(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        409 => "conflict",
+        413 => "payload_too_large",
+        429 => "too_many_requests",
+        503 => "unavailable",
+        _ => "http_error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls() {
+        assert_eq!(
+            normalize_base_url("127.0.0.1:8090").unwrap(),
+            "http://127.0.0.1:8090"
+        );
+        assert_eq!(normalize_base_url("http://h:1/").unwrap(), "http://h:1");
+        assert_eq!(normalize_base_url("https://h").unwrap(), "https://h");
+        assert!(normalize_base_url("ftp://h").is_err());
+        assert!(normalize_base_url("").is_err());
+    }
+
+    #[test]
+    fn segments_are_escaped() {
+        assert_eq!(path_segment("ls-l"), "ls-l");
+        assert_eq!(path_segment("a/b c"), "a%2Fb%20c");
+        assert_eq!(path_segment("::1"), "::1");
+    }
+
+    #[tokio::test]
+    async fn closed_port_is_a_connect_error() {
+        // Bind then drop a listener so the port is (almost certainly) closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = Client::new(&format!("127.0.0.1:{port}"), None).unwrap();
+        let err = client.version().await.unwrap_err();
+        assert!(err.is_unreachable(), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot connect to http://127.0.0.1:"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! `apply`: the one place where state changes. Dispatches each command to its topic module and
+//! runs it inside a savepoint, so a command that is refused leaves no trace while the rest of the
+//! batch (and the raft metadata) still commits.
+//!
+//! Determinism rule: nothing here reads the clock, generates ids or depends on the machine. All
+//! such values arrive inside the command.
+
+mod jobs;
+mod nodes;
+mod prune;
+mod runs;
+mod tokens;
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use rusqlite::Connection;
+use uuid::Uuid;
+
+use crate::codec::ms;
+use crate::command::{Command, CommandResult, Rejection};
+use crate::error::Result;
+use crate::{META_CLUSTER_ID, META_DESIRED_INDEX, read, set_meta};
+
+/// One raft log entry to apply: its index and its command (none for blank and membership entries).
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    pub index: u64,
+    pub command: Option<&'a Command>,
+}
+
+/// What a batch changed, so the caller can wake exactly the waiters that care.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Jobs changed: any node's desired state may differ.
+    pub desired_all: bool,
+    /// Nodes whose own desired state changed (registration, once-job targets, forget).
+    pub desired_nodes: BTreeSet<Uuid>,
+    /// Node records changed status or identity.
+    pub nodes: bool,
+    /// Tokens were created or revoked.
+    pub tokens: bool,
+    /// Run records stored by this batch, and their bytes.
+    pub runs_stored: u64,
+    pub run_bytes: u64,
+    /// Duplicate run records ignored by this batch.
+    pub runs_duplicate: u64,
+}
+
+impl Changes {
+    fn merge(&mut self, other: Changes) {
+        self.desired_all |= other.desired_all;
+        self.desired_nodes.extend(other.desired_nodes);
+        self.nodes |= other.nodes;
+        self.tokens |= other.tokens;
+        self.runs_stored += other.runs_stored;
+        self.run_bytes += other.run_bytes;
+        self.runs_duplicate += other.runs_duplicate;
+    }
+
+    /// True when some node's desired state may have changed.
+    pub fn desired(&self) -> bool {
+        self.desired_all || !self.desired_nodes.is_empty()
+    }
+}
+
+/// The outcome of one command: a result, or a deterministic refusal.
+type Outcome = Result<std::result::Result<CommandResult, Rejection>>;
+
+pub(crate) fn apply_one(
+    conn: &Connection,
+    entry: &Entry<'_>,
+    changes: &mut Changes,
+) -> Result<CommandResult> {
+    let Some(command) = entry.command else {
+        return Ok(CommandResult::Done);
+    };
+    conn.execute_batch("SAVEPOINT cmd")?;
+    let mut local = Changes::default();
+    match dispatch(conn, entry.index, command, &mut local)? {
+        Ok(result) => {
+            conn.execute_batch("RELEASE cmd")?;
+            changes.merge(local);
+            Ok(result)
+        }
+        Err(rejection) => {
+            conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd")?;
+            Ok(CommandResult::Rejected { rejection })
+        }
+    }
+}
+
+fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) -> Outcome {
+    match command {
+        Command::InitCluster { cluster_id, .. } => init_cluster(conn, cluster_id),
+        Command::SaveJob { spec, at, actor } => jobs::save(conn, index, spec, *at, actor, ch),
+        Command::DeleteJob { name, at, actor } => jobs::delete(conn, index, name, *at, actor, ch),
+        Command::SetJobEnabled {
+            name,
+            enabled,
+            at,
+            actor,
+        } => jobs::set_enabled(conn, index, name, *enabled, *at, actor, ch),
+        Command::RegisterNode {
+            registration,
+            at,
+            actor,
+        } => nodes::register(conn, index, registration, *at, actor, ch),
+        Command::Heartbeats { beats } => nodes::heartbeats(conn, beats, ch),
+        Command::SetNodeStatus { changes, .. } => nodes::set_status(conn, changes, ch),
+        Command::ForgetNode { node_id, at, actor } => {
+            nodes::forget(conn, index, *node_id, *at, actor, ch)
+        }
+        Command::IngestRuns { node_id, at, runs } => {
+            runs::ingest(conn, index, *node_id, *at, runs, ch)
+        }
+        Command::Prune { now, limits } => prune::prune(conn, *now, limits),
+        Command::CreateToken { token, at, actor } => tokens::create(conn, token, *at, actor, ch),
+        Command::RevokeToken { id, at, actor } => tokens::revoke(conn, id, *at, actor, ch),
+    }
+}
+
+fn init_cluster(conn: &Connection, cluster_id: &str) -> Outcome {
+    let existing = read::meta(conn, META_CLUSTER_ID)?;
+    let id = match existing {
+        Some(id) => id,
+        None => {
+            set_meta(conn, META_CLUSTER_ID, cluster_id)?;
+            cluster_id.to_string()
+        }
+    };
+    Ok(Ok(CommandResult::ClusterInitialized { cluster_id: id }))
+}
+
+/// Records who changed what. Every operator-visible mutation calls this.
+pub(crate) fn audit(
+    conn: &Connection,
+    at: DateTime<Utc>,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO audit(at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![ms(at), actor, action, target, detail],
+    )?;
+    Ok(())
+}
+
+/// Every node's desired state changed at log index `index`.
+fn bump_desired_all(conn: &Connection, index: u64, ch: &mut Changes) -> Result<()> {
+    set_meta(conn, META_DESIRED_INDEX, &index.to_string())?;
+    ch.desired_all = true;
+    Ok(())
+}
+
+/// One node's desired state changed at log index `index`.
+fn bump_desired_node(conn: &Connection, index: u64, node: Uuid, ch: &mut Changes) -> Result<()> {
+    conn.execute(
+        "UPDATE nodes SET desired_index = ?1 WHERE node_id = ?2",
+        rusqlite::params![index as i64, node.to_string()],
+    )?;
+    ch.desired_nodes.insert(node);
+    Ok(())
+}

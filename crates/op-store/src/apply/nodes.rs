@@ -1,0 +1,161 @@
+//! Node commands: registration, coalesced heartbeats, liveness status changes, forget.
+
+use chrono::{DateTime, Utc};
+use op_proto::node::AgentStats;
+use op_proto::{NodeInfo, NodeStatus};
+use rusqlite::{Connection, params};
+use uuid::Uuid;
+
+use super::{Changes, Outcome, audit, bump_desired_node};
+use crate::codec::{ip_list, ms, to_json};
+use crate::command::{CommandResult, NodeBeat, NodeRegistration, Rejection, StatusChange};
+use crate::error::Result;
+use crate::read;
+
+pub(super) fn register(
+    conn: &Connection,
+    index: u64,
+    reg: &NodeRegistration,
+    at: DateTime<Utc>,
+    actor: &str,
+    ch: &mut Changes,
+) -> Outcome {
+    let existing = read::nodes::by_id(conn, reg.node_id)?;
+    let created = existing.is_none();
+    let mut node = existing.unwrap_or_else(|| NodeInfo {
+        node_id: reg.node_id,
+        hostname: String::new(),
+        ips: Vec::new(),
+        labels: Default::default(),
+        agent_version: String::new(),
+        os: String::new(),
+        arch: String::new(),
+        status: NodeStatus::Ready,
+        first_seen: at,
+        last_seen: at,
+        load: None,
+        running: Vec::new(),
+        packages: Vec::new(),
+        stats: AgentStats::default(),
+    });
+    node.hostname = reg.hostname.clone();
+    node.ips = reg.ips.clone();
+    node.labels = reg.labels.clone();
+    node.agent_version = reg.agent_version.clone();
+    node.os = reg.os.clone();
+    node.arch = reg.arch.clone();
+    node.status = NodeStatus::Ready;
+    node.last_seen = node.last_seen.max(at);
+    write(conn, &node)?;
+    bump_desired_node(conn, index, node.node_id, ch)?;
+    ch.nodes = true;
+    if created {
+        audit(
+            conn,
+            at,
+            actor,
+            "node.register",
+            &node.hostname,
+            &node.node_id.to_string(),
+        )?;
+    }
+    Ok(Ok(CommandResult::NodeRegistered {
+        node: Box::new(node),
+        created,
+    }))
+}
+
+pub(super) fn heartbeats(conn: &Connection, beats: &[NodeBeat], ch: &mut Changes) -> Outcome {
+    let mut updated = 0;
+    let mut unknown = Vec::new();
+    for beat in beats {
+        let Some(mut node) = read::nodes::by_id(conn, beat.node_id)? else {
+            unknown.push(beat.node_id);
+            continue;
+        };
+        if node.status == NodeStatus::Left {
+            // A forgotten node must register again before its beats count.
+            unknown.push(beat.node_id);
+            continue;
+        }
+        if node.status != NodeStatus::Ready {
+            node.status = NodeStatus::Ready;
+            ch.nodes = true;
+        }
+        node.last_seen = node.last_seen.max(beat.seen_at);
+        node.agent_version = beat.agent_version.clone();
+        node.load = beat.load.clone();
+        node.running = beat.running.clone();
+        node.packages = beat.packages.clone();
+        node.stats = beat.stats.clone();
+        write(conn, &node)?;
+        updated += 1;
+    }
+    Ok(Ok(CommandResult::HeartbeatsRecorded { updated, unknown }))
+}
+
+pub(super) fn set_status(conn: &Connection, changes: &[StatusChange], ch: &mut Changes) -> Outcome {
+    let mut done = Vec::new();
+    for change in changes {
+        let Some(mut node) = read::nodes::by_id(conn, change.node_id)? else {
+            continue;
+        };
+        if node.status == change.status
+            || node.last_seen > change.unless_seen_after
+            || (node.status == NodeStatus::Left && change.status == NodeStatus::NotReady)
+        {
+            continue;
+        }
+        node.status = change.status;
+        write(conn, &node)?;
+        done.push((node.node_id, node.status));
+        ch.nodes = true;
+    }
+    Ok(Ok(CommandResult::StatusChanged { changes: done }))
+}
+
+pub(super) fn forget(
+    conn: &Connection,
+    index: u64,
+    node_id: Uuid,
+    at: DateTime<Utc>,
+    actor: &str,
+    ch: &mut Changes,
+) -> Outcome {
+    let Some(mut node) = read::nodes::by_id(conn, node_id)? else {
+        return Ok(Err(Rejection::not_found(format!(
+            "no node with id {node_id}"
+        ))));
+    };
+    node.status = NodeStatus::Left;
+    write(conn, &node)?;
+    bump_desired_node(conn, index, node_id, ch)?;
+    ch.nodes = true;
+    audit(
+        conn,
+        at,
+        actor,
+        "node.forget",
+        &node.hostname,
+        &node_id.to_string(),
+    )?;
+    Ok(Ok(CommandResult::NodeForgotten { node_id }))
+}
+
+fn write(conn: &Connection, n: &NodeInfo) -> Result<()> {
+    conn.execute(
+        "INSERT INTO nodes(node_id, hostname, ips, status, last_seen, info)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(node_id) DO UPDATE SET hostname = excluded.hostname, ips = excluded.ips,
+           status = excluded.status, last_seen = excluded.last_seen, info = excluded.info",
+        params![
+            n.node_id.to_string(),
+            n.hostname,
+            ip_list(&n.ips),
+            n.status.as_str(),
+            ms(n.last_seen),
+            to_json(n)
+        ],
+    )?;
+    Ok(())
+}

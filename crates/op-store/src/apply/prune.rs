@@ -1,0 +1,85 @@
+//! Retention, as a command so that every replica deletes exactly the same rows.
+//!
+//! Runs go by three rules, in order: per (job, node) only the newest N; nothing older than the
+//! maximum age; and, oldest first, whatever exceeds the global byte budget. Then the audit log by
+//! age and count, once-job targets of superseded revisions, and Left nodes, by history age.
+
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::{Connection, params};
+
+use super::Outcome;
+use crate::codec::ms;
+use crate::command::{CommandResult, PruneReport, RetentionLimits};
+
+fn cutoff(now: DateTime<Utc>, secs: u64) -> i64 {
+    ms(now - Duration::seconds(secs.min(i64::MAX as u64 / 1000) as i64))
+}
+
+pub(super) fn prune(conn: &Connection, now: DateTime<Utc>, l: &RetentionLimits) -> Outcome {
+    let mut r = PruneReport::default();
+    if l.runs_per_job_node > 0 {
+        r.runs_by_count = conn.execute(
+            "DELETE FROM runs WHERE rowid IN (
+               SELECT rowid FROM (
+                 SELECT rowid, ROW_NUMBER() OVER (
+                   PARTITION BY job, node_id ORDER BY sort_at DESC, run_id DESC) AS rn
+                 FROM runs)
+               WHERE rn > ?1)",
+            [i64::from(l.runs_per_job_node)],
+        )? as u64;
+    }
+    if l.run_max_age_secs > 0 {
+        r.runs_by_age = conn.execute(
+            "DELETE FROM runs WHERE sort_at < ?1",
+            [cutoff(now, l.run_max_age_secs)],
+        )? as u64;
+    }
+    if l.run_max_bytes > 0 {
+        let total: i64 = conn.query_row("SELECT COALESCE(SUM(bytes), 0) FROM runs", [], |row| {
+            row.get(0)
+        })?;
+        let excess = total - l.run_max_bytes.min(i64::MAX as u64) as i64;
+        if excess > 0 {
+            // Delete oldest first until at least `excess` bytes are gone: a row goes when the
+            // bytes of the rows older than it do not yet cover the excess.
+            r.runs_by_bytes = conn.execute(
+                "DELETE FROM runs WHERE rowid IN (
+                   SELECT rowid FROM (
+                     SELECT rowid, bytes, SUM(bytes) OVER (
+                       ORDER BY sort_at ASC, run_id ASC
+                       ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS upto
+                     FROM runs)
+                   WHERE upto - bytes < ?1)",
+                [excess],
+            )? as u64;
+        }
+    }
+    if l.audit_max_age_secs > 0 {
+        r.audit += conn.execute(
+            "DELETE FROM audit WHERE at < ?1",
+            [cutoff(now, l.audit_max_age_secs)],
+        )? as u64;
+    }
+    if l.audit_max_entries > 0 {
+        r.audit += conn.execute(
+            "DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?1",
+            [l.audit_max_entries.min(i64::MAX as u64) as i64],
+        )? as u64;
+    }
+    if l.history_max_age_secs > 0 {
+        let before = cutoff(now, l.history_max_age_secs);
+        // Targets of the current revision of a live job stay whatever their age: they are what
+        // `once` shows and what decides a node's desired state.
+        r.once_targets = conn.execute(
+            "DELETE FROM once_targets WHERE updated_at < ?1 AND NOT EXISTS (
+               SELECT 1 FROM jobs WHERE jobs.name = once_targets.job
+                 AND jobs.revision = once_targets.revision AND jobs.deleted = 0)",
+            params![before],
+        )? as u64;
+        r.nodes = conn.execute(
+            "DELETE FROM nodes WHERE status = 'Left' AND last_seen < ?1",
+            params![before],
+        )? as u64;
+    }
+    Ok(Ok(CommandResult::Pruned { report: r }))
+}

@@ -1,0 +1,102 @@
+//! Run ingestion: idempotent by run id, and once-job targets follow the runs they receive.
+
+use chrono::{DateTime, Utc};
+use op_proto::agent::RunBatchAck;
+use op_proto::{RunRecord, RunStatus, Trigger};
+use rusqlite::{Connection, params};
+use uuid::Uuid;
+
+use super::{Changes, Outcome, bump_desired_node};
+use crate::codec::{ip_list, ms, to_json};
+use crate::command::CommandResult;
+
+pub(super) fn ingest(
+    conn: &Connection,
+    index: u64,
+    node_id: Uuid,
+    at: DateTime<Utc>,
+    runs: &[RunRecord],
+    ch: &mut Changes,
+) -> Outcome {
+    let mut ack = RunBatchAck {
+        accepted: 0,
+        duplicates: 0,
+    };
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO runs(run_id, job, revision, node_id, hostname, ips, trigger, status,
+                          invocation_id, sort_at, bytes, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT(run_id) DO UPDATE SET status = excluded.status, sort_at = excluded.sort_at,
+           bytes = excluded.bytes, record = excluded.record
+         WHERE runs.status = 'running' AND excluded.status <> 'running'",
+    )?;
+    let mut targets_changed = false;
+    for run in runs {
+        let record = to_json(run);
+        let sort_at = run
+            .started_at
+            .or(run.planned_at)
+            .or(run.ended_at)
+            .unwrap_or(at);
+        // A redelivered record changes nothing, except that a final record replaces the
+        // `running` one the agent may have sent first.
+        let stored = insert.execute(params![
+            run.run_id.to_string(),
+            run.job,
+            run.job_revision as i64,
+            run.node_id.to_string(),
+            run.hostname,
+            ip_list(&run.ips),
+            run.trigger.as_str(),
+            run.status.as_str(),
+            run.invocation_id.map(|u| u.to_string()),
+            ms(sort_at),
+            record.len() as i64,
+            record
+        ])?;
+        if stored == 0 {
+            ack.duplicates += 1;
+            continue;
+        }
+        ack.accepted += 1;
+        ch.runs_stored += 1;
+        ch.run_bytes += record.len() as u64;
+        if run.trigger == Trigger::Once && follow_target(conn, run, at)? {
+            targets_changed = true;
+        }
+    }
+    ch.runs_duplicate += ack.duplicates as u64;
+    if targets_changed {
+        bump_desired_node(conn, index, node_id, ch)?;
+    }
+    Ok(Ok(CommandResult::RunsIngested { ack }))
+}
+
+/// Moves the once-job target of this run forward: pending → running → done/failed. A target never
+/// moves back, so a late `running` record cannot reopen a finished target.
+fn follow_target(conn: &Connection, run: &RunRecord, at: DateTime<Utc>) -> crate::Result<bool> {
+    let (state, from): (&str, &str) = match run.status {
+        RunStatus::Running => ("running", "('pending')"),
+        RunStatus::Ok => ("done", "('pending', 'running')"),
+        RunStatus::Failed | RunStatus::Timeout | RunStatus::Killed | RunStatus::Lost => {
+            ("failed", "('pending', 'running')")
+        }
+        RunStatus::Skipped => return Ok(false),
+    };
+    let sql = format!(
+        "UPDATE once_targets SET state = ?1, run_id = ?2, updated_at = ?3
+         WHERE job = ?4 AND revision = ?5 AND node_id = ?6 AND state IN {from}"
+    );
+    let n = conn.execute(
+        &sql,
+        params![
+            state,
+            run.run_id.to_string(),
+            ms(at),
+            run.job,
+            run.job_revision as i64,
+            run.node_id.to_string()
+        ],
+    )?;
+    Ok(n > 0)
+}

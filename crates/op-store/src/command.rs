@@ -1,0 +1,295 @@
+//! The vocabulary of state changes: every [`Command`] is one raft log entry, and its
+//! [`CommandResult`] is what `apply` answered.
+//!
+//! Commands carry everything `apply` needs to be deterministic: the time (`at`), ids and secrets'
+//! hashes are chosen by the manager that proposes the command, never by the replica applying it.
+//! The serde form of both enums is a persisted format (raft log entries and snapshots hold it), so
+//! variants and fields are only ever added, with `#[serde(default)]` on new fields; fixture files in
+//! `tests/data/commands/` pin the form.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use op_proto::agent::RunBatchAck;
+use op_proto::api::{JobRecord, SaveJobResponse, Scope, TokenInfo};
+use op_proto::node::{AgentStats, LoadInfo, RunningRun};
+use op_proto::package::InstalledPackage;
+use op_proto::{JobSpec, NodeInfo, NodeStatus, RunRecord};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// One change of the manager's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// Names the cluster; applied once, right after the first member initialized it.
+    InitCluster {
+        cluster_id: String,
+        at: DateTime<Utc>,
+    },
+    /// Creates or replaces a job and bumps its revision. For an enabled once-job, the Ready nodes
+    /// its selector matches at this point of the log become its pending targets.
+    SaveJob {
+        spec: Box<JobSpec>,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+    DeleteJob {
+        name: String,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+    /// Enables or disables a job; bumps the revision when the state changes.
+    SetJobEnabled {
+        name: String,
+        enabled: bool,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+    /// An agent announced itself: creates or updates the node, which becomes Ready.
+    RegisterNode {
+        registration: NodeRegistration,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+    /// Coalesced heartbeats of many nodes: last_seen and reported state. A NotReady node that
+    /// beats becomes Ready.
+    Heartbeats { beats: Vec<NodeBeat> },
+    /// Liveness decisions of the leader. Each change holds only if the node was not seen after
+    /// `unless_seen_after`, so a heartbeat applied in between wins.
+    SetNodeStatus {
+        at: DateTime<Utc>,
+        changes: Vec<StatusChange>,
+    },
+    /// An operator forgets a node: it becomes Left and drops out of selections.
+    ForgetNode {
+        node_id: Uuid,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+    /// A batch of run records from one node; idempotent by run id.
+    IngestRuns {
+        node_id: Uuid,
+        at: DateTime<Utc>,
+        runs: Vec<RunRecord>,
+    },
+    /// Retention: deletes the same rows on every replica.
+    Prune {
+        now: DateTime<Utc>,
+        limits: RetentionLimits,
+    },
+    CreateToken {
+        token: NewToken,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+    RevokeToken {
+        id: String,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+}
+
+impl Command {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::InitCluster { .. } => "init_cluster",
+            Command::SaveJob { .. } => "save_job",
+            Command::DeleteJob { .. } => "delete_job",
+            Command::SetJobEnabled { .. } => "set_job_enabled",
+            Command::RegisterNode { .. } => "register_node",
+            Command::Heartbeats { .. } => "heartbeats",
+            Command::SetNodeStatus { .. } => "set_node_status",
+            Command::ForgetNode { .. } => "forget_node",
+            Command::IngestRuns { .. } => "ingest_runs",
+            Command::Prune { .. } => "prune",
+            Command::CreateToken { .. } => "create_token",
+            Command::RevokeToken { .. } => "revoke_token",
+        }
+    }
+}
+
+/// What an agent tells about itself when it registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRegistration {
+    pub node_id: Uuid,
+    pub hostname: String,
+    pub ips: Vec<IpAddr>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub agent_version: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub arch: String,
+}
+
+/// The latest heartbeat of one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeBeat {
+    pub node_id: Uuid,
+    pub seen_at: DateTime<Utc>,
+    pub agent_version: String,
+    #[serde(default)]
+    pub load: Option<LoadInfo>,
+    #[serde(default)]
+    pub running: Vec<RunningRun>,
+    #[serde(default)]
+    pub packages: Vec<InstalledPackage>,
+    #[serde(default)]
+    pub stats: AgentStats,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub node_id: Uuid,
+    pub status: NodeStatus,
+    /// The change is skipped when the node's `last_seen` is later than this.
+    pub unless_seen_after: DateTime<Utc>,
+}
+
+/// How much history to keep. Each limit of 0 disables that rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionLimits {
+    /// Runs kept per (job, node), newest first.
+    pub runs_per_job_node: u32,
+    /// Runs older than this many seconds are deleted.
+    pub run_max_age_secs: u64,
+    /// Total bytes of stored run records; the oldest go first.
+    pub run_max_bytes: u64,
+    /// Audit entries older than this many seconds are deleted.
+    pub audit_max_age_secs: u64,
+    /// Most audit entries kept.
+    pub audit_max_entries: u64,
+    /// Left nodes, and once-job targets of old revisions, are deleted after this many seconds.
+    pub history_max_age_secs: u64,
+}
+
+impl Default for RetentionLimits {
+    fn default() -> Self {
+        RetentionLimits {
+            runs_per_job_node: 100,
+            run_max_age_secs: 7 * 86_400,
+            run_max_bytes: 1 << 30,
+            audit_max_age_secs: 90 * 86_400,
+            audit_max_entries: 100_000,
+            history_max_age_secs: 30 * 86_400,
+        }
+    }
+}
+
+/// A token to create. The proposer generated the id and the secret; only the secret's SHA-256
+/// (hex) travels in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewToken {
+    pub id: String,
+    pub name: String,
+    pub scope: Scope,
+    pub secret_sha256: String,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A stored token, with the hash the manager verifies against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub info: TokenInfo,
+    pub secret_sha256: String,
+}
+
+/// What `Prune` deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneReport {
+    pub runs_by_count: u64,
+    pub runs_by_age: u64,
+    pub runs_by_bytes: u64,
+    pub audit: u64,
+    pub once_targets: u64,
+    pub nodes: u64,
+}
+
+impl PruneReport {
+    pub fn runs(&self) -> u64 {
+        self.runs_by_count + self.runs_by_age + self.runs_by_bytes
+    }
+}
+
+/// Why a command changed nothing. Deterministic, so every replica answers the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// `not_found`, `conflict`, `invalid`.
+    pub code: String,
+    pub message: String,
+}
+
+impl Rejection {
+    pub(crate) fn not_found(message: impl Into<String>) -> Rejection {
+        Rejection {
+            code: "not_found".into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn conflict(message: impl Into<String>) -> Rejection {
+        Rejection {
+            code: "conflict".into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Rejection {
+        Rejection {
+            code: "invalid".into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The answer of `apply` to one log entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum CommandResult {
+    /// Entries without a command (blank, membership) and commands with nothing to report.
+    Done,
+    ClusterInitialized {
+        cluster_id: String,
+    },
+    JobSaved {
+        response: Box<SaveJobResponse>,
+    },
+    Job {
+        job: Box<JobRecord>,
+    },
+    JobDeleted {
+        name: String,
+        revision: u64,
+    },
+    NodeRegistered {
+        node: Box<NodeInfo>,
+        created: bool,
+    },
+    HeartbeatsRecorded {
+        updated: usize,
+        unknown: Vec<Uuid>,
+    },
+    StatusChanged {
+        changes: Vec<(Uuid, NodeStatus)>,
+    },
+    NodeForgotten {
+        node_id: Uuid,
+    },
+    RunsIngested {
+        ack: RunBatchAck,
+    },
+    Pruned {
+        report: PruneReport,
+    },
+    Token {
+        info: TokenInfo,
+    },
+    Rejected {
+        rejection: Rejection,
+    },
+}

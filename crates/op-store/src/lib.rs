@@ -1,0 +1,216 @@
+//! The manager's state: a SQLite database changed only by [`Command`]s.
+//!
+//! `op-store` owns the tables (jobs with revisions, nodes, once-job targets, runs, tokens, the audit
+//! log), the command vocabulary, the deterministic [`Store::apply_batch`], the read queries the API
+//! serves, retention, and snapshot build/install with `VACUUM INTO`. It knows nothing of raft: the
+//! caller (op-manager's state machine) hands in log indexes and opaque raft metadata strings, which
+//! are stored in the same transaction as the changes they cover.
+//!
+//! Concurrency: one writer connection (used by whoever applies the log, one batch at a time) and a
+//! small pool of reader connections. WAL lets readers run beside the writer. Installing a snapshot
+//! replaces the file under an exclusive lock that readers also take (shared), so no query ever
+//! straddles two databases.
+
+mod apply;
+mod codec;
+mod command;
+mod error;
+mod read;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+pub use apply::{Changes, Entry};
+pub use command::{
+    Command, CommandResult, NewToken, NodeBeat, NodeRegistration, PruneReport, Rejection,
+    RetentionLimits, StatusChange, TokenRecord,
+};
+pub use error::{Result, StoreError};
+pub use read::misc::MAX_AUDIT_LIMIT;
+pub use read::runs::{DEFAULT_RUN_LIMIT, MAX_RUN_LIMIT};
+pub use read::{DesiredView, StoreStats};
+pub use schema::SCHEMA_VERSION;
+
+/// Meta key of the raft log id of the last applied entry (opaque JSON from the caller).
+pub const META_LAST_APPLIED: &str = "last_applied";
+/// Meta key of the last applied membership (opaque JSON from the caller).
+pub const META_MEMBERSHIP: &str = "membership";
+/// Meta key of the cluster id.
+pub const META_CLUSTER_ID: &str = "cluster_id";
+/// Meta key of the log index of the last change that concerns every node's desired state.
+pub const META_DESIRED_INDEX: &str = "desired_index";
+
+/// Most idle reader connections kept open.
+const READER_POOL: usize = 8;
+
+/// The state database of one manager.
+pub struct Store {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    /// Readers share it; snapshot install takes it exclusively while it swaps the file.
+    swap: RwLock<()>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+fn open_conn(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // The raft log is the durable record (synchronous=FULL there); the state machine can be
+    // rebuilt from it, so NORMAL is enough here and keeps apply fast.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path` and migrates it to [`SCHEMA_VERSION`].
+    pub fn open(path: impl Into<PathBuf>) -> Result<Store> {
+        let path = path.into();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        }
+        let mut writer = open_conn(&path)?;
+        schema::migrate(&mut writer, &path)?;
+        Ok(Store {
+            path,
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            swap: RwLock::new(()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on a reader connection. Blocking: call from a blocking thread.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let _shared = self.swap.read().map_err(|_| StoreError::Poisoned)?;
+        let pooled = self.readers.lock().map_err(|_| StoreError::Poisoned)?.pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = open_conn(&self.path)?;
+                conn.pragma_update(None, "query_only", "ON")?;
+                conn
+            }
+        };
+        let out = f(&conn);
+        let mut pool = self.readers.lock().map_err(|_| StoreError::Poisoned)?;
+        if pool.len() < READER_POOL {
+            pool.push(conn);
+        }
+        out
+    }
+
+    /// Applies a batch of log entries in ONE transaction, together with the raft metadata that
+    /// says how far the log has been applied. Either all of it is durable or none of it.
+    ///
+    /// `last_applied` and `membership` are opaque to the store (the caller's JSON).
+    pub fn apply_batch(
+        &self,
+        entries: &[Entry<'_>],
+        last_applied: &str,
+        membership: Option<&str>,
+    ) -> Result<(Vec<CommandResult>, Changes)> {
+        let _shared = self.swap.read().map_err(|_| StoreError::Poisoned)?;
+        let mut conn = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
+        let tx = conn.transaction()?;
+        let mut changes = Changes::default();
+        let mut results = Vec::with_capacity(entries.len());
+        for entry in entries {
+            results.push(apply::apply_one(&tx, entry, &mut changes)?);
+        }
+        set_meta(&tx, META_LAST_APPLIED, last_applied)?;
+        if let Some(m) = membership {
+            set_meta(&tx, META_MEMBERSHIP, m)?;
+        }
+        tx.commit()?;
+        Ok((results, changes))
+    }
+
+    /// Reads one meta value.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.read(|conn| read::meta(conn, key))
+    }
+
+    /// Writes a consistent copy of the database to `dest` (which must not exist) with
+    /// `VACUUM INTO`: a point-in-time view that also drops free pages.
+    pub fn snapshot_to(&self, dest: &Path) -> Result<()> {
+        let dest_str = dest.to_string_lossy().into_owned();
+        self.read(|conn| {
+            conn.execute("VACUUM INTO ?1", [dest_str.as_str()])?;
+            Ok(())
+        })
+    }
+
+    /// Reads a meta value straight from a snapshot file (to learn what it covers).
+    pub fn meta_of_file(path: &Path, key: &str) -> Result<Option<String>> {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        read::meta(&conn, key)
+    }
+
+    /// Replaces the whole state with the snapshot file at `src` (consumed: it is moved into
+    /// place). Waits for running reads and applies to finish first.
+    pub fn install_from(&self, src: &Path) -> Result<()> {
+        let _exclusive = self.swap.write().map_err(|_| StoreError::Poisoned)?;
+        let mut writer = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
+        self.readers
+            .lock()
+            .map_err(|_| StoreError::Poisoned)?
+            .clear();
+        // Check the snapshot before we drop the current state.
+        {
+            let mut probe = open_conn(src)?;
+            schema::migrate(&mut probe, src)?;
+            probe.pragma_update(None, "wal_checkpoint", "TRUNCATE")?;
+        }
+        // Close the old writer by replacing it with a throwaway in-memory connection, then swap
+        // the files. The WAL and shared-memory files belong to the old database: remove them.
+        *writer = Connection::open_in_memory()?;
+        for suffix in ["-wal", "-shm"] {
+            let side = PathBuf::from(format!("{}{suffix}", self.path.display()));
+            match std::fs::remove_file(&side) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(side, e)),
+            }
+            let src_side = PathBuf::from(format!("{}{suffix}", src.display()));
+            let _ = std::fs::remove_file(src_side);
+        }
+        std::fs::rename(src, &self.path).map_err(|e| StoreError::io(&self.path, e))?;
+        // Make the rename durable before the new file is used.
+        if let Some(Ok(d)) = self.path.parent().map(std::fs::File::open) {
+            let _ = d.sync_all();
+        }
+        let mut fresh = open_conn(&self.path)?;
+        schema::migrate(&mut fresh, &self.path)?;
+        *writer = fresh;
+        Ok(())
+    }
+}
+
+pub(crate) fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [key, value],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! Tokens and the audit log.
+
+use chrono::{DateTime, Utc};
+use op_proto::api::{AuditEntry, Scope, TokenInfo};
+use rusqlite::Connection;
+
+use crate::Store;
+use crate::codec::{from_ms, ms};
+use crate::command::TokenRecord;
+use crate::error::Result;
+
+/// Most audit entries one query returns.
+pub const MAX_AUDIT_LIMIT: u32 = 10_000;
+
+pub(crate) fn tokens(conn: &Connection) -> Result<Vec<TokenRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, name, scope, hash, created_at, expires_at, revoked FROM tokens
+         ORDER BY created_at, id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(TokenRecord {
+            info: TokenInfo {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                // Only valid scopes are ever written; viewer is the safe reading of anything else.
+                scope: Scope::parse(&r.get::<_, String>(2)?).unwrap_or(Scope::Viewer),
+                created_at: from_ms(r.get(4)?),
+                expires_at: r.get::<_, Option<i64>>(5)?.map(from_ms),
+                revoked: r.get::<_, i64>(6)? != 0,
+            },
+            secret_sha256: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+impl Store {
+    /// Every token, with its hash (for the authenticator; never sent to clients).
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.read(tokens)
+    }
+
+    /// Audit entries at or after `since`, oldest first, at most `limit`.
+    pub fn audit(&self, since: Option<DateTime<Utc>>, limit: u32) -> Result<Vec<AuditEntry>> {
+        let since = since.map_or(i64::MIN, ms);
+        let limit = limit.clamp(1, MAX_AUDIT_LIMIT);
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, at, actor, action, target, detail FROM audit
+                 WHERE at >= ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(rusqlite::params![since, limit], |r| {
+                Ok(AuditEntry {
+                    id: r.get::<_, i64>(0)? as u64,
+                    at: from_ms(r.get(1)?),
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    detail: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+}

@@ -1,0 +1,111 @@
+//! Read queries. Each `Store` method here borrows a pooled reader connection; the free functions
+//! take a `Connection` so that `apply` can use the same queries inside its transaction.
+
+pub(crate) mod jobs;
+pub(crate) mod misc;
+pub(crate) mod nodes;
+pub(crate) mod runs;
+
+use op_proto::NodeInfo;
+use op_proto::api::JobRecord;
+use rusqlite::{Connection, OptionalExtension};
+use uuid::Uuid;
+
+use crate::codec::uuid;
+use crate::error::Result;
+use crate::{META_DESIRED_INDEX, Store};
+
+pub(crate) fn meta(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?)
+}
+
+/// What the agent sync hub needs to compute any node's desired state, read in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredView {
+    /// Log index of the last change that concerned every node (jobs).
+    pub desired_index: u64,
+    /// Live, enabled jobs.
+    pub jobs: Vec<JobRecord>,
+    /// Every node with the log index of the last change of its own desired state.
+    pub nodes: Vec<(NodeInfo, u64)>,
+    /// Pending once-job targets: (node, job, revision).
+    pub pending: Vec<(Uuid, String, u64)>,
+}
+
+/// Row counts for `/metrics` and `/v1/cluster`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub jobs: u64,
+    pub nodes_ready: u64,
+    pub nodes_not_ready: u64,
+    pub nodes_left: u64,
+    pub runs: u64,
+    pub run_bytes: u64,
+    pub audit: u64,
+}
+
+impl Store {
+    pub fn desired_view(&self) -> Result<DesiredView> {
+        self.read(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let desired_index = meta(&tx, META_DESIRED_INDEX)?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let jobs = jobs::live(&tx)?
+                .into_iter()
+                .filter(|j| j.spec.enabled)
+                .collect();
+            let nodes = nodes::all_with_index(&tx)?;
+            let mut stmt = tx.prepare(
+                "SELECT node_id, job, revision FROM once_targets WHERE state = 'pending'",
+            )?;
+            let pending = stmt
+                .query_map([], |r| {
+                    Ok((
+                        uuid(&r.get::<_, String>(0)?),
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)? as u64,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            drop(stmt);
+            tx.finish()?;
+            Ok(DesiredView {
+                desired_index,
+                jobs,
+                nodes,
+                pending,
+            })
+        })
+    }
+
+    pub fn stats(&self) -> Result<StoreStats> {
+        self.read(|conn| {
+            let count = |sql: &str| -> Result<u64> {
+                Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
+            };
+            let mut s = StoreStats {
+                jobs: count("SELECT COUNT(*) FROM jobs WHERE deleted = 0")?,
+                runs: count("SELECT COUNT(*) FROM runs")?,
+                run_bytes: count("SELECT COALESCE(SUM(bytes), 0) FROM runs")?,
+                audit: count("SELECT COUNT(*) FROM audit")?,
+                ..StoreStats::default()
+            };
+            let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM nodes GROUP BY status")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (status, n) = row?;
+                let n = n as u64;
+                match status.as_str() {
+                    "Ready" => s.nodes_ready = n,
+                    "NotReady" => s.nodes_not_ready = n,
+                    _ => s.nodes_left += n,
+                }
+            }
+            drop(stmt);
+            Ok(s)
+        })
+    }
+}

@@ -1,0 +1,97 @@
+//! Node queries: by id, by hostname or IP, and the whole fleet (Ready first).
+
+use std::net::IpAddr;
+
+use op_proto::{NodeInfo, NodeStatus};
+use rusqlite::{Connection, OptionalExtension};
+use uuid::Uuid;
+
+use crate::Store;
+use crate::codec::{from_json, like_escape};
+use crate::error::Result;
+
+pub(crate) fn by_id(conn: &Connection, id: Uuid) -> Result<Option<NodeInfo>> {
+    conn.query_row(
+        "SELECT info FROM nodes WHERE node_id = ?1",
+        [id.to_string()],
+        |r| r.get::<_, String>(0),
+    )
+    .optional()?
+    .map(|s| from_json("node", &s))
+    .transpose()
+}
+
+pub(crate) fn all(conn: &Connection) -> Result<Vec<NodeInfo>> {
+    Ok(all_with_index(conn)?.into_iter().map(|(n, _)| n).collect())
+}
+
+pub(crate) fn all_with_index(conn: &Connection) -> Result<Vec<(NodeInfo, u64)>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT info, desired_index FROM nodes ORDER BY hostname, node_id")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    rows.map(|r| {
+        let (info, index) = r?;
+        Ok((from_json("node", &info)?, index))
+    })
+    .collect()
+}
+
+fn status_rank(s: NodeStatus) -> u8 {
+    match s {
+        NodeStatus::Ready => 0,
+        NodeStatus::NotReady => 1,
+        NodeStatus::Left => 2,
+    }
+}
+
+/// Ready first, then NotReady, then Left; by hostname within each group.
+pub(crate) fn sort_fleet(nodes: &mut [NodeInfo]) {
+    nodes.sort_by(|a, b| {
+        (status_rank(a.status), &a.hostname, a.node_id).cmp(&(
+            status_rank(b.status),
+            &b.hostname,
+            b.node_id,
+        ))
+    });
+}
+
+impl Store {
+    /// Every node, Ready first.
+    pub fn nodes(&self) -> Result<Vec<NodeInfo>> {
+        let mut nodes = self.read(all)?;
+        sort_fleet(&mut nodes);
+        Ok(nodes)
+    }
+
+    pub fn node(&self, id: Uuid) -> Result<Option<NodeInfo>> {
+        self.read(|conn| by_id(conn, id))
+    }
+
+    /// Nodes named by `key`: a node id, one of their IPs, or their hostname (case-insensitive).
+    /// Ready first.
+    pub fn find_nodes(&self, key: &str) -> Result<Vec<NodeInfo>> {
+        if let Ok(id) = Uuid::parse_str(key) {
+            return Ok(self.node(id)?.into_iter().collect());
+        }
+        let mut nodes = self.read(|conn| {
+            let (sql, arg) = match key.parse::<IpAddr>() {
+                Ok(ip) => (
+                    "SELECT info FROM nodes WHERE ips LIKE ?1 ESCAPE '\\'",
+                    format!("%,{},%", like_escape(&ip.to_string())),
+                ),
+                Err(_) => (
+                    "SELECT info FROM nodes WHERE hostname = ?1 COLLATE NOCASE",
+                    key.to_string(),
+                ),
+            };
+            let mut stmt = conn.prepare_cached(sql)?;
+            let rows = stmt.query_map([arg], |r| r.get::<_, String>(0))?;
+            rows.map(|r| from_json("node", &r?))
+                .collect::<Result<Vec<NodeInfo>>>()
+        })?;
+        sort_fleet(&mut nodes);
+        Ok(nodes)
+    }
+}

@@ -1,0 +1,102 @@
+//! Run queries: filters by job, host, status, time, invocation and revision, with the seed's
+//! "latest N per host" (`per_node`) semantics.
+
+use std::net::IpAddr;
+
+use op_proto::RunRecord;
+use op_proto::api::RunQuery;
+use rusqlite::OptionalExtension;
+use rusqlite::types::Value;
+use uuid::Uuid;
+
+use crate::Store;
+use crate::codec::{from_json, like_escape, ms};
+use crate::error::Result;
+
+/// Rows returned when the query sets no limit.
+pub const DEFAULT_RUN_LIMIT: u32 = 1000;
+/// Most rows one query returns.
+pub const MAX_RUN_LIMIT: u32 = 10_000;
+
+impl Store {
+    /// Runs matching `q`, newest first.
+    pub fn runs(&self, q: &RunQuery) -> Result<Vec<RunRecord>> {
+        let mut filters: Vec<String> = Vec::new();
+        let mut args: Vec<Value> = Vec::new();
+        let mut add = |sql: &str, v: Value| {
+            args.push(v);
+            filters.push(sql.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(job) = &q.job {
+            add("job = ?", Value::Text(job.clone()));
+        }
+        if let Some(host) = q.host.as_deref().map(str::trim) {
+            // The seed's `logs JOB ALL` means every host.
+            if !host.is_empty() && !host.eq_ignore_ascii_case("all") {
+                if let Ok(id) = Uuid::parse_str(host) {
+                    add("node_id = ?", Value::Text(id.to_string()));
+                } else if let Ok(ip) = host.parse::<IpAddr>() {
+                    add(
+                        "ips LIKE ? ESCAPE '\\'",
+                        Value::Text(format!("%,{},%", like_escape(&ip.to_string()))),
+                    );
+                } else {
+                    add("hostname = ? COLLATE NOCASE", Value::Text(host.to_string()));
+                }
+            }
+        }
+        if let Some(status) = q.status {
+            add("status = ?", Value::Text(status.as_str().to_string()));
+        }
+        if let Some(since) = q.since {
+            add("sort_at >= ?", Value::Integer(ms(since)));
+        }
+        if let Some(until) = q.until {
+            add("sort_at <= ?", Value::Integer(ms(until)));
+        }
+        if let Some(inv) = q.invocation {
+            add("invocation_id = ?", Value::Text(inv.to_string()));
+        }
+        if let Some(rev) = q.revision {
+            add("revision = ?", Value::Integer(rev as i64));
+        }
+        let filter = if filters.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", filters.join(" AND "))
+        };
+        let limit = q.limit.unwrap_or(DEFAULT_RUN_LIMIT).clamp(1, MAX_RUN_LIMIT);
+        let sql = match q.per_node {
+            Some(n) => format!(
+                "SELECT record FROM (
+                   SELECT record, sort_at, run_id, ROW_NUMBER() OVER (
+                     PARTITION BY job, node_id ORDER BY sort_at DESC, run_id DESC) AS rn
+                   FROM runs {filter})
+                 WHERE rn <= {n} ORDER BY sort_at DESC, run_id DESC LIMIT {limit}"
+            ),
+            None => format!(
+                "SELECT record FROM runs {filter} ORDER BY sort_at DESC, run_id DESC LIMIT {limit}"
+            ),
+        };
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                r.get::<_, String>(0)
+            })?;
+            rows.map(|r| from_json("run", &r?)).collect()
+        })
+    }
+
+    pub fn run(&self, id: Uuid) -> Result<Option<RunRecord>> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT record FROM runs WHERE run_id = ?1",
+                [id.to_string()],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .map(|s| from_json("run", &s))
+            .transpose()
+        })
+    }
+}

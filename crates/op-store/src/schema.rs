@@ -1,0 +1,117 @@
+//! The SQLite schema and its migrations, keyed by `PRAGMA user_version`.
+//!
+//! Each entry of [`MIGRATIONS`] moves the schema one version up and runs in the same transaction
+//! that records the new version, so a crash never leaves a half-migrated file. Never edit a
+//! migration that has shipped: add a new one. (rusqlite_migration does not resolve beside
+//! rusqlite 0.43, and thirty lines do the job.)
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::error::{Result, StoreError};
+
+/// Schema version `n + 1` is reached by running `MIGRATIONS[n]`.
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs, nodes, once-job targets, runs, tokens, audit, meta.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    -- A deleted job keeps its row (deleted = 1) so that a job saved again under the same name
+    -- continues its revision numbers: agents key once-job outcomes by (job, revision).
+    CREATE TABLE jobs (
+        name       TEXT PRIMARY KEY,
+        spec       TEXT NOT NULL,
+        revision   INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        updated_by TEXT NOT NULL,
+        deleted    INTEGER NOT NULL DEFAULT 0
+    );
+    -- `info` is the full NodeInfo as JSON; the other columns are copies for queries.
+    -- `ips` is ",ip1,ip2," so that one IP matches exactly with LIKE '%,ip,%'.
+    CREATE TABLE nodes (
+        node_id       TEXT PRIMARY KEY,
+        hostname      TEXT NOT NULL,
+        ips           TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        last_seen     INTEGER NOT NULL,
+        desired_index INTEGER NOT NULL DEFAULT 0,
+        info          TEXT NOT NULL
+    );
+    CREATE INDEX nodes_hostname ON nodes(hostname COLLATE NOCASE);
+    CREATE TABLE once_targets (
+        job        TEXT NOT NULL,
+        revision   INTEGER NOT NULL,
+        node_id    TEXT NOT NULL,
+        hostname   TEXT NOT NULL,
+        state      TEXT NOT NULL,
+        run_id     TEXT,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (job, revision, node_id)
+    );
+    CREATE INDEX once_targets_node ON once_targets(node_id, state);
+    -- `record` is the full RunRecord as JSON; `bytes` its length, for the global byte budget.
+    -- `sort_at` orders runs: started, else planned, else ended, else ingested (unix ms).
+    CREATE TABLE runs (
+        run_id        TEXT PRIMARY KEY,
+        job           TEXT NOT NULL,
+        revision      INTEGER NOT NULL,
+        node_id       TEXT NOT NULL,
+        hostname      TEXT NOT NULL,
+        ips           TEXT NOT NULL,
+        trigger       TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        invocation_id TEXT,
+        sort_at       INTEGER NOT NULL,
+        bytes         INTEGER NOT NULL,
+        record        TEXT NOT NULL
+    );
+    CREATE INDEX runs_job_node ON runs(job, node_id, sort_at);
+    CREATE INDEX runs_node ON runs(node_id, sort_at);
+    CREATE INDEX runs_sort ON runs(sort_at);
+    CREATE INDEX runs_invocation ON runs(invocation_id) WHERE invocation_id IS NOT NULL;
+    CREATE TABLE tokens (
+        id         TEXT PRIMARY KEY,
+        name       TEXT NOT NULL,
+        scope      TEXT NOT NULL,
+        hash       TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        revoked    INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE audit (
+        id     INTEGER PRIMARY KEY AUTOINCREMENT,
+        at     INTEGER NOT NULL,
+        actor  TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_at ON audit(at);
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database at `path` (already open as `conn`) up to [`SCHEMA_VERSION`].
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            path: path.to_path_buf(),
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
