@@ -10,6 +10,7 @@ pub mod agent;
 pub mod api;
 pub mod hosts;
 pub mod job;
+pub mod local;
 pub mod node;
 pub mod package;
 pub mod params;

@@ -1,0 +1,66 @@
+//! The one place where agent errors become HTTP statuses and bodies.
+//!
+//! `/v1` endpoints answer with `ErrorBody` (`{"code","message"}`); the seed's `/api/opAgent`
+//! answers with the seed envelope (`{"Code":"ERROR","Message",...}`) so old callers can parse it.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use op_proto::ErrorBody;
+use op_proto::api::SeedEnvelope;
+
+use crate::invoke::InvokeError;
+
+/// An API failure, independent of the response format.
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    NotFound(String),
+    Conflict(String),
+    Unavailable(String),
+    Internal(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &str) {
+        match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+            ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
+        }
+    }
+
+    /// The response in the seed envelope format.
+    pub fn seed(self) -> Response {
+        let (status, _, message) = self.parts();
+        (status, Json(SeedEnvelope::error(message))).into_response()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = self.parts();
+        (status, Json(ErrorBody::new(code, message))).into_response()
+    }
+}
+
+impl From<InvokeError> for ApiError {
+    fn from(e: InvokeError) -> Self {
+        let message = e.to_string();
+        match e {
+            InvokeError::NotFound(_) => ApiError::NotFound(message),
+            InvokeError::Inactive { .. } => ApiError::Conflict(message),
+            InvokeError::Params(_) => ApiError::BadRequest(message),
+            InvokeError::ShuttingDown => ApiError::Unavailable(message),
+        }
+    }
+}
+
+impl From<crate::AgentError> for ApiError {
+    fn from(e: crate::AgentError) -> Self {
+        tracing::error!(error = %e, "request failed");
+        ApiError::Internal(e.to_string())
+    }
+}

@@ -1,0 +1,552 @@
+//! Agent configuration: flags, `OP_*` environment variables and an optional TOML file.
+//!
+//! Two stages, as everywhere in the project: [`Cli`] and [`FileConfig`] mirror what a person
+//! writes (every field optional), and [`Config::resolve`] merges them once, with the precedence
+//! flag > env > file > default, into a validated [`Config`] with typed durations, sizes and
+//! absolute paths. Nothing else in the crate reads flags, files or the environment for settings.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::error::AgentError;
+
+/// Defaults, named so that docs, `--help` and code agree.
+pub mod defaults {
+    pub const LISTEN: &str = "0.0.0.0:7070";
+    pub const STATE_DIR: &str = "/var/lib/op-agent";
+    /// The seed's deploy dir: its task files hard-code `/data/op-agent/src/...` in commands, so
+    /// keeping it makes them work unchanged.
+    pub const DEPLOY_DIR: &str = "/data/op-agent/src";
+    pub const SHUTDOWN_GRACE_SECS: u64 = 30;
+    pub const OUTPUT_TAIL: u64 = op_proto::run::DEFAULT_OUTPUT_TAIL as u64;
+    pub const LOG_KEEP_RUNS: u64 = 50;
+    pub const LOG_KEEP_BYTES: u64 = 64 * 1024 * 1024;
+    pub const HISTORY_KEEP_RUNS: u64 = 100;
+    pub const OUTBOX_BYTES: u64 = 64 * 1024 * 1024;
+    pub const LOG_LEVEL: &str = "info";
+}
+
+/// Command-line flags. Each also reads an `OP_*` environment variable; a flag wins over its
+/// variable, and both win over the config file.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "op-agent",
+    version,
+    about = "op-agent: runs cron jobs, once-jobs and API-invoked jobs on this machine",
+    after_help = "Examples:\n  op-agent --jobs-dir /etc/op-agent/jobs --auth-user opuser --auth-password secret\n  op-agent --config /etc/op-agent/agent.toml --listen 127.0.0.1:0"
+)]
+pub struct Cli {
+    /// TOML config file; its keys are the long flag names with '_' for '-'.
+    #[arg(long, env = "OP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the agent API [default: 0.0.0.0:7070]. Port 0 picks a free port; the bound
+    /// address is printed on stdout as `listening on ADDR`.
+    #[arg(long, env = "OP_LISTEN")]
+    pub listen: Option<String>,
+    /// Durable state: node id, run history, once-job ledger, outbox [default: /var/lib/op-agent].
+    #[arg(long, env = "OP_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Run output files, LOG_DIR/JOB/RUN_ID.log [default: STATE_DIR/logs].
+    #[arg(long, env = "OP_LOG_DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// Where packages are deployed; exported to jobs as OP_DEPLOY_DIR and used as their working
+    /// directory when the job sets no WorkDir and the dir exists [default: /data/op-agent/src].
+    #[arg(long, env = "OP_DEPLOY_DIR")]
+    pub deploy_dir: Option<PathBuf>,
+    /// Node name used for host selection and reports [default: the hostname].
+    #[arg(long, env = "OP_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// This node's IP address (repeatable) [default: the non-loopback addresses of the host].
+    #[arg(long = "ip", env = "OP_IP", value_delimiter = ',')]
+    pub ip: Vec<String>,
+    /// Labels for job selection, `k=v,k2=v2`.
+    #[arg(long, env = "OP_LABELS")]
+    pub labels: Option<String>,
+    /// User name for HTTP basic auth (the seed API's credential).
+    #[arg(long, env = "OP_AUTH_USER")]
+    pub auth_user: Option<String>,
+    /// Password for HTTP basic auth.
+    #[arg(long, env = "OP_AUTH_PASSWORD", hide_env_values = true)]
+    pub auth_password: Option<String>,
+    /// Bearer token accepted by the API. Without any credential configured the agent generates a
+    /// token at first start and stores it in STATE_DIR/api-token.
+    #[arg(long, env = "OP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Standalone mode: run the task files (*.json) in this directory, following edits.
+    #[arg(long, env = "OP_JOBS_DIR")]
+    pub jobs_dir: Option<PathBuf>,
+    /// Manager API URL (repeatable). Accepted and stored; runs are queued in the outbox for it.
+    #[arg(long = "manager", env = "OP_MANAGER", value_delimiter = ',')]
+    pub manager: Vec<String>,
+    /// How long shutdown waits for running jobs before killing them [default: 30s].
+    #[arg(long, env = "OP_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
+    /// Bytes of output kept in each run record, e.g. `64KiB` [default: 64KiB].
+    #[arg(long, env = "OP_OUTPUT_TAIL")]
+    pub output_tail: Option<String>,
+    /// Output files kept per job [default: 50].
+    #[arg(long, env = "OP_LOG_KEEP_RUNS")]
+    pub log_keep_runs: Option<u64>,
+    /// Bytes of output files kept per job; also the cap of one run's file [default: 64MiB].
+    #[arg(long, env = "OP_LOG_KEEP_BYTES")]
+    pub log_keep_bytes: Option<String>,
+    /// Run records kept per job in the local history [default: 100].
+    #[arg(long, env = "OP_HISTORY_KEEP_RUNS")]
+    pub history_keep_runs: Option<u64>,
+    /// Byte budget of the outbox of undelivered runs; beyond it the oldest are dropped and
+    /// counted [default: 64MiB].
+    #[arg(long, env = "OP_OUTBOX_BYTES")]
+    pub outbox_bytes: Option<String>,
+    /// Log filter (tracing EnvFilter syntax) [default: info].
+    #[arg(long, env = "OP_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "OP_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The TOML file, key for key. Unknown keys are an error, so a typo never goes unnoticed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub log_dir: Option<PathBuf>,
+    pub deploy_dir: Option<PathBuf>,
+    pub node_name: Option<String>,
+    pub ip: Option<Vec<String>>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub auth_user: Option<String>,
+    pub auth_password: Option<String>,
+    pub token: Option<String>,
+    pub jobs_dir: Option<PathBuf>,
+    pub manager: Option<Vec<String>>,
+    pub shutdown_grace: Option<String>,
+    pub output_tail: Option<SizeValue>,
+    pub log_keep_runs: Option<u64>,
+    pub log_keep_bytes: Option<SizeValue>,
+    pub history_keep_runs: Option<u64>,
+    pub outbox_bytes: Option<SizeValue>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+}
+
+/// A size written as a number of bytes or a string such as `64KiB`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+impl SizeValue {
+    fn text(&self) -> String {
+        match self {
+            SizeValue::Bytes(n) => n.to_string(),
+            SizeValue::Text(s) => s.clone(),
+        }
+    }
+}
+
+/// Credentials the API accepts.
+#[derive(Clone, Default)]
+pub struct AuthConfig {
+    pub basic: Option<(String, String)>,
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    // Never print secrets, not even in debug logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("basic_user", &self.basic.as_ref().map(|(u, _)| u))
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration the library runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub deploy_dir: PathBuf,
+    pub node_name: String,
+    pub ips: Vec<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+    pub auth: AuthConfig,
+    pub jobs_dir: Option<PathBuf>,
+    pub managers: Vec<String>,
+    pub shutdown_grace: Duration,
+    pub output_tail: usize,
+    pub log_keep_runs: usize,
+    pub log_keep_bytes: u64,
+    pub history_keep_runs: usize,
+    pub outbox_bytes: u64,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads the file named by `--config`/`OP_CONFIG` (if any) and merges it with the flags.
+    pub fn load(cli: &Cli) -> Result<Config, AgentError> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| AgentError::io("reading config file", path, e))?;
+                parse_file(&text)
+                    .map_err(|e| AgentError::Config(format!("{}: {e}", path.display())))?
+            }
+            None => FileConfig::default(),
+        };
+        Config::resolve(cli, &file)
+    }
+
+    /// Merges flags (which already include env vars) over the file over the defaults.
+    pub fn resolve(cli: &Cli, file: &FileConfig) -> Result<Config, AgentError> {
+        let listen_text =
+            pick(&cli.listen, &file.listen).unwrap_or_else(|| defaults::LISTEN.into());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            AgentError::Config(format!(
+                "listen {listen_text:?} is not an address like 0.0.0.0:7070"
+            ))
+        })?;
+        let state_dir = absolute(
+            pick(&cli.state_dir, &file.state_dir).unwrap_or_else(|| defaults::STATE_DIR.into()),
+        )?;
+        let log_dir =
+            absolute(pick(&cli.log_dir, &file.log_dir).unwrap_or_else(|| state_dir.join("logs")))?;
+        let deploy_dir = absolute(
+            pick(&cli.deploy_dir, &file.deploy_dir).unwrap_or_else(|| defaults::DEPLOY_DIR.into()),
+        )?;
+        let jobs_dir = pick(&cli.jobs_dir, &file.jobs_dir)
+            .map(absolute)
+            .transpose()?;
+
+        let node_name = match pick(&cli.node_name, &file.node_name) {
+            Some(n) if n.trim().is_empty() => {
+                return Err(AgentError::Config("node_name must not be empty".into()));
+            }
+            Some(n) => n,
+            None => hostname(),
+        };
+
+        let ip_texts = if !cli.ip.is_empty() {
+            cli.ip.clone()
+        } else {
+            file.ip.clone().unwrap_or_default()
+        };
+        let ips = if ip_texts.is_empty() {
+            host_ips()
+        } else {
+            ip_texts
+                .iter()
+                .map(|s| {
+                    s.trim()
+                        .parse::<IpAddr>()
+                        .map_err(|_| AgentError::Config(format!("ip {s:?} is not an IP address")))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
+
+        let labels = match &cli.labels {
+            Some(text) => parse_labels(text)?,
+            None => file.labels.clone().unwrap_or_default(),
+        };
+
+        let user = pick(&cli.auth_user, &file.auth_user);
+        let password = pick(&cli.auth_password, &file.auth_password);
+        let basic = match (user, password) {
+            (Some(u), Some(p)) if !u.is_empty() && !p.is_empty() => Some((u, p)),
+            (None, None) => None,
+            _ => {
+                return Err(AgentError::Config(
+                    "auth_user and auth_password must be set together, both non-empty".into(),
+                ));
+            }
+        };
+        let token = pick(&cli.token, &file.token).filter(|t| !t.is_empty());
+
+        let managers = if !cli.manager.is_empty() {
+            cli.manager.clone()
+        } else {
+            file.manager.clone().unwrap_or_default()
+        };
+        for m in &managers {
+            if !(m.starts_with("http://") || m.starts_with("https://")) {
+                return Err(AgentError::Config(format!(
+                    "manager {m:?} must be a URL starting with http:// or https://"
+                )));
+            }
+        }
+
+        let shutdown_grace = match pick(&cli.shutdown_grace, &file.shutdown_grace) {
+            Some(text) => parse_duration("shutdown_grace", &text)?,
+            None => Duration::from_secs(defaults::SHUTDOWN_GRACE_SECS),
+        };
+        let size =
+            |key: &str, flag: &Option<String>, file: &Option<SizeValue>, default: u64| match flag
+                .clone()
+                .or_else(|| file.as_ref().map(SizeValue::text))
+            {
+                Some(text) => parse_size(&text)
+                    .map_err(|e| AgentError::Config(format!("{key} {text:?}: {e}"))),
+                None => Ok(default),
+            };
+        let output_tail = size(
+            "output_tail",
+            &cli.output_tail,
+            &file.output_tail,
+            defaults::OUTPUT_TAIL,
+        )?;
+        if output_tail == 0 || output_tail > 16 * 1024 * 1024 {
+            return Err(AgentError::Config(
+                "output_tail must be between 1 byte and 16MiB".into(),
+            ));
+        }
+        let log_keep_bytes = size(
+            "log_keep_bytes",
+            &cli.log_keep_bytes,
+            &file.log_keep_bytes,
+            defaults::LOG_KEEP_BYTES,
+        )?;
+        let outbox_bytes = size(
+            "outbox_bytes",
+            &cli.outbox_bytes,
+            &file.outbox_bytes,
+            defaults::OUTBOX_BYTES,
+        )?;
+        let log_keep_runs = cli
+            .log_keep_runs
+            .or(file.log_keep_runs)
+            .unwrap_or(defaults::LOG_KEEP_RUNS);
+        let history_keep_runs = cli
+            .history_keep_runs
+            .or(file.history_keep_runs)
+            .unwrap_or(defaults::HISTORY_KEEP_RUNS);
+        if log_keep_runs == 0 || history_keep_runs == 0 {
+            return Err(AgentError::Config(
+                "log_keep_runs and history_keep_runs must be at least 1".into(),
+            ));
+        }
+        let log_format = match pick(&cli.log_format, &file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(AgentError::Config(format!(
+                    "log_format {other:?} is not text or json"
+                )));
+            }
+        };
+
+        Ok(Config {
+            listen,
+            state_dir,
+            log_dir,
+            deploy_dir,
+            node_name,
+            ips,
+            labels,
+            auth: AuthConfig { basic, token },
+            jobs_dir,
+            managers,
+            shutdown_grace,
+            output_tail: output_tail as usize,
+            log_keep_runs: log_keep_runs as usize,
+            log_keep_bytes,
+            history_keep_runs: history_keep_runs as usize,
+            outbox_bytes,
+            log_level: pick(&cli.log_level, &file.log_level)
+                .unwrap_or_else(|| defaults::LOG_LEVEL.into()),
+            log_format,
+        })
+    }
+
+    /// Every default, with state (and logs) under `state_dir` and the API on `127.0.0.1:0`: what
+    /// in-process tests and benchmarks start from.
+    pub fn local(state_dir: &Path) -> Config {
+        let cli = Cli {
+            state_dir: Some(state_dir.to_path_buf()),
+            deploy_dir: Some(state_dir.join("deploy")),
+            listen: Some("127.0.0.1:0".into()),
+            ..Cli::default()
+        };
+        Config::resolve(&cli, &FileConfig::default())
+            .expect("the defaults with an explicit state dir are valid")
+    }
+}
+
+/// Parses the TOML config file.
+pub fn parse_file(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| e.to_string())
+}
+
+fn pick<T: Clone>(flag: &Option<T>, file: &Option<T>) -> Option<T> {
+    flag.clone().or_else(|| file.clone())
+}
+
+fn absolute(path: PathBuf) -> Result<PathBuf, AgentError> {
+    std::path::absolute(&path).map_err(|e| AgentError::io("resolving path", path, e))
+}
+
+/// `k=v,k2=v2` into a map; an empty string is no labels.
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, AgentError> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(AgentError::Config(format!(
+                "label {pair:?} is not key=value (labels are written k=v,k2=v2)"
+            )));
+        };
+        if k.trim().is_empty() {
+            return Err(AgentError::Config(format!(
+                "label {pair:?} has an empty key"
+            )));
+        }
+        labels.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(labels)
+}
+
+fn parse_duration(key: &str, text: &str) -> Result<Duration, AgentError> {
+    let t = text.trim();
+    // A bare number is seconds, as everywhere else in the seed's formats.
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| AgentError::Config(format!("{key} {text:?} is not a duration like 30s: {e}")))
+}
+
+/// `65536`, `64k`, `64KiB`, `1MiB`, `2G`: binary multiples, case-insensitive.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "expected a number of bytes such as 65536 or 64KiB".to_string())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        other => return Err(format!("unknown unit {other:?}; use B, KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| "size is too large".to_string())
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The host's addresses that identify it to others: no loopback, no IPv6 link-local.
+fn host_ips() -> Vec<IpAddr> {
+    let mut ips = Vec::new();
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return ips;
+    };
+    for ifa in addrs {
+        let Some(addr) = ifa.address else { continue };
+        let ip = if let Some(v4) = addr.as_sockaddr_in() {
+            IpAddr::V4(v4.ip())
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            IpAddr::V6(v6.ip())
+        } else {
+            continue;
+        };
+        let link_local_v6 = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+        if ip.is_loopback() || ip.is_unspecified() || link_local_v6 || ips.contains(&ip) {
+            continue;
+        }
+        ips.push(ip);
+    }
+    ips
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut full = vec!["op-agent"];
+        full.extend_from_slice(args);
+        Cli::try_parse_from(full).unwrap()
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("64k"), Ok(65536));
+        assert_eq!(parse_size("1 MiB"), Ok(1 << 20));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let file = parse_file(
+            "listen = \"127.0.0.1:9000\"\nstate_dir = \"/tmp/x\"\noutput_tail = \"1KiB\"\n[labels]\nrole = \"db\"\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&cli(&["--listen", "127.0.0.1:9100"]), &file).unwrap();
+        assert_eq!(c.listen.port(), 9100);
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.log_dir, PathBuf::from("/tmp/x/logs"));
+        assert_eq!(c.output_tail, 1024);
+        assert_eq!(c.labels.get("role").map(String::as_str), Some("db"));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        let c = Config::resolve(&cli(&["--labels", "a=1, b=2"]), &file).unwrap();
+        assert_eq!(c.labels.len(), 2);
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error() {
+        let err = parse_file("listen_addr = \"x\"").unwrap_err();
+        assert!(err.contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let f = FileConfig::default();
+        for (args, key) in [
+            (vec!["--listen", "nope"], "listen"),
+            (vec!["--ip", "10.0.0.300"], "ip"),
+            (vec!["--labels", "novalue"], "label"),
+            (vec!["--auth-user", "u"], "auth_user"),
+            (vec!["--manager", "ftp://x"], "manager"),
+            (vec!["--shutdown-grace", "soon"], "shutdown_grace"),
+        ] {
+            let err = Config::resolve(&cli(&args), &f).unwrap_err().to_string();
+            assert!(err.contains(key), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn repeatable_ips() {
+        let c = Config::resolve(
+            &cli(&["--ip", "10.0.0.1", "--ip", "10.0.0.2"]),
+            &FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(c.ips.len(), 2);
+    }
+}

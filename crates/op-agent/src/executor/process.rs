@@ -1,0 +1,287 @@
+//! Process-level primitives: waiting without reaping, reaping with rusage, signalling a process
+//! group safely, and keeping the agent free of zombies.
+//!
+//! The rules that make "never signal a group that isn't ours" hold:
+//! - A job's leader is the group's id (it called `setsid`). We do not reap the leader until we
+//!   are done signalling its group: while its zombie exists, neither its pid nor its group id can
+//!   be reused by another process. Exit is observed with a pidfd (or `waitid(WNOWAIT)` on old
+//!   kernels), which does not reap.
+//! - The agent is a child subreaper (`PR_SET_CHILD_SUBREAPER`): a job's orphaned grandchildren are
+//!   re-parented to us, not to PID 1, so they also keep the group id reserved until we reap them,
+//!   and they never linger as zombies when the host's PID 1 reaps slowly (or not at all).
+//! - The [`Reaper`] reaps every zombie child that is not a tracked leader. Leaders are registered
+//!   under the same lock that `spawn` runs under, so a sweep can never reap a leader whose status
+//!   its supervisor still needs. We never call `waitpid(-1)`.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use op_proto::run::Rusage;
+
+/// How a leader ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    Code(i32),
+    Signal(i32),
+}
+
+/// One line of `/proc/PID/stat`, the fields we need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: i32,
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+}
+
+/// Parses `/proc/PID/stat`. The command name may hold spaces and parentheses, so the fields are
+/// read after the last `)`.
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let pid = text.split_whitespace().next()?.parse().ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let pgrp = f.next()?.parse().ok()?;
+    Some(ProcStat {
+        pid,
+        state,
+        ppid,
+        pgrp,
+    })
+}
+
+/// Every process visible in /proc.
+pub fn all_processes() -> Vec<ProcStat> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let name = e.file_name();
+        let pid: i32 = name.to_str()?.parse().ok()?;
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        parse_stat(&text)
+    })
+    .collect()
+}
+
+/// Members of group `pgid` that are still alive (zombies are dead: they only await reaping).
+pub fn live_members(pgid: i32) -> usize {
+    all_processes()
+        .iter()
+        .filter(|p| p.pgrp == pgid && !matches!(p.state, 'Z' | 'X' | 'x'))
+        .count()
+}
+
+/// Sends `sig` to group `pgid`. Callers guarantee the group is ours (its leader is unreaped).
+pub fn signal_group(pgid: i32, sig: Signal) {
+    if let Err(e) = killpg(Pid::from_raw(pgid), sig)
+        && e != nix::errno::Errno::ESRCH
+    {
+        tracing::warn!(pgid, signal = %sig, error = %e, "could not signal process group");
+    }
+}
+
+/// Tracks job leaders and reaps every other zombie child.
+pub struct Reaper {
+    leaders: Mutex<HashSet<i32>>,
+}
+
+/// The process-wide reaper: children belong to the process, so there is exactly one.
+pub fn reaper() -> &'static Reaper {
+    static REAPER: OnceLock<Reaper> = OnceLock::new();
+    REAPER.get_or_init(|| {
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes plain integers and touches no memory.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
+        if rc != 0 {
+            tracing::warn!(
+                error = %io::Error::last_os_error(),
+                "could not become a child subreaper; orphaned job processes go to PID 1"
+            );
+        }
+        Reaper {
+            leaders: Mutex::new(HashSet::new()),
+        }
+    })
+}
+
+impl Reaper {
+    /// Runs `spawn` (which returns the new leader's pid) under the leader lock, so no sweep can
+    /// see the new child before it is registered.
+    pub fn spawn_tracked<T>(
+        &self,
+        spawn: impl FnOnce() -> io::Result<(T, i32)>,
+    ) -> io::Result<(T, i32)> {
+        let mut leaders = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
+        let (value, pid) = spawn()?;
+        leaders.insert(pid);
+        Ok((value, pid))
+    }
+
+    /// Reaps the exited leader `pid` (it must have exited) and returns its status and rusage.
+    pub fn reap_leader(&self, pid: i32) -> io::Result<(ExitKind, Rusage)> {
+        let result = wait4(pid);
+        self.leaders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pid);
+        result
+    }
+
+    /// Reaps every zombie child of ours that is not a tracked leader: orphaned grandchildren
+    /// re-parented to us as subreaper.
+    pub fn sweep(&self) {
+        let me = std::process::id() as i32;
+        let leaders = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
+        for p in all_processes() {
+            if p.ppid == me && p.state == 'Z' && !leaders.contains(&p.pid) {
+                // WNOHANG: never block, and a pid that is no longer our zombie is simply skipped.
+                let _ = nix::sys::wait::waitpid(
+                    Pid::from_raw(p.pid),
+                    Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                );
+            }
+        }
+    }
+}
+
+/// Waits until process `pid` (our unreaped child) has exited, without reaping it.
+pub async fn wait_exit(pid: i32) {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd >= 0 {
+        // SAFETY: the syscall just returned this fd to us; nothing else owns it.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // SAFETY: `owned` is a valid open fd that the AsyncFd owns (and closes) for its lifetime.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
+        };
+        if let Ok(afd) = registered {
+            // A pidfd becomes readable when the process terminates; it stays readable.
+            let _ = afd.readable().await;
+            return;
+        }
+    }
+    // Kernels before 5.3: a blocking waitid that leaves the zombie in place.
+    let _ = tokio::task::spawn_blocking(move || {
+        use nix::sys::wait::{Id, WaitPidFlag, waitid};
+        loop {
+            match waitid(
+                Id::Pid(Pid::from_raw(pid)),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+fn wait4(pid: i32) -> io::Result<(ExitKind, Rusage)> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data; wait4 fills it in.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: valid pointers to locals; pid is our own child.
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if rc == pid {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    let kind = if libc::WIFSIGNALED(status) {
+        ExitKind::Signal(libc::WTERMSIG(status))
+    } else {
+        ExitKind::Code(libc::WEXITSTATUS(status))
+    };
+    let ms = |tv: libc::timeval| (tv.tv_sec as u64) * 1000 + (tv.tv_usec as u64) / 1000;
+    Ok((
+        kind,
+        Rusage {
+            user_ms: ms(ru.ru_utime),
+            sys_ms: ms(ru.ru_stime),
+            max_rss_kb: ru.ru_maxrss.max(0) as u64,
+        },
+    ))
+}
+
+/// Kills, with SIGKILL, every process whose environment carries `OP_RUN_ID=<run_id>`: the
+/// leftovers of runs that were in flight when a previous agent died. Identifying them by their
+/// environment (not by a stored pid or group id) means a reused pid is never hit. Returns how
+/// many were killed.
+pub fn kill_run_leftovers(run_ids: &HashSet<String>) -> usize {
+    if run_ids.is_empty() {
+        return 0;
+    }
+    let me = std::process::id() as i32;
+    let mut killed = 0;
+    for p in all_processes() {
+        if p.pid == me || p.state == 'Z' {
+            continue;
+        }
+        let Ok(env) = std::fs::read(format!("/proc/{}/environ", p.pid)) else {
+            continue;
+        };
+        let hit = env.split(|b| *b == 0).any(|var| {
+            var.strip_prefix(b"OP_RUN_ID=")
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .is_some_and(|v| run_ids.contains(v))
+        });
+        if hit && nix::sys::signal::kill(Pid::from_raw(p.pid), Signal::SIGKILL).is_ok() {
+            killed += 1;
+        }
+    }
+    killed
+}
+
+/// Polls until `cond` holds or `limit` passes; returns whether it held. Used only while a kill
+/// is in progress, where a 50 ms poll of /proc is cheap and bounded.
+pub async fn poll_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        tokio::time::sleep((deadline - now).min(Duration::from_millis(50))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_odd_command_names() {
+        let s = parse_stat("1234 (a (b) c) S 1 1234 1234 0 -1 4194560").unwrap();
+        assert_eq!(
+            s,
+            ProcStat {
+                pid: 1234,
+                state: 'S',
+                ppid: 1,
+                pgrp: 1234
+            }
+        );
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn we_are_visible() {
+        let me = std::process::id() as i32;
+        assert!(all_processes().iter().any(|p| p.pid == me));
+    }
+}

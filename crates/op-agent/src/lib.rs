@@ -1,0 +1,210 @@
+//! op-agent: the daemon that runs jobs on one machine.
+//!
+//! [`run`] wires the parts together and owns the shutdown order:
+//! - [`config`]: flags, env and file merged into a validated [`Config`];
+//! - [`state`]: the durable state dir (node id, run history + outbox, once-job ledger, cached
+//!   job set), and [`outbox`], the delivery queue a manager link drains;
+//! - [`executor`]: the only code that starts processes; runs one execution to its final record;
+//! - [`schedule`]: when jobs run (cron, once, retries, concurrency policy);
+//! - [`jobs_dir`]: standalone mode's job source; [`jobs`]: the job table the API reads;
+//! - [`invoke`] and [`api`]: the HTTP API, including the seed's `/api/opAgent`;
+//! - [`metrics`]: counters behind `/metrics` and `/v1/status`.
+//!
+//! The link to managers (`--manager`) is a later module: the URLs are accepted and stored, and
+//! finished runs wait in the outbox for it.
+
+pub mod api;
+pub mod config;
+mod error;
+pub mod executor;
+pub mod invoke;
+pub mod jobs;
+pub mod jobs_dir;
+pub mod metrics;
+pub mod outbox;
+pub mod schedule;
+pub mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use op_proto::HostIdentity;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::AgentError;
+
+use crate::api::{AgentFacts, AppInner, AppState};
+use crate::executor::{ExecSettings, Executor};
+use crate::invoke::Invoker;
+use crate::jobs::JobTable;
+use crate::metrics::Metrics;
+use crate::schedule::SchedulerParts;
+use crate::state::StateStore;
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the agent until `shutdown` is cancelled, then stops in order: no new fires or
+/// invocations; running jobs get `shutdown_grace` to finish and are then killed (recorded
+/// `killed`); the HTTP server drains; the state is left consistent.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&config.log_dir)
+        .map_err(|e| AgentError::io("creating log dir", &config.log_dir, e))?;
+    let state = StateStore::open(
+        &config.state_dir,
+        config.history_keep_runs,
+        config.outbox_bytes,
+    )?;
+    let node_id = state.node_id()?;
+    let metrics = Metrics::new();
+    let settings = ExecSettings::from_config(&config, node_id);
+
+    // Runs a previous agent left in flight become `lost` before anything new starts.
+    executor::recover_in_flight(&state, &settings, &metrics)?;
+    metrics.outbox(state.outbox_totals_now()?);
+
+    let (executor, finished) = Executor::new(settings, state.clone(), metrics.clone());
+    let table = JobTable::default();
+    let host = HostIdentity {
+        hostname: config.node_name.clone(),
+        ips: config.ips.clone(),
+        labels: config.labels.clone(),
+    };
+    let sources = CancellationToken::new();
+    let (scheduler, scheduler_task) = schedule::spawn(
+        SchedulerParts {
+            executor: executor.clone(),
+            state: state.clone(),
+            metrics: metrics.clone(),
+            table: table.clone(),
+            host,
+            finished,
+        },
+        sources.clone(),
+    )?;
+
+    let mode = if let Some(dir) = &config.jobs_dir {
+        let jobs_dir = jobs_dir::JobsDir::new(dir.clone(), state.clone(), config.state_dir.clone());
+        tokio::spawn(jobs_dir::follow(
+            jobs_dir,
+            scheduler.clone(),
+            sources.clone(),
+        ));
+        "standalone"
+    } else {
+        // Keep running the last known job set until a manager (later) sends a new one.
+        match state::desired::load(&config.state_dir) {
+            Ok(Some(cached)) => scheduler.set_jobs(cached.jobs),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "ignoring the cached job set"),
+        }
+        if config.managers.is_empty() {
+            "cached"
+        } else {
+            "managed"
+        }
+    };
+
+    let credentials = match (&config.auth.basic, &config.auth.token) {
+        (None, None) => {
+            let (token, path) = state::token::ensure(&config.state_dir)?;
+            tracing::warn!(path = %path.display(), "no credential configured: the API accepts the bearer token stored in this file");
+            api::auth::Credentials::new(None, Some(&token))
+        }
+        (basic, token) => api::auth::Credentials::new(
+            basic.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
+            token.as_deref(),
+        ),
+    };
+
+    let closing = CancellationToken::new();
+    let app = api::router(AppState(Arc::new(AppInner {
+        invoker: Invoker {
+            table,
+            executor: executor.clone(),
+            closing: closing.clone(),
+        },
+        executor: executor.clone(),
+        state: state.clone(),
+        metrics: metrics.clone(),
+        credentials,
+        facts: AgentFacts {
+            node_id,
+            hostname: config.node_name.clone(),
+            ips: config.ips.clone(),
+            labels: config.labels.clone(),
+            managers: config.managers.clone(),
+            mode: mode.into(),
+            started_at: Utc::now(),
+        },
+        log_dir: config.log_dir.clone(),
+    })));
+
+    let listener = listener.into_std().map_err(AgentError::Server)?;
+    let handle = axum_server::Handle::new();
+    let mut server = axum_server::from_tcp(listener)
+        .map_err(AgentError::Server)?
+        .handle(handle.clone());
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(Some(HEADER_READ_TIMEOUT));
+    let mut server_task = tokio::spawn(server.serve(app.into_make_service()));
+    tracing::info!(%node_id, mode, "agent running");
+
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        result = &mut server_task => {
+            // The server stopped on its own: fatal for an agent, whose API is part of its job.
+            sources.cancel();
+            closing.cancel();
+            executor.kill_all("agent stopped: its HTTP server failed").await;
+            return Err(match result {
+                Ok(Ok(())) => AgentError::Server(std::io::Error::other("the HTTP server stopped unexpectedly")),
+                Ok(Err(e)) => AgentError::Server(e),
+                Err(e) => AgentError::Task(e.to_string()),
+            });
+        }
+    }
+
+    tracing::info!("shutting down: no new runs");
+    closing.cancel();
+    sources.cancel();
+    let _ = scheduler_task.await;
+
+    let running = executor.running();
+    if !running.is_empty() {
+        tracing::info!(runs = running.len(), grace = ?config.shutdown_grace, "waiting for running jobs");
+        let all_done = async {
+            for h in &running {
+                h.wait().await;
+            }
+        };
+        if tokio::time::timeout(config.shutdown_grace, all_done)
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace over: killing the remaining runs");
+            executor
+                .kill_all("agent shut down before the run finished")
+                .await;
+        }
+    }
+
+    // In-flight HTTP requests (sync invocations) have their answers now.
+    handle.graceful_shutdown(Some(Duration::from_secs(5)));
+    match server_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(AgentError::Server(e)),
+        Err(e) => return Err(AgentError::Task(e.to_string())),
+    }
+    tracing::info!("agent stopped");
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! The `op-agent` binary: parse flags, set up logging, bind the listener, turn SIGTERM/SIGINT
+//! into a shutdown, run the library, map the outcome to an exit code (0 ok, 1 runtime error,
+//! 2 bad configuration).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use op_agent::config::{Cli, Config, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("op-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config);
+
+    // Two workers: the agent's work is timers, pipes and small HTTP requests. More threads would
+    // only add memory (see `op-bench agent-footprint`).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("op-agent: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("op-agent: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts that pass port 0 read the real address from this line.
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "listening on {addr}")?;
+    stdout.flush()?;
+    tracing::info!(%addr, "listening");
+
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        trigger.cancel();
+    });
+    op_agent::run(config, listener, shutdown).await?;
+    Ok(())
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,428 @@
+//! The scheduler: decides when each job runs.
+//!
+//! One task owns the plan (every active job's next fire, pending retries, pending once-jobs) and
+//! sleeps with one timer until the earliest of them: no polling, no CPU while idle. It wakes for
+//! that timer, for a new desired job set, or for a finished run (retries, deferred once-jobs).
+//!
+//! Rules it keeps:
+//! - cron fires come from `Schedule::next_after` in the job's zone; fires missed (agent down, or
+//!   woken too late) are not caught up but counted as lost fires;
+//! - a fire while the job's previous run lives follows `Concurrency`: `forbid` skips and counts
+//!   (the first skip per blocking run is also recorded as a `skipped` run), `allow` starts
+//!   beside it, `replace` kills the old run and starts the new one only after it ended;
+//! - `Jitter` delays each fire by a random `[0, Jitter]` seconds; failed or timed-out scheduled
+//!   runs are retried `Retries` times after `RetryDelay` (trigger `retry`);
+//! - an edited job keeps its current run; the next fire uses the new revision;
+//! - a disabled, removed or no-longer-selected job has its running processes killed (`killed`);
+//! - a once-job runs once per (job, revision): the ledger is checked here and written by the
+//!   executor with the in-flight record, before the process starts.
+//!
+//! Explicit invocations (the API) do not pass through here: they are requests, not fires, and
+//! are not subject to the concurrency policy.
+
+pub mod plan;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use op_proto::agent::DesiredJob;
+use op_proto::{Concurrency, HostIdentity, JobSpec, RunRecord, RunStatus, Schedule, Trigger};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::executor::{Executor, RunRequest};
+use crate::jobs::{JobEntry, JobTable};
+use crate::metrics::Metrics;
+use crate::state::StateStore;
+
+/// Longest single sleep: a guard against wall-clock jumps, not a poll (one wakeup a minute).
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+enum Msg {
+    SetJobs(Vec<DesiredJob>),
+}
+
+/// Handle to the scheduler task.
+#[derive(Clone)]
+pub struct Scheduler {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Scheduler {
+    /// Replaces the whole job set (standalone files or the manager's desired state).
+    pub fn set_jobs(&self, jobs: Vec<DesiredJob>) {
+        let _ = self.tx.send(Msg::SetJobs(jobs));
+    }
+}
+
+/// What the scheduler works with.
+pub struct SchedulerParts {
+    pub executor: Executor,
+    pub state: StateStore,
+    pub metrics: Metrics,
+    pub table: JobTable,
+    pub host: HostIdentity,
+    pub finished: mpsc::UnboundedReceiver<Arc<RunRecord>>,
+}
+
+/// Starts the scheduler task; it returns when `shutdown` is cancelled.
+pub fn spawn(
+    parts: SchedulerParts,
+    shutdown: CancellationToken,
+) -> Result<(Scheduler, JoinHandle<()>), crate::AgentError> {
+    let ledger = parts.state.ledger_keys()?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut lp = Loop {
+        executor: parts.executor,
+        state: parts.state,
+        metrics: parts.metrics,
+        table: parts.table,
+        host: parts.host,
+        plans: BTreeMap::new(),
+        retries: Vec::new(),
+        pending_once: BTreeSet::new(),
+        ledger,
+        first_set: true,
+        shutdown: shutdown.clone(),
+    };
+    let mut finished = parts.finished;
+    let task = tokio::spawn(async move {
+        let mut rx = rx;
+        loop {
+            let wake = lp.next_wake();
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                msg = rx.recv() => match msg {
+                    Some(Msg::SetJobs(jobs)) => lp.set_jobs(jobs),
+                    None => break,
+                },
+                Some(record) = finished.recv() => lp.on_finished(&record),
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+            lp.fire_due();
+        }
+    });
+    Ok((Scheduler { tx }, task))
+}
+
+/// One active job's plan.
+struct Plan {
+    revision: u64,
+    spec: Arc<JobSpec>,
+    schedule: Option<Schedule>,
+    /// The next planned fire.
+    next: Option<DateTime<Utc>>,
+    /// `next` plus this fire's jitter: when the timer fires.
+    due: Option<DateTime<Utc>>,
+    /// The run whose presence caused the last recorded skip (later skips are only counted).
+    skip_recorded_for: Option<Uuid>,
+    /// A `replace` in progress: kill the old run, then start.
+    replacing: Option<JoinHandle<()>>,
+}
+
+struct Retry {
+    at: DateTime<Utc>,
+    job: String,
+    revision: u64,
+    attempt: u32,
+}
+
+struct Loop {
+    executor: Executor,
+    state: StateStore,
+    metrics: Metrics,
+    table: JobTable,
+    host: HostIdentity,
+    plans: BTreeMap<String, Plan>,
+    retries: Vec<Retry>,
+    /// Once-jobs waiting for their previous run to end (`forbid`).
+    pending_once: BTreeSet<String>,
+    ledger: HashSet<(String, u64)>,
+    first_set: bool,
+    shutdown: CancellationToken,
+}
+
+fn instant_for(t: DateTime<Utc>) -> tokio::time::Instant {
+    let delta = (t - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + delta.min(MAX_SLEEP)
+}
+
+impl Loop {
+    fn next_wake(&self) -> tokio::time::Instant {
+        let earliest = self
+            .plans
+            .values()
+            .filter_map(|p| p.due)
+            .chain(self.retries.iter().map(|r| r.at))
+            .min();
+        match earliest {
+            Some(t) => instant_for(t),
+            None => tokio::time::Instant::now() + MAX_SLEEP,
+        }
+    }
+
+    fn set_jobs(&mut self, jobs: Vec<DesiredJob>) {
+        let now = Utc::now();
+        let mut table = BTreeMap::new();
+        for job in jobs {
+            let selected = job.spec.selector().matches(&self.host);
+            table.insert(
+                job.spec.name.clone(),
+                JobEntry {
+                    revision: job.revision,
+                    spec: Arc::new(job.spec),
+                    selected,
+                    next_fire: None,
+                },
+            );
+        }
+
+        // Jobs that stop being active: drop their plan and stop their processes.
+        let old: Vec<String> = self.plans.keys().cloned().collect();
+        for name in old {
+            let reason = match table.get(&name) {
+                None => Some("job removed".to_string()),
+                Some(e) if !e.spec.enabled => Some("job disabled (Enabled: 0)".to_string()),
+                Some(e) if !e.selected => Some("job no longer selects this host".to_string()),
+                Some(_) => None,
+            };
+            if let Some(reason) = reason {
+                self.plans.remove(&name);
+                self.pending_once.remove(&name);
+                self.retries.retain(|r| r.job != name);
+                tracing::info!(job = %name, %reason, "job stopped");
+                let executor = self.executor.clone();
+                tokio::spawn(async move { executor.kill_job(&name, &reason).await });
+            }
+        }
+        // Runs of jobs that were never planned here (API runs of an unknown or inactive job).
+        for handle in self.executor.running() {
+            if !table.get(handle.job()).is_some_and(JobEntry::active) {
+                handle.kill("job removed or disabled");
+            }
+        }
+
+        for (name, entry) in table.iter_mut() {
+            if !entry.active() {
+                continue;
+            }
+            if let Some(plan) = self.plans.get(name)
+                && plan.revision == entry.revision
+            {
+                entry.next_fire = plan.next;
+                continue;
+            }
+            let schedule = entry.spec.schedule();
+            let next = schedule.as_ref().and_then(|s| s.next_after(now));
+            if self.first_set
+                && let Some(s) = &schedule
+            {
+                self.count_missed_while_down(name, entry.revision, s, now);
+            }
+            let due = next.map(|n| n + plan::jitter(entry.spec.jitter_secs));
+            self.retries
+                .retain(|r| r.job != *name || r.revision == entry.revision);
+            let replacing = self.plans.remove(name).and_then(|p| p.replacing);
+            self.plans.insert(
+                name.clone(),
+                Plan {
+                    revision: entry.revision,
+                    spec: entry.spec.clone(),
+                    schedule,
+                    next,
+                    due,
+                    skip_recorded_for: None,
+                    replacing,
+                },
+            );
+            entry.next_fire = next;
+            if entry.spec.once_job && !self.ledger.contains(&(name.clone(), entry.revision)) {
+                self.pending_once.insert(name.clone());
+            } else {
+                self.pending_once.remove(name);
+            }
+            tracing::info!(job = %name, revision = entry.revision, kind = entry.spec.kind(), next = ?next, "job planned");
+        }
+        self.first_set = false;
+        self.table.replace(table);
+    }
+
+    fn count_missed_while_down(
+        &self,
+        name: &str,
+        revision: u64,
+        schedule: &Schedule,
+        now: DateTime<Utc>,
+    ) {
+        let Ok(Some((last, last_revision))) = self.state.last_cron_planned(name) else {
+            return;
+        };
+        if last_revision != revision {
+            return;
+        }
+        let missed = plan::missed_between(schedule, last, now);
+        if missed > 0 {
+            tracing::warn!(job = %name, missed, "fires missed while the agent was down");
+            self.metrics.fires_lost(missed);
+        }
+    }
+
+    fn on_finished(&mut self, record: &RunRecord) {
+        let retryable = matches!(
+            record.trigger,
+            Trigger::Cron | Trigger::Once | Trigger::Retry
+        ) && matches!(record.status, RunStatus::Failed | RunStatus::Timeout);
+        if !retryable || self.shutdown.is_cancelled() {
+            return;
+        }
+        let Some(plan) = self.plans.get(&record.job) else {
+            return;
+        };
+        if plan.revision != record.job_revision || record.attempt >= plan.spec.retries {
+            return;
+        }
+        let at = Utc::now() + chrono::Duration::seconds(plan.spec.retry_delay_secs as i64);
+        tracing::info!(job = %record.job, attempt = record.attempt + 1, %at, "retry planned");
+        self.retries.push(Retry {
+            at,
+            job: record.job.clone(),
+            revision: record.job_revision,
+            attempt: record.attempt + 1,
+        });
+    }
+
+    fn fire_due(&mut self) {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let now = Utc::now();
+        let due: Vec<String> = self
+            .plans
+            .iter()
+            .filter(|(_, p)| p.due.is_some_and(|d| d <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            let Some(plan) = self.plans.get_mut(&name) else {
+                continue;
+            };
+            let (Some(planned), Some(schedule)) = (plan.next, plan.schedule.as_ref()) else {
+                continue;
+            };
+            let (next, lost) = plan::advance(schedule, planned, now);
+            if lost > 0 {
+                tracing::warn!(job = %name, lost, "woke too late for some fires; they are not caught up");
+                self.metrics.fires_lost(lost);
+            }
+            plan.next = next;
+            plan.due = next.map(|n| n + plan::jitter(plan.spec.jitter_secs));
+            self.table.set_next_fire(&name, next);
+            let req = RunRequest::scheduled(
+                plan.spec.clone(),
+                plan.revision,
+                Trigger::Cron,
+                Some(planned),
+            );
+            self.fire(&name, req);
+        }
+
+        let (ready, waiting): (Vec<Retry>, Vec<Retry>) = std::mem::take(&mut self.retries)
+            .into_iter()
+            .partition(|r| r.at <= now);
+        self.retries = waiting;
+        for retry in ready {
+            let Some(plan) = self.plans.get(&retry.job) else {
+                continue;
+            };
+            if plan.revision != retry.revision {
+                continue;
+            }
+            let mut req = RunRequest::scheduled(
+                plan.spec.clone(),
+                plan.revision,
+                Trigger::Retry,
+                Some(retry.at),
+            );
+            req.attempt = retry.attempt;
+            self.fire(&retry.job, req);
+        }
+
+        for name in std::mem::take(&mut self.pending_once) {
+            let Some(plan) = self.plans.get(&name) else {
+                continue;
+            };
+            let key = (name.clone(), plan.revision);
+            if self.ledger.contains(&key) {
+                continue;
+            }
+            let busy = !self.executor.running_for(&name).is_empty();
+            if busy && plan.spec.concurrency == Concurrency::Forbid {
+                // A once-job is never skipped: it waits for the previous run to end.
+                self.pending_once.insert(name);
+                continue;
+            }
+            self.ledger.insert(key);
+            let req =
+                RunRequest::scheduled(plan.spec.clone(), plan.revision, Trigger::Once, Some(now));
+            self.fire(&name, req);
+        }
+    }
+
+    /// Applies the concurrency policy to one fire.
+    fn fire(&mut self, name: &str, req: RunRequest) {
+        let Some(plan) = self.plans.get_mut(name) else {
+            return;
+        };
+        let running = self.executor.running_for(name);
+        let replacing = plan.replacing.as_ref().is_some_and(|h| !h.is_finished());
+        if running.is_empty() && !replacing {
+            self.executor.start(req);
+            return;
+        }
+        match plan.spec.concurrency {
+            Concurrency::Allow => {
+                self.executor.start(req);
+            }
+            Concurrency::Replace if !replacing => {
+                let executor = self.executor.clone();
+                let shutdown = self.shutdown.clone();
+                plan.replacing = Some(tokio::spawn(async move {
+                    executor
+                        .kill_job(
+                            &req.spec.name,
+                            "replaced by a newer run (Concurrency: replace)",
+                        )
+                        .await;
+                    if !shutdown.is_cancelled() {
+                        executor.start(req);
+                    }
+                }));
+            }
+            Concurrency::Forbid | Concurrency::Replace => {
+                self.metrics.fire_skipped();
+                let blocking = running.first().map(|h| h.run_id());
+                if blocking.is_some() && plan.skip_recorded_for == blocking {
+                    return;
+                }
+                plan.skip_recorded_for = blocking;
+                let mut record = self.executor.record_for(&req);
+                record.status = RunStatus::Skipped;
+                record.started_at = None;
+                record.error = Some(match blocking {
+                    Some(id) => format!(
+                        "skipped: run {id} is still running (Concurrency: {}); further skips while it runs are only counted",
+                        plan.spec.concurrency.as_str()
+                    ),
+                    None => "skipped: the previous run is being replaced".into(),
+                });
+                tracing::info!(job = %name, "fire skipped: previous run still alive");
+                let executor = self.executor.clone();
+                tokio::spawn(async move { executor.record_without_process(record).await });
+            }
+        }
+    }
+}

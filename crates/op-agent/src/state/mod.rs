@@ -1,0 +1,286 @@
+//! Durable agent state in `STATE_DIR`.
+//!
+//! Layout:
+//! - `agent.db`: SQLite (WAL, `synchronous=FULL`) with the node id, the run history (which also
+//!   holds the outbox and the in-flight runs), the once-job ledger, the standalone revisions and
+//!   the drop counter. See [`schema`] for the tables.
+//! - `desired.json`: the last desired job set, replaced atomically ([`desired`]).
+//! - `api-token`: the generated bearer token when no credential is configured ([`token`]).
+//!
+//! Why SQLite and not hand-written files: the crash promises ("a once-job never runs twice", "a
+//! finished run is never lost", "in-flight runs are reported `lost`") each need several facts to
+//! change together — the ledger row and the in-flight run row before a start, the final record,
+//! the ledger outcome and the outbox budget at the end. One transaction per step gives that
+//! atomicity for free, where files would need a journal of our own. With `synchronous=FULL` a
+//! commit survives power loss, not only `kill -9`. The cost is one fsync per run start and end,
+//! far below what a cron agent needs. The connection is used only from blocking threads
+//! (`spawn_blocking`), so an fsync never stalls the scheduler's timers.
+//!
+//! This module owns storage only. Deciding what to store belongs to the executor (runs), the
+//! scheduler (ledger) and the outbox (delivery).
+
+pub mod desired;
+mod runs;
+pub mod token;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use uuid::Uuid;
+
+use crate::error::AgentError;
+
+pub use runs::{Delivery, OutboxTotals};
+
+/// File name of the database inside the state dir.
+pub const DB_FILE: &str = "agent.db";
+
+/// The schema, applied with `PRAGMA user_version` as the migration counter.
+pub mod schema {
+    /// Each entry moves the schema from version `i` to `i + 1`.
+    pub const MIGRATIONS: &[&str] = &[r#"
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        -- One row per run, from the moment before its process starts. `record` is the op-proto
+        -- RunRecord as JSON; the other columns are what queries need. `delivery`: 0 = local only
+        -- (no manager configured), 1 = in the outbox, 2 = acknowledged, 3 = dropped (over budget).
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL UNIQUE,
+            job TEXT NOT NULL,
+            trigger TEXT NOT NULL,
+            status TEXT NOT NULL,
+            delivery INTEGER NOT NULL DEFAULT 0,
+            bytes INTEGER NOT NULL DEFAULT 0,
+            record TEXT NOT NULL
+        );
+        CREATE INDEX runs_by_job ON runs (job, id);
+        CREATE INDEX runs_by_delivery ON runs (delivery, id);
+        CREATE INDEX runs_by_status ON runs (status);
+        -- A row exists from before a once-job revision starts: its presence alone forbids a
+        -- second run. `state`: started | ok | failed | lost.
+        CREATE TABLE once_ledger (
+            job TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            run_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (job, revision)
+        );
+        -- Standalone mode: the revision of each job file, bumped when its content changes.
+        CREATE TABLE local_revisions (
+            job TEXT PRIMARY KEY,
+            content_hash TEXT NOT NULL,
+            revision INTEGER NOT NULL
+        );
+        CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    "#];
+}
+
+/// The state database, shared by every component. Cheap to clone.
+#[derive(Clone)]
+pub struct StateStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+    history_keep_runs: usize,
+    outbox_budget: u64,
+}
+
+impl StateStore {
+    /// Opens (creating if needed) the database in `dir` and applies pending migrations.
+    pub fn open(
+        dir: &Path,
+        history_keep_runs: usize,
+        outbox_budget: u64,
+    ) -> Result<Self, AgentError> {
+        std::fs::create_dir_all(dir).map_err(|e| AgentError::io("creating state dir", dir, e))?;
+        let path = dir.join(DB_FILE);
+        let err = |source| AgentError::State {
+            path: path.clone(),
+            source,
+        };
+        let mut conn = Connection::open(&path).map_err(err)?;
+        // WAL lets API reads proceed beside a commit; FULL makes each commit durable; a small page
+        // cache keeps the agent's RSS low (the database is small and mostly append-only).
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; \
+             PRAGMA cache_size=-256; PRAGMA foreign_keys=ON;",
+        )
+        .map_err(err)?;
+        migrate(&mut conn).map_err(err)?;
+        Ok(StateStore {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+            history_keep_runs,
+            outbox_budget,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the connection on a blocking thread.
+    pub(crate) async fn call<R, F>(&self, f: F) -> Result<R, AgentError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection, &Limits) -> rusqlite::Result<R> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        let path = self.path.clone();
+        let limits = Limits {
+            history_keep_runs: self.history_keep_runs,
+            outbox_budget: self.outbox_budget,
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard, &limits).map_err(|source| AgentError::State { path, source })
+        })
+        .await
+        .map_err(|e| AgentError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` on the calling thread: for startup, before the runtime's work begins, and tests.
+    pub(crate) fn call_now<R>(
+        &self,
+        f: impl FnOnce(&mut Connection, &Limits) -> rusqlite::Result<R>,
+    ) -> Result<R, AgentError> {
+        let limits = Limits {
+            history_keep_runs: self.history_keep_runs,
+            outbox_budget: self.outbox_budget,
+        };
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard, &limits).map_err(|source| AgentError::State {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// This node's id: created once, at the first start, and kept for the node's life.
+    pub fn node_id(&self) -> Result<Uuid, AgentError> {
+        self.call_now(|conn, _| {
+            let tx = conn.transaction()?;
+            let existing: Option<String> = tx
+                .query_row("SELECT value FROM meta WHERE key = 'node_id'", [], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let id = match existing.and_then(|s| Uuid::parse_str(&s).ok()) {
+                Some(id) => id,
+                None => {
+                    let id = Uuid::new_v4();
+                    tx.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('node_id', ?1)",
+                        params![id.to_string()],
+                    )?;
+                    id
+                }
+            };
+            tx.commit()?;
+            Ok(id)
+        })
+    }
+
+    /// Every (job, revision) the once-job ledger holds. Loaded once at start; the scheduler keeps
+    /// its own copy up to date as it starts once-jobs.
+    pub fn ledger_keys(&self) -> Result<HashSet<(String, u64)>, AgentError> {
+        self.call_now(|conn, _| {
+            let mut stmt = conn.prepare("SELECT job, revision FROM once_ledger")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// The ledger state of one once-job revision (`started`, `ok`, `failed`, `lost`).
+    pub fn ledger_state(&self, job: &str, revision: u64) -> Result<Option<String>, AgentError> {
+        let job = job.to_string();
+        self.call_now(move |conn, _| {
+            conn.query_row(
+                "SELECT state FROM once_ledger WHERE job = ?1 AND revision = ?2",
+                params![job, revision as i64],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    /// Standalone mode: the revision for a job file with this content. The first content of a job
+    /// is revision 1; any change of content is the next revision, kept across restarts, so a
+    /// once-job runs again exactly when its file changed.
+    pub fn local_revision(&self, job: &str, content_hash: &str) -> Result<u64, AgentError> {
+        let (job, hash) = (job.to_string(), content_hash.to_string());
+        self.call_now(move |conn, _| {
+            let tx = conn.transaction()?;
+            let current: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT content_hash, revision FROM local_revisions WHERE job = ?1",
+                    params![job],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let revision = match current {
+                Some((h, rev)) if h == hash => rev,
+                Some((_, rev)) => rev + 1,
+                None => 1,
+            };
+            tx.execute(
+                "INSERT OR REPLACE INTO local_revisions (job, content_hash, revision) VALUES (?1, ?2, ?3)",
+                params![job, hash, revision],
+            )?;
+            tx.commit()?;
+            Ok(revision as u64)
+        })
+    }
+}
+
+/// Limits the run queries apply, copied from the config.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub history_keep_runs: usize,
+    pub outbox_budget: u64,
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_id_is_created_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = StateStore::open(dir.path(), 10, 1 << 20)
+            .unwrap()
+            .node_id()
+            .unwrap();
+        let b = StateStore::open(dir.path(), 10, 1 << 20)
+            .unwrap()
+            .node_id()
+            .unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn local_revision_follows_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(dir.path(), 10, 1 << 20).unwrap();
+        assert_eq!(s.local_revision("j", "h1").unwrap(), 1);
+        assert_eq!(s.local_revision("j", "h1").unwrap(), 1);
+        assert_eq!(s.local_revision("j", "h2").unwrap(), 2);
+        assert_eq!(s.local_revision("j", "h1").unwrap(), 3);
+        let s = StateStore::open(dir.path(), 10, 1 << 20).unwrap();
+        assert_eq!(s.local_revision("j", "h1").unwrap(), 3);
+    }
+}

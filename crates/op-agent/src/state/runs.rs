@@ -1,0 +1,431 @@
+//! Run rows: the in-flight marker, the final record, the local history and the outbox queue.
+//!
+//! A run's row is written twice: once with status `running` before its process starts (so a
+//! crash leaves a trace that becomes `lost` at the next start), and once with the final record.
+//! The final write also settles the once-job ledger, queues the record for delivery, applies the
+//! outbox byte budget and trims the job's history, all in one transaction.
+
+use chrono::{DateTime, Utc};
+use op_proto::{RunRecord, RunStatus, Trigger};
+use rusqlite::{Connection, OptionalExtension, params};
+use uuid::Uuid;
+
+use super::{Limits, StateStore};
+use crate::error::AgentError;
+
+/// Where a finished run stands with respect to delivery to a manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i64)]
+pub enum Delivery {
+    /// No manager is configured: the run is kept in the local history only.
+    Local = 0,
+    /// In the outbox, waiting for a manager's acknowledgement.
+    Pending = 1,
+    Acked = 2,
+    /// Removed from the outbox because it exceeded its byte budget (counted, never silent).
+    Dropped = 3,
+}
+
+/// The outbox at a glance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxTotals {
+    /// Runs waiting for delivery.
+    pub depth: u64,
+    /// Their size as stored (JSON bytes).
+    pub bytes: u64,
+    /// Runs ever dropped for the byte budget.
+    pub dropped: u64,
+}
+
+fn to_json(record: &RunRecord) -> rusqlite::Result<String> {
+    serde_json::to_string(record).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
+fn from_json(text: String) -> rusqlite::Result<RunRecord> {
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn counter(conn: &Connection, name: &str) -> rusqlite::Result<u64> {
+    Ok(conn
+        .query_row(
+            "SELECT value FROM counters WHERE name = ?1",
+            params![name],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .unwrap_or(0) as u64)
+}
+
+impl StateStore {
+    /// Records a run as in flight, before its process starts. For a once-job the ledger row is
+    /// written in the same transaction: once this returns, the revision never starts again.
+    pub async fn insert_running(&self, record: RunRecord, once: bool) -> Result<(), AgentError> {
+        self.call(move |conn, _| {
+            let tx = conn.transaction()?;
+            if once {
+                tx.execute(
+                    "INSERT OR IGNORE INTO once_ledger (job, revision, run_id, state, updated_at) \
+                     VALUES (?1, ?2, ?3, 'started', ?4)",
+                    params![
+                        record.job,
+                        record.job_revision as i64,
+                        record.run_id.to_string(),
+                        Utc::now().to_rfc3339()
+                    ],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO runs (run_id, job, trigger, status, delivery, bytes, record) \
+                 VALUES (?1, ?2, ?3, 'running', 0, 0, ?4)",
+                params![
+                    record.run_id.to_string(),
+                    record.job,
+                    record.trigger.as_str(),
+                    to_json(&record)?
+                ],
+            )?;
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Stores a run's final record. Returns how many outbox entries this pushed over the budget
+    /// (dropped now).
+    pub async fn finish_run(&self, record: RunRecord, deliver: bool) -> Result<u64, AgentError> {
+        self.call(move |conn, limits| finish(conn, limits, &record, deliver))
+            .await
+    }
+
+    /// The same, on the calling thread (startup recovery).
+    pub(crate) fn finish_run_now(
+        &self,
+        record: &RunRecord,
+        deliver: bool,
+    ) -> Result<u64, AgentError> {
+        self.call_now(|conn, limits| finish(conn, limits, record, deliver))
+    }
+
+    pub async fn get_run(&self, run_id: Uuid) -> Result<Option<RunRecord>, AgentError> {
+        self.call(move |conn, _| {
+            conn.query_row(
+                "SELECT record FROM runs WHERE run_id = ?1",
+                params![run_id.to_string()],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .map(from_json)
+            .transpose()
+        })
+        .await
+    }
+
+    /// The newest runs first, optionally of one job.
+    pub async fn list_runs(
+        &self,
+        job: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, AgentError> {
+        self.call(move |conn, _| {
+            let mut out = Vec::new();
+            let mut push = |r: &rusqlite::Row<'_>| -> rusqlite::Result<()> {
+                out.push(from_json(r.get(0)?)?);
+                Ok(())
+            };
+            match job {
+                Some(job) => {
+                    let mut stmt = conn.prepare(
+                        "SELECT record FROM runs WHERE job = ?1 ORDER BY id DESC LIMIT ?2",
+                    )?;
+                    let mut rows = stmt.query(params![job, limit as i64])?;
+                    while let Some(r) = rows.next()? {
+                        push(r)?;
+                    }
+                }
+                None => {
+                    let mut stmt =
+                        conn.prepare("SELECT record FROM runs ORDER BY id DESC LIMIT ?1")?;
+                    let mut rows = stmt.query(params![limit as i64])?;
+                    while let Some(r) = rows.next()? {
+                        push(r)?;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Runs whose row still says `running`: after a restart, the runs that were in flight.
+    pub fn in_flight(&self) -> Result<Vec<RunRecord>, AgentError> {
+        self.call_now(|conn, _| {
+            let mut stmt =
+                conn.prepare("SELECT record FROM runs WHERE status = 'running' ORDER BY id")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.map(|r| r.and_then(from_json)).collect()
+        })
+    }
+
+    /// The planned time and revision of the job's latest cron fire, for counting fires missed
+    /// while the agent was down.
+    pub fn last_cron_planned(&self, job: &str) -> Result<Option<(DateTime<Utc>, u64)>, AgentError> {
+        let job = job.to_string();
+        self.call_now(move |conn, _| {
+            let text: Option<String> = conn
+                .query_row(
+                    "SELECT record FROM runs WHERE job = ?1 AND trigger IN ('cron', 'retry') \
+                     ORDER BY id DESC LIMIT 1",
+                    params![job],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let record = text.map(from_json).transpose()?;
+            Ok(record.and_then(|r| Some((r.planned_at?, r.job_revision))))
+        })
+    }
+
+    /// Up to `max` undelivered runs, oldest first.
+    pub async fn outbox_peek(&self, max: usize) -> Result<Vec<RunRecord>, AgentError> {
+        self.call(move |conn, _| {
+            let mut stmt =
+                conn.prepare("SELECT record FROM runs WHERE delivery = 1 ORDER BY id LIMIT ?1")?;
+            let rows = stmt.query_map(params![max as i64], |r| r.get::<_, String>(0))?;
+            rows.map(|r| r.and_then(from_json)).collect()
+        })
+        .await
+    }
+
+    /// Marks runs as delivered. Unknown or already acknowledged ids are ignored, so a repeated
+    /// acknowledgement is harmless.
+    pub async fn outbox_ack(&self, run_ids: Vec<Uuid>) -> Result<u64, AgentError> {
+        self.call(move |conn, _| {
+            let tx = conn.transaction()?;
+            let mut n = 0;
+            {
+                let mut stmt =
+                    tx.prepare("UPDATE runs SET delivery = 2 WHERE run_id = ?1 AND delivery = 1")?;
+                for id in run_ids {
+                    n += stmt.execute(params![id.to_string()])? as u64;
+                }
+            }
+            tx.commit()?;
+            Ok(n)
+        })
+        .await
+    }
+
+    pub async fn outbox_totals(&self) -> Result<OutboxTotals, AgentError> {
+        self.call(|conn, _| totals(conn)).await
+    }
+
+    pub fn outbox_totals_now(&self) -> Result<OutboxTotals, AgentError> {
+        self.call_now(|conn, _| totals(conn))
+    }
+}
+
+fn totals(conn: &Connection) -> rusqlite::Result<OutboxTotals> {
+    let (depth, bytes): (i64, i64) = conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM runs WHERE delivery = 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(OutboxTotals {
+        depth: depth as u64,
+        bytes: bytes as u64,
+        dropped: counter(conn, "outbox_dropped")?,
+    })
+}
+
+fn finish(
+    conn: &mut Connection,
+    limits: &Limits,
+    record: &RunRecord,
+    deliver: bool,
+) -> rusqlite::Result<u64> {
+    let json = to_json(record)?;
+    let bytes = json.len() as i64;
+    let delivery = if deliver {
+        Delivery::Pending
+    } else {
+        Delivery::Local
+    } as i64;
+    let tx = conn.transaction()?;
+    let updated = tx.execute(
+        "UPDATE runs SET status = ?2, delivery = ?3, bytes = ?4, record = ?5 WHERE run_id = ?1",
+        params![
+            record.run_id.to_string(),
+            record.status.as_str(),
+            delivery,
+            bytes,
+            json
+        ],
+    )?;
+    if updated == 0 {
+        // Runs that never reached the in-flight stage (skips, start failures recorded directly).
+        tx.execute(
+            "INSERT INTO runs (run_id, job, trigger, status, delivery, bytes, record) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                record.run_id.to_string(),
+                record.job,
+                record.trigger.as_str(),
+                record.status.as_str(),
+                delivery,
+                bytes,
+                json
+            ],
+        )?;
+    }
+    if matches!(record.trigger, Trigger::Once | Trigger::Retry) {
+        let state = match record.status {
+            RunStatus::Ok => "ok",
+            RunStatus::Lost => "lost",
+            RunStatus::Running => "started",
+            _ => "failed",
+        };
+        tx.execute(
+            "UPDATE once_ledger SET state = ?3, run_id = ?4, updated_at = ?5 \
+             WHERE job = ?1 AND revision = ?2",
+            params![
+                record.job,
+                record.job_revision as i64,
+                state,
+                record.run_id.to_string(),
+                Utc::now().to_rfc3339()
+            ],
+        )?;
+    }
+    // The outbox budget: drop the oldest undelivered runs until the rest fit, and count them.
+    let mut dropped = 0u64;
+    let mut total: i64 = tx.query_row(
+        "SELECT COALESCE(SUM(bytes), 0) FROM runs WHERE delivery = 1",
+        [],
+        |r| r.get(0),
+    )?;
+    if total as u64 > limits.outbox_budget {
+        let mut stmt = tx.prepare("SELECT id, bytes FROM runs WHERE delivery = 1 ORDER BY id")?;
+        let victims: Vec<(i64, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        drop(stmt);
+        for (id, size) in victims {
+            if total as u64 <= limits.outbox_budget {
+                break;
+            }
+            tx.execute("UPDATE runs SET delivery = 3 WHERE id = ?1", params![id])?;
+            total -= size;
+            dropped += 1;
+        }
+        tx.execute(
+            "INSERT INTO counters (name, value) VALUES ('outbox_dropped', ?1) \
+             ON CONFLICT(name) DO UPDATE SET value = value + ?1",
+            params![dropped as i64],
+        )?;
+    }
+    // History: keep the newest N finished runs of the job, never an undelivered one.
+    tx.execute(
+        "DELETE FROM runs WHERE job = ?1 AND delivery != 1 AND status != 'running' AND id NOT IN \
+         (SELECT id FROM runs WHERE job = ?1 ORDER BY id DESC LIMIT ?2)",
+        params![record.job, limits.history_keep_runs as i64],
+    )?;
+    tx.commit()?;
+    Ok(dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn record(job: &str, status: RunStatus, output: &str) -> RunRecord {
+        RunRecord {
+            run_id: Uuid::now_v7(),
+            job: job.into(),
+            job_revision: 1,
+            node_id: Uuid::nil(),
+            hostname: "h".into(),
+            ips: vec![],
+            trigger: Trigger::Cron,
+            attempt: 0,
+            invocation_id: None,
+            params: BTreeMap::new(),
+            command: "true".into(),
+            planned_at: None,
+            started_at: Some(Utc::now()),
+            ended_at: None,
+            status,
+            exit_code: None,
+            signal: None,
+            error: None,
+            output: output.into(),
+            output_truncated: false,
+            output_bytes: output.len() as u64,
+            rusage: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn outbox_budget_drops_oldest_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(dir.path(), 100, 3000).unwrap();
+        let big = "x".repeat(1000);
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let r = record("j", RunStatus::Ok, &big);
+            ids.push(r.run_id);
+            s.finish_run(r, true).await.unwrap();
+        }
+        let t = s.outbox_totals().await.unwrap();
+        assert!(t.bytes <= 3000, "{t:?}");
+        assert_eq!(t.depth + t.dropped, 5);
+        assert!(t.dropped >= 3);
+        // The survivors are the newest ones, oldest first.
+        let batch = s.outbox_peek(10).await.unwrap();
+        assert_eq!(batch.last().unwrap().run_id, ids[4]);
+        assert_eq!(s.outbox_ack(vec![ids[4], ids[4]]).await.unwrap(), 1);
+        assert_eq!(s.outbox_totals().await.unwrap().depth, t.depth - 1);
+    }
+
+    #[tokio::test]
+    async fn history_is_trimmed_but_not_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(dir.path(), 3, 1 << 30).unwrap();
+        for i in 0..6 {
+            s.finish_run(record("j", RunStatus::Ok, ""), i < 2)
+                .await
+                .unwrap();
+        }
+        let runs = s.list_runs(Some("j".into()), 100).await.unwrap();
+        // 3 newest + 2 undelivered.
+        assert_eq!(runs.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn in_flight_runs_and_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(dir.path(), 10, 1 << 20).unwrap();
+        let mut r = record("once", RunStatus::Running, "");
+        r.trigger = Trigger::Once;
+        s.insert_running(r.clone(), true).await.unwrap();
+        assert!(s.ledger_keys().unwrap().contains(&("once".to_string(), 1)));
+        assert_eq!(
+            s.ledger_state("once", 1).unwrap().as_deref(),
+            Some("started")
+        );
+        drop(s);
+        let s = StateStore::open(dir.path(), 10, 1 << 20).unwrap();
+        let flying = s.in_flight().unwrap();
+        assert_eq!(flying.len(), 1);
+        let mut lost = flying[0].clone();
+        lost.status = RunStatus::Lost;
+        s.finish_run_now(&lost, true).unwrap();
+        assert!(s.in_flight().unwrap().is_empty());
+        assert_eq!(s.ledger_state("once", 1).unwrap().as_deref(), Some("lost"));
+        assert_eq!(
+            s.get_run(r.run_id).await.unwrap().unwrap().status,
+            RunStatus::Lost
+        );
+    }
+}
