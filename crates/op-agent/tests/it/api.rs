@@ -1,0 +1,257 @@
+//! The HTTP API: the seed's curl call, parameter safety, authentication and error shapes.
+
+#![allow(clippy::disallowed_methods)] // runs curl, as the seed's README does
+
+use std::time::Duration;
+
+use op_proto::RunStatus;
+use serde_json::{Value, json};
+
+use crate::support::{Agent, PASS, TOKEN, USER, wait_until};
+
+#[tokio::test]
+async fn parameter_values_arrive_literally_in_every_quoting_context() {
+    let agent = Agent::start();
+    let out = agent.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    agent.write_job(
+        "echo-param",
+        &json!({
+            "JobName": "echo-param",
+            "Command": "printf '%s' {x} > \"$OUT/u\"; printf '%s' '{x}' > \"$OUT/s\"; printf '%s' \"{x}\" > \"$OUT/d\"; set -- {x}; printf '%s' \"$#\" > \"$OUT/n\"",
+            "Env": {"OUT": out.display().to_string()},
+            "SynFlag": 1,
+        }),
+    );
+    agent.wait_job("echo-param", None).await;
+    let target = agent.path("pwned");
+    let t = target.display().to_string();
+    let values = [
+        format!("'; touch {t}; '"),
+        format!("$(touch {t})"),
+        format!("`touch {t}`"),
+        format!("a\ntouch {t}\nb"),
+        "\"".to_string(),
+        format!("\"; touch {t}; \""),
+        "a b".to_string(),
+        "${HOME} $$ * ~ {x} \\".to_string(),
+    ];
+    for value in values {
+        let run = agent.invoke_sync("echo-param", &json!({"x": value})).await;
+        assert_eq!(run.status, RunStatus::Ok, "{value:?}: {run:?}");
+        for ctx in ["u", "s", "d"] {
+            let got = std::fs::read_to_string(out.join(ctx)).unwrap();
+            assert_eq!(got, value, "context {ctx}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(out.join("n")).unwrap(),
+            "1",
+            "{value:?} is one word"
+        );
+        assert!(!target.exists(), "{value:?} executed code");
+        assert_eq!(run.params.get("x"), Some(&value));
+    }
+}
+
+fn curl(agent: &Agent, extra: &str) -> Value {
+    // The seed README's line, with our port.
+    let line = format!(
+        "curl -s --connect-timeout 2 -u {USER}:{PASS} http://127.0.0.1:{}/api/opAgent{extra} -d '{{\"jobname\":\"apiTest.py\", \"host\":\"192.168.1.1\", \"port\":\"3306\"}}'",
+        agent.addr.port()
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&line)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{line}: {out:?}");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test]
+async fn the_seeds_curl_example_works_async_and_sync() {
+    let agent = Agent::start();
+    let src = agent.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("apiTest.py"),
+        "import argparse\np = argparse.ArgumentParser()\np.add_argument('--host')\np.add_argument('--port')\na = p.parse_args()\nprint('host=%s port=%s' % (a.host, a.port))\n",
+    )
+    .unwrap();
+    // The seed's apiTest.json, with `python3` and our source dir.
+    let mut job = json!({
+        "JobName": "apiTest.py",
+        "Command": format!("python3 {}/apiTest.py --host '{{host}}' --port '{{port}}'", src.display()),
+        "CronExpr": "",
+        "OnceJob": 0,
+        "Timeout": 0,
+        "SynFlag": 0,
+        "Enabled": 1,
+        "WhiteHosts": [],
+        "BlackHosts": [],
+    });
+    agent.write_job("apiTest", &job);
+    agent.wait_job("apiTest.py", Some(1)).await;
+
+    // SynFlag 0: the run id at once.
+    let env = curl(&agent, "");
+    assert_eq!(env["Code"], "OK", "{env}");
+    let id = env["Details"]["run_id"].as_str().unwrap().to_string();
+    wait_until(Duration::from_secs(20), "async run finished", || async {
+        agent.run(&id).await.status == RunStatus::Ok
+    })
+    .await;
+    assert_eq!(agent.run(&id).await.output, "host=192.168.1.1 port=3306\n");
+
+    // `?wait=true` overrides SynFlag.
+    let env = curl(&agent, "?wait=true");
+    assert_eq!(
+        env["Details"]["output"], "host=192.168.1.1 port=3306\n",
+        "{env}"
+    );
+
+    // SynFlag 1: the same line waits and returns the exit code and the output.
+    job["SynFlag"] = json!(1);
+    agent.write_job("apiTest", &job);
+    agent.wait_job("apiTest.py", Some(2)).await;
+    let env = curl(&agent, "");
+    assert_eq!(env["Code"], "OK", "{env}");
+    assert_eq!(env["Details"]["status"], "ok");
+    assert_eq!(env["Details"]["exit_code"], 0);
+    assert_eq!(env["Details"]["output"], "host=192.168.1.1 port=3306\n");
+}
+
+#[tokio::test]
+async fn credentials_errors_and_refusals() {
+    let agent = Agent::start();
+    agent.write_job(
+        "hello",
+        &json!({"JobName": "hello", "Command": "echo {host}", "Params": ["host"], "SynFlag": 1}),
+    );
+    agent.write_job(
+        "failing",
+        &json!({"JobName": "failing", "Command": "echo oops; exit 3", "SynFlag": 1}),
+    );
+    agent.wait_job("hello", None).await;
+    agent.wait_job("failing", None).await;
+    let http = &agent.http;
+
+    // No credential, a wrong one, the right ones.
+    let r = http.get(agent.url("/v1/status")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.headers()
+            .get("www-authenticate")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("Basic")
+    );
+    let r = http
+        .get(agent.url("/v1/status"))
+        .basic_auth(USER, Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .get(agent.url("/v1/status"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .get(agent.url("/v1/status"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http.get(agent.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .post(agent.url("/api/opAgent"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["Code"], "ERROR");
+    assert_eq!(
+        http.get(agent.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Bad JSON: 400 in the caller's format.
+    let r = http
+        .post(agent.url("/api/opAgent"))
+        .basic_auth(USER, Some(PASS))
+        .body("{\"jobname\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["Code"], "ERROR");
+    assert!(body["Message"].as_str().unwrap().contains("JSON"));
+    let r = http
+        .post(agent.url("/v1/jobs/hello/run"))
+        .basic_auth(USER, Some(PASS))
+        .body("[1,2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "bad_request");
+
+    // Unknown job: 404.
+    let (status, body) = agent
+        .post_json("/api/opAgent", &json!({"jobname": "nope"}))
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(body["Code"], "ERROR");
+    let (status, body) = agent.post_json("/v1/jobs/nope/run", &json!({})).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["code"], "not_found");
+
+    // Missing and undeclared parameters: 400 and nothing runs.
+    let (status, body) = agent
+        .post_json("/api/opAgent", &json!({"jobname": "hello"}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["Message"].as_str().unwrap().contains("host"));
+    let (status, _) = agent
+        .post_json("/v1/jobs/hello/run", &json!({"host": "h", "port": "1"}))
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = agent
+        .post_json("/v1/jobs/hello/run", &json!({"host": ["a"]}))
+        .await;
+    assert_eq!(status, 400);
+    assert!(agent.runs("hello").await.is_empty());
+
+    // A failing run in sync mode: the envelope says ERROR with the exit code and output.
+    let (status, body) = agent
+        .post_json("/api/opAgent", &json!({"jobname": "failing"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["Code"], "ERROR");
+    assert_eq!(body["Details"]["exit_code"], 3);
+    assert_eq!(body["Details"]["output"], "oops\n");
+
+    // Not-found and malformed run ids.
+    assert_eq!(agent.get("/v1/runs/not-a-uuid").await.status(), 400);
+    assert_eq!(
+        agent
+            .get(&format!("/v1/runs/{}", uuid::Uuid::now_v7()))
+            .await
+            .status(),
+        404
+    );
+}

@@ -1,0 +1,226 @@
+//! The executor contract: process trees die on timeout and on disable, output is captured and
+//! bounded, start failures are recorded.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use op_proto::RunStatus;
+use serde_json::json;
+
+use crate::support::{Agent, Options, processes_with_env, wait_until};
+
+/// Waits (until `started + limit`) for every process of the run to be gone; returns how long
+/// after the start it happened.
+async fn tree_gone_within(agent: &Agent, run_id: &str, limit: Duration) {
+    let run = agent.run(run_id).await;
+    let started = run.started_at.expect("started");
+    let deadline = started + chrono::Duration::from_std(limit).unwrap();
+    loop {
+        let left = processes_with_env("OP_RUN_ID", run_id);
+        if left.is_empty() {
+            return;
+        }
+        if Utc::now() > deadline {
+            panic!("processes {left:?} of run {run_id} still alive {limit:?} after its start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn timeout_kills_background_grandchildren() {
+    let agent = Agent::start();
+    let pids = agent.path("pids");
+    agent.write_job(
+        "tree",
+        &json!({
+            "JobName": "tree",
+            "Command": format!("sleep 1000 & echo $! >> {p}; (sleep 1000 & echo $! >> {p}; wait) & sleep 1000", p = pids.display()),
+            "Timeout": 2,
+            "KillGrace": 2,
+        }),
+    );
+    agent.wait_job("tree", None).await;
+    let id = agent.invoke_async("tree", &json!({})).await;
+    wait_until(Duration::from_secs(10), "grandchildren started", || async {
+        std::fs::read_to_string(&pids)
+            .map(|s| s.lines().count() == 2)
+            .unwrap_or(false)
+    })
+    .await;
+    // Timeout 2 + KillGrace 2 + 1 s.
+    tree_gone_within(&agent, &id, Duration::from_secs(5)).await;
+    for pid in std::fs::read_to_string(&pids).unwrap().lines() {
+        let pid: i32 = pid.trim().parse().unwrap();
+        // Reaped, not just dead: no zombie is left behind either.
+        wait_until(Duration::from_secs(5), "grandchild reaped", || async {
+            !crate::support::pid_exists(pid)
+        })
+        .await;
+    }
+    wait_until(Duration::from_secs(10), "run recorded", || async {
+        agent.run(&id).await.status != RunStatus::Running
+    })
+    .await;
+    let run = agent.run(&id).await;
+    assert_eq!(run.status, RunStatus::Timeout, "{run:?}");
+    assert!(run.error.unwrap().contains("timed out after 2s"));
+    assert!(run.rusage.is_some());
+}
+
+#[tokio::test]
+async fn timeout_kills_a_tree_that_ignores_sigterm() {
+    let agent = Agent::start();
+    agent.write_job(
+        "stubborn",
+        &json!({
+            "JobName": "stubborn",
+            "Command": "trap '' TERM; bash -c \"trap '' TERM; sleep 1000\" & sleep 1000 & wait",
+            "Timeout": 2,
+            "KillGrace": 2,
+        }),
+    );
+    agent.wait_job("stubborn", None).await;
+    let id = agent.invoke_async("stubborn", &json!({})).await;
+    wait_until(Duration::from_secs(10), "tree started", || async {
+        processes_with_env("OP_RUN_ID", &id).len() >= 3
+    })
+    .await;
+    // SIGTERM is ignored, so the tree lives through KillGrace, then SIGKILL ends it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !processes_with_env("OP_RUN_ID", &id).is_empty(),
+        "SIGTERM-ignoring tree should outlive the timeout until KillGrace"
+    );
+    tree_gone_within(&agent, &id, Duration::from_secs(5)).await;
+    wait_until(Duration::from_secs(10), "run recorded", || async {
+        agent.run(&id).await.status == RunStatus::Timeout
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn disabling_a_running_job_kills_its_tree() {
+    let agent = Agent::start();
+    let job = json!({
+        "JobName": "longcron",
+        "Command": "sleep 1000 & sleep 1000",
+        "CronExpr": "*/1 * * * * * *",
+        "KillGrace": 1,
+    });
+    agent.write_job("longcron", &job);
+    wait_until(Duration::from_secs(20), "cron run started", || async {
+        agent
+            .runs("longcron")
+            .await
+            .iter()
+            .any(|r| r.status == RunStatus::Running)
+    })
+    .await;
+    let running = agent
+        .runs("longcron")
+        .await
+        .into_iter()
+        .find(|r| r.status == RunStatus::Running)
+        .unwrap();
+    let id = running.run_id.to_string();
+    wait_until(Duration::from_secs(10), "processes visible", || async {
+        processes_with_env("OP_RUN_ID", &id).len() >= 2
+    })
+    .await;
+    let mut disabled = job.clone();
+    disabled["Enabled"] = json!(0);
+    agent.write_job("longcron", &disabled);
+    wait_until(Duration::from_secs(15), "tree killed", || async {
+        processes_with_env("OP_RUN_ID", &id).is_empty()
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "run recorded killed", || async {
+        agent.run(&id).await.status == RunStatus::Killed
+    })
+    .await;
+    let run = agent.run(&id).await;
+    assert!(run.error.unwrap().contains("disabled"));
+}
+
+#[tokio::test]
+async fn output_over_the_tail_limit_is_truncated_and_the_file_holds_all() {
+    let agent = Agent::start_with(Options {
+        extra_args: vec!["--output-tail".into(), "1KiB".into()],
+    });
+    agent.write_job(
+        "loud",
+        &json!({
+            "JobName": "loud",
+            "Command": "for i in $(seq 1 20000); do echo \"line $i\"; done; echo ERR >&2; echo END",
+        }),
+    );
+    agent.wait_job("loud", None).await;
+    let run = agent.invoke_sync("loud", &json!({})).await;
+    assert_eq!(run.status, RunStatus::Ok);
+    assert!(run.output_truncated);
+    assert!(run.output.len() <= 1024);
+    // stderr and stdout arrive merged, in order.
+    assert!(
+        run.output.ends_with("line 20000\nERR\nEND\n"),
+        "{:?}",
+        &run.output[run.output.len() - 40..]
+    );
+    let full = agent
+        .get(&format!("/v1/runs/{}/output", run.run_id))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(full.len() as u64, run.output_bytes);
+    assert!(full.starts_with("line 1\nline 2\n"));
+    assert_eq!(full.lines().count(), 20002);
+}
+
+#[tokio::test]
+async fn start_failures_are_failed_runs_not_crashes() {
+    let agent = Agent::start();
+    agent.write_job(
+        "nowhere",
+        &json!({"JobName": "nowhere", "Command": "true", "WorkDir": "/no/such/dir"}),
+    );
+    agent.write_job(
+        "nobody",
+        &json!({"JobName": "nobody", "Command": "true", "RunAs": "no-such-user-xyz"}),
+    );
+    agent.wait_job("nowhere", None).await;
+    agent.wait_job("nobody", None).await;
+    let run = agent.invoke_sync("nowhere", &json!({})).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(run.error.unwrap().contains("/no/such/dir"));
+    let run = agent.invoke_sync("nobody", &json!({})).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(run.error.unwrap().contains("no-such-user-xyz"));
+    assert_eq!(agent.get("/healthz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn jobs_get_their_environment_and_run_as() {
+    let agent = Agent::start();
+    agent.write_job(
+        "envy",
+        &json!({
+            "JobName": "envy",
+            "Command": "echo \"$OP_JOB_NAME $OP_TRIGGER $GREETING $(id -un) ${OP_TOKEN:-hidden} $(pwd)\"; echo \"run=$OP_RUN_ID deploy=$OP_DEPLOY_DIR\"",
+            "Env": {"GREETING": "hello"},
+            "RunAs": "nobody",
+            "WorkDir": "/tmp",
+        }),
+    );
+    agent.wait_job("envy", None).await;
+    let run = agent.invoke_sync("envy", &json!({})).await;
+    assert_eq!(run.status, RunStatus::Ok, "{run:?}");
+    let mut lines = run.output.lines();
+    assert_eq!(lines.next().unwrap(), "envy api hello nobody hidden /tmp");
+    let second = lines.next().unwrap();
+    assert!(
+        second.starts_with(&format!("run={} deploy=", run.run_id)),
+        "{second}"
+    );
+    assert!(second.ends_with("/deploy"));
+}

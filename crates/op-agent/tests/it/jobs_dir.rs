@@ -1,0 +1,70 @@
+//! Standalone mode: the schedule follows the task files in `--jobs-dir`.
+
+use std::time::Duration;
+
+use op_proto::RunStatus;
+use serde_json::json;
+
+use crate::support::{Agent, wait_until};
+
+#[tokio::test]
+async fn the_schedule_follows_additions_edits_and_removals() {
+    let agent = Agent::start();
+    // A broken file is reported and skipped; the others still load.
+    std::fs::write(
+        agent.jobs.join("broken.json"),
+        "{\"JobName\": \"broken\", \"Comand\": \"x\"}",
+    )
+    .unwrap();
+    agent.write_job(
+        "beat",
+        &json!({"JobName": "beat", "Command": "echo v1", "CronExpr": "*/1 * * * * * *"}),
+    );
+    wait_until(Duration::from_secs(20), "added job fires", || async {
+        agent.runs("beat").await.iter().any(|r| r.output == "v1\n")
+    })
+    .await;
+    assert!(
+        agent.log().contains("Comand"),
+        "the bad key is named in the log"
+    );
+
+    agent.write_job(
+        "beat",
+        &json!({"JobName": "beat", "Command": "echo v2", "CronExpr": "*/1 * * * * * *"}),
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "edited job fires with the new revision",
+        || async {
+            agent
+                .runs("beat")
+                .await
+                .iter()
+                .any(|r| r.output == "v2\n" && r.job_revision == 2)
+        },
+    )
+    .await;
+
+    agent.remove_job("beat");
+    wait_until(Duration::from_secs(20), "removed job dropped", || async {
+        agent.job_revision("beat").await.is_none()
+    })
+    .await;
+    // Let any run that was starting at removal finish, then nothing more may start.
+    wait_until(Duration::from_secs(20), "no run in progress", || async {
+        agent
+            .runs("beat")
+            .await
+            .iter()
+            .all(|r| r.status != RunStatus::Running)
+    })
+    .await;
+    let before = agent.runs("beat").await.len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        agent.runs("beat").await.len(),
+        before,
+        "removed job still fires"
+    );
+}

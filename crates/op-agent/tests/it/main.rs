@@ -1,0 +1,9 @@
+//! Integration tests of op-agent: the real binary, real processes, real signals, real HTTP.
+
+mod api;
+mod cron;
+mod executor;
+mod jobs_dir;
+mod once;
+mod shutdown;
+mod support;
