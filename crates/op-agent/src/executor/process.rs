@@ -171,15 +171,10 @@ pub async fn wait_exit(pid: i32) {
     // Kernels before 5.3: a blocking waitid that leaves the zombie in place.
     let _ = tokio::task::spawn_blocking(move || {
         use nix::sys::wait::{Id, WaitPidFlag, waitid};
-        loop {
-            match waitid(
-                Id::Pid(Pid::from_raw(pid)),
-                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
-            ) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                _ => break,
-            }
-        }
+        while let Err(nix::errno::Errno::EINTR) = waitid(
+            Id::Pid(Pid::from_raw(pid)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+        ) {}
     })
     .await;
 }

@@ -122,13 +122,12 @@ pub fn spawn(plan: SpawnPlan<'_>) -> Result<Spawned, String> {
             if libc::setsid() == -1 {
                 return Err(std::io::Error::last_os_error());
             }
-            if let Some((uid, gid, groups)) = &creds {
-                if libc::setgroups(groups.len(), groups.as_ptr()) == -1
+            if let Some((uid, gid, groups)) = &creds
+                && (libc::setgroups(groups.len(), groups.as_ptr()) == -1
                     || libc::setgid(*gid) == -1
-                    || libc::setuid(*uid) == -1
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+                    || libc::setuid(*uid) == -1)
+            {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });

@@ -76,16 +76,9 @@ pub fn pid_exists(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+#[derive(Default)]
 pub struct Options {
     pub extra_args: Vec<String>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            extra_args: Vec::new(),
-        }
-    }
 }
 
 /// A running agent (or one that was stopped and can be started again on the same state).
