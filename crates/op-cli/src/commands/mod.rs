@@ -1,13 +1,54 @@
-//! Dispatch: one file per command.
+//! Dispatch: one file per command. Commands that talk to the manager get a [`Ctx`].
 
+mod analysis;
+mod audit;
+mod cluster;
 mod cron;
+mod get;
+mod job;
+mod logs;
+mod save;
+mod token;
+mod top;
 mod validate;
+mod version;
+
+use std::future::Future;
+
+use op_client::{Client, ClientError};
 
 use crate::Outcome;
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, Format};
+use crate::connect::Conn;
+
+/// What a manager command needs: the client, how to explain its errors, the output format.
+pub struct Ctx {
+    pub conn: Conn,
+    pub client: Client,
+    pub format: Format,
+}
+
+impl Ctx {
+    /// Awaits one API call, turning its error into a line that says what to check.
+    pub async fn call<T>(
+        &self,
+        fut: impl Future<Output = Result<T, ClientError>>,
+    ) -> anyhow::Result<T> {
+        fut.await.map_err(|e| self.conn.explain(e))
+    }
+}
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
     let format = cli.output;
+    let ctx = || -> anyhow::Result<Ctx> {
+        let conn = Conn::resolve(&cli.conn)?;
+        let client = conn.client()?;
+        Ok(Ctx {
+            conn,
+            client,
+            format,
+        })
+    };
     match cli.command {
         Command::Validate { files } => validate::run(&files, format),
         Command::Cron {
@@ -20,6 +61,54 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "agentcli", &mut std::io::stdout());
             Ok(Outcome::Ok)
+        }
+        Command::Get(what) => {
+            let ctx = ctx()?;
+            crate::connect::block_on(get::run(&ctx, what))
+        }
+        Command::Save { files } => {
+            let ctx = ctx()?;
+            crate::connect::block_on(save::run(&ctx, &files))
+        }
+        Command::Delete { job } => {
+            let ctx = ctx()?;
+            crate::connect::block_on(job::delete(&ctx, &job))
+        }
+        Command::Enable { job } => {
+            let ctx = ctx()?;
+            crate::connect::block_on(job::set_enabled(&ctx, &job, true))
+        }
+        Command::Disable { job } => {
+            let ctx = ctx()?;
+            crate::connect::block_on(job::set_enabled(&ctx, &job, false))
+        }
+        Command::Logs { job, host, limit } => {
+            let ctx = ctx()?;
+            crate::connect::block_on(logs::run(&ctx, &job, host, limit))
+        }
+        Command::Analysis(what) => {
+            let ctx = ctx()?;
+            crate::connect::block_on(analysis::run(&ctx, what))
+        }
+        Command::Top { once, interval } => {
+            let ctx = ctx()?;
+            crate::connect::block_on(top::run(&ctx, once, interval))
+        }
+        Command::Cluster(what) => {
+            let ctx = ctx()?;
+            crate::connect::block_on(cluster::run(&ctx, what))
+        }
+        Command::Token(what) => {
+            let ctx = ctx()?;
+            crate::connect::block_on(token::run(&ctx, what))
+        }
+        Command::Audit { since, limit } => {
+            let ctx = ctx()?;
+            crate::connect::block_on(audit::run(&ctx, since.as_deref(), limit))
+        }
+        Command::Version => {
+            let ctx = ctx()?;
+            crate::connect::block_on(version::run(&ctx))
         }
     }
 }

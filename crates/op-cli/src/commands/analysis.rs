@@ -1,0 +1,344 @@
+//! `agentcli analysis jobs [JOB] [VERSION]`: the seed's problem report, then failures grouped
+//! across hosts.
+//!
+//! Per (job, host) it reports: the last run failed; a cron job has not run for longer than twice its
+//! interval (the seed's rule, measured against the run's own duration); a job never ran since it
+//! was saved; a once-job version still pending or running. Then it groups failures by exit code and
+//! first line across hosts: `exit 2 on 37 of 2,000 hosts: No such file or directory`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use chrono::{DateTime, Utc};
+use op_proto::api::{JobView, RunQuery, TargetState};
+use op_proto::{NodeInfo, NodeStatus, RunRecord, RunStatus};
+use serde::Serialize;
+
+use super::Ctx;
+use crate::Outcome;
+use crate::cli::{AnalysisCommand, Format};
+use crate::output::{Table, write_json};
+
+/// Staleness below this many seconds is never reported, so second-level schedules do not raise
+/// alarms over ordinary propagation and start-up delays.
+const MIN_STALE_SECS: i64 = 10;
+
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    pub job: String,
+    pub host: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FailureGroup {
+    pub job: String,
+    /// `exit 2`, `timeout`, `killed`, `lost`, `signal 9`.
+    pub kind: String,
+    pub first_line: String,
+    pub hosts: usize,
+    pub of_hosts: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    problems: Vec<Problem>,
+    failure_groups: Vec<FailureGroup>,
+}
+
+pub async fn run(ctx: &Ctx, what: AnalysisCommand) -> anyhow::Result<Outcome> {
+    let AnalysisCommand::Jobs { job, once_version } = what;
+    let jobs: Vec<JobView> = match &job {
+        Some(name) => vec![ctx.call(ctx.client.get_job(name)).await?],
+        None => ctx
+            .call(ctx.client.list_jobs())
+            .await?
+            .into_iter()
+            .filter(|j| j.record.spec.enabled)
+            .collect(),
+    };
+    let nodes: Vec<NodeInfo> = ctx
+        .call(ctx.client.list_nodes())
+        .await?
+        .into_iter()
+        .filter(|n| n.status != NodeStatus::Left)
+        .collect();
+    let now = Utc::now();
+    let mut report = Report {
+        problems: Vec::new(),
+        failure_groups: Vec::new(),
+    };
+    for j in &jobs {
+        if j.record.spec.once_job {
+            once_job(ctx, j, once_version, &nodes, &mut report).await?;
+        } else {
+            recurring_job(ctx, j, &nodes, now, &mut report).await?;
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if ctx.format == Format::Json {
+        write_json(&mut out, &report)?;
+    } else {
+        print(&mut out, &report)?;
+    }
+    Ok(if report.problems.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Problem
+    })
+}
+
+fn node_note(node: &NodeInfo, now: DateTime<Utc>) -> String {
+    if node.status == NodeStatus::Ready {
+        String::new()
+    } else {
+        format!(
+            " (node {}, last seen {} ago)",
+            node.status.as_str(),
+            human_secs((now - node.last_seen).num_seconds())
+        )
+    }
+}
+
+async fn once_job(
+    ctx: &Ctx,
+    job: &JobView,
+    version: Option<u64>,
+    nodes: &[NodeInfo],
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let name = &job.record.spec.name;
+    let revision = version.unwrap_or(job.record.revision);
+    let targets = ctx
+        .call(ctx.client.once_targets(name, Some(revision)))
+        .await?;
+    let runs = ctx
+        .call(ctx.client.runs(&RunQuery {
+            job: Some(name.clone()),
+            revision: Some(revision),
+            per_node: Some(1),
+            ..RunQuery::default()
+        }))
+        .await?;
+    let now = Utc::now();
+    let mut failed: Vec<&RunRecord> = Vec::new();
+    for t in &targets {
+        let node = nodes.iter().find(|n| n.node_id == t.node_id);
+        let note = node.map(|n| node_note(n, now)).unwrap_or_default();
+        let run = runs.iter().find(|r| r.node_id == t.node_id);
+        let message = match t.state {
+            TargetState::Done => continue,
+            TargetState::Pending => {
+                format!("onceJob {name} version {revision} did not run yet{note}")
+            }
+            TargetState::Running => format!("onceJob {name} version {revision} is running{note}"),
+            TargetState::Failed => match run {
+                Some(r) => {
+                    failed.push(r);
+                    failure_message(r)
+                }
+                None => format!("onceJob {name} version {revision} failed"),
+            },
+        };
+        report.problems.push(Problem {
+            job: name.clone(),
+            host: t.hostname.clone(),
+            message,
+        });
+    }
+    group_failures(name, &failed, targets.len(), report);
+    Ok(())
+}
+
+async fn recurring_job(
+    ctx: &Ctx,
+    job: &JobView,
+    nodes: &[NodeInfo],
+    now: DateTime<Utc>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let spec = &job.record.spec;
+    let selector = spec.selector();
+    let selected: Vec<&NodeInfo> = nodes
+        .iter()
+        .filter(|n| selector.matches(&n.identity()))
+        .collect();
+    // A few runs per node, so a skipped fire does not hide the last real run.
+    let runs = ctx
+        .call(ctx.client.runs(&RunQuery {
+            job: Some(spec.name.clone()),
+            per_node: Some(3),
+            ..RunQuery::default()
+        }))
+        .await?;
+    let interval = spec.schedule().and_then(|s| s.interval_secs(now));
+    let mut failed: Vec<&RunRecord> = Vec::new();
+    for node in &selected {
+        let last = runs
+            .iter()
+            .filter(|r| r.node_id == node.node_id && r.status != RunStatus::Skipped)
+            .max_by_key(|r| r.started_at);
+        let note = node_note(node, now);
+        let mut push = |message: String| {
+            report.problems.push(Problem {
+                job: spec.name.clone(),
+                host: node.hostname.clone(),
+                message,
+            })
+        };
+        match (last, interval) {
+            (Some(r), _) if r.status.is_failure() => {
+                failed.push(r);
+                push(format!("{}{note}", failure_message(r)));
+            }
+            (Some(r), Some(interval)) => {
+                let Some(ended) = r.ended_at.or(r.started_at) else {
+                    continue;
+                };
+                let since = (now - ended).num_seconds();
+                let took = r.duration_ms().unwrap_or(0) / 1000;
+                let limit = if took < interval {
+                    2 * interval
+                } else {
+                    took + interval
+                };
+                if since > limit.max(MIN_STALE_SECS) {
+                    push(format!(
+                        "Job {} has not run for a long time. LastRunFromNowSeconds: {since}, SchedulRunInterval: {interval}{note}",
+                        spec.name
+                    ));
+                }
+            }
+            (None, Some(interval)) => {
+                let since_save = (now - job.record.updated_at).num_seconds();
+                if since_save > (2 * interval).max(MIN_STALE_SECS) {
+                    push(format!(
+                        "Job {} did not run. AddFromNowSeconds: {since_save}, SchedulRunInterval: {interval}{note}",
+                        spec.name
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    group_failures(&spec.name, &failed, selected.len(), report);
+    Ok(())
+}
+
+fn failure_kind(r: &RunRecord) -> String {
+    match (r.status, r.exit_code, r.signal) {
+        (RunStatus::Failed, Some(code), _) => format!("exit {code}"),
+        (RunStatus::Failed, None, Some(sig)) => format!("signal {sig}"),
+        (status, _, _) => status.as_str().to_string(),
+    }
+}
+
+/// The line that best says what went wrong: the first non-empty output line, else the error.
+fn first_line(r: &RunRecord) -> String {
+    r.output
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| r.first_error_line())
+}
+
+fn failure_message(r: &RunRecord) -> String {
+    let err = r.error.clone().unwrap_or_else(|| failure_kind(r));
+    let line = first_line(r);
+    if line.is_empty() || err.contains(&line) {
+        format!("last run failed: {err}")
+    } else {
+        format!("last run failed: {err}: {line}")
+    }
+}
+
+fn group_failures(job: &str, failed: &[&RunRecord], of_hosts: usize, report: &mut Report) {
+    let mut groups: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for r in failed {
+        *groups.entry((failure_kind(r), first_line(r))).or_default() += 1;
+    }
+    let mut groups: Vec<FailureGroup> = groups
+        .into_iter()
+        .map(|((kind, first_line), hosts)| FailureGroup {
+            job: job.to_string(),
+            kind,
+            first_line,
+            hosts,
+            of_hosts,
+        })
+        .collect();
+    groups.sort_by_key(|g| std::cmp::Reverse(g.hosts));
+    report.failure_groups.extend(groups);
+}
+
+fn print(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    if report.problems.is_empty() {
+        writeln!(out, "no problems found")?;
+        return Ok(());
+    }
+    let mut t = Table::new(&["JOBNAME", "HOST", "MESSAGE"]);
+    for p in &report.problems {
+        t.row([p.job.clone(), p.host.clone(), p.message.clone()]);
+    }
+    t.write(out)?;
+    if !report.failure_groups.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "FAILURES ACROSS HOSTS")?;
+        for g in &report.failure_groups {
+            let line = if g.first_line.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", g.first_line)
+            };
+            writeln!(
+                out,
+                "{}: {} on {} of {} hosts{line}",
+                g.job,
+                g.kind,
+                thousands(g.hosts),
+                thousands(g.of_hosts)
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `2000` → `2,000`.
+pub fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `3725` → `1h2m5s`.
+pub fn human_secs(secs: i64) -> String {
+    let secs = secs.max(0);
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formatting() {
+        assert_eq!(thousands(2000), "2,000");
+        assert_eq!(thousands(37), "37");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(human_secs(3725), "1h2m5s");
+        assert_eq!(human_secs(65), "1m5s");
+        assert_eq!(human_secs(-3), "0s");
+    }
+}

@@ -1,0 +1,325 @@
+//! `agentcli get nodes|jobs`: the seed's tables and the job detail view.
+
+use std::io::Write;
+
+use op_proto::api::{JobView, OnceTarget};
+use op_proto::{NodeInfo, NodeStatus};
+
+use super::Ctx;
+use crate::Outcome;
+use crate::cli::{Format, GetCommand};
+use crate::output::{Table, local_time, write_json};
+
+pub async fn run(ctx: &Ctx, what: GetCommand) -> anyhow::Result<Outcome> {
+    match what {
+        GetCommand::Nodes { host } => nodes(ctx, host.as_deref()).await,
+        GetCommand::Jobs { name: None } => jobs(ctx).await,
+        GetCommand::Jobs { name: Some(name) } => job_detail(ctx, &name).await,
+    }
+}
+
+fn status_rank(s: NodeStatus) -> u8 {
+    match s {
+        NodeStatus::Ready => 0,
+        NodeStatus::NotReady => 1,
+        NodeStatus::Left => 2,
+    }
+}
+
+/// Nodes sorted the seed's way: Ready first, then by hostname.
+pub fn sort_nodes(nodes: &mut [NodeInfo]) {
+    nodes.sort_by(|a, b| {
+        status_rank(a.status)
+            .cmp(&status_rank(b.status))
+            .then_with(|| a.hostname.cmp(&b.hostname))
+    });
+}
+
+/// One IP per line, as the seed printed them.
+pub fn ip_lines(node: &NodeInfo) -> String {
+    node.ips
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
+    let mut nodes = match host {
+        Some(key) => vec![ctx.call(ctx.client.get_node(key)).await?],
+        None => ctx.call(ctx.client.list_nodes()).await?,
+    };
+    sort_nodes(&mut nodes);
+    let mut out = std::io::stdout().lock();
+    if ctx.format == Format::Json {
+        write_json(&mut out, &nodes)?;
+        return Ok(Outcome::Ok);
+    }
+    let wide = ctx.format == Format::Wide || host.is_some();
+    let mut headers = vec![
+        "HOSTNAME",
+        "IP",
+        "STATUS",
+        "VERSION",
+        "FIRSTSEEN",
+        "LASTSEEN",
+    ];
+    if wide {
+        headers.extend(["LABELS", "LOAD", "RUNNING", "PACKAGES"]);
+    }
+    let mut table = Table::new(&headers);
+    for n in &nodes {
+        let mut row = vec![
+            n.hostname.clone(),
+            ip_lines(n),
+            n.status.as_str().to_string(),
+            n.agent_version.clone(),
+            local_time(n.first_seen),
+            local_time(n.last_seen),
+        ];
+        if wide {
+            row.push(
+                n.labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            );
+            row.push(
+                n.load
+                    .as_ref()
+                    .map(|l| format!("{:.2} {:.2} {:.2}", l.load1, l.load5, l.load15))
+                    .unwrap_or_default(),
+            );
+            row.push(n.running.len().to_string());
+            row.push(
+                n.packages
+                    .iter()
+                    .map(|p| format!("{} {}", p.name, p.version))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            );
+        }
+        table.row(row);
+    }
+    table.write(&mut out)?;
+    Ok(Outcome::Ok)
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "Yes" } else { "No" }
+}
+
+fn enabled_word(b: bool) -> &'static str {
+    if b { "Enabled" } else { "Disabled" }
+}
+
+async fn jobs(ctx: &Ctx) -> anyhow::Result<Outcome> {
+    let mut jobs = ctx.call(ctx.client.list_jobs()).await?;
+    jobs.sort_by(|a, b| a.record.spec.name.cmp(&b.record.spec.name));
+    let mut out = std::io::stdout().lock();
+    if ctx.format == Format::Json {
+        write_json(&mut out, &jobs)?;
+        return Ok(Outcome::Ok);
+    }
+    let wide = ctx.format == Format::Wide;
+    let mut headers = vec![
+        "JOBNAME",
+        "COMMAND",
+        "CRONEXPR",
+        "ONCEJOB",
+        "TIMEOUT",
+        "ADDTIME",
+        "LASTUPDATED",
+        "STATUS",
+    ];
+    if wide {
+        headers.extend(["REVISION", "NEXTFIRE", "WHITEHOSTS", "BLACKHOSTS"]);
+    }
+    let mut table = Table::new(&headers);
+    for j in &jobs {
+        let s = &j.record.spec;
+        let mut row = vec![
+            s.name.clone(),
+            s.command.clone(),
+            s.cron_expr.clone(),
+            u8::from(s.once_job).to_string(),
+            s.timeout_secs.to_string(),
+            local_time(j.record.created_at),
+            local_time(j.record.updated_at),
+            enabled_word(s.enabled).to_string(),
+        ];
+        if wide {
+            row.push(j.record.revision.to_string());
+            row.push(
+                j.next_fires
+                    .first()
+                    .map(|t| local_time(*t))
+                    .unwrap_or_default(),
+            );
+            row.push(host_lines(&s.white_hosts));
+            row.push(host_lines(&s.black_hosts));
+        }
+        table.row(row);
+    }
+    table.write(&mut out)?;
+    Ok(Outcome::Ok)
+}
+
+fn host_lines(hosts: &[op_proto::HostPattern]) -> String {
+    hosts
+        .iter()
+        .map(|h| h.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[derive(serde::Serialize)]
+struct JobDetail<'a> {
+    #[serde(flatten)]
+    job: &'a JobView,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    once_targets: Vec<OnceTarget>,
+}
+
+async fn job_detail(ctx: &Ctx, name: &str) -> anyhow::Result<Outcome> {
+    let job = ctx.call(ctx.client.get_job(name)).await?;
+    let targets = if job.record.spec.once_job {
+        ctx.call(ctx.client.once_targets(name, None)).await?
+    } else {
+        Vec::new()
+    };
+    let mut out = std::io::stdout().lock();
+    if ctx.format == Format::Json {
+        write_json(
+            &mut out,
+            &JobDetail {
+                job: &job,
+                once_targets: targets,
+            },
+        )?;
+        return Ok(Outcome::Ok);
+    }
+    detail_table(&job, &targets).write(&mut out)?;
+    out.flush()?;
+    Ok(Outcome::Ok)
+}
+
+/// The seed's KEYWORD VALUE view, with our fields after the seed's.
+pub fn detail_table(job: &JobView, targets: &[OnceTarget]) -> Table {
+    let s = &job.record.spec;
+    let cg = &s.cgroup;
+    let mut t = Table::new(&["KEYWORD", "VALUE"]);
+    let mut kv = |k: &str, v: String| t.row([k.to_string(), v]);
+    kv("jobName:", s.name.clone());
+    kv("command:", s.command.clone());
+    kv("Timed task expression(croneExpr):", s.cron_expr.clone());
+    kv("Is it a one-time task:", yes_no(s.once_job).to_string());
+    kv(
+        "Command execution timeout setting(timeout):",
+        s.timeout_secs.to_string(),
+    );
+    kv(
+        "Synchronous or asynchronous execution:",
+        if s.syn_flag {
+            "Synchronous"
+        } else {
+            "Asynchronous"
+        }
+        .to_string(),
+    );
+    kv("CGroup cpu.shares value:", cg.cpu_shares.to_string());
+    kv(
+        "CGroup cpu.cfs_quota_us value:",
+        cg.cpu_quota_us.to_string(),
+    );
+    kv(
+        "CGroup memory.limit_in_bytes value:",
+        cg.memory_limit.to_string(),
+    );
+    kv(
+        "CGroup memory.memsw.limit_in_bytes value:",
+        cg.memory_sw_limit.to_string(),
+    );
+    kv(
+        "CGroup blkio.throttle.read_bps_device value:",
+        cg.io_read_limit.to_string(),
+    );
+    kv(
+        "CGroup blkio.throttle.write_bps_device value:",
+        cg.io_write_limit.to_string(),
+    );
+    kv("CGroup IO restricted devices:", cg.io_limit_device.clone());
+    kv(
+        "Whitelist of task execution(WHITELIST):",
+        host_lines(&s.white_hosts),
+    );
+    kv(
+        "Blacklist of task execution(BLACKLIST):",
+        host_lines(&s.black_hosts),
+    );
+    kv("ADDTIME:", local_time(job.record.created_at));
+    kv("LASTUPDATE:", local_time(job.record.updated_at));
+    kv("Task status(STATUS):", enabled_word(s.enabled).to_string());
+    kv("Revision:", job.record.revision.to_string());
+    kv(
+        "Time zone:",
+        s.time_zone
+            .clone()
+            .unwrap_or_else(|| "agent local".to_string()),
+    );
+    kv("Concurrency:", s.concurrency.as_str().to_string());
+    if !s.labels.is_empty() {
+        kv(
+            "Labels:",
+            s.labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+    }
+    if !s.params.is_empty() {
+        kv("Params:", s.params.join(", "));
+    }
+    if let Some(dir) = &s.work_dir {
+        kv("WorkDir:", dir.clone());
+    }
+    if let Some(user) = &s.run_as {
+        kv("RunAs:", user.clone());
+    }
+    if s.retries > 0 {
+        kv(
+            "Retries:",
+            format!("{} (delay {}s)", s.retries, s.retry_delay_secs),
+        );
+    }
+    if s.jitter_secs > 0 {
+        kv("Jitter:", format!("{}s", s.jitter_secs));
+    }
+    kv("KillGrace:", format!("{}s", s.kill_grace_secs));
+    if !job.next_fires.is_empty() {
+        kv(
+            "Next fire times:",
+            job.next_fires
+                .iter()
+                .map(|t| local_time(*t))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+    }
+    if s.once_job {
+        let mut lines: Vec<String> = targets
+            .iter()
+            .map(|t| format!("{} {}", t.hostname, t.state.as_str()))
+            .collect();
+        if lines.is_empty() {
+            lines.push("no hosts selected".to_string());
+        }
+        kv(
+            &format!("Once-job status (version {}):", job.record.revision),
+            lines.join("\n"),
+        );
+    }
+    t
+}

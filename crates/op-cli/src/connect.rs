@@ -1,0 +1,157 @@
+//! Where the manager is and who we are: flags, environment and the config file, resolved once.
+//!
+//! Precedence is flag > environment > file. The file is the first of `./agentcli.toml`,
+//! `~/.config/op-agent/agentcli.toml` and `/etc/op-agent/agentcli.toml` that exists (or `--config`).
+//! Connection errors are turned into one line that says which thing to check.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow};
+use op_client::{Client, ClientError};
+use serde::Deserialize;
+
+use crate::cli::ConnArgs;
+
+/// The default manager address, where `op-manager` listens out of the box.
+pub const DEFAULT_MANAGER: &str = "http://127.0.0.1:8090";
+
+/// `agentcli.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    /// Manager API URL.
+    manager: Option<String>,
+    /// API token.
+    token: Option<String>,
+    /// A file holding the token (relative to the config file).
+    token_file: Option<PathBuf>,
+}
+
+/// The resolved connection settings.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub manager: String,
+    pub token: Option<String>,
+    /// Where the token came from, for error messages.
+    pub token_source: String,
+}
+
+fn config_candidates() -> Vec<PathBuf> {
+    let mut paths = vec![PathBuf::from("agentcli.toml")];
+    if let Some(home) = std::env::var_os("HOME") {
+        paths.push(PathBuf::from(home).join(".config/op-agent/agentcli.toml"));
+    }
+    paths.push(PathBuf::from("/etc/op-agent/agentcli.toml"));
+    paths
+}
+
+fn load_file(explicit: Option<&Path>) -> anyhow::Result<(FileConfig, Option<PathBuf>)> {
+    let path = match explicit {
+        Some(p) => Some(p.to_path_buf()),
+        None => config_candidates().into_iter().find(|p| p.is_file()),
+    };
+    let Some(path) = path else {
+        return Ok((FileConfig::default(), None));
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let config: FileConfig = toml::from_str(&text)
+        .map_err(|e| anyhow!("config file {}: {}", path.display(), e.message()))?;
+    Ok((config, Some(path)))
+}
+
+fn read_token_file(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read token file {}", path.display()))?;
+    Ok(text.trim().to_string())
+}
+
+impl Conn {
+    pub fn resolve(args: &ConnArgs) -> anyhow::Result<Conn> {
+        let (file, file_path) = load_file(args.config.as_deref())?;
+        let file_dir = file_path
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let manager = args
+            .manager
+            .clone()
+            .or(file.manager)
+            .unwrap_or_else(|| DEFAULT_MANAGER.to_string());
+        // clap has already merged flag and environment for --token/--token-file.
+        let (token, token_source) = if let Some(t) = &args.token {
+            (Some(t.trim().to_string()), "--token / OP_TOKEN".to_string())
+        } else if let Some(f) = &args.token_file {
+            (
+                Some(read_token_file(f)?),
+                format!("token file {}", f.display()),
+            )
+        } else if let Some(t) = file.token {
+            let src = format!("token in {}", file_path.unwrap_or_default().display());
+            (Some(t), src)
+        } else if let Some(f) = file.token_file {
+            let f = file_dir.join(f);
+            (
+                Some(read_token_file(&f)?),
+                format!("token file {}", f.display()),
+            )
+        } else {
+            (
+                None,
+                "no token given (--token, OP_TOKEN or agentcli.toml)".to_string(),
+            )
+        };
+        Ok(Conn {
+            manager,
+            token,
+            token_source,
+        })
+    }
+
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Client::new(&self.manager, self.token.as_deref()).map_err(|e| anyhow!(e))
+    }
+
+    /// Turns a client error into one line that says what to check.
+    pub fn explain(&self, err: ClientError) -> anyhow::Error {
+        match &err {
+            ClientError::Connect { message, .. } => anyhow!(
+                "cannot reach the manager at {}: {message}; check --manager / OP_MANAGER and that op-manager is running",
+                self.manager
+            ),
+            ClientError::Timeout { secs, .. } => anyhow!(
+                "the manager at {} did not answer within {secs} s; check the network and the manager's health",
+                self.manager
+            ),
+            ClientError::Api { status: 401, body } => anyhow!(
+                "the manager refused the credentials ({}): {}; check {}",
+                body.code,
+                body.message,
+                self.token_source
+            ),
+            ClientError::Api { status: 403, body } => anyhow!(
+                "permission denied: {}; this needs a token with a wider scope (operator or admin)",
+                body.message
+            ),
+            ClientError::Api { body, .. } => {
+                let mut msg = body.message.clone();
+                for d in &body.details {
+                    msg.push_str("; ");
+                    msg.push_str(d);
+                }
+                anyhow!(msg)
+            }
+            _ => anyhow!(err),
+        }
+    }
+}
+
+/// Runs an async block on a small runtime: the CLI does one thing at a time.
+pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread tokio runtime can always be built")
+        .block_on(fut)
+}
