@@ -1,0 +1,263 @@
+//! The agent protocol (agent tokens only): register, the long-polling sync that is also the
+//! heartbeat, and run batch ingestion.
+//!
+//! Sync: the response is the node's FULL desired state, so a reconnect can never miss an update.
+//! It returns at once when the node's index differs from the one the agent passed, else parks on
+//! the hub's watch channel until the node's index moves or the wait ends. The wait is capped at
+//! half of `node_timeout`, because a parked agent sends no other heartbeat.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::{Extension, Json};
+use chrono::Utc;
+use op_proto::agent::{
+    DesiredState, Heartbeat, MAX_SYNC_WAIT_SECS, RegisterRequest, RegisterResponse, RunBatch,
+    RunBatchAck,
+};
+use op_proto::job::validate_name;
+use op_proto::{API_VERSION, NodeStatus};
+use op_store::{Command, CommandResult, NodeBeat, NodeRegistration};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery};
+use crate::app::App;
+use crate::auth::Caller;
+use crate::hub::DesiredCache;
+
+const MAX_IPS: usize = 64;
+const MAX_LABELS: usize = 64;
+const MAX_TEXT: usize = 253;
+
+fn check_text(field: &str, value: &str, allow_empty: bool) -> Result<(), ApiError> {
+    if (!allow_empty && value.trim().is_empty())
+        || value.len() > MAX_TEXT
+        || value.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad(
+            "invalid_registration",
+            format!("{field} must be 1..={MAX_TEXT} printable characters"),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn register(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    if req.api_version != API_VERSION {
+        return Err(ApiError::ApiVersion {
+            client: req.api_version.to_string(),
+        });
+    }
+    if req.node_id.is_nil() {
+        return Err(ApiError::bad(
+            "invalid_registration",
+            "node_id must not be the nil UUID",
+        ));
+    }
+    check_text("hostname", &req.hostname, false)?;
+    if req.hostname.contains(char::is_whitespace) {
+        return Err(ApiError::bad(
+            "invalid_registration",
+            "hostname must not contain spaces",
+        ));
+    }
+    check_text("agent_version", &req.agent_version, false)?;
+    check_text("os", &req.os, true)?;
+    check_text("arch", &req.arch, true)?;
+    if req.ips.len() > MAX_IPS || req.labels.len() > MAX_LABELS {
+        return Err(ApiError::bad(
+            "invalid_registration",
+            format!("at most {MAX_IPS} IPs and {MAX_LABELS} labels"),
+        ));
+    }
+    for (k, v) in &req.labels {
+        check_text("label key", k, false)?;
+        check_text("label value", v, true)?;
+    }
+    let node_id = req.node_id;
+    app.write(Command::RegisterNode {
+        registration: NodeRegistration {
+            node_id,
+            hostname: req.hostname,
+            ips: req.ips,
+            labels: req.labels,
+            agent_version: req.agent_version,
+            os: req.os,
+            arch: req.arch,
+        },
+        at: Utc::now(),
+        actor: caller.name,
+    })
+    .await?;
+    Ok(Json(RegisterResponse {
+        node_id,
+        managers: app.managers(),
+        settings: app.agent_settings(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SyncParams {
+    #[serde(default)]
+    index: u64,
+    /// Seconds (`30`) or a duration (`30s`).
+    wait: Option<String>,
+}
+
+fn wait_of(app: &App, raw: Option<&str>) -> Result<Duration, ApiError> {
+    let wanted = match raw.map(str::trim) {
+        None | Some("") => app.config.sync_wait,
+        Some(t) => match t.parse::<u64>() {
+            Ok(secs) => Duration::from_secs(secs),
+            Err(_) => humantime::parse_duration(t).map_err(|_| {
+                ApiError::bad(
+                    "invalid_query",
+                    format!("wait={t:?}: expected seconds, e.g. wait=30"),
+                )
+            })?,
+        },
+    };
+    Ok(wanted
+        .min(Duration::from_secs(MAX_SYNC_WAIT_SECS))
+        .min(app.config.node_timeout / 2))
+}
+
+fn desired(app: &App, view: &DesiredCache, node: Uuid) -> DesiredState {
+    DesiredState {
+        index: view.index_for(node),
+        jobs: view.jobs_for(node),
+        packages: Vec::new(),
+        // Ad-hoc runs and kills arrive here once the invocation issue lands.
+        directives: Vec::new(),
+        managers: app.managers(),
+        settings: Some(app.agent_settings()),
+    }
+}
+
+fn live(view: &DesiredCache, node: Uuid) -> Option<NodeStatus> {
+    view.node(node)
+        .map(|n| n.status)
+        .filter(|s| *s != NodeStatus::Left)
+}
+
+/// Decrements the parked-sync gauge however the wait ends.
+struct Parked<'a>(&'a App);
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.syncs_parked.dec();
+    }
+}
+
+pub async fn sync(
+    State(app): State<Arc<App>>,
+    ApiQuery(q): ApiQuery<SyncParams>,
+    ApiJson(hb): ApiJson<Heartbeat>,
+) -> Result<Json<DesiredState>, ApiError> {
+    let wait = wait_of(&app, q.wait.as_deref())?;
+    let node = hb.node_id;
+    let beat = NodeBeat {
+        node_id: node,
+        seen_at: Utc::now(),
+        agent_version: hb.agent_version,
+        load: hb.load,
+        running: hb.running,
+        packages: hb.packages,
+        stats: hb.stats,
+    };
+    // Subscribe before reading the view, so a change between the two still wakes us.
+    let mut changes = app.hub.subscribe();
+    changes.borrow_and_update();
+    let mut view = app.hub.view(&app.store).await?;
+    match live(&view, node) {
+        None => return Err(ApiError::UnknownNode(node)),
+        Some(NodeStatus::Ready) => app.beats.record(beat),
+        Some(_) => {
+            // A status change is written at once, not with the next coalesced flush.
+            if let CommandResult::HeartbeatsRecorded { unknown, .. } =
+                app.write(Command::Heartbeats { beats: vec![beat] }).await?
+                && unknown.contains(&node)
+            {
+                return Err(ApiError::UnknownNode(node));
+            }
+        }
+    }
+    if view.index_for(node) == q.index && !wait.is_zero() {
+        let deadline = tokio::time::Instant::now() + wait;
+        app.metrics.syncs_parked.inc();
+        let _parked = Parked(&app);
+        loop {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = app.shutdown.cancelled() => break,
+            }
+            view = app.hub.view(&app.store).await?;
+            if view.index_for(node) != q.index || live(&view, node).is_none() {
+                break;
+            }
+        }
+    }
+    if live(&view, node).is_none() {
+        return Err(ApiError::UnknownNode(node));
+    }
+    Ok(Json(desired(&app, &view, node)))
+}
+
+pub async fn runs(
+    State(app): State<Arc<App>>,
+    ApiJson(batch): ApiJson<RunBatch>,
+) -> Result<Json<RunBatchAck>, ApiError> {
+    if batch.runs.len() > app.config.run_batch_max {
+        return Err(ApiError::bad(
+            "batch_too_large",
+            format!(
+                "{} runs in one batch; at most {} are accepted",
+                batch.runs.len(),
+                app.config.run_batch_max
+            ),
+        ));
+    }
+    for run in &batch.runs {
+        if run.node_id != batch.node_id {
+            return Err(ApiError::bad(
+                "node_mismatch",
+                format!(
+                    "run {} belongs to node {}, not {}",
+                    run.run_id, run.node_id, batch.node_id
+                ),
+            ));
+        }
+        validate_name(&run.job).map_err(|e| {
+            ApiError::bad("invalid_run", format!("run {}: job name {e}", run.run_id))
+        })?;
+    }
+    if batch.runs.is_empty() {
+        return Ok(Json(RunBatchAck {
+            accepted: 0,
+            duplicates: 0,
+        }));
+    }
+    match app
+        .write(Command::IngestRuns {
+            node_id: batch.node_id,
+            at: Utc::now(),
+            runs: batch.runs,
+        })
+        .await?
+    {
+        CommandResult::RunsIngested { ack } => {
+            app.metrics.runs_stored.inc_by(ack.accepted as u64);
+            app.metrics.runs_duplicate.inc_by(ack.duplicates as u64);
+            Ok(Json(ack))
+        }
+        _ => Err(ApiError::Internal("unexpected answer to IngestRuns".into())),
+    }
+}

@@ -1,0 +1,127 @@
+//! The one place where request errors become HTTP responses: every handler returns
+//! [`ApiError`], and [`IntoResponse`] maps it to a status and an `op_proto::ErrorBody`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use op_proto::api::Scope;
+use op_proto::{API_VERSION, ErrorBody};
+use op_store::{Rejection, StoreError};
+use uuid::Uuid;
+
+use crate::raft::WriteError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid credentials: send Authorization: Bearer TOKEN")]
+    Unauthorized,
+    #[error("a {scope} token may not {action}")]
+    Forbidden {
+        scope: &'static str,
+        action: &'static str,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("node {0} is not registered (or was forgotten): register again")]
+    UnknownNode(Uuid),
+    #[error("{message}")]
+    InvalidJob {
+        message: String,
+        details: Vec<String>,
+    },
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("client speaks API version {client}; this manager speaks API version {API_VERSION}")]
+    ApiVersion { client: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("this manager is not the leader; send writes to {}", .leader_api.as_deref().unwrap_or("the leader (none elected yet)"))]
+    NotLeader { leader_api: Option<String> },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn forbidden(scope: Scope, action: &'static str) -> ApiError {
+        ApiError::Forbidden {
+            scope: scope.as_str(),
+            action,
+        }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::UnknownNode(_) => (StatusCode::NOT_FOUND, "unknown_node"),
+            ApiError::InvalidJob { .. } => (StatusCode::BAD_REQUEST, "invalid_job"),
+            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            ApiError::ApiVersion { .. } => (StatusCode::BAD_REQUEST, "api_version_mismatch"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::NotLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::warn!(code, error = %self, "request failed");
+        }
+        let mut body = ErrorBody::new(code, self.to_string());
+        if let ApiError::InvalidJob { details, .. } = self {
+            body.details = details;
+        }
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer, Basic realm=\"op-manager\""),
+            );
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::NotLeader { leader_api, .. } => ApiError::NotLeader { leader_api },
+            WriteError::Raft(m) => ApiError::Unavailable(format!("raft: {m}")),
+        }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        match r.code.as_str() {
+            "not_found" => ApiError::NotFound(r.message),
+            "conflict" => ApiError::Conflict(r.message),
+            _ => ApiError::bad("invalid", r.message),
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The middleware every request passes: API version check, authentication, and the access
+//! policy, decided in ONE function ([`required_access`]) from the method and path so that no
+//! handler can forget it.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use base64::Engine;
+use chrono::Utc;
+use op_proto::api::Scope;
+use op_proto::{API_VERSION, API_VERSION_HEADER};
+
+use super::error::ApiError;
+use crate::app::App;
+
+/// What a route demands of the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No credential (`/healthz` only).
+    Public,
+    /// viewer, operator or admin.
+    Read,
+    /// operator or admin.
+    Operate,
+    /// admin only.
+    Admin,
+    /// agent only.
+    Agent,
+}
+
+/// The access policy (DESIGN section 9).
+pub fn required_access(method: &Method, path: &str) -> Access {
+    if path == "/healthz" {
+        Access::Public
+    } else if path.starts_with("/v1/agent/") {
+        Access::Agent
+    } else if path == "/v1/tokens" || path.starts_with("/v1/tokens/") {
+        Access::Admin
+    } else if method == Method::GET || method == Method::HEAD {
+        Access::Read
+    } else {
+        Access::Operate
+    }
+}
+
+fn allows(scope: Scope, access: Access) -> Result<(), ApiError> {
+    let ok = match access {
+        Access::Public => true,
+        Access::Read => scope.can_read(),
+        Access::Operate => scope.can_operate(),
+        Access::Admin => scope == Scope::Admin,
+        Access::Agent => scope == Scope::Agent,
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(
+        scope,
+        match access {
+            Access::Read => "read fleet data",
+            Access::Operate => "change jobs, runs or nodes",
+            Access::Admin => "manage tokens",
+            Access::Agent => "use the agent protocol",
+            Access::Public => "",
+        },
+    ))
+}
+
+/// The token of `Authorization: Bearer T`, or the password of `Authorization: Basic` (the seed's
+/// clients used basic auth; any user name is accepted, the password is the token).
+fn presented_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(rest.trim().to_string());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        let (_, password) = text.split_once(':')?;
+        return Some(password.to_string());
+    }
+    None
+}
+
+pub async fn guard(
+    State(app): State<Arc<App>>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(v) = req.headers().get(API_VERSION_HEADER) {
+        let client = String::from_utf8_lossy(v.as_bytes()).trim().to_string();
+        if client != API_VERSION.to_string() {
+            return Err(ApiError::ApiVersion { client });
+        }
+    }
+    let access = required_access(req.method(), req.uri().path());
+    if access != Access::Public {
+        let token = presented_token(req.headers()).ok_or(ApiError::Unauthorized)?;
+        let caller = app
+            .auth
+            .verify(&token, Utc::now())
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        allows(caller.scope, access)?;
+        req.extensions_mut().insert(caller);
+    }
+    Ok(next.run(req).await)
+}
+
+/// Counts responses by status code.
+pub async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    app.metrics.http_response(resp.status().as_u16());
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy() {
+        assert_eq!(required_access(&Method::GET, "/healthz"), Access::Public);
+        assert_eq!(required_access(&Method::GET, "/metrics"), Access::Read);
+        assert_eq!(required_access(&Method::PUT, "/v1/jobs/x"), Access::Operate);
+        assert_eq!(required_access(&Method::GET, "/v1/tokens"), Access::Admin);
+        assert_eq!(
+            required_access(&Method::POST, "/v1/agent/sync"),
+            Access::Agent
+        );
+        assert!(allows(Scope::Viewer, Access::Read).is_ok());
+        assert!(allows(Scope::Viewer, Access::Operate).is_err());
+        assert!(allows(Scope::Agent, Access::Operate).is_err());
+        assert!(allows(Scope::Agent, Access::Read).is_err());
+        assert!(allows(Scope::Admin, Access::Agent).is_err());
+        assert!(allows(Scope::Operator, Access::Admin).is_err());
+    }
+
+    #[test]
+    fn basic_auth_password_is_the_token() {
+        let mut h = HeaderMap::new();
+        let b = base64::engine::general_purpose::STANDARD.encode("opuser:abc.def");
+        h.insert(header::AUTHORIZATION, format!("Basic {b}").parse().unwrap());
+        assert_eq!(presented_token(&h).as_deref(), Some("abc.def"));
+        h.insert(header::AUTHORIZATION, "Bearer  xyz ".parse().unwrap());
+        assert_eq!(presented_token(&h).as_deref(), Some("xyz"));
+    }
+}

@@ -1,0 +1,170 @@
+//! `/v1/jobs`: save (the seed's task JSON), list, get, delete, enable/disable, once-targets.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use chrono::Utc;
+use op_proto::JobSpec;
+use op_proto::api::{JobRecord, JobView, OnceTarget, SaveJobResponse};
+use op_proto::job::validate_name;
+use op_store::{Command, CommandResult};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::extract::{ApiBytes, ApiQuery};
+use crate::app::App;
+use crate::auth::Caller;
+
+/// Fire times shown with a job.
+const NEXT_FIRES: usize = 3;
+
+pub fn view(record: JobRecord) -> JobView {
+    let next_fires = record
+        .spec
+        .schedule()
+        .map(|s| s.upcoming(Utc::now(), NEXT_FIRES))
+        .unwrap_or_default();
+    JobView { record, next_fires }
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    validate_name(name).map_err(|e| ApiError::bad("invalid_name", format!("job name {name:?} {e}")))
+}
+
+pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<JobView>>, ApiError> {
+    let jobs = app.read(|s| s.jobs()).await?;
+    Ok(Json(jobs.into_iter().map(view).collect()))
+}
+
+async fn load(app: &App, name: String) -> Result<JobRecord, ApiError> {
+    check_name(&name)?;
+    let n = name.clone();
+    app.read(move |s| s.job(&n))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job named {name:?}")))
+}
+
+pub async fn get(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    Ok(Json(view(load(&app, name).await?)))
+}
+
+pub async fn save(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    ApiBytes(body): ApiBytes,
+) -> Result<(StatusCode, Json<SaveJobResponse>), ApiError> {
+    check_name(&name)?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad("invalid_body", "the task file is not UTF-8 text"))?;
+    let now = Utc::now();
+    let spec = JobSpec::from_task_json_at(text, now).map_err(|e| ApiError::InvalidJob {
+        message: format!("invalid task file: {e}"),
+        details: e.messages(),
+    })?;
+    if spec.name != name {
+        return Err(ApiError::bad(
+            "name_mismatch",
+            format!(
+                "JobName {:?} differs from the name in the URL ({name:?})",
+                spec.name
+            ),
+        ));
+    }
+    let next_fires = spec
+        .schedule()
+        .map(|s| s.upcoming(now, NEXT_FIRES))
+        .unwrap_or_default();
+    let result = app
+        .write(Command::SaveJob {
+            spec: Box::new(spec),
+            at: now,
+            actor: caller.name,
+        })
+        .await?;
+    let CommandResult::JobSaved { mut response } = result else {
+        return Err(ApiError::Internal("unexpected answer to SaveJob".into()));
+    };
+    response.next_fires = next_fires;
+    let status = if response.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(*response)))
+}
+
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    check_name(&name)?;
+    app.write(Command::DeleteJob {
+        name,
+        at: Utc::now(),
+        actor: caller.name,
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_enabled(
+    app: &App,
+    caller: Caller,
+    name: String,
+    enabled: bool,
+) -> Result<Json<JobView>, ApiError> {
+    check_name(&name)?;
+    match app
+        .write(Command::SetJobEnabled {
+            name,
+            enabled,
+            at: Utc::now(),
+            actor: caller.name,
+        })
+        .await?
+    {
+        CommandResult::Job { job } => Ok(Json(view(*job))),
+        _ => Err(ApiError::Internal(
+            "unexpected answer to SetJobEnabled".into(),
+        )),
+    }
+}
+
+pub async fn enable(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    set_enabled(&app, caller, name, true).await
+}
+
+pub async fn disable(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    set_enabled(&app, caller, name, false).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OnceQuery {
+    revision: Option<u64>,
+}
+
+pub async fn once(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<OnceQuery>,
+) -> Result<Json<Vec<OnceTarget>>, ApiError> {
+    let job = load(&app, name).await?;
+    let name = job.spec.name.clone();
+    let targets = app.read(move |s| s.once_targets(&name, q.revision)).await?;
+    Ok(Json(targets))
+}

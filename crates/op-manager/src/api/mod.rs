@@ -1,0 +1,74 @@
+//! The HTTP API on the api listener: the route table, and the layers every route shares
+//! (version check + authentication + access policy in [`guard`], body limits, response counting).
+//! No global timeout layer: sync calls park for up to their wait.
+
+mod agent;
+mod audit;
+mod error;
+mod extract;
+mod guard;
+mod jobs;
+mod nodes;
+mod runs;
+mod system;
+mod tokens;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+
+pub use error::ApiError;
+pub use guard::{Access, required_access};
+
+use crate::app::App;
+use extract::BodyLimit;
+
+pub fn router(app: Arc<App>) -> Router {
+    let json_limit = app.config.json_body_limit;
+    let runs_limit = app.config.runs_body_limit;
+    // Run batches carry output tails and are larger than any other body.
+    let runs = Router::new()
+        .route("/v1/agent/runs", post(agent::runs))
+        .layer(DefaultBodyLimit::max(runs_limit))
+        .layer(Extension(BodyLimit(runs_limit)));
+    let rest = Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/metrics", get(system::metrics))
+        .route("/v1/version", get(system::version))
+        .route("/v1/cluster", get(system::cluster))
+        .route("/v1/jobs", get(jobs::list))
+        .route(
+            "/v1/jobs/{name}",
+            get(jobs::get).put(jobs::save).delete(jobs::delete),
+        )
+        .route("/v1/jobs/{name}/enable", post(jobs::enable))
+        .route("/v1/jobs/{name}/disable", post(jobs::disable))
+        .route("/v1/jobs/{name}/once", get(jobs::once))
+        .route("/v1/nodes", get(nodes::list))
+        .route("/v1/nodes/{key}", get(nodes::get).delete(nodes::forget))
+        .route("/v1/runs", get(runs::list))
+        .route("/v1/runs/{id}", get(runs::get))
+        .route("/v1/audit", get(audit::list))
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/v1/agent/register", post(agent::register))
+        .route("/v1/agent/sync", post(agent::sync))
+        .layer(DefaultBodyLimit::max(json_limit))
+        .layer(Extension(BodyLimit(json_limit)));
+    Router::new()
+        .merge(runs)
+        .merge(rest)
+        .fallback(system::not_found)
+        .method_not_allowed_fallback(system::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            guard::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            guard::count,
+        ))
+        .with_state(app)
+}

@@ -1,0 +1,76 @@
+//! `/v1/tokens` (admin): list, create (the secret is shown once), revoke.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use chrono::Utc;
+use op_proto::api::{CreateTokenRequest, CreatedToken, TokenInfo};
+use op_store::{Command, CommandResult};
+
+use super::error::ApiError;
+use super::extract::ApiJson;
+use crate::app::App;
+use crate::auth::{self, Caller};
+
+pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    let tokens = app.read(|s| s.tokens()).await?;
+    Ok(Json(tokens.into_iter().map(|t| t.info).collect()))
+}
+
+pub async fn create(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<CreateTokenRequest>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let now = Utc::now();
+    let expires_at = match req.expires_in_secs {
+        Some(secs) => Some(
+            now + chrono::Duration::try_seconds(secs.min(i64::MAX as u64) as i64)
+                .filter(|_| secs <= 100 * 365 * 86_400)
+                .ok_or_else(|| ApiError::bad("invalid_body", "expires_in_secs is too large"))?,
+        ),
+        None => None,
+    };
+    let generated = auth::generate(req.name.trim(), req.scope, expires_at);
+    match app
+        .write(Command::CreateToken {
+            token: generated.token,
+            at: now,
+            actor: caller.name,
+        })
+        .await?
+    {
+        CommandResult::Token { info } => Ok((
+            StatusCode::CREATED,
+            Json(CreatedToken {
+                info,
+                secret: generated.secret,
+            }),
+        )),
+        _ => Err(ApiError::Internal(
+            "unexpected answer to CreateToken".into(),
+        )),
+    }
+}
+
+pub async fn revoke(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<TokenInfo>, ApiError> {
+    match app
+        .write(Command::RevokeToken {
+            id,
+            at: Utc::now(),
+            actor: caller.name,
+        })
+        .await?
+    {
+        CommandResult::Token { info } => Ok(Json(info)),
+        _ => Err(ApiError::Internal(
+            "unexpected answer to RevokeToken".into(),
+        )),
+    }
+}

@@ -1,0 +1,88 @@
+//! The shared state of a running manager, handed to every handler and background task, and the
+//! two ways they touch the state: [`App::write`] (a command through raft) and [`App::read`] (a
+//! store query on a blocking thread).
+
+use std::sync::Arc;
+
+use op_proto::agent::AgentSettings;
+use op_store::{Command, CommandResult, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ApiError;
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::heartbeat::HeartbeatBuffer;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::raft::{self, Raft};
+
+pub struct App {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub raft: Raft,
+    pub hub: Arc<Hub>,
+    pub beats: HeartbeatBuffer,
+    pub auth: Authenticator,
+    pub metrics: Metrics,
+    pub shutdown: CancellationToken,
+    /// This manager's advertised API and raft URLs.
+    pub api_url: String,
+    pub raft_url: String,
+}
+
+impl App {
+    /// Proposes `command` through raft and waits until it is applied here. A deterministic
+    /// refusal by the state machine becomes the matching 4xx.
+    pub async fn write(&self, command: Command) -> Result<CommandResult, ApiError> {
+        let kind = command.kind();
+        let result = raft::write(&self.raft, command).await?;
+        self.metrics.command_applied(kind);
+        match result {
+            CommandResult::Rejected { rejection } => Err(rejection.into()),
+            other => Ok(other),
+        }
+    }
+
+    /// Runs a store query on a blocking thread.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> op_store::Result<T> + Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| ApiError::Internal(format!("query task failed: {e}")))?
+            .map_err(ApiError::from)
+    }
+
+    /// The API URLs of every manager in the cluster. Our own entry is our current address (it can
+    /// differ from the one recorded in the membership when the port was picked at start).
+    pub fn managers(&self) -> Vec<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let mut out: Vec<String> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| {
+                if *id == m.id {
+                    self.api_url.clone()
+                } else {
+                    node.api_addr.clone()
+                }
+            })
+            .collect();
+        if out.is_empty() {
+            out.push(self.api_url.clone());
+        }
+        out
+    }
+
+    pub fn agent_settings(&self) -> AgentSettings {
+        AgentSettings {
+            sync_wait_secs: self.config.sync_wait.as_secs().max(1),
+            run_batch_max: self.config.run_batch_max,
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The `op-manager` command line: serving (the default) and `op-manager token ...`, which talks to
+//! the running manager through its API (op-client), authenticated by `DATA_DIR/admin.token`
+//! unless `--token` is given.
+
+use std::path::Path;
+
+use clap::{Args, Parser, Subcommand};
+use op_client::Client;
+use op_proto::api::{CreateTokenRequest, Scope};
+
+use crate::config::ConfigArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "op-manager",
+    version,
+    about = "The op-agent management node: stores jobs, nodes and runs (replicated with raft) and serves the API",
+    after_help = "Examples:\n  op-manager --data-dir /var/lib/op-manager\n  op-manager --listen 127.0.0.1:0 --raft-listen 127.0.0.1:0\n  op-manager token create --scope operator --name ci\n  op-manager token list\n  op-manager token revoke 3f2a9c01b7de"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Manage API tokens of a running manager.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Manager API URL [default: DATA_DIR/manager.addr, else http://127.0.0.1:8090].
+    #[arg(long, env = "OP_MANAGER")]
+    pub manager: Option<String>,
+    /// Admin token [default: the content of DATA_DIR/admin.token].
+    #[arg(long, env = "OP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub action: TokenAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Create a token and print its secret (shown only this once).
+    Create {
+        /// admin, operator, viewer or agent.
+        #[arg(long)]
+        scope: String,
+        #[arg(long)]
+        name: String,
+        /// Lifetime, e.g. 30d [default: never expires].
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+/// Runs a `token` subcommand; the output is for people (and stable enough for scripts).
+pub async fn token_command(data_dir: &Path, args: TokenArgs) -> anyhow::Result<()> {
+    let manager = match args.manager {
+        Some(m) => m,
+        None => std::fs::read_to_string(data_dir.join("manager.addr"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "http://127.0.0.1:8090".into()),
+    };
+    let token = match args.token {
+        Some(t) => t,
+        None => {
+            let path = data_dir.join("admin.token");
+            std::fs::read_to_string(&path)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| {
+                    anyhow::anyhow!("{}: {e}; pass --token or --data-dir", path.display())
+                })?
+        }
+    };
+    let client = Client::new(&manager, Some(&token))?;
+    match args.action {
+        TokenAction::Create {
+            scope,
+            name,
+            expires_in,
+        } => {
+            let scope = Scope::parse(&scope).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown scope {scope:?}; expected admin, operator, viewer or agent"
+                )
+            })?;
+            let expires_in_secs = expires_in
+                .map(|e| humantime::parse_duration(&e).map(|d| d.as_secs()))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--expires-in: {e}"))?;
+            let created = client
+                .create_token(&CreateTokenRequest {
+                    name,
+                    scope,
+                    expires_in_secs,
+                })
+                .await?;
+            println!("{}", created.secret);
+            eprintln!(
+                "created token {} ({}, scope {}); the secret above is shown only once",
+                created.info.id,
+                created.info.name,
+                created.info.scope.as_str()
+            );
+        }
+        TokenAction::List => {
+            println!("ID\tNAME\tSCOPE\tCREATED\tEXPIRES\tREVOKED");
+            for t in client.list_tokens().await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    t.id,
+                    t.name,
+                    t.scope.as_str(),
+                    t.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    t.expires_at.map_or_else(
+                        || "never".to_string(),
+                        |e| e.format("%Y-%m-%d %H:%M:%S").to_string()
+                    ),
+                    if t.revoked { "yes" } else { "no" }
+                );
+            }
+        }
+        TokenAction::Revoke { id } => {
+            let info = client.revoke_token(&id).await?;
+            println!("revoked token {} ({})", info.id, info.name);
+        }
+    }
+    Ok(())
+}

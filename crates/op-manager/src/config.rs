@@ -1,0 +1,438 @@
+//! Manager configuration in two stages: [`ConfigArgs`] (flags, each also an `OP_*` environment
+//! variable) and [`RawConfig`] (the TOML file, same keys with `_`) are merged as
+//! flag > env > file > default and resolved ONCE into a validated [`Config`] with typed
+//! durations, sizes and paths. Nothing else in the manager reads flags, files or the environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::error::ManagerError;
+
+/// Every setting as a flag; clap also reads the named environment variable. All optional, so
+/// the file and the defaults can fill in what neither gives.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigArgs {
+    /// TOML config file (keys as below with `_`, e.g. `node_timeout = "30s"`).
+    #[arg(long, env = "OP_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./op-data].
+    #[arg(long, env = "OP_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// API listener (agents, CLI) [default: 0.0.0.0:8090]; port 0 picks a free port.
+    #[arg(long, env = "OP_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Raft listener (peer managers only) [default: 127.0.0.1:8091].
+    #[arg(long, env = "OP_RAFT_LISTEN")]
+    pub raft_listen: Option<SocketAddr>,
+    /// URL agents and peers use for this manager's API [default: from --listen].
+    #[arg(long, env = "OP_ADVERTISE_API")]
+    pub advertise_api: Option<String>,
+    /// URL peers use for this manager's raft listener [default: from --raft-listen].
+    #[arg(long, env = "OP_ADVERTISE_RAFT")]
+    pub advertise_raft: Option<String>,
+    /// Raft node id of this manager [default: 1].
+    #[arg(long, env = "OP_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// A node is NotReady when not seen for this long [default: 30s].
+    #[arg(long, env = "OP_NODE_TIMEOUT")]
+    pub node_timeout: Option<String>,
+    /// A NotReady node is forgotten (Left) after this long [default: 10d].
+    #[arg(long, env = "OP_FORGET_AFTER")]
+    pub forget_after: Option<String>,
+    /// Heartbeats are flushed to the store as one command this often [default: 3s].
+    #[arg(long, env = "OP_HEARTBEAT_FLUSH")]
+    pub heartbeat_flush: Option<String>,
+    /// How long an agent's sync call parks when nothing changes [default: 10s].
+    #[arg(long, env = "OP_SYNC_WAIT")]
+    pub sync_wait: Option<String>,
+    /// Most run records an agent sends per batch [default: 500].
+    #[arg(long, env = "OP_RUN_BATCH_MAX")]
+    pub run_batch_max: Option<usize>,
+    /// Runs kept per (job, node) [default: 100].
+    #[arg(long, env = "OP_RETENTION_RUNS")]
+    pub retention_runs: Option<u32>,
+    /// Runs older than this are deleted [default: 7d].
+    #[arg(long, env = "OP_RETENTION_MAX_AGE")]
+    pub retention_max_age: Option<String>,
+    /// Byte budget of all stored run records [default: 1GiB].
+    #[arg(long, env = "OP_RETENTION_MAX_BYTES")]
+    pub retention_max_bytes: Option<String>,
+    /// Audit entries older than this are deleted [default: 90d].
+    #[arg(long, env = "OP_AUDIT_MAX_AGE")]
+    pub audit_max_age: Option<String>,
+    /// Most audit entries kept [default: 100000].
+    #[arg(long, env = "OP_AUDIT_MAX_ENTRIES")]
+    pub audit_max_entries: Option<u64>,
+    /// Left nodes and old once-job targets are deleted after this long [default: 30d].
+    #[arg(long, env = "OP_HISTORY_MAX_AGE")]
+    pub history_max_age: Option<String>,
+    /// How often retention runs [default: 60s].
+    #[arg(long, env = "OP_PRUNE_INTERVAL")]
+    pub prune_interval: Option<String>,
+    /// Largest JSON request body [default: 1MiB].
+    #[arg(long, env = "OP_JSON_BODY_LIMIT")]
+    pub json_body_limit: Option<String>,
+    /// Largest run batch body [default: 64MiB].
+    #[arg(long, env = "OP_RUNS_BODY_LIMIT")]
+    pub runs_body_limit: Option<String>,
+    /// Time a client has to send its request headers [default: 30s].
+    #[arg(long, env = "OP_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<String>,
+    /// Raft log entries between snapshots [default: 2000].
+    #[arg(long, env = "OP_RAFT_SNAPSHOT_LOGS")]
+    pub raft_snapshot_logs: Option<u64>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "OP_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The TOML file: the same keys as the flags.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub raft_listen: Option<SocketAddr>,
+    pub advertise_api: Option<String>,
+    pub advertise_raft: Option<String>,
+    pub node_id: Option<u64>,
+    pub node_timeout: Option<String>,
+    pub forget_after: Option<String>,
+    pub heartbeat_flush: Option<String>,
+    pub sync_wait: Option<String>,
+    pub run_batch_max: Option<usize>,
+    pub retention_runs: Option<u32>,
+    pub retention_max_age: Option<String>,
+    pub retention_max_bytes: Option<String>,
+    pub audit_max_age: Option<String>,
+    pub audit_max_entries: Option<u64>,
+    pub history_max_age: Option<String>,
+    pub prune_interval: Option<String>,
+    pub json_body_limit: Option<String>,
+    pub runs_body_limit: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub raft_snapshot_logs: Option<u64>,
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Absolute data directory.
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub raft_listen: SocketAddr,
+    pub advertise_api: Option<String>,
+    pub advertise_raft: Option<String>,
+    pub node_id: u64,
+    pub node_timeout: Duration,
+    pub forget_after: Duration,
+    pub heartbeat_flush: Duration,
+    pub sync_wait: Duration,
+    pub run_batch_max: usize,
+    pub retention: op_store::RetentionLimits,
+    pub prune_interval: Duration,
+    pub json_body_limit: usize,
+    pub runs_body_limit: usize,
+    pub header_read_timeout: Duration,
+    pub raft_snapshot_logs: u64,
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::resolve(&ConfigArgs::default(), RawConfig::default())
+            .expect("the defaults are valid")
+    }
+}
+
+fn bad(key: &str, msg: impl std::fmt::Display) -> ManagerError {
+    ManagerError::Config(format!("{key}: {msg}"))
+}
+
+fn duration(key: &str, value: Option<String>, default: &str) -> Result<Duration, ManagerError> {
+    let text = value.unwrap_or_else(|| default.to_string());
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        bad(
+            key,
+            format!("{text:?} is not a duration ({e}); write e.g. 30s, 5m, 10d"),
+        )
+    })
+}
+
+/// Parses `1048576`, `512KiB`, `1MiB`, `1GiB`, `20MB`, `1kb`.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn size(key: &str, value: Option<String>, default: &str) -> Result<u64, ManagerError> {
+    let text = value.unwrap_or_else(|| default.to_string());
+    parse_size(&text).ok_or_else(|| {
+        bad(
+            key,
+            format!("{text:?} is not a size; write e.g. 1MiB, 512KiB, 1GiB"),
+        )
+    })
+}
+
+impl Config {
+    /// Loads the file named by `--config` (if any) and resolves everything.
+    pub fn load(args: &ConfigArgs) -> Result<Config, ManagerError> {
+        let raw = match &args.config {
+            Some(path) => read_file(path)?,
+            None => RawConfig::default(),
+        };
+        Config::resolve(args, raw)
+    }
+
+    /// Merges flags/env over the file over the defaults, and validates.
+    pub fn resolve(a: &ConfigArgs, f: RawConfig) -> Result<Config, ManagerError> {
+        let a = a.clone();
+        let data_dir = a
+            .data_dir
+            .or(f.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./op-data"));
+        let data_dir = absolute(&data_dir)?;
+        let node_timeout = duration("node_timeout", a.node_timeout.or(f.node_timeout), "30s")?;
+        let forget_after = duration("forget_after", a.forget_after.or(f.forget_after), "10d")?;
+        let heartbeat_flush = duration(
+            "heartbeat_flush",
+            a.heartbeat_flush.or(f.heartbeat_flush),
+            "3s",
+        )?;
+        let sync_wait = duration("sync_wait", a.sync_wait.or(f.sync_wait), "10s")?;
+        let retention = op_store::RetentionLimits {
+            runs_per_job_node: a.retention_runs.or(f.retention_runs).unwrap_or(100),
+            run_max_age_secs: duration(
+                "retention_max_age",
+                a.retention_max_age.or(f.retention_max_age),
+                "7d",
+            )?
+            .as_secs(),
+            run_max_bytes: size(
+                "retention_max_bytes",
+                a.retention_max_bytes.or(f.retention_max_bytes),
+                "1GiB",
+            )?,
+            audit_max_age_secs: duration(
+                "audit_max_age",
+                a.audit_max_age.or(f.audit_max_age),
+                "90d",
+            )?
+            .as_secs(),
+            audit_max_entries: a
+                .audit_max_entries
+                .or(f.audit_max_entries)
+                .unwrap_or(100_000),
+            history_max_age_secs: duration(
+                "history_max_age",
+                a.history_max_age.or(f.history_max_age),
+                "30d",
+            )?
+            .as_secs(),
+        };
+        let log_format = match a
+            .log_format
+            .or(f.log_format)
+            .unwrap_or_else(|| "text".into())
+            .as_str()
+        {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(bad(
+                    "log_format",
+                    format!("{other:?}; expected text or json"),
+                ));
+            }
+        };
+        let config = Config {
+            data_dir,
+            listen: a
+                .listen
+                .or(f.listen)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8090))),
+            raft_listen: a
+                .raft_listen
+                .or(f.raft_listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8091))),
+            advertise_api: a.advertise_api.or(f.advertise_api),
+            advertise_raft: a.advertise_raft.or(f.advertise_raft),
+            node_id: a.node_id.or(f.node_id).unwrap_or(1),
+            node_timeout,
+            forget_after,
+            heartbeat_flush,
+            sync_wait,
+            run_batch_max: a.run_batch_max.or(f.run_batch_max).unwrap_or(500),
+            retention,
+            prune_interval: duration(
+                "prune_interval",
+                a.prune_interval.or(f.prune_interval),
+                "60s",
+            )?,
+            json_body_limit: size(
+                "json_body_limit",
+                a.json_body_limit.or(f.json_body_limit),
+                "1MiB",
+            )? as usize,
+            runs_body_limit: size(
+                "runs_body_limit",
+                a.runs_body_limit.or(f.runs_body_limit),
+                "64MiB",
+            )? as usize,
+            header_read_timeout: duration(
+                "header_read_timeout",
+                a.header_read_timeout.or(f.header_read_timeout),
+                "30s",
+            )?,
+            raft_snapshot_logs: a
+                .raft_snapshot_logs
+                .or(f.raft_snapshot_logs)
+                .unwrap_or(2000),
+            log_format,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ManagerError> {
+        if self.node_id == 0 {
+            return Err(bad("node_id", "must be at least 1"));
+        }
+        if self.node_timeout < Duration::from_secs(1) {
+            return Err(bad("node_timeout", "must be at least 1s"));
+        }
+        if self.heartbeat_flush.is_zero() || self.heartbeat_flush * 2 > self.node_timeout {
+            return Err(bad(
+                "heartbeat_flush",
+                "must be more than 0 and at most half of node_timeout, or Ready nodes would look stale",
+            ));
+        }
+        if self.forget_after <= self.node_timeout {
+            return Err(bad("forget_after", "must be longer than node_timeout"));
+        }
+        if self.sync_wait.is_zero()
+            || self.sync_wait > Duration::from_secs(op_proto::agent::MAX_SYNC_WAIT_SECS)
+        {
+            return Err(bad(
+                "sync_wait",
+                format!("must be 1s..={}s", op_proto::agent::MAX_SYNC_WAIT_SECS),
+            ));
+        }
+        if self.sync_wait >= self.node_timeout {
+            return Err(bad(
+                "sync_wait",
+                "must be shorter than node_timeout: each sync call is an agent's heartbeat",
+            ));
+        }
+        if self.json_body_limit < 1024 || self.runs_body_limit < 1024 {
+            return Err(bad(
+                "json_body_limit/runs_body_limit",
+                "must be at least 1KiB",
+            ));
+        }
+        if self.run_batch_max == 0 {
+            return Err(bad("run_batch_max", "must be at least 1"));
+        }
+        if self.prune_interval < Duration::from_secs(1) {
+            return Err(bad("prune_interval", "must be at least 1s"));
+        }
+        if self.raft_snapshot_logs < 10 {
+            return Err(bad("raft_snapshot_logs", "must be at least 10"));
+        }
+        for (key, url) in [
+            ("advertise_api", &self.advertise_api),
+            ("advertise_raft", &self.advertise_raft),
+        ] {
+            if let Some(u) = url {
+                op_client::normalize_base_url(u).map_err(|e| bad(key, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<RawConfig, ManagerError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ManagerError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    toml::from_str(&text).map_err(|e| ManagerError::Config(format!("{}: {e}", path.display())))
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, ManagerError> {
+    std::path::absolute(p).map_err(|e| ManagerError::Io {
+        path: p.to_path_buf(),
+        source: e,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_size("1MiB"), Some(1 << 20));
+        assert_eq!(parse_size("20 MB"), Some(20_000_000));
+        assert_eq!(parse_size("1gib"), Some(1 << 30));
+        assert_eq!(parse_size("1XB"), None);
+        assert_eq!(parse_size("MiB"), None);
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let file: RawConfig = toml::from_str("node_timeout = \"40s\"\nsync_wait = \"5s\"").unwrap();
+        let args = ConfigArgs {
+            sync_wait: Some("7s".into()),
+            ..ConfigArgs::default()
+        };
+        let c = Config::resolve(&args, file).unwrap();
+        assert_eq!(c.node_timeout, Duration::from_secs(40));
+        assert_eq!(c.sync_wait, Duration::from_secs(7));
+        assert_eq!(c.forget_after, Duration::from_secs(10 * 86_400));
+        assert_eq!(c.listen.port(), 8090);
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_bad_values() {
+        assert!(toml::from_str::<RawConfig>("node_timout = \"1s\"").is_err());
+        let args = ConfigArgs {
+            node_timeout: Some("2s".into()),
+            heartbeat_flush: Some("3s".into()),
+            ..ConfigArgs::default()
+        };
+        let err = Config::resolve(&args, RawConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("heartbeat_flush"), "{err}");
+        let args = ConfigArgs {
+            node_timeout: Some("soon".into()),
+            ..ConfigArgs::default()
+        };
+        assert!(Config::resolve(&args, RawConfig::default()).is_err());
+    }
+}

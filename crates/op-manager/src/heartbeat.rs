@@ -1,0 +1,91 @@
+//! Heartbeat coalescing. Every sync call is a heartbeat; writing each one through raft would
+//! cost one log entry per agent every few seconds. Instead the latest beat of each node waits
+//! here and [`flush_loop`] writes all of them as ONE `Heartbeats` command every
+//! `heartbeat_flush`. A beat that changes a node's status (NotReady → Ready) is written at once by
+//! the sync handler, so status changes are never delayed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use op_proto::NodeInfo;
+use op_store::{Command, NodeBeat};
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::raft;
+
+#[derive(Default)]
+pub struct HeartbeatBuffer {
+    pending: Mutex<HashMap<Uuid, NodeBeat>>,
+}
+
+impl HeartbeatBuffer {
+    pub fn record(&self, beat: NodeBeat) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(beat.node_id, beat);
+        }
+    }
+
+    /// The newest unflushed beat time of a node.
+    pub fn last_seen(&self, id: Uuid) -> Option<DateTime<Utc>> {
+        self.pending.lock().ok()?.get(&id).map(|b| b.seen_at)
+    }
+
+    /// Shows unflushed beats in node listings, so `last_seen` is never a flush interval behind.
+    pub fn overlay(&self, nodes: &mut [NodeInfo]) {
+        let Ok(p) = self.pending.lock() else { return };
+        for n in nodes {
+            if let Some(b) = p.get(&n.node_id) {
+                n.last_seen = n.last_seen.max(b.seen_at);
+            }
+        }
+    }
+
+    fn take(&self) -> Vec<NodeBeat> {
+        match self.pending.lock() {
+            Ok(mut p) => p.drain().map(|(_, b)| b).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.lock().map_or(0, |p| p.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Writes the buffered beats every `heartbeat_flush`, and once more at shutdown.
+pub async fn flush_loop(app: Arc<App>) {
+    let mut tick = tokio::time::interval(app.config.heartbeat_flush);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => flush(&app).await,
+            _ = app.shutdown.cancelled() => {
+                flush(&app).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn flush(app: &App) {
+    if !raft::is_leader(&app.raft) {
+        // Followers forward writes once the cluster issue lands; until then only the leader
+        // serves agents, so there is nothing to flush here.
+        return;
+    }
+    let beats = app.beats.take();
+    if beats.is_empty() {
+        return;
+    }
+    let n = beats.len();
+    match app.write(Command::Heartbeats { beats }).await {
+        Ok(_) => app.metrics.heartbeats_flushed(n as u64),
+        Err(e) => tracing::warn!(error = %e, beats = n, "could not write heartbeats"),
+    }
+}

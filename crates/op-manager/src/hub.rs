@@ -1,0 +1,195 @@
+//! The agent sync hub: who must be woken when the applied state changes, and each node's desired
+//! state computed from one shared, cached view.
+//!
+//! The state machine calls [`Hub::applied`] after every applied batch. A change that can alter some
+//! node's desired state (jobs, registrations, once-job targets) or node status bumps a local
+//! sequence number on a `watch` channel; parked sync calls wake, fetch the view (rebuilt once per
+//! sequence number, not once per agent) and return only if *their* node's index moved. Heartbeat
+//! flushes and run ingestion that touch no target do not bump it, so 10,000 parked agents are not
+//! woken every few seconds.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use op_proto::NodeStatus;
+use op_proto::agent::DesiredJob;
+use op_proto::api::JobRecord;
+use op_proto::hosts::{HostIdentity, HostSelector};
+use op_store::{Changes, Store, StoreError};
+use tokio::sync::{Mutex, Notify, watch};
+use uuid::Uuid;
+
+/// A node as the hub needs it.
+#[derive(Debug, Clone)]
+pub struct CachedNode {
+    pub identity: HostIdentity,
+    pub status: NodeStatus,
+    /// Log index of the last change of this node's own desired state.
+    pub desired_index: u64,
+}
+
+/// Everything needed to answer any node's sync, as of one sequence number.
+#[derive(Debug, Default)]
+pub struct DesiredCache {
+    pub seq: u64,
+    /// Log index of the last change that concerned every node.
+    pub desired_index: u64,
+    jobs: Vec<(JobRecord, HostSelector)>,
+    nodes: HashMap<Uuid, CachedNode>,
+    pending: HashMap<Uuid, HashSet<(String, u64)>>,
+}
+
+impl DesiredCache {
+    fn build(seq: u64, view: op_store::DesiredView) -> DesiredCache {
+        let mut pending: HashMap<Uuid, HashSet<(String, u64)>> = HashMap::new();
+        for (node, job, revision) in view.pending {
+            pending.entry(node).or_default().insert((job, revision));
+        }
+        DesiredCache {
+            seq,
+            desired_index: view.desired_index,
+            jobs: view
+                .jobs
+                .into_iter()
+                .map(|j| {
+                    let selector = j.spec.selector();
+                    (j, selector)
+                })
+                .collect(),
+            nodes: view
+                .nodes
+                .into_iter()
+                .map(|(n, index)| {
+                    (
+                        n.node_id,
+                        CachedNode {
+                            identity: n.identity(),
+                            status: n.status,
+                            desired_index: index,
+                        },
+                    )
+                })
+                .collect(),
+            pending,
+        }
+    }
+
+    pub fn node(&self, id: Uuid) -> Option<&CachedNode> {
+        self.nodes.get(&id)
+    }
+
+    /// The index an agent passes back: it moves whenever this node's desired state may change.
+    pub fn index_for(&self, id: Uuid) -> u64 {
+        let own = self.nodes.get(&id).map_or(0, |n| n.desired_index);
+        self.desired_index.max(own)
+    }
+
+    /// The jobs this node must hold: enabled jobs whose selector matches it, and once-jobs only
+    /// while it is a pending target of their current revision.
+    pub fn jobs_for(&self, id: Uuid) -> Vec<DesiredJob> {
+        let Some(node) = self.nodes.get(&id) else {
+            return Vec::new();
+        };
+        let pending = self.pending.get(&id);
+        self.jobs
+            .iter()
+            .filter(|(job, selector)| {
+                if job.spec.once_job {
+                    pending.is_some_and(|p| p.contains(&(job.spec.name.clone(), job.revision)))
+                } else {
+                    selector.matches(&node.identity)
+                }
+            })
+            .map(|(job, _)| DesiredJob {
+                revision: job.revision,
+                spec: job.spec.clone(),
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+pub struct Hub {
+    seq: watch::Sender<u64>,
+    tokens_seq: AtomicU64,
+    cache: Mutex<Option<Arc<DesiredCache>>>,
+    /// Bytes of run records stored since the last prune, and the level that triggers one early.
+    ingested_bytes: AtomicU64,
+    prune_threshold: u64,
+    prune_now: Notify,
+}
+
+impl Hub {
+    pub fn new(prune_threshold: u64) -> Hub {
+        Hub {
+            seq: watch::Sender::new(1),
+            tokens_seq: AtomicU64::new(1),
+            cache: Mutex::new(None),
+            ingested_bytes: AtomicU64::new(0),
+            prune_threshold,
+            prune_now: Notify::new(),
+        }
+    }
+
+    /// Called by the state machine after each applied batch.
+    pub fn applied(&self, changes: &Changes) {
+        if changes.desired() || changes.nodes {
+            self.seq.send_modify(|s| *s += 1);
+        }
+        if changes.tokens {
+            self.tokens_seq.fetch_add(1, Ordering::SeqCst);
+        }
+        if changes.run_bytes > 0 {
+            let total = self
+                .ingested_bytes
+                .fetch_add(changes.run_bytes, Ordering::Relaxed)
+                + changes.run_bytes;
+            if self.prune_threshold > 0 && total >= self.prune_threshold {
+                self.prune_now.notify_one();
+            }
+        }
+    }
+
+    /// Called after a snapshot replaced the whole state.
+    pub fn reset(&self) {
+        self.seq.send_modify(|s| *s += 1);
+        self.tokens_seq.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.seq.subscribe()
+    }
+
+    pub fn tokens_seq(&self) -> u64 {
+        self.tokens_seq.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when enough run bytes arrived that retention should run before its next tick.
+    pub async fn prune_wanted(&self) {
+        self.prune_now.notified().await;
+    }
+
+    /// Called by retention after a prune.
+    pub fn pruned(&self) {
+        self.ingested_bytes.store(0, Ordering::Relaxed);
+    }
+
+    /// The desired-state view for the current sequence number, rebuilt at most once per change.
+    pub async fn view(&self, store: &Arc<Store>) -> Result<Arc<DesiredCache>, StoreError> {
+        let mut cache = self.cache.lock().await;
+        // Read the sequence before the store: a change applied meanwhile leaves the cache tagged
+        // older than its content, which only costs one extra rebuild.
+        let seq = *self.seq.borrow();
+        if let Some(c) = cache.as_ref().filter(|c| c.seq == seq) {
+            return Ok(c.clone());
+        }
+        let store = store.clone();
+        let view = tokio::task::spawn_blocking(move || store.desired_view())
+            .await
+            .map_err(|_| StoreError::Poisoned)??;
+        let built = Arc::new(DesiredCache::build(seq, view));
+        *cache = Some(built.clone());
+        Ok(built)
+    }
+}

@@ -1,0 +1,300 @@
+//! op-manager: the management node of op-agent.
+//!
+//! The manager stores jobs, nodes, once-job targets, run records, tokens and the audit log in
+//! `op-store`, changed only through openraft (a single manager is a one-member cluster), and
+//! serves the HTTP API that agents, the CLI and tests use. Entry points: [`start`] (returns once
+//! the manager serves) and [`run`] (until `shutdown`). `main.rs` only parses flags.
+//!
+//! Data directory layout:
+//! - `state.db` (+ `-wal`, `-shm`): the state machine (op-store).
+//! - `raft.db`: the raft log, vote and committed id.
+//! - `snapshots/current.db`, `snapshots/current.meta.json`: the latest raft snapshot.
+//! - `admin.token`, `agent.token`: secrets made on first start (mode 0600).
+//! - `manager.addr`: the API URL of the running manager; `raft.addr`: its raft URL.
+//! - `manager.lock`: held while a manager uses the directory.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod heartbeat;
+pub mod hub;
+pub mod liveness;
+pub mod metrics;
+pub mod raft;
+pub mod retention;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use nix::fcntl::{Flock, FlockArg};
+use op_proto::api::Scope;
+use op_store::{Command, META_CLUSTER_ID, Store};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::ManagerError;
+
+use crate::app::App;
+use crate::auth::Authenticator;
+use crate::heartbeat::HeartbeatBuffer;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// The two sockets a manager serves, bound by the caller (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    pub api: TcpListener,
+    pub raft: TcpListener,
+}
+
+impl Listeners {
+    pub fn bind(config: &Config) -> Result<Listeners, ManagerError> {
+        let api = TcpListener::bind(config.listen).map_err(|e| ManagerError::Listen {
+            what: "api listener",
+            source: e,
+        })?;
+        let raft = TcpListener::bind(config.raft_listen).map_err(|e| ManagerError::Listen {
+            what: "raft listener",
+            source: e,
+        })?;
+        Ok(Listeners { api, raft })
+    }
+}
+
+/// A manager that is serving.
+pub struct Running {
+    pub api_url: String,
+    pub raft_url: String,
+    pub api_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    task: JoinHandle<Result<(), ManagerError>>,
+}
+
+impl Running {
+    /// Waits until the manager has shut down (after `shutdown` was cancelled).
+    pub async fn wait(self) -> Result<(), ManagerError> {
+        self.task
+            .await
+            .map_err(|e| ManagerError::Raft(format!("manager task failed: {e}")))?
+    }
+}
+
+/// Starts a manager and waits for it to shut down.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), ManagerError> {
+    start(config, listeners, shutdown).await?.wait().await
+}
+
+/// The URL for a bound address: the advertised one if configured; an unspecified bind address is
+/// replaced by this host's name so that other machines can use it.
+fn url_for(advertised: Option<&str>, addr: SocketAddr) -> String {
+    if let Some(u) = advertised {
+        return op_client::normalize_base_url(u).unwrap_or_else(|_| u.to_string());
+    }
+    if addr.ip().is_unspecified() {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "127.0.0.1".into());
+        return format!("http://{host}:{}", addr.port());
+    }
+    format!("http://{addr}")
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> ManagerError {
+    ManagerError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    header_timeout: Duration,
+    handle: axum_server::Handle<SocketAddr>,
+) -> Result<JoinHandle<std::io::Result<()>>, ManagerError> {
+    let listen_err = |e| ManagerError::Listen {
+        what: "listener",
+        source: e,
+    };
+    listener.set_nonblocking(true).map_err(listen_err)?;
+    let mut server = axum_server::from_tcp(listener)
+        .map_err(listen_err)?
+        .handle(handle);
+    // axum-server leaves hyper's header-read timeout off; without it a slow client holds a
+    // connection forever (slowloris).
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(header_timeout);
+    Ok(tokio::spawn(server.serve(router.into_make_service())))
+}
+
+/// Starts a manager on `listeners` and returns once it serves the API (raft has a leader and the
+/// first-start tokens exist). Cancel `shutdown` to stop it, then [`Running::wait`].
+pub async fn start(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<Running, ManagerError> {
+    let dir = config.data_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+    let lock_path = dir.join("manager.lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| io_err(&lock_path, e))?;
+    let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        ManagerError::Config(format!(
+            "{}: another op-manager uses this data directory ({e})",
+            dir.display()
+        ))
+    })?;
+
+    let api_addr = listeners.api.local_addr().map_err(|e| io_err(&dir, e))?;
+    let raft_addr = listeners.raft.local_addr().map_err(|e| io_err(&dir, e))?;
+    let api_url = url_for(config.advertise_api.as_deref(), api_addr);
+    let raft_url = url_for(config.advertise_raft.as_deref(), raft_addr);
+
+    let state_path = dir.join("state.db");
+    let store = Arc::new(
+        tokio::task::spawn_blocking(move || Store::open(state_path))
+            .await
+            .map_err(|e| ManagerError::Raft(e.to_string()))??,
+    );
+    let hub = Arc::new(Hub::new(config.retention.run_max_bytes / 10));
+    let raft = raft::start(
+        config.node_id,
+        raft::Member {
+            api_addr: api_url.clone(),
+            raft_addr: raft_url.clone(),
+        },
+        &dir,
+        store.clone(),
+        hub.clone(),
+        raft::RaftSettings {
+            snapshot_logs: config.raft_snapshot_logs,
+        },
+    )
+    .await?;
+    let raft_handle = axum_server::Handle::new();
+    let raft_server = serve(
+        listeners.raft,
+        raft::network::router(raft.clone()),
+        config.header_read_timeout,
+        raft_handle.clone(),
+    )?;
+    raft::wait_for_leader(&raft, Duration::from_secs(60)).await?;
+
+    let app = Arc::new(App {
+        auth: Authenticator::new(store.clone(), hub.clone()),
+        beats: HeartbeatBuffer::default(),
+        metrics: Metrics::new(),
+        shutdown: shutdown.clone(),
+        api_url: api_url.clone(),
+        raft_url: raft_url.clone(),
+        config,
+        store,
+        raft,
+        hub,
+    });
+    bootstrap(&app).await?;
+    let api_handle = axum_server::Handle::new();
+    let api_server = serve(
+        listeners.api,
+        api::router(app.clone()),
+        app.config.header_read_timeout,
+        api_handle.clone(),
+    )?;
+    let tasks = vec![
+        tokio::spawn(heartbeat::flush_loop(app.clone())),
+        tokio::spawn(liveness::run(app.clone())),
+        tokio::spawn(retention::run(app.clone())),
+    ];
+    for (name, url) in [("manager.addr", &api_url), ("raft.addr", &raft_url)] {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{url}\n")).map_err(|e| io_err(&path, e))?;
+    }
+    tracing::info!(api = %api_url, raft = %raft_url, data_dir = %dir.display(), "op-manager serving");
+
+    let task = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        // Parked sync calls see the same token and return at once; give the rest a moment.
+        api_handle.graceful_shutdown(Some(Duration::from_secs(5)));
+        let _ = api_server.await;
+        for t in tasks {
+            let _ = t.await;
+        }
+        raft_handle.graceful_shutdown(Some(Duration::from_secs(2)));
+        let _ = raft_server.await;
+        if let Err(e) = app.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        drop(lock);
+        tracing::info!("op-manager stopped");
+        Ok(())
+    });
+    Ok(Running {
+        api_url,
+        raft_url,
+        api_addr,
+        raft_addr,
+        task,
+    })
+}
+
+/// First start of a cluster: name it, and create the admin and agent tokens, writing their
+/// secrets to `admin.token` and `agent.token`. Runs on the leader only; a store that already has
+/// tokens is left alone (an operator may have removed the files on purpose).
+async fn bootstrap(app: &App) -> Result<(), ManagerError> {
+    if !raft::is_leader(&app.raft) {
+        return Ok(());
+    }
+    let boot = |e: api::ApiError| ManagerError::Bootstrap(e.to_string());
+    if app
+        .read(|s| s.meta(META_CLUSTER_ID))
+        .await
+        .map_err(boot)?
+        .is_none()
+    {
+        app.write(Command::InitCluster {
+            cluster_id: uuid::Uuid::new_v4().to_string(),
+            at: Utc::now(),
+        })
+        .await
+        .map_err(boot)?;
+    }
+    if !app.read(|s| s.tokens()).await.map_err(boot)?.is_empty() {
+        return Ok(());
+    }
+    for (name, scope, file) in [
+        ("admin", Scope::Admin, "admin.token"),
+        ("agent", Scope::Agent, "agent.token"),
+    ] {
+        let generated = auth::generate(name, scope, None);
+        app.write(Command::CreateToken {
+            token: generated.token,
+            at: Utc::now(),
+            actor: "op-manager".into(),
+        })
+        .await
+        .map_err(boot)?;
+        let path = app.config.data_dir.join(file);
+        auth::write_secret_file(&path, &generated.secret).map_err(|e| io_err(&path, e))?;
+        tracing::info!(path = %path.display(), "created the {name} token");
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! `op-manager`: parse flags, set up logging, and call the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use op_manager::cli::{Cli, CliCommand};
+use op_manager::config::LogFormat;
+use op_manager::{Config, Listeners};
+use tokio_util::sync::CancellationToken;
+
+/// Many agents mean many sockets: use the hard limit of open files.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, hard, "could not raise the open-files limit");
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&config)?;
+    let shutdown = CancellationToken::new();
+    let running = op_manager::start(config, listeners, shutdown.clone()).await?;
+    // Tests and the quick start read this line to find the ports picked for `:0`.
+    println!(
+        "op-manager listening api={} raft={}",
+        running.api_url, running.raft_url
+    );
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        stop.cancel();
+    });
+    running.wait().await?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("op-manager: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("op-manager: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Some(CliCommand::Token(args)) => {
+            runtime.block_on(op_manager::cli::token_command(&config.data_dir, args))
+        }
+        None => {
+            init_logging(config.log_format);
+            raise_nofile_limit();
+            runtime.block_on(serve(config))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("op-manager: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
