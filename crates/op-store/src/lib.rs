@@ -154,10 +154,12 @@ impl Store {
     /// `VACUUM INTO`: a point-in-time view that also drops free pages.
     pub fn snapshot_to(&self, dest: &Path) -> Result<()> {
         let dest_str = dest.to_string_lossy().into_owned();
-        self.read(|conn| {
-            conn.execute("VACUUM INTO ?1", [dest_str.as_str()])?;
-            Ok(())
-        })
+        let _shared = self.swap.read().map_err(|_| StoreError::Poisoned)?;
+        // Pooled readers are `query_only`, which VACUUM INTO refuses: use a connection of its own.
+        // It still runs in one read transaction, so the copy is a point-in-time view.
+        let conn = open_conn(&self.path)?;
+        conn.execute("VACUUM INTO ?1", [dest_str.as_str()])?;
+        Ok(())
     }
 
     /// Reads a meta value straight from a snapshot file (to learn what it covers).

@@ -1,0 +1,268 @@
+//! `apply`: revisions, once-job targets, idempotent ingestion, node status, tokens, determinism.
+
+use op_proto::api::{RunQuery, Scope, TargetState};
+use op_proto::{NodeStatus, RunStatus, Trigger};
+use op_store::{Command, CommandResult, NewToken, StatusChange};
+
+use crate::common::*;
+
+#[test]
+fn save_bumps_revision_and_delete_keeps_numbering() {
+    let mut s = TestStore::new();
+    let CommandResult::JobSaved { response } = s.apply(save(cron_job("a"), 0)) else {
+        panic!()
+    };
+    assert_eq!((response.revision, response.created), (1, true));
+    let CommandResult::JobSaved { response } = s.apply(save(cron_job("a"), 1)) else {
+        panic!()
+    };
+    assert_eq!((response.revision, response.created), (2, false));
+    let r = s.apply(Command::SetJobEnabled {
+        name: "a".into(),
+        enabled: false,
+        at: at(2),
+        actor: "admin".into(),
+    });
+    let CommandResult::Job { job } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!((job.revision, job.spec.enabled), (3, false));
+    // Disabling again changes nothing.
+    let CommandResult::Job { job } = s.apply(Command::SetJobEnabled {
+        name: "a".into(),
+        enabled: false,
+        at: at(3),
+        actor: "admin".into(),
+    }) else {
+        panic!()
+    };
+    assert_eq!(job.revision, 3);
+    assert!(matches!(
+        s.apply(Command::DeleteJob {
+            name: "a".into(),
+            at: at(4),
+            actor: "admin".into()
+        }),
+        CommandResult::JobDeleted { revision: 3, .. }
+    ));
+    assert!(s.store.job("a").unwrap().is_none());
+    let CommandResult::JobSaved { response } = s.apply(save(cron_job("a"), 5)) else {
+        panic!()
+    };
+    assert_eq!((response.revision, response.created), (4, true));
+    // A refused command leaves no trace, not even an audit entry.
+    let audit_before = s.store.audit(None, 1000).unwrap().len();
+    let r = s.apply(Command::DeleteJob {
+        name: "nope".into(),
+        at: at(6),
+        actor: "admin".into(),
+    });
+    assert!(
+        matches!(r, CommandResult::Rejected { ref rejection } if rejection.code == "not_found")
+    );
+    assert_eq!(s.store.audit(None, 1000).unwrap().len(), audit_before);
+    let actions: Vec<_> = s
+        .store
+        .audit(None, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "job.save",
+            "job.save",
+            "job.disable",
+            "job.delete",
+            "job.save"
+        ]
+    );
+}
+
+#[test]
+fn once_targets_follow_runs_and_never_go_back() {
+    let mut s = TestStore::new();
+    for n in [2, 3] {
+        s.apply(register(n, 0));
+    }
+    let CommandResult::JobSaved { response } = s.apply(save(once_job("ls-l"), 1)) else {
+        panic!()
+    };
+    let once = response.once.unwrap();
+    assert_eq!(once.selected.len(), 2);
+    let state = |s: &TestStore, n: u8| {
+        s.store
+            .once_targets("ls-l", None)
+            .unwrap()
+            .into_iter()
+            .find(|t| t.node_id == node_id(n))
+            .unwrap()
+            .state
+    };
+    assert_eq!(state(&s, 2), TargetState::Pending);
+    let mut r2 = run(2, "ls-l", 1, 10, RunStatus::Running);
+    r2.trigger = Trigger::Once;
+    s.apply(ingest(2, vec![r2.clone()], 10));
+    assert_eq!(state(&s, 2), TargetState::Running);
+    let mut done = r2.clone();
+    done.status = RunStatus::Ok;
+    s.apply(ingest(2, vec![done], 11));
+    assert_eq!(state(&s, 2), TargetState::Done);
+    // A late `running` redelivery cannot reopen it.
+    let CommandResult::RunsIngested { ack } = s.apply(ingest(2, vec![r2], 12)) else {
+        panic!()
+    };
+    assert_eq!((ack.accepted, ack.duplicates), (0, 1));
+    assert_eq!(state(&s, 2), TargetState::Done);
+    let mut failed = run(3, "ls-l", 1, 10, RunStatus::Timeout);
+    failed.trigger = Trigger::Once;
+    s.apply(ingest(3, vec![failed], 13));
+    assert_eq!(state(&s, 3), TargetState::Failed);
+    // Disable + enable carry the targets to the new revision with their states.
+    for enabled in [false, true] {
+        s.apply(Command::SetJobEnabled {
+            name: "ls-l".into(),
+            enabled,
+            at: at(20),
+            actor: "admin".into(),
+        });
+    }
+    let targets = s.store.once_targets("ls-l", None).unwrap();
+    assert_eq!(targets.len(), 2);
+    assert!(targets.iter().all(|t| t.revision == 3));
+    assert_eq!(state(&s, 2), TargetState::Done);
+    let view = s.store.desired_view().unwrap();
+    assert!(view.pending.is_empty(), "{:?}", view.pending);
+}
+
+#[test]
+fn ingest_is_idempotent_and_final_replaces_running() {
+    let mut s = TestStore::new();
+    s.apply(register(2, 0));
+    let batch: Vec<_> = (0..5).map(|i| run(2, "a", 1, i, RunStatus::Ok)).collect();
+    let CommandResult::RunsIngested { ack } = s.apply(ingest(2, batch.clone(), 10)) else {
+        panic!()
+    };
+    assert_eq!((ack.accepted, ack.duplicates), (5, 0));
+    let CommandResult::RunsIngested { ack } = s.apply(ingest(2, batch, 11)) else {
+        panic!()
+    };
+    assert_eq!((ack.accepted, ack.duplicates), (0, 5));
+    let q = RunQuery {
+        job: Some("a".into()),
+        ..RunQuery::default()
+    };
+    assert_eq!(s.store.runs(&q).unwrap().len(), 5);
+    let running = run(2, "a", 1, 20, RunStatus::Running);
+    s.apply(ingest(2, vec![running.clone()], 20));
+    let mut fin = running.clone();
+    fin.status = RunStatus::Failed;
+    let CommandResult::RunsIngested { ack } = s.apply(ingest(2, vec![fin], 21)) else {
+        panic!()
+    };
+    assert_eq!(ack.accepted, 1);
+    assert_eq!(
+        s.store.run(running.run_id).unwrap().unwrap().status,
+        RunStatus::Failed
+    );
+    assert_eq!(s.store.runs(&q).unwrap().len(), 6);
+}
+
+#[test]
+fn status_changes_lose_to_newer_heartbeats() {
+    let mut s = TestStore::new();
+    s.apply(register(2, 0));
+    s.apply(Command::Heartbeats {
+        beats: vec![op_store::NodeBeat {
+            node_id: node_id(2),
+            seen_at: at(50),
+            agent_version: "0.1.0".into(),
+            load: None,
+            running: vec![],
+            packages: vec![],
+            stats: Default::default(),
+        }],
+    });
+    // Decided on a last_seen of 0: the beat at 50 wins.
+    let r = s.apply(Command::SetNodeStatus {
+        at: at(60),
+        changes: vec![StatusChange {
+            node_id: node_id(2),
+            status: NodeStatus::NotReady,
+            unless_seen_after: at(0),
+        }],
+    });
+    assert!(matches!(r, CommandResult::StatusChanged { ref changes } if changes.is_empty()));
+    let r = s.apply(Command::SetNodeStatus {
+        at: at(90),
+        changes: vec![StatusChange {
+            node_id: node_id(2),
+            status: NodeStatus::NotReady,
+            unless_seen_after: at(50),
+        }],
+    });
+    assert!(matches!(r, CommandResult::StatusChanged { ref changes } if changes.len() == 1));
+    assert_eq!(
+        s.store.node(node_id(2)).unwrap().unwrap().status,
+        NodeStatus::NotReady
+    );
+}
+
+#[test]
+fn tokens_are_unique_by_active_name() {
+    let mut s = TestStore::new();
+    let token = |id: &str| Command::CreateToken {
+        token: NewToken {
+            id: id.into(),
+            name: "ci".into(),
+            scope: Scope::Operator,
+            secret_sha256: "00".repeat(32),
+            expires_at: None,
+        },
+        at: at(0),
+        actor: "admin".into(),
+    };
+    assert!(matches!(s.apply(token("t1")), CommandResult::Token { .. }));
+    assert!(
+        matches!(s.apply(token("t2")), CommandResult::Rejected { ref rejection } if rejection.code == "conflict")
+    );
+    s.apply(Command::RevokeToken {
+        id: "t1".into(),
+        at: at(1),
+        actor: "admin".into(),
+    });
+    assert!(matches!(s.apply(token("t2")), CommandResult::Token { .. }));
+    let tokens = s.store.tokens().unwrap();
+    assert_eq!(tokens.len(), 2);
+    assert!(tokens[0].info.revoked && !tokens[1].info.revoked);
+}
+
+/// The same log applied to two stores gives the same state: apply reads no clock and makes no ids.
+#[test]
+fn apply_is_deterministic() {
+    let log: Vec<Command> = vec![
+        register(2, 0),
+        register(3, 0),
+        save(once_job("o"), 1),
+        save(cron_job("c"), 2),
+        ingest(2, vec![run(2, "c", 1, 3, RunStatus::Ok)], 3),
+        Command::Prune {
+            now: at(4),
+            limits: Default::default(),
+        },
+    ];
+    let dump = |log: &[Command]| {
+        let mut s = TestStore::new();
+        let results: Vec<_> = log.iter().map(|c| s.apply(c.clone())).collect();
+        (
+            results,
+            serde_json::to_string(&s.store.jobs().unwrap()).unwrap(),
+            serde_json::to_string(&s.store.nodes().unwrap()).unwrap(),
+            serde_json::to_string(&s.store.once_targets("o", None).unwrap()).unwrap(),
+            serde_json::to_string(&s.store.runs(&RunQuery::default()).unwrap()).unwrap(),
+            serde_json::to_string(&s.store.audit(None, 100).unwrap()).unwrap(),
+        )
+    };
+    assert_eq!(dump(&log), dump(&log));
+}

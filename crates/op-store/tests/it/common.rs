@@ -1,0 +1,126 @@
+//! Builders shared by the store tests.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use op_proto::{JobSpec, RunRecord, RunStatus, Trigger};
+use op_store::{Command, CommandResult, Entry, NodeRegistration, Store};
+use uuid::Uuid;
+
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 25, 8, 0, 0).unwrap()
+}
+
+pub fn at(secs: i64) -> DateTime<Utc> {
+    t0() + Duration::seconds(secs)
+}
+
+/// A store in a temp dir, with a log index counter.
+pub struct TestStore {
+    pub store: Store,
+    pub index: u64,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestStore {
+    pub fn new() -> TestStore {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("state.db")).unwrap();
+        TestStore {
+            store,
+            index: 0,
+            dir,
+        }
+    }
+
+    pub fn apply(&mut self, command: Command) -> CommandResult {
+        self.index += 1;
+        let (mut results, _) = self
+            .store
+            .apply_batch(
+                &[Entry {
+                    index: self.index,
+                    command: Some(&command),
+                }],
+                &format!("{{\"index\":{}}}", self.index),
+                None,
+            )
+            .unwrap();
+        results.remove(0)
+    }
+}
+
+pub fn node_id(n: u8) -> Uuid {
+    Uuid::from_u128(0x1000 + u128::from(n))
+}
+
+pub fn register(n: u8, at_secs: i64) -> Command {
+    Command::RegisterNode {
+        registration: NodeRegistration {
+            node_id: node_id(n),
+            hostname: format!("node-{n}"),
+            ips: vec![format!("127.0.0.{n}").parse::<IpAddr>().unwrap()],
+            labels: Default::default(),
+            agent_version: "0.1.0".into(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+        },
+        at: at(at_secs),
+        actor: "agent".into(),
+    }
+}
+
+pub fn save(spec: JobSpec, at_secs: i64) -> Command {
+    Command::SaveJob {
+        spec: Box::new(spec),
+        at: at(at_secs),
+        actor: "admin".into(),
+    }
+}
+
+pub fn cron_job(name: &str) -> JobSpec {
+    let mut spec = JobSpec::new(name, "echo hi");
+    spec.cron_expr = "*/5 * * * * * *".into();
+    spec
+}
+
+pub fn once_job(name: &str) -> JobSpec {
+    let mut spec = JobSpec::new(name, "ls -l /tmp");
+    spec.once_job = true;
+    spec
+}
+
+pub fn run(n: u8, job: &str, revision: u64, started_secs: i64, status: RunStatus) -> RunRecord {
+    RunRecord {
+        run_id: Uuid::now_v7(),
+        job: job.into(),
+        job_revision: revision,
+        node_id: node_id(n),
+        hostname: format!("node-{n}"),
+        ips: vec![format!("127.0.0.{n}").parse().unwrap()],
+        trigger: Trigger::Cron,
+        attempt: 0,
+        invocation_id: None,
+        params: Default::default(),
+        command: "echo hi".into(),
+        planned_at: Some(at(started_secs)),
+        started_at: Some(at(started_secs)),
+        ended_at: Some(at(started_secs + 1)),
+        status,
+        exit_code: Some(0),
+        signal: None,
+        error: None,
+        output: "hi\n".into(),
+        output_truncated: false,
+        output_bytes: 3,
+        rusage: None,
+    }
+}
+
+pub fn ingest(n: u8, runs: Vec<RunRecord>, at_secs: i64) -> Command {
+    Command::IngestRuns {
+        node_id: node_id(n),
+        at: at(at_secs),
+        runs,
+    }
+}

@@ -1,0 +1,129 @@
+//! Persisted-format fixtures: one file per `Command` variant in `tests/data/commands/`. Raft log
+//! entries and snapshots hold these forms, so a change that breaks reading an old file fails here.
+//! Set `OP_WRITE_FIXTURES=1` to (re)write the files after an intended, additive change.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use op_proto::api::Scope;
+use op_proto::{JobSpec, NodeStatus, RunStatus, Trigger};
+use op_store::{Command, NewToken, NodeBeat, RetentionLimits, StatusChange};
+
+use crate::common::*;
+
+fn samples() -> Vec<Command> {
+    let mut spec = JobSpec::from_task_json(
+        r#"{"JobName":"cycleTest.py","Command":"python cycleTest.py","CronExpr":"*/5 * * * * * *",
+            "WhiteHosts":["10.0.0.0/24"],"BlackHosts":["web-*"],"Timeout":10}"#,
+    )
+    .unwrap();
+    spec.labels.insert("role".into(), "db".into());
+    let mut r = run(2, "ls-l", 3, 0, RunStatus::Ok);
+    r.run_id = uuid::Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0001);
+    r.trigger = Trigger::Once;
+    vec![
+        Command::InitCluster {
+            cluster_id: "6f1c1c2e-0000-4000-8000-000000000001".into(),
+            at: t0(),
+        },
+        Command::SaveJob {
+            spec: Box::new(spec),
+            at: t0(),
+            actor: "admin".into(),
+        },
+        Command::DeleteJob {
+            name: "ls-l".into(),
+            at: t0(),
+            actor: "admin".into(),
+        },
+        Command::SetJobEnabled {
+            name: "ls-l".into(),
+            enabled: false,
+            at: t0(),
+            actor: "ops".into(),
+        },
+        register(2, 0),
+        Command::Heartbeats {
+            beats: vec![NodeBeat {
+                node_id: node_id(2),
+                seen_at: t0(),
+                agent_version: "0.1.0".into(),
+                load: None,
+                running: vec![],
+                packages: vec![],
+                stats: Default::default(),
+            }],
+        },
+        Command::SetNodeStatus {
+            at: t0(),
+            changes: vec![StatusChange {
+                node_id: node_id(3),
+                status: NodeStatus::NotReady,
+                unless_seen_after: at(-30),
+            }],
+        },
+        Command::ForgetNode {
+            node_id: node_id(4),
+            at: t0(),
+            actor: "admin".into(),
+        },
+        ingest(2, vec![r], 5),
+        Command::Prune {
+            now: t0(),
+            limits: RetentionLimits::default(),
+        },
+        Command::CreateToken {
+            token: NewToken {
+                id: "0a1b2c3d4e5f".into(),
+                name: "ci".into(),
+                scope: Scope::Operator,
+                secret_sha256: "ab".repeat(32),
+                expires_at: None,
+            },
+            at: t0(),
+            actor: "admin".into(),
+        },
+        Command::RevokeToken {
+            id: "0a1b2c3d4e5f".into(),
+            at: t0(),
+            actor: "admin".into(),
+        },
+    ]
+}
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/commands")
+}
+
+#[test]
+fn every_command_variant_has_a_fixture_that_reads_back() {
+    let samples = samples();
+    if std::env::var_os("OP_WRITE_FIXTURES").is_some() {
+        for c in &samples {
+            let text = serde_json::to_string_pretty(c).unwrap() + "\n";
+            std::fs::write(dir().join(format!("{}.json", c.kind())), text).unwrap();
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for entry in std::fs::read_dir(dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let command: Command =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            path.file_stem().unwrap().to_str().unwrap(),
+            command.kind(),
+            "{} holds another variant",
+            path.display()
+        );
+        // What we write today is what the file says (so the format did not drift silently).
+        let sample = samples.iter().find(|c| c.kind() == command.kind()).unwrap();
+        assert_eq!(&command, sample, "{}", path.display());
+        let again: serde_json::Value = serde_json::to_value(&command).unwrap();
+        let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(again, file, "{} does not round-trip", path.display());
+        seen.insert(command.kind());
+    }
+    let all: BTreeSet<_> = samples.iter().map(|c| c.kind()).collect();
+    assert_eq!(seen, all, "a Command variant lacks a fixture file");
+}

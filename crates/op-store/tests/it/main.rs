@@ -1,0 +1,8 @@
+//! op-store integration tests: real SQLite files in temp dirs, driven through `apply_batch` the
+//! way the raft state machine drives it.
+
+mod apply;
+mod common;
+mod fixtures;
+mod retention;
+mod snapshot;
