@@ -169,10 +169,14 @@ impl JobsDir {
     }
 }
 
-/// Scans once now (so the first job set is in place before the agent serves), then follows the
-/// directory until `shutdown`.
+/// Follows the directory until `shutdown` (the caller did the first scan itself, so that the
+/// first job set is in place before the agent serves).
 pub async fn follow(mut jobs_dir: JobsDir, scheduler: Scheduler, shutdown: CancellationToken) {
     loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(POLL) => {}
+        }
         let scanned = tokio::task::spawn_blocking(move || {
             let set = jobs_dir.scan();
             (jobs_dir, set)
@@ -186,10 +190,6 @@ pub async fn follow(mut jobs_dir: JobsDir, scheduler: Scheduler, shutdown: Cance
         if let Some(set) = set {
             tracing::info!(jobs = set.len(), "job set loaded from the jobs dir");
             scheduler.set_jobs(set);
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(POLL) => {}
         }
     }
 }

@@ -91,7 +91,12 @@ pub async fn run(
     )?;
 
     let mode = if let Some(dir) = &config.jobs_dir {
-        let jobs_dir = jobs_dir::JobsDir::new(dir.clone(), state.clone(), config.state_dir.clone());
+        let mut jobs_dir =
+            jobs_dir::JobsDir::new(dir.clone(), state.clone(), config.state_dir.clone());
+        // The first scan happens before the API serves, so the jobs are there from the start.
+        if let Some(set) = jobs_dir.scan() {
+            scheduler.set_jobs(set);
+        }
         tokio::spawn(jobs_dir::follow(
             jobs_dir,
             scheduler.clone(),

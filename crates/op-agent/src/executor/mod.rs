@@ -207,6 +207,8 @@ impl RunHandle {
 }
 
 struct Inner {
+    /// Stops the zombie sweeper when the last handle to the executor goes away.
+    sweeper_stop: CancellationToken,
     settings: ExecSettings,
     state: StateStore,
     metrics: Metrics,
@@ -227,8 +229,11 @@ impl Executor {
     ) -> (Executor, mpsc::UnboundedReceiver<Arc<RunRecord>>) {
         // Become the subreaper before the first job starts.
         let _ = process::reaper();
+        let sweeper_stop = CancellationToken::new();
+        tokio::spawn(sweep_on_sigchld(sweeper_stop.clone()));
         let (tx, rx) = mpsc::unbounded_channel();
         let exec = Executor(Arc::new(Inner {
+            sweeper_stop,
             settings,
             state,
             metrics,
@@ -390,6 +395,32 @@ impl Executor {
             process::reaper().sweep();
         })
         .await;
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.sweeper_stop.cancel();
+    }
+}
+
+/// Reaps orphaned job processes (re-parented to us as subreaper) when they exit, so none lingers
+/// as a zombie until the next run ends. At most one sweep per 100 ms: a sweep reads /proc.
+async fn sweep_on_sigchld(stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut sigchld) = signal(SignalKind::child()) else {
+        tracing::warn!(
+            "cannot watch SIGCHLD; orphaned job processes are reaped after each run only"
+        );
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            got = sigchld.recv() => if got.is_none() { return },
+        }
+        let _ = tokio::task::spawn_blocking(|| process::reaper().sweep()).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

@@ -360,7 +360,8 @@ impl Loop {
                 continue;
             }
             let busy = !self.executor.running_for(&name).is_empty();
-            if busy && plan.spec.concurrency == Concurrency::Forbid {
+            let replacing = plan.replacing.as_ref().is_some_and(|h| !h.is_finished());
+            if replacing || (busy && plan.spec.concurrency == Concurrency::Forbid) {
                 // A once-job is never skipped: it waits for the previous run to end.
                 self.pending_once.insert(name);
                 continue;

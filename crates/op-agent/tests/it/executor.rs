@@ -206,7 +206,7 @@ async fn jobs_get_their_environment_and_run_as() {
         "envy",
         &json!({
             "JobName": "envy",
-            "Command": "echo \"$OP_JOB_NAME $OP_TRIGGER $GREETING $(id -un) ${OP_TOKEN:-hidden} $(pwd)\"; echo \"run=$OP_RUN_ID deploy=$OP_DEPLOY_DIR\"",
+            "Command": "yes | head -1 > /dev/null; echo \"$OP_JOB_NAME $OP_TRIGGER $GREETING $(id -un) ${OP_TOKEN:-hidden} $(pwd)\"; echo \"run=$OP_RUN_ID deploy=$OP_DEPLOY_DIR\"",
             "Env": {"GREETING": "hello"},
             "RunAs": "nobody",
             "WorkDir": "/tmp",

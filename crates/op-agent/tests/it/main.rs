@@ -3,6 +3,7 @@
 mod api;
 mod cron;
 mod executor;
+mod formats;
 mod jobs_dir;
 mod once;
 mod shutdown;

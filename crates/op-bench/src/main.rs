@@ -1,0 +1,93 @@
+//! `op-bench`: the project's measurements, each a subcommand that starts what it needs in a temp
+//! dir, measures, prints `name value unit  conditions` lines (or JSON with `--json`), and stops
+//! everything it started. Timing figures live here, never in tests (DESIGN.md section 10).
+
+mod agent;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "op-bench", version, about = "op-agent benchmarks")]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// The op-agent binary [default: `op-agent` next to this executable].
+    #[arg(long, global = true)]
+    agent_bin: Option<PathBuf>,
+    /// Print the figures as a JSON array.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Idle RSS and CPU of an agent holding 10 cron jobs.
+    AgentFootprint {
+        /// How long to watch the agent.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Cron jobs to load (each runs `true` once a minute).
+        #[arg(long, default_value_t = 10)]
+        jobs: usize,
+    },
+    /// Start-time error (start - planned) of a 1 Hz cron job.
+    CronPrecision {
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Latency of synchronous `POST /api/opAgent` calls running `true`.
+    Invoke {
+        /// Calls to measure (after 20 warm-up calls).
+        #[arg(long, default_value_t = 500)]
+        count: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("op-bench: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let bin = agent::locate(cli.common.agent_bin.clone())?;
+        match cli.scenario {
+            Scenario::AgentFootprint { duration, jobs } => {
+                scenarios::footprint::run(&bin, duration, jobs).await
+            }
+            Scenario::CronPrecision { duration } => {
+                scenarios::cron_precision::run(&bin, duration).await
+            }
+            Scenario::Invoke { count } => scenarios::invoke::run(&bin, count).await,
+        }
+    });
+    match result {
+        Ok(figures) => {
+            report::print(&figures, cli.common.json);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("op-bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

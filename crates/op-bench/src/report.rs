@@ -1,0 +1,71 @@
+//! Figures and how they are printed.
+
+use serde::Serialize;
+
+/// One measured figure with the conditions it was measured under.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub name: String,
+    pub value: f64,
+    pub unit: String,
+    pub conditions: String,
+}
+
+impl Figure {
+    pub fn new(name: &str, value: f64, unit: &str, conditions: impl Into<String>) -> Figure {
+        Figure {
+            name: name.into(),
+            value,
+            unit: unit.into(),
+            conditions: conditions.into(),
+        }
+    }
+}
+
+pub fn print(figures: &[Figure], json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(figures).unwrap_or_default()
+        );
+        return;
+    }
+    for f in figures {
+        println!("{} {} {}  {}", f.name, round(f.value), f.unit, f.conditions);
+    }
+}
+
+fn round(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// The `p`-th percentile (0..=100) of `values` by nearest rank; `values` need not be sorted.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert_eq!(percentile(&[3.0], 99.0), 3.0);
+    }
+}

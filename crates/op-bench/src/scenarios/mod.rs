@@ -1,0 +1,5 @@
+//! One module per measurement.
+
+pub mod cron_precision;
+pub mod footprint;
+pub mod invoke;
