@@ -81,6 +81,7 @@ impl Invoker {
             command: substituted.command,
             param_env: substituted.env,
             planned_at: None,
+            start_at: None,
             once: false,
             spec: job.spec.clone(),
         };

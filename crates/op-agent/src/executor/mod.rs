@@ -81,6 +81,10 @@ pub struct RunRequest {
     /// `OP_PARAM_*` variables the substituted command refers to.
     pub param_env: Vec<(String, String)>,
     pub planned_at: Option<DateTime<Utc>>,
+    /// Do not start the process before this instant. The scheduler hands runs over a little
+    /// ahead of their fire time, so the durable in-flight record and the preparation are done
+    /// when the moment comes and only the spawn itself remains.
+    pub start_at: Option<DateTime<Utc>>,
     /// A once-job start: the ledger row is written with the in-flight record.
     pub once: bool,
 }
@@ -105,6 +109,7 @@ impl RunRequest {
             params: BTreeMap::new(),
             param_env: Vec::new(),
             planned_at,
+            start_at: None,
         }
     }
 }
@@ -350,6 +355,17 @@ impl Executor {
     }
 
     async fn store_final(&self, record: &RunRecord) {
+        self.store_record(record).await;
+        self.refresh_outbox_gauges().await;
+    }
+
+    async fn refresh_outbox_gauges(&self) {
+        if let Ok(totals) = self.0.state.outbox_totals().await {
+            self.0.metrics.outbox(totals);
+        }
+    }
+
+    async fn store_record(&self, record: &RunRecord) {
         let state = &self.0.state;
         match state
             .finish_run(record.clone(), self.0.settings.deliver)
@@ -371,7 +387,8 @@ impl Executor {
 
     /// Marks a run finished: stored, unregistered, published.
     async fn finish(&self, handle: &RunHandle, record: RunRecord) {
-        self.store_final(&record).await;
+        // Durable first, then visible: a waiter never sees a record a crash could still lose.
+        self.store_record(&record).await;
         let record = Arc::new(record);
         self.0
             .runs
@@ -381,7 +398,8 @@ impl Executor {
         self.0.metrics.run_finished(record.status);
         handle.0.done.send_replace(Some(record.clone()));
         let _ = self.0.finished.send(record.clone());
-        // Retention, outside the hot path of the waiters.
+        // Gauges and retention, outside the hot path of the waiters.
+        self.refresh_outbox_gauges().await;
         let in_progress: HashSet<Uuid> = self
             .running_for(&record.job)
             .iter()

@@ -87,6 +87,19 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
     env.push(("OP_TRIGGER".into(), record.trigger.as_str().into()));
     env.push(("OP_DEPLOY_DIR".into(), s.deploy_dir.display().to_string()));
 
+    if let Some(at) = req.start_at {
+        let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = handle.0.kill.cancelled() => {
+                record.status = RunStatus::Killed;
+                record.error = Some(format!("{} (before its process started)", handle.kill_reason()));
+                record.ended_at = Some(Utc::now());
+                exec.finish(&handle, record).await;
+                return;
+            }
+        }
+    }
     let spawned = spawn::spawn(SpawnPlan {
         shell: &s.shell,
         command: &req.command,

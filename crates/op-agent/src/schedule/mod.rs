@@ -41,6 +41,9 @@ use crate::state::StateStore;
 
 /// Longest single sleep: a guard against wall-clock jumps, not a poll (one wakeup a minute).
 const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// Cron runs are handed to the executor this long before their fire time: the durable in-flight
+/// record (an fsync) and the preparation happen early, and the process starts on time.
+const LEAD_MS: i64 = 50;
 
 enum Msg {
     SetJobs(Vec<DesiredJob>),
@@ -153,10 +156,11 @@ fn instant_for(t: DateTime<Utc>) -> tokio::time::Instant {
 
 impl Loop {
     fn next_wake(&self) -> tokio::time::Instant {
+        let lead = chrono::Duration::milliseconds(LEAD_MS);
         let earliest = self
             .plans
             .values()
-            .filter_map(|p| p.due)
+            .filter_map(|p| p.due.map(|d| d - lead))
             .chain(self.retries.iter().map(|r| r.at))
             .min();
         match earliest {
@@ -300,17 +304,20 @@ impl Loop {
             return;
         }
         let now = Utc::now();
+        let horizon = now + chrono::Duration::milliseconds(LEAD_MS);
         let due: Vec<String> = self
             .plans
             .iter()
-            .filter(|(_, p)| p.due.is_some_and(|d| d <= now))
+            .filter(|(_, p)| p.due.is_some_and(|d| d <= horizon))
             .map(|(n, _)| n.clone())
             .collect();
         for name in due {
             let Some(plan) = self.plans.get_mut(&name) else {
                 continue;
             };
-            let (Some(planned), Some(schedule)) = (plan.next, plan.schedule.as_ref()) else {
+            let (Some(planned), Some(start_at), Some(schedule)) =
+                (plan.next, plan.due, plan.schedule.as_ref())
+            else {
                 continue;
             };
             let (next, lost) = plan::advance(schedule, planned, now);
@@ -321,12 +328,13 @@ impl Loop {
             plan.next = next;
             plan.due = next.map(|n| n + plan::jitter(plan.spec.jitter_secs));
             self.table.set_next_fire(&name, next);
-            let req = RunRequest::scheduled(
+            let mut req = RunRequest::scheduled(
                 plan.spec.clone(),
                 plan.revision,
                 Trigger::Cron,
                 Some(planned),
             );
+            req.start_at = Some(start_at);
             self.fire(&name, req);
         }
 
