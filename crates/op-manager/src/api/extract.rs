@@ -90,3 +90,22 @@ where
             .map_err(|r: QueryRejection| ApiError::bad("invalid_query", r.body_text()))
     }
 }
+
+/// Answers 413 at once when the declared `Content-Length` exceeds `limit`, before any of the body
+/// is read (the extractors' own limit only trips after reading `limit` bytes, and a client that
+/// declared 20 MB and stopped sending would hold the request open).
+pub async fn reject_declared_oversize(
+    limit: usize,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    Ok(next.run(req).await)
+}

@@ -93,7 +93,8 @@ pub async fn guard(
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(v) = req.headers().get(API_VERSION_HEADER) {
+    // Every value counts: a proxy or client that added a second header must not slip through.
+    for v in req.headers().get_all(API_VERSION_HEADER) {
         let client = String::from_utf8_lossy(v.as_bytes()).trim().to_string();
         if client != API_VERSION.to_string() {
             return Err(ApiError::ApiVersion { client });

@@ -32,7 +32,10 @@ pub fn router(app: Arc<App>) -> Router {
     let runs = Router::new()
         .route("/v1/agent/runs", post(agent::runs))
         .layer(DefaultBodyLimit::max(runs_limit))
-        .layer(Extension(BodyLimit(runs_limit)));
+        .layer(Extension(BodyLimit(runs_limit)))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            extract::reject_declared_oversize(runs_limit, req, next)
+        }));
     let rest = Router::new()
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
@@ -56,7 +59,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/agent/register", post(agent::register))
         .route("/v1/agent/sync", post(agent::sync))
         .layer(DefaultBodyLimit::max(json_limit))
-        .layer(Extension(BodyLimit(json_limit)));
+        .layer(Extension(BodyLimit(json_limit)))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            extract::reject_declared_oversize(json_limit, req, next)
+        }));
     Router::new()
         .merge(runs)
         .merge(rest)

@@ -1,0 +1,141 @@
+//! The agent sync: the right jobs per node after host selection, and the long-poll's timing
+//! (wakes on a save well under a second; otherwise returns when the wait ends).
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_returns_the_jobs_selected_for_each_node() {
+    let m = TestManager::start().await;
+    let (admin, agent) = (m.admin(), m.agent());
+    let agents: Vec<FakeAgent> = (2..=4).map(FakeAgent::new).collect();
+    for a in &agents {
+        a.register(&agent).await;
+    }
+    let cron = "*/10 * * * * * *";
+    for task in [
+        json!({"JobName": "everywhere", "Command": "true", "CronExpr": cron}),
+        json!({"JobName": "only-3", "Command": "true", "CronExpr": cron, "WhiteHosts": ["127.0.0.3"]}),
+        json!({"JobName": "not-2", "Command": "true", "CronExpr": cron, "BlackHosts": ["node-2"]}),
+        json!({"JobName": "cidr", "Command": "true", "CronExpr": cron, "WhiteHosts": ["127.0.0.0/30"]}),
+        json!({"JobName": "glob", "Command": "true", "CronExpr": cron, "WhiteHosts": ["node-*"], "BlackHosts": ["127.0.0.3"]}),
+        json!({"JobName": "no-substring", "Command": "true", "CronExpr": cron, "WhiteHosts": ["127.0.0.20"]}),
+        json!({"JobName": "off", "Command": "true", "CronExpr": cron, "Enabled": 0}),
+        json!({"JobName": "api-only", "Command": "echo {host}"}),
+    ] {
+        save(&admin, task).await;
+    }
+    assert_eq!(
+        agents[0].job_names(&agent).await,
+        ["api-only", "cidr", "everywhere", "glob"]
+    );
+    assert_eq!(
+        agents[1].job_names(&agent).await,
+        ["api-only", "cidr", "everywhere", "not-2", "only-3"]
+    );
+    assert_eq!(
+        agents[2].job_names(&agent).await,
+        ["api-only", "everywhere", "glob", "not-2"]
+    );
+    let state = agents[0].sync(&agent, 0, 0).await;
+    assert_eq!(state.managers, vec![m.url.clone()]);
+    assert!(state.settings.is_some() && state.directives.is_empty());
+    let everywhere = state
+        .jobs
+        .iter()
+        .find(|j| j.spec.name == "everywhere")
+        .unwrap();
+    assert_eq!(everywhere.revision, 1);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_wakes_on_save_and_otherwise_waits() {
+    let m = TestManager::start().await;
+    let (admin, agent) = (m.admin(), m.agent());
+    let a = FakeAgent::new(2);
+    a.register(&agent).await;
+    let first = a.sync(&agent, 0, 30).await;
+    assert!(first.index > 0, "index 0 returns at once");
+
+    // Nothing changes: the call returns when its wait ends, with the same index.
+    let started = Instant::now();
+    let same = a.sync(&agent, first.index, 2).await;
+    let waited = started.elapsed();
+    assert_eq!(same.index, first.index);
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "returned early: {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(15), "took {waited:?}");
+
+    // Park a call, then save: it returns well before its 30 s wait.
+    let parked_client = agent.clone();
+    let parked_agent = a.clone();
+    let index = first.index;
+    let parked = tokio::spawn(async move {
+        let s = parked_agent.sync(&parked_client, index, 30).await;
+        (s, Instant::now())
+    });
+    wait_until("the sync call is parked", DEADLINE, || async {
+        let text = admin.metrics().await.ok()?;
+        text.lines()
+            .any(|l| l == "op_manager_syncs_parked 1")
+            .then_some(())
+    })
+    .await;
+    let saved_at = Instant::now();
+    save(
+        &admin,
+        json!({"JobName": "new", "Command": "true", "CronExpr": "*/10 * * * * * *"}),
+    )
+    .await;
+    let (state, returned_at) = tokio::time::timeout(DEADLINE, parked)
+        .await
+        .unwrap()
+        .unwrap();
+    let latency = returned_at.duration_since(saved_at);
+    assert!(
+        latency < Duration::from_secs(5),
+        "save -> sync return took {latency:?}"
+    );
+    assert!(state.index > index);
+    assert_eq!(state.jobs.len(), 1);
+
+    // An unregistered node is told to register.
+    let stranger = FakeAgent::new(9);
+    let err = agent.sync(0, 0, &stranger.heartbeat()).await.unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(404), Some("unknown_node"))
+    );
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_are_flushed_and_show_in_node_listings() {
+    let m = TestManager::start_with(|a| a.heartbeat_flush = Some("1s".into())).await;
+    let (admin, agent) = (m.admin(), m.agent());
+    let a = FakeAgent::new(2);
+    a.register(&agent).await;
+    let registered = admin
+        .get_node(&a.node_id.to_string())
+        .await
+        .unwrap()
+        .last_seen;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut hb = a.heartbeat();
+    hb.stats.outbox_depth = 7;
+    agent.sync(0, 0, &hb).await.unwrap();
+    // Listings show the beat at once; the stored record catches up at the next flush.
+    assert!(admin.get_node("node-2").await.unwrap().last_seen > registered);
+    wait_until("heartbeat data flushed", DEADLINE, || async {
+        let n = admin.get_node("127.0.0.2").await.ok()?;
+        (n.stats.outbox_depth == 7).then_some(())
+    })
+    .await;
+    m.stop().await;
+}
