@@ -81,10 +81,14 @@ fn main() -> ExitCode {
         }
     });
     match result {
-        Ok(figures) => {
-            report::print(&figures, cli.common.json);
-            ExitCode::SUCCESS
-        }
+        Ok(figures) => match report::print(&figures, cli.common.json) {
+            // A closed pipe (`op-bench ... | head`) is not an error.
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                eprintln!("op-bench: {e}");
+                ExitCode::from(1)
+            }
+            _ => ExitCode::SUCCESS,
+        },
         Err(e) => {
             eprintln!("op-bench: {e:#}");
             ExitCode::from(1)

@@ -22,17 +22,25 @@ impl Figure {
     }
 }
 
-pub fn print(figures: &[Figure], json: bool) {
+pub fn print(figures: &[Figure], json: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(figures).unwrap_or_default()
-        );
-        return;
+        let text = serde_json::to_string_pretty(figures).unwrap_or_default();
+        writeln!(out, "{text}")?;
+    } else {
+        for f in figures {
+            writeln!(
+                out,
+                "{} {} {}  {}",
+                f.name,
+                round(f.value),
+                f.unit,
+                f.conditions
+            )?;
+        }
     }
-    for f in figures {
-        println!("{} {} {}  {}", f.name, round(f.value), f.unit, f.conditions);
-    }
+    out.flush()
 }
 
 fn round(v: f64) -> String {
