@@ -146,3 +146,93 @@ async fn replace_kills_the_old_run_first() {
         .count();
     assert!(running <= 1);
 }
+
+#[tokio::test]
+async fn failed_scheduled_runs_are_retried() {
+    let agent = Agent::start();
+    agent.write_job(
+        "flaky",
+        &json!({"JobName": "flaky", "Command": "echo try; exit 1", "OnceJob": 1, "Retries": 2, "RetryDelay": 1}),
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "first run and two retries",
+        || async {
+            agent
+                .runs("flaky")
+                .await
+                .iter()
+                .filter(|r| r.status == RunStatus::Failed)
+                .count()
+                == 3
+        },
+    )
+    .await;
+    let mut runs = agent.runs("flaky").await;
+    runs.sort_by_key(|r| r.attempt);
+    let shape: Vec<(Trigger, u32)> = runs.iter().map(|r| (r.trigger, r.attempt)).collect();
+    assert_eq!(
+        shape,
+        vec![(Trigger::Once, 0), (Trigger::Retry, 1), (Trigger::Retry, 2)]
+    );
+    // RetryDelay is honoured between attempts.
+    let gap = started(&runs[1]) - runs[0].ended_at.unwrap();
+    assert!(gap >= chrono::Duration::milliseconds(900), "{gap}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        agent.runs("flaky").await.len(),
+        3,
+        "no retry beyond Retries"
+    );
+}
+
+#[tokio::test]
+async fn an_edit_keeps_the_current_run_and_the_next_fire_uses_the_new_revision() {
+    let agent = Agent::start();
+    let job =
+        |cmd: &str| json!({"JobName": "edited", "Command": cmd, "CronExpr": "*/1 * * * * * *"});
+    agent.write_job("edited", &job("sleep 3; echo v1"));
+    wait_until(Duration::from_secs(20), "a run in progress", || async {
+        agent
+            .runs("edited")
+            .await
+            .iter()
+            .any(|r| r.status == RunStatus::Running)
+    })
+    .await;
+    let in_progress = agent
+        .runs("edited")
+        .await
+        .into_iter()
+        .find(|r| r.status == RunStatus::Running)
+        .unwrap();
+    agent.write_job("edited", &job("echo v2"));
+    agent.wait_job("edited", Some(2)).await;
+    wait_until(
+        Duration::from_secs(20),
+        "a run of the new revision",
+        || async {
+            agent
+                .runs("edited")
+                .await
+                .iter()
+                .any(|r| r.job_revision == 2 && r.status == RunStatus::Ok)
+        },
+    )
+    .await;
+    let old = agent.run(&in_progress.run_id.to_string()).await;
+    assert_eq!(
+        old.status,
+        RunStatus::Ok,
+        "the edit must not kill the current run: {old:?}"
+    );
+    assert_eq!(old.output, "v1\n");
+    assert_eq!(old.job_revision, 1);
+    let new = agent
+        .runs("edited")
+        .await
+        .into_iter()
+        .find(|r| r.job_revision == 2 && r.status == RunStatus::Ok)
+        .unwrap();
+    assert_eq!(new.output, "v2\n");
+}
