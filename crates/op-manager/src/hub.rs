@@ -7,8 +7,12 @@
 //! sequence number, not once per agent) and return only if *their* node's index moved. Heartbeat
 //! flushes and run ingestion that touch no target do not bump it, so 10,000 parked agents are not
 //! woken every few seconds.
+//!
+//! The view is rebuilt whole only when jobs changed. A change that concerns some nodes only (a
+//! registration, a status change, a once-job target moving) re-reads just those nodes, so a storm
+//! of 10,000 agents registering after a restart costs 10,000 small reads, not 10,000 full ones.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,7 +39,7 @@ pub struct DesiredCache {
     pub seq: u64,
     /// Log index of the last change that concerned every node.
     pub desired_index: u64,
-    jobs: Vec<(JobRecord, HostSelector)>,
+    jobs: Arc<Vec<(JobRecord, HostSelector)>>,
     nodes: HashMap<Uuid, CachedNode>,
     pending: HashMap<Uuid, HashSet<(String, u64)>>,
 }
@@ -49,28 +53,37 @@ impl DesiredCache {
         DesiredCache {
             seq,
             desired_index: view.desired_index,
-            jobs: view
-                .jobs
-                .into_iter()
-                .map(|j| {
-                    let selector = j.spec.selector();
-                    (j, selector)
-                })
-                .collect(),
-            nodes: view
-                .nodes
-                .into_iter()
-                .map(|(n, index)| {
-                    (
-                        n.node_id,
-                        CachedNode {
-                            identity: n.identity(),
-                            status: n.status,
-                            desired_index: index,
-                        },
-                    )
-                })
-                .collect(),
+            jobs: Arc::new(
+                view.jobs
+                    .into_iter()
+                    .map(|j| {
+                        let selector = j.spec.selector();
+                        (j, selector)
+                    })
+                    .collect(),
+            ),
+            nodes: view.nodes.into_iter().map(cached).collect(),
+            pending,
+        }
+    }
+
+    /// A copy of `self` with the records of `part`'s nodes replaced.
+    fn refreshed(&self, seq: u64, ids: &BTreeSet<Uuid>, part: op_store::NodesView) -> DesiredCache {
+        let mut nodes = self.nodes.clone();
+        let mut pending = self.pending.clone();
+        for id in ids {
+            nodes.remove(id);
+            pending.remove(id);
+        }
+        nodes.extend(part.nodes.into_iter().map(cached));
+        for (node, job, revision) in part.pending {
+            pending.entry(node).or_default().insert((job, revision));
+        }
+        DesiredCache {
+            seq,
+            desired_index: self.desired_index,
+            jobs: self.jobs.clone(),
+            nodes,
             pending,
         }
     }
@@ -109,8 +122,27 @@ impl DesiredCache {
     }
 }
 
+fn cached((n, index): (op_proto::NodeInfo, u64)) -> (Uuid, CachedNode) {
+    (
+        n.node_id,
+        CachedNode {
+            identity: n.identity(),
+            status: n.status,
+            desired_index: index,
+        },
+    )
+}
+
+/// What changed since the view was last built.
+#[derive(Debug, Default)]
+struct Dirty {
+    full: bool,
+    nodes: BTreeSet<Uuid>,
+}
+
 #[derive(Debug)]
 pub struct Hub {
+    dirty: std::sync::Mutex<Dirty>,
     seq: watch::Sender<u64>,
     tokens_seq: AtomicU64,
     cache: Mutex<Option<Arc<DesiredCache>>>,
@@ -123,6 +155,10 @@ pub struct Hub {
 impl Hub {
     pub fn new(prune_threshold: u64) -> Hub {
         Hub {
+            dirty: std::sync::Mutex::new(Dirty {
+                full: true,
+                nodes: BTreeSet::new(),
+            }),
             seq: watch::Sender::new(1),
             tokens_seq: AtomicU64::new(1),
             cache: Mutex::new(None),
@@ -134,7 +170,14 @@ impl Hub {
 
     /// Called by the state machine after each applied batch.
     pub fn applied(&self, changes: &Changes) {
-        if changes.desired() || changes.nodes {
+        if changes.desired() || !changes.nodes.is_empty() {
+            // Record what is dirty BEFORE bumping the sequence: a reader that sees the new
+            // sequence must also find its cause.
+            if let Ok(mut d) = self.dirty.lock() {
+                d.full |= changes.desired_all;
+                d.nodes.extend(changes.desired_nodes.iter().copied());
+                d.nodes.extend(changes.nodes.iter().copied());
+            }
             self.seq.send_modify(|s| *s += 1);
         }
         if changes.tokens {
@@ -153,6 +196,9 @@ impl Hub {
 
     /// Called after a snapshot replaced the whole state.
     pub fn reset(&self) {
+        if let Ok(mut d) = self.dirty.lock() {
+            d.full = true;
+        }
         self.seq.send_modify(|s| *s += 1);
         self.tokens_seq.fetch_add(1, Ordering::SeqCst);
     }
@@ -184,11 +230,39 @@ impl Hub {
         if let Some(c) = cache.as_ref().filter(|c| c.seq == seq) {
             return Ok(c.clone());
         }
+        let dirty = match self.dirty.lock() {
+            Ok(mut d) => std::mem::take(&mut *d),
+            Err(_) => Dirty {
+                full: true,
+                nodes: BTreeSet::new(),
+            },
+        };
         let store = store.clone();
-        let view = tokio::task::spawn_blocking(move || store.desired_view())
-            .await
-            .map_err(|_| StoreError::Poisoned)??;
-        let built = Arc::new(DesiredCache::build(seq, view));
+        let result = match cache.as_ref() {
+            Some(old) if !dirty.full => {
+                let ids: Vec<Uuid> = dirty.nodes.iter().copied().collect();
+                tokio::task::spawn_blocking(move || store.desired_nodes(&ids))
+                    .await
+                    .map_err(|_| StoreError::Poisoned)
+                    .and_then(|r| r)
+                    .map(|part| old.refreshed(seq, &dirty.nodes, part))
+            }
+            _ => tokio::task::spawn_blocking(move || store.desired_view())
+                .await
+                .map_err(|_| StoreError::Poisoned)
+                .and_then(|r| r)
+                .map(|view| DesiredCache::build(seq, view)),
+        };
+        let built = match result {
+            Ok(b) => Arc::new(b),
+            Err(e) => {
+                // What we took is lost: the next caller rebuilds everything.
+                if let Ok(mut d) = self.dirty.lock() {
+                    d.full = true;
+                }
+                return Err(e);
+            }
+        };
         *cache = Some(built.clone());
         Ok(built)
     }

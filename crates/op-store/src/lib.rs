@@ -32,7 +32,7 @@ pub use command::{
 pub use error::{Result, StoreError};
 pub use read::misc::MAX_AUDIT_LIMIT;
 pub use read::runs::{DEFAULT_RUN_LIMIT, MAX_RUN_LIMIT};
-pub use read::{DesiredView, StoreStats};
+pub use read::{DesiredView, NodesView, StoreStats};
 pub use schema::SCHEMA_VERSION;
 
 /// Meta key of the raft log id of the last applied entry (opaque JSON from the caller).

@@ -36,8 +36,8 @@ pub struct Changes {
     pub desired_all: bool,
     /// Nodes whose own desired state changed (registration, once-job targets, forget).
     pub desired_nodes: BTreeSet<Uuid>,
-    /// Node records changed status or identity.
-    pub nodes: bool,
+    /// Nodes whose record changed status or identity.
+    pub nodes: BTreeSet<Uuid>,
     /// Tokens were created or revoked.
     pub tokens: bool,
     /// Run records stored by this batch, and their bytes.
@@ -51,7 +51,7 @@ impl Changes {
     fn merge(&mut self, other: Changes) {
         self.desired_all |= other.desired_all;
         self.desired_nodes.extend(other.desired_nodes);
-        self.nodes |= other.nodes;
+        self.nodes.extend(other.nodes);
         self.tokens |= other.tokens;
         self.runs_stored += other.runs_stored;
         self.run_bytes += other.run_bytes;

@@ -48,7 +48,7 @@ pub(super) fn register(
     node.last_seen = node.last_seen.max(at);
     write(conn, &node)?;
     bump_desired_node(conn, index, node.node_id, ch)?;
-    ch.nodes = true;
+    ch.nodes.insert(node.node_id);
     if created {
         audit(
             conn,
@@ -80,7 +80,7 @@ pub(super) fn heartbeats(conn: &Connection, beats: &[NodeBeat], ch: &mut Changes
         }
         if node.status != NodeStatus::Ready {
             node.status = NodeStatus::Ready;
-            ch.nodes = true;
+            ch.nodes.insert(node.node_id);
         }
         node.last_seen = node.last_seen.max(beat.seen_at);
         node.agent_version = beat.agent_version.clone();
@@ -109,7 +109,7 @@ pub(super) fn set_status(conn: &Connection, changes: &[StatusChange], ch: &mut C
         node.status = change.status;
         write(conn, &node)?;
         done.push((node.node_id, node.status));
-        ch.nodes = true;
+        ch.nodes.insert(node.node_id);
     }
     Ok(Ok(CommandResult::StatusChanged { changes: done }))
 }
@@ -130,7 +130,7 @@ pub(super) fn forget(
     node.status = NodeStatus::Left;
     write(conn, &node)?;
     bump_desired_node(conn, index, node_id, ch)?;
-    ch.nodes = true;
+    ch.nodes.insert(node_id);
     audit(
         conn,
         at,

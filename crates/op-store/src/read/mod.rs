@@ -109,3 +109,45 @@ impl Store {
         })
     }
 }
+
+/// The part of a [`DesiredView`] that concerns some nodes only: their records and pending targets.
+#[derive(Debug, Clone, Default)]
+pub struct NodesView {
+    pub nodes: Vec<(NodeInfo, u64)>,
+    pub pending: Vec<(Uuid, String, u64)>,
+}
+
+impl Store {
+    /// Reads `ids` (those that exist) and their pending once-job targets, for an incremental
+    /// refresh of the sync hub's view.
+    pub fn desired_nodes(&self, ids: &[Uuid]) -> Result<NodesView> {
+        self.read(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let mut out = NodesView::default();
+            for id in ids {
+                let row: Option<(String, i64)> = tx
+                    .query_row(
+                        "SELECT info, desired_index FROM nodes WHERE node_id = ?1",
+                        [id.to_string()],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                if let Some((info, index)) = row {
+                    out.nodes
+                        .push((crate::codec::from_json("node", &info)?, index as u64));
+                }
+                let mut stmt = tx.prepare_cached(
+                    "SELECT job, revision FROM once_targets WHERE node_id = ?1 AND state = 'pending'",
+                )?;
+                let rows = stmt.query_map([id.to_string()], |r| {
+                    Ok((*id, r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })?;
+                for row in rows {
+                    out.pending.push(row?);
+                }
+            }
+            tx.finish()?;
+            Ok(out)
+        })
+    }
+}
