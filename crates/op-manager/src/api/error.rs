@@ -33,6 +33,8 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request body stopped arriving (nothing for {secs} s)")]
+    BodyTimeout { secs: u64 },
     #[error("client speaks API version {client}; this manager speaks API version {API_VERSION}")]
     ApiVersion { client: String },
     #[error("{0}")]
@@ -71,6 +73,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
+            ApiError::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::ApiVersion { .. } => (StatusCode::BAD_REQUEST, "api_version_mismatch"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::NotLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),

@@ -1,21 +1,68 @@
 //! Request extractors whose rejections are [`ApiError`]s, so a malformed body or query gets the
 //! same `{code, message}` shape as every other error (axum's own rejections are plain text).
+//!
+//! Bodies are read here frame by frame with an idle timeout: a client that declares a body and
+//! stops sending gets a 408 instead of holding the request forever, and the size limit is
+//! enforced while reading.
+
+use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
-/// The body limit in force, for the 413 message.
+/// The body limit and idle timeout in force on a route (set by the router).
 #[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
+pub struct BodyLimit {
+    pub bytes: usize,
+    pub idle: Duration,
+}
 
-fn limit_of(parts_limit: Option<&BodyLimit>) -> usize {
-    parts_limit.map_or(0, |l| l.0)
+impl Default for BodyLimit {
+    fn default() -> Self {
+        BodyLimit {
+            bytes: 1 << 20,
+            idle: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Reads the whole body, at most `limit.bytes`, waiting at most `limit.idle` for each frame.
+async fn read_body(req: Request) -> Result<Bytes, ApiError> {
+    let limit = req
+        .extensions()
+        .get::<BodyLimit>()
+        .copied()
+        .unwrap_or_default();
+    let mut body = req.into_body().into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let data = match tokio::time::timeout(limit.idle, body.next()).await {
+            Err(_) => {
+                return Err(ApiError::BodyTimeout {
+                    secs: limit.idle.as_secs(),
+                });
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::bad(
+                    "invalid_body",
+                    format!("reading the body: {e}"),
+                ));
+            }
+            Ok(Some(Ok(data))) => data,
+        };
+        if buf.len() + data.len() > limit.bytes {
+            return Err(ApiError::PayloadTooLarge { limit: limit.bytes });
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
 }
 
 /// A JSON body.
@@ -28,27 +75,19 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let limit = limit_of(req.extensions().get::<BodyLimit>());
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(rejection) => Err(json_rejection(rejection, limit)),
-        }
-    }
-}
-
-fn json_rejection(r: JsonRejection, limit: usize) -> ApiError {
-    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::PayloadTooLarge { limit };
-    }
-    match r {
-        JsonRejection::JsonDataError(e) => ApiError::bad("invalid_body", e.body_text()),
-        JsonRejection::JsonSyntaxError(e) => ApiError::bad("malformed_json", e.body_text()),
-        JsonRejection::MissingJsonContentType(_) => ApiError::bad(
-            "unsupported_media_type",
-            "send the body with Content-Type: application/json",
-        ),
-        other => ApiError::bad("invalid_body", other.body_text()),
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+        let bytes = read_body(req).await?;
+        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
+            use serde_json::error::Category;
+            match e.classify() {
+                Category::Syntax | Category::Eof => {
+                    ApiError::bad("malformed_json", format!("the body is not valid JSON: {e}"))
+                }
+                Category::Data | Category::Io => {
+                    ApiError::bad("invalid_body", format!("the body does not fit: {e}"))
+                }
+            }
+        })
     }
 }
 
@@ -58,18 +97,8 @@ pub struct ApiBytes(pub Bytes);
 impl<S: Send + Sync> FromRequest<S> for ApiBytes {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let limit = limit_of(req.extensions().get::<BodyLimit>());
-        Bytes::from_request(req, state)
-            .await
-            .map(ApiBytes)
-            .map_err(|r: BytesRejection| {
-                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge { limit }
-                } else {
-                    ApiError::bad("invalid_body", r.body_text())
-                }
-            })
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+        read_body(req).await.map(ApiBytes)
     }
 }
 
@@ -92,8 +121,7 @@ where
 }
 
 /// Answers 413 at once when the declared `Content-Length` exceeds `limit`, before any of the body
-/// is read (the extractors' own limit only trips after reading `limit` bytes, and a client that
-/// declared 20 MB and stopped sending would hold the request open).
+/// is read.
 pub async fn reject_declared_oversize(
     limit: usize,
     req: Request,

@@ -15,7 +15,6 @@ mod tokens;
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 
@@ -28,11 +27,14 @@ use extract::BodyLimit;
 pub fn router(app: Arc<App>) -> Router {
     let json_limit = app.config.json_body_limit;
     let runs_limit = app.config.runs_body_limit;
+    let idle = app.config.header_read_timeout;
     // Run batches carry output tails and are larger than any other body.
     let runs = Router::new()
         .route("/v1/agent/runs", post(agent::runs))
-        .layer(DefaultBodyLimit::max(runs_limit))
-        .layer(Extension(BodyLimit(runs_limit)))
+        .layer(Extension(BodyLimit {
+            bytes: runs_limit,
+            idle,
+        }))
         .layer(axum::middleware::from_fn(move |req, next| {
             extract::reject_declared_oversize(runs_limit, req, next)
         }));
@@ -58,8 +60,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/v1/agent/register", post(agent::register))
         .route("/v1/agent/sync", post(agent::sync))
-        .layer(DefaultBodyLimit::max(json_limit))
-        .layer(Extension(BodyLimit(json_limit)))
+        .layer(Extension(BodyLimit {
+            bytes: json_limit,
+            idle,
+        }))
         .layer(axum::middleware::from_fn(move |req, next| {
             extract::reject_declared_oversize(json_limit, req, next)
         }));

@@ -179,3 +179,34 @@ async fn send_huge(url: &str, token: &str, len: usize) -> (u16, String) {
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     (status, body)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_is_cut_off() {
+    let m = TestManager::start_with(|a| a.header_read_timeout = Some("2s".into())).await;
+    let addr = m.url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/jobs/ls-l HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"JobName\":",
+        m.admin_token
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The answer may come on a kept-alive connection: read until the head is complete.
+    let mut response = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        let mut buf = [0u8; 4096];
+        while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            response.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the server gives up on the body");
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 4"), "{text}");
+    assert!(m.admin().list_jobs().await.unwrap().is_empty());
+    m.stop().await;
+}
