@@ -168,15 +168,41 @@ pub async fn wait_exit(pid: i32) {
             return;
         }
     }
-    // Kernels before 5.3: a blocking waitid that leaves the zombie in place.
-    let _ = tokio::task::spawn_blocking(move || {
-        use nix::sys::wait::{Id, WaitPidFlag, waitid};
-        while let Err(nix::errno::Errno::EINTR) = waitid(
-            Id::Pid(Pid::from_raw(pid)),
-            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
-        ) {}
-    })
-    .await;
+    wait_exit_on_thread(pid).await;
+}
+
+/// Kernels before 5.3 (still common on long-lived fleets): a blocking waitid that leaves the
+/// zombie in place, on a thread of its own so that long runs never occupy the runtime's bounded
+/// blocking pool.
+async fn wait_exit_on_thread(pid: i32) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(format!("wait-{pid}"))
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            use nix::sys::wait::{Id, WaitPidFlag, waitid};
+            while let Err(nix::errno::Errno::EINTR) = waitid(
+                Id::Pid(Pid::from_raw(pid)),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+            ) {}
+            let _ = tx.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = rx.await;
+        }
+        Err(e) => {
+            // Without a thread, poll /proc for the zombie: slower, still correct.
+            tracing::warn!(pid, error = %e, "cannot start an exit-wait thread; polling");
+            poll_until(Duration::from_secs(100 * 365 * 24 * 3600), || {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|t| parse_stat(&t))
+                    .is_none_or(|p| p.state == 'Z' || p.state == 'X')
+            })
+            .await;
+        }
+    }
 }
 
 fn wait4(pid: i32) -> io::Result<(ExitKind, Rusage)> {
@@ -272,6 +298,30 @@ mod tests {
             }
         );
         assert!(parse_stat("garbage").is_none());
+    }
+
+    #[tokio::test]
+    // A test child, reaped with wait4 below rather than through std's Child.
+    #[allow(clippy::disallowed_methods, clippy::zombie_processes)]
+    async fn exit_is_seen_without_reaping_on_both_paths() {
+        for use_thread in [false, true] {
+            let child = std::process::Command::new("sleep")
+                .arg("0.1")
+                .spawn()
+                .unwrap();
+            let pid = child.id() as i32;
+            if use_thread {
+                wait_exit_on_thread(pid).await;
+            } else {
+                wait_exit(pid).await;
+            }
+            // Exited but not reaped: still a zombie, so its pid cannot be reused yet.
+            let stat =
+                parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap()).unwrap();
+            assert_eq!(stat.state, 'Z');
+            let (exit, _) = wait4(pid).unwrap();
+            assert_eq!(exit, ExitKind::Code(0));
+        }
     }
 
     #[test]

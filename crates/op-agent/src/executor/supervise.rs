@@ -100,6 +100,9 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
             }
         }
     }
+    // The start is the moment we start the process (as the seed recorded it), not when exec
+    // returned: what follows is the kernel's and the shell's time.
+    let started_at = Utc::now();
     let spawned = spawn::spawn(SpawnPlan {
         shell: &s.shell,
         command: &req.command,
@@ -116,7 +119,7 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
         }
     };
     let pid = spawned.pid;
-    record.started_at = Some(Utc::now());
+    record.started_at = Some(started_at);
     tracing::debug!(job = %spec.name, run_id = %record.run_id, pid, trigger = record.trigger.as_str(), "run started");
 
     let capture = Capture::start(spawned.output, file, s.output_tail, s.log_keep_bytes);
