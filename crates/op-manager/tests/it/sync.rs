@@ -139,3 +139,28 @@ async fn heartbeats_are_flushed_and_show_in_node_listings() {
     .await;
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_parked_syncs_at_once() {
+    let m = TestManager::start().await;
+    let (admin, agent) = (m.admin(), m.agent());
+    let a = FakeAgent::new(2);
+    a.register(&agent).await;
+    let index = a.sync(&agent, 0, 0).await.index;
+    let parked = {
+        let (agent, a) = (agent.clone(), a.clone());
+        tokio::spawn(async move { agent.sync(index, 15, &a.heartbeat()).await })
+    };
+    wait_until("the sync call is parked", DEADLINE, || async {
+        let text = admin.metrics().await.ok()?;
+        text.lines().any(|l| l == "op_manager_syncs_parked 1").then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    m.stop().await;
+    let stopped = started.elapsed();
+    assert!(stopped < Duration::from_secs(10), "shutdown took {stopped:?}");
+    // The parked call ended with the shutdown, not with its 15 s wait.
+    let answer = tokio::time::timeout(Duration::from_secs(5), parked).await;
+    assert!(answer.is_ok(), "the parked sync outlived the manager");
+}
