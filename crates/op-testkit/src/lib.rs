@@ -1,0 +1,484 @@
+//! Test harness for cross-component scenarios: the real `op-manager` and `op-agent` binaries, each
+//! in its own temp dir, on `127.0.0.1:0`.
+//!
+//! [`Manager`] and [`Agent`] start a process, read the address it printed, and kill it on drop
+//! (an agent's leftover job processes too: every agent carries a marker in its environment that
+//! its jobs inherit, so they are found by marker, never by name). Both can be `kill -9`ed,
+//! stopped with SIGSTOP and started again on the same state. [`wait_until`] polls a condition
+//! until a deadline: tests wait for facts, never for a guessed time.
+//!
+//! The binaries are found next to the test executable (`target/debug`); `scripts/test` builds
+//! them before running the tests.
+
+#![allow(clippy::disallowed_methods)] // The harness starts the binaries under test.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use op_client::Client;
+
+/// Where the workspace's binaries are: the directory of the running test, or its parent when
+/// the test runs from `target/*/deps`.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The path of a workspace binary, with a clear panic when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing; build the binaries first (scripts/test does: cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `cond` every 50 ms until it holds; panics with `what` after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond().await {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A command with every `OP_*` variable of the caller's environment removed, so a developer's
+/// settings cannot leak into a test.
+fn clean_command(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OP_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// Reads the first stdout line of a starting process; returns it without the newline.
+fn first_line(child: &mut Child, log: &Path) -> (String, BufReader<ChildStdout>) {
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    let _ = stdout.read_line(&mut line);
+    if line.is_empty() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "process exited before printing its address; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    (line.trim().to_string(), stdout)
+}
+
+fn signal(child: &Option<Child>, sig: Signal) {
+    if let Some(c) = child {
+        let _ = kill(Pid::from_raw(c.id() as i32), sig);
+    }
+}
+
+/// Settings of a manager to start.
+#[derive(Debug, Clone, Default)]
+pub struct ManagerOptions {
+    /// Extra flags, e.g. `["--node-timeout", "2s"]`.
+    pub args: Vec<String>,
+}
+
+/// A running `op-manager` (or a stopped one that can be started again on the same data dir).
+pub struct Manager {
+    pub dir: tempfile::TempDir,
+    pub api_url: String,
+    pub raft_url: String,
+    pub admin_token: String,
+    pub agent_token: String,
+    options: ManagerOptions,
+    child: Option<Child>,
+    _stdout: Option<BufReader<ChildStdout>>,
+    starts: u32,
+    /// The API port of the first start, reused on restarts so agents find the manager again.
+    port: u16,
+}
+
+impl Manager {
+    pub fn start() -> Manager {
+        Manager::start_with(ManagerOptions::default())
+    }
+
+    pub fn start_with(options: ManagerOptions) -> Manager {
+        let mut m = Manager {
+            dir: tempfile::tempdir().expect("temp dir"),
+            api_url: String::new(),
+            raft_url: String::new(),
+            admin_token: String::new(),
+            agent_token: String::new(),
+            options,
+            child: None,
+            _stdout: None,
+            starts: 0,
+            port: 0,
+        };
+        m.launch();
+        m
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn launch(&mut self) {
+        self.starts += 1;
+        let log = self.dir.path().join(format!("manager-{}.log", self.starts));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let mut cmd = clean_command(&bin("op-manager"));
+        cmd.arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--raft-listen")
+            .arg("127.0.0.1:0")
+            .args(&self.options.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        let mut child = cmd.spawn().expect("start op-manager");
+        let (line, stdout) = first_line(&mut child, &log);
+        // "op-manager listening api=URL raft=URL"
+        for word in line.split_whitespace() {
+            if let Some(v) = word.strip_prefix("api=") {
+                self.api_url = v.to_string();
+            } else if let Some(v) = word.strip_prefix("raft=") {
+                self.raft_url = v.to_string();
+            }
+        }
+        assert!(!self.api_url.is_empty(), "unexpected first line {line:?}");
+        self.port = self
+            .api_url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .expect("port in api url");
+        let data_dir = self.data_dir();
+        let read = |name: &str| {
+            std::fs::read_to_string(data_dir.join(name))
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .trim()
+                .to_string()
+        };
+        self.admin_token = read("admin.token");
+        self.agent_token = read("agent.token");
+        self.child = Some(child);
+        self._stdout = Some(stdout);
+    }
+
+    /// An API client with the admin token.
+    pub fn client(&self) -> Client {
+        Client::new(&self.api_url, Some(&self.admin_token)).expect("client")
+    }
+
+    /// An API client with another token.
+    pub fn client_with(&self, token: &str) -> Client {
+        Client::new(&self.api_url, Some(token)).expect("client")
+    }
+
+    /// Everything the manager logged, over all starts.
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("manager-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n----- restart -----\n")
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self._stdout = None;
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn stop(&mut self) {
+        signal(&self.child, Signal::SIGTERM);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+        self._stdout = None;
+    }
+
+    /// Starts the manager again on the same data dir and API port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the manager first");
+        self.launch();
+    }
+
+    pub fn pause(&self) {
+        signal(&self.child, Signal::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        signal(&self.child, Signal::SIGCONT);
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill9();
+    }
+}
+
+/// Settings of an agent to start.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub node_name: String,
+    /// The identity the agent reports (`--ip`); distinct per agent on one machine.
+    pub ips: Vec<String>,
+    pub labels: Vec<String>,
+    /// Manager API URLs (`--manager`).
+    pub managers: Vec<String>,
+    /// The token the agent presents to managers.
+    pub manager_token: Option<String>,
+    pub extra_args: Vec<String>,
+}
+
+impl AgentOptions {
+    pub fn new(node_name: &str, ip: &str) -> AgentOptions {
+        AgentOptions {
+            node_name: node_name.to_string(),
+            ips: vec![ip.to_string()],
+            labels: Vec::new(),
+            managers: Vec::new(),
+            manager_token: None,
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// Connects the agent to `manager` with the manager's agent token.
+    pub fn manager(mut self, manager: &Manager) -> AgentOptions {
+        self.managers = vec![manager.api_url.clone()];
+        self.manager_token = Some(manager.agent_token.clone());
+        self
+    }
+
+    pub fn arg(mut self, arg: &str) -> AgentOptions {
+        self.extra_args.push(arg.to_string());
+        self
+    }
+}
+
+/// Basic-auth user of every test agent's own API.
+pub const AGENT_USER: &str = "opuser";
+/// Basic-auth password of every test agent's own API.
+pub const AGENT_PASSWORD: &str = "w95fa8cw403fc220db1f4csde2130bsfd";
+
+/// A running `op-agent` (or a stopped one that can be started again on the same state dir).
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub options: AgentOptions,
+    pub addr: String,
+    /// Every process the agent starts carries `OPTESTKIT_MARK=<mark>`.
+    pub mark: String,
+    child: Option<Child>,
+    _stdout: Option<BufReader<ChildStdout>>,
+    starts: u32,
+}
+
+impl Agent {
+    pub fn start(options: AgentOptions) -> Agent {
+        let mut a = Agent {
+            dir: tempfile::tempdir().expect("temp dir"),
+            options,
+            addr: String::new(),
+            mark: uuid::Uuid::new_v4().to_string(),
+            child: None,
+            _stdout: None,
+            starts: 0,
+        };
+        a.launch();
+        a
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The agent's deploy dir (packages land here).
+    pub fn deploy_dir(&self) -> PathBuf {
+        self.path("deploy")
+    }
+
+    fn launch(&mut self) {
+        self.starts += 1;
+        let log = self.path(&format!("agent-{}.log", self.starts));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let o = &self.options;
+        let mut cmd = clean_command(&bin("op-agent"));
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .arg("--deploy-dir")
+            .arg(self.deploy_dir())
+            .arg("--node-name")
+            .arg(&o.node_name)
+            .arg("--auth-user")
+            .arg(AGENT_USER)
+            .arg("--auth-password")
+            .arg(AGENT_PASSWORD);
+        for ip in &o.ips {
+            cmd.arg("--ip").arg(ip);
+        }
+        if !o.labels.is_empty() {
+            cmd.arg("--labels").arg(o.labels.join(","));
+        }
+        for m in &o.managers {
+            cmd.arg("--manager").arg(m);
+        }
+        if let Some(t) = &o.manager_token {
+            cmd.arg("--manager-token").arg(t);
+        }
+        cmd.args(&o.extra_args)
+            .env("OPTESTKIT_MARK", &self.mark)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        let mut child = cmd.spawn().expect("start op-agent");
+        let (line, stdout) = first_line(&mut child, &log);
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        self.addr = addr.to_string();
+        self.child = Some(child);
+        self._stdout = Some(stdout);
+    }
+
+    /// The agent's own API base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.path(&format!("agent-{i}.log"))).unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n----- restart -----\n")
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// `kill -9` the agent; its jobs keep running in their own sessions.
+    pub fn kill9(&mut self) {
+        self.resume();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self._stdout = None;
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn stop(&mut self) {
+        self.resume();
+        signal(&self.child, Signal::SIGTERM);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+        self._stdout = None;
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the agent first");
+        self.launch();
+    }
+
+    pub fn pause(&self) {
+        signal(&self.child, Signal::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        signal(&self.child, Signal::SIGCONT);
+    }
+
+    /// Pids of live processes started by this agent (found by the marker in their environment).
+    pub fn job_processes(&self) -> Vec<i32> {
+        processes_with_env("OPTESTKIT_MARK", &self.mark)
+            .into_iter()
+            .filter(|pid| Some(*pid as u32) != self.child.as_ref().map(Child::id))
+            .collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        for pid in processes_with_env("OPTESTKIT_MARK", &self.mark) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Pids of live (non-zombie) processes whose environment contains `var=value`.
+pub fn processes_with_env(var: &str, value: &str) -> Vec<i32> {
+    let needle = format!("{var}={value}");
+    let mut pids = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.trim_start().chars().next())
+            == Some('Z')
+        {
+            continue;
+        }
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
