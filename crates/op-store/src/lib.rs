@@ -159,6 +159,14 @@ impl Store {
         // It still runs in one read transaction, so the copy is a point-in-time view.
         let conn = open_conn(&self.path)?;
         conn.execute("VACUUM INTO ?1", [dest_str.as_str()])?;
+        std::fs::File::open(dest)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StoreError::io(dest, e))?;
+        // The state database runs with synchronous=NORMAL, so its newest transactions may not
+        // survive a power cut. Raft purges its log up to a snapshot's index once the snapshot
+        // exists, so make everything up to here durable first: a FULL checkpoint copies the WAL
+        // into the database file and fsyncs it.
+        conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))?;
         Ok(())
     }
 

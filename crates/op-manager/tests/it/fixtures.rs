@@ -42,3 +42,83 @@ fn agent_protocol_fixtures_round_trip() {
     let err: ErrorBody = round_trip("error_body.json");
     assert_eq!(err.code, "invalid_job");
 }
+
+/// The raft log entries in `raft.db`, the vote and the snapshot meta are persisted JSON too
+/// (`tests/data/raft/`). `OP_WRITE_FIXTURES=1` rewrites them after an intended change.
+#[test]
+fn raft_persisted_formats_round_trip() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use op_manager::raft::types::{Entry, LogId, Member, SnapshotMeta, StoredMembership, Vote};
+    use openraft::{CommittedLeaderId, EntryPayload, Membership};
+
+    let log_id = |term, index| LogId::new(CommittedLeaderId::new(term, 1), index);
+    let member = Member {
+        api_addr: "http://10.0.0.1:8090".into(),
+        raft_addr: "http://10.0.0.1:8091".into(),
+    };
+    let membership = Membership::new(vec![BTreeSet::from([1])], BTreeMap::from([(1, member)]));
+    let command: op_store::Command = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../op-store/tests/data/commands/delete_job.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let samples: Vec<(&str, serde_json::Value)> = vec![
+        (
+            "entry_blank.json",
+            serde_json::to_value(Entry {
+                log_id: log_id(1, 1),
+                payload: EntryPayload::Blank,
+            })
+            .unwrap(),
+        ),
+        (
+            "entry_membership.json",
+            serde_json::to_value(Entry {
+                log_id: log_id(1, 2),
+                payload: EntryPayload::Membership(membership.clone()),
+            })
+            .unwrap(),
+        ),
+        (
+            "entry_command.json",
+            serde_json::to_value(Entry {
+                log_id: log_id(1, 3),
+                payload: EntryPayload::Normal(command),
+            })
+            .unwrap(),
+        ),
+        (
+            "vote.json",
+            serde_json::to_value(Vote::new_committed(1, 1)).unwrap(),
+        ),
+        (
+            "snapshot_meta.json",
+            serde_json::to_value(SnapshotMeta {
+                last_log_id: Some(log_id(1, 3)),
+                last_membership: StoredMembership::new(Some(log_id(1, 2)), membership),
+                snapshot_id: "1-3-0a1b2c".into(),
+            })
+            .unwrap(),
+        ),
+    ];
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/raft");
+    for (file, value) in samples {
+        let path = dir.join(file);
+        if std::env::var_os("OP_WRITE_FIXTURES").is_some() {
+            std::fs::write(&path, serde_json::to_string_pretty(&value).unwrap() + "\n").unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let stored: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(stored, value, "{file}: the persisted form changed");
+        // And it decodes into the type that reads it from disk.
+        match file {
+            "vote.json" => drop(serde_json::from_str::<Vote>(&text).unwrap()),
+            "snapshot_meta.json" => drop(serde_json::from_str::<SnapshotMeta>(&text).unwrap()),
+            _ => drop(serde_json::from_str::<Entry>(&text).unwrap()),
+        }
+    }
+}

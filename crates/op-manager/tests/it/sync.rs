@@ -153,13 +153,18 @@ async fn shutdown_releases_parked_syncs_at_once() {
     };
     wait_until("the sync call is parked", DEADLINE, || async {
         let text = admin.metrics().await.ok()?;
-        text.lines().any(|l| l == "op_manager_syncs_parked 1").then_some(())
+        text.lines()
+            .any(|l| l == "op_manager_syncs_parked 1")
+            .then_some(())
     })
     .await;
     let started = Instant::now();
     m.stop().await;
     let stopped = started.elapsed();
-    assert!(stopped < Duration::from_secs(10), "shutdown took {stopped:?}");
+    assert!(
+        stopped < Duration::from_secs(10),
+        "shutdown took {stopped:?}"
+    );
     // The parked call ended with the shutdown, not with its 15 s wait.
     let answer = tokio::time::timeout(Duration::from_secs(5), parked).await;
     assert!(answer.is_ok(), "the parked sync outlived the manager");

@@ -3,8 +3,9 @@
 use std::net::IpAddr;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use op_proto::api::Scope;
 use op_proto::{JobSpec, RunRecord, RunStatus, Trigger};
-use op_store::{Command, CommandResult, Entry, NodeRegistration, Store};
+use op_store::{Command, CommandResult, Entry, NewToken, NodeRegistration, Store};
 use uuid::Uuid;
 
 pub fn t0() -> DateTime<Utc> {
@@ -123,4 +124,53 @@ pub fn ingest(n: u8, runs: Vec<RunRecord>, at_secs: i64) -> Command {
         at: at(at_secs),
         runs,
     }
+}
+
+/// A store with something in every table: 3 nodes (node-4 Left), a cron and a once-job, 20 runs,
+/// a token, audit entries, and raft metadata.
+pub fn fill(s: &mut TestStore) {
+    s.apply(Command::InitCluster {
+        cluster_id: "c-1".into(),
+        at: at(0),
+    });
+    for n in [2, 3, 4] {
+        s.apply(register(n, 0));
+    }
+    s.apply(save(cron_job("cron"), 1));
+    s.apply(save(once_job("once"), 2));
+    s.apply(ingest(
+        2,
+        (0..20)
+            .map(|i| run(2, "cron", 1, i, RunStatus::Ok))
+            .collect(),
+        30,
+    ));
+    s.apply(Command::CreateToken {
+        token: NewToken {
+            id: "abc".into(),
+            name: "viewer".into(),
+            scope: Scope::Viewer,
+            secret_sha256: "11".repeat(32),
+            expires_at: Some(at(3600)),
+        },
+        at: at(3),
+        actor: "admin".into(),
+    });
+    s.apply(Command::ForgetNode {
+        node_id: node_id(4),
+        at: at(4),
+        actor: "admin".into(),
+    });
+    // Raft metadata rides with the last batch.
+    s.index += 1;
+    s.store
+        .apply_batch(
+            &[Entry {
+                index: s.index,
+                command: None,
+            }],
+            "{\"last\":true}",
+            Some("{\"membership\":1}"),
+        )
+        .unwrap();
 }

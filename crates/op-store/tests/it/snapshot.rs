@@ -1,57 +1,9 @@
 //! Snapshot build (`VACUUM INTO`) and install round-trip every table and the raft metadata.
 
-use op_proto::RunStatus;
-use op_proto::api::{RunQuery, Scope};
-use op_store::{Command, Entry, META_LAST_APPLIED, META_MEMBERSHIP, NewToken, Store};
+use op_proto::api::RunQuery;
+use op_store::{META_LAST_APPLIED, META_MEMBERSHIP, Store};
 
 use crate::common::*;
-
-fn fill(s: &mut TestStore) {
-    s.apply(Command::InitCluster {
-        cluster_id: "c-1".into(),
-        at: at(0),
-    });
-    for n in [2, 3, 4] {
-        s.apply(register(n, 0));
-    }
-    s.apply(save(cron_job("cron"), 1));
-    s.apply(save(once_job("once"), 2));
-    s.apply(ingest(
-        2,
-        (0..20)
-            .map(|i| run(2, "cron", 1, i, RunStatus::Ok))
-            .collect(),
-        30,
-    ));
-    s.apply(Command::CreateToken {
-        token: NewToken {
-            id: "abc".into(),
-            name: "viewer".into(),
-            scope: Scope::Viewer,
-            secret_sha256: "11".repeat(32),
-            expires_at: Some(at(3600)),
-        },
-        at: at(3),
-        actor: "admin".into(),
-    });
-    s.apply(Command::ForgetNode {
-        node_id: node_id(4),
-        at: at(4),
-        actor: "admin".into(),
-    });
-    // Raft metadata rides with the last batch.
-    s.index += 1;
-    s.store
-        .apply_batch(
-            &[Entry {
-                index: s.index,
-                command: None,
-            }],
-            "{\"last\":true}",
-            Some("{\"membership\":1}"),
-        )
-        .unwrap();
-}
 
 fn dump(store: &Store) -> Vec<String> {
     vec![
