@@ -131,7 +131,10 @@ impl Store {
     ) -> Result<(Vec<CommandResult>, Changes)> {
         let _shared = self.swap.read().map_err(|_| StoreError::Poisoned)?;
         let mut conn = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
-        let tx = conn.transaction()?;
+        // IMMEDIATE takes the write lock up front, waiting (busy_timeout) for a checkpoint or
+        // snapshot in progress; a deferred transaction would fail with "database is locked" when
+        // it upgrades to writing, because SQLite does not wait there (deadlock avoidance).
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut changes = Changes::default();
         let mut results = Vec::with_capacity(entries.len());
         for entry in entries {
