@@ -43,10 +43,12 @@ pub struct ConfigArgs {
     /// A NotReady node is forgotten (Left) after this long [default: 10d].
     #[arg(long, env = "OP_FORGET_AFTER")]
     pub forget_after: Option<String>,
-    /// Heartbeats are flushed to the store as one command this often [default: 3s].
+    /// Heartbeats are flushed to the store as one command this often [default: 3s, at most half
+    /// of node_timeout].
     #[arg(long, env = "OP_HEARTBEAT_FLUSH")]
     pub heartbeat_flush: Option<String>,
-    /// How long an agent's sync call parks when nothing changes [default: 10s].
+    /// How long an agent's sync call parks when nothing changes [default: 10s, at most half of
+    /// node_timeout].
     #[arg(long, env = "OP_SYNC_WAIT")]
     pub sync_wait: Option<String>,
     /// Most run records an agent sends per batch [default: 500].
@@ -219,12 +221,15 @@ impl Config {
         let data_dir = absolute(&data_dir)?;
         let node_timeout = duration("node_timeout", a.node_timeout.or(f.node_timeout), "30s")?;
         let forget_after = duration("forget_after", a.forget_after.or(f.forget_after), "10d")?;
-        let heartbeat_flush = duration(
-            "heartbeat_flush",
-            a.heartbeat_flush.or(f.heartbeat_flush),
-            "3s",
-        )?;
-        let sync_wait = duration("sync_wait", a.sync_wait.or(f.sync_wait), "10s")?;
+        // Unset, these two follow a short node_timeout down, so `--node-timeout 2s` alone is valid.
+        let heartbeat_flush = match a.heartbeat_flush.or(f.heartbeat_flush) {
+            Some(v) => duration("heartbeat_flush", Some(v), "")?,
+            None => Duration::from_secs(3).min(node_timeout / 2),
+        };
+        let sync_wait = match a.sync_wait.or(f.sync_wait) {
+            Some(v) => duration("sync_wait", Some(v), "")?,
+            None => Duration::from_secs(10).min(node_timeout / 2),
+        };
         let retention = op_store::RetentionLimits {
             runs_per_job_node: a.retention_runs.or(f.retention_runs).unwrap_or(100),
             run_max_age_secs: duration(
@@ -429,6 +434,16 @@ mod tests {
         };
         let err = Config::resolve(&args, RawConfig::default()).unwrap_err();
         assert!(err.to_string().contains("heartbeat_flush"), "{err}");
+        // Left unset, the flush and the wait follow a short timeout down.
+        let args = ConfigArgs {
+            node_timeout: Some("2s".into()),
+            ..ConfigArgs::default()
+        };
+        let c = Config::resolve(&args, RawConfig::default()).unwrap();
+        assert_eq!(
+            (c.heartbeat_flush, c.sync_wait),
+            (Duration::from_secs(1), Duration::from_secs(1))
+        );
         let args = ConfigArgs {
             node_timeout: Some("soon".into()),
             ..ConfigArgs::default()
