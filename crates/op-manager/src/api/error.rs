@@ -39,6 +39,8 @@ pub enum ApiError {
     ApiVersion { client: String },
     #[error("{0}")]
     Conflict(String),
+    #[error("this route does not accept that method")]
+    MethodNotAllowed,
     #[error("this manager is not the leader; send writes to {}", .leader_api.as_deref().unwrap_or("the leader (none elected yet)"))]
     NotLeader { leader_api: Option<String> },
     #[error("{0}")]
@@ -76,6 +78,7 @@ impl ApiError {
             ApiError::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::ApiVersion { .. } => (StatusCode::BAD_REQUEST, "api_version_mismatch"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::NotLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

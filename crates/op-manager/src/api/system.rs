@@ -95,8 +95,5 @@ pub async fn not_found() -> ApiError {
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::bad(
-        "method_not_allowed",
-        "this route does not accept that method",
-    )
+    ApiError::MethodNotAllowed
 }

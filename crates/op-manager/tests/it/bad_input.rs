@@ -119,6 +119,20 @@ async fn bad_input_is_refused_and_changes_nothing() {
             "root",
         ),
         (
+            "wrong method",
+            admin.request(Method::POST, "/v1/jobs"),
+            405,
+            "method_not_allowed",
+            "method",
+        ),
+        (
+            "unknown route",
+            admin.request(Method::GET, "/v1/nope"),
+            404,
+            "not_found",
+            "route",
+        ),
+        (
             "bad run query",
             admin.request(Method::GET, "/v1/runs?status=fine"),
             400,
