@@ -95,7 +95,7 @@ pub async fn run(
             jobs_dir::JobsDir::new(dir.clone(), state.clone(), config.state_dir.clone());
         // The first scan happens before the API serves, so the jobs are there from the start.
         if let Some(set) = jobs_dir.scan() {
-            scheduler.set_jobs(set);
+            scheduler.set_jobs_applied(set).await;
         }
         tokio::spawn(jobs_dir::follow(
             jobs_dir,
@@ -106,7 +106,7 @@ pub async fn run(
     } else {
         // Keep running the last known job set until a manager (later) sends a new one.
         match state::desired::load(&config.state_dir) {
-            Ok(Some(cached)) => scheduler.set_jobs(cached.jobs),
+            Ok(Some(cached)) => scheduler.set_jobs_applied(cached.jobs).await,
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "ignoring the cached job set"),
         }

@@ -46,7 +46,8 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 const LEAD_MS: i64 = 50;
 
 enum Msg {
-    SetJobs(Vec<DesiredJob>),
+    /// A new job set, and who to tell once it is applied.
+    SetJobs(Vec<DesiredJob>, Option<tokio::sync::oneshot::Sender<()>>),
 }
 
 /// Handle to the scheduler task.
@@ -58,7 +59,16 @@ pub struct Scheduler {
 impl Scheduler {
     /// Replaces the whole job set (standalone files or the manager's desired state).
     pub fn set_jobs(&self, jobs: Vec<DesiredJob>) {
-        let _ = self.tx.send(Msg::SetJobs(jobs));
+        let _ = self.tx.send(Msg::SetJobs(jobs, None));
+    }
+
+    /// Replaces the job set and returns once the scheduler (and so the job table the API reads)
+    /// has applied it.
+    pub async fn set_jobs_applied(&self, jobs: Vec<DesiredJob>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::SetJobs(jobs, Some(tx))).is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
@@ -100,7 +110,12 @@ pub fn spawn(
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 msg = rx.recv() => match msg {
-                    Some(Msg::SetJobs(jobs)) => lp.set_jobs(jobs),
+                    Some(Msg::SetJobs(jobs, applied)) => {
+                        lp.set_jobs(jobs);
+                        if let Some(applied) = applied {
+                            let _ = applied.send(());
+                        }
+                    }
                     None => break,
                 },
                 Some(record) = finished.recv() => lp.on_finished(&record),
