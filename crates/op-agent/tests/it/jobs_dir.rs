@@ -68,3 +68,22 @@ async fn the_schedule_follows_additions_edits_and_removals() {
         "removed job still fires"
     );
 }
+
+#[tokio::test]
+async fn a_replaced_jobs_dir_is_followed() {
+    let agent = Agent::start();
+    agent.write_job("a", &json!({"JobName": "a", "Command": "true"}));
+    agent.wait_job("a", None).await;
+    // Replace the whole directory, as a config-management tool might.
+    let old = agent.path("jobs-old");
+    std::fs::rename(&agent.jobs, &old).unwrap();
+    std::fs::create_dir(&agent.jobs).unwrap();
+    agent.write_job("b", &json!({"JobName": "b", "Command": "true"}));
+    agent.wait_job("b", None).await;
+    wait_until(
+        Duration::from_secs(20),
+        "job of the old directory dropped",
+        || async { agent.job_revision("a").await.is_none() },
+    )
+    .await;
+}
