@@ -34,6 +34,15 @@ pub fn locate(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The cargo profile the agent binary was built with, from its directory name (`dist`,
+/// `release`, `debug`), for the conditions of each figure.
+pub fn profile(bin: &Path) -> String {
+    bin.parent()
+        .and_then(|d| d.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 pub struct AgentProcess {
     child: Option<Child>,
     /// Kept for its lifetime: the agent's state and jobs live here until the guard drops.

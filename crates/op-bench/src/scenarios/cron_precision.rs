@@ -25,9 +25,10 @@ pub async fn run(bin: &Path, duration: Duration) -> anyhow::Result<Vec<Figure>> 
         .collect();
     anyhow::ensure!(!lags.is_empty(), "the job never fired");
     let cond = format!(
-        "1 Hz job `true`, {} fires over {}s, start = process spawned, release build",
+        "1 Hz job `true`, {} fires over {}s, start = process spawned, {} build",
         lags.len(),
-        duration.as_secs()
+        duration.as_secs(),
+        crate::agent::profile(bin)
     );
     Ok(vec![
         Figure::new(

@@ -35,7 +35,8 @@ pub async fn run(bin: &Path, duration: Duration, jobs: usize) -> anyhow::Result<
     let mib = |kib: u64| kib as f64 / 1024.0;
     let avg = samples.iter().sum::<u64>() as f64 / samples.len().max(1) as f64;
     let cond = format!(
-        "{jobs} cron jobs (`true` once a minute), standalone, release build, watched {}s",
+        "{jobs} cron jobs (`true` once a minute), standalone, {} build, watched {}s",
+        crate::agent::profile(bin),
         duration.as_secs()
     );
     Ok(vec![
