@@ -255,3 +255,54 @@ async fn credentials_errors_and_refusals() {
         404
     );
 }
+
+#[tokio::test]
+async fn host_selection_applies_in_standalone_mode() {
+    let agent = Agent::start();
+    // The test agent is `test-node` with IP 10.9.8.7.
+    agent.write_job(
+        "mine",
+        &json!({"JobName": "mine", "Command": "true", "WhiteHosts": ["10.9.8.0/24"]}),
+    );
+    agent.write_job(
+        "by-name",
+        &json!({"JobName": "by-name", "Command": "true", "WhiteHosts": ["test-*"]}),
+    );
+    // Never substring matching: 10.9.8.71 is another host.
+    agent.write_job(
+        "other",
+        &json!({"JobName": "other", "Command": "true", "WhiteHosts": ["10.9.8.71"]}),
+    );
+    agent.write_job(
+        "black",
+        &json!({"JobName": "black", "Command": "true", "BlackHosts": ["test-node"]}),
+    );
+    for job in ["mine", "by-name", "other", "black"] {
+        agent.wait_job(job, None).await;
+    }
+    let status = agent.status().await;
+    let selected = |name: &str| {
+        status["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["name"] == name)
+            .unwrap()["selected"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(selected("mine") && selected("by-name"));
+    assert!(!selected("other") && !selected("black"));
+    assert_eq!(
+        agent.invoke_sync("mine", &json!({})).await.status,
+        RunStatus::Ok
+    );
+    let (status, body) = agent.post_json("/v1/jobs/other/run", &json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("excludes this host")
+    );
+}
