@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/status", get(status::status))
         .route("/v1/version", get(status::version))
         .route("/metrics", get(status::metrics))
+        .route_layer(axum::middleware::from_fn(check_api_version))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require,
@@ -80,6 +81,27 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(status::healthz))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+}
+
+/// A client that says which API version it speaks (`x-op-api-version`) must speak ours; one
+/// that says nothing (curl, the seed's callers) is served.
+async fn check_api_version(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let theirs = req
+        .headers()
+        .get(op_proto::API_VERSION_HEADER)
+        .map(|v| v.to_str().unwrap_or("").trim().to_string());
+    match theirs {
+        Some(v) if v != op_proto::API_VERSION.to_string() => error::ApiError::BadRequest(format!(
+            "client speaks API version {v:?}; this agent speaks version {}",
+            op_proto::API_VERSION
+        ))
+        .into_response(),
+        _ => next.run(req).await,
+    }
 }
 
 /// Decodes a JSON object whose values become parameter strings. Numbers and booleans are taken

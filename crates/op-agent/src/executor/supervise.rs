@@ -196,7 +196,11 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
         (Some(e), Some(f)) => Some(format!("{e}; {f}")),
         (e, f) => e.or(f.filter(|_| status != RunStatus::Ok)),
     };
-    tracing::debug!(job = %record.job, run_id = %record.run_id, status = status.as_str(), "run finished");
+    if status == RunStatus::Ok {
+        tracing::debug!(job = %record.job, run_id = %record.run_id, "run finished: ok");
+    } else {
+        tracing::info!(job = %record.job, run_id = %record.run_id, status = status.as_str(), error = record.error.as_deref().unwrap_or(""), "run finished");
+    }
     exec.finish(&handle, record).await;
 }
 

@@ -245,6 +245,17 @@ async fn credentials_errors_and_refusals() {
     assert_eq!(body["Details"]["exit_code"], 3);
     assert_eq!(body["Details"]["output"], "oops\n");
 
+    // A client of another API version is told so.
+    let r = http
+        .get(agent.url("/v1/status"))
+        .basic_auth(USER, Some(PASS))
+        .header("x-op-api-version", "99")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("99"));
+
     // Not-found and malformed run ids.
     assert_eq!(agent.get("/v1/runs/not-a-uuid").await.status(), 400);
     assert_eq!(
