@@ -265,6 +265,11 @@ impl Loop {
                 self.pending_once.remove(name);
             }
             tracing::info!(job = %name, revision = entry.revision, kind = entry.spec.kind(), next = ?next, "job planned");
+            if !entry.spec.cgroup.is_empty() {
+                // DESIGN section 1: the seed's cgroup fields are accepted; say plainly that this
+                // agent does not enforce them yet, rather than pretend.
+                tracing::warn!(job = %name, "cgroup limits (CPUShares, MemoryLimit, ...) are stored but not applied by this agent");
+            }
         }
         self.first_set = false;
         self.table.replace(table);
