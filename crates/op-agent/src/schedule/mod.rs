@@ -164,6 +164,16 @@ struct Loop {
     shutdown: CancellationToken,
 }
 
+/// Why runs of `name` must stop under the new job set, if they must.
+fn inactive_reason(table: &BTreeMap<String, JobEntry>, name: &str) -> Option<&'static str> {
+    match table.get(name) {
+        None => Some("job removed"),
+        Some(e) if !e.spec.enabled => Some("job disabled (Enabled: 0)"),
+        Some(e) if !e.selected => Some("job no longer selects this host"),
+        Some(_) => None,
+    }
+}
+
 fn instant_for(t: DateTime<Utc>) -> tokio::time::Instant {
     let delta = (t - Utc::now()).to_std().unwrap_or(Duration::ZERO);
     tokio::time::Instant::now() + delta.min(MAX_SLEEP)
@@ -200,28 +210,19 @@ impl Loop {
             );
         }
 
-        // Jobs that stop being active: drop their plan and stop their processes.
-        let old: Vec<String> = self.plans.keys().cloned().collect();
-        for name in old {
-            let reason = match table.get(&name) {
-                None => Some("job removed".to_string()),
-                Some(e) if !e.spec.enabled => Some("job disabled (Enabled: 0)".to_string()),
-                Some(e) if !e.selected => Some("job no longer selects this host".to_string()),
-                Some(_) => None,
-            };
-            if let Some(reason) = reason {
+        // Jobs that stop being active: drop their plan and stop their processes, including runs
+        // that were invoked through the API.
+        for name in self.plans.keys().cloned().collect::<Vec<_>>() {
+            if inactive_reason(&table, &name).is_some() {
                 self.plans.remove(&name);
                 self.pending_once.remove(&name);
                 self.retries.retain(|r| r.job != name);
-                tracing::info!(job = %name, %reason, "job stopped");
-                let executor = self.executor.clone();
-                tokio::spawn(async move { executor.kill_job(&name, &reason).await });
             }
         }
-        // Runs of jobs that were never planned here (API runs of an unknown or inactive job).
         for handle in self.executor.running() {
-            if !table.get(handle.job()).is_some_and(JobEntry::active) {
-                handle.kill("job removed or disabled");
+            if let Some(reason) = inactive_reason(&table, handle.job()) {
+                tracing::info!(job = %handle.job(), run_id = %handle.run_id(), reason, "stopping run");
+                handle.kill(reason);
             }
         }
 

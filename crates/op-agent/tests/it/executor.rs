@@ -143,7 +143,7 @@ async fn disabling_a_running_job_kills_its_tree() {
     })
     .await;
     let run = agent.run(&id).await;
-    assert!(run.error.unwrap().contains("disabled"));
+    assert!(run.error.unwrap().contains("Enabled: 0"));
 }
 
 #[tokio::test]

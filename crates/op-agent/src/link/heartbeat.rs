@@ -1,0 +1,78 @@
+//! What an agent reports with every sync call: host load and memory from /proc, the runs in
+//! progress, and the counters that make drops and skips visible.
+
+use op_proto::agent::Heartbeat;
+use op_proto::node::LoadInfo;
+use uuid::Uuid;
+
+use crate::executor::Executor;
+use crate::metrics::Metrics;
+
+pub fn build(node_id: Uuid, executor: &Executor, metrics: &Metrics) -> Heartbeat {
+    Heartbeat {
+        node_id,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        load: read_load(),
+        running: executor.running().iter().map(|h| h.running_run()).collect(),
+        packages: Vec::new(),
+        stats: metrics.stats(),
+    }
+}
+
+/// Load averages, CPUs and memory; `None` where /proc cannot be read (not Linux, a sandbox).
+pub fn read_load() -> Option<LoadInfo> {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    Some(parse_load(&loadavg, &meminfo, num_cpus()))
+}
+
+fn num_cpus() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+}
+
+fn parse_load(loadavg: &str, meminfo: &str, cpus: u32) -> LoadInfo {
+    let mut loads = loadavg.split_whitespace().map(|s| s.parse::<f64>().unwrap_or(0.0));
+    let mem = |key: &str| -> u64 {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.trim_start_matches(':').split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    LoadInfo {
+        load1: loads.next().unwrap_or(0.0),
+        load5: loads.next().unwrap_or(0.0),
+        load15: loads.next().unwrap_or(0.0),
+        cpus,
+        mem_total_kb: mem("MemTotal"),
+        mem_available_kb: mem("MemAvailable"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_files() {
+        let l = parse_load(
+            "0.52 0.58 0.59 2/345 12345\n",
+            "MemTotal:       24576000 kB\nMemFree:  100 kB\nMemAvailable:   20000000 kB\n",
+            2,
+        );
+        assert_eq!(l.load1, 0.52);
+        assert_eq!(l.load15, 0.59);
+        assert_eq!(l.mem_total_kb, 24_576_000);
+        assert_eq!(l.mem_available_kb, 20_000_000);
+        assert_eq!(l.cpus, 2);
+    }
+
+    #[test]
+    fn reads_this_machine() {
+        let l = read_load().expect("/proc is readable on Linux");
+        assert!(l.mem_total_kb > 0);
+    }
+}

@@ -1,0 +1,435 @@
+//! The link to the managers: register, keep a long-poll sync open, apply the desired state, and
+//! drain the outbox.
+//!
+//! Two tasks share one view of which manager to talk to ([`Managers`]):
+//! - the **sync loop** registers, then calls `POST /v1/agent/sync` over and over. Each call is the
+//!   heartbeat (load, running runs, counters) and returns the node's full desired state, at once
+//!   when it changed and otherwise when the manager's wait ends. A new job set goes to the
+//!   scheduler and is cached in `desired.json`, so the jobs keep running across restarts with no
+//!   manager (invariant 6). Because every answer is the full state, a reconnect cannot miss an
+//!   update.
+//! - the **outbox loop** sends finished runs in batches as soon as they are stored (the executor
+//!   wakes it) and acknowledges what the manager stored. Delivery is at least once; the manager
+//!   deduplicates by run id.
+//!
+//! On failure both loops move to the next manager and back off exponentially with jitter, so a
+//! restarted manager is not stormed by every agent at the same instant. The manager list starts as
+//! the configured `--manager` URLs and follows what the managers announce.
+//!
+//! What the state contains besides jobs (packages, directives) is handed to the components that
+//! own it; this module only moves state between the manager and them.
+
+mod heartbeat;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use op_client::{Client, ClientError};
+use op_proto::agent::{AgentSettings, DesiredJob, DesiredState, RegisterRequest, RunBatch};
+use rand::Rng;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::executor::Executor;
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::schedule::Scheduler;
+use crate::state::desired::{self, CachedJobs};
+
+/// Shortest and longest pause between attempts after a failure.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Time limit of one ordinary request (register, run batch).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The outbox is also checked this often, in case a wake-up was missed.
+const OUTBOX_RECHECK: Duration = Duration::from_secs(5);
+
+/// Everything the link needs from the rest of the agent.
+pub struct LinkParts {
+    /// The configured `--manager` URLs.
+    pub managers: Vec<String>,
+    /// The credential presented to managers.
+    pub token: Option<String>,
+    pub register: RegisterRequest,
+    pub scheduler: Scheduler,
+    pub executor: Executor,
+    pub outbox: Outbox,
+    /// Notified whenever a finished run enters the outbox.
+    pub outbox_ready: Arc<Notify>,
+    pub metrics: Metrics,
+    pub state_dir: std::path::PathBuf,
+    /// The state index of the cached job set, so an unchanged state is not re-sent at start.
+    pub cached_index: u64,
+}
+
+/// The managers this agent knows and which one it is using.
+#[derive(Debug)]
+pub struct Managers {
+    configured: Vec<String>,
+    list: Vec<String>,
+    current: usize,
+}
+
+impl Managers {
+    pub fn new(configured: Vec<String>) -> Managers {
+        // Start at a random member so that a fleet spreads over the managers.
+        let current = if configured.is_empty() {
+            0
+        } else {
+            rand::rng().random_range(0..configured.len())
+        };
+        Managers {
+            list: configured.clone(),
+            configured,
+            current,
+        }
+    }
+
+    pub fn current(&self) -> String {
+        self.list
+            .get(self.current)
+            .cloned()
+            .unwrap_or_else(|| self.configured[0].clone())
+    }
+
+    /// Moves to the next manager after a failure.
+    pub fn rotate(&mut self) {
+        if !self.list.is_empty() {
+            self.current = (self.current + 1) % self.list.len();
+        }
+    }
+
+    /// Adopts the member list a manager announced; the configured URLs stay as a fallback so an
+    /// agent whose whole learned list is gone can still find its way back.
+    pub fn learn(&mut self, announced: &[String]) {
+        if announced.is_empty() {
+            return;
+        }
+        let current = self.current();
+        let mut list: Vec<String> = announced.to_vec();
+        for c in &self.configured {
+            if !list.iter().any(|l| same_url(l, c)) {
+                list.push(c.clone());
+            }
+        }
+        self.current = list.iter().position(|l| same_url(l, &current)).unwrap_or(0);
+        self.list = list;
+    }
+}
+
+fn same_url(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+/// Exponential backoff with jitter: somewhere in the upper half of `BACKOFF_MIN * 2^attempt`.
+pub fn backoff(attempt: u32) -> Duration {
+    let cap = BACKOFF_MIN
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_MAX);
+    let ms = cap.as_millis() as u64;
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)))
+}
+
+/// Starts the link's tasks; they return when `shutdown` is cancelled.
+pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
+    let managers = Arc::new(Mutex::new(Managers::new(parts.managers.clone())));
+    let (registered_tx, registered_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        managers,
+        token: parts.token.clone(),
+        node_id: parts.register.node_id,
+    });
+    let sync = SyncLoop {
+        shared: shared.clone(),
+        register: parts.register,
+        scheduler: parts.scheduler,
+        executor: parts.executor,
+        metrics: parts.metrics,
+        state_dir: parts.state_dir,
+        index: parts.cached_index,
+        applied_jobs: None,
+        settings: AgentSettings::default(),
+        registered: registered_tx,
+    };
+    let drain = OutboxLoop {
+        shared,
+        outbox: parts.outbox,
+        ready: parts.outbox_ready,
+        registered: registered_rx,
+        batch_max: AgentSettings::default().run_batch_max,
+    };
+    vec![
+        tokio::spawn(sync.run(shutdown.clone())),
+        tokio::spawn(drain.run(shutdown)),
+    ]
+}
+
+struct Shared {
+    managers: Arc<Mutex<Managers>>,
+    token: Option<String>,
+    node_id: Uuid,
+}
+
+impl Shared {
+    fn current(&self) -> String {
+        self.managers.lock().unwrap_or_else(|p| p.into_inner()).current()
+    }
+
+    fn rotate(&self) {
+        self.managers.lock().unwrap_or_else(|p| p.into_inner()).rotate();
+    }
+
+    fn learn(&self, list: &[String]) {
+        self.managers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .learn(list);
+    }
+
+    fn client(&self, url: &str) -> Result<Client, ClientError> {
+        Ok(Client::new(url, self.token.as_deref())?.with_timeout(REQUEST_TIMEOUT))
+    }
+}
+
+/// Sleeps `d` unless shutdown comes first; false on shutdown.
+async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = shutdown.cancelled() => false,
+    }
+}
+
+/// True for answers that another manager would give too (bad credentials, another API version):
+/// worth a log line at error level, and no point in hammering.
+fn is_refusal(e: &ClientError) -> bool {
+    matches!(e.status(), Some(400 | 401 | 403))
+}
+
+struct SyncLoop {
+    shared: Arc<Shared>,
+    register: RegisterRequest,
+    scheduler: Scheduler,
+    executor: Executor,
+    metrics: Metrics,
+    state_dir: std::path::PathBuf,
+    index: u64,
+    applied_jobs: Option<Vec<DesiredJob>>,
+    settings: AgentSettings,
+    registered: watch::Sender<bool>,
+}
+
+impl SyncLoop {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut failures: u32 = 0;
+        let mut registered_at: Option<String> = None;
+        while !shutdown.is_cancelled() {
+            let url = self.shared.current();
+            let client = match self.shared.client(&url) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(manager = %url, error = %e, "bad manager URL");
+                    self.shared.rotate();
+                    if !pause(backoff(failures), &shutdown).await {
+                        break;
+                    }
+                    failures += 1;
+                    continue;
+                }
+            };
+            if registered_at.as_deref() != Some(url.as_str()) {
+                match client.register(&self.register).await {
+                    Ok(resp) => {
+                        tracing::info!(manager = %url, node_id = %resp.node_id, "registered");
+                        self.shared.learn(&resp.managers);
+                        self.settings = resp.settings;
+                        registered_at = Some(url.clone());
+                        let _ = self.registered.send(true);
+                    }
+                    Err(e) => {
+                        self.log_failure(&url, "register", &e);
+                        self.shared.rotate();
+                        if !pause(backoff(failures), &shutdown).await {
+                            break;
+                        }
+                        failures = failures.saturating_add(1);
+                        continue;
+                    }
+                }
+            }
+            let beat = heartbeat::build(
+                self.shared.node_id,
+                &self.executor,
+                &self.metrics,
+            );
+            let wait = self.settings.sync_wait_secs;
+            let answer = tokio::select! {
+                r = client.sync(self.index, wait, &beat) => r,
+                _ = shutdown.cancelled() => break,
+            };
+            match answer {
+                Ok(state) => {
+                    failures = 0;
+                    self.apply(state).await;
+                }
+                Err(e) if e.code() == Some("unknown_node") => {
+                    // The manager forgot this node (or never knew it): register again at once.
+                    tracing::info!(manager = %url, "manager does not know this node; registering again");
+                    registered_at = None;
+                }
+                Err(e) => {
+                    self.log_failure(&url, "sync", &e);
+                    registered_at = None;
+                    self.shared.rotate();
+                    if !pause(backoff(failures), &shutdown).await {
+                        break;
+                    }
+                    failures = failures.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    fn log_failure(&self, url: &str, what: &str, e: &ClientError) {
+        if is_refusal(e) {
+            tracing::error!(manager = %url, error = %e, "{what} refused; check the agent's --manager-token and versions");
+        } else {
+            tracing::warn!(manager = %url, error = %e, "{what} failed; trying the next manager");
+        }
+    }
+
+    async fn apply(&mut self, state: DesiredState) {
+        self.shared.learn(&state.managers);
+        if let Some(settings) = state.settings.clone() {
+            self.settings = settings;
+        }
+        if self.applied_jobs.as_ref() != Some(&state.jobs) {
+            tracing::info!(index = state.index, jobs = state.jobs.len(), "applying the manager's job set");
+            let cached = CachedJobs {
+                version: 1,
+                saved_at: Utc::now(),
+                source: "manager".into(),
+                index: state.index,
+                jobs: state.jobs.clone(),
+            };
+            // Cache before applying: after a crash the agent restarts with what it last ran.
+            let dir = self.state_dir.clone();
+            match tokio::task::spawn_blocking(move || desired::save(&dir, &cached)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot cache the desired job set"),
+                Err(e) => tracing::warn!(error = %e, "cannot cache the desired job set"),
+            }
+            self.scheduler.set_jobs_applied(state.jobs.clone()).await;
+            self.applied_jobs = Some(state.jobs);
+        }
+        self.index = state.index;
+    }
+}
+
+struct OutboxLoop {
+    shared: Arc<Shared>,
+    outbox: Outbox,
+    ready: Arc<Notify>,
+    registered: watch::Receiver<bool>,
+    batch_max: usize,
+}
+
+impl OutboxLoop {
+    async fn run(mut self, shutdown: CancellationToken) {
+        // Runs may only be reported once the manager knows this node.
+        tokio::select! {
+            _ = self.registered.wait_for(|r| *r) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let mut failures: u32 = 0;
+        while !shutdown.is_cancelled() {
+            // Register interest before looking, so a run stored in between still wakes us.
+            let notified = self.ready.notified();
+            let batch = match self.outbox.peek_batch(self.batch_max).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the outbox");
+                    if !pause(backoff(failures), &shutdown).await {
+                        break;
+                    }
+                    failures = failures.saturating_add(1);
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep(OUTBOX_RECHECK) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let url = self.shared.current();
+            let ids: Vec<Uuid> = batch.iter().map(|r| r.run_id).collect();
+            let sent = async {
+                let client = self.shared.client(&url)?;
+                client
+                    .post_runs(&RunBatch {
+                        node_id: self.shared.node_id,
+                        runs: batch,
+                    })
+                    .await
+            };
+            let result = tokio::select! {
+                r = sent => r,
+                _ = shutdown.cancelled() => break,
+            };
+            match result {
+                Ok(ack) => {
+                    failures = 0;
+                    tracing::debug!(accepted = ack.accepted, duplicates = ack.duplicates, "runs delivered");
+                    if let Err(e) = self.outbox.ack(&ids).await {
+                        tracing::error!(error = %e, "cannot acknowledge delivered runs");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(manager = %url, error = %e, runs = ids.len(), "cannot deliver runs; they stay in the outbox");
+                    // A manager that answered but could not store them (no leader yet, say) is
+                    // asked again; one that is gone or refuses is replaced by the next.
+                    if e.is_unreachable() || is_refusal(&e) {
+                        self.shared.rotate();
+                    }
+                    if !pause(backoff(failures), &shutdown).await {
+                        break;
+                    }
+                    failures = failures.saturating_add(1);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for attempt in 0..40 {
+            let d = backoff(attempt);
+            assert!(d <= BACKOFF_MAX, "{attempt}: {d:?}");
+            assert!(d >= BACKOFF_MIN / 2, "{attempt}: {d:?}");
+        }
+        assert!(backoff(20) >= BACKOFF_MAX / 2);
+    }
+
+    #[test]
+    fn managers_rotate_and_learn() {
+        let mut m = Managers::new(vec!["http://a:1".into()]);
+        assert_eq!(m.current(), "http://a:1");
+        m.learn(&["http://b:1".into(), "http://a:1/".into()]);
+        assert_eq!(m.current(), "http://a:1/");
+        m.rotate();
+        assert_eq!(m.current(), "http://b:1");
+        // The configured URL stays as a fallback even when a manager stops announcing it.
+        m.learn(&["http://c:1".into()]);
+        assert_eq!(m.list, vec!["http://c:1".to_string(), "http://a:1".to_string()]);
+    }
+}
