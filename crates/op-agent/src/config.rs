@@ -83,6 +83,9 @@ pub struct Cli {
     /// Manager API URL (repeatable). Accepted and stored; runs are queued in the outbox for it.
     #[arg(long = "manager", env = "OP_MANAGER", value_delimiter = ',')]
     pub manager: Vec<String>,
+    /// Bearer token the agent presents to managers (used by the manager link).
+    #[arg(long, env = "OP_MANAGER_TOKEN", hide_env_values = true)]
+    pub manager_token: Option<String>,
     /// How long shutdown waits for running jobs before killing them [default: 30s].
     #[arg(long, env = "OP_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
@@ -102,7 +105,7 @@ pub struct Cli {
     /// counted [default: 64MiB].
     #[arg(long, env = "OP_OUTBOX_BYTES")]
     pub outbox_bytes: Option<String>,
-    /// Log filter (tracing EnvFilter syntax) [default: info].
+    /// Log filter (tracing EnvFilter syntax) [default: $RUST_LOG, else info].
     #[arg(long, env = "OP_LOG_LEVEL")]
     pub log_level: Option<String>,
     /// Log format: text or json [default: text].
@@ -126,6 +129,7 @@ pub struct FileConfig {
     pub token: Option<String>,
     pub jobs_dir: Option<PathBuf>,
     pub manager: Option<Vec<String>>,
+    pub manager_token: Option<String>,
     pub shutdown_grace: Option<String>,
     pub output_tail: Option<SizeValue>,
     pub log_keep_runs: Option<u64>,
@@ -170,6 +174,16 @@ impl std::fmt::Debug for AuthConfig {
     }
 }
 
+/// A secret string whose `Debug` form does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -189,6 +203,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub jobs_dir: Option<PathBuf>,
     pub managers: Vec<String>,
+    /// Secret; kept out of `Debug` output by [`Secret`].
+    pub manager_token: Option<Secret>,
     pub shutdown_grace: Duration,
     pub output_tail: usize,
     pub log_keep_runs: usize,
@@ -362,13 +378,18 @@ impl Config {
             auth: AuthConfig { basic, token },
             jobs_dir,
             managers,
+            manager_token: pick(&cli.manager_token, &file.manager_token)
+                .filter(|t| !t.is_empty())
+                .map(Secret),
             shutdown_grace,
             output_tail: output_tail as usize,
             log_keep_runs: log_keep_runs as usize,
             log_keep_bytes,
             history_keep_runs: history_keep_runs as usize,
             outbox_bytes,
+            // RUST_LOG is honoured as the last resort, as in most Rust daemons.
             log_level: pick(&cli.log_level, &file.log_level)
+                .or_else(|| std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()))
                 .unwrap_or_else(|| defaults::LOG_LEVEL.into()),
             log_format,
         })

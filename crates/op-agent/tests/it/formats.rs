@@ -40,6 +40,11 @@ fn config_file_fixture() {
     assert_eq!(c.ips.len(), 2);
     assert_eq!(c.labels["role"], "db");
     assert_eq!(c.managers.len(), 2);
+    assert_eq!(c.manager_token.as_ref().unwrap().0, "agent-token");
+    assert!(
+        !format!("{c:?}").contains("agent-token"),
+        "secrets stay out of Debug"
+    );
     assert_eq!(c.shutdown_grace, Duration::from_secs(45));
     assert_eq!(c.output_tail, 32 * 1024);
     assert_eq!(c.log_keep_runs, 20);
