@@ -307,6 +307,13 @@ impl Config {
                 )));
             }
         }
+        if !managers.is_empty() && jobs_dir.is_some() {
+            return Err(AgentError::Config(
+                "jobs_dir and manager cannot be combined: with a manager, the jobs come from the \
+                 manager's desired state (use jobs_dir only for a standalone agent)"
+                    .into(),
+            ));
+        }
 
         let shutdown_grace = match pick(&cli.shutdown_grace, &file.shutdown_grace) {
             Some(text) => parse_duration("shutdown_grace", &text)?,

@@ -10,8 +10,8 @@
 //! - [`invoke`] and [`api`]: the HTTP API, including the seed's `/api/opAgent`;
 //! - [`metrics`]: counters behind `/metrics` and `/v1/status`.
 //!
-//! The link to managers (`--manager`) is a later module: the URLs are accepted and stored, and
-//! finished runs wait in the outbox for it.
+//! - [`link`]: with `--manager`, registers, keeps a long-poll sync open (the desired state replaces
+//!   the standalone jobs dir) and drains the outbox to the managers.
 
 pub mod api;
 pub mod config;
@@ -20,6 +20,7 @@ pub mod executor;
 pub mod invoke;
 pub mod jobs;
 pub mod jobs_dir;
+pub mod link;
 pub mod metrics;
 pub mod outbox;
 pub mod schedule;
@@ -90,6 +91,7 @@ pub async fn run(
         sources.clone(),
     )?;
 
+    let mut link_tasks = Vec::new();
     let mode = if let Some(dir) = &config.jobs_dir {
         let mut jobs_dir =
             jobs_dir::JobsDir::new(dir.clone(), state.clone(), config.state_dir.clone());
@@ -104,15 +106,45 @@ pub async fn run(
         ));
         "standalone"
     } else {
-        // Keep running the last known job set until a manager (later) sends a new one.
+        // Keep running the last known job set until a manager sends a new one.
+        let mut cached_index = 0;
         match state::desired::load(&config.state_dir) {
-            Ok(Some(cached)) => scheduler.set_jobs_applied(cached.jobs).await,
+            Ok(Some(cached)) => {
+                if cached.source == "manager" {
+                    cached_index = cached.index;
+                }
+                scheduler.set_jobs_applied(cached.jobs).await;
+            }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "ignoring the cached job set"),
         }
         if config.managers.is_empty() {
             "cached"
         } else {
+            link_tasks = link::spawn(
+                link::LinkParts {
+                    managers: config.managers.clone(),
+                    token: config.manager_token.as_ref().map(|t| t.0.clone()),
+                    register: op_proto::agent::RegisterRequest {
+                        api_version: op_proto::API_VERSION,
+                        node_id,
+                        hostname: config.node_name.clone(),
+                        ips: config.ips.clone(),
+                        labels: config.labels.clone(),
+                        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                        os: std::env::consts::OS.to_string(),
+                        arch: std::env::consts::ARCH.to_string(),
+                    },
+                    scheduler: scheduler.clone(),
+                    executor: executor.clone(),
+                    outbox: outbox::Outbox::new(state.clone()),
+                    outbox_ready: state.outbox_ready(),
+                    metrics: metrics.clone(),
+                    state_dir: config.state_dir.clone(),
+                    cached_index,
+                },
+                sources.clone(),
+            );
             "managed"
         }
     };
@@ -183,6 +215,9 @@ pub async fn run(
     closing.cancel();
     sources.cancel();
     let _ = scheduler_task.await;
+    for task in link_tasks {
+        let _ = task.await;
+    }
 
     let running = executor.running();
     if !running.is_empty() {

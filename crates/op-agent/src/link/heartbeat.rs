@@ -33,7 +33,9 @@ fn num_cpus() -> u32 {
 }
 
 fn parse_load(loadavg: &str, meminfo: &str, cpus: u32) -> LoadInfo {
-    let mut loads = loadavg.split_whitespace().map(|s| s.parse::<f64>().unwrap_or(0.0));
+    let mut loads = loadavg
+        .split_whitespace()
+        .map(|s| s.parse::<f64>().unwrap_or(0.0));
     let mem = |key: &str| -> u64 {
         meminfo
             .lines()

@@ -175,11 +175,17 @@ struct Shared {
 
 impl Shared {
     fn current(&self) -> String {
-        self.managers.lock().unwrap_or_else(|p| p.into_inner()).current()
+        self.managers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .current()
     }
 
     fn rotate(&self) {
-        self.managers.lock().unwrap_or_else(|p| p.into_inner()).rotate();
+        self.managers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rotate();
     }
 
     fn learn(&self, list: &[String]) {
@@ -259,11 +265,7 @@ impl SyncLoop {
                     }
                 }
             }
-            let beat = heartbeat::build(
-                self.shared.node_id,
-                &self.executor,
-                &self.metrics,
-            );
+            let beat = heartbeat::build(self.shared.node_id, &self.executor, &self.metrics);
             let wait = self.settings.sync_wait_secs;
             let answer = tokio::select! {
                 r = client.sync(self.index, wait, &beat) => r,
@@ -306,7 +308,11 @@ impl SyncLoop {
             self.settings = settings;
         }
         if self.applied_jobs.as_ref() != Some(&state.jobs) {
-            tracing::info!(index = state.index, jobs = state.jobs.len(), "applying the manager's job set");
+            tracing::info!(
+                index = state.index,
+                jobs = state.jobs.len(),
+                "applying the manager's job set"
+            );
             let cached = CachedJobs {
                 version: 1,
                 saved_at: Utc::now(),
@@ -384,7 +390,11 @@ impl OutboxLoop {
             match result {
                 Ok(ack) => {
                     failures = 0;
-                    tracing::debug!(accepted = ack.accepted, duplicates = ack.duplicates, "runs delivered");
+                    tracing::debug!(
+                        accepted = ack.accepted,
+                        duplicates = ack.duplicates,
+                        "runs delivered"
+                    );
                     if let Err(e) = self.outbox.ack(&ids).await {
                         tracing::error!(error = %e, "cannot acknowledge delivered runs");
                     }
@@ -430,6 +440,9 @@ mod tests {
         assert_eq!(m.current(), "http://b:1");
         // The configured URL stays as a fallback even when a manager stops announcing it.
         m.learn(&["http://c:1".into()]);
-        assert_eq!(m.list, vec!["http://c:1".to_string(), "http://a:1".to_string()]);
+        assert_eq!(
+            m.list,
+            vec!["http://c:1".to_string(), "http://a:1".to_string()]
+        );
     }
 }

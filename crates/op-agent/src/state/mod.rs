@@ -82,6 +82,8 @@ pub mod schema {
 #[derive(Clone)]
 pub struct StateStore {
     conn: Arc<Mutex<Connection>>,
+    /// Woken whenever a finished run enters the outbox, so the manager link sends it at once.
+    outbox_ready: Arc<tokio::sync::Notify>,
     path: PathBuf,
     history_keep_runs: usize,
     outbox_budget: u64,
@@ -111,6 +113,7 @@ impl StateStore {
         migrate(&mut conn).map_err(err)?;
         Ok(StateStore {
             conn: Arc::new(Mutex::new(conn)),
+            outbox_ready: Arc::new(tokio::sync::Notify::new()),
             path,
             history_keep_runs,
             outbox_budget,
@@ -119,6 +122,11 @@ impl StateStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Notified (with a stored permit, so a wake-up is never lost) when a run enters the outbox.
+    pub fn outbox_ready(&self) -> Arc<tokio::sync::Notify> {
+        self.outbox_ready.clone()
     }
 
     /// Runs `f` with the connection on a blocking thread.

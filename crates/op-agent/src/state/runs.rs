@@ -94,8 +94,13 @@ impl StateStore {
     /// Stores a run's final record. Returns how many outbox entries this pushed over the budget
     /// (dropped now).
     pub async fn finish_run(&self, record: RunRecord, deliver: bool) -> Result<u64, AgentError> {
-        self.call(move |conn, limits| finish(conn, limits, &record, deliver))
-            .await
+        let dropped = self
+            .call(move |conn, limits| finish(conn, limits, &record, deliver))
+            .await?;
+        if deliver {
+            self.outbox_ready.notify_one();
+        }
+        Ok(dropped)
     }
 
     /// The same, on the calling thread (startup recovery).
@@ -104,7 +109,11 @@ impl StateStore {
         record: &RunRecord,
         deliver: bool,
     ) -> Result<u64, AgentError> {
-        self.call_now(|conn, limits| finish(conn, limits, record, deliver))
+        let dropped = self.call_now(|conn, limits| finish(conn, limits, record, deliver))?;
+        if deliver {
+            self.outbox_ready.notify_one();
+        }
+        Ok(dropped)
     }
 
     pub async fn get_run(&self, run_id: Uuid) -> Result<Option<RunRecord>, AgentError> {

@@ -1,0 +1,7 @@
+//! Cross-component scenarios: real managers, real agents, real processes and signals.
+
+// The scenarios start real binaries and job processes.
+#![allow(clippy::disallowed_methods)]
+
+mod fleet;
+mod support;
