@@ -56,6 +56,15 @@ fn config_file_fixture() {
 }
 
 #[test]
+fn jobs_dir_and_manager_are_refused_together() {
+    let text = std::fs::read_to_string(data("agent.toml")).unwrap();
+    let text = format!("jobs_dir = \"/etc/op-agent/jobs\"\n{text}");
+    let file = parse_file(&text).unwrap();
+    let err = Config::resolve(&Cli::default(), &file).unwrap_err().to_string();
+    assert!(err.contains("jobs_dir and manager cannot be combined"), "{err}");
+}
+
+#[test]
 fn stored_run_record_fixture() {
     let text = std::fs::read_to_string(data("run_record.json")).unwrap();
     let r: RunRecord = serde_json::from_str(&text).unwrap();
