@@ -150,6 +150,7 @@ async fn disabling_a_running_job_kills_its_tree() {
 async fn output_over_the_tail_limit_is_truncated_and_the_file_holds_all() {
     let agent = Agent::start_with(Options {
         extra_args: vec!["--output-tail".into(), "1KiB".into()],
+        ..Default::default()
     });
     agent.write_job(
         "loud",

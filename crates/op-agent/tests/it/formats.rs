@@ -60,8 +60,13 @@ fn jobs_dir_and_manager_are_refused_together() {
     let text = std::fs::read_to_string(data("agent.toml")).unwrap();
     let text = format!("jobs_dir = \"/etc/op-agent/jobs\"\n{text}");
     let file = parse_file(&text).unwrap();
-    let err = Config::resolve(&Cli::default(), &file).unwrap_err().to_string();
-    assert!(err.contains("jobs_dir and manager cannot be combined"), "{err}");
+    let err = Config::resolve(&Cli::default(), &file)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("jobs_dir and manager cannot be combined"),
+        "{err}"
+    );
 }
 
 #[test]

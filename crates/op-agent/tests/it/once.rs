@@ -112,13 +112,20 @@ async fn kill9_during_a_once_run_reports_lost_and_never_reruns() {
 
 #[tokio::test]
 async fn finished_runs_survive_kill9_in_the_outbox() {
+    // A managed agent whose manager is unreachable runs the job set it cached last time.
     let mut agent = Agent::start_with(crate::support::Options {
-        extra_args: vec!["--manager".into(), "http://127.0.0.1:9".into()],
+        managers: vec!["http://127.0.0.1:9".into()],
+        ..Default::default()
     });
-    agent.write_job(
-        "quick",
-        &json!({"JobName": "quick", "Command": "echo done"}),
-    );
+    agent.kill9();
+    let cached = json!({
+        "version": 1, "saved_at": "2026-11-25T08:00:00Z", "source": "manager", "index": 7,
+        "jobs": [{"revision": 1, "spec": {"JobName": "quick", "Command": "echo done"}}]
+    });
+    // The first start may have been killed before it created its state dir.
+    std::fs::create_dir_all(agent.path("state")).unwrap();
+    std::fs::write(agent.path("state").join("desired.json"), cached.to_string()).unwrap();
+    agent.restart();
     agent.wait_job("quick", None).await;
     let mut ids = Vec::new();
     for _ in 0..3 {
@@ -129,7 +136,7 @@ async fn finished_runs_survive_kill9_in_the_outbox() {
     agent.restart();
     let status = agent.status().await;
     assert_eq!(status["stats"]["outbox_depth"], 3);
-    assert_eq!(status["mode"], "standalone");
+    assert_eq!(status["mode"], "managed");
     for id in ids {
         assert_eq!(agent.run(&id.to_string()).await.status, RunStatus::Ok);
     }

@@ -12,6 +12,7 @@ use crate::support::{Agent, Options, processes_with_env, wait_until};
 async fn sigterm_waits_for_short_runs_and_kills_long_ones() {
     let mut agent = Agent::start_with(Options {
         extra_args: vec!["--shutdown-grace".into(), "3s".into()],
+        ..Default::default()
     });
     agent.write_job(
         "short",

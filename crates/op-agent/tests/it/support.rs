@@ -79,6 +79,8 @@ pub fn pid_exists(pid: i32) -> bool {
 #[derive(Default)]
 pub struct Options {
     pub extra_args: Vec<String>,
+    /// Managers to connect to; a managed agent has no jobs dir (the two are refused together).
+    pub managers: Vec<String>,
 }
 
 /// A running agent (or one that was stopped and can be started again on the same state).
@@ -138,8 +140,15 @@ impl Agent {
             .arg(self.path("state"))
             .arg("--deploy-dir")
             .arg(self.path("deploy"))
-            .arg("--jobs-dir")
-            .arg(&self.jobs)
+            .args(if self.options.managers.is_empty() {
+                vec!["--jobs-dir".into(), self.jobs.display().to_string()]
+            } else {
+                self.options
+                    .managers
+                    .iter()
+                    .flat_map(|m| ["--manager".to_string(), m.clone()])
+                    .collect()
+            })
             .arg("--node-name")
             .arg("test-node")
             .arg("--ip")
