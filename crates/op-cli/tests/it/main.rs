@@ -1,6 +1,9 @@
-//! Runs the real `agentcli` binary and checks its output and exit codes.
+//! Runs the real `agentcli` binary and checks its output and exit codes: offline commands, and
+//! commands against a real manager with real agents.
 
 // Tests start real processes; the executor-only rule (clippy.toml) is for product code.
 #![allow(clippy::disallowed_methods)]
 
+mod fleet;
 mod offline;
+mod snapshot;

@@ -1,0 +1,346 @@
+//! agentcli against a real manager with real agents: the seed's usage, table snapshots, analysis,
+//! top and exit codes.
+
+use std::time::Duration;
+
+use assert_cmd::Command;
+use op_proto::NodeStatus;
+use op_testkit::{Agent, AgentOptions, Manager, ManagerOptions, wait_until};
+
+use crate::snapshot::assert_snapshot;
+
+const LONG: Duration = Duration::from_secs(40);
+
+fn seed(file: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../op-proto/tests/data/seed")
+        .join(file)
+}
+
+/// `agentcli` pointed at `m` with its admin token.
+fn cli(m: &Manager) -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin!("agentcli"));
+    cmd.env("OP_MANAGER", &m.api_url)
+        .env("OP_TOKEN", &m.admin_token)
+        .env("TZ", "UTC")
+        .env("HOME", "/nonexistent")
+        .current_dir(std::env::temp_dir());
+    cmd
+}
+
+fn stdout(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn fleet(m: &Manager, n: usize) -> Vec<Agent> {
+    let agents: Vec<Agent> = (1..=n)
+        .map(|i| {
+            Agent::start(
+                AgentOptions::new(&format!("node-{i}"), &format!("127.0.0.{}", i + 1)).manager(m),
+            )
+        })
+        .collect();
+    let c = m.client();
+    wait_until(LONG, "agents Ready", || async {
+        c.list_nodes()
+            .await
+            .map(|v| v.iter().filter(|n| n.status == NodeStatus::Ready).count() == n)
+            .unwrap_or(false)
+    })
+    .await;
+    agents
+}
+
+#[tokio::test]
+async fn seed_ll_json_usage_and_table_snapshots() {
+    let m = Manager::start();
+    let _agents = fleet(&m, 2).await;
+    let saved = stdout(cli(&m).arg("save").arg(seed("ll.json")));
+    assert_snapshot("save_ll", &saved);
+
+    let c = m.client();
+    wait_until(LONG, "both hosts ran ls-l", || async {
+        c.once_targets("ls-l", None)
+            .await
+            .map(|t| {
+                t.iter()
+                    .all(|t| t.state == op_proto::api::TargetState::Done)
+                    && t.len() == 2
+            })
+            .unwrap_or(false)
+    })
+    .await;
+
+    assert_snapshot("get_jobs", &stdout(cli(&m).args(["get", "jobs"])));
+    assert_snapshot(
+        "get_jobs_detail",
+        &stdout(cli(&m).args(["get", "jobs", "ls-l"])),
+    );
+    assert_snapshot("get_nodes", &stdout(cli(&m).args(["get", "nodes"])));
+
+    // logs: every host's output; with a host, only that host (the seed's `logs ls-l IP --o wide`).
+    let logs = stdout(cli(&m).args(["logs", "ls-l"]));
+    let header: Vec<&str> = logs
+        .lines()
+        .next()
+        .unwrap()
+        .split('\t')
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        header,
+        ["JOBNAME", "HOSTIPS", "ENDTIME", "OUTPUT", "ERROR"],
+        "{logs}"
+    );
+    assert!(
+        logs.contains("127.0.0.2") && logs.contains("127.0.0.3"),
+        "{logs}"
+    );
+    assert!(logs.contains("total "), "the /tmp listing: {logs}");
+    let wide = stdout(cli(&m).args(["logs", "ls-l", "127.0.0.3", "--o", "wide"]));
+    let header = wide.lines().next().unwrap();
+    let cols: Vec<&str> = header.split('\t').map(str::trim).collect();
+    assert_eq!(
+        cols,
+        [
+            "JOBNAME",
+            "COMMAND",
+            "HOSTNAME",
+            "HOSTIPS",
+            "STARTTIME",
+            "ENDTIME",
+            "OUTPUT",
+            "ERROR"
+        ]
+    );
+    assert!(
+        wide.contains("node-2") && !wide.contains("node-1"),
+        "{wide}"
+    );
+    assert!(wide.contains("ls -l /tmp"), "{wide}");
+    let short = stdout(cli(&m).args(["logs", "ls-l", "node-1", "-o", "short"]));
+    assert!(short.starts_with("total "), "{short}");
+
+    // -o json is valid JSON everywhere.
+    for args in [
+        vec!["get", "jobs"],
+        vec!["get", "jobs", "ls-l"],
+        vec!["get", "nodes"],
+        vec!["logs", "ls-l"],
+        vec!["analysis", "jobs"],
+        vec!["cluster", "status"],
+        vec!["version"],
+        vec!["token", "list"],
+        vec!["audit"],
+    ] {
+        let out = cli(&m).args(&args).args(["-o", "json"]).output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    }
+    let wide_nodes = stdout(cli(&m).args(["get", "nodes", "-o", "wide"]));
+    assert!(
+        wide_nodes.lines().next().unwrap().contains("LOAD"),
+        "{wide_nodes}"
+    );
+}
+
+#[tokio::test]
+async fn analysis_finds_each_problem_kind() {
+    let m = Manager::start_with(ManagerOptions {
+        args: vec!["--node-timeout".into(), "4s".into()],
+    });
+    let agents = fleet(&m, 3).await;
+    let c = m.client();
+    // A job failing the same way on every host, and a healthy cron job.
+    c.save_job_text(
+        "broken",
+        r#"{"JobName":"broken","Command":"ls /nonexistent-dir","CronExpr":"*/2 * * * * * *"}"#,
+    )
+    .await
+    .unwrap();
+    c.save_job_text(
+        "steady",
+        r#"{"JobName":"steady","Command":"true","CronExpr":"*/1 * * * * * *"}"#,
+    )
+    .await
+    .unwrap();
+    wait_until(LONG, "broken failed on 3 hosts", || async {
+        let runs = c
+            .runs(&op_proto::api::RunQuery {
+                job: Some("broken".into()),
+                per_node: Some(1),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        runs.len() == 3
+    })
+    .await;
+
+    // node-3 stops: its steady job stops running, and a once-job saved now stays pending there.
+    agents[2].pause();
+    c.save_job_text(
+        "once-later",
+        r#"{"JobName":"once-later","Command":"echo hi","OnceJob":1}"#,
+    )
+    .await
+    .unwrap();
+    // "has not run for a long time" needs more than twice the interval and at least 10 s.
+    wait_until(LONG, "analysis notices the stalled host", || async {
+        let out = cli(&m).args(["analysis", "jobs"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("has not run for a long time")
+    })
+    .await;
+
+    let out = cli(&m).args(["analysis", "jobs"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "a found problem exits 1");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let header: Vec<&str> = text
+        .lines()
+        .next()
+        .unwrap()
+        .split('\t')
+        .map(str::trim)
+        .collect();
+    assert_eq!(header, ["JOBNAME", "HOST", "MESSAGE"], "{text}");
+    for host in ["node-1", "node-2", "node-3"] {
+        assert!(
+            text.lines().any(|l| l.starts_with("broken")
+                && l.contains(host)
+                && l.contains("last run failed")),
+            "broken on {host}: {text}"
+        );
+    }
+    assert!(
+        text.lines().any(|l| l.starts_with("steady")
+            && l.contains("node-3")
+            && l.contains("has not run for a long time")),
+        "{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("steady") && l.contains("node-1")),
+        "healthy hosts are not reported: {text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("once-later")
+            && l.contains("node-3")
+            && l.contains("did not run yet")),
+        "{text}"
+    );
+    assert!(
+        text.contains("broken: exit 2 on 3 of 3 hosts: ls: cannot access '/nonexistent-dir': No such file or directory"),
+        "{text}"
+    );
+    // One job by name, and a clean job exits 0.
+    let out = cli(&m)
+        .args(["analysis", "jobs", "steady"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    agents[2].resume();
+    c.delete_job("broken").await.unwrap();
+    wait_until(LONG, "node-3 catches up", || async {
+        cli(&m)
+            .args(["analysis", "jobs", "steady"])
+            .output()
+            .unwrap()
+            .status
+            .code()
+            == Some(0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn top_once_shows_a_running_job() {
+    let m = Manager::start();
+    let _agents = fleet(&m, 1).await;
+    m.client()
+        .save_job_text(
+            "long",
+            r#"{"JobName":"long","Command":"sleep 60","OnceJob":1}"#,
+        )
+        .await
+        .unwrap();
+    wait_until(LONG, "top shows the run", || async {
+        let out = stdout(cli(&m).args(["top", "--once"]));
+        out.lines()
+            .any(|l| l.starts_with("long") && l.contains("node-1") && l.contains("once"))
+    })
+    .await;
+    let out = stdout(cli(&m).args(["top", "--once"]));
+    assert!(out.contains("1 Ready, 0 NotReady"), "{out}");
+}
+
+#[tokio::test]
+async fn exit_codes_for_success_problem_unreachable_and_bad_token() {
+    let m = Manager::start();
+    cli(&m).args(["get", "jobs"]).assert().code(0);
+    cli(&m)
+        .args(["get", "jobs", "no-such-job"])
+        .assert()
+        .code(2);
+    let bad = cli(&m)
+        .arg("save")
+        .arg(
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../op-proto/tests/data/bad/unknown-key.json"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        bad.status.code(),
+        Some(1),
+        "a refused file is a found problem"
+    );
+
+    let out = cli(&m)
+        .env("OP_MANAGER", "http://127.0.0.1:9")
+        .args(["get", "nodes"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("cannot reach the manager at http://127.0.0.1:9"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+
+    let out = cli(&m)
+        .env("OP_TOKEN", "nope.nope")
+        .args(["get", "nodes"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("refused the credentials") && err.contains("OP_TOKEN"),
+        "{err}"
+    );
+
+    // A viewer may read but not write.
+    let viewer = stdout(cli(&m).args(["token", "create", "--name", "v", "--scope", "viewer"]));
+    let viewer = viewer.trim();
+    cli(&m)
+        .env("OP_TOKEN", viewer)
+        .args(["get", "jobs"])
+        .assert()
+        .code(0);
+    let out = cli(&m)
+        .env("OP_TOKEN", viewer)
+        .arg("save")
+        .arg(seed("ll.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"));
+}
