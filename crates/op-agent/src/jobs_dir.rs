@@ -182,11 +182,15 @@ impl JobsDir {
 /// first job set is in place before the agent serves).
 pub async fn follow(mut jobs_dir: JobsDir, scheduler: Scheduler, shutdown: CancellationToken) {
     let mut watch = DirWatch::new(&jobs_dir.dir);
+    let mut rescan_now = false;
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = watch.changed() => {}
+        if !rescan_now {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = watch.changed() => {}
+            }
         }
+        rescan_now = false;
         let scanned = tokio::task::spawn_blocking(move || {
             let set = jobs_dir.scan();
             (jobs_dir, set)
@@ -202,8 +206,10 @@ pub async fn follow(mut jobs_dir: JobsDir, scheduler: Scheduler, shutdown: Cance
             scheduler.set_jobs(set);
         }
         if watch.lost() {
-            // The directory was removed or replaced: watch the new one once it is there.
+            // The directory was removed or replaced: watch the new one once it is there, then
+            // scan again at once, since files written before the new watch raised no event.
             watch = DirWatch::new(&jobs_dir.dir);
+            rescan_now = true;
         }
     }
 }
