@@ -209,7 +209,7 @@ pub async fn follow(mut jobs_dir: JobsDir, scheduler: Scheduler, shutdown: Cance
             // The directory was removed or replaced: watch the new one once it is there, then
             // scan again at once, since files written before the new watch raised no event.
             watch = DirWatch::new(&jobs_dir.dir);
-            rescan_now = true;
+            rescan_now = watch.inotify.is_some();
         }
     }
 }
