@@ -49,6 +49,7 @@ fn record(node_id: Uuid, i: usize) -> RunRecord {
         output_truncated: false,
         output_bytes: 210,
         rusage: None,
+        notes: Vec::new(),
     }
 }
 

@@ -150,6 +150,10 @@ pub struct RunRecord {
     pub output_bytes: u64,
     #[serde(default)]
     pub rusage: Option<Rusage>,
+    /// Facts about how the run was carried out that are not errors, one per line: for example
+    /// which cgroup limits were applied, or why they could not be.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl RunRecord {

@@ -10,6 +10,7 @@
 //! result or kill the run; every finished record is also sent on the channel returned by
 //! [`Executor::new`], which the scheduler reads.
 
+pub mod cgroup;
 mod logs;
 pub mod output;
 pub mod process;
@@ -294,6 +295,7 @@ impl Executor {
             output_truncated: false,
             output_bytes: 0,
             rusage: None,
+            notes: Vec::new(),
         }
     }
 

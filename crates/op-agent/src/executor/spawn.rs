@@ -54,6 +54,8 @@ pub struct SpawnPlan<'a> {
     /// Added to the agent's environment (after removing the agent's own `OP_*` settings).
     pub env: Vec<(String, String)>,
     pub user: Option<&'a RunAsUser>,
+    /// `cgroup.procs` files the child joins before anything else (see `cgroup.rs`).
+    pub cgroup_procs: Vec<CString>,
 }
 
 /// A started process: its pid (= its process group id) and the read end of its output pipe.
@@ -114,11 +116,15 @@ pub fn spawn(plan: SpawnPlan<'_>) -> Result<Spawned, String> {
     cmd.envs(plan.env);
 
     let creds = plan.user.map(|u| (u.uid, u.gid, u.groups.clone()));
+    let cgroups = plan.cgroup_procs;
     // SAFETY: the closure runs in the child between fork and exec. It calls only
-    // async-signal-safe functions (setsid, setgroups, setgid, setuid) and does not allocate: the
-    // group list was built before the fork.
+    // async-signal-safe functions (open/write/close, setsid, setgroups, setgid, setuid) and does
+    // not allocate: the paths and the group list were built before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            // Join the run's cgroup first, while still privileged, so nothing of the job runs
+            // outside its limits.
+            super::cgroup::join_in_child(&cgroups)?;
             if libc::setsid() == -1 {
                 return Err(std::io::Error::last_os_error());
             }

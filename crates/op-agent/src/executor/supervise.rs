@@ -18,6 +18,7 @@ use nix::sys::signal::Signal;
 use op_proto::{RunRecord, RunStatus};
 use tokio::sync::watch;
 
+use super::cgroup;
 use super::output::Capture;
 use super::process::{self, ExitKind};
 use super::spawn::{self, SpawnPlan};
@@ -102,6 +103,8 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
     }
     // The start is the moment we start the process (as the seed recorded it), not when exec
     // returned: what follows is the kernel's and the shell's time.
+    let (cgroup, notes) = cgroup::prepare(&spec.cgroup, record.run_id);
+    record.notes.extend(notes);
     let started_at = Utc::now();
     let spawned = spawn::spawn(SpawnPlan {
         shell: &s.shell,
@@ -109,10 +112,12 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
         work_dir: &work_dir,
         env,
         user: user.as_ref(),
+        cgroup_procs: cgroup.procs_paths(),
     });
     let spawned = match spawned {
         Ok(sp) => sp,
         Err(reason) => {
+            cgroup.remove().await;
             fail(&mut record, reason);
             exec.finish(&handle, record).await;
             return;
@@ -142,6 +147,8 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
         terminate_group(pid, grace, &exit_rx).await;
     }
     exited(exit_rx.clone()).await;
+    // Processes that left the group with setsid are still in the run's cgroup: they go too.
+    cgroup.remove().await;
 
     let reaped = tokio::task::spawn_blocking(move || process::reaper().reap_leader(pid)).await;
     let captured = match capture {

@@ -266,10 +266,13 @@ impl Loop {
                 self.pending_once.remove(name);
             }
             tracing::info!(job = %name, revision = entry.revision, kind = entry.spec.kind(), next = ?next, "job planned");
-            if !entry.spec.cgroup.is_empty() {
-                // DESIGN section 1: the seed's cgroup fields are accepted; say plainly that this
-                // agent does not enforce them yet, rather than pretend.
-                tracing::warn!(job = %name, "cgroup limits (CPUShares, MemoryLimit, ...) are stored but not applied by this agent");
+            if !entry.spec.cgroup.is_empty()
+                && let crate::executor::cgroup::Hierarchy::Unavailable(why) =
+                    crate::executor::cgroup::hierarchy()
+            {
+                // DESIGN section 1: limits the host cannot apply are reported, not ignored (each
+                // run's record also carries the note).
+                tracing::warn!(job = %name, reason = %why, "cgroup limits cannot be applied on this host");
             }
         }
         self.first_set = false;

@@ -372,6 +372,7 @@ mod tests {
             output_truncated: false,
             output_bytes: output.len() as u64,
             rusage: None,
+            notes: Vec::new(),
         }
     }
 

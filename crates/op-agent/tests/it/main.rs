@@ -1,6 +1,7 @@
 //! Integration tests of op-agent: the real binary, real processes, real signals, real HTTP.
 
 mod api;
+mod cgroups;
 mod cron;
 mod executor;
 mod formats;

@@ -284,6 +284,7 @@ impl FakeAgent {
             output_truncated: false,
             output_bytes: 8,
             rusage: None,
+            notes: Vec::new(),
         }
     }
 }

@@ -115,6 +115,7 @@ pub fn run(n: u8, job: &str, revision: u64, started_secs: i64, status: RunStatus
         output_truncated: false,
         output_bytes: 3,
         rusage: None,
+        notes: Vec::new(),
     }
 }
 
