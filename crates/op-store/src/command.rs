@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use op_proto::agent::RunBatchAck;
 use op_proto::api::{JobRecord, SaveJobResponse, Scope, TokenInfo};
 use op_proto::node::{AgentStats, LoadInfo, RunningRun};
-use op_proto::package::InstalledPackage;
+use op_proto::package::{InstalledPackage, PackageVersion};
 use op_proto::{JobSpec, NodeInfo, NodeStatus, RunRecord};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -89,6 +89,35 @@ pub enum Command {
         at: DateTime<Utc>,
         actor: String,
     },
+    /// A package version whose blob the proposing manager has stored (by `sha256`). It becomes the
+    /// package's current version. The version number is chosen by apply, deterministically:
+    /// `max(highest version ever + 1, unix seconds of at)`.
+    AddPackageVersion {
+        name: String,
+        sha256: String,
+        size: u64,
+        /// None = the deploy dir of the package's newest version, else "" (the agent's default).
+        #[serde(default)]
+        deploy_dir: Option<String>,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+    /// Moves a package's current version; None = the newest version older than the current one.
+    RollbackPackage {
+        name: String,
+        #[serde(default)]
+        version: Option<u64>,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+    /// Deletes one version. Refused while it is current or while any node reports it installed.
+    /// Its blob file is removed later by each manager's blob GC, once no version refers to it.
+    DeletePackageVersion {
+        name: String,
+        version: u64,
+        at: DateTime<Utc>,
+        actor: String,
+    },
 }
 
 impl Command {
@@ -107,6 +136,9 @@ impl Command {
             Command::Prune { .. } => "prune",
             Command::CreateToken { .. } => "create_token",
             Command::RevokeToken { .. } => "revoke_token",
+            Command::AddPackageVersion { .. } => "add_package_version",
+            Command::RollbackPackage { .. } => "rollback_package",
+            Command::DeletePackageVersion { .. } => "delete_package_version",
         }
     }
 }
@@ -288,6 +320,15 @@ pub enum CommandResult {
     },
     Token {
         info: TokenInfo,
+    },
+    /// The package version that is now current (after an upload or a rollback).
+    Package {
+        version: Box<PackageVersion>,
+    },
+    PackageVersionDeleted {
+        name: String,
+        version: u64,
+        sha256: String,
     },
     Rejected {
         rejection: Rejection,

@@ -1,10 +1,11 @@
 //! The manager's state: a SQLite database changed only by [`Command`]s.
 //!
 //! `op-store` owns the tables (jobs with revisions, nodes, once-job targets, runs, tokens, the audit
-//! log), the command vocabulary, the deterministic [`Store::apply_batch`], the read queries the API
+//! log, package versions), the command vocabulary, the deterministic [`Store::apply_batch`], the read queries the API
 //! serves, retention, and snapshot build/install with `VACUUM INTO`. It knows nothing of raft: the
 //! caller (op-manager's state machine) hands in log indexes and opaque raft metadata strings, which
-//! are stored in the same transaction as the changes they cover.
+//! are stored in the same transaction as the changes they cover. Package blobs are not here:
+//! only their metadata and sha256; the files belong to the manager's blob store.
 //!
 //! Concurrency: one writer connection (used by whoever applies the log, one batch at a time) and a
 //! small pool of reader connections. WAL lets readers run beside the writer. Installing a snapshot

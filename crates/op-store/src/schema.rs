@@ -92,6 +92,27 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_at ON audit(at);
     "#,
+    // 2: packages. `last_version` is the highest version ever given to the package, so a version
+    // number is never reused even after that version was deleted (agents key downloads and
+    // installed trees by (name, version)).
+    r#"
+    CREATE TABLE packages (
+        name         TEXT PRIMARY KEY,
+        current      INTEGER NOT NULL,
+        last_version INTEGER NOT NULL
+    );
+    CREATE TABLE package_versions (
+        name        TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        sha256      TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        deploy_dir  TEXT NOT NULL,
+        uploaded_at INTEGER NOT NULL,
+        uploader    TEXT NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    CREATE INDEX package_versions_sha256 ON package_versions(sha256);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -7,6 +7,7 @@
 
 mod jobs;
 mod nodes;
+mod packages;
 mod prune;
 mod runs;
 mod tokens;
@@ -45,6 +46,8 @@ pub struct Changes {
     pub run_bytes: u64,
     /// Duplicate run records ignored by this batch.
     pub runs_duplicate: u64,
+    /// A package version was deleted: its blob may now be unreferenced.
+    pub blobs_released: bool,
 }
 
 impl Changes {
@@ -56,6 +59,7 @@ impl Changes {
         self.runs_stored += other.runs_stored;
         self.run_bytes += other.run_bytes;
         self.runs_duplicate += other.runs_duplicate;
+        self.blobs_released |= other.blobs_released;
     }
 
     /// True when some node's desired state may have changed.
@@ -117,6 +121,36 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
         Command::Prune { now, limits } => prune::prune(conn, *now, limits),
         Command::CreateToken { token, at, actor } => tokens::create(conn, token, *at, actor, ch),
         Command::RevokeToken { id, at, actor } => tokens::revoke(conn, id, *at, actor, ch),
+        Command::AddPackageVersion {
+            name,
+            sha256,
+            size,
+            deploy_dir,
+            at,
+            actor,
+        } => packages::add(
+            conn,
+            index,
+            name,
+            sha256,
+            *size,
+            deploy_dir.as_deref(),
+            *at,
+            actor,
+            ch,
+        ),
+        Command::RollbackPackage {
+            name,
+            version,
+            at,
+            actor,
+        } => packages::rollback(conn, index, name, *version, *at, actor, ch),
+        Command::DeletePackageVersion {
+            name,
+            version,
+            at,
+            actor,
+        } => packages::delete(conn, name, *version, *at, actor, ch),
     }
 }
 

@@ -4,10 +4,12 @@
 pub(crate) mod jobs;
 pub(crate) mod misc;
 pub(crate) mod nodes;
+pub(crate) mod packages;
 pub(crate) mod runs;
 
 use op_proto::NodeInfo;
 use op_proto::api::JobRecord;
+use op_proto::package::PackageRef;
 use rusqlite::{Connection, OptionalExtension};
 use uuid::Uuid;
 
@@ -32,6 +34,8 @@ pub struct DesiredView {
     pub nodes: Vec<(NodeInfo, u64)>,
     /// Pending once-job targets: (node, job, revision).
     pub pending: Vec<(Uuid, String, u64)>,
+    /// The current version of every package: every node must hold all of them.
+    pub packages: Vec<PackageRef>,
 }
 
 /// Row counts for `/metrics` and `/v1/cluster`.
@@ -44,6 +48,10 @@ pub struct StoreStats {
     pub runs: u64,
     pub run_bytes: u64,
     pub audit: u64,
+    pub packages: u64,
+    pub package_versions: u64,
+    /// Bytes of all stored package versions (a blob shared by two versions counts twice).
+    pub package_bytes: u64,
 }
 
 impl Store {
@@ -71,12 +79,14 @@ impl Store {
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             drop(stmt);
+            let packages = packages::desired(&tx)?;
             tx.finish()?;
             Ok(DesiredView {
                 desired_index,
                 jobs,
                 nodes,
                 pending,
+                packages,
             })
         })
     }
@@ -91,6 +101,9 @@ impl Store {
                 runs: count("SELECT COUNT(*) FROM runs")?,
                 run_bytes: count("SELECT COALESCE(SUM(bytes), 0) FROM runs")?,
                 audit: count("SELECT COUNT(*) FROM audit")?,
+                packages: count("SELECT COUNT(*) FROM packages")?,
+                package_versions: count("SELECT COUNT(*) FROM package_versions")?,
+                package_bytes: count("SELECT COALESCE(SUM(size), 0) FROM package_versions")?,
                 ..StoreStats::default()
             };
             let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM nodes GROUP BY status")?;

@@ -251,6 +251,28 @@ fn apply_is_deterministic() {
             now: at(4),
             limits: Default::default(),
         },
+        Command::AddPackageVersion {
+            name: "p.sh".into(),
+            sha256: "a".repeat(64),
+            size: 1,
+            deploy_dir: None,
+            at: at(5),
+            actor: "ops".into(),
+        },
+        Command::AddPackageVersion {
+            name: "p.sh".into(),
+            sha256: "b".repeat(64),
+            size: 1,
+            deploy_dir: Some("/opt".into()),
+            at: at(5),
+            actor: "ops".into(),
+        },
+        Command::RollbackPackage {
+            name: "p.sh".into(),
+            version: None,
+            at: at(6),
+            actor: "ops".into(),
+        },
     ];
     let dump = |log: &[Command]| {
         let mut s = TestStore::new();
@@ -262,6 +284,7 @@ fn apply_is_deterministic() {
             serde_json::to_string(&s.store.once_targets("o", None).unwrap()).unwrap(),
             serde_json::to_string(&s.store.runs(&RunQuery::default()).unwrap()).unwrap(),
             serde_json::to_string(&s.store.audit(None, 100).unwrap()).unwrap(),
+            serde_json::to_string(&s.store.package_versions("p.sh").unwrap()).unwrap(),
         )
     };
     assert_eq!(dump(&log), dump(&log));

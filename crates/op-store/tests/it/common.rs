@@ -128,7 +128,8 @@ pub fn ingest(n: u8, runs: Vec<RunRecord>, at_secs: i64) -> Command {
 }
 
 /// A store with something in every table: 3 nodes (node-4 Left), a cron and a once-job, 20 runs,
-/// a token, audit entries, and raft metadata.
+/// a token, two versions of package `test.py` rolled back to the first, audit entries, and raft
+/// metadata.
 pub fn fill(s: &mut TestStore) {
     s.apply(Command::InitCluster {
         cluster_id: "c-1".into(),
@@ -160,6 +161,22 @@ pub fn fill(s: &mut TestStore) {
     s.apply(Command::ForgetNode {
         node_id: node_id(4),
         at: at(4),
+        actor: "admin".into(),
+    });
+    for (c, secs) in [('a', 5), ('b', 6)] {
+        s.apply(Command::AddPackageVersion {
+            name: "test.py".into(),
+            sha256: c.to_string().repeat(64),
+            size: 100,
+            deploy_dir: Some("/data/op-agent/src".into()),
+            at: at(secs),
+            actor: "admin".into(),
+        });
+    }
+    s.apply(Command::RollbackPackage {
+        name: "test.py".into(),
+        version: None,
+        at: at(7),
         actor: "admin".into(),
     });
     // Raft metadata rides with the last batch.

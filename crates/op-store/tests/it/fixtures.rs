@@ -88,6 +88,26 @@ fn samples() -> Vec<Command> {
             at: t0(),
             actor: "admin".into(),
         },
+        Command::AddPackageVersion {
+            name: "test.py".into(),
+            sha256: "5b".repeat(32),
+            size: 1234,
+            deploy_dir: Some("/data/op-agent/src".into()),
+            at: t0(),
+            actor: "ops".into(),
+        },
+        Command::RollbackPackage {
+            name: "test.py".into(),
+            version: Some(1764057600),
+            at: t0(),
+            actor: "ops".into(),
+        },
+        Command::DeletePackageVersion {
+            name: "test.py".into(),
+            version: 1764057600,
+            at: t0(),
+            actor: "ops".into(),
+        },
     ]
 }
 
@@ -128,17 +148,12 @@ fn every_command_variant_has_a_fixture_that_reads_back() {
     assert_eq!(seen, all, "a Command variant lacks a fixture file");
 }
 
-/// A state database written by schema version 1 (`tests/data/state-v1.db`) opens with this
-/// build and reads back: migrations and row decoding keep accepting old files.
+/// A state database written by schema version 1 (`tests/data/state-v1.db`, frozen: this build
+/// writes a newer schema) opens with this build and reads back: migrations and row decoding keep
+/// accepting old files.
 #[test]
 fn schema_v1_database_still_opens_and_reads() {
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/state-v1.db");
-    if std::env::var_os("OP_WRITE_FIXTURES").is_some() {
-        let mut s = TestStore::new();
-        fill(&mut s);
-        let _ = std::fs::remove_file(&fixture);
-        s.store.snapshot_to(&fixture).unwrap();
-    }
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("state.db");
     std::fs::copy(&fixture, &copy).unwrap();
@@ -179,4 +194,38 @@ fn schema_v1_database_still_opens_and_reads() {
         Some("c-1")
     );
     assert!(store.audit(None, 100).unwrap().len() >= 4);
+    // Migrated to the packages schema, with no packages yet.
+    assert!(store.packages().unwrap().is_empty());
+    assert!(store.desired_view().unwrap().packages.is_empty());
+}
+
+/// A state database written by schema version 2 (`tests/data/state-v2.db`: packages) reads back.
+#[test]
+fn schema_v2_database_still_opens_and_reads() {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/state-v2.db");
+    if std::env::var_os("OP_WRITE_FIXTURES").is_some() {
+        let mut s = TestStore::new();
+        fill(&mut s);
+        let _ = std::fs::remove_file(&fixture);
+        s.store.snapshot_to(&fixture).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("state.db");
+    std::fs::copy(&fixture, &copy).unwrap();
+    let store = op_store::Store::open(&copy).unwrap();
+    assert_eq!(store.jobs().unwrap().len(), 2);
+    let versions = store.package_versions("test.py").unwrap();
+    let t = at(5).timestamp() as u64;
+    assert_eq!(
+        versions
+            .iter()
+            .map(|v| (v.version, v.current, v.deploy_dir.as_str(), v.size))
+            .collect::<Vec<_>>(),
+        [
+            (t, true, "/data/op-agent/src", 100),
+            (t + 1, false, "/data/op-agent/src", 100)
+        ]
+    );
+    assert_eq!(store.packages().unwrap()[0].sha256, "a".repeat(64));
+    assert_eq!(store.referenced_blobs().unwrap().len(), 2);
 }

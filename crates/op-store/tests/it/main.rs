@@ -4,5 +4,6 @@
 mod apply;
 mod common;
 mod fixtures;
+mod packages;
 mod retention;
 mod snapshot;

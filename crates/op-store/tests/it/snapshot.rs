@@ -13,6 +13,8 @@ fn dump(store: &Store) -> Vec<String> {
         serde_json::to_string(&store.runs(&RunQuery::default()).unwrap()).unwrap(),
         serde_json::to_string(&store.tokens().unwrap()).unwrap(),
         serde_json::to_string(&store.audit(None, 1000).unwrap()).unwrap(),
+        serde_json::to_string(&store.package_versions("test.py").unwrap()).unwrap(),
+        format!("{:?}", store.desired_view().unwrap().packages),
         format!("{:?}", store.desired_view().unwrap().pending),
         format!("{:?}", store.stats().unwrap()),
         format!(
