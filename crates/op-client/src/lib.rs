@@ -16,6 +16,7 @@ use op_proto::api::{
     AuditEntry, ClusterStatus, CreateTokenRequest, CreatedToken, JobView, OnceTarget, RunQuery,
     SaveJobResponse, TokenInfo, VersionInfo,
 };
+use op_proto::package::{PackageVersion, RollbackRequest};
 use op_proto::{API_VERSION, API_VERSION_HEADER, ErrorBody, JobSpec, NodeInfo, RunRecord};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Serialize;
@@ -24,6 +25,13 @@ use uuid::Uuid;
 
 /// Default time limit of one request (a sync call adds its wait to it).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Time limit of a whole package upload or download. Large packages on slow links take long;
+/// a stalled transfer is caught by the server's idle timeout (uploads) or by the caller's timeout
+/// around each [`PackageContent::next_chunk`] (downloads).
+pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+pub use bytes::Bytes;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +51,12 @@ pub enum ClientError {
     /// The manager answered with an error status.
     #[error("{status}: {}", .body.message)]
     Api { status: u16, body: ErrorBody },
+    /// 429: the manager is at its download cap; come back after `retry_after` (plus jitter).
+    #[error("the manager is busy: {}", .body.message)]
+    Busy {
+        retry_after: Option<Duration>,
+        body: ErrorBody,
+    },
     #[error("{url}: unexpected response: {message}")]
     Decode { url: String, message: String },
 }
@@ -51,7 +65,7 @@ impl ClientError {
     /// The server's error code (`not_found`, `unauthorized`, ...), when the server answered.
     pub fn code(&self) -> Option<&str> {
         match self {
-            ClientError::Api { body, .. } => Some(&body.code),
+            ClientError::Api { body, .. } | ClientError::Busy { body, .. } => Some(&body.code),
             _ => None,
         }
     }
@@ -60,6 +74,7 @@ impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Api { status, .. } => Some(*status),
+            ClientError::Busy { .. } => Some(429),
             _ => None,
         }
     }
@@ -157,6 +172,12 @@ impl Client {
         if status.is_success() {
             return Ok(resp);
         }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let text = resp.text().await.unwrap_or_default();
         let body = serde_json::from_str::<ErrorBody>(&text).unwrap_or_else(|_| {
             ErrorBody::new(
@@ -168,6 +189,9 @@ impl Client {
                 },
             )
         });
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(ClientError::Busy { retry_after, body });
+        }
         Err(ClientError::Api {
             status: status.as_u16(),
             body,
@@ -361,6 +385,123 @@ impl Client {
         self.json(&path, self.request(Method::DELETE, &path)).await
     }
 
+    // --- packages ---
+
+    /// The current version of every package.
+    pub async fn list_packages(&self) -> Result<Vec<PackageVersion>> {
+        self.get("/v1/packages").await
+    }
+
+    /// Every version of `name`, oldest first.
+    pub async fn package_versions(&self, name: &str) -> Result<Vec<PackageVersion>> {
+        self.get(&format!("/v1/packages/{}", path_segment(name)))
+            .await
+    }
+
+    pub async fn package_version(&self, name: &str, version: u64) -> Result<PackageVersion> {
+        self.get(&format!("/v1/packages/{}/{version}", path_segment(name)))
+            .await
+    }
+
+    /// Uploads a package from a stream of chunks. `deploy_dir`: None inherits the package's last
+    /// deploy dir, `Some("")` means the agents' default. `len`, when known, is sent as
+    /// Content-Length so an oversize upload is refused before it is sent.
+    pub async fn upload_package<S>(
+        &self,
+        name: &str,
+        deploy_dir: Option<&str>,
+        len: Option<u64>,
+        body: S,
+    ) -> Result<PackageVersion>
+    where
+        S: futures_util::TryStream + Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        Bytes: From<S::Ok>,
+    {
+        let path = format!("/v1/packages/{}", path_segment(name));
+        let mut req = self
+            .request(Method::PUT, &path)
+            .timeout(TRANSFER_TIMEOUT)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(body));
+        if let Some(dir) = deploy_dir {
+            req = req.query(&[("deploy_dir", dir)]);
+        }
+        if let Some(n) = len {
+            req = req.header(reqwest::header::CONTENT_LENGTH, n);
+        }
+        self.json(&path, req).await
+    }
+
+    /// Uploads a package held in memory.
+    pub async fn upload_package_bytes(
+        &self,
+        name: &str,
+        deploy_dir: Option<&str>,
+        content: Vec<u8>,
+    ) -> Result<PackageVersion> {
+        let len = content.len() as u64;
+        let once =
+            futures_util::stream::once(
+                async move { Ok::<_, std::io::Error>(Bytes::from(content)) },
+            );
+        self.upload_package(name, deploy_dir, Some(len), once).await
+    }
+
+    /// Moves the current version of `name` to `version` (None = the previous one).
+    pub async fn rollback_package(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<PackageVersion> {
+        self.post(
+            &format!("/v1/packages/{}/rollback", path_segment(name)),
+            &RollbackRequest { version },
+        )
+        .await
+    }
+
+    /// Deletes one version (refused while it is current or installed somewhere).
+    pub async fn delete_package_version(&self, name: &str, version: u64) -> Result<()> {
+        let path = format!("/v1/packages/{}/{version}", path_segment(name));
+        self.send(&path, self.request(Method::DELETE, &path))
+            .await?;
+        Ok(())
+    }
+
+    /// Starts downloading the content of `name` `version` from byte `offset` (0 = all of it).
+    /// The answer says where the body starts: a server that ignores the range sends it all.
+    pub async fn package_content(
+        &self,
+        name: &str,
+        version: u64,
+        offset: u64,
+    ) -> Result<PackageContent> {
+        let path = format!("/v1/packages/{}/{version}/content", path_segment(name));
+        let mut req = self.request(Method::GET, &path).timeout(TRANSFER_TIMEOUT);
+        if offset > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        }
+        let resp = self.send(&path, req).await?;
+        let start = if resp.status() == StatusCode::PARTIAL_CONTENT {
+            offset
+        } else {
+            0
+        };
+        let sha256 = resp
+            .headers()
+            .get("x-op-sha256")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Ok(PackageContent {
+            length: resp.content_length(),
+            resp,
+            start,
+            sha256,
+            url: self.url(&path),
+        })
+    }
+
     // --- agent protocol ---
 
     pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse> {
@@ -386,6 +527,29 @@ impl Client {
     /// Delivers finished runs; idempotent by run id.
     pub async fn post_runs(&self, batch: &RunBatch) -> Result<RunBatchAck> {
         self.post("/v1/agent/runs", batch).await
+    }
+}
+
+/// A package download in progress.
+#[derive(Debug)]
+pub struct PackageContent {
+    resp: Response,
+    /// The offset of the first byte of the body in the whole content.
+    pub start: u64,
+    /// Bytes in the body (not the whole content when resuming), when the server said.
+    pub length: Option<u64>,
+    /// The content's sha256 as the server stored it.
+    pub sha256: Option<String>,
+    url: String,
+}
+
+impl PackageContent {
+    /// The next chunk of the body; None at its end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        self.resp.chunk().await.map_err(|e| ClientError::Transport {
+            url: self.url.clone(),
+            source: e,
+        })
     }
 }
 

@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiError;
 use crate::auth::Authenticator;
+use crate::blobs::BlobStore;
 use crate::config::Config;
+use crate::downloads::DownloadGate;
 use crate::heartbeat::HeartbeatBuffer;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -24,6 +26,10 @@ pub struct App {
     pub beats: HeartbeatBuffer,
     pub auth: Authenticator,
     pub metrics: Metrics,
+    /// Package content on this manager's disk.
+    pub blobs: Arc<BlobStore>,
+    /// The cap on concurrent package downloads.
+    pub downloads: DownloadGate,
     pub shutdown: CancellationToken,
     /// This manager's advertised API and raft URLs.
     pub api_url: String,

@@ -87,6 +87,17 @@ pub struct ConfigArgs {
     /// Raft log entries between snapshots [default: 2000].
     #[arg(long, env = "OP_RAFT_SNAPSHOT_LOGS")]
     pub raft_snapshot_logs: Option<u64>,
+    /// Most package downloads served at once by this manager; more get 429 + Retry-After
+    /// [default: 100].
+    #[arg(long, env = "OP_DOWNLOAD_CONCURRENCY")]
+    pub download_concurrency: Option<usize>,
+    /// Largest package upload [default: 1GiB].
+    #[arg(long, env = "OP_UPLOAD_MAX_BYTES")]
+    pub upload_max_bytes: Option<String>,
+    /// How often unreferenced package blobs are deleted (also right after a version is deleted)
+    /// [default: 10m].
+    #[arg(long, env = "OP_BLOB_GC_INTERVAL")]
+    pub blob_gc_interval: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "OP_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -118,6 +129,9 @@ pub struct RawConfig {
     pub runs_body_limit: Option<String>,
     pub header_read_timeout: Option<String>,
     pub raft_snapshot_logs: Option<u64>,
+    pub download_concurrency: Option<usize>,
+    pub upload_max_bytes: Option<String>,
+    pub blob_gc_interval: Option<String>,
     pub log_format: Option<String>,
 }
 
@@ -148,6 +162,12 @@ pub struct Config {
     pub runs_body_limit: usize,
     pub header_read_timeout: Duration,
     pub raft_snapshot_logs: u64,
+    /// Most package downloads served at once (default 100).
+    pub download_concurrency: usize,
+    /// Largest package upload in bytes (default 1 GiB).
+    pub upload_max_bytes: u64,
+    /// Period of the blob garbage collector (default 10 minutes).
+    pub blob_gc_interval: Duration,
     pub log_format: LogFormat,
 }
 
@@ -318,6 +338,20 @@ impl Config {
                 .raft_snapshot_logs
                 .or(f.raft_snapshot_logs)
                 .unwrap_or(2000),
+            download_concurrency: a
+                .download_concurrency
+                .or(f.download_concurrency)
+                .unwrap_or(100),
+            upload_max_bytes: size(
+                "upload_max_bytes",
+                a.upload_max_bytes.or(f.upload_max_bytes),
+                "1GiB",
+            )?,
+            blob_gc_interval: duration(
+                "blob_gc_interval",
+                a.blob_gc_interval.or(f.blob_gc_interval),
+                "10m",
+            )?,
             log_format,
         };
         config.validate()?;
@@ -365,6 +399,18 @@ impl Config {
         }
         if self.prune_interval < Duration::from_secs(1) {
             return Err(bad("prune_interval", "must be at least 1s"));
+        }
+        if self.download_concurrency == 0 {
+            return Err(bad(
+                "download_concurrency",
+                "must be at least 1, or no agent could ever download a package",
+            ));
+        }
+        if self.upload_max_bytes == 0 {
+            return Err(bad("upload_max_bytes", "must be more than 0"));
+        }
+        if self.blob_gc_interval < Duration::from_secs(1) {
+            return Err(bad("blob_gc_interval", "must be at least 1s"));
         }
         if self.raft_snapshot_logs < 10 {
             return Err(bad("raft_snapshot_logs", "must be at least 10"));
@@ -422,6 +468,12 @@ mod tests {
         assert_eq!(c.sync_wait, Duration::from_secs(7));
         assert_eq!(c.forget_after, Duration::from_secs(10 * 86_400));
         assert_eq!(c.listen.port(), 8090);
+        assert_eq!(c.download_concurrency, 100);
+        assert_eq!(c.upload_max_bytes, 1 << 30);
+        let file: RawConfig =
+            toml::from_str("download_concurrency = 2\nupload_max_bytes = \"10MiB\"").unwrap();
+        let c = Config::resolve(&ConfigArgs::default(), file).unwrap();
+        assert_eq!((c.download_concurrency, c.upload_max_bytes), (2, 10 << 20));
     }
 
     #[test]

@@ -32,14 +32,33 @@ impl HeartbeatBuffer {
         self.pending.lock().ok()?.get(&id).map(|b| b.seen_at)
     }
 
-    /// Shows unflushed beats in node listings, so `last_seen` is never a flush interval behind.
+    /// Shows unflushed beats in node listings, so `last_seen` and what a node reports (installed
+    /// packages, running jobs, load) are never a flush interval behind.
     pub fn overlay(&self, nodes: &mut [NodeInfo]) {
         let Ok(p) = self.pending.lock() else { return };
         for n in nodes {
-            if let Some(b) = p.get(&n.node_id) {
-                n.last_seen = n.last_seen.max(b.seen_at);
+            if let Some(b) = p.get(&n.node_id)
+                && b.seen_at >= n.last_seen
+            {
+                n.last_seen = b.seen_at;
+                n.packages = b.packages.clone();
+                n.running = b.running.clone();
+                n.load = b.load.clone();
             }
         }
+    }
+
+    /// How many unflushed beats report `name` `version` in place. The store checks flushed
+    /// beats when a version is deleted; this covers the last flush interval.
+    pub fn reporting_installed(&self, name: &str, version: u64) -> usize {
+        let Ok(p) = self.pending.lock() else { return 0 };
+        p.values()
+            .filter(|b| {
+                b.packages
+                    .iter()
+                    .any(|pkg| pkg.name == name && pkg.version == version)
+            })
+            .count()
     }
 
     fn take(&self) -> Vec<NodeBeat> {

@@ -8,7 +8,10 @@
 //! flushes and run ingestion that touch no target do not bump it, so 10,000 parked agents are not
 //! woken every few seconds.
 //!
-//! The view is rebuilt whole only when jobs changed. A change that concerns some nodes only (a
+//! Packages ride in the same view: every node must hold the current version of every package, so
+//! an upload or rollback is a change for all nodes.
+//!
+//! The view is rebuilt whole only when jobs or packages changed. A change that concerns some nodes only (a
 //! registration, a status change, a once-job target moving) re-reads just those nodes, so a storm
 //! of 10,000 agents registering after a restart costs 10,000 small reads, not 10,000 full ones.
 
@@ -20,6 +23,7 @@ use op_proto::NodeStatus;
 use op_proto::agent::DesiredJob;
 use op_proto::api::JobRecord;
 use op_proto::hosts::{HostIdentity, HostSelector};
+use op_proto::package::PackageRef;
 use op_store::{Changes, Store, StoreError};
 use tokio::sync::{Mutex, Notify, watch};
 use uuid::Uuid;
@@ -42,6 +46,8 @@ pub struct DesiredCache {
     jobs: Arc<Vec<(JobRecord, HostSelector)>>,
     nodes: HashMap<Uuid, CachedNode>,
     pending: HashMap<Uuid, HashSet<(String, u64)>>,
+    /// The current version of every package; every node holds all of them.
+    packages: Arc<Vec<PackageRef>>,
 }
 
 impl DesiredCache {
@@ -64,6 +70,7 @@ impl DesiredCache {
             ),
             nodes: view.nodes.into_iter().map(cached).collect(),
             pending,
+            packages: Arc::new(view.packages),
         }
     }
 
@@ -85,6 +92,7 @@ impl DesiredCache {
             jobs: self.jobs.clone(),
             nodes,
             pending,
+            packages: self.packages.clone(),
         }
     }
 
@@ -122,6 +130,13 @@ impl DesiredCache {
     }
 }
 
+impl DesiredCache {
+    /// The packages every node must hold: the current version of each.
+    pub fn packages(&self) -> Vec<PackageRef> {
+        self.packages.as_ref().clone()
+    }
+}
+
 fn cached((n, index): (op_proto::NodeInfo, u64)) -> (Uuid, CachedNode) {
     (
         n.node_id,
@@ -150,6 +165,8 @@ pub struct Hub {
     ingested_bytes: AtomicU64,
     prune_threshold: u64,
     prune_now: Notify,
+    /// A package version was deleted: blob GC should run now rather than at its next tick.
+    blob_gc_now: Notify,
 }
 
 impl Hub {
@@ -165,6 +182,7 @@ impl Hub {
             ingested_bytes: AtomicU64::new(0),
             prune_threshold,
             prune_now: Notify::new(),
+            blob_gc_now: Notify::new(),
         }
     }
 
@@ -182,6 +200,9 @@ impl Hub {
         }
         if changes.tokens {
             self.tokens_seq.fetch_add(1, Ordering::SeqCst);
+        }
+        if changes.blobs_released {
+            self.blob_gc_now.notify_one();
         }
         if changes.run_bytes > 0 {
             let total = self
@@ -214,6 +235,11 @@ impl Hub {
     /// Resolves when enough run bytes arrived that retention should run before its next tick.
     pub async fn prune_wanted(&self) {
         self.prune_now.notified().await;
+    }
+
+    /// Resolves when a package version was deleted, so its blob may be garbage now.
+    pub async fn blob_gc_wanted(&self) {
+        self.blob_gc_now.notified().await;
     }
 
     /// Called by retention after a prune.

@@ -1,6 +1,6 @@
 //! op-manager: the management node of op-agent.
 //!
-//! The manager stores jobs, nodes, once-job targets, run records, tokens and the audit log in
+//! The manager stores jobs, nodes, once-job targets, run records, packages, tokens and the audit log in
 //! `op-store`, changed only through openraft (a single manager is a one-member cluster), and
 //! serves the HTTP API that agents, the CLI and tests use. Entry points: [`start`] (returns once
 //! the manager serves) and [`run`] (until `shutdown`). `main.rs` only parses flags.
@@ -9,6 +9,8 @@
 //! - `state.db` (+ `-wal`, `-shm`): the state machine (op-store).
 //! - `raft.db`: the raft log, vote and committed id.
 //! - `snapshots/current.db`, `snapshots/current.meta.json`: the latest raft snapshot.
+//! - `blobs/<sha256>`: package content, one file per distinct content; `blobs/tmp/`: uploads in
+//!   progress (cleared at start).
 //! - `admin.token`, `agent.token`: secrets made on first start (mode 0600).
 //! - `manager.addr`: the API URL of the running manager; `raft.addr`: its raft URL.
 //! - `manager.lock`: held while a manager uses the directory.
@@ -16,8 +18,10 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod blobs;
 pub mod cli;
 pub mod config;
+pub mod downloads;
 pub mod error;
 pub mod heartbeat;
 pub mod hub;
@@ -43,6 +47,8 @@ pub use error::ManagerError;
 
 use crate::app::App;
 use crate::auth::Authenticator;
+use crate::blobs::BlobStore;
+use crate::downloads::DownloadGate;
 use crate::heartbeat::HeartbeatBuffer;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -199,10 +205,16 @@ pub async fn start(
     )?;
     raft::wait_for_leader(&raft, Duration::from_secs(60)).await?;
 
+    let blob_dir = dir.join("blobs");
+    let blobs = Arc::new(BlobStore::open(blob_dir.clone()).map_err(|e| io_err(&blob_dir, e))?);
+    let metrics = Metrics::new();
+    let downloads = DownloadGate::new(config.download_concurrency, metrics.downloads.clone());
     let app = Arc::new(App {
         auth: Authenticator::new(store.clone(), hub.clone()),
         beats: HeartbeatBuffer::default(),
-        metrics: Metrics::new(),
+        metrics,
+        blobs,
+        downloads,
         shutdown: shutdown.clone(),
         api_url: api_url.clone(),
         raft_url: raft_url.clone(),
@@ -223,6 +235,7 @@ pub async fn start(
         tokio::spawn(heartbeat::flush_loop(app.clone())),
         tokio::spawn(liveness::run(app.clone())),
         tokio::spawn(retention::run(app.clone())),
+        tokio::spawn(blobs::gc_loop(app.clone())),
     ];
     for (name, url) in [("manager.addr", &api_url), ("raft.addr", &raft_url)] {
         let path = dir.join(name);

@@ -9,6 +9,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::downloads::DownloadMetrics;
+
 type Labels = Vec<(String, String)>;
 
 pub struct Metrics {
@@ -28,6 +30,14 @@ pub struct Metrics {
     raft_term: Gauge,
     raft_applied: Gauge,
     raft_leader: Gauge,
+    /// Shared with the download gate, which updates them.
+    pub downloads: DownloadMetrics,
+    pub uploads: Counter,
+    pub upload_bytes: Counter,
+    blobs_deleted: Counter,
+    packages: Gauge,
+    package_versions: Gauge,
+    package_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -60,6 +70,13 @@ impl Metrics {
             raft_term: Gauge::default(),
             raft_applied: Gauge::default(),
             raft_leader: Gauge::default(),
+            downloads: DownloadMetrics::default(),
+            uploads: Counter::default(),
+            upload_bytes: Counter::default(),
+            blobs_deleted: Counter::default(),
+            packages: Gauge::default(),
+            package_versions: Gauge::default(),
+            package_bytes: Gauge::default(),
         };
         r.register(
             "http_responses",
@@ -116,6 +133,57 @@ impl Metrics {
             "1 when this manager is the raft leader",
             m.raft_leader.clone(),
         );
+        r.register(
+            "package_downloads_in_flight",
+            "Package downloads being served now",
+            m.downloads.in_flight.clone(),
+        );
+        r.register(
+            "package_downloads_peak",
+            "Most package downloads served at once since start (never above download_concurrency)",
+            m.downloads.peak.clone(),
+        );
+        r.register(
+            "package_downloads",
+            "Package downloads started",
+            m.downloads.served.clone(),
+        );
+        r.register(
+            "package_downloads_refused",
+            "Package downloads refused with 429 because download_concurrency were running",
+            m.downloads.refused.clone(),
+        );
+        r.register(
+            "package_download_bytes",
+            "Package bytes sent",
+            m.downloads.bytes.clone(),
+        );
+        r.register(
+            "package_uploads",
+            "Package uploads stored",
+            m.uploads.clone(),
+        );
+        r.register(
+            "package_upload_bytes",
+            "Package bytes received in stored uploads",
+            m.upload_bytes.clone(),
+        );
+        r.register(
+            "blobs_deleted",
+            "Package blob files deleted by GC",
+            m.blobs_deleted.clone(),
+        );
+        r.register("packages", "Packages", m.packages.clone());
+        r.register(
+            "package_versions",
+            "Stored package versions",
+            m.package_versions.clone(),
+        );
+        r.register(
+            "package_bytes",
+            "Bytes of all stored package versions",
+            m.package_bytes.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -143,6 +211,10 @@ impl Metrics {
         self.runs_pruned.inc_by(runs);
     }
 
+    pub fn blobs_deleted(&self, n: u64) {
+        self.blobs_deleted.inc_by(n);
+    }
+
     /// Renders the text format, after setting the scrape-time gauges.
     pub fn render(&self, stats: &StoreStats, term: u64, applied: u64, leader: bool) -> String {
         for (status, n) in [
@@ -157,6 +229,9 @@ impl Metrics {
         self.jobs.set(stats.jobs as i64);
         self.runs.set(stats.runs as i64);
         self.run_bytes.set(stats.run_bytes as i64);
+        self.packages.set(stats.packages as i64);
+        self.package_versions.set(stats.package_versions as i64);
+        self.package_bytes.set(stats.package_bytes as i64);
         self.raft_term.set(term as i64);
         self.raft_applied.set(applied as i64);
         self.raft_leader.set(i64::from(leader));

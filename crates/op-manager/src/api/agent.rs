@@ -133,7 +133,7 @@ fn desired(app: &App, view: &DesiredCache, node: Uuid) -> DesiredState {
     DesiredState {
         index: view.index_for(node),
         jobs: view.jobs_for(node),
-        packages: Vec::new(),
+        packages: view.packages(),
         // Ad-hoc runs and kills arrive here once the invocation issue lands.
         directives: Vec::new(),
         managers: app.managers(),

@@ -2,7 +2,7 @@
 //! [`ApiError`], and [`IntoResponse`] maps it to a status and an `op_proto::ErrorBody`.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use op_proto::api::Scope;
 use op_proto::{API_VERSION, ErrorBody};
@@ -45,6 +45,10 @@ pub enum ApiError {
     NotLeader { leader_api: Option<String> },
     #[error("{0}")]
     Unavailable(String),
+    #[error("too many downloads in progress; retry after {retry_after_secs} s")]
+    TooManyRequests { retry_after_secs: u64 },
+    #[error("the requested range starts beyond the end of the content ({size} bytes)")]
+    RangeNotSatisfiable { size: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -81,6 +85,12 @@ impl ApiError {
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::NotLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::TooManyRequests { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
+            }
+            ApiError::RangeNotSatisfiable { .. } => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -93,10 +103,24 @@ impl IntoResponse for ApiError {
             tracing::warn!(code, error = %self, "request failed");
         }
         let mut body = ErrorBody::new(code, self.to_string());
+        let extra = match &self {
+            ApiError::TooManyRequests { retry_after_secs } => {
+                Some((header::RETRY_AFTER, retry_after_secs.to_string()))
+            }
+            ApiError::RangeNotSatisfiable { size } => {
+                Some((header::CONTENT_RANGE, format!("bytes */{size}")))
+            }
+            _ => None,
+        };
         if let ApiError::InvalidJob { details, .. } = self {
             body.details = details;
         }
         let mut resp = (status, Json(body)).into_response();
+        if let Some((name, value)) = extra
+            && let Ok(v) = HeaderValue::from_str(&value)
+        {
+            resp.headers_mut().insert(name, v);
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

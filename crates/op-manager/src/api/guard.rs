@@ -29,6 +29,8 @@ pub enum Access {
     Admin,
     /// agent only.
     Agent,
+    /// viewer, operator, admin or agent: package content, which agents download.
+    ReadOrAgent,
 }
 
 /// The access policy (DESIGN section 9).
@@ -37,6 +39,11 @@ pub fn required_access(method: &Method, path: &str) -> Access {
         Access::Public
     } else if path.starts_with("/v1/agent/") {
         Access::Agent
+    } else if (method == Method::GET || method == Method::HEAD)
+        && path.starts_with("/v1/packages/")
+        && path.ends_with("/content")
+    {
+        Access::ReadOrAgent
     } else if path == "/v1/tokens" || path.starts_with("/v1/tokens/") {
         Access::Admin
     } else if method == Method::GET || method == Method::HEAD {
@@ -53,6 +60,7 @@ fn allows(scope: Scope, access: Access) -> Result<(), ApiError> {
         Access::Operate => scope.can_operate(),
         Access::Admin => scope == Scope::Admin,
         Access::Agent => scope == Scope::Agent,
+        Access::ReadOrAgent => scope.can_read() || scope == Scope::Agent,
     };
     if ok {
         return Ok(());
@@ -61,9 +69,10 @@ fn allows(scope: Scope, access: Access) -> Result<(), ApiError> {
         scope,
         match access {
             Access::Read => "read fleet data",
-            Access::Operate => "change jobs, runs or nodes",
+            Access::Operate => "change jobs, runs, nodes or packages",
             Access::Admin => "manage tokens",
             Access::Agent => "use the agent protocol",
+            Access::ReadOrAgent => "download packages",
             Access::Public => "",
         },
     ))
@@ -141,6 +150,16 @@ mod tests {
         assert!(allows(Scope::Agent, Access::Read).is_err());
         assert!(allows(Scope::Admin, Access::Agent).is_err());
         assert!(allows(Scope::Operator, Access::Admin).is_err());
+        let content = "/v1/packages/test.py/1730000000/content";
+        assert_eq!(required_access(&Method::GET, content), Access::ReadOrAgent);
+        assert!(allows(Scope::Agent, Access::ReadOrAgent).is_ok());
+        assert!(allows(Scope::Viewer, Access::ReadOrAgent).is_ok());
+        assert_eq!(required_access(&Method::GET, "/v1/packages"), Access::Read);
+        assert_eq!(
+            required_access(&Method::PUT, "/v1/packages/test.py"),
+            Access::Operate
+        );
+        assert_eq!(required_access(&Method::DELETE, content), Access::Operate);
     }
 
     #[test]

@@ -9,13 +9,14 @@ mod extract;
 mod guard;
 mod jobs;
 mod nodes;
+mod packages;
 mod runs;
 mod system;
 mod tokens;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Extension, Router};
 
 pub use error::ApiError;
@@ -38,6 +39,14 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(axum::middleware::from_fn(move |req, next| {
             extract::reject_declared_oversize(runs_limit, req, next)
         }));
+    // Uploads stream to the blob store under their own size limit (checked while reading, and
+    // up front from Content-Length).
+    let upload_limit = usize::try_from(app.config.upload_max_bytes).unwrap_or(usize::MAX);
+    let uploads = Router::new()
+        .route("/v1/packages/{name}", put(packages::upload))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            extract::reject_declared_oversize(upload_limit, req, next)
+        }));
     let rest = Router::new()
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
@@ -55,9 +64,20 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/nodes/{key}", get(nodes::get).delete(nodes::forget))
         .route("/v1/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::get))
+        .route("/v1/packages", get(packages::list))
+        .route("/v1/packages/{name}", get(packages::versions))
+        .route("/v1/packages/{name}/rollback", post(packages::rollback))
+        .route(
+            "/v1/packages/{name}/{version}",
+            get(packages::get).delete(packages::delete),
+        )
+        .route(
+            "/v1/packages/{name}/{version}/content",
+            get(packages::content),
+        )
         .route("/v1/audit", get(audit::list))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
-        .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/agent/register", post(agent::register))
         .route("/v1/agent/sync", post(agent::sync))
         .layer(Extension(BodyLimit {
@@ -69,6 +89,7 @@ pub fn router(app: Arc<App>) -> Router {
         }));
     Router::new()
         .merge(runs)
+        .merge(uploads)
         .merge(rest)
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)

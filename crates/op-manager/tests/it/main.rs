@@ -9,6 +9,7 @@ mod fixtures;
 mod jobs;
 mod liveness;
 mod once;
+mod packages;
 mod restart;
 mod runs;
 mod sync;

@@ -1,0 +1,371 @@
+//! Package blobs: content-addressed files under `DATA_DIR/blobs/`, named by their sha256.
+//!
+//! An upload is streamed into `blobs/tmp/`, hashed while it arrives, fsynced ([`BlobStore::receive`]),
+//! and renamed to `blobs/<sha256>` ([`BlobStore::commit`]); only then is its metadata written through raft (op-store keeps names,
+//! versions and hashes, never content). Blobs are local files, so garbage collection runs outside
+//! `apply`, on each manager: [`BlobStore::gc`] deletes every blob no stored version refers to.
+//!
+//! The one race that matters is an upload whose blob is in place but whose version is not applied
+//! yet: GC would see an unreferenced file. Uploads therefore hold [`BlobStore::commit_guard`]
+//! (a shared lock) from the rename until their command is applied, and GC takes the lock
+//! exclusively while it decides, so it never sees that window.
+//!
+//! Replicating blobs to follower managers belongs to the cluster work; a single manager is
+//! complete on its own.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{OwnedRwLockReadGuard, RwLock};
+
+use crate::app::App;
+
+/// Why an upload could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("the upload is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("the upload stopped arriving (nothing for {secs} s)")]
+    Idle { secs: u64 },
+    #[error("reading the upload: {0}")]
+    Body(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A received blob: its hash and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// An upload fully received and fsynced in `blobs/tmp/`, not yet in place; dropping it removes
+/// the temp file.
+pub struct Staged {
+    temp: TempFile,
+    pub received: Received,
+}
+
+/// What one GC pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub deleted: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug)]
+pub struct BlobStore {
+    dir: PathBuf,
+    tmp: PathBuf,
+    commit: Arc<RwLock<()>>,
+}
+
+/// Removes a temp file unless the upload got as far as renaming it.
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReceiveError + '_ {
+    move |source| ReceiveError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// True for a name that is a lowercase hex sha256 (every blob file; nothing else is touched).
+pub fn is_blob_name(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn sync_dir(dir: &Path) {
+    // Makes a rename durable; a failure only weakens crash safety, so it is not fatal.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+impl BlobStore {
+    /// Opens `dir` (creating it) and removes temp files an interrupted upload left behind. The
+    /// manager's data-dir lock guarantees no other process writes here.
+    pub fn open(dir: PathBuf) -> std::io::Result<BlobStore> {
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp)?;
+        for entry in std::fs::read_dir(&tmp)? {
+            let _ = std::fs::remove_file(entry?.path());
+        }
+        Ok(BlobStore {
+            dir,
+            tmp,
+            commit: Arc::new(RwLock::new(())),
+        })
+    }
+
+    /// The file of a blob (which may not exist on this manager).
+    pub fn path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(sha256)
+    }
+
+    /// Held by an upload from the moment its blob is in place until its version is applied.
+    pub async fn commit_guard(&self) -> OwnedRwLockReadGuard<()> {
+        self.commit.clone().read_owned().await
+    }
+
+    /// Streams `body` to a temp file, hashing it, at most `limit` bytes and at most `idle`
+    /// between two chunks, and fsyncs it. [`BlobStore::commit`] then moves it into place.
+    pub async fn receive<S, E>(
+        &self,
+        body: S,
+        limit: u64,
+        idle: Duration,
+    ) -> Result<Staged, ReceiveError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let tmp_path = self
+            .tmp
+            .join(format!("{}.part", uuid::Uuid::new_v4().simple()));
+        let temp = TempFile(Some(tmp_path.clone()));
+        let file = tokio::fs::File::create(&tmp_path)
+            .await
+            .map_err(io(&tmp_path))?;
+        // Few large writes: each tokio file write is a trip to the blocking pool.
+        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        let mut body = body;
+        loop {
+            let chunk = match tokio::time::timeout(idle, body.next()).await {
+                Err(_) => {
+                    return Err(ReceiveError::Idle {
+                        secs: idle.as_secs(),
+                    });
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(ReceiveError::Body(e.to_string())),
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(ReceiveError::TooLarge { limit });
+            }
+            hasher.update(&chunk);
+            out.write_all(&chunk).await.map_err(io(&tmp_path))?;
+        }
+        out.flush().await.map_err(io(&tmp_path))?;
+        let file = out.into_inner();
+        file.sync_all().await.map_err(io(&tmp_path))?;
+        Ok(Staged {
+            temp,
+            received: Received {
+                sha256: hex::encode(hasher.finalize()),
+                size,
+            },
+        })
+    }
+
+    /// Moves a staged upload to `blobs/<sha256>`. The caller must hold
+    /// [`BlobStore::commit_guard`] from before this call until the version is applied.
+    pub async fn commit(&self, mut staged: Staged) -> Result<Received, ReceiveError> {
+        let Some(tmp_path) = staged.temp.0.take() else {
+            return Err(ReceiveError::Body(
+                "the upload was already committed".into(),
+            ));
+        };
+        let dest = self.path(&staged.received.sha256);
+        // Renaming over an existing blob of the same hash replaces it with a verified copy
+        // (repairing one damaged on disk); readers that have the old file open keep reading it.
+        if let Err(e) = tokio::fs::rename(&tmp_path, &dest).await {
+            let _ = tokio::fs::remove_file(&tmp_path).await;
+            return Err(io(&dest)(e));
+        }
+        let dir = self.dir.clone();
+        let _ = tokio::task::spawn_blocking(move || sync_dir(&dir)).await;
+        Ok(staged.received.clone())
+    }
+
+    /// Deletes every blob file whose hash `referenced` (read by the caller while holding the
+    /// exclusive commit lock) does not contain. Blocking.
+    fn gc_files(&self, referenced: &BTreeSet<String>) -> std::io::Result<GcReport> {
+        let mut report = GcReport::default();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !is_blob_name(name) || referenced.contains(name) {
+                continue;
+            }
+            let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    report.deleted += 1;
+                    report.bytes += len;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if report.deleted > 0 {
+            sync_dir(&self.dir);
+        }
+        Ok(report)
+    }
+
+    /// One GC pass: waits for uploads between rename and apply, then deletes the blobs no
+    /// version refers to.
+    pub async fn gc(self: &Arc<Self>, store: &Arc<op_store::Store>) -> Result<GcReport, String> {
+        let _exclusive = self.commit.write().await;
+        let (blobs, store) = (self.clone(), store.clone());
+        tokio::task::spawn_blocking(move || {
+            let referenced = store.referenced_blobs().map_err(|e| e.to_string())?;
+            blobs.gc_files(&referenced).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
+
+/// Runs GC every `blob_gc_interval`, and soon after a version was deleted. Every manager runs it
+/// for its own files (they are not replicated through raft); what it deletes is decided by the
+/// replicated metadata, so all managers converge.
+pub async fn gc_loop(app: Arc<App>) {
+    let mut tick = tokio::time::interval(app.config.blob_gc_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = app.hub.blob_gc_wanted() => {}
+            _ = app.shutdown.cancelled() => return,
+        }
+        // A follower's applied state may lag the leader's; it still deletes only what its own
+        // applied state no longer refers to, which the leader decided first.
+        match app.blobs.gc(&app.store).await {
+            Ok(r) if r.deleted > 0 => {
+                app.metrics.blobs_deleted(r.deleted);
+                tracing::info!(deleted = r.deleted, bytes = r.bytes, "blob gc");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "blob gc failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(parts: &[&'static [u8]]) -> impl Stream<Item = Result<Bytes, String>> + Unpin {
+        futures_util::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(Bytes::from_static(p)))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[tokio::test]
+    async fn receive_hashes_stores_and_gc_removes_unreferenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let staged = blobs
+            .receive(body(&[b"hello ", b"world"]), 100, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("blobs/tmp"))
+                .unwrap()
+                .count(),
+            1
+        );
+        let r = blobs.commit(staged).await.unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("blobs/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert_eq!(r.size, 11);
+        assert_eq!(r.sha256, hex::encode(Sha256::digest(b"hello world")));
+        assert_eq!(
+            std::fs::read(blobs.path(&r.sha256)).unwrap(),
+            b"hello world"
+        );
+        // An unrelated file in the dir is never touched.
+        std::fs::write(dir.path().join("blobs/README"), "x").unwrap();
+        let kept = BTreeSet::from([r.sha256.clone()]);
+        assert_eq!(blobs.gc_files(&kept).unwrap().deleted, 0);
+        let report = blobs.gc_files(&BTreeSet::new()).unwrap();
+        assert_eq!(
+            report,
+            GcReport {
+                deleted: 1,
+                bytes: 11
+            }
+        );
+        assert!(!blobs.path(&r.sha256).exists());
+        assert!(dir.path().join("blobs/README").exists());
+    }
+
+    #[tokio::test]
+    async fn too_large_and_broken_uploads_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let err = blobs
+            .receive(body(&[b"12345", b"6789"]), 8, Duration::from_secs(5))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ReceiveError::TooLarge { limit: 8 }), "{err}");
+        let broken = futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(b"abc")),
+            Err("connection reset".to_string()),
+        ]);
+        let err = blobs
+            .receive(broken, 100, Duration::from_secs(5))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ReceiveError::Body(_)), "{err}");
+        let stalled = futures_util::stream::pending::<Result<Bytes, String>>();
+        let err = blobs
+            .receive(stalled, 100, Duration::from_millis(50))
+            .await
+            .err()
+            .unwrap();
+        // Received in full but never committed (the raft write failed): nothing stays either.
+        drop(
+            blobs
+                .receive(body(&[b"x"]), 100, Duration::from_secs(5))
+                .await
+                .unwrap(),
+        );
+        assert!(matches!(err, ReceiveError::Idle { .. }), "{err}");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("blobs/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("blobs")).unwrap().count(),
+            1
+        );
+    }
+}
