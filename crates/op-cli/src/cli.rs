@@ -9,6 +9,11 @@ Examples:
   agentcli get nodes                         every agent, Ready first
   agentcli get jobs ls-l                     one job in detail, with its next fires
   agentcli save ll.json                      save (create or update) a job
+  agentcli upload python_project /data/op-agent/src
+                                             push a directory to every agent as a .tar.gz
+  agentcli get packages                      every package at its current version
+  agentcli analysis packages                 hosts not on the current version, and why
+  agentcli rollback test.py                  every agent goes back to the previous version
   agentcli logs ls-l ALL 3 -o wide           the last 3 runs of ls-l on every host
   agentcli analysis jobs                     jobs that failed, stalled or never ran
   agentcli top                               the fleet, live
@@ -113,9 +118,53 @@ Examples:
         /// Runs per host.
         limit: Option<u32>,
     },
-    /// Analyze jobs: failures, stalls, jobs that never ran, pending once-jobs.
+    /// Analyze jobs (failures, stalls, jobs that never ran) or packages (hosts behind).
     #[command(subcommand)]
     Analysis(AnalysisCommand),
+    /// Upload a file, or a directory as NAME.tar.gz, as a new version of a package.
+    #[command(after_help = "\
+Examples:
+  agentcli upload test.py /data/op-agent/src       agents deploy /data/op-agent/src/test.py (0755)
+  agentcli upload ./python_project_dir             agents unpack python_project_dir.tar.gz
+  agentcli upload test.py                          keep the package's last deploy dir
+
+The package name is the file's name, or DIR's name + .tar.gz (streamed, no file is written). A
+.tar.gz, .tgz or .tar.zst is unpacked by the agents into DEPLOYDIR; anything else lands as
+DEPLOYDIR/NAME. Without DEPLOYDIR the package keeps the deploy dir of its last version, or the
+agents' own default for a new package. Pass \"\" for the agents' default explicitly.
+Every agent switches to the new version atomically; `agentcli analysis packages` shows progress.")]
+    Upload {
+        /// A file, or a directory to pack as NAME.tar.gz.
+        path: std::path::PathBuf,
+        /// Absolute directory on the agents.
+        deploy_dir: Option<String>,
+    },
+    /// Download a package version (default: the current one), checked against its sha256.
+    #[command(after_help = "\
+Examples:
+  agentcli download test.py                        ./test.py, the current version
+  agentcli download test.py 1730000000             that version
+  agentcli download test.py -o /tmp/test.py        (also --out; -o json etc. stay formats)")]
+    Download {
+        name: String,
+        /// The version [default: the current one].
+        #[arg(id = "package_version", value_name = "VERSION")]
+        version: Option<u64>,
+        /// Where to write it [default: ./NAME].
+        #[arg(long = "out", value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Make an older (or any stored) version current again; every agent switches back.
+    #[command(after_help = "\
+Examples:
+  agentcli rollback test.py                 the version before the current one
+  agentcli rollback test.py 1730000000      that version")]
+    Rollback {
+        name: String,
+        /// The version to make current [default: the one before the current].
+        #[arg(id = "package_version", value_name = "VERSION")]
+        version: Option<u64>,
+    },
     /// A live view of the fleet: nodes and the runs in progress.
     #[command(after_help = "\
 Examples:
@@ -212,6 +261,16 @@ Examples:
         /// A job to show in detail.
         name: Option<String>,
     },
+    /// Packages at their current version: PACKAGENAME PACKAGEVERSION TIMESTAMP DEPLOYDIR.
+    #[command(after_help = "\
+Examples:
+  agentcli get packages
+  agentcli get packages test.py     every version of test.py, oldest first
+  agentcli get packages -o wide     adds CURRENT, SIZE, SHA256 and UPLOADER")]
+    Packages {
+        /// A package to list every version of.
+        name: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,6 +288,20 @@ Exits 1 when a problem was found.")]
         /// Once-job version (revision) to analyze; default the current one.
         #[arg(value_name = "ONCEJOBVERSION")]
         once_version: Option<u64>,
+    },
+    /// Every host not on the current version of every package, with the reason.
+    #[command(after_help = "\
+Examples:
+  agentcli analysis packages
+  agentcli analysis packages test.py
+
+Reasons: downloading, failed: REASON, missing, outdated (the host has another version and has
+not started on the current one yet). Then one line per package:
+  test.py 1730000000: 48/50 hosts current, 1 failed, 1 downloading
+Exits 1 when any host is behind.")]
+    Packages {
+        /// Only this package.
+        name: Option<String>,
     },
 }
 
@@ -258,9 +331,12 @@ pub enum TokenCommand {
     Revoke { id: String },
 }
 
-/// Accepts the seed's `--o wide` spelling by rewriting it to `-o wide` before clap sees it.
+/// Accepts the seed's `--o wide` spelling by rewriting it to `-o wide` before clap sees it, and
+/// `download NAME -o FILE` (curl's habit) by rewriting `-o FILE` to `--out FILE` when FILE is not
+/// an output format.
 pub fn normalize_args(args: Vec<OsString>) -> Vec<OsString> {
-    args.into_iter()
+    let args: Vec<OsString> = args
+        .into_iter()
         .map(|a| {
             if a == "--o" {
                 OsString::from("-o")
@@ -270,13 +346,84 @@ pub fn normalize_args(args: Vec<OsString>) -> Vec<OsString> {
                 a
             }
         })
-        .collect()
+        .collect();
+    let is_format = |v: &str| Format::from_str(v, true).is_ok();
+    let Some(download) = args.iter().position(|a| a == "download") else {
+        return args;
+    };
+    let mut out = Vec::with_capacity(args.len());
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        let text = a.to_str().unwrap_or("");
+        if i > download {
+            if text == "-o"
+                && let Some(value) = args.get(i + 1).and_then(|v| v.to_str())
+                && !is_format(value)
+            {
+                out.push(OsString::from("--out"));
+                out.push(args[i + 1].clone());
+                i += 2;
+                continue;
+            }
+            if let Some(value) = text.strip_prefix("-o=").or_else(|| {
+                text.strip_prefix("-o")
+                    .filter(|v| !v.is_empty() && !v.starts_with('='))
+            }) && !is_format(value)
+            {
+                out.push(OsString::from(format!("--out={value}")));
+                i += 1;
+                continue;
+            }
+        }
+        out.push(a.clone());
+        i += 1;
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn command_definition_is_consistent() {
         <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    fn norm(args: &[&str]) -> Vec<String> {
+        normalize_args(args.iter().map(OsString::from).collect())
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn download_takes_curl_style_output_file() {
+        assert_eq!(
+            norm(&["agentcli", "download", "t.py", "-o", "/tmp/x"]),
+            ["agentcli", "download", "t.py", "--out", "/tmp/x"]
+        );
+        assert_eq!(
+            norm(&["agentcli", "download", "t.py", "-o", "json"]),
+            ["agentcli", "download", "t.py", "-o", "json"]
+        );
+        assert_eq!(
+            norm(&["agentcli", "download", "t.py", "-o/tmp/x", "--o", "json"]),
+            ["agentcli", "download", "t.py", "--out=/tmp/x", "-o", "json"]
+        );
+        assert_eq!(
+            norm(&["agentcli", "get", "jobs", "-o", "wide"]),
+            ["agentcli", "get", "jobs", "-o", "wide"]
+        );
+        let cli =
+            Cli::try_parse_from(norm(&["agentcli", "download", "t.py", "7", "-o", "f"])).unwrap();
+        match cli.command {
+            Command::Download { name, version, out } => {
+                assert_eq!((name.as_str(), version), ("t.py", Some(7)));
+                assert_eq!(out.unwrap(), std::path::PathBuf::from("f"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! `agentcli analysis jobs [JOB] [VERSION]`: the seed's problem report, then failures grouped
-//! across hosts.
+//! across hosts. (`analysis packages` lives in `package_analysis.rs`.)
 //!
 //! Per (job, host) it reports: the last run failed; a cron job has not run for longer than twice its
 //! interval (the seed's rule, measured against the run's own duration); a job never ran since it
@@ -47,7 +47,19 @@ struct Report {
 }
 
 pub async fn run(ctx: &Ctx, what: AnalysisCommand) -> anyhow::Result<Outcome> {
-    let AnalysisCommand::Jobs { job, once_version } = what;
+    match what {
+        AnalysisCommand::Jobs { job, once_version } => jobs(ctx, job, once_version).await,
+        AnalysisCommand::Packages { name } => {
+            super::package_analysis::run(ctx, name.as_deref()).await
+        }
+    }
+}
+
+async fn jobs(
+    ctx: &Ctx,
+    job: Option<String>,
+    once_version: Option<u64>,
+) -> anyhow::Result<Outcome> {
     let jobs: Vec<JobView> = match &job {
         Some(name) => vec![ctx.call(ctx.client.get_job(name)).await?],
         None => ctx

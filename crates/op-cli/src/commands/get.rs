@@ -1,8 +1,9 @@
-//! `agentcli get nodes|jobs`: the seed's tables and the job detail view.
+//! `agentcli get nodes|jobs|packages`: the seed's tables and the job detail view.
 
 use std::io::Write;
 
 use op_proto::api::{JobView, OnceTarget};
+use op_proto::package::PackageVersion;
 use op_proto::{NodeInfo, NodeStatus};
 
 use super::Ctx;
@@ -15,7 +16,49 @@ pub async fn run(ctx: &Ctx, what: GetCommand) -> anyhow::Result<Outcome> {
         GetCommand::Nodes { host } => nodes(ctx, host.as_deref()).await,
         GetCommand::Jobs { name: None } => jobs(ctx).await,
         GetCommand::Jobs { name: Some(name) } => job_detail(ctx, &name).await,
+        GetCommand::Packages { name } => packages(ctx, name.as_deref()).await,
     }
+}
+
+async fn packages(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Outcome> {
+    let list = match name {
+        Some(n) => ctx.call(ctx.client.package_versions(n)).await?,
+        None => ctx.call(ctx.client.list_packages()).await?,
+    };
+    let mut out = std::io::stdout().lock();
+    if ctx.format == Format::Json {
+        write_json(&mut out, &list)?;
+    } else {
+        packages_table(&list, ctx.format == Format::Wide).write(&mut out)?;
+    }
+    Ok(Outcome::Ok)
+}
+
+/// The seed's package table; wide adds which version is current, size, hash and uploader.
+pub fn packages_table(list: &[PackageVersion], wide: bool) -> Table {
+    let mut headers = vec!["PACKAGENAME", "PACKAGEVERSION", "TIMESTAMP", "DEPLOYDIR"];
+    if wide {
+        headers.extend(["CURRENT", "SIZE", "SHA256", "UPLOADER"]);
+    }
+    let mut table = Table::new(&headers);
+    for p in list {
+        let mut row = vec![
+            p.name.clone(),
+            p.version.to_string(),
+            local_time(p.uploaded_at),
+            p.deploy_dir.clone(),
+        ];
+        if wide {
+            row.extend([
+                if p.current { "*" } else { "" }.to_string(),
+                p.size.to_string(),
+                p.sha256.clone(),
+                p.uploader.clone(),
+            ]);
+        }
+        table.row(row);
+    }
+    table
 }
 
 fn status_rank(s: NodeStatus) -> u8 {
@@ -95,7 +138,20 @@ async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
             row.push(
                 n.packages
                     .iter()
-                    .map(|p| format!("{} {}", p.name, p.version))
+                    .map(|p| match p.state {
+                        op_proto::package::PackageState::Installed => {
+                            format!("{} {}", p.name, p.version)
+                        }
+                        state => format!(
+                            "{} {} ({}{})",
+                            p.name,
+                            p.version,
+                            state.as_str(),
+                            p.target_version
+                                .map(|t| format!(" {t}"))
+                                .unwrap_or_default()
+                        ),
+                    })
                     .collect::<Vec<_>>()
                     .join("\n"),
             );
@@ -322,4 +378,74 @@ pub fn detail_table(job: &JobView, targets: &[OnceTarget]) -> Table {
         );
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(name: &str, v: u64, dir: &str, current: bool) -> PackageVersion {
+        PackageVersion {
+            name: name.into(),
+            version: v,
+            sha256: "0f".repeat(32),
+            size: 2048,
+            deploy_dir: dir.into(),
+            uploaded_at: chrono::DateTime::from_timestamp(v as i64, 0).unwrap(),
+            uploader: "admin".into(),
+            current,
+        }
+    }
+
+    #[test]
+    fn packages_table_in_the_seed_columns() {
+        let list = [
+            version(
+                "python_project_dir.tar.gz",
+                1_730_000_000,
+                "/data/op-agent/src",
+                true,
+            ),
+            version("test.py", 1_730_000_100, "", true),
+        ];
+        let mut out = Vec::new();
+        packages_table(&list, false).write(&mut out).unwrap();
+        let (t1, t2) = (
+            local_time(list[0].uploaded_at),
+            local_time(list[1].uploaded_at),
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!(
+                "PACKAGENAME              \tPACKAGEVERSION\tTIMESTAMP          \tDEPLOYDIR\n\
+                 python_project_dir.tar.gz\t1730000000    \t{t1}\t/data/op-agent/src\n\
+                 test.py                  \t1730000100    \t{t2}\n"
+            )
+        );
+        let mut out = Vec::new();
+        packages_table(&[version("a.sh", 5, "/opt", false)], true)
+            .write(&mut out)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let header = text.lines().next().unwrap();
+        assert_eq!(
+            header.split('\t').map(str::trim).collect::<Vec<_>>(),
+            [
+                "PACKAGENAME",
+                "PACKAGEVERSION",
+                "TIMESTAMP",
+                "DEPLOYDIR",
+                "CURRENT",
+                "SIZE",
+                "SHA256",
+                "UPLOADER"
+            ]
+        );
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .ends_with(&format!("2048\t{}\tadmin", "0f".repeat(32)))
+        );
+    }
 }

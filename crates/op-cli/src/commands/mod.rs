@@ -4,12 +4,16 @@ mod analysis;
 mod audit;
 mod cluster;
 mod cron;
+mod download;
 mod get;
 mod job;
 mod logs;
+mod package_analysis;
+mod rollback;
 mod save;
 mod token;
 mod top;
+mod upload;
 mod validate;
 mod version;
 
@@ -89,6 +93,18 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Analysis(what) => {
             let ctx = ctx()?;
             crate::connect::block_on(analysis::run(&ctx, what))
+        }
+        Command::Upload { path, deploy_dir } => {
+            let ctx = ctx()?;
+            crate::connect::block_on(upload::run(&ctx, &path, deploy_dir.as_deref()))
+        }
+        Command::Download { name, version, out } => {
+            let ctx = ctx()?;
+            crate::connect::block_on(download::run(&ctx, &name, version, out.as_deref()))
+        }
+        Command::Rollback { name, version } => {
+            let ctx = ctx()?;
+            crate::connect::block_on(rollback::run(&ctx, &name, version))
         }
         Command::Top { once, interval } => {
             let ctx = ctx()?;

@@ -1,0 +1,325 @@
+//! `agentcli analysis packages [NAME]`: every host that is not on the current version of every
+//! package, with the reason, then one summary line per package. Exit 1 when any host is behind.
+//!
+//! The reason comes from what each agent reported in its last heartbeat: `downloading`,
+//! `failed: REASON` (the agent keeps the old version and retries with backoff), `missing` (the
+//! agent reported nothing for the package: it has not heard of it yet, or runs an agent without
+//! packages), `outdated` (it holds another version and has not started on the current one). A
+//! host that is not Ready is named as such, since what it last reported may be stale.
+
+use std::io::Write;
+
+use chrono::{DateTime, Utc};
+use op_proto::package::{PackageState, PackageVersion};
+use op_proto::{NodeInfo, NodeStatus};
+use serde::Serialize;
+
+use super::Ctx;
+use super::analysis::human_secs;
+use crate::Outcome;
+use crate::cli::Format;
+use crate::output::{Table, write_json};
+
+/// One host behind on one package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Behind {
+    pub package: String,
+    pub current: u64,
+    pub hostname: String,
+    pub ips: String,
+    /// The version the host has in place (0 = none).
+    pub installed: u64,
+    pub reason: String,
+}
+
+/// Counts for one package across the fleet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub package: String,
+    pub version: u64,
+    pub hosts: usize,
+    pub current: usize,
+    pub downloading: usize,
+    pub failed: usize,
+    pub missing: usize,
+    pub outdated: usize,
+}
+
+impl Summary {
+    /// `test.py 1730000000: 48/50 hosts current, 1 failed, 1 downloading`
+    pub fn line(&self) -> String {
+        let mut line = format!(
+            "{} {}: {}/{} hosts current",
+            self.package, self.version, self.current, self.hosts
+        );
+        for (n, what) in [
+            (self.failed, "failed"),
+            (self.downloading, "downloading"),
+            (self.outdated, "outdated"),
+            (self.missing, "missing"),
+        ] {
+            if n > 0 {
+                line.push_str(&format!(", {n} {what}"));
+            }
+        }
+        line
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub behind: Vec<Behind>,
+    pub summaries: Vec<Summary>,
+}
+
+/// Compares what every non-Left node reports with the current version of each package.
+pub fn analyze(packages: &[PackageVersion], nodes: &[NodeInfo], now: DateTime<Utc>) -> Report {
+    let mut report = Report::default();
+    let mut nodes: Vec<&NodeInfo> = nodes
+        .iter()
+        .filter(|n| n.status != NodeStatus::Left)
+        .collect();
+    nodes.sort_by(|a, b| (&a.hostname, a.node_id).cmp(&(&b.hostname, b.node_id)));
+    let mut packages: Vec<&PackageVersion> = packages.iter().collect();
+    packages.sort_by(|a, b| a.name.cmp(&b.name));
+    for p in packages {
+        let mut s = Summary {
+            package: p.name.clone(),
+            version: p.version,
+            hosts: nodes.len(),
+            ..Summary::default()
+        };
+        for node in &nodes {
+            let held = node.packages.iter().find(|i| i.name == p.name);
+            let (installed, mut reason) = match held {
+                Some(i) if i.version == p.version => {
+                    s.current += 1;
+                    continue;
+                }
+                None => {
+                    s.missing += 1;
+                    (0, "missing".to_string())
+                }
+                Some(i) => match i.state {
+                    PackageState::Downloading => {
+                        s.downloading += 1;
+                        (i.version, "downloading".to_string())
+                    }
+                    PackageState::Failed => {
+                        s.failed += 1;
+                        let why = i.error.as_deref().unwrap_or("no reason given");
+                        (i.version, format!("failed: {why}"))
+                    }
+                    PackageState::Installed => {
+                        s.outdated += 1;
+                        (i.version, "outdated".to_string())
+                    }
+                },
+            };
+            if node.status != NodeStatus::Ready {
+                reason.push_str(&format!(
+                    " (node {}, last seen {} ago)",
+                    node.status.as_str(),
+                    human_secs((now - node.last_seen).num_seconds())
+                ));
+            }
+            report.behind.push(Behind {
+                package: p.name.clone(),
+                current: p.version,
+                hostname: node.hostname.clone(),
+                ips: node.ip_string(),
+                installed,
+                reason,
+            });
+        }
+        report.summaries.push(s);
+    }
+    report
+}
+
+pub fn print(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    if report.summaries.is_empty() {
+        return writeln!(out, "no packages");
+    }
+    if !report.behind.is_empty() {
+        let mut t = Table::new(&[
+            "PACKAGENAME",
+            "PACKAGEVERSION",
+            "HOSTNAME",
+            "HOSTIP",
+            "INSTALLED",
+            "PACKAGESTATUS",
+        ]);
+        for b in &report.behind {
+            t.row([
+                b.package.clone(),
+                b.current.to_string(),
+                b.hostname.clone(),
+                b.ips.clone(),
+                if b.installed == 0 {
+                    "-".to_string()
+                } else {
+                    b.installed.to_string()
+                },
+                b.reason.clone(),
+            ]);
+        }
+        t.write(out)?;
+        writeln!(out)?;
+    }
+    for s in &report.summaries {
+        writeln!(out, "{}", s.line())?;
+    }
+    Ok(())
+}
+
+pub async fn run(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Outcome> {
+    let packages: Vec<PackageVersion> = match name {
+        Some(n) => ctx
+            .call(ctx.client.package_versions(n))
+            .await?
+            .into_iter()
+            .filter(|v| v.current)
+            .collect(),
+        None => ctx.call(ctx.client.list_packages()).await?,
+    };
+    let nodes = ctx.call(ctx.client.list_nodes()).await?;
+    let report = analyze(&packages, &nodes, Utc::now());
+    let mut out = std::io::stdout().lock();
+    if ctx.format == Format::Json {
+        write_json(&mut out, &report)?;
+    } else {
+        print(&mut out, &report)?;
+    }
+    Ok(if report.behind.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Problem
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use op_proto::node::AgentStats;
+    use op_proto::package::InstalledPackage;
+
+    use super::*;
+
+    fn node(n: u8, status: NodeStatus, packages: Vec<InstalledPackage>) -> NodeInfo {
+        let t = DateTime::from_timestamp(1_730_000_000, 0).unwrap();
+        NodeInfo {
+            node_id: uuid::Uuid::from_u128(u128::from(n)),
+            hostname: format!("host-{n}"),
+            ips: vec![format!("10.0.0.{n}").parse().unwrap()],
+            labels: Default::default(),
+            agent_version: "0.1.0".into(),
+            os: String::new(),
+            arch: String::new(),
+            status,
+            first_seen: t,
+            last_seen: t,
+            load: None,
+            running: vec![],
+            packages,
+            stats: AgentStats::default(),
+        }
+    }
+
+    fn held(version: u64, state: PackageState, error: Option<&str>) -> InstalledPackage {
+        InstalledPackage {
+            name: "test.py".into(),
+            version,
+            sha256: String::new(),
+            state,
+            target_version: None,
+            error: error.map(str::to_string),
+        }
+    }
+
+    fn package(version: u64) -> PackageVersion {
+        PackageVersion {
+            name: "test.py".into(),
+            version,
+            sha256: String::new(),
+            size: 1,
+            deploy_dir: String::new(),
+            uploaded_at: DateTime::from_timestamp(version as i64, 0).unwrap(),
+            uploader: String::new(),
+            current: true,
+        }
+    }
+
+    #[test]
+    fn reasons_summary_and_table() {
+        let v = 1_730_000_000;
+        let nodes = [
+            node(
+                1,
+                NodeStatus::Ready,
+                vec![held(v, PackageState::Installed, None)],
+            ),
+            node(
+                2,
+                NodeStatus::Ready,
+                vec![held(v - 5, PackageState::Failed, Some("sha256 mismatch"))],
+            ),
+            node(
+                3,
+                NodeStatus::Ready,
+                vec![held(v - 5, PackageState::Downloading, None)],
+            ),
+            node(4, NodeStatus::Ready, vec![]),
+            node(
+                5,
+                NodeStatus::NotReady,
+                vec![held(v - 5, PackageState::Installed, None)],
+            ),
+            node(6, NodeStatus::Left, vec![]),
+            // Failing a newer attempt while the current version stays in place is still current.
+            node(
+                7,
+                NodeStatus::Ready,
+                vec![held(v, PackageState::Failed, Some("x"))],
+            ),
+        ];
+        let now = DateTime::from_timestamp(1_730_000_090, 0).unwrap();
+        let report = analyze(&[package(v)], &nodes, now);
+        assert_eq!(
+            report.summaries[0].line(),
+            "test.py 1730000000: 2/6 hosts current, 1 failed, 1 downloading, 1 outdated, 1 missing"
+        );
+        let mut out = Vec::new();
+        print(&mut out, &report).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "PACKAGENAME\tPACKAGEVERSION\tHOSTNAME\tHOSTIP  \tINSTALLED \tPACKAGESTATUS\n\
+             test.py    \t1730000000    \thost-2  \t10.0.0.2\t1729999995\tfailed: sha256 mismatch\n\
+             test.py    \t1730000000    \thost-3  \t10.0.0.3\t1729999995\tdownloading\n\
+             test.py    \t1730000000    \thost-4  \t10.0.0.4\t-         \tmissing\n\
+             test.py    \t1730000000    \thost-5  \t10.0.0.5\t1729999995\toutdated (node NotReady, last seen 1m30s ago)\n\
+             \n\
+             test.py 1730000000: 2/6 hosts current, 1 failed, 1 downloading, 1 outdated, 1 missing\n"
+        );
+    }
+
+    #[test]
+    fn clean_fleet_prints_only_summaries() {
+        let v = 7;
+        let nodes = [node(
+            1,
+            NodeStatus::Ready,
+            vec![held(v, PackageState::Installed, None)],
+        )];
+        let report = analyze(&[package(v)], &nodes, Utc::now());
+        assert!(report.behind.is_empty());
+        let mut out = Vec::new();
+        print(&mut out, &report).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "test.py 7: 1/1 hosts current\n"
+        );
+        let mut out = Vec::new();
+        print(&mut out, &analyze(&[], &nodes, Utc::now())).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "no packages\n");
+    }
+}
