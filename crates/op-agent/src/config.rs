@@ -29,6 +29,12 @@ pub mod defaults {
     pub const HISTORY_KEEP_RUNS: u64 = 100;
     pub const OUTBOX_BYTES: u64 = 64 * 1024 * 1024;
     pub const LOG_LEVEL: &str = "info";
+    /// Package versions kept besides the current one, for instant rollback.
+    pub const PACKAGE_KEEP: u64 = 3;
+    /// Most bytes of file content one package archive may unpack to.
+    pub const PACKAGE_MAX_BYTES: u64 = 4 << 30;
+    /// Most members one package archive may have.
+    pub const PACKAGE_MAX_ENTRIES: u64 = 100_000;
 }
 
 /// Command-line flags. Each also reads an `OP_*` environment variable; a flag wins over its
@@ -105,6 +111,15 @@ pub struct Cli {
     /// counted [default: 64MiB].
     #[arg(long, env = "OP_OUTBOX_BYTES")]
     pub outbox_bytes: Option<String>,
+    /// Package versions kept besides the current one, for instant rollback [default: 3].
+    #[arg(long, env = "OP_PACKAGE_KEEP")]
+    pub package_keep: Option<u64>,
+    /// Most bytes one package archive may unpack to; more is refused as a bomb [default: 4GiB].
+    #[arg(long, env = "OP_PACKAGE_MAX_BYTES")]
+    pub package_max_bytes: Option<String>,
+    /// Most members one package archive may have [default: 100000].
+    #[arg(long, env = "OP_PACKAGE_MAX_ENTRIES")]
+    pub package_max_entries: Option<u64>,
     /// Log filter (tracing EnvFilter syntax) [default: $RUST_LOG, else info].
     #[arg(long, env = "OP_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -136,6 +151,9 @@ pub struct FileConfig {
     pub log_keep_bytes: Option<SizeValue>,
     pub history_keep_runs: Option<u64>,
     pub outbox_bytes: Option<SizeValue>,
+    pub package_keep: Option<u64>,
+    pub package_max_bytes: Option<SizeValue>,
+    pub package_max_entries: Option<u64>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
 }
@@ -211,6 +229,10 @@ pub struct Config {
     pub log_keep_bytes: u64,
     pub history_keep_runs: usize,
     pub outbox_bytes: u64,
+    /// Package versions kept besides the current one (default 3).
+    pub package_keep: usize,
+    /// Bounds on what one package archive may unpack to (defaults 4 GiB, 100,000 members).
+    pub package_limits: crate::deploy::Limits,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -351,6 +373,21 @@ impl Config {
             &file.outbox_bytes,
             defaults::OUTBOX_BYTES,
         )?;
+        let package_max_bytes = size(
+            "package_max_bytes",
+            &cli.package_max_bytes,
+            &file.package_max_bytes,
+            defaults::PACKAGE_MAX_BYTES,
+        )?;
+        let package_max_entries = cli
+            .package_max_entries
+            .or(file.package_max_entries)
+            .unwrap_or(defaults::PACKAGE_MAX_ENTRIES);
+        if package_max_bytes == 0 || package_max_entries == 0 {
+            return Err(AgentError::Config(
+                "package_max_bytes and package_max_entries must be more than 0".into(),
+            ));
+        }
         let log_keep_runs = cli
             .log_keep_runs
             .or(file.log_keep_runs)
@@ -394,6 +431,14 @@ impl Config {
             log_keep_bytes,
             history_keep_runs: history_keep_runs as usize,
             outbox_bytes,
+            package_keep: cli
+                .package_keep
+                .or(file.package_keep)
+                .unwrap_or(defaults::PACKAGE_KEEP) as usize,
+            package_limits: crate::deploy::Limits {
+                max_bytes: package_max_bytes,
+                max_entries: package_max_entries,
+            },
             // RUST_LOG is honoured as the last resort, as in most Rust daemons.
             log_level: pick(&cli.log_level, &file.log_level)
                 .or_else(|| std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()))

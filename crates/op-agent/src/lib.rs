@@ -11,10 +11,13 @@
 //! - [`metrics`]: counters behind `/metrics` and `/v1/status`.
 //!
 //! - [`link`]: with `--manager`, registers, keeps a long-poll sync open (the desired state replaces
-//!   the standalone jobs dir) and drains the outbox to the managers.
+//!   the standalone jobs dir) and drains the outbox to the managers;
+//! - [`deploy`]: brings the desired packages onto this machine (download, verify, unpack safely,
+//!   switch atomically, keep versions for rollback) and reports what it holds.
 
 pub mod api;
 pub mod config;
+pub mod deploy;
 mod error;
 pub mod executor;
 pub mod invoke;
@@ -142,6 +145,11 @@ pub async fn run(
                     metrics: metrics.clone(),
                     state_dir: config.state_dir.clone(),
                     cached_index,
+                    deploy: deploy::DeploySettings {
+                        keep: config.package_keep,
+                        limits: config.package_limits,
+                        ..deploy::DeploySettings::new(config.deploy_dir.clone())
+                    },
                 },
                 sources.clone(),
             );

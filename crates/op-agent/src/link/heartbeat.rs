@@ -1,20 +1,27 @@
 //! What an agent reports with every sync call: host load and memory from /proc, the runs in
-//! progress, and the counters that make drops and skips visible.
+//! progress, the packages it holds (from the deployer), and the counters that make drops and
+//! skips visible.
 
 use op_proto::agent::Heartbeat;
 use op_proto::node::LoadInfo;
+use op_proto::package::InstalledPackage;
 use uuid::Uuid;
 
 use crate::executor::Executor;
 use crate::metrics::Metrics;
 
-pub fn build(node_id: Uuid, executor: &Executor, metrics: &Metrics) -> Heartbeat {
+pub fn build(
+    node_id: Uuid,
+    executor: &Executor,
+    metrics: &Metrics,
+    packages: Vec<InstalledPackage>,
+) -> Heartbeat {
     Heartbeat {
         node_id,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         load: read_load(),
         running: executor.running().iter().map(|h| h.running_run()).collect(),
-        packages: Vec::new(),
+        packages,
         stats: metrics.stats(),
     }
 }

@@ -16,10 +16,14 @@
 //! restarted manager is not stormed by every agent at the same instant. The manager list starts as
 //! the configured `--manager` URLs and follows what the managers announce.
 //!
-//! What the state contains besides jobs (packages, directives) is handed to the components that
-//! own it; this module only moves state between the manager and them.
+//! What the state contains besides jobs is handed to the components that own it: packages go to
+//! the [`Deployer`], which downloads them from the current manager ([`packages::ManagerSource`]);
+//! this module only moves state between the manager and them. When the deployer's report changes
+//! (a download started, a version is in place, a deploy failed) the parked sync is dropped and a
+//! new one sent at once, so the manager learns within a moment rather than at the end of the wait.
 
 mod heartbeat;
+mod packages;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +37,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::deploy::{DeploySettings, Deployer};
 use crate::executor::Executor;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -63,6 +68,8 @@ pub struct LinkParts {
     pub state_dir: std::path::PathBuf,
     /// The state index of the cached job set, so an unchanged state is not re-sent at start.
     pub cached_index: u64,
+    /// How packages of the desired state are deployed.
+    pub deploy: DeploySettings,
 }
 
 /// The managers this agent knows and which one it is using.
@@ -142,7 +149,13 @@ pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Vec<JoinHandle<()
         token: parts.token.clone(),
         node_id: parts.register.node_id,
     });
+    let deployer = Deployer::new(
+        parts.deploy,
+        Arc::new(packages::ManagerSource::new(shared.clone())),
+        shutdown.clone(),
+    );
     let sync = SyncLoop {
+        deployer: deployer.clone(),
         shared: shared.clone(),
         register: parts.register,
         scheduler: parts.scheduler,
@@ -161,9 +174,14 @@ pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Vec<JoinHandle<()
         registered: registered_rx,
         batch_max: AgentSettings::default().run_batch_max,
     };
+    let stop_deployer = shutdown.clone();
     vec![
         tokio::spawn(sync.run(shutdown.clone())),
         tokio::spawn(drain.run(shutdown)),
+        tokio::spawn(async move {
+            stop_deployer.cancelled().await;
+            deployer.wait().await;
+        }),
     ]
 }
 
@@ -215,6 +233,7 @@ fn is_refusal(e: &ClientError) -> bool {
 }
 
 struct SyncLoop {
+    deployer: Deployer,
     shared: Arc<Shared>,
     register: RegisterRequest,
     scheduler: Scheduler,
@@ -231,6 +250,7 @@ impl SyncLoop {
     async fn run(mut self, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
         let mut registered_at: Option<String> = None;
+        let mut deploys = self.deployer.subscribe();
         while !shutdown.is_cancelled() {
             let url = self.shared.current();
             let client = match self.shared.client(&url) {
@@ -265,10 +285,18 @@ impl SyncLoop {
                     }
                 }
             }
-            let beat = heartbeat::build(self.shared.node_id, &self.executor, &self.metrics);
+            deploys.borrow_and_update();
+            let beat = heartbeat::build(
+                self.shared.node_id,
+                &self.executor,
+                &self.metrics,
+                self.deployer.report(),
+            );
             let wait = self.settings.sync_wait_secs;
             let answer = tokio::select! {
                 r = client.sync(self.index, wait, &beat) => r,
+                // A deploy moved on: report it now instead of at the end of the wait.
+                r = deploys.changed() => if r.is_ok() { continue } else { break },
                 _ = shutdown.cancelled() => break,
             };
             match answer {
@@ -304,6 +332,7 @@ impl SyncLoop {
 
     async fn apply(&mut self, state: DesiredState) {
         self.shared.learn(&state.managers);
+        self.deployer.set_desired(&state.packages);
         if let Some(settings) = state.settings.clone() {
             self.settings = settings;
         }

@@ -51,6 +51,11 @@ fn config_file_fixture() {
     assert_eq!(c.log_keep_bytes, 1 << 20);
     assert_eq!(c.history_keep_runs, 200);
     assert_eq!(c.outbox_bytes, 16 << 20);
+    assert_eq!(c.package_keep, 5);
+    assert_eq!(
+        (c.package_limits.max_bytes, c.package_limits.max_entries),
+        (1 << 30, 5000)
+    );
     assert_eq!(c.log_format, LogFormat::Json);
     assert!(c.auth.basic.is_some() && c.auth.token.is_some());
 }

@@ -4,4 +4,5 @@
 #![allow(clippy::disallowed_methods)]
 
 mod fleet;
+mod packages;
 mod support;

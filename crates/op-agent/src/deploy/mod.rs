@@ -1,0 +1,445 @@
+//! The deployer: brings every package of the desired state onto this machine and reports what
+//! it holds.
+//!
+//! One worker task per package name follows that package's desired [`PackageRef`] (a `watch`
+//! channel the link feeds). A worker whose package is not in place downloads it (resumable,
+//! verified: [`download`]), stages it on the deploy dir's filesystem (unpacking archives safely:
+//! [`archive`]), and switches the visible path atomically ([`layout`]). A version kept from
+//! before is switched to without a download, which makes rollback instant.
+//!
+//! Failures leave the old version in place, are reported with their reason, and are retried
+//! with exponential backoff. Workers are independent, so one failing package never blocks
+//! another, and a newer desired version cancels a download in progress at once: a bad version
+//! never blocks the next. Installing (unpack, rename, switch) is never cancelled halfway: it runs
+//! to its end, so what a `kill -9` can interrupt is only ever a staging tree, removed on the next
+//! attempt.
+//!
+//! What the deployer does not do: decide what to deploy (the manager's desired state), talk HTTP
+//! itself (a [`Source`] opens downloads), or remove packages that leave the desired state (their
+//! files stay where jobs may still use them).
+
+pub mod archive;
+pub mod download;
+pub mod layout;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use op_proto::package::{InstalledPackage, PackageRef, PackageState};
+use rand::Rng;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use archive::{ArchiveError, Limits};
+
+/// Why one deploy attempt failed; the message is what `analysis packages` shows.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("download failed: {0}")]
+    Download(String),
+    #[error("download stalled: nothing received for {secs} s")]
+    Stalled { secs: u64 },
+    #[error("size mismatch: received {got} bytes, expected {expected}")]
+    Size { expected: u64, got: u64 },
+    #[error("sha256 mismatch: received content with sha256 {got}, expected {expected}")]
+    Checksum { expected: String, got: String },
+    #[error("archive refused: {0}")]
+    Archive(#[from] ArchiveError),
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("deploy dir {0:?} is not an absolute path")]
+    BadDir(String),
+    #[error("{0}")]
+    Task(String),
+}
+
+/// Why a download could not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// The manager is at its download cap: come back after this long (plus jitter).
+    Busy(Option<Duration>),
+    Failed(String),
+}
+
+/// A download that has started.
+pub struct Opened {
+    /// Offset in the content of the body's first byte (0 when the server ignored the range).
+    pub start: u64,
+    pub body: BoxStream<'static, Result<Bytes, String>>,
+}
+
+/// Where package content comes from (the link's managers; a test's in-memory content).
+pub trait Source: Send + Sync {
+    /// Starts downloading `pkg` from byte `offset`.
+    fn open<'a>(
+        &'a self,
+        pkg: &'a PackageRef,
+        offset: u64,
+    ) -> BoxFuture<'a, Result<Opened, FetchError>>;
+}
+
+/// How the deployer works; every field has a default fit for production.
+#[derive(Debug, Clone)]
+pub struct DeploySettings {
+    /// Where packages without a deploy dir of their own go (`--deploy-dir`).
+    pub default_dir: PathBuf,
+    /// Versions kept besides the current one, for instant rollback (default 3).
+    pub keep: usize,
+    pub limits: Limits,
+    /// A download that receives nothing for this long is abandoned and resumed later.
+    pub idle: Duration,
+    /// Backoff between failed attempts: from `retry_min`, doubling, up to `retry_max`.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+impl DeploySettings {
+    pub fn new(default_dir: PathBuf) -> DeploySettings {
+        DeploySettings {
+            default_dir,
+            keep: 3,
+            limits: Limits::default(),
+            idle: Duration::from_secs(60),
+            retry_min: Duration::from_secs(2),
+            retry_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The deployer; cheap to clone.
+#[derive(Clone)]
+pub struct Deployer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: DeploySettings,
+    source: Arc<dyn Source>,
+    workers: Mutex<HashMap<String, watch::Sender<Option<PackageRef>>>>,
+    reports: Mutex<BTreeMap<String, InstalledPackage>>,
+    changed: watch::Sender<u64>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Deployer {
+    pub fn new(
+        settings: DeploySettings,
+        source: Arc<dyn Source>,
+        shutdown: CancellationToken,
+    ) -> Deployer {
+        Deployer {
+            inner: Arc::new(Inner {
+                settings,
+                source,
+                workers: Mutex::new(HashMap::new()),
+                reports: Mutex::new(BTreeMap::new()),
+                changed: watch::Sender::new(0),
+                tracker: TaskTracker::new(),
+                shutdown,
+            }),
+        }
+    }
+
+    /// The packages this node must hold now. Starts workers for new names, hands changed refs to
+    /// running workers, and stops the workers of names no longer listed.
+    pub fn set_desired(&self, refs: &[PackageRef]) {
+        let mut workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
+        workers.retain(|name, tx| {
+            let keep = refs.iter().any(|r| &r.name == name);
+            if !keep {
+                let _ = tx.send(None);
+            }
+            keep
+        });
+        for r in refs {
+            match workers.get(&r.name) {
+                Some(tx) => {
+                    tx.send_if_modified(|cur| {
+                        if cur.as_ref() == Some(r) {
+                            false
+                        } else {
+                            *cur = Some(r.clone());
+                            true
+                        }
+                    });
+                }
+                None => {
+                    let (tx, rx) = watch::channel(Some(r.clone()));
+                    workers.insert(r.name.clone(), tx);
+                    let inner = self.inner.clone();
+                    self.inner.tracker.spawn(worker(inner, r.name.clone(), rx));
+                }
+            }
+        }
+    }
+
+    /// What this node holds, one entry per desired package (the heartbeat's `packages`).
+    pub fn report(&self) -> Vec<InstalledPackage> {
+        self.inner
+            .reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Bumped whenever [`Deployer::report`] changes, so the link can send a heartbeat at once.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
+    /// Waits for the workers to stop (after the shutdown token was cancelled).
+    pub async fn wait(&self) {
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+    }
+}
+
+impl Inner {
+    fn dir_for(&self, pkg: &PackageRef) -> Result<PathBuf, DeployError> {
+        if pkg.deploy_dir.is_empty() {
+            return Ok(self.settings.default_dir.clone());
+        }
+        let p = Path::new(&pkg.deploy_dir);
+        if !p.is_absolute() || pkg.deploy_dir.split('/').any(|c| c == "..") {
+            return Err(DeployError::BadDir(pkg.deploy_dir.clone()));
+        }
+        Ok(p.to_path_buf())
+    }
+
+    fn set_report(&self, report: Option<InstalledPackage>, name: &str) {
+        let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = match report {
+            Some(r) => reports.insert(name.to_string(), r.clone()).as_ref() != Some(&r),
+            None => reports.remove(name).is_some(),
+        };
+        drop(reports);
+        if changed {
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Installed(layout::VersionMeta),
+    Failed(DeployError),
+    /// The desired ref changed (or went away) while downloading.
+    Superseded,
+    Shutdown,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DeployError> + Send + 'static,
+) -> Result<T, DeployError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DeployError::Task(format!("deploy task failed: {e}")))?
+}
+
+fn report_for(
+    pkg: &PackageRef,
+    installed: Option<&layout::VersionMeta>,
+    state: PackageState,
+    error: Option<String>,
+) -> InstalledPackage {
+    let (version, sha256) = installed.map_or((0, String::new()), |m| (m.version, m.sha256.clone()));
+    InstalledPackage {
+        name: pkg.name.clone(),
+        version,
+        sha256,
+        state,
+        target_version: (version != pkg.version).then_some(pkg.version),
+        error,
+    }
+}
+
+async fn worker(inner: Arc<Inner>, name: String, mut rx: watch::Receiver<Option<PackageRef>>) {
+    let mut failures: u32 = 0;
+    loop {
+        let Some(pkg) = rx.borrow_and_update().clone() else {
+            inner.set_report(None, &name);
+            return;
+        };
+        match attempt(&inner, &pkg, &mut rx).await {
+            Attempt::Installed(meta) => {
+                failures = 0;
+                inner.set_report(
+                    Some(report_for(&pkg, Some(&meta), PackageState::Installed, None)),
+                    &name,
+                );
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return },
+                    _ = inner.shutdown.cancelled() => return,
+                }
+            }
+            Attempt::Failed(e) => {
+                let pause = retry_pause(&inner.settings, failures);
+                failures = failures.saturating_add(1);
+                tracing::warn!(package = %pkg.name, version = pkg.version, error = %e, retry_in = ?pause, "deploy failed; the previous version stays in place");
+                let dir = inner.dir_for(&pkg).ok();
+                let installed = match dir {
+                    Some(d) => {
+                        let n = pkg.name.clone();
+                        tokio::task::spawn_blocking(move || layout::installed(&d, &n))
+                            .await
+                            .ok()
+                            .flatten()
+                    }
+                    None => None,
+                };
+                inner.set_report(
+                    Some(report_for(
+                        &pkg,
+                        installed.as_ref(),
+                        PackageState::Failed,
+                        Some(e.to_string()),
+                    )),
+                    &name,
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    r = rx.changed() => {
+                        if r.is_err() { return }
+                        failures = 0;
+                    }
+                    _ = inner.shutdown.cancelled() => return,
+                }
+            }
+            Attempt::Superseded => failures = 0,
+            Attempt::Shutdown => return,
+        }
+    }
+}
+
+fn retry_pause(s: &DeploySettings, failures: u32) -> Duration {
+    let cap = s
+        .retry_min
+        .saturating_mul(1u32 << failures.min(16))
+        .min(s.retry_max);
+    let ms = cap.as_millis() as u64;
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)))
+}
+
+/// One try at getting `pkg` in place.
+async fn attempt(
+    inner: &Arc<Inner>,
+    pkg: &PackageRef,
+    rx: &mut watch::Receiver<Option<PackageRef>>,
+) -> Attempt {
+    let dir = match inner.dir_for(pkg) {
+        Ok(d) => d,
+        Err(e) => return Attempt::Failed(e),
+    };
+    // Take the package's lock; another agent sharing this deploy dir may hold it for a while.
+    let lock = loop {
+        let (d, n) = (dir.clone(), pkg.name.clone());
+        match blocking(move || {
+            std::fs::create_dir_all(&d).map_err(|e| DeployError::Io {
+                action: "creating",
+                path: d.clone(),
+                source: e,
+            })?;
+            layout::try_lock(&d, &n)
+        })
+        .await
+        {
+            Ok(Some(lock)) => break lock,
+            Ok(None) => {}
+            Err(e) => return Attempt::Failed(e),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            r = rx.changed() => return if r.is_err() { Attempt::Shutdown } else { Attempt::Superseded },
+            _ = inner.shutdown.cancelled() => return Attempt::Shutdown,
+        }
+    };
+    let (d, p) = (dir.clone(), pkg.clone());
+    let found = blocking(move || {
+        layout::clean_leftovers(&d, &p.name);
+        Ok((
+            layout::installed(&d, &p.name),
+            layout::kept(&d, &p.name, p.version, &p.sha256),
+        ))
+    })
+    .await;
+    let (installed, kept) = match found {
+        Ok(f) => f,
+        Err(e) => return Attempt::Failed(e),
+    };
+    if let Some(meta) = installed.as_ref().filter(|m| m.version == pkg.version) {
+        return Attempt::Installed(meta.clone());
+    }
+    if let Some(meta) = kept {
+        // Rollback (or a version another agent on this deploy dir fetched): switch only.
+        let (d, m, prev) = (dir.clone(), meta.clone(), installed.clone());
+        let keep = inner.settings.keep;
+        return match blocking(move || {
+            layout::switch(&d, &m, prev.as_ref())?;
+            layout::prune(&d, &m.name, m.version, keep);
+            Ok(())
+        })
+        .await
+        {
+            Ok(()) => {
+                tracing::info!(package = %pkg.name, version = pkg.version, "switched to a kept version");
+                Attempt::Installed(meta)
+            }
+            Err(e) => Attempt::Failed(e),
+        };
+    }
+    inner.set_report(
+        Some(report_for(
+            pkg,
+            installed.as_ref(),
+            PackageState::Downloading,
+            None,
+        )),
+        &pkg.name,
+    );
+    let part = layout::part_path(&layout::pkg_dir(&dir, &pkg.name), pkg.version);
+    let fetched = tokio::select! {
+        r = download::fetch(inner.source.as_ref(), pkg, &part, inner.settings.idle) => r,
+        r = rx.changed() => return if r.is_err() { Attempt::Shutdown } else { Attempt::Superseded },
+        _ = inner.shutdown.cancelled() => return Attempt::Shutdown,
+    };
+    if let Err(e) = fetched {
+        return Attempt::Failed(e);
+    }
+    // From here to the switch nothing is cancelled: it is local work, and stopping halfway would
+    // only leave a staging tree to clean up.
+    let (d, p, limits, keep) = (dir, pkg.clone(), inner.settings.limits, inner.settings.keep);
+    let installed_before = installed;
+    let result = blocking(move || {
+        let (staging, meta) = layout::stage(&d, &p, &part, &limits)?;
+        layout::commit(&d, &staging, &meta)?;
+        layout::switch(&d, &meta, installed_before.as_ref())?;
+        layout::prune(&d, &p.name, p.version, keep);
+        drop(lock);
+        Ok(meta)
+    })
+    .await;
+    match result {
+        Ok(meta) => {
+            tracing::info!(package = %pkg.name, version = pkg.version, visible = %meta.visible, "deployed");
+            Attempt::Installed(meta)
+        }
+        Err(e) => Attempt::Failed(e),
+    }
+}
+
+#[cfg(test)]
+mod tests;
