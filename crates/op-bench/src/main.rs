@@ -53,6 +53,19 @@ enum Scenario {
         #[arg(long, default_value_t = 500)]
         count: usize,
     },
+    /// A real manager and N real agents: upload one package and time until every agent has it,
+    /// with the manager's CPU seconds (op-manager and op-agent beside this executable).
+    PackageFanout {
+        /// Agents to start.
+        #[arg(long, default_value_t = 20)]
+        agents: usize,
+        /// Package size in MiB (random, incompressible content).
+        #[arg(long, default_value_t = 100)]
+        size_mib: usize,
+        /// The manager's download_concurrency.
+        #[arg(long, default_value_t = 100)]
+        cap: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -78,6 +91,11 @@ fn main() -> ExitCode {
                 scenarios::cron_precision::run(&bin, duration).await
             }
             Scenario::Invoke { count } => scenarios::invoke::run(&bin, count).await,
+            Scenario::PackageFanout {
+                agents,
+                size_mib,
+                cap,
+            } => scenarios::package_fanout::run(&bin, agents, size_mib, cap).await,
         }
     });
     match result {

@@ -214,6 +214,11 @@ impl Manager {
         self.child.is_some()
     }
 
+    /// The process id while it runs (for /proc measurements).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `kill -9`.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

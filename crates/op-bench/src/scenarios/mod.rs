@@ -3,3 +3,4 @@
 pub mod cron_precision;
 pub mod footprint;
 pub mod invoke;
+pub mod package_fanout;

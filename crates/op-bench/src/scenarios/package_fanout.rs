@@ -1,0 +1,143 @@
+//! `package-fanout`: one real manager, N real agents on this machine (op-testkit), one package of
+//! random content. Measures the upload, then the time from the stored upload until every agent
+//! reports the version installed, and the manager's CPU seconds in each phase (utime + stime from
+//! `/proc/PID/stat`), so "bounded by disk and loopback, not by the manager's CPU" can be checked.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use op_proto::package::PackageState;
+use op_testkit::{Agent, AgentOptions, Manager, ManagerOptions};
+
+use crate::report::Figure;
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start at state: utime and stime
+    // are fields 14 and 15 overall, 12 and 13 after ") ".
+    let rest = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow::anyhow!("unexpected /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?
+        .unwrap_or(100)
+        .max(1) as f64;
+    Ok(ticks as f64 / hz)
+}
+
+fn random_content(bytes: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes + 8);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    while out.len() < bytes {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(bytes);
+    out
+}
+
+pub async fn run(
+    agent_bin: &Path,
+    agents: usize,
+    size_mib: usize,
+    cap: usize,
+) -> anyhow::Result<Vec<Figure>> {
+    let m = Manager::start_with(ManagerOptions {
+        args: vec!["--download-concurrency".into(), cap.to_string()],
+    });
+    let pid = m
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("the manager is not running"))?;
+    let fleet: Vec<Agent> = (1..=agents)
+        .map(|i| {
+            Agent::start(
+                AgentOptions::new(&format!("bench-{i}"), &format!("127.0.1.{}", i % 250 + 1))
+                    .manager(&m),
+            )
+        })
+        .collect();
+    let c = m.client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.list_nodes().await?.len() < agents {
+        anyhow::ensure!(Instant::now() < deadline, "agents did not register in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let content = random_content(size_mib << 20);
+
+    let cpu0 = cpu_secs(pid)?;
+    let t0 = Instant::now();
+    let v = c
+        .upload_package_bytes("bench.bin", Some(""), content)
+        .await?;
+    let upload = t0.elapsed();
+    let cpu1 = cpu_secs(pid)?;
+
+    let t1 = Instant::now();
+    let deadline = t1 + Duration::from_secs(1800);
+    loop {
+        let nodes = c.list_nodes().await?;
+        let done = nodes
+            .iter()
+            .filter(|n| {
+                n.packages.iter().any(|p| {
+                    p.name == v.name && p.version == v.version && p.state == PackageState::Installed
+                })
+            })
+            .count();
+        if done == agents {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {done}/{agents} agents got the package"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fanout = t1.elapsed();
+    let cpu2 = cpu_secs(pid)?;
+    let metrics = c.metrics().await?;
+    let peak = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("op_manager_package_downloads_peak "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    for a in &fleet {
+        let got = std::fs::metadata(a.deploy_dir().join("bench.bin"))?.len();
+        anyhow::ensure!(
+            got == (size_mib << 20) as u64,
+            "{} holds {got} bytes",
+            a.options.node_name
+        );
+    }
+    drop(fleet);
+    drop(m);
+
+    let profile = crate::agent::profile(agent_bin);
+    let cond = format!(
+        "{size_mib} MiB package, {agents} agents and the manager on one machine, loopback, download cap {cap}, {profile} build"
+    );
+    let total_mib = (size_mib * agents) as f64;
+    Ok(vec![
+        Figure::new("package_upload", upload.as_secs_f64(), "s", cond.clone()),
+        Figure::new("package_upload_manager_cpu", cpu1 - cpu0, "s", cond.clone()),
+        Figure::new(
+            "package_fanout_wall",
+            fanout.as_secs_f64(),
+            "s",
+            cond.clone(),
+        ),
+        Figure::new(
+            "package_fanout_throughput",
+            total_mib / fanout.as_secs_f64(),
+            "MiB/s",
+            cond.clone(),
+        ),
+        Figure::new("package_fanout_manager_cpu", cpu2 - cpu1, "s", cond.clone()),
+        Figure::new("package_fanout_download_peak", peak, "downloads", cond),
+    ])
+}
