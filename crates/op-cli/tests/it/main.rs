@@ -6,4 +6,5 @@
 
 mod fleet;
 mod offline;
+mod seed;
 mod snapshot;
