@@ -114,6 +114,10 @@ pub struct DesiredState {
     pub managers: Vec<String>,
     #[serde(default)]
     pub settings: Option<AgentSettings>,
+    /// The manager's clock when it answered. A directive's `not_after` is on the manager's clock;
+    /// the agent measures it against this instant, so clock skew between hosts does not matter.
+    #[serde(default)]
+    pub now: Option<DateTime<Utc>>,
 }
 
 /// A one-off order for this node, carried by the sync channel.
@@ -136,7 +140,8 @@ pub struct RunDirective {
     #[serde(default)]
     pub params: BTreeMap<String, String>,
     pub trigger: Trigger,
-    /// Do not start after this instant (the caller has given up on this host).
+    /// Do not start after this instant (the caller has given up on this host), on the manager's
+    /// clock (see [`DesiredState::now`]).
     pub not_after: DateTime<Utc>,
 }
 

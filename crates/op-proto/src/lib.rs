@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod api;
 pub mod hosts;
+pub mod invoke;
 pub mod job;
 pub mod local;
 pub mod node;

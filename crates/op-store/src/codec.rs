@@ -30,6 +30,14 @@ pub(crate) fn ip_list(ips: &[IpAddr]) -> String {
     s
 }
 
+/// The IPs of an `ip_list` column; entries that do not parse are skipped.
+pub(crate) fn parse_ip_list(text: &str) -> Vec<IpAddr> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
 pub(crate) fn uuid(text: &str) -> Uuid {
     Uuid::parse_str(text).unwrap_or(Uuid::nil())
 }

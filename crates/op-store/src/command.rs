@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use op_proto::agent::RunBatchAck;
 use op_proto::api::{JobRecord, SaveJobResponse, Scope, TokenInfo};
+use op_proto::invoke::{InvocationKind, InvocationOptions};
 use op_proto::node::{AgentStats, LoadInfo, RunningRun};
 use op_proto::package::{InstalledPackage, PackageVersion};
 use op_proto::{JobSpec, NodeInfo, NodeStatus, RunRecord};
@@ -118,6 +119,36 @@ pub enum Command {
         at: DateTime<Utc>,
         actor: String,
     },
+    /// A fan-out invocation: its targets (chosen by the proposer from the Ready nodes), their run
+    /// ids, and the targets released at once. Released targets become directives of their nodes.
+    CreateInvocation {
+        invocation: Box<NewInvocation>,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+    /// The leader's rollout decisions for one invocation: targets to release (next batch or
+    /// concurrency slot), released targets past their deadline (now `unreachable`), a reason to
+    /// stop releasing (the pending targets are cancelled), and whether it is finished. Each part
+    /// holds only where the state still allows it, so a stale decision changes nothing.
+    AdvanceInvocation {
+        id: Uuid,
+        at: DateTime<Utc>,
+        #[serde(default)]
+        release: Vec<Uuid>,
+        #[serde(default)]
+        expire: Vec<Uuid>,
+        #[serde(default)]
+        stop: Option<String>,
+        #[serde(default)]
+        finish: bool,
+    },
+    /// An operator cancels an invocation: pending targets are cancelled and running ones get a
+    /// kill directive.
+    CancelInvocation {
+        id: Uuid,
+        at: DateTime<Utc>,
+        actor: String,
+    },
 }
 
 impl Command {
@@ -139,6 +170,9 @@ impl Command {
             Command::AddPackageVersion { .. } => "add_package_version",
             Command::RollbackPackage { .. } => "rollback_package",
             Command::DeletePackageVersion { .. } => "delete_package_version",
+            Command::CreateInvocation { .. } => "create_invocation",
+            Command::AdvanceInvocation { .. } => "advance_invocation",
+            Command::CancelInvocation { .. } => "cancel_invocation",
         }
     }
 }
@@ -212,6 +246,49 @@ impl Default for RetentionLimits {
     }
 }
 
+/// A fan-out invocation to create. Everything that depends on the moment (the targets, their run
+/// ids, the first release) is decided by the proposer and travels here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewInvocation {
+    pub id: Uuid,
+    pub kind: InvocationKind,
+    /// The job as it runs: a saved job's spec at `revision`, or the ad-hoc command's.
+    pub spec: JobSpec,
+    pub revision: u64,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    pub options: InvocationOptions,
+    /// In batch order.
+    pub targets: Vec<NewTarget>,
+    /// Selected hosts that are unknown or not Ready: reported `unreachable` from the start.
+    #[serde(default)]
+    pub unreachable: Vec<MissingHost>,
+    /// Run ids of the targets released at once.
+    #[serde(default)]
+    pub release: Vec<Uuid>,
+}
+
+/// One host an invocation runs on, with the run id the manager picked for it (so a directive
+/// received twice runs once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTarget {
+    pub node_id: Uuid,
+    pub hostname: String,
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
+    pub run_id: Uuid,
+    /// 0-based rolling batch.
+    #[serde(default)]
+    pub batch: u32,
+}
+
+/// A selected host that cannot run the invocation, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingHost {
+    pub host: String,
+    pub reason: String,
+}
+
 /// A token to create. The proposer generated the id and the secret; only the secret's SHA-256
 /// (hex) travels in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,6 +317,9 @@ pub struct PruneReport {
     pub audit: u64,
     pub once_targets: u64,
     pub nodes: u64,
+    /// Finished invocations (with their targets).
+    #[serde(default)]
+    pub invocations: u64,
 }
 
 impl PruneReport {
@@ -329,6 +409,16 @@ pub enum CommandResult {
         name: String,
         version: u64,
         sha256: String,
+    },
+    InvocationCreated {
+        id: Uuid,
+    },
+    /// What an `AdvanceInvocation` or `CancelInvocation` changed.
+    InvocationAdvanced {
+        released: usize,
+        expired: usize,
+        cancelled: usize,
+        finished: bool,
     },
     Rejected {
         rejection: Rejection,

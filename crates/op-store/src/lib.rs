@@ -1,7 +1,8 @@
 //! The manager's state: a SQLite database changed only by [`Command`]s.
 //!
-//! `op-store` owns the tables (jobs with revisions, nodes, once-job targets, runs, tokens, the audit
-//! log, package versions), the command vocabulary, the deterministic [`Store::apply_batch`], the read queries the API
+//! `op-store` owns the tables (jobs with revisions, nodes, once-job targets, runs, invocations and
+//! their targets, tokens, the audit log, package versions), the command vocabulary, the
+//! deterministic [`Store::apply_batch`], the read queries the API
 //! serves, retention, and snapshot build/install with `VACUUM INTO`. It knows nothing of raft: the
 //! caller (op-manager's state machine) hands in log indexes and opaque raft metadata strings, which
 //! are stored in the same transaction as the changes they cover. Package blobs are not here:
@@ -27,10 +28,13 @@ use rusqlite::{Connection, OpenFlags};
 
 pub use apply::{Changes, Entry};
 pub use command::{
-    Command, CommandResult, NewToken, NodeBeat, NodeRegistration, PruneReport, Rejection,
-    RetentionLimits, StatusChange, TokenRecord,
+    Command, CommandResult, MissingHost, NewInvocation, NewTarget, NewToken, NodeBeat,
+    NodeRegistration, PruneReport, Rejection, RetentionLimits, StatusChange, TokenRecord,
 };
 pub use error::{Result, StoreError};
+pub use read::invocations::{
+    DEFAULT_INVOCATION_LIMIT, InvocationDetail, InvocationRow, MAX_INVOCATION_LIMIT, TargetRow,
+};
 pub use read::misc::MAX_AUDIT_LIMIT;
 pub use read::runs::{DEFAULT_RUN_LIMIT, MAX_RUN_LIMIT};
 pub use read::{DesiredView, NodesView, StoreStats};

@@ -113,6 +113,44 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX package_versions_sha256 ON package_versions(sha256);
     "#,
+    // 3: fan-out invocations and their per-host targets.
+    r#"
+    -- `record` is the InvocationDetail as JSON (spec, revision, params, options, unreachable).
+    -- `state`: running | finished. `stopped`: why pending hosts were cancelled, if they were.
+    CREATE TABLE invocations (
+        id          TEXT PRIMARY KEY,
+        job         TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        created_by  TEXT NOT NULL,
+        finished_at INTEGER,
+        stopped     TEXT,
+        record      TEXT NOT NULL
+    );
+    CREATE INDEX invocations_state ON invocations(state);
+    CREATE INDEX invocations_created ON invocations(created_at);
+    -- One row per targeted host. `status` is a HostStatus: pending (not released), running (its
+    -- directive is out; `kill` = 1 once a kill was asked for), or final. While running, the row
+    -- is a directive of its node.
+    CREATE TABLE invocation_targets (
+        run_id        TEXT PRIMARY KEY,
+        invocation_id TEXT NOT NULL,
+        seq           INTEGER NOT NULL,
+        batch         INTEGER NOT NULL,
+        node_id       TEXT NOT NULL,
+        hostname      TEXT NOT NULL,
+        ips           TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        kill          INTEGER NOT NULL DEFAULT 0,
+        released_at   INTEGER,
+        not_after     INTEGER,
+        finished_at   INTEGER,
+        detail        TEXT
+    );
+    CREATE INDEX invocation_targets_inv ON invocation_targets(invocation_id, seq);
+    CREATE INDEX invocation_targets_running ON invocation_targets(node_id) WHERE status = 'running';
+    "#,
 ];
 
 /// The schema version this build writes.

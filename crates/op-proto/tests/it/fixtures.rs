@@ -161,3 +161,56 @@ fn wire_fixture_job_record() {
     let orig: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(again, orig);
 }
+
+#[test]
+fn wire_fixture_desired_state_with_directives() {
+    // What a manager hands an agent on its sync call: a run directive and a kill directive.
+    let text = data("wire/desired_state_directives.json");
+    let state: op_proto::agent::DesiredState = serde_json::from_str(&text).unwrap();
+    assert_eq!(state.directives.len(), 2);
+    let op_proto::agent::Directive::Run(run) = &state.directives[0] else {
+        panic!("the first directive is a run")
+    };
+    assert_eq!(run.spec.params, ["host"]);
+    assert_eq!(run.params["host"], "10.0.0.7");
+    assert_eq!(run.trigger, op_proto::Trigger::Adhoc);
+    assert!(matches!(
+        state.directives[1],
+        op_proto::agent::Directive::Kill { .. }
+    ));
+    assert!(state.now.is_some());
+    let again = serde_json::to_value(&state).unwrap();
+    let back: op_proto::agent::DesiredState = serde_json::from_value(again).unwrap();
+    assert_eq!(back, state);
+}
+
+#[test]
+fn wire_fixture_invoke_request() {
+    let text = data("wire/invoke_request.json");
+    let req: op_proto::invoke::InvokeRequest = serde_json::from_str(&text).unwrap();
+    assert_eq!(req.batch, Some(op_proto::invoke::BatchSize::Percent(25)));
+    assert_eq!(req.hosts.len(), 2);
+    let again: serde_json::Value = serde_json::to_value(&req).unwrap();
+    let orig: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(again, orig);
+}
+
+#[test]
+fn wire_fixture_invocation_event_stream() {
+    // The NDJSON answer of a waiting invocation: one event per line, each line round-trips.
+    let text = data("wire/invocation_events.ndjson");
+    let events: Vec<op_proto::invoke::InvocationEvent> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(events.len(), 6);
+    let op_proto::invoke::InvocationEvent::Summary(s) = events.last().unwrap() else {
+        panic!("the last line is the summary")
+    };
+    assert_eq!((s.total, s.ok, s.failed, s.unreachable), (3, 1, 1, 1));
+    for (line, event) in text.lines().zip(&events) {
+        let again = serde_json::to_value(event).unwrap();
+        let orig: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(again, orig, "{line}");
+    }
+}

@@ -5,6 +5,7 @@
 //! Determinism rule: nothing here reads the clock, generates ids or depends on the machine. All
 //! such values arrive inside the command.
 
+mod invocations;
 mod jobs;
 mod nodes;
 mod packages;
@@ -48,6 +49,8 @@ pub struct Changes {
     pub runs_duplicate: u64,
     /// A package version was deleted: its blob may now be unreferenced.
     pub blobs_released: bool,
+    /// Invocations whose progress or results changed (created, advanced, a host's result).
+    pub invocations: BTreeSet<Uuid>,
 }
 
 impl Changes {
@@ -60,6 +63,7 @@ impl Changes {
         self.run_bytes += other.run_bytes;
         self.runs_duplicate += other.runs_duplicate;
         self.blobs_released |= other.blobs_released;
+        self.invocations.extend(other.invocations);
     }
 
     /// True when some node's desired state may have changed.
@@ -151,6 +155,32 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
             at,
             actor,
         } => packages::delete(conn, name, *version, *at, actor, ch),
+        Command::CreateInvocation {
+            invocation,
+            at,
+            actor,
+        } => invocations::create(conn, index, invocation, *at, actor, ch),
+        Command::AdvanceInvocation {
+            id,
+            at,
+            release,
+            expire,
+            stop,
+            finish,
+        } => invocations::advance(
+            conn,
+            index,
+            *id,
+            *at,
+            release,
+            expire,
+            stop.as_deref(),
+            *finish,
+            ch,
+        ),
+        Command::CancelInvocation { id, at, actor } => {
+            invocations::cancel(conn, index, *id, *at, actor, ch)
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 //! Runs go by three rules, in order: per (job, node) only the newest N; nothing older than the
 //! maximum age; and, oldest first, whatever exceeds the global byte budget. Then the audit log by
 //! age and count, once-job targets of superseded revisions, and Left nodes, by history age.
+//! Finished invocations go with the runs' age limit, and beyond the newest
+//! [`MAX_FINISHED_INVOCATIONS`]; running ones are never pruned (their hosts still answer).
 
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{Connection, params};
@@ -10,6 +12,9 @@ use rusqlite::{Connection, params};
 use super::Outcome;
 use crate::codec::ms;
 use crate::command::{CommandResult, PruneReport, RetentionLimits};
+
+/// Most finished invocations kept, whatever their age: each holds its command and parameters.
+pub const MAX_FINISHED_INVOCATIONS: i64 = 10_000;
 
 fn cutoff(now: DateTime<Utc>, secs: u64) -> i64 {
     ms(now - Duration::seconds(secs.min(i64::MAX as u64 / 1000) as i64))
@@ -81,5 +86,32 @@ pub(super) fn prune(conn: &Connection, now: DateTime<Utc>, l: &RetentionLimits) 
             params![before],
         )? as u64;
     }
+    r.invocations = prune_invocations(conn, now, l)?;
     Ok(Ok(CommandResult::Pruned { report: r }))
+}
+
+fn prune_invocations(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    l: &RetentionLimits,
+) -> crate::Result<u64> {
+    let before = if l.run_max_age_secs > 0 {
+        cutoff(now, l.run_max_age_secs)
+    } else {
+        i64::MIN
+    };
+    // The same set both times: the first statement does not touch `invocations`.
+    let doomed =
+        "SELECT id FROM invocations WHERE state = 'finished' AND (finished_at < ?1 OR id IN (
+           SELECT id FROM invocations WHERE state = 'finished'
+           ORDER BY created_at DESC, id DESC LIMIT -1 OFFSET ?2))";
+    conn.execute(
+        &format!("DELETE FROM invocation_targets WHERE invocation_id IN ({doomed})"),
+        params![before, MAX_FINISHED_INVOCATIONS],
+    )?;
+    let n = conn.execute(
+        &format!("DELETE FROM invocations WHERE id IN ({doomed})"),
+        params![before, MAX_FINISHED_INVOCATIONS],
+    )?;
+    Ok(n as u64)
 }

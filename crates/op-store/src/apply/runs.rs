@@ -1,4 +1,5 @@
-//! Run ingestion: idempotent by run id, and once-job targets follow the runs they receive.
+//! Run ingestion: idempotent by run id; once-job targets and invocation targets follow the runs
+//! they receive.
 
 use chrono::{DateTime, Utc};
 use op_proto::agent::RunBatchAck;
@@ -64,6 +65,7 @@ pub(super) fn ingest(
         if run.trigger == Trigger::Once && follow_target(conn, run, at)? {
             targets_changed = true;
         }
+        super::invocations::settle(conn, run, at, ch)?;
     }
     ch.runs_duplicate += ack.duplicates as u64;
     if targets_changed {

@@ -1,6 +1,7 @@
 //! Read queries. Each `Store` method here borrows a pooled reader connection; the free functions
 //! take a `Connection` so that `apply` can use the same queries inside its transaction.
 
+pub(crate) mod invocations;
 pub(crate) mod jobs;
 pub(crate) mod misc;
 pub(crate) mod nodes;
@@ -8,6 +9,7 @@ pub(crate) mod packages;
 pub(crate) mod runs;
 
 use op_proto::NodeInfo;
+use op_proto::agent::Directive;
 use op_proto::api::JobRecord;
 use op_proto::package::PackageRef;
 use rusqlite::{Connection, OptionalExtension};
@@ -36,6 +38,8 @@ pub struct DesiredView {
     pub pending: Vec<(Uuid, String, u64)>,
     /// The current version of every package: every node must hold all of them.
     pub packages: Vec<PackageRef>,
+    /// Live directives (ad-hoc runs and kills of invocations): (node, directive).
+    pub directives: Vec<(Uuid, Directive)>,
 }
 
 /// Row counts for `/metrics` and `/v1/cluster`.
@@ -80,6 +84,7 @@ impl Store {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             drop(stmt);
             let packages = packages::desired(&tx)?;
+            let directives = invocations::directives(&tx, None)?;
             tx.finish()?;
             Ok(DesiredView {
                 desired_index,
@@ -87,6 +92,7 @@ impl Store {
                 nodes,
                 pending,
                 packages,
+                directives,
             })
         })
     }
@@ -128,10 +134,11 @@ impl Store {
 pub struct NodesView {
     pub nodes: Vec<(NodeInfo, u64)>,
     pub pending: Vec<(Uuid, String, u64)>,
+    pub directives: Vec<(Uuid, Directive)>,
 }
 
 impl Store {
-    /// Reads `ids` (those that exist) and their pending once-job targets, for an incremental
+    /// Reads `ids` (those that exist), their pending once-job targets and their directives, for an incremental
     /// refresh of the sync hub's view.
     pub fn desired_nodes(&self, ids: &[Uuid]) -> Result<NodesView> {
         self.read(|conn| {
@@ -158,6 +165,9 @@ impl Store {
                 for row in rows {
                     out.pending.push(row?);
                 }
+                drop(stmt);
+                out.directives
+                    .extend(invocations::directives(&tx, Some(*id))?);
             }
             tx.finish()?;
             Ok(out)

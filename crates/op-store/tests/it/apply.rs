@@ -1,8 +1,9 @@
 //! `apply`: revisions, once-job targets, idempotent ingestion, node status, tokens, determinism.
 
 use op_proto::api::{RunQuery, Scope, TargetState};
-use op_proto::{NodeStatus, RunStatus, Trigger};
+use op_proto::{JobSpec, NodeStatus, RunStatus, Trigger};
 use op_store::{Command, CommandResult, NewToken, StatusChange};
+use uuid::Uuid;
 
 use crate::common::*;
 
@@ -247,6 +248,35 @@ fn apply_is_deterministic() {
         save(once_job("o"), 1),
         save(cron_job("c"), 2),
         ingest(2, vec![run(2, "c", 1, 3, RunStatus::Ok)], 3),
+        Command::CreateInvocation {
+            invocation: Box::new(op_store::NewInvocation {
+                id: Uuid::from_u128(7),
+                kind: op_proto::invoke::InvocationKind::Exec,
+                spec: JobSpec::new("adhoc", "true"),
+                revision: 0,
+                params: Default::default(),
+                options: Default::default(),
+                targets: vec![op_store::NewTarget {
+                    node_id: node_id(2),
+                    hostname: "node-2".into(),
+                    ips: vec![],
+                    run_id: Uuid::from_u128(8),
+                    batch: 0,
+                }],
+                unreachable: vec![],
+                release: vec![Uuid::from_u128(8)],
+            }),
+            at: at(3),
+            actor: "ops".into(),
+        },
+        Command::AdvanceInvocation {
+            id: Uuid::from_u128(7),
+            at: at(4),
+            release: vec![],
+            expire: vec![Uuid::from_u128(8)],
+            stop: None,
+            finish: true,
+        },
         Command::Prune {
             now: at(4),
             limits: Default::default(),
@@ -285,6 +315,10 @@ fn apply_is_deterministic() {
             serde_json::to_string(&s.store.runs(&RunQuery::default()).unwrap()).unwrap(),
             serde_json::to_string(&s.store.audit(None, 100).unwrap()).unwrap(),
             serde_json::to_string(&s.store.package_versions("p.sh").unwrap()).unwrap(),
+            format!(
+                "{:?}",
+                s.store.invocation(Uuid::from_u128(7), true).unwrap()
+            ),
         )
     };
     assert_eq!(dump(&log), dump(&log));

@@ -6,8 +6,12 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use op_proto::api::Scope;
+use op_proto::invoke::{BatchSize, InvocationKind, InvocationOptions};
 use op_proto::{JobSpec, NodeStatus, RunStatus, Trigger};
-use op_store::{Command, NewToken, NodeBeat, RetentionLimits, StatusChange};
+use op_store::{
+    Command, MissingHost, NewInvocation, NewTarget, NewToken, NodeBeat, RetentionLimits,
+    StatusChange,
+};
 
 use crate::common::*;
 
@@ -21,6 +25,8 @@ fn samples() -> Vec<Command> {
     let mut r = run(2, "ls-l", 3, 0, RunStatus::Ok);
     r.run_id = uuid::Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0001);
     r.trigger = Trigger::Once;
+    let inv = uuid::Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_00a1);
+    let target = uuid::Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0002);
     vec![
         Command::InitCluster {
             cluster_id: "6f1c1c2e-0000-4000-8000-000000000001".into(),
@@ -105,6 +111,65 @@ fn samples() -> Vec<Command> {
         Command::DeletePackageVersion {
             name: "test.py".into(),
             version: 1764057600,
+            at: t0(),
+            actor: "ops".into(),
+        },
+        Command::CreateInvocation {
+            invocation: Box::new(NewInvocation {
+                id: inv,
+                kind: InvocationKind::Job,
+                spec: JobSpec::from_task_json(
+                    r#"{"JobName":"apiTest.py","Command":"python apiTest.py --host '{host}'",
+                        "Params":["host"],"Timeout":30}"#,
+                )
+                .unwrap(),
+                revision: 4,
+                params: [("host".to_string(), "10.0.0.7".to_string())].into(),
+                options: InvocationOptions {
+                    max_concurrency: Some(10),
+                    batch: Some(BatchSize::Percent(50)),
+                    batch_hosts: Some(1),
+                    batch_wait_secs: 5,
+                    max_failures: Some(1),
+                    deadline_secs: 90,
+                },
+                targets: vec![
+                    NewTarget {
+                        node_id: node_id(2),
+                        hostname: "node-2".into(),
+                        ips: vec!["127.0.0.2".parse().unwrap()],
+                        run_id: target,
+                        batch: 0,
+                    },
+                    NewTarget {
+                        node_id: node_id(3),
+                        hostname: "node-3".into(),
+                        ips: vec!["127.0.0.3".parse().unwrap()],
+                        run_id: uuid::Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0003),
+                        batch: 1,
+                    },
+                ],
+                unreachable: vec![MissingHost {
+                    host: "db-9".into(),
+                    reason: "node is NotReady".into(),
+                }],
+                release: vec![target],
+            }),
+            at: t0(),
+            actor: "ops".into(),
+        },
+        Command::AdvanceInvocation {
+            id: inv,
+            at: t0(),
+            release: vec![uuid::Uuid::from_u128(
+                0x0193_0000_0000_7000_8000_0000_0000_0003,
+            )],
+            expire: vec![target],
+            stop: Some("stopped: 1 host failed (max_failures 1)".into()),
+            finish: true,
+        },
+        Command::CancelInvocation {
+            id: inv,
             at: t0(),
             actor: "ops".into(),
         },

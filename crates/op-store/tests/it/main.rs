@@ -4,6 +4,7 @@
 mod apply;
 mod common;
 mod fixtures;
+mod invocations;
 mod packages;
 mod retention;
 mod snapshot;

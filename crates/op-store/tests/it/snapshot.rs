@@ -16,6 +16,12 @@ fn dump(store: &Store) -> Vec<String> {
         serde_json::to_string(&store.package_versions("test.py").unwrap()).unwrap(),
         format!("{:?}", store.desired_view().unwrap().packages),
         format!("{:?}", store.desired_view().unwrap().pending),
+        format!("{:?}", store.desired_view().unwrap().directives),
+        format!("{:?}", store.invocations(&Default::default()).unwrap()),
+        format!(
+            "{:?}",
+            store.invocation(uuid::Uuid::from_u128(7), true).unwrap()
+        ),
         format!("{:?}", store.stats().unwrap()),
         format!(
             "{:?} {:?} {:?}",
@@ -30,7 +36,45 @@ fn dump(store: &Store) -> Vec<String> {
 fn snapshot_install_round_trips_all_tables() {
     let mut src = TestStore::new();
     fill(&mut src);
+    src.apply(op_store::Command::CreateInvocation {
+        invocation: Box::new(op_store::NewInvocation {
+            id: uuid::Uuid::from_u128(7),
+            kind: op_proto::invoke::InvocationKind::Exec,
+            spec: op_proto::JobSpec::new("adhoc", "uptime"),
+            revision: 0,
+            params: Default::default(),
+            options: Default::default(),
+            targets: vec![op_store::NewTarget {
+                node_id: node_id(2),
+                hostname: "node-2".into(),
+                ips: vec![],
+                run_id: uuid::Uuid::from_u128(8),
+                batch: 0,
+            }],
+            unreachable: vec![],
+            release: vec![uuid::Uuid::from_u128(8)],
+        }),
+        at: at(40),
+        actor: "ops".into(),
+    });
+    // The raft metadata rides with the last batch, as in `fill`.
+    src.index += 1;
+    src.store
+        .apply_batch(
+            &[op_store::Entry {
+                index: src.index,
+                command: None,
+            }],
+            "{\"last\":true}",
+            Some("{\"membership\":1}"),
+        )
+        .unwrap();
     let want = dump(&src.store);
+    assert!(
+        want.iter()
+            .any(|w| w.contains("Run(RunDirective") && w.contains("uptime")),
+        "the invocation is a directive"
+    );
     assert!(want[3].len() > 100, "runs were stored");
 
     let snap = src.dir.path().join("snap.db");
