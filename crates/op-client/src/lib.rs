@@ -16,6 +16,10 @@ use op_proto::api::{
     AuditEntry, ClusterStatus, CreateTokenRequest, CreatedToken, JobView, OnceTarget, RunQuery,
     SaveJobResponse, TokenInfo, VersionInfo,
 };
+use op_proto::invoke::{
+    InvocationAccepted, InvocationBrief, InvocationEvent, InvocationQuery, InvocationView,
+    InvokeRequest, NDJSON,
+};
 use op_proto::package::{PackageVersion, RollbackRequest};
 use op_proto::{API_VERSION, API_VERSION_HEADER, ErrorBody, JobSpec, NodeInfo, RunRecord};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -25,6 +29,9 @@ use uuid::Uuid;
 
 /// Default time limit of one request (a sync call adds its wait to it).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest silence tolerated on an invocation stream. The manager writes a progress line every
+/// 10 s while nothing else happens, so this much silence means the connection is dead.
+pub const STREAM_IDLE: Duration = Duration::from_secs(45);
 
 /// Time limit of a whole package upload or download. Large packages on slow links take long;
 /// a stalled transfer is caught by the server's idle timeout (uploads) or by the caller's timeout
@@ -59,6 +66,8 @@ pub enum ClientError {
     },
     #[error("{url}: unexpected response: {message}")]
     Decode { url: String, message: String },
+    #[error("{url}: the result stream broke off: {message}")]
+    Stream { url: String, message: String },
 }
 
 impl ClientError {
@@ -527,6 +536,133 @@ impl Client {
     /// Delivers finished runs; idempotent by run id.
     pub async fn post_runs(&self, batch: &RunBatch) -> Result<RunBatchAck> {
         self.post("/v1/agent/runs", batch).await
+    }
+
+    // --- invocations ---
+
+    /// Runs a saved job on the selected hosts. Whether the answer streams or returns at once
+    /// follows `req.wait` (absent: the job's SynFlag).
+    pub async fn run_job(&self, name: &str, req: &InvokeRequest) -> Result<Started> {
+        self.invoke(&format!("/v1/jobs/{}/run", path_segment(name)), req)
+            .await
+    }
+
+    /// Runs an ad-hoc command (`req.command`) on the selected hosts.
+    pub async fn exec(&self, req: &InvokeRequest) -> Result<Started> {
+        self.invoke("/v1/exec", req).await
+    }
+
+    async fn invoke(&self, path: &str, req: &InvokeRequest) -> Result<Started> {
+        // No overall time limit: a waiting invocation streams for as long as its hosts'
+        // deadlines allow. Each read has its own idle limit instead (see `InvocationStream`).
+        let mut builder = self
+            .http
+            .request(Method::POST, self.url(path))
+            .header(API_VERSION_HEADER, API_VERSION.to_string())
+            .json(req);
+        if let Some(token) = &self.token {
+            builder = builder.bearer_auth(token);
+        }
+        let resp = tokio::time::timeout(self.timeout, self.send(path, builder))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                url: self.url(path),
+                secs: self.timeout.as_secs(),
+            })??;
+        let streamed = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(NDJSON));
+        if streamed {
+            return Ok(Started::Stream(InvocationStream {
+                resp,
+                buf: Vec::new(),
+                url: self.url(path),
+                idle: STREAM_IDLE,
+            }));
+        }
+        let bytes = resp.bytes().await.map_err(|e| self.transport(path, e))?;
+        serde_json::from_slice(&bytes)
+            .map(Started::Accepted)
+            .map_err(|e| ClientError::Decode {
+                url: self.url(path),
+                message: e.to_string(),
+            })
+    }
+
+    /// Progress and every host's result of one invocation.
+    pub async fn invocation(&self, id: Uuid) -> Result<InvocationView> {
+        self.get(&format!("/v1/invocations/{id}")).await
+    }
+
+    /// Recent invocations, newest first.
+    pub async fn invocations(&self, query: &InvocationQuery) -> Result<Vec<InvocationBrief>> {
+        let req = self.request(Method::GET, "/v1/invocations").query(query);
+        self.json("/v1/invocations", req).await
+    }
+
+    /// Cancels an invocation: hosts not started are cancelled, running ones are killed.
+    pub async fn cancel_invocation(&self, id: Uuid) -> Result<InvocationView> {
+        self.post(&format!("/v1/invocations/{id}/cancel"), &())
+            .await
+    }
+}
+
+/// How an invocation was answered.
+#[derive(Debug)]
+pub enum Started {
+    /// It runs; follow it with [`Client::invocation`].
+    Accepted(InvocationAccepted),
+    /// The results, as they arrive.
+    Stream(InvocationStream),
+}
+
+/// The NDJSON answer of a waiting invocation, read one event at a time.
+#[derive(Debug)]
+pub struct InvocationStream {
+    resp: Response,
+    buf: Vec<u8>,
+    url: String,
+    idle: Duration,
+}
+
+impl InvocationStream {
+    /// The next event; `None` once the manager ended the stream (after the summary).
+    pub async fn next(&mut self) -> Result<Option<InvocationEvent>> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                let line = &line[..line.len() - 1];
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return serde_json::from_slice(line)
+                    .map(Some)
+                    .map_err(|e| ClientError::Decode {
+                        url: self.url.clone(),
+                        message: format!("{e}: {}", String::from_utf8_lossy(line)),
+                    });
+            }
+            let chunk = tokio::time::timeout(self.idle, self.resp.chunk())
+                .await
+                .map_err(|_| ClientError::Stream {
+                    url: self.url.clone(),
+                    message: format!("nothing for {} s", self.idle.as_secs()),
+                })?
+                .map_err(|e| ClientError::Stream {
+                    url: self.url.clone(),
+                    message: e.to_string(),
+                })?;
+            match chunk {
+                Some(bytes) => self.buf.extend_from_slice(&bytes),
+                None if self.buf.iter().all(u8::is_ascii_whitespace) => return Ok(None),
+                None => {
+                    // A last line without its newline.
+                    self.buf.push(b'\n');
+                }
+            }
+        }
     }
 }
 

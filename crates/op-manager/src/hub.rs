@@ -11,6 +11,11 @@
 //! Packages ride in the same view: every node must hold the current version of every package, so
 //! an upload or rollback is a change for all nodes.
 //!
+//! Directives (ad-hoc runs and kills of invocations) are part of each node's desired state: a
+//! release bumps the node's own index, so only that node's parked sync wakes. Invocation progress
+//! (a host's result, a release, an expiry) bumps a second watch channel that waiting NDJSON streams
+//! and the leader's fan-out driver follow; it never wakes agents.
+//!
 //! The view is rebuilt whole only when jobs or packages changed. A change that concerns some nodes only (a
 //! registration, a status change, a once-job target moving) re-reads just those nodes, so a storm
 //! of 10,000 agents registering after a restart costs 10,000 small reads, not 10,000 full ones.
@@ -20,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use op_proto::NodeStatus;
-use op_proto::agent::DesiredJob;
+use op_proto::agent::{DesiredJob, Directive};
 use op_proto::api::JobRecord;
 use op_proto::hosts::{HostIdentity, HostSelector};
 use op_proto::package::PackageRef;
@@ -41,6 +46,8 @@ pub struct CachedNode {
 #[derive(Debug, Default)]
 pub struct DesiredCache {
     pub seq: u64,
+    /// The quiet sequence this cache was built at (see [`Hub::applied`]).
+    quiet: u64,
     /// Log index of the last change that concerned every node.
     pub desired_index: u64,
     jobs: Arc<Vec<(JobRecord, HostSelector)>>,
@@ -48,16 +55,26 @@ pub struct DesiredCache {
     pending: HashMap<Uuid, HashSet<(String, u64)>>,
     /// The current version of every package; every node holds all of them.
     packages: Arc<Vec<PackageRef>>,
+    directives: HashMap<Uuid, Vec<Directive>>,
+}
+
+fn by_node(list: Vec<(Uuid, Directive)>) -> HashMap<Uuid, Vec<Directive>> {
+    let mut out: HashMap<Uuid, Vec<Directive>> = HashMap::new();
+    for (node, d) in list {
+        out.entry(node).or_default().push(d);
+    }
+    out
 }
 
 impl DesiredCache {
-    fn build(seq: u64, view: op_store::DesiredView) -> DesiredCache {
+    fn build(seq: u64, quiet: u64, view: op_store::DesiredView) -> DesiredCache {
         let mut pending: HashMap<Uuid, HashSet<(String, u64)>> = HashMap::new();
         for (node, job, revision) in view.pending {
             pending.entry(node).or_default().insert((job, revision));
         }
         DesiredCache {
             seq,
+            quiet,
             desired_index: view.desired_index,
             jobs: Arc::new(
                 view.jobs
@@ -71,29 +88,46 @@ impl DesiredCache {
             nodes: view.nodes.into_iter().map(cached).collect(),
             pending,
             packages: Arc::new(view.packages),
+            directives: by_node(view.directives),
         }
     }
 
     /// A copy of `self` with the records of `part`'s nodes replaced.
-    fn refreshed(&self, seq: u64, ids: &BTreeSet<Uuid>, part: op_store::NodesView) -> DesiredCache {
+    fn refreshed(
+        &self,
+        seq: u64,
+        quiet: u64,
+        ids: &BTreeSet<Uuid>,
+        part: op_store::NodesView,
+    ) -> DesiredCache {
         let mut nodes = self.nodes.clone();
         let mut pending = self.pending.clone();
+        let mut directives = self.directives.clone();
         for id in ids {
             nodes.remove(id);
             pending.remove(id);
+            directives.remove(id);
         }
+        directives.extend(by_node(part.directives));
         nodes.extend(part.nodes.into_iter().map(cached));
         for (node, job, revision) in part.pending {
             pending.entry(node).or_default().insert((job, revision));
         }
         DesiredCache {
             seq,
+            quiet,
             desired_index: self.desired_index,
             jobs: self.jobs.clone(),
             nodes,
             pending,
             packages: self.packages.clone(),
+            directives,
         }
+    }
+
+    /// The directives (ad-hoc runs, kills) this node must receive now.
+    pub fn directives_for(&self, id: Uuid) -> Vec<Directive> {
+        self.directives.get(&id).cloned().unwrap_or_default()
     }
 
     pub fn node(&self, id: Uuid) -> Option<&CachedNode> {
@@ -159,6 +193,11 @@ struct Dirty {
 pub struct Hub {
     dirty: std::sync::Mutex<Dirty>,
     seq: watch::Sender<u64>,
+    /// Bumped for changes that alter some node's desired state without anything for the node to
+    /// act on (a directive that ended): the next view refreshes those nodes, nobody is woken.
+    quiet: AtomicU64,
+    /// Bumped when any invocation's progress changed (see the module doc).
+    invocations: watch::Sender<u64>,
     tokens_seq: AtomicU64,
     cache: Mutex<Option<Arc<DesiredCache>>>,
     /// Bytes of run records stored since the last prune, and the level that triggers one early.
@@ -177,6 +216,8 @@ impl Hub {
                 nodes: BTreeSet::new(),
             }),
             seq: watch::Sender::new(1),
+            quiet: AtomicU64::new(0),
+            invocations: watch::Sender::new(1),
             tokens_seq: AtomicU64::new(1),
             cache: Mutex::new(None),
             ingested_bytes: AtomicU64::new(0),
@@ -198,11 +239,20 @@ impl Hub {
             }
             self.seq.send_modify(|s| *s += 1);
         }
+        if !changes.directives_ended.is_empty() {
+            if let Ok(mut d) = self.dirty.lock() {
+                d.nodes.extend(changes.directives_ended.iter().copied());
+            }
+            self.quiet.fetch_add(1, Ordering::SeqCst);
+        }
         if changes.tokens {
             self.tokens_seq.fetch_add(1, Ordering::SeqCst);
         }
         if changes.blobs_released {
             self.blob_gc_now.notify_one();
+        }
+        if !changes.invocations.is_empty() {
+            self.invocations.send_modify(|s| *s += 1);
         }
         if changes.run_bytes > 0 {
             let total = self
@@ -221,11 +271,17 @@ impl Hub {
             d.full = true;
         }
         self.seq.send_modify(|s| *s += 1);
+        self.invocations.send_modify(|s| *s += 1);
         self.tokens_seq.fetch_add(1, Ordering::SeqCst);
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.seq.subscribe()
+    }
+
+    /// Changes whenever some invocation progressed (created, advanced, a host's result).
+    pub fn subscribe_invocations(&self) -> watch::Receiver<u64> {
+        self.invocations.subscribe()
     }
 
     pub fn tokens_seq(&self) -> u64 {
@@ -253,7 +309,8 @@ impl Hub {
         // Read the sequence before the store: a change applied meanwhile leaves the cache tagged
         // older than its content, which only costs one extra rebuild.
         let seq = *self.seq.borrow();
-        if let Some(c) = cache.as_ref().filter(|c| c.seq == seq) {
+        let quiet = self.quiet.load(Ordering::SeqCst);
+        if let Some(c) = cache.as_ref().filter(|c| c.seq == seq && c.quiet == quiet) {
             return Ok(c.clone());
         }
         let dirty = match self.dirty.lock() {
@@ -271,13 +328,13 @@ impl Hub {
                     .await
                     .map_err(|_| StoreError::Poisoned)
                     .and_then(|r| r)
-                    .map(|part| old.refreshed(seq, &dirty.nodes, part))
+                    .map(|part| old.refreshed(seq, quiet, &dirty.nodes, part))
             }
             _ => tokio::task::spawn_blocking(move || store.desired_view())
                 .await
                 .map_err(|_| StoreError::Poisoned)
                 .and_then(|r| r)
-                .map(|view| DesiredCache::build(seq, view)),
+                .map(|view| DesiredCache::build(seq, quiet, view)),
         };
         let built = match result {
             Ok(b) => Arc::new(b),

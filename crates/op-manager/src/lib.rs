@@ -1,8 +1,8 @@
 //! op-manager: the management node of op-agent.
 //!
-//! The manager stores jobs, nodes, once-job targets, run records, packages, tokens and the audit log in
-//! `op-store`, changed only through openraft (a single manager is a one-member cluster), and
-//! serves the HTTP API that agents, the CLI and tests use. Entry points: [`start`] (returns once
+//! The manager stores jobs, nodes, once-job targets, run records, packages, invocations, tokens
+//! and the audit log in `op-store`, changed only through openraft (a single manager is a
+//! one-member cluster), and serves the HTTP API that agents, the CLI and tests use. Entry points: [`start`] (returns once
 //! the manager serves) and [`run`] (until `shutdown`). `main.rs` only parses flags.
 //!
 //! Data directory layout:
@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod downloads;
 pub mod error;
+pub mod fanout;
 pub mod heartbeat;
 pub mod hub;
 pub mod liveness;
@@ -236,6 +237,7 @@ pub async fn start(
         tokio::spawn(liveness::run(app.clone())),
         tokio::spawn(retention::run(app.clone())),
         tokio::spawn(blobs::gc_loop(app.clone())),
+        tokio::spawn(fanout::driver::run(app.clone())),
     ];
     for (name, url) in [("manager.addr", &api_url), ("raft.addr", &raft_url)] {
         let path = dir.join(name);

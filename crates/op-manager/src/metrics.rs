@@ -23,6 +23,7 @@ pub struct Metrics {
     pub runs_duplicate: Counter,
     runs_pruned: Counter,
     pub syncs_parked: Gauge,
+    pub invocation_streams: Gauge,
     nodes: Family<Labels, Gauge>,
     jobs: Gauge,
     runs: Gauge,
@@ -63,6 +64,7 @@ impl Metrics {
             runs_duplicate: Counter::default(),
             runs_pruned: Counter::default(),
             syncs_parked: Gauge::default(),
+            invocation_streams: Gauge::default(),
             nodes: Family::default(),
             jobs: Gauge::default(),
             runs: Gauge::default(),
@@ -113,6 +115,11 @@ impl Metrics {
             "syncs_parked",
             "Agent sync calls waiting for a change",
             m.syncs_parked.clone(),
+        );
+        r.register(
+            "invocation_streams",
+            "Waiting invocations streaming their results",
+            m.invocation_streams.clone(),
         );
         r.register("nodes", "Nodes by status", m.nodes.clone());
         r.register("jobs", "Jobs", m.jobs.clone());

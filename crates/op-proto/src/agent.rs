@@ -116,7 +116,7 @@ pub struct DesiredState {
     pub settings: Option<AgentSettings>,
     /// The manager's clock when it answered. A directive's `not_after` is on the manager's clock;
     /// the agent measures it against this instant, so clock skew between hosts does not matter.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub now: Option<DateTime<Utc>>,
 }
 

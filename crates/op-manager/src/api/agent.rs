@@ -134,10 +134,10 @@ fn desired(app: &App, view: &DesiredCache, node: Uuid) -> DesiredState {
         index: view.index_for(node),
         jobs: view.jobs_for(node),
         packages: view.packages(),
-        // Ad-hoc runs and kills arrive here once the invocation issue lands.
-        directives: Vec::new(),
+        directives: view.directives_for(node),
         managers: app.managers(),
         settings: Some(app.agent_settings()),
+        now: Some(Utc::now()),
     }
 }
 

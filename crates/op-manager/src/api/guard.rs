@@ -144,6 +144,17 @@ mod tests {
             required_access(&Method::POST, "/v1/agent/sync"),
             Access::Agent
         );
+        for (method, path) in [
+            (Method::POST, "/v1/jobs/x/run"),
+            (Method::POST, "/v1/exec"),
+            (Method::POST, "/v1/invocations/x/cancel"),
+        ] {
+            assert_eq!(required_access(&method, path), Access::Operate, "{path}");
+        }
+        assert_eq!(
+            required_access(&Method::GET, "/v1/invocations/x"),
+            Access::Read
+        );
         assert!(allows(Scope::Viewer, Access::Read).is_ok());
         assert!(allows(Scope::Viewer, Access::Operate).is_err());
         assert!(allows(Scope::Agent, Access::Operate).is_err());

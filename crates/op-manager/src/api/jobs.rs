@@ -8,6 +8,7 @@ use axum::{Extension, Json};
 use chrono::Utc;
 use op_proto::JobSpec;
 use op_proto::api::{JobRecord, JobView, OnceTarget, SaveJobResponse};
+use op_proto::invoke::ADHOC_JOB;
 use op_proto::job::validate_name;
 use op_store::{Command, CommandResult};
 use serde::Deserialize;
@@ -29,7 +30,7 @@ pub fn view(record: JobRecord) -> JobView {
     JobView { record, next_fires }
 }
 
-fn check_name(name: &str) -> Result<(), ApiError> {
+pub(super) fn check_name(name: &str) -> Result<(), ApiError> {
     validate_name(name).map_err(|e| ApiError::bad("invalid_name", format!("job name {name:?} {e}")))
 }
 
@@ -60,6 +61,14 @@ pub async fn save(
     ApiBytes(body): ApiBytes,
 ) -> Result<(StatusCode, Json<SaveJobResponse>), ApiError> {
     check_name(&name)?;
+    if name == ADHOC_JOB {
+        return Err(ApiError::bad(
+            "reserved_name",
+            format!(
+                "the job name {ADHOC_JOB:?} is reserved for ad-hoc commands (agentcli exec); choose another"
+            ),
+        ));
+    }
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad("invalid_body", "the task file is not UTF-8 text"))?;
     let now = Utc::now();

@@ -1,12 +1,14 @@
 //! The HTTP API on the api listener: the route table, and the layers every route shares
 //! (version check + authentication + access policy in [`guard`], body limits, response counting).
-//! No global timeout layer: sync calls park for up to their wait.
+//! No global timeout layer: sync calls park for up to their wait, and a waiting invocation streams
+//! its results for as long as its hosts' deadlines allow.
 
 mod agent;
 mod audit;
 mod error;
 mod extract;
 mod guard;
+mod invoke;
 mod jobs;
 mod nodes;
 mod packages;
@@ -60,6 +62,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/jobs/{name}/enable", post(jobs::enable))
         .route("/v1/jobs/{name}/disable", post(jobs::disable))
         .route("/v1/jobs/{name}/once", get(jobs::once))
+        .route("/v1/jobs/{name}/run", post(invoke::run_job))
+        .route("/v1/exec", post(invoke::exec))
+        .route("/v1/invocations", get(invoke::list))
+        .route("/v1/invocations/{id}", get(invoke::get))
+        .route("/v1/invocations/{id}/cancel", post(invoke::cancel))
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/nodes/{key}", get(nodes::get).delete(nodes::forget))
         .route("/v1/runs", get(runs::list))

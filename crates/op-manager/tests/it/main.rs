@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod common;
 mod fixtures;
+mod invoke;
 mod jobs;
 mod liveness;
 mod once;

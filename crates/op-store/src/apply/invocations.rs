@@ -230,14 +230,24 @@ pub(super) fn advance(
                detail = CASE kill WHEN 1
                  THEN 'cancelled; the host did not confirm the kill before its deadline'
                  ELSE ?4 END
-             WHERE run_id = ?1 AND invocation_id = ?2 AND status = 'running' AND not_after <= ?3",
+             WHERE run_id = ?1 AND invocation_id = ?2 AND status = 'running' AND not_after <= ?3
+             RETURNING node_id",
         )?;
         let why = format!(
             "no result within the deadline of {deadline_secs} s: the host is not connected, or \
              did not answer in time (a late result still shows in the invocation)"
         );
         for run_id in expire_ids {
-            expired += stmt.execute(params![run_id.to_string(), id.to_string(), ms(at), why])?;
+            let node: Option<String> = stmt
+                .query_row(
+                    params![run_id.to_string(), id.to_string(), ms(at), why],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(node) = node {
+                expired += 1;
+                ch.directives_ended.insert(crate::codec::uuid(&node));
+            }
         }
     }
     let mut cancelled = 0;
@@ -370,6 +380,9 @@ pub(super) fn settle(
             ms(at)
         ],
     )?;
+    if n > 0 {
+        ch.directives_ended.insert(run.node_id);
+    }
     let known: Option<i64> = if n > 0 {
         Some(1)
     } else {

@@ -51,6 +51,9 @@ pub struct Changes {
     pub blobs_released: bool,
     /// Invocations whose progress or results changed (created, advanced, a host's result).
     pub invocations: BTreeSet<Uuid>,
+    /// Nodes a directive of which ended (its run arrived, or its deadline passed). Their desired
+    /// state lost that directive, but nothing they must act on changed, so they need not be woken.
+    pub directives_ended: BTreeSet<Uuid>,
 }
 
 impl Changes {
@@ -64,6 +67,7 @@ impl Changes {
         self.runs_duplicate += other.runs_duplicate;
         self.blobs_released |= other.blobs_released;
         self.invocations.extend(other.invocations);
+        self.directives_ended.extend(other.directives_ended);
     }
 
     /// True when some node's desired state may have changed.
