@@ -14,6 +14,8 @@ Examples:
   agentcli get packages                      every package at its current version
   agentcli analysis packages                 hosts not on the current version, and why
   agentcli rollback test.py                  every agent goes back to the previous version
+  agentcli exec --all -- ls -l /tmp          run a command on every host, see each answer
+  agentcli run apiTest.py --host web-01 --param host=10.0.0.7
   agentcli logs ls-l ALL 3 -o wide           the last 3 runs of ls-l on every host
   agentcli analysis jobs                     jobs that failed, stalled or never ran
   agentcli top                               the fleet, live
@@ -118,6 +120,54 @@ Examples:
         /// Runs per host.
         limit: Option<u32>,
     },
+    /// Run a saved job now on the selected hosts and print each host's result as it arrives.
+    #[command(after_help = "\
+Examples:
+  agentcli run apiTest.py --host 192.168.1.1 --param host=10.0.0.7 --param port=3306
+  agentcli run backup.sh --label role=db --batch 25% --max-failures 1
+  agentcli run deploy.sh --host 'web-*' --batch 2 --batch-wait 30
+  agentcli run report.py --async            print the invocation id and return
+
+Without --host, --label or --all the job's own WhiteHosts/BlackHosts/Labels select the hosts.
+Parameters are checked against the job before anything runs, and reach the command as one literal
+word each, whatever they contain. Hosts that are unknown, not Ready or silent past --deadline are
+reported unreachable. Exits 0 when every host succeeded, 1 when any failed or was unreachable.")]
+    Run {
+        job: String,
+        /// A parameter NAME=VALUE of the job (repeatable).
+        #[arg(long = "param", short = 'p', value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        #[command(flatten)]
+        fanout: FanoutArgs,
+    },
+    /// Run a command now on the selected hosts (an ad-hoc job) and print each host's result.
+    #[command(after_help = "\
+Examples:
+  agentcli exec --all -- ls -l /tmp
+  agentcli exec --host web-01 --host 10.0.0.7 -- 'df -h | grep data'
+  agentcli exec --label role=db --timeout 60 --max-concurrency 5 -- systemctl restart mysqld
+  agentcli exec --all -o json -- uptime     one JSON event per line (NDJSON)
+
+The words after -- are joined with spaces and run as `bash -c COMMAND` on every host; quote
+pipes and redirections so the local shell leaves them alone. The run is recorded under the job
+name `adhoc` (agentcli logs adhoc) and in the audit log. Exits 0 when every host succeeded, 1
+when any failed or was unreachable.")]
+    Exec {
+        #[command(flatten)]
+        fanout: FanoutArgs,
+        /// Kill the command after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+        /// Run the command as this user.
+        #[arg(long, value_name = "USER")]
+        run_as: Option<String>,
+        /// The command, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Invocations of run and exec: progress and every host's result.
+    #[command(subcommand)]
+    Invocations(InvocationsCommand),
     /// Analyze jobs (failures, stalls, jobs that never ran) or packages (hosts behind).
     #[command(subcommand)]
     Analysis(AnalysisCommand),
@@ -271,6 +321,70 @@ Examples:
         /// A package to list every version of.
         name: Option<String>,
     },
+}
+
+/// Host selection and rollout options shared by `run` and `exec`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FanoutArgs {
+    /// A host: hostname, IP, CIDR or glob like 'web-*' (repeatable).
+    #[arg(long = "host", short = 'H', value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Every Ready host (narrowed by --label and --exclude).
+    #[arg(long)]
+    pub all: bool,
+    /// Only hosts with this label KEY=VALUE (repeatable).
+    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Never this host: hostname, IP, CIDR or glob (repeatable).
+    #[arg(long = "exclude", alias = "black", value_name = "HOST")]
+    pub exclude: Vec<String>,
+    /// Print each host's result as it arrives (the default for exec; for run, the job's SynFlag).
+    #[arg(long, conflicts_with = "async_")]
+    pub wait: bool,
+    /// Return at once with the invocation id (follow it with `agentcli invocations get ID`).
+    #[arg(long = "async", id = "async_")]
+    pub async_: bool,
+    /// Rolling batches: hosts per batch, a number or a percentage like 10%.
+    #[arg(long, value_name = "N|N%")]
+    pub batch: Option<String>,
+    /// Seconds to wait between the end of a batch and the start of the next.
+    #[arg(long, value_name = "SECONDS")]
+    pub batch_wait: Option<u64>,
+    /// Stop starting hosts once this many have failed.
+    #[arg(long, value_name = "N")]
+    pub max_failures: Option<u32>,
+    /// Most hosts running at once.
+    #[arg(long, value_name = "N")]
+    pub max_concurrency: Option<u32>,
+    /// Seconds each host has to answer before it is reported unreachable [default: 60 + the
+    /// job's Timeout].
+    #[arg(long, value_name = "SECONDS")]
+    pub deadline: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InvocationsCommand {
+    /// One invocation: its state, options and every host's result.
+    #[command(
+        after_help = "Example:\n  agentcli invocations get 0193b6a2-7c1e-7d3a-9f00-5a1b2c3d4e5f"
+    )]
+    Get { id: String },
+    /// Recent invocations, newest first.
+    #[command(
+        after_help = "Examples:\n  agentcli invocations list\n  agentcli invocations list --job backup.sh --limit 10"
+    )]
+    List {
+        /// Only invocations of this job (`adhoc` for exec).
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Cancel an invocation: hosts not started are skipped, running ones are killed.
+    #[command(
+        after_help = "Example:\n  agentcli invocations cancel 0193b6a2-7c1e-7d3a-9f00-5a1b2c3d4e5f"
+    )]
+    Cancel { id: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,11 +5,15 @@ mod audit;
 mod cluster;
 mod cron;
 mod download;
+mod exec;
+mod fanout;
 mod get;
+mod invocations;
 mod job;
 mod logs;
 mod package_analysis;
 mod rollback;
+mod run;
 mod save;
 mod token;
 mod top;
@@ -89,6 +93,27 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Logs { job, host, limit } => {
             let ctx = ctx()?;
             crate::connect::block_on(logs::run(&ctx, &job, host, limit))
+        }
+        Command::Run {
+            job,
+            params,
+            fanout,
+        } => {
+            let ctx = ctx()?;
+            crate::connect::block_on(run::run(&ctx, &job, &params, &fanout))
+        }
+        Command::Exec {
+            fanout,
+            timeout,
+            run_as,
+            command,
+        } => {
+            let ctx = ctx()?;
+            crate::connect::block_on(exec::run(&ctx, &fanout, timeout, run_as, &command))
+        }
+        Command::Invocations(what) => {
+            let ctx = ctx()?;
+            crate::connect::block_on(invocations::run(&ctx, what))
         }
         Command::Analysis(what) => {
             let ctx = ctx()?;
