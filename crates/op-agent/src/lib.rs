@@ -10,6 +10,7 @@
 //! - [`invoke`] and [`api`]: the HTTP API, including the seed's `/api/opAgent`;
 //! - [`metrics`]: counters behind `/metrics` and `/v1/status`.
 //!
+//! - [`directives`]: the manager's run-now and kill orders, each run once;
 //! - [`link`]: with `--manager`, registers, keeps a long-poll sync open (the desired state replaces
 //!   the standalone jobs dir) and drains the outbox to the managers;
 //! - [`deploy`]: brings the desired packages onto this machine (download, verify, unpack safely,
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod config;
 pub mod deploy;
+pub mod directives;
 mod error;
 pub mod executor;
 pub mod invoke;
@@ -94,6 +96,9 @@ pub async fn run(
         sources.clone(),
     )?;
 
+    // Cancelled when shutdown begins: neither the API nor the manager's directives start runs
+    // from then on.
+    let closing = CancellationToken::new();
     let mut link_tasks = Vec::new();
     let mode = if let Some(dir) = &config.jobs_dir {
         let mut jobs_dir =
@@ -140,6 +145,11 @@ pub async fn run(
                     },
                     scheduler: scheduler.clone(),
                     executor: executor.clone(),
+                    directives: directives::Directives::new(
+                        executor.clone(),
+                        state.clone(),
+                        closing.clone(),
+                    ),
                     outbox: outbox::Outbox::new(state.clone()),
                     outbox_ready: state.outbox_ready(),
                     metrics: metrics.clone(),
@@ -169,7 +179,6 @@ pub async fn run(
         ),
     };
 
-    let closing = CancellationToken::new();
     let app = api::router(AppState(Arc::new(AppInner {
         invoker: Invoker {
             table,

@@ -114,10 +114,12 @@ pub struct DesiredState {
     pub managers: Vec<String>,
     #[serde(default)]
     pub settings: Option<AgentSettings>,
-    /// The manager's clock when it answered. A directive's `not_after` is on the manager's clock;
-    /// the agent measures it against this instant, so clock skew between hosts does not matter.
+    /// The manager's clock when this sync request arrived. With its own clock when it sent the
+    /// request, the agent knows how far apart the two clocks are (to within the network latency,
+    /// however long the call was parked), so a directive's `not_after`, which is on the manager's
+    /// clock, holds on a host whose clock is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub now: Option<DateTime<Utc>>,
+    pub received_at: Option<DateTime<Utc>>,
 }
 
 /// A one-off order for this node, carried by the sync channel.
@@ -141,7 +143,7 @@ pub struct RunDirective {
     pub params: BTreeMap<String, String>,
     pub trigger: Trigger,
     /// Do not start after this instant (the caller has given up on this host), on the manager's
-    /// clock (see [`DesiredState::now`]).
+    /// clock (see [`DesiredState::received_at`]).
     pub not_after: DateTime<Utc>,
 }
 

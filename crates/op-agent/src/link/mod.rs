@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::deploy::{DeploySettings, Deployer};
+use crate::directives::Directives;
 use crate::executor::Executor;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -61,6 +62,8 @@ pub struct LinkParts {
     pub register: RegisterRequest,
     pub scheduler: Scheduler,
     pub executor: Executor,
+    /// Where the directives of each desired state go.
+    pub directives: Directives,
     pub outbox: Outbox,
     /// Notified whenever a finished run enters the outbox.
     pub outbox_ready: Arc<Notify>,
@@ -160,6 +163,7 @@ pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Vec<JoinHandle<()
         register: parts.register,
         scheduler: parts.scheduler,
         executor: parts.executor,
+        directives: parts.directives,
         metrics: parts.metrics,
         state_dir: parts.state_dir,
         index: parts.cached_index,
@@ -238,6 +242,7 @@ struct SyncLoop {
     register: RegisterRequest,
     scheduler: Scheduler,
     executor: Executor,
+    directives: Directives,
     metrics: Metrics,
     state_dir: std::path::PathBuf,
     index: u64,
@@ -293,6 +298,8 @@ impl SyncLoop {
                 self.deployer.report(),
             );
             let wait = self.settings.sync_wait_secs;
+            // Against the manager's receive time this gives the clocks' offset (directives).
+            let sent_at = Utc::now();
             let answer = tokio::select! {
                 r = client.sync(self.index, wait, &beat) => r,
                 // A deploy moved on: report it now instead of at the end of the wait.
@@ -302,7 +309,7 @@ impl SyncLoop {
             match answer {
                 Ok(state) => {
                     failures = 0;
-                    self.apply(state).await;
+                    self.apply(state, sent_at).await;
                 }
                 Err(e) if e.code() == Some("unknown_node") => {
                     // The manager forgot this node (or never knew it): register again at once.
@@ -330,7 +337,16 @@ impl SyncLoop {
         }
     }
 
-    async fn apply(&mut self, state: DesiredState) {
+    async fn apply(&mut self, state: DesiredState, sent_at: chrono::DateTime<Utc>) {
+        // Directives first: they are what a caller is waiting for, and they run on their own.
+        if !state.directives.is_empty() {
+            // Our clock minus the manager's, as of the moment the request left (the network
+            // latency makes it a little small, so a deadline errs on the early side).
+            let skew = state
+                .received_at
+                .map_or(chrono::Duration::zero(), |r| sent_at - r);
+            self.directives.apply(state.directives.clone(), skew);
+        }
         self.shared.learn(&state.managers);
         self.deployer.set_desired(&state.packages);
         if let Some(settings) = state.settings.clone() {

@@ -17,8 +17,9 @@
 //! - a once-job runs once per (job, revision): the ledger is checked here and written by the
 //!   executor with the in-flight record, before the process starts.
 //!
-//! Explicit invocations (the API) do not pass through here: they are requests, not fires, and
-//! are not subject to the concurrency policy.
+//! Explicit invocations do not pass through here: API calls are requests, not fires, and are not
+//! subject to the concurrency policy; the manager's directives apply it themselves
+//! (`directives`).
 
 pub mod plan;
 
@@ -220,6 +221,11 @@ impl Loop {
             }
         }
         for handle in self.executor.running() {
+            // A manager's directive for a job this agent does not hold (an ad-hoc command) is not
+            // the job set's to stop; a held job that became inactive stops its invoked runs too.
+            if handle.trigger() == Trigger::Adhoc && !table.contains_key(handle.job()) {
+                continue;
+            }
             if let Some(reason) = inactive_reason(&table, handle.job()) {
                 tracing::info!(job = %handle.job(), run_id = %handle.run_id(), reason, "stopping run");
                 handle.kill(reason);

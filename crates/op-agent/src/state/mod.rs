@@ -2,8 +2,8 @@
 //!
 //! Layout:
 //! - `agent.db`: SQLite (WAL, `synchronous=FULL`) with the node id, the run history (which also
-//!   holds the outbox and the in-flight runs), the once-job ledger, the standalone revisions and
-//!   the drop counter. See [`schema`] for the tables.
+//!   holds the outbox and the in-flight runs), the once-job ledger, the manager directives taken,
+//!   the standalone revisions and the drop counter. See [`schema`] for the tables.
 //! - `desired.json`: the last desired job set, replaced atomically ([`desired`]).
 //! - `api-token`: the generated bearer token when no credential is configured ([`token`]).
 //!
@@ -20,6 +20,7 @@
 //! scheduler (ledger) and the outbox (delivery).
 
 pub mod desired;
+mod directives;
 mod runs;
 pub mod token;
 
@@ -40,7 +41,8 @@ pub const DB_FILE: &str = "agent.db";
 /// The schema, applied with `PRAGMA user_version` as the migration counter.
 pub mod schema {
     /// Each entry moves the schema from version `i` to `i + 1`.
-    pub const MIGRATIONS: &[&str] = &[r#"
+    pub const MIGRATIONS: &[&str] = &[
+        r#"
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         -- One row per run, from the moment before its process starts. `record` is the op-proto
         -- RunRecord as JSON; the other columns are what queries need. `delivery`: 0 = local only
@@ -75,7 +77,20 @@ pub mod schema {
             revision INTEGER NOT NULL
         );
         CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-    "#];
+    "#,
+        r#"
+        -- Manager directives this agent has acted on (started, skipped or refused), by the run
+        -- id the manager picked: a directive received again (after a reconnect or a restart) is
+        -- never run twice. Written in the same transaction as the run's first row; rows older
+        -- than a directive can live are pruned as new ones arrive.
+        CREATE TABLE directives (
+            run_id TEXT PRIMARY KEY,
+            invocation_id TEXT NOT NULL,
+            taken_at INTEGER NOT NULL
+        );
+        CREATE INDEX directives_by_age ON directives (taken_at);
+    "#,
+    ];
 }
 
 /// The state database, shared by every component. Cheap to clone.

@@ -86,6 +86,7 @@ impl StateStore {
                     to_json(&record)?
                 ],
             )?;
+            super::directives::record(&tx, &record)?;
             tx.commit()
         })
         .await
@@ -271,6 +272,7 @@ fn finish(
         ],
     )?;
     if updated == 0 {
+        super::directives::record(&tx, record)?;
         // Runs that never reached the in-flight stage (skips, start failures recorded directly).
         tx.execute(
             "INSERT INTO runs (run_id, job, trigger, status, delivery, bytes, record) \

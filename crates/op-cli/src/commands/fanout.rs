@@ -187,8 +187,18 @@ pub fn write_result(out: &mut impl Write, r: &HostResult) -> std::io::Result<()>
     Ok(())
 }
 
-/// `5 hosts: 3 ok, 1 failed, 1 unreachable (0.21 s)`, and why hosts were left out.
+/// `5 host(s): 3 ok, 1 failed, 1 unreachable (0.21 s)`.
 pub fn summary_line(s: &Summary) -> String {
+    format!(
+        "{} host(s): {} ({:.2} s)",
+        s.total,
+        counts(s),
+        s.elapsed_ms as f64 / 1000.0
+    )
+}
+
+/// `3 ok, 1 failed, 1 unreachable`: ok always, the other statuses when there are any.
+pub fn counts(s: &Summary) -> String {
     let mut parts = vec![format!("{} ok", s.ok)];
     for (n, what) in [
         (s.failed, HostStatus::Failed),
@@ -205,12 +215,7 @@ pub fn summary_line(s: &Summary) -> String {
             parts.push(format!("{n} {}", what.as_str()));
         }
     }
-    format!(
-        "{} host(s): {} ({:.2} s)",
-        s.total,
-        parts.join(", "),
-        s.elapsed_ms as f64 / 1000.0
-    )
+    parts.join(", ")
 }
 
 fn write_summary(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {

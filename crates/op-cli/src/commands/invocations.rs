@@ -33,7 +33,15 @@ pub async fn run(ctx: &Ctx, what: InvocationsCommand) -> anyhow::Result<Outcome>
                 write_json(&mut out, &list)?;
                 return Ok(Outcome::Ok);
             }
-            let mut t = Table::new(&["INVOCATION", "JOB", "STATE", "CREATED", "BY", "HOSTS"]);
+            let mut t = Table::new(&[
+                "INVOCATION",
+                "JOB",
+                "STATE",
+                "CREATED",
+                "BY",
+                "HOSTS",
+                "RESULTS",
+            ]);
             for i in &list {
                 t.row([
                     i.invocation_id.to_string(),
@@ -41,10 +49,8 @@ pub async fn run(ctx: &Ctx, what: InvocationsCommand) -> anyhow::Result<Outcome>
                     format!("{:?}", i.state).to_lowercase(),
                     local_time(i.created_at),
                     i.created_by.clone(),
-                    fanout::summary_line(&i.summary)
-                        .split_once(": ")
-                        .map(|(_, rest)| rest.to_string())
-                        .unwrap_or_default(),
+                    i.summary.total.to_string(),
+                    fanout::counts(&i.summary),
                 ]);
             }
             t.write(&mut out)?;

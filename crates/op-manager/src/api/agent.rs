@@ -129,7 +129,12 @@ fn wait_of(app: &App, raw: Option<&str>) -> Result<Duration, ApiError> {
         .min(app.config.node_timeout / 2))
 }
 
-fn desired(app: &App, view: &DesiredCache, node: Uuid) -> DesiredState {
+fn desired(
+    app: &App,
+    view: &DesiredCache,
+    node: Uuid,
+    received_at: chrono::DateTime<Utc>,
+) -> DesiredState {
     DesiredState {
         index: view.index_for(node),
         jobs: view.jobs_for(node),
@@ -137,7 +142,7 @@ fn desired(app: &App, view: &DesiredCache, node: Uuid) -> DesiredState {
         directives: view.directives_for(node),
         managers: app.managers(),
         settings: Some(app.agent_settings()),
-        now: Some(Utc::now()),
+        received_at: Some(received_at),
     }
 }
 
@@ -161,6 +166,7 @@ pub async fn sync(
     ApiQuery(q): ApiQuery<SyncParams>,
     ApiJson(hb): ApiJson<Heartbeat>,
 ) -> Result<Json<DesiredState>, ApiError> {
+    let received_at = Utc::now();
     let wait = wait_of(&app, q.wait.as_deref())?;
     let node = hb.node_id;
     let beat = NodeBeat {
@@ -208,7 +214,7 @@ pub async fn sync(
     if live(&view, node).is_none() {
         return Err(ApiError::UnknownNode(node));
     }
-    Ok(Json(desired(&app, &view, node)))
+    Ok(Json(desired(&app, &view, node, received_at)))
 }
 
 pub async fn runs(

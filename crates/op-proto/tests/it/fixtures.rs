@@ -178,7 +178,7 @@ fn wire_fixture_desired_state_with_directives() {
         state.directives[1],
         op_proto::agent::Directive::Kill { .. }
     ));
-    assert!(state.now.is_some());
+    assert!(state.received_at.is_some());
     let again = serde_json::to_value(&state).unwrap();
     let back: op_proto::agent::DesiredState = serde_json::from_value(again).unwrap();
     assert_eq!(back, state);
