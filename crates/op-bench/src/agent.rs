@@ -1,7 +1,7 @@
 //! A real `op-agent` process in a temp dir, for one measurement.
 //!
-//! The agent runs with a jobs dir (standalone mode) and basic auth, on `127.0.0.1:0`; its first
-//! stdout line gives the address. Dropping the guard SIGKILLs it if it is still running, so a
+//! The agent runs with a jobs dir (standalone mode) or connected to a manager, with basic auth,
+//! on `127.0.0.1:0`; its first stdout line gives the address. Dropping the guard SIGKILLs it if it is still running, so a
 //! failed measurement leaves no process behind.
 
 #![allow(clippy::disallowed_methods)] // A benchmark starts the binary it measures.
@@ -18,16 +18,21 @@ pub const PASS: &str = "bench-password";
 
 /// Finds the agent binary: the flag, else `op-agent` beside this executable.
 pub fn locate(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    locate_bin(flag, "op-agent", "--agent-bin")
+}
+
+/// Finds a workspace binary: the flag, else `name` beside this executable.
+pub fn locate_bin(flag: Option<PathBuf>, name: &str, flag_name: &str) -> anyhow::Result<PathBuf> {
     let path = match flag {
         Some(p) => p,
         None => std::env::current_exe()?
             .parent()
             .context("executable has no directory")?
-            .join("op-agent"),
+            .join(name),
     };
     if !path.is_file() {
         bail!(
-            "no agent binary at {}; build it with `cargo build --release -p op-agent` or pass --agent-bin",
+            "no {name} binary at {}; build it with `cargo build --release -p {name}` or pass {flag_name}",
             path.display()
         );
     }
@@ -63,6 +68,34 @@ impl AgentProcess {
                 serde_json::to_vec_pretty(body)?,
             )?;
         }
+        let args = vec!["--jobs-dir".into(), jobs_dir.display().to_string()];
+        AgentProcess::spawn(bin, dir, &args)
+    }
+
+    /// Starts an agent connected to a manager, named `name` with the identity IP `ip`.
+    pub fn start_managed(
+        bin: &Path,
+        name: &str,
+        ip: &str,
+        manager: &str,
+        token: &str,
+    ) -> anyhow::Result<AgentProcess> {
+        let args: Vec<String> = [
+            "--node-name",
+            name,
+            "--ip",
+            ip,
+            "--manager",
+            manager,
+            "--manager-token",
+            token,
+        ]
+        .map(String::from)
+        .to_vec();
+        AgentProcess::spawn(bin, tempfile::tempdir()?, &args)
+    }
+
+    fn spawn(bin: &Path, dir: tempfile::TempDir, extra: &[String]) -> anyhow::Result<AgentProcess> {
         let log = std::fs::File::create(dir.path().join("agent.log"))?;
         let mut cmd = Command::new(bin);
         cmd.args([
@@ -77,8 +110,7 @@ impl AgentProcess {
         .arg(dir.path().join("state"))
         .arg("--deploy-dir")
         .arg(dir.path().join("deploy"))
-        .arg("--jobs-dir")
-        .arg(&jobs_dir)
+        .args(extra)
         .args(["--log-level", "warn"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

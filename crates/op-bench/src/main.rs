@@ -3,6 +3,7 @@
 //! everything it started. Timing figures live here, never in tests (DESIGN.md section 10).
 
 mod agent;
+mod manager;
 mod report;
 mod scenarios;
 
@@ -26,6 +27,9 @@ struct Common {
     /// The op-agent binary [default: `op-agent` next to this executable].
     #[arg(long, global = true)]
     agent_bin: Option<PathBuf>,
+    /// The op-manager binary [default: `op-manager` next to this executable].
+    #[arg(long, global = true)]
+    manager_bin: Option<PathBuf>,
     /// Print the figures as a JSON array.
     #[arg(long, global = true)]
     json: bool,
@@ -66,6 +70,21 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         cap: usize,
     },
+    /// `exec --all -- true` through a real manager to real agents, until every result is back.
+    FanoutReal {
+        #[arg(long, default_value_t = 20)]
+        agents: usize,
+        /// Invocations to measure (after 3 warm-up ones).
+        #[arg(long, default_value_t = 30)]
+        count: usize,
+    },
+    /// The same with simulated agents (protocol-only tasks in this process).
+    FanoutSim {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -96,6 +115,22 @@ fn main() -> ExitCode {
                 size_mib,
                 cap,
             } => scenarios::package_fanout::run(&bin, agents, size_mib, cap).await,
+            Scenario::FanoutReal { agents, count } => {
+                let manager = agent::locate_bin(
+                    cli.common.manager_bin.clone(),
+                    "op-manager",
+                    "--manager-bin",
+                )?;
+                scenarios::fanout::real(&bin, &manager, agents, count).await
+            }
+            Scenario::FanoutSim { agents, count } => {
+                let manager = agent::locate_bin(
+                    cli.common.manager_bin.clone(),
+                    "op-manager",
+                    "--manager-bin",
+                )?;
+                scenarios::fanout::sim(&manager, agents, count).await
+            }
         }
     });
     match result {

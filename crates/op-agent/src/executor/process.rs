@@ -136,9 +136,35 @@ impl Reaper {
 
     /// Reaps every zombie child of ours that is not a tracked leader: orphaned grandchildren
     /// re-parented to us as subreaper.
+    ///
+    /// `waitid(WNOWAIT)` names a waitable child without reaping it, so the common cases need no
+    /// /proc scan: no zombie child at all (nothing to do), or orphans only (reaped one by one).
+    /// Only when a tracked leader's zombie is among them (its supervisor has not reaped it yet)
+    /// does the sweep read every process in /proc to find the others. Measured: the scans were
+    /// the largest share of an agent's CPU in a fan-out of `true` to 20 agents on one machine.
     pub fn sweep(&self) {
+        use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
         let me = std::process::id() as i32;
         let leaders = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let next = waitid(
+                Id::All,
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+            );
+            let pid = match next {
+                Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)) => pid,
+                Err(nix::errno::Errno::EINTR) => continue,
+                // StillAlive: no zombie child; ECHILD: no child at all.
+                _ => return,
+            };
+            if leaders.contains(&pid.as_raw()) {
+                break;
+            }
+            match nix::sys::wait::waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
         for p in all_processes() {
             if p.ppid == me && p.state == 'Z' && !leaders.contains(&p.pid) {
                 // WNOHANG: never block, and a pid that is no longer our zombie is simply skipped.

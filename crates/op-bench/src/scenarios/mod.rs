@@ -1,6 +1,7 @@
 //! One module per measurement.
 
 pub mod cron_precision;
+pub mod fanout;
 pub mod footprint;
 pub mod invoke;
 pub mod package_fanout;

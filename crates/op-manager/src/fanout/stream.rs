@@ -98,8 +98,23 @@ async fn follow(
     let mut last_sent = Instant::now();
     let mut last_change = Instant::now();
     loop {
+        let emitted_snapshot = emitted.clone();
         changes.borrow_and_update();
-        let read = app.read(move |s| s.invocation(id, true)).await;
+        // Targets first, run records only for the hosts that just finished: reading every host's
+        // record at every change would cost O(hosts²) per invocation.
+        let read = app
+            .read(move |s| {
+                let Some((row, mut targets)) = s.invocation(id, false)? else {
+                    return Ok(None);
+                };
+                for t in targets.iter_mut() {
+                    if t.status.is_final() && !emitted_snapshot.contains(&t.run_id) {
+                        t.run = s.run(t.run_id)?.filter(|r| r.node_id == t.node_id);
+                    }
+                }
+                Ok(Some((row, targets)))
+            })
+            .await;
         let Ok(Some((row, targets))) = read else {
             // The invocation vanished (a snapshot from a lagging member?) or the store failed:
             // end the stream; the caller sees no summary and can ask GET /v1/invocations/ID.
