@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::downloads::DownloadGate;
 use crate::heartbeat::HeartbeatBuffer;
 use crate::hub::Hub;
+use crate::ingest::RunIngest;
 use crate::metrics::Metrics;
 use crate::raft::{self, Raft};
 
@@ -24,6 +25,8 @@ pub struct App {
     pub raft: Raft,
     pub hub: Arc<Hub>,
     pub beats: HeartbeatBuffer,
+    /// Where run batches go to be written (group commit).
+    pub ingest: RunIngest,
     pub auth: Authenticator,
     pub metrics: Metrics,
     /// Package content on this manager's disk.

@@ -26,6 +26,7 @@ pub mod error;
 pub mod fanout;
 pub mod heartbeat;
 pub mod hub;
+pub mod ingest;
 pub mod liveness;
 pub mod metrics;
 pub mod raft;
@@ -210,9 +211,11 @@ pub async fn start(
     let blobs = Arc::new(BlobStore::open(blob_dir.clone()).map_err(|e| io_err(&blob_dir, e))?);
     let metrics = Metrics::new();
     let downloads = DownloadGate::new(config.download_concurrency, metrics.downloads.clone());
+    let (ingest, ingest_queue) = ingest::RunIngest::new();
     let app = Arc::new(App {
         auth: Authenticator::new(store.clone(), hub.clone()),
         beats: HeartbeatBuffer::default(),
+        ingest,
         metrics,
         blobs,
         downloads,
@@ -238,6 +241,7 @@ pub async fn start(
         tokio::spawn(retention::run(app.clone())),
         tokio::spawn(blobs::gc_loop(app.clone())),
         tokio::spawn(fanout::driver::run(app.clone())),
+        tokio::spawn(ingest::run(app.clone(), ingest_queue)),
     ];
     for (name, url) in [("manager.addr", &api_url), ("raft.addr", &raft_url)] {
         let path = dir.join(name);

@@ -75,6 +75,13 @@ pub enum Command {
         at: DateTime<Utc>,
         runs: Vec<RunRecord>,
     },
+    /// Run batches of several nodes in one entry: the manager coalesces the batches that arrive
+    /// while its previous write is in flight (group commit), so a fleet answering at once costs
+    /// a few log entries, not one per agent. Each batch is applied as `IngestRuns` would.
+    IngestRunBatches {
+        at: DateTime<Utc>,
+        batches: Vec<NodeRuns>,
+    },
     /// Retention: deletes the same rows on every replica.
     Prune {
         now: DateTime<Utc>,
@@ -164,6 +171,7 @@ impl Command {
             Command::SetNodeStatus { .. } => "set_node_status",
             Command::ForgetNode { .. } => "forget_node",
             Command::IngestRuns { .. } => "ingest_runs",
+            Command::IngestRunBatches { .. } => "ingest_run_batches",
             Command::Prune { .. } => "prune",
             Command::CreateToken { .. } => "create_token",
             Command::RevokeToken { .. } => "revoke_token",
@@ -244,6 +252,13 @@ impl Default for RetentionLimits {
             history_max_age_secs: 30 * 86_400,
         }
     }
+}
+
+/// The run records one node sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRuns {
+    pub node_id: Uuid,
+    pub runs: Vec<RunRecord>,
 }
 
 /// A fan-out invocation to create. Everything that depends on the moment (the targets, their run
@@ -394,6 +409,10 @@ pub enum CommandResult {
     },
     RunsIngested {
         ack: RunBatchAck,
+    },
+    /// One acknowledgement per batch of an `IngestRunBatches`, in order.
+    RunBatchesIngested {
+        acks: Vec<RunBatchAck>,
     },
     Pruned {
         report: PruneReport,

@@ -146,10 +146,17 @@ const MIGRATIONS: &[&str] = &[
         released_at   INTEGER,
         not_after     INTEGER,
         finished_at   INTEGER,
+        -- The raft log index of the command that made the status final: a waiting caller asks
+        -- for what settled after the index it last saw (monotonic, unlike clocks).
+        settled_index INTEGER,
         detail        TEXT
     );
     CREATE INDEX invocation_targets_inv ON invocation_targets(invocation_id, seq);
     CREATE INDEX invocation_targets_running ON invocation_targets(node_id) WHERE status = 'running';
+    -- A waiting caller reads only what settled since its last look, and how many are open.
+    CREATE INDEX invocation_targets_settled ON invocation_targets(invocation_id, settled_index);
+    CREATE INDEX invocation_targets_open ON invocation_targets(invocation_id)
+        WHERE status IN ('pending', 'running');
     "#,
 ];
 

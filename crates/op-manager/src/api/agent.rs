@@ -251,19 +251,6 @@ pub async fn runs(
             duplicates: 0,
         }));
     }
-    match app
-        .write(Command::IngestRuns {
-            node_id: batch.node_id,
-            at: Utc::now(),
-            runs: batch.runs,
-        })
-        .await?
-    {
-        CommandResult::RunsIngested { ack } => {
-            app.metrics.runs_stored.inc_by(ack.accepted as u64);
-            app.metrics.runs_duplicate.inc_by(ack.duplicates as u64);
-            Ok(Json(ack))
-        }
-        _ => Err(ApiError::Internal("unexpected answer to IngestRuns".into())),
-    }
+    // Written together with the batches of other agents that arrive meanwhile (`ingest`).
+    Ok(Json(app.ingest.submit(batch).await?))
 }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::raft::WriteError;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("missing or invalid credentials: send Authorization: Bearer TOKEN")]
     Unauthorized,

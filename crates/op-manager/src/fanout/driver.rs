@@ -21,10 +21,18 @@ use crate::raft;
 const MAX_SLEEP: Duration = Duration::from_secs(5);
 /// Pause after a failed write or read before trying again.
 const RETRY: Duration = Duration::from_millis(500);
+/// Least time between two passes. A pass reads every host of every running invocation, and a
+/// fleet-wide invocation changes with every host's result: passes at most this often keep that
+/// linear in the hosts instead of quadratic, and cost a batch release at most this much.
+const MIN_PASS: Duration = Duration::from_millis(25);
 
 pub async fn run(app: Arc<App>) {
     let mut changes = app.hub.subscribe_invocations();
     loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(MIN_PASS) => {}
+        }
         changes.borrow_and_update();
         let sleep = if raft::is_leader(&app.raft) {
             match drive(&app).await {

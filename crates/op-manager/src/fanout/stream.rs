@@ -94,28 +94,17 @@ async fn follow(
     }
     let mut changes = app.hub.subscribe_invocations();
     let mut emitted: HashSet<Uuid> = HashSet::new();
+    // The log index up to which settled hosts were written out.
+    let mut after: u64 = 0;
     let mut first = true;
     let mut last_sent = Instant::now();
     let mut last_change = Instant::now();
     loop {
-        let emitted_snapshot = emitted.clone();
         changes.borrow_and_update();
-        // Targets first, run records only for the hosts that just finished: reading every host's
-        // record at every change would cost O(hosts²) per invocation.
-        let read = app
-            .read(move |s| {
-                let Some((row, mut targets)) = s.invocation(id, false)? else {
-                    return Ok(None);
-                };
-                for t in targets.iter_mut() {
-                    if t.status.is_final() && !emitted_snapshot.contains(&t.run_id) {
-                        t.run = s.run(t.run_id)?.filter(|r| r.node_id == t.node_id);
-                    }
-                }
-                Ok(Some((row, targets)))
-            })
-            .await;
-        let Ok(Some((row, targets))) = read else {
+        // Only the hosts that settled since the last look: the cost of a look follows what
+        // changed, not the number of hosts (a fleet-wide exec has thousands).
+        let read = app.read(move |s| s.invocation_progress(id, after)).await;
+        let Ok(Some((row, settled, open))) = read else {
             // The invocation vanished (a snapshot from a lagging member?) or the store failed:
             // end the stream; the caller sees no summary and can ask GET /v1/invocations/ID.
             tracing::warn!(invocation = %id, "invocation stream: cannot read the invocation");
@@ -131,12 +120,11 @@ async fn follow(
             }
             last_sent = Instant::now();
         }
-        let newly: Vec<&op_store::TargetRow> = targets
-            .iter()
-            .filter(|t| t.status.is_final() && !emitted.contains(&t.run_id))
-            .collect();
-        for t in newly {
-            emitted.insert(t.run_id);
+        for t in &settled {
+            after = after.max(t.settled_index.unwrap_or(0));
+            if !emitted.insert(t.run_id) {
+                continue;
+            }
             let event = InvocationEvent::Result(Box::new(results::host(t)));
             if !send(&tx, &event).await {
                 return;
@@ -144,7 +132,11 @@ async fn follow(
             last_sent = Instant::now();
             last_change = last_sent;
         }
-        if targets.iter().all(|t| t.status.is_final()) {
+        if open == 0 {
+            let all = app.read(move |s| s.invocation(id, false)).await;
+            let Ok(Some((row, targets))) = all else {
+                return;
+            };
             let mut summary = results::summary(&row, &targets);
             summary.elapsed_ms = started.elapsed().as_millis() as u64;
             send(&tx, &InvocationEvent::Summary(summary)).await;
@@ -153,11 +145,29 @@ async fn follow(
         let options = &row.detail.options;
         let stall_limit =
             Duration::from_secs(options.deadline_secs + options.batch_wait_secs) + STALL_GRACE;
-        if last_change.elapsed() >= stall_limit {
-            give_up(&tx, &row, &targets, &emitted, started).await;
-            return;
-        }
         let idle = PROGRESS_EVERY.saturating_sub(last_sent.elapsed());
+        if last_change.elapsed() >= stall_limit || idle.is_zero() {
+            let all = app.read(move |s| s.invocation(id, false)).await;
+            let Ok(Some((row, targets))) = all else {
+                return;
+            };
+            if last_change.elapsed() >= stall_limit {
+                give_up(&tx, &row, &targets, &emitted, started).await;
+                return;
+            }
+            let count = |st: HostStatus| targets.iter().filter(|t| t.status == st).count() as u32;
+            let progress = Progress {
+                invocation_id: id,
+                done: emitted.len() as u32 + row.detail.unreachable.len() as u32,
+                running: count(HostStatus::Running),
+                pending: count(HostStatus::Pending),
+            };
+            if !send(&tx, &InvocationEvent::Progress(progress)).await {
+                return;
+            }
+            last_sent = Instant::now();
+            continue;
+        }
         tokio::select! {
             changed = changes.changed() => {
                 if changed.is_err() {
@@ -165,19 +175,7 @@ async fn follow(
                 }
                 last_change = Instant::now();
             }
-            _ = tokio::time::sleep(idle) => {
-                let count = |st: HostStatus| targets.iter().filter(|t| t.status == st).count() as u32;
-                let progress = Progress {
-                    invocation_id: id,
-                    done: emitted.len() as u32 + row.detail.unreachable.len() as u32,
-                    running: count(HostStatus::Running),
-                    pending: count(HostStatus::Pending),
-                };
-                if !send(&tx, &InvocationEvent::Progress(progress)).await {
-                    return;
-                }
-                last_sent = Instant::now();
-            }
+            _ = tokio::time::sleep(idle) => {}
             _ = app.shutdown.cancelled() => return,
             _ = tx.closed() => return,
         }

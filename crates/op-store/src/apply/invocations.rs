@@ -226,7 +226,7 @@ pub(super) fn advance(
         let mut stmt = conn.prepare_cached(
             "UPDATE invocation_targets SET
                status = CASE kill WHEN 1 THEN 'cancelled' ELSE 'unreachable' END,
-               finished_at = ?3,
+               finished_at = ?3, settled_index = ?5,
                detail = CASE kill WHEN 1
                  THEN 'cancelled; the host did not confirm the kill before its deadline'
                  ELSE ?4 END
@@ -240,7 +240,13 @@ pub(super) fn advance(
         for run_id in expire_ids {
             let node: Option<String> = stmt
                 .query_row(
-                    params![run_id.to_string(), id.to_string(), ms(at), why],
+                    params![
+                        run_id.to_string(),
+                        id.to_string(),
+                        ms(at),
+                        why,
+                        index as i64
+                    ],
                     |r| r.get(0),
                 )
                 .optional()?;
@@ -252,7 +258,7 @@ pub(super) fn advance(
     }
     let mut cancelled = 0;
     if let Some(reason) = stop {
-        cancelled = stop_pending(conn, id, at, reason)?;
+        cancelled = stop_pending(conn, index, id, at, reason)?;
     }
     let released = release(conn, index, id, release_ids, at, deadline_secs, ch)?;
     let finished = finish && finish_if_done(conn, id, at)?;
@@ -268,11 +274,18 @@ pub(super) fn advance(
 }
 
 /// Cancels the pending targets and records why; returns how many.
-fn stop_pending(conn: &Connection, id: Uuid, at: DateTime<Utc>, reason: &str) -> Result<usize> {
+fn stop_pending(
+    conn: &Connection,
+    index: u64,
+    id: Uuid,
+    at: DateTime<Utc>,
+    reason: &str,
+) -> Result<usize> {
     let n = conn.execute(
-        "UPDATE invocation_targets SET status = 'cancelled', finished_at = ?2, detail = ?3
+        "UPDATE invocation_targets SET status = 'cancelled', finished_at = ?2, detail = ?3,
+           settled_index = ?4
          WHERE invocation_id = ?1 AND status = 'pending'",
-        params![id.to_string(), ms(at), reason],
+        params![id.to_string(), ms(at), reason, index as i64],
     )?;
     conn.execute(
         "UPDATE invocations SET stopped = ?2 WHERE id = ?1 AND stopped IS NULL",
@@ -316,7 +329,7 @@ pub(super) fn cancel(
             "invocation {id} has already finished"
         ))));
     }
-    let cancelled = stop_pending(conn, id, at, &format!("cancelled by {actor}"))?;
+    let cancelled = stop_pending(conn, index, id, at, &format!("cancelled by {actor}"))?;
     let mut killing = 0;
     {
         let mut stmt = conn.prepare_cached(
@@ -359,6 +372,7 @@ pub(super) fn cancel(
 /// deadline stays a late result of an `unreachable` host.
 pub(super) fn settle(
     conn: &Connection,
+    index: u64,
     run: &RunRecord,
     at: DateTime<Utc>,
     ch: &mut Changes,
@@ -370,14 +384,16 @@ pub(super) fn settle(
         return Ok(());
     }
     let n = conn.execute(
-        "UPDATE invocation_targets SET status = ?4, finished_at = ?5, detail = NULL
+        "UPDATE invocation_targets SET status = ?4, finished_at = ?5, detail = NULL,
+           settled_index = ?6
          WHERE run_id = ?1 AND invocation_id = ?2 AND node_id = ?3 AND status = 'running'",
         params![
             run.run_id.to_string(),
             id.to_string(),
             run.node_id.to_string(),
             HostStatus::of_run(run.status).as_str(),
-            ms(at)
+            ms(at),
+            index as i64
         ],
     )?;
     if n > 0 {

@@ -126,6 +126,20 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
         Command::IngestRuns { node_id, at, runs } => {
             runs::ingest(conn, index, *node_id, *at, runs, ch)
         }
+        Command::IngestRunBatches { at, batches } => {
+            let mut acks = Vec::with_capacity(batches.len());
+            for b in batches {
+                match runs::ingest(conn, index, b.node_id, *at, &b.runs, ch)? {
+                    Ok(CommandResult::RunsIngested { ack }) => acks.push(ack),
+                    // `ingest` refuses nothing; a batch that did would leave no trace.
+                    _ => acks.push(op_proto::agent::RunBatchAck {
+                        accepted: 0,
+                        duplicates: 0,
+                    }),
+                }
+            }
+            Ok(Ok(CommandResult::RunBatchesIngested { acks }))
+        }
         Command::Prune { now, limits } => prune::prune(conn, *now, limits),
         Command::CreateToken { token, at, actor } => tokens::create(conn, token, *at, actor, ch),
         Command::RevokeToken { id, at, actor } => tokens::revoke(conn, id, *at, actor, ch),

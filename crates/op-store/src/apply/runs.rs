@@ -65,7 +65,7 @@ pub(super) fn ingest(
         if run.trigger == Trigger::Once && follow_target(conn, run, at)? {
             targets_changed = true;
         }
-        super::invocations::settle(conn, run, at, ch)?;
+        super::invocations::settle(conn, index, run, at, ch)?;
     }
     ch.runs_duplicate += ack.duplicates as u64;
     if targets_changed {

@@ -70,6 +70,8 @@ pub struct TargetRow {
     pub detail: Option<String>,
     /// The host's run record, when the manager has one (also after a late arrival).
     pub run: Option<RunRecord>,
+    /// The log index of the command that made the status final.
+    pub settled_index: Option<u64>,
 }
 
 const INVOCATION_COLUMNS: &str =
@@ -112,37 +114,58 @@ fn decode((mut row, record): (InvocationRow, String)) -> Result<InvocationRow> {
 }
 
 fn targets(conn: &Connection, id: Uuid, with_runs: bool) -> Result<Vec<TargetRow>> {
+    select_targets(conn, id, with_runs, None)
+}
+
+/// Targets of `id` in order; with `settled_after`, only those whose status became final in a
+/// command after that log index.
+fn select_targets(
+    conn: &Connection,
+    id: Uuid,
+    with_runs: bool,
+    settled_after: Option<u64>,
+) -> Result<Vec<TargetRow>> {
     let run_column = if with_runs { "runs.record" } else { "NULL" };
+    let since = if settled_after.is_some() {
+        "AND t.settled_index > ?2"
+    } else {
+        "AND ?2 IS NULL"
+    };
     let sql = format!(
         "SELECT t.run_id, t.seq, t.batch, t.node_id, t.hostname, t.ips, t.status, t.kill,
-                t.released_at, t.not_after, t.finished_at, t.detail, {run_column}
+                t.released_at, t.not_after, t.finished_at, t.detail, {run_column},
+                t.settled_index
          FROM invocation_targets t
          LEFT JOIN runs ON runs.run_id = t.run_id AND runs.node_id = t.node_id
-         WHERE t.invocation_id = ?1 ORDER BY t.seq"
+         WHERE t.invocation_id = ?1 {since} ORDER BY t.seq"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map([id.to_string()], |r| {
-        Ok((
-            TargetRow {
-                run_id: uuid(&r.get::<_, String>(0)?),
-                seq: r.get::<_, i64>(1)? as u32,
-                batch: r.get::<_, i64>(2)? as u32,
-                node_id: uuid(&r.get::<_, String>(3)?),
-                hostname: r.get(4)?,
-                ips: parse_ip_list(&r.get::<_, String>(5)?),
-                // Only valid statuses are written; unreachable is the safe reading of others.
-                status: HostStatus::parse(&r.get::<_, String>(6)?)
-                    .unwrap_or(HostStatus::Unreachable),
-                kill: r.get::<_, i64>(7)? != 0,
-                released_at: r.get::<_, Option<i64>>(8)?.map(from_ms),
-                not_after: r.get::<_, Option<i64>>(9)?.map(from_ms),
-                finished_at: r.get::<_, Option<i64>>(10)?.map(from_ms),
-                detail: r.get(11)?,
-                run: None,
-            },
-            r.get::<_, Option<String>>(12)?,
-        ))
-    })?;
+    let rows = stmt.query_map(
+        rusqlite::params![id.to_string(), settled_after.map(|i| i as i64)],
+        |r| {
+            Ok((
+                TargetRow {
+                    run_id: uuid(&r.get::<_, String>(0)?),
+                    seq: r.get::<_, i64>(1)? as u32,
+                    batch: r.get::<_, i64>(2)? as u32,
+                    node_id: uuid(&r.get::<_, String>(3)?),
+                    hostname: r.get(4)?,
+                    ips: parse_ip_list(&r.get::<_, String>(5)?),
+                    // Only valid statuses are written; unreachable is the safe reading of others.
+                    status: HostStatus::parse(&r.get::<_, String>(6)?)
+                        .unwrap_or(HostStatus::Unreachable),
+                    kill: r.get::<_, i64>(7)? != 0,
+                    released_at: r.get::<_, Option<i64>>(8)?.map(from_ms),
+                    not_after: r.get::<_, Option<i64>>(9)?.map(from_ms),
+                    finished_at: r.get::<_, Option<i64>>(10)?.map(from_ms),
+                    detail: r.get(11)?,
+                    run: None,
+                    settled_index: r.get::<_, Option<i64>>(13)?.map(|i| i as u64),
+                },
+                r.get::<_, Option<String>>(12)?,
+            ))
+        },
+    )?;
     rows.map(|row| {
         let (mut t, run) = row?;
         t.run = run.map(|text| from_json("run", &text)).transpose()?;
@@ -226,6 +249,31 @@ impl Store {
             let t = targets(&tx, id, with_runs)?;
             tx.finish()?;
             Ok(Some((row, t)))
+        })
+    }
+
+    /// What a waiting caller needs at each look: the invocation, the targets (with their run
+    /// records) that settled after log index `after`, and how many targets are still open. Its
+    /// cost follows what changed, not the number of hosts.
+    pub fn invocation_progress(
+        &self,
+        id: Uuid,
+        after: u64,
+    ) -> Result<Option<(InvocationRow, Vec<TargetRow>, u64)>> {
+        self.read(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let Some(row) = one(&tx, id)? else {
+                return Ok(None);
+            };
+            let ended = select_targets(&tx, id, true, Some(after))?;
+            let open: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM invocation_targets
+                 WHERE invocation_id = ?1 AND status IN ('pending', 'running')",
+                [id.to_string()],
+                |r| r.get(0),
+            )?;
+            tx.finish()?;
+            Ok(Some((row, ended, open as u64)))
         })
     }
 

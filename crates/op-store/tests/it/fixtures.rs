@@ -9,7 +9,7 @@ use op_proto::api::Scope;
 use op_proto::invoke::{BatchSize, InvocationKind, InvocationOptions};
 use op_proto::{JobSpec, NodeStatus, RunStatus, Trigger};
 use op_store::{
-    Command, MissingHost, NewInvocation, NewTarget, NewToken, NodeBeat, RetentionLimits,
+    Command, MissingHost, NewInvocation, NewTarget, NewToken, NodeBeat, NodeRuns, RetentionLimits,
     StatusChange,
 };
 
@@ -73,7 +73,14 @@ fn samples() -> Vec<Command> {
             at: t0(),
             actor: "admin".into(),
         },
-        ingest(2, vec![r], 5),
+        ingest(2, vec![r.clone()], 5),
+        Command::IngestRunBatches {
+            at: t0(),
+            batches: vec![NodeRuns {
+                node_id: node_id(2),
+                runs: vec![r],
+            }],
+        },
         Command::Prune {
             now: t0(),
             limits: RetentionLimits::default(),

@@ -1,0 +1,108 @@
+//! Run ingestion with group commit: the run batches agents post are written through raft by one
+//! task, and the batches that arrive while a write is in flight go together in the next
+//! `IngestRunBatches` command.
+//!
+//! A lone batch is written at once (no timer, no added latency); under load, one log entry
+//! carries many agents' batches, so a fleet-wide `exec` whose thousand hosts answer within the
+//! same second costs a few raft writes instead of a thousand. Each caller still gets its own
+//! acknowledgement, after the command that holds its batch is applied.
+
+use op_proto::agent::{RunBatch, RunBatchAck};
+use op_store::{Command, CommandResult, NodeRuns};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::ApiError;
+use crate::app::App;
+
+/// Most run records one command carries; the rest wait for the next.
+const MAX_RUNS_PER_COMMAND: usize = 5_000;
+/// Batches that may wait for the writer; a caller beyond that waits to enqueue.
+const QUEUE: usize = 10_000;
+
+type Reply = oneshot::Sender<Result<RunBatchAck, ApiError>>;
+
+/// The handle handlers submit batches to. Cheap to clone.
+#[derive(Clone)]
+pub struct RunIngest {
+    tx: mpsc::Sender<(RunBatch, Reply)>,
+}
+
+/// The writer's end, handed to [`run`].
+pub struct Queue(mpsc::Receiver<(RunBatch, Reply)>);
+
+impl RunIngest {
+    pub fn new() -> (RunIngest, Queue) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (RunIngest { tx }, Queue(rx))
+    }
+
+    /// Stores `batch` (idempotent by run id) and returns what was new.
+    pub async fn submit(&self, batch: RunBatch) -> Result<RunBatchAck, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((batch, reply))
+            .await
+            .map_err(|_| ApiError::Unavailable("the manager is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| ApiError::Unavailable("the manager is shutting down".into()))?
+    }
+}
+
+/// Writes queued batches until shutdown.
+pub async fn run(app: std::sync::Arc<App>, mut queue: Queue) {
+    loop {
+        let first = tokio::select! {
+            next = queue.0.recv() => match next {
+                Some(next) => next,
+                None => return,
+            },
+            _ = app.shutdown.cancelled() => return,
+        };
+        let mut waiting = vec![first];
+        let mut runs = waiting[0].0.runs.len();
+        while runs < MAX_RUNS_PER_COMMAND {
+            match queue.0.try_recv() {
+                Ok(next) => {
+                    runs += next.0.runs.len();
+                    waiting.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let batches = waiting
+            .iter()
+            .map(|(b, _)| NodeRuns {
+                node_id: b.node_id,
+                runs: b.runs.clone(),
+            })
+            .collect();
+        let result = app
+            .write(Command::IngestRunBatches {
+                at: chrono::Utc::now(),
+                batches,
+            })
+            .await;
+        match result {
+            Ok(CommandResult::RunBatchesIngested { acks }) if acks.len() == waiting.len() => {
+                for ((_, reply), ack) in waiting.into_iter().zip(acks) {
+                    app.metrics.runs_stored.inc_by(ack.accepted as u64);
+                    app.metrics.runs_duplicate.inc_by(ack.duplicates as u64);
+                    let _ = reply.send(Ok(ack));
+                }
+            }
+            Ok(_) => {
+                for (_, reply) in waiting {
+                    let _ = reply.send(Err(ApiError::Internal(
+                        "unexpected answer to IngestRunBatches".into(),
+                    )));
+                }
+            }
+            Err(e) => {
+                for (_, reply) in waiting {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
