@@ -111,6 +111,8 @@ impl Directives {
         for d in directives {
             match d {
                 Directive::Kill { run_id } => self.kill(run_id),
+                // Output requests are the link's (`link::output`); they start nothing.
+                Directive::UploadOutput { .. } => {}
                 Directive::Run(run) => {
                     let new = self
                         .0

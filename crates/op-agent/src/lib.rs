@@ -155,6 +155,7 @@ pub async fn run(
                     metrics: metrics.clone(),
                     state_dir: config.state_dir.clone(),
                     cached_index,
+                    state: state.clone(),
                     deploy: deploy::DeploySettings {
                         keep: config.package_keep,
                         limits: config.package_limits,

@@ -112,13 +112,25 @@ Examples:
   agentcli logs ls-l                       the latest run on every host
   agentcli logs ls-l 172.16.123.144 -o wide
   agentcli logs cycleTest.py ALL 5         the latest 5 runs per host
-  agentcli logs ls-l web-01 -o short       only output and error")]
+  agentcli logs ls-l web-01 -o short       only output and error
+  agentcli logs backup.sh --full           the whole output, fetched from the host
+  agentcli logs backup.sh web-01 --follow  stream a running run's output until it ends
+
+--full fetches the whole output from the agent when the stored tail was truncated. --follow
+streams the output of the job's running runs (waiting for the next one to start if none is
+running) and exits when they end: 0 when every run succeeded, 1 otherwise.")]
     Logs {
         job: String,
         /// A hostname or IP, or ALL (default).
         host: Option<String>,
         /// Runs per host.
         limit: Option<u32>,
+        /// Stream the output of a running run until it ends.
+        #[arg(long, short = 'f', conflicts_with = "full")]
+        follow: bool,
+        /// Fetch the whole output from the agent when the stored tail was truncated.
+        #[arg(long)]
+        full: bool,
     },
     /// Run a saved job now on the selected hosts and print each host's result as it arrives.
     #[command(after_help = "\

@@ -99,6 +99,23 @@ impl ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+/// A piece of a run's output (see [`Client::run_output`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputPiece {
+    pub data: Vec<u8>,
+    pub next_offset: u64,
+    /// Bytes of the output file when the agent read it.
+    pub size: u64,
+    pub finished: bool,
+}
+
+impl OutputPiece {
+    /// True when the run has ended and this piece reached the end of its output.
+    pub fn is_last(&self) -> bool {
+        self.finished && self.next_offset >= self.size
+    }
+}
+
 /// A client for one manager.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -531,6 +548,49 @@ impl Client {
             .timeout(self.timeout + Duration::from_secs(wait_secs))
             .json(heartbeat);
         self.json(&path, req).await
+    }
+
+    /// Answers an output request (`Directive::UploadOutput`).
+    pub async fn post_output(&self, chunk: &op_proto::agent::OutputChunk) -> Result<()> {
+        let path = "/v1/agent/output";
+        self.send(path, self.request(Method::POST, path).json(chunk))
+            .await?;
+        Ok(())
+    }
+
+    /// A piece of a run's full output from `offset`: the bytes, and where the next piece starts
+    /// and whether the run has finished (then an empty piece means the end). Waits up to
+    /// `wait_secs` for the agent.
+    pub async fn run_output(&self, id: Uuid, offset: u64, wait_secs: u64) -> Result<OutputPiece> {
+        let path = format!("/v1/runs/{id}/output?offset={offset}&wait={wait_secs}");
+        let req = self
+            .request(Method::GET, &path)
+            .timeout(self.timeout + Duration::from_secs(wait_secs));
+        let resp = self.send(&path, req).await?;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let next_offset = header("x-op-next-offset")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(offset);
+        let size = header("x-op-size")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let finished = header("x-op-finished").as_deref() == Some("true");
+        let data = resp
+            .bytes()
+            .await
+            .map_err(|e| self.transport(&path, e))?
+            .to_vec();
+        Ok(OutputPiece {
+            data,
+            next_offset,
+            size,
+            finished,
+        })
     }
 
     /// Delivers finished runs; idempotent by run id.

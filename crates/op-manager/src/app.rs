@@ -37,6 +37,8 @@ pub struct App {
     /// This manager's advertised API and raft URLs.
     pub api_url: String,
     pub raft_url: String,
+    /// Readers of run output waiting for an agent's answer (`api::output`).
+    pub outputs: crate::api::output::OutputWaiters,
 }
 
 impl App {

@@ -222,6 +222,7 @@ pub async fn start(
         shutdown: shutdown.clone(),
         api_url: api_url.clone(),
         raft_url: raft_url.clone(),
+        outputs: Default::default(),
         config,
         store,
         raft,

@@ -131,6 +131,37 @@ pub enum Directive {
     Run(Box<RunDirective>),
     /// Stop a run in progress.
     Kill { run_id: Uuid },
+    /// Send the run's output file from `offset` to the manager at `reply_to`
+    /// (`POST /v1/agent/output`): how `agentcli logs --follow/--full` and the console read output
+    /// that is not in the run record's tail. A request received twice is answered once.
+    UploadOutput {
+        request_id: Uuid,
+        run_id: Uuid,
+        offset: u64,
+        reply_to: String,
+    },
+}
+
+/// Largest piece of output one upload carries.
+pub const OUTPUT_CHUNK_MAX: usize = 256 * 1024;
+
+/// The answer to [`Directive::UploadOutput`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputChunk {
+    pub request_id: Uuid,
+    pub run_id: Uuid,
+    pub node_id: Uuid,
+    pub offset: u64,
+    /// The bytes from `offset`, base64 (output need not be UTF-8); at most [`OUTPUT_CHUNK_MAX`].
+    pub data: String,
+    /// Bytes of the output file when it was read.
+    pub size: u64,
+    /// The run has ended: once `offset + len(data) == size`, there is no more output.
+    pub finished: bool,
+    /// Why no output could be read (the file was removed by retention, say).
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

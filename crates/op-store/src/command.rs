@@ -156,6 +156,16 @@ pub enum Command {
         at: DateTime<Utc>,
         actor: String,
     },
+    /// Asks a node for a piece of a run's output file, to be sent to the manager at `reply_to`
+    /// (the member holding the waiting reader). Requests older than two minutes are dropped.
+    RequestOutput {
+        request_id: Uuid,
+        node_id: Uuid,
+        run_id: Uuid,
+        offset: u64,
+        reply_to: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl Command {
@@ -181,6 +191,7 @@ impl Command {
             Command::CreateInvocation { .. } => "create_invocation",
             Command::AdvanceInvocation { .. } => "advance_invocation",
             Command::CancelInvocation { .. } => "cancel_invocation",
+            Command::RequestOutput { .. } => "request_output",
         }
     }
 }

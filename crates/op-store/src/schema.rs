@@ -158,6 +158,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX invocation_targets_open ON invocation_targets(invocation_id)
         WHERE status IN ('pending', 'running');
     "#,
+    // 4: requests for a run's output file (agentcli logs --follow/--full, the console). Short
+    // lived: each new request deletes those older than two minutes.
+    r#"
+    CREATE TABLE output_requests (
+        request_id TEXT PRIMARY KEY,
+        node_id    TEXT NOT NULL,
+        run_id     TEXT NOT NULL,
+        offset     INTEGER NOT NULL,
+        reply_to   TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX output_requests_node ON output_requests(node_id);
+    CREATE INDEX output_requests_created ON output_requests(created_at);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -11,7 +11,7 @@
 //! [`Executor::new`], which the scheduler reads.
 
 pub mod cgroup;
-mod logs;
+pub(crate) mod logs;
 pub mod output;
 pub mod process;
 mod spawn;

@@ -23,6 +23,7 @@
 //! new one sent at once, so the manager learns within a moment rather than at the end of the wait.
 
 mod heartbeat;
+mod output;
 mod packages;
 
 use std::sync::{Arc, Mutex};
@@ -30,7 +31,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use op_client::{Client, ClientError};
-use op_proto::agent::{AgentSettings, DesiredJob, DesiredState, RegisterRequest, RunBatch};
+use op_proto::agent::{
+    AgentSettings, DesiredJob, DesiredState, Directive, RegisterRequest, RunBatch,
+};
 use rand::Rng;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -73,6 +76,7 @@ pub struct LinkParts {
     pub cached_index: u64,
     /// How packages of the desired state are deployed.
     pub deploy: DeploySettings,
+    pub state: crate::state::StateStore,
 }
 
 /// The managers this agent knows and which one it is using.
@@ -158,7 +162,14 @@ pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Vec<JoinHandle<()
         Arc::new(packages::ManagerSource::new(shared.clone())),
         shutdown.clone(),
     );
+    let outputs = output::OutputSender::new(
+        parts.state.clone(),
+        parts.executor.clone(),
+        parts.register.node_id,
+        parts.token.clone(),
+    );
     let sync = SyncLoop {
+        outputs,
         deployer: deployer.clone(),
         shared: shared.clone(),
         register: parts.register,
@@ -251,6 +262,7 @@ fn is_refusal(e: &ClientError) -> bool {
 
 struct SyncLoop {
     deployer: Deployer,
+    outputs: Arc<output::OutputSender>,
     shared: Arc<Shared>,
     register: RegisterRequest,
     scheduler: Scheduler,
@@ -352,13 +364,29 @@ impl SyncLoop {
 
     async fn apply(&mut self, state: DesiredState, sent_at: chrono::DateTime<Utc>) {
         // Directives first: they are what a caller is waiting for, and they run on their own.
-        if !state.directives.is_empty() {
+        let (uploads, directives): (Vec<_>, Vec<_>) = state
+            .directives
+            .iter()
+            .cloned()
+            .partition(|d| matches!(d, Directive::UploadOutput { .. }));
+        for d in uploads {
+            if let Directive::UploadOutput {
+                request_id,
+                run_id,
+                offset,
+                reply_to,
+            } = d
+            {
+                self.outputs.answer(request_id, run_id, offset, reply_to);
+            }
+        }
+        if !directives.is_empty() {
             // Our clock minus the manager's, as of the moment the request left (the network
             // latency makes it a little small, so a deadline errs on the early side).
             let skew = state
                 .received_at
                 .map_or(chrono::Duration::zero(), |r| sent_at - r);
-            self.directives.apply(state.directives.clone(), skew);
+            self.directives.apply(directives, skew);
         }
         self.shared.learn(&state.managers);
         self.deployer.set_desired(&state.packages);

@@ -1,9 +1,14 @@
-//! `agentcli logs JOB [HOST|ALL] [LIMIT]`: the latest LIMIT runs of a job per host.
+//! `agentcli logs JOB [HOST|ALL] [LIMIT] [--full | --follow]`: the latest LIMIT runs of a job
+//! per host; with `--full` their whole output fetched from the agents, with `--follow` the output
+//! of the running runs as it grows.
 
 use std::io::Write;
+use std::time::Duration;
 
-use op_proto::RunRecord;
+use op_client::ClientError;
 use op_proto::api::RunQuery;
+use op_proto::{NodeInfo, RunRecord, RunStatus};
+use uuid::Uuid;
 
 use super::Ctx;
 use crate::Outcome;
@@ -26,6 +31,7 @@ pub async fn run(
     job: &str,
     host: Option<String>,
     limit: Option<u32>,
+    full: bool,
 ) -> anyhow::Result<Outcome> {
     let (host, per_node) = host_and_limit(host, limit);
     // A clear error for a job that does not exist, instead of an empty table.
@@ -42,6 +48,9 @@ pub async fn run(
             .cmp(&b.hostname)
             .then_with(|| b.ended_at.cmp(&a.ended_at))
     });
+    if full {
+        return print_full(ctx, &mut runs).await;
+    }
     let mut out = std::io::stdout().lock();
     match ctx.format {
         Format::Json => write_json(&mut out, &runs)?,
@@ -94,6 +103,234 @@ pub async fn run(
         eprintln!("no runs of {job}{scope} yet");
     }
     Ok(Outcome::Ok)
+}
+
+/// `--full`: every run's whole output. JSON carries it in `output`; the other formats print a
+/// header line per run and the output as it is, since a table cannot hold a long log.
+async fn print_full(ctx: &Ctx, runs: &mut [RunRecord]) -> anyhow::Result<Outcome> {
+    let mut outcome = Outcome::Ok;
+    for r in runs.iter_mut() {
+        if !r.output_truncated {
+            continue;
+        }
+        match fetch_whole(ctx, r.run_id).await {
+            Ok(bytes) => {
+                r.output = String::from_utf8_lossy(&bytes).into_owned();
+                r.output_bytes = bytes.len() as u64;
+                r.output_truncated = false;
+            }
+            Err(e) => {
+                eprintln!(
+                    "agentcli: the whole output of run {} on {} is not available ({}); showing its last {} bytes",
+                    r.run_id,
+                    r.hostname,
+                    ctx.conn.explain(e),
+                    r.output.len()
+                );
+                outcome = Outcome::Problem;
+            }
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if ctx.format == Format::Json {
+        write_json(&mut out, &runs)?;
+        return Ok(outcome);
+    }
+    for r in runs.iter() {
+        let ended = r.ended_at.map(local_time).unwrap_or_default();
+        writeln!(
+            out,
+            "==> {} on {} ({}) ended {ended}: {} <==",
+            r.job,
+            r.hostname,
+            ips(r).replace('\n', ", "),
+            r.status.as_str()
+        )?;
+        // The tail (when the agent could not send the whole) carries a note; trailing newlines
+        // are the output's own.
+        let text = output_text(r);
+        if !text.is_empty() {
+            writeln!(out, "{text}")?;
+        }
+        let error = error_text(r);
+        if !error.is_empty() && r.status != RunStatus::Ok {
+            writeln!(out, "error: {error}")?;
+        }
+    }
+    Ok(outcome)
+}
+
+/// Reads a finished run's whole output file from its agent, piece by piece.
+async fn fetch_whole(ctx: &Ctx, run_id: Uuid) -> Result<Vec<u8>, ClientError> {
+    let mut data = Vec::new();
+    let mut offset = 0;
+    loop {
+        let piece = ctx.client.run_output(run_id, offset, 10).await?;
+        let empty = piece.data.is_empty();
+        data.extend_from_slice(&piece.data);
+        offset = piece.next_offset;
+        if offset >= piece.size || empty {
+            return Ok(data);
+        }
+    }
+}
+
+/// How often `--follow` looks for a run to start and asks for more output.
+const FOLLOW_POLL: Duration = Duration::from_millis(500);
+/// Consecutive failed output requests after which `--follow` gives up on a run.
+const FOLLOW_MAX_FAILURES: u32 = 5;
+
+/// `--follow`: streams the output of the job's running runs (on `host`, or everywhere) until they
+/// end, waiting for the next run to start when none is running.
+pub async fn follow(ctx: &Ctx, job: &str, host: Option<String>) -> anyhow::Result<Outcome> {
+    let (host, _) = host_and_limit(host, None);
+    ctx.call(ctx.client.get_job(job)).await?;
+    let mut waiting_said = false;
+    let runs = loop {
+        let nodes = ctx.call(ctx.client.list_nodes()).await?;
+        if let Some(h) = &host
+            && !nodes.iter().any(|n| host_matches(n, h))
+        {
+            anyhow::bail!("no node is named {h} or has that IP (see `agentcli get nodes`)");
+        }
+        let running: Vec<(Uuid, String)> = nodes
+            .iter()
+            .filter(|n| host.as_deref().is_none_or(|h| host_matches(n, h)))
+            .flat_map(|n| {
+                n.running
+                    .iter()
+                    .filter(|r| r.job == job)
+                    .map(|r| (r.run_id, n.hostname.clone()))
+            })
+            .collect();
+        if !running.is_empty() {
+            break running;
+        }
+        if !waiting_said {
+            let scope = host
+                .as_deref()
+                .map(|h| format!(" on {h}"))
+                .unwrap_or_default();
+            eprintln!(
+                "agentcli: no run of {job} is running{scope}; waiting for one to start (Ctrl-C to stop)"
+            );
+            waiting_said = true;
+        }
+        tokio::time::sleep(FOLLOW_POLL).await;
+    };
+    let prefix = runs.len() > 1;
+    let streams = runs
+        .iter()
+        .map(|(run_id, hostname)| stream_run(ctx, *run_id, prefix.then_some(hostname.as_str())));
+    let results = futures_util::future::join_all(streams).await;
+    let mut outcome = Outcome::Ok;
+    for ((run_id, hostname), result) in runs.iter().zip(results) {
+        match result {
+            Ok(()) => {}
+            Err(e) => {
+                eprintln!("agentcli: following run {run_id} on {hostname}: {e:#}");
+                outcome = Outcome::Problem;
+                continue;
+            }
+        }
+        match final_record(ctx, *run_id).await {
+            Some(r) => {
+                let error = error_text(&r);
+                let status = r.status.as_str();
+                let tail = if error.is_empty() || error == status {
+                    String::new()
+                } else {
+                    format!(" ({error})")
+                };
+                eprintln!("agentcli: run {run_id} on {hostname} ended: {status}{tail}");
+                if r.status != RunStatus::Ok {
+                    outcome = Outcome::Problem;
+                }
+            }
+            None => {
+                eprintln!(
+                    "agentcli: run {run_id} on {hostname} ended; its record has not reached the manager yet"
+                );
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// Copies one run's output to stdout as it grows, until the run has ended and all was read.
+/// With a prefix, output goes out in whole lines, each led by `[prefix] `.
+async fn stream_run(ctx: &Ctx, run_id: Uuid, prefix: Option<&str>) -> anyhow::Result<()> {
+    let mut offset = 0;
+    let mut partial: Vec<u8> = Vec::new();
+    let mut failures = 0;
+    loop {
+        let piece = match ctx.client.run_output(run_id, offset, 10).await {
+            Ok(p) => {
+                failures = 0;
+                p
+            }
+            Err(e @ ClientError::Api { status, .. }) if status != 503 => {
+                return Err(ctx.conn.explain(e));
+            }
+            Err(e) => {
+                failures += 1;
+                if failures >= FOLLOW_MAX_FAILURES {
+                    return Err(ctx.conn.explain(e));
+                }
+                tokio::time::sleep(FOLLOW_POLL).await;
+                continue;
+            }
+        };
+        offset = piece.next_offset;
+        {
+            let mut out = std::io::stdout().lock();
+            match prefix {
+                None => out.write_all(&piece.data)?,
+                Some(p) => {
+                    partial.extend_from_slice(&piece.data);
+                    if let Some(end) = partial.iter().rposition(|&b| b == b'\n') {
+                        let lines: Vec<u8> = partial.drain(..=end).collect();
+                        for line in lines.split_inclusive(|&b| b == b'\n') {
+                            write!(out, "[{p}] ")?;
+                            out.write_all(line)?;
+                        }
+                    }
+                    if piece.is_last() && !partial.is_empty() {
+                        write!(out, "[{p}] ")?;
+                        out.write_all(&partial)?;
+                        writeln!(out)?;
+                        partial.clear();
+                    }
+                }
+            }
+            out.flush()?;
+        }
+        if piece.is_last() {
+            return Ok(());
+        }
+        if piece.data.is_empty() {
+            tokio::time::sleep(FOLLOW_POLL).await;
+        }
+    }
+}
+
+/// The run's record once the agent has delivered it (a few seconds at most when it is connected).
+async fn final_record(ctx: &Ctx, run_id: Uuid) -> Option<RunRecord> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = ctx.client.run(run_id).await {
+            return Some(r);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(FOLLOW_POLL).await;
+    }
+}
+
+/// True when `host` is the node's hostname or one of its IPs.
+fn host_matches(node: &NodeInfo, host: &str) -> bool {
+    node.hostname == host || node.ips.iter().any(|ip| ip.to_string() == host)
 }
 
 fn ips(r: &RunRecord) -> String {

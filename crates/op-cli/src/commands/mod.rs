@@ -90,9 +90,19 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             let ctx = ctx()?;
             crate::connect::block_on(job::set_enabled(&ctx, &job, false))
         }
-        Command::Logs { job, host, limit } => {
+        Command::Logs {
+            job,
+            host,
+            limit,
+            follow,
+            full,
+        } => {
             let ctx = ctx()?;
-            crate::connect::block_on(logs::run(&ctx, &job, host, limit))
+            if follow {
+                crate::connect::block_on(logs::follow(&ctx, &job, host))
+            } else {
+                crate::connect::block_on(logs::run(&ctx, &job, host, limit, full))
+            }
         }
         Command::Run {
             job,

@@ -11,6 +11,7 @@ mod guard;
 mod invoke;
 mod jobs;
 mod nodes;
+pub mod output;
 mod packages;
 mod runs;
 mod system;
@@ -71,6 +72,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/nodes/{key}", get(nodes::get).delete(nodes::forget))
         .route("/v1/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::get))
+        .route("/v1/runs/{id}/output", get(output::read))
+        .route("/v1/agent/output", post(output::upload))
         .route("/v1/packages", get(packages::list))
         .route("/v1/packages/{name}", get(packages::versions))
         .route("/v1/packages/{name}/rollback", post(packages::rollback))

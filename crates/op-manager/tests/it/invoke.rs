@@ -38,7 +38,7 @@ fn runs(directives: &[Directive]) -> Vec<RunDirective> {
         .iter()
         .filter_map(|d| match d {
             Directive::Run(r) => Some((**r).clone()),
-            Directive::Kill { .. } => None,
+            Directive::Kill { .. } | Directive::UploadOutput { .. } => None,
         })
         .collect()
 }

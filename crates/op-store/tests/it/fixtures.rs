@@ -180,6 +180,14 @@ fn samples() -> Vec<Command> {
             at: t0(),
             actor: "ops".into(),
         },
+        Command::RequestOutput {
+            request_id: uuid::Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_00b1),
+            node_id: node_id(2),
+            run_id: target,
+            offset: 65536,
+            reply_to: "http://10.0.0.1:8090".into(),
+            at: t0(),
+        },
     ]
 }
 

@@ -1,0 +1,136 @@
+//! Answers the manager's output requests (`Directive::UploadOutput`): read the run's output file
+//! from the asked offset and post up to `OUTPUT_CHUNK_MAX` bytes to the manager that asked
+//! (`reply_to`, one of the cluster's members). A request that arrives again with the next sync
+//! answer is answered once.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use op_client::Client;
+use op_proto::RunStatus;
+use op_proto::agent::{OUTPUT_CHUNK_MAX, OutputChunk};
+use uuid::Uuid;
+
+use crate::executor::Executor;
+use crate::executor::logs::run_log_path;
+use crate::state::StateStore;
+
+/// Request ids remembered, so a repeated directive is not answered twice.
+const SEEN_MAX: usize = 1024;
+
+pub struct OutputSender {
+    state: StateStore,
+    executor: Executor,
+    node_id: Uuid,
+    token: Option<String>,
+    seen: Mutex<VecDeque<Uuid>>,
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+impl OutputSender {
+    pub fn new(
+        state: StateStore,
+        executor: Executor,
+        node_id: Uuid,
+        token: Option<String>,
+    ) -> Arc<OutputSender> {
+        Arc::new(OutputSender {
+            state,
+            executor,
+            node_id,
+            token,
+            seen: Mutex::new(VecDeque::new()),
+            clients: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Answers one request in the background; a repeated request is ignored.
+    pub fn answer(self: &Arc<Self>, request_id: Uuid, run_id: Uuid, offset: u64, reply_to: String) {
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.contains(&request_id) {
+                return;
+            }
+            if seen.len() >= SEEN_MAX {
+                seen.pop_front();
+            }
+            seen.push_back(request_id);
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let chunk = this.read(request_id, run_id, offset).await;
+            let client = {
+                let mut clients = this.clients.lock().unwrap_or_else(|p| p.into_inner());
+                match clients.get(&reply_to) {
+                    Some(c) => Ok(c.clone()),
+                    None => Client::new(&reply_to, this.token.as_deref()).map(|c| {
+                        let c = c.with_timeout(Duration::from_secs(30));
+                        clients.insert(reply_to.clone(), c.clone());
+                        c
+                    }),
+                }
+            };
+            let sent = match client {
+                Ok(c) => c.post_output(&chunk).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                tracing::debug!(%run_id, manager = %reply_to, error = %e, "output not delivered");
+            }
+        });
+    }
+
+    async fn read(&self, request_id: Uuid, run_id: Uuid, offset: u64) -> OutputChunk {
+        let mut chunk = OutputChunk {
+            request_id,
+            run_id,
+            node_id: self.node_id,
+            offset,
+            data: String::new(),
+            size: 0,
+            finished: false,
+            error: None,
+        };
+        // Whether the run has ended is decided before reading, so "finished and read to the end"
+        // really means there is no more output.
+        let (job, finished) = match self.executor.get(run_id) {
+            Some(h) if h.finished().is_none() => (h.job().to_string(), false),
+            _ => match self.state.get_run(run_id).await {
+                Ok(Some(r)) => (r.job.clone(), r.status != RunStatus::Running),
+                Ok(None) => {
+                    chunk.error = Some("this agent has no such run".into());
+                    return chunk;
+                }
+                Err(e) => {
+                    chunk.error = Some(format!("cannot read the run: {e}"));
+                    return chunk;
+                }
+            },
+        };
+        chunk.finished = finished;
+        let path = run_log_path(&self.executor.settings().log_dir, &job, run_id);
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, u64)> {
+            let mut f = std::fs::File::open(&path)?;
+            let size = f.metadata()?.len();
+            let mut buf = Vec::new();
+            if offset < size {
+                f.seek(SeekFrom::Start(offset))?;
+                f.take(OUTPUT_CHUNK_MAX as u64).read_to_end(&mut buf)?;
+            }
+            Ok((buf, size))
+        })
+        .await;
+        match read {
+            Ok(Ok((bytes, size))) => {
+                chunk.size = size;
+                chunk.data = base64::engine::general_purpose::STANDARD.encode(bytes);
+            }
+            Ok(Err(e)) => chunk.error = Some(format!("the output file is gone: {e}")),
+            Err(e) => chunk.error = Some(format!("reading the output file: {e}")),
+        }
+        chunk
+    }
+}
