@@ -106,6 +106,10 @@ Ready. Exits 1 if any file was refused.")]
     /// Disable a job: agents stop scheduling it and stop its running process.
     #[command(after_help = "Example:\n  agentcli disable cycleTest.py")]
     Disable { job: String },
+    /// Forget a node (by hostname, IP or id): it is listed as Left and its credential is revoked,
+    /// so its agent must enroll again to come back.
+    #[command(after_help = "Example:\n  agentcli forget web-07")]
+    Forget { node: String },
     /// View the output of a job's runs: the latest LIMIT per host (default 1).
     #[command(after_help = "\
 Examples:

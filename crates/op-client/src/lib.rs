@@ -170,6 +170,15 @@ impl Client {
         self
     }
 
+    /// The same client (sharing its connections) presenting another credential: a node's own
+    /// credential after enrollment, for example.
+    pub fn with_token(&self, token: &str) -> Client {
+        Client {
+            token: Some(token.trim().to_string()),
+            ..self.clone()
+        }
+    }
+
     pub fn base_url(&self) -> &str {
         &self.base
     }

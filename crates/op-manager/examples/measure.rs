@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 1. Run ingestion: batches of 500 through raft, 4 posting concurrently.
     let node = Uuid::new_v4();
-    agent
+    let resp = agent
         .register(&RegisterRequest {
             api_version: API_VERSION,
             node_id: node,
@@ -92,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
             arch: "x86_64".into(),
         })
         .await?;
+    let agent_one = agent.with_token(resp.node_token.as_deref().unwrap_or_default());
     let all: Vec<RunBatch> = (0..batches)
         .map(|_| RunBatch {
             node_id: node,
@@ -102,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for chunk in all.chunks(batches.div_ceil(4)) {
         let chunk = chunk.to_vec();
-        let agent = agent.clone();
+        let agent = agent_one.clone();
         tasks.push(tokio::spawn(async move {
             for b in &chunk {
                 agent.post_runs(b).await.unwrap();
@@ -125,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
     let mut ids = Vec::new();
     for i in 0..agents {
         let id = Uuid::new_v4();
-        agent
+        let resp = agent
             .register(&RegisterRequest {
                 api_version: API_VERSION,
                 node_id: id,
@@ -137,13 +138,16 @@ async fn main() -> anyhow::Result<()> {
                 arch: "x86_64".into(),
             })
             .await?;
-        ids.push(id);
+        ids.push((
+            id,
+            agent.with_token(resp.node_token.as_deref().unwrap_or_default()),
+        ));
     }
     let mut latencies = Vec::new();
     for round in 0..20 {
         let mut parked = Vec::new();
-        for id in &ids {
-            let c = agent.clone();
+        for (id, own) in &ids {
+            let c = own.clone();
             let index = c.sync(0, 0, &heartbeat(*id)).await?.index;
             let id = *id;
             parked.push(tokio::spawn(async move {

@@ -28,6 +28,27 @@ pub struct Caller {
     pub token_id: String,
     pub name: String,
     pub scope: Scope,
+    /// For a node's own agent credential, the node it belongs to.
+    pub node_id: Option<uuid::Uuid>,
+}
+
+impl Caller {
+    /// Checks that this agent caller may speak for `node`: only the node's own credential may
+    /// (the shared enrollment token can only register).
+    pub fn speaks_for(&self, node: uuid::Uuid) -> Result<(), crate::api::error::ApiError> {
+        use crate::api::error::ApiError;
+        match self.node_id {
+            Some(own) if own == node => Ok(()),
+            Some(own) => Err(ApiError::Denied(format!(
+                "this credential belongs to node {own}, not {node}"
+            ))),
+            None => Err(ApiError::Denied(
+                "an enrollment token can only register a node; use the node credential \
+                 returned at registration"
+                    .into(),
+            )),
+        }
+    }
 }
 
 /// A freshly generated token: the command to store it and the secret to show once.
@@ -57,6 +78,7 @@ pub fn generate(name: &str, scope: Scope, expires_at: Option<DateTime<Utc>>) -> 
             scope,
             secret_sha256: sha256_hex(&secret),
             expires_at,
+            node_id: None,
         },
         secret,
     }
@@ -112,6 +134,7 @@ impl Authenticator {
             token_id: record.info.id.clone(),
             name: record.info.name.clone(),
             scope: record.info.scope,
+            node_id: record.info.node_id,
         }))
     }
 }

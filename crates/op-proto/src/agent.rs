@@ -44,6 +44,10 @@ pub struct RegisterResponse {
     /// The API URLs of every manager in the cluster.
     pub managers: Vec<String>,
     pub settings: AgentSettings,
+    /// The node's own credential, issued when it registered with the shared enrollment token.
+    /// The agent keeps it (`node.token` in its state dir) and presents it from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_token: Option<String>,
 }
 
 /// Settings the manager hands to every agent.

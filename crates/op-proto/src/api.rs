@@ -245,6 +245,10 @@ pub struct TokenInfo {
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub revoked: bool,
+    /// The node an agent credential belongs to (issued at enrollment); `None` for every other
+    /// token, including the shared agent enrollment token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<uuid::Uuid>,
 }
 
 /// The answer to a token creation: the only time the secret is shown.

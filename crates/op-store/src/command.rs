@@ -53,6 +53,10 @@ pub enum Command {
         registration: NodeRegistration,
         at: DateTime<Utc>,
         actor: String,
+        /// Enrollment: the node's own credential, issued because the agent registered with the
+        /// shared enrollment token. Refused when the node already holds a live credential.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        enroll: Option<NewToken>,
     },
     /// Coalesced heartbeats of many nodes: last_seen and reported state. A NotReady node that
     /// beats becomes Ready.
@@ -325,6 +329,9 @@ pub struct NewToken {
     pub secret_sha256: String,
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
+    /// Set for a node's own agent credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<Uuid>,
 }
 
 /// A stored token, with the hash the manager verifies against.
@@ -373,6 +380,13 @@ impl Rejection {
     pub(crate) fn conflict(message: impl Into<String>) -> Rejection {
         Rejection {
             code: "conflict".into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn forbidden(message: impl Into<String>) -> Rejection {
+        Rejection {
+            code: "forbidden".into(),
             message: message.into(),
         }
     }

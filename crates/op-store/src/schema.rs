@@ -172,6 +172,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX output_requests_node ON output_requests(node_id);
     CREATE INDEX output_requests_created ON output_requests(created_at);
     "#,
+    // 5: per-node agent credentials (issued at enrollment, revoked when the node is forgotten).
+    r#"
+    ALTER TABLE tokens ADD COLUMN node_id TEXT;
+    CREATE INDEX tokens_node ON tokens(node_id);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -151,9 +151,16 @@ pub fn backoff(attempt: u32) -> Duration {
 pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
     let managers = Arc::new(Mutex::new(Managers::new(parts.managers.clone())));
     let (registered_tx, registered_rx) = watch::channel(false);
+    let node_token_path = parts.state_dir.join(NODE_TOKEN_FILE);
+    let node_token = match std::fs::read_to_string(&node_token_path) {
+        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         managers,
-        token: parts.token.clone(),
+        enroll_token: parts.token.clone(),
+        node_token: Mutex::new(node_token),
+        node_token_path,
         node_id: parts.register.node_id,
         client: Mutex::new(None),
     });
@@ -166,7 +173,7 @@ pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Vec<JoinHandle<()
         parts.state.clone(),
         parts.executor.clone(),
         parts.register.node_id,
-        parts.token.clone(),
+        shared.clone(),
     );
     let sync = SyncLoop {
         outputs,
@@ -201,9 +208,16 @@ pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Vec<JoinHandle<()
     ]
 }
 
+/// The node's own credential, in the state dir (mode 0600).
+pub const NODE_TOKEN_FILE: &str = "node.token";
+
 struct Shared {
     managers: Arc<Mutex<Managers>>,
-    token: Option<String>,
+    /// The configured `--manager-token`: the fleet's enrollment token, which can only register.
+    enroll_token: Option<String>,
+    /// The node's own credential, issued at enrollment and kept in `node_token_path`.
+    node_token: Mutex<Option<String>>,
+    node_token_path: std::path::PathBuf,
     node_id: Uuid,
     /// The client of the manager in use, kept across calls: building one loads the system's
     /// root certificates (hundreds of files), and a kept one reuses its connections. Measured:
@@ -233,6 +247,45 @@ impl Shared {
             .learn(list);
     }
 
+    /// The credential to present: the node's own once enrolled, else the enrollment token.
+    fn credential(&self) -> Option<String> {
+        self.node_token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .or_else(|| self.enroll_token.clone())
+    }
+
+    fn has_node_token(&self) -> bool {
+        self.node_token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Keeps the credential the manager issued at enrollment, in memory and on disk.
+    fn adopt_node_token(&self, token: String) {
+        if let Err(e) = crate::state::desired::write_atomic_mode(
+            &self.node_token_path,
+            format!("{token}\n").as_bytes(),
+            0o600,
+        ) {
+            // Still usable until a restart, which then enrolls again (and is refused while
+            // this credential lives): say so loudly.
+            tracing::error!(path = %self.node_token_path.display(), error = %e, "cannot store the node credential");
+        }
+        *self.node_token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Forgets a credential the manager no longer accepts (the node was forgotten or its token
+    /// revoked), so the next registration enrolls again with the enrollment token.
+    fn drop_node_token(&self) {
+        let _ = std::fs::remove_file(&self.node_token_path);
+        *self.node_token.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     fn client(&self, url: &str) -> Result<Client, ClientError> {
         let mut cached = self.client.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((u, c)) = cached.as_ref()
@@ -240,7 +293,7 @@ impl Shared {
         {
             return Ok(c.clone());
         }
-        let c = Client::new(url, self.token.as_deref())?.with_timeout(REQUEST_TIMEOUT);
+        let c = Client::new(url, self.credential().as_deref())?.with_timeout(REQUEST_TIMEOUT);
         *cached = Some((url.to_string(), c.clone()));
         Ok(c)
     }
@@ -299,10 +352,18 @@ impl SyncLoop {
                 match client.register(&self.register).await {
                     Ok(resp) => {
                         tracing::info!(manager = %url, node_id = %resp.node_id, "registered");
+                        if let Some(token) = resp.node_token {
+                            tracing::info!(manager = %url, "enrolled: this node has its own credential now");
+                            self.shared.adopt_node_token(token);
+                        }
                         self.shared.learn(&resp.managers);
                         self.settings = resp.settings;
                         registered_at = Some(url.clone());
                         let _ = self.registered.send(true);
+                    }
+                    Err(e) if e.status() == Some(401) && self.shared.has_node_token() => {
+                        tracing::warn!(manager = %url, "the node credential was refused (revoked, or the node was forgotten); enrolling again");
+                        self.shared.drop_node_token();
                     }
                     Err(e) => {
                         self.log_failure(&url, "register", &e);
@@ -335,6 +396,11 @@ impl SyncLoop {
                 Ok(state) => {
                     failures = 0;
                     self.apply(state, sent_at).await;
+                }
+                Err(e) if e.status() == Some(401) && self.shared.has_node_token() => {
+                    tracing::warn!(manager = %url, "the node credential was refused (revoked, or the node was forgotten); enrolling again");
+                    self.shared.drop_node_token();
+                    registered_at = None;
                 }
                 Err(e) if e.code() == Some("unknown_node") => {
                     // The manager forgot this node (or never knew it): register again at once.

@@ -25,23 +25,24 @@ pub struct OutputSender {
     state: StateStore,
     executor: Executor,
     node_id: Uuid,
-    token: Option<String>,
+    shared: Arc<super::Shared>,
     seen: Mutex<VecDeque<Uuid>>,
-    clients: Mutex<HashMap<String, Client>>,
+    /// A client per manager that asked, with the credential it was built with.
+    clients: Mutex<HashMap<String, (Option<String>, Client)>>,
 }
 
 impl OutputSender {
-    pub fn new(
+    pub(super) fn new(
         state: StateStore,
         executor: Executor,
         node_id: Uuid,
-        token: Option<String>,
+        shared: Arc<super::Shared>,
     ) -> Arc<OutputSender> {
         Arc::new(OutputSender {
             state,
             executor,
             node_id,
-            token,
+            shared,
             seen: Mutex::new(VecDeque::new()),
             clients: Mutex::new(HashMap::new()),
         })
@@ -63,12 +64,13 @@ impl OutputSender {
         tokio::spawn(async move {
             let chunk = this.read(request_id, run_id, offset).await;
             let client = {
+                let token = this.shared.credential();
                 let mut clients = this.clients.lock().unwrap_or_else(|p| p.into_inner());
                 match clients.get(&reply_to) {
-                    Some(c) => Ok(c.clone()),
-                    None => Client::new(&reply_to, this.token.as_deref()).map(|c| {
+                    Some((t, c)) if *t == token => Ok(c.clone()),
+                    _ => Client::new(&reply_to, token.as_deref()).map(|c| {
                         let c = c.with_timeout(Duration::from_secs(30));
-                        clients.insert(reply_to.clone(), c.clone());
+                        clients.insert(reply_to.clone(), (token, c.clone()));
                         c
                     }),
                 }

@@ -29,7 +29,7 @@ impl Source for ManagerSource {
     ) -> BoxFuture<'a, Result<Opened, FetchError>> {
         Box::pin(async move {
             let url = self.shared.current();
-            let client = Client::new(&url, self.shared.token.as_deref())
+            let client = Client::new(&url, self.shared.credential().as_deref())
                 .map_err(|e| FetchError::Failed(e.to_string()))?
                 .with_timeout(TRANSFER_TIMEOUT);
             let content = client

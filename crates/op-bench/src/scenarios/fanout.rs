@@ -69,8 +69,9 @@ pub async fn sim(manager_bin: &Path, agents: usize, count: usize) -> anyhow::Res
             hostname: format!("sim-{i:05}"),
             ip: format!("10.{}.{}.{}", i / 65_536, (i / 256) % 256, i % 256),
         };
-        sim.register(&agent_client).await?;
-        tasks.push(tokio::spawn(sim.run(agent_client.clone())));
+        // Each simulated agent presents its own node credential, as a real one does.
+        let own = sim.register(&agent_client).await?;
+        tasks.push(tokio::spawn(sim.run(own)));
     }
     let client = Client::new(&m.url, Some(&m.admin_token))?;
     let samples = measure(&client, agents, count)
@@ -190,8 +191,9 @@ struct SimAgent {
 }
 
 impl SimAgent {
-    async fn register(&self, client: &Client) -> anyhow::Result<()> {
-        client
+    /// Enrolls with the shared token; returns the client with this node's own credential.
+    async fn register(&self, client: &Client) -> anyhow::Result<Client> {
+        let resp = client
             .register(&RegisterRequest {
                 api_version: API_VERSION,
                 node_id: self.node_id,
@@ -203,7 +205,10 @@ impl SimAgent {
                 arch: "x86_64".into(),
             })
             .await?;
-        Ok(())
+        let token = resp
+            .node_token
+            .ok_or_else(|| anyhow::anyhow!("the manager issued no node credential"))?;
+        Ok(client.with_token(&token))
     }
 
     async fn run(self, client: Client) {

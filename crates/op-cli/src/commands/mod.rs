@@ -90,6 +90,18 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             let ctx = ctx()?;
             crate::connect::block_on(job::set_enabled(&ctx, &job, false))
         }
+        Command::Forget { node } => {
+            let ctx = ctx()?;
+            crate::connect::block_on(async {
+                let n = ctx.call(ctx.client.get_node(&node)).await?;
+                ctx.call(ctx.client.forget_node(n.node_id)).await?;
+                println!(
+                    "node {} ({}) forgotten; its credential is revoked",
+                    n.hostname, n.node_id
+                );
+                Ok(crate::Outcome::Ok)
+            })
+        }
         Command::Logs {
             job,
             host,

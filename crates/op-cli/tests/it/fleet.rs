@@ -344,3 +344,26 @@ async fn exit_codes_for_success_problem_unreachable_and_bad_token() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"));
 }
+
+#[tokio::test]
+async fn forget_revokes_the_node_credential_and_the_agent_enrolls_again() {
+    let m = Manager::start();
+    let agents = fleet(&m, 1).await;
+    let token_file = agents[0].path("state").join("node.token");
+    let first = std::fs::read_to_string(&token_file).expect("the agent keeps its credential");
+    let out = stdout(cli(&m).args(["forget", "node-1"]));
+    assert!(out.contains("forgotten"), "{out}");
+    // The agent's credential is refused; it enrolls again with the shared token.
+    let c = m.client();
+    wait_until(LONG, "node-1 enrolled again", || async {
+        let again = std::fs::read_to_string(&token_file).unwrap_or_default();
+        let ready = c
+            .get_node("node-1")
+            .await
+            .map(|n| n.status == NodeStatus::Ready)
+            .unwrap_or(false);
+        ready && !again.is_empty() && again != first
+    })
+    .await;
+    cli(&m).args(["forget", "no-such-node"]).assert().code(2);
+}

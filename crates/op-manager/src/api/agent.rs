@@ -82,7 +82,25 @@ pub async fn register(
         check_text("label value", v, true)?;
     }
     let node_id = req.node_id;
+    // The node's own credential re-registers; the shared enrollment token enrolls the node and
+    // gets its credential back, once (a node that holds one is refused by `apply`).
+    let (enroll, node_token) = match caller.node_id {
+        Some(_) => {
+            caller.speaks_for(node_id)?;
+            (None, None)
+        }
+        None => {
+            let mut generated = crate::auth::generate(
+                &format!("node-{node_id}"),
+                op_proto::api::Scope::Agent,
+                None,
+            );
+            generated.token.node_id = Some(node_id);
+            (Some(generated.token), Some(generated.secret))
+        }
+    };
     app.write(Command::RegisterNode {
+        enroll,
         registration: NodeRegistration {
             node_id,
             hostname: req.hostname,
@@ -100,6 +118,7 @@ pub async fn register(
         node_id,
         managers: app.managers(),
         settings: app.agent_settings(),
+        node_token,
     }))
 }
 
@@ -163,9 +182,11 @@ impl Drop for Parked<'_> {
 
 pub async fn sync(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<SyncParams>,
     ApiJson(hb): ApiJson<Heartbeat>,
 ) -> Result<Json<DesiredState>, ApiError> {
+    caller.speaks_for(hb.node_id)?;
     let received_at = Utc::now();
     let wait = wait_of(&app, q.wait.as_deref())?;
     let node = hb.node_id;
@@ -219,8 +240,10 @@ pub async fn sync(
 
 pub async fn runs(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     ApiJson(batch): ApiJson<RunBatch>,
 ) -> Result<Json<RunBatchAck>, ApiError> {
+    caller.speaks_for(batch.node_id)?;
     if batch.runs.len() > app.config.run_batch_max {
         return Err(ApiError::bad(
             "batch_too_large",

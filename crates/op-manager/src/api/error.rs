@@ -20,6 +20,9 @@ pub enum ApiError {
         scope: &'static str,
         action: &'static str,
     },
+    /// 403 for a reason the scope alone does not tell (another node's data, an enrolled node).
+    #[error("{0}")]
+    Denied(String),
     #[error("{0}")]
     NotFound(String),
     #[error("node {0} is not registered (or was forgotten): register again")]
@@ -71,7 +74,9 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Forbidden { .. } | ApiError::Denied(_) => {
+                (StatusCode::FORBIDDEN, "forbidden")
+            }
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::UnknownNode(_) => (StatusCode::NOT_FOUND, "unknown_node"),
             ApiError::InvalidJob { .. } => (StatusCode::BAD_REQUEST, "invalid_job"),
@@ -151,6 +156,7 @@ impl From<Rejection> for ApiError {
         match r.code.as_str() {
             "not_found" => ApiError::NotFound(r.message),
             "conflict" => ApiError::Conflict(r.message),
+            "forbidden" => ApiError::Denied(r.message),
             _ => ApiError::bad("invalid", r.message),
         }
     }

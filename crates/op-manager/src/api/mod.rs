@@ -5,7 +5,7 @@
 
 mod agent;
 mod audit;
-mod error;
+pub(crate) mod error;
 mod extract;
 mod guard;
 mod invoke;

@@ -162,9 +162,10 @@ pub async fn read(
 /// `POST /v1/agent/output`: an agent answers an output request.
 pub async fn upload(
     State(app): State<Arc<App>>,
-    Extension(_caller): Extension<Caller>,
+    Extension(caller): Extension<Caller>,
     ApiJson(chunk): ApiJson<OutputChunk>,
 ) -> Result<StatusCode, ApiError> {
+    caller.speaks_for(chunk.node_id)?;
     // base64 grows 4/3; a bit more for the padding.
     if chunk.data.len() > OUTPUT_CHUNK_MAX / 3 * 4 + 8 {
         return Err(ApiError::bad(

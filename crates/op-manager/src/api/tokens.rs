@@ -14,9 +14,26 @@ use super::extract::ApiJson;
 use crate::app::App;
 use crate::auth::{self, Caller};
 
-pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Also list the nodes' own credentials (one per enrolled agent).
+    #[serde(default)]
+    nodes: bool,
+}
+
+pub async fn list(
+    State(app): State<Arc<App>>,
+    super::extract::ApiQuery(q): super::extract::ApiQuery<ListQuery>,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     let tokens = app.read(|s| s.tokens()).await?;
-    Ok(Json(tokens.into_iter().map(|t| t.info).collect()))
+    Ok(Json(
+        tokens
+            .into_iter()
+            .map(|t| t.info)
+            .filter(|t| q.nodes || t.node_id.is_none())
+            .collect(),
+    ))
 }
 
 pub async fn create(

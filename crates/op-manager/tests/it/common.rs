@@ -204,6 +204,8 @@ pub struct FakeAgent {
     pub node_id: Uuid,
     pub hostname: String,
     pub ip: IpAddr,
+    /// The node credential issued when it enrolled.
+    pub token: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl FakeAgent {
@@ -212,11 +214,22 @@ impl FakeAgent {
             node_id: Uuid::new_v4(),
             hostname: format!("node-{n}"),
             ip: format!("127.0.0.{n}").parse().unwrap(),
+            token: Default::default(),
         }
     }
 
+    /// `base` presenting this node's own credential (once enrolled).
+    pub fn client(&self, base: &Client) -> Client {
+        match self.token.lock().unwrap().as_deref() {
+            Some(t) => base.with_token(t),
+            None => base.clone(),
+        }
+    }
+
+    /// Registers (enrolling with `client`'s token the first time) and keeps the node credential.
     pub async fn register(&self, client: &Client) {
-        client
+        let resp = self
+            .client(client)
             .register(&RegisterRequest {
                 api_version: API_VERSION,
                 node_id: self.node_id,
@@ -229,6 +242,9 @@ impl FakeAgent {
             })
             .await
             .unwrap();
+        if let Some(t) = resp.node_token {
+            *self.token.lock().unwrap() = Some(t);
+        }
     }
 
     pub fn heartbeat(&self) -> Heartbeat {
@@ -243,7 +259,10 @@ impl FakeAgent {
     }
 
     pub async fn sync(&self, client: &Client, index: u64, wait: u64) -> DesiredState {
-        client.sync(index, wait, &self.heartbeat()).await.unwrap()
+        self.client(client)
+            .sync(index, wait, &self.heartbeat())
+            .await
+            .unwrap()
     }
 
     /// Job names in this agent's desired state.

@@ -64,6 +64,7 @@ fn spawn_agent(
     status: RunStatus,
 ) -> tokio::task::JoinHandle<Vec<RunDirective>> {
     tokio::spawn(async move {
+        let client = a.client(&client);
         let mut index = 0;
         let mut seen: Vec<RunDirective> = Vec::new();
         loop {
@@ -346,7 +347,7 @@ async fn batches_release_in_order_and_stop_on_failure_cancels_the_rest() {
             for later in agents.get((batch + 1) * 2..).unwrap_or(&[]) {
                 assert!(pending(later).await.is_empty(), "batch {batch}: {later:?}");
             }
-            agent
+            a.client(&agent)
                 .post_runs(&record(a, &d[0], RunStatus::Ok, "ok"))
                 .await
                 .unwrap();
@@ -368,7 +369,8 @@ async fn batches_release_in_order_and_stop_on_failure_cancels_the_rest() {
         (!d.is_empty()).then_some(d)
     })
     .await;
-    agent
+    agents[0]
+        .client(&agent)
         .post_runs(&record(&agents[0], &first[0], RunStatus::Failed, "boom"))
         .await
         .unwrap();
@@ -448,7 +450,7 @@ async fn a_silent_host_is_unreachable_by_its_deadline_and_cancel_kills() {
             run_id: d[0].run_id
         }]
     );
-    agent
+    busy.client(&agent)
         .post_runs(&record(&busy, &d[0], RunStatus::Killed, ""))
         .await
         .unwrap();

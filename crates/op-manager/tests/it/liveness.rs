@@ -46,7 +46,11 @@ async fn silent_nodes_go_not_ready_then_left_and_come_back() {
     .await;
     wait_until("node-2 Left", DEADLINE, status(NodeStatus::Left)).await;
     // A Left node must register again before it may sync.
-    let err = agent.sync(0, 0, &a.heartbeat()).await.unwrap_err();
+    let err = a
+        .client(&agent)
+        .sync(0, 0, &a.heartbeat())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some("unknown_node"));
     a.register(&agent).await;
     assert_eq!(
@@ -79,9 +83,14 @@ async fn an_operator_can_forget_a_node() {
         listed,
         [("node-3", NodeStatus::Ready), ("node-2", NodeStatus::Left)]
     );
+    // Forgetting revokes the node's credential: it must enroll again.
     assert_eq!(
-        agent.sync(0, 0, &a.heartbeat()).await.unwrap_err().code(),
-        Some("unknown_node")
+        a.client(&agent)
+            .sync(0, 0, &a.heartbeat())
+            .await
+            .unwrap_err()
+            .status(),
+        Some(401)
     );
     let err = admin.forget_node(uuid::Uuid::new_v4()).await.unwrap_err();
     assert_eq!(err.status(), Some(404));

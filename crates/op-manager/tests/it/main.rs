@@ -5,6 +5,7 @@
 mod auth;
 mod bad_input;
 mod common;
+mod credentials;
 mod fixtures;
 mod invoke;
 mod jobs;

@@ -27,7 +27,7 @@ async fn once_job_selects_ready_matching_nodes_and_reports_the_rest() {
     let beats = tokio::spawn(async move {
         loop {
             for a in &keep {
-                let _ = beating.sync(0, 0, &a.heartbeat()).await;
+                let _ = a.client(&beating).sync(0, 0, &a.heartbeat()).await;
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
@@ -86,14 +86,20 @@ async fn once_job_selects_ready_matching_nodes_and_reports_the_rest() {
         node_id: a.node_id,
         runs: vec![r],
     };
-    agent.post_runs(&post(run.clone(), a2)).await.unwrap();
+    a2.client(&agent)
+        .post_runs(&post(run.clone(), a2))
+        .await
+        .unwrap();
     assert_eq!(
         admin.once_targets("ls-l", None).await.unwrap()[0].state,
         TargetState::Running
     );
     assert_eq!(a2.job_names(&agent).await, ["ll-all"], "no longer pending");
     run.status = RunStatus::Ok;
-    agent.post_runs(&post(run.clone(), a2)).await.unwrap();
+    a2.client(&agent)
+        .post_runs(&post(run.clone(), a2))
+        .await
+        .unwrap();
     let t = &admin
         .once_targets("ls-l", Some(saved.revision))
         .await
@@ -102,7 +108,10 @@ async fn once_job_selects_ready_matching_nodes_and_reports_the_rest() {
 
     let a3 = &agents[1];
     let failed = a3.run("ll-all", 1, Trigger::Once, RunStatus::Failed);
-    agent.post_runs(&post(failed, a3)).await.unwrap();
+    a3.client(&agent)
+        .post_runs(&post(failed, a3))
+        .await
+        .unwrap();
     let states: Vec<_> = admin
         .once_targets("ll-all", None)
         .await

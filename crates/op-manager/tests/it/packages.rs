@@ -324,7 +324,7 @@ async fn agents_get_current_versions_and_report_what_they_hold() {
         target_version: Some(v1.version),
         error: None,
     }];
-    agent.sync(state.index, 0, &hb).await.unwrap();
+    a.client(&agent).sync(state.index, 0, &hb).await.unwrap();
     let node = admin.get_node(&a.hostname).await.unwrap();
     assert_eq!(node.packages, hb.packages);
     // Refused before the heartbeat is flushed to the store (from the buffer) and after (by the

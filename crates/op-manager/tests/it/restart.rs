@@ -32,7 +32,8 @@ async fn fill(m: &ManagerProcess) -> Before {
     let runs: Vec<_> = (0..50)
         .map(|_| a.run("cycleTest.py", 1, Trigger::Cron, RunStatus::Ok))
         .collect();
-    let ack = agent
+    let ack = a
+        .client(&agent)
         .post_runs(&RunBatch {
             node_id: a.node_id,
             runs,
@@ -112,7 +113,9 @@ async fn restart_after_kill_9_keeps_everything() {
     let m = ManagerProcess::spawn(dir.path(), &["--raft-snapshot-logs", "10"]);
     let before = fill(&m).await;
     let extra = m.client("agent.token");
-    let again = extra
+    let again = before
+        .agent
+        .client(&extra)
         .post_runs(&RunBatch {
             node_id: before.agent.node_id,
             runs: vec![],

@@ -31,11 +31,11 @@ async fn run_batches_are_idempotent_and_queryable() {
             runs,
         });
     }
-    let first = agent.post_runs(&batches[0]).await.unwrap();
+    let first = a2.client(&agent).post_runs(&batches[0]).await.unwrap();
     assert_eq!((first.accepted, first.duplicates), (5, 0));
-    let again = agent.post_runs(&batches[0]).await.unwrap();
+    let again = a2.client(&agent).post_runs(&batches[0]).await.unwrap();
     assert_eq!((again.accepted, again.duplicates), (0, 5));
-    agent.post_runs(&batches[1]).await.unwrap();
+    a3.client(&agent).post_runs(&batches[1]).await.unwrap();
 
     let q = |f: &dyn Fn(&mut RunQuery)| {
         let mut q = RunQuery {
@@ -99,7 +99,7 @@ async fn run_batches_are_idempotent_and_queryable() {
         node_id: a2.node_id,
         runs: vec![a3.run("x", 1, Trigger::Cron, RunStatus::Ok)],
     };
-    let err = agent.post_runs(&bad).await.unwrap_err();
+    let err = a2.client(&agent).post_runs(&bad).await.unwrap_err();
     assert_eq!(
         (err.status(), err.code()),
         (Some(400), Some("node_mismatch"))

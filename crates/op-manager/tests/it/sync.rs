@@ -105,13 +105,10 @@ async fn long_poll_wakes_on_save_and_otherwise_waits() {
     assert!(state.index > index);
     assert_eq!(state.jobs.len(), 1);
 
-    // An unregistered node is told to register.
+    // The enrollment token only registers: an unregistered node cannot sync with it.
     let stranger = FakeAgent::new(9);
     let err = agent.sync(0, 0, &stranger.heartbeat()).await.unwrap_err();
-    assert_eq!(
-        (err.status(), err.code()),
-        (Some(404), Some("unknown_node"))
-    );
+    assert_eq!(err.status(), Some(403), "{err}");
     m.stop().await;
 }
 
@@ -129,7 +126,7 @@ async fn heartbeats_are_flushed_and_show_in_node_listings() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let mut hb = a.heartbeat();
     hb.stats.outbox_depth = 7;
-    agent.sync(0, 0, &hb).await.unwrap();
+    a.client(&agent).sync(0, 0, &hb).await.unwrap();
     // Listings show the beat at once; the stored record catches up at the next flush.
     assert!(admin.get_node("node-2").await.unwrap().last_seen > registered);
     wait_until("heartbeat data flushed", DEADLINE, || async {
@@ -149,7 +146,7 @@ async fn shutdown_releases_parked_syncs_at_once() {
     let index = a.sync(&agent, 0, 0).await.index;
     let parked = {
         let (agent, a) = (agent.clone(), a.clone());
-        tokio::spawn(async move { agent.sync(index, 15, &a.heartbeat()).await })
+        tokio::spawn(async move { a.client(&agent).sync(index, 15, &a.heartbeat()).await })
     };
     wait_until("the sync call is parked", DEADLINE, || async {
         let text = admin.metrics().await.ok()?;

@@ -23,6 +23,7 @@ use crate::codec::ms;
 use crate::command::{Command, CommandResult, Rejection};
 use crate::error::Result;
 use crate::{META_CLUSTER_ID, META_DESIRED_INDEX, read, set_meta};
+use op_proto::api::Scope;
 
 /// One raft log entry to apply: its index and its command (none for blank and membership entries).
 #[derive(Debug, Clone, Copy)]
@@ -117,7 +118,28 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
             registration,
             at,
             actor,
-        } => nodes::register(conn, index, registration, *at, actor, ch),
+            enroll,
+        } => {
+            if let Some(token) = enroll {
+                if token.node_id != Some(registration.node_id) || token.scope != Scope::Agent {
+                    return Ok(Err(Rejection::invalid(
+                        "an enrollment credential must be an agent token of the registering node",
+                    )));
+                }
+                if tokens::node_has_live_token(conn, registration.node_id, *at)? {
+                    return Ok(Err(Rejection::forbidden(format!(
+                        "node {} is already enrolled and must present its own credential \
+                         (the agent keeps it in its state dir as node.token); to enroll it \
+                         again, forget it first: agentcli forget {}",
+                        registration.node_id, registration.node_id
+                    ))));
+                }
+                if let Err(r) = tokens::create(conn, token, *at, actor, ch)? {
+                    return Ok(Err(r));
+                }
+            }
+            nodes::register(conn, index, registration, *at, actor, ch)
+        }
         Command::Heartbeats { beats } => nodes::heartbeats(conn, beats, ch),
         Command::SetNodeStatus { changes, .. } => nodes::set_status(conn, changes, ch),
         Command::ForgetNode { node_id, at, actor } => {

@@ -129,6 +129,8 @@ pub(super) fn forget(
     };
     node.status = NodeStatus::Left;
     write(conn, &node)?;
+    // Its credential goes with it: the agent must enroll again to come back.
+    super::tokens::revoke_node(conn, node_id, ch)?;
     bump_desired_node(conn, index, node_id, ch)?;
     ch.nodes.insert(node_id);
     audit(

@@ -7,6 +7,7 @@ use rusqlite::{Connection, params};
 use super::{Changes, Outcome, audit};
 use crate::codec::ms;
 use crate::command::{CommandResult, NewToken, Rejection};
+use crate::error::Result;
 use crate::read;
 
 pub(super) fn create(
@@ -38,15 +39,16 @@ pub(super) fn create(
         ))));
     }
     conn.execute(
-        "INSERT INTO tokens(id, name, scope, hash, created_at, expires_at, revoked)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+        "INSERT INTO tokens(id, name, scope, hash, created_at, expires_at, revoked, node_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
         params![
             token.id,
             token.name,
             token.scope.as_str(),
             token.secret_sha256,
             ms(at),
-            token.expires_at.map(ms)
+            token.expires_at.map(ms),
+            token.node_id.map(|n| n.to_string())
         ],
     )?;
     audit(
@@ -66,6 +68,7 @@ pub(super) fn create(
             created_at: at,
             expires_at: token.expires_at,
             revoked: false,
+            node_id: token.node_id,
         },
     }))
 }
@@ -92,4 +95,35 @@ pub(super) fn revoke(
         ch.tokens = true;
     }
     Ok(Ok(CommandResult::Token { info: token.info }))
+}
+
+/// True when `node_id` holds a credential that is neither revoked nor expired at `at`.
+pub(super) fn node_has_live_token(
+    conn: &Connection,
+    node_id: uuid::Uuid,
+    at: DateTime<Utc>,
+) -> Result<bool> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM tokens WHERE node_id = ?1 AND revoked = 0
+         AND (expires_at IS NULL OR expires_at > ?2)",
+        params![node_id.to_string(), ms(at)],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
+/// Revokes every credential of `node_id` (the node was forgotten); true if any was live.
+pub(super) fn revoke_node(
+    conn: &Connection,
+    node_id: uuid::Uuid,
+    ch: &mut Changes,
+) -> Result<bool> {
+    let n = conn.execute(
+        "UPDATE tokens SET revoked = 1 WHERE node_id = ?1 AND revoked = 0",
+        [node_id.to_string()],
+    )?;
+    if n > 0 {
+        ch.tokens = true;
+    }
+    Ok(n > 0)
 }

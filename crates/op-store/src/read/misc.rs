@@ -14,7 +14,7 @@ pub const MAX_AUDIT_LIMIT: u32 = 10_000;
 
 pub(crate) fn tokens(conn: &Connection) -> Result<Vec<TokenRecord>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, name, scope, hash, created_at, expires_at, revoked FROM tokens
+        "SELECT id, name, scope, hash, created_at, expires_at, revoked, node_id FROM tokens
          ORDER BY created_at, id",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -27,6 +27,9 @@ pub(crate) fn tokens(conn: &Connection) -> Result<Vec<TokenRecord>> {
                 created_at: from_ms(r.get(4)?),
                 expires_at: r.get::<_, Option<i64>>(5)?.map(from_ms),
                 revoked: r.get::<_, i64>(6)? != 0,
+                node_id: r
+                    .get::<_, Option<String>>(7)?
+                    .and_then(|n| uuid::Uuid::parse_str(&n).ok()),
             },
             secret_sha256: r.get(3)?,
         })

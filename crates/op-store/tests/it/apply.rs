@@ -220,6 +220,7 @@ fn tokens_are_unique_by_active_name() {
             scope: Scope::Operator,
             secret_sha256: "00".repeat(32),
             expires_at: None,
+            node_id: None,
         },
         at: at(0),
         actor: "admin".into(),

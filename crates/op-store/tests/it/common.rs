@@ -68,6 +68,7 @@ pub fn register(n: u8, at_secs: i64) -> Command {
         },
         at: at(at_secs),
         actor: "agent".into(),
+        enroll: None,
     }
 }
 
@@ -154,6 +155,7 @@ pub fn fill(s: &mut TestStore) {
             scope: Scope::Viewer,
             secret_sha256: "11".repeat(32),
             expires_at: Some(at(3600)),
+            node_id: None,
         },
         at: at(3),
         actor: "admin".into(),

@@ -92,6 +92,7 @@ fn samples() -> Vec<Command> {
                 scope: Scope::Operator,
                 secret_sha256: "ab".repeat(32),
                 expires_at: None,
+                node_id: None,
             },
             at: t0(),
             actor: "admin".into(),

@@ -1,0 +1,118 @@
+//! Per-node agent credentials: the shared agent token only enrolls; each node then presents its
+//! own credential, which speaks for that node and no other (DESIGN section 9).
+
+use op_proto::agent::{OutputChunk, RegisterRequest, RunBatch};
+use op_proto::api::{CreateTokenRequest, Scope};
+use op_proto::{API_VERSION, RunStatus, Trigger};
+
+use crate::common::*;
+
+fn registration(a: &FakeAgent) -> RegisterRequest {
+    RegisterRequest {
+        api_version: API_VERSION,
+        node_id: a.node_id,
+        hostname: a.hostname.clone(),
+        ips: vec![a.ip],
+        labels: Default::default(),
+        agent_version: "0.1.0-test".into(),
+        os: "linux".into(),
+        arch: "x86_64".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_credential_speaks_for_its_own_node_only() {
+    let m = TestManager::start().await;
+    let (admin, enroll) = (m.admin(), m.agent());
+    let a = FakeAgent::new(2);
+    let b = FakeAgent::new(3);
+    a.register(&enroll).await;
+    b.register(&enroll).await;
+    let a_token = a.token.lock().unwrap().clone().expect("a node credential");
+    let as_a = enroll.with_token(&a_token);
+
+    // a's credential posting runs for b: 403, and nothing is stored.
+    let forged = RunBatch {
+        node_id: b.node_id,
+        runs: vec![b.run("x", 1, Trigger::Cron, RunStatus::Ok)],
+    };
+    let err = as_a.post_runs(&forged).await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    assert!(admin.runs(&Default::default()).await.unwrap().is_empty());
+    // ... reading b's desired state: 403.
+    let err = as_a.sync(0, 0, &b.heartbeat()).await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    // ... registering as b (to rename it or take its jobs): 403.
+    let err = as_a.register(&registration(&b)).await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    assert_eq!(admin.get_node("node-3").await.unwrap().node_id, b.node_id);
+    // ... answering an output request in b's name: 403.
+    let chunk = OutputChunk {
+        request_id: uuid::Uuid::now_v7(),
+        run_id: uuid::Uuid::now_v7(),
+        node_id: b.node_id,
+        offset: 0,
+        data: String::new(),
+        size: 0,
+        finished: true,
+        error: None,
+    };
+    let err = as_a.post_output(&chunk).await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+
+    // The enrollment token cannot take over an enrolled node by sending its id.
+    let err = enroll.register(&registration(&b)).await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    assert!(err.to_string().contains("already enrolled"), "{err}");
+    // Nor act for any node beyond registering.
+    let err = enroll.sync(0, 0, &a.heartbeat()).await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+
+    // Each node's own credential works for itself.
+    a.client(&enroll)
+        .post_runs(&RunBatch {
+            node_id: a.node_id,
+            runs: vec![a.run("x", 1, Trigger::Cron, RunStatus::Ok)],
+        })
+        .await
+        .unwrap();
+    a.register(&enroll).await;
+    b.sync(&enroll, 0, 0).await;
+
+    // Node credentials stay out of the operator's token list unless asked for.
+    let listed = admin.list_tokens().await.unwrap();
+    assert!(listed.iter().all(|t| t.node_id.is_none()), "{listed:?}");
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_tokens_cannot_use_the_agent_protocol_and_forget_revokes() {
+    let m = TestManager::start().await;
+    let (admin, enroll) = (m.admin(), m.agent());
+    let a = FakeAgent::new(2);
+    a.register(&enroll).await;
+    let operator = admin
+        .create_token(&CreateTokenRequest {
+            name: "ops".into(),
+            scope: Scope::Operator,
+            expires_in_secs: None,
+        })
+        .await
+        .unwrap();
+    let as_operator = enroll.with_token(&operator.secret);
+    let err = as_operator.sync(0, 0, &a.heartbeat()).await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    let err = as_operator.register(&registration(&a)).await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+
+    // Forgetting the node revokes its credential at once; it enrolls again with the shared token.
+    let own = a.client(&enroll);
+    admin.forget_node(a.node_id).await.unwrap();
+    let err = own.sync(0, 0, &a.heartbeat()).await.unwrap_err();
+    assert_eq!(err.status(), Some(401), "{err}");
+    *a.token.lock().unwrap() = None;
+    a.register(&enroll).await;
+    assert!(a.token.lock().unwrap().is_some());
+    a.sync(&enroll, 0, 0).await;
+    m.stop().await;
+}
