@@ -126,6 +126,28 @@ pub struct Cli {
     /// Log format: text or json [default: text].
     #[arg(long, env = "OP_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// PEM certificate (chain) of the agent's API; with --tls-key it speaks only HTTPS.
+    #[arg(long, env = "OP_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "OP_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA whose client certificates the agent's API accepts.
+    #[arg(long, env = "OP_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Refuse API clients without a certificate signed by --client-ca (mutual TLS).
+    #[arg(long, env = "OP_REQUIRE_CLIENT_CERT", num_args = 0..=1, default_missing_value = "true")]
+    pub require_client_cert: Option<bool>,
+    /// PEM CA that signs the managers' certificates (for https:// managers) [default: the
+    /// system's roots].
+    #[arg(long, env = "OP_CA")]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate the agent presents to managers (mutual TLS).
+    #[arg(long, env = "OP_CLIENT_CERT")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM key of --client-cert.
+    #[arg(long, env = "OP_CLIENT_KEY")]
+    pub client_key: Option<PathBuf>,
 }
 
 /// The TOML file, key for key. Unknown keys are an error, so a typo never goes unnoticed.
@@ -156,6 +178,13 @@ pub struct FileConfig {
     pub package_max_entries: Option<u64>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub require_client_cert: Option<bool>,
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 /// A size written as a number of bytes or a string such as `64KiB`.
@@ -235,6 +264,10 @@ pub struct Config {
     pub package_limits: crate::deploy::Limits,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// TLS of the agent's API; `None` serves plain HTTP.
+    pub tls: Option<op_tls::ServerTls>,
+    /// What the agent trusts and presents when it calls managers.
+    pub manager_tls: op_client::ClientTls,
 }
 
 impl Config {
@@ -411,7 +444,46 @@ impl Config {
             }
         };
 
+        let path = |p: Option<PathBuf>| p.map(absolute).transpose();
+        let require_client_cert =
+            pick(&cli.require_client_cert, &file.require_client_cert).unwrap_or(false);
+        let client_ca = path(pick(&cli.client_ca, &file.client_ca))?;
+        let tls = match (
+            path(pick(&cli.tls_cert, &file.tls_cert))?,
+            path(pick(&cli.tls_key, &file.tls_key))?,
+        ) {
+            (Some(cert), Some(key)) => Some(op_tls::ServerTls {
+                cert,
+                key,
+                client_ca,
+                require_client_cert,
+            }),
+            (None, None) if client_ca.is_none() && !require_client_cert => None,
+            (None, None) => {
+                return Err(AgentError::Config(
+                    "client_ca/require_client_cert need TLS: set tls_cert and tls_key too".into(),
+                ));
+            }
+            _ => {
+                return Err(AgentError::Config(
+                    "tls_cert and tls_key: set both, or neither (plain HTTP)".into(),
+                ));
+            }
+        };
+        let manager_tls = op_client::ClientTls {
+            ca: path(pick(&cli.ca, &file.ca))?,
+            cert: path(pick(&cli.client_cert, &file.client_cert))?,
+            key: path(pick(&cli.client_key, &file.client_key))?,
+        };
+        if manager_tls.cert.is_some() != manager_tls.key.is_some() {
+            return Err(AgentError::Config(
+                "client_cert and client_key: set both, or neither".into(),
+            ));
+        }
+
         Ok(Config {
+            tls,
+            manager_tls,
             listen,
             state_dir,
             log_dir,

@@ -129,10 +129,16 @@ pub async fn run(
         if config.managers.is_empty() {
             "cached"
         } else {
+            // A CA or client certificate that does not load stops the start, naming the file.
+            if let Some(first) = config.managers.first() {
+                op_client::Client::with_tls(first, None, &config.manager_tls)
+                    .map_err(|e| AgentError::Config(e.to_string()))?;
+            }
             link_tasks = link::spawn(
                 link::LinkParts {
                     managers: config.managers.clone(),
                     token: config.manager_token.as_ref().map(|t| t.0.clone()),
+                    tls: config.manager_tls.clone(),
                     register: op_proto::agent::RegisterRequest {
                         api_version: op_proto::API_VERSION,
                         node_id,
@@ -204,14 +210,33 @@ pub async fn run(
 
     let listener = listener.into_std().map_err(AgentError::Server)?;
     let handle = axum_server::Handle::new();
-    let mut server = axum_server::from_tcp(listener)
-        .map_err(AgentError::Server)?
-        .handle(handle.clone());
-    server
-        .http_builder()
-        .http1()
-        .header_read_timeout(Some(HEADER_READ_TIMEOUT));
-    let mut server_task = tokio::spawn(server.serve(app.into_make_service()));
+    let mut server_task = match &config.tls {
+        None => {
+            let mut server = axum_server::from_tcp(listener)
+                .map_err(AgentError::Server)?
+                .handle(handle.clone());
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(Some(HEADER_READ_TIMEOUT));
+            tokio::spawn(server.serve(app.into_make_service()))
+        }
+        Some(tls) => {
+            let served = tls
+                .rustls()
+                .map_err(|e| AgentError::Config(e.to_string()))?;
+            // Reloads the certificate when its files change or on SIGHUP.
+            drop(tls.watch(served.clone(), shutdown.clone()));
+            let mut server = axum_server::tls_rustls::from_tcp_rustls(listener, served)
+                .map_err(AgentError::Server)?
+                .handle(handle.clone());
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(Some(HEADER_READ_TIMEOUT));
+            tokio::spawn(server.serve(app.into_make_service()))
+        }
+    };
     tracing::info!(%node_id, mode, "agent running");
 
     tokio::select! {

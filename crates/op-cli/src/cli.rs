@@ -77,6 +77,15 @@ pub struct ConnArgs {
     /// Config file (default: the first agentcli.toml found).
     #[arg(long, global = true, env = "OP_CLI_CONFIG")]
     pub config: Option<std::path::PathBuf>,
+    /// PEM CA that signs the manager's certificate (for an https:// manager).
+    #[arg(long, global = true, env = "OP_CA")]
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM client certificate, for a manager that requires one (mutual TLS).
+    #[arg(long, global = true, env = "OP_CERT")]
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM key of --cert.
+    #[arg(long, global = true, env = "OP_KEY")]
+    pub key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

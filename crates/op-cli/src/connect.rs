@@ -25,6 +25,11 @@ struct FileConfig {
     token: Option<String>,
     /// A file holding the token (relative to the config file).
     token_file: Option<PathBuf>,
+    /// PEM CA of the manager's certificate (relative to the config file).
+    ca: Option<PathBuf>,
+    /// PEM client certificate and key (relative to the config file).
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
 /// The resolved connection settings.
@@ -34,6 +39,7 @@ pub struct Conn {
     pub token: Option<String>,
     /// Where the token came from, for error messages.
     pub token_source: String,
+    pub tls: op_client::ClientTls,
 }
 
 fn config_candidates() -> Vec<PathBuf> {
@@ -102,15 +108,22 @@ impl Conn {
                 "no token given (--token, OP_TOKEN or agentcli.toml)".to_string(),
             )
         };
+        let rel = |p: PathBuf| file_dir.join(p);
+        let tls = op_client::ClientTls {
+            ca: args.ca.clone().or(file.ca.map(rel)),
+            cert: args.cert.clone().or(file.cert.map(rel)),
+            key: args.key.clone().or(file.key.map(rel)),
+        };
         Ok(Conn {
             manager,
             token,
             token_source,
+            tls,
         })
     }
 
     pub fn client(&self) -> anyhow::Result<Client> {
-        Client::new(&self.manager, self.token.as_deref()).map_err(|e| anyhow!(e))
+        Client::with_tls(&self.manager, self.token.as_deref(), &self.tls).map_err(|e| anyhow!(e))
     }
 
     /// Turns a client error into one line that says what to check.

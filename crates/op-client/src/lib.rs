@@ -59,6 +59,8 @@ pub enum ClientError {
     #[error("{status}: {}", .body.message)]
     Api { status: u16, body: ErrorBody },
     /// 429: the manager is at its download cap; come back after `retry_after` (plus jitter).
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("the manager is busy: {}", .body.message)]
     Busy {
         retry_after: Option<Duration>,
@@ -146,16 +148,78 @@ pub fn normalize_base_url(url: &str) -> Result<String> {
     Ok(with_scheme)
 }
 
+/// What a client trusts and presents over TLS (`https://` managers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// PEM CA that signs the managers' certificates; without it, the system's roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM client certificate and key, presented to managers that ask (mutual TLS).
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl ClientTls {
+    pub fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.cert.is_none() && self.key.is_none()
+    }
+
+    fn apply(&self, mut b: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| ClientError::Tls(format!("{}: {e}", p.display())))
+        };
+        if let Some(ca) = &self.ca {
+            let pem = read(ca)?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                ClientError::Tls(format!("{}: not a PEM CA file: {e}", ca.display()))
+            })?;
+            if certs.is_empty() {
+                return Err(ClientError::Tls(format!(
+                    "{}: holds no CERTIFICATE block",
+                    ca.display()
+                )));
+            }
+            // Only this CA: a manager with a certificate from anywhere else is refused.
+            b = b.tls_certs_only(certs);
+        }
+        match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => {
+                let mut pem = read(c)?;
+                pem.push(b'\n');
+                pem.extend(read(k)?);
+                let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    ClientError::Tls(format!(
+                        "{} / {}: not a usable certificate and key: {e}",
+                        c.display(),
+                        k.display()
+                    ))
+                })?;
+                b = b.identity(id);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ClientError::Tls(
+                    "a client certificate needs both its certificate and its key file".into(),
+                ));
+            }
+        }
+        Ok(b)
+    }
+}
+
 impl Client {
     /// A client for the manager at `base_url`, authenticating with `token` (if any).
     pub fn new(base_url: &str, token: Option<&str>) -> Result<Client> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| ClientError::Transport {
-                url: base_url.to_string(),
-                source: e,
-            })?;
+        Client::with_tls(base_url, token, &ClientTls::default())
+    }
+
+    /// [`Client::new`] with TLS trust and identity files.
+    pub fn with_tls(base_url: &str, token: Option<&str>, tls: &ClientTls) -> Result<Client> {
+        let builder =
+            tls.apply(reqwest::Client::builder().connect_timeout(Duration::from_secs(5)))?;
+        let http = builder.build().map_err(|e| ClientError::Transport {
+            url: base_url.to_string(),
+            source: e,
+        })?;
         Ok(Client {
             http,
             base: normalize_base_url(base_url)?,

@@ -28,6 +28,69 @@ pub struct Cli {
 pub enum CliCommand {
     /// Manage API tokens of a running manager.
     Token(TokenArgs),
+    /// Make TLS certificates (a development CA).
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    #[command(subcommand)]
+    pub action: CertsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsAction {
+    /// Write a new CA, a server certificate for the managers and client certificates into DIR.
+    #[command(after_help = "\
+Example:
+  op-manager certs init --dir /etc/op-agent/tls --hosts mgr-1,mgr-2,10.0.0.5 --agents web-1,web-2 --clients ops
+
+Writes ca.pem/ca.key, server.pem/server.key (valid for --hosts, localhost and 127.0.0.1),
+agent-NAME.pem/.key and client-NAME.pem/.key. Keys are mode 0600; nothing is overwritten.
+Keep ca.key offline: whoever holds it can mint certificates your fleet trusts.")]
+    Init {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Names and IPs of the managers, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// One client certificate per agent name, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        agents: Vec<String>,
+        /// One client certificate per operator name, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        clients: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+/// Runs a `certs` subcommand.
+pub fn certs_command(args: CertsArgs) -> anyhow::Result<()> {
+    match args.action {
+        CertsAction::Init {
+            dir,
+            hosts,
+            agents,
+            clients,
+            days,
+        } => {
+            let written = op_tls::certs::init(
+                &dir,
+                &op_tls::certs::InitRequest {
+                    hosts,
+                    agents,
+                    clients,
+                    days,
+                },
+            )?;
+            for path in written {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -38,6 +101,15 @@ pub struct TokenArgs {
     /// Admin token [default: the content of DATA_DIR/admin.token].
     #[arg(long, env = "OP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA that signs the manager's certificate (for an https:// manager).
+    #[arg(long, env = "OP_CA")]
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM client certificate, for a manager that requires one.
+    #[arg(long, env = "OP_CERT")]
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM key of --cert.
+    #[arg(long, env = "OP_KEY")]
+    pub key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub action: TokenAction,
 }
@@ -80,7 +152,12 @@ pub async fn token_command(data_dir: &Path, args: TokenArgs) -> anyhow::Result<(
                 })?
         }
     };
-    let client = Client::new(&manager, Some(&token))?;
+    let tls = op_client::ClientTls {
+        ca: args.ca,
+        cert: args.cert,
+        key: args.key,
+    };
+    let client = Client::with_tls(&manager, Some(&token), &tls)?;
     match args.action {
         TokenAction::Create {
             scope,

@@ -101,6 +101,18 @@ pub struct ConfigArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "OP_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// PEM certificate (chain) of the API listener; with --tls-key, the API speaks only HTTPS.
+    #[arg(long, env = "OP_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "OP_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA whose client certificates the API accepts (agents, operators).
+    #[arg(long, env = "OP_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Refuse API clients without a certificate signed by --client-ca (mutual TLS).
+    #[arg(long, env = "OP_REQUIRE_CLIENT_CERT", num_args = 0..=1, default_missing_value = "true")]
+    pub require_client_cert: Option<bool>,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -133,6 +145,10 @@ pub struct RawConfig {
     pub upload_max_bytes: Option<String>,
     pub blob_gc_interval: Option<String>,
     pub log_format: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub require_client_cert: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +185,8 @@ pub struct Config {
     /// Period of the blob garbage collector (default 10 minutes).
     pub blob_gc_interval: Duration,
     pub log_format: LogFormat,
+    /// TLS of the API listener; `None` serves plain HTTP.
+    pub tls: Option<op_tls::ServerTls>,
 }
 
 impl Default for Config {
@@ -295,7 +313,31 @@ impl Config {
                 ));
             }
         };
+        let require_client_cert = a
+            .require_client_cert
+            .or(f.require_client_cert)
+            .unwrap_or(false);
+        let client_ca = a.client_ca.or(f.client_ca);
+        let tls = match (a.tls_cert.or(f.tls_cert), a.tls_key.or(f.tls_key)) {
+            (Some(cert), Some(key)) => Some(op_tls::ServerTls {
+                cert: absolute(&cert)?,
+                key: absolute(&key)?,
+                client_ca: client_ca.as_deref().map(absolute).transpose()?,
+                require_client_cert,
+            }),
+            (None, None) if client_ca.is_none() && !require_client_cert => None,
+            (None, None) => {
+                return Err(bad(
+                    "client_ca/require_client_cert",
+                    "client certificates need TLS: set tls_cert and tls_key too",
+                ));
+            }
+            _ => {
+                return Err(bad("tls_cert/tls_key", "set both, or neither (plain HTTP)"));
+            }
+        };
         let config = Config {
+            tls,
             data_dir,
             listen: a
                 .listen

@@ -105,7 +105,7 @@ pub async fn run(
 
 /// The URL for a bound address: the advertised one if configured; an unspecified bind address is
 /// replaced by this host's name so that other machines can use it.
-fn url_for(advertised: Option<&str>, addr: SocketAddr) -> String {
+fn url_for(advertised: Option<&str>, addr: SocketAddr, scheme: &str) -> String {
     if let Some(u) = advertised {
         return op_client::normalize_base_url(u).unwrap_or_else(|_| u.to_string());
     }
@@ -114,9 +114,9 @@ fn url_for(advertised: Option<&str>, addr: SocketAddr) -> String {
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "127.0.0.1".into());
-        return format!("http://{host}:{}", addr.port());
+        return format!("{scheme}://{host}:{}", addr.port());
     }
-    format!("http://{addr}")
+    format!("{scheme}://{addr}")
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> ManagerError {
@@ -131,22 +131,38 @@ fn serve(
     router: axum::Router,
     header_timeout: Duration,
     handle: axum_server::Handle<SocketAddr>,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
 ) -> Result<JoinHandle<std::io::Result<()>>, ManagerError> {
     let listen_err = |e| ManagerError::Listen {
         what: "listener",
         source: e,
     };
     listener.set_nonblocking(true).map_err(listen_err)?;
-    let mut server = axum_server::from_tcp(listener)
-        .map_err(listen_err)?
-        .handle(handle);
+    let service = router.into_make_service();
     // axum-server leaves hyper's header-read timeout off; without it a slow client holds a
     // connection forever (slowloris).
-    server
-        .http_builder()
-        .http1()
-        .header_read_timeout(header_timeout);
-    Ok(tokio::spawn(server.serve(router.into_make_service())))
+    Ok(match tls {
+        None => {
+            let mut server = axum_server::from_tcp(listener)
+                .map_err(listen_err)?
+                .handle(handle);
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(header_timeout);
+            tokio::spawn(server.serve(service))
+        }
+        Some(config) => {
+            let mut server = axum_server::tls_rustls::from_tcp_rustls(listener, config)
+                .map_err(listen_err)?
+                .handle(handle);
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(header_timeout);
+            tokio::spawn(server.serve(service))
+        }
+    })
 }
 
 /// Starts a manager on `listeners` and returns once it serves the API (raft has a leader and the
@@ -174,8 +190,17 @@ pub async fn start(
 
     let api_addr = listeners.api.local_addr().map_err(|e| io_err(&dir, e))?;
     let raft_addr = listeners.raft.local_addr().map_err(|e| io_err(&dir, e))?;
-    let api_url = url_for(config.advertise_api.as_deref(), api_addr);
-    let raft_url = url_for(config.advertise_raft.as_deref(), raft_addr);
+    // The certificate files are read now, so a bad one stops the start with its name.
+    let api_tls = match &config.tls {
+        Some(t) => Some(
+            t.rustls()
+                .map_err(|e| ManagerError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let scheme = if api_tls.is_some() { "https" } else { "http" };
+    let api_url = url_for(config.advertise_api.as_deref(), api_addr, scheme);
+    let raft_url = url_for(config.advertise_raft.as_deref(), raft_addr, "http");
 
     let state_path = dir.join("state.db");
     let store = Arc::new(
@@ -204,6 +229,7 @@ pub async fn start(
         raft::network::router(raft.clone()),
         config.header_read_timeout,
         raft_handle.clone(),
+        None,
     )?;
     raft::wait_for_leader(&raft, Duration::from_secs(60)).await?;
 
@@ -235,15 +261,20 @@ pub async fn start(
         api::router(app.clone()),
         app.config.header_read_timeout,
         api_handle.clone(),
+        api_tls.clone(),
     )?;
-    let tasks = vec![
+    let mut tasks = vec![];
+    if let (Some(tls), Some(served)) = (&app.config.tls, api_tls) {
+        tasks.push(tls.watch(served, shutdown.clone()));
+    }
+    tasks.extend([
         tokio::spawn(heartbeat::flush_loop(app.clone())),
         tokio::spawn(liveness::run(app.clone())),
         tokio::spawn(retention::run(app.clone())),
         tokio::spawn(blobs::gc_loop(app.clone())),
         tokio::spawn(fanout::driver::run(app.clone())),
         tokio::spawn(ingest::run(app.clone(), ingest_queue)),
-    ];
+    ]);
     for (name, url) in [("manager.addr", &api_url), ("raft.addr", &raft_url)] {
         let path = dir.join(name);
         std::fs::write(&path, format!("{url}\n")).map_err(|e| io_err(&path, e))?;

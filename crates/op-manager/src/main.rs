@@ -71,6 +71,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Some(CliCommand::Certs(args)) => op_manager::cli::certs_command(args),
         Some(CliCommand::Token(args)) => {
             runtime.block_on(op_manager::cli::token_command(&config.data_dir, args))
         }

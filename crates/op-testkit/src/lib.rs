@@ -100,6 +100,8 @@ fn signal(child: &Option<Child>, sig: Signal) {
 pub struct ManagerOptions {
     /// Extra flags, e.g. `["--node-timeout", "2s"]`.
     pub args: Vec<String>,
+    /// What [`Manager::client`] trusts and presents (for a manager serving TLS).
+    pub client_tls: op_client::ClientTls,
 }
 
 /// A running `op-manager` (or a stopped one that can be started again on the same data dir).
@@ -191,12 +193,17 @@ impl Manager {
 
     /// An API client with the admin token.
     pub fn client(&self) -> Client {
-        Client::new(&self.api_url, Some(&self.admin_token)).expect("client")
+        Client::with_tls(
+            &self.api_url,
+            Some(&self.admin_token),
+            &self.options.client_tls,
+        )
+        .expect("client")
     }
 
     /// An API client with another token.
     pub fn client_with(&self, token: &str) -> Client {
-        Client::new(&self.api_url, Some(token)).expect("client")
+        Client::with_tls(&self.api_url, Some(token), &self.options.client_tls).expect("client")
     }
 
     /// Everything the manager logged, over all starts.
@@ -387,7 +394,8 @@ impl Agent {
 
     /// The agent's own API base URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let tls = self.options.extra_args.iter().any(|a| a == "--tls-cert");
+        format!("{}://{}", if tls { "https" } else { "http" }, self.addr)
     }
 
     pub fn log(&self) -> String {

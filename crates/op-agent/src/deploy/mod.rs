@@ -129,6 +129,8 @@ struct Inner {
     workers: Mutex<HashMap<String, watch::Sender<Option<PackageRef>>>>,
     reports: Mutex<BTreeMap<String, InstalledPackage>>,
     changed: watch::Sender<u64>,
+    /// True while some desired package has not settled (installed, or failed) at its version.
+    deploying: watch::Sender<bool>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -146,6 +148,7 @@ impl Deployer {
                 workers: Mutex::new(HashMap::new()),
                 reports: Mutex::new(BTreeMap::new()),
                 changed: watch::Sender::new(0),
+                deploying: watch::Sender::new(false),
                 tracker: TaskTracker::new(),
                 shutdown,
             }),
@@ -183,6 +186,15 @@ impl Deployer {
                 }
             }
         }
+        drop(workers);
+        self.inner.update_deploying();
+    }
+
+    /// True while a desired package is being deployed (see [`Scheduler::hold_once_jobs_while`]).
+    ///
+    /// [`Scheduler::hold_once_jobs_while`]: crate::schedule::Scheduler::hold_once_jobs_while
+    pub fn deploying(&self) -> watch::Receiver<bool> {
+        self.inner.deploying.subscribe()
     }
 
     /// What this node holds, one entry per desired package (the heartbeat's `packages`).
@@ -229,7 +241,31 @@ impl Inner {
         drop(reports);
         if changed {
             self.changed.send_modify(|n| *n += 1);
+            self.update_deploying();
         }
+    }
+
+    fn update_deploying(&self) {
+        let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        let busy = workers.iter().any(|(name, tx)| {
+            let Some(want) = tx.borrow().clone() else {
+                return false;
+            };
+            match reports.get(name) {
+                None => true,
+                Some(r) => match r.state {
+                    PackageState::Installed => r.version != want.version,
+                    PackageState::Failed => r.target_version.unwrap_or(r.version) != want.version,
+                    PackageState::Downloading => true,
+                },
+            }
+        });
+        self.deploying.send_if_modified(|cur| {
+            let changed = *cur != busy;
+            *cur = busy;
+            changed
+        });
     }
 }
 

@@ -62,6 +62,8 @@ pub struct LinkParts {
     pub managers: Vec<String>,
     /// The credential presented to managers.
     pub token: Option<String>,
+    /// What the agent trusts and presents over TLS.
+    pub tls: op_client::ClientTls,
     pub register: RegisterRequest,
     pub scheduler: Scheduler,
     pub executor: Executor,
@@ -161,6 +163,7 @@ pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Vec<JoinHandle<()
         enroll_token: parts.token.clone(),
         node_token: Mutex::new(node_token),
         node_token_path,
+        tls: parts.tls.clone(),
         node_id: parts.register.node_id,
         client: Mutex::new(None),
     });
@@ -169,6 +172,7 @@ pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Vec<JoinHandle<()
         Arc::new(packages::ManagerSource::new(shared.clone())),
         shutdown.clone(),
     );
+    parts.scheduler.hold_once_jobs_while(deployer.deploying());
     let outputs = output::OutputSender::new(
         parts.state.clone(),
         parts.executor.clone(),
@@ -218,6 +222,7 @@ struct Shared {
     /// The node's own credential, issued at enrollment and kept in `node_token_path`.
     node_token: Mutex<Option<String>>,
     node_token_path: std::path::PathBuf,
+    tls: op_client::ClientTls,
     node_id: Uuid,
     /// The client of the manager in use, kept across calls: building one loads the system's
     /// root certificates (hundreds of files), and a kept one reuses its connections. Measured:
@@ -286,6 +291,11 @@ impl Shared {
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// A fresh client for `url` with the current credential and the TLS settings.
+    fn new_client(&self, url: &str) -> Result<Client, ClientError> {
+        Client::with_tls(url, self.credential().as_deref(), &self.tls)
+    }
+
     fn client(&self, url: &str) -> Result<Client, ClientError> {
         let mut cached = self.client.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((u, c)) = cached.as_ref()
@@ -293,7 +303,7 @@ impl Shared {
         {
             return Ok(c.clone());
         }
-        let c = Client::new(url, self.credential().as_deref())?.with_timeout(REQUEST_TIMEOUT);
+        let c = self.new_client(url)?.with_timeout(REQUEST_TIMEOUT);
         *cached = Some((url.to_string(), c.clone()));
         Ok(c)
     }

@@ -68,7 +68,7 @@ impl OutputSender {
                 let mut clients = this.clients.lock().unwrap_or_else(|p| p.into_inner());
                 match clients.get(&reply_to) {
                     Some((t, c)) if *t == token => Ok(c.clone()),
-                    _ => Client::new(&reply_to, token.as_deref()).map(|c| {
+                    _ => this.shared.new_client(&reply_to).map(|c| {
                         let c = c.with_timeout(Duration::from_secs(30));
                         clients.insert(reply_to.clone(), (token, c.clone()));
                         c

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use op_client::{Client, ClientError, TRANSFER_TIMEOUT};
+use op_client::{ClientError, TRANSFER_TIMEOUT};
 use op_proto::package::PackageRef;
 
 use super::Shared;
@@ -29,7 +29,9 @@ impl Source for ManagerSource {
     ) -> BoxFuture<'a, Result<Opened, FetchError>> {
         Box::pin(async move {
             let url = self.shared.current();
-            let client = Client::new(&url, self.shared.credential().as_deref())
+            let client = self
+                .shared
+                .new_client(&url)
                 .map_err(|e| FetchError::Failed(e.to_string()))?
                 .with_timeout(TRANSFER_TIMEOUT);
             let content = client

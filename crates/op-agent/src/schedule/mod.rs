@@ -49,7 +49,12 @@ const LEAD_MS: i64 = 50;
 enum Msg {
     /// A new job set, and who to tell once it is applied.
     SetJobs(Vec<DesiredJob>, Option<tokio::sync::oneshot::Sender<()>>),
+    /// True while a package deploy is in progress (see [`Scheduler::hold_once_jobs_while`]).
+    Gate(tokio::sync::watch::Receiver<bool>),
 }
+
+/// Longest a once-job waits for package deploys to settle.
+const MAX_DEPLOY_HOLD: Duration = Duration::from_secs(600);
 
 /// Handle to the scheduler task.
 #[derive(Clone)]
@@ -58,6 +63,13 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// Once-jobs wait while `deploying` is true (at most [`MAX_DEPLOY_HOLD`]): the seed's flow
+    /// uploads a package and then saves a once-job that runs it, and both reach the agent in
+    /// the same moment; the job must find the new version in place.
+    pub fn hold_once_jobs_while(&self, deploying: tokio::sync::watch::Receiver<bool>) {
+        let _ = self.tx.send(Msg::Gate(deploying));
+    }
+
     /// Replaces the whole job set (standalone files or the manager's desired state).
     pub fn set_jobs(&self, jobs: Vec<DesiredJob>) {
         let _ = self.tx.send(Msg::SetJobs(jobs, None));
@@ -99,6 +111,8 @@ pub fn spawn(
         plans: BTreeMap::new(),
         retries: Vec::new(),
         pending_once: BTreeSet::new(),
+        deploying: false,
+        held_since: None,
         ledger,
         first_set: true,
         shutdown: shutdown.clone(),
@@ -106,8 +120,15 @@ pub fn spawn(
     let mut finished = parts.finished;
     let task = tokio::spawn(async move {
         let mut rx = rx;
+        let mut gate: Option<tokio::sync::watch::Receiver<bool>> = None;
         loop {
             let wake = lp.next_wake();
+            let gate_changed = async {
+                match gate.as_mut() {
+                    Some(g) => g.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 msg = rx.recv() => match msg {
@@ -117,10 +138,26 @@ pub fn spawn(
                             let _ = applied.send(());
                         }
                     }
+                    Some(Msg::Gate(mut g)) => {
+                        lp.deploying = *g.borrow_and_update();
+                        gate = Some(g);
+                    }
                     None => break,
+                },
+                alive = gate_changed => match gate.as_mut() {
+                    Some(g) if alive => lp.deploying = *g.borrow_and_update(),
+                    _ => {
+                        gate = None;
+                        lp.deploying = false;
+                    }
                 },
                 Some(record) = finished.recv() => lp.on_finished(&record),
                 _ = tokio::time::sleep_until(wake) => {}
+            }
+            // The link hands over packages before jobs, so a job set that arrives with a new
+            // package sees the deploy as started here even before the change event is read.
+            if let Some(g) = &gate {
+                lp.deploying = *g.borrow();
             }
             lp.fire_due();
         }
@@ -158,8 +195,12 @@ struct Loop {
     host: HostIdentity,
     plans: BTreeMap<String, Plan>,
     retries: Vec<Retry>,
-    /// Once-jobs waiting for their previous run to end (`forbid`).
+    /// Once-jobs waiting for their previous run to end (`forbid`), or for deploys to settle.
     pending_once: BTreeSet<String>,
+    /// A package deploy is in progress.
+    deploying: bool,
+    /// Since when once-jobs wait for deploys.
+    held_since: Option<tokio::time::Instant>,
     ledger: HashSet<(String, u64)>,
     first_set: bool,
     shutdown: CancellationToken,
@@ -189,9 +230,13 @@ impl Loop {
             .filter_map(|p| p.due.map(|d| d - lead))
             .chain(self.retries.iter().map(|r| r.at))
             .min();
-        match earliest {
+        let wake = match earliest {
             Some(t) => instant_for(t),
             None => tokio::time::Instant::now() + MAX_SLEEP,
+        };
+        match self.held_since {
+            Some(since) => wake.min(since + MAX_DEPLOY_HOLD),
+            None => wake,
         }
     }
 
@@ -389,6 +434,17 @@ impl Loop {
             self.fire(&retry.job, req);
         }
 
+        if self.deploying && !self.pending_once.is_empty() {
+            let since = *self
+                .held_since
+                .get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() < MAX_DEPLOY_HOLD {
+                return;
+            }
+            tracing::warn!(jobs = ?self.pending_once, "package deploys still unsettled; starting once-jobs anyway");
+        } else {
+            self.held_since = None;
+        }
         for name in std::mem::take(&mut self.pending_once) {
             let Some(plan) = self.plans.get(&name) else {
                 continue;

@@ -49,6 +49,7 @@ pub async fn run(
 ) -> anyhow::Result<Vec<Figure>> {
     let m = Manager::start_with(ManagerOptions {
         args: vec!["--download-concurrency".into(), cap.to_string()],
+        ..Default::default()
     });
     let pid = m
         .pid()

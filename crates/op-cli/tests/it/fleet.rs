@@ -154,6 +154,7 @@ async fn seed_ll_json_usage_and_table_snapshots() {
 async fn analysis_finds_each_problem_kind() {
     let m = Manager::start_with(ManagerOptions {
         args: vec!["--node-timeout".into(), "4s".into()],
+        ..Default::default()
     });
     let agents = fleet(&m, 3).await;
     let c = m.client();

@@ -209,6 +209,7 @@ async fn agent_keeps_running_while_the_manager_is_down_and_every_run_arrives_onc
 async fn killed_agent_goes_not_ready_and_comes_back_without_rerunning_once_jobs() {
     let m = Manager::start_with(ManagerOptions {
         args: vec!["--node-timeout".into(), "3s".into()],
+        ..Default::default()
     });
     let mut agents = fleet(&m, 2, &[]).await;
     let c = m.client();

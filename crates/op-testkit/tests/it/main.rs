@@ -7,3 +7,4 @@ mod fanout;
 mod fleet;
 mod packages;
 mod support;
+mod tls;

@@ -257,6 +257,7 @@ async fn a_new_upload_replaces_and_rollback_restores_on_every_agent() {
 async fn the_download_cap_holds_with_six_agents() {
     let m = Manager::start_with(ManagerOptions {
         args: vec!["--download-concurrency".into(), "2".into()],
+        ..Default::default()
     });
     let agents = fleet(&m, 6, &[]).await;
     let c = m.client();
@@ -567,4 +568,53 @@ async fn download_of_a_version_is_byte_identical() {
     let err = agentcli(&m, &["download", "data.bin", "12345"]);
     assert_eq!(err.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&err.stderr).contains("has no version 12345"));
+}
+
+#[tokio::test]
+async fn a_once_job_saved_right_after_an_upload_finds_the_new_version() {
+    let m = Manager::start();
+    let _agents = fleet(&m, 1, &[]).await;
+    let c = m.client();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("src");
+    // Big enough (8 MiB that do not compress) that deploying takes a while after the agent
+    // hears of it, while the job arrives at the same moment.
+    let mut blob = vec![0u8; 8 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in blob.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let archive = tar_gz(&[
+        member("proj/", tar::EntryType::Directory, b"", ""),
+        member("proj/blob.bin", tar::EntryType::Regular, &blob, ""),
+        member(
+            "proj/run.sh",
+            tar::EntryType::Regular,
+            b"echo version-1\n",
+            "",
+        ),
+    ]);
+    c.upload_package_bytes("proj.tar.gz", Some(root.to_str().unwrap()), archive)
+        .await
+        .unwrap();
+    c.save_job_text(
+        "use-proj",
+        &format!(
+            r#"{{"JobName":"use-proj","Command":"sh {}/proj/run.sh","OnceJob":1}}"#,
+            root.display()
+        ),
+    )
+    .await
+    .unwrap();
+    wait_until(LONG, "use-proj ran", || async {
+        runs_of(&c, "use-proj").await.len() == 1
+    })
+    .await;
+    for r in runs_of(&c, "use-proj").await {
+        assert_eq!(r.status, RunStatus::Ok, "{r:?}");
+        assert_eq!(r.output, "version-1\n", "{r:?}");
+    }
 }

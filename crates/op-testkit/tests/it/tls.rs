@@ -1,0 +1,306 @@
+//! TLS everywhere, with real binaries: certificates from `op-manager certs init`, a manager that
+//! requires client certificates, agents that verify it, an agent API on HTTPS, and a certificate
+//! replaced under a live connection.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use op_client::{Client, ClientTls};
+use op_proto::{NodeStatus, RunStatus};
+use op_testkit::{
+    AGENT_PASSWORD, AGENT_USER, Agent, AgentOptions, Manager, ManagerOptions, bin, wait_until,
+};
+
+use crate::support::{LONG, runs_of};
+
+/// `op-manager certs init` into `dir`, as an operator would.
+fn certs_init(dir: &Path, agents: &str) {
+    let out = Command::new(bin("op-manager"))
+        .args(["certs", "init", "--dir"])
+        .arg(dir)
+        .args([
+            "--hosts",
+            "127.0.0.1",
+            "--agents",
+            agents,
+            "--clients",
+            "ops",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn p(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+fn client_tls(dir: &Path, who: &str) -> ClientTls {
+    ClientTls {
+        ca: Some(dir.join("ca.pem")),
+        cert: Some(dir.join(format!("{who}.pem"))),
+        key: Some(dir.join(format!("{who}.key"))),
+    }
+}
+
+fn tls_manager(dir: &Path, require_client_cert: bool) -> Manager {
+    let mut args = vec![
+        "--tls-cert".to_string(),
+        p(dir, "server.pem"),
+        "--tls-key".into(),
+        p(dir, "server.key"),
+        "--client-ca".into(),
+        p(dir, "ca.pem"),
+    ];
+    if require_client_cert {
+        args.push("--require-client-cert".into());
+    }
+    Manager::start_with(ManagerOptions {
+        args,
+        client_tls: client_tls(dir, "client-ops"),
+    })
+}
+
+fn tls_agent(m: &Manager, dir: &Path, name: &str, ip: &str) -> Agent {
+    Agent::start(
+        AgentOptions::new(name, ip)
+            .manager(m)
+            .arg("--ca")
+            .arg(&p(dir, "ca.pem"))
+            .arg("--client-cert")
+            .arg(&p(dir, &format!("agent-{name}.pem")))
+            .arg("--client-key")
+            .arg(&p(dir, &format!("agent-{name}.key")))
+            .arg("--tls-cert")
+            .arg(&p(dir, "server.pem"))
+            .arg("--tls-key")
+            .arg(&p(dir, "server.key")),
+    )
+}
+
+#[tokio::test]
+async fn with_mutual_tls_the_fleet_works_and_strangers_are_refused() {
+    let certs = tempfile::tempdir().unwrap();
+    certs_init(certs.path(), "node-1,node-2");
+    let m = tls_manager(certs.path(), true);
+    assert!(m.api_url.starts_with("https://"), "{}", m.api_url);
+    let agents = [
+        tls_agent(&m, certs.path(), "node-1", "127.0.0.2"),
+        tls_agent(&m, certs.path(), "node-2", "127.0.0.3"),
+    ];
+    let c = m.client();
+    wait_until(LONG, "both agents Ready over TLS", || async {
+        c.list_nodes()
+            .await
+            .map(|n| n.iter().filter(|n| n.status == NodeStatus::Ready).count() == 2)
+            .unwrap_or(false)
+    })
+    .await;
+
+    // The manager issue's flow: a once-job runs once on each agent, a cron job keeps running,
+    // and every record arrives.
+    c.save_job_text(
+        "ls-l",
+        r#"{"JobName":"ls-l","Command":"ls -l /tmp","OnceJob":1}"#,
+    )
+    .await
+    .unwrap();
+    c.save_job_text(
+        "tick",
+        r#"{"JobName":"tick","Command":"echo tick","CronExpr":"* * * * * * *"}"#,
+    )
+    .await
+    .unwrap();
+    wait_until(LONG, "the once-job ran on both", || async {
+        runs_of(&c, "ls-l").await.len() == 2
+    })
+    .await;
+    wait_until(LONG, "cron runs from both", || async {
+        let runs = runs_of(&c, "tick").await;
+        ["node-1", "node-2"]
+            .iter()
+            .all(|h| runs.iter().filter(|r| r.hostname == *h).count() >= 2)
+    })
+    .await;
+    assert!(
+        runs_of(&c, "ls-l")
+            .await
+            .iter()
+            .all(|r| r.status == RunStatus::Ok)
+    );
+
+    // The agent's own API speaks HTTPS with the same CA.
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.path().join("ca.pem")).unwrap())
+        .unwrap();
+    let https = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let resp = https
+        .get(format!("{}/v1/runs?job=tick", agents[0].url()))
+        .basic_auth(AGENT_USER, Some(AGENT_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // Without a client certificate the manager refuses the connection itself.
+    let anonymous = ClientTls {
+        cert: None,
+        key: None,
+        ..client_tls(certs.path(), "client-ops")
+    };
+    let err = Client::with_tls(&m.api_url, Some(&m.admin_token), &anonymous)
+        .unwrap()
+        .list_nodes()
+        .await
+        .unwrap_err();
+    assert!(err.status().is_none(), "refused in the handshake: {err}");
+    // Plain HTTP gets nothing either.
+    let plain = m.api_url.replacen("https://", "http://", 1);
+    assert!(
+        Client::new(&plain, Some(&m.admin_token))
+            .unwrap()
+            .list_nodes()
+            .await
+            .is_err()
+    );
+
+    // An agent trusting another CA refuses this manager, and says why.
+    let other = tempfile::tempdir().unwrap();
+    certs_init(other.path(), "node-3");
+    let stranger = tls_agent(&m, other.path(), "node-3", "127.0.0.4");
+    wait_until(LONG, "the agent reports the bad certificate", || async {
+        stranger.log().to_lowercase().contains("certificate")
+    })
+    .await;
+    assert!(c.get_node("node-3").await.is_err(), "never registered");
+}
+
+#[tokio::test]
+async fn a_replaced_certificate_is_served_without_dropping_connections() {
+    let certs = tempfile::tempdir().unwrap();
+    certs_init(certs.path(), "node-1");
+    // The manager serves copies, so the test can replace them.
+    let live = tempfile::tempdir().unwrap();
+    for f in ["server.pem", "server.key"] {
+        std::fs::copy(certs.path().join(f), live.path().join(f)).unwrap();
+    }
+    let m = Manager::start_with(ManagerOptions {
+        args: vec![
+            "--tls-cert".into(),
+            p(live.path(), "server.pem"),
+            "--tls-key".into(),
+            p(live.path(), "server.key"),
+        ],
+        client_tls: ClientTls {
+            ca: Some(certs.path().join("ca.pem")),
+            ..ClientTls::default()
+        },
+    });
+    let old_ca = m.client();
+    // A long request on an open connection: an enrolled node's parked sync.
+    let resp = old_ca
+        .with_token(&m.agent_token)
+        .register(&op_proto::agent::RegisterRequest {
+            api_version: op_proto::API_VERSION,
+            node_id: uuid::Uuid::new_v4(),
+            hostname: "parked".into(),
+            ips: vec![],
+            labels: Default::default(),
+            agent_version: "test".into(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+        })
+        .await
+        .unwrap();
+    let node = old_ca.with_token(resp.node_token.as_deref().unwrap());
+    let beat = op_proto::agent::Heartbeat {
+        node_id: resp.node_id,
+        agent_version: "test".into(),
+        load: None,
+        running: vec![],
+        packages: vec![],
+        stats: Default::default(),
+    };
+    let index = node.sync(0, 0, &beat).await.unwrap().index;
+    let parked = tokio::spawn({
+        let node = node.clone();
+        let beat = beat.clone();
+        async move { node.sync(index, 6, &beat).await }
+    });
+
+    // Replace the files with a certificate from another CA.
+    let next = tempfile::tempdir().unwrap();
+    certs_init(next.path(), "node-1");
+    for f in ["server.key", "server.pem"] {
+        let tmp = live.path().join(format!("{f}.new"));
+        std::fs::copy(next.path().join(f), &tmp).unwrap();
+        std::fs::rename(&tmp, live.path().join(f)).unwrap();
+    }
+    let new_ca = Client::with_tls(
+        &m.api_url,
+        Some(&m.admin_token),
+        &ClientTls {
+            ca: Some(next.path().join("ca.pem")),
+            ..ClientTls::default()
+        },
+    )
+    .unwrap();
+    wait_until(LONG, "new handshakes get the new certificate", || async {
+        new_ca.list_nodes().await.is_ok()
+    })
+    .await;
+    // The connection opened before the swap carried on to its answer.
+    parked
+        .await
+        .unwrap()
+        .expect("the parked sync was not cut off");
+    // And a new connection trusting only the old CA is refused now.
+    let fresh_old = Client::with_tls(
+        &m.api_url,
+        Some(&m.admin_token),
+        &ClientTls {
+            ca: Some(certs.path().join("ca.pem")),
+            ..ClientTls::default()
+        },
+    )
+    .unwrap();
+    assert!(fresh_old.list_nodes().await.is_err());
+}
+
+#[test]
+fn bad_tls_settings_stop_the_start_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing: PathBuf = dir.path().join("nope.pem");
+    let out = Command::new(bin("op-manager"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0"])
+        .arg("--tls-cert")
+        .arg(&missing)
+        .arg("--tls-key")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope.pem"), "{err}");
+    let out = Command::new(bin("op-manager"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data2"))
+        .arg("--tls-cert")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("tls_key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
