@@ -138,7 +138,8 @@ fn serve(
         source: e,
     };
     listener.set_nonblocking(true).map_err(listen_err)?;
-    let service = router.into_make_service();
+    // The peer address feeds the authentication-failure limiter.
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
     // axum-server leaves hyper's header-read timeout off; without it a slow client holds a
     // connection forever (slowloris).
     Ok(match tls {

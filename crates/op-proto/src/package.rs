@@ -92,7 +92,8 @@ pub struct InstalledPackage {
     /// The version being downloaded or that failed, when it differs from `version`.
     #[serde(default)]
     pub target_version: Option<u64>,
-    /// The last deploy error, if the last attempt failed.
+    /// The last deploy error, if the last attempt failed (kept while the agent retries, with
+    /// `state` Downloading).
     #[serde(default)]
     pub error: Option<String>,
 }

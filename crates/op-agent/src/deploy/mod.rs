@@ -257,7 +257,8 @@ impl Inner {
                 Some(r) => match r.state {
                     PackageState::Installed => r.version != want.version,
                     PackageState::Failed => r.target_version.unwrap_or(r.version) != want.version,
-                    PackageState::Downloading => true,
+                    // A retry after a failure is settled as failed: once-jobs need not wait.
+                    PackageState::Downloading => r.error.is_none(),
                 },
             }
         });
@@ -437,12 +438,20 @@ async fn attempt(
             Err(e) => Attempt::Failed(e),
         };
     }
+    // A retry keeps the last attempt's error in its report, so operators still see why.
+    let last_error = {
+        let reports = inner.reports.lock().unwrap_or_else(|p| p.into_inner());
+        reports
+            .get(&pkg.name)
+            .filter(|r| r.target_version == Some(pkg.version))
+            .and_then(|r| r.error.clone())
+    };
     inner.set_report(
         Some(report_for(
             pkg,
             installed.as_ref(),
             PackageState::Downloading,
-            None,
+            last_error,
         )),
         &pkg.name,
     );

@@ -101,10 +101,17 @@ pub fn analyze(packages: &[PackageVersion], nodes: &[NodeInfo], now: DateTime<Ut
                     (0, "missing".to_string())
                 }
                 Some(i) => match i.state {
-                    PackageState::Downloading => {
-                        s.downloading += 1;
-                        (i.version, "downloading".to_string())
-                    }
+                    PackageState::Downloading => match &i.error {
+                        // Retrying after a failure: still a failure until it works.
+                        Some(why) => {
+                            s.failed += 1;
+                            (i.version, format!("failed: {why} (retrying)"))
+                        }
+                        None => {
+                            s.downloading += 1;
+                            (i.version, "downloading".to_string())
+                        }
+                    },
                     PackageState::Failed => {
                         s.failed += 1;
                         let why = i.error.as_deref().unwrap_or("no reason given");

@@ -187,6 +187,15 @@ pub async fn sync(
     ApiJson(hb): ApiJson<Heartbeat>,
 ) -> Result<Json<DesiredState>, ApiError> {
     caller.speaks_for(hb.node_id)?;
+    let _slot = app.auth.syncs.take(&caller.token_id).ok_or_else(|| {
+        ApiError::bad(
+            "too_many_syncs",
+            format!(
+                "this credential already holds {} sync calls; a node needs one at a time",
+                crate::auth::MAX_SYNCS_PER_TOKEN
+            ),
+        )
+    })?;
     let received_at = Utc::now();
     let wait = wait_of(&app, q.wait.as_deref())?;
     let node = hb.node_id;

@@ -50,6 +50,8 @@ pub enum ApiError {
     Unavailable(String),
     #[error("too many downloads in progress; retry after {retry_after_secs} s")]
     TooManyRequests { retry_after_secs: u64 },
+    #[error("too many failed authentications from this address; retry after {retry_after_secs} s")]
+    AuthBlocked { retry_after_secs: u64 },
     #[error("the requested range starts beyond the end of the content ({size} bytes)")]
     RangeNotSatisfiable { size: u64 },
     #[error("internal error: {0}")]
@@ -93,6 +95,9 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
             }
+            ApiError::AuthBlocked { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_auth_failures")
+            }
             ApiError::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
             }
@@ -109,7 +114,8 @@ impl IntoResponse for ApiError {
         }
         let mut body = ErrorBody::new(code, self.to_string());
         let extra = match &self {
-            ApiError::TooManyRequests { retry_after_secs } => {
+            ApiError::TooManyRequests { retry_after_secs }
+            | ApiError::AuthBlocked { retry_after_secs } => {
                 Some((header::RETRY_AFTER, retry_after_secs.to_string()))
             }
             ApiError::RangeNotSatisfiable { size } => {

@@ -111,12 +111,24 @@ pub async fn guard(
     }
     let access = required_access(req.method(), req.uri().path());
     if access != Access::Public {
+        let ip = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let Some(ip) = ip {
+            app.auth
+                .failures
+                .check(ip)
+                .map_err(|retry_after_secs| ApiError::AuthBlocked { retry_after_secs })?;
+        }
+        // Only a presented, wrong credential counts as a guess; a missing one is just refused.
         let token = presented_token(req.headers()).ok_or(ApiError::Unauthorized)?;
-        let caller = app
-            .auth
-            .verify(&token, Utc::now())
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
+        let Some(caller) = app.auth.verify(&token, Utc::now()).await? else {
+            if let Some(ip) = ip {
+                app.auth.failures.failed(ip);
+            }
+            return Err(ApiError::Unauthorized);
+        };
         allows(caller.scope, access)?;
         req.extensions_mut().insert(caller);
     }

@@ -175,3 +175,38 @@ async fn token_subcommand_talks_to_the_running_manager() {
     assert!(!ok && err.contains("unknown scope"), "{err}");
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_guessing_loop_is_blocked() {
+    let m = TestManager::start().await;
+    let guesser = m.client("000000000000.guess");
+    let mut blocked_after = None;
+    for i in 1..=op_manager::auth::MAX_AUTH_FAILURES + 5 {
+        match guesser.list_jobs().await.unwrap_err().status() {
+            Some(401) => {}
+            Some(429) => {
+                blocked_after = Some(i);
+                break;
+            }
+            other => panic!("attempt {i}: {other:?}"),
+        }
+    }
+    assert_eq!(blocked_after, Some(op_manager::auth::MAX_AUTH_FAILURES + 1));
+    // While blocked, even the right token from that address is refused, with Retry-After.
+    let resp = m
+        .admin()
+        .request(Method::GET, "/v1/jobs")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let body: op_proto::ErrorBody = resp.json().await.unwrap();
+    assert_eq!(body.code, "too_many_auth_failures");
+    m.stop().await;
+}

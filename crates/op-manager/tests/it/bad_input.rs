@@ -224,3 +224,138 @@ async fn a_body_that_stops_arriving_is_cut_off() {
     assert!(m.admin().list_jobs().await.unwrap().is_empty());
     m.stop().await;
 }
+
+/// The hostile requests of DESIGN section 9: each gets a clear 4xx, and the store is the same
+/// afterwards (jobs, nodes, tokens, runs and the audit log compared whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_a_clear_4xx_and_change_nothing() {
+    let m = TestManager::start().await;
+    let admin = m.admin();
+    admin
+        .save_job_text(
+            "ls-l",
+            r#"{"JobName":"ls-l","Command":"ls -l {{dir}}","Params":["dir"]}"#,
+        )
+        .await
+        .unwrap();
+    let snapshot = || async {
+        (
+            serde_json::to_string(&admin.list_jobs().await.unwrap()).unwrap(),
+            serde_json::to_string(&admin.list_nodes().await.unwrap()).unwrap(),
+            serde_json::to_string(&admin.list_tokens().await.unwrap()).unwrap(),
+            admin.runs(&Default::default()).await.unwrap().len(),
+            admin.audit(None, None).await.unwrap().len(),
+        )
+    };
+    let before = snapshot().await;
+
+    let nested = format!(
+        r#"{{"JobName":"deep","Command":"ls","Params":{}{}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let nested_token = format!(
+        r#"{{"name":{}{}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let long_cron = format!(
+        r#"{{"JobName":"cron10k","Command":"ls","CronExpr":"{}"}}"#,
+        "1,".repeat(5_000) + "1"
+    );
+    let many_params_job = format!(
+        r#"{{"JobName":"params","Command":"ls","Params":[{}]}}"#,
+        (0..10_000)
+            .map(|i| format!(r#""p{i}""#))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let many_params_run = serde_json::json!({
+        "all": true,
+        "params": (0..10_000).map(|i| (format!("p{i}"), "x".to_string())).collect::<std::collections::BTreeMap<_, _>>(),
+    })
+    .to_string();
+    let put = |path: &str, body: Vec<u8>| {
+        admin
+            .request(Method::PUT, path)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let cases: Vec<(&str, reqwest::RequestBuilder)> = vec![
+        (
+            "deeply nested task file",
+            put("/v1/jobs/deep", nested.into_bytes()),
+        ),
+        (
+            "deeply nested JSON body",
+            admin
+                .request(Method::POST, "/v1/tokens")
+                .header("content-type", "application/json")
+                .body(nested_token),
+        ),
+        (
+            "invalid UTF-8",
+            put(
+                "/v1/jobs/utf",
+                b"{\"JobName\":\"utf\",\"Command\":\"ls \xff\xfe\"}".to_vec(),
+            ),
+        ),
+        (
+            "job name with a slash",
+            put(
+                "/v1/jobs/a%2Fb",
+                br#"{"JobName":"a/b","Command":"ls"}"#.to_vec(),
+            ),
+        ),
+        (
+            "job name ..",
+            put(
+                "/v1/jobs/%2E%2E",
+                br#"{"JobName":"..","Command":"ls"}"#.to_vec(),
+            ),
+        ),
+        (
+            "job name with NUL",
+            put(
+                "/v1/jobs/a%00b",
+                b"{\"JobName\":\"a\\u0000b\",\"Command\":\"ls\"}".to_vec(),
+            ),
+        ),
+        (
+            "a 10 KB cron expression",
+            put("/v1/jobs/cron10k", long_cron.into_bytes()),
+        ),
+        (
+            "10,000 declared params",
+            put("/v1/jobs/params", many_params_job.into_bytes()),
+        ),
+        (
+            "10,000 params to a run",
+            admin
+                .request(Method::POST, "/v1/jobs/ls-l/run")
+                .header("content-type", "application/json")
+                .body(many_params_run),
+        ),
+    ];
+    for (what, req) in cases {
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        assert!(
+            (400..500).contains(&status),
+            "{what}: {status} {}",
+            &text[..text.len().min(300)]
+        );
+        let body: op_proto::ErrorBody = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{what}: not an ErrorBody ({e}): {text}"));
+        assert!(
+            !body.message.is_empty() && body.message.len() < 2_000,
+            "{what}: the message is one clear line: {body:?}"
+        );
+    }
+    // A declared 1 GB body is refused from its Content-Length alone.
+    let (status, _) = send_huge(&m.url, &m.admin_token, 1 << 30).await;
+    assert_eq!(status, 413);
+    assert_eq!(snapshot().await, before, "hostile input changed the store");
+    m.stop().await;
+}

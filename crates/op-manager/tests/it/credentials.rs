@@ -116,3 +116,40 @@ async fn operator_tokens_cannot_use_the_agent_protocol_and_forget_revokes() {
     a.sync(&enroll, 0, 0).await;
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_credential_holds_a_bounded_number_of_long_polls() {
+    let m = TestManager::start().await;
+    let enroll = m.agent();
+    let a = FakeAgent::new(2);
+    a.register(&enroll).await;
+    let own = a.client(&enroll);
+    let index = own.sync(0, 0, &a.heartbeat()).await.unwrap().index;
+    let parked: Vec<_> = (0..op_manager::auth::MAX_SYNCS_PER_TOKEN)
+        .map(|_| {
+            let (own, hb) = (own.clone(), a.heartbeat());
+            tokio::spawn(async move { own.sync(index, 5, &hb).await })
+        })
+        .collect();
+    let admin = m.admin();
+    wait_until("every sync parked", DEADLINE, || async {
+        let text = admin.metrics().await.ok()?;
+        text.lines()
+            .any(|l| {
+                l == format!(
+                    "op_manager_syncs_parked {}",
+                    op_manager::auth::MAX_SYNCS_PER_TOKEN
+                )
+            })
+            .then_some(())
+    })
+    .await;
+    let err = own.sync(index, 5, &a.heartbeat()).await.unwrap_err();
+    assert_eq!(err.code(), Some("too_many_syncs"), "{err}");
+    for p in parked {
+        p.await.unwrap().unwrap();
+    }
+    // The slots are free again.
+    own.sync(index, 0, &a.heartbeat()).await.unwrap();
+    m.stop().await;
+}
