@@ -351,7 +351,12 @@ async fn forget_revokes_the_node_credential_and_the_agent_enrolls_again() {
     let m = Manager::start();
     let agents = fleet(&m, 1).await;
     let token_file = agents[0].path("state").join("node.token");
-    let first = std::fs::read_to_string(&token_file).expect("the agent keeps its credential");
+    // Registration answers before the agent has written the credential down.
+    wait_until(LONG, "the agent keeps its credential", || async {
+        std::fs::read_to_string(&token_file).is_ok_and(|t| !t.trim().is_empty())
+    })
+    .await;
+    let first = std::fs::read_to_string(&token_file).unwrap();
     let out = stdout(cli(&m).args(["forget", "node-1"]));
     assert!(out.contains("forgotten"), "{out}");
     // The agent's credential is refused; it enrolls again with the shared token.
