@@ -135,7 +135,8 @@ pub struct Cli {
     /// PEM CA whose client certificates the agent's API accepts.
     #[arg(long, env = "OP_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
-    /// Refuse API clients without a certificate signed by --client-ca (mutual TLS).
+    /// Refuse API clients without a certificate signed by --client-ca (mutual TLS) [default:
+    /// false].
     #[arg(long, env = "OP_REQUIRE_CLIENT_CERT", num_args = 0..=1, default_missing_value = "true")]
     pub require_client_cert: Option<bool>,
     /// PEM CA that signs the managers' certificates (for https:// managers) [default: the
@@ -148,6 +149,9 @@ pub struct Cli {
     /// PEM key of --client-cert.
     #[arg(long, env = "OP_CLIENT_KEY")]
     pub client_key: Option<PathBuf>,
+    /// Print the configuration reference (docs/config.md) and exit.
+    #[arg(long, hide = true)]
+    pub print_config_reference: bool,
 }
 
 /// The TOML file, key for key. Unknown keys are an error, so a typo never goes unnoticed.
@@ -268,6 +272,32 @@ pub struct Config {
     pub tls: Option<op_tls::ServerTls>,
     /// What the agent trusts and presents when it calls managers.
     pub manager_tls: op_client::ClientTls,
+}
+
+/// The configuration reference (docs/config.md): every flag of [`Cli`], its environment
+/// variable, its key in the TOML file ([`FileConfig`]'s fields, read from the serde derive), its
+/// default and its meaning, as a markdown table. Printed by the hidden `--print-config-reference`.
+pub fn reference() -> String {
+    use op_proto::config_reference::{ConfigKey, markdown, serde_fields};
+    let file_keys = serde_fields::<FileConfig>();
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let keys: Vec<ConfigKey> = cmd
+        .get_arguments()
+        .filter_map(|a| {
+            let flag = a.get_long()?;
+            if a.is_hide_set() || flag == "help" || flag == "version" {
+                return None;
+            }
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            Some(ConfigKey::from_help(
+                flag,
+                a.get_env().and_then(|e| e.to_str()),
+                &help,
+                file_keys,
+            ))
+        })
+        .collect();
+    markdown(&keys)
 }
 
 impl Config {
@@ -634,6 +664,18 @@ mod tests {
         let mut full = vec!["op-agent"];
         full.extend_from_slice(args);
         Cli::try_parse_from(full).unwrap()
+    }
+
+    #[test]
+    fn every_file_key_has_a_flag_and_a_line_in_the_reference() {
+        let reference = reference();
+        for key in op_proto::config_reference::serde_fields::<FileConfig>() {
+            assert!(
+                reference.contains(&format!("| `{key}` |")),
+                "file key {key} has no flag of the same name:\n{reference}"
+            );
+        }
+        assert!(!reference.contains("print-config-reference"));
     }
 
     #[test]

@@ -172,13 +172,13 @@ impl Directives {
         match self.0.state.directive_taken(run_id).await {
             Ok(false) => {}
             Ok(true) => {
-                tracing::info!(%run_id, "directive received again; it was taken before, not running it twice");
+                tracing::info!(%run_id, job = %d.spec.name, "directive received again; it was taken before, not running it twice");
                 return Taken::Ignored;
             }
             Err(e) => {
                 // Without the check a restart could run it twice; the manager reports the host
                 // unreachable at its deadline instead.
-                tracing::error!(%run_id, error = %e, "cannot check the directive ledger; not running it");
+                tracing::error!(%run_id, job = %d.spec.name, error = %e, "cannot check the directive ledger; not running it");
                 return Taken::Ignored;
             }
         }

@@ -12,6 +12,10 @@ use tokio_util::sync::CancellationToken;
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
+    if cli.print_config_reference {
+        print!("{}", op_agent::config::reference());
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -84,7 +88,9 @@ fn init_tracing(config: &Config) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only on a terminal: under systemd, stderr is the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

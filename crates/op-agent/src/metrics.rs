@@ -3,17 +3,49 @@
 //! The same counters feed the [`AgentStats`] of `/v1/status` (and, later, every heartbeat), so
 //! what an operator sees in Prometheus and in the CLI never disagrees. Components only call the
 //! small methods here; the registry and text encoding stay in this module.
+//!
+//! Names follow Prometheus conventions (docs/operations.md, "Monitoring"): base units in the name
+//! (`_seconds`, `_bytes`), `_total` on counters, and labels with a fixed set of values only (a
+//! run's status, a sync's result), never a job name, run id or URL.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64};
 
-use op_proto::RunStatus;
 use op_proto::node::AgentStats;
+use op_proto::{RunRecord, RunStatus};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+/// Run durations: from a 10 ms `true` to an hour-long backup.
+const RUN_BUCKETS: [f64; 13] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+];
+/// Sync calls: a change arrives in milliseconds; an idle call parks for the manager's sync wait.
+const SYNC_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// From a run's end to the manager's acknowledgement: milliseconds normally, hours in an outage.
+const DELIVERY_BUCKETS: [f64; 12] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86400.0,
+];
+
+fn run_histogram() -> Histogram {
+    Histogram::new(RUN_BUCKETS)
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
@@ -29,6 +61,12 @@ struct Inner {
     outbox_depth: Gauge<i64, AtomicI64>,
     outbox_bytes: Gauge<i64, AtomicI64>,
     outbox_dropped: Counter<u64, AtomicU64>,
+    run_duration: Family<StatusLabel, Histogram, fn() -> Histogram>,
+    syncs: Family<ResultLabel, Counter>,
+    sync_duration: Histogram,
+    last_sync: Gauge<f64, AtomicU64>,
+    delivered: Counter,
+    delivery_delay: Histogram,
 }
 
 /// Shared handle to every metric.
@@ -74,8 +112,60 @@ impl Metrics {
             "Finished runs dropped because the outbox exceeded its byte budget",
             outbox_dropped.clone(),
         );
+        let run_duration =
+            Family::<StatusLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                run_histogram,
+            );
+        registry.register(
+            "run_duration_seconds",
+            "Wall-clock duration of finished runs by final status",
+            run_duration.clone(),
+        );
+        let syncs = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "sync_requests",
+            "Sync calls to a manager by result (ok, error)",
+            syncs.clone(),
+        );
+        let sync_duration = Histogram::new(SYNC_BUCKETS);
+        registry.register(
+            "sync_duration_seconds",
+            "Duration of successful sync calls; short ones brought a change, long ones parked for the sync wait",
+            sync_duration.clone(),
+        );
+        let last_sync = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "last_sync_timestamp_seconds",
+            "Unix time of the last successful sync with a manager (0 = never)",
+            last_sync.clone(),
+        );
+        let delivered = Counter::default();
+        registry.register(
+            "runs_delivered",
+            "Finished runs acknowledged by a manager",
+            delivered.clone(),
+        );
+        let delivery_delay = Histogram::new(DELIVERY_BUCKETS);
+        registry.register(
+            "run_delivery_delay_seconds",
+            "Time from a run's end to the manager's acknowledgement of its record",
+            delivery_delay.clone(),
+        );
+        let build = Family::<VersionLabel, Gauge>::default();
+        build
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "The agent's version (always 1)", build);
         Metrics(Arc::new(Inner {
             registry,
+            run_duration,
+            syncs,
+            sync_duration,
+            last_sync,
+            delivered,
+            delivery_delay,
             runs,
             skipped_fires,
             lost_fires,
@@ -90,9 +180,49 @@ impl Metrics {
         self.0.running.inc();
     }
 
-    pub fn run_finished(&self, status: RunStatus) {
+    /// A run that had a process ended; `seconds` is its wall-clock duration when known.
+    pub fn run_finished(&self, status: RunStatus, seconds: Option<f64>) {
         self.0.running.dec();
         self.run_recorded(status);
+        if let Some(s) = seconds {
+            self.0
+                .run_duration
+                .get_or_create(&StatusLabel {
+                    status: status.as_str(),
+                })
+                .observe(s.max(0.0));
+        }
+    }
+
+    /// A sync call answered after `took`.
+    pub fn sync_ok(&self, took: std::time::Duration) {
+        self.0
+            .syncs
+            .get_or_create(&ResultLabel { result: "ok" })
+            .inc();
+        self.0.sync_duration.observe(took.as_secs_f64());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.0.last_sync.set(now);
+    }
+
+    pub fn sync_failed(&self) {
+        self.0
+            .syncs
+            .get_or_create(&ResultLabel { result: "error" })
+            .inc();
+    }
+
+    /// A manager acknowledged these records.
+    pub fn runs_delivered(&self, records: &[RunRecord], now: chrono::DateTime<chrono::Utc>) {
+        self.0.delivered.inc_by(records.len() as u64);
+        for r in records {
+            if let Some(end) = r.ended_at {
+                let delay = (now - end).num_milliseconds().max(0) as f64 / 1000.0;
+                self.0.delivery_delay.observe(delay);
+            }
+        }
     }
 
     /// A record that never had a process (a skip, a lost run found at startup).
@@ -136,12 +266,12 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition (format 0.0.4, see [`op_proto::exposition`]).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.0.registry);
-        out
+        op_proto::exposition::openmetrics_to_prometheus(&out)
     }
 }
 
@@ -153,7 +283,7 @@ mod tests {
     fn exposition_names_the_figures() {
         let m = Metrics::new();
         m.run_started();
-        m.run_finished(RunStatus::Ok);
+        m.run_finished(RunStatus::Ok, Some(1.5));
         m.fire_skipped();
         m.fires_lost(3);
         let text = m.encode();
@@ -164,6 +294,10 @@ mod tests {
             "op_agent_running_runs 0",
             "op_agent_outbox_depth 0",
             "op_agent_outbox_dropped_runs_total 0",
+            "op_agent_run_duration_seconds_bucket{le=\"2.5\",status=\"ok\"} 1",
+            "op_agent_run_duration_seconds_bucket{le=\"1.0\",status=\"ok\"} 0",
+            "# TYPE op_agent_runs_total counter",
+            "op_agent_build_info{version=",
         ] {
             assert!(text.contains(needle), "{needle} in\n{text}");
         }

@@ -20,6 +20,9 @@ use crate::config::ConfigArgs;
 pub struct Cli {
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// Print the configuration reference (docs/config.md) and exit.
+    #[arg(long, hide = true)]
+    pub print_config_reference: bool,
     #[command(subcommand)]
     pub command: Option<CliCommand>,
 }

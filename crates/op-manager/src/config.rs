@@ -110,7 +110,8 @@ pub struct ConfigArgs {
     /// PEM CA whose client certificates the API accepts (agents, operators).
     #[arg(long, env = "OP_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
-    /// Refuse API clients without a certificate signed by --client-ca (mutual TLS).
+    /// Refuse API clients without a certificate signed by --client-ca (mutual TLS) [default:
+    /// false].
     #[arg(long, env = "OP_REQUIRE_CLIENT_CERT", num_args = 0..=1, default_missing_value = "true")]
     pub require_client_cert: Option<bool>,
 }
@@ -469,6 +470,32 @@ impl Config {
     }
 }
 
+/// The configuration reference (docs/config.md): every flag of [`ConfigArgs`], its environment
+/// variable, its key in the TOML file ([`RawConfig`]'s fields, read from the serde derive), its
+/// default and its meaning, as a markdown table. Printed by the hidden `--print-config-reference`.
+pub fn reference() -> String {
+    use op_proto::config_reference::{ConfigKey, markdown, serde_fields};
+    let file_keys = serde_fields::<RawConfig>();
+    let cmd = <ConfigArgs as clap::Args>::augment_args(clap::Command::new("op-manager"));
+    let keys: Vec<ConfigKey> = cmd
+        .get_arguments()
+        .filter_map(|a| {
+            let flag = a.get_long()?;
+            if a.is_hide_set() || flag == "help" || flag == "version" {
+                return None;
+            }
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            Some(ConfigKey::from_help(
+                flag,
+                a.get_env().and_then(|e| e.to_str()),
+                &help,
+                file_keys,
+            ))
+        })
+        .collect();
+    markdown(&keys)
+}
+
 fn read_file(path: &Path) -> Result<RawConfig, ManagerError> {
     let text = std::fs::read_to_string(path).map_err(|e| ManagerError::Io {
         path: path.to_path_buf(),
@@ -487,6 +514,17 @@ fn absolute(p: &Path) -> Result<PathBuf, ManagerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_file_key_has_a_flag_and_a_line_in_the_reference() {
+        let reference = reference();
+        for key in op_proto::config_reference::serde_fields::<RawConfig>() {
+            assert!(
+                reference.contains(&format!("| `{key}` |")),
+                "file key {key} has no flag of the same name:\n{reference}"
+            );
+        }
+    }
 
     #[test]
     fn sizes() {

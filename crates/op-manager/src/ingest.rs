@@ -85,8 +85,13 @@ pub async fn run(app: std::sync::Arc<App>, mut queue: Queue) {
             .await;
         match result {
             Ok(CommandResult::RunBatchesIngested { acks }) if acks.len() == waiting.len() => {
-                for ((_, reply), ack) in waiting.into_iter().zip(acks) {
+                for ((batch, reply), ack) in waiting.into_iter().zip(acks) {
                     app.metrics.runs_stored.inc_by(ack.accepted as u64);
+                    // The ack counts duplicates but does not name them; a batch delivered again
+                    // (a lost acknowledgement) is left out of the duration histogram.
+                    if ack.duplicates == 0 {
+                        app.metrics.runs_stored(&batch.runs);
+                    }
                     app.metrics.runs_duplicate.inc_by(ack.duplicates as u64);
                     let _ = reply.send(Ok(ack));
                 }

@@ -24,7 +24,9 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only on a terminal: under systemd, stderr is the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -56,6 +58,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.print_config_reference {
+        print!("{}", op_manager::config::reference());
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {

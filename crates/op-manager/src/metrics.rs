@@ -1,5 +1,11 @@
 //! Prometheus metrics (`GET /metrics`). Counters are bumped where things happen; gauges that
 //! describe stored state (nodes by status, runs, raft indexes) are read at scrape time.
+//!
+//! Names follow Prometheus conventions: base units in the name (`_seconds`, `_bytes`), `_total`
+//! on counters, and labels whose values come from a fixed set (status codes, routes, command
+//! kinds, run statuses, raft states). The one label an operator chooses is `job` on
+//! `op_manager_job_latest_runs`, bounded by the number of saved jobs. The text is served in the
+//! Prometheus 0.0.4 format ([`op_proto::exposition`]), which `promtool check metrics` accepts.
 
 use op_proto::NodeStatus;
 use op_store::StoreStats;
@@ -7,11 +13,46 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::downloads::DownloadMetrics;
 
 type Labels = Vec<(String, String)>;
+
+/// Request durations: from a cached read to a sync call parked for its whole wait.
+const HTTP_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Run durations: from a 10 ms `true` to an hour-long backup.
+const RUN_BUCKETS: [f64; 13] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+];
+
+fn http_histogram() -> Histogram {
+    Histogram::new(HTTP_BUCKETS)
+}
+
+fn run_histogram() -> Histogram {
+    Histogram::new(RUN_BUCKETS)
+}
+
+/// The raft facts `/metrics` shows, read from openraft's metrics at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct RaftView {
+    pub term: u64,
+    pub applied: u64,
+    pub last_log: u64,
+    pub snapshot: u64,
+    pub leader: bool,
+    pub has_leader: bool,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub state: &'static str,
+    pub voters: u64,
+}
+
+/// Every value `op_manager_raft_state` can take, so each is always present (0 or 1).
+pub const RAFT_STATES: [&str; 5] = ["leader", "follower", "candidate", "learner", "shutdown"];
 
 pub struct Metrics {
     registry: Registry,
@@ -39,6 +80,14 @@ pub struct Metrics {
     packages: Gauge,
     package_versions: Gauge,
     package_bytes: Gauge,
+    http_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    run_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    job_latest: Family<Labels, Gauge>,
+    raft_state: Family<Labels, Gauge>,
+    raft_has_leader: Gauge,
+    raft_last_log: Gauge,
+    raft_snapshot: Gauge,
+    raft_voters: Gauge,
 }
 
 impl Default for Metrics {
@@ -79,6 +128,14 @@ impl Metrics {
             packages: Gauge::default(),
             package_versions: Gauge::default(),
             package_bytes: Gauge::default(),
+            http_duration: Family::new_with_constructor(http_histogram),
+            run_duration: Family::new_with_constructor(run_histogram),
+            job_latest: Family::default(),
+            raft_state: Family::default(),
+            raft_has_leader: Gauge::default(),
+            raft_last_log: Gauge::default(),
+            raft_snapshot: Gauge::default(),
+            raft_voters: Gauge::default(),
         };
         r.register(
             "http_responses",
@@ -191,7 +248,71 @@ impl Metrics {
             "Bytes of all stored package versions",
             m.package_bytes.clone(),
         );
+        r.register(
+            "http_request_duration_seconds",
+            "Time to answer an API request (until the response head), by route template",
+            m.http_duration.clone(),
+        );
+        r.register(
+            "run_duration_seconds",
+            "Wall-clock duration of the run records this manager stored, by final status",
+            m.run_duration.clone(),
+        );
+        r.register(
+            "job_latest_runs",
+            "Nodes whose latest run of the job in the last hour has the status",
+            m.job_latest.clone(),
+        );
+        r.register(
+            "raft_state",
+            "1 for this manager's raft state (leader, follower, candidate, learner, shutdown)",
+            m.raft_state.clone(),
+        );
+        r.register(
+            "raft_has_leader",
+            "1 when this manager knows a raft leader",
+            m.raft_has_leader.clone(),
+        );
+        r.register(
+            "raft_last_log_index",
+            "Index of the last entry in this manager's raft log",
+            m.raft_last_log.clone(),
+        );
+        r.register(
+            "raft_snapshot_index",
+            "Last log index included in this manager's latest raft snapshot",
+            m.raft_snapshot.clone(),
+        );
+        r.register(
+            "raft_voters",
+            "Voting members in the cluster's membership as this manager sees it",
+            m.raft_voters.clone(),
+        );
+        let build = Family::<Labels, Gauge>::default();
+        build
+            .get_or_create(&labels("version", env!("CARGO_PKG_VERSION")))
+            .set(1);
+        r.register("build_info", "The manager's version (always 1)", build);
         Metrics { registry: r, ..m }
+    }
+
+    /// One answered request: its route template (never the raw path, which holds names and
+    /// ids) and how long the handler took.
+    pub fn http_request(&self, route: &str, seconds: f64) {
+        self.http_duration
+            .get_or_create(&labels("route", route))
+            .observe(seconds);
+    }
+
+    /// Stored run records (new ones only).
+    pub fn runs_stored(&self, runs: &[op_proto::RunRecord]) {
+        for r in runs {
+            if let Some(ms) = r.duration_ms() {
+                self.run_duration
+                    .get_or_create(&labels("status", r.status.as_str()))
+                    .observe(ms.max(0) as f64 / 1000.0);
+            }
+        }
     }
 
     pub fn http_response(&self, status: u16) {
@@ -223,7 +344,12 @@ impl Metrics {
     }
 
     /// Renders the text format, after setting the scrape-time gauges.
-    pub fn render(&self, stats: &StoreStats, term: u64, applied: u64, leader: bool) -> String {
+    pub fn render(
+        &self,
+        stats: &StoreStats,
+        latest: &[op_store::LatestRunCount],
+        raft: &RaftView,
+    ) -> String {
         for (status, n) in [
             (NodeStatus::Ready, stats.nodes_ready),
             (NodeStatus::NotReady, stats.nodes_not_ready),
@@ -239,13 +365,32 @@ impl Metrics {
         self.packages.set(stats.packages as i64);
         self.package_versions.set(stats.package_versions as i64);
         self.package_bytes.set(stats.package_bytes as i64);
-        self.raft_term.set(term as i64);
-        self.raft_applied.set(applied as i64);
-        self.raft_leader.set(i64::from(leader));
+        self.raft_term.set(raft.term as i64);
+        self.raft_applied.set(raft.applied as i64);
+        self.raft_leader.set(i64::from(raft.leader));
+        self.raft_has_leader.set(i64::from(raft.has_leader));
+        self.raft_last_log.set(raft.last_log as i64);
+        self.raft_snapshot.set(raft.snapshot as i64);
+        self.raft_voters.set(raft.voters as i64);
+        for state in RAFT_STATES {
+            self.raft_state
+                .get_or_create(&labels("state", state))
+                .set(i64::from(state == raft.state));
+        }
+        // Jobs come and go: rebuild the family so a deleted job's series disappears.
+        self.job_latest.clear();
+        for c in latest {
+            self.job_latest
+                .get_or_create(&vec![
+                    ("job".to_string(), c.job.clone()),
+                    ("status".to_string(), c.status.clone()),
+                ])
+                .set(c.nodes as i64);
+        }
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
-        out
+        op_proto::exposition::openmetrics_to_prometheus(&out)
     }
 }

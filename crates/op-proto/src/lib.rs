@@ -8,6 +8,8 @@
 
 pub mod agent;
 pub mod api;
+pub mod config_reference;
+pub mod exposition;
 pub mod hosts;
 pub mod invoke;
 pub mod job;

@@ -67,7 +67,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     Ok((
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            op_proto::exposition::PROMETHEUS_TEXT_CONTENT_TYPE,
         )],
         state.0.metrics.encode(),
     ))

@@ -265,7 +265,13 @@ impl Executor {
             .unwrap_or_else(|p| p.into_inner())
             .insert(req.run_id, handle.clone());
         self.0.metrics.run_started();
-        tokio::spawn(supervise::run(self.clone(), handle.clone(), req));
+        // Every log line about this run, wherever in the executor it is written, carries the
+        // run id and the job name (docs/operations.md, "Logs").
+        let span = tracing::info_span!("run", run_id = %req.run_id, job = %req.spec.name);
+        tokio::spawn(tracing::Instrument::instrument(
+            supervise::run(self.clone(), handle.clone(), req),
+            span,
+        ));
         handle
     }
 
@@ -379,7 +385,7 @@ impl Executor {
             ),
             Ok(_) => {}
             Err(e) => {
-                tracing::error!(run_id = %record.run_id, error = %e, "could not store run record")
+                tracing::error!(run_id = %record.run_id, job = %record.job, error = %e, "could not store run record")
             }
         }
         if let Ok(totals) = state.outbox_totals().await {
@@ -397,7 +403,10 @@ impl Executor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&record.run_id);
-        self.0.metrics.run_finished(record.status);
+        self.0.metrics.run_finished(
+            record.status,
+            record.duration_ms().map(|ms| ms as f64 / 1000.0),
+        );
         handle.0.done.send_replace(Some(record.clone()));
         let _ = self.0.finished.send(record.clone());
         // Gauges and retention, outside the hot path of the waiters.

@@ -187,7 +187,7 @@ pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Vec<JoinHandle<()
         scheduler: parts.scheduler,
         executor: parts.executor,
         directives: parts.directives,
-        metrics: parts.metrics,
+        metrics: parts.metrics.clone(),
         state_dir: parts.state_dir,
         index: parts.cached_index,
         applied_jobs: None,
@@ -195,6 +195,7 @@ pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Vec<JoinHandle<()
         registered: registered_tx,
     };
     let drain = OutboxLoop {
+        metrics: parts.metrics.clone(),
         shared,
         outbox: parts.outbox,
         ready: parts.outbox_ready,
@@ -405,6 +406,8 @@ impl SyncLoop {
             match answer {
                 Ok(state) => {
                     failures = 0;
+                    self.metrics
+                        .sync_ok((Utc::now() - sent_at).to_std().unwrap_or_default());
                     self.apply(state, sent_at).await;
                 }
                 Err(e) if e.status() == Some(401) && self.shared.has_node_token() => {
@@ -418,6 +421,7 @@ impl SyncLoop {
                     registered_at = None;
                 }
                 Err(e) => {
+                    self.metrics.sync_failed();
                     self.log_failure(&url, "sync", &e);
                     registered_at = None;
                     self.shared.rotate();
@@ -497,6 +501,7 @@ impl SyncLoop {
 }
 
 struct OutboxLoop {
+    metrics: Metrics,
     shared: Arc<Shared>,
     outbox: Outbox,
     ready: Arc<Notify>,
@@ -536,14 +541,13 @@ impl OutboxLoop {
             }
             let url = self.shared.current();
             let ids: Vec<Uuid> = batch.iter().map(|r| r.run_id).collect();
+            let batch = RunBatch {
+                node_id: self.shared.node_id,
+                runs: batch,
+            };
             let sent = async {
                 let client = self.shared.client(&url)?;
-                client
-                    .post_runs(&RunBatch {
-                        node_id: self.shared.node_id,
-                        runs: batch,
-                    })
-                    .await
+                client.post_runs(&batch).await
             };
             let result = tokio::select! {
                 r = sent => r,
@@ -552,6 +556,7 @@ impl OutboxLoop {
             match result {
                 Ok(ack) => {
                     failures = 0;
+                    self.metrics.runs_delivered(&batch.runs, Utc::now());
                     tracing::debug!(
                         accepted = ack.accepted,
                         duplicates = ack.duplicates,

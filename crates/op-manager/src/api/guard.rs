@@ -135,9 +135,16 @@ pub async fn guard(
     Ok(next.run(req).await)
 }
 
-/// Counts responses by status code.
+/// Counts responses by status code and times them by route template.
 pub async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let started = std::time::Instant::now();
     let resp = next.run(req).await;
+    app.metrics
+        .http_request(&route, started.elapsed().as_secs_f64());
     app.metrics.http_response(resp.status().as_u16());
     resp
 }

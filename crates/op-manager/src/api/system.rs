@@ -12,6 +12,7 @@ use op_store::META_CLUSTER_ID;
 
 use super::error::ApiError;
 use crate::app::App;
+use crate::metrics::RaftView;
 
 pub async fn healthz() -> &'static str {
     "ok\n"
@@ -27,20 +28,33 @@ pub async fn version() -> Json<VersionInfo> {
 
 pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, ApiError> {
     let stats = app.read(|s| s.stats()).await?;
-    let (term, applied, leader) = {
+    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+    let latest = app.read(move |s| s.latest_run_counts(since)).await?;
+    let raft = {
         let m = app.raft.metrics();
         let m = m.borrow();
-        (
-            m.current_term,
-            m.last_applied.map_or(0, |l| l.index),
-            m.current_leader == Some(m.id),
-        )
+        RaftView {
+            term: m.current_term,
+            applied: m.last_applied.map_or(0, |l| l.index),
+            last_log: m.last_log_index.unwrap_or(0),
+            snapshot: m.snapshot.map_or(0, |l| l.index),
+            leader: m.current_leader == Some(m.id),
+            has_leader: m.current_leader.is_some(),
+            state: match m.state {
+                openraft::ServerState::Leader => "leader",
+                openraft::ServerState::Follower => "follower",
+                openraft::ServerState::Candidate => "candidate",
+                openraft::ServerState::Learner => "learner",
+                openraft::ServerState::Shutdown => "shutdown",
+            },
+            voters: m.membership_config.membership().voter_ids().count() as u64,
+        }
     };
-    let body = app.metrics.render(&stats, term, applied, leader);
+    let body = app.metrics.render(&stats, &latest, &raft);
     Ok((
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            op_proto::exposition::PROMETHEUS_TEXT_CONTENT_TYPE,
         )],
         body,
     ))

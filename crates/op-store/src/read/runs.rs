@@ -18,7 +18,41 @@ pub const DEFAULT_RUN_LIMIT: u32 = 1000;
 /// Most rows one query returns.
 pub const MAX_RUN_LIMIT: u32 = 10_000;
 
+/// How many nodes' latest run of a job ended in a status (`/metrics`: a job failing on many
+/// hosts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatestRunCount {
+    pub job: String,
+    pub status: String,
+    pub nodes: u64,
+}
+
 impl Store {
+    /// For every job, the number of nodes whose latest run since `since` has each status. Reads
+    /// the `runs_job_node` index once; bounded by the retention of runs.
+    pub fn latest_run_counts(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<LatestRunCount>> {
+        self.read(|conn| {
+            // SQLite returns the bare `status` of the row that holds MAX(sort_at).
+            let mut stmt = conn.prepare_cached(
+                "SELECT job, status, COUNT(*) FROM (
+                     SELECT job, node_id, status, MAX(sort_at) FROM runs
+                     WHERE sort_at >= ?1 GROUP BY job, node_id)
+                 GROUP BY job, status ORDER BY job, status",
+            )?;
+            let rows = stmt.query_map([ms(since)], |r| {
+                Ok(LatestRunCount {
+                    job: r.get(0)?,
+                    status: r.get(1)?,
+                    nodes: r.get::<_, i64>(2)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        })
+    }
+
     /// Runs matching `q`, newest first.
     pub fn runs(&self, q: &RunQuery) -> Result<Vec<RunRecord>> {
         let mut filters: Vec<String> = Vec::new();

@@ -3,8 +3,11 @@
 // The scenarios start real binaries and job processes.
 #![allow(clippy::disallowed_methods)]
 
+mod config_docs;
 mod fanout;
 mod fleet;
+mod logs;
+mod metrics;
 mod packages;
 mod support;
 mod tls;
