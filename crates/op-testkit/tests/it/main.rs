@@ -9,5 +9,6 @@ mod fleet;
 mod logs;
 mod metrics;
 mod packages;
+mod packaging;
 mod support;
 mod tls;
