@@ -15,7 +15,7 @@ use crate::config::ConfigArgs;
     name = "op-manager",
     version,
     about = "The op-agent management node: stores jobs, nodes and runs (replicated with raft) and serves the API",
-    after_help = "Examples:\n  op-manager --data-dir /var/lib/op-manager\n  op-manager --listen 127.0.0.1:0 --raft-listen 127.0.0.1:0\n  op-manager token create --scope operator --name ci\n  op-manager token list\n  op-manager token revoke 3f2a9c01b7de"
+    after_help = "Examples:\n  op-manager --data-dir /var/lib/op-manager\n  op-manager backup --data-dir /var/lib/op-manager --to /backup/manager.tar.gz\n  op-manager restore --from /backup/manager.tar.gz --data-dir /var/lib/op-manager\n  op-manager --listen 127.0.0.1:0 --raft-listen 127.0.0.1:0\n  op-manager token create --scope operator --name ci\n  op-manager token list\n  op-manager token revoke 3f2a9c01b7de"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -33,6 +33,34 @@ pub enum CliCommand {
     Token(TokenArgs),
     /// Make TLS certificates (a development CA).
     Certs(CertsArgs),
+    /// Write a consistent snapshot of this node's data dir (state and package blobs) to a
+    /// .tar.gz; safe while the manager runs.
+    Backup(BackupArgs),
+    /// Make a new data dir from a backup: a one-member cluster to start with `op-manager`.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  op-manager backup --data-dir /var/lib/op-manager --to /backup/op-manager-$(date +%F).tar.gz"
+)]
+pub struct BackupArgs {
+    /// The archive to write (made as FILE.partial, then renamed; mode 0600).
+    #[arg(long)]
+    pub to: std::path::PathBuf,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  op-manager restore --from /backup/op-manager-2026-11-25.tar.gz --data-dir /var/lib/op-manager\n  op-manager --data-dir /var/lib/op-manager"
+)]
+pub struct RestoreArgs {
+    /// The archive `op-manager backup` wrote.
+    #[arg(long)]
+    pub from: std::path::PathBuf,
+    /// Raft node id of the restored manager; start it with the same --node-id [default: 1].
+    #[arg(long)]
+    pub node_id: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -18,6 +18,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod backup;
 pub mod blobs;
 pub mod cli;
 pub mod config;

@@ -81,6 +81,39 @@ fn main() -> ExitCode {
         Some(CliCommand::Token(args)) => {
             runtime.block_on(op_manager::cli::token_command(&config.data_dir, args))
         }
+        Some(CliCommand::Backup(args)) => op_manager::backup::backup(&config.data_dir, &args.to)
+            .map(|m| {
+                println!(
+                    "backed up {} (raft index {}, {} package blobs) to {}",
+                    config.data_dir.display(),
+                    m.last_applied
+                        .as_ref()
+                        .and_then(|l| l.get("index"))
+                        .map_or_else(|| "?".to_string(), |i| i.to_string()),
+                    m.blobs.len(),
+                    args.to.display()
+                );
+            })
+            .map_err(anyhow::Error::from),
+        Some(CliCommand::Restore(args)) => {
+            let node_id = args.node_id.unwrap_or(config.node_id);
+            runtime
+                .block_on(op_manager::backup::restore(
+                    &args.from,
+                    &config.data_dir,
+                    node_id,
+                ))
+                .map(|m| {
+                    println!(
+                        "restored the backup of {} made {} into {} as node {node_id}; start: op-manager --data-dir {} --node-id {node_id}",
+                        m.source_data_dir,
+                        m.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                        config.data_dir.display(),
+                        config.data_dir.display(),
+                    );
+                })
+                .map_err(anyhow::Error::from)
+        }
         None => {
             init_logging(config.log_format);
             raise_nofile_limit();

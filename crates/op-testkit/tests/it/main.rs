@@ -3,6 +3,7 @@
 // The scenarios start real binaries and job processes.
 #![allow(clippy::disallowed_methods)]
 
+mod backup;
 mod config_docs;
 mod fanout;
 mod fleet;
