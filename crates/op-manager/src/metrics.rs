@@ -88,6 +88,8 @@ pub struct Metrics {
     raft_last_log: Gauge,
     raft_snapshot: Gauge,
     raft_voters: Gauge,
+    agent_outbox: Gauge,
+    agent_dropped: Gauge,
 }
 
 impl Default for Metrics {
@@ -136,6 +138,8 @@ impl Metrics {
             raft_last_log: Gauge::default(),
             raft_snapshot: Gauge::default(),
             raft_voters: Gauge::default(),
+            agent_outbox: Gauge::default(),
+            agent_dropped: Gauge::default(),
         };
         r.register(
             "http_responses",
@@ -288,6 +292,16 @@ impl Metrics {
             "Voting members in the cluster's membership as this manager sees it",
             m.raft_voters.clone(),
         );
+        r.register(
+            "agent_outbox_runs",
+            "Finished runs waiting in the agents' outboxes, as their last heartbeats reported",
+            m.agent_outbox.clone(),
+        );
+        r.register(
+            "agent_dropped_runs",
+            "Runs the agents dropped from full outboxes since they started, as last reported",
+            m.agent_dropped.clone(),
+        );
         let build = Family::<Labels, Gauge>::default();
         build
             .get_or_create(&labels("version", env!("CARGO_PKG_VERSION")))
@@ -365,6 +379,8 @@ impl Metrics {
         self.packages.set(stats.packages as i64);
         self.package_versions.set(stats.package_versions as i64);
         self.package_bytes.set(stats.package_bytes as i64);
+        self.agent_outbox.set(stats.agent_outbox_runs as i64);
+        self.agent_dropped.set(stats.agent_dropped_runs as i64);
         self.raft_term.set(raft.term as i64);
         self.raft_applied.set(raft.applied as i64);
         self.raft_leader.set(i64::from(raft.leader));

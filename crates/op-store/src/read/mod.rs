@@ -56,6 +56,10 @@ pub struct StoreStats {
     pub package_versions: u64,
     /// Bytes of all stored package versions (a blob shared by two versions counts twice).
     pub package_bytes: u64,
+    /// Finished runs waiting in the outboxes of Ready and NotReady agents, as they last reported.
+    pub agent_outbox_runs: u64,
+    /// Runs those agents dropped from their outboxes since they started, as they last reported.
+    pub agent_dropped_runs: u64,
 }
 
 impl Store {
@@ -110,6 +114,14 @@ impl Store {
                 packages: count("SELECT COUNT(*) FROM packages")?,
                 package_versions: count("SELECT COUNT(*) FROM package_versions")?,
                 package_bytes: count("SELECT COALESCE(SUM(size), 0) FROM package_versions")?,
+                agent_outbox_runs: count(
+                    "SELECT COALESCE(SUM(json_extract(info, '$.stats.outbox_depth')), 0)
+                     FROM nodes WHERE status != 'Left'",
+                )?,
+                agent_dropped_runs: count(
+                    "SELECT COALESCE(SUM(json_extract(info, '$.stats.dropped_runs')), 0)
+                     FROM nodes WHERE status != 'Left'",
+                )?,
                 ..StoreStats::default()
             };
             let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM nodes GROUP BY status")?;

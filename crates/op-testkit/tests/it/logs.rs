@@ -1,6 +1,7 @@
 //! Daemon logs (issue 12): `--log-format json` gives one JSON object per line on both daemons,
 //! every line about a run names the run id and the job, the default format is for people, and
-//! no secret (API tokens, the agent's password, a wrong token someone presented) is ever logged.
+//! no secret (API tokens, the node's own credential, the agent's password, a wrong token someone
+//! presented) is ever logged.
 
 use op_testkit::{AGENT_PASSWORD, Agent, AgentOptions, Manager, ManagerOptions, wait_until};
 
@@ -48,10 +49,14 @@ async fn json_logs_name_every_run_and_hold_no_secret() {
 
     let agent_log = agent.log();
     let manager_log = m.log();
+    // The node's own credential, issued at enrollment.
+    let node_token = std::fs::read_to_string(agent.path("state").join("node.token"))
+        .expect("the agent enrolled and keeps its credential");
     for (who, log) in [("agent", &agent_log), ("manager", &manager_log)] {
         for secret in [
             m.admin_token.as_str(),
             m.agent_token.as_str(),
+            node_token.trim(),
             AGENT_PASSWORD,
             wrong,
         ] {
