@@ -272,7 +272,7 @@ pub async fn start(
     // A single manager is its own majority: wait for it to lead, so the first-start tokens can
     // be written before we announce ourselves. A member of a larger cluster serves at once (its
     // applied state, forwarding to the leader once there is one) even while no majority is up.
-    if cluster.alone() {
+    if cluster.alone().await {
         cluster.wait_for_leader(Duration::from_secs(60)).await?;
     }
     bootstrap(&app).await?;

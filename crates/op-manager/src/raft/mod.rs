@@ -290,10 +290,26 @@ impl Cluster {
         Ok(())
     }
 
-    /// True when this node is the only voter (a single manager).
-    pub fn alone(&self) -> bool {
-        let m = self.raft.metrics();
-        let m = m.borrow();
+    /// True when this node is the only voter (a single manager). Waits (briefly) for raft to
+    /// publish the membership it loaded: right after start the metrics still show none.
+    pub async fn alone(&self) -> bool {
+        let loaded = self
+            .raft
+            .wait(Some(Duration::from_secs(5)))
+            .metrics(
+                |m| {
+                    m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .next()
+                        .is_some()
+                },
+                "membership loaded",
+            )
+            .await;
+        let Ok(m) = loaded else {
+            return false;
+        };
         let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
         voters == [self.id()]
     }
