@@ -80,8 +80,10 @@ impl RaftSettings {
             heartbeat_interval: ms(self.heartbeat),
             election_timeout_min: ms(self.election_timeout),
             election_timeout_max: ms(self.election_timeout * 2),
-            // Run batches are large entries: keep replication messages and the kept log small.
-            max_payload_entries: 64,
+            // Run batches are large entries, and openraft gives an append one heartbeat period
+            // before it counts as lost and is sent again: keep each append small enough to be
+            // sent, written durably and acknowledged well within that.
+            max_payload_entries: 16,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
             max_in_snapshot_log_to_keep: 100,
             install_snapshot_timeout: 10_000,

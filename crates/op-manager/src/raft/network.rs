@@ -21,6 +21,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::{LogId, Vote};
 use reqwest::{Method, RequestBuilder, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -232,15 +233,52 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             base: node.raft_addr.trim_end_matches('/').to_string(),
             peers: self.peers.clone(),
+            append: None,
         }
     }
+}
+
+type AppendResult =
+    Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>>;
+
+/// What identifies an append: openraft sends the same one again after a timeout.
+type AppendKey = (
+    Vote<NodeId>,
+    Option<LogId<NodeId>>,
+    Option<LogId<NodeId>>,
+    Option<LogId<NodeId>>,
+);
+
+fn append_key(rpc: &AppendEntriesRequest<TypeConfig>) -> AppendKey {
+    (
+        rpc.vote,
+        rpc.prev_log_id,
+        rpc.entries.first().map(|e| e.log_id),
+        rpc.entries.last().map(|e| e.log_id),
+    )
+}
+
+/// An append on its way to the peer, in its own task so that it outlives openraft's timeout.
+struct InFlight {
+    key: AppendKey,
+    task: tokio::task::JoinHandle<AppendResult>,
 }
 
 pub struct PeerClient {
     target: NodeId,
     base: String,
     peers: Peers,
+    /// openraft gives an append one heartbeat period, then drops it and sends it again. A batch
+    /// of run records, or a new member catching up, can take longer to send, write durably and
+    /// acknowledge than that, and would then be sent again forever. So each append runs in a
+    /// task that the timeout does not cancel: the retry waits for the same task, and a
+    /// different append waits for it to finish first (the peer takes them in order anyway).
+    append: Option<InFlight>,
 }
+
+/// Requests that outlive openraft's per-RPC timeout still end: a peer that never answers is
+/// given up on after this long.
+const APPEND_LIMIT: Duration = Duration::from_secs(30);
 
 impl PeerClient {
     async fn call<Req, Resp, E>(
@@ -254,11 +292,35 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let (url, builder) =
-            self.peers
-                .request(Method::POST, &self.base, &format!("/raft/{endpoint}"));
+        call(
+            &self.peers,
+            self.target,
+            &self.base,
+            endpoint,
+            req,
+            option.hard_ttl(),
+        )
+        .await
+    }
+}
+
+async fn call<Req, Resp, E>(
+    peers: &Peers,
+    target: NodeId,
+    base: &str,
+    endpoint: &str,
+    req: &Req,
+    timeout: Duration,
+) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+where
+    Req: Serialize,
+    Resp: DeserializeOwned,
+    E: std::error::Error + DeserializeOwned,
+{
+    {
+        let (url, builder) = peers.request(Method::POST, base, &format!("/raft/{endpoint}"));
         let resp = builder
-            .timeout(option.hard_ttl())
+            .timeout(timeout)
             .json(req)
             .send()
             .await
@@ -274,9 +336,9 @@ impl PeerClient {
             // on every retry, and let openraft back off as from an unreachable peer.
             let body = error_body(resp).await;
             if body.code == code::NOT_A_MEMBER {
-                self.peers.mark_removed();
+                peers.mark_removed();
             }
-            self.peers.log_refusal(self.target, &url, &body);
+            peers.log_refusal(target, &url, &body);
             return Err(RPCError::Unreachable(Unreachable::new(
                 &std::io::Error::other(format!("{url}: {}", body.message)),
             )));
@@ -285,7 +347,7 @@ impl PeerClient {
             .json()
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
     }
 }
 
@@ -295,7 +357,34 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call("append", &rpc, &option).await
+        let _ = option;
+        let key = append_key(&rpc);
+        if let Some(prev) = &mut self.append {
+            // Cancelled here by openraft's timeout, the task (and `self.append`) stays.
+            let result = (&mut prev.task).await;
+            let same = prev.key == key;
+            self.append = None;
+            if same {
+                return result.unwrap_or_else(|e| {
+                    Err(RPCError::Network(NetworkError::new(
+                        &std::io::Error::other(e),
+                    )))
+                });
+            }
+        }
+        let (peers, target, base) = (self.peers.clone(), self.target, self.base.clone());
+        let task =
+            tokio::spawn(
+                async move { call(&peers, target, &base, "append", &rpc, APPEND_LIMIT).await },
+            );
+        let flight = self.append.insert(InFlight { key, task });
+        let result = (&mut flight.task).await;
+        self.append = None;
+        result.unwrap_or_else(|e| {
+            Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other(e),
+            )))
+        })
     }
 
     async fn install_snapshot(

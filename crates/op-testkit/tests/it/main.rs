@@ -5,6 +5,7 @@
 
 mod backup;
 mod config_docs;
+mod cluster;
 mod fanout;
 mod fleet;
 mod logs;
