@@ -241,6 +241,18 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 type AppendResult =
     Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>>;
 
+/// The answer of an append task; a task that panicked counts as a network failure. (The error
+/// type is openraft's, as the trait returns it.)
+#[allow(clippy::result_large_err)]
+fn joined(result: Result<AppendResult, tokio::task::JoinError>) -> AppendResult {
+    match result {
+        Ok(r) => r,
+        Err(e) => Err(RPCError::Network(NetworkError::new(
+            &std::io::Error::other(e),
+        ))),
+    }
+}
+
 /// What identifies an append: openraft sends the same one again after a timeout.
 type AppendKey = (
     Vote<NodeId>,
@@ -365,11 +377,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             let same = prev.key == key;
             self.append = None;
             if same {
-                return result.unwrap_or_else(|e| {
-                    Err(RPCError::Network(NetworkError::new(
-                        &std::io::Error::other(e),
-                    )))
-                });
+                return joined(result);
             }
         }
         let (peers, target, base) = (self.peers.clone(), self.target, self.base.clone());
@@ -380,11 +388,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let flight = self.append.insert(InFlight { key, task });
         let result = (&mut flight.task).await;
         self.append = None;
-        result.unwrap_or_else(|e| {
-            Err(RPCError::Network(NetworkError::new(
-                &std::io::Error::other(e),
-            )))
-        })
+        joined(result)
     }
 
     async fn install_snapshot(
