@@ -164,7 +164,7 @@ impl From<ClusterError> for ApiError {
             ClusterError::OutcomeUnknown(_) => ApiError::OutcomeUnknown(e.to_string()),
             ClusterError::Refused { code, message } => match code.as_str() {
                 "not_found" => ApiError::NotFound(message),
-                "conflict" => ApiError::Conflict(message),
+                "conflict" | "wrong_cluster" => ApiError::Conflict(message),
                 "invalid" => ApiError::bad("invalid", message),
                 _ => ApiError::Unavailable(message),
             },

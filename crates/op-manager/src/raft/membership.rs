@@ -23,7 +23,7 @@ use std::time::Duration;
 use op_proto::api::AddMemberRequest;
 use openraft::ChangeMembers;
 
-use super::messages::{JoinRequest, JoinResponse, RemovedNotice, code};
+use super::messages::{Hello, JoinRequest, JoinResponse, RemovedNotice, code};
 use super::network::{PeerError, http_client, send_json};
 use super::{Cluster, ClusterError, Member, NodeId, raft_err};
 use crate::error::ManagerError;
@@ -129,6 +129,35 @@ impl Cluster {
             Some(_) if voter => return Ok(()),
             Some(_) => {}
             None => {
+                // Make sure a node of this cluster with this id listens there.
+                let hello = self
+                    .peers
+                    .post::<_, Hello>(
+                        &member.raft_addr,
+                        "/raft/hello",
+                        &serde_json::json!({}),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        PeerError::Refused { body, .. } => ClusterError::refused(
+                            &body.code,
+                            format!("node {} refused to join: {}", req.node_id, body.message),
+                        ),
+                        other => ClusterError::refused(
+                            code::FAILED,
+                            format!("node {} cannot be reached: {other}", req.node_id),
+                        ),
+                    })?;
+                if hello.node_id != req.node_id {
+                    return Err(ClusterError::refused(
+                        "conflict",
+                        format!(
+                            "the manager at {} is node {}, not {}",
+                            member.raft_addr, hello.node_id, req.node_id
+                        ),
+                    ));
+                }
                 let resp = self
                     .raft
                     .add_learner(req.node_id, member.clone(), false)

@@ -97,3 +97,11 @@ pub struct CampaignRequest {
 pub struct RemovedNotice {
     pub node_id: NodeId,
 }
+
+/// `POST /raft/hello` answer: who is listening there. The leader asks a node before adding it,
+/// so a node of another cluster (refused by its peer authentication) or a wrong address is an
+/// error at once, not a learner that never catches up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub node_id: NodeId,
+}

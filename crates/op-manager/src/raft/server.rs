@@ -86,6 +86,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/raft/leader", post(transfer_leader))
         .route("/raft/campaign", post(campaign))
         .route("/raft/removed", post(removed))
+        .route("/raft/hello", post(hello))
         .route(
             "/raft/blobs/{sha256}",
             get(crate::blobs::replicate::serve_blob).put(crate::blobs::replicate::receive_blob),
@@ -263,6 +264,12 @@ async fn removed(
         app.cluster.peers.mark_removed();
     }
     Json(serde_json::json!({}))
+}
+
+async fn hello(State(app): State<Arc<App>>) -> Json<super::messages::Hello> {
+    Json(super::messages::Hello {
+        node_id: app.cluster.id(),
+    })
 }
 
 /// Step 1 of joining: the cluster's identity, for an admin token or the cluster secret.

@@ -543,3 +543,145 @@ async fn five_members_survive_the_loss_of_two() {
     let want: BTreeSet<String> = alive.iter().map(|i| format!("after-{i}")).collect();
     all_agree(&c, &want).await;
 }
+
+/// Runs agentcli against member `i` with the admin token.
+fn agentcli(c: &Cluster, i: usize, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(op_testkit::bin("agentcli"))
+        .args(args)
+        .env("OP_MANAGER", &c.members[i].api_url)
+        .env("OP_TOKEN", &c.admin_token)
+        .output()
+        .expect("agentcli runs")
+}
+
+fn cli_ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "agentcli failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cli_status(c: &Cluster, i: usize) -> op_proto::api::ClusterStatus {
+    let out = cli_ok(&agentcli(c, i, &["cluster", "status", "-o", "json"]));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("cluster status json: {e}: {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agentcli_moves_leadership_removes_members_and_refuses_another_clusters_node() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let leader = c.wait_leader(LONG).await;
+    let table = cli_ok(&agentcli(&c, leader, &["cluster", "status"]));
+    assert!(
+        table.contains("ROLE") && table.contains("leader"),
+        "{table}"
+    );
+
+    // transfer-leader to a chosen follower, asked through another follower.
+    let to = (leader + 1) % 3;
+    let via = (leader + 2) % 3;
+    let to_id = c.members[to].node_id();
+    cli_ok(&agentcli(
+        &c,
+        via,
+        &["cluster", "transfer-leader", &to_id.to_string()],
+    ));
+    wait_until(LONG, "the chosen node leads", || async {
+        c.leader().await == Some(to)
+    })
+    .await;
+
+    // Remove the leader itself: it hands over, and the two others carry on.
+    let old = c.wait_leader(LONG).await;
+    let old_id = c.members[old].node_id();
+    let rest: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    cli_ok(&agentcli(
+        &c,
+        rest[0],
+        &["cluster", "remove", &old_id.to_string()],
+    ));
+    let s = cli_status(&c, rest[1]);
+    assert_eq!(s.members.len(), 2, "{s:?}");
+    assert!(s.members.iter().all(|m| m.id != old_id));
+    c.members[old].stop();
+    c.client(rest[1])
+        .save_job(&job(r#"{"JobName":"after-remove","Command":"true"}"#))
+        .await
+        .unwrap();
+
+    // A manager of another cluster cannot be added: a clear error, and nothing changes.
+    let stranger = op_testkit::Manager::start_with(op_testkit::ManagerOptions {
+        args: FAST_RAFT.iter().map(|a| a.to_string()).collect(),
+    });
+    let out = agentcli(
+        &c,
+        rest[0],
+        &[
+            "cluster",
+            "add",
+            "9",
+            "--api",
+            &stranger.api_url,
+            "--raft",
+            &stranger.raft_url,
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to cluster"), "{err}");
+    assert_eq!(cli_status(&c, rest[0]).members.len(), 2);
+    assert_eq!(jobs_on(&c, rest[0]).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_losing_a_majority_the_documented_recovery_brings_the_cluster_back() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    c.client(0)
+        .save_job(&job(r#"{"JobName":"before","Command":"true"}"#))
+        .await
+        .unwrap();
+    c.wait_caught_up(LONG).await;
+    // Lose two of three: nothing can be written any more, and the error says why.
+    let survivor = 2;
+    c.members[0].kill9();
+    c.members[1].kill9();
+    let err = c
+        .client(survivor)
+        .with_timeout(Duration::from_secs(60))
+        .save_job(&job(r#"{"JobName":"lost","Command":"true"}"#))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(503), "{err}");
+    // docs/cluster.md: stop the survivor, `op-manager recover`, start it, add new members.
+    c.members[survivor].stop();
+    let out = std::process::Command::new(op_testkit::bin("op-manager"))
+        .args(["recover", "--data-dir"])
+        .arg(c.members[survivor].data_dir())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("recovered"), "{said}");
+    c.restart(survivor);
+    let client = c.client(survivor);
+    client.get_job("before").await.unwrap();
+    client
+        .save_job(&job(r#"{"JobName":"after","Command":"true"}"#))
+        .await
+        .unwrap();
+    // The lost members' data dirs are never reused; fresh managers join the recovered node.
+    let new = c.join(&[]);
+    c.wait_voters(2, LONG).await;
+    let names = jobs_on(&c, new).await.unwrap();
+    assert_eq!(
+        names,
+        BTreeSet::from(["after".to_string(), "before".to_string()])
+    );
+}
