@@ -78,6 +78,27 @@ enum Scenario {
         #[arg(long, default_value_t = 30)]
         count: usize,
     },
+    /// A cluster with the default raft timings: kill -9 the leader while a client saves jobs;
+    /// time until a save is accepted again (op-manager beside this executable).
+    ClusterFailover {
+        #[arg(long, default_value_t = 3)]
+        members: usize,
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+    },
+    /// Run-record ingestion through raft: a cluster of N managers, then one manager.
+    ClusterIngest {
+        #[arg(long, default_value_t = 3)]
+        members: usize,
+        /// Simulated agents posting at the same time.
+        #[arg(long, default_value_t = 8)]
+        senders: usize,
+        /// Runs per batch.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
     /// The same with simulated agents (protocol-only tasks in this process).
     FanoutSim {
         #[arg(long, default_value_t = 1000)]
@@ -123,6 +144,15 @@ fn main() -> ExitCode {
                 )?;
                 scenarios::fanout::real(&bin, &manager, agents, count).await
             }
+            Scenario::ClusterFailover { members, rounds } => {
+                scenarios::cluster::failover(members, rounds).await
+            }
+            Scenario::ClusterIngest {
+                members,
+                senders,
+                batch,
+                duration,
+            } => scenarios::cluster::ingest(members, senders, batch, duration).await,
             Scenario::FanoutSim { agents, count } => {
                 let manager = agent::locate_bin(
                     cli.common.manager_bin.clone(),

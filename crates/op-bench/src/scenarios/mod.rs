@@ -1,5 +1,6 @@
 //! One module per measurement.
 
+pub mod cluster;
 pub mod cron_precision;
 pub mod fanout;
 pub mod footprint;
