@@ -309,8 +309,14 @@ pub async fn start(
         // Parked sync calls see the same token and return at once; give the rest a moment.
         api_handle.graceful_shutdown(Some(Duration::from_secs(5)));
         let _ = api_server.await;
-        for t in tasks {
-            let _ = t.await;
+        // A background write can wait up to LEADER_WAIT for a leader that will not come (the
+        // other members are stopping too): give the tasks a moment, then drop what is left.
+        // Nothing is lost: an agent resends what was not acknowledged, heartbeats come again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        for mut t in tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+            }
         }
         raft_handle.graceful_shutdown(Some(Duration::from_secs(2)));
         let _ = raft_server.await;

@@ -131,7 +131,7 @@ async fn ingest_on(
         let client = Client::new(&url, Some(&c.agent_token))?;
         let node_id = Uuid::new_v4();
         let hostname = format!("sim-{s}");
-        client
+        let resp = client
             .register(&RegisterRequest {
                 api_version: API_VERSION,
                 node_id,
@@ -143,6 +143,10 @@ async fn ingest_on(
                 arch: "x86_64".into(),
             })
             .await?;
+        let client = match resp.node_token {
+            Some(t) => client.with_token(&t),
+            None => client,
+        };
         let stored = stored.clone();
         tasks.push(tokio::spawn(async move {
             while start.elapsed() < duration {

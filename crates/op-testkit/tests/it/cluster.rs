@@ -394,16 +394,16 @@ async fn a_fourth_member_catches_up_by_snapshot_and_serves_reads() {
     let mut args: Vec<&str> = FAST_RAFT.to_vec();
     args.extend(["--raft-snapshot-logs", "50"]);
     let mut c = Cluster::start(3, &args).await;
-    let agent = c.members[0].client_with(&c.agent_token);
+    let enroll = c.members[0].client_with(&c.agent_token);
     // 100 simulated nodes × 100 runs: 10,000 runs, all within retention (100 per job and node).
-    let nodes: Vec<(Uuid, String)> = (0..100)
-        .map(|i| (Uuid::new_v4(), format!("sim-{i}")))
-        .collect();
-    for (id, name) in &nodes {
-        agent
+    // Each node enrolls with the shared token and posts its runs with its own credential.
+    let mut nodes: Vec<(Uuid, String, Client)> = Vec::new();
+    for i in 0..100 {
+        let (id, name) = (Uuid::new_v4(), format!("sim-{i}"));
+        let resp = enroll
             .register(&op_proto::agent::RegisterRequest {
                 api_version: op_proto::API_VERSION,
-                node_id: *id,
+                node_id: id,
                 hostname: name.clone(),
                 ips: vec![],
                 labels: Default::default(),
@@ -413,6 +413,8 @@ async fn a_fourth_member_catches_up_by_snapshot_and_serves_reads() {
             })
             .await
             .unwrap();
+        let own = enroll.with_token(&resp.node_token.expect("a node credential"));
+        nodes.push((id, name, own));
     }
     let now = chrono::Utc::now();
     let batch = |id: Uuid, name: String| RunBatch {
@@ -447,10 +449,9 @@ async fn a_fourth_member_catches_up_by_snapshot_and_serves_reads() {
     };
     // Four batches in flight at a time, as agents would send them.
     for chunk in nodes.chunks(4) {
-        let sends = chunk.iter().map(|(id, name)| {
-            let agent = agent.clone();
+        let sends = chunk.iter().map(|(id, name, own)| {
             let b = batch(*id, name.clone());
-            async move { agent.post_runs(&b).await }
+            async move { own.post_runs(&b).await }
         });
         for ack in futures_util::future::join_all(sends).await {
             assert_eq!(ack.expect("run batch stored").accepted, 100);
