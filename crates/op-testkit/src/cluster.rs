@@ -33,7 +33,10 @@ impl Cluster {
     /// Starts `n` managers with `args` each and waits until all are voters.
     pub async fn start(n: usize, args: &[&str]) -> Cluster {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let first = Manager::start_with(ManagerOptions { args: args.clone() });
+        let first = Manager::start_with(ManagerOptions {
+            args: args.clone(),
+            ..ManagerOptions::default()
+        });
         let mut c = Cluster {
             admin_token: first.admin_token.clone(),
             agent_token: first.agent_token.clone(),
@@ -65,7 +68,10 @@ impl Cluster {
             "--join-token".to_string(),
             self.admin_token.clone(),
         ]);
-        let mut m = Manager::start_with(ManagerOptions { args });
+        let mut m = Manager::start_with(ManagerOptions {
+            args,
+            ..ManagerOptions::default()
+        });
         m.admin_token = self.admin_token.clone();
         m.agent_token = self.agent_token.clone();
         self.members.push(m);

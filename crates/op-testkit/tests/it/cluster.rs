@@ -616,6 +616,7 @@ async fn agentcli_moves_leadership_removes_members_and_refuses_another_clusters_
     // A manager of another cluster cannot be added: a clear error, and nothing changes.
     let stranger = op_testkit::Manager::start_with(op_testkit::ManagerOptions {
         args: FAST_RAFT.iter().map(|a| a.to_string()).collect(),
+        ..op_testkit::ManagerOptions::default()
     });
     let out = agentcli(
         &c,
