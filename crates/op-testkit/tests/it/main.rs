@@ -4,8 +4,8 @@
 #![allow(clippy::disallowed_methods)]
 
 mod backup;
-mod config_docs;
 mod cluster;
+mod config_docs;
 mod fanout;
 mod fleet;
 mod logs;
