@@ -106,6 +106,43 @@ async fn three_members_take_writes_agree_and_every_agent_runs_the_jobs() {
     let status = c.status(0).await.unwrap();
     assert_eq!(status.members.len(), 3);
     assert!(status.members.iter().all(|m| m.voter), "{status:?}");
+
+    // A token revoked through one member is refused by every member at once (DESIGN 9).
+    let created = c
+        .client(2)
+        .create_token(&op_proto::api::CreateTokenRequest {
+            name: "short-lived".into(),
+            scope: op_proto::api::Scope::Viewer,
+            expires_in_secs: None,
+        })
+        .await
+        .unwrap();
+    let as_viewer: Vec<Client> = (0..3)
+        .map(|i| c.members[i].client_with(&created.secret))
+        .collect();
+    for v in &as_viewer {
+        v.list_jobs()
+            .await
+            .expect("every member knows the new token");
+    }
+    c.client(1).revoke_token(&created.info.id).await.unwrap();
+    let revoked_at = Instant::now();
+    wait_until(
+        Duration::from_secs(3),
+        "every member refuses the revoked token",
+        || async {
+            let mut all = true;
+            for v in &as_viewer {
+                all &= v.list_jobs().await.is_err_and(|e| e.status() == Some(401));
+            }
+            all
+        },
+    )
+    .await;
+    eprintln!(
+        "revocation refused by all 3 members {} ms after the revoke returned",
+        revoked_at.elapsed().as_millis()
+    );
     drop(fleet);
 }
 
