@@ -65,4 +65,30 @@ impl Store {
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
+
+    /// One page of the audit log, newest first: entries with an id below `before` (all when
+    /// `None`), at most `limit`, and the total number of entries.
+    pub fn audit_page(&self, before: Option<u64>, limit: u32) -> Result<(Vec<AuditEntry>, u64)> {
+        let before = before.map_or(i64::MAX, |b| b as i64);
+        let limit = limit.clamp(1, MAX_AUDIT_LIMIT);
+        self.read(|conn| {
+            let total: i64 = conn.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, at, actor, action, target, detail FROM audit
+                 WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(rusqlite::params![before, limit], |r| {
+                Ok(AuditEntry {
+                    id: r.get::<_, i64>(0)? as u64,
+                    at: from_ms(r.get(1)?),
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    detail: r.get(5)?,
+                })
+            })?;
+            let rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((rows, total as u64))
+        })
+    }
 }

@@ -3,8 +3,8 @@
 
 use std::net::IpAddr;
 
-use op_proto::RunRecord;
 use op_proto::api::RunQuery;
+use op_proto::{RunRecord, RunStatus};
 use rusqlite::OptionalExtension;
 use rusqlite::types::Value;
 use uuid::Uuid;
@@ -55,6 +55,11 @@ impl Store {
 
     /// Runs matching `q`, newest first.
     pub fn runs(&self, q: &RunQuery) -> Result<Vec<RunRecord>> {
+        self.runs_from(q, 0)
+    }
+
+    /// Runs matching `q`, newest first, skipping the first `offset` (a page of a long history).
+    pub fn runs_from(&self, q: &RunQuery, offset: u32) -> Result<Vec<RunRecord>> {
         let mut filters: Vec<String> = Vec::new();
         let mut args: Vec<Value> = Vec::new();
         let mut add = |sql: &str, v: Value| {
@@ -106,10 +111,11 @@ impl Store {
                    SELECT record, sort_at, run_id, ROW_NUMBER() OVER (
                      PARTITION BY job, node_id ORDER BY sort_at DESC, run_id DESC) AS rn
                    FROM runs {filter})
-                 WHERE rn <= {n} ORDER BY sort_at DESC, run_id DESC LIMIT {limit}"
+                 WHERE rn <= {n} ORDER BY sort_at DESC, run_id DESC LIMIT {limit} OFFSET {offset}"
             ),
             None => format!(
-                "SELECT record FROM runs {filter} ORDER BY sort_at DESC, run_id DESC LIMIT {limit}"
+                "SELECT record FROM runs {filter} ORDER BY sort_at DESC, run_id DESC
+                 LIMIT {limit} OFFSET {offset}"
             ),
         };
         self.read(|conn| {
@@ -118,6 +124,42 @@ impl Store {
                 r.get::<_, String>(0)
             })?;
             rows.map(|r| from_json("run", &r?)).collect()
+        })
+    }
+
+    /// The status of the latest run on each node, counted per job, for `jobs` (all jobs when
+    /// empty): `(job, status, hosts)`. Skipped fires are not results and are left out.
+    pub fn last_results(&self, jobs: &[String]) -> Result<Vec<(String, RunStatus, u64)>> {
+        let filter = if jobs.is_empty() {
+            String::new()
+        } else {
+            let marks: Vec<String> = (1..=jobs.len()).map(|i| format!("?{i}")).collect();
+            format!("AND job IN ({})", marks.join(","))
+        };
+        let sql = format!(
+            "SELECT job, status, COUNT(*) FROM (
+               SELECT job, status, ROW_NUMBER() OVER (
+                 PARTITION BY job, node_id ORDER BY sort_at DESC, run_id DESC) AS rn
+               FROM runs WHERE status <> 'skipped' {filter})
+             WHERE rn = 1 GROUP BY job, status ORDER BY job"
+        );
+        self.read(|conn| {
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(jobs.iter()), |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (job, status, n) = row?;
+                if let Some(status) = RunStatus::parse(&status) {
+                    out.push((job, status, n));
+                }
+            }
+            Ok(out)
         })
     }
 
