@@ -32,6 +32,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod raft;
 pub mod retention;
+pub mod ui;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -279,7 +280,11 @@ pub async fn start(
     let api_handle = axum_server::Handle::new();
     let api_server = serve(
         listeners.api,
-        api::router(app.clone()),
+        {
+            // The console calls the API router in process, so it is built once and shared.
+            let api = api::router(app.clone());
+            api.clone().merge(ui::router(app.clone(), api))
+        },
         app.config.header_read_timeout,
         api_handle.clone(),
         api_tls.clone(),

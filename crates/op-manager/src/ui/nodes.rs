@@ -1,0 +1,339 @@
+//! Nodes: a filterable, paginated list (status, version, last seen, load, packages), and a page
+//! per node with its labels, the jobs that select it, its runs in progress and recent runs, and
+//! its installed packages.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use op_proto::api::RunQuery;
+use op_proto::package::PackageState;
+use op_proto::{NodeInfo, NodeStatus};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::Ui;
+use super::html::{self, Section, attr, esc};
+use super::session::SessionView;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ListQuery {
+    /// Part of a hostname, an IP, a label or a version.
+    #[serde(default)]
+    q: String,
+    /// `Ready`, `NotReady` or `Left`; empty for all.
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    page: Option<usize>,
+}
+
+/// True when `n` matches the free-text filter (case-insensitive, any of its names).
+fn matches(n: &NodeInfo, q: &str) -> bool {
+    if q.is_empty() {
+        return true;
+    }
+    let q = q.to_lowercase();
+    n.hostname.to_lowercase().contains(&q)
+        || n.ips.iter().any(|ip| ip.to_string().contains(&q))
+        || n.agent_version.to_lowercase().contains(&q)
+        || n.node_id.to_string().starts_with(&q)
+        || n.labels
+            .iter()
+            .any(|(k, v)| format!("{k}={v}").to_lowercase().contains(&q))
+}
+
+/// `0.42 / 4 cpu, 35% mem used`, or a dash.
+fn load(n: &NodeInfo) -> String {
+    match &n.load {
+        Some(l) => {
+            let mem = if l.mem_total_kb > 0 {
+                let used = l.mem_total_kb.saturating_sub(l.mem_available_kb) * 100 / l.mem_total_kb;
+                format!(", {used}% mem")
+            } else {
+                String::new()
+            };
+            format!("{:.2} / {} cpu{mem}", l.load1, l.cpus)
+        }
+        None => "–".into(),
+    }
+}
+
+pub async fn list(
+    State(ui): State<Arc<Ui>>,
+    Extension(s): Extension<SessionView>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let mut nodes = match ui.app.read(|st| st.nodes()).await {
+        Ok(n) => n,
+        Err(e) => return html::server_error(&s, e),
+    };
+    // Heartbeats not yet written carry the freshest status and last-seen time.
+    ui.app.beats.overlay(&mut nodes);
+    nodes.sort_by(|a, b| (&a.hostname, a.node_id).cmp(&(&b.hostname, b.node_id)));
+    let status = NodeStatus::parse_ui(&q.status);
+    let shown: Vec<&NodeInfo> = nodes
+        .iter()
+        .filter(|n| status.is_none_or(|st| n.status == st))
+        .filter(|n| matches(n, q.q.trim()))
+        .collect();
+    let (rows, page) = html::page_of(&shown, q.page.unwrap_or(1));
+    let mut body = String::with_capacity(1024 + rows.len() * 512);
+    body.push_str("<h1>Nodes</h1>");
+    let _ = write!(
+        body,
+        "<form class=\"filters\" method=\"get\" action=\"/ui/nodes\">\
+         <input type=\"search\" name=\"q\" value=\"{}\" placeholder=\"hostname, IP, label, version\" aria-label=\"filter\">\
+         <select name=\"status\" aria-label=\"status\">",
+        attr(&q.q)
+    );
+    for (v, label) in [
+        ("", "any status"),
+        ("Ready", "Ready"),
+        ("NotReady", "NotReady"),
+        ("Left", "Left"),
+    ] {
+        let sel = if q.status == v { " selected" } else { "" };
+        let _ = write!(body, "<option value=\"{v}\"{sel}>{label}</option>");
+    }
+    body.push_str("</select><button>Filter</button></form>");
+    body.push_str("<div id=\"nodes\" data-refresh=\"5000\">");
+    body.push_str(
+        "<table class=\"list\"><thead><tr><th>Status</th><th>Host</th><th>IPs</th><th>Version</th>\
+         <th>Last seen</th><th>Load</th><th>Running</th><th>Packages</th></tr></thead><tbody>",
+    );
+    for n in rows {
+        let failed = n
+            .packages
+            .iter()
+            .filter(|p| p.state == PackageState::Failed)
+            .count();
+        let pk = if failed > 0 {
+            format!("{} ({failed} failed)", n.packages.len())
+        } else {
+            n.packages.len().to_string()
+        };
+        let _ = write!(
+            body,
+            "<tr data-node=\"{}\"><td data-label=\"Status\">{}</td><td data-label=\"Host\"><a href=\"/ui/nodes/{}\">{}</a></td>\
+             <td data-label=\"IPs\">{}</td><td data-label=\"Version\">{}</td><td data-label=\"Last seen\">{}</td>\
+             <td data-label=\"Load\">{}</td><td data-label=\"Running\">{}</td><td data-label=\"Packages\">{pk}</td></tr>",
+            attr(&n.hostname),
+            html::node_status(n.status),
+            n.node_id,
+            esc(&n.hostname),
+            esc(&n.ip_string()),
+            esc(&n.agent_version),
+            html::time(n.last_seen),
+            load(n),
+            n.running.len(),
+        );
+    }
+    if rows.is_empty() {
+        body.push_str("<tr><td colspan=\"8\" class=\"muted\">No node matches.</td></tr>");
+    }
+    body.push_str("</tbody></table>");
+    body.push_str(&html::pager(
+        "/ui/nodes",
+        &[("q", &q.q), ("status", &q.status)],
+        page,
+        shown.len(),
+    ));
+    body.push_str("</div>");
+    html::respond(
+        StatusCode::OK,
+        html::page("Nodes", Section::Nodes, Some(&s), &body),
+    )
+}
+
+/// How many recent runs a node page shows.
+const RECENT_RUNS: u32 = 30;
+
+pub async fn show(
+    State(ui): State<Arc<Ui>>,
+    Extension(s): Extension<SessionView>,
+    Path(id): Path<String>,
+) -> Response {
+    let Ok(node_id) = Uuid::parse_str(&id) else {
+        return html::not_found(&s, "that is not a node id");
+    };
+    let read = ui
+        .app
+        .read(move |st| {
+            let node = st.node(node_id)?;
+            let jobs = st.jobs()?;
+            let runs = st.runs(&RunQuery {
+                host: Some(node_id.to_string()),
+                limit: Some(RECENT_RUNS),
+                ..RunQuery::default()
+            })?;
+            Ok((node, jobs, runs))
+        })
+        .await;
+    let (node, jobs, runs) = match read {
+        Ok((Some(n), j, r)) => {
+            let mut one = [n];
+            ui.app.beats.overlay(&mut one);
+            let [n] = one;
+            (n, j, r)
+        }
+        Ok((None, _, _)) => {
+            return html::not_found(&s, "no such node (it may have been forgotten)");
+        }
+        Err(e) => return html::server_error(&s, e),
+    };
+    let ident = node.identity();
+    let mut body = String::with_capacity(8192);
+    let _ = write!(
+        body,
+        "<h1>{} <span id=\"node-status\">{}</span></h1><div id=\"node\" data-refresh=\"5000\">",
+        esc(&node.hostname),
+        html::node_status(node.status)
+    );
+    body.push_str("<section class=\"card\"><dl class=\"facts\">");
+    let labels = node
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for (k, v) in [
+        ("Status", html::node_status(node.status)),
+        ("Node id", esc(&node.node_id.to_string())),
+        ("IPs", esc(&node.ip_string())),
+        ("Labels", esc(if labels.is_empty() { "–" } else { &labels })),
+        ("Agent version", esc(&node.agent_version)),
+        ("OS / arch", esc(&format!("{} / {}", node.os, node.arch))),
+        ("Last seen", html::time(node.last_seen)),
+        ("First seen", html::time(node.first_seen)),
+        ("Load", load(&node)),
+        (
+            "Outbox",
+            format!(
+                "{} waiting, {} dropped runs, {} lost fires",
+                node.stats.outbox_depth, node.stats.dropped_runs, node.stats.lost_fires
+            ),
+        ),
+    ] {
+        let _ = write!(body, "<dt>{k}</dt><dd>{v}</dd>");
+    }
+    body.push_str("</dl></section>");
+
+    body.push_str("<section class=\"card\"><h2>Running now</h2>");
+    if node.running.is_empty() {
+        body.push_str("<p class=\"muted\">Nothing is running.</p>");
+    } else {
+        body.push_str(
+            "<table><thead><tr><th>Job</th><th>Trigger</th><th>Started</th></tr></thead><tbody>",
+        );
+        for r in &node.running {
+            let _ = write!(
+                body,
+                "<tr><td><a href=\"/ui/runs/{}\">{}</a></td><td>{}</td><td>{}</td></tr>",
+                r.run_id,
+                esc(&r.job),
+                r.trigger.as_str(),
+                html::time(r.started_at)
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+    body.push_str("</section>");
+
+    let selected: Vec<_> = jobs
+        .iter()
+        .filter(|j| j.spec.selector().matches(&ident))
+        .collect();
+    let _ = write!(
+        body,
+        "<section class=\"card\"><h2>Jobs that select this node ({})</h2>",
+        selected.len()
+    );
+    if selected.is_empty() {
+        body.push_str("<p class=\"muted\">No job selects this node.</p>");
+    } else {
+        body.push_str("<ul class=\"chips\">");
+        for j in selected.iter().take(200) {
+            let _ = write!(
+                body,
+                "<li><a href=\"/ui/jobs/{}\">{}</a> {}</li>",
+                html::url(&j.spec.name),
+                esc(&j.spec.name),
+                if j.spec.enabled { "" } else { "(disabled)" }
+            );
+        }
+        body.push_str("</ul>");
+    }
+    body.push_str("</section>");
+
+    body.push_str("<section class=\"card\"><h2>Installed packages</h2>");
+    if node.packages.is_empty() {
+        body.push_str("<p class=\"muted\">The agent reports no package.</p>");
+    } else {
+        body.push_str("<table><thead><tr><th>Package</th><th>Version</th><th>State</th><th>Error</th></tr></thead><tbody>");
+        for p in &node.packages {
+            let target = p
+                .target_version
+                .map(|t| format!(" → {t}"))
+                .unwrap_or_default();
+            let _ = write!(
+                body,
+                "<tr><td><a href=\"/ui/packages/{}\">{}</a></td><td>{}{target}</td><td>{}</td><td>{}</td></tr>",
+                html::url(&p.name),
+                esc(&p.name),
+                p.version,
+                package_state(p.state),
+                esc(p.error.as_deref().unwrap_or(""))
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+    body.push_str("</section>");
+
+    body.push_str("<section class=\"card\"><h2>Recent runs</h2>");
+    body.push_str(&super::runs::table(&runs, false));
+    let _ = write!(
+        body,
+        "<p><a href=\"/ui/runs?host={}\">All runs on this node →</a></p></section></div>",
+        node.node_id
+    );
+    html::respond(
+        StatusCode::OK,
+        html::page(&node.hostname, Section::Nodes, Some(&s), &body),
+    )
+}
+
+/// A package state as a badge that reads without colour.
+pub fn package_state(s: PackageState) -> String {
+    match s {
+        PackageState::Installed => {
+            "<span class=\"badge good\"><span aria-hidden=\"true\">✓</span> installed</span>".into()
+        }
+        PackageState::Downloading => {
+            "<span class=\"badge busy\"><span aria-hidden=\"true\">↓</span> downloading</span>"
+                .into()
+        }
+        PackageState::Failed => {
+            "<span class=\"badge bad\"><span aria-hidden=\"true\">✕</span> failed</span>".into()
+        }
+    }
+}
+
+/// Parsing of the status filter.
+trait ParseUi: Sized {
+    fn parse_ui(s: &str) -> Option<Self>;
+}
+
+impl ParseUi for NodeStatus {
+    fn parse_ui(s: &str) -> Option<NodeStatus> {
+        match s {
+            "Ready" => Some(NodeStatus::Ready),
+            "NotReady" => Some(NodeStatus::NotReady),
+            "Left" => Some(NodeStatus::Left),
+            _ => None,
+        }
+    }
+}
