@@ -6,6 +6,8 @@
 mod backup;
 mod cluster;
 mod config_docs;
+mod browser;
+mod console;
 mod fanout;
 mod fleet;
 mod logs;
