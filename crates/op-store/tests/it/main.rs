@@ -3,6 +3,7 @@
 
 mod apply;
 mod common;
+mod console_reads;
 mod fixtures;
 mod invocations;
 mod packages;
