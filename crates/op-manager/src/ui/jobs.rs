@@ -78,9 +78,20 @@ pub async fn list(
     Extension(s): Extension<SessionView>,
     Query(q): Query<ListQuery>,
 ) -> Response {
+    let needle = q.q.trim().to_lowercase();
+    let failing_only = q.failing == "1";
+    // The failing filter needs every job's results; otherwise only the shown page's are read.
     let read = ui
         .app
-        .read(|st| Ok((st.jobs()?, st.last_results(&[])?)))
+        .read(move |st| {
+            let jobs = st.jobs()?;
+            let last = if failing_only {
+                st.last_results(&[])?
+            } else {
+                Vec::new()
+            };
+            Ok((jobs, last))
+        })
         .await;
     let (jobs, last) = match read {
         Ok(r) => r,
@@ -90,8 +101,6 @@ pub async fn list(
     for (job, st, n) in last {
         results.entry(job).or_default().push((st, n));
     }
-    let needle = q.q.trim().to_lowercase();
-    let failing_only = q.failing == "1";
     let shown: Vec<&JobRecord> = jobs
         .iter()
         .filter(|j| needle.is_empty() || j.spec.name.to_lowercase().contains(&needle))
@@ -103,6 +112,17 @@ pub async fn list(
         })
         .collect();
     let (rows, page) = html::page_of(&shown, q.page.unwrap_or(1));
+    if !failing_only && !rows.is_empty() {
+        let names: Vec<String> = rows.iter().map(|j| j.spec.name.clone()).collect();
+        match ui.app.read(move |st| st.last_results(&names)).await {
+            Ok(last) => {
+                for (job, st, n) in last {
+                    results.entry(job).or_default().push((st, n));
+                }
+            }
+            Err(e) => return html::server_error(&s, e),
+        }
+    }
     let now = Utc::now();
     let mut body = String::with_capacity(2048 + rows.len() * 600);
     body.push_str("<div class=\"title-row\"><h1>Jobs</h1>");
@@ -207,7 +227,7 @@ pub fn group_failures(latest: &[RunRecord]) -> Vec<FailureGroup> {
             hosts,
         })
         .collect();
-    out.sort_by(|a, b| b.hosts.len().cmp(&a.hosts.len()));
+    out.sort_by_key(|g| std::cmp::Reverse(g.hosts.len()));
     out
 }
 
@@ -283,8 +303,6 @@ pub async fn show(
         Ok(None) => return html::not_found(&s, &format!("no job named {name:?}")),
         Err(e) => return html::server_error(&s, e),
     };
-    // Skipped fires are not results; the per-host table shows the latest real run.
-    latest.retain(|r| r.status != RunStatus::Skipped);
     latest.sort_by(|a, b| a.hostname.cmp(&b.hostname));
     let spec = &job.spec;
     let mut body = String::with_capacity(16384);

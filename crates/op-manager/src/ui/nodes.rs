@@ -46,16 +46,14 @@ fn matches(n: &NodeInfo, q: &str) -> bool {
             .any(|(k, v)| format!("{k}={v}").to_lowercase().contains(&q))
 }
 
-/// `0.42 / 4 cpu, 35% mem used`, or a dash.
+/// `0.42 / 4 cpu, 35% mem`, or a dash.
 fn load(n: &NodeInfo) -> String {
     match &n.load {
         Some(l) => {
-            let mem = if l.mem_total_kb > 0 {
-                let used = l.mem_total_kb.saturating_sub(l.mem_available_kb) * 100 / l.mem_total_kb;
-                format!(", {used}% mem")
-            } else {
-                String::new()
-            };
+            let mem = (l.mem_total_kb.saturating_sub(l.mem_available_kb) * 100)
+                .checked_div(l.mem_total_kb)
+                .map(|used| format!(", {used}% mem"))
+                .unwrap_or_default();
             format!("{:.2} / {} cpu{mem}", l.load1, l.cpus)
         }
         None => "–".into(),

@@ -198,3 +198,92 @@ pub async fn page(State(ui): State<Arc<Ui>>, Extension(s): Extension<SessionView
         html::page("Overview", Section::Overview, Some(&s), &body),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+    use op_proto::JobSpec;
+    use op_proto::api::JobRecord;
+    use op_proto::package::{InstalledPackage, PackageState, PackageVersion};
+
+    use super::*;
+
+    fn node(n: u8, status: NodeStatus, installed: Option<u64>) -> NodeInfo {
+        let t = DateTime::from_timestamp(1_730_000_000, 0).unwrap();
+        NodeInfo {
+            node_id: uuid::Uuid::from_u128(u128::from(n)),
+            hostname: format!("host-{n}"),
+            ips: vec![],
+            labels: Default::default(),
+            agent_version: "0.1.0".into(),
+            os: String::new(),
+            arch: String::new(),
+            status,
+            first_seen: t,
+            last_seen: t,
+            load: None,
+            running: vec![],
+            packages: installed
+                .map(|v| InstalledPackage {
+                    name: "tool".into(),
+                    version: v,
+                    sha256: String::new(),
+                    state: PackageState::Installed,
+                    target_version: None,
+                    error: None,
+                })
+                .into_iter()
+                .collect(),
+            stats: Default::default(),
+        }
+    }
+
+    fn job(name: &str, enabled: bool) -> JobRecord {
+        let t = DateTime::from_timestamp(1_730_000_000, 0).unwrap();
+        let mut spec = JobSpec::new(name, "true");
+        spec.enabled = enabled;
+        JobRecord {
+            spec,
+            revision: 1,
+            created_at: t,
+            updated_at: t,
+            updated_by: "admin".into(),
+        }
+    }
+
+    #[test]
+    fn counts_the_fleet() {
+        let nodes = [
+            node(1, NodeStatus::Ready, Some(2)),
+            node(2, NodeStatus::NotReady, Some(1)),
+            node(3, NodeStatus::Left, None),
+        ];
+        let jobs = [job("a", true), job("b", false)];
+        let last = [
+            ("a".to_string(), RunStatus::Failed, 1),
+            ("a".to_string(), RunStatus::Ok, 1),
+            ("b".to_string(), RunStatus::Ok, 2),
+            // A deleted job's runs do not make a failing job.
+            ("gone".to_string(), RunStatus::Failed, 1),
+        ];
+        let packages = [PackageVersion {
+            name: "tool".into(),
+            version: 2,
+            sha256: String::new(),
+            size: 1,
+            deploy_dir: String::new(),
+            uploaded_at: DateTime::from_timestamp(1_730_000_000, 0).unwrap(),
+            uploader: "admin".into(),
+            current: true,
+        }];
+        let c = count(&nodes, &jobs, &last, &packages);
+        assert_eq!((c.ready, c.not_ready, c.left), (1, 1, 1));
+        assert_eq!((c.jobs, c.disabled), (2, 1));
+        assert_eq!(c.failing.into_iter().collect::<Vec<_>>(), [("a".into(), 1)]);
+        // The NotReady node is behind; the Left one does not count.
+        assert_eq!(
+            c.behind.into_iter().collect::<Vec<_>>(),
+            [("tool".into(), 1)]
+        );
+    }
+}

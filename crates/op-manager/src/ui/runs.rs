@@ -4,15 +4,15 @@
 //!
 //! The manager stores a run when it has finished (with the tail of its output); while it runs,
 //! only the agent's heartbeat names it. So a running run's page is built from the node that
-//! reports it, and its output comes from the agent through `GET /v1/runs/ID/output` (called in
-//! process as the user, like every other API use of the console). Where that route cannot answer,
-//! the stored tail is shown.
+//! reports it, and its output comes from the agent's log file through `GET /v1/runs/ID/output`
+//! (called as the user, like every other API use of the console). Where that route cannot answer
+//! (the agent is away), the stored tail is shown.
 
 use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use op_proto::api::RunQuery;
@@ -107,7 +107,7 @@ fn running<'a>(
         .flat_map(|n| n.running.iter().map(move |r| (n, r)))
         .filter(|(_, r)| job.is_empty() || r.job == job)
         .collect();
-    out.sort_by(|a, b| b.1.started_at.cmp(&a.1.started_at));
+    out.sort_by_key(|r| std::cmp::Reverse(r.1.started_at));
     out
 }
 
@@ -442,10 +442,14 @@ pub async fn live(
     let Ok(run_id) = Uuid::parse_str(&id) else {
         return (StatusCode::NOT_FOUND, "not a run id").into_response();
     };
-    let resp = writes::get_here(
+    // Reading output asks the agent through a raft command, so a follower passes it to the
+    // leader like a write.
+    let resp = writes::call(
         &ui,
         &s,
+        Method::GET,
         &format!("/v1/runs/{run_id}/output?offset={}&wait=5", q.offset),
+        writes::CallBody::Empty,
     )
     .await;
     if resp.status().is_success() {
