@@ -181,7 +181,7 @@ async fn operator_console_end_to_end() {
     // A running run's output grows on its page.
     c.save_job_text(
         "ticker",
-        r#"{"JobName": "ticker", "Command": "for i in $(seq 1 80); do echo tick $i; sleep 0.1; done", "Timeout": 60}"#,
+        r#"{"JobName": "ticker", "Command": "for i in $(seq 1 120); do echo tick $i; sleep 0.1; done", "Timeout": 60}"#,
     )
     .await
     .unwrap();
@@ -229,7 +229,7 @@ async fn operator_console_end_to_end() {
     // When it ends, the page shows the stored record.
     b.wait_text("#run-status", "the run to finish", |t| t.contains("ok"))
         .await;
-    assert!(b.text("#output").await.contains("tick 80"));
+    assert!(b.text("#output").await.contains("tick 120"));
     b.screenshot("run").await;
     b.goto(&format!("{ui}/runs")).await;
     b.find(&format!("tr[data-run='{run_id}']")).await;
