@@ -99,6 +99,19 @@ enum Scenario {
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// Page load of the web console (overview, nodes, jobs, runs) on a large simulated fleet.
+    Console {
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 500)]
+        jobs: usize,
+        /// Finished runs stored per node (over 10 jobs each).
+        #[arg(long, default_value_t = 100)]
+        runs_per_node: usize,
+        /// Loads of each page to measure (after 5 warm-up ones).
+        #[arg(long, default_value_t = 30)]
+        count: usize,
+    },
     /// The same with simulated agents (protocol-only tasks in this process).
     FanoutSim {
         #[arg(long, default_value_t = 1000)]
@@ -153,6 +166,19 @@ fn main() -> ExitCode {
                 batch,
                 duration,
             } => scenarios::cluster::ingest(members, senders, batch, duration).await,
+            Scenario::Console {
+                nodes,
+                jobs,
+                runs_per_node,
+                count,
+            } => {
+                let manager = agent::locate_bin(
+                    cli.common.manager_bin.clone(),
+                    "op-manager",
+                    "--manager-bin",
+                )?;
+                scenarios::console::run(&manager, nodes, jobs, runs_per_node, count).await
+            }
             Scenario::FanoutSim { agents, count } => {
                 let manager = agent::locate_bin(
                     cli.common.manager_bin.clone(),
