@@ -158,7 +158,12 @@ async fn seed_node(
         os: "linux".into(),
         arch: "x86_64".into(),
     };
-    retry(|| agent.register(&register)).await?;
+    // The shared token only enrolls; the node speaks with its own credential from then on.
+    let token = retry(|| agent.register(&register))
+        .await?
+        .node_token
+        .context("the manager issued no node credential")?;
+    let agent = agent.with_token(&token);
     let beat = Heartbeat {
         node_id,
         agent_version: "bench".into(),

@@ -77,6 +77,7 @@ const BAD_CRON: &str = r#"{"JobName": "hello", "Command": "echo hi", "CronExpr":
 async fn operator_console_end_to_end() {
     let m = Manager::start_with(ManagerOptions {
         args: vec!["--node-timeout".into(), "3s".into()],
+        ..ManagerOptions::default()
     });
     let mut agents = fleet(&m, 2, &[]).await;
     let c = m.client();
