@@ -2,7 +2,8 @@
 //!
 //! Design:
 //! - **Login** takes an API token (`ID.SECRET`) in a form. The token is checked by the same
-//!   [`Authenticator`](crate::auth::Authenticator) as the API; agent tokens are refused.
+//!   [`Authenticator`](crate::auth::Authenticator) as the API, and a wrong one counts toward
+//!   the same per-address limit on failed authentications; agent tokens are refused.
 //! - **The session** lives in this manager's memory: the browser holds only a random 256-bit id
 //!   in the `op_session` cookie (`HttpOnly; SameSite=Strict; Path=/ui`); the map is keyed by the
 //!   SHA-256 of that id. The server side keeps the token, because every change the console makes
@@ -287,6 +288,24 @@ pub struct LoginForm {
 
 pub async fn login(State(ui): State<Arc<Ui>>, req: Request) -> Response {
     let nonce = cookie(req.headers(), LOGIN_COOKIE).unwrap_or_default();
+    // The console's login counts toward the same token-guessing limit as the API.
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(ip) = ip
+        && let Err(secs) = ui.app.auth.failures.check(ip)
+    {
+        let mut resp = html::error_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            None,
+            &format!("too many failed sign-ins from this address; try again in {secs} s"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
+    }
     let Ok(axum::Form(form)) = axum::Form::<LoginForm>::from_request(req, &()).await else {
         return html::error_page(
             StatusCode::BAD_REQUEST,
@@ -305,7 +324,12 @@ pub async fn login(State(ui): State<Arc<Ui>>, req: Request) -> Response {
     let token = form.token.trim().to_string();
     let caller = match ui.app.auth.verify(&token, Utc::now()).await {
         Ok(Some(c)) => c,
-        Ok(None) => return login_page(&ui, &next, Some("unknown, revoked or expired token")),
+        Ok(None) => {
+            if let Some(ip) = ip {
+                ui.app.auth.failures.failed(ip);
+            }
+            return login_page(&ui, &next, Some("unknown, revoked or expired token"));
+        }
         Err(e) => {
             return html::error_page(
                 StatusCode::INTERNAL_SERVER_ERROR,
