@@ -4,9 +4,9 @@
 #![allow(clippy::disallowed_methods)]
 
 mod backup;
+mod browser;
 mod cluster;
 mod config_docs;
-mod browser;
 mod console;
 mod fanout;
 mod fleet;
