@@ -3,7 +3,11 @@
 //! everything it started. Timing figures live here, never in tests (DESIGN.md section 10).
 
 mod agent;
+mod binaries;
+mod fleet;
+mod limits;
 mod manager;
+mod procfs;
 mod report;
 mod scenarios;
 
@@ -30,6 +34,10 @@ struct Common {
     /// The op-manager binary [default: `op-manager` next to this executable].
     #[arg(long, global = true)]
     manager_bin: Option<PathBuf>,
+    /// An extra flag for every manager a scenario starts (repeat for more), e.g.
+    /// `--manager-arg=--sync-wait=5s`.
+    #[arg(long, global = true, allow_hyphen_values = true)]
+    manager_arg: Vec<String>,
     /// Print the figures as a JSON array.
     #[arg(long, global = true)]
     json: bool,
@@ -56,6 +64,36 @@ enum Scenario {
         /// Calls to measure (after 20 warm-up calls).
         #[arg(long, default_value_t = 500)]
         count: usize,
+    },
+    /// Job save → seen by every simulated agent, and the manager's RSS and CPU holding them.
+    Propagation {
+        /// Simulated agents.
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Saves to time (each a new revision of one job).
+        #[arg(long, default_value_t = 5)]
+        saves: usize,
+    },
+    /// Run records per second accepted through raft, and the acknowledgement latency.
+    Ingest {
+        /// Simulated agents reporting runs.
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        /// Runs finishing per second across the fleet [default: as many as the manager accepts].
+        #[arg(long)]
+        rate: Option<f64>,
+        /// How long the agents report.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// The manager's CPU and RSS holding simulated agents that only heartbeat.
+    Idle {
+        /// Simulated agents.
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// How long to watch the manager once every agent is parked.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
     },
     /// A real manager and N real agents: upload one package and time until every agent has it,
     /// with the manager's CPU seconds (op-manager and op-agent beside this executable).
@@ -85,6 +123,74 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         count: usize,
     },
+    /// Job save → first run on every real agent (real op-agent processes on this machine).
+    PropagationReal {
+        /// Real agents to start.
+        #[arg(long, default_value_t = 3)]
+        agents: usize,
+        /// Saves to time (each a new revision of a once-job).
+        #[arg(long, default_value_t = 10)]
+        saves: usize,
+    },
+}
+
+/// Runs the chosen scenario with the binaries it needs.
+async fn run(cli: Cli) -> anyhow::Result<Vec<report::Figure>> {
+    let common = cli.common;
+    let agent_bin = || binaries::locate("op-agent", common.agent_bin.clone());
+    let manager_bin = || binaries::locate("op-manager", common.manager_bin.clone());
+    let margs = &common.manager_arg;
+    match cli.scenario {
+        Scenario::AgentFootprint { duration, jobs } => {
+            scenarios::footprint::run(&agent_bin()?, duration, jobs).await
+        }
+        Scenario::CronPrecision { duration } => {
+            scenarios::cron_precision::run(&agent_bin()?, duration).await
+        }
+        Scenario::Invoke { count } => scenarios::invoke::run(&agent_bin()?, count).await,
+        Scenario::Propagation { agents, saves } => {
+            scenarios::propagation::run(&manager_bin()?, margs, agents, saves).await
+        }
+        Scenario::Ingest {
+            agents,
+            rate,
+            duration,
+        } => scenarios::ingest::run(&manager_bin()?, margs, agents, rate, duration).await,
+        Scenario::Idle { agents, duration } => {
+            scenarios::idle::run(&manager_bin()?, margs, agents, duration).await
+        }
+        Scenario::PackageFanout {
+            agents,
+            size_mib,
+            cap,
+        } => scenarios::package_fanout::run(&agent_bin()?, agents, size_mib, cap).await,
+        Scenario::FanoutReal { agents, count } => {
+            scenarios::fanout::real(&agent_bin()?, &manager_bin()?, margs, agents, count).await
+        }
+        Scenario::FanoutSim { agents, count } => {
+            scenarios::fanout::sim(&manager_bin()?, margs, agents, count).await
+        }
+        Scenario::PropagationReal { agents, saves } => {
+            scenarios::propagation_real::run(&manager_bin()?, margs, &agent_bin()?, agents, saves)
+                .await
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM, so a scenario is dropped (and its processes killed) instead of
+/// the process dying with children left behind.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
 }
 
 fn main() -> ExitCode {
@@ -100,41 +206,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let json = cli.common.json;
     let result = runtime.block_on(async {
-        let bin = agent::locate(cli.common.agent_bin.clone())?;
-        match cli.scenario {
-            Scenario::AgentFootprint { duration, jobs } => {
-                scenarios::footprint::run(&bin, duration, jobs).await
-            }
-            Scenario::CronPrecision { duration } => {
-                scenarios::cron_precision::run(&bin, duration).await
-            }
-            Scenario::Invoke { count } => scenarios::invoke::run(&bin, count).await,
-            Scenario::PackageFanout {
-                agents,
-                size_mib,
-                cap,
-            } => scenarios::package_fanout::run(&bin, agents, size_mib, cap).await,
-            Scenario::FanoutReal { agents, count } => {
-                let manager = agent::locate_bin(
-                    cli.common.manager_bin.clone(),
-                    "op-manager",
-                    "--manager-bin",
-                )?;
-                scenarios::fanout::real(&bin, &manager, agents, count).await
-            }
-            Scenario::FanoutSim { agents, count } => {
-                let manager = agent::locate_bin(
-                    cli.common.manager_bin.clone(),
-                    "op-manager",
-                    "--manager-bin",
-                )?;
-                scenarios::fanout::sim(&manager, agents, count).await
-            }
+        tokio::select! {
+            r = run(cli) => r,
+            sig = interrupted() => Err(anyhow::anyhow!("interrupted by {sig}; stopped what was started")),
         }
     });
     match result {
-        Ok(figures) => match report::print(&figures, cli.common.json) {
+        Ok(figures) => match report::print(&figures, json) {
             // A closed pipe (`op-bench ... | head`) is not an error.
             Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
                 eprintln!("op-bench: {e}");

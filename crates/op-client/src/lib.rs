@@ -220,6 +220,12 @@ impl Client {
             url: base_url.to_string(),
             source: e,
         })?;
+        Client::with_http(http, base_url, token)
+    }
+
+    /// A client that sends through `http`, so many clients can share one connection pool (the
+    /// benchmark's fleet simulator holds thousands of agents on a few pools).
+    pub fn with_http(http: reqwest::Client, base_url: &str, token: Option<&str>) -> Result<Client> {
         Ok(Client {
             http,
             base: normalize_base_url(base_url)?,

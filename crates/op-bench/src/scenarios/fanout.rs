@@ -32,25 +32,25 @@ const WARMUP: usize = 3;
 pub async fn real(
     agent_bin: &Path,
     manager_bin: &Path,
+    manager_args: &[String],
     agents: usize,
     count: usize,
 ) -> anyhow::Result<Vec<Figure>> {
-    let m = ManagerProcess::start(manager_bin)?;
+    let m = ManagerProcess::start(manager_bin, manager_args).await?;
     let fleet: Vec<AgentProcess> = (0..agents)
         .map(|i| {
             AgentProcess::start_managed(
                 agent_bin,
+                &m.api_url,
+                &m.agent_token,
                 &format!("bench-{i:03}"),
                 &format!("127.0.{}.{}", 1 + i / 250, 1 + i % 250),
-                &m.url,
-                &m.agent_token,
             )
         })
         .collect::<anyhow::Result<_>>()?;
-    let client = Client::new(&m.url, Some(&m.admin_token))?;
-    let samples = measure(&client, agents, count)
+    let samples = measure(&m.admin, agents, count)
         .await
-        .map_err(|e| anyhow::anyhow!("{e:#}\nmanager log:\n{}", m.log()))?;
+        .map_err(|e| anyhow::anyhow!("{e:#}\nmanager log:\n{}", m.log_tail()))?;
     drop(fleet);
     let cond = format!(
         "`exec --all -- true` on {agents} real agents, {count} sequential invocations after {WARMUP} warm-up, one manager, loopback, release build"
@@ -58,10 +58,15 @@ pub async fn real(
     Ok(samples.figures("fanout_real", &cond))
 }
 
-pub async fn sim(manager_bin: &Path, agents: usize, count: usize) -> anyhow::Result<Vec<Figure>> {
-    raise_nofile();
-    let m = ManagerProcess::start(manager_bin)?;
-    let agent_client = Client::new(&m.url, Some(&m.agent_token))?;
+pub async fn sim(
+    manager_bin: &Path,
+    manager_args: &[String],
+    agents: usize,
+    count: usize,
+) -> anyhow::Result<Vec<Figure>> {
+    crate::limits::check_fleet(agents)?;
+    let m = ManagerProcess::start(manager_bin, manager_args).await?;
+    let agent_client = Client::new(&m.api_url, Some(&m.agent_token))?;
     let mut tasks = Vec::with_capacity(agents);
     for i in 0..agents {
         let sim = SimAgent {
@@ -73,10 +78,9 @@ pub async fn sim(manager_bin: &Path, agents: usize, count: usize) -> anyhow::Res
         let own = sim.register(&agent_client).await?;
         tasks.push(tokio::spawn(sim.run(own)));
     }
-    let client = Client::new(&m.url, Some(&m.admin_token))?;
-    let samples = measure(&client, agents, count)
+    let samples = measure(&m.admin, agents, count)
         .await
-        .map_err(|e| anyhow::anyhow!("{e:#}\nmanager log:\n{}", m.log()));
+        .map_err(|e| anyhow::anyhow!("{e:#}\nmanager log:\n{}", m.log_tail()));
     for t in tasks {
         t.abort();
     }
@@ -269,15 +273,5 @@ impl SimAgent {
                 }
             }
         }
-    }
-}
-
-/// 1,000 simulated agents need more than the usual 1,024 file descriptors.
-fn raise_nofile() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-    {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }

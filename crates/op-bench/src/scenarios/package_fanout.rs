@@ -118,7 +118,7 @@ pub async fn run(
     drop(fleet);
     drop(m);
 
-    let profile = crate::agent::profile(agent_bin);
+    let profile = crate::binaries::profile(agent_bin);
     let cond = format!(
         "{size_mib} MiB package, {agents} agents and the manager on one machine, loopback, download cap {cap}, {profile} build"
     );
