@@ -177,19 +177,21 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<report::Figure>> {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM, so a scenario is dropped (and its processes killed) instead of
-/// the process dying with children left behind.
-async fn interrupted() -> &'static str {
+/// Installs SIGINT and SIGTERM handlers now, and resolves when either arrives, so a scenario is
+/// dropped (and the processes it started are killed) instead of op-bench dying with children left
+/// behind. Installing before the scenario starts leaves no window in which a signal kills us.
+fn interrupted() -> impl std::future::Future<Output = &'static str> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        let (Ok(mut int), Ok(mut term)) = (int, term) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
     }
 }
 
@@ -208,9 +210,10 @@ fn main() -> ExitCode {
     };
     let json = cli.common.json;
     let result = runtime.block_on(async {
+        let stop = interrupted();
         tokio::select! {
             r = run(cli) => r,
-            sig = interrupted() => Err(anyhow::anyhow!("interrupted by {sig}; stopped what was started")),
+            sig = stop => Err(anyhow::anyhow!("interrupted by {sig}; stopped what was started")),
         }
     });
     match result {
