@@ -3,9 +3,10 @@
 //!
 //! The state machine calls [`Hub::applied`] after every applied batch. Two kinds of change wake
 //! parked sync calls, and each wakes only those it concerns:
-//! - a change of the jobs (or a snapshot) can alter every node's desired state: it bumps the
-//!   `seq` watch channel that every parked call listens to, and the next reader rebuilds the
-//!   whole view once (not once per agent);
+//! - a change of the jobs or packages (or a snapshot) can alter every node's desired state: it bumps the
+//!   `seq` watch channel that every parked call listens to, and the next reader reads the jobs
+//!   and pending once-job targets again, once (not once per agent). The node records are not
+//!   read again for a job change; only a snapshot rebuilds the whole view;
 //! - a change that concerns some nodes only (a registration, a status change, a once-job target
 //!   moving) wakes just those nodes' parked calls through their [`Notify`], and the next reader
 //!   re-reads just those nodes and updates them in place.
@@ -107,6 +108,28 @@ impl DesiredCache {
         cache
     }
 
+    /// Replaces the jobs, the packages and every node's pending targets; the node records stay.
+    fn set_jobs(&mut self, view: op_store::JobsView) {
+        self.desired_index = view.desired_index;
+        self.packages = view.packages;
+        self.jobs = view
+            .jobs
+            .into_iter()
+            .map(|j| {
+                let selector = j.spec.selector();
+                (j, selector)
+            })
+            .collect();
+        for node in self.nodes.values_mut() {
+            node.pending.clear();
+        }
+        for (node, job, revision) in view.pending {
+            if let Some(n) = self.nodes.get_mut(&node) {
+                n.pending.insert((job, revision));
+            }
+        }
+    }
+
     /// Replaces the records of `ids` with those read from the store (a node missing from `part`
     /// is gone).
     fn refresh(&mut self, built_gen: u64, ids: &BTreeSet<Uuid>, part: op_store::NodesView) {
@@ -191,7 +214,10 @@ impl DesiredCache {
 /// What changed since the view was last built.
 #[derive(Debug, Default)]
 struct Dirty {
-    full: bool,
+    /// Read everything again (at start, after a snapshot, after a failed refresh).
+    all: bool,
+    /// The jobs changed: read the jobs and the pending targets again, not the nodes.
+    jobs: bool,
     nodes: BTreeSet<Uuid>,
 }
 
@@ -224,8 +250,8 @@ impl Hub {
     pub fn new(prune_threshold: u64) -> Hub {
         Hub {
             dirty: std::sync::Mutex::new(Dirty {
-                full: true,
-                nodes: BTreeSet::new(),
+                all: true,
+                ..Dirty::default()
             }),
             // The empty view was built at generation 0; the first reader builds the real one.
             dirty_gen: AtomicU64::new(1),
@@ -248,7 +274,7 @@ impl Hub {
             // Record what is dirty BEFORE moving the generation or waking anyone: a reader that
             // is woken, or sees the new generation, must also find the cause.
             if let Ok(mut d) = self.dirty.lock() {
-                d.full |= changes.desired_all;
+                d.jobs |= changes.desired_all;
                 d.nodes.extend(changes.desired_nodes.iter().copied());
                 d.nodes.extend(changes.nodes.iter().copied());
             }
@@ -293,7 +319,7 @@ impl Hub {
     /// Called after a snapshot replaced the whole state.
     pub fn reset(&self) {
         if let Ok(mut d) = self.dirty.lock() {
-            d.full = true;
+            d.all = true;
         }
         self.dirty_gen.fetch_add(1, Ordering::SeqCst);
         self.seq.send_modify(|s| *s += 1);
@@ -361,6 +387,13 @@ impl Hub {
         Ok(self.read(|c| c.answer(node)))
     }
 
+    /// Forgets the wakers no parked call holds (nodes that left, agents gone).
+    fn forget_idle_wakers(&self) {
+        if let Ok(mut w) = self.wakers.lock() {
+            w.retain(|_, n| Arc::strong_count(n) > 1);
+        }
+    }
+
     fn read<T>(&self, f: impl FnOnce(&DesiredCache) -> Option<T>) -> Option<T> {
         // A poisoned lock means a refresh panicked half-way; the content is still a valid view.
         let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
@@ -374,8 +407,8 @@ impl Hub {
             .built_gen
     }
 
-    /// Brings the view up to date with every change applied so far: a full rebuild after a job
-    /// change, else a re-read of the nodes that changed.
+    /// Brings the view up to date with every change applied so far: everything after a
+    /// snapshot, the jobs and pending targets after a job change, and the nodes that changed.
     async fn fresh(&self, store: &Arc<Store>) -> Result<(), StoreError> {
         if self.built_gen() >= self.dirty_gen.load(Ordering::SeqCst) {
             return Ok(());
@@ -390,26 +423,37 @@ impl Hub {
         let dirty = match self.dirty.lock() {
             Ok(mut d) => std::mem::take(&mut *d),
             Err(_) => Dirty {
-                full: true,
-                nodes: BTreeSet::new(),
+                all: true,
+                ..Dirty::default()
             },
         };
         let store = store.clone();
-        let result = if dirty.full {
+        let ids: Vec<Uuid> = dirty.nodes.iter().copied().collect();
+        let result = if dirty.all {
             tokio::task::spawn_blocking(move || store.desired_view())
                 .await
                 .map_err(|_| StoreError::Poisoned)
                 .and_then(|r| r)
                 .map(|view| {
-                    let built = DesiredCache::build(generation, view);
-                    *self.cache.write().unwrap_or_else(|p| p.into_inner()) = built;
-                    // Forget the wakers no parked call holds (nodes that left, agents gone).
-                    if let Ok(mut w) = self.wakers.lock() {
-                        w.retain(|_, n| Arc::strong_count(n) > 1);
-                    }
+                    *self.cache.write().unwrap_or_else(|p| p.into_inner()) =
+                        DesiredCache::build(generation, view);
+                    self.forget_idle_wakers();
                 })
+        } else if dirty.jobs {
+            tokio::task::spawn_blocking(move || {
+                Ok::<_, StoreError>((store.desired_jobs()?, store.desired_nodes(&ids)?))
+            })
+            .await
+            .map_err(|_| StoreError::Poisoned)
+            .and_then(|r| r)
+            .map(|(jobs, part)| {
+                let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+                cache.set_jobs(jobs);
+                cache.refresh(generation, &dirty.nodes, part);
+                drop(cache);
+                self.forget_idle_wakers();
+            })
         } else {
-            let ids: Vec<Uuid> = dirty.nodes.iter().copied().collect();
             tokio::task::spawn_blocking(move || store.desired_nodes(&ids))
                 .await
                 .map_err(|_| StoreError::Poisoned)
@@ -424,7 +468,7 @@ impl Hub {
         if result.is_err() {
             // What we took is lost: the next caller rebuilds everything.
             if let Ok(mut d) = self.dirty.lock() {
-                d.full = true;
+                d.all = true;
             }
         }
         result

@@ -4,7 +4,8 @@
 //! Each [`SimAgent`] has its own node id, hostname (`sim-00042`) and IP string (`10.0.0.43`). It
 //! registers, then keeps one long-poll sync open, as `op-agent`'s link does: the heartbeat rides in
 //! every sync body, the answer's index is passed back, and a changed job set is "applied" (reported
-//! to the scenario as an [`Applied`] event with the instant it arrived). Run reports are in
+//! to the scenario as an [`Applied`] event with the instant it arrived). Of each answer a simulated
+//! agent reads the index and the jobs' names and revisions only. Run reports are in
 //! [`runs`]. What a real agent does with its jobs (scheduling, processes, the outbox on disk) is
 //! deliberately absent: the simulator measures the manager, not the agent.
 //!
@@ -284,6 +285,29 @@ impl Fleet {
     }
 }
 
+/// What a simulated agent reads of a sync answer ([`op_proto::agent::DesiredState`]): the index
+/// to pass back and which revision of which job it holds. A real agent also validates every job
+/// and schedules it, on its own machine; here that would only take CPU from the manager measured
+/// beside it.
+#[derive(Debug, serde::Deserialize)]
+struct SyncAnswer {
+    index: u64,
+    jobs: Vec<AnswerJob>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct AnswerJob {
+    revision: u64,
+    spec: AnswerSpec,
+}
+
+/// The job's task-file form, of which only the name is read.
+#[derive(Debug, serde::Deserialize)]
+struct AnswerSpec {
+    #[serde(rename = "JobName")]
+    name: String,
+}
+
 /// One agent's register-and-sync loop, as in `op-agent`'s link (one manager, no rotation).
 struct SyncLoop {
     agent: usize,
@@ -302,7 +326,7 @@ impl SyncLoop {
         let mut failures: u32 = 0;
         loop {
             let answer = tokio::select! {
-                r = self.client.sync(index, self.wait_secs, &beat) => r,
+                r = self.client.sync_as::<SyncAnswer>(index, self.wait_secs, &beat) => r,
                 _ = shutdown.cancelled() => return,
             };
             match answer {
@@ -311,8 +335,8 @@ impl SyncLoop {
                     failures = 0;
                     let seen: Vec<(String, u64)> = state
                         .jobs
-                        .iter()
-                        .map(|j| (j.spec.name.clone(), j.revision))
+                        .into_iter()
+                        .map(|j| (j.spec.name, j.revision))
                         .collect();
                     if jobs.as_ref() != Some(&seen) {
                         if jobs.is_none() {
