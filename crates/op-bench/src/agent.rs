@@ -19,7 +19,7 @@ pub const PASS: &str = "bench-password";
 pub struct AgentProcess {
     child: Option<Child>,
     /// Kept for its lifetime: the agent's state and jobs live here until the guard drops.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     pub base: String,
     pub http: reqwest::Client,
 }
@@ -102,11 +102,16 @@ impl AgentProcess {
         Ok(AgentProcess {
             base: format!("http://{addr}"),
             child: Some(child),
-            _dir: dir,
+            dir,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()?,
         })
+    }
+
+    /// Where the agent deploys packages (`--deploy-dir`).
+    pub fn deploy_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("deploy")
     }
 
     pub fn pid(&self) -> i32 {

@@ -96,19 +96,22 @@ enum Scenario {
         duration: Duration,
     },
     /// A real manager and N real agents: upload one package and time until every agent has it,
-    /// with the manager's CPU seconds (op-manager and op-agent beside this executable).
-    PackageFanout {
+    /// with the manager's CPU seconds.
+    #[command(alias = "package-fanout")]
+    Package {
         /// Agents to start.
         #[arg(long, default_value_t = 20)]
         agents: usize,
-        /// Package size in MiB (random, incompressible content).
-        #[arg(long, default_value_t = 100)]
+        /// Package size (random, incompressible content): `100M`, `100MiB`, `1G`; a bare number
+        /// is MiB.
+        #[arg(long = "size", alias = "size-mib", default_value = "100M", value_parser = parse_mib)]
         size_mib: usize,
         /// The manager's download_concurrency.
         #[arg(long, default_value_t = 100)]
         cap: usize,
     },
-    /// `exec --all -- true` through a real manager to real agents, until every result is back.
+    /// `exec --all -- true` through a real manager to real `op-agent` processes, until every
+    /// result is back.
     FanoutReal {
         #[arg(long, default_value_t = 20)]
         agents: usize,
@@ -116,10 +119,14 @@ enum Scenario {
         #[arg(long, default_value_t = 30)]
         count: usize,
     },
-    /// The same with simulated agents (protocol-only tasks in this process).
-    FanoutSim {
+    /// `exec --all -- true` to simulated agents (the fleet simulator, answering at once), until
+    /// every result is back, with the manager's CPU per invocation.
+    #[command(alias = "fanout-sim")]
+    Fanout {
+        /// Simulated agents.
         #[arg(long, default_value_t = 1000)]
         agents: usize,
+        /// Invocations to measure (after 3 warm-up ones).
         #[arg(long, default_value_t = 10)]
         count: usize,
     },
@@ -132,6 +139,24 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         saves: usize,
     },
+}
+
+/// A size in MiB: `100`, `100M`, `100MiB`, `1G`, `1GiB`.
+fn parse_mib(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: usize = n
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a size such as 100M or 1G"))?;
+    let factor = match unit.trim() {
+        "" | "M" | "MiB" | "MB" | "m" => 1,
+        "G" | "GiB" | "GB" | "g" => 1024,
+        other => return Err(format!("{text:?}: unknown unit {other:?}; use M or G")),
+    };
+    n.checked_mul(factor)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("{text:?}: out of range"))
 }
 
 /// Runs the chosen scenario with the binaries it needs.
@@ -159,15 +184,25 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<report::Figure>> {
         Scenario::Idle { agents, duration } => {
             scenarios::idle::run(&manager_bin()?, margs, agents, duration).await
         }
-        Scenario::PackageFanout {
+        Scenario::Package {
             agents,
             size_mib,
             cap,
-        } => scenarios::package_fanout::run(&agent_bin()?, agents, size_mib, cap).await,
+        } => {
+            scenarios::package_fanout::run(
+                &agent_bin()?,
+                &manager_bin()?,
+                margs,
+                agents,
+                size_mib,
+                cap,
+            )
+            .await
+        }
         Scenario::FanoutReal { agents, count } => {
             scenarios::fanout::real(&agent_bin()?, &manager_bin()?, margs, agents, count).await
         }
-        Scenario::FanoutSim { agents, count } => {
+        Scenario::Fanout { agents, count } => {
             scenarios::fanout::sim(&manager_bin()?, margs, agents, count).await
         }
         Scenario::PropagationReal { agents, saves } => {

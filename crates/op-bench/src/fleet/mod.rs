@@ -5,8 +5,9 @@
 //! registers, then keeps one long-poll sync open, as `op-agent`'s link does: the heartbeat rides in
 //! every sync body, the answer's index is passed back, and a changed job set is "applied" (reported
 //! to the scenario as an [`Applied`] event with the instant it arrived). Of each answer a simulated
-//! agent reads the index and the jobs' names and revisions only. Run reports are in
-//! [`runs`]. What a real agent does with its jobs (scheduling, processes, the outbox on disk) is
+//! agent reads the index, the jobs' names and revisions, and its directives: each ad-hoc run is
+//! answered at once with a finished `ok` record (as if `true` ran), so fan-out can be measured
+//! against simulated agents. Run reports are in [`runs`]. What a real agent does with its jobs (scheduling, processes, the outbox on disk) is
 //! deliberately absent: the simulator measures the manager, not the agent.
 //!
 //! Cost: one task per agent on the benchmark's one runtime. A parked sync needs its own HTTP/1.1
@@ -18,6 +19,7 @@
 
 pub mod runs;
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use op_client::Client;
 use op_proto::API_VERSION;
-use op_proto::agent::{AgentSettings, Heartbeat, RegisterRequest};
+use op_proto::agent::{AgentSettings, Directive, Heartbeat, RegisterRequest, RunBatch};
 use op_proto::node::LoadInfo;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -293,6 +295,9 @@ impl Fleet {
 struct SyncAnswer {
     index: u64,
     jobs: Vec<AnswerJob>,
+    /// Ad-hoc runs and kills; a simulated agent answers each run at once (see [`runs::answer`]).
+    #[serde(default)]
+    directives: Vec<Directive>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -319,11 +324,65 @@ struct SyncLoop {
 }
 
 impl SyncLoop {
+    /// Answers each new run directive with a finished `ok` record, as a real agent running `true`
+    /// would, and waits until the manager has it (like a real agent's outbox). Returns false when
+    /// the fleet stops meanwhile.
+    async fn answer(
+        &self,
+        directives: &[Directive],
+        answered: &mut HashSet<Uuid>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let runs: Vec<&op_proto::agent::RunDirective> = directives
+            .iter()
+            .filter_map(|d| match d {
+                Directive::Run(r) => Some(r.as_ref()),
+                Directive::Kill { .. } => None,
+            })
+            .collect();
+        // Forget runs whose directive has ended; the set holds only what the manager still sends.
+        answered.retain(|id| runs.iter().any(|r| r.run_id == *id));
+        let new: Vec<_> = runs
+            .into_iter()
+            .filter(|r| !answered.contains(&r.run_id))
+            .collect();
+        if new.is_empty() {
+            return true;
+        }
+        let batch = RunBatch {
+            node_id: self.sim.node_id,
+            runs: new.iter().map(|r| runs::answer(&self.sim, r)).collect(),
+        };
+        let mut failures: u32 = 0;
+        loop {
+            let posted = tokio::select! {
+                r = self.client.post_runs(&batch) => r,
+                _ = shutdown.cancelled() => return false,
+            };
+            match posted {
+                Ok(_) => break,
+                Err(e) => {
+                    self.counters.failed(e);
+                    failures = failures.saturating_add(1);
+                    let pause = Duration::from_millis(50 << failures.min(6));
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.cancelled() => return false,
+                    }
+                }
+            }
+        }
+        answered.extend(new.iter().map(|r| r.run_id));
+        true
+    }
+
     async fn run(self, shutdown: CancellationToken) {
         let beat = self.sim.heartbeat();
         let mut index = 0;
         let mut jobs: Option<Vec<(String, u64)>> = None;
         let mut failures: u32 = 0;
+        // Runs already answered, of the directives still in the desired state.
+        let mut answered: HashSet<Uuid> = HashSet::new();
         loop {
             let answer = tokio::select! {
                 r = self.client.sync_as::<SyncAnswer>(index, self.wait_secs, &beat) => r,
@@ -351,6 +410,12 @@ impl SyncLoop {
                     }
                     index = state.index;
                     self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+                    if !self
+                        .answer(&state.directives, &mut answered, &shutdown)
+                        .await
+                    {
+                        return;
+                    }
                 }
                 Err(e) => {
                     self.counters.failed(&e);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use op_client::Client;
-use op_proto::agent::RunBatch;
+use op_proto::agent::{RunBatch, RunDirective};
 use op_proto::{RunRecord, RunStatus, Trigger};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -69,6 +69,37 @@ pub fn record(agent: &SimAgent, seq: u64) -> RunRecord {
         output: format!("run {seq} of {}: ok\n{}\n", agent.hostname, "-".repeat(160)),
         output_truncated: false,
         output_bytes: 200,
+        rusage: None,
+        notes: Vec::new(),
+    }
+}
+
+/// The record of an ad-hoc run answered at once: it "ran" `true` and exited 0 the moment the
+/// directive arrived.
+pub fn answer(agent: &SimAgent, d: &RunDirective) -> RunRecord {
+    let now = Utc::now();
+    RunRecord {
+        run_id: d.run_id,
+        job: d.spec.name.clone(),
+        job_revision: d.revision,
+        node_id: agent.node_id,
+        hostname: agent.hostname.clone(),
+        ips: vec![agent.ip],
+        trigger: d.trigger,
+        attempt: 0,
+        invocation_id: Some(d.invocation_id),
+        params: d.params.clone(),
+        command: d.spec.command.clone(),
+        planned_at: Some(now),
+        started_at: Some(now),
+        ended_at: Some(now),
+        status: RunStatus::Ok,
+        exit_code: Some(0),
+        signal: None,
+        error: None,
+        output: String::new(),
+        output_truncated: false,
+        output_bytes: 0,
         rusage: None,
         notes: Vec::new(),
     }

@@ -59,6 +59,32 @@ fn ingest_saturating_and_paced() {
 }
 
 #[test]
+fn fanout_to_simulated_agents() {
+    let out = op_bench(&["--json", "fanout", "--agents", "20", "--count", "2"])
+        .output()
+        .unwrap();
+    let f = figures(&out);
+    assert_has(
+        &f,
+        &[
+            "fanout_all_results_p50",
+            "fanout_all_results_p99",
+            "fanout_first_result_p50",
+            "fanout_manager_cpu_per_invocation",
+        ],
+    );
+    // The old name still works.
+    let out = op_bench(&["fanout-sim", "--agents", "2", "--count", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn idle_fleet() {
     let f = figures(
         &op_bench(&["--json", "idle", "--agents", "50", "--duration", "2s"])

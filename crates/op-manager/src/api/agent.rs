@@ -147,11 +147,7 @@ fn wait_of(app: &App, raw: Option<&str>) -> Result<Duration, ApiError> {
         .min(app.config.node_timeout / 2))
 }
 
-fn desired(
-    app: &App,
-    answer: NodeDesired,
-    received_at: chrono::DateTime<Utc>,
-) -> DesiredState {
+fn desired(app: &App, answer: NodeDesired, received_at: chrono::DateTime<Utc>) -> DesiredState {
     DesiredState {
         index: answer.state.index,
         jobs: answer.jobs,
