@@ -29,6 +29,7 @@ pub mod heartbeat;
 pub mod hub;
 pub mod ingest;
 pub mod liveness;
+pub mod memory;
 pub mod metrics;
 pub mod raft;
 pub mod retention;
@@ -281,6 +282,7 @@ pub async fn start(
         tokio::spawn(blobs::gc_loop(app.clone())),
         tokio::spawn(fanout::driver::run(app.clone())),
         tokio::spawn(ingest::run(app.clone(), ingest_queue)),
+        tokio::spawn(memory::trim_loop(app.shutdown.clone())),
     ]);
     for (name, url) in [("manager.addr", &api_url), ("raft.addr", &raft_url)] {
         let path = dir.join(name);
