@@ -2,7 +2,8 @@
 //! real HTTP to a real manager (DESIGN.md section 5.1).
 //!
 //! Each [`SimAgent`] has its own node id, hostname (`sim-00042`) and IP string (`10.0.0.43`). It
-//! registers, then keeps one long-poll sync open, as `op-agent`'s link does: the heartbeat rides in
+//! enrolls with the shared agent token, then speaks with the node credential the registration
+//! returned, keeping one long-poll sync open, as `op-agent`'s link does: the heartbeat rides in
 //! every sync body, the answer's index is passed back, and a changed job set is "applied" (reported
 //! to the scenario as an [`Applied`] event with the instant it arrived). Of each answer a simulated
 //! agent reads the index, the jobs' names and revisions, and its directives: each ad-hoc run is
@@ -132,7 +133,10 @@ impl Counters {
 
 pub struct Fleet {
     pub agents: Arc<Vec<SimAgent>>,
-    clients: Vec<Client>,
+    /// One per connection pool, presenting the shared enrollment token (registration only).
+    enroll: Vec<Client>,
+    /// One per agent, sharing its pool's connections, presenting the node's own credential.
+    clients: Vec<Option<Client>>,
     /// The settings the manager handed out at registration (sync wait, batch size).
     pub settings: AgentSettings,
     pub counters: Arc<Counters>,
@@ -146,7 +150,7 @@ impl Fleet {
     /// registered. Returns when every agent is registered (their first syncs may still be running).
     pub async fn start(manager: &ManagerProcess, n: usize) -> anyhow::Result<Fleet> {
         let pools = n.div_ceil(AGENTS_PER_POOL).max(1);
-        let clients = (0..pools)
+        let enroll = (0..pools)
             .map(|_| {
                 let http = reqwest::Client::builder()
                     .http1_only()
@@ -168,7 +172,8 @@ impl Fleet {
         let shutdown = CancellationToken::new();
         let mut fleet = Fleet {
             agents: agents.clone(),
-            clients,
+            enroll,
+            clients: vec![None; n],
             settings: AgentSettings::default(),
             counters,
             applied,
@@ -180,7 +185,7 @@ impl Fleet {
         let mut registering = JoinSet::new();
         for i in 0..n {
             let permit = permits.clone().acquire_owned().await?;
-            let client = fleet.client_for(i).clone();
+            let client = fleet.enroll_for(i).clone();
             let req = agents[i].registration();
             registering.spawn(async move {
                 let answer = client.register(&req).await;
@@ -208,10 +213,17 @@ impl Fleet {
     ) -> anyhow::Result<()> {
         let resp = answer.with_context(|| format!("registering simulated agent {i}"))?;
         self.settings = resp.settings;
+        // From now on the agent presents its own credential, as a real one does.
+        let token = resp
+            .node_token
+            .with_context(|| format!("the manager issued simulated agent {i} no credential"))?;
+        let own = self.enroll_for(i).with_token(&token);
+        self.clients[i] = Some(own.clone());
         let lp = SyncLoop {
             agent: i,
             sim: self.agents[i].clone(),
-            client: self.client_for(i).clone(),
+            client: own,
+            enroll: self.enroll_for(i).clone(),
             wait_secs: self.settings.sync_wait_secs,
             counters: self.counters.clone(),
             applied: tx.clone(),
@@ -220,9 +232,17 @@ impl Fleet {
         Ok(())
     }
 
-    /// The client (and so the connection pool) agent `i` uses.
+    /// The enrollment client of agent `i`'s connection pool.
+    fn enroll_for(&self, i: usize) -> &Client {
+        &self.enroll[i % self.enroll.len()]
+    }
+
+    /// The client agent `i` speaks with: its own credential over its pool's connections.
+    /// Panics for an agent that is not registered, which [`Fleet::start`] rules out.
     pub fn client_for(&self, i: usize) -> &Client {
-        &self.clients[i % self.clients.len()]
+        self.clients[i]
+            .as_ref()
+            .expect("Fleet::start registers every agent")
     }
 
     pub fn len(&self) -> usize {
@@ -317,7 +337,10 @@ struct AnswerSpec {
 struct SyncLoop {
     agent: usize,
     sim: SimAgent,
+    /// The node's own credential (replaced when the node has to enroll again).
     client: Client,
+    /// The shared enrollment token, for a node the manager forgot.
+    enroll: Client,
     wait_secs: u64,
     counters: Arc<Counters>,
     applied: mpsc::UnboundedSender<Applied>,
@@ -337,7 +360,8 @@ impl SyncLoop {
             .iter()
             .filter_map(|d| match d {
                 Directive::Run(r) => Some(r.as_ref()),
-                Directive::Kill { .. } => None,
+                // Nothing to kill (every run ended at once) and no output to upload.
+                Directive::Kill { .. } | Directive::UploadOutput { .. } => None,
             })
             .collect();
         // Forget runs whose directive has ended; the set holds only what the manager still sends.
@@ -376,7 +400,7 @@ impl SyncLoop {
         true
     }
 
-    async fn run(self, shutdown: CancellationToken) {
+    async fn run(mut self, shutdown: CancellationToken) {
         let beat = self.sim.heartbeat();
         let mut index = 0;
         let mut jobs: Option<Vec<(String, u64)>> = None;
@@ -421,8 +445,15 @@ impl SyncLoop {
                     self.counters.failed(&e);
                     if e.code() == Some("unknown_node") {
                         // The manager forgot this node: register again, as a real agent does.
-                        if let Err(e) = self.client.register(&self.sim.registration()).await {
-                            self.counters.failed(e);
+                        // The manager forgot this node (and revoked its credential): enroll again,
+                        // as a real agent does, and speak with the new credential.
+                        match self.enroll.register(&self.sim.registration()).await {
+                            Ok(resp) => {
+                                if let Some(token) = resp.node_token {
+                                    self.client = self.enroll.with_token(&token);
+                                }
+                            }
+                            Err(e) => self.counters.failed(e),
                         }
                     }
                     failures = failures.saturating_add(1);
