@@ -181,7 +181,7 @@ async fn park(
 )> {
     let (agent, a) = (m.agent(), a.clone());
     let call = tokio::spawn(async move {
-        let answer = agent.sync(index, 30, &a.heartbeat()).await;
+        let answer = a.client(&agent).sync(index, 30, &a.heartbeat()).await;
         (answer, Instant::now())
     });
     let admin = m.admin();
@@ -216,7 +216,7 @@ async fn a_parked_sync_wakes_for_a_change_of_its_own_node() {
     let parked_b = park(&m, &b, b_index, 2).await;
     let reported = Instant::now();
     let run = a.run("once", saved.revision, Trigger::Once, RunStatus::Ok);
-    agent
+    a.client(&agent)
         .post_runs(&RunBatch {
             node_id: a.node_id,
             runs: vec![run],
