@@ -119,6 +119,27 @@ enum Scenario {
         #[arg(long, default_value_t = 30)]
         count: usize,
     },
+    /// A cluster with the default raft timings: kill -9 the leader while a client saves jobs;
+    /// time until a save is accepted again (op-manager beside this executable).
+    ClusterFailover {
+        #[arg(long, default_value_t = 3)]
+        members: usize,
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+    },
+    /// Run-record ingestion through raft: a cluster of N managers, then one manager.
+    ClusterIngest {
+        #[arg(long, default_value_t = 3)]
+        members: usize,
+        /// Simulated agents posting at the same time.
+        #[arg(long, default_value_t = 8)]
+        senders: usize,
+        /// Runs per batch.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
     /// `exec --all -- true` to simulated agents (the fleet simulator, answering at once), until
     /// every result is back, with the manager's CPU per invocation.
     #[command(alias = "fanout-sim")]
@@ -205,6 +226,15 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<report::Figure>> {
         Scenario::Fanout { agents, count } => {
             scenarios::fanout::sim(&manager_bin()?, margs, agents, count).await
         }
+        Scenario::ClusterFailover { members, rounds } => {
+            scenarios::cluster::failover(members, rounds).await
+        }
+        Scenario::ClusterIngest {
+            members,
+            senders,
+            batch,
+            duration,
+        } => scenarios::cluster::ingest(members, senders, batch, duration).await,
         Scenario::PropagationReal { agents, saves } => {
             scenarios::propagation_real::run(&manager_bin()?, margs, &agent_bin()?, agents, saves)
                 .await

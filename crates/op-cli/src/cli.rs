@@ -86,6 +86,10 @@ pub struct ConnArgs {
     /// PEM key of --cert.
     #[arg(long, global = true, env = "OP_KEY")]
     pub key: Option<std::path::PathBuf>,
+    /// Read from the manager asked, even if it lags the leader (default: linearizable reads,
+    /// which see every change acknowledged before the command started).
+    #[arg(long, global = true, env = "OP_STALE")]
+    pub stale: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -446,8 +450,39 @@ Exits 1 when any host is behind.")]
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Members, leader, term and applied index.
+    /// Members, leader, term, commit/applied/snapshot indexes and each member's lag.
     Status,
+    /// Add a running manager that holds this cluster's identity (`op-manager --join` does this
+    /// itself); it catches up as a learner, then becomes a voter.
+    #[command(
+        after_help = "Example:\n  agentcli cluster add 4 --api http://10.0.0.4:8090 --raft http://10.0.0.4:8091"
+    )]
+    Add {
+        /// Its raft node id.
+        id: u64,
+        /// Its API URL.
+        #[arg(long)]
+        api: String,
+        /// Its raft URL.
+        #[arg(long)]
+        raft: String,
+    },
+    /// Remove a manager from the cluster (the leader too: it hands over first). Stop it
+    /// afterwards.
+    #[command(after_help = "Example:\n  agentcli cluster remove 3")]
+    Remove {
+        /// Its raft node id (see `cluster status`).
+        id: u64,
+    },
+    /// Hand leadership to another voter (default: the most up-to-date one).
+    #[command(
+        name = "transfer-leader",
+        after_help = "Example:\n  agentcli cluster transfer-leader 2"
+    )]
+    TransferLeader {
+        /// The voter to lead.
+        to: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

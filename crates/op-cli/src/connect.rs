@@ -40,6 +40,8 @@ pub struct Conn {
     /// Where the token came from, for error messages.
     pub token_source: String,
     pub tls: op_client::ClientTls,
+    /// Reads from the manager's applied state (`--stale`).
+    pub stale: bool,
 }
 
 fn config_candidates() -> Vec<PathBuf> {
@@ -119,11 +121,14 @@ impl Conn {
             token,
             token_source,
             tls,
+            stale: args.stale,
         })
     }
 
     pub fn client(&self) -> anyhow::Result<Client> {
-        Client::with_tls(&self.manager, self.token.as_deref(), &self.tls).map_err(|e| anyhow!(e))
+        Client::with_tls(&self.manager, self.token.as_deref(), &self.tls)
+            .map(|c| c.with_stale_reads(self.stale))
+            .map_err(|e| anyhow!(e))
     }
 
     /// Turns a client error into one line that says what to check.

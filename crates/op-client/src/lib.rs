@@ -13,8 +13,8 @@ use op_proto::agent::{
     DesiredState, Heartbeat, RegisterRequest, RegisterResponse, RunBatch, RunBatchAck,
 };
 use op_proto::api::{
-    AuditEntry, ClusterStatus, CreateTokenRequest, CreatedToken, JobView, OnceTarget, RunQuery,
-    SaveJobResponse, TokenInfo, VersionInfo,
+    AddMemberRequest, AuditEntry, ClusterStatus, CreateTokenRequest, CreatedToken, JobView,
+    OnceTarget, RunQuery, SaveJobResponse, TokenInfo, TransferLeaderRequest, VersionInfo,
 };
 use op_proto::invoke::{
     InvocationAccepted, InvocationBrief, InvocationEvent, InvocationQuery, InvocationView,
@@ -125,6 +125,8 @@ pub struct Client {
     base: String,
     token: Option<String>,
     timeout: Duration,
+    /// Ask for reads from the manager's own applied state (no round trip to the leader).
+    stale: bool,
 }
 
 /// `http://host:port` from `host:port`, `http://host:port/` or `https://...`.
@@ -231,6 +233,7 @@ impl Client {
             base: normalize_base_url(base_url)?,
             token: token.map(|t| t.trim().to_string()),
             timeout: DEFAULT_TIMEOUT,
+            stale: false,
         })
     }
 
@@ -249,6 +252,13 @@ impl Client {
         }
     }
 
+    /// The same client asking for stale reads: each manager answers from what it has applied,
+    /// which may lag the leader by a moment, instead of the default linearizable read.
+    pub fn with_stale_reads(mut self, stale: bool) -> Client {
+        self.stale = stale;
+        self
+    }
+
     pub fn base_url(&self) -> &str {
         &self.base
     }
@@ -263,6 +273,9 @@ impl Client {
             .timeout(self.timeout);
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
+        }
+        if self.stale {
+            req = req.header(op_proto::api::STALE_READ_HEADER, "1");
         }
         req
     }
@@ -368,6 +381,26 @@ impl Client {
 
     pub async fn cluster(&self) -> Result<ClusterStatus> {
         self.get("/v1/cluster").await
+    }
+
+    /// `POST /v1/cluster/members` (admin): add a manager; returns once it is a voter.
+    pub async fn add_member(&self, req: &AddMemberRequest) -> Result<ClusterStatus> {
+        let path = "/v1/cluster/members";
+        // Catching up a new member can take a while (a snapshot of a large state).
+        let long = self.request(Method::POST, path).timeout(TRANSFER_TIMEOUT);
+        self.json(path, long.json(req)).await
+    }
+
+    /// `DELETE /v1/cluster/members/ID` (admin).
+    pub async fn remove_member(&self, id: u64) -> Result<ClusterStatus> {
+        let path = format!("/v1/cluster/members/{id}");
+        self.json(&path, self.request(Method::DELETE, &path)).await
+    }
+
+    /// `POST /v1/cluster/leader` (admin): hand leadership to `to` (or the best other voter).
+    pub async fn transfer_leader(&self, to: Option<u64>) -> Result<ClusterStatus> {
+        self.post("/v1/cluster/leader", &TransferLeaderRequest { to })
+            .await
     }
 
     // --- jobs ---

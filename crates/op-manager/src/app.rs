@@ -1,6 +1,7 @@
 //! The shared state of a running manager, handed to every handler and background task, and the
-//! two ways they touch the state: [`App::write`] (a command through raft) and [`App::read`] (a
-//! store query on a blocking thread).
+//! two ways they touch the state: [`App::write`] (a command through raft, forwarded to the leader
+//! when this manager is a follower) and [`App::read`] (a store query on a blocking thread, on
+//! this manager's applied state).
 
 use std::sync::Arc;
 
@@ -17,12 +18,14 @@ use crate::heartbeat::HeartbeatBuffer;
 use crate::hub::Hub;
 use crate::ingest::RunIngest;
 use crate::metrics::Metrics;
-use crate::raft::{self, Raft};
+use crate::raft::{Cluster, Raft};
 
 pub struct App {
     pub config: Config,
     pub store: Arc<Store>,
     pub raft: Raft,
+    /// This manager's place in its cluster: identity, peers, forwarding, membership.
+    pub cluster: Arc<Cluster>,
     pub hub: Arc<Hub>,
     pub beats: HeartbeatBuffer,
     /// Where run batches go to be written (group commit).
@@ -46,7 +49,7 @@ impl App {
     /// refusal by the state machine becomes the matching 4xx.
     pub async fn write(&self, command: Command) -> Result<CommandResult, ApiError> {
         let kind = command.kind();
-        let result = raft::write(&self.raft, command).await?;
+        let result = self.cluster.write(command).await?;
         self.metrics.command_applied(kind);
         match result {
             CommandResult::Rejected { rejection } => Err(rejection.into()),
@@ -68,14 +71,17 @@ impl App {
     }
 
     /// The API URLs of every manager in the cluster. Our own entry is our current address (it can
-    /// differ from the one recorded in the membership when the port was picked at start).
+    /// differ from the one recorded in the membership when the port was picked at start); a
+    /// removed manager leaves itself out, so its agents move to the members.
     pub fn managers(&self) -> Vec<String> {
+        let removed = self.cluster.removed();
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let mut out: Vec<String> = m
             .membership_config
             .membership()
             .nodes()
+            .filter(|(id, _)| !(removed && **id == m.id))
             .map(|(id, node)| {
                 if *id == m.id {
                     self.api_url.clone()
@@ -84,7 +90,7 @@ impl App {
                 }
             })
             .collect();
-        if out.is_empty() {
+        if out.is_empty() && !removed {
             out.push(self.api_url.clone());
         }
         out

@@ -1,6 +1,7 @@
-//! The `op-manager` command line: serving (the default) and `op-manager token ...`, which talks to
+//! The `op-manager` command line: serving (the default), `op-manager token ...`, which talks to
 //! the running manager through its API (op-client), authenticated by `DATA_DIR/admin.token`
-//! unless `--token` is given.
+//! unless `--token` is given, and `op-manager recover`, which works on a stopped manager's data
+//! dir.
 
 use std::path::Path;
 
@@ -15,7 +16,7 @@ use crate::config::ConfigArgs;
     name = "op-manager",
     version,
     about = "The op-agent management node: stores jobs, nodes and runs (replicated with raft) and serves the API",
-    after_help = "Examples:\n  op-manager --data-dir /var/lib/op-manager\n  op-manager backup --data-dir /var/lib/op-manager --to /backup/manager.tar.gz\n  op-manager restore --from /backup/manager.tar.gz --data-dir /var/lib/op-manager\n  op-manager --listen 127.0.0.1:0 --raft-listen 127.0.0.1:0\n  op-manager token create --scope operator --name ci\n  op-manager token list\n  op-manager token revoke 3f2a9c01b7de"
+    after_help = "Examples:\n  op-manager --data-dir /var/lib/op-manager\n  op-manager --listen 127.0.0.1:0 --raft-listen 127.0.0.1:0\n  op-manager --data-dir d2 --listen 0.0.0.0:8092 --raft-listen 10.0.0.2:8093 \\\n             --join http://10.0.0.1:8091 --join-token-file admin.token\n  op-manager recover --data-dir /var/lib/op-manager\n  op-manager backup --data-dir /var/lib/op-manager --to /backup/manager.tar.gz\n  op-manager restore --from /backup/manager.tar.gz --data-dir /var/lib/op-manager\n  op-manager token create --scope operator --name ci\n  op-manager token list\n  op-manager token revoke 3f2a9c01b7de"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -38,6 +39,11 @@ pub enum CliCommand {
     Backup(BackupArgs),
     /// Make a new data dir from a backup: a one-member cluster to start with `op-manager`.
     Restore(RestoreArgs),
+    /// After losing a majority of the managers: make this stopped manager's data dir a
+    /// one-member cluster (it keeps its state; writes it never received are lost). Start it
+    /// afterwards, then add new members with --join. Never restart the lost members with their
+    /// old data dirs.
+    Recover,
 }
 
 #[derive(Debug, Args)]
@@ -241,5 +247,23 @@ pub async fn token_command(data_dir: &Path, args: TokenArgs) -> anyhow::Result<(
             println!("revoked token {} ({})", info.id, info.name);
         }
     }
+    Ok(())
+}
+
+/// Runs `recover` on the stopped manager's data dir and says what happened and what is next.
+pub fn recover_command(data_dir: &Path) -> anyhow::Result<()> {
+    let r = crate::raft::recover::recover(data_dir)?;
+    println!(
+        "recovered: node {} is now the only member of cluster {} (term {}, log index {})",
+        r.node_id, r.cluster_id, r.term, r.index
+    );
+    if !r.dropped.is_empty() {
+        let dropped: Vec<String> = r.dropped.iter().map(u64::to_string).collect();
+        println!("dropped members: {}", dropped.join(", "));
+    }
+    println!(
+        "the cluster secret was replaced; start op-manager on {}, then add members with --join (empty data dirs)",
+        data_dir.display()
+    );
     Ok(())
 }

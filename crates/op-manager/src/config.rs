@@ -34,9 +34,30 @@ pub struct ConfigArgs {
     /// URL peers use for this manager's raft listener [default: from --raft-listen].
     #[arg(long, env = "OP_ADVERTISE_RAFT")]
     pub advertise_raft: Option<String>,
-    /// Raft node id of this manager [default: 1].
+    /// Raft node id of this manager. Only read when the data dir is new: it is then stored in
+    /// `cluster.json` [default: 1 for a new cluster; a joining node gets the next free id].
     #[arg(long, env = "OP_NODE_ID")]
     pub node_id: Option<u64>,
+    /// Join the cluster of this member (its raft URL, e.g. http://10.0.0.1:8091) on first start,
+    /// instead of starting a new one-member cluster. Ignored once the data dir belongs to a
+    /// cluster, unless this node is not a member yet.
+    #[arg(long, env = "OP_JOIN")]
+    pub join: Option<String>,
+    /// Credential for --join: an admin token of the cluster, or its cluster secret (the content
+    /// of a member's DATA_DIR/cluster.secret).
+    #[arg(long, env = "OP_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// A file holding the --join credential.
+    #[arg(long, env = "OP_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
+    /// Raft heartbeat period of the leader [default: 200ms].
+    #[arg(long, env = "OP_RAFT_HEARTBEAT")]
+    pub raft_heartbeat: Option<String>,
+    /// Shortest raft election timeout; the longest is twice this. Followers start an election
+    /// after hearing nothing for the longest timeout (the leader lease) plus a random timeout,
+    /// so failover takes about 3x this [default: 600ms].
+    #[arg(long, env = "OP_RAFT_ELECTION_TIMEOUT")]
+    pub raft_election_timeout: Option<String>,
     /// A node is NotReady when not seen for this long [default: 30s].
     #[arg(long, env = "OP_NODE_TIMEOUT")]
     pub node_timeout: Option<String>,
@@ -126,6 +147,11 @@ pub struct RawConfig {
     pub advertise_api: Option<String>,
     pub advertise_raft: Option<String>,
     pub node_id: Option<u64>,
+    pub join: Option<String>,
+    pub join_token: Option<String>,
+    pub join_token_file: Option<PathBuf>,
+    pub raft_heartbeat: Option<String>,
+    pub raft_election_timeout: Option<String>,
     pub node_timeout: Option<String>,
     pub forget_after: Option<String>,
     pub heartbeat_flush: Option<String>,
@@ -167,7 +193,17 @@ pub struct Config {
     pub raft_listen: SocketAddr,
     pub advertise_api: Option<String>,
     pub advertise_raft: Option<String>,
-    pub node_id: u64,
+    /// The raft node id asked for by flag or file; None = 1 for a new cluster, or the next free
+    /// id when joining. The id in `cluster.json` wins once the data dir has one.
+    pub node_id: Option<u64>,
+    /// Raft URL of a member to join on first start (None: start a new cluster).
+    pub join: Option<String>,
+    /// Credential presented when joining (admin token or cluster secret).
+    pub join_token: Option<String>,
+    /// Leader heartbeat period (default 200 ms).
+    pub raft_heartbeat: Duration,
+    /// Shortest election timeout; the longest is twice this (default 600 ms).
+    pub raft_election_timeout: Duration,
     pub node_timeout: Duration,
     pub forget_after: Duration,
     pub heartbeat_flush: Duration,
@@ -337,6 +373,19 @@ impl Config {
                 return Err(bad("tls_cert/tls_key", "set both, or neither (plain HTTP)"));
             }
         };
+        let join_token = match (
+            a.join_token.or(f.join_token),
+            a.join_token_file.or(f.join_token_file),
+        ) {
+            (Some(t), _) => Some(t.trim().to_string()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| bad("join_token_file", format!("{}: {e}", path.display())))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
         let config = Config {
             tls,
             data_dir,
@@ -350,7 +399,19 @@ impl Config {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8091))),
             advertise_api: a.advertise_api.or(f.advertise_api),
             advertise_raft: a.advertise_raft.or(f.advertise_raft),
-            node_id: a.node_id.or(f.node_id).unwrap_or(1),
+            node_id: a.node_id.or(f.node_id),
+            join: a.join.or(f.join),
+            join_token,
+            raft_heartbeat: duration(
+                "raft_heartbeat",
+                a.raft_heartbeat.or(f.raft_heartbeat),
+                "200ms",
+            )?,
+            raft_election_timeout: duration(
+                "raft_election_timeout",
+                a.raft_election_timeout.or(f.raft_election_timeout),
+                "600ms",
+            )?,
             node_timeout,
             forget_after,
             heartbeat_flush,
@@ -402,8 +463,20 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ManagerError> {
-        if self.node_id == 0 {
+        if self.node_id == Some(0) {
             return Err(bad("node_id", "must be at least 1"));
+        }
+        if let Some(j) = &self.join {
+            op_client::normalize_base_url(j).map_err(|e| bad("join", e))?;
+        }
+        if self.raft_heartbeat < Duration::from_millis(10) {
+            return Err(bad("raft_heartbeat", "must be at least 10ms"));
+        }
+        if self.raft_election_timeout < self.raft_heartbeat * 3 {
+            return Err(bad(
+                "raft_election_timeout",
+                "must be at least 3 heartbeats, or followers would elect while the leader is fine",
+            ));
         }
         if self.node_timeout < Duration::from_secs(1) {
             return Err(bad("node_timeout", "must be at least 1s"));

@@ -31,4 +31,8 @@ pub enum ManagerError {
     },
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+    #[error("joining the cluster: {0}")]
+    Join(String),
+    #[error("recover: {0}")]
+    Recover(String),
 }

@@ -2,7 +2,8 @@
 //! cost one log entry per agent every few seconds. Instead the latest beat of each node waits
 //! here and [`flush_loop`] writes all of them as ONE `Heartbeats` command every
 //! `heartbeat_flush`. A beat that changes a node's status (NotReady → Ready) is written at once by
-//! the sync handler, so status changes are never delayed.
+//! the sync handler, so status changes are never delayed. In a cluster each manager buffers and
+//! flushes the beats of the agents connected to it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,6 @@ use op_store::{Command, NodeBeat};
 use uuid::Uuid;
 
 use crate::app::App;
-use crate::raft;
 
 #[derive(Default)]
 pub struct HeartbeatBuffer {
@@ -61,6 +61,15 @@ impl HeartbeatBuffer {
             .count()
     }
 
+    /// Puts back beats a failed flush took, unless a newer beat of the node arrived meanwhile.
+    fn restore(&self, beats: Vec<NodeBeat>) {
+        if let Ok(mut p) = self.pending.lock() {
+            for b in beats {
+                p.entry(b.node_id).or_insert(b);
+            }
+        }
+    }
+
     fn take(&self) -> Vec<NodeBeat> {
         match self.pending.lock() {
             Ok(mut p) => p.drain().map(|(_, b)| b).collect(),
@@ -92,19 +101,20 @@ pub async fn flush_loop(app: Arc<App>) {
     }
 }
 
+/// Every manager flushes the beats of the agents it serves; a follower's command is forwarded to
+/// the leader like any write.
 async fn flush(app: &App) {
-    if !raft::is_leader(&app.raft) {
-        // Followers forward writes once the cluster issue lands; until then only the leader
-        // serves agents, so there is nothing to flush here.
-        return;
-    }
     let beats = app.beats.take();
     if beats.is_empty() {
         return;
     }
     let n = beats.len();
+    let beats_copy = beats.clone();
     match app.write(Command::Heartbeats { beats }).await {
         Ok(_) => app.metrics.heartbeats_flushed(n as u64),
-        Err(e) => tracing::warn!(error = %e, beats = n, "could not write heartbeats"),
+        Err(e) => {
+            tracing::warn!(error = %e, beats = n, "could not write heartbeats; keeping them for the next flush");
+            app.beats.restore(beats_copy);
+        }
     }
 }

@@ -244,6 +244,9 @@ pub struct Hub {
     prune_now: Notify,
     /// A package version was deleted: blob GC should run now rather than at its next tick.
     blob_gc_now: Notify,
+    /// A package version was added (or the whole state replaced): check that every referenced
+    /// blob is here.
+    blob_sync_now: Notify,
 }
 
 impl Hub {
@@ -265,6 +268,7 @@ impl Hub {
             prune_threshold,
             prune_now: Notify::new(),
             blob_gc_now: Notify::new(),
+            blob_sync_now: Notify::new(),
         }
     }
 
@@ -305,6 +309,9 @@ impl Hub {
         if !changes.invocations.is_empty() {
             self.invocations.send_modify(|s| *s += 1);
         }
+        if changes.blobs_added {
+            self.blob_sync_now.notify_one();
+        }
         if changes.run_bytes > 0 {
             let total = self
                 .ingested_bytes
@@ -325,6 +332,7 @@ impl Hub {
         self.seq.send_modify(|s| *s += 1);
         self.invocations.send_modify(|s| *s += 1);
         self.tokens_seq.fetch_add(1, Ordering::SeqCst);
+        self.blob_sync_now.notify_one();
     }
 
     /// Changes whenever every node's desired state may have changed.
@@ -359,6 +367,12 @@ impl Hub {
     /// Resolves when a package version was deleted, so its blob may be garbage now.
     pub async fn blob_gc_wanted(&self) {
         self.blob_gc_now.notified().await;
+    }
+
+    /// Resolves when a package version was added or a snapshot installed: this manager may now
+    /// lack a blob the store refers to.
+    pub async fn blob_sync_wanted(&self) {
+        self.blob_sync_now.notified().await;
     }
 
     /// Called by retention after a prune.

@@ -216,30 +216,29 @@ pub async fn start(
             .await
             .map_err(|e| ManagerError::Raft(e.to_string()))??,
     );
+    let me = raft::Member {
+        api_addr: api_url.clone(),
+        raft_addr: raft_url.clone(),
+    };
+    let (identity, join) = identity(&config, &dir, &store).await?;
     let hub = Arc::new(Hub::new(config.retention.run_max_bytes / 10));
-    let raft = raft::start(
-        config.node_id,
-        raft::Member {
-            api_addr: api_url.clone(),
-            raft_addr: raft_url.clone(),
-        },
-        &dir,
-        store.clone(),
-        hub.clone(),
-        raft::RaftSettings {
-            snapshot_logs: config.raft_snapshot_logs,
-        },
-    )
-    .await?;
-    let raft_handle = axum_server::Handle::new();
-    let raft_server = serve(
-        listeners.raft,
-        raft::network::router(raft.clone()),
-        config.header_read_timeout,
-        raft_handle.clone(),
-        None,
-    )?;
-    raft::wait_for_leader(&raft, Duration::from_secs(60)).await?;
+    let cluster = Arc::new(
+        raft::open(
+            identity,
+            &dir,
+            store.clone(),
+            hub.clone(),
+            raft::RaftSettings {
+                snapshot_logs: config.raft_snapshot_logs,
+                heartbeat: config.raft_heartbeat,
+                election_timeout: config.raft_election_timeout,
+            },
+        )
+        .await?,
+    );
+    if join == Join::No {
+        cluster.initialize_alone(me.clone()).await?;
+    }
 
     let blob_dir = dir.join("blobs");
     let blobs = Arc::new(BlobStore::open(blob_dir.clone()).map_err(|e| io_err(&blob_dir, e))?);
@@ -259,9 +258,29 @@ pub async fn start(
         outputs: Default::default(),
         config,
         store,
-        raft,
+        raft: cluster.raft.clone(),
+        cluster: cluster.clone(),
         hub,
     });
+    let raft_handle = axum_server::Handle::new();
+    let raft_server = serve(
+        listeners.raft,
+        raft::server::router(app.clone()),
+        app.config.header_read_timeout,
+        raft_handle.clone(),
+        None,
+    )?;
+    if let Join::Via(url) = &join {
+        tracing::info!(join = %url, node_id = cluster.id(), "asking to be added to the cluster");
+        raft::membership::request_membership(&cluster, url, &me).await?;
+        tracing::info!(node_id = cluster.id(), "joined the cluster as a voter");
+    }
+    // A single manager is its own majority: wait for it to lead, so the first-start tokens can
+    // be written before we announce ourselves. A member of a larger cluster serves at once (its
+    // applied state, forwarding to the leader once there is one) even while no majority is up.
+    if cluster.alone().await {
+        cluster.wait_for_leader(Duration::from_secs(60)).await?;
+    }
     bootstrap(&app).await?;
     let api_handle = axum_server::Handle::new();
     let api_server = serve(
@@ -283,6 +302,8 @@ pub async fn start(
         tokio::spawn(fanout::driver::run(app.clone())),
         tokio::spawn(ingest::run(app.clone(), ingest_queue)),
         tokio::spawn(memory::trim_loop(app.shutdown.clone())),
+        tokio::spawn(blobs::replicate::sync_loop(app.clone())),
+        tokio::spawn(raft::events::watch(app.clone())),
     ]);
     for (name, url) in [("manager.addr", &api_url), ("raft.addr", &raft_url)] {
         let path = dir.join(name);
@@ -295,8 +316,14 @@ pub async fn start(
         // Parked sync calls see the same token and return at once; give the rest a moment.
         api_handle.graceful_shutdown(Some(Duration::from_secs(5)));
         let _ = api_server.await;
-        for t in tasks {
-            let _ = t.await;
+        // A background write can wait up to LEADER_WAIT for a leader that will not come (the
+        // other members are stopping too): give the tasks a moment, then drop what is left.
+        // Nothing is lost: an agent resends what was not acknowledged, heartbeats come again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        for mut t in tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+            }
         }
         raft_handle.graceful_shutdown(Some(Duration::from_secs(2)));
         let _ = raft_server.await;
@@ -316,6 +343,104 @@ pub async fn start(
     })
 }
 
+/// Whether this start joins an existing cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Join {
+    /// Start (or restart) on this data dir's own state; a new data dir becomes a new cluster.
+    No,
+    /// Ask the member at this raft URL to add this node.
+    Via(String),
+}
+
+/// This data dir's cluster identity: loaded, obtained from the member named by `--join`, or made
+/// for a new cluster. A data dir from before cluster identities adopts its stored cluster id.
+async fn identity(
+    config: &Config,
+    dir: &Path,
+    store: &Arc<Store>,
+) -> Result<(raft::Identity, Join), ManagerError> {
+    use raft::messages::JoinRequest;
+    if let Some(identity) = raft::Identity::load(dir)? {
+        if config.node_id.is_some_and(|n| n != identity.node_id) {
+            return Err(ManagerError::Config(format!(
+                "node_id: this data dir is node {} of cluster {}; --node-id cannot change it",
+                identity.node_id, identity.cluster_id
+            )));
+        }
+        let join = match &config.join {
+            // A node whose join was interrupted asks again; a member ignores --join.
+            Some(url) if !dir.join("raft.db").is_file() || !was_member(dir, identity.node_id) => {
+                Join::Via(
+                    op_client::normalize_base_url(url)
+                        .map_err(|e| ManagerError::Config(format!("join: {e}")))?,
+                )
+            }
+            _ => Join::No,
+        };
+        return Ok((identity, join));
+    }
+    let stored_id = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.meta(META_CLUSTER_ID))
+            .await
+            .map_err(|e| ManagerError::Raft(e.to_string()))??
+    };
+    if let Some(cluster_id) = stored_id {
+        // State from a build without cluster.json: keep its cluster, make a secret.
+        let identity = raft::Identity {
+            cluster_id,
+            node_id: config.node_id.unwrap_or(1),
+            secret: raft::identity::new_secret(),
+        };
+        identity.save(dir)?;
+        return Ok((identity, Join::No));
+    }
+    match &config.join {
+        None => {
+            let identity = raft::Identity::new_cluster(config.node_id.unwrap_or(1));
+            identity.save(dir)?;
+            Ok((identity, Join::No))
+        }
+        Some(url) => {
+            let url = op_client::normalize_base_url(url)
+                .map_err(|e| ManagerError::Config(format!("join: {e}")))?;
+            let token = config.join_token.as_deref().ok_or_else(|| {
+                ManagerError::Config(
+                    "join: --join needs --join-token (an admin token or the cluster secret)".into(),
+                )
+            })?;
+            let answer = raft::membership::request_identity(
+                &url,
+                token,
+                &JoinRequest {
+                    node_id: config.node_id,
+                    cluster_id: None,
+                },
+            )
+            .await?;
+            let identity = raft::Identity {
+                cluster_id: answer.cluster_id,
+                node_id: answer.node_id,
+                secret: answer.secret,
+            };
+            identity.save(dir)?;
+            tracing::info!(cluster_id = %identity.cluster_id, node_id = identity.node_id, "got the cluster identity");
+            Ok((identity, Join::Via(url)))
+        }
+    }
+}
+
+/// True when the state applied here names `node_id` as a voter (so `--join` has nothing left
+/// to do; a node stopped while still a learner asks again).
+fn was_member(dir: &Path, node_id: u64) -> bool {
+    let Ok(Some(text)) = Store::meta_of_file(&dir.join("state.db"), op_store::META_MEMBERSHIP)
+    else {
+        return false;
+    };
+    serde_json::from_str::<raft::types::StoredMembership>(&text)
+        .is_ok_and(|m| m.membership().voter_ids().any(|v| v == node_id))
+}
+
 /// First start of a cluster: name it, and create the admin and agent tokens, writing their
 /// secrets to `admin.token` and `agent.token`. Runs on the leader only; a store that already has
 /// tokens is left alone (an operator may have removed the files on purpose).
@@ -331,7 +456,7 @@ async fn bootstrap(app: &App) -> Result<(), ManagerError> {
         .is_none()
     {
         app.write(Command::InitCluster {
-            cluster_id: uuid::Uuid::new_v4().to_string(),
+            cluster_id: app.cluster.identity.cluster_id.clone(),
             at: Utc::now(),
         })
         .await

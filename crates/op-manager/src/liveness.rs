@@ -1,5 +1,6 @@
-//! Node liveness: the leader marks a node NotReady when it has not been seen for
-//! `node_timeout`, and Left (forgotten) when NotReady for longer than `forget_after`. Decisions
+//! Node liveness: the leader (only it, so there is one decision) marks a node NotReady when it
+//! has not been seen for `node_timeout`, and Left (forgotten) when NotReady for longer than
+//! `forget_after`. Decisions
 //! travel as one `SetNodeStatus` command; each change holds only if no newer heartbeat was
 //! applied in between. A node becomes Ready again through its next heartbeat or registration.
 
@@ -14,7 +15,9 @@ use crate::app::App;
 use crate::raft;
 
 pub async fn run(app: Arc<App>) {
-    let started = Utc::now();
+    // Agents of a manager that just died need a moment to reach another one, and nobody could
+    // heartbeat while no manager led: count silence from when this manager began to lead.
+    let mut leading_since: Option<DateTime<Utc>> = None;
     let period =
         (app.config.node_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
     let mut tick = tokio::time::interval(period);
@@ -25,8 +28,10 @@ pub async fn run(app: Arc<App>) {
             _ = app.shutdown.cancelled() => return,
         }
         if !raft::is_leader(&app.raft) {
+            leading_since = None;
             continue;
         }
+        let started = *leading_since.get_or_insert_with(Utc::now);
         if let Err(e) = check(&app, started).await {
             tracing::warn!(error = %e, "liveness check failed");
         }
@@ -46,7 +51,6 @@ async fn check(app: &App, started: DateTime<Utc>) -> Result<(), crate::api::ApiE
             .beats
             .last_seen(node.node_id)
             .map_or(node.last_seen, |b| b.max(node.last_seen));
-        // Nobody could heartbeat while this manager was down: count silence from our start.
         let silent_since = seen.max(started);
         let age = now - silent_since;
         let status = match node.status {

@@ -113,7 +113,7 @@ fn main() -> ExitCode {
             })
             .map_err(anyhow::Error::from),
         Some(CliCommand::Restore(args)) => {
-            let node_id = args.node_id.unwrap_or(config.node_id);
+            let node_id = args.node_id.or(config.node_id).unwrap_or(1);
             runtime
                 .block_on(op_manager::backup::restore(
                     &args.from,
@@ -131,6 +131,7 @@ fn main() -> ExitCode {
                 })
                 .map_err(anyhow::Error::from)
         }
+        Some(CliCommand::Recover) => op_manager::cli::recover_command(&config.data_dir),
         None => {
             init_logging(config.log_format);
             raise_nofile_limit();

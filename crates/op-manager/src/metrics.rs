@@ -43,12 +43,16 @@ pub struct RaftView {
     pub term: u64,
     pub applied: u64,
     pub last_log: u64,
+    pub committed: u64,
     pub snapshot: u64,
     pub leader: bool,
     pub has_leader: bool,
     /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
     pub state: &'static str,
     pub voters: u64,
+    pub members: usize,
+    /// Per follower: entries it has not acknowledged (leader only).
+    pub lag: Vec<(u64, u64)>,
 }
 
 /// Every value `op_manager_raft_state` can take, so each is always present (0 or 1).
@@ -72,6 +76,14 @@ pub struct Metrics {
     raft_term: Gauge,
     raft_applied: Gauge,
     raft_leader: Gauge,
+    raft_committed: Gauge,
+    raft_members: Gauge,
+    raft_lag: Family<Labels, Gauge>,
+    leader_changes: Counter,
+    /// Blob copies confirmed by peers, blobs fetched from peers, referenced blobs still missing.
+    pub blob_pushes: Counter,
+    pub blob_fetches: Counter,
+    pub blobs_missing: Gauge,
     /// Shared with the download gate, which updates them.
     pub downloads: DownloadMetrics,
     pub uploads: Counter,
@@ -123,6 +135,13 @@ impl Metrics {
             raft_term: Gauge::default(),
             raft_applied: Gauge::default(),
             raft_leader: Gauge::default(),
+            raft_committed: Gauge::default(),
+            raft_members: Gauge::default(),
+            raft_lag: Family::default(),
+            leader_changes: Counter::default(),
+            blob_pushes: Counter::default(),
+            blob_fetches: Counter::default(),
+            blobs_missing: Gauge::default(),
             downloads: DownloadMetrics::default(),
             uploads: Counter::default(),
             upload_bytes: Counter::default(),
@@ -200,6 +219,41 @@ impl Metrics {
             "raft_is_leader",
             "1 when this manager is the raft leader",
             m.raft_leader.clone(),
+        );
+        r.register(
+            "raft_committed_index",
+            "Highest raft log index this manager knows to be committed",
+            m.raft_committed.clone(),
+        );
+        r.register(
+            "raft_members",
+            "Members (voters and learners) of the cluster",
+            m.raft_members.clone(),
+        );
+        r.register(
+            "raft_replication_lag",
+            "Entries a follower has not acknowledged yet (reported by the leader)",
+            m.raft_lag.clone(),
+        );
+        r.register(
+            "raft_leader_changes",
+            "Times this manager saw the leader change",
+            m.leader_changes.clone(),
+        );
+        r.register(
+            "blob_pushes",
+            "Package blobs copied to a peer",
+            m.blob_pushes.clone(),
+        );
+        r.register(
+            "blob_fetches",
+            "Package blobs fetched from a peer because they were missing here",
+            m.blob_fetches.clone(),
+        );
+        r.register(
+            "blobs_missing",
+            "Package blobs the store refers to that are not on this manager yet",
+            m.blobs_missing.clone(),
         );
         r.register(
             "package_downloads_in_flight",
@@ -357,6 +411,10 @@ impl Metrics {
         self.blobs_deleted.inc_by(n);
     }
 
+    pub fn leader_changed(&self) {
+        self.leader_changes.inc();
+    }
+
     /// Renders the text format, after setting the scrape-time gauges.
     pub fn render(
         &self,
@@ -388,6 +446,15 @@ impl Metrics {
         self.raft_last_log.set(raft.last_log as i64);
         self.raft_snapshot.set(raft.snapshot as i64);
         self.raft_voters.set(raft.voters as i64);
+        self.raft_committed.set(raft.committed as i64);
+        self.raft_members.set(raft.members as i64);
+        // Only the leader knows its followers' progress; elsewhere the family is emptied.
+        self.raft_lag.clear();
+        for (peer, lag) in &raft.lag {
+            self.raft_lag
+                .get_or_create(&labels("peer", &peer.to_string()))
+                .set(*lag as i64);
+        }
         for state in RAFT_STATES {
             self.raft_state
                 .get_or_create(&labels("state", state))

@@ -13,6 +13,9 @@ use crate::run::RunStatus;
 pub const API_VERSION: u32 = 1;
 /// Header every client sends with its API version.
 pub const API_VERSION_HEADER: &str = "x-op-api-version";
+/// Header asking a manager to answer a read from its own applied state (`1`), which may lag the
+/// leader, instead of the default linearizable read. The query flag `?stale` means the same.
+pub const STALE_READ_HEADER: &str = "x-op-stale";
 
 /// The error body of every `/v1` endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,6 +285,10 @@ pub struct ClusterMember {
     pub voter: bool,
     #[serde(default)]
     pub matched_index: Option<u64>,
+    /// Entries the leader has that this member has not acknowledged yet (only on the leader's
+    /// answer; None elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
 }
 
 /// `GET /v1/cluster`.
@@ -295,7 +302,32 @@ pub struct ClusterStatus {
     pub last_log_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub snapshot_index: Option<u64>,
+    /// The highest log index this member knows to be committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_index: Option<u64>,
     pub members: Vec<ClusterMember>,
+}
+
+/// `POST /v1/cluster/members` (admin): add a running manager that holds this cluster's identity
+/// (normally a node started with `op-manager --join` does this itself). It joins as a learner,
+/// catches up, and becomes a voter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemberRequest {
+    pub node_id: u64,
+    /// The member's API URL (agents and the CLI).
+    pub api_addr: String,
+    /// The member's raft URL (peers only).
+    pub raft_addr: String,
+}
+
+/// `POST /v1/cluster/leader` (admin): hand leadership to another voter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferLeaderRequest {
+    /// The voter to become leader; None = the most up-to-date other voter.
+    #[serde(default)]
+    pub to: Option<u64>,
 }
 
 /// `GET /v1/version` on the manager and the agent.

@@ -17,6 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod cluster;
+
+pub use cluster::{Cluster, FAST_RAFT};
+
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use op_client::Client;
@@ -95,6 +99,14 @@ fn signal(child: &Option<Child>, sig: Signal) {
     }
 }
 
+fn port_of(url: &str) -> u16 {
+    url.trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {url:?}"))
+}
+
 /// Settings of a manager to start.
 #[derive(Debug, Clone, Default)]
 pub struct ManagerOptions {
@@ -117,6 +129,8 @@ pub struct Manager {
     starts: u32,
     /// The API port of the first start, reused on restarts so agents find the manager again.
     port: u16,
+    /// The raft port of the first start, reused on restarts so peers find the manager again.
+    raft_port: u16,
 }
 
 impl Manager {
@@ -136,6 +150,7 @@ impl Manager {
             _stdout: None,
             starts: 0,
             port: 0,
+            raft_port: 0,
         };
         m.launch();
         m
@@ -155,7 +170,7 @@ impl Manager {
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--raft-listen")
-            .arg("127.0.0.1:0")
+            .arg(format!("127.0.0.1:{}", self.raft_port))
             .args(&self.options.args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -172,23 +187,32 @@ impl Manager {
             }
         }
         assert!(!self.api_url.is_empty(), "unexpected first line {line:?}");
-        self.port = self
-            .api_url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.trim_end_matches('/').parse().ok())
-            .expect("port in api url");
+        self.port = port_of(&self.api_url);
+        self.raft_port = port_of(&self.raft_url);
+        // A manager that joined a cluster has no token files: the cluster's first node wrote
+        // them, and [`Cluster`] hands them to every member.
         let data_dir = self.data_dir();
         let read = |name: &str| {
             std::fs::read_to_string(data_dir.join(name))
-                .unwrap_or_else(|e| panic!("{name}: {e}"))
-                .trim()
-                .to_string()
+                .ok()
+                .map(|t| t.trim().to_string())
         };
-        self.admin_token = read("admin.token");
-        self.agent_token = read("agent.token");
+        if let Some(t) = read("admin.token") {
+            self.admin_token = t;
+        }
+        if let Some(t) = read("agent.token") {
+            self.agent_token = t;
+        }
         self.child = Some(child);
         self._stdout = Some(stdout);
+    }
+
+    /// This manager's raft node id (from `DATA_DIR/cluster.json`).
+    pub fn node_id(&self) -> u64 {
+        let text = std::fs::read_to_string(self.data_dir().join("cluster.json"))
+            .expect("cluster.json in the data dir");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("cluster.json is JSON");
+        v["node_id"].as_u64().expect("node_id in cluster.json")
     }
 
     /// An API client with the admin token.
@@ -290,6 +314,13 @@ impl AgentOptions {
             manager_token: None,
             extra_args: Vec::new(),
         }
+    }
+
+    /// Connects the agent to every member of `cluster` (it starts at a random one).
+    pub fn cluster(mut self, cluster: &Cluster) -> AgentOptions {
+        self.managers = cluster.api_urls();
+        self.manager_token = Some(cluster.agent_token.clone());
+        self
     }
 
     /// Connects the agent to `manager` with the manager's agent token.

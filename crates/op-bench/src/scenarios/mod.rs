@@ -2,6 +2,7 @@
 //! standalone `op-agent`; the manager's (`propagation`, `ingest`, `idle`) start an `op-manager` and
 //! the fleet simulator; `propagation_real` starts a manager and real agents.
 
+pub mod cluster;
 pub mod cron_precision;
 pub mod fanout;
 pub mod footprint;

@@ -9,7 +9,7 @@ use op_proto::{API_VERSION, ErrorBody};
 use op_store::{Rejection, StoreError};
 use uuid::Uuid;
 
-use crate::raft::WriteError;
+use crate::raft::ClusterError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -44,10 +44,15 @@ pub enum ApiError {
     Conflict(String),
     #[error("this route does not accept that method")]
     MethodNotAllowed,
-    #[error("this manager is not the leader; send writes to {}", .leader_api.as_deref().unwrap_or("the leader (none elected yet)"))]
-    NotLeader { leader_api: Option<String> },
     #[error("{0}")]
     Unavailable(String),
+    /// The cluster could not say whether a change was made (the leader died while answering).
+    #[error("{0}")]
+    OutcomeUnknown(String),
+    #[error("{0}")]
+    NoLeader(String),
+    #[error("this manager was removed from the cluster; use one of its members: {}", .members.join(", "))]
+    Removed { members: Vec<String> },
     #[error("too many downloads in progress; retry after {retry_after_secs} s")]
     TooManyRequests { retry_after_secs: u64 },
     #[error("too many failed authentications from this address; retry after {retry_after_secs} s")]
@@ -90,8 +95,10 @@ impl ApiError {
             ApiError::ApiVersion { .. } => (StatusCode::BAD_REQUEST, "api_version_mismatch"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::NotLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
+            ApiError::NoLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
+            ApiError::Removed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "removed"),
             ApiError::TooManyRequests { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
             }
@@ -148,11 +155,20 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<WriteError> for ApiError {
-    fn from(e: WriteError) -> Self {
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> Self {
         match e {
-            WriteError::NotLeader { leader_api, .. } => ApiError::NotLeader { leader_api },
-            WriteError::Raft(m) => ApiError::Unavailable(format!("raft: {m}")),
+            ClusterError::NoLeader { .. } | ClusterError::NotLeader => {
+                ApiError::NoLeader(e.to_string())
+            }
+            ClusterError::OutcomeUnknown(_) => ApiError::OutcomeUnknown(e.to_string()),
+            ClusterError::Refused { code, message } => match code.as_str() {
+                "not_found" => ApiError::NotFound(message),
+                "conflict" | "wrong_cluster" => ApiError::Conflict(message),
+                "invalid" => ApiError::bad("invalid", message),
+                _ => ApiError::Unavailable(message),
+            },
+            ClusterError::Raft(m) => ApiError::Unavailable(format!("raft: {m}")),
         }
     }
 }

@@ -46,6 +46,9 @@ pub fn required_access(method: &Method, path: &str) -> Access {
         Access::ReadOrAgent
     } else if path == "/v1/tokens" || path.starts_with("/v1/tokens/") {
         Access::Admin
+    } else if path.starts_with("/v1/cluster/") {
+        // Membership and leadership: as powerful as holding the cluster secret.
+        Access::Admin
     } else if method == Method::GET || method == Method::HEAD {
         Access::Read
     } else {
@@ -70,7 +73,7 @@ fn allows(scope: Scope, access: Access) -> Result<(), ApiError> {
         match access {
             Access::Read => "read fleet data",
             Access::Operate => "change jobs, runs, nodes or packages",
-            Access::Admin => "manage tokens",
+            Access::Admin => "manage tokens or cluster membership",
             Access::Agent => "use the agent protocol",
             Access::ReadOrAgent => "download packages",
             Access::Public => "",
@@ -149,6 +152,17 @@ async fn admit(app: &App, mut req: Request) -> Result<Request, ApiError> {
         allows(caller.scope, access)?;
         req.extensions_mut().insert(caller);
     }
+    // A removed member's state no longer moves: send everyone to the members instead.
+    if app.cluster.removed()
+        && !matches!(
+            req.uri().path(),
+            "/healthz" | "/metrics" | "/v1/cluster" | "/v1/version"
+        )
+    {
+        return Err(ApiError::Removed {
+            members: app.managers(),
+        });
+    }
     Ok(req)
 }
 
@@ -193,6 +207,15 @@ mod tests {
             Access::Operate
         );
         assert_eq!(required_access(&Method::DELETE, content), Access::Operate);
+        assert_eq!(required_access(&Method::GET, "/v1/cluster"), Access::Read);
+        assert_eq!(
+            required_access(&Method::POST, "/v1/cluster/members"),
+            Access::Admin
+        );
+        assert_eq!(
+            required_access(&Method::DELETE, "/v1/cluster/members/2"),
+            Access::Admin
+        );
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! The HTTP API on the api listener: the route table, and the layers every route shares
-//! (version check + authentication + access policy in [`guard`], body limits, response counting).
+//! (version check + authentication + access policy in [`guard`], linearizable reads in
+//! [`consistency`], body limits, response counting).
 //! No global timeout layer: sync calls park for up to their wait, and a waiting invocation streams
 //! its results for as long as its hosts' deadlines allow.
 
 mod agent;
 mod audit;
+mod cluster;
+mod consistency;
 pub(crate) mod error;
 mod extract;
 mod guard;
@@ -54,7 +57,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
         .route("/v1/version", get(system::version))
-        .route("/v1/cluster", get(system::cluster))
+        .route("/v1/cluster", get(cluster::get))
+        .route("/v1/cluster/members", post(cluster::add_member))
+        .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
+        .route("/v1/cluster/leader", post(cluster::transfer_leader))
         .route("/v1/jobs", get(jobs::list))
         .route(
             "/v1/jobs/{name}",
@@ -103,6 +109,11 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(rest)
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
+        // Layers run bottom-up: count, then guard (who may ask), then the read barrier.
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            consistency::linearizable,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             guard::guard,

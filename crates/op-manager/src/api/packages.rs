@@ -2,9 +2,11 @@
 //! Range under the download cap, rollback, and delete of one version.
 //!
 //! Uploads are stored before their metadata is written: the blob is hashed while it arrives,
-//! fsynced, moved to `blobs/<sha256>`, and only then is `AddPackageVersion` proposed, so a version
-//! the store knows always has its content here. Downloads hold a slot of the download gate for as
-//! long as the body streams.
+//! fsynced, moved to `blobs/<sha256>`, copied to a majority of the managers, and only then is
+//! `AddPackageVersion` proposed, so a version the cluster knows survives the loss of any minority
+//! of managers, including the one that took the upload. Downloads hold a slot of the download
+//! gate for as long as the body streams; a manager that lacks the content fetches it from a peer
+//! first.
 
 use std::io::SeekFrom;
 use std::sync::Arc;
@@ -27,7 +29,7 @@ use super::error::ApiError;
 use super::extract::{ApiBytes, ApiQuery};
 use crate::app::App;
 use crate::auth::Caller;
-use crate::blobs::ReceiveError;
+use crate::blobs::{ReceiveError, replicate};
 use crate::downloads::RETRY_AFTER_SECS;
 
 /// Size of the chunks a download is sent in.
@@ -97,6 +99,7 @@ pub async fn upload(
         .commit(staged)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    replicate::push_to_majority(&app, &received.sha256).await?;
     let result = app
         .write(Command::AddPackageVersion {
             name,
@@ -201,17 +204,17 @@ pub async fn content(
     let permit = app.downloads.try_enter().ok_or(ApiError::TooManyRequests {
         retry_after_secs: RETRY_AFTER_SECS,
     })?;
-    let path = app.blobs.path(&v.sha256);
-    let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
+    let path = replicate::ensure_local(&app, &v.sha256)
+        .await
+        .map_err(|e| {
             ApiError::Unavailable(format!(
-                "the content of {} {} is missing on this manager",
+                "the content of {} {} is not on this manager and no other manager could send it: {e}",
                 v.name, v.version
             ))
-        } else {
-            ApiError::Internal(format!("{}: {e}", path.display()))
-        }
-    })?;
+        })?;
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
     // Serve what is on disk; a damaged blob is caught by the downloader's sha256 check.
     let size = file
         .metadata()

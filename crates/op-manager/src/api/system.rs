@@ -1,4 +1,4 @@
-//! Health, version, metrics, cluster status, and the answers for unknown routes.
+//! Health, version, metrics, and the answers for unknown routes.
 
 use std::sync::Arc;
 
@@ -7,8 +7,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use op_proto::API_VERSION;
-use op_proto::api::{ClusterMember, ClusterStatus, VersionInfo};
-use op_store::META_CLUSTER_ID;
+use op_proto::api::VersionInfo;
 
 use super::error::ApiError;
 use crate::app::App;
@@ -33,10 +32,12 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
     let raft = {
         let m = app.raft.metrics();
         let m = m.borrow();
+        let last = m.last_log_index.unwrap_or(0);
         RaftView {
             term: m.current_term,
             applied: m.last_applied.map_or(0, |l| l.index),
-            last_log: m.last_log_index.unwrap_or(0),
+            last_log: last,
+            committed: app.cluster.committed_index().unwrap_or(0),
             snapshot: m.snapshot.map_or(0, |l| l.index),
             leader: m.current_leader == Some(m.id),
             has_leader: m.current_leader.is_some(),
@@ -48,6 +49,17 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
                 openraft::ServerState::Shutdown => "shutdown",
             },
             voters: m.membership_config.membership().voter_ids().count() as u64,
+            members: m.membership_config.membership().nodes().count(),
+            lag: m
+                .replication
+                .as_ref()
+                .map(|r| {
+                    r.iter()
+                        .filter(|(id, _)| **id != m.id)
+                        .map(|(id, l)| (*id, last.saturating_sub(l.map_or(0, |l| l.index))))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     };
     let body = app.metrics.render(&stats, &latest, &raft);
@@ -58,50 +70,6 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
         )],
         body,
     ))
-}
-
-pub async fn cluster(State(app): State<Arc<App>>) -> Result<Json<ClusterStatus>, ApiError> {
-    let cluster_id = app
-        .read(|s| s.meta(META_CLUSTER_ID))
-        .await?
-        .unwrap_or_default();
-    let m = app.raft.metrics().borrow().clone();
-    let membership = m.membership_config.membership();
-    let voters: Vec<u64> = membership.voter_ids().collect();
-    let members = membership
-        .nodes()
-        .map(|(id, node)| ClusterMember {
-            id: *id,
-            api_addr: if *id == m.id {
-                app.api_url.clone()
-            } else {
-                node.api_addr.clone()
-            },
-            raft_addr: if *id == m.id {
-                app.raft_url.clone()
-            } else {
-                node.raft_addr.clone()
-            },
-            voter: voters.contains(id),
-            matched_index: m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(id).cloned().flatten())
-                .map(|l| l.index)
-                .or_else(|| (*id == m.id).then_some(m.last_log_index).flatten()),
-        })
-        .collect();
-    Ok(Json(ClusterStatus {
-        cluster_id,
-        node_id: m.id,
-        leader: m.current_leader,
-        term: m.current_term,
-        state: format!("{:?}", m.state),
-        last_log_index: m.last_log_index,
-        applied_index: m.last_applied.map(|l| l.index),
-        snapshot_index: m.snapshot.map(|l| l.index),
-        members,
-    }))
 }
 
 pub async fn not_found() -> ApiError {

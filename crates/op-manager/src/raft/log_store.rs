@@ -9,6 +9,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -20,6 +21,8 @@ use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Mutex<Connection>>,
+    /// The last saved committed index + 1 (0 = none), for `/v1/cluster` and metrics.
+    committed: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -44,9 +47,20 @@ impl LogStore {
                                              entry TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
         )?;
+        let committed: Option<LogId> = LogStore::get_kv::<Option<LogId>>(&conn, "committed")
+            .map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+            })?
+            .flatten();
         Ok(LogStore {
             db: Arc::new(Mutex::new(conn)),
+            committed: Arc::new(AtomicU64::new(committed.map_or(0, |l| l.index + 1))),
         })
+    }
+
+    /// The committed index + 1 as last saved (0 = nothing committed yet).
+    pub fn committed_handle(&self) -> Arc<AtomicU64> {
+        self.committed.clone()
     }
 
     /// Runs `f` on the connection in a blocking thread.
@@ -186,7 +200,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.with_db(ErrorSubject::Store, ErrorVerb::Write, move |conn| {
             LogStore::put_kv(conn, "committed", &committed)
         })
-        .await
+        .await?;
+        self.committed
+            .store(committed.map_or(0, |l| l.index + 1), Ordering::SeqCst);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

@@ -1,12 +1,18 @@
-//! Raft RPCs between managers: JSON over HTTP to each peer's `raft_addr`
-//! (`POST /raft/append`, `/raft/vote`, `/raft/snapshot`), and the router that serves them on the
-//! raft listener. Peers reach only this listener; agents and the CLI never do (invariant 4).
+//! Talking to peer managers: JSON over HTTP to each peer's `raft_addr`. [`Peers`] is the one
+//! HTTP client for everything a manager asks another (openraft's append/vote/snapshot RPCs,
+//! forwarded writes, read barriers, membership changes, blobs); it stamps every request with
+//! this cluster's id, this node's id and the cluster secret. [`Network`] adapts it to openraft.
+//!
+//! The transport is plain `http://` today; TLS (a later issue) only changes how the
+//! `reqwest::Client` in [`Peers::new`] is built and the scheme of the advertised URLs.
+//! Peers reach only this listener; agents and the CLI never do (invariant 4).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::routing::post;
-use axum::{Json, Router};
+use op_proto::ErrorBody;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -15,34 +21,207 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::{LogId, Vote};
+use reqwest::{Method, RequestBuilder, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::types::{Member, NodeId, Raft, TypeConfig};
+use super::messages::{CLUSTER_HEADER, NODE_HEADER, code};
+use super::types::{Member, NodeId, TypeConfig};
 
 /// Largest raft RPC body accepted: a batch of large run records, or a JSON-encoded snapshot chunk.
 pub const RAFT_BODY_LIMIT: usize = 256 << 20;
 
-/// Creates one [`PeerClient`] per target; they share one HTTP connection pool.
-#[derive(Clone)]
-pub struct Network {
-    http: reqwest::Client,
+/// How often the same refusal by the same peer is logged (raft retries many times a second).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// Why a call to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// No connection: the request was not sent, so it is safe to send again.
+    #[error("cannot reach {url}: {message}")]
+    Unreachable { url: String, message: String },
+    /// Sent, but no complete answer: the request may or may not have taken effect.
+    #[error("{url}: no answer: {message}")]
+    NoAnswer { url: String, message: String },
+    /// The peer answered with an error.
+    #[error("{url}: {} ({})", .body.message, .body.code)]
+    Refused {
+        url: String,
+        status: u16,
+        body: ErrorBody,
+    },
 }
 
-impl Default for Network {
-    fn default() -> Self {
-        Network::new()
+impl PeerError {
+    /// The peer's error code, when it answered.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            PeerError::Refused { body, .. } => Some(&body.code),
+            _ => None,
+        }
     }
 }
 
-impl Network {
-    pub fn new() -> Network {
-        Network {
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(2))
-                .build()
-                .unwrap_or_default(),
+/// The HTTP client for peer requests, with this node's credentials.
+#[derive(Clone)]
+pub struct Peers {
+    http: reqwest::Client,
+    cluster_id: String,
+    secret: String,
+    node_id: NodeId,
+    /// Set when a peer refused our vote because we are not a member: we were removed.
+    removed: Arc<AtomicBool>,
+    /// When each (peer, code) refusal was last logged.
+    logged: Arc<Mutex<HashMap<(String, String), Instant>>>,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers")
+            .field("cluster_id", &self.cluster_id)
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A `reqwest` client for talking to peers (and to a member while joining).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .build()
+        .unwrap_or_default()
+}
+
+/// Reads an error answer into an [`ErrorBody`] (a peer of another version may send text).
+async fn error_body(resp: Response) -> ErrorBody {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    serde_json::from_str::<ErrorBody>(&text).unwrap_or_else(|_| {
+        ErrorBody::new(
+            code::FAILED,
+            if text.trim().is_empty() {
+                status.to_string()
+            } else {
+                text.trim().to_string()
+            },
+        )
+    })
+}
+
+/// Maps a transport error: a connect failure means the request never left.
+fn transport(url: &str, e: reqwest::Error) -> PeerError {
+    if e.is_connect() {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message = s.to_string();
+            source = s.source();
         }
+        PeerError::Unreachable {
+            url: url.to_string(),
+            message,
+        }
+    } else {
+        PeerError::NoAnswer {
+            url: url.to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Sends `req` and decodes a 2xx JSON answer.
+pub async fn send_json<T: DeserializeOwned>(
+    url: &str,
+    req: RequestBuilder,
+) -> Result<T, PeerError> {
+    let resp = req.send().await.map_err(|e| transport(url, e))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(PeerError::Refused {
+            url: url.to_string(),
+            status: status.as_u16(),
+            body: error_body(resp).await,
+        });
+    }
+    resp.json().await.map_err(|e| PeerError::NoAnswer {
+        url: url.to_string(),
+        message: format!("undecodable answer: {e}"),
+    })
+}
+
+impl Peers {
+    pub fn new(cluster_id: String, secret: String, node_id: NodeId) -> Peers {
+        Peers {
+            http: http_client(),
+            cluster_id,
+            secret,
+            node_id,
+            removed: Arc::new(AtomicBool::new(false)),
+            logged: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// True once a peer told us we are not a member any more.
+    pub fn removed(&self) -> bool {
+        self.removed.load(Ordering::SeqCst)
+    }
+
+    pub fn mark_removed(&self) {
+        self.removed.store(true, Ordering::SeqCst);
+    }
+
+    /// A request to `base` + `path` carrying this node's credentials.
+    pub fn request(&self, method: Method, base: &str, path: &str) -> (String, RequestBuilder) {
+        let url = format!("{}{path}", base.trim_end_matches('/'));
+        let req = self
+            .http
+            .request(method, &url)
+            .bearer_auth(&self.secret)
+            .header(CLUSTER_HEADER, &self.cluster_id)
+            .header(NODE_HEADER, self.node_id.to_string());
+        (url, req)
+    }
+
+    /// POSTs `body` as JSON and decodes the JSON answer, within `timeout`.
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        base: &str,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T, PeerError> {
+        let (url, req) = self.request(Method::POST, base, path);
+        send_json(&url, req.timeout(timeout).json(body)).await
+    }
+
+    /// Logs a peer's refusal at error level, at most once per `REFUSAL_LOG_EVERY` per kind.
+    fn log_refusal(&self, target: NodeId, url: &str, body: &ErrorBody) {
+        let key = (url.to_string(), body.code.clone());
+        let now = Instant::now();
+        if let Ok(mut logged) = self.logged.lock() {
+            if logged
+                .get(&key)
+                .is_some_and(|t| now.duration_since(*t) < REFUSAL_LOG_EVERY)
+            {
+                return;
+            }
+            logged.insert(key, now);
+        }
+        tracing::error!(peer = target, url, code = %body.code, "raft peer refused us: {}", body.message);
+    }
+}
+
+/// Creates one [`PeerClient`] per target; they share one HTTP connection pool.
+#[derive(Clone)]
+pub struct Network {
+    peers: Peers,
+}
+
+impl Network {
+    pub fn new(peers: Peers) -> Network {
+        Network { peers }
     }
 }
 
@@ -53,16 +232,65 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             target,
             base: node.raft_addr.trim_end_matches('/').to_string(),
-            http: self.http.clone(),
+            peers: self.peers.clone(),
+            append: None,
         }
     }
+}
+
+type AppendResult =
+    Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>>;
+
+/// The answer of an append task; a task that panicked counts as a network failure. (The error
+/// type is openraft's, as the trait returns it.)
+#[allow(clippy::result_large_err)]
+fn joined(result: Result<AppendResult, tokio::task::JoinError>) -> AppendResult {
+    match result {
+        Ok(r) => r,
+        Err(e) => Err(RPCError::Network(NetworkError::new(
+            &std::io::Error::other(e),
+        ))),
+    }
+}
+
+/// What identifies an append: openraft sends the same one again after a timeout.
+type AppendKey = (
+    Vote<NodeId>,
+    Option<LogId<NodeId>>,
+    Option<LogId<NodeId>>,
+    Option<LogId<NodeId>>,
+);
+
+fn append_key(rpc: &AppendEntriesRequest<TypeConfig>) -> AppendKey {
+    (
+        rpc.vote,
+        rpc.prev_log_id,
+        rpc.entries.first().map(|e| e.log_id),
+        rpc.entries.last().map(|e| e.log_id),
+    )
+}
+
+/// An append on its way to the peer, in its own task so that it outlives openraft's timeout.
+struct InFlight {
+    key: AppendKey,
+    task: tokio::task::JoinHandle<AppendResult>,
 }
 
 pub struct PeerClient {
     target: NodeId,
     base: String,
-    http: reqwest::Client,
+    peers: Peers,
+    /// openraft gives an append one heartbeat period, then drops it and sends it again. A batch
+    /// of run records, or a new member catching up, can take longer to send, write durably and
+    /// acknowledge than that, and would then be sent again forever. So each append runs in a
+    /// task that the timeout does not cancel: the retry waits for the same task, and a
+    /// different append waits for it to finish first (the peer takes them in order anyway).
+    append: Option<InFlight>,
 }
+
+/// Requests that outlive openraft's per-RPC timeout still end: a peer that never answers is
+/// given up on after this long.
+const APPEND_LIMIT: Duration = Duration::from_secs(30);
 
 impl PeerClient {
     async fn call<Req, Resp, E>(
@@ -76,11 +304,35 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let url = format!("{}/raft/{endpoint}", self.base);
-        let resp = self
-            .http
-            .post(&url)
-            .timeout(option.hard_ttl())
+        call(
+            &self.peers,
+            self.target,
+            &self.base,
+            endpoint,
+            req,
+            option.hard_ttl(),
+        )
+        .await
+    }
+}
+
+async fn call<Req, Resp, E>(
+    peers: &Peers,
+    target: NodeId,
+    base: &str,
+    endpoint: &str,
+    req: &Req,
+    timeout: Duration,
+) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+where
+    Req: Serialize,
+    Resp: DeserializeOwned,
+    E: std::error::Error + DeserializeOwned,
+{
+    {
+        let (url, builder) = peers.request(Method::POST, base, &format!("/raft/{endpoint}"));
+        let resp = builder
+            .timeout(timeout)
             .json(req)
             .send()
             .await
@@ -91,11 +343,23 @@ impl PeerClient {
                     RPCError::Network(NetworkError::new(&e))
                 }
             })?;
+        if !resp.status().is_success() {
+            // Refused before raft saw it (secret, cluster, membership): say so loudly but not
+            // on every retry, and let openraft back off as from an unreachable peer.
+            let body = error_body(resp).await;
+            if body.code == code::NOT_A_MEMBER {
+                peers.mark_removed();
+            }
+            peers.log_refusal(target, &url, &body);
+            return Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other(format!("{url}: {}", body.message)),
+            )));
+        }
         let result: Result<Resp, RaftError<NodeId, E>> = resp
             .json()
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
     }
 }
 
@@ -105,7 +369,26 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call("append", &rpc, &option).await
+        let _ = option;
+        let key = append_key(&rpc);
+        if let Some(prev) = &mut self.append {
+            // Cancelled here by openraft's timeout, the task (and `self.append`) stays.
+            let result = (&mut prev.task).await;
+            let same = prev.key == key;
+            self.append = None;
+            if same {
+                return joined(result);
+            }
+        }
+        let (peers, target, base) = (self.peers.clone(), self.target, self.base.clone());
+        let task =
+            tokio::spawn(
+                async move { call(&peers, target, &base, "append", &rpc, APPEND_LIMIT).await },
+            );
+        let flight = self.append.insert(InFlight { key, task });
+        let result = (&mut flight.task).await;
+        self.append = None;
+        joined(result)
     }
 
     async fn install_snapshot(
@@ -126,35 +409,4 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         self.call("vote", &rpc, &option).await
     }
-}
-
-/// The raft listener's routes.
-pub fn router(raft: Raft) -> Router {
-    Router::new()
-        .route("/raft/append", post(append))
-        .route("/raft/vote", post(vote))
-        .route("/raft/snapshot", post(snapshot))
-        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT))
-        .with_state(raft)
-}
-
-async fn append(
-    State(raft): State<Raft>,
-    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
-    Json(raft.append_entries(req).await)
-}
-
-async fn vote(
-    State(raft): State<Raft>,
-    Json(req): Json<VoteRequest<NodeId>>,
-) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
-    Json(raft.vote(req).await)
-}
-
-async fn snapshot(
-    State(raft): State<Raft>,
-    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
-    Json(raft.install_snapshot(req).await)
 }

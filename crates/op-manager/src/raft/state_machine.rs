@@ -246,6 +246,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let store = self.store.clone();
         let snapshots = self.snapshots.clone();
         let meta = meta.clone();
+        let last_index = meta.last_log_id.map(|l| l.index);
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             // Keep a copy as our current snapshot (to serve to other followers), then move the
             // received file into place as the live state.
@@ -257,6 +258,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(|e| snap_err(ErrorVerb::Write, e))?
         .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        tracing::info!(
+            event = "snapshot_installed",
+            last_index = last_index,
+            "installed a snapshot sent by the leader"
+        );
         self.hub.reset();
         Ok(())
     }

@@ -184,17 +184,24 @@ async fn bad_uploads_are_refused_and_change_nothing() {
         assert_eq!(err.code(), Some(code), "{name} {dir:?}: {err}");
     }
     assert!(admin.list_packages().await.unwrap().is_empty());
-    let blobs: Vec<_> = std::fs::read_dir(m.dir.path().join("blobs"))
+    let mut blobs: Vec<_> = std::fs::read_dir(m.dir.path().join("blobs"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(blobs, ["tmp"], "no blob and no temp file is left behind");
+    blobs.sort();
+    // Only the staging dirs for uploads (tmp) and for copies pushed by peers (incoming).
     assert_eq!(
-        std::fs::read_dir(m.dir.path().join("blobs/tmp"))
-            .unwrap()
-            .count(),
-        0
+        blobs,
+        ["incoming", "tmp"],
+        "no blob and no temp file is left behind"
     );
+    for sub in ["blobs/tmp", "blobs/incoming"] {
+        assert_eq!(
+            std::fs::read_dir(m.dir.path().join(sub)).unwrap().count(),
+            0,
+            "{sub} is empty"
+        );
+    }
     m.stop().await;
 }
 

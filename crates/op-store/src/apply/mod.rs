@@ -55,6 +55,8 @@ pub struct Changes {
     /// Nodes a directive of which ended (its run arrived, or its deadline passed). Their desired
     /// state lost that directive, but nothing they must act on changed, so they need not be woken.
     pub directives_ended: BTreeSet<Uuid>,
+    /// A package version was added: every manager must hold its blob.
+    pub blobs_added: bool,
 }
 
 impl Changes {
@@ -69,6 +71,7 @@ impl Changes {
         self.blobs_released |= other.blobs_released;
         self.invocations.extend(other.invocations);
         self.directives_ended.extend(other.directives_ended);
+        self.blobs_added |= other.blobs_added;
     }
 
     /// True when some node's desired state may have changed.

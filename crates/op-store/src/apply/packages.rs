@@ -93,6 +93,7 @@ pub(super) fn add(
         name,
         &format!("version {version} sha256 {sha256} size {size}"),
     )?;
+    ch.blobs_added = true;
     bump_desired_all(conn, index, ch)?;
     let stored = read::packages::version(conn, name, version)?;
     Ok(stored

@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod backup;
+mod cluster;
 mod config_docs;
 mod fanout;
 mod fleet;

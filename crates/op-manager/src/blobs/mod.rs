@@ -1,21 +1,27 @@
 //! Package blobs: content-addressed files under `DATA_DIR/blobs/`, named by their sha256.
 //!
 //! An upload is streamed into `blobs/tmp/`, hashed while it arrives, fsynced ([`BlobStore::receive`]),
-//! and renamed to `blobs/<sha256>` ([`BlobStore::commit`]); only then is its metadata written through raft (op-store keeps names,
-//! versions and hashes, never content). Blobs are local files, so garbage collection runs outside
-//! `apply`, on each manager: [`BlobStore::gc`] deletes every blob no stored version refers to.
+//! and renamed to `blobs/<sha256>` ([`BlobStore::commit`]); then it is copied to a majority of the
+//! managers ([`replicate`]), and only then is its metadata written through raft (op-store keeps
+//! names, versions and hashes, never content). A copy pushed by a peer waits in
+//! `blobs/incoming/<sha256>` until this manager's store refers to it; then it is adopted (moved to
+//! `blobs/<sha256>`). A manager whose store refers to a blob it lacks fetches it from a peer.
 //!
-//! The one race that matters is an upload whose blob is in place but whose version is not applied
-//! yet: GC would see an unreferenced file. Uploads therefore hold [`BlobStore::commit_guard`]
-//! (a shared lock) from the rename until their command is applied, and GC takes the lock
-//! exclusively while it decides, so it never sees that window.
+//! Blobs are local files, so garbage collection runs outside `apply`, on each manager:
+//! [`BlobStore::gc`] deletes every blob no stored version refers to, and incoming copies nobody
+//! adopted within a day (an upload whose version was never written).
 //!
-//! Replicating blobs to follower managers belongs to the cluster work; a single manager is
-//! complete on its own.
+//! The one race that matters is a blob in place whose version is not applied yet: GC would see
+//! an unreferenced file. Uploads and adoptions therefore hold [`BlobStore::commit_guard`] (a
+//! shared lock) from the rename until their command is applied, and GC takes the lock
+//! exclusively while it decides, so it never sees that window. Incoming copies are outside GC's
+//! reach for the same reason.
 
-use std::collections::BTreeSet;
+pub mod replicate;
+
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -64,11 +70,17 @@ pub struct GcReport {
     pub bytes: u64,
 }
 
+/// Incoming copies nobody adopted within this long are garbage.
+const INCOMING_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Debug)]
 pub struct BlobStore {
     dir: PathBuf,
     tmp: PathBuf,
+    incoming: PathBuf,
     commit: Arc<RwLock<()>>,
+    /// One fetch per blob at a time (a download and the sync loop may want the same one).
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Removes a temp file unless the upload got as far as renaming it.
@@ -106,20 +118,63 @@ impl BlobStore {
     /// manager's data-dir lock guarantees no other process writes here.
     pub fn open(dir: PathBuf) -> std::io::Result<BlobStore> {
         let tmp = dir.join("tmp");
+        let incoming = dir.join("incoming");
         std::fs::create_dir_all(&tmp)?;
+        std::fs::create_dir_all(&incoming)?;
         for entry in std::fs::read_dir(&tmp)? {
             let _ = std::fs::remove_file(entry?.path());
         }
         Ok(BlobStore {
             dir,
             tmp,
+            incoming,
             commit: Arc::new(RwLock::new(())),
+            fetching: Mutex::new(HashMap::new()),
         })
     }
 
     /// The file of a blob (which may not exist on this manager).
     pub fn path(&self, sha256: &str) -> PathBuf {
         self.dir.join(sha256)
+    }
+
+    /// Where a peer's copy waits until it is adopted.
+    pub fn incoming_path(&self, sha256: &str) -> PathBuf {
+        self.incoming.join(sha256)
+    }
+
+    /// True when the blob is in place here.
+    pub fn has(&self, sha256: &str) -> bool {
+        self.path(sha256).is_file()
+    }
+
+    /// The file holding a blob's content here, in place or incoming.
+    pub fn find(&self, sha256: &str) -> Option<PathBuf> {
+        [self.path(sha256), self.incoming_path(sha256)]
+            .into_iter()
+            .find(|p| p.is_file())
+    }
+
+    /// Moves an incoming copy into place; false when there is none. The caller holds
+    /// [`BlobStore::commit_guard`] and its store refers to the blob.
+    pub async fn adopt(&self, sha256: &str) -> std::io::Result<bool> {
+        match tokio::fs::rename(self.incoming_path(sha256), self.path(sha256)).await {
+            Ok(()) => {
+                let dir = self.dir.clone();
+                let _ = tokio::task::spawn_blocking(move || sync_dir(&dir)).await;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The lock serializing fetches of one blob.
+    pub fn fetch_lock(&self, sha256: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget locks nobody holds, so the map stays as small as the fetches in progress.
+        map.retain(|_, l| Arc::strong_count(l) > 1);
+        map.entry(sha256.to_string()).or_default().clone()
     }
 
     /// Held by an upload from the moment its blob is in place until its version is applied.
@@ -183,21 +238,32 @@ impl BlobStore {
 
     /// Moves a staged upload to `blobs/<sha256>`. The caller must hold
     /// [`BlobStore::commit_guard`] from before this call until the version is applied.
-    pub async fn commit(&self, mut staged: Staged) -> Result<Received, ReceiveError> {
+    pub async fn commit(&self, staged: Staged) -> Result<Received, ReceiveError> {
+        let dest = self.path(&staged.received.sha256);
+        self.commit_to(staged, dest).await
+    }
+
+    /// Moves a staged copy pushed by a peer to `blobs/incoming/<sha256>`.
+    pub async fn commit_incoming(&self, staged: Staged) -> Result<Received, ReceiveError> {
+        let dest = self.incoming_path(&staged.received.sha256);
+        self.commit_to(staged, dest).await
+    }
+
+    async fn commit_to(&self, mut staged: Staged, dest: PathBuf) -> Result<Received, ReceiveError> {
         let Some(tmp_path) = staged.temp.0.take() else {
             return Err(ReceiveError::Body(
                 "the upload was already committed".into(),
             ));
         };
-        let dest = self.path(&staged.received.sha256);
         // Renaming over an existing blob of the same hash replaces it with a verified copy
         // (repairing one damaged on disk); readers that have the old file open keep reading it.
         if let Err(e) = tokio::fs::rename(&tmp_path, &dest).await {
             let _ = tokio::fs::remove_file(&tmp_path).await;
             return Err(io(&dest)(e));
         }
-        let dir = self.dir.clone();
-        let _ = tokio::task::spawn_blocking(move || sync_dir(&dir)).await;
+        if let Some(dir) = dest.parent().map(Path::to_path_buf) {
+            let _ = tokio::task::spawn_blocking(move || sync_dir(&dir)).await;
+        }
         Ok(staged.received.clone())
     }
 
@@ -224,6 +290,32 @@ impl BlobStore {
         }
         if report.deleted > 0 {
             sync_dir(&self.dir);
+        }
+        // Incoming copies: adopted ones are duplicates, and one nobody adopted for a day belongs
+        // to an upload whose version was never written.
+        for entry in std::fs::read_dir(&self.incoming)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !is_blob_name(name) {
+                continue;
+            }
+            let meta = entry.metadata()?;
+            let stale = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > INCOMING_MAX_AGE);
+            if stale || (referenced.contains(name) && self.has(name)) {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => {
+                        report.deleted += 1;
+                        report.bytes += meta.len();
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
         }
         Ok(report)
     }
@@ -363,9 +455,38 @@ mod tests {
                 .count(),
             0
         );
+        // Only the tmp and incoming dirs: no blob.
         assert_eq!(
             std::fs::read_dir(dir.path().join("blobs")).unwrap().count(),
-            1
+            2
         );
+    }
+
+    #[tokio::test]
+    async fn incoming_copies_are_adopted_and_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let staged = blobs
+            .receive(body(&[b"pushed"]), 100, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let r = blobs.commit_incoming(staged).await.unwrap();
+        assert!(!blobs.has(&r.sha256));
+        assert_eq!(blobs.find(&r.sha256), Some(blobs.incoming_path(&r.sha256)));
+        // GC leaves a young incoming copy alone, referenced or not.
+        assert_eq!(blobs.gc_files(&BTreeSet::new()).unwrap().deleted, 0);
+        assert!(blobs.adopt(&r.sha256).await.unwrap());
+        assert!(blobs.has(&r.sha256));
+        assert!(!blobs.adopt(&r.sha256).await.unwrap());
+        // A second copy that arrives after adoption is a duplicate.
+        let staged = blobs
+            .receive(body(&[b"pushed"]), 100, Duration::from_secs(5))
+            .await
+            .unwrap();
+        blobs.commit_incoming(staged).await.unwrap();
+        let kept = BTreeSet::from([r.sha256.clone()]);
+        assert_eq!(blobs.gc_files(&kept).unwrap().deleted, 1);
+        assert!(blobs.has(&r.sha256));
+        assert!(blobs.find(&r.sha256).is_some());
     }
 }

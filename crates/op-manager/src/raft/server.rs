@@ -1,0 +1,314 @@
+//! The raft listener: openraft's RPCs and the other peer requests (forwarded writes, read
+//! barriers, membership, leadership transfer, blobs).
+//!
+//! Every route but `/raft/join` demands this cluster's secret (`Authorization: Bearer`,
+//! compared in constant time) and this cluster's id ([`CLUSTER_HEADER`]); a node of another
+//! cluster is told which cluster it reached, so its log says what is wrong. Anyone who can
+//! reach the raft port but lacks the secret can therefore neither vote nor inject entries.
+//! `/raft/join` hands the secret out, so it demands an admin token of this cluster (or the
+//! secret itself).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use op_proto::ErrorBody;
+use op_proto::api::{AddMemberRequest, Scope, TransferLeaderRequest};
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use subtle::ConstantTimeEq;
+
+use super::ClusterError;
+use super::messages::{
+    CLUSTER_HEADER, CampaignRequest, JoinRequest, JoinResponse, ReadIndexResponse, RemovedNotice,
+    WriteRequest, WriteResponse, code,
+};
+use super::network::RAFT_BODY_LIMIT;
+use super::types::{NodeId, TypeConfig};
+use crate::app::App;
+
+/// A refusal on the raft listener: a status and an `ErrorBody`.
+#[derive(Debug)]
+pub struct PeerRefusal {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl PeerRefusal {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> PeerRefusal {
+        PeerRefusal {
+            status,
+            body: ErrorBody::new(code, message),
+        }
+    }
+}
+
+impl IntoResponse for PeerRefusal {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<ClusterError> for PeerRefusal {
+    fn from(e: ClusterError) -> Self {
+        let status = match &e {
+            ClusterError::NotLeader | ClusterError::NoLeader { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ClusterError::Refused { code, .. } if code == "not_found" => StatusCode::NOT_FOUND,
+            ClusterError::Refused { code, .. } if code == "conflict" => StatusCode::CONFLICT,
+            ClusterError::Refused { code, .. } if code == "invalid" => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        PeerRefusal::new(status, e.code(), e.to_string())
+    }
+}
+
+/// The raft listener's routes.
+pub fn router(app: Arc<App>) -> Router {
+    let authenticated = Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/snapshot", post(snapshot))
+        .route("/raft/write", post(write))
+        .route("/raft/read-index", post(read_index))
+        .route("/raft/members", post(add_member))
+        .route("/raft/members/{id}", delete(remove_member))
+        .route("/raft/leader", post(transfer_leader))
+        .route("/raft/campaign", post(campaign))
+        .route("/raft/removed", post(removed))
+        .route("/raft/hello", post(hello))
+        .route(
+            "/raft/blobs/{sha256}",
+            get(crate::blobs::replicate::serve_blob).put(crate::blobs::replicate::receive_blob),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            authenticate,
+        ));
+    Router::new()
+        .route("/raft/join", post(join))
+        .merge(authenticated)
+        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT))
+        .with_state(app)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+fn is_secret(app: &App, presented: &str) -> bool {
+    let secret = app.cluster.identity.secret.as_bytes();
+    presented.len() == secret.len() && bool::from(presented.as_bytes().ct_eq(secret))
+}
+
+async fn authenticate(
+    State(app): State<Arc<App>>,
+    req: Request,
+    next: Next,
+) -> Result<Response, PeerRefusal> {
+    let ours = &app.cluster.identity.cluster_id;
+    let theirs = req
+        .headers()
+        .get(CLUSTER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if theirs != ours {
+        return Err(PeerRefusal::new(
+            StatusCode::FORBIDDEN,
+            code::WRONG_CLUSTER,
+            format!(
+                "this manager belongs to cluster {ours}, the caller to {}; a manager's data dir belongs to one cluster (start a new member on an empty data dir with --join)",
+                if theirs.is_empty() { "none" } else { theirs }
+            ),
+        ));
+    }
+    if !bearer(req.headers()).is_some_and(|t| is_secret(&app, t)) {
+        return Err(PeerRefusal::new(
+            StatusCode::UNAUTHORIZED,
+            code::UNAUTHORIZED,
+            "raft request without this cluster's secret (DATA_DIR/cluster.secret)",
+        ));
+    }
+    Ok(next.run(req).await)
+}
+
+async fn append(
+    State(app): State<Arc<App>>,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+    Json(app.raft.append_entries(req).await)
+}
+
+async fn vote(
+    State(app): State<Arc<App>>,
+    Json(req): Json<VoteRequest<NodeId>>,
+) -> Result<Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>>, PeerRefusal> {
+    // A removed node that never learned of its removal keeps campaigning; tell it instead of
+    // letting it raise the term. (The leader lease would refuse it too, but silently.)
+    let candidate = req.vote.leader_id().voted_for();
+    let known = candidate.is_some_and(|c| {
+        app.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&c)
+            .is_some()
+    });
+    if !known {
+        return Err(PeerRefusal::new(
+            StatusCode::FORBIDDEN,
+            code::NOT_A_MEMBER,
+            format!(
+                "node {} is not a member of cluster {}; it was removed",
+                candidate.map_or_else(|| "?".to_string(), |c| c.to_string()),
+                app.cluster.identity.cluster_id
+            ),
+        ));
+    }
+    Ok(Json(app.raft.vote(req).await))
+}
+
+async fn snapshot(
+    State(app): State<Arc<App>>,
+    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
+    Json(app.raft.install_snapshot(req).await)
+}
+
+async fn write(
+    State(app): State<Arc<App>>,
+    Json(req): Json<WriteRequest>,
+) -> Result<Json<WriteResponse>, PeerRefusal> {
+    if !app.cluster.is_leader() {
+        return Err(ClusterError::NotLeader.into());
+    }
+    let kind = req.command.kind();
+    let resp = app.cluster.write_local(req.command).await?;
+    app.metrics.command_applied(kind);
+    Ok(Json(resp))
+}
+
+async fn read_index(State(app): State<Arc<App>>) -> Result<Json<ReadIndexResponse>, PeerRefusal> {
+    if !app.cluster.is_leader() {
+        return Err(ClusterError::NotLeader.into());
+    }
+    let index = app.cluster.read_index_local().await?;
+    Ok(Json(ReadIndexResponse { index }))
+}
+
+async fn add_member(
+    State(app): State<Arc<App>>,
+    Json(req): Json<AddMemberRequest>,
+) -> Result<Json<serde_json::Value>, PeerRefusal> {
+    // Any member takes the request; the leader does it.
+    app.cluster.add_member(req).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn remove_member(
+    State(app): State<Arc<App>>,
+    Path(id): Path<NodeId>,
+) -> Result<Json<serde_json::Value>, PeerRefusal> {
+    if !app.cluster.is_leader() {
+        return Err(ClusterError::NotLeader.into());
+    }
+    app.cluster.remove_member_local(id).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn transfer_leader(
+    State(app): State<Arc<App>>,
+    Json(req): Json<TransferLeaderRequest>,
+) -> Result<Json<serde_json::Value>, PeerRefusal> {
+    if !app.cluster.is_leader() {
+        return Err(ClusterError::NotLeader.into());
+    }
+    app.cluster.transfer_leader_local(req.to).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn campaign(
+    State(app): State<Arc<App>>,
+    Json(req): Json<CampaignRequest>,
+) -> Json<serde_json::Value> {
+    let raft = app.raft.clone();
+    let after = Duration::from_millis(req.after_ms.min(60_000));
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        tracing::info!("campaigning for leadership, as the leader asked");
+        if let Err(e) = raft.trigger().elect().await {
+            tracing::warn!(error = %e, "could not start an election");
+        }
+    });
+    Json(serde_json::json!({}))
+}
+
+async fn removed(
+    State(app): State<Arc<App>>,
+    Json(notice): Json<RemovedNotice>,
+) -> Json<serde_json::Value> {
+    if notice.node_id == app.cluster.id() {
+        app.cluster.peers.mark_removed();
+    }
+    Json(serde_json::json!({}))
+}
+
+async fn hello(State(app): State<Arc<App>>) -> Json<super::messages::Hello> {
+    Json(super::messages::Hello {
+        node_id: app.cluster.id(),
+    })
+}
+
+/// Step 1 of joining: the cluster's identity, for an admin token or the cluster secret.
+async fn join(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Json(req): Json<JoinRequest>,
+) -> Result<Json<JoinResponse>, PeerRefusal> {
+    let token = bearer(&headers).unwrap_or("");
+    let allowed = is_secret(&app, token)
+        || app
+            .auth
+            .verify(token, Utc::now())
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|c| c.scope == Scope::Admin);
+    if !allowed {
+        return Err(PeerRefusal::new(
+            StatusCode::UNAUTHORIZED,
+            code::UNAUTHORIZED,
+            "joining needs an admin token of this cluster or its secret (--join-token)",
+        ));
+    }
+    let ours = &app.cluster.identity.cluster_id;
+    if let Some(theirs) = req.cluster_id.as_deref().filter(|t| *t != ours) {
+        return Err(PeerRefusal::new(
+            StatusCode::FORBIDDEN,
+            code::WRONG_CLUSTER,
+            format!(
+                "the joining node's data dir belongs to cluster {theirs}, this manager to {ours}; join with an empty data dir"
+            ),
+        ));
+    }
+    let node_id = app.cluster.reserve_id(req.node_id)?;
+    tracing::info!(node_id, "handing the cluster identity to a joining node");
+    Ok(Json(JoinResponse {
+        cluster_id: ours.clone(),
+        node_id,
+        secret: app.cluster.identity.secret.clone(),
+    }))
+}

@@ -1,0 +1,726 @@
+//! Manager clusters of real `op-manager` processes (issue 8's scenarios): every member takes
+//! writes and agrees, agents spread over the members and move on when one dies, and the cluster
+//! survives kill -9 of its leader, a paused follower, a full restart, a late member that needs a
+//! snapshot, and (with five members) the loss of two. Raft timings are shortened with
+//! [`FAST_RAFT`] so that many elections fit in a short test; the figures with the default timings
+//! come from `op-bench cluster-failover`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use op_client::Client;
+use op_proto::agent::RunBatch;
+use op_proto::api::RunQuery;
+use op_proto::{JobSpec, NodeStatus, RunRecord, RunStatus, Trigger};
+use op_testkit::{Agent, AgentOptions, Cluster, FAST_RAFT, wait_until};
+use uuid::Uuid;
+
+use crate::support::{LONG, job, local_runs, runs_of};
+
+/// Starts `n` agents named `node-1..` connected to every member, and waits until the cluster
+/// lists them all Ready.
+async fn agents(c: &Cluster, n: usize) -> Vec<Agent> {
+    let agents: Vec<Agent> = (1..=n)
+        .map(|i| {
+            Agent::start(
+                AgentOptions::new(&format!("node-{i}"), &format!("127.0.0.{}", i + 1)).cluster(c),
+            )
+        })
+        .collect();
+    let client = c.client(c.running()[0]);
+    wait_until(LONG, "every agent Ready", || async {
+        client.list_nodes().await.is_ok_and(|nodes| {
+            nodes
+                .iter()
+                .filter(|n| n.status == NodeStatus::Ready)
+                .count()
+                == n
+        })
+    })
+    .await;
+    agents
+}
+
+/// Job names member `i` holds in its own applied state (a stale read: no leader involved).
+async fn jobs_on(c: &Cluster, i: usize) -> Option<BTreeSet<String>> {
+    let client = c.client(i).with_stale_reads(true);
+    let jobs = client.list_jobs().await.ok()?;
+    Some(jobs.into_iter().map(|j| j.record.spec.name).collect())
+}
+
+/// Waits until every running member holds exactly `want` in its own state.
+async fn all_agree(c: &Cluster, want: &BTreeSet<String>) {
+    wait_until(LONG, "every running member holds the same jobs", || async {
+        for i in c.running() {
+            if jobs_on(c, i).await.as_ref() != Some(want) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_take_writes_agree_and_every_agent_runs_the_jobs() {
+    let c = Cluster::start(3, FAST_RAFT).await;
+    let fleet = agents(&c, 3).await;
+    // One job saved through each member, whichever leads.
+    let mut names = BTreeSet::new();
+    for i in 0..3 {
+        let name = format!("via-{i}");
+        let saved = c
+            .client(i)
+            .save_job(&job(&format!(
+                r#"{{"JobName":"{name}","Command":"echo {i}","CronExpr":"*/1 * * * * * *"}}"#
+            )))
+            .await
+            .unwrap_or_else(|e| panic!("save through member {i}: {e}"));
+        assert_eq!(saved.name, name);
+        // Linearizable by default: a read on any member sees the acknowledged write at once.
+        for j in 0..3 {
+            c.client(j)
+                .get_job(&name)
+                .await
+                .unwrap_or_else(|e| panic!("member {j} reads {name} saved via {i}: {e}"));
+        }
+        names.insert(name);
+    }
+    all_agree(&c, &names).await;
+    // Every agent runs every job, and its runs reach the store, whichever member it talks to.
+    let client = c.client(0);
+    for name in &names {
+        wait_until(LONG, &format!("{name} ran on all three agents"), || async {
+            let hosts: BTreeSet<String> = runs_of(&client, name)
+                .await
+                .into_iter()
+                .map(|r| r.hostname)
+                .collect();
+            hosts.len() == 3
+        })
+        .await;
+    }
+    // The members announce each other: each agent's list has all three.
+    let status = c.status(0).await.unwrap();
+    assert_eq!(status.members.len(), 3);
+    assert!(status.members.iter().all(|m| m.voter), "{status:?}");
+
+    // A token revoked through one member is refused by every member at once (DESIGN 9).
+    let created = c
+        .client(2)
+        .create_token(&op_proto::api::CreateTokenRequest {
+            name: "short-lived".into(),
+            scope: op_proto::api::Scope::Viewer,
+            expires_in_secs: None,
+        })
+        .await
+        .unwrap();
+    let as_viewer: Vec<Client> = (0..3)
+        .map(|i| c.members[i].client_with(&created.secret))
+        .collect();
+    for v in &as_viewer {
+        v.list_jobs()
+            .await
+            .expect("every member knows the new token");
+    }
+    c.client(1).revoke_token(&created.info.id).await.unwrap();
+    let revoked_at = Instant::now();
+    wait_until(
+        Duration::from_secs(3),
+        "every member refuses the revoked token",
+        || async {
+            let mut all = true;
+            for v in &as_viewer {
+                all &= v.list_jobs().await.is_err_and(|e| e.status() == Some(401));
+            }
+            all
+        },
+    )
+    .await;
+    eprintln!(
+        "revocation refused by all 3 members {} ms after the revoke returned",
+        revoked_at.elapsed().as_millis()
+    );
+    drop(fleet);
+}
+
+/// Saves jobs through whichever member answers and records what was acknowledged.
+struct Writer {
+    acked: Arc<Mutex<Vec<(String, Instant, Instant)>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(urls: Vec<String>, token: String) -> Writer {
+        let acked: Arc<Mutex<Vec<(String, Instant, Instant)>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients: Vec<Client> = urls
+            .iter()
+            .map(|u| {
+                Client::new(u, Some(&token))
+                    .unwrap()
+                    .with_timeout(Duration::from_secs(10))
+            })
+            .collect();
+        let task = {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                let mut at = 0usize;
+                while !stop.load(Ordering::SeqCst) {
+                    let name = format!("w-{n}");
+                    let spec = JobSpec::from_task_json(&format!(
+                        r#"{{"JobName":"{name}","Command":"true"}}"#
+                    ))
+                    .unwrap();
+                    let sent = Instant::now();
+                    match clients[at % clients.len()].save_job(&spec).await {
+                        Ok(_) => {
+                            acked.lock().unwrap().push((name, sent, Instant::now()));
+                            n += 1;
+                        }
+                        // Unanswered (the member is dead): try the next one. The same name is
+                        // saved again, so an unacknowledged save that did land is harmless.
+                        Err(_) => {
+                            at += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+            })
+        };
+        Writer { acked, stop, task }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// When the first save sent after `t` was acknowledged.
+    fn first_ack_after(&self, t: Instant) -> Option<Instant> {
+        self.acked
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, sent, _)| *sent > t)
+            .map(|(_, _, at)| *at)
+    }
+
+    async fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        Arc::try_unwrap(self.acked)
+            .unwrap()
+            .into_inner()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .collect()
+    }
+}
+
+/// Every run the agent recorded reached the store exactly once, and the store has no run of
+/// this node the agent does not know.
+async fn runs_arrived_exactly_once(client: &Client, agent: &Agent, job: &str) -> usize {
+    let stored = |client: Client| async move {
+        client
+            .runs(&RunQuery {
+                job: Some(job.to_string()),
+                host: Some(agent.options.node_name.clone()),
+                limit: Some(10_000),
+                ..RunQuery::default()
+            })
+            .await
+            .unwrap_or_default()
+    };
+    let local_ids = || async {
+        local_runs(agent, job)
+            .await
+            .iter()
+            .filter(|r| r.ended_at.is_some())
+            .map(|r| r.run_id)
+            .collect::<BTreeSet<Uuid>>()
+    };
+    wait_until(LONG, "the agent's runs all stored", || async {
+        let local = local_ids().await;
+        let ids: BTreeSet<Uuid> = stored(client.clone())
+            .await
+            .iter()
+            .map(|r| r.run_id)
+            .collect();
+        !local.is_empty() && local.is_subset(&ids)
+    })
+    .await;
+    let stored = stored(client.clone()).await;
+    let ids: BTreeSet<Uuid> = stored.iter().map(|r| r.run_id).collect();
+    assert_eq!(ids.len(), stored.len(), "a run stored twice");
+    let local: BTreeSet<Uuid> = local_runs(agent, job)
+        .await
+        .iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert!(
+        ids.is_subset(&local),
+        "the store has runs of {} the agent never made",
+        agent.options.node_name
+    );
+    stored.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_under_load_loses_no_acknowledged_write_and_no_run() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let fleet = agents(&c, 3).await;
+    c.client(0)
+        .save_job(&job(
+            r#"{"JobName":"beat","Command":"echo beat","CronExpr":"*/1 * * * * * *"}"#,
+        ))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let writer = Writer::start(c.api_urls(), c.admin_token.clone());
+    wait_until(LONG, "the writer's first saves", || async {
+        writer.count() >= 5
+    })
+    .await;
+
+    let mut failovers = Vec::new();
+    for round in 0..10 {
+        let leader = c.wait_leader(LONG).await;
+        // Kill the leader most rounds; now and then a random member, which may be a follower.
+        let victim = if round % 3 == 2 {
+            (Uuid::new_v4().as_u128() % 3) as usize
+        } else {
+            leader
+        };
+        let killed_at = Instant::now();
+        c.members[victim].kill9();
+        wait_until(
+            Duration::from_secs(20),
+            &format!("round {round}: a write accepted after killing member {victim}"),
+            || async { writer.first_ack_after(killed_at).is_some() },
+        )
+        .await;
+        let back = writer.first_ack_after(killed_at).unwrap() - killed_at;
+        if victim == leader {
+            failovers.push(back);
+        }
+        c.restart(victim);
+        c.wait_caught_up(LONG).await;
+    }
+    let acked = writer.finish().await;
+    let elapsed = started.elapsed();
+    eprintln!(
+        "leader failovers (kill -9 -> write accepted): {:?}",
+        failovers
+            .iter()
+            .map(|d| format!("{} ms", d.as_millis()))
+            .collect::<Vec<_>>()
+    );
+    assert!(failovers.len() >= 6, "the leader was killed in most rounds");
+    // Generous: about a second with these timings; a loaded CI machine is slow.
+    for d in &failovers {
+        assert!(*d < Duration::from_secs(10), "failover took {d:?}");
+    }
+
+    // Every acknowledged save is on every member.
+    let mut want: BTreeSet<String> = acked.into_iter().collect();
+    assert!(want.len() > 20, "the writer got through: {}", want.len());
+    let all: BTreeSet<String> = jobs_on(&c, 0).await.unwrap_or_default();
+    want.insert("beat".to_string());
+    assert!(
+        want.is_subset(&all),
+        "acknowledged saves missing: {:?}",
+        want.difference(&all).collect::<Vec<_>>()
+    );
+    all_agree(&c, &all).await;
+
+    // The agents ran their cron job all along, and every run arrived exactly once.
+    let client = c.client(c.wait_leader(LONG).await);
+    for a in &fleet {
+        let n = runs_arrived_exactly_once(&client, a, "beat").await;
+        let secs = elapsed.as_secs() as usize;
+        assert!(
+            n >= secs / 2,
+            "{} ran beat {n} times in {secs} s",
+            a.options.node_name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_paused_for_30_s_catches_up_and_agrees() {
+    let c = Cluster::start(3, FAST_RAFT).await;
+    let leader = c.wait_leader(LONG).await;
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    c.members[follower].pause();
+    let paused_at = Instant::now();
+    let mut names = BTreeSet::new();
+    let mut n = 0;
+    // Writes keep going through the other two for 30 s.
+    while paused_at.elapsed() < Duration::from_secs(30) {
+        let name = format!("p-{n}");
+        c.client(other)
+            .save_job(&job(&format!(r#"{{"JobName":"{name}","Command":"true"}}"#)))
+            .await
+            .unwrap_or_else(|e| panic!("save {name} while a follower is paused: {e}"));
+        names.insert(name);
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stale = jobs_on(&c, leader).await.unwrap();
+    assert_eq!(stale, names);
+    c.members[follower].resume();
+    c.wait_caught_up(LONG).await;
+    all_agree(&c, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_every_member_and_starting_again_keeps_state_and_agents_reconnect() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let fleet = agents(&c, 2).await;
+    let client = c.client(1);
+    client
+        .save_job(&job(
+            r#"{"JobName":"keep","Command":"echo keep","CronExpr":"*/1 * * * * * *"}"#,
+        ))
+        .await
+        .unwrap();
+    wait_until(LONG, "runs from both agents", || async {
+        runs_of(&client, "keep")
+            .await
+            .iter()
+            .map(|r| r.hostname.clone())
+            .collect::<BTreeSet<_>>()
+            .len()
+            == 2
+    })
+    .await;
+    let before = runs_of(&client, "keep").await.len();
+    let status_before = c.status(0).await.unwrap();
+    for i in 0..3 {
+        c.members[i].stop();
+    }
+    for i in 0..3 {
+        c.restart(i);
+    }
+    let leader = c.wait_leader(LONG).await;
+    let status = c.status(leader).await.unwrap();
+    assert_eq!(status.cluster_id, status_before.cluster_id);
+    assert_eq!(status.members.len(), 3);
+    assert!(status.term >= status_before.term);
+    let client = c.client(leader);
+    client.get_job("keep").await.unwrap();
+    // The agents reconnect and their runs (made while no manager was up, too) keep arriving.
+    wait_until(LONG, "new runs after the restart", || async {
+        runs_of(&client, "keep").await.len() > before + 2
+    })
+    .await;
+    for a in &fleet {
+        runs_arrived_exactly_once(&client, a, "keep").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_member_catches_up_by_snapshot_and_serves_reads() {
+    // Snapshots every 50 entries, so the new member cannot be sent the log from the start.
+    let mut args: Vec<&str> = FAST_RAFT.to_vec();
+    args.extend(["--raft-snapshot-logs", "50"]);
+    let mut c = Cluster::start(3, &args).await;
+    let enroll = c.members[0].client_with(&c.agent_token);
+    // 100 simulated nodes × 100 runs: 10,000 runs, all within retention (100 per job and node).
+    // Each node enrolls with the shared token and posts its runs with its own credential.
+    let mut nodes: Vec<(Uuid, String, Client)> = Vec::new();
+    for i in 0..100 {
+        let (id, name) = (Uuid::new_v4(), format!("sim-{i}"));
+        let resp = enroll
+            .register(&op_proto::agent::RegisterRequest {
+                api_version: op_proto::API_VERSION,
+                node_id: id,
+                hostname: name.clone(),
+                ips: vec![],
+                labels: Default::default(),
+                agent_version: "0.1.0-test".into(),
+                os: "linux".into(),
+                arch: "x86_64".into(),
+            })
+            .await
+            .unwrap();
+        let own = enroll.with_token(&resp.node_token.expect("a node credential"));
+        nodes.push((id, name, own));
+    }
+    let now = chrono::Utc::now();
+    let batch = |id: Uuid, name: String| RunBatch {
+        node_id: id,
+        runs: (0..100)
+            .map(|k| RunRecord {
+                run_id: Uuid::now_v7(),
+                job: "bulk".into(),
+                job_revision: 1,
+                node_id: id,
+                hostname: name.clone(),
+                ips: vec![],
+                trigger: Trigger::Cron,
+                attempt: 0,
+                invocation_id: None,
+                params: Default::default(),
+                command: "true".into(),
+                planned_at: Some(now),
+                started_at: Some(now + chrono::Duration::milliseconds(k)),
+                ended_at: Some(now + chrono::Duration::milliseconds(k)),
+                status: RunStatus::Ok,
+                exit_code: Some(0),
+                signal: None,
+                error: None,
+                output: String::new(),
+                output_truncated: false,
+                output_bytes: 0,
+                rusage: None,
+                notes: Vec::new(),
+            })
+            .collect(),
+    };
+    // Four batches in flight at a time, as agents would send them.
+    for chunk in nodes.chunks(4) {
+        let sends = chunk.iter().map(|(id, name, own)| {
+            let b = batch(*id, name.clone());
+            async move { own.post_runs(&b).await }
+        });
+        for ack in futures_util::future::join_all(sends).await {
+            assert_eq!(ack.expect("run batch stored").accepted, 100);
+        }
+    }
+    let leader = c.wait_leader(LONG).await;
+    wait_until(LONG, "the leader took a snapshot", || async {
+        c.status(leader)
+            .await
+            .is_some_and(|s| s.snapshot_index.is_some())
+    })
+    .await;
+    let fourth = c.join(&[]);
+    c.wait_voters(4, LONG).await;
+    c.wait_caught_up(LONG).await;
+    assert!(
+        c.members[fourth]
+            .log()
+            .contains("installed a snapshot sent by the leader"),
+        "the new member installed a snapshot; its log:\n{}",
+        c.members[fourth].log()
+    );
+    let stale = c.client(fourth).with_stale_reads(true);
+    let runs = stale
+        .runs(&RunQuery {
+            job: Some("bulk".into()),
+            limit: Some(10_000),
+            ..RunQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 10_000);
+    let per_node: BTreeMap<String, usize> = runs.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r.hostname.clone()).or_default() += 1;
+        m
+    });
+    assert!(per_node.values().all(|n| *n == 100));
+    // And it takes writes like any member.
+    c.client(fourth)
+        .save_job(&job(r#"{"JobName":"after-join","Command":"true"}"#))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_acknowledged_by_a_follower_that_dies_at_once_is_still_downloadable() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let leader = c.wait_leader(LONG).await;
+    let follower = (leader + 1) % 3;
+    let content: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let v = c
+        .client(follower)
+        .upload_package_bytes("tool.bin", None, content.clone())
+        .await
+        .unwrap();
+    c.members[follower].kill9();
+    for i in c.running() {
+        let client = c.client(i);
+        let mut body = Vec::new();
+        let mut dl = client
+            .package_content("tool.bin", v.version, 0)
+            .await
+            .unwrap_or_else(|e| panic!("download from member {i}: {e}"));
+        while let Some(chunk) = dl.next_chunk().await.unwrap() {
+            body.extend_from_slice(&chunk);
+        }
+        assert!(body == content, "member {i} served other bytes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_survive_the_loss_of_two() {
+    let mut c = Cluster::start(5, FAST_RAFT).await;
+    let leader = c.wait_leader(LONG).await;
+    let other = (leader + 1) % 5;
+    c.members[leader].kill9();
+    c.members[other].kill9();
+    let alive = c.running();
+    assert_eq!(alive.len(), 3);
+    for i in &alive {
+        c.client(*i)
+            .save_job(&job(&format!(
+                r#"{{"JobName":"after-{i}","Command":"true"}}"#
+            )))
+            .await
+            .unwrap_or_else(|e| panic!("save via member {i} with two members dead: {e}"));
+    }
+    let want: BTreeSet<String> = alive.iter().map(|i| format!("after-{i}")).collect();
+    all_agree(&c, &want).await;
+}
+
+/// Runs agentcli against member `i` with the admin token.
+fn agentcli(c: &Cluster, i: usize, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(op_testkit::bin("agentcli"))
+        .args(args)
+        .env("OP_MANAGER", &c.members[i].api_url)
+        .env("OP_TOKEN", &c.admin_token)
+        .output()
+        .expect("agentcli runs")
+}
+
+fn cli_ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "agentcli failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cli_status(c: &Cluster, i: usize) -> op_proto::api::ClusterStatus {
+    let out = cli_ok(&agentcli(c, i, &["cluster", "status", "-o", "json"]));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("cluster status json: {e}: {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agentcli_moves_leadership_removes_members_and_refuses_another_clusters_node() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let leader = c.wait_leader(LONG).await;
+    let table = cli_ok(&agentcli(&c, leader, &["cluster", "status"]));
+    assert!(
+        table.contains("ROLE") && table.contains("leader"),
+        "{table}"
+    );
+
+    // transfer-leader to a chosen follower, asked through another follower.
+    let to = (leader + 1) % 3;
+    let via = (leader + 2) % 3;
+    let to_id = c.members[to].node_id();
+    cli_ok(&agentcli(
+        &c,
+        via,
+        &["cluster", "transfer-leader", &to_id.to_string()],
+    ));
+    wait_until(LONG, "the chosen node leads", || async {
+        c.leader().await == Some(to)
+    })
+    .await;
+
+    // Remove the leader itself: it hands over, and the two others carry on.
+    let old = c.wait_leader(LONG).await;
+    let old_id = c.members[old].node_id();
+    let rest: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    cli_ok(&agentcli(
+        &c,
+        rest[0],
+        &["cluster", "remove", &old_id.to_string()],
+    ));
+    let s = cli_status(&c, rest[1]);
+    assert_eq!(s.members.len(), 2, "{s:?}");
+    assert!(s.members.iter().all(|m| m.id != old_id));
+    c.members[old].stop();
+    c.client(rest[1])
+        .save_job(&job(r#"{"JobName":"after-remove","Command":"true"}"#))
+        .await
+        .unwrap();
+
+    // A manager of another cluster cannot be added: a clear error, and nothing changes.
+    let stranger = op_testkit::Manager::start_with(op_testkit::ManagerOptions {
+        args: FAST_RAFT.iter().map(|a| a.to_string()).collect(),
+        ..op_testkit::ManagerOptions::default()
+    });
+    let out = agentcli(
+        &c,
+        rest[0],
+        &[
+            "cluster",
+            "add",
+            "9",
+            "--api",
+            &stranger.api_url,
+            "--raft",
+            &stranger.raft_url,
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to cluster"), "{err}");
+    assert_eq!(cli_status(&c, rest[0]).members.len(), 2);
+    assert_eq!(jobs_on(&c, rest[0]).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_losing_a_majority_the_documented_recovery_brings_the_cluster_back() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    c.client(0)
+        .save_job(&job(r#"{"JobName":"before","Command":"true"}"#))
+        .await
+        .unwrap();
+    c.wait_caught_up(LONG).await;
+    // Lose two of three: nothing can be written any more, and the error says why.
+    let survivor = 2;
+    c.members[0].kill9();
+    c.members[1].kill9();
+    let err = c
+        .client(survivor)
+        .with_timeout(Duration::from_secs(60))
+        .save_job(&job(r#"{"JobName":"lost","Command":"true"}"#))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(503), "{err}");
+    // docs/cluster.md: stop the survivor, `op-manager recover`, start it, add new members.
+    c.members[survivor].stop();
+    let out = std::process::Command::new(op_testkit::bin("op-manager"))
+        .args(["recover", "--data-dir"])
+        .arg(c.members[survivor].data_dir())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("recovered"), "{said}");
+    c.restart(survivor);
+    let client = c.client(survivor);
+    client.get_job("before").await.unwrap();
+    client
+        .save_job(&job(r#"{"JobName":"after","Command":"true"}"#))
+        .await
+        .unwrap();
+    // The lost members' data dirs are never reused; fresh managers join the recovered node.
+    let new = c.join(&[]);
+    c.wait_voters(2, LONG).await;
+    let names = jobs_on(&c, new).await.unwrap();
+    assert_eq!(
+        names,
+        BTreeSet::from(["after".to_string(), "before".to_string()])
+    );
+}
