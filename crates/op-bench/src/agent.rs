@@ -1,13 +1,13 @@
 //! A real `op-agent` process in a temp dir, for one measurement.
 //!
-//! The agent runs with a jobs dir (standalone mode) or connected to a manager, with basic auth,
-//! on `127.0.0.1:0`; its first stdout line gives the address. Dropping the guard SIGKILLs it if it is still running, so a
-//! failed measurement leaves no process behind.
+//! The agent runs with a jobs dir (standalone mode) or against a manager, with basic auth, on
+//! `127.0.0.1:0`; its first stdout line gives the address. Dropping the guard SIGKILLs it if it is
+//! still running, so a failed measurement leaves no process behind.
 
 #![allow(clippy::disallowed_methods)] // A benchmark starts the binary it measures.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,48 +16,16 @@ use anyhow::{Context, bail};
 pub const USER: &str = "bench";
 pub const PASS: &str = "bench-password";
 
-/// Finds the agent binary: the flag, else `op-agent` beside this executable.
-pub fn locate(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    locate_bin(flag, "op-agent", "--agent-bin")
-}
-
-/// Finds a workspace binary: the flag, else `name` beside this executable.
-pub fn locate_bin(flag: Option<PathBuf>, name: &str, flag_name: &str) -> anyhow::Result<PathBuf> {
-    let path = match flag {
-        Some(p) => p,
-        None => std::env::current_exe()?
-            .parent()
-            .context("executable has no directory")?
-            .join(name),
-    };
-    if !path.is_file() {
-        bail!(
-            "no {name} binary at {}; build it with `cargo build --release -p {name}` or pass {flag_name}",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// The cargo profile the agent binary was built with, from its directory name (`dist`,
-/// `release`, `debug`), for the conditions of each figure.
-pub fn profile(bin: &Path) -> String {
-    bin.parent()
-        .and_then(|d| d.file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 pub struct AgentProcess {
     child: Option<Child>,
     /// Kept for its lifetime: the agent's state and jobs live here until the guard drops.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     pub base: String,
     pub http: reqwest::Client,
 }
 
 impl AgentProcess {
-    /// Starts the agent with `jobs` (file name, task JSON) in its jobs dir.
+    /// Starts a standalone agent with `jobs` (file name, task JSON) in its jobs dir.
     pub fn start(bin: &Path, jobs: &[(String, serde_json::Value)]) -> anyhow::Result<AgentProcess> {
         let dir = tempfile::tempdir()?;
         let jobs_dir = dir.path().join("jobs");
@@ -68,34 +36,33 @@ impl AgentProcess {
                 serde_json::to_vec_pretty(body)?,
             )?;
         }
-        let args = vec!["--jobs-dir".into(), jobs_dir.display().to_string()];
-        AgentProcess::spawn(bin, dir, &args)
+        let mode = vec!["--jobs-dir".into(), jobs_dir.into_os_string()];
+        AgentProcess::launch(bin, dir, mode)
     }
 
-    /// Starts an agent connected to a manager, named `name` with the identity IP `ip`.
+    /// Starts an agent managed by the manager at `manager_url`, reporting `node_name` and `ip` as
+    /// its identity (distinct per agent, so several share one machine).
     pub fn start_managed(
         bin: &Path,
-        name: &str,
+        manager_url: &str,
+        manager_token: &str,
+        node_name: &str,
         ip: &str,
-        manager: &str,
-        token: &str,
     ) -> anyhow::Result<AgentProcess> {
-        let args: Vec<String> = [
-            "--node-name",
-            name,
-            "--ip",
-            ip,
-            "--manager",
-            manager,
-            "--manager-token",
-            token,
-        ]
-        .map(String::from)
-        .to_vec();
-        AgentProcess::spawn(bin, tempfile::tempdir()?, &args)
+        let dir = tempfile::tempdir()?;
+        let mode = ["--manager", manager_url, "--manager-token", manager_token]
+            .into_iter()
+            .chain(["--node-name", node_name, "--ip", ip])
+            .map(Into::into)
+            .collect();
+        AgentProcess::launch(bin, dir, mode)
     }
 
-    fn spawn(bin: &Path, dir: tempfile::TempDir, extra: &[String]) -> anyhow::Result<AgentProcess> {
+    fn launch(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        mode: Vec<std::ffi::OsString>,
+    ) -> anyhow::Result<AgentProcess> {
         let log = std::fs::File::create(dir.path().join("agent.log"))?;
         let mut cmd = Command::new(bin);
         cmd.args([
@@ -110,11 +77,12 @@ impl AgentProcess {
         .arg(dir.path().join("state"))
         .arg("--deploy-dir")
         .arg(dir.path().join("deploy"))
-        .args(extra)
+        .args(mode)
         .args(["--log-level", "warn"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
+        crate::binaries::die_with_parent(&mut cmd);
         for (k, _) in std::env::vars() {
             if k.starts_with("OP_") {
                 cmd.env_remove(k);
@@ -128,16 +96,22 @@ impl AgentProcess {
         let Some(addr) = line.trim().strip_prefix("listening on ") else {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("agent did not start: {line:?}");
+            let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+            bail!("agent did not start: {line:?}; its log:\n{log}");
         };
         Ok(AgentProcess {
             base: format!("http://{addr}"),
             child: Some(child),
-            _dir: dir,
+            dir,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()?,
         })
+    }
+
+    /// Where the agent deploys packages (`--deploy-dir`).
+    pub fn deploy_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("deploy")
     }
 
     pub fn pid(&self) -> i32 {
@@ -198,30 +172,4 @@ impl Drop for AgentProcess {
             let _ = child.wait();
         }
     }
-}
-
-/// Reads `VmRSS` and `VmHWM` (KiB) of a process.
-pub fn rss_kib(pid: i32) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Ok((field("VmRSS:"), field("VmHWM:")))
-}
-
-/// CPU time (user + system) of a process, in seconds.
-pub fn cpu_secs(pid: i32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = &stat[stat.rfind(')').context("bad stat")? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of stat (utime, stime) are at 11 and 12 after the command name.
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok(ticks as f64 / hz)
 }

@@ -3,7 +3,11 @@
 //! everything it started. Timing figures live here, never in tests (DESIGN.md section 10).
 
 mod agent;
+mod binaries;
+mod fleet;
+mod limits;
 mod manager;
+mod procfs;
 mod report;
 mod scenarios;
 
@@ -30,6 +34,10 @@ struct Common {
     /// The op-manager binary [default: `op-manager` next to this executable].
     #[arg(long, global = true)]
     manager_bin: Option<PathBuf>,
+    /// An extra flag for every manager a scenario starts (repeat for more), e.g.
+    /// `--manager-arg=--sync-wait=5s`.
+    #[arg(long, global = true, allow_hyphen_values = true)]
+    manager_arg: Vec<String>,
     /// Print the figures as a JSON array.
     #[arg(long, global = true)]
     json: bool,
@@ -57,20 +65,53 @@ enum Scenario {
         #[arg(long, default_value_t = 500)]
         count: usize,
     },
+    /// Job save → seen by every simulated agent, and the manager's RSS and CPU holding them.
+    Propagation {
+        /// Simulated agents.
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Saves to time (each a new revision of one job).
+        #[arg(long, default_value_t = 5)]
+        saves: usize,
+    },
+    /// Run records per second accepted through raft, and the acknowledgement latency.
+    Ingest {
+        /// Simulated agents reporting runs.
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        /// Runs finishing per second across the fleet [default: as many as the manager accepts].
+        #[arg(long)]
+        rate: Option<f64>,
+        /// How long the agents report.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// The manager's CPU and RSS holding simulated agents that only heartbeat.
+    Idle {
+        /// Simulated agents.
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// How long to watch the manager once every agent is parked.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
     /// A real manager and N real agents: upload one package and time until every agent has it,
-    /// with the manager's CPU seconds (op-manager and op-agent beside this executable).
-    PackageFanout {
+    /// with the manager's CPU seconds.
+    #[command(alias = "package-fanout")]
+    Package {
         /// Agents to start.
         #[arg(long, default_value_t = 20)]
         agents: usize,
-        /// Package size in MiB (random, incompressible content).
-        #[arg(long, default_value_t = 100)]
+        /// Package size (random, incompressible content): `100M`, `100MiB`, `1G`; a bare number
+        /// is MiB.
+        #[arg(long = "size", alias = "size-mib", default_value = "100M", value_parser = parse_mib)]
         size_mib: usize,
         /// The manager's download_concurrency.
         #[arg(long, default_value_t = 100)]
         cap: usize,
     },
-    /// `exec --all -- true` through a real manager to real agents, until every result is back.
+    /// `exec --all -- true` through a real manager to real `op-agent` processes, until every
+    /// result is back.
     FanoutReal {
         #[arg(long, default_value_t = 20)]
         agents: usize,
@@ -112,13 +153,130 @@ enum Scenario {
         #[arg(long, default_value_t = 30)]
         count: usize,
     },
-    /// The same with simulated agents (protocol-only tasks in this process).
-    FanoutSim {
+    /// `exec --all -- true` to simulated agents (the fleet simulator, answering at once), until
+    /// every result is back, with the manager's CPU per invocation.
+    #[command(alias = "fanout-sim")]
+    Fanout {
+        /// Simulated agents.
         #[arg(long, default_value_t = 1000)]
         agents: usize,
+        /// Invocations to measure (after 3 warm-up ones).
         #[arg(long, default_value_t = 10)]
         count: usize,
     },
+    /// Job save → first run on every real agent (real op-agent processes on this machine).
+    PropagationReal {
+        /// Real agents to start.
+        #[arg(long, default_value_t = 3)]
+        agents: usize,
+        /// Saves to time (each a new revision of a once-job).
+        #[arg(long, default_value_t = 10)]
+        saves: usize,
+    },
+}
+
+/// A size in MiB: `100`, `100M`, `100MiB`, `1G`, `1GiB`.
+fn parse_mib(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: usize = n
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a size such as 100M or 1G"))?;
+    let factor = match unit.trim() {
+        "" | "M" | "MiB" | "MB" | "m" => 1,
+        "G" | "GiB" | "GB" | "g" => 1024,
+        other => return Err(format!("{text:?}: unknown unit {other:?}; use M or G")),
+    };
+    n.checked_mul(factor)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("{text:?}: out of range"))
+}
+
+/// Runs the chosen scenario with the binaries it needs.
+async fn run(cli: Cli) -> anyhow::Result<Vec<report::Figure>> {
+    let common = cli.common;
+    let agent_bin = || binaries::locate("op-agent", common.agent_bin.clone());
+    let manager_bin = || binaries::locate("op-manager", common.manager_bin.clone());
+    let margs = &common.manager_arg;
+    match cli.scenario {
+        Scenario::AgentFootprint { duration, jobs } => {
+            scenarios::footprint::run(&agent_bin()?, duration, jobs).await
+        }
+        Scenario::CronPrecision { duration } => {
+            scenarios::cron_precision::run(&agent_bin()?, duration).await
+        }
+        Scenario::Invoke { count } => scenarios::invoke::run(&agent_bin()?, count).await,
+        Scenario::Propagation { agents, saves } => {
+            scenarios::propagation::run(&manager_bin()?, margs, agents, saves).await
+        }
+        Scenario::Ingest {
+            agents,
+            rate,
+            duration,
+        } => scenarios::ingest::run(&manager_bin()?, margs, agents, rate, duration).await,
+        Scenario::Idle { agents, duration } => {
+            scenarios::idle::run(&manager_bin()?, margs, agents, duration).await
+        }
+        Scenario::Package {
+            agents,
+            size_mib,
+            cap,
+        } => {
+            scenarios::package_fanout::run(
+                &agent_bin()?,
+                &manager_bin()?,
+                margs,
+                agents,
+                size_mib,
+                cap,
+            )
+            .await
+        }
+        Scenario::FanoutReal { agents, count } => {
+            scenarios::fanout::real(&agent_bin()?, &manager_bin()?, margs, agents, count).await
+        }
+        Scenario::Fanout { agents, count } => {
+            scenarios::fanout::sim(&manager_bin()?, margs, agents, count).await
+        }
+        Scenario::ClusterFailover { members, rounds } => {
+            scenarios::cluster::failover(members, rounds).await
+        }
+        Scenario::ClusterIngest {
+            members,
+            senders,
+            batch,
+            duration,
+        } => scenarios::cluster::ingest(members, senders, batch, duration).await,
+        Scenario::Console {
+            nodes,
+            jobs,
+            runs_per_node,
+            count,
+        } => scenarios::console::run(&manager_bin()?, nodes, jobs, runs_per_node, count).await,
+        Scenario::PropagationReal { agents, saves } => {
+            scenarios::propagation_real::run(&manager_bin()?, margs, &agent_bin()?, agents, saves)
+                .await
+        }
+    }
+}
+
+/// Installs SIGINT and SIGTERM handlers now, and resolves when either arrives, so a scenario is
+/// dropped (and the processes it started are killed) instead of op-bench dying with children left
+/// behind. Installing before the scenario starts leaves no window in which a signal kills us.
+fn interrupted() -> impl std::future::Future<Output = &'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        let (Ok(mut int), Ok(mut term)) = (int, term) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -134,63 +292,16 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let json = cli.common.json;
     let result = runtime.block_on(async {
-        let bin = agent::locate(cli.common.agent_bin.clone())?;
-        match cli.scenario {
-            Scenario::AgentFootprint { duration, jobs } => {
-                scenarios::footprint::run(&bin, duration, jobs).await
-            }
-            Scenario::CronPrecision { duration } => {
-                scenarios::cron_precision::run(&bin, duration).await
-            }
-            Scenario::Invoke { count } => scenarios::invoke::run(&bin, count).await,
-            Scenario::PackageFanout {
-                agents,
-                size_mib,
-                cap,
-            } => scenarios::package_fanout::run(&bin, agents, size_mib, cap).await,
-            Scenario::FanoutReal { agents, count } => {
-                let manager = agent::locate_bin(
-                    cli.common.manager_bin.clone(),
-                    "op-manager",
-                    "--manager-bin",
-                )?;
-                scenarios::fanout::real(&bin, &manager, agents, count).await
-            }
-            Scenario::ClusterFailover { members, rounds } => {
-                scenarios::cluster::failover(members, rounds).await
-            }
-            Scenario::ClusterIngest {
-                members,
-                senders,
-                batch,
-                duration,
-            } => scenarios::cluster::ingest(members, senders, batch, duration).await,
-            Scenario::Console {
-                nodes,
-                jobs,
-                runs_per_node,
-                count,
-            } => {
-                let manager = agent::locate_bin(
-                    cli.common.manager_bin.clone(),
-                    "op-manager",
-                    "--manager-bin",
-                )?;
-                scenarios::console::run(&manager, nodes, jobs, runs_per_node, count).await
-            }
-            Scenario::FanoutSim { agents, count } => {
-                let manager = agent::locate_bin(
-                    cli.common.manager_bin.clone(),
-                    "op-manager",
-                    "--manager-bin",
-                )?;
-                scenarios::fanout::sim(&manager, agents, count).await
-            }
+        let stop = interrupted();
+        tokio::select! {
+            r = run(cli) => r,
+            sig = stop => Err(anyhow::anyhow!("interrupted by {sig}; stopped what was started")),
         }
     });
     match result {
-        Ok(figures) => match report::print(&figures, cli.common.json) {
+        Ok(figures) => match report::print(&figures, json) {
             // A closed pipe (`op-bench ... | head`) is not an error.
             Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
                 eprintln!("op-bench: {e}");

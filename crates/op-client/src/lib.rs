@@ -222,6 +222,12 @@ impl Client {
             url: base_url.to_string(),
             source: e,
         })?;
+        Client::with_http(http, base_url, token)
+    }
+
+    /// A client that sends through `http`, so many clients can share one connection pool (the
+    /// benchmark's fleet simulator holds thousands of agents on a few pools).
+    pub fn with_http(http: reqwest::Client, base_url: &str, token: Option<&str>) -> Result<Client> {
         Ok(Client {
             http,
             base: normalize_base_url(base_url)?,
@@ -648,6 +654,18 @@ impl Client {
         wait_secs: u64,
         heartbeat: &Heartbeat,
     ) -> Result<DesiredState> {
+        self.sync_as(index, wait_secs, heartbeat).await
+    }
+
+    /// [`Client::sync`], decoding the answer into the caller's own type: the benchmark's
+    /// simulated agents read only the index and each job's name and revision, so thousands of
+    /// them cost the machine they share with the manager little.
+    pub async fn sync_as<T: DeserializeOwned>(
+        &self,
+        index: u64,
+        wait_secs: u64,
+        heartbeat: &Heartbeat,
+    ) -> Result<T> {
         let path = format!("/v1/agent/sync?index={index}&wait={wait_secs}");
         let req = self
             .request(Method::POST, &path)

@@ -3,8 +3,9 @@
 //!
 //! A token reads `ID.SECRET`. Only SHA-256(token) is stored (and replicated); a request's token is
 //! found by its public id, then its hash is compared in constant time, so neither the lookup nor
-//! the comparison leaks how much of a guess was right. The authenticator keeps the token table in
-//! memory and reloads it when the hub says tokens changed.
+//! the comparison leaks how much of a guess was right. The authenticator keeps the tokens it has
+//! seen in memory and, when the hub says tokens changed, reads each one again (by id) the next time
+//! it is presented.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -192,7 +193,10 @@ pub struct Authenticator {
     pub syncs: SyncSlots,
     store: Arc<Store>,
     hub: Arc<Hub>,
-    table: RwLock<(u64, HashMap<String, TokenRecord>)>,
+    /// Tokens by id, each with the `tokens_seq` it was read at; an entry read before the current
+    /// sequence is read again (only that one row). Only tokens that exist are kept, so a caller
+    /// presenting made-up ids cannot grow it.
+    table: RwLock<HashMap<String, (u64, TokenRecord)>>,
 }
 
 impl Authenticator {
@@ -202,7 +206,7 @@ impl Authenticator {
             syncs: SyncSlots::default(),
             store,
             hub,
-            table: RwLock::new((0, HashMap::new())),
+            table: RwLock::new(HashMap::new()),
         }
     }
 
@@ -212,20 +216,34 @@ impl Authenticator {
         token: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<Caller>, op_store::StoreError> {
+        // Read the sequence before the store: a change applied meanwhile leaves the entry tagged
+        // older than its content, which only costs one more read. Each token change (every node
+        // that enrolls adds one) re-reads just the tokens presented afterwards, one row each;
+        // reloading the whole table for every change made enrolling 10,000 nodes quadratic.
         let seq = self.hub.tokens_seq();
-        if self.table.read().await.0 != seq {
-            let store = self.store.clone();
-            let rows = tokio::task::spawn_blocking(move || store.tokens())
-                .await
-                .map_err(|_| op_store::StoreError::Poisoned)??;
-            let map = rows.into_iter().map(|t| (t.info.id.clone(), t)).collect();
-            *self.table.write().await = (seq, map);
-        }
         let Some((id, _)) = token.split_once('.') else {
             return Ok(None);
         };
+        let fresh = matches!(self.table.read().await.get(id), Some((s, _)) if *s == seq);
+        if !fresh {
+            let store = self.store.clone();
+            let key = id.to_string();
+            let row = tokio::task::spawn_blocking(move || store.token(&key))
+                .await
+                .map_err(|_| op_store::StoreError::Poisoned)??;
+            let mut table = self.table.write().await;
+            match row {
+                Some(record) => {
+                    table.insert(id.to_string(), (seq, record));
+                }
+                None => {
+                    table.remove(id);
+                    return Ok(None);
+                }
+            }
+        }
         let table = self.table.read().await;
-        let Some(record) = table.1.get(id) else {
+        let Some((_, record)) = table.get(id) else {
             return Ok(None);
         };
         let presented = sha256_hex(token);

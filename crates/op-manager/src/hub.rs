@@ -1,28 +1,40 @@
 //! The agent sync hub: who must be woken when the applied state changes, and each node's desired
 //! state computed from one shared, cached view.
 //!
-//! The state machine calls [`Hub::applied`] after every applied batch. A change that can alter some
-//! node's desired state (jobs, registrations, once-job targets) or node status bumps a local
-//! sequence number on a `watch` channel; parked sync calls wake, fetch the view (rebuilt once per
-//! sequence number, not once per agent) and return only if *their* node's index moved. Heartbeat
-//! flushes and run ingestion that touch no target do not bump it, so 10,000 parked agents are not
-//! woken every few seconds.
+//! The state machine calls [`Hub::applied`] after every applied batch. Two kinds of change wake
+//! parked sync calls, and each wakes only those it concerns:
+//! - a change of the jobs or packages (or a snapshot) can alter every node's desired state: it bumps the
+//!   `seq` watch channel that every parked call listens to, and the next reader reads the jobs
+//!   and pending once-job targets again, once (not once per agent). The node records are not
+//!   read again for a job change; only a snapshot rebuilds the whole view;
+//! - a change that concerns some nodes only (a registration, a status change, a once-job target
+//!   moving) wakes just those nodes' parked calls through their [`Notify`], and the next reader
+//!   re-reads just those nodes and updates them in place.
 //!
 //! Packages ride in the same view: every node must hold the current version of every package, so
-//! an upload or rollback is a change for all nodes.
+//! an upload or rollback is a change for all nodes, like a job change.
 //!
 //! Directives (ad-hoc runs and kills of invocations) are part of each node's desired state: a
-//! release bumps the node's own index, so only that node's parked sync wakes. Invocation progress
-//! (a host's result, a release, an expiry) bumps a second watch channel that waiting NDJSON streams
-//! and the leader's fan-out driver follow; it never wakes agents.
+//! release bumps the node's own index, so only that node's parked sync wakes. A directive that
+//! ended changes what the node is sent without anything for it to act on: the node is re-read on
+//! the next refresh and nobody is woken. Invocation progress (a host's result, a release, an
+//! expiry) bumps a second watch channel that waiting NDJSON streams and the leader's fan-out driver
+//! follow; it never wakes agents.
 //!
-//! The view is rebuilt whole only when jobs or packages changed. A change that concerns some nodes only (a
-//! registration, a status change, a once-job target moving) re-reads just those nodes, so a storm
-//! of 10,000 agents registering after a restart costs 10,000 small reads, not 10,000 full ones.
+//! So a storm of 10,000 agents registering after a restart costs 10,000 small reads and 10,000
+//! wake-ups, not 10,000 × 10,000: an earlier version woke every parked call for every
+//! registration and rebuilt the view as a full copy for each, which made the ramp to 10,000
+//! agents quadratic in CPU and left the manager at 1.3 GB RSS (`op-bench propagation`,
+//! BENCHMARKS.md). Heartbeat flushes and run ingestion that touch no target wake no one.
+//!
+//! **Invariant:** a reader never answers from a view older than a change it was woken for. Changes
+//! are recorded as dirty *before* `dirty_gen` moves and before anyone is woken; a reader
+//! refreshes whenever the view was built before the current `dirty_gen`, and a refresh records
+//! the generation it read *before* taking the dirty set.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use op_proto::NodeStatus;
 use op_proto::agent::{DesiredJob, Directive};
@@ -33,125 +45,160 @@ use op_store::{Changes, Store, StoreError};
 use tokio::sync::{Mutex, Notify, watch};
 use uuid::Uuid;
 
+/// What a parked sync call checks when it wakes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeState {
+    /// The index the agent passes back: it moves whenever this node's desired state may change.
+    pub index: u64,
+    pub status: NodeStatus,
+}
+
+/// What a sync call answers for one node, read from one view.
+#[derive(Debug)]
+pub struct NodeDesired {
+    pub state: NodeState,
+    pub jobs: Vec<DesiredJob>,
+    pub packages: Vec<PackageRef>,
+    pub directives: Vec<Directive>,
+}
+
 /// A node as the hub needs it.
 #[derive(Debug, Clone)]
-pub struct CachedNode {
-    pub identity: HostIdentity,
-    pub status: NodeStatus,
+struct CachedNode {
+    identity: HostIdentity,
+    status: NodeStatus,
     /// Log index of the last change of this node's own desired state.
-    pub desired_index: u64,
+    desired_index: u64,
+    /// Once-jobs (name, revision) this node is a pending target of.
+    pending: HashSet<(String, u64)>,
+    /// Live directives (ad-hoc runs, kills) for this node.
+    directives: Vec<Directive>,
 }
 
-/// Everything needed to answer any node's sync, as of one sequence number.
+/// Everything needed to answer any node's sync.
 #[derive(Debug, Default)]
-pub struct DesiredCache {
-    pub seq: u64,
-    /// The quiet sequence this cache was built at (see [`Hub::applied`]).
-    quiet: u64,
+struct DesiredCache {
+    /// The `dirty_gen` this view includes every change up to.
+    built_gen: u64,
     /// Log index of the last change that concerned every node.
-    pub desired_index: u64,
-    jobs: Arc<Vec<(JobRecord, HostSelector)>>,
+    desired_index: u64,
+    jobs: Vec<(JobRecord, HostSelector)>,
     nodes: HashMap<Uuid, CachedNode>,
-    pending: HashMap<Uuid, HashSet<(String, u64)>>,
     /// The current version of every package; every node holds all of them.
-    packages: Arc<Vec<PackageRef>>,
-    directives: HashMap<Uuid, Vec<Directive>>,
-}
-
-fn by_node(list: Vec<(Uuid, Directive)>) -> HashMap<Uuid, Vec<Directive>> {
-    let mut out: HashMap<Uuid, Vec<Directive>> = HashMap::new();
-    for (node, d) in list {
-        out.entry(node).or_default().push(d);
-    }
-    out
+    packages: Vec<PackageRef>,
 }
 
 impl DesiredCache {
-    fn build(seq: u64, quiet: u64, view: op_store::DesiredView) -> DesiredCache {
-        let mut pending: HashMap<Uuid, HashSet<(String, u64)>> = HashMap::new();
-        for (node, job, revision) in view.pending {
-            pending.entry(node).or_default().insert((job, revision));
-        }
-        DesiredCache {
-            seq,
-            quiet,
+    fn build(built_gen: u64, view: op_store::DesiredView) -> DesiredCache {
+        let mut cache = DesiredCache {
+            built_gen,
             desired_index: view.desired_index,
-            jobs: Arc::new(
-                view.jobs
-                    .into_iter()
-                    .map(|j| {
-                        let selector = j.spec.selector();
-                        (j, selector)
-                    })
-                    .collect(),
-            ),
-            nodes: view.nodes.into_iter().map(cached).collect(),
-            pending,
-            packages: Arc::new(view.packages),
-            directives: by_node(view.directives),
+            jobs: view
+                .jobs
+                .into_iter()
+                .map(|j| {
+                    let selector = j.spec.selector();
+                    (j, selector)
+                })
+                .collect(),
+            nodes: HashMap::new(),
+            packages: view.packages,
+        };
+        cache.put(view.nodes, view.pending, view.directives);
+        cache
+    }
+
+    /// Replaces the jobs, the packages and every node's pending targets; the node records stay.
+    fn set_jobs(&mut self, view: op_store::JobsView) {
+        self.desired_index = view.desired_index;
+        self.packages = view.packages;
+        self.jobs = view
+            .jobs
+            .into_iter()
+            .map(|j| {
+                let selector = j.spec.selector();
+                (j, selector)
+            })
+            .collect();
+        for node in self.nodes.values_mut() {
+            node.pending.clear();
+        }
+        for (node, job, revision) in view.pending {
+            if let Some(n) = self.nodes.get_mut(&node) {
+                n.pending.insert((job, revision));
+            }
         }
     }
 
-    /// A copy of `self` with the records of `part`'s nodes replaced.
-    fn refreshed(
-        &self,
-        seq: u64,
-        quiet: u64,
-        ids: &BTreeSet<Uuid>,
-        part: op_store::NodesView,
-    ) -> DesiredCache {
-        let mut nodes = self.nodes.clone();
-        let mut pending = self.pending.clone();
-        let mut directives = self.directives.clone();
+    /// Replaces the records of `ids` with those read from the store (a node missing from `part`
+    /// is gone).
+    fn refresh(&mut self, built_gen: u64, ids: &BTreeSet<Uuid>, part: op_store::NodesView) {
         for id in ids {
-            nodes.remove(id);
-            pending.remove(id);
-            directives.remove(id);
+            self.nodes.remove(id);
         }
-        directives.extend(by_node(part.directives));
-        nodes.extend(part.nodes.into_iter().map(cached));
-        for (node, job, revision) in part.pending {
-            pending.entry(node).or_default().insert((job, revision));
+        self.put(part.nodes, part.pending, part.directives);
+        self.built_gen = built_gen;
+    }
+
+    fn put(
+        &mut self,
+        nodes: Vec<(op_proto::NodeInfo, u64)>,
+        pending: Vec<(Uuid, String, u64)>,
+        directives: Vec<(Uuid, Directive)>,
+    ) {
+        for (n, index) in nodes {
+            self.nodes.insert(
+                n.node_id,
+                CachedNode {
+                    identity: n.identity(),
+                    status: n.status,
+                    desired_index: index,
+                    pending: HashSet::new(),
+                    directives: Vec::new(),
+                },
+            );
         }
-        DesiredCache {
-            seq,
-            quiet,
-            desired_index: self.desired_index,
-            jobs: self.jobs.clone(),
-            nodes,
-            pending,
+        for (node, job, revision) in pending {
+            if let Some(n) = self.nodes.get_mut(&node) {
+                n.pending.insert((job, revision));
+            }
+        }
+        for (node, d) in directives {
+            if let Some(n) = self.nodes.get_mut(&node) {
+                n.directives.push(d);
+            }
+        }
+    }
+
+    fn answer(&self, id: Uuid) -> Option<NodeDesired> {
+        Some(NodeDesired {
+            state: self.state(id)?,
+            jobs: self.jobs_for(id),
             packages: self.packages.clone(),
-            directives,
-        }
+            directives: self.nodes.get(&id)?.directives.clone(),
+        })
     }
 
-    /// The directives (ad-hoc runs, kills) this node must receive now.
-    pub fn directives_for(&self, id: Uuid) -> Vec<Directive> {
-        self.directives.get(&id).cloned().unwrap_or_default()
-    }
-
-    pub fn node(&self, id: Uuid) -> Option<&CachedNode> {
-        self.nodes.get(&id)
-    }
-
-    /// The index an agent passes back: it moves whenever this node's desired state may change.
-    pub fn index_for(&self, id: Uuid) -> u64 {
-        let own = self.nodes.get(&id).map_or(0, |n| n.desired_index);
-        self.desired_index.max(own)
+    fn state(&self, id: Uuid) -> Option<NodeState> {
+        let node = self.nodes.get(&id)?;
+        Some(NodeState {
+            index: self.desired_index.max(node.desired_index),
+            status: node.status,
+        })
     }
 
     /// The jobs this node must hold: enabled jobs whose selector matches it, and once-jobs only
     /// while it is a pending target of their current revision.
-    pub fn jobs_for(&self, id: Uuid) -> Vec<DesiredJob> {
+    fn jobs_for(&self, id: Uuid) -> Vec<DesiredJob> {
         let Some(node) = self.nodes.get(&id) else {
             return Vec::new();
         };
-        let pending = self.pending.get(&id);
         self.jobs
             .iter()
             .filter(|(job, selector)| {
                 if job.spec.once_job {
-                    pending.is_some_and(|p| p.contains(&(job.spec.name.clone(), job.revision)))
+                    node.pending
+                        .contains(&(job.spec.name.clone(), job.revision))
                 } else {
                     selector.matches(&node.identity)
                 }
@@ -164,42 +211,33 @@ impl DesiredCache {
     }
 }
 
-impl DesiredCache {
-    /// The packages every node must hold: the current version of each.
-    pub fn packages(&self) -> Vec<PackageRef> {
-        self.packages.as_ref().clone()
-    }
-}
-
-fn cached((n, index): (op_proto::NodeInfo, u64)) -> (Uuid, CachedNode) {
-    (
-        n.node_id,
-        CachedNode {
-            identity: n.identity(),
-            status: n.status,
-            desired_index: index,
-        },
-    )
-}
-
 /// What changed since the view was last built.
 #[derive(Debug, Default)]
 struct Dirty {
-    full: bool,
+    /// Read everything again (at start, after a snapshot, after a failed refresh).
+    all: bool,
+    /// The jobs changed: read the jobs and the pending targets again, not the nodes.
+    jobs: bool,
     nodes: BTreeSet<Uuid>,
 }
 
 #[derive(Debug)]
 pub struct Hub {
     dirty: std::sync::Mutex<Dirty>,
+    /// Moves after every change recorded in `dirty`.
+    dirty_gen: AtomicU64,
+    /// Bumped when every node's desired state may have changed (jobs, packages, a snapshot).
     seq: watch::Sender<u64>,
-    /// Bumped for changes that alter some node's desired state without anything for the node to
-    /// act on (a directive that ended): the next view refreshes those nodes, nobody is woken.
-    quiet: AtomicU64,
     /// Bumped when any invocation's progress changed (see the module doc).
     invocations: watch::Sender<u64>,
+    /// Woken when one node's record or own desired state changed; one per node that has synced.
+    wakers: std::sync::Mutex<HashMap<Uuid, Arc<Notify>>>,
+    /// The view. Readers hold the lock only to compute one node's answer; a refresh reads the
+    /// store first and takes the write lock only to put the result in.
+    cache: RwLock<DesiredCache>,
+    /// One refresh at a time; the others wait for it and then find the view fresh.
+    refreshing: Mutex<()>,
     tokens_seq: AtomicU64,
-    cache: Mutex<Option<Arc<DesiredCache>>>,
     /// Bytes of run records stored since the last prune, and the level that triggers one early.
     ingested_bytes: AtomicU64,
     prune_threshold: u64,
@@ -215,14 +253,17 @@ impl Hub {
     pub fn new(prune_threshold: u64) -> Hub {
         Hub {
             dirty: std::sync::Mutex::new(Dirty {
-                full: true,
-                nodes: BTreeSet::new(),
+                all: true,
+                ..Dirty::default()
             }),
+            // The empty view was built at generation 0; the first reader builds the real one.
+            dirty_gen: AtomicU64::new(1),
             seq: watch::Sender::new(1),
-            quiet: AtomicU64::new(0),
             invocations: watch::Sender::new(1),
+            wakers: std::sync::Mutex::new(HashMap::new()),
+            cache: RwLock::new(DesiredCache::default()),
+            refreshing: Mutex::new(()),
             tokens_seq: AtomicU64::new(1),
-            cache: Mutex::new(None),
             ingested_bytes: AtomicU64::new(0),
             prune_threshold,
             prune_now: Notify::new(),
@@ -234,20 +275,30 @@ impl Hub {
     /// Called by the state machine after each applied batch.
     pub fn applied(&self, changes: &Changes) {
         if changes.desired() || !changes.nodes.is_empty() {
-            // Record what is dirty BEFORE bumping the sequence: a reader that sees the new
-            // sequence must also find its cause.
+            // Record what is dirty BEFORE moving the generation or waking anyone: a reader that
+            // is woken, or sees the new generation, must also find the cause.
             if let Ok(mut d) = self.dirty.lock() {
-                d.full |= changes.desired_all;
+                d.jobs |= changes.desired_all;
                 d.nodes.extend(changes.desired_nodes.iter().copied());
                 d.nodes.extend(changes.nodes.iter().copied());
             }
-            self.seq.send_modify(|s| *s += 1);
+            self.dirty_gen.fetch_add(1, Ordering::SeqCst);
+            if changes.desired_all {
+                self.seq.send_modify(|s| *s += 1);
+            } else if let Ok(wakers) = self.wakers.lock() {
+                for id in changes.desired_nodes.iter().chain(&changes.nodes) {
+                    if let Some(w) = wakers.get(id) {
+                        w.notify_waiters();
+                    }
+                }
+            }
         }
         if !changes.directives_ended.is_empty() {
+            // The next reader re-reads these nodes; nobody is woken (nothing to act on).
             if let Ok(mut d) = self.dirty.lock() {
                 d.nodes.extend(changes.directives_ended.iter().copied());
             }
-            self.quiet.fetch_add(1, Ordering::SeqCst);
+            self.dirty_gen.fetch_add(1, Ordering::SeqCst);
         }
         if changes.tokens {
             self.tokens_seq.fetch_add(1, Ordering::SeqCst);
@@ -275,14 +326,16 @@ impl Hub {
     /// Called after a snapshot replaced the whole state.
     pub fn reset(&self) {
         if let Ok(mut d) = self.dirty.lock() {
-            d.full = true;
+            d.all = true;
         }
+        self.dirty_gen.fetch_add(1, Ordering::SeqCst);
         self.seq.send_modify(|s| *s += 1);
         self.invocations.send_modify(|s| *s += 1);
         self.tokens_seq.fetch_add(1, Ordering::SeqCst);
         self.blob_sync_now.notify_one();
     }
 
+    /// Changes whenever every node's desired state may have changed.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.seq.subscribe()
     }
@@ -290,6 +343,16 @@ impl Hub {
     /// Changes whenever some invocation progressed (created, advanced, a host's result).
     pub fn subscribe_invocations(&self) -> watch::Receiver<u64> {
         self.invocations.subscribe()
+    }
+
+    /// Notified whenever `node`'s own record or desired state changes. Enable a `notified()`
+    /// future before reading the node's state, so a change in between is not missed.
+    pub fn waker(&self, node: Uuid) -> Arc<Notify> {
+        match self.wakers.lock() {
+            Ok(mut w) => w.entry(node).or_default().clone(),
+            // A poisoned map only costs this call its per-node wake-ups; the wait still ends.
+            Err(_) => Arc::new(Notify::new()),
+        }
     }
 
     pub fn tokens_seq(&self) -> u64 {
@@ -317,50 +380,111 @@ impl Hub {
         self.ingested_bytes.store(0, Ordering::Relaxed);
     }
 
-    /// The desired-state view for the current sequence number, rebuilt at most once per change.
-    pub async fn view(&self, store: &Arc<Store>) -> Result<Arc<DesiredCache>, StoreError> {
-        let mut cache = self.cache.lock().await;
-        // Read the sequence before the store: a change applied meanwhile leaves the cache tagged
-        // older than its content, which only costs one extra rebuild.
-        let seq = *self.seq.borrow();
-        let quiet = self.quiet.load(Ordering::SeqCst);
-        if let Some(c) = cache.as_ref().filter(|c| c.seq == seq && c.quiet == quiet) {
-            return Ok(c.clone());
+    /// The state of `node` (None when it is unknown) from a view that includes every change
+    /// applied so far.
+    pub async fn node(
+        &self,
+        store: &Arc<Store>,
+        node: Uuid,
+    ) -> Result<Option<NodeState>, StoreError> {
+        self.fresh(store).await?;
+        Ok(self.read(|c| c.state(node)))
+    }
+
+    /// What a sync call answers: the node's state, jobs, packages and directives, read together.
+    pub async fn desired(
+        &self,
+        store: &Arc<Store>,
+        node: Uuid,
+    ) -> Result<Option<NodeDesired>, StoreError> {
+        self.fresh(store).await?;
+        Ok(self.read(|c| c.answer(node)))
+    }
+
+    /// Forgets the wakers no parked call holds (nodes that left, agents gone).
+    fn forget_idle_wakers(&self) {
+        if let Ok(mut w) = self.wakers.lock() {
+            w.retain(|_, n| Arc::strong_count(n) > 1);
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&DesiredCache) -> Option<T>) -> Option<T> {
+        // A poisoned lock means a refresh panicked half-way; the content is still a valid view.
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        f(&cache)
+    }
+
+    fn built_gen(&self) -> u64 {
+        self.cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .built_gen
+    }
+
+    /// Brings the view up to date with every change applied so far: everything after a
+    /// snapshot, the jobs and pending targets after a job change, and the nodes that changed.
+    async fn fresh(&self, store: &Arc<Store>) -> Result<(), StoreError> {
+        if self.built_gen() >= self.dirty_gen.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let _one = self.refreshing.lock().await;
+        // Read the generation before taking the dirty set: a change recorded meanwhile leaves
+        // the view tagged older than its content, which only costs one extra refresh.
+        let generation = self.dirty_gen.load(Ordering::SeqCst);
+        if self.built_gen() >= generation {
+            return Ok(());
         }
         let dirty = match self.dirty.lock() {
             Ok(mut d) => std::mem::take(&mut *d),
             Err(_) => Dirty {
-                full: true,
-                nodes: BTreeSet::new(),
+                all: true,
+                ..Dirty::default()
             },
         };
         let store = store.clone();
-        let result = match cache.as_ref() {
-            Some(old) if !dirty.full => {
-                let ids: Vec<Uuid> = dirty.nodes.iter().copied().collect();
-                tokio::task::spawn_blocking(move || store.desired_nodes(&ids))
-                    .await
-                    .map_err(|_| StoreError::Poisoned)
-                    .and_then(|r| r)
-                    .map(|part| old.refreshed(seq, quiet, &dirty.nodes, part))
-            }
-            _ => tokio::task::spawn_blocking(move || store.desired_view())
+        let ids: Vec<Uuid> = dirty.nodes.iter().copied().collect();
+        let result = if dirty.all {
+            tokio::task::spawn_blocking(move || store.desired_view())
                 .await
                 .map_err(|_| StoreError::Poisoned)
                 .and_then(|r| r)
-                .map(|view| DesiredCache::build(seq, quiet, view)),
+                .map(|view| {
+                    *self.cache.write().unwrap_or_else(|p| p.into_inner()) =
+                        DesiredCache::build(generation, view);
+                    self.forget_idle_wakers();
+                })
+        } else if dirty.jobs {
+            tokio::task::spawn_blocking(move || {
+                Ok::<_, StoreError>((store.desired_jobs()?, store.desired_nodes(&ids)?))
+            })
+            .await
+            .map_err(|_| StoreError::Poisoned)
+            .and_then(|r| r)
+            .map(|(jobs, part)| {
+                let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+                cache.set_jobs(jobs);
+                cache.refresh(generation, &dirty.nodes, part);
+                drop(cache);
+                self.forget_idle_wakers();
+            })
+        } else {
+            tokio::task::spawn_blocking(move || store.desired_nodes(&ids))
+                .await
+                .map_err(|_| StoreError::Poisoned)
+                .and_then(|r| r)
+                .map(|part| {
+                    self.cache
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .refresh(generation, &dirty.nodes, part)
+                })
         };
-        let built = match result {
-            Ok(b) => Arc::new(b),
-            Err(e) => {
-                // What we took is lost: the next caller rebuilds everything.
-                if let Ok(mut d) = self.dirty.lock() {
-                    d.full = true;
-                }
-                return Err(e);
+        if result.is_err() {
+            // What we took is lost: the next caller rebuilds everything.
+            if let Ok(mut d) = self.dirty.lock() {
+                d.all = true;
             }
-        };
-        *cache = Some(built.clone());
-        Ok(built)
+        }
+        result
     }
 }

@@ -19,6 +19,22 @@ fn raise_nofile_limit() {
     }
 }
 
+/// Caps glibc's malloc at two arenas unless `MALLOC_ARENA_MAX` says otherwise. By default every
+/// thread that allocates (tokio's workers and each `spawn_blocking` thread that reads the store)
+/// gets its own arena, memory freed on another thread goes back to the arena it came from, and
+/// with thousands of parked agents RSS drifts up: `op-bench idle --agents 10000` measured about
+/// 290-305 MiB with the default and about 262-275 MiB with two arenas, at the same CPU.
+/// Must run before any thread is started.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; no other thread exists yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
@@ -57,6 +73,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     if cli.print_config_reference {
         print!("{}", op_manager::config::reference());

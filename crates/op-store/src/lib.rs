@@ -37,7 +37,7 @@ pub use read::invocations::{
 };
 pub use read::misc::MAX_AUDIT_LIMIT;
 pub use read::runs::{DEFAULT_RUN_LIMIT, LatestRunCount, MAX_RUN_LIMIT};
-pub use read::{DesiredView, NodesView, StoreStats};
+pub use read::{DesiredView, JobsView, NodesView, StoreStats};
 pub use schema::SCHEMA_VERSION;
 
 /// Meta key of the raft log id of the last applied entry (opaque JSON from the caller).

@@ -38,9 +38,9 @@ pub async fn run(
     runs_per_node: usize,
     count: usize,
 ) -> anyhow::Result<Vec<Figure>> {
-    let m = ManagerProcess::start(manager_bin)?;
-    let admin = Client::new(&m.url, Some(&m.admin_token))?;
-    let agent = Client::new(&m.url, Some(&m.agent_token))?;
+    let m = ManagerProcess::start(manager_bin, &[]).await?;
+    let admin = Client::new(&m.api_url, Some(&m.admin_token))?;
+    let agent = Client::new(&m.api_url, Some(&m.agent_token))?;
     let names: Vec<String> = (0..jobs).map(|j| format!("job-{j:04}")).collect();
     for name in &names {
         admin
@@ -71,7 +71,7 @@ pub async fn run(
             t.await??;
         }
     }
-    let cookie = login(&m.url, &m.admin_token).await?;
+    let cookie = login(&m.api_url, &m.admin_token).await?;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
@@ -86,7 +86,7 @@ pub async fn run(
         for i in 0..WARMUP + count {
             let t = Instant::now();
             let resp = http
-                .get(format!("{}{path}", m.url))
+                .get(format!("{}{path}", m.api_url))
                 .header("cookie", &cookie)
                 .send()
                 .await?;

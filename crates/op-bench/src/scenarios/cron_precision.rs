@@ -28,7 +28,7 @@ pub async fn run(bin: &Path, duration: Duration) -> anyhow::Result<Vec<Figure>> 
         "1 Hz job `true`, {} fires over {}s, start = process spawned, {} build",
         lags.len(),
         duration.as_secs(),
-        crate::agent::profile(bin)
+        crate::binaries::profile(bin)
     );
     Ok(vec![
         Figure::new(

@@ -1,29 +1,27 @@
-//! `fanout-real` and `fanout-sim`: how long `exec --all -- true` takes until every host's result
-//! is back at the caller, through one real manager.
+//! `fanout-real` and `fanout`: how long `exec --all -- true` takes until every host's result is
+//! back at the caller, through one real manager.
 //!
 //! - `fanout-real`: N real `op-agent` processes connected to the manager (DESIGN section 10:
 //!   20 agents, p50 under 100 ms).
-//! - `fanout-sim`: N simulated agents in this process, each a task speaking the agent protocol
-//!   (register, long-poll sync, answer each run directive at once with an `ok` record). It
-//!   measures the manager's side of a fleet-wide fan-out, without N processes to fork.
+//! - `fanout` (formerly `fanout-sim`): N agents of the fleet simulator ([`crate::fleet`]), which
+//!   answer each run directive at once with an `ok` record. It measures the manager's side of a
+//!   fleet-wide fan-out, without N processes to fork.
 //!
 //! Each invocation is timed from the request until the summary line of the NDJSON stream; before
 //! each one the bench waits until every agent's sync call is parked again, so every sample starts
 //! from the steady state a fleet is in between two operator commands.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use op_client::{Client, Started};
-use op_proto::agent::{Directive, Heartbeat, RegisterRequest, RunBatch};
 use op_proto::invoke::{InvocationEvent, InvokeRequest};
-use op_proto::{API_VERSION, RunRecord, RunStatus, Trigger};
-use uuid::Uuid;
 
 use crate::agent::AgentProcess;
+use crate::fleet::Fleet;
 use crate::manager::ManagerProcess;
+use crate::procfs::{cpu_secs, rss_kib};
 use crate::report::{Figure, percentile};
 
 /// Invocations run and thrown away before measuring.
@@ -32,59 +30,82 @@ const WARMUP: usize = 3;
 pub async fn real(
     agent_bin: &Path,
     manager_bin: &Path,
+    manager_args: &[String],
     agents: usize,
     count: usize,
 ) -> anyhow::Result<Vec<Figure>> {
-    let m = ManagerProcess::start(manager_bin)?;
+    let m = ManagerProcess::start(manager_bin, manager_args).await?;
     let fleet: Vec<AgentProcess> = (0..agents)
         .map(|i| {
             AgentProcess::start_managed(
                 agent_bin,
+                &m.api_url,
+                &m.agent_token,
                 &format!("bench-{i:03}"),
                 &format!("127.0.{}.{}", 1 + i / 250, 1 + i % 250),
-                &m.url,
-                &m.agent_token,
             )
         })
         .collect::<anyhow::Result<_>>()?;
-    let client = Client::new(&m.url, Some(&m.admin_token))?;
-    let samples = measure(&client, agents, count)
+    let samples = measure(&m.admin, agents, count)
         .await
-        .map_err(|e| anyhow::anyhow!("{e:#}\nmanager log:\n{}", m.log()))?;
-    drop(fleet);
+        .map_err(|e| anyhow::anyhow!("{e:#}\nmanager log:\n{}", m.log_tail()))?;
+    for a in fleet {
+        a.stop()?;
+    }
+    m.stop()?;
+    let build = crate::binaries::profile(agent_bin);
     let cond = format!(
-        "`exec --all -- true` on {agents} real agents, {count} sequential invocations after {WARMUP} warm-up, one manager, loopback, release build"
+        "`exec --all -- true` on {agents} real agents, {count} sequential invocations after \
+         {WARMUP} warm-up, one manager, loopback, {build} build"
     );
     Ok(samples.figures("fanout_real", &cond))
 }
 
-pub async fn sim(manager_bin: &Path, agents: usize, count: usize) -> anyhow::Result<Vec<Figure>> {
-    raise_nofile();
-    let m = ManagerProcess::start(manager_bin)?;
-    let agent_client = Client::new(&m.url, Some(&m.agent_token))?;
-    let mut tasks = Vec::with_capacity(agents);
-    for i in 0..agents {
-        let sim = SimAgent {
-            node_id: Uuid::new_v4(),
-            hostname: format!("sim-{i:05}"),
-            ip: format!("10.{}.{}.{}", i / 65_536, (i / 256) % 256, i % 256),
-        };
-        // Each simulated agent presents its own node credential, as a real one does.
-        let own = sim.register(&agent_client).await?;
-        tasks.push(tokio::spawn(sim.run(own)));
-    }
-    let client = Client::new(&m.url, Some(&m.admin_token))?;
-    let samples = measure(&client, agents, count)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e:#}\nmanager log:\n{}", m.log()));
-    for t in tasks {
-        t.abort();
-    }
-    let samples = samples?;
-    let cond = format!(
-        "`exec --all -- true` on {agents} simulated agents (tasks in op-bench answering at once), {count} sequential invocations after {WARMUP} warm-up, one manager, loopback, release build"
+pub async fn sim(
+    manager_bin: &Path,
+    manager_args: &[String],
+    agents: usize,
+    count: usize,
+) -> anyhow::Result<Vec<Figure>> {
+    anyhow::ensure!(
+        agents > 0 && count > 0,
+        "--agents and --count must be at least 1"
     );
-    Ok(samples.figures("fanout_sim", &cond))
+    crate::limits::check_fleet(agents)?;
+    let m = ManagerProcess::start(manager_bin, manager_args).await?;
+    let pid = m.pid();
+    let fleet = Fleet::start(&m, agents).await?;
+    fleet
+        .wait_parked(&m, crate::scenarios::propagation::ramp_limit(agents))
+        .await?;
+    let cpu0 = cpu_secs(pid)?;
+    let samples = measure(&m.admin, agents, count)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\nmanager log:\n{}", m.log_tail()));
+    let cpu = cpu_secs(pid)? - cpu0;
+    let (_, rss_peak) = rss_kib(pid)?;
+    fleet.stop().await;
+    m.stop()?;
+    let samples = samples?;
+    let build = crate::binaries::profile(manager_bin);
+    let cond = format!(
+        "`exec --all -- true` on {agents} simulated agents (answering each run at once), {count} \
+         sequential invocations after {WARMUP} warm-up, one manager, loopback, manager {build} build"
+    );
+    let mut figures = samples.figures("fanout", &cond);
+    figures.push(Figure::new(
+        "fanout_manager_cpu_per_invocation",
+        cpu / (WARMUP + count) as f64,
+        "s",
+        format!("{cond}; manager CPU (user+sys) per invocation, re-parking included"),
+    ));
+    figures.push(Figure::new(
+        "fanout_manager_rss_peak",
+        rss_peak as f64 / 1024.0,
+        "MiB",
+        format!("{cond}; VmHWM since start"),
+    ));
+    Ok(figures)
 }
 
 struct Samples {
@@ -180,104 +201,5 @@ async fn wait_parked(client: &Client, n: usize) -> anyhow::Result<()> {
             bail!("only {parked} of {n} agents parked their sync call within 120 s");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// A simulated agent: the protocol only, no processes.
-struct SimAgent {
-    node_id: Uuid,
-    hostname: String,
-    ip: String,
-}
-
-impl SimAgent {
-    /// Enrolls with the shared token; returns the client with this node's own credential.
-    async fn register(&self, client: &Client) -> anyhow::Result<Client> {
-        let resp = client
-            .register(&RegisterRequest {
-                api_version: API_VERSION,
-                node_id: self.node_id,
-                hostname: self.hostname.clone(),
-                ips: vec![self.ip.parse()?],
-                labels: Default::default(),
-                agent_version: "sim".into(),
-                os: "linux".into(),
-                arch: "x86_64".into(),
-            })
-            .await?;
-        let token = resp
-            .node_token
-            .ok_or_else(|| anyhow::anyhow!("the manager issued no node credential"))?;
-        Ok(client.with_token(&token))
-    }
-
-    async fn run(self, client: Client) {
-        let mut index = 0;
-        let mut done: HashSet<Uuid> = HashSet::new();
-        let beat = Heartbeat {
-            node_id: self.node_id,
-            agent_version: "sim".into(),
-            load: None,
-            running: vec![],
-            packages: vec![],
-            stats: Default::default(),
-        };
-        loop {
-            let Ok(state) = client.sync(index, 10, &beat).await else {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            };
-            index = state.index;
-            for d in state.directives {
-                let Directive::Run(d) = d else { continue };
-                if !done.insert(d.run_id) {
-                    continue;
-                }
-                let now = chrono::Utc::now();
-                let record = RunRecord {
-                    run_id: d.run_id,
-                    job: d.spec.name.clone(),
-                    job_revision: d.revision,
-                    node_id: self.node_id,
-                    hostname: self.hostname.clone(),
-                    ips: vec![],
-                    trigger: Trigger::Adhoc,
-                    attempt: 0,
-                    invocation_id: Some(d.invocation_id),
-                    params: d.params.clone(),
-                    command: d.spec.command.clone(),
-                    planned_at: Some(now),
-                    started_at: Some(now),
-                    ended_at: Some(now),
-                    status: RunStatus::Ok,
-                    exit_code: Some(0),
-                    signal: None,
-                    error: None,
-                    output: String::new(),
-                    output_truncated: false,
-                    output_bytes: 0,
-                    rusage: None,
-                    notes: Vec::new(),
-                };
-                let batch = RunBatch {
-                    node_id: self.node_id,
-                    runs: vec![record],
-                };
-                // Like a real agent's outbox: try again until the manager has it.
-                while client.post_runs(&batch).await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-}
-
-/// 1,000 simulated agents need more than the usual 1,024 file descriptors.
-fn raise_nofile() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-    {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }

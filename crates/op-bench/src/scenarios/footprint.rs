@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::agent::{AgentProcess, cpu_secs, rss_kib};
+use crate::agent::AgentProcess;
+use crate::procfs::{cpu_secs, rss_kib};
 use crate::report::Figure;
 
 pub async fn run(bin: &Path, duration: Duration, jobs: usize) -> anyhow::Result<Vec<Figure>> {
@@ -36,7 +37,7 @@ pub async fn run(bin: &Path, duration: Duration, jobs: usize) -> anyhow::Result<
     let avg = samples.iter().sum::<u64>() as f64 / samples.len().max(1) as f64;
     let cond = format!(
         "{jobs} cron jobs (`true` once a minute), standalone, {} build, watched {}s",
-        crate::agent::profile(bin),
+        crate::binaries::profile(bin),
         duration.as_secs()
     );
     Ok(vec![

@@ -37,7 +37,7 @@ pub async fn run(bin: &Path, count: usize) -> anyhow::Result<Vec<Figure>> {
     agent.stop()?;
     let cond = format!(
         "{count} sequential sync calls running `true`, keep-alive, loopback, {} build",
-        crate::agent::profile(bin)
+        crate::binaries::profile(bin)
     );
     Ok(vec![
         Figure::new("invoke_sync_p50", percentile(&ms, 50.0), "ms", cond.clone()),

@@ -1,5 +1,5 @@
-//! `package-fanout`: one real manager, N real agents on this machine (op-testkit), one package of
-//! random content. Measures the upload, then the time from the stored upload until every agent
+//! `package` (formerly `package-fanout`): one real manager, N real `op-agent` processes on this
+//! machine, one package of random content. Measures the upload, then the time from the stored upload until every agent
 //! reports the version installed, and the manager's CPU seconds in each phase (utime + stime from
 //! `/proc/PID/stat`), so "bounded by disk and loopback, not by the manager's CPU" can be checked.
 
@@ -7,26 +7,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use op_proto::package::PackageState;
-use op_testkit::{Agent, AgentOptions, Manager, ManagerOptions};
 
+use crate::agent::AgentProcess;
+use crate::manager::ManagerProcess;
+use crate::procfs::cpu_secs;
 use crate::report::Figure;
-
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may contain spaces) start at state: utime and stime
-    // are fields 14 and 15 overall, 12 and 13 after ") ".
-    let rest = stat
-        .rsplit_once(") ")
-        .map(|(_, r)| r)
-        .ok_or_else(|| anyhow::anyhow!("unexpected /proc/{pid}/stat"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?
-        .unwrap_or(100)
-        .max(1) as f64;
-    Ok(ticks as f64 / hz)
-}
 
 fn random_content(bytes: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes + 8);
@@ -43,26 +28,32 @@ fn random_content(bytes: usize) -> Vec<u8> {
 
 pub async fn run(
     agent_bin: &Path,
+    manager_bin: &Path,
+    manager_args: &[String],
     agents: usize,
     size_mib: usize,
     cap: usize,
 ) -> anyhow::Result<Vec<Figure>> {
-    let m = Manager::start_with(ManagerOptions {
-        args: vec!["--download-concurrency".into(), cap.to_string()],
-        ..Default::default()
-    });
-    let pid = m
-        .pid()
-        .ok_or_else(|| anyhow::anyhow!("the manager is not running"))?;
-    let fleet: Vec<Agent> = (1..=agents)
+    anyhow::ensure!(
+        agents > 0 && size_mib > 0,
+        "--agents and --size must be at least 1"
+    );
+    let mut args = vec!["--download-concurrency".to_string(), cap.to_string()];
+    args.extend(manager_args.iter().cloned());
+    let m = ManagerProcess::start(manager_bin, &args).await?;
+    let pid = m.pid();
+    let fleet: Vec<AgentProcess> = (1..=agents)
         .map(|i| {
-            Agent::start(
-                AgentOptions::new(&format!("bench-{i}"), &format!("127.0.1.{}", i % 250 + 1))
-                    .manager(&m),
+            AgentProcess::start_managed(
+                agent_bin,
+                &m.api_url,
+                &m.agent_token,
+                &format!("bench-{i}"),
+                &format!("127.0.{}.{}", 1 + i / 250, 1 + i % 250),
             )
         })
-        .collect();
-    let c = m.client();
+        .collect::<anyhow::Result<_>>()?;
+    let c = &m.admin;
     let deadline = Instant::now() + Duration::from_secs(60);
     while c.list_nodes().await?.len() < agents {
         anyhow::ensure!(Instant::now() < deadline, "agents did not register in time");
@@ -111,14 +102,16 @@ pub async fn run(
         let got = std::fs::metadata(a.deploy_dir().join("bench.bin"))?.len();
         anyhow::ensure!(
             got == (size_mib << 20) as u64,
-            "{} holds {got} bytes",
-            a.options.node_name
+            "agent {} holds {got} bytes",
+            a.pid()
         );
     }
-    drop(fleet);
-    drop(m);
+    for a in fleet {
+        a.stop()?;
+    }
+    m.stop()?;
 
-    let profile = crate::agent::profile(agent_bin);
+    let profile = crate::binaries::profile(agent_bin);
     let cond = format!(
         "{size_mib} MiB package, {agents} agents and the manager on one machine, loopback, download cap {cap}, {profile} build"
     );

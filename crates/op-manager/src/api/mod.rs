@@ -118,9 +118,5 @@ pub fn router(app: Arc<App>) -> Router {
             app.clone(),
             guard::guard,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            guard::count,
-        ))
         .with_state(app)
 }

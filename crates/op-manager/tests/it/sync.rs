@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use op_proto::agent::RunBatch;
+use op_proto::{RunStatus, Trigger};
 use serde_json::json;
 
 use crate::common::*;
@@ -165,4 +167,84 @@ async fn shutdown_releases_parked_syncs_at_once() {
     // The parked call ended with the shutdown, not with its 15 s wait.
     let answer = tokio::time::timeout(Duration::from_secs(5), parked).await;
     assert!(answer.is_ok(), "the parked sync outlived the manager");
+}
+
+/// Parks `a`'s sync at `index` (wait 30 s) and waits until the manager counts `parked` calls.
+async fn park(
+    m: &TestManager,
+    a: &FakeAgent,
+    index: u64,
+    parked: usize,
+) -> tokio::task::JoinHandle<(
+    Result<op_proto::agent::DesiredState, op_client::ClientError>,
+    Instant,
+)> {
+    let (agent, a) = (m.agent(), a.clone());
+    let call = tokio::spawn(async move {
+        let answer = a.client(&agent).sync(index, 30, &a.heartbeat()).await;
+        (answer, Instant::now())
+    });
+    let admin = m.admin();
+    let line = format!("op_manager_syncs_parked {parked}");
+    wait_until("the sync call is parked", DEADLINE, || async {
+        let text = admin.metrics().await.ok()?;
+        text.lines().any(|l| l == line).then_some(())
+    })
+    .await;
+    call
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_sync_wakes_for_a_change_of_its_own_node() {
+    let m = TestManager::start().await;
+    let (admin, agent) = (m.admin(), m.agent());
+    let (a, b) = (FakeAgent::new(2), FakeAgent::new(3));
+    a.register(&agent).await;
+    b.register(&agent).await;
+    let saved = save(
+        &admin,
+        json!({"JobName": "once", "Command": "true", "OnceJob": 1}),
+    )
+    .await;
+    let state = a.sync(&agent, 0, 0).await;
+    assert_eq!(state.jobs.len(), 1, "a is a pending target");
+
+    // a's once-job target moves (its run is reported): only a's desired state changes, and
+    // its parked call returns at once without the job.
+    let parked = park(&m, &a, state.index, 1).await;
+    let b_index = b.sync(&agent, 0, 0).await.index;
+    let parked_b = park(&m, &b, b_index, 2).await;
+    let reported = Instant::now();
+    let run = a.run("once", saved.revision, Trigger::Once, RunStatus::Ok);
+    a.client(&agent)
+        .post_runs(&RunBatch {
+            node_id: a.node_id,
+            runs: vec![run],
+        })
+        .await
+        .unwrap();
+    let (answer, at) = tokio::time::timeout(DEADLINE, parked)
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = answer.unwrap();
+    assert!(answer.index > state.index);
+    assert!(answer.jobs.is_empty(), "{:?}", answer.jobs);
+    assert!(at.duration_since(reported) < Duration::from_secs(5));
+
+    // Forgetting a node ends its parked call with unknown_node, so the agent registers again.
+    let parked = park(&m, &a, answer.index, 2).await;
+    let forgot = Instant::now();
+    admin.forget_node(a.node_id).await.unwrap();
+    let (answer, at) = tokio::time::timeout(DEADLINE, parked)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.unwrap_err().code(), Some("unknown_node"));
+    assert!(at.duration_since(forgot) < Duration::from_secs(5));
+
+    // b was not concerned by either change and is still parked.
+    assert!(!parked_b.is_finished());
+    parked_b.abort();
+    m.stop().await;
 }

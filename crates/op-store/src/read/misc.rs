@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use op_proto::api::{AuditEntry, Scope, TokenInfo};
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::Store;
 use crate::codec::{from_ms, ms};
@@ -17,30 +17,48 @@ pub(crate) fn tokens(conn: &Connection) -> Result<Vec<TokenRecord>> {
         "SELECT id, name, scope, hash, created_at, expires_at, revoked, node_id FROM tokens
          ORDER BY created_at, id",
     )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(TokenRecord {
-            info: TokenInfo {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                // Only valid scopes are ever written; viewer is the safe reading of anything else.
-                scope: Scope::parse(&r.get::<_, String>(2)?).unwrap_or(Scope::Viewer),
-                created_at: from_ms(r.get(4)?),
-                expires_at: r.get::<_, Option<i64>>(5)?.map(from_ms),
-                revoked: r.get::<_, i64>(6)? != 0,
-                node_id: r
-                    .get::<_, Option<String>>(7)?
-                    .and_then(|n| uuid::Uuid::parse_str(&n).ok()),
-            },
-            secret_sha256: r.get(3)?,
-        })
-    })?;
+    let rows = stmt.query_map([], token_row)?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// One token by id (the tokens table's primary key).
+pub(crate) fn token(conn: &Connection, id: &str) -> Result<Option<TokenRecord>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id, name, scope, hash, created_at, expires_at, revoked, node_id FROM tokens
+             WHERE id = ?1",
+        )?
+        .query_row([id], token_row)
+        .optional()?)
+}
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+    Ok(TokenRecord {
+        info: TokenInfo {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            // Only valid scopes are ever written; viewer is the safe reading of anything else.
+            scope: Scope::parse(&r.get::<_, String>(2)?).unwrap_or(Scope::Viewer),
+            created_at: from_ms(r.get(4)?),
+            expires_at: r.get::<_, Option<i64>>(5)?.map(from_ms),
+            revoked: r.get::<_, i64>(6)? != 0,
+            node_id: r
+                .get::<_, Option<String>>(7)?
+                .and_then(|n| uuid::Uuid::parse_str(&n).ok()),
+        },
+        secret_sha256: r.get(3)?,
+    })
 }
 
 impl Store {
     /// Every token, with its hash (for the authenticator; never sent to clients).
     pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
         self.read(tokens)
+    }
+
+    /// One token by id, with its hash (for the authenticator; never sent to clients).
+    pub fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        self.read(|conn| token(conn, id))
     }
 
     /// Audit entries at or after `since`, oldest first, at most `limit`.

@@ -62,32 +62,58 @@ pub struct StoreStats {
     pub agent_dropped_runs: u64,
 }
 
+/// The part of a [`DesiredView`] that a change for every node (a job or a package) can alter: the
+/// jobs, the packages, the index of the change, and the pending once-job targets. The nodes
+/// themselves are not read again.
+#[derive(Debug, Clone, Default)]
+pub struct JobsView {
+    pub desired_index: u64,
+    pub jobs: Vec<JobRecord>,
+    pub pending: Vec<(Uuid, String, u64)>,
+    pub packages: Vec<PackageRef>,
+}
+
+fn jobs_view(tx: &Connection) -> Result<JobsView> {
+    let desired_index = meta(tx, META_DESIRED_INDEX)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let jobs = jobs::live(tx)?
+        .into_iter()
+        .filter(|j| j.spec.enabled)
+        .collect();
+    let mut stmt = tx.prepare_cached(
+        "SELECT node_id, job, revision FROM once_targets WHERE state = 'pending'",
+    )?;
+    let pending = stmt
+        .query_map([], |r| {
+            Ok((
+                uuid(&r.get::<_, String>(0)?),
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)? as u64,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    drop(stmt);
+    let packages = packages::desired(tx)?;
+    Ok(JobsView {
+        desired_index,
+        jobs,
+        pending,
+        packages,
+    })
+}
+
 impl Store {
     pub fn desired_view(&self) -> Result<DesiredView> {
         self.read(|conn| {
             let tx = conn.unchecked_transaction()?;
-            let desired_index = meta(&tx, META_DESIRED_INDEX)?
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let jobs = jobs::live(&tx)?
-                .into_iter()
-                .filter(|j| j.spec.enabled)
-                .collect();
+            let JobsView {
+                desired_index,
+                jobs,
+                pending,
+                packages,
+            } = jobs_view(&tx)?;
             let nodes = nodes::all_with_index(&tx)?;
-            let mut stmt = tx.prepare(
-                "SELECT node_id, job, revision FROM once_targets WHERE state = 'pending'",
-            )?;
-            let pending = stmt
-                .query_map([], |r| {
-                    Ok((
-                        uuid(&r.get::<_, String>(0)?),
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)? as u64,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            drop(stmt);
-            let packages = packages::desired(&tx)?;
             let directives = invocations::directives(&tx, None)?;
             tx.finish()?;
             Ok(DesiredView {
@@ -98,6 +124,17 @@ impl Store {
                 packages,
                 directives,
             })
+        })
+    }
+
+    /// The jobs part of the view, for the hub's refresh after a job change: with 10,000 nodes,
+    /// reading (and decoding) every node again would cost more than everything else a save does.
+    pub fn desired_jobs(&self) -> Result<JobsView> {
+        self.read(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let view = jobs_view(&tx)?;
+            tx.finish()?;
+            Ok(view)
         })
     }
 

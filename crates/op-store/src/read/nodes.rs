@@ -11,14 +11,12 @@ use crate::codec::{from_json, like_escape};
 use crate::error::Result;
 
 pub(crate) fn by_id(conn: &Connection, id: Uuid) -> Result<Option<NodeInfo>> {
-    conn.query_row(
-        "SELECT info FROM nodes WHERE node_id = ?1",
-        [id.to_string()],
-        |r| r.get::<_, String>(0),
-    )
-    .optional()?
-    .map(|s| from_json("node", &s))
-    .transpose()
+    // Cached: a heartbeat flush reads every node in one command.
+    conn.prepare_cached("SELECT info FROM nodes WHERE node_id = ?1")?
+        .query_row([id.to_string()], |r| r.get::<_, String>(0))
+        .optional()?
+        .map(|s| from_json("node", &s))
+        .transpose()
 }
 
 pub(crate) fn all(conn: &Connection) -> Result<Vec<NodeInfo>> {
