@@ -724,3 +724,51 @@ async fn after_losing_a_majority_the_documented_recovery_brings_the_cluster_back
         BTreeSet::from(["after".to_string(), "before".to_string()])
     );
 }
+
+/// A rolling upgrade, one member at a time (stop with SIGTERM, start again on its data dir; the
+/// binary is the same, as there is only one release so far), while a client keeps saving: no
+/// acknowledged write is lost and every member ends with all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_write_load_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let writer = Writer::start(c.api_urls(), c.admin_token.clone());
+    for i in 0..3 {
+        let before = writer.count();
+        wait_until(LONG, "writes flow before the next member goes", || async {
+            writer.count() > before + 5
+        })
+        .await;
+        let m = &mut c.members[i];
+        tokio::task::block_in_place(|| m.stop());
+        let during = writer.count();
+        wait_until(LONG, "writes continue while a member is down", || async {
+            writer.count() > during + 5
+        })
+        .await;
+        tokio::task::block_in_place(|| c.restart(i));
+        c.wait_voters(3, LONG).await;
+        c.wait_caught_up(LONG).await;
+    }
+    let acked = writer.finish().await;
+    assert!(
+        acked.len() > 30,
+        "only {} saves were acknowledged",
+        acked.len()
+    );
+    c.wait_caught_up(LONG).await;
+    for i in 0..3 {
+        let jobs: BTreeSet<String> = c
+            .client(i)
+            .list_jobs()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| j.record.spec.name)
+            .collect();
+        let lost: Vec<&String> = acked.iter().filter(|n| !jobs.contains(*n)).collect();
+        assert!(
+            lost.is_empty(),
+            "member {i} lacks acknowledged saves {lost:?}"
+        );
+    }
+}
