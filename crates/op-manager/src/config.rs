@@ -135,6 +135,10 @@ pub struct ConfigArgs {
     /// false].
     #[arg(long, env = "OP_REQUIRE_CLIENT_CERT", num_args = 0..=1, default_missing_value = "true")]
     pub require_client_cert: Option<bool>,
+    /// PEM CA of the peer managers' certificates; with TLS on, raft peers always use mutual TLS
+    /// with --tls-cert/--tls-key as this manager's certificate [default: --client-ca].
+    #[arg(long, env = "OP_PEER_CA")]
+    pub peer_ca: Option<PathBuf>,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -176,6 +180,7 @@ pub struct RawConfig {
     pub tls_key: Option<PathBuf>,
     pub client_ca: Option<PathBuf>,
     pub require_client_cert: Option<bool>,
+    pub peer_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,6 +229,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// TLS of the API listener; `None` serves plain HTTP.
     pub tls: Option<op_tls::ServerTls>,
+    /// Mutual TLS of the raft listener and of every request to peers: set whenever `tls` is.
+    pub peer_tls: Option<op_tls::ServerTls>,
 }
 
 impl Default for Config {
@@ -386,8 +393,37 @@ impl Config {
             ),
             (None, None) => None,
         };
+        let peer_ca = a.peer_ca.or(f.peer_ca);
+        let peer_tls = match &tls {
+            None if peer_ca.is_some() => {
+                return Err(bad(
+                    "peer_ca",
+                    "peer mutual TLS needs tls_cert and tls_key too",
+                ));
+            }
+            None => None,
+            Some(t) => {
+                let ca = match peer_ca.as_deref() {
+                    Some(p) => absolute(p)?,
+                    None => t.client_ca.clone().ok_or_else(|| {
+                        bad(
+                            "peer_ca",
+                            "with TLS on, raft peers use mutual TLS: set peer_ca (or client_ca) \
+                             to the CA of the managers' certificates",
+                        )
+                    })?,
+                };
+                Some(op_tls::ServerTls {
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                    client_ca: Some(ca),
+                    require_client_cert: true,
+                })
+            }
+        };
         let config = Config {
             tls,
+            peer_tls,
             data_dir,
             listen: a
                 .listen

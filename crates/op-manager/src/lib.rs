@@ -207,9 +207,19 @@ pub async fn start(
         ),
         None => None,
     };
+    // With TLS on, peers speak mutual TLS on the raft listener (DESIGN 9).
+    let raft_tls = match &config.peer_tls {
+        Some(t) => Some(
+            t.rustls()
+                .map_err(|e| ManagerError::Config(format!("peer TLS: {e}")))?,
+        ),
+        None => None,
+    };
+    let peer_http = raft::network::http_client(config.peer_tls.as_ref())?;
     let scheme = if api_tls.is_some() { "https" } else { "http" };
+    let raft_scheme = if raft_tls.is_some() { "https" } else { "http" };
     let api_url = url_for(config.advertise_api.as_deref(), api_addr, scheme);
-    let raft_url = url_for(config.advertise_raft.as_deref(), raft_addr, "http");
+    let raft_url = url_for(config.advertise_raft.as_deref(), raft_addr, raft_scheme);
 
     let state_path = dir.join("state.db");
     let store = Arc::new(
@@ -221,7 +231,7 @@ pub async fn start(
         api_addr: api_url.clone(),
         raft_addr: raft_url.clone(),
     };
-    let (identity, join) = identity(&config, &dir, &store).await?;
+    let (identity, join) = identity(&config, &dir, &store, &peer_http).await?;
     let hub = Arc::new(Hub::new(config.retention.run_max_bytes / 10));
     let cluster = Arc::new(
         raft::open(
@@ -233,6 +243,7 @@ pub async fn start(
                 snapshot_logs: config.raft_snapshot_logs,
                 heartbeat: config.raft_heartbeat,
                 election_timeout: config.raft_election_timeout,
+                peer_http: peer_http.clone(),
             },
         )
         .await?,
@@ -269,7 +280,7 @@ pub async fn start(
         raft::server::router(app.clone()),
         app.config.header_read_timeout,
         raft_handle.clone(),
-        None,
+        raft_tls.clone(),
     )?;
     if let Join::Via(url) = &join {
         tracing::info!(join = %url, node_id = cluster.id(), "asking to be added to the cluster");
@@ -289,7 +300,8 @@ pub async fn start(
         {
             // The console calls the API router in process, so it is built once and shared.
             let api = api::router(app.clone());
-            api.clone().merge(ui::router(app.clone(), api))
+            api.clone()
+                .merge(ui::router(app.clone(), api, peer_http.clone()))
         },
         app.config.header_read_timeout,
         api_handle.clone(),
@@ -297,6 +309,9 @@ pub async fn start(
     )?;
     let mut tasks = vec![];
     if let (Some(tls), Some(served)) = (&app.config.tls, api_tls) {
+        tasks.push(tls.watch(served, shutdown.clone()));
+    }
+    if let (Some(tls), Some(served)) = (&app.config.peer_tls, raft_tls) {
         tasks.push(tls.watch(served, shutdown.clone()));
     }
     tasks.extend([
@@ -363,6 +378,7 @@ async fn identity(
     config: &Config,
     dir: &Path,
     store: &Arc<Store>,
+    peer_http: &reqwest::Client,
 ) -> Result<(raft::Identity, Join), ManagerError> {
     use raft::messages::JoinRequest;
     if let Some(identity) = raft::Identity::load(dir)? {
@@ -421,6 +437,7 @@ async fn identity(
                     node_id: config.node_id,
                     cluster_id: None,
                 },
+                peer_http,
             )
             .await?;
             let identity = raft::Identity {

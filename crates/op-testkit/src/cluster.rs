@@ -27,21 +27,29 @@ pub struct Cluster {
     pub agent_token: String,
     /// Flags every member gets.
     args: Vec<String>,
+    /// What clients of the members trust and present (TLS clusters).
+    client_tls: op_client::ClientTls,
 }
 
 impl Cluster {
     /// Starts `n` managers with `args` each and waits until all are voters.
     pub async fn start(n: usize, args: &[&str]) -> Cluster {
+        Cluster::start_tls(n, args, op_client::ClientTls::default()).await
+    }
+
+    /// [`Cluster::start`] for members serving TLS: `client_tls` is what test clients use.
+    pub async fn start_tls(n: usize, args: &[&str], client_tls: op_client::ClientTls) -> Cluster {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let first = Manager::start_with(ManagerOptions {
             args: args.clone(),
-            ..ManagerOptions::default()
+            client_tls: client_tls.clone(),
         });
         let mut c = Cluster {
             admin_token: first.admin_token.clone(),
             agent_token: first.agent_token.clone(),
             members: vec![first],
             args,
+            client_tls,
         };
         for _ in 1..n {
             c.join(&[]);
@@ -70,7 +78,7 @@ impl Cluster {
         ]);
         let mut m = Manager::start_with(ManagerOptions {
             args,
-            ..ManagerOptions::default()
+            client_tls: self.client_tls.clone(),
         });
         m.admin_token = self.admin_token.clone();
         m.agent_token = self.agent_token.clone();

@@ -24,7 +24,7 @@ use op_proto::api::AddMemberRequest;
 use openraft::ChangeMembers;
 
 use super::messages::{Hello, JoinRequest, JoinResponse, RemovedNotice, code};
-use super::network::{PeerError, http_client, send_json};
+use super::network::{PeerError, send_json};
 use super::{Cluster, ClusterError, Member, NodeId, raft_err};
 use crate::error::ManagerError;
 
@@ -421,6 +421,7 @@ pub async fn request_identity(
     join_url: &str,
     token: &str,
     req: &JoinRequest,
+    http: &reqwest::Client,
 ) -> Result<JoinResponse, ManagerError> {
     let base = op_client::normalize_base_url(join_url)
         .map_err(|e| ManagerError::Config(format!("join: {e}")))?;
@@ -428,7 +429,7 @@ pub async fn request_identity(
     let mut last = None;
     // The member may be starting too: a few tries before giving up.
     for attempt in 0..10u32 {
-        let call = http_client()
+        let call = http
             .post(&url)
             .bearer_auth(token)
             .timeout(Duration::from_secs(30))

@@ -55,8 +55,8 @@ const APPLY_WAIT: Duration = Duration::from_secs(10);
 /// Pause between attempts while no leader is known.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
-/// Raft timing and log-compaction settings.
-#[derive(Debug, Clone, Copy)]
+/// Raft timing and log-compaction settings, and the peer client.
+#[derive(Debug, Clone)]
 pub struct RaftSettings {
     /// Build a snapshot (and purge the log) after this many entries.
     pub snapshot_logs: u64,
@@ -64,6 +64,8 @@ pub struct RaftSettings {
     pub heartbeat: Duration,
     /// Shortest election timeout; the longest is twice this.
     pub election_timeout: Duration,
+    /// The client for every request to peers (mutual TLS when TLS is on).
+    pub peer_http: reqwest::Client,
 }
 
 impl RaftSettings {
@@ -202,6 +204,7 @@ pub async fn open(
         identity.cluster_id.clone(),
         identity.secret.clone(),
         identity.node_id,
+        settings.peer_http.clone(),
     );
     let raft = Raft::new(
         identity.node_id,

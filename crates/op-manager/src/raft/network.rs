@@ -3,8 +3,8 @@
 //! forwarded writes, read barriers, membership changes, blobs); it stamps every request with
 //! this cluster's id, this node's id and the cluster secret. [`Network`] adapts it to openraft.
 //!
-//! The transport is plain `http://` today; TLS (a later issue) only changes how the
-//! `reqwest::Client` in [`Peers::new`] is built and the scheme of the advertised URLs.
+//! With TLS on, the transport is mutual TLS: [`http_client`] trusts only the peer CA and presents
+//! this manager's certificate, and the raft listener requires a certificate from that CA.
 //! Peers reach only this listener; agents and the CLI never do (invariant 4).
 
 use std::collections::HashMap;
@@ -85,13 +85,38 @@ impl std::fmt::Debug for Peers {
     }
 }
 
-/// A `reqwest` client for talking to peers (and to a member while joining).
-pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// A `reqwest` client for talking to peers (and to a member while joining): with `tls`, it
+/// trusts only the peer CA and presents this manager's certificate.
+pub fn http_client(
+    tls: Option<&op_tls::ServerTls>,
+) -> Result<reqwest::Client, crate::ManagerError> {
+    use crate::ManagerError;
+    let mut b = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .build()
-        .unwrap_or_default()
+        .tcp_nodelay(true);
+    if let Some(t) = tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| ManagerError::Config(format!("{}: {e}", p.display())))
+        };
+        if let Some(ca) = &t.client_ca {
+            let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?).map_err(|e| {
+                ManagerError::Config(format!("{}: not a PEM CA file: {e}", ca.display()))
+            })?;
+            b = b.tls_certs_only(certs);
+        }
+        let mut pem = read(&t.cert)?;
+        pem.push(b'\n');
+        pem.extend(read(&t.key)?);
+        let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+            ManagerError::Config(format!(
+                "{}: not usable as the peer client certificate: {e}",
+                t.cert.display()
+            ))
+        })?;
+        b = b.identity(id);
+    }
+    b.build()
+        .map_err(|e| ManagerError::Config(format!("peer HTTP client: {e}")))
 }
 
 /// Reads an error answer into an [`ErrorBody`] (a peer of another version may send text).
@@ -152,9 +177,14 @@ pub async fn send_json<T: DeserializeOwned>(
 }
 
 impl Peers {
-    pub fn new(cluster_id: String, secret: String, node_id: NodeId) -> Peers {
+    pub fn new(
+        cluster_id: String,
+        secret: String,
+        node_id: NodeId,
+        http: reqwest::Client,
+    ) -> Peers {
         Peers {
-            http: http_client(),
+            http,
             cluster_id,
             secret,
             node_id,

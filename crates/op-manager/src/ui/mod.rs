@@ -41,12 +41,13 @@ pub struct Ui {
 
 /// The console's routes, to be merged beside the API router (`api` is that router, which the
 /// console calls for every change).
-pub fn router(app: Arc<App>, api: Router) -> Router {
+/// `http` is the peer client: it trusts the managers' CA when TLS is on.
+pub fn router(app: Arc<App>, api: Router, http: reqwest::Client) -> Router {
     let ui = Arc::new(Ui {
         app,
         api,
         sessions: Sessions::new(),
-        http: reqwest::Client::new(),
+        http,
     });
     Router::new()
         .route("/ui", get(overview::page))

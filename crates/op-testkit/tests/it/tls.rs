@@ -196,6 +196,8 @@ async fn a_replaced_certificate_is_served_without_dropping_connections() {
             p(live.path(), "server.pem"),
             "--tls-key".into(),
             p(live.path(), "server.key"),
+            "--peer-ca".into(),
+            p(certs.path(), "ca.pem"),
         ],
         client_tls: ClientTls {
             ca: Some(certs.path().join("ca.pem")),
@@ -288,6 +290,22 @@ fn bad_tls_settings_stop_the_start_with_a_clear_message() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    // TLS without a CA for the peers: raft would have no way to use mutual TLS.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("peer_ca"), "{err}");
+    let out = Command::new(bin("op-manager"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0"])
+        .arg("--tls-cert")
+        .arg(&missing)
+        .arg("--tls-key")
+        .arg(&missing)
+        .arg("--peer-ca")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nope.pem"), "{err}");
     let out = Command::new(bin("op-manager"))
@@ -303,4 +321,60 @@ fn bad_tls_settings_stop_the_start_with_a_clear_message() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// With TLS on, raft peers speak mutual TLS: a cluster forms, forwards writes and agrees over it,
+/// and the raft listener refuses plain HTTP and clients without a certificate.
+#[tokio::test]
+async fn a_cluster_over_mutual_tls_forms_and_refuses_strangers_on_the_raft_port() {
+    let certs = tempfile::tempdir().unwrap();
+    certs_init(certs.path(), "node-1");
+    let args = [
+        "--tls-cert".to_string(),
+        p(certs.path(), "server.pem"),
+        "--tls-key".into(),
+        p(certs.path(), "server.key"),
+        "--client-ca".into(),
+        p(certs.path(), "ca.pem"),
+    ];
+    let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+    all.extend(op_testkit::FAST_RAFT);
+    let c = op_testkit::Cluster::start_tls(3, &all, client_tls(certs.path(), "client-ops")).await;
+    for m in &c.members {
+        assert!(m.raft_url.starts_with("https://"), "{}", m.raft_url);
+    }
+    // A write through every member (followers forward over the peer links); all agree.
+    for i in 0..3 {
+        c.client(i)
+            .save_job_text(
+                &format!("via-{i}"),
+                &format!(r#"{{"JobName":"via-{i}","Command":"true"}}"#),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("save through member {i}: {e}"));
+    }
+    for i in 0..3 {
+        assert_eq!(
+            c.client(i).list_jobs().await.unwrap().len(),
+            3,
+            "member {i}"
+        );
+    }
+    // The raft port: plain HTTP gets nothing, TLS without a client certificate is refused in the
+    // handshake, even with the right CA.
+    let raft = c.members[0].raft_url.clone();
+    let plain = raft.replacen("https://", "http://", 1);
+    assert!(reqwest::get(format!("{plain}/raft/hello")).await.is_err());
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.path().join("ca.pem")).unwrap())
+        .unwrap();
+    let no_cert = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let err = no_cert
+        .get(format!("{raft}/raft/hello"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.status().is_none(), "{err}");
 }
