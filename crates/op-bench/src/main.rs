@@ -121,6 +121,7 @@ enum Scenario {
     },
     /// A cluster with the default raft timings: kill -9 the leader while a client saves jobs;
     /// time until a save is accepted again (op-manager beside this executable).
+    #[command(alias = "failover")]
     ClusterFailover {
         #[arg(long, default_value_t = 3)]
         members: usize,
