@@ -441,6 +441,15 @@ impl Hub {
                 ..Dirty::default()
             },
         };
+        // This future is dropped half-way when its sync call goes away (an agent that cancels
+        // its long-poll to report a deploy does). What was taken then goes back, or the change
+        // would never reach the view: the next refresh would find nothing dirty and stamp the
+        // stale view as current (seen as a saved job that no agent ever received).
+        let mut taken = TakenDirty {
+            hub: self,
+            dirty: Some(dirty),
+        };
+        let dirty = taken.dirty.as_ref().expect("just put");
         let store = store.clone();
         let ids: Vec<Uuid> = dirty.nodes.iter().copied().collect();
         let result = if dirty.all {
@@ -479,12 +488,145 @@ impl Hub {
                         .refresh(generation, &dirty.nodes, part)
                 })
         };
-        if result.is_err() {
-            // What we took is lost: the next caller rebuilds everything.
-            if let Ok(mut d) = self.dirty.lock() {
-                d.all = true;
-            }
+        if result.is_ok() {
+            taken.dirty = None;
         }
+        // On an error `taken` puts the changes back for the next caller.
         result
+    }
+}
+
+/// Changes a refresh took from [`Hub::dirty`] and has not yet put in the view. Dropped while it
+/// still holds them (the refresh failed, or its future was dropped), it gives them back.
+struct TakenDirty<'a> {
+    hub: &'a Hub,
+    dirty: Option<Dirty>,
+}
+
+impl Drop for TakenDirty<'_> {
+    fn drop(&mut self) {
+        let Some(taken) = self.dirty.take() else {
+            return;
+        };
+        // A poisoned set needs nothing: every refresh then rebuilds the whole view (see `fresh`).
+        if let Ok(mut d) = self.hub.dirty.lock() {
+            d.all |= taken.all;
+            d.jobs |= taken.jobs;
+            d.nodes.extend(taken.nodes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::Poll;
+
+    use chrono::Utc;
+    use op_proto::JobSpec;
+    use op_store::{Command, Entry, NodeRegistration};
+
+    use super::*;
+
+    struct Fixture {
+        store: Arc<Store>,
+        index: u64,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn apply(&mut self, hub: &Hub, command: Command) {
+            self.index += 1;
+            let (_, changes) = self
+                .store
+                .apply_batch(
+                    &[Entry {
+                        index: self.index,
+                        command: Some(&command),
+                    }],
+                    &format!("{{\"index\":{}}}", self.index),
+                    None,
+                )
+                .unwrap();
+            hub.applied(&changes);
+        }
+    }
+
+    /// A sync call dropped while its refresh reads the store (the agent went away) must not
+    /// lose the change that refresh was reading: the next caller sees it.
+    #[test]
+    fn a_refresh_dropped_half_way_loses_no_change() {
+        // One blocking thread, held busy below, so the refresh's store read cannot finish
+        // before its future is dropped.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let mut fx = Fixture {
+                store: Arc::new(Store::open(dir.path().join("state.db")).unwrap()),
+                index: 0,
+                _dir: dir,
+            };
+            let hub = Hub::new(0);
+            let node = Uuid::from_u128(7);
+            fx.apply(
+                &hub,
+                Command::RegisterNode {
+                    registration: NodeRegistration {
+                        node_id: node,
+                        hostname: "node-7".into(),
+                        ips: vec!["127.0.0.7".parse().unwrap()],
+                        labels: Default::default(),
+                        agent_version: "0.1.0".into(),
+                        os: "linux".into(),
+                        arch: "x86_64".into(),
+                    },
+                    at: Utc::now(),
+                    actor: "agent".into(),
+                    enroll: None,
+                },
+            );
+            let before = hub.desired(&fx.store, node).await.unwrap().unwrap();
+            assert!(before.jobs.is_empty());
+
+            let mut spec = JobSpec::new("cycle", "true");
+            spec.cron_expr = "*/5 * * * * * *".into();
+            fx.apply(
+                &hub,
+                Command::SaveJob {
+                    spec: Box::new(spec),
+                    at: Utc::now(),
+                    actor: "admin".into(),
+                },
+            );
+
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let blocker = tokio::task::spawn_blocking(move || held.recv());
+            {
+                let mut parked = std::pin::pin!(hub.node(&fx.store, node));
+                let first = std::future::poll_fn(|cx| Poll::Ready(parked.as_mut().poll(cx))).await;
+                assert!(
+                    first.is_pending(),
+                    "the refresh waits for the busy blocking pool"
+                );
+            }
+            release.send(()).unwrap();
+            blocker.await.unwrap().unwrap();
+
+            let after = hub.desired(&fx.store, node).await.unwrap().unwrap();
+            assert_eq!(
+                after
+                    .jobs
+                    .iter()
+                    .map(|j| j.spec.name.as_str())
+                    .collect::<Vec<_>>(),
+                ["cycle"],
+                "the saved job reaches the view"
+            );
+            assert!(after.state.index > before.state.index);
+        });
     }
 }

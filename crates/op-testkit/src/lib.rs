@@ -287,7 +287,20 @@ impl Drop for Manager {
     fn drop(&mut self) {
         self.resume();
         self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- manager {} log (tail) ----\n{}",
+                self.api_url,
+                tail(&self.log(), 200)
+            );
+        }
     }
+}
+
+/// The last `n` lines of `text`: enough of a failing test's logs to see why, without flooding.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Settings of an agent to start.
@@ -489,6 +502,13 @@ impl Drop for Agent {
         self.kill9();
         for pid in processes_with_env("OPTESTKIT_MARK", &self.mark) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- agent {} log (tail) ----\n{}",
+                self.options.node_name,
+                tail(&self.log(), 200)
+            );
         }
     }
 }

@@ -363,18 +363,23 @@ impl SyncLoop {
                 match client.register(&self.register).await {
                     Ok(resp) => {
                         tracing::info!(manager = %url, node_id = %resp.node_id, "registered");
-                        if let Some(token) = resp.node_token {
-                            tracing::info!(manager = %url, "enrolled: this node has its own credential now");
-                            self.shared.adopt_node_token(token);
-                        }
                         self.shared.learn(&resp.managers);
                         self.settings = resp.settings;
                         registered_at = Some(url.clone());
                         let _ = self.registered.send(true);
+                        if let Some(token) = resp.node_token {
+                            tracing::info!(manager = %url, "enrolled: this node has its own credential now");
+                            self.shared.adopt_node_token(token);
+                            // `client` still carries the enrollment token, which may only
+                            // register: sync with a client made for the new credential.
+                            continue;
+                        }
                     }
                     Err(e) if e.status() == Some(401) && self.shared.has_node_token() => {
                         tracing::warn!(manager = %url, "the node credential was refused (revoked, or the node was forgotten); enrolling again");
                         self.shared.drop_node_token();
+                        // Register again at once with a client that carries the enrollment token.
+                        continue;
                     }
                     Err(e) => {
                         self.log_failure(&url, "register", &e);
