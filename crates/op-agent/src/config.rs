@@ -478,28 +478,13 @@ impl Config {
         let require_client_cert =
             pick(&cli.require_client_cert, &file.require_client_cert).unwrap_or(false);
         let client_ca = path(pick(&cli.client_ca, &file.client_ca))?;
-        let tls = match (
+        let tls = op_tls::ServerTls::from_settings(
             path(pick(&cli.tls_cert, &file.tls_cert))?,
             path(pick(&cli.tls_key, &file.tls_key))?,
-        ) {
-            (Some(cert), Some(key)) => Some(op_tls::ServerTls {
-                cert,
-                key,
-                client_ca,
-                require_client_cert,
-            }),
-            (None, None) if client_ca.is_none() && !require_client_cert => None,
-            (None, None) => {
-                return Err(AgentError::Config(
-                    "client_ca/require_client_cert need TLS: set tls_cert and tls_key too".into(),
-                ));
-            }
-            _ => {
-                return Err(AgentError::Config(
-                    "tls_cert and tls_key: set both, or neither (plain HTTP)".into(),
-                ));
-            }
-        };
+            client_ca,
+            require_client_cert,
+        )
+        .map_err(AgentError::Config)?;
         let manager_tls = op_client::ClientTls {
             ca: path(pick(&cli.ca, &file.ca))?,
             cert: path(pick(&cli.client_cert, &file.client_cert))?,

@@ -165,7 +165,8 @@ impl ClientTls {
         self.ca.is_none() && self.cert.is_none() && self.key.is_none()
     }
 
-    fn apply(&self, mut b: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder> {
+    /// Sets these trust and identity files on `b` (also used by the manager's peer client).
+    pub fn apply(&self, mut b: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder> {
         let read = |p: &std::path::Path| {
             std::fs::read(p).map_err(|e| ClientError::Tls(format!("{}: {e}", p.display())))
         };

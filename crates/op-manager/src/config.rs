@@ -362,24 +362,14 @@ impl Config {
             .or(f.require_client_cert)
             .unwrap_or(false);
         let client_ca = a.client_ca.or(f.client_ca);
-        let tls = match (a.tls_cert.or(f.tls_cert), a.tls_key.or(f.tls_key)) {
-            (Some(cert), Some(key)) => Some(op_tls::ServerTls {
-                cert: absolute(&cert)?,
-                key: absolute(&key)?,
-                client_ca: client_ca.as_deref().map(absolute).transpose()?,
-                require_client_cert,
-            }),
-            (None, None) if client_ca.is_none() && !require_client_cert => None,
-            (None, None) => {
-                return Err(bad(
-                    "client_ca/require_client_cert",
-                    "client certificates need TLS: set tls_cert and tls_key too",
-                ));
-            }
-            _ => {
-                return Err(bad("tls_cert/tls_key", "set both, or neither (plain HTTP)"));
-            }
-        };
+        let path = |p: Option<PathBuf>| p.as_deref().map(absolute).transpose();
+        let tls = op_tls::ServerTls::from_settings(
+            path(a.tls_cert.or(f.tls_cert))?,
+            path(a.tls_key.or(f.tls_key))?,
+            path(client_ca)?,
+            require_client_cert,
+        )
+        .map_err(ManagerError::Config)?;
         let join_token = match (
             a.join_token.or(f.join_token),
             a.join_token_file.or(f.join_token_file),

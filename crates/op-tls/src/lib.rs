@@ -84,6 +84,32 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
+    /// A listener's TLS from its four settings (`tls_cert`, `tls_key`, `client_ca`,
+    /// `require_client_cert`), the one rule for the manager and the agent: `Ok(None)` is plain
+    /// HTTP; settings that do not fit together are refused with the keys to fix and why.
+    pub fn from_settings(
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        client_ca: Option<PathBuf>,
+        require_client_cert: bool,
+    ) -> Result<Option<ServerTls>, String> {
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(ServerTls {
+                cert,
+                key,
+                client_ca,
+                require_client_cert,
+            })),
+            (None, None) if client_ca.is_none() && !require_client_cert => Ok(None),
+            (None, None) => Err(
+                "client_ca/require_client_cert: client certificates need TLS: \
+                                 set tls_cert and tls_key too"
+                    .into(),
+            ),
+            _ => Err("tls_cert/tls_key: set both, or neither (plain HTTP)".into()),
+        }
+    }
+
     /// Reads the files and builds the rustls config; every problem names its file.
     pub fn server_config(&self) -> Result<ServerConfig, TlsError> {
         let certs = read_certs(&self.cert)?;
@@ -185,5 +211,36 @@ impl ServerTls {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Option<PathBuf> {
+        Some(PathBuf::from(s))
+    }
+
+    #[test]
+    fn settings_fit_together_or_are_refused_by_name() {
+        assert_eq!(ServerTls::from_settings(None, None, None, false), Ok(None));
+        assert_eq!(
+            ServerTls::from_settings(p("/c.pem"), p("/k.pem"), p("/ca.pem"), true),
+            Ok(Some(ServerTls {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into(),
+                client_ca: p("/ca.pem"),
+                require_client_cert: true,
+            }))
+        );
+        for (cert, key) in [(p("/c.pem"), None), (None, p("/k.pem"))] {
+            let e = ServerTls::from_settings(cert, key, None, false).unwrap_err();
+            assert!(e.starts_with("tls_cert/tls_key: set both"), "{e}");
+        }
+        for (ca, require) in [(p("/ca.pem"), false), (None, true)] {
+            let e = ServerTls::from_settings(None, None, ca, require).unwrap_err();
+            assert!(e.starts_with("client_ca/require_client_cert: "), "{e}");
+        }
     }
 }

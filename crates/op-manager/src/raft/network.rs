@@ -95,25 +95,15 @@ pub fn http_client(
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true);
     if let Some(t) = tls {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| ManagerError::Config(format!("{}: {e}", p.display())))
+        // Trust only the peer CA and present this manager's own certificate.
+        let files = op_client::ClientTls {
+            ca: t.client_ca.clone(),
+            cert: Some(t.cert.clone()),
+            key: Some(t.key.clone()),
         };
-        if let Some(ca) = &t.client_ca {
-            let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?).map_err(|e| {
-                ManagerError::Config(format!("{}: not a PEM CA file: {e}", ca.display()))
-            })?;
-            b = b.tls_certs_only(certs);
-        }
-        let mut pem = read(&t.cert)?;
-        pem.push(b'\n');
-        pem.extend(read(&t.key)?);
-        let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
-            ManagerError::Config(format!(
-                "{}: not usable as the peer client certificate: {e}",
-                t.cert.display()
-            ))
-        })?;
-        b = b.identity(id);
+        b = files
+            .apply(b)
+            .map_err(|e| ManagerError::Config(format!("peer client: {e}")))?;
     }
     b.build()
         .map_err(|e| ManagerError::Config(format!("peer HTTP client: {e}")))

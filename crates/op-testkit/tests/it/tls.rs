@@ -279,48 +279,30 @@ async fn a_replaced_certificate_is_served_without_dropping_connections() {
 fn bad_tls_settings_stop_the_start_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let missing: PathBuf = dir.path().join("nope.pem");
-    let out = Command::new(bin("op-manager"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0"])
-        .arg("--tls-cert")
-        .arg(&missing)
-        .arg("--tls-key")
-        .arg(&missing)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    // TLS without a CA for the peers: raft would have no way to use mutual TLS.
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("peer_ca"), "{err}");
-    let out = Command::new(bin("op-manager"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0"])
-        .arg("--tls-cert")
-        .arg(&missing)
-        .arg("--tls-key")
-        .arg(&missing)
-        .arg("--peer-ca")
-        .arg(&missing)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("nope.pem"), "{err}");
-    let out = Command::new(bin("op-manager"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data2"))
-        .arg("--tls-cert")
-        .arg(&missing)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("tls_key"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let data = dir.path().join("data");
+    // Starts op-manager with `args`; it must refuse, and its stderr must name `expected`.
+    let refused = |args: &[&std::ffi::OsStr], expected: &str| {
+        let out = Command::new(bin("op-manager"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "started with {args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    };
+    let (cert, key, peer_ca) = (
+        "--tls-cert".as_ref(),
+        "--tls-key".as_ref(),
+        "--peer-ca".as_ref(),
     );
+    let missing = missing.as_os_str();
+    // TLS without a CA for the peers: raft would have no way to use mutual TLS.
+    refused(&[cert, missing, key, missing], "peer_ca");
+    refused(&[cert, missing, key, missing, peer_ca, missing], "nope.pem");
+    refused(&[cert, missing], "tls_key");
 }
 
 /// With TLS on, raft peers speak mutual TLS: a cluster forms, forwards writes and agrees over it,
