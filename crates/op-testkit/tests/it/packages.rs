@@ -9,7 +9,7 @@ use std::time::Duration;
 use op_client::Client;
 use op_proto::package::{InstalledPackage, PackageState};
 use op_proto::{NodeInfo, RunStatus};
-use op_testkit::{Agent, AgentOptions, Manager, ManagerOptions, bin, wait_until};
+use op_testkit::{Agent, Manager, ManagerOptions, bin, wait_until};
 use sha2::{Digest, Sha256};
 
 use crate::support::{LONG, fleet, runs_of};
@@ -297,12 +297,10 @@ async fn the_download_cap_holds_with_six_agents() {
 #[tokio::test]
 async fn hostile_archives_are_refused_reported_and_the_target_is_untouched() {
     let m = Manager::start();
-    let agent = Agent::start(
-        AgentOptions::new("node-1", "127.0.0.2")
-            .manager(&m)
-            .arg("--package-max-bytes")
-            .arg("1MiB"),
-    );
+    // Registered before the first upload: `analysis packages` is clean for a fleet of none.
+    let agent = fleet(&m, 1, &["--package-max-bytes", "1MiB"])
+        .await
+        .remove(0);
     let c = m.client();
     let work = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -395,7 +393,8 @@ async fn hostile_archives_are_refused_reported_and_the_target_is_untouched() {
 #[tokio::test]
 async fn a_corrupted_blob_is_refused_by_the_agent_and_reported() {
     let m = Manager::start();
-    let mut agent = Agent::start(AgentOptions::new("node-1", "127.0.0.2").manager(&m));
+    // Registered before the first upload: `analysis packages` is clean for a fleet of none.
+    let mut agent = fleet(&m, 1, &[]).await.remove(0);
     let c = m.client();
     let work = tempfile::tempdir().unwrap();
     let f = write(work.path(), "tool.sh", b"echo good\n");
@@ -479,7 +478,8 @@ fn check_consistent(deploy: &Path, files_per_version: usize) -> Option<u32> {
 #[tokio::test]
 async fn kill9_mid_deploy_leaves_the_old_or_the_new_version_never_a_mix() {
     let m = Manager::start();
-    let mut agent = Agent::start(AgentOptions::new("node-1", "127.0.0.2").manager(&m));
+    // Registered before the first upload: `analysis packages` is clean for a fleet of none.
+    let mut agent = fleet(&m, 1, &[]).await.remove(0);
     let work = tempfile::tempdir().unwrap();
     let files = 400;
     let filler = vec![b'.'; 20_000];
