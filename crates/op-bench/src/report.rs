@@ -53,6 +53,22 @@ fn round(v: f64) -> String {
     }
 }
 
+/// The median, 99th percentile and maximum of `samples` in `unit`, named `{prefix}_p50`,
+/// `{prefix}_p99` and `{prefix}_max`.
+pub fn spread(prefix: &str, samples: &[f64], unit: &str, conditions: &str) -> Vec<Figure> {
+    [("p50", 50.0), ("p99", 99.0), ("max", 100.0)]
+        .into_iter()
+        .map(|(suffix, p)| {
+            Figure::new(
+                &format!("{prefix}_{suffix}"),
+                percentile(samples, p),
+                unit,
+                conditions,
+            )
+        })
+        .collect()
+}
+
 /// The `p`-th percentile (0..=100) of `values` by nearest rank; `values` need not be sorted.
 pub fn percentile(values: &[f64], p: f64) -> f64 {
     if values.is_empty() {
@@ -66,7 +82,7 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::percentile;
+    use super::{percentile, spread};
 
     #[test]
     fn nearest_rank() {
@@ -75,5 +91,14 @@ mod tests {
         assert_eq!(percentile(&v, 99.0), 99.0);
         assert_eq!(percentile(&v, 100.0), 100.0);
         assert_eq!(percentile(&[3.0], 99.0), 3.0);
+    }
+
+    #[test]
+    fn spread_names_median_p99_and_max() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        let f = spread("x", &v, "ms", "c");
+        let got: Vec<(&str, f64)> = f.iter().map(|f| (f.name.as_str(), f.value)).collect();
+        assert_eq!(got, [("x_p50", 50.0), ("x_p99", 99.0), ("x_max", 100.0)]);
+        assert!(f.iter().all(|f| f.unit == "ms" && f.conditions == "c"));
     }
 }

@@ -7,7 +7,7 @@ use op_proto::{RunRecord, Trigger};
 use serde_json::json;
 
 use crate::agent::AgentProcess;
-use crate::report::{Figure, percentile};
+use crate::report::{Figure, spread};
 
 pub async fn run(bin: &Path, duration: Duration) -> anyhow::Result<Vec<Figure>> {
     let job = json!({"JobName": "tick", "Command": "true", "CronExpr": "*/1 * * * * * *"});
@@ -30,25 +30,7 @@ pub async fn run(bin: &Path, duration: Duration) -> anyhow::Result<Vec<Figure>> 
         duration.as_secs(),
         crate::binaries::profile(bin)
     );
-    Ok(vec![
-        Figure::new(
-            "cron_start_error_p50",
-            percentile(&lags, 50.0),
-            "ms",
-            cond.clone(),
-        ),
-        Figure::new(
-            "cron_start_error_p99",
-            percentile(&lags, 99.0),
-            "ms",
-            cond.clone(),
-        ),
-        Figure::new(
-            "cron_start_error_max",
-            percentile(&lags, 100.0),
-            "ms",
-            cond.clone(),
-        ),
-        Figure::new("cron_fires", lags.len() as f64, "fires", cond),
-    ])
+    let mut figures = spread("cron_start_error", &lags, "ms", &cond);
+    figures.extend([Figure::new("cron_fires", lags.len() as f64, "fires", cond)]);
+    Ok(figures)
 }

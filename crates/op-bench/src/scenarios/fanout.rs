@@ -22,7 +22,7 @@ use crate::agent::AgentProcess;
 use crate::fleet::Fleet;
 use crate::manager::ManagerProcess;
 use crate::procfs::{cpu_secs, rss_kib};
-use crate::report::{Figure, percentile};
+use crate::report::{Figure, percentile, spread};
 
 /// Invocations run and thrown away before measuring.
 const WARMUP: usize = 3;
@@ -115,32 +115,14 @@ struct Samples {
 
 impl Samples {
     fn figures(&self, prefix: &str, cond: &str) -> Vec<Figure> {
-        vec![
-            Figure::new(
-                &format!("{prefix}_all_results_p50"),
-                percentile(&self.all, 50.0),
-                "ms",
-                cond,
-            ),
-            Figure::new(
-                &format!("{prefix}_all_results_p99"),
-                percentile(&self.all, 99.0),
-                "ms",
-                cond,
-            ),
-            Figure::new(
-                &format!("{prefix}_all_results_max"),
-                percentile(&self.all, 100.0),
-                "ms",
-                cond,
-            ),
-            Figure::new(
-                &format!("{prefix}_first_result_p50"),
-                percentile(&self.first, 50.0),
-                "ms",
-                cond,
-            ),
-        ]
+        let mut figures = spread(&format!("{prefix}_all_results"), &self.all, "ms", cond);
+        figures.push(Figure::new(
+            &format!("{prefix}_first_result_p50"),
+            percentile(&self.first, 50.0),
+            "ms",
+            cond,
+        ));
+        figures
     }
 }
 

@@ -17,7 +17,7 @@ use crate::fleet::runs::{Pace, Reported, report_loop};
 use crate::limits;
 use crate::manager::ManagerProcess;
 use crate::procfs::{cpu_secs, rss_kib};
-use crate::report::{Figure, percentile};
+use crate::report::{Figure, percentile, spread};
 use crate::scenarios::propagation::ramp_limit;
 
 pub async fn run(
@@ -102,25 +102,13 @@ pub async fn run(
             "batches/s",
             cond.clone(),
         ),
-        Figure::new(
-            "ingest_ack_p50",
-            percentile(&total.ack_ms, 50.0),
-            "ms",
-            format!("{cond}; post → acknowledged (applied)"),
-        ),
-        Figure::new(
-            "ingest_ack_p99",
-            percentile(&total.ack_ms, 99.0),
-            "ms",
-            format!("{cond}; post → acknowledged (applied)"),
-        ),
-        Figure::new(
-            "ingest_ack_max",
-            percentile(&total.ack_ms, 100.0),
-            "ms",
-            format!("{cond}; post → acknowledged (applied)"),
-        ),
     ];
+    figures.extend(spread(
+        "ingest_ack",
+        &total.ack_ms,
+        "ms",
+        &format!("{cond}; post → acknowledged (applied)"),
+    ));
     if !total.delay_ms.is_empty() {
         figures.push(Figure::new(
             "ingest_delay_p99",

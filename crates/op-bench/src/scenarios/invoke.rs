@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use crate::agent::{AgentProcess, PASS, USER};
-use crate::report::{Figure, percentile};
+use crate::report::{Figure, spread};
 
 const WARMUP: usize = 20;
 
@@ -39,9 +39,5 @@ pub async fn run(bin: &Path, count: usize) -> anyhow::Result<Vec<Figure>> {
         "{count} sequential sync calls running `true`, keep-alive, loopback, {} build",
         crate::binaries::profile(bin)
     );
-    Ok(vec![
-        Figure::new("invoke_sync_p50", percentile(&ms, 50.0), "ms", cond.clone()),
-        Figure::new("invoke_sync_p99", percentile(&ms, 99.0), "ms", cond.clone()),
-        Figure::new("invoke_sync_max", percentile(&ms, 100.0), "ms", cond),
-    ])
+    Ok(spread("invoke_sync", &ms, "ms", &cond))
 }

@@ -16,7 +16,7 @@ use crate::fleet::Fleet;
 use crate::limits;
 use crate::manager::ManagerProcess;
 use crate::procfs::{cpu_secs, rss_kib};
-use crate::report::{Figure, percentile};
+use crate::report::{Figure, percentile, spread};
 
 const JOB: &str = "bench-propagation";
 
@@ -103,25 +103,8 @@ pub async fn run(
         latencies.len()
     );
     let held = format!("{agents} simulated agents parked, manager {build} build");
-    Ok(vec![
-        Figure::new(
-            "propagation_p50",
-            percentile(&latencies, 50.0),
-            "ms",
-            cond.clone(),
-        ),
-        Figure::new(
-            "propagation_p99",
-            percentile(&latencies, 99.0),
-            "ms",
-            cond.clone(),
-        ),
-        Figure::new(
-            "propagation_max",
-            percentile(&latencies, 100.0),
-            "ms",
-            cond.clone(),
-        ),
+    let mut figures = spread("propagation", &latencies, "ms", &cond);
+    figures.extend([
         Figure::new(
             "propagation_last_agent_median",
             percentile(&last_seen, 50.0),
@@ -176,5 +159,6 @@ pub async fn run(
             "errors",
             format!("{agents} simulated agents; failed sync or register calls over the run"),
         ),
-    ])
+    ]);
+    Ok(figures)
 }

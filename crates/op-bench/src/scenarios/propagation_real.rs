@@ -16,7 +16,7 @@ use op_proto::api::RunQuery;
 
 use crate::agent::AgentProcess;
 use crate::manager::ManagerProcess;
-use crate::report::{Figure, percentile};
+use crate::report::{Figure, percentile, spread};
 
 const JOB: &str = "bench-real";
 /// How long agents may take to register, and a save to come back from all of them.
@@ -114,25 +114,8 @@ pub async fn run(
     );
     let start_cond = format!("{cond}; save sent → process started (run's started_at)");
     let back_cond = format!("{cond}; per save, save sent → every agent's record stored");
-    Ok(vec![
-        Figure::new(
-            "real_first_run_p50",
-            percentile(&first_run, 50.0),
-            "ms",
-            start_cond.clone(),
-        ),
-        Figure::new(
-            "real_first_run_p99",
-            percentile(&first_run, 99.0),
-            "ms",
-            start_cond.clone(),
-        ),
-        Figure::new(
-            "real_first_run_max",
-            percentile(&first_run, 100.0),
-            "ms",
-            start_cond,
-        ),
+    let mut figures = spread("real_first_run", &first_run, "ms", &start_cond);
+    figures.extend([
         Figure::new(
             "real_all_back_p50",
             percentile(&all_back, 50.0),
@@ -145,5 +128,6 @@ pub async fn run(
             "ms",
             back_cond,
         ),
-    ])
+    ]);
+    Ok(figures)
 }
