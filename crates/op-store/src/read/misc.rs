@@ -32,6 +32,18 @@ pub(crate) fn token(conn: &Connection, id: &str) -> Result<Option<TokenRecord>> 
         .optional()?)
 }
 
+/// An audit row selected as `id, at, actor, action, target, detail`.
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: r.get::<_, i64>(0)? as u64,
+        at: from_ms(r.get(1)?),
+        actor: r.get(2)?,
+        action: r.get(3)?,
+        target: r.get(4)?,
+        detail: r.get(5)?,
+    })
+}
+
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     Ok(TokenRecord {
         info: TokenInfo {
@@ -70,16 +82,7 @@ impl Store {
                 "SELECT id, at, actor, action, target, detail FROM audit
                  WHERE at >= ?1 ORDER BY id LIMIT ?2",
             )?;
-            let rows = stmt.query_map(rusqlite::params![since, limit], |r| {
-                Ok(AuditEntry {
-                    id: r.get::<_, i64>(0)? as u64,
-                    at: from_ms(r.get(1)?),
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    target: r.get(4)?,
-                    detail: r.get(5)?,
-                })
-            })?;
+            let rows = stmt.query_map(rusqlite::params![since, limit], audit_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
@@ -95,16 +98,7 @@ impl Store {
                 "SELECT id, at, actor, action, target, detail FROM audit
                  WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
             )?;
-            let rows = stmt.query_map(rusqlite::params![before, limit], |r| {
-                Ok(AuditEntry {
-                    id: r.get::<_, i64>(0)? as u64,
-                    at: from_ms(r.get(1)?),
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    target: r.get(4)?,
-                    detail: r.get(5)?,
-                })
-            })?;
+            let rows = stmt.query_map(rusqlite::params![before, limit], audit_row)?;
             let rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
             Ok((rows, total as u64))
         })
