@@ -152,6 +152,30 @@ pub struct Cli {
     /// Print the configuration reference (docs/config.md) and exit.
     #[arg(long, hide = true)]
     pub print_config_reference: bool,
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+}
+
+/// Maintenance commands; without one, the agent runs.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AgentCommand {
+    /// Make this host a new node at its next start, after its state was lost or cloned.
+    ///
+    /// Removes agent.db (node id, run history, undelivered runs, once-job ledger), node.token
+    /// and desired.json; keeps api-token, logs/ and deployed packages. At the next start the
+    /// agent enrolls as a new node; the manager retires the node this host was (same hostname
+    /// and machine id) and hands its once-job history back, so no once-job runs twice. A clone
+    /// needs a new /etc/machine-id and hostname first, or it takes over the original's node.
+    /// Stop the agent before running it.
+    #[command(after_help = "Example:
+  systemctl stop op-agent
+  op-agent reset-identity --state-dir /var/lib/op-agent
+  systemctl start op-agent")]
+    ResetIdentity {
+        /// The agent's state dir (its --state-dir).
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
 }
 
 /// The TOML file, key for key. Unknown keys are an error, so a typo never goes unnoticed.

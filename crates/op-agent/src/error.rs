@@ -31,6 +31,21 @@ pub enum AgentError {
     #[error("state file {path} is corrupt: {message}")]
     Corrupt { path: PathBuf, message: String },
 
+    /// The state dir shows this host was enrolled as a node, but its identity is gone.
+    #[error(
+        "{db} {problem}, but {evidence} shows this host was enrolled as a node: its node id and \
+         once-job ledger are lost, and starting as a new node could run once-jobs again. To enroll \
+         it as a new node (the manager retires the old one and keeps its once-job history), run: \
+         op-agent reset-identity --state-dir {}",
+        state_dir.display()
+    )]
+    IdentityLost {
+        db: PathBuf,
+        problem: String,
+        evidence: String,
+        state_dir: PathBuf,
+    },
+
     #[error("http server: {0}")]
     Server(std::io::Error),
 

@@ -148,6 +148,8 @@ pub async fn run(
                         agent_version: env!("CARGO_PKG_VERSION").to_string(),
                         os: std::env::consts::OS.to_string(),
                         arch: std::env::consts::ARCH.to_string(),
+                        machine_id: state::identity::machine_id(),
+                        reset: state::identity::pending_reset(&config.state_dir)?,
                     },
                     scheduler: scheduler.clone(),
                     executor: executor.clone(),

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use op_agent::config::{Cli, Config, LogFormat};
+use op_agent::config::{AgentCommand, Cli, Config, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -15,6 +15,9 @@ fn main() -> ExitCode {
     if cli.print_config_reference {
         print!("{}", op_agent::config::reference());
         return ExitCode::SUCCESS;
+    }
+    if let Some(AgentCommand::ResetIdentity { state_dir }) = &cli.command {
+        return reset_identity(state_dir);
     }
     let config = match Config::load(&cli) {
         Ok(c) => c,
@@ -81,6 +84,34 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     });
     op_agent::run(config, listener, shutdown).await?;
     Ok(())
+}
+
+/// `op-agent reset-identity`: says what it removed and what happens next.
+fn reset_identity(state_dir: &std::path::Path) -> ExitCode {
+    match op_agent::state::identity::reset(state_dir) {
+        Ok(report) => {
+            let previous = report.previous_node_id.map_or_else(
+                || "unknown (its database was lost)".to_string(),
+                |id| id.to_string(),
+            );
+            println!(
+                "identity reset in {}; the old node id was {previous}",
+                state_dir.display()
+            );
+            for path in &report.removed {
+                println!("removed {}", path.display());
+            }
+            println!(
+                "kept api-token, logs/ and deployed packages. At its next start the agent enrolls as a new node; \
+                 the manager retires the node with this hostname and machine id and hands its once-job history back."
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("op-agent reset-identity: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn init_tracing(config: &Config) {

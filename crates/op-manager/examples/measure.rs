@@ -78,6 +78,13 @@ async fn main() -> anyhow::Result<()> {
     let admin = Client::new(&running.api_url, Some(&token("admin.token")?))?;
     let agent = Client::new(&running.api_url, Some(&token("agent.token")?))?;
 
+    // The manager stores only runs of jobs selected for their node.
+    admin
+        .save_job_text(
+            "cycleTest.py",
+            r#"{"JobName":"cycleTest.py","Command":"python cycleTest.py","CronExpr":"0 0 */6 * * * *"}"#,
+        )
+        .await?;
     // 1. Run ingestion: batches of 500 through raft, 4 posting concurrently.
     let node = Uuid::new_v4();
     let resp = agent
@@ -90,6 +97,8 @@ async fn main() -> anyhow::Result<()> {
             agent_version: "bench".into(),
             os: "linux".into(),
             arch: "x86_64".into(),
+            machine_id: String::new(),
+            reset: None,
         })
         .await?;
     let agent_one = agent.with_token(resp.node_token.as_deref().unwrap_or_default());
@@ -136,6 +145,8 @@ async fn main() -> anyhow::Result<()> {
                 agent_version: "bench".into(),
                 os: "linux".into(),
                 arch: "x86_64".into(),
+                machine_id: String::new(),
+                reset: None,
             })
             .await?;
         ids.push((

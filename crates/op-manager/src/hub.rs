@@ -583,6 +583,8 @@ mod tests {
                         agent_version: "0.1.0".into(),
                         os: "linux".into(),
                         arch: "x86_64".into(),
+                        machine_id: String::new(),
+                        reset: None,
                     },
                     at: Utc::now(),
                     actor: "agent".into(),

@@ -36,6 +36,40 @@ pub struct RegisterRequest {
     pub os: String,
     #[serde(default)]
     pub arch: String,
+    /// An app-specific hash of the host's machine id (`/etc/machine-id`), never the id itself;
+    /// empty when the host has none. With the hostname it tells a rebuilt state on the same
+    /// machine (same id) from a clone (a new id), see [`IdentityReset`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub machine_id: String,
+    /// Present at the first registration after `op-agent reset-identity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<IdentityReset>,
+}
+
+/// The operator reset this agent's identity (`op-agent reset-identity`): it enrolls as a new
+/// node, and the manager retires the node it replaces and carries its once-job history over.
+/// The predecessor is a live node with the same hostname and the same non-empty machine id
+/// (and, when the old state was readable, the node id named here). A clone has a new machine id
+/// or hostname, so it starts with no history and retires nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityReset {
+    /// The node id of the state that was reset, when it could still be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_node_id: Option<Uuid>,
+}
+
+/// A once-job revision the manager has a result (or a start) of for this node: the agent writes
+/// it into its once-job ledger before it runs any once-job, so a revision never runs twice on a
+/// host, even after its state was rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnceOutcome {
+    pub job: String,
+    pub revision: u64,
+    /// `running`, `done` or `failed` (the manager's once-target state).
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +82,12 @@ pub struct RegisterResponse {
     /// The agent keeps it (`node.token` in its state dir) and presents it from then on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_token: Option<String>,
+    /// The once-job revisions this node (or the node it replaced) started or finished.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub once_history: Vec<OnceOutcome>,
+    /// The nodes this registration retired (after `op-agent reset-identity`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<Uuid>,
 }
 
 /// Settings the manager hands to every agent.
@@ -189,10 +229,22 @@ pub struct RunBatch {
     pub runs: Vec<RunRecord>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunBatchAck {
     /// Records stored now.
     pub accepted: usize,
     /// Records the manager already had (a redelivery).
     pub duplicates: usize,
+    /// Records the manager will never store (a job never selected for this node, a malformed
+    /// record). The agent takes them out of its outbox, logs why, and does not send them again;
+    /// the rest of the batch is stored as usual.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<RefusedRun>,
+}
+
+/// One run record of a batch that was refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedRun {
+    pub run_id: Uuid,
+    pub reason: String,
 }

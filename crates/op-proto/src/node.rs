@@ -78,6 +78,10 @@ pub struct NodeInfo {
     pub os: String,
     #[serde(default)]
     pub arch: String,
+    /// The app-specific machine id the agent registered with (see
+    /// [`crate::agent::RegisterRequest::machine_id`]); empty when unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub machine_id: String,
     pub status: NodeStatus,
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,

@@ -213,6 +213,13 @@ pub struct NodeRegistration {
     pub os: String,
     #[serde(default)]
     pub arch: String,
+    /// The agent's app-specific machine id; empty when unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub machine_id: String,
+    /// Set at the first registration after `op-agent reset-identity`: the node replaces a live
+    /// node of the same hostname and machine id, which is retired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<op_proto::agent::IdentityReset>,
 }
 
 /// The latest heartbeat of one node.
@@ -421,6 +428,13 @@ pub enum CommandResult {
     NodeRegistered {
         node: Box<NodeInfo>,
         created: bool,
+        /// The once-job revisions this node started or finished, as the manager knows them
+        /// (including those carried over from a node it replaced).
+        #[serde(default)]
+        once_history: Vec<op_proto::agent::OnceOutcome>,
+        /// The nodes this registration retired (identity reset).
+        #[serde(default)]
+        replaced: Vec<Uuid>,
     },
     HeartbeatsRecorded {
         updated: usize,

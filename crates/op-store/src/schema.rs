@@ -182,6 +182,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX tokens_active_name ON tokens(name) WHERE revoked = 0;
     "#,
+    // 7: the jobs each node was given before their selection (or the node's identity) changed,
+    // so a run of such a job that arrives later is still accepted while a run of a job the node
+    // was never given is refused. What the current selection gives a node is not written here;
+    // it is what the selector matches now.
+    r#"
+    CREATE TABLE node_selections (
+        node_id TEXT NOT NULL,
+        job     TEXT NOT NULL,
+        PRIMARY KEY (node_id, job)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -193,6 +193,7 @@ pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Vec<JoinHandle<()
         applied_jobs: None,
         settings: AgentSettings::default(),
         registered: registered_tx,
+        state: parts.state.clone(),
     };
     let drain = OutboxLoop {
         metrics: parts.metrics.clone(),
@@ -338,6 +339,7 @@ struct SyncLoop {
     applied_jobs: Option<Vec<DesiredJob>>,
     settings: AgentSettings,
     registered: watch::Sender<bool>,
+    state: crate::state::StateStore,
 }
 
 impl SyncLoop {
@@ -363,6 +365,33 @@ impl SyncLoop {
                 match client.register(&self.register).await {
                     Ok(resp) => {
                         tracing::info!(manager = %url, node_id = %resp.node_id, "registered");
+                        for old in &resp.replaced {
+                            tracing::info!(replaced = %old, "identity reset: this node replaces its old node, whose once-job history it keeps");
+                        }
+                        if self.register.reset.take().is_some() {
+                            crate::state::identity::reset_announced(&self.state_dir);
+                        }
+                        // Before any desired state is applied: a once-job revision the manager
+                        // knows this node (or the node it replaced) ran never starts again.
+                        match self.state.adopt_once_history(resp.once_history).await {
+                            Ok(added) if !added.is_empty() => {
+                                tracing::info!(
+                                    revisions = added.len(),
+                                    "once-job ledger rebuilt from the manager's records"
+                                );
+                                self.scheduler.once_jobs_ran(added).await;
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                // Without the history, once-jobs could run twice: do not sync.
+                                tracing::error!(error = %e, "cannot write the once-job history into the ledger");
+                                if !pause(backoff(failures), &shutdown).await {
+                                    break;
+                                }
+                                failures = failures.saturating_add(1);
+                                continue;
+                            }
+                        }
                         self.shared.learn(&resp.managers);
                         self.settings = resp.settings;
                         registered_at = Some(url.clone());
@@ -440,7 +469,11 @@ impl SyncLoop {
     }
 
     fn log_failure(&self, url: &str, what: &str, e: &ClientError) {
-        if is_refusal(e) {
+        if e.status() == Some(403) && self.shared.has_node_token() {
+            // The credential speaks for another node than agent.db's (a state dir put together
+            // from two hosts): another manager would say the same.
+            tracing::error!(manager = %url, error = %e, "{what} refused: node.token and agent.db belong to different nodes; stop the agent and run: op-agent reset-identity --state-dir {}", self.state_dir.display());
+        } else if is_refusal(e) {
             tracing::error!(manager = %url, error = %e, "{what} refused; check the agent's --manager-token and versions");
         } else {
             tracing::warn!(manager = %url, error = %e, "{what} failed; trying the next manager");
@@ -567,6 +600,11 @@ impl OutboxLoop {
                         duplicates = ack.duplicates,
                         "runs delivered"
                     );
+                    // A refused record would be refused again: it leaves the outbox with the
+                    // rest (its local history stays), and the reason is logged once here.
+                    for refused in &ack.refused {
+                        tracing::error!(manager = %url, run_id = %refused.run_id, reason = %refused.reason, "the manager refused a run record; it will not be sent again");
+                    }
                     if let Err(e) = self.outbox.ack(&ids).await {
                         tracing::error!(error = %e, "cannot acknowledge delivered runs");
                     }

@@ -51,6 +51,9 @@ enum Msg {
     SetJobs(Vec<DesiredJob>, Option<tokio::sync::oneshot::Sender<()>>),
     /// True while a package deploy is in progress (see [`Scheduler::hold_once_jobs_while`]).
     Gate(tokio::sync::watch::Receiver<bool>),
+    /// Once-job revisions already in the ledger (written there by someone else), and who to
+    /// tell once the scheduler knows them.
+    Ran(Vec<(String, u64)>, tokio::sync::oneshot::Sender<()>),
 }
 
 /// Longest a once-job waits for package deploys to settle.
@@ -73,6 +76,15 @@ impl Scheduler {
     /// Replaces the whole job set (standalone files or the manager's desired state).
     pub fn set_jobs(&self, jobs: Vec<DesiredJob>) {
         let _ = self.tx.send(Msg::SetJobs(jobs, None));
+    }
+
+    /// Tells the scheduler about once-job revisions just written into the ledger (the manager's
+    /// history of this node) and returns once it will never start them.
+    pub async fn once_jobs_ran(&self, keys: Vec<(String, u64)>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::Ran(keys, tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Replaces the job set and returns once the scheduler (and so the job table the API reads)
@@ -137,6 +149,15 @@ pub fn spawn(
                         if let Some(applied) = applied {
                             let _ = applied.send(());
                         }
+                    }
+                    Some(Msg::Ran(keys, done)) => {
+                        for (job, revision) in keys {
+                            if lp.plans.get(&job).is_some_and(|p| p.revision == revision) {
+                                lp.pending_once.remove(&job);
+                            }
+                            lp.ledger.insert((job, revision));
+                        }
+                        let _ = done.send(());
                     }
                     Some(Msg::Gate(mut g)) => {
                         lp.deploying = *g.borrow_and_update();

@@ -21,6 +21,7 @@
 
 pub mod desired;
 mod directives;
+pub mod identity;
 mod runs;
 pub mod token;
 
@@ -105,13 +106,15 @@ pub struct StateStore {
 }
 
 impl StateStore {
-    /// Opens (creating if needed) the database in `dir` and applies pending migrations.
+    /// Opens (creating if needed) the database in `dir` and applies pending migrations. Refuses
+    /// a dir whose database was lost while the node's credential remains ([`identity::check`]).
     pub fn open(
         dir: &Path,
         history_keep_runs: usize,
         outbox_budget: u64,
     ) -> Result<Self, AgentError> {
         std::fs::create_dir_all(dir).map_err(|e| AgentError::io("creating state dir", dir, e))?;
+        identity::check(dir)?;
         let path = dir.join(DB_FILE);
         let err = |source| AgentError::State {
             path: path.clone(),
@@ -215,6 +218,43 @@ impl StateStore {
             })?;
             rows.collect()
         })
+    }
+
+    /// Writes the once-job revisions the manager knows this node started or finished into the
+    /// ledger (after a reset they come from the node this host was); returns those that were
+    /// new here.
+    pub async fn adopt_once_history(
+        &self,
+        history: Vec<op_proto::agent::OnceOutcome>,
+    ) -> Result<Vec<(String, u64)>, AgentError> {
+        self.call(move |conn, _| {
+            let tx = conn.transaction()?;
+            let mut added = Vec::new();
+            for h in history {
+                let state = match h.state.as_str() {
+                    "done" => "ok",
+                    "failed" => "failed",
+                    _ => "started",
+                };
+                let n = tx.execute(
+                    "INSERT OR IGNORE INTO once_ledger (job, revision, run_id, state, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        h.job,
+                        h.revision as i64,
+                        h.run_id.map(|u| u.to_string()).unwrap_or_default(),
+                        state,
+                        chrono::Utc::now().to_rfc3339()
+                    ],
+                )?;
+                if n > 0 {
+                    added.push((h.job, h.revision));
+                }
+            }
+            tx.commit()?;
+            Ok(added)
+        })
+        .await
     }
 
     /// The ledger state of one once-job revision (`started`, `ok`, `failed`, `lost`).

@@ -74,6 +74,8 @@ impl SimAgent {
             agent_version: SIM_VERSION.into(),
             os: "linux".into(),
             arch: "x86_64".into(),
+            machine_id: String::new(),
+            reset: None,
         }
     }
 

@@ -44,6 +44,19 @@ pub struct Reported {
     pub delay_ms: Vec<f64>,
 }
 
+/// Saves the jobs [`record`] reports runs of, selecting every host: the manager stores only
+/// runs of jobs selected for their node.
+pub async fn save_jobs(admin: &op_client::Client) -> anyhow::Result<()> {
+    for j in 0..JOBS_PER_AGENT {
+        let name = format!("bench-job-{j}");
+        let task = format!(
+            r#"{{"JobName":"{name}","Command":"python /data/op-agent/src/cycleTest.py","CronExpr":"0 0 */6 * * * *"}}"#
+        );
+        admin.save_job_text(&name, &task).await?;
+    }
+    Ok(())
+}
+
 /// A finished run of a `true`-like cron job with a short output, like the seed's cycle jobs.
 pub fn record(agent: &SimAgent, seq: u64) -> RunRecord {
     let now = Utc::now();

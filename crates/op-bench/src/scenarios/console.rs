@@ -157,6 +157,8 @@ async fn seed_node(
         agent_version: "bench".into(),
         os: "linux".into(),
         arch: "x86_64".into(),
+        machine_id: String::new(),
+        reset: None,
     };
     // The shared token only enrolls; the node speaks with its own credential from then on.
     let token = retry(|| agent.register(&register))

@@ -34,6 +34,7 @@ pub async fn run(
     limits::check_fleet(agents)?;
     let manager = ManagerProcess::start(manager_bin, manager_args).await?;
     let pid = manager.pid();
+    crate::fleet::runs::save_jobs(&manager.admin).await?;
     let fleet = Fleet::start(&manager, agents).await?;
     fleet.wait_parked(&manager, ramp_limit(agents)).await?;
 

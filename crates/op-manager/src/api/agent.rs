@@ -13,8 +13,8 @@ use axum::extract::State;
 use axum::{Extension, Json};
 use chrono::Utc;
 use op_proto::agent::{
-    DesiredState, Heartbeat, MAX_SYNC_WAIT_SECS, RegisterRequest, RegisterResponse, RunBatch,
-    RunBatchAck,
+    DesiredState, Heartbeat, MAX_SYNC_WAIT_SECS, RefusedRun, RegisterRequest, RegisterResponse,
+    RunBatch, RunBatchAck,
 };
 use op_proto::job::validate_name;
 use op_proto::{API_VERSION, NodeStatus};
@@ -98,26 +98,46 @@ pub async fn register(
             (Some(generated.token), Some(generated.secret))
         }
     };
-    app.write(Command::RegisterNode {
-        enroll,
-        registration: NodeRegistration {
-            node_id,
-            hostname: req.hostname,
-            ips: req.ips,
-            labels: req.labels,
-            agent_version: req.agent_version,
-            os: req.os,
-            arch: req.arch,
-        },
-        at: Utc::now(),
-        actor: caller.name,
-    })
-    .await?;
+    if !req.machine_id.is_empty() {
+        check_text("machine_id", &req.machine_id, false)?;
+    }
+    let hostname = req.hostname.clone();
+    let written = app
+        .write(Command::RegisterNode {
+            enroll,
+            registration: NodeRegistration {
+                node_id,
+                hostname: req.hostname,
+                ips: req.ips,
+                labels: req.labels,
+                agent_version: req.agent_version,
+                os: req.os,
+                arch: req.arch,
+                machine_id: req.machine_id,
+                reset: req.reset,
+            },
+            at: Utc::now(),
+            actor: caller.name,
+        })
+        .await?;
+    let (once_history, replaced) = match written {
+        CommandResult::NodeRegistered {
+            once_history,
+            replaced,
+            ..
+        } => (once_history, replaced),
+        _ => (Vec::new(), Vec::new()),
+    };
+    for old in &replaced {
+        tracing::info!(%node_id, replaced = %old, %hostname, "identity reset: the new node replaces the old one");
+    }
     Ok(Json(RegisterResponse {
         node_id,
         managers: app.managers(),
         settings: app.agent_settings(),
         node_token,
+        once_history,
+        replaced,
     }))
 }
 
@@ -250,10 +270,14 @@ pub async fn sync(
     }
 }
 
+/// Stores a node's finished runs. A record that can never be stored (it names another node, a
+/// malformed job name, a job never selected for this node) is refused alone, named in the
+/// acknowledgement: failing the whole batch would make the agent send it again forever and hold
+/// back the valid records behind it.
 pub async fn runs(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
-    ApiJson(batch): ApiJson<RunBatch>,
+    ApiJson(mut batch): ApiJson<RunBatch>,
 ) -> Result<Json<RunBatchAck>, ApiError> {
     caller.speaks_for(batch.node_id)?;
     if batch.runs.len() > app.config.run_batch_max {
@@ -266,26 +290,27 @@ pub async fn runs(
             ),
         ));
     }
-    for run in &batch.runs {
-        if run.node_id != batch.node_id {
-            return Err(ApiError::bad(
-                "node_mismatch",
-                format!(
-                    "run {} belongs to node {}, not {}",
-                    run.run_id, run.node_id, batch.node_id
-                ),
-            ));
+    let mut refused = Vec::new();
+    batch.runs.retain(|run| match validate_name(&run.job) {
+        Ok(()) => true,
+        Err(e) => {
+            refused.push(RefusedRun {
+                run_id: run.run_id,
+                reason: format!("job name {e}"),
+            });
+            false
         }
-        validate_name(&run.job).map_err(|e| {
-            ApiError::bad("invalid_run", format!("run {}: job name {e}", run.run_id))
-        })?;
+    });
+    let mut ack = if batch.runs.is_empty() {
+        RunBatchAck::default()
+    } else {
+        // Written together with the batches of other agents that arrive meanwhile (`ingest`);
+        // `apply` refuses the runs of jobs this node was never given.
+        app.ingest.submit(batch).await?
+    };
+    ack.refused.extend(refused);
+    if let Some(first) = ack.refused.first() {
+        tracing::warn!(node_id = %caller.node_id.unwrap_or_default(), refused = ack.refused.len(), first_run = %first.run_id, reason = %first.reason, "run records refused");
     }
-    if batch.runs.is_empty() {
-        return Ok(Json(RunBatchAck {
-            accepted: 0,
-            duplicates: 0,
-        }));
-    }
-    // Written together with the batches of other agents that arrive meanwhile (`ingest`).
-    Ok(Json(app.ingest.submit(batch).await?))
+    Ok(Json(ack))
 }

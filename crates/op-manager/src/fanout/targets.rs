@@ -109,6 +109,7 @@ mod tests {
             agent_version: "t".into(),
             os: String::new(),
             arch: String::new(),
+            machine_id: String::new(),
             status,
             first_seen: Utc::now(),
             last_seen: Utc::now(),

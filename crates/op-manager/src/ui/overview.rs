@@ -218,6 +218,7 @@ mod tests {
             agent_version: "0.1.0".into(),
             os: String::new(),
             arch: String::new(),
+            machine_id: String::new(),
             status,
             first_seen: t,
             last_seen: t,

@@ -239,6 +239,8 @@ impl FakeAgent {
                 agent_version: "0.1.0-test".into(),
                 os: "linux".into(),
                 arch: "x86_64".into(),
+                machine_id: String::new(),
+                reset: None,
             })
             .await
             .unwrap();

@@ -17,6 +17,8 @@ fn registration(a: &FakeAgent) -> RegisterRequest {
         agent_version: "0.1.0-test".into(),
         os: "linux".into(),
         arch: "x86_64".into(),
+        machine_id: String::new(),
+        reset: None,
     }
 }
 

@@ -26,6 +26,12 @@ pub(super) fn save(
         Some((r, false)) => r.created_at,
         _ => at,
     };
+    if let Some((old, false)) = &prev
+        && (old.spec.selector() != spec.selector() || spec.once_job)
+    {
+        // The nodes the old selection gave this job may still send its runs.
+        super::selections::remember_job(conn, &old.spec)?;
+    }
     let record = JobRecord {
         spec: spec.clone(),
         revision,
@@ -75,6 +81,8 @@ pub(super) fn delete(
     let Some((record, false)) = read::jobs::load(conn, name)? else {
         return Ok(Err(Rejection::not_found(format!("no job named {name:?}"))));
     };
+    // Runs of the deleted job may still be waiting in outboxes.
+    super::selections::remember_job(conn, &record.spec)?;
     // Keep a tombstone with the last revision: a job saved again under this name continues the
     // numbering, so agents never mistake a new once-job revision for one they already ran.
     conn.execute(

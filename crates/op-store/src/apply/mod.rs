@@ -11,6 +11,7 @@ mod nodes;
 mod packages;
 mod prune;
 mod runs;
+mod selections;
 mod tokens;
 
 use std::collections::BTreeSet;
@@ -157,10 +158,7 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
                 match runs::ingest(conn, index, b.node_id, *at, &b.runs, ch)? {
                     Ok(CommandResult::RunsIngested { ack }) => acks.push(ack),
                     // `ingest` refuses nothing; a batch that did would leave no trace.
-                    _ => acks.push(op_proto::agent::RunBatchAck {
-                        accepted: 0,
-                        duplicates: 0,
-                    }),
+                    _ => acks.push(op_proto::agent::RunBatchAck::default()),
                 }
             }
             Ok(Ok(CommandResult::RunBatchesIngested { acks }))

@@ -1,6 +1,8 @@
-//! Node commands: registration, coalesced heartbeats, liveness status changes, forget.
+//! Node commands: registration (with the reconciliation of an identity reset), coalesced
+//! heartbeats, liveness status changes, forget.
 
 use chrono::{DateTime, Utc};
+use op_proto::agent::OnceOutcome;
 use op_proto::node::AgentStats;
 use op_proto::{NodeInfo, NodeStatus};
 use rusqlite::{Connection, params};
@@ -22,6 +24,13 @@ pub(super) fn register(
 ) -> Outcome {
     let existing = read::nodes::by_id(conn, reg.node_id)?;
     let created = existing.is_none();
+    if let Some(old) = &existing
+        && old.status != NodeStatus::Left
+        && (old.hostname != reg.hostname || old.ips != reg.ips || old.labels != reg.labels)
+    {
+        // The jobs the old identity was given may still send runs.
+        super::selections::remember_node(conn, old.node_id, &old.identity())?;
+    }
     let mut node = existing.unwrap_or_else(|| NodeInfo {
         node_id: reg.node_id,
         hostname: String::new(),
@@ -30,6 +39,7 @@ pub(super) fn register(
         agent_version: String::new(),
         os: String::new(),
         arch: String::new(),
+        machine_id: String::new(),
         status: NodeStatus::Ready,
         first_seen: at,
         last_seen: at,
@@ -44,6 +54,9 @@ pub(super) fn register(
     node.agent_version = reg.agent_version.clone();
     node.os = reg.os.clone();
     node.arch = reg.arch.clone();
+    if !reg.machine_id.is_empty() {
+        node.machine_id = reg.machine_id.clone();
+    }
     node.status = NodeStatus::Ready;
     node.last_seen = node.last_seen.max(at);
     write(conn, &node)?;
@@ -59,10 +72,101 @@ pub(super) fn register(
             &node.node_id.to_string(),
         )?;
     }
+    let replaced = match &reg.reset {
+        Some(reset) if created => replace_predecessors(conn, index, &node, reset, at, actor, ch)?,
+        _ => Vec::new(),
+    };
+    let once_history = once_history(conn, node.node_id)?;
     Ok(Ok(CommandResult::NodeRegistered {
         node: Box::new(node),
         created,
+        once_history,
+        replaced,
     }))
+}
+
+/// After `op-agent reset-identity`: the live nodes this new node replaces are those with its
+/// hostname and its (non-empty) machine id, and, when the agent could still read its old node
+/// id, that node only. Each is retired (Left, credential revoked) and its once-job targets move
+/// to the new node with their state, so a revision it ran is not run again and one it still had
+/// to run is run by its successor. A clone has another machine id or hostname and replaces
+/// nothing.
+fn replace_predecessors(
+    conn: &Connection,
+    index: u64,
+    node: &NodeInfo,
+    reset: &op_proto::agent::IdentityReset,
+    at: DateTime<Utc>,
+    actor: &str,
+    ch: &mut Changes,
+) -> Result<Vec<Uuid>> {
+    if node.machine_id.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT info FROM nodes WHERE hostname = ?1 COLLATE NOCASE AND status <> 'Left'
+           AND node_id <> ?2 ORDER BY node_id",
+    )?;
+    let candidates: Vec<String> = stmt
+        .query_map(params![node.hostname, node.node_id.to_string()], |r| {
+            r.get(0)
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut replaced = Vec::new();
+    for info in candidates {
+        let mut old: NodeInfo = crate::codec::from_json("node", &info)?;
+        if old.machine_id != node.machine_id
+            || reset.previous_node_id.is_some_and(|p| p != old.node_id)
+        {
+            continue;
+        }
+        let (from, to) = (old.node_id.to_string(), node.node_id.to_string());
+        conn.execute(
+            "INSERT OR IGNORE INTO once_targets
+               (job, revision, node_id, hostname, state, run_id, updated_at)
+             SELECT job, revision, ?2, ?3, state, run_id, ?4 FROM once_targets WHERE node_id = ?1",
+            params![from, to, node.hostname, ms(at)],
+        )?;
+        // What it still had to run is its successor's now.
+        conn.execute(
+            "DELETE FROM once_targets WHERE node_id = ?1 AND state = 'pending'",
+            params![from],
+        )?;
+        old.status = NodeStatus::Left;
+        write(conn, &old)?;
+        super::tokens::revoke_node(conn, old.node_id, ch)?;
+        bump_desired_node(conn, index, old.node_id, ch)?;
+        ch.nodes.insert(old.node_id);
+        audit(
+            conn,
+            at,
+            actor,
+            "node.replace",
+            &node.hostname,
+            &format!("{from} replaced by {to} (identity reset)"),
+        )?;
+        replaced.push(old.node_id);
+    }
+    Ok(replaced)
+}
+
+/// The once-job revisions a node started or finished, for its agent's ledger.
+fn once_history(conn: &Connection, node_id: Uuid) -> Result<Vec<OnceOutcome>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT job, revision, state, run_id FROM once_targets
+         WHERE node_id = ?1 AND state <> 'pending' ORDER BY job, revision",
+    )?;
+    let rows = stmt.query_map([node_id.to_string()], |r| {
+        Ok(OnceOutcome {
+            job: r.get(0)?,
+            revision: r.get::<_, i64>(1)? as u64,
+            state: r.get(2)?,
+            run_id: r
+                .get::<_, Option<String>>(3)?
+                .and_then(|s| Uuid::parse_str(&s).ok()),
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 pub(super) fn heartbeats(conn: &Connection, beats: &[NodeBeat], ch: &mut Changes) -> Outcome {

@@ -85,6 +85,11 @@ pub(super) fn prune(conn: &Connection, now: DateTime<Utc>, l: &RetentionLimits) 
             "DELETE FROM nodes WHERE status = 'Left' AND last_seen < ?1",
             params![before],
         )? as u64;
+        conn.execute(
+            "DELETE FROM node_selections
+             WHERE node_id NOT IN (SELECT node_id FROM nodes)",
+            [],
+        )?;
     }
     r.invocations = prune_invocations(conn, now, l)?;
     Ok(Ok(CommandResult::Pruned { report: r }))

@@ -1,15 +1,24 @@
 //! Run ingestion: idempotent by run id; once-job targets and invocation targets follow the runs
 //! they receive.
+//!
+//! A run is stored under the host the node registered as, whatever the record says: the
+//! credential that posted it speaks for one node, not for the hostname in the body. A scheduled
+//! or API-invoked run of a job the node was never given ([`super::selections`]) is refused, and so is
+//! every run of a node that is not registered; a refused record is named in the acknowledgement
+//! (so the agent stops sending it) and leaves no trace. Runs of the manager's own invocations
+//! (ad-hoc directives) are checked by their invocation target instead, when they settle it.
 
 use chrono::{DateTime, Utc};
-use op_proto::agent::RunBatchAck;
-use op_proto::{RunRecord, RunStatus, Trigger};
+use op_proto::agent::{RefusedRun, RunBatchAck};
+use op_proto::{NodeStatus, RunRecord, RunStatus, Trigger};
 use rusqlite::{Connection, params};
 use uuid::Uuid;
 
+use super::selections::Given;
 use super::{Changes, Outcome, bump_desired_node};
 use crate::codec::{ip_list, ms, to_json};
 use crate::command::CommandResult;
+use crate::read;
 
 pub(super) fn ingest(
     conn: &Connection,
@@ -19,10 +28,21 @@ pub(super) fn ingest(
     runs: &[RunRecord],
     ch: &mut Changes,
 ) -> Outcome {
-    let mut ack = RunBatchAck {
-        accepted: 0,
-        duplicates: 0,
+    let mut ack = RunBatchAck::default();
+    let node = match read::nodes::by_id(conn, node_id)? {
+        Some(n) if n.status != NodeStatus::Left => n,
+        _ => {
+            ack.refused = runs
+                .iter()
+                .map(|r| RefusedRun {
+                    run_id: r.run_id,
+                    reason: format!("node {node_id} is not registered"),
+                })
+                .collect();
+            return Ok(Ok(CommandResult::RunsIngested { ack }));
+        }
     };
+    let mut given = Given::new(conn, node_id, node.identity());
     let mut insert = conn.prepare_cached(
         "INSERT INTO runs(run_id, job, revision, node_id, hostname, ips, trigger, status,
                           invocation_id, sort_at, bytes, record)
@@ -33,6 +53,18 @@ pub(super) fn ingest(
     )?;
     let mut targets_changed = false;
     for run in runs {
+        if let Some(reason) = refusal(&mut given, node_id, run)? {
+            ack.refused.push(RefusedRun {
+                run_id: run.run_id,
+                reason,
+            });
+            continue;
+        }
+        // The host is the one this node registered as, never what the record claims.
+        let mut run = run.clone();
+        run.hostname = node.hostname.clone();
+        run.ips = node.ips.clone();
+        let run = &run;
         let record = to_json(run);
         let sort_at = run
             .started_at
@@ -72,6 +104,29 @@ pub(super) fn ingest(
         bump_desired_node(conn, index, node_id, ch)?;
     }
     Ok(Ok(CommandResult::RunsIngested { ack }))
+}
+
+/// Why `run` may not be stored for `node_id`, if it may not.
+fn refusal(given: &mut Given<'_>, node_id: Uuid, run: &RunRecord) -> crate::Result<Option<String>> {
+    if run.node_id != node_id {
+        return Ok(Some(format!(
+            "run {} names node {}, not the node {node_id} that sent it",
+            run.run_id, run.node_id
+        )));
+    }
+    let scheduled = match run.trigger {
+        Trigger::Cron | Trigger::Once | Trigger::Retry | Trigger::Api => {
+            run.invocation_id.is_none()
+        }
+        Trigger::Adhoc => false,
+    };
+    if scheduled && !given.job(&run.job)? {
+        return Ok(Some(format!(
+            "job {:?} was never selected for this node",
+            run.job
+        )));
+    }
+    Ok(None)
 }
 
 /// Moves the once-job target of this run forward: pending → running → done/failed. A target never

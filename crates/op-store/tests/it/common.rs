@@ -65,6 +65,8 @@ pub fn register(n: u8, at_secs: i64) -> Command {
             agent_version: "0.1.0".into(),
             os: "linux".into(),
             arch: "x86_64".into(),
+            machine_id: String::new(),
+            reset: None,
         },
         at: at(at_secs),
         actor: "agent".into(),

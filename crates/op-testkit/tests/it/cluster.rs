@@ -447,6 +447,8 @@ async fn a_fourth_member_catches_up_by_snapshot_and_serves_reads() {
                 agent_version: "0.1.0-test".into(),
                 os: "linux".into(),
                 arch: "x86_64".into(),
+                machine_id: String::new(),
+                reset: None,
             })
             .await
             .unwrap();

@@ -217,6 +217,8 @@ async fn a_replaced_certificate_is_served_without_dropping_connections() {
             agent_version: "test".into(),
             os: "linux".into(),
             arch: "x86_64".into(),
+            machine_id: String::new(),
+            reset: None,
         })
         .await
         .unwrap();
