@@ -480,6 +480,35 @@ impl Agent {
         self.launch();
     }
 
+    /// Waits (at most `limit`) for the agent to exit on its own, as after a refused start, and
+    /// returns how it ended. Panics if it is still running then.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().expect("the agent was started");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for op-agent") {
+                self.child = None;
+                self._stdout = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "op-agent still running after {limit:?}:\n{}",
+                tail(&self.log(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `op-agent ARGS` to its end, e.g. `reset-identity --state-dir DIR`.
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        clean_command(&bin("op-agent"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run op-agent")
+    }
+
     pub fn pause(&self) {
         signal(&self.child, Signal::SIGSTOP);
     }

@@ -3,7 +3,7 @@
 //!
 //! The identity is the node id in `agent.db`, with the credential the manager issued for it
 //! (`node.token`) and the once-job ledger beside it. If `agent.db` vanishes (deleted, truncated,
-//! unreadable) while `node.token` or a job set cached from a manager remains, starting anyway
+//! unreadable) while `node.token` remains, starting anyway
 //! would make a new node that holds another node's credential (the manager refuses it forever)
 //! and has forgotten which once-jobs it ran. So [`check`] stops the start with an error naming
 //! [`reset`]'s command, and enrolling as a new node is the operator's decision.
@@ -53,19 +53,14 @@ pub fn check(dir: &Path) -> Result<(), AgentError> {
     })
 }
 
-/// What shows that this state dir belonged to an enrolled node, if anything does.
+/// What shows that this state dir belonged to an enrolled node, if anything does: the node's
+/// credential. (An agent syncs only once enrolled, so a job set cached from a manager always
+/// comes with one.)
 fn enrolled_evidence(dir: &Path) -> Option<String> {
     let token = dir.join(NODE_TOKEN_FILE);
-    if std::fs::read_to_string(&token).is_ok_and(|t| !t.trim().is_empty()) {
-        return Some(format!("{} (the node's credential)", token.display()));
-    }
-    match super::desired::load(dir) {
-        Ok(Some(cached)) if cached.source == "manager" => Some(format!(
-            "{} (a job set from a manager)",
-            dir.join(super::desired::FILE).display()
-        )),
-        _ => None,
-    }
+    std::fs::read_to_string(&token)
+        .is_ok_and(|t| !t.trim().is_empty())
+        .then(|| format!("{} (the node's credential)", token.display()))
 }
 
 /// The node id stored in the database at `path`, read without creating or changing anything.

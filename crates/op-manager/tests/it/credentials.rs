@@ -155,3 +155,113 @@ async fn one_credential_holds_a_bounded_number_of_long_polls() {
     own.sync(index, 0, &a.heartbeat()).await.unwrap();
     m.stop().await;
 }
+
+/// Issue 16, defect 5: a node's credential posted a run of a job not selected for it, with
+/// another host's name and IPs, and `logs` showed it under that host. The host now comes from
+/// the node's registration, a run of a job never given to the node is refused alone (named in
+/// the ack, so the agent's outbox neither retries it nor holds back the rest), and runs the
+/// node had every right to send still go in: an ad-hoc run, and a run of a job whose selection
+/// moved away from the node after it ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_are_stored_under_the_registered_host_and_only_for_jobs_given_to_the_node() {
+    use serde_json::json;
+    let m = TestManager::start().await;
+    let (admin, enroll) = (m.admin(), m.agent());
+    let a = FakeAgent::new(2);
+    let b = FakeAgent::new(3);
+    a.register(&enroll).await;
+    b.register(&enroll).await;
+    let cron = "0 0 */6 * * * *";
+    save(
+        &admin,
+        json!({"JobName": "everywhere", "Command": "true", "CronExpr": cron}),
+    )
+    .await;
+    save(
+        &admin,
+        json!({"JobName": "only-b", "Command": "true", "CronExpr": cron, "WhiteHosts": ["node-3"]}),
+    )
+    .await;
+    save(
+        &admin,
+        json!({"JobName": "moving", "Command": "true", "CronExpr": cron, "WhiteHosts": ["node-2"]}),
+    )
+    .await;
+    assert!(a.job_names(&enroll).await.contains(&"moving".to_string()));
+    // a ran `moving`; then it was moved to b before a could report the run.
+    let moved = a.run("moving", 1, Trigger::Cron, RunStatus::Ok);
+    save(
+        &admin,
+        json!({"JobName": "moving", "Command": "true", "CronExpr": cron, "WhiteHosts": ["node-3"]}),
+    )
+    .await;
+    assert!(!a.job_names(&enroll).await.contains(&"moving".to_string()));
+
+    // Forged: b's job, with b's name and address, from a's credential.
+    let mut forged = a.run("only-b", 1, Trigger::Cron, RunStatus::Ok);
+    forged.hostname = b.hostname.clone();
+    forged.ips = vec![b.ip];
+    // A job a holds, claiming to come from b.
+    let mut disguised = a.run("everywhere", 1, Trigger::Cron, RunStatus::Ok);
+    disguised.hostname = b.hostname.clone();
+    disguised.ips = vec![b.ip];
+    // Neither the ad-hoc command of an invocation nor its job are selections.
+    let mut adhoc = a.run("adhoc", 0, Trigger::Adhoc, RunStatus::Ok);
+    adhoc.invocation_id = Some(uuid::Uuid::now_v7());
+    let ack = a
+        .client(&enroll)
+        .post_runs(&RunBatch {
+            node_id: a.node_id,
+            runs: vec![
+                forged.clone(),
+                disguised.clone(),
+                moved.clone(),
+                adhoc.clone(),
+            ],
+        })
+        .await
+        .unwrap();
+    assert_eq!((ack.accepted, ack.duplicates), (3, 0), "{ack:?}");
+    assert_eq!(ack.refused.len(), 1, "{ack:?}");
+    assert_eq!(ack.refused[0].run_id, forged.run_id);
+    assert!(
+        ack.refused[0].reason.contains("never selected"),
+        "{:?}",
+        ack.refused[0]
+    );
+
+    let err = admin.run(forged.run_id).await.unwrap_err();
+    assert_eq!(err.status(), Some(404), "the refused run left no trace");
+    for id in [disguised.run_id, moved.run_id, adhoc.run_id] {
+        let stored = admin.run(id).await.unwrap();
+        assert_eq!(stored.hostname, "node-2", "{stored:?}");
+        assert_eq!(stored.ips, vec![a.ip], "{stored:?}");
+    }
+    // `logs everywhere node-3` finds nothing of a's.
+    let on_b = admin
+        .runs(&op_proto::api::RunQuery {
+            job: Some("everywhere".into()),
+            host: Some("node-3".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(on_b.is_empty(), "{on_b:?}");
+
+    // A record of another node in the batch is refused alone too, not the whole batch.
+    let ok = a.run("everywhere", 1, Trigger::Cron, RunStatus::Ok);
+    let ack = a
+        .client(&enroll)
+        .post_runs(&RunBatch {
+            node_id: a.node_id,
+            runs: vec![
+                b.run("everywhere", 1, Trigger::Cron, RunStatus::Ok),
+                ok.clone(),
+            ],
+        })
+        .await
+        .unwrap();
+    assert_eq!((ack.accepted, ack.refused.len()), (1, 1), "{ack:?}");
+    admin.run(ok.run_id).await.unwrap();
+    m.stop().await;
+}

@@ -140,7 +140,7 @@ fn once_targets_follow_runs_and_never_go_back() {
 #[test]
 fn ingest_is_idempotent_and_final_replaces_running() {
     let mut s = TestStore::new();
-    s.apply(register(2, 0));
+    given(&mut s, &[2], &["a"]);
     let batch: Vec<_> = (0..5).map(|i| run(2, "a", 1, i, RunStatus::Ok)).collect();
     let CommandResult::RunsIngested { ack } = s.apply(ingest(2, batch.clone(), 10)) else {
         panic!()
@@ -323,4 +323,146 @@ fn apply_is_deterministic() {
         )
     };
     assert_eq!(dump(&log), dump(&log));
+}
+
+fn ingested(r: CommandResult) -> op_proto::agent::RunBatchAck {
+    match r {
+        CommandResult::RunsIngested { ack } => ack,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_run_is_stored_only_for_a_job_its_node_was_given_under_its_registered_host() {
+    let mut s = TestStore::new();
+    given(&mut s, &[2, 3], &[]);
+    let mut only3 = cron_job("only-3");
+    only3.white_hosts = vec![op_proto::hosts::HostPattern::parse("node-3").unwrap()];
+    s.apply(save(only3.clone(), 1));
+    let mut moving = cron_job("moving");
+    moving.white_hosts = vec![op_proto::hosts::HostPattern::parse("node-2").unwrap()];
+    s.apply(save(moving.clone(), 1));
+    s.apply(save(cron_job("renamed"), 1));
+    let mut by_name = cron_job("by-name");
+    by_name.white_hosts = vec![op_proto::hosts::HostPattern::parse("node-2").unwrap()];
+    s.apply(save(by_name, 1));
+
+    // node-2 ran `moving`, then it moved to node-3; node-2 then registered under a new name
+    // that `renamed`'s later selection excludes.
+    moving.white_hosts = vec![op_proto::hosts::HostPattern::parse("node-3").unwrap()];
+    s.apply(save(moving, 2));
+    let mut renamed = cron_job("renamed");
+    renamed.black_hosts = vec![op_proto::hosts::HostPattern::parse("other-2").unwrap()];
+    s.apply(save(renamed, 3));
+    let Command::RegisterNode {
+        mut registration, ..
+    } = register(2, 4)
+    else {
+        unreachable!()
+    };
+    registration.hostname = "other-2".into();
+    s.apply(Command::RegisterNode {
+        registration,
+        at: at(4),
+        actor: "agent".into(),
+        enroll: None,
+    });
+
+    let mut forged = run(2, "only-3", 1, 5, RunStatus::Ok);
+    forged.hostname = "node-3".into();
+    let late = run(2, "moving", 1, 5, RunStatus::Ok);
+    let before_rename = run(2, "renamed", 2, 5, RunStatus::Ok);
+    let old_name = run(2, "by-name", 1, 5, RunStatus::Ok);
+    let ack = ingested(s.apply(ingest(
+        2,
+        vec![
+            forged.clone(),
+            late.clone(),
+            before_rename.clone(),
+            old_name.clone(),
+        ],
+        10,
+    )));
+    assert_eq!(ack.accepted, 3, "{ack:?}");
+    assert_eq!(ack.refused.len(), 1, "{ack:?}");
+    assert_eq!(ack.refused[0].run_id, forged.run_id);
+    assert!(s.store.run(forged.run_id).unwrap().is_none());
+    let stored = s.store.run(late.run_id).unwrap().unwrap();
+    assert_eq!(stored.hostname, "other-2", "the host as registered now");
+    assert!(s.store.run(before_rename.run_id).unwrap().is_some());
+    assert!(s.store.run(old_name.run_id).unwrap().is_some());
+    // An unknown node's runs are all refused.
+    let ack = ingested(s.apply(ingest(9, vec![run(9, "moving", 1, 5, RunStatus::Ok)], 11)));
+    assert_eq!((ack.accepted, ack.refused.len()), (0, 1), "{ack:?}");
+}
+
+#[test]
+fn an_identity_reset_retires_the_same_machine_and_carries_its_once_jobs_but_not_a_clones() {
+    let mut s = TestStore::new();
+    let reg = |n: u8, id: Uuid, machine: &str, reset: bool| {
+        let Command::RegisterNode {
+            mut registration, ..
+        } = register(n, 0)
+        else {
+            unreachable!()
+        };
+        registration.node_id = id;
+        registration.machine_id = machine.into();
+        registration.reset = reset.then(op_proto::agent::IdentityReset::default);
+        Command::RegisterNode {
+            registration,
+            at: at(10),
+            actor: "agent".into(),
+            enroll: None,
+        }
+    };
+    s.apply(reg(2, node_id(2), "m-2", false));
+    s.apply(save(once_job("setup"), 1));
+    let mut done = run(2, "setup", 1, 2, RunStatus::Ok);
+    done.trigger = Trigger::Once;
+    s.apply(ingest(2, vec![done], 3));
+
+    // A clone of node-2's image with its own machine id: a node of its own, nothing retired.
+    let clone = Uuid::from_u128(0xc1);
+    let CommandResult::NodeRegistered {
+        replaced,
+        once_history,
+        ..
+    } = s.apply(reg(2, clone, "m-clone", true))
+    else {
+        panic!()
+    };
+    assert!(replaced.is_empty() && once_history.is_empty());
+    assert_eq!(
+        s.store.node(node_id(2)).unwrap().unwrap().status,
+        NodeStatus::Ready
+    );
+
+    // The same machine after its state was lost: node-2 is retired, its history carried.
+    let rebuilt = Uuid::from_u128(0xb2);
+    let CommandResult::NodeRegistered {
+        replaced,
+        once_history,
+        ..
+    } = s.apply(reg(2, rebuilt, "m-2", true))
+    else {
+        panic!()
+    };
+    assert_eq!(replaced, vec![node_id(2)]);
+    assert_eq!(once_history.len(), 1);
+    assert_eq!(
+        (once_history[0].job.as_str(), once_history[0].revision),
+        ("setup", 1)
+    );
+    assert_eq!(
+        s.store.node(node_id(2)).unwrap().unwrap().status,
+        NodeStatus::Left
+    );
+    let targets = s.store.once_targets("setup", None).unwrap();
+    assert!(
+        targets
+            .iter()
+            .any(|t| t.node_id == rebuilt && t.state == TargetState::Done),
+        "{targets:?}"
+    );
 }

@@ -122,6 +122,17 @@ pub fn run(n: u8, job: &str, revision: u64, started_secs: i64, status: RunStatus
     }
 }
 
+/// Registers nodes `nodes` and saves cron jobs `jobs` selecting every host, so that runs of
+/// those jobs from those nodes are stored (a run of a job never given to its node is refused).
+pub fn given(s: &mut TestStore, nodes: &[u8], jobs: &[&str]) {
+    for &n in nodes {
+        s.apply(register(n, 0));
+    }
+    for job in jobs {
+        s.apply(save(cron_job(job), 0));
+    }
+}
+
 pub fn ingest(n: u8, runs: Vec<RunRecord>, at_secs: i64) -> Command {
     Command::IngestRuns {
         node_id: node_id(n),

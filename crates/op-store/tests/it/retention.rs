@@ -41,6 +41,7 @@ fn count(s: &TestStore, job: &str, host: &str) -> usize {
 #[test]
 fn keeps_the_newest_runs_per_job_and_node() {
     let mut s = TestStore::new();
+    given(&mut s, &[2, 3], &["a", "b"]);
     for n in [2, 3] {
         s.apply(ingest(
             n,
@@ -81,6 +82,7 @@ fn keeps_the_newest_runs_per_job_and_node() {
 #[test]
 fn drops_runs_older_than_max_age() {
     let mut s = TestStore::new();
+    given(&mut s, &[2], &["a"]);
     s.apply(ingest(
         2,
         vec![
@@ -104,6 +106,7 @@ fn drops_runs_older_than_max_age() {
 #[test]
 fn stays_within_the_byte_budget_oldest_first() {
     let mut s = TestStore::new();
+    given(&mut s, &[2], &["a"]);
     let mut runs = Vec::new();
     for i in 0..20 {
         let mut r = run(2, "a", 1, i, RunStatus::Ok);
