@@ -575,7 +575,7 @@ mod tests {
             fx.apply(
                 &hub,
                 Command::RegisterNode {
-                    registration: NodeRegistration {
+                    registration: Box::new(NodeRegistration {
                         node_id: node,
                         hostname: "node-7".into(),
                         ips: vec!["127.0.0.7".parse().unwrap()],
@@ -585,7 +585,7 @@ mod tests {
                         arch: "x86_64".into(),
                         machine_id: String::new(),
                         reset: None,
-                    },
+                    }),
                     at: Utc::now(),
                     actor: "agent".into(),
                     enroll: None,

@@ -50,7 +50,8 @@ pub enum Command {
     },
     /// An agent announced itself: creates or updates the node, which becomes Ready.
     RegisterNode {
-        registration: NodeRegistration,
+        /// Boxed: the largest field of any command, and most commands are much smaller.
+        registration: Box<NodeRegistration>,
         at: DateTime<Utc>,
         actor: String,
         /// Enrollment: the node's own credential, issued because the agent registered with the

@@ -105,7 +105,7 @@ pub async fn register(
     let written = app
         .write(Command::RegisterNode {
             enroll,
-            registration: NodeRegistration {
+            registration: Box::new(NodeRegistration {
                 node_id,
                 hostname: req.hostname,
                 ips: req.ips,
@@ -115,7 +115,7 @@ pub async fn register(
                 arch: req.arch,
                 machine_id: req.machine_id,
                 reset: req.reset,
-            },
+            }),
             at: Utc::now(),
             actor: caller.name,
         })

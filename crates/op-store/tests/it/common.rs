@@ -57,7 +57,7 @@ pub fn node_id(n: u8) -> Uuid {
 
 pub fn register(n: u8, at_secs: i64) -> Command {
     Command::RegisterNode {
-        registration: NodeRegistration {
+        registration: Box::new(NodeRegistration {
             node_id: node_id(n),
             hostname: format!("node-{n}"),
             ips: vec![format!("127.0.0.{n}").parse::<IpAddr>().unwrap()],
@@ -67,7 +67,7 @@ pub fn register(n: u8, at_secs: i64) -> Command {
             arch: "x86_64".into(),
             machine_id: String::new(),
             reset: None,
-        },
+        }),
         at: at(at_secs),
         actor: "agent".into(),
         enroll: None,
