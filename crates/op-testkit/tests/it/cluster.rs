@@ -432,6 +432,14 @@ async fn a_fourth_member_catches_up_by_snapshot_and_serves_reads() {
     args.extend(["--raft-snapshot-logs", "50"]);
     let mut c = Cluster::start(3, &args).await;
     let enroll = c.members[0].client_with(&c.agent_token);
+    // The manager stores only runs of jobs selected for their node.
+    c.members[0]
+        .client()
+        .save_job(&job(
+            r#"{"JobName":"bulk","Command":"true","CronExpr":"0 0 */6 * * * *"}"#,
+        ))
+        .await
+        .unwrap();
     // 100 simulated nodes × 100 runs: 10,000 runs, all within retention (100 per job and node).
     // Each node enrolls with the shared token and posts its runs with its own credential.
     let mut nodes: Vec<(Uuid, String, Client)> = Vec::new();
