@@ -38,6 +38,13 @@ fn agent_protocol_fixtures_round_trip() {
     let batch: RunBatch = round_trip("run_batch.json");
     assert_eq!(batch.runs[0].node_id, batch.node_id);
     round_trip::<RunBatchAck>("run_batch_ack.json");
+    // Identity reset and refused records (issue 16); the forms above, without them, still read.
+    let reset: RegisterRequest = round_trip("register_request_reset.json");
+    assert!(reset.reset.unwrap().previous_node_id.is_some());
+    let history: RegisterResponse = round_trip("register_response_history.json");
+    assert_eq!((history.once_history.len(), history.replaced.len()), (2, 1));
+    let ack: RunBatchAck = round_trip("run_batch_ack_refused.json");
+    assert_eq!(ack.refused.len(), 1);
     round_trip::<SaveJobResponse>("save_job_response.json");
     let err: ErrorBody = round_trip("error_body.json");
     assert_eq!(err.code, "invalid_job");
