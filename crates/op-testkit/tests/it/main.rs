@@ -16,3 +16,4 @@ mod packages;
 mod packaging;
 mod support;
 mod tls;
+mod units;
