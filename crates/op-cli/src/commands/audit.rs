@@ -19,7 +19,7 @@ pub async fn run(ctx: &Ctx, since: Option<&str>, limit: u32) -> anyhow::Result<O
         })
         .transpose()?;
     let entries = ctx.call(ctx.client.audit(since, Some(limit))).await?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(&mut out, &entries)?;
         return Ok(Outcome::Ok);

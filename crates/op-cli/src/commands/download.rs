@@ -77,7 +77,7 @@ pub async fn run(
         return Err(e);
     }
     std::fs::rename(&tmp, &dest).with_context(|| format!("cannot write {}", dest.display()))?;
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(
             &mut stdout,

@@ -74,7 +74,7 @@ pub async fn follow(ctx: &Ctx, started: Started) -> anyhow::Result<Outcome> {
     };
     let mut summary: Option<Summary> = None;
     while let Some(event) = ctx.call(stream.next()).await? {
-        let mut out = std::io::stdout().lock();
+        let mut out = crate::output::stdout();
         if ctx.format == Format::Json {
             serde_json::to_writer(&mut out, &event)?;
             writeln!(out)?;
@@ -122,7 +122,7 @@ pub async fn follow(ctx: &Ctx, started: Started) -> anyhow::Result<Outcome> {
 }
 
 fn accepted(ctx: &Ctx, acc: &InvocationAccepted) -> anyhow::Result<Outcome> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         crate::output::write_json(&mut out, acc)?;
     } else {

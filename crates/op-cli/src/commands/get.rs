@@ -25,7 +25,7 @@ async fn packages(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Outcome> {
         Some(n) => ctx.call(ctx.client.package_versions(n)).await?,
         None => ctx.call(ctx.client.list_packages()).await?,
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(&mut out, &list)?;
     } else {
@@ -93,7 +93,7 @@ async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
         None => ctx.call(ctx.client.list_nodes()).await?,
     };
     sort_nodes(&mut nodes);
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(&mut out, &nodes)?;
         return Ok(Outcome::Ok);
@@ -173,7 +173,7 @@ fn enabled_word(b: bool) -> &'static str {
 async fn jobs(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let mut jobs = ctx.call(ctx.client.list_jobs()).await?;
     jobs.sort_by(|a, b| a.record.spec.name.cmp(&b.record.spec.name));
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(&mut out, &jobs)?;
         return Ok(Outcome::Ok);
@@ -245,7 +245,7 @@ async fn job_detail(ctx: &Ctx, name: &str) -> anyhow::Result<Outcome> {
     } else {
         Vec::new()
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(
             &mut out,

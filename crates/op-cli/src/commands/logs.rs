@@ -51,7 +51,7 @@ pub async fn run(
     if full {
         return print_full(ctx, &mut runs).await;
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     match ctx.format {
         Format::Json => write_json(&mut out, &runs)?,
         Format::Short => {
@@ -131,7 +131,7 @@ async fn print_full(ctx: &Ctx, runs: &mut [RunRecord]) -> anyhow::Result<Outcome
             }
         }
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(&mut out, &runs)?;
         return Ok(outcome);
@@ -283,7 +283,7 @@ async fn stream_run(ctx: &Ctx, run_id: Uuid, prefix: Option<&str>) -> anyhow::Re
         };
         offset = piece.next_offset;
         {
-            let mut out = std::io::stdout().lock();
+            let mut out = crate::output::stdout();
             match prefix {
                 None => out.write_all(&piece.data)?,
                 Some(p) => {

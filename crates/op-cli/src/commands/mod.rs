@@ -22,6 +22,7 @@ mod validate;
 mod version;
 
 use std::future::Future;
+use std::io::Write;
 
 use op_client::{Client, ClientError};
 
@@ -67,7 +68,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         } => cron::run(&expr, count, tz.as_deref(), after.as_deref(), format),
         Command::Completion { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "agentcli", &mut std::io::stdout());
+            // clap_complete panics when its writer fails, so it writes to memory and a closed
+            // stdout is noticed here like in every other command.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "agentcli", &mut script);
+            std::io::Write::write_all(&mut crate::output::stdout(), &script)?;
             Ok(Outcome::Ok)
         }
         Command::Get(what) => {
@@ -95,10 +100,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             crate::connect::block_on(async {
                 let n = ctx.call(ctx.client.get_node(&node)).await?;
                 ctx.call(ctx.client.forget_node(n.node_id)).await?;
-                println!(
+                writeln!(
+                    crate::output::stdout(),
                     "node {} ({}) forgotten; its credential is revoked",
-                    n.hostname, n.node_id
-                );
+                    n.hostname,
+                    n.node_id
+                )?;
                 Ok(crate::Outcome::Ok)
             })
         }

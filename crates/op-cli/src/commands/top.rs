@@ -24,7 +24,7 @@ pub async fn run(ctx: &Ctx, once: bool, interval: u64) -> anyhow::Result<Outcome
         } else {
             render(&mut frame, &nodes, &ctx.conn.manager)?;
         }
-        let mut out = std::io::stdout().lock();
+        let mut out = crate::output::stdout();
         if !once {
             // Clear the screen and go home, like top(1).
             out.write_all(b"\x1b[2J\x1b[H")?;

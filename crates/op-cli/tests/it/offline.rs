@@ -207,3 +207,28 @@ fn broken_pipe_is_not_an_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs agentcli with a stdout whose reader is already gone: every write fails with EPIPE, as in
+/// `agentcli ... | head -1` once head has exited.
+pub fn with_closed_stdout(cmd: &mut std::process::Command) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    cmd.stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn completion_into_a_closed_pipe_ends_quietly() {
+    let out = with_closed_stdout(
+        std::process::Command::new(assert_cmd::cargo::cargo_bin!("agentcli"))
+            .args(["completion", "bash"]),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
