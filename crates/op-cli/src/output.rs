@@ -1,8 +1,9 @@
 //! How results reach the operator: tables in the seed's shape and JSON.
 //!
 //! The seed printed with tablewriter: upper-case headers, no borders, columns padded and separated
-//! by a tab, a multi-line cell spanning several lines (one IP per line). We keep that look so
-//! scripts that cut columns keep working, and size nothing to the terminal unless asked to.
+//! by a tab. We keep that look so scripts that cut columns keep working, and size nothing to the
+//! terminal unless asked to. A list in a cell (a host's IPs, labels) is joined with commas, so
+//! every table has one row per node, job or run; only free text (a run's output) spans lines.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,6 +1,6 @@
 //! `agentcli download NAME [VERSION] [--out FILE]`: one version's content, checked.
 //!
-//! The content goes to a temp file beside the destination and is renamed into place only after
+//! An existing file is never replaced without `--force`. The content goes to a temp file beside the destination and is renamed into place only after
 //! its size and sha256 match what the manager stored, so a failed or tampered download never
 //! leaves a file that looks complete. When the manager is at its download cap (429) the command
 //! waits as told, with jitter, instead of failing.
@@ -59,9 +59,18 @@ pub async fn run(
     name: &str,
     version: Option<u64>,
     out: Option<&Path>,
+    force: bool,
 ) -> anyhow::Result<Outcome> {
     let v = pick(ctx, name, version).await?;
     let dest = out.map_or_else(|| PathBuf::from(&v.name), Path::to_path_buf);
+    // Checked before the transfer so nothing is fetched for nothing; the rename below would
+    // replace the file without a word.
+    if !force && std::fs::symlink_metadata(&dest).is_ok() {
+        bail!(
+            "{} already exists; pass --force to overwrite it, or --out FILE to write elsewhere",
+            dest.display()
+        );
+    }
     let dir = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

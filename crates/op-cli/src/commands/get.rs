@@ -78,14 +78,6 @@ pub fn sort_nodes(nodes: &mut [NodeInfo]) {
     });
 }
 
-/// One IP per line, as the seed printed them.
-pub fn ip_lines(node: &NodeInfo) -> String {
-    node.ips
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
     let mut nodes = match host {
@@ -114,7 +106,9 @@ async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
     for n in &nodes {
         let mut row = vec![
             n.hostname.clone(),
-            ip_lines(n),
+            // One row per node, whatever its addresses: scripts written against the seed
+            // read hostnames with `awk 'NR>1{print $1}'`.
+            n.ip_string(),
             n.status.as_str().to_string(),
             n.agent_version.clone(),
             local_time(n.first_seen),
@@ -126,7 +120,7 @@ async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
                     .iter()
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect::<Vec<_>>()
-                    .join("\n"),
+                    .join(","),
             );
             row.push(
                 n.load
@@ -153,7 +147,7 @@ async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
                         ),
                     })
                     .collect::<Vec<_>>()
-                    .join("\n"),
+                    .join(", "),
             );
         }
         table.row(row);
@@ -222,12 +216,13 @@ async fn jobs(ctx: &Ctx) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+/// Host patterns on one line, so the table keeps one row per job.
 fn host_lines(hosts: &[op_proto::HostPattern]) -> String {
     hosts
         .iter()
         .map(|h| h.as_str())
         .collect::<Vec<_>>()
-        .join("\n")
+        .join(",")
 }
 
 #[derive(serde::Serialize)]

@@ -8,6 +8,7 @@ mod download;
 mod exec;
 mod fanout;
 mod get;
+mod hosts;
 mod invocations;
 mod job;
 mod logs;
@@ -152,9 +153,14 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             let ctx = ctx()?;
             crate::connect::block_on(upload::run(&ctx, &path, deploy_dir.as_deref()))
         }
-        Command::Download { name, version, out } => {
+        Command::Download {
+            name,
+            version,
+            out,
+            force,
+        } => {
             let ctx = ctx()?;
-            crate::connect::block_on(download::run(&ctx, &name, version, out.as_deref()))
+            crate::connect::block_on(download::run(&ctx, &name, version, out.as_deref(), force))
         }
         Command::Rollback { name, version } => {
             let ctx = ctx()?;
@@ -164,8 +170,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             let ctx = ctx()?;
             crate::connect::block_on(top::run(&ctx, once, interval))
         }
-        Command::Cluster(what) => {
+        Command::Cluster { command } => {
             let ctx = ctx()?;
+            let what = command.unwrap_or(crate::cli::ClusterCommand::Status);
             crate::connect::block_on(cluster::run(&ctx, what))
         }
         Command::Token(what) => {
