@@ -256,7 +256,8 @@ Examples:
   agentcli rollback test.py                 the version before the current one
   agentcli rollback test.py 1730000000      that version")]
     Rollback {
-        name: String,
+        /// The package (required; optional only to answer the seed's bare `rollback` with a hint).
+        name: Option<String>,
         /// The version to make current [default: the one before the current].
         #[arg(id = "package_version", value_name = "VERSION")]
         version: Option<u64>,
@@ -540,9 +541,14 @@ fn seconds(text: &str) -> Result<u64, String> {
 pub fn normalize_args(args: Vec<OsString>) -> Vec<OsString> {
     let args: Vec<OsString> = args
         .into_iter()
-        .map(|a| match a.to_str().and_then(|s| s.strip_prefix(['\u{2013}', '\u{2014}'])) {
-            Some(rest) => OsString::from(format!("-{rest}")),
-            None => a,
+        .map(|a| {
+            match a
+                .to_str()
+                .and_then(|s| s.strip_prefix(['\u{2013}', '\u{2014}']))
+            {
+                Some(rest) => OsString::from(format!("-{rest}")),
+                None => a,
+            }
         })
         .map(|a| {
             if a == "--o" {

@@ -36,7 +36,16 @@ struct Downloaded<'a> {
 
 /// Picks `version`, or the current one, from every version of `name`.
 async fn pick(ctx: &Ctx, name: &str, version: Option<u64>) -> anyhow::Result<PackageVersion> {
-    let versions = ctx.call(ctx.client.package_versions(name)).await?;
+    let versions = match ctx.client.package_versions(name).await {
+        // The seed's `download VERSION` had no package argument.
+        Err(ClientError::Api { status: 404, .. }) if name.chars().all(|c| c.is_ascii_digit()) => {
+            bail!(
+                "no package named {name}; download takes the package first: agentcli download \
+                 NAME [VERSION], e.g. agentcli download test.py {name}"
+            )
+        }
+        other => other.map_err(|e| ctx.conn.explain(e))?,
+    };
     let found = match version {
         Some(v) => versions.iter().find(|p| p.version == v),
         None => versions.iter().find(|p| p.current),

@@ -78,7 +78,6 @@ pub fn sort_nodes(nodes: &mut [NodeInfo]) {
     });
 }
 
-
 async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
     let mut nodes = match host {
         Some(key) => vec![ctx.call(ctx.client.get_node(key)).await?],

@@ -38,7 +38,8 @@ pub fn matching<'a>(
 }
 
 fn names_this_machine(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// This machine's hostname, as an agent here reports it by default.
@@ -67,12 +68,14 @@ fn close_matches(nodes: &[NodeInfo], host: &str) -> Vec<String> {
     let wanted = host.trim().to_ascii_lowercase();
     let mut scored: Vec<(usize, String)> = Vec::new();
     for n in nodes {
-        let names = std::iter::once(n.hostname.clone()).chain(n.ips.iter().map(ToString::to_string));
+        let names =
+            std::iter::once(n.hostname.clone()).chain(n.ips.iter().map(ToString::to_string));
         for name in names {
             let lower = name.to_ascii_lowercase();
             let distance = edit_distance(&wanted, &lower);
             let near = distance <= (wanted.chars().count() / 3).max(2);
-            let contains = wanted.len() >= 3 && (lower.contains(&wanted) || wanted.contains(&lower));
+            let contains =
+                wanted.len() >= 3 && (lower.contains(&wanted) || wanted.contains(&lower));
             if (near || contains) && !scored.iter().any(|(_, s)| *s == name) {
                 scored.push((distance, name));
             }

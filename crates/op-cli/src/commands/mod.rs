@@ -163,6 +163,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             crate::connect::block_on(download::run(&ctx, &name, version, out.as_deref(), force))
         }
         Command::Rollback { name, version } => {
+            // The seed's `rollback` took no argument; ours needs the package.
+            let name = name.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "rollback needs the package: agentcli rollback NAME [VERSION], e.g. \
+                     agentcli rollback test.py (see agentcli get packages)"
+                )
+            })?;
             let ctx = ctx()?;
             crate::connect::block_on(rollback::run(&ctx, &name, version))
         }
