@@ -433,8 +433,8 @@ impl Config {
                 .clone()
                 .or_else(|| file.as_ref().map(SizeValue::text))
             {
-                Some(text) => parse_size(&text)
-                    .map_err(|e| AgentError::Config(format!("{key} {text:?}: {e}"))),
+                Some(text) => op_proto::units::parse_size(&text)
+                    .map_err(|e| AgentError::Config(format!("{key}: {e}"))),
                 None => Ok(default),
             };
         let output_tail = size(
@@ -605,32 +605,7 @@ pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, AgentError> 
 }
 
 fn parse_duration(key: &str, text: &str) -> Result<Duration, AgentError> {
-    let t = text.trim();
-    // A bare number is seconds, as everywhere else in the seed's formats.
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(t)
-        .map_err(|e| AgentError::Config(format!("{key} {text:?} is not a duration like 30s: {e}")))
-}
-
-/// `65536`, `64k`, `64KiB`, `1MiB`, `2G`: binary multiples, case-insensitive.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| "expected a number of bytes such as 65536 or 64KiB".to_string())?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1024,
-        "m" | "mb" | "mib" => 1024 * 1024,
-        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
-        other => return Err(format!("unknown unit {other:?}; use B, KiB, MiB or GiB")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| "size is too large".to_string())
+    op_proto::units::parse_duration(text).map_err(|e| AgentError::Config(format!("{key}: {e}")))
 }
 
 fn hostname() -> String {
@@ -685,16 +660,6 @@ mod tests {
             );
         }
         assert!(!reference.contains("print-config-reference"));
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("65536"), Ok(65536));
-        assert_eq!(parse_size("64KiB"), Ok(65536));
-        assert_eq!(parse_size("64k"), Ok(65536));
-        assert_eq!(parse_size("1 MiB"), Ok(1 << 20));
-        assert!(parse_size("12 parsecs").is_err());
-        assert!(parse_size("").is_err());
     }
 
     #[test]

@@ -28,6 +28,9 @@ or agentcli.toml in ., ~/.config/op-agent/ or /etc/op-agent/ with `manager = \".
 
 Exit codes: 0 success, 1 the command found a problem, 2 an error.";
 
+/// The heading of the flags every command takes, so a command's help lists its own flags first.
+const GLOBAL: &str = "Global options";
+
 /// Output format, accepted as `-o FORMAT` or the seed's `--o FORMAT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Format {
@@ -45,14 +48,20 @@ pub enum Format {
 #[derive(Debug, Parser)]
 #[command(
     name = "agentcli",
+    bin_name = "agentcli",
     version,
     about = "Operate an op-agent fleet: jobs, nodes, runs and packages",
     after_help = EXAMPLES,
-    propagate_version = true
+    disable_version_flag = true
 )]
 pub struct Cli {
+    /// Print the version (-v as in the seed, or -V).
+    #[arg(short = 'V', long = "version", short_alias = 'v', action = clap::ArgAction::Version)]
+    version: Option<bool>,
+
     /// Output format: table, wide, short or json.
-    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
+    #[arg(short = 'o', long = "output", global = true, value_enum,
+          default_value_t = Format::Table, help_heading = GLOBAL)]
     pub output: Format,
 
     #[command(flatten)]
@@ -62,33 +71,35 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// How to reach the manager.
-#[derive(Debug, Clone, clap::Args)]
+/// How to reach the manager. Each flag has an environment variable, read in `connect` rather
+/// than by clap: clap prints a value taken from the environment in usage lines as if it were a
+/// required flag (`Usage: agentcli run --token <TOKEN> <JOB>`).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConnArgs {
-    /// Manager API URL (default http://127.0.0.1:8090).
-    #[arg(long, global = true, env = "OP_MANAGER")]
+    /// Manager API URL (default http://127.0.0.1:8090) [env: OP_MANAGER].
+    #[arg(long, global = true, value_name = "URL", help_heading = GLOBAL)]
     pub manager: Option<String>,
-    /// API token.
-    #[arg(long, global = true, env = "OP_TOKEN", hide_env_values = true)]
+    /// API token [env: OP_TOKEN].
+    #[arg(long, global = true, value_name = "TOKEN", help_heading = GLOBAL)]
     pub token: Option<String>,
-    /// A file holding the API token.
-    #[arg(long, global = true, env = "OP_TOKEN_FILE")]
+    /// A file holding the API token [env: OP_TOKEN_FILE].
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     pub token_file: Option<std::path::PathBuf>,
-    /// Config file (default: the first agentcli.toml found).
-    #[arg(long, global = true, env = "OP_CLI_CONFIG")]
+    /// Config file (default: the first agentcli.toml found) [env: OP_CLI_CONFIG].
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     pub config: Option<std::path::PathBuf>,
-    /// PEM CA that signs the manager's certificate (for an https:// manager).
-    #[arg(long, global = true, env = "OP_CA")]
+    /// PEM CA that signs the manager's certificate (for an https:// manager) [env: OP_CA].
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     pub ca: Option<std::path::PathBuf>,
-    /// PEM client certificate, for a manager that requires one (mutual TLS).
-    #[arg(long, global = true, env = "OP_CERT")]
+    /// PEM client certificate, for a manager that requires one (mutual TLS) [env: OP_CERT].
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     pub cert: Option<std::path::PathBuf>,
-    /// PEM key of --cert.
-    #[arg(long, global = true, env = "OP_KEY")]
+    /// PEM key of --cert [env: OP_KEY].
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     pub key: Option<std::path::PathBuf>,
     /// Read from the manager asked, even if it lags the leader (default: linearizable reads,
-    /// which see every change acknowledged before the command started).
-    #[arg(long, global = true, env = "OP_STALE")]
+    /// which see every change acknowledged before the command started) [env: OP_STALE=1].
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub stale: bool,
 }
 
@@ -184,8 +195,8 @@ when any failed or was unreachable.")]
     Exec {
         #[command(flatten)]
         fanout: FanoutArgs,
-        /// Kill the command after this many seconds.
-        #[arg(long, value_name = "SECONDS")]
+        /// Kill the command after this long (seconds, or 30s, 5m, 1h).
+        #[arg(long, value_name = "DURATION", value_parser = seconds)]
         timeout: Option<u64>,
         /// Run the command as this user.
         #[arg(long, value_name = "USER")]
@@ -223,7 +234,10 @@ Every agent switches to the new version atomically; `agentcli analysis packages`
 Examples:
   agentcli download test.py                        ./test.py, the current version
   agentcli download test.py 1730000000             that version
-  agentcli download test.py -o /tmp/test.py        (also --out; -o json etc. stay formats)")]
+  agentcli download test.py -o /tmp/test.py        (also --out; -o json etc. stay formats)
+  agentcli download test.py --force                replace an existing ./test.py
+
+An existing file is not replaced without --force.")]
     Download {
         name: String,
         /// The version [default: the current one].
@@ -232,6 +246,9 @@ Examples:
         /// Where to write it [default: ./NAME].
         #[arg(long = "out", value_name = "FILE")]
         out: Option<std::path::PathBuf>,
+        /// Overwrite the file if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Make an older (or any stored) version current again; every agent switches back.
     #[command(after_help = "\
@@ -239,7 +256,8 @@ Examples:
   agentcli rollback test.py                 the version before the current one
   agentcli rollback test.py 1730000000      that version")]
     Rollback {
-        name: String,
+        /// The package (required; optional only to answer the seed's bare `rollback` with a hint).
+        name: Option<String>,
         /// The version to make current [default: the one before the current].
         #[arg(id = "package_version", value_name = "VERSION")]
         version: Option<u64>,
@@ -253,23 +271,25 @@ Examples:
         /// Print one frame and exit.
         #[arg(long)]
         once: bool,
-        /// Seconds between refreshes.
-        #[arg(long, default_value_t = 2)]
-        interval: u64,
+        /// Time between refreshes (seconds, or 500ms, 5s).
+        #[arg(long, default_value = "2", value_name = "DURATION", value_parser = op_proto::units::parse_duration)]
+        interval: std::time::Duration,
     },
-    /// Manager cluster membership.
-    #[command(subcommand)]
-    Cluster(ClusterCommand),
+    /// Manager cluster membership (alone: `cluster status`).
+    Cluster {
+        #[command(subcommand)]
+        command: Option<ClusterCommand>,
+    },
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
     /// The audit log: who changed what.
     #[command(
-        after_help = "Examples:\n  agentcli audit\n  agentcli audit --since 2026-11-25T00:00:00Z --limit 50"
+        after_help = "Examples:\n  agentcli audit\n  agentcli audit --since 1h\n  agentcli audit --since 2026-11-25T00:00:00Z --limit 50"
     )]
     Audit {
-        /// Entries at or after this instant (RFC 3339).
-        #[arg(long)]
+        /// Entries at or after this instant (RFC 3339), or this long ago (1h, 30m, 7d).
+        #[arg(long, value_name = "TIME|DURATION")]
         since: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
@@ -376,8 +396,8 @@ pub struct FanoutArgs {
     /// Rolling batches: hosts per batch, a number or a percentage like 10%.
     #[arg(long, value_name = "N|N%")]
     pub batch: Option<String>,
-    /// Seconds to wait between the end of a batch and the start of the next.
-    #[arg(long, value_name = "SECONDS")]
+    /// Time to wait between the end of a batch and the start of the next (seconds, or 30s, 5m).
+    #[arg(long, value_name = "DURATION", value_parser = seconds)]
     pub batch_wait: Option<u64>,
     /// Stop starting hosts once this many have failed.
     #[arg(long, value_name = "N")]
@@ -385,9 +405,9 @@ pub struct FanoutArgs {
     /// Most hosts running at once.
     #[arg(long, value_name = "N")]
     pub max_concurrency: Option<u32>,
-    /// Seconds each host has to answer before it is reported unreachable [default: 60 + the
-    /// job's Timeout].
-    #[arg(long, value_name = "SECONDS")]
+    /// Time each host has to answer before it is reported unreachable (seconds, or 90s, 10m)
+    /// [default: 60 s + the job's Timeout].
+    #[arg(long, value_name = "DURATION", value_parser = seconds)]
     pub deadline: Option<u64>,
 }
 
@@ -488,15 +508,17 @@ pub enum ClusterCommand {
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a token and print its secret (shown only once).
-    #[command(after_help = "Example:\n  agentcli token create --name ci --scope operator")]
+    #[command(
+        after_help = "Examples:\n  agentcli token create --name ci --scope operator\n  agentcli token create --name tmp --scope viewer --expires-in 30d"
+    )]
     Create {
         #[arg(long)]
         name: String,
         /// admin, operator, viewer or agent.
         #[arg(long)]
         scope: String,
-        /// Expire after this many seconds.
-        #[arg(long)]
+        /// Expire after this long (seconds, or 12h, 30d, 2w).
+        #[arg(long, value_name = "DURATION", value_parser = seconds)]
         expires_in: Option<u64>,
     },
     /// List tokens (never their secrets).
@@ -505,12 +527,29 @@ pub enum TokenCommand {
     Revoke { id: String },
 }
 
+/// A duration flag in whole seconds: `30`, `30s`, `5m`, `1h`, `30d` (op_proto::units).
+fn seconds(text: &str) -> Result<u64, String> {
+    op_proto::units::parse_duration(text)
+        .map(|d| d.as_secs())
+        .map_err(|e| e.to_string())
+}
+
 /// Accepts the seed's `--o wide` spelling by rewriting it to `-o wide` before clap sees it, and
 /// `download NAME -o FILE` (curl's habit) by rewriting `-o FILE` to `--out FILE` when FILE is not
-/// an output format.
+/// an output format. The seed's help text printed `–o wide` with an en dash, which people copy:
+/// a leading en or em dash is read as `-`.
 pub fn normalize_args(args: Vec<OsString>) -> Vec<OsString> {
     let args: Vec<OsString> = args
         .into_iter()
+        .map(|a| {
+            match a
+                .to_str()
+                .and_then(|s| s.strip_prefix(['\u{2013}', '\u{2014}']))
+            {
+                Some(rest) => OsString::from(format!("-{rest}")),
+                None => a,
+            }
+        })
         .map(|a| {
             if a == "--o" {
                 OsString::from("-o")
@@ -593,7 +632,9 @@ mod tests {
         let cli =
             Cli::try_parse_from(norm(&["agentcli", "download", "t.py", "7", "-o", "f"])).unwrap();
         match cli.command {
-            Command::Download { name, version, out } => {
+            Command::Download {
+                name, version, out, ..
+            } => {
                 assert_eq!((name.as_str(), version), ("t.py", Some(7)));
                 assert_eq!(out.unwrap(), std::path::PathBuf::from("f"));
             }

@@ -37,12 +37,20 @@ struct FileConfig {
 pub struct Conn {
     pub manager: String,
     pub token: Option<String>,
-    /// Where the token came from, for error messages.
+    /// Where the token came from, for error messages (empty when there is none).
     pub token_source: String,
     pub tls: op_client::ClientTls,
     /// Reads from the manager's applied state (`--stale`).
     pub stale: bool,
 }
+
+/// The Go agentCli's config file, which operators coming from the seed still have around.
+const SEED_CONFIG: &str = "agentCli.conf.json";
+
+/// What the config file is, for someone holding the seed's JSON file.
+const TOML_HINT: &str = "agentcli reads TOML from agentcli.toml (or --config FILE) with the keys \
+     manager, token, token_file, ca, cert and key, e.g. manager = \"http://10.0.0.1:8090\" and \
+     token_file = \"admin.token\"";
 
 fn config_candidates() -> Vec<PathBuf> {
     let mut paths = vec![PathBuf::from("agentcli.toml")];
@@ -59,13 +67,31 @@ fn load_file(explicit: Option<&Path>) -> anyhow::Result<(FileConfig, Option<Path
         None => config_candidates().into_iter().find(|p| p.is_file()),
     };
     let Some(path) = path else {
+        if Path::new(SEED_CONFIG).is_file() {
+            eprintln!(
+                "agentcli: note: {SEED_CONFIG} (the Go agentCli's file) is not read; {TOML_HINT}"
+            );
+        }
         return Ok((FileConfig::default(), None));
     };
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
+    if text.trim_start().starts_with('{') {
+        anyhow::bail!("config file {} is JSON; {TOML_HINT}", path.display());
+    }
     let config: FileConfig = toml::from_str(&text)
         .map_err(|e| anyhow!("config file {}: {}", path.display(), e.message()))?;
     Ok((config, Some(path)))
+}
+
+/// A path from the config file: `~/x` is under $HOME, a relative path is under the file's dir.
+fn in_dir(dir: &Path, path: PathBuf) -> PathBuf {
+    if let Ok(rest) = path.strip_prefix("~")
+        && let Some(home) = env("HOME")
+    {
+        return PathBuf::from(home).join(rest);
+    }
+    dir.join(path)
 }
 
 fn read_token_file(path: &Path) -> anyhow::Result<String> {
@@ -74,20 +100,45 @@ fn read_token_file(path: &Path) -> anyhow::Result<String> {
     Ok(text.trim().to_string())
 }
 
+/// A non-empty environment variable.
+fn env(name: &str) -> Option<std::ffi::OsString> {
+    std::env::var_os(name).filter(|v| !v.is_empty())
+}
+
+impl ConnArgs {
+    /// The flags, each completed from its environment variable when not given.
+    fn with_env(&self) -> ConnArgs {
+        let text = |name| env(name).map(|v| v.to_string_lossy().into_owned());
+        let path = |name| env(name).map(PathBuf::from);
+        ConnArgs {
+            manager: self.manager.clone().or_else(|| text("OP_MANAGER")),
+            token: self.token.clone().or_else(|| text("OP_TOKEN")),
+            token_file: self.token_file.clone().or_else(|| path("OP_TOKEN_FILE")),
+            config: self.config.clone().or_else(|| path("OP_CLI_CONFIG")),
+            ca: self.ca.clone().or_else(|| path("OP_CA")),
+            cert: self.cert.clone().or_else(|| path("OP_CERT")),
+            key: self.key.clone().or_else(|| path("OP_KEY")),
+            stale: self.stale
+                || text("OP_STALE").is_some_and(|v| !matches!(v.as_str(), "0" | "false" | "no")),
+        }
+    }
+}
+
 impl Conn {
     pub fn resolve(args: &ConnArgs) -> anyhow::Result<Conn> {
+        let args = &args.with_env();
         let (file, file_path) = load_file(args.config.as_deref())?;
+        // Paths in the file are relative to the file, wherever agentcli runs from.
         let file_dir = file_path
             .as_deref()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
+            .and_then(|p| std::path::absolute(p).ok())
+            .and_then(|p| p.parent().map(Path::to_path_buf))
             .unwrap_or_default();
         let manager = args
             .manager
             .clone()
             .or(file.manager)
             .unwrap_or_else(|| DEFAULT_MANAGER.to_string());
-        // clap has already merged flag and environment for --token/--token-file.
         let (token, token_source) = if let Some(t) = &args.token {
             (Some(t.trim().to_string()), "--token / OP_TOKEN".to_string())
         } else if let Some(f) = &args.token_file {
@@ -99,18 +150,15 @@ impl Conn {
             let src = format!("token in {}", file_path.unwrap_or_default().display());
             (Some(t), src)
         } else if let Some(f) = file.token_file {
-            let f = file_dir.join(f);
+            let f = in_dir(&file_dir, f);
             (
                 Some(read_token_file(&f)?),
                 format!("token file {}", f.display()),
             )
         } else {
-            (
-                None,
-                "no token given (--token, OP_TOKEN or agentcli.toml)".to_string(),
-            )
+            (None, String::new())
         };
-        let rel = |p: PathBuf| file_dir.join(p);
+        let rel = |p: PathBuf| in_dir(&file_dir, p);
         let tls = op_client::ClientTls {
             ca: args.ca.clone().or(file.ca.map(rel)),
             cert: args.cert.clone().or(file.cert.map(rel)),
@@ -141,6 +189,12 @@ impl Conn {
             ClientError::Timeout { secs, .. } => anyhow!(
                 "the manager at {} did not answer within {secs} s; check the network and the manager's health",
                 self.manager
+            ),
+            ClientError::Api { status: 401, body } if self.token.is_none() => anyhow!(
+                "the manager wants a token and none was given ({}): pass --token or \
+                 --token-file, set OP_TOKEN or OP_TOKEN_FILE, or put token or token_file in \
+                 agentcli.toml",
+                body.message
             ),
             ClientError::Api { status: 401, body } => anyhow!(
                 "the manager refused the credentials ({}): {}; check {}",

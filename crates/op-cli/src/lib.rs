@@ -39,23 +39,22 @@ where
             return ExitCode::from(code);
         }
     };
-    match commands::dispatch(cli) {
+    exit_code(commands::dispatch(cli), output::stdout_closed())
+}
+
+/// The exit code of a command's result. A failure ends quietly with 0 only when stdout's reader
+/// went away (`agentcli ... | head`); any other failure, a broken pipe to the manager included,
+/// is reported and exits 2.
+fn exit_code(result: anyhow::Result<Outcome>, stdout_closed: bool) -> ExitCode {
+    match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Problem) => ExitCode::from(1),
-        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(_) if stdout_closed => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("agentcli: error: {}", one_line(&err));
             ExitCode::from(2)
         }
     }
-}
-
-fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
 }
 
 /// The error and its causes on one line: `outer: inner: root`.
@@ -68,4 +67,23 @@ fn one_line(err: &anyhow::Error) -> String {
         }
     }
     parts.join(": ").replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TLS refusal can surface as a broken pipe while sending the request; that is a network
+    /// error, not a closed stdout, and must not exit 0.
+    #[test]
+    fn a_broken_pipe_to_the_manager_is_an_error() {
+        let network = || {
+            Err(
+                anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+                    .context("error sending request"),
+            )
+        };
+        assert_eq!(exit_code(network(), false), ExitCode::from(2));
+        assert_eq!(exit_code(network(), true), ExitCode::SUCCESS);
+    }
 }

@@ -1,13 +1,52 @@
 //! How results reach the operator: tables in the seed's shape and JSON.
 //!
 //! The seed printed with tablewriter: upper-case headers, no borders, columns padded and separated
-//! by a tab, a multi-line cell spanning several lines (one IP per line). We keep that look so
-//! scripts that cut columns keep working, and size nothing to the terminal unless asked to.
+//! by a tab. We keep that look so scripts that cut columns keep working, and size nothing to the
+//! terminal unless asked to. A list in a cell (a host's IPs, labels) is joined with commas, so
+//! every table has one row per node, job or run; only free text (a run's output) spans lines.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Local, Utc};
 use serde::Serialize;
+
+/// Set when a write to stdout failed because its reader went away (`agentcli ... | head`).
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Whether stdout's reader has gone away. Only then may a failed command end quietly: a broken
+/// pipe on a network connection is an error like any other.
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(Ordering::Relaxed)
+}
+
+/// Stdout for a command's results. Every command writes through this, so a closed stdout is
+/// recorded where it happens instead of guessed from an error chain later.
+pub fn stdout() -> Stdout {
+    Stdout(io::stdout().lock())
+}
+
+/// Locked stdout that remembers a broken pipe (see [`stdout_closed`]).
+pub struct Stdout(io::StdoutLock<'static>);
+
+fn note<T>(result: io::Result<T>) -> io::Result<T> {
+    if let Err(e) = &result
+        && e.kind() == io::ErrorKind::BrokenPipe
+    {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+    }
+    result
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        note(self.0.write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        note(self.0.flush())
+    }
+}
 
 /// A table of text cells; a cell may hold several lines.
 #[derive(Debug, Default)]

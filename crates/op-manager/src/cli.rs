@@ -207,7 +207,7 @@ pub async fn token_command(data_dir: &Path, args: TokenArgs) -> anyhow::Result<(
                 )
             })?;
             let expires_in_secs = expires_in
-                .map(|e| humantime::parse_duration(&e).map(|d| d.as_secs()))
+                .map(|e| op_proto::units::parse_duration(&e).map(|d| d.as_secs()))
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--expires-in: {e}"))?;
             let created = client

@@ -246,41 +246,12 @@ fn bad(key: &str, msg: impl std::fmt::Display) -> ManagerError {
 
 fn duration(key: &str, value: Option<String>, default: &str) -> Result<Duration, ManagerError> {
     let text = value.unwrap_or_else(|| default.to_string());
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        bad(
-            key,
-            format!("{text:?} is not a duration ({e}); write e.g. 30s, 5m, 10d"),
-        )
-    })
-}
-
-/// Parses `1048576`, `512KiB`, `1MiB`, `1GiB`, `20MB`, `1kb`.
-pub fn parse_size(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        _ => return None,
-    };
-    n.checked_mul(mult)
+    op_proto::units::parse_duration(&text).map_err(|e| bad(key, e))
 }
 
 fn size(key: &str, value: Option<String>, default: &str) -> Result<u64, ManagerError> {
     let text = value.unwrap_or_else(|| default.to_string());
-    parse_size(&text).ok_or_else(|| {
-        bad(
-            key,
-            format!("{text:?} is not a size; write e.g. 1MiB, 512KiB, 1GiB"),
-        )
-    })
+    op_proto::units::parse_size(&text).map_err(|e| bad(key, e))
 }
 
 impl Config {
@@ -623,16 +594,6 @@ mod tests {
                 "file key {key} has no flag of the same name:\n{reference}"
             );
         }
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("1048576"), Some(1 << 20));
-        assert_eq!(parse_size("1MiB"), Some(1 << 20));
-        assert_eq!(parse_size("20 MB"), Some(20_000_000));
-        assert_eq!(parse_size("1gib"), Some(1 << 30));
-        assert_eq!(parse_size("1XB"), None);
-        assert_eq!(parse_size("MiB"), None);
     }
 
     #[test]

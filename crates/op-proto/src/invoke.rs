@@ -468,6 +468,16 @@ pub struct Progress {
     pub done: u32,
     pub running: u32,
     pub pending: u32,
+    /// Hostnames of the hosts still awaited (running first), at most [`Progress::AWAITING_MAX`];
+    /// `running + pending` says how many there are in all.
+    #[serde(default)]
+    pub awaiting: Vec<String>,
+}
+
+impl Progress {
+    /// How many awaited hosts a progress event names: enough to spot a stuck one, small enough
+    /// for a fleet-wide exec.
+    pub const AWAITING_MAX: usize = 20;
 }
 
 /// One line of a waiting invocation's NDJSON answer.
@@ -641,6 +651,7 @@ mod tests {
             done: 1,
             running: 2,
             pending: 3,
+            awaiting: vec!["web-01".into()],
         });
         let line = serde_json::to_string(&e).unwrap();
         assert!(line.starts_with(r#"{"event":"progress""#), "{line}");

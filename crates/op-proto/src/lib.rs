@@ -19,6 +19,7 @@ pub mod package;
 pub mod params;
 pub mod run;
 pub mod schedule;
+pub mod units;
 
 pub use api::{API_VERSION, API_VERSION_HEADER, ErrorBody};
 pub use hosts::{HostIdentity, HostPattern, HostSelector};

@@ -87,7 +87,7 @@ async fn jobs(
             recurring_job(ctx, j, &nodes, now, &mut report).await?;
         }
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(&mut out, &report)?;
     } else {

@@ -41,7 +41,7 @@ pub async fn run(ctx: &Ctx, what: ClusterCommand) -> anyhow::Result<Outcome> {
 }
 
 fn print(ctx: &Ctx, c: &ClusterStatus) -> anyhow::Result<Outcome> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(&mut out, c)?;
         return Ok(Outcome::Ok);

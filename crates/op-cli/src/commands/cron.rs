@@ -44,7 +44,7 @@ pub fn run(
     if next.is_empty() {
         bail!("cron expression {expr:?} never fires after {from}");
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if format == Format::Json {
         crate::output::write_json(
             &mut out,

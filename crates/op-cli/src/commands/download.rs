@@ -1,6 +1,6 @@
 //! `agentcli download NAME [VERSION] [--out FILE]`: one version's content, checked.
 //!
-//! The content goes to a temp file beside the destination and is renamed into place only after
+//! An existing file is never replaced without `--force`. The content goes to a temp file beside the destination and is renamed into place only after
 //! its size and sha256 match what the manager stored, so a failed or tampered download never
 //! leaves a file that looks complete. When the manager is at its download cap (429) the command
 //! waits as told, with jitter, instead of failing.
@@ -36,7 +36,16 @@ struct Downloaded<'a> {
 
 /// Picks `version`, or the current one, from every version of `name`.
 async fn pick(ctx: &Ctx, name: &str, version: Option<u64>) -> anyhow::Result<PackageVersion> {
-    let versions = ctx.call(ctx.client.package_versions(name)).await?;
+    let versions = match ctx.client.package_versions(name).await {
+        // The seed's `download VERSION` had no package argument.
+        Err(ClientError::Api { status: 404, .. }) if name.chars().all(|c| c.is_ascii_digit()) => {
+            bail!(
+                "no package named {name}; download takes the package first: agentcli download \
+                 NAME [VERSION], e.g. agentcli download test.py {name}"
+            )
+        }
+        other => other.map_err(|e| ctx.conn.explain(e))?,
+    };
     let found = match version {
         Some(v) => versions.iter().find(|p| p.version == v),
         None => versions.iter().find(|p| p.current),
@@ -59,9 +68,18 @@ pub async fn run(
     name: &str,
     version: Option<u64>,
     out: Option<&Path>,
+    force: bool,
 ) -> anyhow::Result<Outcome> {
     let v = pick(ctx, name, version).await?;
     let dest = out.map_or_else(|| PathBuf::from(&v.name), Path::to_path_buf);
+    // Checked before the transfer so nothing is fetched for nothing; the rename below would
+    // replace the file without a word.
+    if !force && std::fs::symlink_metadata(&dest).is_ok() {
+        bail!(
+            "{} already exists; pass --force to overwrite it, or --out FILE to write elsewhere",
+            dest.display()
+        );
+    }
     let dir = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -77,7 +95,7 @@ pub async fn run(
         return Err(e);
     }
     std::fs::rename(&tmp, &dest).with_context(|| format!("cannot write {}", dest.display()))?;
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(
             &mut stdout,

@@ -21,5 +21,5 @@ pub async fn run(
     req.timeout = timeout;
     req.run_as = run_as;
     let started = ctx.call(ctx.client.exec(&req)).await?;
-    fanout::follow(ctx, started).await
+    fanout::follow(ctx, started, args).await
 }

@@ -66,15 +66,24 @@ pub fn request(args: &FanoutArgs) -> anyhow::Result<InvokeRequest> {
 }
 
 /// Prints what the manager answered and says how it went: `Problem` when any host did not
-/// succeed (or, without waiting, was unreachable from the start).
-pub async fn follow(ctx: &Ctx, started: Started) -> anyhow::Result<Outcome> {
+/// succeed (or, without waiting, was unreachable from the start). `args` says whether the caller
+/// chose to wait or not; when the job chose (`SynFlag 0`), stderr says so.
+pub async fn follow(ctx: &Ctx, started: Started, args: &FanoutArgs) -> anyhow::Result<Outcome> {
     let mut stream = match started {
-        Started::Accepted(acc) => return accepted(ctx, &acc),
+        Started::Accepted(acc) => {
+            if !args.wait && !args.async_ {
+                eprintln!(
+                    "{} runs in the background (its SynFlag is 0); add --wait to see each host's answer",
+                    acc.job
+                );
+            }
+            return accepted(ctx, &acc);
+        }
         Started::Stream(s) => s,
     };
     let mut summary: Option<Summary> = None;
     while let Some(event) = ctx.call(stream.next()).await? {
-        let mut out = std::io::stdout().lock();
+        let mut out = crate::output::stdout();
         if ctx.format == Format::Json {
             serde_json::to_writer(&mut out, &event)?;
             writeln!(out)?;
@@ -102,7 +111,11 @@ pub async fn follow(ctx: &Ctx, started: Started) -> anyhow::Result<Outcome> {
                     out.flush()?;
                 }
             }
-            InvocationEvent::Progress(_) => {}
+            InvocationEvent::Progress(p) => {
+                if ctx.format != Format::Json {
+                    eprintln!("{}", progress_line(&p));
+                }
+            }
             InvocationEvent::Summary(s) => {
                 if ctx.format != Format::Json {
                     write_summary(&mut out, &s)?;
@@ -122,7 +135,7 @@ pub async fn follow(ctx: &Ctx, started: Started) -> anyhow::Result<Outcome> {
 }
 
 fn accepted(ctx: &Ctx, acc: &InvocationAccepted) -> anyhow::Result<Outcome> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         crate::output::write_json(&mut out, acc)?;
     } else {
@@ -147,6 +160,20 @@ fn accepted(ctx: &Ctx, acc: &InvocationAccepted) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Problem
     })
+}
+
+/// `still waiting for 2 host(s): web-03, web-07 (5 done)`: sent by the manager while nothing
+/// else happens, so a stopped host does not leave the operator staring at a silent terminal.
+fn progress_line(p: &op_proto::invoke::Progress) -> String {
+    let waiting = p.running + p.pending;
+    let mut names = p.awaiting.join(", ");
+    if (p.awaiting.len() as u32) < waiting {
+        names.push_str(&format!(" and {} more", waiting - p.awaiting.len() as u32));
+    }
+    format!(
+        "still waiting for {waiting} host(s): {names} ({} done)",
+        p.done
+    )
 }
 
 /// One host: a header line (host, IPs, status, exit code, duration, error), then its output

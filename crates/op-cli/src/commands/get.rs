@@ -25,7 +25,7 @@ async fn packages(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Outcome> {
         Some(n) => ctx.call(ctx.client.package_versions(n)).await?,
         None => ctx.call(ctx.client.list_packages()).await?,
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(&mut out, &list)?;
     } else {
@@ -78,22 +78,13 @@ pub fn sort_nodes(nodes: &mut [NodeInfo]) {
     });
 }
 
-/// One IP per line, as the seed printed them.
-pub fn ip_lines(node: &NodeInfo) -> String {
-    node.ips
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
     let mut nodes = match host {
         Some(key) => vec![ctx.call(ctx.client.get_node(key)).await?],
         None => ctx.call(ctx.client.list_nodes()).await?,
     };
     sort_nodes(&mut nodes);
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(&mut out, &nodes)?;
         return Ok(Outcome::Ok);
@@ -114,7 +105,9 @@ async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
     for n in &nodes {
         let mut row = vec![
             n.hostname.clone(),
-            ip_lines(n),
+            // One row per node, whatever its addresses: scripts written against the seed
+            // read hostnames with `awk 'NR>1{print $1}'`.
+            n.ip_string(),
             n.status.as_str().to_string(),
             n.agent_version.clone(),
             local_time(n.first_seen),
@@ -126,7 +119,7 @@ async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
                     .iter()
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect::<Vec<_>>()
-                    .join("\n"),
+                    .join(","),
             );
             row.push(
                 n.load
@@ -153,7 +146,7 @@ async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
                         ),
                     })
                     .collect::<Vec<_>>()
-                    .join("\n"),
+                    .join(", "),
             );
         }
         table.row(row);
@@ -173,7 +166,7 @@ fn enabled_word(b: bool) -> &'static str {
 async fn jobs(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let mut jobs = ctx.call(ctx.client.list_jobs()).await?;
     jobs.sort_by(|a, b| a.record.spec.name.cmp(&b.record.spec.name));
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(&mut out, &jobs)?;
         return Ok(Outcome::Ok);
@@ -222,12 +215,13 @@ async fn jobs(ctx: &Ctx) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+/// Host patterns on one line, so the table keeps one row per job.
 fn host_lines(hosts: &[op_proto::HostPattern]) -> String {
     hosts
         .iter()
         .map(|h| h.as_str())
         .collect::<Vec<_>>()
-        .join("\n")
+        .join(",")
 }
 
 #[derive(serde::Serialize)]
@@ -245,7 +239,7 @@ async fn job_detail(ctx: &Ctx, name: &str) -> anyhow::Result<Outcome> {
     } else {
         Vec::new()
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(
             &mut out,

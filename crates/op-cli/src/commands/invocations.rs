@@ -28,7 +28,7 @@ pub async fn run(ctx: &Ctx, what: InvocationsCommand) -> anyhow::Result<Outcome>
                     limit: Some(limit),
                 }))
                 .await?;
-            let mut out = std::io::stdout().lock();
+            let mut out = crate::output::stdout();
             if ctx.format == Format::Json {
                 write_json(&mut out, &list)?;
                 return Ok(Outcome::Ok);
@@ -65,7 +65,7 @@ fn parse(id: &str) -> anyhow::Result<Uuid> {
 }
 
 fn print_view(ctx: &Ctx, v: &InvocationView) -> anyhow::Result<Outcome> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(&mut out, v)?;
         return Ok(Outcome::Ok);

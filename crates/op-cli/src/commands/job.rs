@@ -9,7 +9,7 @@ use crate::output::write_json;
 
 pub async fn delete(ctx: &Ctx, name: &str) -> anyhow::Result<Outcome> {
     ctx.call(ctx.client.delete_job(name)).await?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(&mut out, &serde_json::json!({ "deleted": name }))?;
     } else {
@@ -24,7 +24,7 @@ pub async fn set_enabled(ctx: &Ctx, name: &str, enabled: bool) -> anyhow::Result
     } else {
         ctx.call(ctx.client.disable_job(name)).await?
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(&mut out, &job)?;
     } else {

@@ -10,7 +10,7 @@ use op_proto::api::RunQuery;
 use op_proto::{NodeInfo, RunRecord, RunStatus};
 use uuid::Uuid;
 
-use super::Ctx;
+use super::{Ctx, hosts};
 use crate::Outcome;
 use crate::cli::Format;
 use crate::output::{Table, local_time, write_json};
@@ -34,15 +34,38 @@ pub async fn run(
     full: bool,
 ) -> anyhow::Result<Outcome> {
     let (host, per_node) = host_and_limit(host, limit);
-    // A clear error for a job that does not exist, instead of an empty table.
-    ctx.call(ctx.client.get_job(job)).await?;
-    let query = RunQuery {
-        job: Some(job.to_string()),
-        host: host.clone(),
-        per_node: Some(per_node.max(1)),
-        ..RunQuery::default()
+    check_job(ctx, job).await?;
+    // The host argument is resolved to nodes here, so a loopback address finds the local agent
+    // and a typo is an error with suggestions rather than an empty table.
+    let (keys, unknown) = match &host {
+        None => (vec![None], None),
+        Some(h) => {
+            let nodes = ctx.call(ctx.client.list_nodes()).await?;
+            let found = hosts::matching(&nodes, h, hosts::this_hostname().as_deref());
+            if found.is_empty() {
+                // A node forgotten and pruned may still have runs under its old name.
+                (vec![Some(h.clone())], Some(hosts::no_match(&nodes, h)))
+            } else {
+                let ids = found.iter().map(|n| Some(n.node_id.to_string())).collect();
+                (ids, None)
+            }
+        }
     };
-    let mut runs = ctx.call(ctx.client.runs(&query)).await?;
+    let mut runs = Vec::new();
+    for key in keys {
+        let query = RunQuery {
+            job: Some(job.to_string()),
+            host: key,
+            per_node: Some(per_node.max(1)),
+            ..RunQuery::default()
+        };
+        runs.extend(ctx.call(ctx.client.runs(&query)).await?);
+    }
+    if let Some(err) = unknown
+        && runs.is_empty()
+    {
+        return Err(err);
+    }
     runs.sort_by(|a, b| {
         a.hostname
             .cmp(&b.hostname)
@@ -51,7 +74,7 @@ pub async fn run(
     if full {
         return print_full(ctx, &mut runs).await;
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     match ctx.format {
         Format::Json => write_json(&mut out, &runs)?,
         Format::Short => {
@@ -131,7 +154,7 @@ async fn print_full(ctx: &Ctx, runs: &mut [RunRecord]) -> anyhow::Result<Outcome
             }
         }
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(&mut out, &runs)?;
         return Ok(outcome);
@@ -143,7 +166,7 @@ async fn print_full(ctx: &Ctx, runs: &mut [RunRecord]) -> anyhow::Result<Outcome
             "==> {} on {} ({}) ended {ended}: {} <==",
             r.job,
             r.hostname,
-            ips(r).replace('\n', ", "),
+            ips(r),
             r.status.as_str()
         )?;
         // The tail (when the agent could not send the whole) carries a note; trailing newlines
@@ -184,18 +207,22 @@ const FOLLOW_MAX_FAILURES: u32 = 5;
 /// end, waiting for the next run to start when none is running.
 pub async fn follow(ctx: &Ctx, job: &str, host: Option<String>) -> anyhow::Result<Outcome> {
     let (host, _) = host_and_limit(host, None);
-    ctx.call(ctx.client.get_job(job)).await?;
+    check_job(ctx, job).await?;
+    let this_host = hosts::this_hostname();
     let mut waiting_said = false;
     let runs = loop {
         let nodes = ctx.call(ctx.client.list_nodes()).await?;
+        let named: Vec<&NodeInfo> = match &host {
+            Some(h) => hosts::matching(&nodes, h, this_host.as_deref()),
+            None => nodes.iter().collect(),
+        };
         if let Some(h) = &host
-            && !nodes.iter().any(|n| host_matches(n, h))
+            && named.is_empty()
         {
-            anyhow::bail!("no node is named {h} or has that IP (see `agentcli get nodes`)");
+            return Err(hosts::no_match(&nodes, h));
         }
-        let running: Vec<(Uuid, String)> = nodes
+        let running: Vec<(Uuid, String)> = named
             .iter()
-            .filter(|n| host.as_deref().is_none_or(|h| host_matches(n, h)))
             .flat_map(|n| {
                 n.running
                     .iter()
@@ -283,7 +310,7 @@ async fn stream_run(ctx: &Ctx, run_id: Uuid, prefix: Option<&str>) -> anyhow::Re
         };
         offset = piece.next_offset;
         {
-            let mut out = std::io::stdout().lock();
+            let mut out = crate::output::stdout();
             match prefix {
                 None => out.write_all(&piece.data)?,
                 Some(p) => {
@@ -328,17 +355,18 @@ async fn final_record(ctx: &Ctx, run_id: Uuid) -> Option<RunRecord> {
     }
 }
 
-/// True when `host` is the node's hostname or one of its IPs.
-fn host_matches(node: &NodeInfo, host: &str) -> bool {
-    node.hostname == host || node.ips.iter().any(|ip| ip.to_string() == host)
+/// A clear error for a job that does not exist, instead of an empty table. `adhoc` is not a
+/// saved job: it names the runs of `agentcli exec`.
+async fn check_job(ctx: &Ctx, job: &str) -> anyhow::Result<()> {
+    if job != op_proto::invoke::ADHOC_JOB {
+        ctx.call(ctx.client.get_job(job)).await?;
+    }
+    Ok(())
 }
 
+/// The run's host addresses on one line (the seed's HOSTIPS cell).
 fn ips(r: &RunRecord) -> String {
-    r.ips
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
+    op_proto::node::join_ips(&r.ips)
 }
 
 fn output_text(r: &RunRecord) -> String {

@@ -8,6 +8,7 @@ mod download;
 mod exec;
 mod fanout;
 mod get;
+mod hosts;
 mod invocations;
 mod job;
 mod logs;
@@ -22,6 +23,7 @@ mod validate;
 mod version;
 
 use std::future::Future;
+use std::io::Write;
 
 use op_client::{Client, ClientError};
 
@@ -67,7 +69,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         } => cron::run(&expr, count, tz.as_deref(), after.as_deref(), format),
         Command::Completion { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "agentcli", &mut std::io::stdout());
+            // clap_complete panics when its writer fails, so it writes to memory and a closed
+            // stdout is noticed here like in every other command.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "agentcli", &mut script);
+            std::io::Write::write_all(&mut crate::output::stdout(), &script)?;
             Ok(Outcome::Ok)
         }
         Command::Get(what) => {
@@ -95,10 +101,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             crate::connect::block_on(async {
                 let n = ctx.call(ctx.client.get_node(&node)).await?;
                 ctx.call(ctx.client.forget_node(n.node_id)).await?;
-                println!(
+                writeln!(
+                    crate::output::stdout(),
                     "node {} ({}) forgotten; its credential is revoked",
-                    n.hostname, n.node_id
-                );
+                    n.hostname,
+                    n.node_id
+                )?;
                 Ok(crate::Outcome::Ok)
             })
         }
@@ -145,11 +153,23 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             let ctx = ctx()?;
             crate::connect::block_on(upload::run(&ctx, &path, deploy_dir.as_deref()))
         }
-        Command::Download { name, version, out } => {
+        Command::Download {
+            name,
+            version,
+            out,
+            force,
+        } => {
             let ctx = ctx()?;
-            crate::connect::block_on(download::run(&ctx, &name, version, out.as_deref()))
+            crate::connect::block_on(download::run(&ctx, &name, version, out.as_deref(), force))
         }
         Command::Rollback { name, version } => {
+            // The seed's `rollback` took no argument; ours needs the package.
+            let name = name.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "rollback needs the package: agentcli rollback NAME [VERSION], e.g. \
+                     agentcli rollback test.py (see agentcli get packages)"
+                )
+            })?;
             let ctx = ctx()?;
             crate::connect::block_on(rollback::run(&ctx, &name, version))
         }
@@ -157,8 +177,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             let ctx = ctx()?;
             crate::connect::block_on(top::run(&ctx, once, interval))
         }
-        Command::Cluster(what) => {
+        Command::Cluster { command } => {
             let ctx = ctx()?;
+            let what = command.unwrap_or(crate::cli::ClusterCommand::Status);
             crate::connect::block_on(cluster::run(&ctx, what))
         }
         Command::Token(what) => {

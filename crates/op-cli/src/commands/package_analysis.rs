@@ -192,7 +192,7 @@ pub async fn run(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Outcome> {
     };
     let nodes = ctx.call(ctx.client.list_nodes()).await?;
     let report = analyze(&packages, &nodes, Utc::now());
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(&mut out, &report)?;
     } else {

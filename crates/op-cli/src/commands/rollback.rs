@@ -16,7 +16,7 @@ pub async fn run(ctx: &Ctx, name: &str, version: Option<u64>) -> anyhow::Result<
         .find(|v| v.current)
         .map(|v| v.version);
     let now = ctx.call(ctx.client.rollback_package(name, version)).await?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(&mut out, &now)?;
     } else {

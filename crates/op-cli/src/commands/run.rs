@@ -19,5 +19,5 @@ pub async fn run(
         }
     }
     let started = ctx.call(ctx.client.run_job(job, &req)).await?;
-    fanout::follow(ctx, started).await
+    fanout::follow(ctx, started, args).await
 }

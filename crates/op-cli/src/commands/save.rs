@@ -60,7 +60,7 @@ pub async fn run(ctx: &Ctx, files: &[std::path::PathBuf]) -> anyhow::Result<Outc
             Err(e) => return Err(ctx.conn.explain(e)),
         }
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(&mut out, &reports)?;
     } else {

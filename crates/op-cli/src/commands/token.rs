@@ -11,7 +11,7 @@ use crate::cli::{Format, TokenCommand};
 use crate::output::{Table, local_time, write_json};
 
 pub async fn run(ctx: &Ctx, what: TokenCommand) -> anyhow::Result<Outcome> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     match what {
         TokenCommand::Create {
             name,

@@ -14,7 +14,7 @@ use crate::Outcome;
 use crate::cli::Format;
 use crate::output::{Table, write_json};
 
-pub async fn run(ctx: &Ctx, once: bool, interval: u64) -> anyhow::Result<Outcome> {
+pub async fn run(ctx: &Ctx, once: bool, interval: Duration) -> anyhow::Result<Outcome> {
     loop {
         let mut nodes = ctx.call(ctx.client.list_nodes()).await?;
         sort_nodes(&mut nodes);
@@ -24,7 +24,7 @@ pub async fn run(ctx: &Ctx, once: bool, interval: u64) -> anyhow::Result<Outcome
         } else {
             render(&mut frame, &nodes, &ctx.conn.manager)?;
         }
-        let mut out = std::io::stdout().lock();
+        let mut out = crate::output::stdout();
         if !once {
             // Clear the screen and go home, like top(1).
             out.write_all(b"\x1b[2J\x1b[H")?;
@@ -36,7 +36,7 @@ pub async fn run(ctx: &Ctx, once: bool, interval: u64) -> anyhow::Result<Outcome
             return Ok(Outcome::Ok);
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(interval.max(1))) => {}
+            _ = tokio::time::sleep(interval.max(Duration::from_millis(200))) => {}
             _ = tokio::signal::ctrl_c() => return Ok(Outcome::Ok),
         }
     }

@@ -73,7 +73,7 @@ pub async fn run(ctx: &Ctx, path: &Path, deploy_dir: Option<&str>) -> anyhow::Re
         bar.finish_and_clear();
         result?
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if json {
         write_json(&mut out, &version)?;
     } else {

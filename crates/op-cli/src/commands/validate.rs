@@ -43,7 +43,7 @@ pub fn run(files: &[std::path::PathBuf], format: Format) -> anyhow::Result<Outco
         };
         reports.push(report);
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if format == Format::Json {
         crate::output::write_json(&mut out, &reports)?;
     } else {

@@ -10,7 +10,7 @@ use crate::output::write_json;
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let client = env!("CARGO_PKG_VERSION");
     let manager = ctx.call(ctx.client.version()).await?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(
             &mut out,

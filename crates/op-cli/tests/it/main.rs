@@ -4,6 +4,7 @@
 // Tests start real processes; the executor-only rule (clippy.toml) is for product code.
 #![allow(clippy::disallowed_methods)]
 
+mod edges;
 mod fleet;
 mod logs;
 mod offline;

@@ -207,3 +207,80 @@ fn broken_pipe_is_not_an_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs agentcli with a stdout whose reader is already gone: every write fails with EPIPE, as in
+/// `agentcli ... | head -1` once head has exited.
+pub fn with_closed_stdout(cmd: &mut std::process::Command) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    cmd.stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn completion_into_a_closed_pipe_ends_quietly() {
+    let out = with_closed_stdout(
+        std::process::Command::new(assert_cmd::cargo::cargo_bin!("agentcli"))
+            .args(["completion", "bash"]),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue 17 item 17: what the seed's own help printed works: `–o wide` (en dash), `-v`, and the
+/// name `agentCli` (the symlink the package installs).
+#[test]
+fn seed_spellings_en_dash_dash_v_and_the_agentcli_name() {
+    let out = agentcli()
+        .args(["cron", "@daily", "-n", "1", "\u{2013}o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+    agentcli()
+        .arg("-v")
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with("agentcli "));
+
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("agentCli");
+    std::os::unix::fs::symlink(assert_cmd::cargo::cargo_bin!("agentcli"), &link).unwrap();
+    Command::new(&link)
+        .arg("-v")
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with("agentcli "));
+    // Usage and errors name the one program, whatever it was called by.
+    Command::new(&link)
+        .arg("nope")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("Usage: agentcli"));
+}
+
+/// Issue 17 item 19: a token from the environment is not shown as a required flag, and a
+/// command's help lists its own flags apart from the global ones.
+#[test]
+fn usage_and_help_keep_global_flags_apart() {
+    agentcli()
+        .env("OP_TOKEN", "secret-ish")
+        .env("OP_MANAGER", "http://127.0.0.1:9")
+        .arg("run")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("Usage: agentcli run <JOB>\n"))
+        .stderr(predicate::str::contains("--token").not());
+    let out = agentcli().args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let global = help.find("Global options:").expect(&help);
+    let own = help.find("--param").unwrap();
+    let token = help.find("--token <TOKEN>").unwrap();
+    assert!(own < global && global < token, "{help}");
+}

@@ -152,15 +152,12 @@ pub struct SyncParams {
 fn wait_of(app: &App, raw: Option<&str>) -> Result<Duration, ApiError> {
     let wanted = match raw.map(str::trim) {
         None | Some("") => app.config.sync_wait,
-        Some(t) => match t.parse::<u64>() {
-            Ok(secs) => Duration::from_secs(secs),
-            Err(_) => humantime::parse_duration(t).map_err(|_| {
-                ApiError::bad(
-                    "invalid_query",
-                    format!("wait={t:?}: expected seconds, e.g. wait=30"),
-                )
-            })?,
-        },
+        Some(t) => op_proto::units::parse_duration(t).map_err(|_| {
+            ApiError::bad(
+                "invalid_query",
+                format!("wait={t:?}: expected seconds, e.g. wait=30"),
+            )
+        })?,
     };
     Ok(wanted
         .min(Duration::from_secs(MAX_SYNC_WAIT_SECS))

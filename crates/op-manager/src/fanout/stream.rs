@@ -156,11 +156,19 @@ async fn follow(
                 return;
             }
             let count = |st: HostStatus| targets.iter().filter(|t| t.status == st).count() as u32;
+            // Named, so a caller waiting on one stopped host can tell which.
+            let awaiting = [HostStatus::Running, HostStatus::Pending]
+                .iter()
+                .flat_map(|st| targets.iter().filter(move |t| t.status == *st))
+                .take(Progress::AWAITING_MAX)
+                .map(|t| t.hostname.clone())
+                .collect();
             let progress = Progress {
                 invocation_id: id,
                 done: emitted.len() as u32 + row.detail.unreachable.len() as u32,
                 running: count(HostStatus::Running),
                 pending: count(HostStatus::Pending),
+                awaiting,
             };
             if !send(&tx, &InvocationEvent::Progress(progress)).await {
                 return;

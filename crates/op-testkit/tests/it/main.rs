@@ -17,3 +17,4 @@ mod packages;
 mod packaging;
 mod support;
 mod tls;
+mod units;

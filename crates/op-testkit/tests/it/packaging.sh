@@ -17,6 +17,8 @@ getent passwd op-manager >/dev/null || fail "no op-manager user"
 [ "$(stat -c %G:%a /etc/op-agent/manager.toml)" = op-manager:640 ] || fail "manager.toml: $(stat -c %G:%a /etc/op-agent/manager.toml)"
 [ -d /var/lib/op-agent ] || fail "no /var/lib/op-agent"
 [ -d /data/op-agent/src ] || fail "no deploy dir"
+[ "$(readlink /usr/bin/agentCli)" = agentcli ] || fail "no agentCli symlink (the seed's name)"
+/usr/bin/agentCli -v | grep -q '^agentcli ' || fail "agentCli -v"
 
 step "units"
 systemd-analyze verify /lib/systemd/system/op-manager.service /lib/systemd/system/op-agent.service
@@ -62,7 +64,7 @@ serve "op-manager listening" runuser -u op-manager -- /usr/bin/op-manager \
 
 step "remove"
 dpkg -r op-agent op-manager agentcli
-[ ! -e /usr/bin/op-agent ] && [ ! -e /usr/bin/op-manager ] && [ ! -e /usr/bin/agentcli ] || fail "binaries left"
+[ ! -e /usr/bin/op-agent ] && [ ! -e /usr/bin/op-manager ] && [ ! -e /usr/bin/agentcli ] && [ ! -L /usr/bin/agentCli ] || fail "binaries left"
 [ ! -e /lib/systemd/system/op-agent.service ] || fail "unit left"
 [ -f /etc/op-agent/agent.toml ] || fail "remove must keep the config"
 [ -f /var/lib/op-manager/state.db ] || fail "remove must keep the state"
