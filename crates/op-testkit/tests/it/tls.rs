@@ -439,3 +439,50 @@ async fn refusals_reach_http2_clients_as_their_status_and_body() {
     // The connection stays usable for the next request.
     assert!(m.client().list_jobs().await.unwrap().is_empty());
 }
+
+/// docs/security.md's agent example: `certs init --agents web-01` makes the certificate the agent
+/// on web-01 presents to the managers AND serves its own API with; a client that trusts only the
+/// CA reaches `https://web-01:PORT` (issue 17, item 11: the docs named an `agent-api.pem` that
+/// certs init never made, and agent-NAME.pem was a client-only certificate without a host name).
+#[tokio::test]
+async fn an_agents_certificate_serves_its_own_api_as_the_docs_show() {
+    let certs = tempfile::tempdir().unwrap();
+    certs_init(certs.path(), "web-01");
+    let m = tls_manager(certs.path(), true);
+    let agent = Agent::start(
+        AgentOptions::new("web-01", "127.0.0.2")
+            .manager(&m)
+            .arg("--ca")
+            .arg(&p(certs.path(), "ca.pem"))
+            .arg("--client-cert")
+            .arg(&p(certs.path(), "agent-web-01.pem"))
+            .arg("--client-key")
+            .arg(&p(certs.path(), "agent-web-01.key"))
+            .arg("--tls-cert")
+            .arg(&p(certs.path(), "agent-web-01.pem"))
+            .arg("--tls-key")
+            .arg(&p(certs.path(), "agent-web-01.key")),
+    );
+    let c = m.client();
+    wait_until(LONG, "the agent Ready over mutual TLS", || async {
+        c.get_node("web-01")
+            .await
+            .is_ok_and(|n| n.status == NodeStatus::Ready)
+    })
+    .await;
+    let addr: std::net::SocketAddr = agent.addr.parse().unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.path().join("ca.pem")).unwrap())
+        .unwrap();
+    let https = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .resolve("web-01", addr)
+        .build()
+        .unwrap();
+    let resp = https
+        .get(format!("https://web-01:{}/v1/status", addr.port()))
+        .basic_auth(AGENT_USER, Some(AGENT_PASSWORD))
+        .send()
+        .await
+        .expect("the agent's API is served with a certificate valid for web-01");
+    assert_eq!(resp.status(), 200);
+}
