@@ -14,5 +14,6 @@ mod logs;
 mod metrics;
 mod packages;
 mod packaging;
+mod private_files;
 mod support;
 mod tls;
