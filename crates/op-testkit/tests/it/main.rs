@@ -15,5 +15,6 @@ mod metrics;
 mod packages;
 mod packaging;
 mod private_files;
+mod quickstart;
 mod support;
 mod tls;
