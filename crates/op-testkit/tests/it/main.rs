@@ -8,6 +8,7 @@ mod browser;
 mod cluster;
 mod config_docs;
 mod console;
+mod docs_commands;
 mod fanout;
 mod fleet;
 mod logs;
