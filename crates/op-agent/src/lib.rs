@@ -61,7 +61,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    std::fs::create_dir_all(&config.log_dir)
+    state::private_dir(&config.log_dir)
         .map_err(|e| AgentError::io("creating log dir", &config.log_dir, e))?;
     let state = StateStore::open(
         &config.state_dir,

@@ -14,7 +14,7 @@ use op_proto::agent::{
 };
 use op_proto::api::{
     AddMemberRequest, AuditEntry, ClusterStatus, CreateTokenRequest, CreatedToken, JobView,
-    OnceTarget, RunQuery, SaveJobResponse, TokenInfo, TransferLeaderRequest, VersionInfo,
+    OnceTarget, RunQuery, SaveJobResponse, TokenInfo, TransferLeaderRequest, VersionInfo, code,
 };
 use op_proto::invoke::{
     InvocationAccepted, InvocationBrief, InvocationEvent, InvocationQuery, InvocationView,
@@ -889,14 +889,14 @@ fn path_segment(s: &str) -> String {
 
 fn status_code(status: StatusCode) -> &'static str {
     match status.as_u16() {
-        400 => "bad_request",
-        401 => "unauthorized",
-        403 => "forbidden",
-        404 => "not_found",
-        409 => "conflict",
-        413 => "payload_too_large",
-        429 => "too_many_requests",
-        503 => "unavailable",
+        400 => code::BAD_REQUEST,
+        401 => code::UNAUTHORIZED,
+        403 => code::FORBIDDEN,
+        404 => code::NOT_FOUND,
+        409 => code::CONFLICT,
+        413 => code::PAYLOAD_TOO_LARGE,
+        429 => code::TOO_MANY_REQUESTS,
+        503 => code::UNAVAILABLE,
         _ => "http_error",
     }
 }

@@ -83,7 +83,9 @@ Example:
   op-manager certs init --dir /etc/op-agent/tls --hosts mgr-1,mgr-2,10.0.0.5 --agents web-1,web-2 --clients ops
 
 Writes ca.pem/ca.key, server.pem/server.key (valid for --hosts, localhost and 127.0.0.1),
-agent-NAME.pem/.key and client-NAME.pem/.key. Keys are mode 0600; nothing is overwritten.
+agent-NAME.pem/.key (valid for the host NAME: the agent's client certificate towards the
+managers and the server certificate of its own API, op-agent --tls-cert) and
+client-NAME.pem/.key. Keys are mode 0600; nothing is overwritten.
 Keep ca.key offline: whoever holds it can mint certificates your fleet trusts.")]
     Init {
         #[arg(long)]
@@ -91,7 +93,8 @@ Keep ca.key offline: whoever holds it can mint certificates your fleet trusts.")
         /// Names and IPs of the managers, comma-separated.
         #[arg(long, value_delimiter = ',')]
         hosts: Vec<String>,
-        /// One client certificate per agent name, comma-separated.
+        /// One certificate per agent host name or IP, comma-separated: its client certificate
+        /// and the server certificate of its own API.
         #[arg(long, value_delimiter = ',')]
         agents: Vec<String>,
         /// One client certificate per operator name, comma-separated.

@@ -183,6 +183,13 @@ pub async fn start(
 ) -> Result<Running, ManagerError> {
     let dir = config.data_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+    // The data dir is the owner's only (main.rs sets the umask for what is created inside); a
+    // directory made by an older release, or by hand, is tightened here.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io_err(&dir, e))?;
+    }
     let lock_path = dir.join("manager.lock");
     let lock_file = std::fs::OpenOptions::new()
         .create(true)

@@ -35,6 +35,15 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// Everything op-manager writes under its data dir (state.db, raft.db and their WAL files,
+/// snapshots, package blobs, the identity and token files) and every backup it writes is its
+/// owner's only (docs/security.md): directories 0700, files 0600. One rule at the root rather
+/// than a mode at each of the many places SQLite and the blob store create files. `certs init`
+/// keeps its explicit modes (certificates 0644, keys 0600) and runs without it.
+fn private_files() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
@@ -93,6 +102,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if !matches!(cli.command, Some(CliCommand::Certs(_))) {
+        private_files();
+    }
     let result = match cli.command {
         Some(CliCommand::Certs(args)) => op_manager::cli::certs_command(args),
         Some(CliCommand::Token(args)) => {

@@ -29,6 +29,34 @@ pub struct ErrorBody {
     pub details: Vec<String>,
 }
 
+/// The `code` of an [`ErrorBody`]: one vocabulary for the manager's and the agent's APIs, so a
+/// client (or a script) reads the same word for the same refusal from either daemon. Routes may
+/// add finer codes of their own (`invalid_job`, `malformed_json`, ...); these are the shared ones.
+pub mod code {
+    /// 400: the request itself is wrong.
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// 401: no credential, or one that is not valid.
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// 403: a valid credential that may not do this.
+    pub const FORBIDDEN: &str = "forbidden";
+    /// 404.
+    pub const NOT_FOUND: &str = "not_found";
+    /// 405.
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+    /// 408: the request body stopped arriving.
+    pub const BODY_TIMEOUT: &str = "body_timeout";
+    /// 409: the state does not allow it now.
+    pub const CONFLICT: &str = "conflict";
+    /// 413.
+    pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    /// 429.
+    pub const TOO_MANY_REQUESTS: &str = "too_many_requests";
+    /// 500.
+    pub const INTERNAL: &str = "internal";
+    /// 503.
+    pub const UNAVAILABLE: &str = "unavailable";
+}
+
 impl ErrorBody {
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> ErrorBody {
         ErrorBody {

@@ -1,6 +1,7 @@
 //! A development CA in one command (`op-manager certs init`): a CA, a server certificate for
-//! the managers (also their client certificate on the raft links), and client certificates for
-//! agents and operators. For production, use your own PKI; the files have the same shape.
+//! the managers (also their client certificate on the raft links), a certificate per agent (its
+//! client certificate towards the managers and the server certificate of its own API), and client
+//! certificates for operators. For production, use your own PKI; the files have the same shape.
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +18,8 @@ pub struct InitRequest {
     /// Names and IPs the server certificate is valid for (`localhost` and `127.0.0.1` are
     /// always added).
     pub hosts: Vec<String>,
-    /// One client certificate per name (`agent-NAME.pem`); an agent presents its own.
+    /// One certificate per agent host name or IP (`agent-NAME.pem`): the agent presents it to
+    /// the managers and serves its own API with it.
     pub agents: Vec<String>,
     /// Operator client certificates (`client-NAME.pem`), for agentcli against an mTLS manager.
     pub clients: Vec<String>,
@@ -137,10 +139,23 @@ pub fn init(dir: &Path, req: &InitRequest) -> Result<Vec<PathBuf>, TlsError> {
 
     for (prefix, names) in [("agent", &req.agents), ("client", &req.clients)] {
         for name in names {
-            let mut p = CertificateParams::new(Vec::<String>::new()).map_err(cfg)?;
+            // An agent's certificate is also the server certificate of its own API (`op-agent
+            // --tls-cert`), so it names the host: agents are listed by the name (or IP) their
+            // API is reached at. An operator's is a client certificate only.
+            let mut p = if prefix == "agent" {
+                let mut p = CertificateParams::new(vec![name.clone()]).map_err(cfg)?;
+                p.extended_key_usages = vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ];
+                p
+            } else {
+                let mut p = CertificateParams::new(Vec::<String>::new()).map_err(cfg)?;
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+                p
+            };
             p.distinguished_name
                 .push(DnType::CommonName, format!("{prefix}:{name}"));
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             validity(&mut p, req.days);
             let key = KeyPair::generate().map_err(cfg)?;
             let cert = p.signed_by(&key, &issuer).map_err(cfg)?;

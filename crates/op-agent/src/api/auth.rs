@@ -6,7 +6,7 @@
 //! timing. A missing or wrong credential gets 401 with `WWW-Authenticate`.
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -78,7 +78,7 @@ pub async fn require(State(state): State<AppState>, req: Request, next: Next) ->
     if creds.check(req.headers().get(header::AUTHORIZATION)) {
         return next.run(req).await;
     }
-    let err = ApiError::BadRequest(
+    let err = ApiError::Unauthorized(
         "missing or invalid credential: use basic auth (-u USER:PASS) or Authorization: Bearer TOKEN".into(),
     );
     // The seed's endpoint answers in the seed's envelope, everything else in ErrorBody.
@@ -87,7 +87,6 @@ pub async fn require(State(state): State<AppState>, req: Request, next: Next) ->
     } else {
         err.into_response()
     };
-    *resp.status_mut() = StatusCode::UNAUTHORIZED;
     resp.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static(creds.challenge()),

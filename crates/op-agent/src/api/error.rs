@@ -7,13 +7,15 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use op_proto::ErrorBody;
-use op_proto::api::SeedEnvelope;
+use op_proto::api::{SeedEnvelope, code};
 
 use crate::invoke::InvokeError;
 
 /// An API failure, independent of the response format.
 #[derive(Debug)]
 pub enum ApiError {
+    /// No credential, or a wrong one.
+    Unauthorized(String),
     BadRequest(String),
     NotFound(String),
     Conflict(String),
@@ -24,11 +26,12 @@ pub enum ApiError {
 impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &str) {
         match self {
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
-            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
-            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
-            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
-            ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, code::UNAUTHORIZED, m),
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, code::BAD_REQUEST, m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, code::NOT_FOUND, m),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, code::CONFLICT, m),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE, m),
+            ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, code::INTERNAL, m),
         }
     }
 

@@ -63,9 +63,9 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
     let log_path = logs::run_log_path(&s.log_dir, &spec.name, record.run_id);
     let file = log_path
         .parent()
-        .map(std::fs::create_dir_all)
+        .map(crate::state::private_dir)
         .transpose()
-        .and_then(|_| std::fs::File::create(&log_path));
+        .and_then(|_| crate::state::create_private_file(&log_path));
     let file = match file {
         Ok(f) => Some(f),
         Err(e) => {

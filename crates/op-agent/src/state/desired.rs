@@ -55,8 +55,9 @@ pub fn load(dir: &Path) -> Result<Option<CachedJobs>, AgentError> {
 }
 
 /// Replaces `path` with `bytes` so that readers and crashes see the old or the new content only.
+/// The file is its owner's only, like everything in the state dir.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
-    write_atomic_mode(path, bytes, 0o644)
+    write_atomic_mode(path, bytes, 0o600)
 }
 
 /// [`write_atomic`] with the file created with `mode` (before any byte is written).

@@ -7,6 +7,11 @@
 //! - `desired.json`: the last desired job set, replaced atomically ([`desired`]).
 //! - `api-token`: the generated bearer token when no credential is configured ([`token`]).
 //!
+//! The state dir and the log dir are the agent owner's only: directories 0700, files 0600
+//! ([`private_dir`], [`create_private_file`]), because run records and outputs may carry
+//! secrets. The agent does not set a process umask for this: its jobs inherit the umask, and
+//! packages keep the modes their archives give them.
+//!
 //! Why SQLite and not hand-written files: the crash promises ("a once-job never runs twice", "a
 //! finished run is never lost", "in-flight runs are reported `lost`") each need several facts to
 //! change together — the ledger row and the in-flight run row before a start, the final record,
@@ -26,6 +31,7 @@ mod runs;
 pub mod token;
 
 use std::collections::HashSet;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -105,6 +111,31 @@ pub struct StateStore {
     outbox_budget: u64,
 }
 
+fn private(mode: u32) -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::Permissions::from_mode(mode)
+}
+
+/// Creates `dir` (and missing parents) with mode 0700, and tightens it to 0700 if it exists.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, private(0o700))
+}
+
+/// Creates (or truncates) `path` with mode 0600.
+pub fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 impl StateStore {
     /// Opens (creating if needed) the database in `dir` and applies pending migrations. Refuses
     /// a dir whose database was lost while the node's credential remains ([`identity::check`]).
@@ -113,9 +144,28 @@ impl StateStore {
         history_keep_runs: usize,
         outbox_budget: u64,
     ) -> Result<Self, AgentError> {
-        std::fs::create_dir_all(dir).map_err(|e| AgentError::io("creating state dir", dir, e))?;
+        private_dir(dir).map_err(|e| AgentError::io("creating state dir", dir, e))?;
         identity::check(dir)?;
         let path = dir.join(DB_FILE);
+        // SQLite creates a database 0644, and its -wal and -shm files with the database's mode:
+        // a database made (or, from an older agent, tightened) 0600 first keeps all three private.
+        let private_db = || -> std::io::Result<()> {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)?;
+            for suffix in ["", "-wal", "-shm"] {
+                let file = dir.join(format!("{DB_FILE}{suffix}"));
+                match std::fs::set_permissions(&file, private(0o600)) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    other => other?,
+                }
+            }
+            Ok(())
+        };
+        private_db().map_err(|e| AgentError::io("making private", &path, e))?;
         let err = |source| AgentError::State {
             path: path.clone(),
             source,

@@ -148,6 +148,11 @@ async fn credentials_errors_and_refusals() {
             .unwrap()
             .contains("Basic")
     );
+    // The manager's word for it, from the shared vocabulary (it was "bad_request").
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        op_proto::api::code::UNAUTHORIZED
+    );
     let r = http
         .get(agent.url("/v1/status"))
         .basic_auth(USER, Some("wrong"))
@@ -171,6 +176,7 @@ async fn credentials_errors_and_refusals() {
     assert_eq!(r.status(), 200);
     let r = http.get(agent.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "unauthorized");
     let r = http
         .post(agent.url("/api/opAgent"))
         .body("{}")

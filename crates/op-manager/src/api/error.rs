@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use op_proto::api::Scope;
+use op_proto::api::{Scope, code};
 use op_proto::{API_VERSION, ErrorBody};
 use op_store::{Rejection, StoreError};
 use uuid::Uuid;
@@ -80,27 +80,29 @@ impl ApiError {
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, code::UNAUTHORIZED),
             ApiError::Forbidden { .. } | ApiError::Denied(_) => {
-                (StatusCode::FORBIDDEN, "forbidden")
+                (StatusCode::FORBIDDEN, code::FORBIDDEN)
             }
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, code::NOT_FOUND),
             ApiError::UnknownNode(_) => (StatusCode::NOT_FOUND, "unknown_node"),
             ApiError::InvalidJob { .. } => (StatusCode::BAD_REQUEST, "invalid_job"),
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::PayloadTooLarge { .. } => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+                (StatusCode::PAYLOAD_TOO_LARGE, code::PAYLOAD_TOO_LARGE)
             }
-            ApiError::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            ApiError::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, code::BODY_TIMEOUT),
             ApiError::ApiVersion { .. } => (StatusCode::BAD_REQUEST, "api_version_mismatch"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, code::CONFLICT),
+            ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, code::METHOD_NOT_ALLOWED)
+            }
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE),
             ApiError::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
             ApiError::NoLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
             ApiError::Removed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "removed"),
             ApiError::TooManyRequests { .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
+                (StatusCode::TOO_MANY_REQUESTS, code::TOO_MANY_REQUESTS)
             }
             ApiError::AuthBlocked { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "too_many_auth_failures")
@@ -108,7 +110,7 @@ impl ApiError {
             ApiError::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
             }
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, code::INTERNAL),
         }
     }
 }

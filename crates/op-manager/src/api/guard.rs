@@ -14,6 +14,7 @@ use op_proto::api::Scope;
 use op_proto::{API_VERSION, API_VERSION_HEADER};
 
 use super::error::ApiError;
+use super::extract::UnreadBody;
 use crate::app::App;
 
 /// What a route demands of the caller.
@@ -109,10 +110,14 @@ pub async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let started = std::time::Instant::now();
+    let (req, unread) = UnreadBody::track(req);
     let resp = match admit(&app, req).await {
         Ok(req) => next.run(req).await,
         Err(e) => e.into_response(),
     };
+    // A refusal (here or in a handler) may leave the body unread: finish it so that an HTTP/2
+    // client reads the answer rather than a reset stream.
+    unread.drain(app.config.header_read_timeout).await;
     app.metrics
         .http_request(&route, started.elapsed().as_secs_f64());
     app.metrics.http_response(resp.status().as_u16());

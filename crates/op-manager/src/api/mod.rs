@@ -9,7 +9,7 @@ mod audit;
 mod cluster;
 mod consistency;
 pub(crate) mod error;
-mod extract;
+pub(crate) mod extract;
 mod guard;
 mod invoke;
 mod jobs;

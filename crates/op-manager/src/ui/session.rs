@@ -37,6 +37,7 @@ use subtle::ConstantTimeEq;
 
 use super::Ui;
 use super::html::{self, Section, attr, esc};
+use crate::api::extract::UnreadBody;
 use crate::auth::Caller;
 
 /// The session cookie's name.
@@ -386,7 +387,17 @@ fn refuse(
 /// Every console route but the login page and the static assets passes here: it finds the
 /// session (or sends the browser to the login page), and for every other method than GET/HEAD
 /// checks the scope and the CSRF token before the handler sees the request.
-pub async fn guard(State(ui): State<Arc<Ui>>, mut req: Request, next: Next) -> Response {
+pub async fn guard(State(ui): State<Arc<Ui>>, req: Request, next: Next) -> Response {
+    // As in the API's guard: a refusal may leave the body unread; finish it so that an HTTP/2
+    // client reads the answer rather than a reset stream.
+    let (req, unread) = UnreadBody::track(req);
+    let idle = ui.app.config.header_read_timeout;
+    let resp = check(ui, req, next).await;
+    unread.drain(idle).await;
+    resp
+}
+
+async fn check(ui: Arc<Ui>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     if path == "/ui/login" || path.starts_with("/ui/static/") {
         return next.run(req).await;

@@ -12,7 +12,7 @@ for f in /usr/bin/op-manager /usr/bin/op-agent /usr/bin/agentcli \
   [ -e "$f" ] || fail "$f is missing after install"
 done
 getent passwd op-manager >/dev/null || fail "no op-manager user"
-[ "$(stat -c %U:%a /var/lib/op-manager)" = op-manager:750 ] || fail "/var/lib/op-manager: $(stat -c %U:%a /var/lib/op-manager)"
+[ "$(stat -c %U:%a /var/lib/op-manager)" = op-manager:700 ] || fail "/var/lib/op-manager: $(stat -c %U:%a /var/lib/op-manager)"
 [ "$(stat -c %a /etc/op-agent/agent.toml)" = 600 ] || fail "agent.toml must be 0600"
 [ "$(stat -c %G:%a /etc/op-agent/manager.toml)" = op-manager:640 ] || fail "manager.toml: $(stat -c %G:%a /etc/op-agent/manager.toml)"
 [ -d /var/lib/op-agent ] || fail "no /var/lib/op-agent"
@@ -44,6 +44,7 @@ step "the daemons start on the shipped configs"
 serve "op-manager listening" runuser -u op-manager -- /usr/bin/op-manager \
   --config /etc/op-agent/manager.toml --listen 127.0.0.1:0 --raft-listen 127.0.0.1:0
 [ -f /var/lib/op-manager/state.db ] || fail "the manager wrote no state"
+[ "$(stat -c %a /var/lib/op-manager/state.db)" = 600 ] || fail "state.db is $(stat -c %a /var/lib/op-manager/state.db), not 600"
 [ "$(stat -c %U /var/lib/op-manager/admin.token)" = op-manager ] || fail "token owner"
 serve "listening on" /usr/bin/op-agent --config /etc/op-agent/agent.toml --listen 127.0.0.1:0
 [ -f /var/lib/op-agent/agent.db ] || fail "the agent wrote no state"

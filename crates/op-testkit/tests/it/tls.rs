@@ -362,3 +362,129 @@ async fn a_cluster_over_mutual_tls_forms_and_refuses_strangers_on_the_raft_port(
         .unwrap_err();
     assert!(err.status().is_none(), "{err}");
 }
+
+/// Over HTTP/2 (what curl speaks with TLS), a request refused before its body was read gets its
+/// status and JSON answer, not a reset stream: curl 7.88 reported "(92) Stream error in the
+/// HTTP/2 framing layer" for a viewer's `PUT` of a 2 MB job (issue 17, item 2).
+#[tokio::test]
+async fn refusals_reach_http2_clients_as_their_status_and_body() {
+    let certs = tempfile::tempdir().unwrap();
+    certs_init(certs.path(), "node-1");
+    let m = tls_manager(certs.path(), false);
+    let viewer = m
+        .client()
+        .create_token(&op_proto::api::CreateTokenRequest {
+            name: "look".into(),
+            scope: op_proto::api::Scope::Viewer,
+            expires_in_secs: None,
+        })
+        .await
+        .unwrap()
+        .secret;
+    // Larger than the stream window a client may send before the server reads (64 KiB, then
+    // 1 MiB) and than the manager's JSON body limit.
+    let body = certs.path().join("body");
+    std::fs::write(&body, vec![b'a'; 2_000_000]).unwrap();
+    let curl = |method: &str, path: &str, token: Option<&str>| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--http2", "--cacert"])
+            .arg(certs.path().join("ca.pem"))
+            .args(["-X", method, "--data-binary"])
+            .arg(format!("@{}", body.display()))
+            .args(["-w", "\n%{http_code} %{http_version}"])
+            .arg(format!("{}{path}", m.api_url));
+        if let Some(t) = token {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        let out = cmd
+            .output()
+            .expect("curl is installed (.ci/run installs it)");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "curl {method} {path}: {}{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (answer, status) = stdout.rsplit_once('\n').unwrap();
+        (status.to_string(), answer.to_string())
+    };
+    for (method, path, token, status, code) in [
+        (
+            "PUT",
+            "/v1/jobs/x",
+            Some(viewer.as_str()),
+            "403",
+            "forbidden",
+        ),
+        (
+            "PUT",
+            "/v1/jobs/x",
+            Some(m.agent_token.as_str()),
+            "403",
+            "forbidden",
+        ),
+        ("PUT", "/v1/packages/x", None, "401", "unauthorized"),
+        // Refused by the body limit, past the guard.
+        (
+            "PUT",
+            "/v1/jobs/x",
+            Some(m.admin_token.as_str()),
+            "413",
+            "payload_too_large",
+        ),
+    ] {
+        let (got, answer) = curl(method, path, token);
+        assert_eq!(got, format!("{status} 2"), "{method} {path}: {answer}");
+        let body: op_proto::ErrorBody = serde_json::from_str(&answer).unwrap();
+        assert_eq!(body.code, code, "{answer}");
+    }
+    // The connection stays usable for the next request.
+    assert!(m.client().list_jobs().await.unwrap().is_empty());
+}
+
+/// docs/security.md's agent example: `certs init --agents web-01` makes the certificate the agent
+/// on web-01 presents to the managers AND serves its own API with; a client that trusts only the
+/// CA reaches `https://web-01:PORT` (issue 17, item 11: the docs named an `agent-api.pem` that
+/// certs init never made, and agent-NAME.pem was a client-only certificate without a host name).
+#[tokio::test]
+async fn an_agents_certificate_serves_its_own_api_as_the_docs_show() {
+    let certs = tempfile::tempdir().unwrap();
+    certs_init(certs.path(), "web-01");
+    let m = tls_manager(certs.path(), true);
+    let agent = Agent::start(
+        AgentOptions::new("web-01", "127.0.0.2")
+            .manager(&m)
+            .arg("--ca")
+            .arg(&p(certs.path(), "ca.pem"))
+            .arg("--client-cert")
+            .arg(&p(certs.path(), "agent-web-01.pem"))
+            .arg("--client-key")
+            .arg(&p(certs.path(), "agent-web-01.key"))
+            .arg("--tls-cert")
+            .arg(&p(certs.path(), "agent-web-01.pem"))
+            .arg("--tls-key")
+            .arg(&p(certs.path(), "agent-web-01.key")),
+    );
+    let c = m.client();
+    wait_until(LONG, "the agent Ready over mutual TLS", || async {
+        c.get_node("web-01")
+            .await
+            .is_ok_and(|n| n.status == NodeStatus::Ready)
+    })
+    .await;
+    let addr: std::net::SocketAddr = agent.addr.parse().unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.path().join("ca.pem")).unwrap())
+        .unwrap();
+    let https = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .resolve("web-01", addr)
+        .build()
+        .unwrap();
+    let resp = https
+        .get(format!("https://web-01:{}/v1/status", addr.port()))
+        .basic_auth(AGENT_USER, Some(AGENT_PASSWORD))
+        .send()
+        .await
+        .expect("the agent's API is served with a certificate valid for web-01");
+    assert_eq!(resp.status(), 200);
+}
