@@ -5,10 +5,12 @@
 //! Reads go straight to this member's replicated store (so every cluster member serves the
 //! console); writes go through the `/v1` API as the signed-in user ([`writes`]). Sessions, CSRF
 //! and the viewer's read-only console are in [`session`]; escaping and the page frame in
-//! [`html`]. This module holds only the route table.
+//! [`html`]; the charts, drawn on the server as SVG, in [`chart`]. This module holds only the
+//! route table.
 
 mod assets;
 mod audit;
+mod chart;
 mod cluster;
 mod html;
 mod invocations;

@@ -1,5 +1,6 @@
 //! The overview: the fleet at a glance. Nodes Ready / NotReady, jobs and failing jobs, runs in
-//! progress, hosts behind on packages, and who leads the cluster. It refreshes itself every few
+//! progress, hosts behind on packages, who leads the cluster, and a timeline of the runs and
+//! failures of the last six hours. It refreshes itself every few
 //! seconds (`data-refresh`), so a page left open on a wall screen stays true.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,9 +11,11 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use chrono::{DateTime, Utc};
 use op_proto::{NodeInfo, NodeStatus, RunStatus};
 
 use super::Ui;
+use super::chart;
 use super::html::{self, Section, esc, tile};
 use super::session::SessionView;
 
@@ -76,22 +79,37 @@ pub fn count(
     c
 }
 
+/// The timeline's slices: 24 of 15 minutes, the last six hours.
+const SLICE_SECS: i64 = 15 * 60;
+const SLICES: u32 = 24;
+
+/// Where the timeline starts: slices are aligned to the clock, so the bars stay put as the page
+/// refreshes and the newest slice is the one now fills.
+pub fn timeline_start(now: DateTime<Utc>) -> DateTime<Utc> {
+    let t = now.timestamp();
+    let current = t - t.rem_euclid(SLICE_SECS);
+    DateTime::from_timestamp(current - SLICE_SECS * (i64::from(SLICES) - 1), 0).unwrap_or(now)
+}
+
 pub async fn page(State(ui): State<Arc<Ui>>, Extension(s): Extension<SessionView>) -> Response {
+    let now = Utc::now();
+    let start = timeline_start(now);
     let read = ui
         .app
-        .read(|st| {
+        .read(move |st| {
             Ok((
                 st.nodes()?,
                 st.jobs()?,
                 st.last_results(&[])?,
                 st.packages()?,
+                st.run_timeline(start, chrono::Duration::seconds(SLICE_SECS), SLICES)?,
             ))
         })
         .await;
-    let c = match read {
-        Ok((mut nodes, jobs, last, packages)) => {
+    let (c, timeline) = match read {
+        Ok((mut nodes, jobs, last, packages, timeline)) => {
             ui.app.beats.overlay(&mut nodes);
-            count(&nodes, &jobs, &last, &packages)
+            (count(&nodes, &jobs, &last, &packages), timeline)
         }
         Err(e) => return html::server_error(&s, e),
     };
@@ -156,6 +174,11 @@ pub async fn page(State(ui): State<Arc<Ui>>, Extension(s): Extension<SessionView
         body,
         "<p class=\"muted\">{} jobs disabled · {} nodes Left · {} packages · raft term {term}</p>",
         c.disabled, c.left, c.packages
+    );
+    let _ = write!(
+        body,
+        "<section class=\"card\"><h2>Runs and failures, last 6 hours</h2>{}</section>",
+        chart::timeline("fleet-runs", &timeline, SLICE_SECS, now)
     );
     body.push_str("<div class=\"cols\"><section class=\"card\"><h2>Failing jobs</h2>");
     if c.failing.is_empty() {
@@ -249,6 +272,16 @@ mod tests {
             updated_at: t,
             updated_by: "admin".into(),
         }
+    }
+
+    #[test]
+    fn timeline_slices_follow_the_clock() {
+        let now = DateTime::from_timestamp(1_800_000_000 + 7 * 60, 0).unwrap();
+        let start = timeline_start(now);
+        assert_eq!(start.timestamp() % SLICE_SECS, 0);
+        // The newest slice holds now; the 24 slices end at its end.
+        let end = start.timestamp() + SLICE_SECS * i64::from(SLICES);
+        assert!(end > now.timestamp() && end - now.timestamp() <= SLICE_SECS);
     }
 
     #[test]
