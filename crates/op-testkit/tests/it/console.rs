@@ -660,7 +660,7 @@ async fn audit_rows_stay_on_one_line_and_show_the_whole_command() {
     let rows = b
         .exec(
             "const done = arguments[0];
-             done(Array.from(document.querySelectorAll('table.audit tbody tr')).map((tr) => ({
+             done(Array.from(document.querySelectorAll('main table tbody tr')).map((tr) => ({
                action: tr.querySelector('[data-label=Action]').textContent,
                height: tr.getBoundingClientRect().height,
                title: (tr.querySelector('td.detail [title]') || {}).title || null,
