@@ -228,10 +228,15 @@ pub fn runs(id: &str, points: &[RunPoint], now: DateTime<Utc>) -> String {
     } else {
         let first = points.iter().map(|p| p.at).min().unwrap_or(now);
         let longest = points.iter().map(|p| p.duration_ms).max().unwrap_or(0);
+        let age = (now - first).num_seconds();
         format!(
-            "{} since {}: {}; the longest took {}.",
+            "{} {}: {}; the longest took {}.",
             plural(points.len() as u64, "run"),
-            ago((now - first).num_seconds()),
+            if age < 60 {
+                "in the last minute".to_string()
+            } else {
+                format!("since {}", ago(age))
+            },
             counts
                 .iter()
                 .map(|(s, n)| format!("{n} {}", s.as_str()))
@@ -243,10 +248,9 @@ pub fn runs(id: &str, points: &[RunPoint], now: DateTime<Utc>) -> String {
     let mut out = open(id, "Duration of recent runs over time", &summary);
     let t0 = points.iter().map(|p| p.at.timestamp_millis()).min();
     let t1 = points.iter().map(|p| p.at.timestamp_millis()).max();
+    // The time axis spans the runs, at least the minute before the newest.
     let (x0, x1) = match (t0, t1) {
-        // One instant (or one run): a minute either side, so the mark sits in the middle.
-        (Some(a), Some(b)) if b - a < 1000 => (a - 60_000, b + 60_000),
-        (Some(a), Some(b)) => (a, b),
+        (Some(a), Some(b)) => (a.min(b - 60_000), b),
         _ => {
             let n = now.timestamp_millis();
             (n - 3_600_000, n)
@@ -259,9 +263,11 @@ pub fn runs(id: &str, points: &[RunPoint], now: DateTime<Utc>) -> String {
         .unwrap_or(0)
         .max(1) as f64
         * 1.1;
+    // A little room either side, so no mark sits on the frame.
+    let pad = (x1 - x0) as f64 * 0.03;
     let f = Frame {
-        x0: x0 as f64,
-        x1: x1 as f64,
+        x0: x0 as f64 - pad,
+        x1: x1 as f64 + pad,
         y1: top,
     };
     y_axis(&mut out, &f, top, |v| duration_ms(v.round() as i64));
@@ -540,6 +546,9 @@ mod tests {
             ),
             "{svg}"
         );
+        // The time axis names the oldest and the newest run.
+        assert!(svg.contains(">3 min ago</text>"), "{svg}");
+        assert!(svg.contains(">1 min ago</text>"), "{svg}");
         // Marks stay inside the drawing (the legend's swatches are drawn apart).
         let drawing = svg.split("<figcaption>").next().unwrap();
         for y in drawing.split("cy=\"").skip(1) {

@@ -766,7 +766,7 @@ async fn charts_show_runs_failures_and_load() {
     assert!(caption.contains("3 runs"), "{caption}");
     assert!(caption.contains("2 ok, 1 failed"), "{caption}");
     b.exec(
-        "document.querySelector('#chart-job-runs').scrollIntoView(); arguments[0](null);",
+        "document.querySelector('#chart-job-runs').scrollIntoView({ block: 'center' }); arguments[0](null);",
         json!([]),
     )
     .await;
