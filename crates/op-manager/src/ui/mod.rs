@@ -39,6 +39,8 @@ pub struct Ui {
     pub sessions: Sessions,
     /// For forwarding writes to the leader from a follower.
     pub http: reqwest::Client,
+    /// The overview timeline's finished slices, counted at most once a minute.
+    pub timeline: overview::TimelineCache,
 }
 
 /// The console's routes, to be merged beside the API router (`api` is that router, which the
@@ -50,6 +52,7 @@ pub fn router(app: Arc<App>, api: Router, http: reqwest::Client) -> Router {
         api,
         sessions: Sessions::new(),
         http,
+        timeline: Default::default(),
     });
     Router::new()
         .route("/ui", get(overview::page))
