@@ -407,9 +407,9 @@ pub fn load(id: &str, samples: &[LoadSample], every_secs: u64, now: DateTime<Utc
     let peak = samples.iter().map(LoadSample::load1).fold(0.0, f64::max);
     let summary = match (samples.first(), samples.last()) {
         (Some(first), Some(last)) => format!(
-            "{} samples, one every {}, since {}: load {:.2} now, {:.2} at most, on {cpus} cpus.",
-            samples.len(),
-            duration_ms(every_secs as i64 * 1000),
+            "{}, one every {}, since {}: load {:.2} now, {:.2} at most, on {cpus} cpus.",
+            plural(samples.len() as u64, "sample"),
+            span_words(every_secs as i64),
             ago((now - first.at()).num_seconds()),
             last.load1(),
             peak
@@ -619,6 +619,10 @@ mod tests {
         );
         assert!(svg.contains("<polyline"));
         assert!(svg.contains(">2 cpus</text>"));
+        assert!(
+            svg.contains("5 samples, one every 1 minute, since 5 min ago: load 2.00 now"),
+            "{svg}"
+        );
         assert!(
             svg.contains("load 2.00 on 2 cpus, 60% memory in use, 1 min ago"),
             "{svg}"

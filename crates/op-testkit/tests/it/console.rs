@@ -480,6 +480,11 @@ async fn node_page_recent_runs_name_their_job() {
         .find("table.runs tbody td[data-label=Job] a[href='/ui/jobs/nightly-report']")
         .await;
     assert!(!link.is_empty());
+    b.exec(
+        "document.querySelector('table.runs').scrollIntoView({ block: 'center' }); arguments[0](null);",
+        json!([]),
+    )
+    .await;
     b.screenshot("node-recent-runs").await;
 }
 
