@@ -72,6 +72,10 @@ pub struct ConfigArgs {
     /// node_timeout].
     #[arg(long, env = "OP_SYNC_WAIT")]
     pub sync_wait: Option<String>,
+    /// The console's load chart keeps one sample of each node's load this often, the last 60
+    /// of them, in memory on the manager the agent reports to [default: 60s].
+    #[arg(long, env = "OP_LOAD_SAMPLE_EVERY")]
+    pub load_sample_every: Option<String>,
     /// Most run records an agent sends per batch [default: 500].
     #[arg(long, env = "OP_RUN_BATCH_MAX")]
     pub run_batch_max: Option<usize>,
@@ -160,6 +164,7 @@ pub struct RawConfig {
     pub forget_after: Option<String>,
     pub heartbeat_flush: Option<String>,
     pub sync_wait: Option<String>,
+    pub load_sample_every: Option<String>,
     pub run_batch_max: Option<usize>,
     pub retention_runs: Option<u32>,
     pub retention_max_age: Option<String>,
@@ -213,6 +218,8 @@ pub struct Config {
     pub forget_after: Duration,
     pub heartbeat_flush: Duration,
     pub sync_wait: Duration,
+    /// Spacing of the load samples kept for the console's chart (default 60 s).
+    pub load_sample_every: Duration,
     pub run_batch_max: usize,
     pub retention: op_store::RetentionLimits,
     pub prune_interval: Duration,
@@ -413,6 +420,11 @@ impl Config {
             forget_after,
             heartbeat_flush,
             sync_wait,
+            load_sample_every: duration(
+                "load_sample_every",
+                a.load_sample_every.or(f.load_sample_every),
+                "60s",
+            )?,
             run_batch_max: a.run_batch_max.or(f.run_batch_max).unwrap_or(500),
             retention,
             prune_interval: duration(
@@ -483,6 +495,9 @@ impl Config {
                 "heartbeat_flush",
                 "must be more than 0 and at most half of node_timeout, or Ready nodes would look stale",
             ));
+        }
+        if self.load_sample_every < Duration::from_secs(1) {
+            return Err(bad("load_sample_every", "must be at least 1s"));
         }
         if self.forget_after <= self.node_timeout {
             return Err(bad("forget_after", "must be longer than node_timeout"));

@@ -4,6 +4,9 @@
 //! `heartbeat_flush`. A beat that changes a node's status (NotReady → Ready) is written at once by
 //! the sync handler, so status changes are never delayed. In a cluster each manager buffers and
 //! flushes the beats of the agents connected to it.
+//!
+//! Each beat's load also goes to [`LoadHistory`], the short in-memory history behind the
+//! console's load chart (the store keeps only the latest load).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,17 +17,34 @@ use op_store::{Command, NodeBeat};
 use uuid::Uuid;
 
 use crate::app::App;
+use crate::load_history::LoadHistory;
 
-#[derive(Default)]
 pub struct HeartbeatBuffer {
     pending: Mutex<HashMap<Uuid, NodeBeat>>,
+    load: LoadHistory,
 }
 
 impl HeartbeatBuffer {
+    /// `load_sample_every`: the spacing of the load samples kept per node.
+    pub fn new(load_sample_every: std::time::Duration) -> HeartbeatBuffer {
+        HeartbeatBuffer {
+            pending: Mutex::new(HashMap::new()),
+            load: LoadHistory::new(load_sample_every),
+        }
+    }
+
     pub fn record(&self, beat: NodeBeat) {
+        if let Some(load) = &beat.load {
+            self.load.record(beat.node_id, beat.seen_at, load);
+        }
         if let Ok(mut p) = self.pending.lock() {
             p.insert(beat.node_id, beat);
         }
+    }
+
+    /// The recent load of the nodes that report to this member.
+    pub fn load_history(&self) -> &LoadHistory {
+        &self.load
     }
 
     /// The newest unflushed beat time of a node.
@@ -104,6 +124,7 @@ pub async fn flush_loop(app: Arc<App>) {
 /// Every manager flushes the beats of the agents it serves; a follower's command is forwarded to
 /// the leader like any write.
 async fn flush(app: &App) {
+    app.beats.load.prune(Utc::now());
     let beats = app.beats.take();
     if beats.is_empty() {
         return;

@@ -29,6 +29,7 @@ pub mod heartbeat;
 pub mod hub;
 pub mod ingest;
 pub mod liveness;
+pub mod load_history;
 pub mod memory;
 pub mod metrics;
 pub mod raft;
@@ -266,7 +267,7 @@ pub async fn start(
     let (ingest, ingest_queue) = ingest::RunIngest::new();
     let app = Arc::new(App {
         auth: Authenticator::new(store.clone(), hub.clone()),
-        beats: HeartbeatBuffer::default(),
+        beats: HeartbeatBuffer::new(config.load_sample_every),
         ingest,
         metrics,
         blobs,

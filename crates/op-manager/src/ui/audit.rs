@@ -1,4 +1,6 @@
 //! The audit log, newest first, a page at a time (`before` is the id cursor of the next page).
+//! Each entry is one line; a detail too long for its cell (an exec's command) is cut with an
+//! ellipsis, shown whole on hover, and unfolds in place when clicked.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -10,12 +12,29 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::Ui;
-use super::html::{self, PER_PAGE, Section, esc};
+use super::html::{self, PER_PAGE, Section, attr, esc};
 use super::session::SessionView;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct AuditQuery {
     before: Option<u64>,
+}
+
+/// Details up to this many characters are shown as they are; longer ones fold.
+const INLINE_DETAIL: usize = 60;
+
+/// An entry's detail: the text, or for a long one a disclosure whose one-line summary carries
+/// the whole text as its tooltip and whose body shows it whole.
+fn detail(text: &str) -> String {
+    if text.chars().count() <= INLINE_DETAIL {
+        return esc(text);
+    }
+    format!(
+        "<details><summary title=\"{}\">{}</summary><div class=\"whole\">{}</div></details>",
+        attr(text),
+        esc(text),
+        esc(text)
+    )
 }
 
 pub async fn page(
@@ -36,18 +55,19 @@ pub async fn page(
     let _ = write!(
         body,
         "<h1>Audit</h1><p class=\"muted\">{total} entries in all, newest first.</p>\
-         <table class=\"list\"><thead><tr><th>When</th><th>Who</th><th>Action</th><th>Target</th><th>Detail</th></tr></thead><tbody>"
+         <table class=\"list audit\"><thead><tr><th>When</th><th>Who</th><th>Action</th><th>Target</th><th>Detail</th></tr></thead><tbody>"
     );
     for e in &rows {
         let _ = write!(
             body,
-            "<tr><td data-label=\"When\">{}</td><td data-label=\"Who\">{}</td><td data-label=\"Action\"><code>{}</code></td>\
-             <td data-label=\"Target\">{}</td><td data-label=\"Detail\" class=\"clip\">{}</td></tr>",
+            "<tr data-audit=\"{}\"><td data-label=\"When\">{}</td><td data-label=\"Who\">{}</td><td data-label=\"Action\"><code>{}</code></td>\
+             <td data-label=\"Target\">{}</td><td data-label=\"Detail\" class=\"detail\">{}</td></tr>",
+            e.id,
             html::time(e.at),
             esc(&e.actor),
             esc(&e.action),
             esc(&e.target),
-            esc(&e.detail)
+            detail(&e.detail)
         );
     }
     if rows.is_empty() {
@@ -72,4 +92,20 @@ pub async fn page(
         StatusCode::OK,
         html::page("Audit", Section::Audit, Some(&s), &body),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_detail_folds_and_keeps_every_character() {
+        assert_eq!(detail("version 1 -> 2"), "version 1 -&gt; 2");
+        let cmd = format!("invocation x on 2 host(s): echo {}<end>", "a".repeat(150));
+        let html = detail(&cmd);
+        assert!(html.starts_with("<details><summary title=\""), "{html}");
+        // The whole text, escaped, in the tooltip and in the unfolded body.
+        assert_eq!(html.matches(&esc(&cmd)).count(), 3, "{html}");
+        assert!(!html.contains("<end>"));
+    }
 }

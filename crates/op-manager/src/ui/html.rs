@@ -84,12 +84,18 @@ pub fn node_status(s: NodeStatus) -> String {
     }
 }
 
+/// A clock face, drawn in the text's colour at the text's size.
+const CLOCK: &str = "<svg class=\"icon\" viewBox=\"0 0 16 16\"><circle cx=\"8\" cy=\"9\" r=\"6\"/>\
+                     <path d=\"M8 5.5V9l2.5 1.5M6 1.5h4\"/></svg>";
+
 pub fn run_status(s: RunStatus) -> String {
     match s {
         RunStatus::Running => badge("busy", "▶", "running"),
         RunStatus::Ok => badge("good", "✓", "ok"),
         RunStatus::Failed => badge("bad", "✕", "failed"),
-        RunStatus::Timeout => badge("bad", "⏱", "timeout"),
+        // A drawn clock: the stopwatch character (U+23F1) is missing from common fonts
+        // (DejaVu, Liberation) and showed as an empty box.
+        RunStatus::Timeout => badge("bad", CLOCK, "timeout"),
         RunStatus::Killed => badge("bad", "■", "killed"),
         RunStatus::Skipped => badge("muted", "↷", "skipped"),
         RunStatus::Lost => badge("bad", "?", "lost"),
@@ -296,10 +302,22 @@ pub fn secure_headers(h: &mut axum::http::HeaderMap) {
     );
 }
 
-/// A page that says what went wrong, in the frame.
+/// A page that says what went wrong, in the frame, with a link back to the page the user came
+/// from (the session's referring console page) and one to the overview.
 pub fn error_page(status: StatusCode, session: Option<&SessionView>, message: &str) -> Response {
+    let back = match session {
+        Some(s) => s.back.as_deref().map(|b| {
+            format!(
+                "<a id=\"back\" href=\"{}\">← Back to the page you were on</a> · ",
+                attr(b)
+            )
+        }),
+        // No session: the way on is signing in.
+        None => Some("<a id=\"back\" href=\"/ui/login\">← Back to sign in</a> · ".to_string()),
+    }
+    .unwrap_or_default();
     let body = format!(
-        "<h1>{}</h1><p class=\"error\">{}</p><p><a href=\"/ui\">Back to the overview</a></p>",
+        "<h1>{}</h1><p class=\"error\" role=\"alert\">{}</p><p class=\"back\">{back}<a href=\"/ui\">Overview</a></p>",
         status.canonical_reason().unwrap_or("Error"),
         esc(message)
     );

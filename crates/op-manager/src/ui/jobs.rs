@@ -1,6 +1,6 @@
 //! Jobs: the list (schedule, next fire, last result per host, enabled), a page per job (its
-//! definition, next fire times, per-host last run, once-job progress per revision, failures
-//! grouped like `agentcli analysis jobs`), the task-file editor, and the write controls: enable,
+//! definition, next fire times, a chart of its recent runs, per-host last run, once-job progress
+//! per revision, failures grouped like `agentcli analysis jobs`), the task-file editor, and the write controls: enable,
 //! disable, delete and run now.
 //!
 //! The editor validates with the parser the API uses (`JobSpec::from_task_json_at`): as you type
@@ -25,6 +25,7 @@ use op_proto::{JobSpec, NodeStatus, RunRecord, RunStatus};
 use serde::{Deserialize, Serialize};
 
 use super::Ui;
+use super::chart;
 use super::html::{self, Section, attr, esc};
 use super::session::{SessionView, form_pairs};
 use super::writes::{self, CallBody};
@@ -181,6 +182,24 @@ pub async fn list(
     )
 }
 
+/// Runs drawn in a job page's chart.
+const CHART_RUNS: u32 = 200;
+
+/// The chart's marks: each stored run at the time it started (or was due, for a skipped fire)
+/// and its duration (none for a skipped fire: drawn at zero).
+fn run_points(runs: &[RunRecord]) -> Vec<chart::RunPoint> {
+    runs.iter()
+        .filter_map(|r| {
+            Some(chart::RunPoint {
+                at: r.started_at.or(r.planned_at).or(r.ended_at)?,
+                duration_ms: r.duration_ms().unwrap_or(0),
+                status: r.status,
+                host: r.hostname.clone(),
+            })
+        })
+        .collect()
+}
+
 /// Failures among the latest runs, grouped across hosts by kind and first line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailureGroup {
@@ -292,13 +311,18 @@ pub async fn show(
                 Vec::new()
             };
             let nodes = st.nodes()?;
-            Ok(Some((job, latest, once, nodes)))
+            let recent = st.runs(&RunQuery {
+                job: Some(n.clone()),
+                limit: Some(CHART_RUNS),
+                ..RunQuery::default()
+            })?;
+            Ok(Some((job, latest, once, nodes, recent)))
         })
         .await;
-    let (job, mut latest, once, nodes) = match read {
-        Ok(Some((j, l, o, mut n))) => {
+    let (job, mut latest, once, nodes, recent) = match read {
+        Ok(Some((j, l, o, mut n, r))) => {
             ui.app.beats.overlay(&mut n);
-            (j, l, o, n)
+            (j, l, o, n, r)
         }
         Ok(None) => return html::not_found(&s, &format!("no job named {name:?}")),
         Err(e) => return html::server_error(&s, e),
@@ -390,6 +414,12 @@ pub async fn show(
     }
 
     body.push_str("<div id=\"job-live\" data-refresh=\"5000\">");
+    let _ = write!(
+        body,
+        "<section class=\"card\"><h2>Recent runs ({} newest, every host)</h2>{}</section>",
+        recent.len(),
+        chart::runs("job-runs", &run_points(&recent), Utc::now())
+    );
     let groups = group_failures(&latest);
     let _ = write!(
         body,

@@ -5,10 +5,12 @@
 //! Reads go straight to this member's replicated store (so every cluster member serves the
 //! console); writes go through the `/v1` API as the signed-in user ([`writes`]). Sessions, CSRF
 //! and the viewer's read-only console are in [`session`]; escaping and the page frame in
-//! [`html`]. This module holds only the route table.
+//! [`html`]; the charts, drawn on the server as SVG, in [`chart`]. This module holds only the
+//! route table.
 
 mod assets;
 mod audit;
+mod chart;
 mod cluster;
 mod html;
 mod invocations;
@@ -37,6 +39,8 @@ pub struct Ui {
     pub sessions: Sessions,
     /// For forwarding writes to the leader from a follower.
     pub http: reqwest::Client,
+    /// The overview timeline's finished slices, counted at most once a minute.
+    pub timeline: overview::TimelineCache,
 }
 
 /// The console's routes, to be merged beside the API router (`api` is that router, which the
@@ -48,6 +52,7 @@ pub fn router(app: Arc<App>, api: Router, http: reqwest::Client) -> Router {
         api,
         sessions: Sessions::new(),
         http,
+        timeline: Default::default(),
     });
     Router::new()
         .route("/ui", get(overview::page))

@@ -1,6 +1,7 @@
 //! Nodes: a filterable, paginated list (status, version, last seen, load, packages), and a page
-//! per node with its labels, the jobs that select it, its runs in progress and recent runs, and
-//! its installed packages.
+//! per node with its labels, its load over time (the samples this member keeps, see
+//! [`crate::load_history`]), the jobs that select it, its runs in progress and recent runs (with
+//! their job), and its installed packages.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::Ui;
+use super::chart;
 use super::html::{self, Section, attr, esc};
 use super::session::SessionView;
 
@@ -220,6 +222,18 @@ pub async fn show(
     }
     body.push_str("</dl></section>");
 
+    let history = ui.app.beats.load_history();
+    let _ = write!(
+        body,
+        "<section class=\"card\"><h2>Load over time</h2>{}</section>",
+        chart::load(
+            "node-load",
+            &history.samples(node.node_id),
+            history.every().as_secs(),
+            chrono::Utc::now()
+        )
+    );
+
     body.push_str("<section class=\"card\"><h2>Running now</h2>");
     if node.running.is_empty() {
         body.push_str("<p class=\"muted\">Nothing is running.</p>");
@@ -292,7 +306,7 @@ pub async fn show(
     body.push_str("</section>");
 
     body.push_str("<section class=\"card\"><h2>Recent runs</h2>");
-    body.push_str(&super::runs::table(&runs, false));
+    body.push_str(&super::runs::table(&runs, true));
     let _ = write!(
         body,
         "<p><a href=\"/ui/runs?host={}\">All runs on this node →</a></p></section></div>",

@@ -188,14 +188,25 @@ pub async fn show(
         esc(&name),
         current.version
     );
-    if s.can_operate() && versions.len() > 1 {
+    // "The previous version" is the newest one older than the current (what the API's rollback
+    // without a version picks); at the oldest version there is none, so no button.
+    let previous = versions
+        .iter()
+        .map(|v| v.version)
+        .filter(|v| *v < current.version)
+        .max();
+    if s.can_operate()
+        && let Some(previous) = previous
+    {
         body.push_str("<div class=\"actions\">");
         body.push_str(&html::button_form(
             &s,
             &format!("{path}/rollback"),
             "Roll back to the previous version",
             "danger",
-            Some("Roll every host back to the previous version?"),
+            Some(&format!(
+                "Roll every host back to the previous version ({previous})?"
+            )),
         ));
         body.push_str("</div>");
     }

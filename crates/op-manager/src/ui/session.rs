@@ -67,6 +67,9 @@ pub struct SessionView {
     pub csrf: String,
     /// The user's API token, for the console's calls to `/v1`; never rendered.
     pub token: String,
+    /// The console page the request came from (its `Referer`, when it is a page of this
+    /// console on this host and not the request's own URL): where error pages link back to.
+    pub back: Option<String>,
 }
 
 impl SessionView {
@@ -228,16 +231,43 @@ fn redirect(to: &str) -> Response {
 /// Where to go after login: a console path only (no open redirect to another site).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n)
-            if (n == "/ui" || n.starts_with("/ui/") || n.starts_with("/ui?"))
-                && !n.contains("//")
-                && !n.contains('\\')
-                && !n.starts_with("/ui/login") =>
-        {
-            n.to_string()
-        }
+        Some(n) if is_console_page(n) => n.to_string(),
         _ => "/ui".to_string(),
     }
+}
+
+/// True for a path (and query) of a console page on this host that is not the login page: a
+/// place it is safe to send the browser back to.
+fn is_console_page(p: &str) -> bool {
+    (p == "/ui" || p.starts_with("/ui/") || p.starts_with("/ui?"))
+        && !p.contains("//")
+        && !p.contains('\\')
+        && !p.starts_with("/ui/login")
+}
+
+/// The console page a request came from: the path and query of its `Referer` when that names
+/// this host (the `Host` header, or the HTTP/2 authority) and a console page other than the
+/// request's own URL. Anything else (another site, a stale reload of the same URL) gives none.
+fn referring_page(req: &Request) -> Option<String> {
+    let referer = req.headers().get(header::REFERER)?.to_str().ok()?;
+    let rest = referer
+        .strip_prefix("http://")
+        .or_else(|| referer.strip_prefix("https://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    if !authority.eq_ignore_ascii_case(host) {
+        return None;
+    }
+    let path = path.split('#').next().unwrap_or(path);
+    let own = req.uri().path_and_query().map(|p| p.as_str());
+    (is_console_page(path) && own != Some(path)).then(|| path.to_string())
 }
 
 #[derive(Debug, Deserialize)]
@@ -414,6 +444,7 @@ async fn check(ui: Arc<Ui>, mut req: Request, next: Next) -> Response {
                     caller,
                     csrf,
                     token,
+                    back: referring_page(&req),
                 })
             }
             Ok(_) => ui.sessions.remove(&id),
@@ -570,6 +601,34 @@ mod tests {
         assert_eq!(safe_next(Some("/ui//evil")), "/ui");
         assert_eq!(safe_next(Some("/uix")), "/ui");
         assert_eq!(safe_next(None), "/ui");
+    }
+
+    #[test]
+    fn error_pages_go_back_only_to_this_consoles_pages() {
+        let req = |uri: &str, referer: &str| {
+            Request::builder()
+                .uri(uri)
+                .header(header::HOST, "mgr:8090")
+                .header(header::REFERER, referer)
+                .body(Body::empty())
+                .unwrap()
+        };
+        let back = |uri: &str, referer: &str| referring_page(&req(uri, referer));
+        assert_eq!(
+            back(
+                "/ui/packages/t/rollback",
+                "http://mgr:8090/ui/packages/t?page=2#x"
+            )
+            .as_deref(),
+            Some("/ui/packages/t?page=2")
+        );
+        // Another host, another scheme's trick, a non-console page, the login page, itself.
+        assert_eq!(back("/ui/x", "http://evil.example/ui/jobs"), None);
+        assert_eq!(back("/ui/x", "javascript:alert(1)"), None);
+        assert_eq!(back("/ui/x", "http://mgr:8090/v1/jobs"), None);
+        assert_eq!(back("/ui/x", "http://mgr:8090/ui/login?next=/ui"), None);
+        assert_eq!(back("/ui/jobs/a", "http://mgr:8090/ui/jobs/a"), None);
+        assert_eq!(back("/ui/x", "http://mgr:8090//evil.example/ui"), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use rusqlite::types::Value;
 use uuid::Uuid;
 
 use crate::Store;
-use crate::codec::{from_json, like_escape, ms};
+use crate::codec::{from_json, from_ms, like_escape, ms};
 use crate::error::Result;
 
 /// Rows returned when the query sets no limit.
@@ -25,6 +25,16 @@ pub struct LatestRunCount {
     pub job: String,
     pub status: String,
     pub nodes: u64,
+}
+
+/// Runs in one slice of time, for the console's timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunBucket {
+    pub start: chrono::DateTime<chrono::Utc>,
+    /// Every run stored in the slice, skipped fires included.
+    pub runs: u64,
+    /// The runs among them that failed, timed out, were killed or were lost.
+    pub failed: u64,
 }
 
 impl Store {
@@ -51,6 +61,51 @@ impl Store {
             })?;
             Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
         })
+    }
+
+    /// Runs counted in `count` consecutive slices of `width` from `start` (by `sort_at`, the
+    /// time a run started), one bucket per slice, empty ones included. One range scan of the
+    /// `runs_sort` index; the cost grows with the runs in the window.
+    pub fn run_timeline(
+        &self,
+        start: chrono::DateTime<chrono::Utc>,
+        width: chrono::Duration,
+        count: u32,
+    ) -> Result<Vec<RunBucket>> {
+        let width_ms = width.num_milliseconds().max(1);
+        let from = ms(start);
+        let to = from + width_ms * i64::from(count);
+        let mut out: Vec<RunBucket> = (0..i64::from(count))
+            .map(|i| RunBucket {
+                start: from_ms(from + i * width_ms),
+                runs: 0,
+                failed: 0,
+            })
+            .collect();
+        let rows = self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT (sort_at - ?1) / ?2, status, COUNT(*) FROM runs INDEXED BY runs_sort
+                 WHERE sort_at >= ?1 AND sort_at < ?3 GROUP BY 1, 2",
+            )?;
+            let rows = stmt.query_map(rusqlite::params![from, width_ms, to], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        })?;
+        for (slot, status, n) in rows {
+            let Some(b) = usize::try_from(slot).ok().and_then(|i| out.get_mut(i)) else {
+                continue;
+            };
+            b.runs += n as u64;
+            if RunStatus::parse(&status).is_some_and(RunStatus::is_failure) {
+                b.failed += n as u64;
+            }
+        }
+        Ok(out)
     }
 
     /// Runs matching `q`, newest first.

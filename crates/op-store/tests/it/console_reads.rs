@@ -1,5 +1,5 @@
 //! The reads the web console adds: the latest result per host counted by job, pages of runs and
-//! of the audit log.
+//! of the audit log, and runs and failures counted per slice of time.
 
 use op_proto::RunStatus;
 use op_proto::api::RunQuery;
@@ -78,4 +78,43 @@ fn audit_pages_by_id() {
     let (next, _) = s.store.audit_page(Some(page[1].id), 10).unwrap();
     assert_eq!(next.len(), 3);
     assert!(next.iter().all(|e| e.id < page[1].id));
+}
+
+#[test]
+fn runs_and_failures_counted_per_slice_of_time() {
+    let mut s = TestStore::new();
+    for n in 1..=2 {
+        s.apply(register(n, 0));
+    }
+    s.apply(save(cron_job("a"), 0));
+    // Slices of 10 s from 100 s: [100,110) [110,120) [120,130). A run at 95 s and one at 130 s
+    // fall outside the window.
+    s.apply(ingest(
+        1,
+        vec![
+            run(1, "a", 1, 95, RunStatus::Failed),
+            run(1, "a", 1, 100, RunStatus::Ok),
+            run(1, "a", 1, 105, RunStatus::Failed),
+            run(1, "a", 1, 119, RunStatus::Timeout),
+            run(1, "a", 1, 130, RunStatus::Failed),
+        ],
+        200,
+    ));
+    s.apply(ingest(
+        2,
+        vec![
+            run(2, "a", 1, 109, RunStatus::Skipped),
+            run(2, "a", 1, 111, RunStatus::Ok),
+        ],
+        200,
+    ));
+    let buckets = s
+        .store
+        .run_timeline(at(100), chrono::Duration::seconds(10), 3)
+        .unwrap();
+    let got: Vec<(i64, u64, u64)> = buckets
+        .iter()
+        .map(|b| ((b.start - at(0)).num_seconds(), b.runs, b.failed))
+        .collect();
+    assert_eq!(got, [(100, 3, 1), (110, 2, 1), (120, 0, 0)]);
 }

@@ -425,3 +425,405 @@ async fn viewer_gets_a_read_only_console() {
     b.ready().await;
     b.screenshot("phone-job").await;
 }
+
+/// Invokes `job` on `hosts` with `params` and waits until every host's run is stored.
+async fn run_and_wait(m: &Manager, job: &str, hosts: &[&str], params: &[(&str, &str)]) {
+    let c = m.client();
+    let started = c
+        .run_job(
+            job,
+            &InvokeRequest {
+                hosts: hosts.iter().map(|h| h.to_string()).collect(),
+                params: params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                wait: Some(false),
+                ..InvokeRequest::default()
+            },
+        )
+        .await
+        .unwrap();
+    let Started::Accepted(a) = started else {
+        panic!("expected an accepted invocation")
+    };
+    wait_until(LONG, &format!("{job} to finish on {hosts:?}"), || async {
+        c.invocation(a.invocation_id)
+            .await
+            .is_ok_and(|v| v.finished_at.is_some())
+    })
+    .await;
+}
+
+/// Issue 17, item 21: the node page's recent runs say which job ran.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_page_recent_runs_name_their_job() {
+    let m = Manager::start();
+    let _agents = fleet(&m, 1, &[]).await;
+    let c = m.client();
+    c.save_job_text(
+        "nightly-report",
+        r#"{"JobName": "nightly-report", "Command": "echo report", "Timeout": 60}"#,
+    )
+    .await
+    .unwrap();
+    run_and_wait(&m, "nightly-report", &["node-1"], &[]).await;
+    let node = c.get_node("node-1").await.unwrap();
+    let b = Browser::start(1280, 900).await;
+    login(&b, &m, &m.admin_token).await;
+    b.goto(&format!("{}/ui/nodes/{}", m.api_url, node.node_id))
+        .await;
+    b.ready().await;
+    let head = b.text("table.runs thead").await;
+    assert!(head.to_lowercase().contains("job"), "no Job column: {head}");
+    let link = b
+        .find("table.runs tbody td[data-label=Job] a[href='/ui/jobs/nightly-report']")
+        .await;
+    assert!(!link.is_empty());
+    b.exec(
+        "document.querySelector('table.runs').scrollIntoView({ block: 'center' }); arguments[0](null);",
+        json!([]),
+    )
+    .await;
+    b.screenshot("node-recent-runs").await;
+}
+
+/// Issue 17, item 22: every badge symbol on the job list is drawn, none is the font's
+/// missing-glyph box. A symbol written as text is drawn on a canvas in the badge's own font and
+/// compared with a character no font has (which draws that box).
+#[tokio::test(flavor = "multi_thread")]
+async fn job_list_badges_draw_every_symbol() {
+    let m = Manager::start();
+    let _agents = fleet(&m, 1, &[]).await;
+    let c = m.client();
+    c.save_job_text(
+        "slow",
+        r#"{"JobName": "slow", "Command": "sleep 30", "Timeout": 1}"#,
+    )
+    .await
+    .unwrap();
+    c.save_job_text(
+        "quick",
+        r#"{"JobName": "quick", "Command": "true", "Timeout": 60}"#,
+    )
+    .await
+    .unwrap();
+    run_and_wait(&m, "slow", &["node-1"], &[]).await;
+    run_and_wait(&m, "quick", &["node-1"], &[]).await;
+    let b = Browser::start(1280, 900).await;
+    login(&b, &m, &m.admin_token).await;
+    b.goto(&format!("{}/ui/jobs", m.api_url)).await;
+    b.ready().await;
+    b.wait_text("tr[data-job=slow]", "the timeout result", |t| {
+        t.contains("timeout")
+    })
+    .await;
+    let found = b
+        .exec(
+            "const done = arguments[0];
+             const draw = (text, font) => {
+               const c = document.createElement('canvas');
+               c.width = 48; c.height = 48;
+               const g = c.getContext('2d');
+               g.font = font;
+               g.fillText(text, 8, 32);
+               return Array.from(g.getImageData(0, 0, 48, 48).data).join(',');
+             };
+             const out = [];
+             document.querySelectorAll('.badge > span[aria-hidden]').forEach((s) => {
+               const st = getComputedStyle(s);
+               const font = `${st.fontWeight} ${st.fontSize} ${st.fontFamily}`;
+               const text = s.textContent.trim();
+               const icon = s.querySelector('svg');
+               const box = icon ? icon.getBoundingClientRect() : null;
+               out.push({
+                 badge: s.parentElement.textContent.trim(),
+                 text,
+                 missing: text !== '' && draw(text, font) === draw('\\u{10FFFD}', font),
+                 icon: box ? box.width > 0 && box.height > 0 : false,
+               });
+             });
+             done(out);",
+            json!([]),
+        )
+        .await;
+    let badges = found.as_array().expect("badges").clone();
+    assert!(
+        badges
+            .iter()
+            .any(|b| b["badge"].as_str().unwrap().contains("timeout")),
+        "{found}"
+    );
+    for badge in &badges {
+        assert_eq!(
+            badge["missing"], false,
+            "a badge symbol is the missing-glyph box: {badge}"
+        );
+        assert!(
+            badge["text"] != "" || badge["icon"] == true,
+            "a badge without a symbol: {badge}"
+        );
+    }
+    b.screenshot("jobs-timeout-badge").await;
+}
+
+/// Issue 17, item 23: no rollback is offered at the oldest version, and an error page (here a
+/// rollback refused by a page gone stale) links back to the page the user was on.
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_not_offered_at_the_oldest_version_and_errors_link_back() {
+    let m = Manager::start();
+    let c = m.client();
+    let mut versions = Vec::new();
+    for content in ["v1\n", "v2\n"] {
+        versions.push(
+            c.upload_package_bytes("tool.txt", None, content.as_bytes().to_vec())
+                .await
+                .unwrap()
+                .version,
+        );
+    }
+    let b = Browser::start(1280, 900).await;
+    login(&b, &m, &m.admin_token).await;
+    let page = format!("{}/ui/packages/tool.txt", m.api_url);
+    b.goto(&page).await;
+    b.ready().await;
+    let rollback = ".actions form[action$='/rollback'] button";
+    b.find(rollback).await;
+
+    // Another operator rolls back meanwhile: the open page is stale, its button now asks for a
+    // version older than the oldest.
+    c.rollback_package("tool.txt", None).await.unwrap();
+    b.click(rollback).await;
+    b.accept_dialog().await;
+    let back = b.find("a#back").await;
+    assert!(!back.is_empty());
+    let text = b.body_text().await;
+    assert!(text.contains("no version older"), "{text}");
+    b.screenshot("error-page-back-link").await;
+    b.click("a#back").await;
+    b.wait_text("#current-version", "the package page again", |t| {
+        t == versions[0].to_string()
+    })
+    .await;
+    assert_eq!(b.url().await, page);
+    // At the oldest version there is nothing to roll back to: no button.
+    assert!(
+        b.find_all(rollback).await.is_empty(),
+        "rollback offered at the oldest version"
+    );
+    // Making the newer version current again is still offered, on its row.
+    b.find(&format!("tr[data-version='{}'] form button", versions[1]))
+        .await;
+    b.screenshot("package-at-oldest").await;
+
+    // A page that is not there links back too (to the list it was reached from).
+    b.goto(&format!("{}/ui/jobs", m.api_url)).await;
+    b.ready().await;
+    b.exec(
+        "const done = arguments[0]; location.href = '/ui/jobs/no-such-job'; done(null);",
+        json!([]),
+    )
+    .await;
+    b.wait_text("h1", "the not-found page", |t| t == "Not Found")
+        .await;
+    b.click("a#back").await;
+    b.find("#jobs").await;
+    assert!(b.url().await.ends_with("/ui/jobs"), "{}", b.url().await);
+}
+
+/// Issue 17, item 24: an audit entry stays on one line; an exec's long command is shown whole
+/// as the tooltip and when its entry is unfolded.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_rows_stay_on_one_line_and_show_the_whole_command() {
+    let m = Manager::start();
+    let _agents = fleet(&m, 1, &[]).await;
+    let c = m.client();
+    let command = format!(
+        "for f in /var/log/app/*.log; do gzip -9 \"$f\"; done; echo {} && echo end-of-command",
+        "x".repeat(60)
+    );
+    let started = c
+        .exec(&InvokeRequest {
+            all: true,
+            command: Some(command.clone()),
+            wait: Some(false),
+            ..InvokeRequest::default()
+        })
+        .await
+        .unwrap();
+    assert!(matches!(started, Started::Accepted(_)));
+    c.save_job_text(
+        "short",
+        r#"{"JobName": "short", "Command": "true", "Timeout": 60}"#,
+    )
+    .await
+    .unwrap();
+    let b = Browser::start(1280, 900).await;
+    login(&b, &m, &m.admin_token).await;
+    b.goto(&format!("{}/ui/audit", m.api_url)).await;
+    b.ready().await;
+    let rows = b
+        .exec(
+            "const done = arguments[0];
+             done(Array.from(document.querySelectorAll('main table tbody tr')).map((tr) => ({
+               action: tr.querySelector('[data-label=Action]').textContent,
+               height: tr.getBoundingClientRect().height,
+               title: (tr.querySelector('td.detail [title]') || {}).title || null,
+             })));",
+            json!([]),
+        )
+        .await;
+    let rows = rows.as_array().expect("audit rows").clone();
+    let row = |action: &str| {
+        rows.iter()
+            .find(|r| r["action"] == action)
+            .unwrap_or_else(|| panic!("no {action} entry in {rows:?}"))
+            .clone()
+    };
+    let exec = row("exec");
+    let short = row("job.save");
+    let (tall, one_line) = (
+        exec["height"].as_f64().unwrap(),
+        short["height"].as_f64().unwrap(),
+    );
+    assert!(
+        tall < one_line * 1.3,
+        "the exec entry wraps: {tall}px against {one_line}px for a one-line entry"
+    );
+    let title = exec["title"]
+        .as_str()
+        .expect("a tooltip on the exec detail");
+    assert!(title.ends_with(&command), "{title}");
+
+    // Unfolded, the whole command is on the page, not cut.
+    b.click("tr[data-audit] td.detail summary").await;
+    let whole = b
+        .wait_text(
+            "td.detail details[open] .whole",
+            "the unfolded command",
+            |t| t.contains("end-of-command"),
+        )
+        .await;
+    assert!(whole.ends_with(&command), "{whole}");
+    let clipped = b
+        .exec(
+            "const e = document.querySelector('td.detail details[open] .whole');
+             arguments[0](e.scrollWidth > e.clientWidth);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(clipped, false, "the unfolded command is still cut");
+    b.screenshot("audit").await;
+}
+
+/// Counts the elements matching `css` that the page has now.
+async fn count(b: &Browser, css: &str) -> usize {
+    b.find_all(css).await.len()
+}
+
+/// Issue 17, item 25: the job page draws its recent runs (a mark per run, shaped by outcome),
+/// the overview its runs and failures over time, and the node page its load over time.
+#[tokio::test(flavor = "multi_thread")]
+async fn charts_show_runs_failures_and_load() {
+    let m = Manager::start_with(ManagerOptions {
+        args: vec![
+            "--node-timeout".into(),
+            "3s".into(),
+            "--load-sample-every".into(),
+            "1s".into(),
+        ],
+        ..ManagerOptions::default()
+    });
+    let _agents = fleet(&m, 2, &[]).await;
+    let c = m.client();
+    c.save_job_text(
+        "flaky",
+        r#"{"JobName": "flaky", "Command": "exit {code}", "Params": ["code"], "Timeout": 60}"#,
+    )
+    .await
+    .unwrap();
+    run_and_wait(&m, "flaky", &["node-1", "node-2"], &[("code", "0")]).await;
+    run_and_wait(&m, "flaky", &["node-1"], &[("code", "3")]).await;
+
+    let b = Browser::start(1280, 900).await;
+    login(&b, &m, &m.admin_token).await;
+    let ui = format!("{}/ui", m.api_url);
+
+    // The job page: three marks, two ok (circles) and one failed (a cross).
+    b.goto(&format!("{ui}/jobs/flaky")).await;
+    b.ready().await;
+    let chart = "#chart-job-runs svg[role=img]";
+    b.find(chart).await;
+    assert_eq!(
+        count(&b, &format!("{chart} g.mark[data-status=ok] circle")).await,
+        2
+    );
+    assert_eq!(
+        count(
+            &b,
+            &format!("{chart} g.mark[data-status=failed] path.stroke")
+        )
+        .await,
+        1
+    );
+    assert_eq!(count(&b, &format!("{chart} g.mark")).await, 3);
+    let caption = b.text("#chart-job-runs figcaption").await;
+    assert!(caption.contains("3 runs"), "{caption}");
+    assert!(caption.contains("2 ok, 1 failed"), "{caption}");
+    b.exec(
+        "document.querySelector('#chart-job-runs').scrollIntoView({ block: 'center' }); arguments[0](null);",
+        json!([]),
+    )
+    .await;
+    b.screenshot("job-chart").await;
+
+    // The overview: the three runs and the one failure, in the current slice.
+    b.goto(&ui).await;
+    b.ready().await;
+    let buckets = b
+        .exec(
+            "arguments[0](Array.from(document.querySelectorAll('#chart-fleet-runs g.bucket'))
+               .map((g) => [Number(g.dataset.runs), Number(g.dataset.failed)]));",
+            json!([]),
+        )
+        .await;
+    assert_eq!(buckets, json!([[3, 1]]), "the overview's timeline");
+    assert_eq!(
+        count(&b, "#chart-fleet-runs rect.failed").await,
+        2,
+        "a hatched bar and its legend"
+    );
+    b.screenshot("overview-timeline").await;
+
+    // The node page: a dot per load sample, a few seconds' worth.
+    let node = c.get_node("node-1").await.unwrap();
+    b.goto(&format!("{ui}/nodes/{}", node.node_id)).await;
+    b.ready().await;
+    // The dots and the caption are read at once: the region refreshes itself in place.
+    let deadline = Instant::now() + LONG;
+    let (samples, desc) = loop {
+        let v = b
+            .exec(
+                "const f = document.querySelector('#chart-node-load');
+                 arguments[0]([f.querySelectorAll('svg[role=img] g.mark.sample').length,
+                               f.querySelector('figcaption').textContent]);",
+                json!([]),
+            )
+            .await;
+        let n = v[0].as_u64().unwrap_or(0);
+        if n >= 3 {
+            break (n, v[1].as_str().unwrap_or_default().to_string());
+        }
+        assert!(Instant::now() < deadline, "only {n} load samples drawn");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        b.goto(&format!("{ui}/nodes/{}", node.node_id)).await;
+    };
+    assert!(desc.contains(&format!("{samples} samples")), "{desc}");
+    assert_eq!(count(&b, "#chart-node-load polyline.line").await, 1);
+    assert_eq!(
+        count(&b, "#chart-node-load line.limit").await,
+        2,
+        "the cpu line and its legend"
+    );
+    b.screenshot("node-load").await;
+}
