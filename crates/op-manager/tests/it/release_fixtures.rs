@@ -239,3 +239,81 @@ fn release_fixtures_decode_apply_and_open() {
         check_snapshot(release, &dir.join("snapshot.db"), &meta);
     }
 }
+
+/// Makes every job in `value` break today's validation rules the way a stricter rule added by a
+/// later release would break it: a key this build does not know, values past today's limits.
+/// Returns how many jobs it changed.
+fn break_todays_rules(value: &mut serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Object(map) if map.contains_key("JobName") => {
+            map.insert("FutureKey".into(), serde_json::json!({"added": "later"}));
+            map.insert(
+                "Timeout".into(),
+                serde_json::json!(op_proto::job::MAX_TIMEOUT_SECS + 1),
+            );
+            map.insert("Retries".into(), serde_json::json!(99));
+            map.insert("TimeZone".into(), serde_json::json!("Mars/Olympus"));
+            map.insert("Concurrency".into(), serde_json::json!("queue"));
+            1
+        }
+        serde_json::Value::Object(map) => map.values_mut().map(break_todays_rules).sum(),
+        serde_json::Value::Array(items) => items.iter_mut().map(break_todays_rules).sum(),
+        _ => 0,
+    }
+}
+
+/// The rules tighten after a release: its stored jobs now break them, and must still decode, as
+/// raft entries (a member catching up on the log) and from a snapshot (a member installing it).
+#[test]
+fn release_fixtures_decode_after_the_rules_tighten() {
+    for release in RELEASES {
+        let dir = release_dir(release);
+        let log = std::fs::read_to_string(dir.join("raft-log.jsonl")).unwrap();
+        let mut broken = 0;
+        let lines: Vec<String> = log
+            .lines()
+            .map(|line| {
+                let mut value: serde_json::Value = serde_json::from_str(line).unwrap();
+                broken += break_todays_rules(&mut value);
+                value.to_string()
+            })
+            .collect();
+        assert_eq!(
+            broken, 3,
+            "{release}: the jobs of two saves and an invocation"
+        );
+        // Today's validation refuses such a job, as the API would.
+        let mut job = serde_json::json!({"JobName": "a", "Command": "true"});
+        break_todays_rules(&mut job);
+        assert!(op_proto::JobSpec::from_task_value(&job).is_err());
+        // The log still decodes and applies.
+        check_log(release, &read_log(&lines.join("\n")));
+
+        // The snapshot's stored jobs, rewritten the same way, still read back.
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("snapshot.db");
+        std::fs::copy(dir.join("snapshot.db"), &db).unwrap();
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        for (table, key, column) in [("jobs", "name", "spec"), ("invocations", "id", "record")] {
+            let rows: Vec<(String, String)> = conn
+                .prepare(&format!("SELECT {key}, {column} FROM {table}"))
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            for (id, text) in rows {
+                let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(break_todays_rules(&mut value), 1, "{table} {id}");
+                conn.execute(
+                    &format!("UPDATE {table} SET {column} = ?1 WHERE {key} = ?2"),
+                    [value.to_string(), id],
+                )
+                .unwrap();
+            }
+        }
+        drop(conn);
+        let meta = std::fs::read_to_string(dir.join("snapshot.meta.json")).unwrap();
+        check_snapshot(release, &db, &meta);
+    }
+}
