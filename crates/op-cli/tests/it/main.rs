@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod fleet;
+mod front_ends;
 mod logs;
 mod offline;
 mod seed;
