@@ -91,6 +91,17 @@ impl HostPattern {
         })
     }
 
+    /// An entry read back from stored data that today's rules refuse (DESIGN 13.7: stored data
+    /// outlives stricter rules). It matches only a host whose name equals it, ignoring case: never
+    /// a substring, a range or a glob. In a white list it selects at most that host; in a black
+    /// list it excludes only that host.
+    pub fn exact_name(text: &str) -> HostPattern {
+        HostPattern {
+            text: text.to_string(),
+            kind: PatternKind::Name(text.to_ascii_lowercase()),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.text
     }

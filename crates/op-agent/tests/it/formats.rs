@@ -29,6 +29,31 @@ fn cached_job_set_fixture() {
     assert_eq!(desired::load(dir.path()).unwrap().unwrap(), cached);
 }
 
+/// The cached job set was written under today's rules; a later agent with stricter rules still
+/// loads it (DESIGN 13.7): an agent that cannot read its cache would run nothing until a manager
+/// answers. Here the fixture's jobs are made to break today's rules instead.
+#[test]
+fn cached_job_set_decodes_after_the_rules_tighten() {
+    let text = std::fs::read_to_string(data("desired.json")).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for job in value["jobs"].as_array_mut().unwrap() {
+        let spec = job["spec"].as_object_mut().unwrap();
+        spec.insert("FutureKey".into(), serde_json::json!(1));
+        spec.insert(
+            "Timeout".into(),
+            serde_json::json!(u64::from(u32::MAX) * 100),
+        );
+        spec.insert("Jitter".into(), serde_json::json!(86_400));
+        assert!(op_proto::JobSpec::from_task_value(&job["spec"]).is_err());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(desired::FILE), value.to_string()).unwrap();
+    let cached: CachedJobs = desired::load(dir.path()).unwrap().unwrap();
+    assert_eq!(cached.jobs.len(), 2);
+    assert_eq!(cached.jobs[0].spec.timeout_secs, u64::from(u32::MAX) * 100);
+    assert_eq!(cached.jobs[1].spec.jitter_secs, 86_400);
+}
+
 #[test]
 fn config_file_fixture() {
     let text = std::fs::read_to_string(data("agent.toml")).unwrap();

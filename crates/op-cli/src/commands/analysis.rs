@@ -3,13 +3,14 @@
 //!
 //! Per (job, host) it reports: the last run failed; a cron job has not run for longer than twice its
 //! interval (the seed's rule, measured against the run's own duration); a job never ran since it
-//! was saved; a once-job version still pending or running. Then it groups failures by exit code and
-//! first line across hosts: `exit 2 on 37 of 2,000 hosts: No such file or directory`.
+//! was saved; a once-job version still pending or running. Then it groups failures across hosts
+//! by kind and signature: `exit 2 on 37 of 2,000 hosts: No such file or directory`. How a failure
+//! is described and grouped is `op_proto::analysis`, shared with the web console.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 
 use chrono::{DateTime, Utc};
+use op_proto::analysis::{self, Failure};
 use op_proto::api::{JobView, RunQuery, TargetState};
 use op_proto::{NodeInfo, NodeStatus, RunRecord, RunStatus};
 use serde::Serialize;
@@ -35,7 +36,10 @@ pub struct FailureGroup {
     pub job: String,
     /// `exit 2`, `timeout`, `killed`, `lost`, `signal 9`.
     pub kind: String,
-    pub first_line: String,
+    /// The line that says what went wrong (`op_proto::analysis::signature`).
+    pub signature: String,
+    /// The headline the console shows too: `exit 2 on 37 of 2,000 hosts`.
+    pub headline: String,
     pub hosts: usize,
     pub of_hosts: usize,
 }
@@ -158,7 +162,7 @@ async fn once_job(
             message,
         });
     }
-    group_failures(name, &failed, targets.len(), report);
+    group_failures(&failed, targets.len(), report);
     Ok(())
 }
 
@@ -233,55 +237,27 @@ async fn recurring_job(
             _ => {}
         }
     }
-    group_failures(&spec.name, &failed, selected.len(), report);
+    group_failures(&failed, selected.len(), report);
     Ok(())
 }
 
-fn failure_kind(r: &RunRecord) -> String {
-    match (r.status, r.exit_code, r.signal) {
-        (RunStatus::Failed, Some(code), _) => format!("exit {code}"),
-        (RunStatus::Failed, None, Some(sig)) => format!("signal {sig}"),
-        (status, _, _) => status.as_str().to_string(),
-    }
-}
-
-/// The line that best says what went wrong: the first non-empty output line, else the error.
-fn first_line(r: &RunRecord) -> String {
-    r.output
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .map(str::to_string)
-        .unwrap_or_else(|| r.first_error_line())
-}
-
 fn failure_message(r: &RunRecord) -> String {
-    let err = r.error.clone().unwrap_or_else(|| failure_kind(r));
-    let line = first_line(r);
-    if line.is_empty() || err.contains(&line) {
-        format!("last run failed: {err}")
-    } else {
-        format!("last run failed: {err}: {line}")
-    }
+    format!("last run failed: {}", Failure::of(r).summary())
 }
 
-fn group_failures(job: &str, failed: &[&RunRecord], of_hosts: usize, report: &mut Report) {
-    let mut groups: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for r in failed {
-        *groups.entry((failure_kind(r), first_line(r))).or_default() += 1;
-    }
-    let mut groups: Vec<FailureGroup> = groups
-        .into_iter()
-        .map(|((kind, first_line), hosts)| FailureGroup {
-            job: job.to_string(),
-            kind,
-            first_line,
-            hosts,
-            of_hosts,
-        })
-        .collect();
-    groups.sort_by_key(|g| std::cmp::Reverse(g.hosts));
-    report.failure_groups.extend(groups);
+fn group_failures(failed: &[&RunRecord], of_hosts: usize, report: &mut Report) {
+    report.failure_groups.extend(
+        analysis::group_failures(failed.iter().copied())
+            .into_iter()
+            .map(|g| FailureGroup {
+                headline: g.headline(of_hosts),
+                hosts: g.hosts.len(),
+                job: g.job,
+                kind: g.kind,
+                signature: g.signature,
+                of_hosts,
+            }),
+    );
 }
 
 fn print(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
@@ -298,35 +274,10 @@ fn print(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
         writeln!(out)?;
         writeln!(out, "FAILURES ACROSS HOSTS")?;
         for g in &report.failure_groups {
-            let line = if g.first_line.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", g.first_line)
-            };
-            writeln!(
-                out,
-                "{}: {} on {} of {} hosts{line}",
-                g.job,
-                g.kind,
-                thousands(g.hosts),
-                thousands(g.of_hosts)
-            )?;
+            writeln!(out, "{}: {}: {}", g.job, g.headline, g.signature)?;
         }
     }
     Ok(())
-}
-
-/// `2000` → `2,000`.
-pub fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// `3725` → `1h2m5s`.
@@ -346,9 +297,6 @@ mod tests {
 
     #[test]
     fn formatting() {
-        assert_eq!(thousands(2000), "2,000");
-        assert_eq!(thousands(37), "37");
-        assert_eq!(thousands(1_234_567), "1,234,567");
         assert_eq!(human_secs(3725), "1h2m5s");
         assert_eq!(human_secs(65), "1m5s");
         assert_eq!(human_secs(-3), "0s");

@@ -381,7 +381,12 @@ fn output_text(r: &RunRecord) -> String {
     text
 }
 
+/// The ERROR column: for a failed run the reason and the line that says what went wrong, as
+/// `analysis jobs` and the console describe it.
 fn error_text(r: &RunRecord) -> String {
+    if r.status.is_failure() {
+        return op_proto::analysis::Failure::of(r).summary();
+    }
     match (&r.error, r.status) {
         (Some(e), _) => e.clone(),
         (None, op_proto::RunStatus::Ok) => String::new(),

@@ -5,12 +5,15 @@
 //! `failed: REASON` (the agent keeps the old version and retries with backoff), `missing` (the
 //! agent reported nothing for the package: it has not heard of it yet, or runs an agent without
 //! packages), `outdated` (it holds another version and has not started on the current one). A
-//! host that is not Ready is named as such, since what it last reported may be stale.
+//! host that is not Ready is named as such, since what it last reported may be stale. The
+//! standing of a host is `op_proto::analysis::Standing`, which the web console shows too; a host
+//! whose agent retries after a failed download counts as failed (`failed: REASON (retrying)`).
 
 use std::io::Write;
 
 use chrono::{DateTime, Utc};
-use op_proto::package::{PackageState, PackageVersion};
+use op_proto::analysis::{Convergence, Standing, fleet};
+use op_proto::package::PackageVersion;
 use op_proto::{NodeInfo, NodeStatus};
 use serde::Serialize;
 
@@ -75,54 +78,23 @@ pub struct Report {
 /// Compares what every non-Left node reports with the current version of each package.
 pub fn analyze(packages: &[PackageVersion], nodes: &[NodeInfo], now: DateTime<Utc>) -> Report {
     let mut report = Report::default();
-    let mut nodes: Vec<&NodeInfo> = nodes
-        .iter()
-        .filter(|n| n.status != NodeStatus::Left)
-        .collect();
-    nodes.sort_by(|a, b| (&a.hostname, a.node_id).cmp(&(&b.hostname, b.node_id)));
+    let nodes = fleet(nodes);
     let mut packages: Vec<&PackageVersion> = packages.iter().collect();
     packages.sort_by(|a, b| a.name.cmp(&b.name));
     for p in packages {
-        let mut s = Summary {
-            package: p.name.clone(),
-            version: p.version,
-            hosts: nodes.len(),
-            ..Summary::default()
-        };
+        let mut c = Convergence::default();
         for node in &nodes {
-            let held = node.packages.iter().find(|i| i.name == p.name);
-            let (installed, mut reason) = match held {
-                Some(i) if i.version == p.version => {
-                    s.current += 1;
-                    continue;
-                }
-                None => {
-                    s.missing += 1;
-                    (0, "missing".to_string())
-                }
-                Some(i) => match i.state {
-                    PackageState::Downloading => match &i.error {
-                        // Retrying after a failure: still a failure until it works.
-                        Some(why) => {
-                            s.failed += 1;
-                            (i.version, format!("failed: {why} (retrying)"))
-                        }
-                        None => {
-                            s.downloading += 1;
-                            (i.version, "downloading".to_string())
-                        }
-                    },
-                    PackageState::Failed => {
-                        s.failed += 1;
-                        let why = i.error.as_deref().unwrap_or("no reason given");
-                        (i.version, format!("failed: {why}"))
-                    }
-                    PackageState::Installed => {
-                        s.outdated += 1;
-                        (i.version, "outdated".to_string())
-                    }
-                },
-            };
+            let standing = Standing::of(p, node);
+            c.add(&standing);
+            if standing == Standing::Current {
+                continue;
+            }
+            let installed = node
+                .packages
+                .iter()
+                .find(|i| i.name == p.name)
+                .map_or(0, |i| i.version);
+            let mut reason = standing.describe();
             if node.status != NodeStatus::Ready {
                 reason.push_str(&format!(
                     " (node {}, last seen {} ago)",
@@ -139,7 +111,16 @@ pub fn analyze(packages: &[PackageVersion], nodes: &[NodeInfo], now: DateTime<Ut
                 reason,
             });
         }
-        report.summaries.push(s);
+        report.summaries.push(Summary {
+            package: p.name.clone(),
+            version: p.version,
+            hosts: c.hosts,
+            current: c.current,
+            downloading: c.downloading,
+            failed: c.failed,
+            missing: c.missing,
+            outdated: c.outdated,
+        });
     }
     report
 }
@@ -208,7 +189,7 @@ pub async fn run(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Outcome> {
 #[cfg(test)]
 mod tests {
     use op_proto::node::AgentStats;
-    use op_proto::package::InstalledPackage;
+    use op_proto::package::{InstalledPackage, PackageState};
 
     use super::*;
 

@@ -6,6 +6,7 @@
 
 mod edges;
 mod fleet;
+mod front_ends;
 mod logs;
 mod offline;
 mod seed;

@@ -21,7 +21,7 @@ use chrono::Utc;
 use op_proto::api::{JobRecord, OnceTarget, RunQuery, TargetState};
 use op_proto::hosts::HostPattern;
 use op_proto::invoke::{InvocationAccepted, InvokeRequest};
-use op_proto::{JobSpec, NodeStatus, RunRecord, RunStatus};
+use op_proto::{JobSpec, NodeStatus, RunStatus};
 use serde::{Deserialize, Serialize};
 
 use super::Ui;
@@ -200,56 +200,6 @@ fn run_points(runs: &[RunRecord]) -> Vec<chart::RunPoint> {
         .collect()
 }
 
-/// Failures among the latest runs, grouped across hosts by kind and first line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailureGroup {
-    pub kind: String,
-    pub first_line: String,
-    pub hosts: Vec<String>,
-}
-
-fn failure_kind(r: &RunRecord) -> String {
-    match (r.status, r.exit_code, r.signal) {
-        (RunStatus::Timeout, ..) => "timeout".into(),
-        (RunStatus::Killed, ..) => "killed".into(),
-        (RunStatus::Lost, ..) => "lost".into(),
-        (_, _, Some(sig)) => format!("signal {sig}"),
-        (_, Some(code), None) => format!("exit {code}"),
-        _ => r.status.as_str().into(),
-    }
-}
-
-/// Groups the failed runs of `latest` (one per host), largest group first.
-pub fn group_failures(latest: &[RunRecord]) -> Vec<FailureGroup> {
-    let mut groups: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-    for r in latest.iter().filter(|r| r.status.is_failure()) {
-        let mut line = r.first_error_line();
-        if line.is_empty() {
-            line = r
-                .output
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .to_string();
-        }
-        groups
-            .entry((failure_kind(r), line))
-            .or_default()
-            .push(r.hostname.clone());
-    }
-    let mut out: Vec<FailureGroup> = groups
-        .into_iter()
-        .map(|((kind, first_line), hosts)| FailureGroup {
-            kind,
-            first_line,
-            hosts,
-        })
-        .collect();
-    out.sort_by_key(|g| std::cmp::Reverse(g.hosts.len()));
-    out
-}
-
 fn once_progress(targets: &[OnceTarget]) -> String {
     let mut by_rev: BTreeMap<u64, Vec<&OnceTarget>> = BTreeMap::new();
     for t in targets {
@@ -420,7 +370,8 @@ pub async fn show(
         recent.len(),
         chart::runs("job-runs", &run_points(&recent), Utc::now())
     );
-    let groups = group_failures(&latest);
+    // Described and grouped as `agentcli analysis jobs` does (`op_proto::analysis`).
+    let groups = op_proto::analysis::group_failures(&latest);
     let _ = write!(
         body,
         "<section class=\"card\"><h2>Failures across hosts</h2>"
@@ -444,11 +395,9 @@ pub async fn show(
             };
             let _ = write!(
                 body,
-                "<li><strong>{} on {} of {} hosts</strong>: <code>{}</code><br><span class=\"muted\">{hosts}{more}</span></li>",
-                esc(&g.kind),
-                g.hosts.len(),
-                latest.len(),
-                esc(&g.first_line)
+                "<li><strong>{}</strong>: <code>{}</code><br><span class=\"muted\">{hosts}{more}</span></li>",
+                esc(&g.headline(latest.len())),
+                esc(&g.signature)
             );
         }
         body.push_str("</ul>");

@@ -65,15 +65,8 @@ pub fn count(
     }
     c.packages = packages.len();
     for p in packages {
-        let behind = nodes
-            .iter()
-            .filter(|n| n.status != NodeStatus::Left)
-            .filter(|n| {
-                !n.packages
-                    .iter()
-                    .any(|i| i.name == p.name && i.version == p.version)
-            })
-            .count();
+        // Behind = not `current` by the standing the packages page and the CLI show.
+        let behind = op_proto::analysis::Convergence::of(p, nodes).behind();
         if behind > 0 {
             c.behind.insert(p.name.clone(), behind);
         }

@@ -1,7 +1,8 @@
 //! Packages: the current version of each with how far the fleet has converged on it, a page per
 //! package (its versions, the state on every host, rollback), and upload. Uploads stream the
 //! browser's file straight into `PUT /v1/packages/NAME` (`console.js` sends it with the CSRF
-//! header); rollbacks are `POST /v1/packages/NAME/rollback`.
+//! header); rollbacks are `POST /v1/packages/NAME/rollback`. A host's standing with a version is
+//! `op_proto::analysis::Standing`, the same judgement `agentcli analysis packages` prints.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -11,8 +12,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use op_proto::package::{PackageState, PackageVersion};
-use op_proto::{NodeInfo, NodeStatus};
+use op_proto::analysis::{Convergence, Standing, fleet};
 use serde::Deserialize;
 
 use super::Ui;
@@ -21,58 +21,19 @@ use super::nodes::package_state;
 use super::session::{SessionView, form_field};
 use super::writes::{self, CallBody};
 
-/// A host's standing with one package.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Standing {
-    Current,
-    Downloading,
-    Failed,
-    Outdated,
-    Missing,
-}
-
-impl Standing {
-    fn of(p: &PackageVersion, n: &NodeInfo) -> Standing {
-        match n.packages.iter().find(|i| i.name == p.name) {
-            Some(i) if i.version == p.version => Standing::Current,
-            None => Standing::Missing,
-            Some(i) => match i.state {
-                PackageState::Downloading => Standing::Downloading,
-                PackageState::Failed => Standing::Failed,
-                PackageState::Installed => Standing::Outdated,
-            },
-        }
-    }
-
-    fn badge(self) -> &'static str {
-        match self {
-            Standing::Current => {
-                "<span class=\"badge good\"><span aria-hidden=\"true\">✓</span> current</span>"
-            }
-            Standing::Downloading => {
-                "<span class=\"badge busy\"><span aria-hidden=\"true\">↓</span> downloading</span>"
-            }
-            Standing::Failed => {
-                "<span class=\"badge bad\"><span aria-hidden=\"true\">✕</span> failed</span>"
-            }
-            Standing::Outdated => {
-                "<span class=\"badge warn\"><span aria-hidden=\"true\">!</span> outdated</span>"
-            }
-            Standing::Missing => {
-                "<span class=\"badge muted\"><span aria-hidden=\"true\">?</span> missing</span>"
-            }
-        }
-    }
-}
-
-/// Hosts that count for convergence: every node that has not left.
-fn fleet(nodes: &[NodeInfo]) -> Vec<&NodeInfo> {
-    let mut v: Vec<&NodeInfo> = nodes
-        .iter()
-        .filter(|n| n.status != NodeStatus::Left)
-        .collect();
-    v.sort_by(|a, b| (&a.hostname, a.node_id).cmp(&(&b.hostname, b.node_id)));
-    v
+/// The standing as a badge, with the text `agentcli analysis packages` prints for it.
+fn badge(standing: &Standing) -> String {
+    let (class, icon) = match standing {
+        Standing::Current => ("good", "✓"),
+        Standing::Downloading => ("busy", "↓"),
+        Standing::Failed { .. } => ("bad", "✕"),
+        Standing::Outdated => ("warn", "!"),
+        Standing::Missing => ("muted", "?"),
+    };
+    format!(
+        "<span class=\"badge {class}\"><span aria-hidden=\"true\">{icon}</span> {}</span>",
+        esc(&standing.describe())
+    )
 }
 
 fn upload_form(s: &SessionView) -> String {
@@ -100,7 +61,6 @@ pub async fn list(State(ui): State<Arc<Ui>>, Extension(s): Extension<SessionView
         Err(e) => return html::server_error(&s, e),
     };
     packages.sort_by(|a, b| a.name.cmp(&b.name));
-    let hosts = fleet(&nodes);
     let mut body = String::with_capacity(4096 + packages.len() * 400);
     body.push_str("<h1>Packages</h1>");
     if s.can_operate() {
@@ -111,20 +71,17 @@ pub async fn list(State(ui): State<Arc<Ui>>, Extension(s): Extension<SessionView
          <th>Uploaded</th><th>Hosts current</th><th>Behind</th></tr></thead><tbody>",
     );
     for p in &packages {
-        let mut counts = [0usize; 5];
-        for n in &hosts {
-            counts[Standing::of(p, n) as usize] += 1;
-        }
-        let behind = hosts.len() - counts[Standing::Current as usize];
-        let detail = if behind == 0 {
+        let c = Convergence::of(p, &nodes);
+        let detail = if c.behind() == 0 {
             "–".to_string()
         } else {
             format!(
-                "{behind}: {} downloading, {} failed, {} outdated, {} missing",
-                counts[Standing::Downloading as usize],
-                counts[Standing::Failed as usize],
-                counts[Standing::Outdated as usize],
-                counts[Standing::Missing as usize]
+                "{}: {} downloading, {} failed, {} outdated, {} missing",
+                c.behind(),
+                c.downloading,
+                c.failed,
+                c.outdated,
+                c.missing
             )
         };
         let _ = write!(
@@ -138,8 +95,8 @@ pub async fn list(State(ui): State<Arc<Ui>>, Extension(s): Extension<SessionView
             html::bytes(p.size),
             html::time(p.uploaded_at),
             esc(&p.uploader),
-            counts[Standing::Current as usize],
-            hosts.len()
+            c.current,
+            c.hosts
         );
     }
     if packages.is_empty() {
@@ -246,10 +203,7 @@ pub async fn show(
         );
     }
     body.push_str("</tbody></table></section>");
-    let current_hosts = hosts
-        .iter()
-        .filter(|n| Standing::of(&current, n) == Standing::Current)
-        .count();
+    let current_hosts = Convergence::of(&current, &nodes).current;
     let _ = write!(
         body,
         "<section class=\"card\"><h2>On each host: <span id=\"converged\">{current_hosts} of {}</span> current</h2>",
@@ -276,14 +230,15 @@ pub async fn show(
         };
         let _ = write!(
             body,
-            "<tr data-host=\"{}\" data-standing=\"{standing:?}\"><td data-label=\"Host\"><a href=\"/ui/nodes/{}\">{}</a></td>\
+            "<tr data-host=\"{}\" data-standing=\"{}\"><td data-label=\"Host\"><a href=\"/ui/nodes/{}\">{}</a></td>\
              <td data-label=\"Node\">{}</td><td data-label=\"Standing\">{}</td><td data-label=\"Installed\">{installed}</td>\
              <td data-label=\"State\">{state}</td><td data-label=\"Error\">{error}</td></tr>",
             attr(&n.hostname),
+            standing.word(),
             n.node_id,
             esc(&n.hostname),
             html::node_status(n.status),
-            standing.badge()
+            badge(&standing)
         );
     }
     body.push_str("</tbody></table>");

@@ -12,6 +12,7 @@ mod jobs;
 mod liveness;
 mod once;
 mod packages;
+mod release_fixtures;
 mod restart;
 mod runs;
 mod sync;

@@ -150,7 +150,8 @@ impl JobSpec {
         }
     }
 
-    /// Parses and validates a task file (see [`taskfile`] for the accepted form).
+    /// Parses and validates a task file (see [`taskfile`] for the accepted form). For what a
+    /// person wrote; stored data goes through [`JobSpec::from_stored_value`].
     pub fn from_task_json(text: &str) -> Result<JobSpec, TaskFileError> {
         taskfile::parse(text)
     }
@@ -160,9 +161,17 @@ impl JobSpec {
         taskfile::parse_value(value)
     }
 
+    /// Decodes a job the manager accepted before (a raft entry, a snapshot, a store row, an
+    /// agent's cache or sync answer) without applying the validation rules, so data written
+    /// under older or other rules still reads (DESIGN 13.7). This is what `Deserialize` does.
+    pub fn from_stored_value(value: &serde_json::Value) -> Result<JobSpec, TaskFileError> {
+        taskfile::decode_stored(value)
+    }
+
     /// Parses a task file and also checks what depends on the current time: a schedule that never
     /// fires after `now` is refused. This is the check `save` and `validate` apply; decoding a stored
-    /// job (`from_task_json`) does not, so a job whose last fire has passed can still be read back.
+    /// job (`from_stored_value`, what `Deserialize` uses) does not, so a job whose last fire has passed
+    /// can still be read back.
     pub fn from_task_json_at(
         text: &str,
         now: chrono::DateTime<chrono::Utc>,
@@ -236,6 +245,11 @@ impl JobSpec {
 
 /// On the wire a job travels in its task-file form, so there is one format everywhere: the file an
 /// operator writes, the body of `PUT /v1/jobs/NAME`, and the desired state an agent receives.
+///
+/// Deserializing applies no validation rule ([`JobSpec::from_stored_value`]): every serde path
+/// carries data that was validated once, at the API, and must keep decoding after a later
+/// release tightens the rules (DESIGN 13.7). Input from a person goes through
+/// [`JobSpec::from_task_json_at`] instead.
 impl serde::Serialize for JobSpec {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.to_task_value().serialize(s)
@@ -245,7 +259,7 @@ impl serde::Serialize for JobSpec {
 impl<'de> serde::Deserialize<'de> for JobSpec {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let value = serde_json::Value::deserialize(d)?;
-        JobSpec::from_task_value(&value).map_err(serde::de::Error::custom)
+        JobSpec::from_stored_value(&value).map_err(serde::de::Error::custom)
     }
 }
 

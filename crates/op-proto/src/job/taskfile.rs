@@ -5,6 +5,15 @@
 //! key is an error that names the closest known key; flags accept `0`/`1` and `true`/`false`.
 //! Parsing collects every error in the file instead of stopping at the first one, so an operator
 //! fixes a file in one pass.
+//!
+//! There are two ways in (DESIGN 13.7, "stored data outlives stricter rules"):
+//! - [`parse`] / [`parse_value`] apply every rule. They are for what a person wrote: the API's
+//!   save and validate, the CLI's offline `validate`, the console's editor, the agent's jobs dir.
+//! - [`decode_stored`] reads what the manager already accepted once: raft entries, snapshots and
+//!   store rows, the agent's desired-state cache and sync answers. It applies no rule, so a job
+//!   saved under older (or other) rules reads back as it was stored: unknown keys are ignored and
+//!   values outside today's limits are kept. Only a value that the model cannot hold at all (a
+//!   string where a number belongs, a negative count) is an error, since no release wrote one.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -104,12 +113,24 @@ pub fn parse(text: &str) -> Result<JobSpec, TaskFileError> {
     parse_value(&value)
 }
 
-/// Parses a decoded task file.
+/// Parses a decoded task file, applying every rule.
 pub fn parse_value(value: &Value) -> Result<JobSpec, TaskFileError> {
+    read_value(value, Check::Rules)
+}
+
+/// Decodes a job the manager stored or sent, applying no validation rule (see the module doc).
+pub fn decode_stored(value: &Value) -> Result<JobSpec, TaskFileError> {
+    read_value(value, Check::Stored)
+}
+
+fn read_value(value: &Value, check: Check) -> Result<JobSpec, TaskFileError> {
     let Value::Object(map) = value else {
         return Err(TaskFileError::NotObject(json_kind(value)));
     };
-    let mut reader = Reader::default();
+    let mut reader = Reader {
+        errors: Vec::new(),
+        check,
+    };
     let fields = reader.collect_keys(map);
     let spec = reader.read(&fields);
     if reader.errors.is_empty() {
@@ -221,21 +242,38 @@ fn closest_key(key: &str) -> &'static str {
         .unwrap_or("JobName")
 }
 
+/// Whether the validation rules apply to what is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Input from a person: every rule applies.
+    Rules,
+    /// Data the manager accepted before: only what the model cannot hold is an error.
+    Stored,
+}
+
 /// Accumulates field errors while reading one file.
-#[derive(Default)]
 struct Reader {
     errors: Vec<FieldError>,
+    check: Check,
 }
 
 /// The file's values by canonical key, with the spelling the file used.
 type Fields<'a> = BTreeMap<&'static str, (&'a str, &'a Value)>;
 
 impl Reader {
+    /// A value the model cannot hold: an error however the file is read.
     fn error(&mut self, field: &str, message: impl Into<String>) {
         self.errors.push(FieldError {
             field: field.to_string(),
             message: message.into(),
         });
+    }
+
+    /// A broken validation rule: an error for input, ignored when decoding stored data.
+    fn rule(&mut self, field: &str, message: impl Into<String>) {
+        if self.check == Check::Rules {
+            self.error(field, message);
+        }
     }
 
     fn collect_keys<'a>(&mut self, map: &'a Map<String, Value>) -> Fields<'a> {
@@ -248,7 +286,7 @@ impl Reader {
                 Some(canonical) => {
                     if let Some((first, _)) = fields.get(canonical) {
                         let message = format!("given twice (also as {first:?}); keep one");
-                        self.error(key, message);
+                        self.rule(key, message);
                     } else {
                         fields.insert(canonical, (key.as_str(), value));
                     }
@@ -258,7 +296,7 @@ impl Reader {
                         "unknown key; did you mean {:?}? (keys starting with '#' are comments)",
                         closest_key(key)
                     );
-                    self.error(key, message);
+                    self.rule(key, message);
                 }
             }
         }
@@ -269,24 +307,24 @@ impl Reader {
         let mut spec = JobSpec::new("", "");
 
         match f.get("JobName") {
-            None => self.error("JobName", "is required"),
+            None => self.rule("JobName", "is required"),
             Some((key, value)) => {
                 if let Some(name) = self.string(key, value) {
                     if let Err(e) = validate_name(&name) {
-                        self.error(key, e);
+                        self.rule(key, e);
                     }
                     spec.name = name;
                 }
             }
         }
         match f.get("Command") {
-            None => self.error("Command", "is required"),
+            None => self.rule("Command", "is required"),
             Some((key, value)) => {
                 if let Some(cmd) = self.string(key, value) {
                     if cmd.trim().is_empty() {
-                        self.error(key, "must not be empty");
+                        self.rule(key, "must not be empty");
                     } else if cmd.len() > MAX_COMMAND_LEN {
-                        self.error(
+                        self.rule(
                             key,
                             format!(
                                 "is {} bytes; at most {MAX_COMMAND_LEN} are allowed",
@@ -294,7 +332,7 @@ impl Reader {
                             ),
                         );
                     } else if cmd.contains('\0') {
-                        self.error(key, "must not contain a NUL character");
+                        self.rule(key, "must not contain a NUL character");
                     }
                     spec.command = cmd;
                 }
@@ -326,9 +364,10 @@ impl Reader {
             let tz = tz.trim().to_string();
             if tz.is_empty() {
                 spec.time_zone = None;
-            } else if Zone::parse(&tz).is_none() {
-                self.error(key, format!("{tz:?} is not a known IANA time zone (for example \"Europe/Berlin\", \"UTC\")"));
             } else {
+                if Zone::parse(&tz).is_none() {
+                    self.rule(key, format!("{tz:?} is not a known IANA time zone (for example \"Europe/Berlin\", \"UTC\")"));
+                }
                 spec.time_zone = Some(tz);
             }
         }
@@ -339,11 +378,11 @@ impl Reader {
             if !spec.cron_expr.is_empty()
                 && let Err(e) = Schedule::parse(&spec.cron_expr, spec.zone())
             {
-                self.error(key, e.to_string());
+                self.rule(key, e.to_string());
             }
         }
         if spec.once_job && !spec.cron_expr.is_empty() {
-            self.error(
+            self.rule(
                 "OnceJob",
                 "a once-job runs once per saved revision and cannot also have a CronExpr; \
                  set CronExpr to \"\" or OnceJob to 0",
@@ -360,7 +399,7 @@ impl Reader {
         {
             match Concurrency::parse(s.trim()) {
                 Some(c) => spec.concurrency = c,
-                None => self.error(
+                None => self.rule(
                     key,
                     format!("{s:?} is not a policy; use \"forbid\", \"allow\" or \"replace\""),
                 ),
@@ -371,9 +410,10 @@ impl Reader {
         {
             if dir.is_empty() {
                 spec.work_dir = None;
-            } else if !dir.starts_with('/') || dir.contains('\0') {
-                self.error(key, format!("{dir:?} must be an absolute path"));
             } else {
+                if !dir.starts_with('/') || dir.contains('\0') {
+                    self.rule(key, format!("{dir:?} must be an absolute path"));
+                }
                 spec.work_dir = Some(dir);
             }
         }
@@ -382,18 +422,18 @@ impl Reader {
         {
             for (name, val) in &env {
                 if validate_param_name(name).is_err() {
-                    self.error(
+                    self.rule(
                         key,
                         format!("variable name {name:?} must match [A-Za-z_][A-Za-z0-9_]*"),
                     );
                 } else if name.to_ascii_uppercase().starts_with("OP_") {
-                    self.error(
+                    self.rule(
                         key,
                         format!("variable name {name:?} uses the reserved prefix OP_"),
                     );
                 }
                 if val.contains('\0') {
-                    self.error(key, format!("value of {name:?} must not contain NUL"));
+                    self.rule(key, format!("value of {name:?} must not contain NUL"));
                 }
             }
             spec.env = env;
@@ -403,9 +443,10 @@ impl Reader {
         {
             if user.is_empty() {
                 spec.run_as = None;
-            } else if !valid_user(&user) {
-                self.error(key, format!("{user:?} is not a user name or numeric uid"));
             } else {
+                if !valid_user(&user) {
+                    self.rule(key, format!("{user:?} is not a user name or numeric uid"));
+                }
                 spec.run_as = Some(user);
             }
         }
@@ -413,7 +454,7 @@ impl Reader {
             spec.params = self.params(key, value);
         }
         if !spec.params.is_empty() && (spec.once_job || !spec.cron_expr.is_empty()) {
-            self.error(
+            self.rule(
                 "Params",
                 "scheduled jobs run without parameters; declare Params only on API jobs \
                  (CronExpr \"\" and OnceJob 0)",
@@ -422,7 +463,7 @@ impl Reader {
         if let Some((key, value)) = f.get("Retries")
             && let Some(n) = self.number(key, value, 0, 10, "retries")
         {
-            spec.retries = n as u32;
+            spec.retries = u32::try_from(n).unwrap_or(u32::MAX);
         }
         if let Some((key, value)) = f.get("RetryDelay")
             && let Some(n) = self.number(key, value, 0, 86_400, "seconds")
@@ -444,13 +485,13 @@ impl Reader {
         {
             for (k, v) in &labels {
                 if !valid_label(k) {
-                    self.error(
+                    self.rule(
                         key,
                         format!("label key {k:?} must be 1..63 of [A-Za-z0-9._/-]"),
                     );
                 }
                 if v.len() > 63 || v.chars().any(|c| c.is_control() || c == ',' || c == '=') {
-                    self.error(key, format!("label value {v:?} must be at most 63 characters without ',', '=' or control characters"));
+                    self.rule(key, format!("label value {v:?} must be at most 63 characters without ',', '=' or control characters"));
                 }
             }
             spec.labels = labels;
@@ -476,7 +517,7 @@ impl Reader {
             "a relative weight (0 = unset, else 2..262144)",
         );
         if cg.cpu_shares == 1 {
-            self.error("CPUShares", "1 is below the minimum weight 2 (0 = unset)");
+            self.rule("CPUShares", "1 is below the minimum weight 2 (0 = unset)");
         }
         cg.cpu_quota_us = num(
             self,
@@ -486,7 +527,7 @@ impl Reader {
             "microseconds per 100 ms period (0 = unlimited)",
         );
         if (1..1000).contains(&cg.cpu_quota_us) {
-            self.error(
+            self.rule(
                 "CPUQuotaUs",
                 "must be 0 (unlimited) or at least 1000 microseconds",
             );
@@ -494,7 +535,7 @@ impl Reader {
         cg.memory_limit = num(self, "MemoryLimit", 0, TIB, "bytes (0 = unlimited)");
         cg.memory_sw_limit = num(self, "MemorySwLimit", 0, TIB, "bytes (0 = unlimited)");
         if cg.memory_limit != 0 && cg.memory_sw_limit != 0 && cg.memory_sw_limit < cg.memory_limit {
-            self.error(
+            self.rule(
                 "MemorySwLimit",
                 "must be at least MemoryLimit (it counts memory plus swap)",
             );
@@ -517,7 +558,7 @@ impl Reader {
             && let Some(dev) = self.string(key, value)
         {
             if !dev.is_empty() && !valid_device(&dev) {
-                self.error(
+                self.rule(
                     key,
                     format!("{dev:?} must be a device path under /dev/ or MAJOR:MINOR"),
                 );
@@ -525,7 +566,7 @@ impl Reader {
             cg.io_limit_device = dev;
         }
         if (cg.io_read_limit != 0 || cg.io_write_limit != 0) && cg.io_limit_device.is_empty() {
-            self.error(
+            self.rule(
                 "IOLimitDevice",
                 "is required when IOReadLimit or IOWriteLimit is set",
             );
@@ -591,11 +632,15 @@ impl Reader {
                 None
             }
             Some(n) if n < i128::from(lo) || n > i128::from(hi) => {
-                self.error(
-                    key,
-                    format!("{n} is out of range; allowed is {lo}..={hi} {what}"),
-                );
-                None
+                let message = format!("{n} is out of range; allowed is {lo}..={hi} {what}");
+                match u64::try_from(n) {
+                    // Stored data keeps a value today's limits refuse, if the model can hold it.
+                    Ok(n) if self.check == Check::Stored => Some(n),
+                    _ => {
+                        self.error(key, message);
+                        None
+                    }
+                }
             }
             Some(n) => Some(n as u64),
         }
@@ -621,7 +666,10 @@ impl Reader {
                 Value::String(s) if s.trim().is_empty() => {}
                 Value::String(s) => match HostPattern::parse(s.trim()) {
                     Ok(p) => out.push(p),
-                    Err(e) => self.error(key, e.to_string()),
+                    Err(e) => {
+                        self.rule(key, e.to_string());
+                        out.push(HostPattern::exact_name(s.trim()));
+                    }
                 },
                 other => self.error(
                     key,
@@ -647,14 +695,16 @@ impl Reader {
             return Vec::new();
         };
         if items.len() > MAX_PARAMS {
-            self.error(
+            self.rule(
                 key,
                 format!(
                     "declares {} parameters; at most {MAX_PARAMS} are allowed",
                     items.len()
                 ),
             );
-            return Vec::new();
+            if self.check == Check::Rules {
+                return Vec::new();
+            }
         }
         let mut out: Vec<String> = Vec::new();
         for item in items {
@@ -666,15 +716,16 @@ impl Reader {
                 continue;
             };
             if let Err(e) = validate_param_name(name) {
-                self.error(key, e);
+                self.rule(key, e);
             } else if out.iter().any(|p| p.eq_ignore_ascii_case(name)) {
-                self.error(
+                self.rule(
                     key,
                     format!("parameter {name:?} is declared twice (names are case-insensitive)"),
                 );
-            } else {
-                out.push(name.clone());
+                continue;
             }
+            // A name refused above is an error for input; stored data keeps it as it was.
+            out.push(name.clone());
         }
         out
     }
@@ -824,6 +875,71 @@ mod tests {
         assert!(e[0].starts_with("MemorySwLimit"), "{e:?}");
         let e = errs(r#"{"JobName":"a","Command":"x","CPUQuotaUs":5}"#);
         assert!(e[0].starts_with("CPUQuotaUs"), "{e:?}");
+    }
+
+    /// A job that breaks every rule the model can represent: what a job saved today looks like
+    /// to a later release with stricter rules, or what an older release accepted.
+    const BREAKS_EVERY_RULE: &str = r#"{
+        "JobName":"has space","Command":"","CronExpr":"61 * * * * * *","OnceJob":1,
+        "Timeout":99999999999,"TimeZone":"Mars/Olympus","Concurrency":"queue",
+        "WhiteHosts":["10.0.0.0/33"],"BlackHosts":["bad host"],"WorkDir":"relative",
+        "Env":{"OP_X":"1","9a":"2"},"RunAs":"no such user","Params":["9p","p","P"],
+        "Retries":99,"RetryDelay":999999,"Jitter":999999,"KillGrace":999999,
+        "Labels":{"":"a,b"},"CPUShares":1,"CPUQuotaUs":5,"MemoryLimit":10,"MemorySwLimit":5,
+        "IOReadLimit":1,"IOLimitDevice":"sdb","FutureKey":{"added":"by a later release"}}"#;
+
+    #[test]
+    fn stored_jobs_decode_whatever_the_rules_say() {
+        let value: Value = serde_json::from_str(BREAKS_EVERY_RULE).unwrap();
+        let strict = parse_value(&value).unwrap_err().messages();
+        assert!(
+            strict.len() >= 20,
+            "every rule refuses something: {strict:?}"
+        );
+
+        let spec = decode_stored(&value).unwrap();
+        assert_eq!(spec.name, "has space");
+        assert_eq!(spec.timeout_secs, 99_999_999_999);
+        assert_eq!(spec.time_zone.as_deref(), Some("Mars/Olympus"));
+        assert_eq!(spec.concurrency, Concurrency::Forbid);
+        assert_eq!(spec.work_dir.as_deref(), Some("relative"));
+        assert_eq!(spec.run_as.as_deref(), Some("no such user"));
+        assert_eq!(spec.params, ["9p", "p"]);
+        assert_eq!((spec.retries, spec.cgroup.cpu_shares), (99, 1));
+        assert!(
+            spec.schedule().is_none(),
+            "an unparsable schedule never fires"
+        );
+        // A refused host entry names one host exactly, never more.
+        let white = &spec.white_hosts[0];
+        assert_eq!(white.as_str(), "10.0.0.0/33");
+        let host = |name: &str, ip: &str| crate::hosts::HostIdentity {
+            hostname: name.into(),
+            ips: vec![ip.parse().unwrap()],
+            labels: BTreeMap::new(),
+        };
+        assert!(!white.matches(&host("web-1", "10.0.0.1")));
+        assert!(spec.black_hosts[0].matches(&host("BAD HOST", "10.0.0.1")));
+        // What a stored job says is what it says again when sent on.
+        assert_eq!(decode_stored(&to_value(&spec)).unwrap(), spec);
+        // The JobSpec's serde is the stored path.
+        let via_serde: JobSpec = serde_json::from_value(value).unwrap();
+        assert_eq!(via_serde, spec);
+    }
+
+    #[test]
+    fn stored_decoding_refuses_what_the_model_cannot_hold() {
+        for text in [
+            r#"{"JobName":"a","Command":"x","Timeout":-1}"#,
+            r#"{"JobName":"a","Command":"x","Timeout":"soon"}"#,
+            r#"{"JobName":"a","Command":"x","Enabled":2}"#,
+            r#"{"JobName":7,"Command":"x"}"#,
+            r#"{"JobName":"a","Command":"x","WhiteHosts":"all"}"#,
+            r#"["not", "an object"]"#,
+        ] {
+            let value: Value = serde_json::from_str(text).unwrap();
+            assert!(decode_stored(&value).is_err(), "{text}");
+        }
     }
 
     #[test]
