@@ -67,6 +67,7 @@ struct Inner {
     last_sync: Gauge<f64, AtomicU64>,
     delivered: Counter,
     delivery_delay: Histogram,
+    log_write_failures: Counter,
 }
 
 /// Shared handle to every metric.
@@ -151,6 +152,12 @@ impl Metrics {
             "Time from a run's end to the manager's acknowledgement of its record",
             delivery_delay.clone(),
         );
+        let log_write_failures = Counter::default();
+        registry.register(
+            "log_write_failures",
+            "Log lines dropped because stderr could not take them (a broken or stalled pipe)",
+            log_write_failures.clone(),
+        );
         let build = Family::<VersionLabel, Gauge>::default();
         build
             .get_or_create(&VersionLabel {
@@ -166,6 +173,7 @@ impl Metrics {
             last_sync,
             delivered,
             delivery_delay,
+            log_write_failures,
             runs,
             skipped_fires,
             lost_fires,
@@ -268,6 +276,11 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4, see [`op_proto::exposition`]).
     pub fn encode(&self) -> String {
+        let failures = op_log::write_failures();
+        let seen = self.0.log_write_failures.get();
+        if failures > seen {
+            self.0.log_write_failures.inc_by(failures - seen);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.0.registry);
