@@ -57,6 +57,7 @@ struct Inner {
     runs: Family<StatusLabel, Counter>,
     skipped_fires: Counter,
     lost_fires: Counter,
+    refused_fires: Counter,
     running: Gauge<i64, AtomicI64>,
     outbox_depth: Gauge<i64, AtomicI64>,
     outbox_bytes: Gauge<i64, AtomicI64>,
@@ -96,6 +97,12 @@ impl Metrics {
             "lost_fires",
             "Cron fires missed while the agent was down or too late to catch up",
             lost_fires.clone(),
+        );
+        let refused_fires = Counter::default();
+        registry.register(
+            "refused_fires",
+            "Fires refused because the run could not be recorded before its start (state disk full)",
+            refused_fires.clone(),
         );
         let running = Gauge::default();
         registry.register("running_runs", "Runs in progress", running.clone());
@@ -177,6 +184,7 @@ impl Metrics {
             runs,
             skipped_fires,
             lost_fires,
+            refused_fires,
             running,
             outbox_depth,
             outbox_bytes,
@@ -247,6 +255,10 @@ impl Metrics {
         self.0.skipped_fires.inc();
     }
 
+    pub fn fire_refused(&self) {
+        self.0.refused_fires.inc();
+    }
+
     pub fn fires_lost(&self, n: u64) {
         self.0.lost_fires.inc_by(n);
     }
@@ -271,6 +283,7 @@ impl Metrics {
             dropped_runs: self.0.outbox_dropped.get(),
             lost_fires: self.0.lost_fires.get(),
             skipped_fires: self.0.skipped_fires.get(),
+            refused_fires: self.0.refused_fires.get(),
         }
     }
 

@@ -432,6 +432,7 @@ impl Metrics {
     ) -> String {
         for (status, n) in [
             (NodeStatus::Ready, stats.nodes_ready),
+            (NodeStatus::Degraded, stats.nodes_degraded),
             (NodeStatus::NotReady, stats.nodes_not_ready),
             (NodeStatus::Left, stats.nodes_left),
         ] {

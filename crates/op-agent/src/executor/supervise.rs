@@ -35,7 +35,10 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
     let mut record = handle.0.record.clone();
     if let Err(e) = exec.0.state.insert_running(record.clone(), req.once).await {
         // Without a durable in-flight record a crash could not be reported (or, for a once-job,
-        // could run it twice), so the run does not start.
+        // could run it twice), so the run does not start: the fire is refused, counted and
+        // reported (the node turns Degraded), and a refused once-job is held for a retry.
+        exec.0.metrics.fire_refused();
+        exec.0.health.fire_refused(record.run_id, &e);
         fail(
             &mut record,
             format!("not started: could not record the run first: {e}"),
@@ -141,6 +144,17 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
 
     let grace = Duration::from_secs(spec.kill_grace_secs);
     let timeout = spec.timeout_secs;
+    if timeout > 0 {
+        // Past this the run should long be over: the watchdog reports a stalled executor.
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_secs(timeout)
+            + grace
+            + AFTER_SIGKILL
+            + OUTPUT_GRACE;
+        exec.0
+            .health
+            .run_deadline(record.run_id, &spec.name, deadline);
+    }
     let stop = tokio::select! {
         _ = exited(exit_rx.clone()) => None,
         _ = tokio::time::sleep(Duration::from_secs(timeout)), if timeout > 0 => {

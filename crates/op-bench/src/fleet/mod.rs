@@ -93,6 +93,7 @@ impl SimAgent {
             running: Vec::new(),
             packages: Vec::new(),
             stats: Default::default(),
+            degraded: None,
         }
     }
 }

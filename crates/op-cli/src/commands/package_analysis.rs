@@ -229,6 +229,7 @@ mod tests {
             running: vec![],
             packages,
             stats: AgentStats::default(),
+            degraded: None,
         }
     }
 

@@ -48,10 +48,11 @@ fn render(out: &mut impl Write, nodes: &[NodeInfo], manager: &str) -> std::io::R
     let running: usize = nodes.iter().map(|n| n.running.len()).sum();
     writeln!(
         out,
-        "{}  manager {manager}  nodes: {} Ready, {} NotReady  runs in progress: {running}",
+        "{}  manager {manager}  nodes: {} Ready, {} Degraded, {} NotReady  runs in progress: {running}",
         now.with_timezone(&chrono::Local)
             .format("%Y-%m-%d %H:%M:%S"),
         count(NodeStatus::Ready),
+        count(NodeStatus::Degraded),
         count(NodeStatus::NotReady),
     )?;
     writeln!(out)?;

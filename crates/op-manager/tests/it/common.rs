@@ -255,6 +255,7 @@ impl FakeAgent {
             running: vec![],
             packages: vec![],
             stats: Default::default(),
+            degraded: None,
         }
     }
 

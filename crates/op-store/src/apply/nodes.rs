@@ -37,6 +37,7 @@ pub(super) fn register(
         running: Vec::new(),
         packages: Vec::new(),
         stats: AgentStats::default(),
+        degraded: None,
     });
     node.hostname = reg.hostname.clone();
     node.ips = reg.ips.clone();
@@ -44,7 +45,9 @@ pub(super) fn register(
     node.agent_version = reg.agent_version.clone();
     node.os = reg.os.clone();
     node.arch = reg.arch.clone();
+    // Registration says nothing of faults: the heartbeat that follows it does.
     node.status = NodeStatus::Ready;
+    node.degraded = None;
     node.last_seen = node.last_seen.max(at);
     write(conn, &node)?;
     bump_desired_node(conn, index, node.node_id, ch)?;
@@ -78,8 +81,10 @@ pub(super) fn heartbeats(conn: &Connection, beats: &[NodeBeat], ch: &mut Changes
             unknown.push(beat.node_id);
             continue;
         }
-        if node.status != NodeStatus::Ready {
-            node.status = NodeStatus::Ready;
+        let status = NodeStatus::of_beat(beat.degraded.as_deref());
+        if node.status != status || node.degraded != beat.degraded {
+            node.status = status;
+            node.degraded = beat.degraded.clone();
             ch.nodes.insert(node.node_id);
         }
         node.last_seen = node.last_seen.max(beat.seen_at);

@@ -9,6 +9,7 @@ mod cluster;
 mod config_docs;
 mod console;
 mod fanout;
+mod faults;
 mod fleet;
 mod logs;
 mod metrics;
