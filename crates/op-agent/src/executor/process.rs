@@ -71,24 +71,17 @@ pub fn all_processes() -> Vec<ProcStat> {
     .collect()
 }
 
-/// Members of group `pgid` that are still alive (zombies are dead: they only await reaping).
-pub fn live_members(pgid: i32) -> usize {
-    all_processes()
-        .iter()
-        .filter(|p| p.pgrp == pgid && !matches!(p.state, 'Z' | 'X' | 'x'))
-        .count()
-}
-
-/// The live processes of a run outside its process group: those that left it with `setsid`
-/// (`setsid sleep 1000 &`, `nohup setsid ... &`) and their descendants.
+/// A run's live processes, from one pass over /proc: how many are in its group `pgid`, and the
+/// pids of those outside it, which left it with `setsid` (`setsid sleep 1000 &`,
+/// `nohup setsid ... &`), with their descendants. Zombies are dead: they only await reaping.
 ///
 /// The agent is a child subreaper, so whatever a run starts stays its descendant (an orphan is
 /// re-parented to the agent, not to PID 1). A run's processes are the agent's descendants that
 /// carry the run's `OP_RUN_ID` in their environment, the members of its group, and everything
 /// below either (a child that cleared its environment is still found through its parent). Only
-/// the agent's own descendants outside the group have their environment read, so the scan costs
-/// little beside the `/proc/*/stat` pass that `live_members` makes anyway.
-pub fn escaped_members(pgid: i32, run_id: &str) -> Vec<i32> {
+/// the agent's own descendants outside the group have their environment read, so the pass costs
+/// little more than reading every `/proc/*/stat`.
+pub fn run_members(pgid: i32, run_id: &str) -> (usize, Vec<i32>) {
     let me = std::process::id() as i32;
     let procs: Vec<ProcStat> = all_processes()
         .into_iter()
@@ -123,11 +116,13 @@ pub fn escaped_members(pgid: i32, run_id: &str) -> Vec<i32> {
             break;
         }
     }
-    procs
+    let in_group = procs.iter().filter(|p| p.pgrp == pgid).count();
+    let escaped = procs
         .iter()
         .filter(|p| p.pgrp != pgid && found.contains(&p.pid))
         .map(|p| p.pid)
-        .collect()
+        .collect();
+    (in_group, escaped)
 }
 
 fn environ_has(pid: i32, var: &str) -> bool {
@@ -135,7 +130,7 @@ fn environ_has(pid: i32, var: &str) -> bool {
         .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == var.as_bytes()))
 }
 
-/// Sends `sig` to each of `pids` (processes found by [`escaped_members`] a moment ago).
+/// Sends `sig` to each of `pids` (processes found by [`run_members`] a moment ago).
 pub fn signal_each(pids: &[i32], sig: Signal) {
     for &pid in pids {
         if let Err(e) = nix::sys::signal::kill(Pid::from_raw(pid), sig)

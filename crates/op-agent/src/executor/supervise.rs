@@ -163,10 +163,7 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
         _ = handle.0.kill.cancelled() => Some(StopReason::Killed(handle.kill_reason())),
     };
     let run_id = record.run_id.to_string();
-    if stop.is_some()
-        || process::live_members(pid) > 0
-        || !process::escaped_members(pid, &run_id).is_empty()
-    {
+    if stop.is_some() || process::run_members(pid, &run_id) != (0, Vec::new()) {
         terminate_run(pid, &run_id, grace, &exit_rx).await;
     }
     exited(exit_rx.clone()).await;
@@ -237,14 +234,10 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
 /// SIGTERM (and SIGCONT) to the group and to the run's processes outside it; SIGKILL if anything
 /// is still alive after `grace`.
 async fn terminate_run(pgid: i32, run_id: &str, grace: Duration, exit_rx: &watch::Receiver<bool>) {
-    let gone = || {
-        *exit_rx.borrow()
-            && process::live_members(pgid) == 0
-            && process::escaped_members(pgid, run_id).is_empty()
-    };
+    let gone = || *exit_rx.borrow() && process::run_members(pgid, run_id) == (0, Vec::new());
     let signal_all = |sig| {
         process::signal_group(pgid, sig);
-        process::signal_each(&process::escaped_members(pgid, run_id), sig);
+        process::signal_each(&process::run_members(pgid, run_id).1, sig);
     };
     signal_all(Signal::SIGTERM);
     signal_all(Signal::SIGCONT);
