@@ -283,7 +283,12 @@ mod tests {
         let config = crate::Config::local(dir);
         let state = StateStore::open(&config.state_dir, 100, 1 << 20).unwrap();
         let settings = ExecSettings::from_config(&config, Uuid::nil());
-        let (exec, _finished) = Executor::new(settings, state.clone(), Metrics::new());
+        let (exec, _finished) = Executor::new(
+            settings,
+            state.clone(),
+            Metrics::new(),
+            crate::health::Health::new(),
+        );
         let d = Directives::new(exec.clone(), state.clone(), CancellationToken::new());
         (d, exec, state)
     }

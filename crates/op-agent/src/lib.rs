@@ -8,7 +8,8 @@
 //! - [`schedule`]: when jobs run (cron, once, retries, concurrency policy);
 //! - [`jobs_dir`]: standalone mode's job source; [`jobs`]: the job table the API reads;
 //! - [`invoke`] and [`api`]: the HTTP API, including the seed's `/api/opAgent`;
-//! - [`metrics`]: counters behind `/metrics` and `/v1/status`.
+//! - [`metrics`]: counters behind `/metrics` and `/v1/status`; [`health`]: the faults the
+//!   heartbeat reports (state disk full, a stalled scheduler or executor).
 //!
 //! - [`directives`]: the manager's run-now and kill orders, each run once;
 //! - [`link`]: with `--manager`, registers, keeps a long-poll sync open (the desired state replaces
@@ -22,6 +23,7 @@ pub mod deploy;
 pub mod directives;
 mod error;
 pub mod executor;
+pub mod health;
 pub mod invoke;
 pub mod jobs;
 pub mod jobs_dir;
@@ -76,7 +78,9 @@ pub async fn run(
     executor::recover_in_flight(&state, &settings, &metrics)?;
     metrics.outbox(state.outbox_totals_now()?);
 
-    let (executor, finished) = Executor::new(settings, state.clone(), metrics.clone());
+    let health = health::Health::new();
+    let (executor, finished) =
+        Executor::new(settings, state.clone(), metrics.clone(), health.clone());
     let table = JobTable::default();
     let host = HostIdentity {
         hostname: config.node_name.clone(),
@@ -84,6 +88,11 @@ pub async fn run(
         labels: config.labels.clone(),
     };
     let sources = CancellationToken::new();
+    tokio::spawn(health::watchdog(
+        health,
+        config.state_dir.clone(),
+        sources.clone(),
+    ));
     let (scheduler, scheduler_task) = schedule::spawn(
         SchedulerParts {
             executor: executor.clone(),

@@ -2,7 +2,6 @@
 //! into a shutdown, run the library, map the outcome to an exit code (0 ok, 1 runtime error,
 //! 2 bad configuration).
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -22,7 +21,7 @@ fn main() -> ExitCode {
     let config = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("op-agent: {e}");
+            op_log::print_stderr(&format!("op-agent: {e}"));
             return ExitCode::from(2);
         }
     };
@@ -40,18 +39,20 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("op-agent: cannot start the async runtime: {e}");
+            op_log::print_stderr(&format!("op-agent: cannot start the async runtime: {e}"));
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(config)) {
+    let code = match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("op-agent: {e:#}");
+            op_log::print_stderr(&format!("op-agent: {e:#}"));
             ExitCode::from(1)
         }
-    }
+    };
+    op_log::flush(std::time::Duration::from_secs(1));
+    code
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -59,10 +60,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
-    // Tests and scripts that pass port 0 read the real address from this line.
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "listening on {addr}")?;
-    stdout.flush()?;
+    // Tests and scripts that pass port 0 read the real address from this line; a stdout that
+    // nobody reads is no reason not to run.
+    op_log::print_stdout(&format!("listening on {addr}"));
     tracing::info!(%addr, "listening");
 
     let shutdown = CancellationToken::new();
@@ -117,15 +117,8 @@ fn reset_identity(state_dir: &std::path::Path) -> ExitCode {
 fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: under systemd, stderr is the journal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    // Never blocks and never panics on a failed stderr; failures are counted (`op-log`).
+    op_log::init(filter, config.log_format == LogFormat::Json);
 }
 
 /// glibc gives each thread that allocates its own arena, and memory freed in an arena is rarely

@@ -57,6 +57,7 @@ struct Inner {
     runs: Family<StatusLabel, Counter>,
     skipped_fires: Counter,
     lost_fires: Counter,
+    refused_fires: Counter,
     running: Gauge<i64, AtomicI64>,
     outbox_depth: Gauge<i64, AtomicI64>,
     outbox_bytes: Gauge<i64, AtomicI64>,
@@ -67,6 +68,7 @@ struct Inner {
     last_sync: Gauge<f64, AtomicU64>,
     delivered: Counter,
     delivery_delay: Histogram,
+    log_write_failures: Counter,
 }
 
 /// Shared handle to every metric.
@@ -95,6 +97,12 @@ impl Metrics {
             "lost_fires",
             "Cron fires missed while the agent was down or too late to catch up",
             lost_fires.clone(),
+        );
+        let refused_fires = Counter::default();
+        registry.register(
+            "refused_fires",
+            "Fires refused because the run could not be recorded before its start (state disk full)",
+            refused_fires.clone(),
         );
         let running = Gauge::default();
         registry.register("running_runs", "Runs in progress", running.clone());
@@ -151,6 +159,12 @@ impl Metrics {
             "Time from a run's end to the manager's acknowledgement of its record",
             delivery_delay.clone(),
         );
+        let log_write_failures = Counter::default();
+        registry.register(
+            "log_write_failures",
+            "Log lines dropped because stderr could not take them (a broken or stalled pipe)",
+            log_write_failures.clone(),
+        );
         let build = Family::<VersionLabel, Gauge>::default();
         build
             .get_or_create(&VersionLabel {
@@ -166,9 +180,11 @@ impl Metrics {
             last_sync,
             delivered,
             delivery_delay,
+            log_write_failures,
             runs,
             skipped_fires,
             lost_fires,
+            refused_fires,
             running,
             outbox_depth,
             outbox_bytes,
@@ -239,6 +255,10 @@ impl Metrics {
         self.0.skipped_fires.inc();
     }
 
+    pub fn fire_refused(&self) {
+        self.0.refused_fires.inc();
+    }
+
     pub fn fires_lost(&self, n: u64) {
         self.0.lost_fires.inc_by(n);
     }
@@ -263,11 +283,17 @@ impl Metrics {
             dropped_runs: self.0.outbox_dropped.get(),
             lost_fires: self.0.lost_fires.get(),
             skipped_fires: self.0.skipped_fires.get(),
+            refused_fires: self.0.refused_fires.get(),
         }
     }
 
     /// The Prometheus text exposition (format 0.0.4, see [`op_proto::exposition`]).
     pub fn encode(&self) -> String {
+        let failures = op_log::write_failures();
+        let seen = self.0.log_write_failures.get();
+        if failures > seen {
+            self.0.log_write_failures.inc_by(failures - seen);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.0.registry);

@@ -21,6 +21,7 @@ fn heartbeat(node_id: Uuid) -> Heartbeat {
         running: vec![],
         packages: vec![],
         stats: Default::default(),
+        degraded: None,
     }
 }
 

@@ -1,8 +1,8 @@
 //! Heartbeat coalescing. Every sync call is a heartbeat; writing each one through raft would
 //! cost one log entry per agent every few seconds. Instead the latest beat of each node waits
 //! here and [`flush_loop`] writes all of them as ONE `Heartbeats` command every
-//! `heartbeat_flush`. A beat that changes a node's status (NotReady → Ready) is written at once by
-//! the sync handler, so status changes are never delayed. In a cluster each manager buffers and
+//! `heartbeat_flush`. A beat that changes a node's status (NotReady → Ready, Ready ↔ Degraded) is
+//! written at once by the sync handler, so status changes are never delayed. In a cluster each manager buffers and
 //! flushes the beats of the agents connected to it.
 //!
 //! Each beat's load also goes to [`LoadHistory`], the short in-memory history behind the
@@ -64,6 +64,10 @@ impl HeartbeatBuffer {
                 n.packages = b.packages.clone();
                 n.running = b.running.clone();
                 n.load = b.load.clone();
+                // The status only changes through a written beat; its reason may be newer here.
+                if n.status == op_proto::NodeStatus::Degraded && b.degraded.is_some() {
+                    n.degraded = b.degraded.clone();
+                }
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Node liveness: the leader (only it, so there is one decision) marks a node NotReady when it
-//! has not been seen for `node_timeout`, and Left (forgotten) when NotReady for longer than
+//! has not been seen for `node_timeout` (whether it was Ready or Degraded: a Degraded node is one
+//! that still heartbeats but reports a fault, set and cleared by its beats), and Left (forgotten) when NotReady for longer than
 //! `forget_after`. Decisions
 //! travel as one `SetNodeStatus` command; each change holds only if no newer heartbeat was
 //! applied in between. A node becomes Ready again through its next heartbeat or registration.
@@ -54,7 +55,7 @@ async fn check(app: &App, started: DateTime<Utc>) -> Result<(), crate::api::ApiE
         let silent_since = seen.max(started);
         let age = now - silent_since;
         let status = match node.status {
-            NodeStatus::Ready if age > timeout => NodeStatus::NotReady,
+            NodeStatus::Ready | NodeStatus::Degraded if age > timeout => NodeStatus::NotReady,
             NodeStatus::NotReady if now - seen > forget => NodeStatus::Left,
             _ => continue,
         };

@@ -47,15 +47,8 @@ fn private_files() {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: under systemd, stderr is the journal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    // Never blocks and never panics on a failed stderr; failures are counted (`op-log`).
+    op_log::init(filter, format == LogFormat::Json);
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -63,10 +56,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let running = op_manager::start(config, listeners, shutdown.clone()).await?;
     // Tests and the quick start read this line to find the ports picked for `:0`.
-    println!(
+    op_log::print_stdout(&format!(
         "op-manager listening api={} raft={}",
         running.api_url, running.raft_url
-    );
+    ));
     let stop = shutdown.clone();
     tokio::spawn(async move {
         let mut term =
@@ -91,14 +84,14 @@ fn main() -> ExitCode {
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("op-manager: {e}");
+            op_log::print_stderr(&format!("op-manager: {e}"));
             return ExitCode::from(2);
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("op-manager: cannot start the async runtime: {e}");
+            op_log::print_stderr(&format!("op-manager: cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -150,11 +143,14 @@ fn main() -> ExitCode {
             runtime.block_on(serve(config))
         }
     };
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("op-manager: {e:#}");
+            tracing::error!("{e:#}");
+            op_log::print_stderr(&format!("op-manager: {e:#}"));
             ExitCode::FAILURE
         }
-    }
+    };
+    op_log::flush(std::time::Duration::from_secs(1));
+    code
 }

@@ -80,6 +80,8 @@ pub struct Metrics {
     raft_members: Gauge,
     raft_lag: Family<Labels, Gauge>,
     leader_changes: Counter,
+    /// Log lines dropped because stderr failed or stalled (`op_log::write_failures`).
+    log_write_failures: Counter,
     /// Blob copies confirmed by peers, blobs fetched from peers, referenced blobs still missing.
     pub blob_pushes: Counter,
     pub blob_fetches: Counter,
@@ -139,6 +141,7 @@ impl Metrics {
             raft_members: Gauge::default(),
             raft_lag: Family::default(),
             leader_changes: Counter::default(),
+            log_write_failures: Counter::default(),
             blob_pushes: Counter::default(),
             blob_fetches: Counter::default(),
             blobs_missing: Gauge::default(),
@@ -234,6 +237,11 @@ impl Metrics {
             "raft_replication_lag",
             "Entries a follower has not acknowledged yet (reported by the leader)",
             m.raft_lag.clone(),
+        );
+        r.register(
+            "log_write_failures",
+            "Log lines dropped because stderr could not take them (a broken or stalled pipe)",
+            m.log_write_failures.clone(),
         );
         r.register(
             "raft_leader_changes",
@@ -424,6 +432,7 @@ impl Metrics {
     ) -> String {
         for (status, n) in [
             (NodeStatus::Ready, stats.nodes_ready),
+            (NodeStatus::Degraded, stats.nodes_degraded),
             (NodeStatus::NotReady, stats.nodes_not_ready),
             (NodeStatus::Left, stats.nodes_left),
         ] {
@@ -439,6 +448,11 @@ impl Metrics {
         self.package_bytes.set(stats.package_bytes as i64);
         self.agent_outbox.set(stats.agent_outbox_runs as i64);
         self.agent_dropped.set(stats.agent_dropped_runs as i64);
+        let failures = op_log::write_failures();
+        let seen = self.log_write_failures.get();
+        if failures > seen {
+            self.log_write_failures.inc_by(failures - seen);
+        }
         self.raft_term.set(raft.term as i64);
         self.raft_applied.set(raft.applied as i64);
         self.raft_leader.set(i64::from(raft.leader));

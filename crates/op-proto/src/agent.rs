@@ -133,6 +133,10 @@ pub struct Heartbeat {
     pub packages: Vec<InstalledPackage>,
     #[serde(default)]
     pub stats: AgentStats,
+    /// Set while the agent is degraded: why (a full state disk, a stalled scheduler or
+    /// executor). The manager shows the node `Degraded` with this reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 /// One job an agent must hold.

@@ -122,4 +122,7 @@ pub struct AgentStatus {
     /// Bytes held by the outbox (its budget is a config key).
     #[serde(default)]
     pub outbox_bytes: u64,
+    /// Why the agent is degraded, if it is (what its heartbeat reports to the manager).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }

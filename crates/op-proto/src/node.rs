@@ -16,6 +16,10 @@ use crate::run::Trigger;
 pub enum NodeStatus {
     /// Seen within `node_timeout`.
     Ready,
+    /// Seen within `node_timeout`, but its agent reports a fault that keeps it from its work (a
+    /// full state disk, a stalled scheduler or executor); [`NodeInfo::degraded`] says which. Data
+    /// stored before this status existed never holds it, so it decodes unchanged.
+    Degraded,
     /// Not seen for longer than `node_timeout`.
     NotReady,
     /// Forgotten by an operator or after `forget_after`; kept only for history.
@@ -26,8 +30,23 @@ impl NodeStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             NodeStatus::Ready => "Ready",
+            NodeStatus::Degraded => "Degraded",
             NodeStatus::NotReady => "NotReady",
             NodeStatus::Left => "Left",
+        }
+    }
+
+    /// Heard from within `node_timeout` (Ready or Degraded): it takes jobs, runs and directives.
+    pub fn is_live(self) -> bool {
+        matches!(self, NodeStatus::Ready | NodeStatus::Degraded)
+    }
+
+    /// The status an agent's heartbeat implies: Degraded when it reports a fault.
+    pub fn of_beat(degraded: Option<&str>) -> NodeStatus {
+        if degraded.is_some() {
+            NodeStatus::Degraded
+        } else {
+            NodeStatus::Ready
         }
     }
 }
@@ -63,6 +82,13 @@ pub struct AgentStats {
     pub lost_fires: u64,
     /// Fires skipped because the previous run was still alive.
     pub skipped_fires: u64,
+    /// Fires refused because the agent could not record the run first (its state disk full).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refused_fires: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Everything the manager stores about one node.
@@ -93,6 +119,9 @@ pub struct NodeInfo {
     pub packages: Vec<InstalledPackage>,
     #[serde(default)]
     pub stats: AgentStats,
+    /// Why the node is Degraded, as its agent last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 impl NodeInfo {

@@ -237,6 +237,9 @@ pub struct NodeBeat {
     pub packages: Vec<InstalledPackage>,
     #[serde(default)]
     pub stats: AgentStats,
+    /// The agent's reported fault: the node is Degraded while it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -116,6 +116,20 @@ pub struct ManagerOptions {
     pub client_tls: op_client::ClientTls,
 }
 
+/// Stderr for a daemon: its log file, or a pipe whose read end is already closed, so that every
+/// write to it fails with EPIPE (a log shipper that went away).
+fn stderr_to(log: &Path, dead: bool) -> Stdio {
+    if dead {
+        // CLOEXEC: no child may inherit the read end and keep the pipe alive.
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe for stderr");
+        drop(read);
+        Stdio::from(write)
+    } else {
+        Stdio::from(std::fs::File::create(log).expect("log file"))
+    }
+}
+
 /// A running `op-manager` (or a stopped one that can be started again on the same data dir).
 pub struct Manager {
     pub dir: tempfile::TempDir,
@@ -124,6 +138,8 @@ pub struct Manager {
     pub admin_token: String,
     pub agent_token: String,
     options: ManagerOptions,
+    /// Stderr is a pipe nobody reads ([`Manager::start_with_dead_stderr`]).
+    dead_stderr: bool,
     child: Option<Child>,
     _stdout: Option<BufReader<ChildStdout>>,
     starts: u32,
@@ -139,6 +155,16 @@ impl Manager {
     }
 
     pub fn start_with(options: ManagerOptions) -> Manager {
+        Manager::launched(options, false)
+    }
+
+    /// Starts a manager whose stderr is a pipe nobody reads: every log write fails with EPIPE.
+    /// Its log is empty.
+    pub fn start_with_dead_stderr(options: ManagerOptions) -> Manager {
+        Manager::launched(options, true)
+    }
+
+    fn launched(options: ManagerOptions, dead_stderr: bool) -> Manager {
         let mut m = Manager {
             dir: tempfile::tempdir().expect("temp dir"),
             api_url: String::new(),
@@ -146,6 +172,7 @@ impl Manager {
             admin_token: String::new(),
             agent_token: String::new(),
             options,
+            dead_stderr,
             child: None,
             _stdout: None,
             starts: 0,
@@ -163,7 +190,7 @@ impl Manager {
     fn launch(&mut self) {
         self.starts += 1;
         let log = self.dir.path().join(format!("manager-{}.log", self.starts));
-        let stderr = std::fs::File::create(&log).expect("log file");
+        let stderr = stderr_to(&log, self.dead_stderr);
         let mut cmd = clean_command(&bin("op-manager"));
         cmd.arg("--data-dir")
             .arg(self.data_dir())
@@ -315,6 +342,10 @@ pub struct AgentOptions {
     /// The token the agent presents to managers.
     pub manager_token: Option<String>,
     pub extra_args: Vec<String>,
+    /// `--state-dir`; by default `state` in the agent's temp dir.
+    pub state_dir: Option<PathBuf>,
+    /// Stderr is a pipe nobody reads (see [`stderr_to`]); the log is empty then.
+    pub dead_stderr: bool,
 }
 
 impl AgentOptions {
@@ -326,6 +357,8 @@ impl AgentOptions {
             managers: Vec::new(),
             manager_token: None,
             extra_args: Vec::new(),
+            state_dir: None,
+            dead_stderr: false,
         }
     }
 
@@ -340,6 +373,18 @@ impl AgentOptions {
     pub fn manager(mut self, manager: &Manager) -> AgentOptions {
         self.managers = vec![manager.api_url.clone()];
         self.manager_token = Some(manager.agent_token.clone());
+        self
+    }
+
+    /// Runs the agent on `dir` as its state dir.
+    pub fn state_dir(mut self, dir: &Path) -> AgentOptions {
+        self.state_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Gives the agent a stderr nobody reads: every log write fails with EPIPE.
+    pub fn dead_stderr(mut self) -> AgentOptions {
+        self.dead_stderr = true;
         self
     }
 
@@ -393,13 +438,13 @@ impl Agent {
     fn launch(&mut self) {
         self.starts += 1;
         let log = self.path(&format!("agent-{}.log", self.starts));
-        let stderr = std::fs::File::create(&log).expect("log file");
         let o = &self.options;
+        let stderr = stderr_to(&log, o.dead_stderr);
         let mut cmd = clean_command(&bin("op-agent"));
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--state-dir")
-            .arg(self.path("state"))
+            .arg(o.state_dir.clone().unwrap_or_else(|| self.path("state")))
             .arg("--deploy-dir")
             .arg(self.deploy_dir())
             .arg("--node-name")

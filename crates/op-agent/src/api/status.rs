@@ -58,6 +58,7 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<AgentStatus>, 
         running: running.iter().map(|h| h.running_run()).collect(),
         stats: inner.metrics.stats(),
         outbox_bytes: totals.bytes,
+        degraded: inner.executor.health().summary(),
     }))
 }
 

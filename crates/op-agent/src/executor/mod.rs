@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::state::StateStore;
 
@@ -218,6 +219,7 @@ struct Inner {
     settings: ExecSettings,
     state: StateStore,
     metrics: Metrics,
+    health: Health,
     runs: Mutex<BTreeMap<Uuid, RunHandle>>,
     finished: mpsc::UnboundedSender<Arc<RunRecord>>,
 }
@@ -232,6 +234,7 @@ impl Executor {
         settings: ExecSettings,
         state: StateStore,
         metrics: Metrics,
+        health: Health,
     ) -> (Executor, mpsc::UnboundedReceiver<Arc<RunRecord>>) {
         // Become the subreaper before the first job starts.
         let _ = process::reaper();
@@ -243,6 +246,7 @@ impl Executor {
             settings,
             state,
             metrics,
+            health,
             runs: Mutex::new(BTreeMap::new()),
             finished: tx,
         }));
@@ -251,6 +255,11 @@ impl Executor {
 
     pub fn settings(&self) -> &ExecSettings {
         &self.0.settings
+    }
+
+    /// The agent's health, which runs report into (refused fires, runs past their deadline).
+    pub fn health(&self) -> &Health {
+        &self.0.health
     }
 
     /// Starts a run. It is registered (visible to [`Executor::running_for`]) before this returns;
@@ -385,6 +394,9 @@ impl Executor {
             ),
             Ok(_) => {}
             Err(e) => {
+                self.0
+                    .health
+                    .state_write_failed("storing a finished run", &e);
                 tracing::error!(run_id = %record.run_id, job = %record.job, error = %e, "could not store run record")
             }
         }
@@ -398,6 +410,7 @@ impl Executor {
         // Durable first, then visible: a waiter never sees a record a crash could still lose.
         self.store_record(&record).await;
         let record = Arc::new(record);
+        self.0.health.run_done(record.run_id);
         self.0
             .runs
             .lock()

@@ -9,7 +9,8 @@
 use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -34,11 +35,98 @@ pub struct Capture {
     stop: watch::Sender<Option<Instant>>,
 }
 
+/// Room kept for the marker line between the head and the tail of a cut file.
+const MARKER_ROOM: u64 = 160;
+
+/// The run's log file: where it is (the ring file goes beside it) and the open file.
+pub struct LogFile {
+    pub path: PathBuf,
+    pub file: std::fs::File,
+}
+
+/// Output past the cap: the last `cap` bytes, written round-robin into an unlinked file.
+struct Ring {
+    file: std::fs::File,
+    cap: u64,
+    /// Bytes ever written into the ring.
+    written: u64,
+}
+
+impl Ring {
+    fn create(beside: &Path, cap: u64) -> std::io::Result<Ring> {
+        let name = format!(
+            ".{}.cut",
+            beside.file_name().and_then(|n| n.to_str()).unwrap_or("run")
+        );
+        let path = beside.with_file_name(name);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        // Unlinked at once: a crash leaves nothing behind, the open handle keeps the data.
+        std::fs::remove_file(&path)?;
+        Ok(Ring {
+            file,
+            cap,
+            written: 0,
+        })
+    }
+
+    fn push(&mut self, mut chunk: &[u8]) -> std::io::Result<()> {
+        if self.cap == 0 {
+            self.written += chunk.len() as u64;
+            return Ok(());
+        }
+        if chunk.len() as u64 > self.cap {
+            let skip = chunk.len() - self.cap as usize;
+            self.written += skip as u64;
+            chunk = &chunk[skip..];
+        }
+        while !chunk.is_empty() {
+            let at = self.written % self.cap;
+            let n = chunk.len().min((self.cap - at) as usize);
+            self.file.write_all_at(&chunk[..n], at)?;
+            self.written += n as u64;
+            chunk = &chunk[n..];
+        }
+        Ok(())
+    }
+
+    /// Bytes the ring holds (the last ones written).
+    fn held(&self) -> u64 {
+        self.written.min(self.cap)
+    }
+
+    /// Appends the held bytes, oldest first, to `out`.
+    fn copy_to(&self, out: &mut std::fs::File) -> std::io::Result<()> {
+        let held = self.held();
+        let start = if self.written > self.cap {
+            self.written % self.cap
+        } else {
+            0
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut done = 0;
+        while done < held {
+            let at = (start + done) % self.cap;
+            let n = ((held - done).min(self.cap - at) as usize).min(buf.len());
+            self.file.read_exact_at(&mut buf[..n], at)?;
+            out.write_all(&buf[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+}
+
 struct Sink {
-    file: Option<std::fs::File>,
+    file: Option<LogFile>,
     file_written: u64,
     file_limit: u64,
     file_error: Option<String>,
+    /// Set once the output outgrew the file's cap.
+    ring: Option<Ring>,
     tail: VecDeque<u8>,
     tail_limit: usize,
     total: u64,
@@ -47,23 +135,10 @@ struct Sink {
 impl Sink {
     fn push(&mut self, chunk: &[u8]) {
         self.total += chunk.len() as u64;
-        if let Some(file) = &mut self.file {
-            let room = self.file_limit.saturating_sub(self.file_written) as usize;
-            let part = &chunk[..chunk.len().min(room)];
-            let mut result = file.write_all(part);
-            self.file_written += part.len() as u64;
-            if result.is_ok() && part.len() < chunk.len() {
-                result = writeln!(
-                    file,
-                    "\n[op-agent: this file reached its limit of {} bytes; later output is not kept]",
-                    self.file_limit
-                );
-                self.file = None;
-            }
-            if let Err(e) = result {
-                self.file_error = Some(format!("writing the log file: {e}"));
-                self.file = None;
-            }
+        if let Err(e) = self.push_file(chunk) {
+            self.file_error = Some(format!("writing the log file: {e}"));
+            self.file = None;
+            self.ring = None;
         }
         if chunk.len() >= self.tail_limit {
             self.tail.clear();
@@ -75,7 +150,66 @@ impl Sink {
         }
     }
 
-    fn finish(self) -> Captured {
+    fn push_file(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        let Some(log) = &mut self.file else {
+            return Ok(());
+        };
+        if let Some(ring) = &mut self.ring {
+            return ring.push(chunk);
+        }
+        let room = self.file_limit.saturating_sub(self.file_written) as usize;
+        let part = &chunk[..chunk.len().min(room)];
+        log.file.write_all(part)?;
+        self.file_written += part.len() as u64;
+        if part.len() == chunk.len() {
+            return Ok(());
+        }
+        // Over the cap: the file keeps its first half; the last part of what it holds beyond
+        // that moves to the ring, which from now on holds the newest output.
+        let head = self.file_limit / 2;
+        let ring_cap = self.file_limit.saturating_sub(head + MARKER_ROOM);
+        let mut ring = Ring::create(&log.path, ring_cap)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut at = head.max(self.file_written.saturating_sub(ring_cap));
+        while at < self.file_written {
+            let n = ((self.file_written - at) as usize).min(buf.len());
+            log.file.read_exact_at(&mut buf[..n], at)?;
+            ring.push(&buf[..n])?;
+            at += n as u64;
+        }
+        ring.push(&chunk[part.len()..])?;
+        log.file.set_len(head)?;
+        log.file.seek(SeekFrom::Start(head))?;
+        self.file_written = head;
+        self.ring = Some(ring);
+        Ok(())
+    }
+
+    /// Completes a cut file: the marker, then the tail from the ring.
+    fn close_file(&mut self) {
+        let (Some(log), Some(ring)) = (&mut self.file, &self.ring) else {
+            if let Some(log) = &mut self.file {
+                let _ = log.file.flush();
+            }
+            return;
+        };
+        let cut = self.total - self.file_written - ring.held();
+        let result = writeln!(
+            log.file,
+            "\n[op-agent: {cut} bytes of output cut here; this file keeps the first {} and the last {} of {} bytes]",
+            self.file_written,
+            ring.held(),
+            self.total
+        )
+        .and_then(|()| ring.copy_to(&mut log.file))
+        .and_then(|()| log.file.flush());
+        if let Err(e) = result {
+            self.file_error = Some(format!("writing the log file: {e}"));
+        }
+    }
+
+    fn finish(mut self) -> Captured {
+        self.close_file();
         let truncated = self.total > self.tail.len() as u64;
         let bytes: Vec<u8> = self.tail.into_iter().collect();
         Captured {
@@ -104,7 +238,7 @@ impl Capture {
     /// Starts reading `pipe` (the read end of the job's output pipe).
     pub fn start(
         pipe: OwnedFd,
-        file: Option<std::fs::File>,
+        file: Option<LogFile>,
         tail_limit: usize,
         file_limit: u64,
     ) -> std::io::Result<Capture> {
@@ -115,6 +249,7 @@ impl Capture {
             file_written: 0,
             file_limit,
             file_error: None,
+            ring: None,
             tail: VecDeque::new(),
             tail_limit: tail_limit.max(1),
             total: 0,
@@ -138,10 +273,10 @@ impl Capture {
                     }
                 }
             }
-            if let Some(file) = &mut sink.file {
-                let _ = file.flush();
-            }
-            sink.finish()
+            // Completing a cut file copies up to the cap: not on a runtime thread.
+            tokio::task::spawn_blocking(move || sink.finish())
+                .await
+                .unwrap_or_default()
         });
         Ok(Capture { task, stop })
     }
@@ -175,15 +310,29 @@ pub fn read_file_tail(path: &Path, limit: usize) -> Option<(String, bool, u64)> 
 mod tests {
     use super::*;
 
-    fn sink(tail_limit: usize, file_limit: u64, file: Option<std::fs::File>) -> Sink {
+    fn sink(tail_limit: usize, file_limit: u64, file: Option<LogFile>) -> Sink {
         Sink {
             file,
             file_written: 0,
             file_limit,
             file_error: None,
+            ring: None,
             tail: VecDeque::new(),
             tail_limit,
             total: 0,
+        }
+    }
+
+    fn log_file(path: &Path) -> LogFile {
+        LogFile {
+            path: path.to_path_buf(),
+            file: std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)
+                .unwrap(),
         }
     }
 
@@ -213,23 +362,63 @@ mod tests {
     }
 
     #[test]
-    fn file_is_capped_with_a_marker() {
+    fn output_within_the_cap_is_kept_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.log");
-        let mut s = sink(4, 6, Some(std::fs::File::create(&path).unwrap()));
+        let mut s = sink(4, 1000, Some(log_file(&path)));
         s.push(b"0123");
         s.push(b"4567");
-        s.push(b"89");
+        s.finish();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "01234567");
+    }
+
+    #[test]
+    fn file_over_its_cap_keeps_head_and_tail_with_a_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.log");
+        let cap = 1000u64;
+        let mut s = sink(4, cap, Some(log_file(&path)));
+        // 10,000 numbered lines in odd-sized chunks, so the cut and the ring wrap mid-chunk.
+        let all: String = (0..10_000).map(|i| format!("line {i:05}\n")).collect();
+        for chunk in all.as_bytes().chunks(777) {
+            s.push(chunk);
+        }
         let c = s.finish();
-        assert_eq!(c.total, 10);
+        assert_eq!(c.total, all.len() as u64);
+        assert!(c.file_error.is_none(), "{:?}", c.file_error);
         let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() as u64 <= cap, "{} > {cap}", text.len());
+        let (head, rest) = text.split_once("\n[op-agent: ").unwrap();
+        let (marker, tail) = rest.split_once('\n').unwrap();
+        assert_eq!(head.len() as u64, cap / 2);
+        assert!(all.starts_with(head));
+        assert!(all.ends_with(tail), "{tail}");
+        let cut = all.len() - head.len() - tail.len();
         assert!(
-            text.starts_with("012345\n[op-agent: this file reached its limit"),
-            "{text}"
+            marker.starts_with(&format!("{cut} bytes of output cut here")),
+            "{marker}"
         );
+        // Nothing is left beside the log: the ring file was unlinked at once.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         let (tail, truncated, len) = read_file_tail(&path, 8).unwrap();
         assert!(truncated);
-        assert_eq!(tail.len(), 8);
+        assert_eq!(tail, "e 09999\n");
         assert_eq!(len, text.len() as u64);
+    }
+
+    #[test]
+    fn one_huge_chunk_past_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.log");
+        let mut s = sink(4, 400, Some(log_file(&path)));
+        s.push(b"ab");
+        s.push(&[b'x'; 5000]);
+        s.push(b"yz");
+        s.finish();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() <= 400);
+        assert!(text.starts_with("abxxx"));
+        assert!(text.ends_with("xxyz"));
+        assert!(text.contains("bytes of output cut here"));
     }
 }

@@ -13,7 +13,7 @@
 //!   under the same lock that `spawn` runs under, so a sweep can never reap a leader whose status
 //!   its supervisor still needs. We never call `waitpid(-1)`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Mutex, OnceLock};
@@ -71,12 +71,74 @@ pub fn all_processes() -> Vec<ProcStat> {
     .collect()
 }
 
-/// Members of group `pgid` that are still alive (zombies are dead: they only await reaping).
-pub fn live_members(pgid: i32) -> usize {
-    all_processes()
+/// A run's live processes, from one pass over /proc: how many are in its group `pgid`, and the
+/// pids of those outside it, which left it with `setsid` (`setsid sleep 1000 &`,
+/// `nohup setsid ... &`), with their descendants. Zombies are dead: they only await reaping.
+///
+/// The agent is a child subreaper, so whatever a run starts stays its descendant (an orphan is
+/// re-parented to the agent, not to PID 1). A run's processes are the agent's descendants that
+/// carry the run's `OP_RUN_ID` in their environment, the members of its group, and everything
+/// below either (a child that cleared its environment is still found through its parent). Only
+/// the agent's own descendants outside the group have their environment read, so the pass costs
+/// little more than reading every `/proc/*/stat`.
+pub fn run_members(pgid: i32, run_id: &str) -> (usize, Vec<i32>) {
+    let me = std::process::id() as i32;
+    let procs: Vec<ProcStat> = all_processes()
+        .into_iter()
+        .filter(|p| !matches!(p.state, 'Z' | 'X' | 'x') && p.pid != me)
+        .collect();
+    let parent: HashMap<i32, i32> = procs.iter().map(|p| (p.pid, p.ppid)).collect();
+    let ours = |mut pid: i32| {
+        // Bounded: a parent chain longer than this is no process tree of ours.
+        for _ in 0..256 {
+            match parent.get(&pid) {
+                Some(&pp) if pp == me => return true,
+                Some(&pp) if pp > 1 => pid = pp,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let marker = format!("OP_RUN_ID={run_id}");
+    let mut found: HashSet<i32> = procs
         .iter()
-        .filter(|p| p.pgrp == pgid && !matches!(p.state, 'Z' | 'X' | 'x'))
-        .count()
+        .filter(|p| p.pgrp == pgid || (ours(p.pid) && environ_has(p.pid, &marker)))
+        .map(|p| p.pid)
+        .collect();
+    loop {
+        let before = found.len();
+        for p in &procs {
+            if found.contains(&p.ppid) {
+                found.insert(p.pid);
+            }
+        }
+        if found.len() == before {
+            break;
+        }
+    }
+    let in_group = procs.iter().filter(|p| p.pgrp == pgid).count();
+    let escaped = procs
+        .iter()
+        .filter(|p| p.pgrp != pgid && found.contains(&p.pid))
+        .map(|p| p.pid)
+        .collect();
+    (in_group, escaped)
+}
+
+fn environ_has(pid: i32, var: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == var.as_bytes()))
+}
+
+/// Sends `sig` to each of `pids` (processes found by [`run_members`] a moment ago).
+pub fn signal_each(pids: &[i32], sig: Signal) {
+    for &pid in pids {
+        if let Err(e) = nix::sys::signal::kill(Pid::from_raw(pid), sig)
+            && e != nix::errno::Errno::ESRCH
+        {
+            tracing::warn!(pid, signal = %sig, error = %e, "could not signal a process of the run");
+        }
+    }
 }
 
 /// Sends `sig` to group `pgid`. Callers guarantee the group is ours (its leader is unreaped).

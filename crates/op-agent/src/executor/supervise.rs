@@ -6,7 +6,9 @@
 //! 3. the run ends when the leader exits, the Timeout passes or someone kills it; stopping is
 //!    SIGTERM (+SIGCONT, for stopped processes) to the group, then SIGKILL after KillGrace;
 //! 4. members of the group still alive after the leader exited (background children) are
-//!    stopped the same way: a run does not outlive its leader;
+//!    stopped the same way, and so are the run's processes that left the group with `setsid`
+//!    (found as the agent's descendants carrying the run's `OP_RUN_ID`): a run does not outlive
+//!    its leader;
 //! 5. only then is the leader reaped (with rusage), so every signal above went to our group;
 //! 6. the output is collected (EOF, or a short grace for processes that escaped the group), and
 //!    the final record is stored, published and its log retention applied.
@@ -19,7 +21,7 @@ use op_proto::{RunRecord, RunStatus};
 use tokio::sync::watch;
 
 use super::cgroup;
-use super::output::Capture;
+use super::output::{Capture, LogFile};
 use super::process::{self, ExitKind};
 use super::spawn::{self, SpawnPlan};
 use super::{Executor, RunHandle, RunRequest, StopReason, logs};
@@ -33,7 +35,10 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
     let mut record = handle.0.record.clone();
     if let Err(e) = exec.0.state.insert_running(record.clone(), req.once).await {
         // Without a durable in-flight record a crash could not be reported (or, for a once-job,
-        // could run it twice), so the run does not start.
+        // could run it twice), so the run does not start: the fire is refused, counted and
+        // reported (the node turns Degraded), and a refused once-job is held for a retry.
+        exec.0.metrics.fire_refused();
+        exec.0.health.fire_refused(record.run_id, &e);
         fail(
             &mut record,
             format!("not started: could not record the run first: {e}"),
@@ -65,9 +70,12 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
         .parent()
         .map(crate::state::private_dir)
         .transpose()
-        .and_then(|_| crate::state::create_private_file(&log_path));
+        .and_then(|_| open_log(&log_path));
     let file = match file {
-        Ok(f) => Some(f),
+        Ok(file) => Some(LogFile {
+            path: log_path.clone(),
+            file,
+        }),
         Err(e) => {
             tracing::warn!(path = %log_path.display(), error = %e, "cannot write the run's output file; keeping the tail only");
             None
@@ -136,6 +144,17 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
 
     let grace = Duration::from_secs(spec.kill_grace_secs);
     let timeout = spec.timeout_secs;
+    if timeout > 0 {
+        // Past this the run should long be over: the watchdog reports a stalled executor.
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_secs(timeout)
+            + grace
+            + AFTER_SIGKILL
+            + OUTPUT_GRACE;
+        exec.0
+            .health
+            .run_deadline(record.run_id, &spec.name, deadline);
+    }
     let stop = tokio::select! {
         _ = exited(exit_rx.clone()) => None,
         _ = tokio::time::sleep(Duration::from_secs(timeout)), if timeout > 0 => {
@@ -143,8 +162,9 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
         }
         _ = handle.0.kill.cancelled() => Some(StopReason::Killed(handle.kill_reason())),
     };
-    if stop.is_some() || process::live_members(pid) > 0 {
-        terminate_group(pid, grace, &exit_rx).await;
+    let run_id = record.run_id.to_string();
+    if stop.is_some() || process::run_members(pid, &run_id) != (0, Vec::new()) {
+        terminate_run(pid, &run_id, grace, &exit_rx).await;
     }
     exited(exit_rx.clone()).await;
     // Processes that left the group with setsid are still in the run's cgroup: they go too.
@@ -211,21 +231,39 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
     exec.finish(&handle, record).await;
 }
 
-/// SIGTERM (and SIGCONT) to the group; SIGKILL if anything is still alive after `grace`.
-async fn terminate_group(pgid: i32, grace: Duration, exit_rx: &watch::Receiver<bool>) {
-    let gone = || *exit_rx.borrow() && process::live_members(pgid) == 0;
-    process::signal_group(pgid, Signal::SIGTERM);
-    process::signal_group(pgid, Signal::SIGCONT);
+/// SIGTERM (and SIGCONT) to the group and to the run's processes outside it; SIGKILL if anything
+/// is still alive after `grace`.
+async fn terminate_run(pgid: i32, run_id: &str, grace: Duration, exit_rx: &watch::Receiver<bool>) {
+    let gone = || *exit_rx.borrow() && process::run_members(pgid, run_id) == (0, Vec::new());
+    let signal_all = |sig| {
+        process::signal_group(pgid, sig);
+        process::signal_each(&process::run_members(pgid, run_id).1, sig);
+    };
+    signal_all(Signal::SIGTERM);
+    signal_all(Signal::SIGCONT);
     if process::poll_until(grace, gone).await {
         return;
     }
-    process::signal_group(pgid, Signal::SIGKILL);
+    signal_all(Signal::SIGKILL);
     if !process::poll_until(AFTER_SIGKILL, gone).await {
         tracing::warn!(
             pgid,
             "processes of the run survive SIGKILL (uninterruptible sleep?)"
         );
     }
+}
+
+/// The run's log file, readable too: output past the cap moves its middle out of it.
+fn open_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // A run's output is its owner's only, like the rest of the state dir.
+    std::fs::OpenOptions::new()
+        .mode(0o600)
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
 }
 
 async fn exited(mut rx: watch::Receiver<bool>) {

@@ -23,6 +23,7 @@ pub fn build(
         running: executor.running().iter().map(|h| h.running_run()).collect(),
         packages,
         stats: metrics.stats(),
+        degraded: executor.health().summary(),
     }
 }
 

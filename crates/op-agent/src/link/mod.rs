@@ -347,6 +347,7 @@ impl SyncLoop {
         let mut failures: u32 = 0;
         let mut registered_at: Option<String> = None;
         let mut deploys = self.deployer.subscribe();
+        let mut health = self.executor.health().subscribe();
         while !shutdown.is_cancelled() {
             let url = self.shared.current();
             let client = match self.shared.client(&url) {
@@ -422,6 +423,7 @@ impl SyncLoop {
                 }
             }
             deploys.borrow_and_update();
+            health.borrow_and_update();
             let beat = heartbeat::build(
                 self.shared.node_id,
                 &self.executor,
@@ -435,6 +437,8 @@ impl SyncLoop {
                 r = client.sync(self.index, wait, &beat) => r,
                 // A deploy moved on: report it now instead of at the end of the wait.
                 r = deploys.changed() => if r.is_ok() { continue } else { break },
+                // The agent turned Degraded or healthy: the manager hears it now.
+                r = health.changed() => if r.is_ok() { continue } else { break },
                 _ = shutdown.cancelled() => break,
             };
             match answer {
@@ -528,7 +532,12 @@ impl SyncLoop {
             let dir = self.state_dir.clone();
             match tokio::task::spawn_blocking(move || desired::save(&dir, &cached)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot cache the desired job set"),
+                Ok(Err(e)) => {
+                    self.executor
+                        .health()
+                        .state_write_failed("caching the job set", &e);
+                    tracing::warn!(error = %e, "cannot cache the desired job set");
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot cache the desired job set"),
             }
             self.scheduler.set_jobs_applied(state.jobs.clone()).await;

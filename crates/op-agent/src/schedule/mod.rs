@@ -15,7 +15,11 @@
 //! - an edited job keeps its current run; the next fire uses the new revision;
 //! - a disabled, removed or no-longer-selected job has its running processes killed (`killed`);
 //! - a once-job runs once per (job, revision): the ledger is checked here and written by the
-//!   executor with the in-flight record, before the process starts.
+//!   executor with the in-flight record, before the process starts. A once-job whose start was
+//!   refused (the state dir took no write: no in-flight record, no ledger row) waits until the
+//!   state dir takes writes again ([`crate::health`]) and then starts, without a restart;
+//! - every turn of the loop is reported to [`crate::health`] with the earliest work due, so a
+//!   loop that stops turning is reported with the heartbeat.
 //!
 //! Explicit invocations do not pass through here: API calls are requests, not fires, and are not
 //! subject to the concurrency policy; the manager's directives apply it themselves
@@ -36,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::executor::{Executor, RunRequest};
+use crate::health::Health;
 use crate::jobs::{JobEntry, JobTable};
 use crate::metrics::Metrics;
 use crate::state::StateStore;
@@ -115,6 +120,7 @@ pub fn spawn(
     let ledger = parts.state.ledger_keys()?;
     let (tx, rx) = mpsc::unbounded_channel();
     let mut lp = Loop {
+        health: parts.executor.health().clone(),
         executor: parts.executor,
         state: parts.state,
         metrics: parts.metrics,
@@ -133,6 +139,8 @@ pub fn spawn(
     let task = tokio::spawn(async move {
         let mut rx = rx;
         let mut gate: Option<tokio::sync::watch::Receiver<bool>> = None;
+        // Wakes the loop when the state dir takes writes again (held once-jobs start then).
+        let mut health = lp.health.subscribe();
         loop {
             let wake = lp.next_wake();
             let gate_changed = async {
@@ -173,6 +181,7 @@ pub fn spawn(
                     }
                 },
                 Some(record) = finished.recv() => lp.on_finished(&record),
+                Ok(()) = health.changed() => {}
                 _ = tokio::time::sleep_until(wake) => {}
             }
             // The link hands over packages before jobs, so a job set that arrives with a new
@@ -181,6 +190,7 @@ pub fn spawn(
                 lp.deploying = *g.borrow();
             }
             lp.fire_due();
+            lp.health.scheduler_turned(lp.earliest_due());
         }
     });
     Ok((Scheduler { tx }, task))
@@ -210,6 +220,7 @@ struct Retry {
 
 struct Loop {
     executor: Executor,
+    health: Health,
     state: StateStore,
     metrics: Metrics,
     table: JobTable,
@@ -243,15 +254,18 @@ fn instant_for(t: DateTime<Utc>) -> tokio::time::Instant {
 }
 
 impl Loop {
-    fn next_wake(&self) -> tokio::time::Instant {
+    /// The earliest moment the loop has work for: a fire (handed over `LEAD_MS` early) or a retry.
+    fn earliest_due(&self) -> Option<DateTime<Utc>> {
         let lead = chrono::Duration::milliseconds(LEAD_MS);
-        let earliest = self
-            .plans
+        self.plans
             .values()
             .filter_map(|p| p.due.map(|d| d - lead))
             .chain(self.retries.iter().map(|r| r.at))
-            .min();
-        let wake = match earliest {
+            .min()
+    }
+
+    fn next_wake(&self) -> tokio::time::Instant {
+        let wake = match self.earliest_due() {
             Some(t) => instant_for(t),
             None => tokio::time::Instant::now() + MAX_SLEEP,
         };
@@ -372,6 +386,10 @@ impl Loop {
     }
 
     fn on_finished(&mut self, record: &RunRecord) {
+        if self.health.take_refused(record.run_id) {
+            self.requeue_refused_once(record);
+            return;
+        }
         let retryable = matches!(
             record.trigger,
             Trigger::Cron | Trigger::Once | Trigger::Retry
@@ -393,6 +411,24 @@ impl Loop {
             revision: record.job_revision,
             attempt: record.attempt + 1,
         });
+    }
+
+    /// A refused start left no ledger row: the once-job is pending again, and starts when the
+    /// state dir takes writes (a refused cron fire is only counted; the next fire comes anyway).
+    fn requeue_refused_once(&mut self, record: &RunRecord) {
+        let Some(plan) = self.plans.get(&record.job) else {
+            return;
+        };
+        if !plan.spec.once_job
+            || plan.revision != record.job_revision
+            || !matches!(record.trigger, Trigger::Once | Trigger::Retry)
+        {
+            return;
+        }
+        self.ledger
+            .remove(&(record.job.clone(), record.job_revision));
+        self.pending_once.insert(record.job.clone());
+        tracing::warn!(job = %record.job, revision = record.job_revision, "once-job refused: the state dir takes no writes; it starts when it does");
     }
 
     fn fire_due(&mut self) {
@@ -465,6 +501,10 @@ impl Loop {
             tracing::warn!(jobs = ?self.pending_once, "package deploys still unsettled; starting once-jobs anyway");
         } else {
             self.held_since = None;
+        }
+        if !self.health.state_writable() {
+            // Its start would be refused again: wait for the watchdog's probe to succeed.
+            return;
         }
         for name in std::mem::take(&mut self.pending_once) {
             let Some(plan) = self.plans.get(&name) else {

@@ -69,6 +69,64 @@ async fn timeout_kills_background_grandchildren() {
 }
 
 #[tokio::test]
+async fn timeout_kills_processes_that_left_the_group_with_setsid() {
+    // No cgroup limits: the run gets no cgroup, so only the agent's own tracking can find them.
+    let agent = Agent::start();
+    let pids = agent.path("pids");
+    agent.write_job(
+        "escape",
+        &json!({
+            "JobName": "escape",
+            "Command": format!(
+                "setsid sleep 1001 & echo $! >> {p}; \
+                 nohup setsid bash -c 'echo $$ >> {p}; sleep 1002' >/dev/null 2>&1 & \
+                 sleep 1000",
+                p = pids.display()
+            ),
+            "Timeout": 2,
+            "KillGrace": 1,
+        }),
+    );
+    agent.wait_job("escape", None).await;
+    let id = agent.invoke_async("escape", &json!({})).await;
+    wait_until(Duration::from_secs(10), "escapers started", || async {
+        std::fs::read_to_string(&pids).is_ok_and(|s| s.lines().count() == 2)
+    })
+    .await;
+    let escapers: Vec<i32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    for pid in &escapers {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // They really left the run's process group: each leads a session of its own.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        assert_eq!(fields[2], pid.to_string(), "{stat}");
+    }
+    // Timeout 2 + KillGrace 1 + 2 s.
+    tree_gone_within(&agent, &id, Duration::from_secs(5)).await;
+    for pid in escapers {
+        wait_until(
+            Duration::from_secs(5),
+            "escaper gone and reaped",
+            || async { !crate::support::pid_exists(pid) },
+        )
+        .await;
+    }
+    wait_until(Duration::from_secs(10), "run recorded", || async {
+        agent.run(&id).await.status != RunStatus::Running
+    })
+    .await;
+    assert_eq!(agent.run(&id).await.status, RunStatus::Timeout);
+}
+
+#[tokio::test]
 async fn timeout_kills_a_tree_that_ignores_sigterm() {
     let agent = Agent::start();
     agent.write_job(
@@ -179,6 +237,51 @@ async fn output_over_the_tail_limit_is_truncated_and_the_file_holds_all() {
     assert_eq!(full.len() as u64, run.output_bytes);
     assert!(full.starts_with("line 1\nline 2\n"));
     assert_eq!(full.lines().count(), 20002);
+}
+
+#[tokio::test]
+async fn output_over_the_file_cap_keeps_its_head_and_tail() {
+    let agent = Agent::start_with(Options {
+        extra_args: vec!["--log-keep-bytes".into(), "256KiB".into()],
+        ..Default::default()
+    });
+    agent.write_job(
+        "huge",
+        &json!({
+            "JobName": "huge",
+            "Command": "echo FIRST-LINE; head -c 100000000 /dev/zero | tr '\\0' x; echo; echo LAST-LINE",
+        }),
+    );
+    agent.wait_job("huge", None).await;
+    let run = agent.invoke_sync("huge", &json!({})).await;
+    assert_eq!(run.status, RunStatus::Ok, "{run:?}");
+    assert!(run.output_bytes > 100_000_000);
+    // The run is over and its job's retention applied: the file is still there, within the cap.
+    let path = agent
+        .path("state")
+        .join("logs/huge")
+        .join(format!("{}.log", run.run_id));
+    let file =
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), agent.log()));
+    assert!(file.len() <= 256 * 1024, "{} bytes", file.len());
+    let text = String::from_utf8(file).unwrap();
+    assert!(text.starts_with("FIRST-LINE\nxxx"), "{}", &text[..40]);
+    assert!(text.ends_with("xxx\nLAST-LINE\n"));
+    let (head, rest) = text.split_once("\n[op-agent: ").unwrap();
+    let (marker, tail) = rest.split_once('\n').unwrap();
+    let cut = run.output_bytes - head.len() as u64 - tail.len() as u64;
+    assert!(
+        marker.starts_with(&format!("{cut} bytes of output cut here")),
+        "{marker}"
+    );
+    // The API serves the same file.
+    let served = agent
+        .get(&format!("/v1/runs/{}/output", run.run_id))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(served, text);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@ mod api;
 mod cgroups;
 mod cron;
 mod executor;
+mod faults;
 mod formats;
 mod jobs_dir;
 mod once;

@@ -76,11 +76,22 @@ pub fn pid_exists(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Where the agent's stderr goes.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+pub enum StderrTo {
+    /// `agent-N.log` in the temp dir, shown when a test fails.
+    #[default]
+    File,
+    /// A pipe the test holds the read end of; [`Agent::close_stderr_reader`] makes it break.
+    Pipe,
+}
+
 #[derive(Default)]
 pub struct Options {
     pub extra_args: Vec<String>,
     /// Managers to connect to; a managed agent has no jobs dir (the two are refused together).
     pub managers: Vec<String>,
+    pub stderr: StderrTo,
 }
 
 /// A running agent (or one that was stopped and can be started again on the same state).
@@ -92,6 +103,8 @@ pub struct Agent {
     pub mark: String,
     child: Option<Child>,
     _stdout: Option<BufReader<ChildStdout>>,
+    /// The read end of the stderr pipe ([`StderrTo::Pipe`]).
+    stderr_reader: Option<std::os::fd::OwnedFd>,
     options: Options,
     pub http: reqwest::Client,
     starts: u32,
@@ -114,6 +127,7 @@ impl Agent {
             mark,
             child: None,
             _stdout: None,
+            stderr_reader: None,
             options,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(120))
@@ -131,8 +145,17 @@ impl Agent {
 
     fn launch(&mut self) {
         self.starts += 1;
-        let stderr =
-            std::fs::File::create(self.path(&format!("agent-{}.log", self.starts))).unwrap();
+        let stderr = match self.options.stderr {
+            StderrTo::File => Stdio::from(
+                std::fs::File::create(self.path(&format!("agent-{}.log", self.starts))).unwrap(),
+            ),
+            StderrTo::Pipe => {
+                // CLOEXEC: the agent must not inherit the read end (it would hold the pipe open).
+                let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+                self.stderr_reader = Some(read);
+                Stdio::from(write)
+            }
+        };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_op-agent"));
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
@@ -184,6 +207,11 @@ impl Agent {
         self.addr = addr.parse().unwrap();
         self.child = Some(child);
         self._stdout = Some(stdout);
+    }
+
+    /// Closes the read end of the agent's stderr pipe: its next log write fails with EPIPE.
+    pub fn close_stderr_reader(&mut self) {
+        self.stderr_reader = None;
     }
 
     /// Everything the agent logged (all starts).

@@ -95,6 +95,7 @@ impl SimAgent {
             running: Vec::new(),
             packages: Vec::new(),
             stats: Default::default(),
+            degraded: None,
         }
     }
 }

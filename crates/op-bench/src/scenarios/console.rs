@@ -187,6 +187,7 @@ async fn seed_node(
             error: None,
         }],
         stats: Default::default(),
+        degraded: None,
     };
     retry(|| agent.sync(0, 0, &beat)).await?;
     let now = chrono::Utc::now();

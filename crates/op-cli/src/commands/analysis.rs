@@ -107,6 +107,8 @@ async fn jobs(
 fn node_note(node: &NodeInfo, now: DateTime<Utc>) -> String {
     if node.status == NodeStatus::Ready {
         String::new()
+    } else if let (NodeStatus::Degraded, Some(why)) = (node.status, &node.degraded) {
+        format!(" (node Degraded: {why})")
     } else {
         format!(
             " (node {}, last seen {} ago)",

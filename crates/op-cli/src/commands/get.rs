@@ -64,8 +64,9 @@ pub fn packages_table(list: &[PackageVersion], wide: bool) -> Table {
 fn status_rank(s: NodeStatus) -> u8 {
     match s {
         NodeStatus::Ready => 0,
-        NodeStatus::NotReady => 1,
-        NodeStatus::Left => 2,
+        NodeStatus::Degraded => 1,
+        NodeStatus::NotReady => 2,
+        NodeStatus::Left => 3,
     }
 }
 
@@ -99,7 +100,7 @@ async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
         "LASTSEEN",
     ];
     if wide {
-        headers.extend(["LABELS", "LOAD", "RUNNING", "PACKAGES"]);
+        headers.extend(["LABELS", "LOAD", "RUNNING", "PACKAGES", "DEGRADED"]);
     }
     let mut table = Table::new(&headers);
     for n in &nodes {
@@ -147,6 +148,14 @@ async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
                     })
                     .collect::<Vec<_>>()
                     .join(", "),
+            );
+            // Why the agent says it is Degraded (a full state disk, a stalled scheduler).
+            row.push(
+                n.degraded
+                    .as_deref()
+                    .filter(|_| n.status == NodeStatus::Degraded)
+                    .unwrap_or_default()
+                    .to_string(),
             );
         }
         table.row(row);

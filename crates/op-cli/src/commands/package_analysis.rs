@@ -211,6 +211,7 @@ mod tests {
             running: vec![],
             packages,
             stats: AgentStats::default(),
+            degraded: None,
         }
     }
 

@@ -46,9 +46,14 @@ fn render(out: &mut impl Write, nodes: &[NodeInfo], manager: &str) -> std::io::R
     let now = Utc::now();
     let count = |s: NodeStatus| nodes.iter().filter(|n| n.status == s).count();
     let running: usize = nodes.iter().map(|n| n.running.len()).sum();
+    // Said only when there are some: a Degraded node is the exception worth the room.
+    let degraded = match count(NodeStatus::Degraded) {
+        0 => String::new(),
+        n => format!("{n} Degraded, "),
+    };
     writeln!(
         out,
-        "{}  manager {manager}  nodes: {} Ready, {} NotReady  runs in progress: {running}",
+        "{}  manager {manager}  nodes: {} Ready, {degraded}{} NotReady  runs in progress: {running}",
         now.with_timezone(&chrono::Local)
             .format("%Y-%m-%d %H:%M:%S"),
         count(NodeStatus::Ready),

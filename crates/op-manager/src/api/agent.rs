@@ -217,6 +217,7 @@ pub async fn sync(
         running: hb.running,
         packages: hb.packages,
         stats: hb.stats,
+        degraded: hb.degraded,
     };
     // Listen before reading the state, so a change between the two still wakes us: job changes
     // wake every node through `changes`, a change of this node alone through `mine`.
@@ -228,7 +229,9 @@ pub async fn sync(
     let Some(state) = live(app.hub.node(&app.store, node).await?) else {
         return Err(ApiError::UnknownNode(node));
     };
-    if state.status == NodeStatus::Ready {
+    // A beat that keeps the node's status (Ready, or Degraded for a fault it still reports) waits
+    // for the coalesced flush; one that changes it is written now.
+    if state.status == NodeStatus::of_beat(beat.degraded.as_deref()) {
         app.beats.record(beat);
     } else {
         // A status change is written at once, not with the next coalesced flush. Boxed: the

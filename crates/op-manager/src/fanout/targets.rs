@@ -62,7 +62,7 @@ pub fn select(
         .collect();
     chosen.sort_by(|a, b| (&a.hostname, a.node_id).cmp(&(&b.hostname, b.node_id)));
     for node in chosen {
-        if node.status == NodeStatus::Ready {
+        if node.status.is_live() {
             out.targets.push(node.clone());
         } else {
             out.unreachable.push(MissingHost {
@@ -117,6 +117,7 @@ mod tests {
             running: vec![],
             packages: vec![],
             stats: Default::default(),
+            degraded: None,
         }
     }
 

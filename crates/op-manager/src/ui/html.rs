@@ -79,6 +79,7 @@ fn badge(class: &str, symbol: &str, word: &str) -> String {
 pub fn node_status(s: NodeStatus) -> String {
     match s {
         NodeStatus::Ready => badge("good", "●", "Ready"),
+        NodeStatus::Degraded => badge("warn", "▲", "Degraded"),
         NodeStatus::NotReady => badge("bad", "✕", "NotReady"),
         NodeStatus::Left => badge("muted", "–", "Left"),
     }

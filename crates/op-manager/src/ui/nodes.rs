@@ -93,6 +93,7 @@ pub async fn list(
     for (v, label) in [
         ("", "any status"),
         ("Ready", "Ready"),
+        ("Degraded", "Degraded"),
         ("NotReady", "NotReady"),
         ("Left", "Left"),
     ] {
@@ -122,7 +123,7 @@ pub async fn list(
              <td data-label=\"IPs\">{}</td><td data-label=\"Version\">{}</td><td data-label=\"Last seen\">{}</td>\
              <td data-label=\"Load\">{}</td><td data-label=\"Running\">{}</td><td data-label=\"Packages\">{pk}</td></tr>",
             attr(&n.hostname),
-            html::node_status(n.status),
+            status_cell(n),
             n.node_id,
             esc(&n.hostname),
             esc(&n.ip_string()),
@@ -201,7 +202,7 @@ pub async fn show(
         .collect::<Vec<_>>()
         .join(", ");
     for (k, v) in [
-        ("Status", html::node_status(node.status)),
+        ("Status", status_cell(&node)),
         ("Node id", esc(&node.node_id.to_string())),
         ("IPs", esc(&node.ip_string())),
         ("Labels", esc(if labels.is_empty() { "–" } else { &labels })),
@@ -213,8 +214,11 @@ pub async fn show(
         (
             "Outbox",
             format!(
-                "{} waiting, {} dropped runs, {} lost fires",
-                node.stats.outbox_depth, node.stats.dropped_runs, node.stats.lost_fires
+                "{} waiting, {} dropped runs, {} lost fires, {} refused fires",
+                node.stats.outbox_depth,
+                node.stats.dropped_runs,
+                node.stats.lost_fires,
+                node.stats.refused_fires
             ),
         ),
     ] {
@@ -334,6 +338,18 @@ pub fn package_state(s: PackageState) -> String {
     }
 }
 
+/// The status badge, and for a Degraded node the reason its agent reported.
+fn status_cell(n: &NodeInfo) -> String {
+    match (&n.degraded, n.status) {
+        (Some(why), NodeStatus::Degraded) => format!(
+            "{} <span class=\"muted\" data-degraded>{}</span>",
+            html::node_status(n.status),
+            esc(why)
+        ),
+        _ => html::node_status(n.status),
+    }
+}
+
 /// Parsing of the status filter.
 trait ParseUi: Sized {
     fn parse_ui(s: &str) -> Option<Self>;
@@ -343,6 +359,7 @@ impl ParseUi for NodeStatus {
     fn parse_ui(s: &str) -> Option<NodeStatus> {
         match s {
             "Ready" => Some(NodeStatus::Ready),
+            "Degraded" => Some(NodeStatus::Degraded),
             "NotReady" => Some(NodeStatus::NotReady),
             "Left" => Some(NodeStatus::Left),
             _ => None,

@@ -25,6 +25,7 @@ use super::session::SessionView;
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub ready: usize,
+    pub degraded: usize,
     pub not_ready: usize,
     pub left: usize,
     pub jobs: usize,
@@ -48,6 +49,7 @@ pub fn count(
     for n in nodes {
         match n.status {
             NodeStatus::Ready => c.ready += 1,
+            NodeStatus::Degraded => c.degraded += 1,
             NodeStatus::NotReady => c.not_ready += 1,
             NodeStatus::Left => c.left += 1,
         }
@@ -188,6 +190,15 @@ pub async fn page(State(ui): State<Arc<Ui>>, Extension(s): Extension<SessionView
         "good",
         "/ui/nodes?status=Ready",
     ));
+    if c.degraded > 0 {
+        body.push_str(&tile(
+            "nodes-degraded",
+            "nodes Degraded",
+            &c.degraded.to_string(),
+            "warn",
+            "/ui/nodes?status=Degraded",
+        ));
+    }
     body.push_str(&tile(
         "nodes-notready",
         "nodes NotReady",
@@ -314,6 +325,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             stats: Default::default(),
+            degraded: None,
         }
     }
 

@@ -257,6 +257,7 @@ impl FakeAgent {
             running: vec![],
             packages: vec![],
             stats: Default::default(),
+            degraded: None,
         }
     }
 

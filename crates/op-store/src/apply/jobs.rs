@@ -175,7 +175,9 @@ fn write(conn: &Connection, r: &JobRecord) -> Result<()> {
     Ok(())
 }
 
-/// Creates the pending targets of a once-job revision: the Ready nodes its selector matches now.
+/// Creates the pending targets of a once-job revision: the live nodes (Ready or Degraded) its
+/// selector matches now. A Degraded node still runs what it can, and holds a once-job it cannot
+/// record yet until it can.
 /// Also reports the listed hosts that match no known node, and those known but not Ready.
 fn select_targets(
     conn: &Connection,
@@ -203,7 +205,7 @@ fn select_targets(
         if !selector.matches(identity) {
             continue;
         }
-        if node.status != NodeStatus::Ready {
+        if !node.status.is_live() {
             // Name the host the way the operator listed it, when a specific entry did.
             let named = spec
                 .white_hosts

@@ -47,6 +47,7 @@ pub(super) fn register(
         running: Vec::new(),
         packages: Vec::new(),
         stats: AgentStats::default(),
+        degraded: None,
     });
     node.hostname = reg.hostname.clone();
     node.ips = reg.ips.clone();
@@ -57,7 +58,9 @@ pub(super) fn register(
     if !reg.machine_id.is_empty() {
         node.machine_id = reg.machine_id.clone();
     }
+    // Registration says nothing of faults: the heartbeat that follows it does.
     node.status = NodeStatus::Ready;
+    node.degraded = None;
     node.last_seen = node.last_seen.max(at);
     write(conn, &node)?;
     bump_desired_node(conn, index, node.node_id, ch)?;
@@ -182,8 +185,10 @@ pub(super) fn heartbeats(conn: &Connection, beats: &[NodeBeat], ch: &mut Changes
             unknown.push(beat.node_id);
             continue;
         }
-        if node.status != NodeStatus::Ready {
-            node.status = NodeStatus::Ready;
+        let status = NodeStatus::of_beat(beat.degraded.as_deref());
+        if node.status != status || node.degraded != beat.degraded {
+            node.status = status;
+            node.degraded = beat.degraded.clone();
             ch.nodes.insert(node.node_id);
         }
         node.last_seen = node.last_seen.max(beat.seen_at);

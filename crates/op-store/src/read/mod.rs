@@ -47,6 +47,7 @@ pub struct DesiredView {
 pub struct StoreStats {
     pub jobs: u64,
     pub nodes_ready: u64,
+    pub nodes_degraded: u64,
     pub nodes_not_ready: u64,
     pub nodes_left: u64,
     pub runs: u64,
@@ -168,6 +169,7 @@ impl Store {
                 let n = n as u64;
                 match status.as_str() {
                     "Ready" => s.nodes_ready = n,
+                    "Degraded" => s.nodes_degraded = n,
                     "NotReady" => s.nodes_not_ready = n,
                     _ => s.nodes_left += n,
                 }

@@ -39,12 +39,13 @@ pub(crate) fn all_with_index(conn: &Connection) -> Result<Vec<(NodeInfo, u64)>> 
 fn status_rank(s: NodeStatus) -> u8 {
     match s {
         NodeStatus::Ready => 0,
-        NodeStatus::NotReady => 1,
-        NodeStatus::Left => 2,
+        NodeStatus::Degraded => 1,
+        NodeStatus::NotReady => 2,
+        NodeStatus::Left => 3,
     }
 }
 
-/// Ready first, then NotReady, then Left; by hostname within each group.
+/// Ready first, then Degraded, NotReady, Left; by hostname within each group.
 pub(crate) fn sort_fleet(nodes: &mut [NodeInfo]) {
     nodes.sort_by(|a, b| {
         (status_rank(a.status), &a.hostname, a.node_id).cmp(&(

@@ -183,6 +183,7 @@ fn status_changes_lose_to_newer_heartbeats() {
             running: vec![],
             packages: vec![],
             stats: Default::default(),
+            degraded: None,
         }],
     });
     // Decided on a last_seen of 0: the beat at 50 wins.
@@ -208,6 +209,45 @@ fn status_changes_lose_to_newer_heartbeats() {
         s.store.node(node_id(2)).unwrap().unwrap().status,
         NodeStatus::NotReady
     );
+}
+
+#[test]
+fn a_beat_that_reports_a_fault_makes_the_node_degraded_and_one_without_makes_it_ready() {
+    let mut s = TestStore::new();
+    s.apply(register(2, 0));
+    let beat = |seen: i64, degraded: Option<&str>| Command::Heartbeats {
+        beats: vec![op_store::NodeBeat {
+            node_id: node_id(2),
+            seen_at: at(seen),
+            agent_version: "0.1.0".into(),
+            load: None,
+            running: vec![],
+            packages: vec![],
+            stats: Default::default(),
+            degraded: degraded.map(str::to_string),
+        }],
+    };
+    s.apply(beat(10, Some("state disk full: recording a run")));
+    let node = s.store.node(node_id(2)).unwrap().unwrap();
+    assert_eq!(node.status, NodeStatus::Degraded);
+    assert_eq!(
+        node.degraded.as_deref(),
+        Some("state disk full: recording a run")
+    );
+    // A Degraded node goes NotReady when silent, like a Ready one.
+    let r = s.apply(Command::SetNodeStatus {
+        at: at(60),
+        changes: vec![StatusChange {
+            node_id: node_id(2),
+            status: NodeStatus::NotReady,
+            unless_seen_after: at(10),
+        }],
+    });
+    assert!(matches!(r, CommandResult::StatusChanged { ref changes } if changes.len() == 1));
+    s.apply(beat(70, None));
+    let node = s.store.node(node_id(2)).unwrap().unwrap();
+    assert_eq!(node.status, NodeStatus::Ready);
+    assert_eq!(node.degraded, None);
 }
 
 #[test]

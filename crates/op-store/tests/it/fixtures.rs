@@ -58,6 +58,7 @@ fn samples() -> Vec<Command> {
                 running: vec![],
                 packages: vec![],
                 stats: Default::default(),
+                degraded: None,
             }],
         },
         Command::SetNodeStatus {

@@ -179,6 +179,7 @@ fn delete_refuses_current_and_installed_versions_and_releases_blobs() {
                 error: None,
             }],
             stats: Default::default(),
+            degraded: None,
         }],
     });
     let r = s.apply(delete(v1.version));
@@ -210,6 +211,7 @@ fn delete_refuses_current_and_installed_versions_and_releases_blobs() {
                 error: None,
             }],
             stats: Default::default(),
+            degraded: None,
         }],
     });
     s.index += 1;

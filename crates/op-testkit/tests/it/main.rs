@@ -10,6 +10,7 @@ mod config_docs;
 mod console;
 mod docs_commands;
 mod fanout;
+mod faults;
 mod fleet;
 mod identity;
 mod logs;

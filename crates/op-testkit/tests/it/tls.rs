@@ -230,6 +230,7 @@ async fn a_replaced_certificate_is_served_without_dropping_connections() {
         running: vec![],
         packages: vec![],
         stats: Default::default(),
+        degraded: None,
     };
     let index = node.sync(0, 0, &beat).await.unwrap().index;
     let parked = tokio::spawn({
