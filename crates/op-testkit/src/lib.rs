@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 mod cluster;
 
 pub use cluster::{Cluster, FAST_RAFT};
+pub use nix::sys::signal::Signal;
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use op_client::Client;
 
@@ -250,6 +251,23 @@ impl Manager {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Sends `sig` to the manager process.
+    pub fn signal(&self, sig: Signal) {
+        signal(&self.child, sig);
+    }
+
+    /// The exit status once the process has ended on its own (`None` while it runs).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self
+            .child
+            .as_mut()?
+            .try_wait()
+            .expect("wait for op-manager")?;
+        self.child = None;
+        self._stdout = None;
+        Some(status)
+    }
+
     /// `kill -9`.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -453,6 +471,23 @@ impl Agent {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Sends `sig` to the agent process.
+    pub fn signal(&self, sig: Signal) {
+        signal(&self.child, sig);
+    }
+
+    /// The exit status once the process has ended on its own (`None` while it runs).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self
+            .child
+            .as_mut()?
+            .try_wait()
+            .expect("wait for op-agent")?;
+        self.child = None;
+        self._stdout = None;
+        Some(status)
     }
 
     /// `kill -9` the agent; its jobs keep running in their own sessions.

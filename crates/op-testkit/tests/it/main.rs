@@ -14,5 +14,6 @@ mod logs;
 mod metrics;
 mod packages;
 mod packaging;
+mod signals;
 mod support;
 mod tls;
