@@ -132,7 +132,7 @@ fn io_err(path: &Path, e: std::io::Error) -> ManagerError {
 fn serve(
     listener: TcpListener,
     router: axum::Router,
-    header_timeout: Duration,
+    limits: op_tls::guard::ConnLimits,
     handle: axum_server::Handle<SocketAddr>,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
 ) -> Result<JoinHandle<std::io::Result<()>>, ManagerError> {
@@ -143,31 +143,35 @@ fn serve(
     listener.set_nonblocking(true).map_err(listen_err)?;
     // The peer address feeds the authentication-failure limiter.
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    // axum-server leaves hyper's header-read timeout off; without it a slow client holds a
-    // connection forever (slowloris). A read buffer capped at hyper's minimum (8 KiB, also the
-    // largest request head) keeps each idle keep-alive connection at one 8 KiB buffer instead of
-    // a 16 KiB one: 80 MB less at 10,000 parked agents (valgrind massif, BENCHMARKS.md). Bodies
-    // still stream through it in 8 KiB reads.
+    // Every connection is bounded in time (op_tls::guard): silent, slow-head and dripping-body
+    // clients are closed. hyper's own header-read timeout stays as a second bound on HTTP/1. A
+    // read buffer capped at hyper's minimum (8 KiB, also the largest request head) keeps each
+    // idle keep-alive connection at one 8 KiB buffer instead of a 16 KiB one: 80 MB less at
+    // 10,000 parked agents (valgrind massif, BENCHMARKS.md). Bodies still stream through it in
+    // 8 KiB reads.
+    let guard = op_tls::guard::GuardAcceptor(limits);
     Ok(match tls {
         None => {
             let mut server = axum_server::from_tcp(listener)
                 .map_err(listen_err)?
-                .handle(handle);
+                .handle(handle)
+                .acceptor(guard);
             server
                 .http_builder()
                 .http1()
-                .header_read_timeout(header_timeout)
+                .header_read_timeout(limits.head_timeout)
                 .max_buf_size(8192);
             tokio::spawn(server.serve(service))
         }
         Some(config) => {
             let mut server = axum_server::tls_rustls::from_tcp_rustls(listener, config)
                 .map_err(listen_err)?
-                .handle(handle);
+                .handle(handle)
+                .map(|tls| tls.acceptor(guard));
             server
                 .http_builder()
                 .http1()
-                .header_read_timeout(header_timeout)
+                .header_read_timeout(limits.head_timeout)
                 .max_buf_size(8192);
             tokio::spawn(server.serve(service))
         }
@@ -278,7 +282,7 @@ pub async fn start(
     let raft_server = serve(
         listeners.raft,
         raft::server::router(app.clone()),
-        app.config.header_read_timeout,
+        app.config.conn_limits(),
         raft_handle.clone(),
         raft_tls.clone(),
     )?;
@@ -303,7 +307,7 @@ pub async fn start(
             api.clone()
                 .merge(ui::router(app.clone(), api, peer_http.clone()))
         },
-        app.config.header_read_timeout,
+        app.config.conn_limits(),
         api_handle.clone(),
         api_tls.clone(),
     )?;

@@ -15,5 +15,6 @@ mod metrics;
 mod packages;
 mod packaging;
 mod signals;
+mod slow_clients;
 mod support;
 mod tls;
