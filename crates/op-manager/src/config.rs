@@ -494,11 +494,7 @@ impl Config {
                 a.header_read_timeout.or(f.header_read_timeout),
                 "30s",
             )?,
-            body_min_rate: size(
-                "body_min_rate",
-                a.body_min_rate.or(f.body_min_rate),
-                "1KiB",
-            )?,
+            body_min_rate: size("body_min_rate", a.body_min_rate.or(f.body_min_rate), "1KiB")?,
             body_rate_window: duration(
                 "body_rate_window",
                 a.body_rate_window.or(f.body_rate_window),

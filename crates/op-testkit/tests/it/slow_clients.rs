@@ -29,12 +29,19 @@ fn limits() -> Vec<String> {
 }
 
 fn host_port(url: &str) -> String {
-    url.split("://").nth(1).unwrap_or(url).trim_end_matches('/').to_string()
+    url.split("://")
+        .nth(1)
+        .unwrap_or(url)
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// Reads until the peer closes, or until an answer's head is complete; `None` if neither
 /// happened within `limit`.
-async fn answer_or_close(stream: &mut tokio::net::tcp::OwnedReadHalf, limit: Duration) -> Option<String> {
+async fn answer_or_close(
+    stream: &mut tokio::net::tcp::OwnedReadHalf,
+    limit: Duration,
+) -> Option<String> {
     let mut got = Vec::new();
     let done = tokio::time::timeout(limit, async {
         let mut buf = [0u8; 4096];
@@ -49,7 +56,8 @@ async fn answer_or_close(stream: &mut tokio::net::tcp::OwnedReadHalf, limit: Dur
         }
     })
     .await;
-    done.ok().map(|()| String::from_utf8_lossy(&got).to_string())
+    done.ok()
+        .map(|()| String::from_utf8_lossy(&got).to_string())
 }
 
 /// A connection that sends nothing is closed after the head timeout, not before, not never.
@@ -62,7 +70,10 @@ async fn silent_connection_is_closed(what: &str, addr: &str) {
         answer.is_some(),
         "{what}: a connection that sent nothing is still open after {CLOSED_WITHIN:?}"
     );
-    assert!(took >= Duration::from_millis(1500), "{what}: closed after only {took:?}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "{what}: closed after only {took:?}"
+    );
 }
 
 /// A request whose body drips at 100 bytes/s (well under 1 KiB/s) gets 408 or is closed soon
@@ -113,10 +124,9 @@ async fn silent_and_dripping_clients_are_cut_off_on_every_listener() {
     let raft = host_port(&m.raft_url);
     let agent_addr = agent.addr.clone();
 
-    let identity: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(m.data_dir().join("cluster.json")).unwrap(),
-    )
-    .unwrap();
+    let identity: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(m.data_dir().join("cluster.json")).unwrap())
+            .unwrap();
     let secret = std::fs::read_to_string(m.data_dir().join("cluster.secret")).unwrap();
     let secret = secret.trim();
     let cluster = identity["cluster_id"].as_str().unwrap();
@@ -176,7 +186,11 @@ async fn silent_and_dripping_clients_are_cut_off_on_every_listener() {
     };
     let count = |text: &str, result: &str| -> u64 {
         text.lines()
-            .find(|l| l.starts_with(&format!("op_agent_sync_requests_total{{result=\"{result}\"}}")))
+            .find(|l| {
+                l.starts_with(&format!(
+                    "op_agent_sync_requests_total{{result=\"{result}\"}}"
+                ))
+            })
             .and_then(|l| l.split_whitespace().last())
             .and_then(|v| v.parse::<f64>().ok())
             .map_or(0, |v| v as u64)
