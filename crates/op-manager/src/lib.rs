@@ -248,6 +248,8 @@ pub async fn start(
                 heartbeat: config.raft_heartbeat,
                 election_timeout: config.raft_election_timeout,
                 peer_http: peer_http.clone(),
+                data_dir: dir.clone(),
+                disk_reserve: config.disk_reserve,
             },
         )
         .await?,
@@ -312,6 +314,7 @@ pub async fn start(
         api_tls.clone(),
     )?;
     let mut tasks = vec![];
+    let raft_stopped = Arc::new(std::sync::OnceLock::new());
     if let (Some(tls), Some(served)) = (&app.config.tls, api_tls) {
         tasks.push(tls.watch(served, shutdown.clone()));
     }
@@ -328,6 +331,7 @@ pub async fn start(
         tokio::spawn(memory::trim_loop(app.shutdown.clone())),
         tokio::spawn(blobs::replicate::sync_loop(app.clone())),
         tokio::spawn(raft::events::watch(app.clone())),
+        tokio::spawn(exit_on_raft_stop(app.clone(), raft_stopped.clone())),
     ]);
     for (name, url) in [("manager.addr", &api_url), ("raft.addr", &raft_url)] {
         let path = dir.join(name);
@@ -355,6 +359,11 @@ pub async fn start(
             tracing::warn!(error = %e, "raft shutdown");
         }
         drop(lock);
+        if let Some(why) = raft_stopped.get() {
+            return Err(ManagerError::Raft(format!(
+                "{why}; exiting so that the service manager starts op-manager again"
+            )));
+        }
         tracing::info!("op-manager stopped");
         Ok(())
     });
@@ -365,6 +374,43 @@ pub async fn start(
         raft_addr,
         task,
     })
+}
+
+/// openraft 0.9 stops for good on a storage error (a full disk, an I/O error): the `Raft` then
+/// answers every call with `Fatal` and cannot be resumed in place. When that happens outside a
+/// shutdown, the manager records why, shuts down and exits non-zero, so that systemd
+/// (`Restart=on-failure`) starts it again on the same data dir, which recovers from its log.
+/// `/healthz` answers 503 from the moment raft stops.
+async fn exit_on_raft_stop(app: Arc<App>, stopped: Arc<std::sync::OnceLock<String>>) {
+    let mut metrics = app.raft.metrics();
+    loop {
+        let why = {
+            let m = metrics.borrow_and_update();
+            match &m.running_state {
+                Err(e) => Some(format!("raft stopped: {e}")),
+                Ok(()) if m.state == openraft::ServerState::Shutdown => {
+                    Some("raft shut down".to_string())
+                }
+                Ok(()) => None,
+            }
+        };
+        let gone = match why {
+            Some(why) => Some(why),
+            None => tokio::select! {
+                _ = app.shutdown.cancelled() => return,
+                changed = metrics.changed() => changed.err().map(|_| "raft stopped".to_string()),
+            },
+        };
+        if let Some(why) = gone {
+            if app.shutdown.is_cancelled() {
+                return;
+            }
+            tracing::error!(error = %why, "raft stopped; op-manager exits so that it is started again");
+            let _ = stopped.set(why);
+            app.shutdown.cancel();
+            return;
+        }
+    }
 }
 
 /// Whether this start joins an existing cluster.

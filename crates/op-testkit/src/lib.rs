@@ -140,8 +140,14 @@ impl Manager {
     }
 
     pub fn start_with(options: ManagerOptions) -> Manager {
+        Manager::start_in(tempfile::tempdir().expect("temp dir"), options)
+    }
+
+    /// Starts a manager whose data dir is `DIR/data` (which may already exist, e.g. as a mount
+    /// point); its logs go to `DIR`.
+    pub fn start_in(dir: tempfile::TempDir, options: ManagerOptions) -> Manager {
         let mut m = Manager {
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir,
             api_url: String::new(),
             raft_url: String::new(),
             admin_token: String::new(),

@@ -46,6 +46,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     Unavailable(String),
+    /// The leader's disk is (nearly) full: writes are refused until space returns.
+    #[error("{0}")]
+    DiskFull(String),
     /// The cluster could not say whether a change was made (the leader died while answering).
     #[error("{0}")]
     OutcomeUnknown(String),
@@ -96,6 +99,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::DiskFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "disk_full"),
             ApiError::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
             ApiError::NoLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
             ApiError::Removed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "removed"),
@@ -166,6 +170,7 @@ impl From<ClusterError> for ApiError {
                 "not_found" => ApiError::NotFound(message),
                 "conflict" | "wrong_cluster" => ApiError::Conflict(message),
                 "invalid" => ApiError::bad("invalid", message),
+                "disk_full" => ApiError::DiskFull(message),
                 _ => ApiError::Unavailable(message),
             },
             ClusterError::Raft(m) => ApiError::Unavailable(format!("raft: {m}")),

@@ -10,6 +10,7 @@ mod config_docs;
 mod console;
 mod fanout;
 mod fleet;
+mod full_disk;
 mod logs;
 mod metrics;
 mod packages;
