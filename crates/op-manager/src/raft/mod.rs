@@ -241,7 +241,7 @@ pub fn is_leader(raft: &Raft) -> bool {
 /// Bytes available to this process on the filesystem holding `dir` (`None` if unknown).
 pub fn free_bytes(dir: &Path) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
+    Some(st.blocks_available().saturating_mul(st.fragment_size()))
 }
 
 fn raft_err(e: impl std::fmt::Display) -> ClusterError {
