@@ -15,10 +15,12 @@ use crate::raft::ClusterError;
 pub enum ApiError {
     #[error("missing or invalid credentials: send Authorization: Bearer TOKEN")]
     Unauthorized,
-    #[error("a {scope} token may not {action}")]
+    #[error("a {scope} token may not {action}; this needs {needs}")]
     Forbidden {
         scope: &'static str,
         action: &'static str,
+        /// The scopes that may, e.g. "an admin token".
+        needs: &'static str,
     },
     /// 403 for a reason the scope alone does not tell (another node's data, an enrolled node).
     #[error("{0}")]
@@ -74,10 +76,11 @@ impl ApiError {
         }
     }
 
-    pub fn forbidden(scope: Scope, action: &'static str) -> ApiError {
+    pub fn forbidden(scope: Scope, action: &'static str, needs: &'static str) -> ApiError {
         ApiError::Forbidden {
             scope: scope.as_str(),
             action,
+            needs,
         }
     }
 
