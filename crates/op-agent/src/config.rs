@@ -35,6 +35,11 @@ pub mod defaults {
     pub const PACKAGE_MAX_BYTES: u64 = 4 << 30;
     /// Most members one package archive may have.
     pub const PACKAGE_MAX_ENTRIES: u64 = 100_000;
+    /// Time a connection may go without a request in progress.
+    pub const HEADER_READ_TIMEOUT_SECS: u64 = 30;
+    /// Slowest accepted request body, bytes per second.
+    pub const BODY_MIN_RATE: u64 = 1024;
+    pub const BODY_RATE_WINDOW_SECS: u64 = 30;
 }
 
 /// Command-line flags. Each also reads an `OP_*` environment variable; a flag wins over its
@@ -95,6 +100,18 @@ pub struct Cli {
     /// How long shutdown waits for running jobs before killing them [default: 30s].
     #[arg(long, env = "OP_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    /// Time a connection to the API may go without a request in progress before it is
+    /// closed: a new connection must send its request head within it, a kept-alive one its next
+    /// [default: 30s].
+    #[arg(long, env = "OP_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<String>,
+    /// Slowest accepted request body, in bytes per second averaged over body_rate_window; a
+    /// slower one gets 408 and its connection closed (0 = no minimum) [default: 1KiB].
+    #[arg(long, env = "OP_BODY_MIN_RATE")]
+    pub body_min_rate: Option<String>,
+    /// Time over which body_min_rate is averaged [default: 30s].
+    #[arg(long, env = "OP_BODY_RATE_WINDOW")]
+    pub body_rate_window: Option<String>,
     /// Bytes of output kept in each run record, e.g. `64KiB` [default: 64KiB].
     #[arg(long, env = "OP_OUTPUT_TAIL")]
     pub output_tail: Option<String>,
@@ -196,6 +213,9 @@ pub struct FileConfig {
     pub manager: Option<Vec<String>>,
     pub manager_token: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub body_min_rate: Option<SizeValue>,
+    pub body_rate_window: Option<String>,
     pub output_tail: Option<SizeValue>,
     pub log_keep_runs: Option<u64>,
     pub log_keep_bytes: Option<SizeValue>,
@@ -281,6 +301,8 @@ pub struct Config {
     /// Secret; kept out of `Debug` output by [`Secret`].
     pub manager_token: Option<Secret>,
     pub shutdown_grace: Duration,
+    /// The time bounds of every connection to the API.
+    pub conn_limits: op_tls::guard::ConnLimits,
     pub output_tail: usize,
     pub log_keep_runs: usize,
     pub log_keep_bytes: u64,
@@ -437,6 +459,36 @@ impl Config {
                     .map_err(|e| AgentError::Config(format!("{key}: {e}"))),
                 None => Ok(default),
             };
+        let seconds = |key: &str, flag: &Option<String>, file: &Option<String>, default: u64| {
+            let value = match pick(flag, file) {
+                Some(text) => parse_duration(key, &text)?,
+                None => Duration::from_secs(default),
+            };
+            if value.is_zero() {
+                return Err(AgentError::Config(format!("{key} must be more than 0")));
+            }
+            Ok(value)
+        };
+        let conn_limits = op_tls::guard::ConnLimits {
+            head_timeout: seconds(
+                "header_read_timeout",
+                &cli.header_read_timeout,
+                &file.header_read_timeout,
+                defaults::HEADER_READ_TIMEOUT_SECS,
+            )?,
+            body_min_rate: size(
+                "body_min_rate",
+                &cli.body_min_rate,
+                &file.body_min_rate,
+                defaults::BODY_MIN_RATE,
+            )?,
+            body_rate_window: seconds(
+                "body_rate_window",
+                &cli.body_rate_window,
+                &file.body_rate_window,
+                defaults::BODY_RATE_WINDOW_SECS,
+            )?,
+        };
         let output_tail = size(
             "output_tail",
             &cli.output_tail,
@@ -537,6 +589,7 @@ impl Config {
                 .filter(|t| !t.is_empty())
                 .map(Secret),
             shutdown_grace,
+            conn_limits,
             output_tail: output_tail as usize,
             log_keep_runs: log_keep_runs as usize,
             log_keep_bytes,

@@ -52,9 +52,6 @@ use crate::metrics::Metrics;
 use crate::schedule::SchedulerParts;
 use crate::state::StateStore;
 
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Runs the agent until `shutdown` is cancelled, then stops in order: no new fires or
 /// invocations; running jobs get `shutdown_grace` to finish and are then killed (recorded
 /// `killed`); the HTTP server drains; the state is left consistent.
@@ -221,15 +218,20 @@ pub async fn run(
 
     let listener = listener.into_std().map_err(AgentError::Server)?;
     let handle = axum_server::Handle::new();
+    // Every connection is bounded in time: silent, slow-head and dripping-body clients are
+    // closed (op_tls::guard).
+    let limits = config.conn_limits;
+    let guard = op_tls::guard::GuardAcceptor(limits);
     let mut server_task = match &config.tls {
         None => {
             let mut server = axum_server::from_tcp(listener)
                 .map_err(AgentError::Server)?
-                .handle(handle.clone());
+                .handle(handle.clone())
+                .acceptor(guard);
             server
                 .http_builder()
                 .http1()
-                .header_read_timeout(Some(HEADER_READ_TIMEOUT));
+                .header_read_timeout(Some(limits.head_timeout));
             tokio::spawn(server.serve(app.into_make_service()))
         }
         Some(tls) => {
@@ -240,11 +242,12 @@ pub async fn run(
             drop(tls.watch(served.clone(), shutdown.clone()));
             let mut server = axum_server::tls_rustls::from_tcp_rustls(listener, served)
                 .map_err(AgentError::Server)?
-                .handle(handle.clone());
+                .handle(handle.clone())
+                .map(|tls| tls.acceptor(guard));
             server
                 .http_builder()
                 .http1()
-                .header_read_timeout(Some(HEADER_READ_TIMEOUT));
+                .header_read_timeout(Some(limits.head_timeout));
             tokio::spawn(server.serve(app.into_make_service()))
         }
     };

@@ -202,10 +202,10 @@ impl Conn {
                 body.message,
                 self.token_source
             ),
-            ClientError::Api { status: 403, body } => anyhow!(
-                "permission denied: {}; this needs a token with a wider scope (operator or admin)",
-                body.message
-            ),
+            // The manager names the scope the request needs (only admin manages tokens).
+            ClientError::Api { status: 403, body } => {
+                anyhow!("permission denied: {}", body.message)
+            }
             ClientError::Api { body, .. } => {
                 let mut msg = body.message.clone();
                 for d in &body.details {

@@ -106,9 +106,22 @@ pub struct ConfigArgs {
     /// Largest run batch body [default: 64MiB].
     #[arg(long, env = "OP_RUNS_BODY_LIMIT")]
     pub runs_body_limit: Option<String>,
-    /// Time a client has to send its request headers [default: 30s].
+    /// Time a connection (API or raft) may go without a request in progress before it is
+    /// closed: a new connection must send its request head within it, a kept-alive one its next
+    /// [default: 30s].
     #[arg(long, env = "OP_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: Option<String>,
+    /// Slowest accepted request body, in bytes per second averaged over body_rate_window; a
+    /// slower one gets 408 and its connection closed (0 = no minimum) [default: 1KiB].
+    #[arg(long, env = "OP_BODY_MIN_RATE")]
+    pub body_min_rate: Option<String>,
+    /// Time over which body_min_rate is averaged [default: 30s].
+    #[arg(long, env = "OP_BODY_RATE_WINDOW")]
+    pub body_rate_window: Option<String>,
+    /// Free space the data dir's filesystem must keep: below it, writes get 503 disk_full
+    /// until space returns, so raft never hits a full disk (0 = no check) [default: 64MiB].
+    #[arg(long, env = "OP_DISK_RESERVE")]
+    pub disk_reserve: Option<String>,
     /// Raft log entries between snapshots [default: 2000].
     #[arg(long, env = "OP_RAFT_SNAPSHOT_LOGS")]
     pub raft_snapshot_logs: Option<u64>,
@@ -176,6 +189,9 @@ pub struct RawConfig {
     pub json_body_limit: Option<String>,
     pub runs_body_limit: Option<String>,
     pub header_read_timeout: Option<String>,
+    pub body_min_rate: Option<String>,
+    pub body_rate_window: Option<String>,
+    pub disk_reserve: Option<String>,
     pub raft_snapshot_logs: Option<u64>,
     pub download_concurrency: Option<usize>,
     pub upload_max_bytes: Option<String>,
@@ -226,6 +242,11 @@ pub struct Config {
     pub json_body_limit: usize,
     pub runs_body_limit: usize,
     pub header_read_timeout: Duration,
+    /// Slowest accepted request body in bytes per second (0: no minimum).
+    pub body_min_rate: u64,
+    pub body_rate_window: Duration,
+    /// Free bytes the data dir's filesystem keeps; writes are refused below (0: no check).
+    pub disk_reserve: u64,
     pub raft_snapshot_logs: u64,
     /// Most package downloads served at once (default 100).
     pub download_concurrency: usize,
@@ -262,6 +283,15 @@ fn size(key: &str, value: Option<String>, default: &str) -> Result<u64, ManagerE
 }
 
 impl Config {
+    /// The time bounds of every connection the manager serves.
+    pub fn conn_limits(&self) -> op_tls::guard::ConnLimits {
+        op_tls::guard::ConnLimits {
+            head_timeout: self.header_read_timeout,
+            body_min_rate: self.body_min_rate,
+            body_rate_window: self.body_rate_window,
+        }
+    }
+
     /// Loads the file named by `--config` (if any) and resolves everything.
     pub fn load(args: &ConfigArgs) -> Result<Config, ManagerError> {
         let raw = match &args.config {
@@ -447,6 +477,13 @@ impl Config {
                 a.header_read_timeout.or(f.header_read_timeout),
                 "30s",
             )?,
+            body_min_rate: size("body_min_rate", a.body_min_rate.or(f.body_min_rate), "1KiB")?,
+            body_rate_window: duration(
+                "body_rate_window",
+                a.body_rate_window.or(f.body_rate_window),
+                "30s",
+            )?,
+            disk_reserve: size("disk_reserve", a.disk_reserve.or(f.disk_reserve), "64MiB")?,
             raft_snapshot_logs: a
                 .raft_snapshot_logs
                 .or(f.raft_snapshot_logs)
@@ -520,6 +557,12 @@ impl Config {
             return Err(bad(
                 "json_body_limit/runs_body_limit",
                 "must be at least 1KiB",
+            ));
+        }
+        if self.header_read_timeout.is_zero() || self.body_rate_window.is_zero() {
+            return Err(bad(
+                "header_read_timeout/body_rate_window",
+                "must be more than 0",
             ));
         }
         if self.run_batch_max == 0 {

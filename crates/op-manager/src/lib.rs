@@ -133,7 +133,7 @@ fn io_err(path: &Path, e: std::io::Error) -> ManagerError {
 fn serve(
     listener: TcpListener,
     router: axum::Router,
-    header_timeout: Duration,
+    limits: op_tls::guard::ConnLimits,
     handle: axum_server::Handle<SocketAddr>,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
 ) -> Result<JoinHandle<std::io::Result<()>>, ManagerError> {
@@ -144,31 +144,35 @@ fn serve(
     listener.set_nonblocking(true).map_err(listen_err)?;
     // The peer address feeds the authentication-failure limiter.
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    // axum-server leaves hyper's header-read timeout off; without it a slow client holds a
-    // connection forever (slowloris). A read buffer capped at hyper's minimum (8 KiB, also the
-    // largest request head) keeps each idle keep-alive connection at one 8 KiB buffer instead of
-    // a 16 KiB one: 80 MB less at 10,000 parked agents (valgrind massif, BENCHMARKS.md). Bodies
-    // still stream through it in 8 KiB reads.
+    // Every connection is bounded in time (op_tls::guard): silent, slow-head and dripping-body
+    // clients are closed. hyper's own header-read timeout stays as a second bound on HTTP/1. A
+    // read buffer capped at hyper's minimum (8 KiB, also the largest request head) keeps each
+    // idle keep-alive connection at one 8 KiB buffer instead of a 16 KiB one: 80 MB less at
+    // 10,000 parked agents (valgrind massif, BENCHMARKS.md). Bodies still stream through it in
+    // 8 KiB reads.
+    let guard = op_tls::guard::GuardAcceptor(limits);
     Ok(match tls {
         None => {
             let mut server = axum_server::from_tcp(listener)
                 .map_err(listen_err)?
-                .handle(handle);
+                .handle(handle)
+                .acceptor(guard);
             server
                 .http_builder()
                 .http1()
-                .header_read_timeout(header_timeout)
+                .header_read_timeout(limits.head_timeout)
                 .max_buf_size(8192);
             tokio::spawn(server.serve(service))
         }
         Some(config) => {
             let mut server = axum_server::tls_rustls::from_tcp_rustls(listener, config)
                 .map_err(listen_err)?
-                .handle(handle);
+                .handle(handle)
+                .map(|tls| tls.acceptor(guard));
             server
                 .http_builder()
                 .http1()
-                .header_read_timeout(header_timeout)
+                .header_read_timeout(limits.head_timeout)
                 .max_buf_size(8192);
             tokio::spawn(server.serve(service))
         }
@@ -252,6 +256,8 @@ pub async fn start(
                 heartbeat: config.raft_heartbeat,
                 election_timeout: config.raft_election_timeout,
                 peer_http: peer_http.clone(),
+                data_dir: dir.clone(),
+                disk_reserve: config.disk_reserve,
             },
         )
         .await?,
@@ -286,7 +292,7 @@ pub async fn start(
     let raft_server = serve(
         listeners.raft,
         raft::server::router(app.clone()),
-        app.config.header_read_timeout,
+        app.config.conn_limits(),
         raft_handle.clone(),
         raft_tls.clone(),
     )?;
@@ -311,11 +317,12 @@ pub async fn start(
             api.clone()
                 .merge(ui::router(app.clone(), api, peer_http.clone()))
         },
-        app.config.header_read_timeout,
+        app.config.conn_limits(),
         api_handle.clone(),
         api_tls.clone(),
     )?;
     let mut tasks = vec![];
+    let raft_stopped = Arc::new(std::sync::OnceLock::new());
     if let (Some(tls), Some(served)) = (&app.config.tls, api_tls) {
         tasks.push(tls.watch(served, shutdown.clone()));
     }
@@ -332,6 +339,7 @@ pub async fn start(
         tokio::spawn(memory::trim_loop(app.shutdown.clone())),
         tokio::spawn(blobs::replicate::sync_loop(app.clone())),
         tokio::spawn(raft::events::watch(app.clone())),
+        tokio::spawn(exit_on_raft_stop(app.clone(), raft_stopped.clone())),
     ]);
     for (name, url) in [("manager.addr", &api_url), ("raft.addr", &raft_url)] {
         let path = dir.join(name);
@@ -359,6 +367,11 @@ pub async fn start(
             tracing::warn!(error = %e, "raft shutdown");
         }
         drop(lock);
+        if let Some(why) = raft_stopped.get() {
+            return Err(ManagerError::Raft(format!(
+                "{why}; exiting so that the service manager starts op-manager again"
+            )));
+        }
         tracing::info!("op-manager stopped");
         Ok(())
     });
@@ -369,6 +382,43 @@ pub async fn start(
         raft_addr,
         task,
     })
+}
+
+/// openraft 0.9 stops for good on a storage error (a full disk, an I/O error): the `Raft` then
+/// answers every call with `Fatal` and cannot be resumed in place. When that happens outside a
+/// shutdown, the manager records why, shuts down and exits non-zero, so that systemd
+/// (`Restart=on-failure`) starts it again on the same data dir, which recovers from its log.
+/// `/healthz` answers 503 from the moment raft stops.
+async fn exit_on_raft_stop(app: Arc<App>, stopped: Arc<std::sync::OnceLock<String>>) {
+    let mut metrics = app.raft.metrics();
+    loop {
+        let why = {
+            let m = metrics.borrow_and_update();
+            match &m.running_state {
+                Err(e) => Some(format!("raft stopped: {e}")),
+                Ok(()) if m.state == openraft::ServerState::Shutdown => {
+                    Some("raft shut down".to_string())
+                }
+                Ok(()) => None,
+            }
+        };
+        let gone = match why {
+            Some(why) => Some(why),
+            None => tokio::select! {
+                _ = app.shutdown.cancelled() => return,
+                changed = metrics.changed() => changed.err().map(|_| "raft stopped".to_string()),
+            },
+        };
+        if let Some(why) = gone {
+            if app.shutdown.is_cancelled() {
+                return;
+            }
+            tracing::error!(error = %why, "raft stopped; op-manager exits so that it is started again");
+            let _ = stopped.set(why);
+            app.shutdown.cancel();
+            return;
+        }
+    }
 }
 
 /// Whether this start joins an existing cluster.

@@ -282,6 +282,20 @@ pub struct TokenInfo {
     pub node_id: Option<uuid::Uuid>,
 }
 
+impl TokenInfo {
+    /// `revoked`, `expired` (at `now`; an expiry at `now` has passed, as the manager checks it)
+    /// or `active`.
+    pub fn status(&self, now: DateTime<Utc>) -> &'static str {
+        if self.revoked {
+            "revoked"
+        } else if self.expires_at.is_some_and(|e| e <= now) {
+            "expired"
+        } else {
+            "active"
+        }
+    }
+}
+
 /// The answer to a token creation: the only time the secret is shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreatedToken {

@@ -148,6 +148,11 @@ pub fn validate_package_name(name: &str) -> Result<(), String> {
     if name.starts_with('.') {
         return Err(format!("{name:?} starts with '.'; package names must not"));
     }
+    if name.starts_with('-') {
+        return Err(format!(
+            "{name:?} starts with '-', which commands would take for an option; package names must not"
+        ));
+    }
     Ok(())
 }
 

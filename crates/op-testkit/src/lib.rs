@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 mod cluster;
 
 pub use cluster::{Cluster, FAST_RAFT};
+pub use nix::sys::signal::Signal;
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use op_client::Client;
 
@@ -155,18 +156,24 @@ impl Manager {
     }
 
     pub fn start_with(options: ManagerOptions) -> Manager {
-        Manager::launched(options, false)
+        Manager::launched(tempfile::tempdir().expect("temp dir"), options, false)
     }
 
     /// Starts a manager whose stderr is a pipe nobody reads: every log write fails with EPIPE.
     /// Its log is empty.
     pub fn start_with_dead_stderr(options: ManagerOptions) -> Manager {
-        Manager::launched(options, true)
+        Manager::launched(tempfile::tempdir().expect("temp dir"), options, true)
     }
 
-    fn launched(options: ManagerOptions, dead_stderr: bool) -> Manager {
+    /// Starts a manager whose data dir is `DIR/data` (which may already exist, e.g. as a mount
+    /// point); its logs go to `DIR`.
+    pub fn start_in(dir: tempfile::TempDir, options: ManagerOptions) -> Manager {
+        Manager::launched(dir, options, false)
+    }
+
+    fn launched(dir: tempfile::TempDir, options: ManagerOptions, dead_stderr: bool) -> Manager {
         let mut m = Manager {
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir,
             api_url: String::new(),
             raft_url: String::new(),
             admin_token: String::new(),
@@ -275,6 +282,23 @@ impl Manager {
     /// The process id while it runs (for /proc measurements).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `sig` to the manager process.
+    pub fn signal(&self, sig: Signal) {
+        signal(&self.child, sig);
+    }
+
+    /// The exit status once the process has ended on its own (`None` while it runs).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self
+            .child
+            .as_mut()?
+            .try_wait()
+            .expect("wait for op-manager")?;
+        self.child = None;
+        self._stdout = None;
+        Some(status)
     }
 
     /// `kill -9`.
@@ -498,6 +522,23 @@ impl Agent {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Sends `sig` to the agent process.
+    pub fn signal(&self, sig: Signal) {
+        signal(&self.child, sig);
+    }
+
+    /// The exit status once the process has ended on its own (`None` while it runs).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self
+            .child
+            .as_mut()?
+            .try_wait()
+            .expect("wait for op-agent")?;
+        self.child = None;
+        self._stdout = None;
+        Some(status)
     }
 
     /// `kill -9` the agent; its jobs keep running in their own sessions.

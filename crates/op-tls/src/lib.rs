@@ -1,12 +1,15 @@
 //! TLS for op-agent: the server side of every listener (manager API, raft, agent API) with an
 //! optional client-certificate check and live reload, the client side's trust and identity
 //! files, and a development CA (`op-manager certs init`).
+//! [`guard`] bounds the time every connection of those listeners may take (silent or dripping
+//! clients).
 //!
 //! Everything reads PEM files. A listener's certificate and key are read again when they change
 //! on disk (checked every second) or on SIGHUP; the new ones serve new handshakes while open
 //! connections carry on undisturbed. A bad replacement is logged and the old one kept.
 
 pub mod certs;
+pub mod guard;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

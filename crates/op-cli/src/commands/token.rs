@@ -45,6 +45,7 @@ pub async fn run(ctx: &Ctx, what: TokenCommand) -> anyhow::Result<Outcome> {
                 write_json(&mut out, &tokens)?;
             } else {
                 let mut t = Table::new(&["ID", "NAME", "SCOPE", "CREATED", "EXPIRES", "STATUS"]);
+                let now = chrono::Utc::now();
                 for tok in &tokens {
                     t.row([
                         tok.id.clone(),
@@ -54,7 +55,7 @@ pub async fn run(ctx: &Ctx, what: TokenCommand) -> anyhow::Result<Outcome> {
                         tok.expires_at
                             .map(local_time)
                             .unwrap_or_else(|| "never".into()),
-                        if tok.revoked { "revoked" } else { "active" }.to_string(),
+                        tok.status(now).to_string(),
                     ]);
                 }
                 t.write(&mut out)?;

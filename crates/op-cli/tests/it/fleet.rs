@@ -373,3 +373,56 @@ async fn forget_revokes_the_node_credential_and_the_agent_enrolls_again() {
     .await;
     cli(&m).args(["forget", "no-such-node"]).assert().code(2);
 }
+
+/// `token list` says `expired` for a token past its expiry (it said `active`), and an operator
+/// asking for token management is told that it needs an admin token (the message said
+/// "operator or admin").
+#[tokio::test]
+async fn token_list_marks_expired_tokens_and_token_management_names_admin() {
+    let m = Manager::start();
+    stdout(cli(&m).args([
+        "token",
+        "create",
+        "--name",
+        "brief",
+        "--scope",
+        "viewer",
+        "--expires-in",
+        "1",
+    ]));
+    let operator = stdout(cli(&m).args(["token", "create", "--name", "op", "--scope", "operator"]));
+    let brief = m
+        .client()
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name == "brief")
+        .unwrap();
+    let expiry = brief.expires_at.unwrap();
+    wait_until(LONG, "the token's expiry passes", || async {
+        chrono::Utc::now() > expiry
+    })
+    .await;
+    let list = stdout(cli(&m).args(["token", "list"]));
+    let row = list.lines().find(|l| l.contains("brief")).unwrap();
+    assert!(row.contains("expired") && !row.contains("active"), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.split_whitespace().any(|w| w == "op") && l.contains("active")),
+        "{list}"
+    );
+
+    let out = cli(&m)
+        .env("OP_TOKEN", operator.trim())
+        .args(["token", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("permission denied") && err.contains("needs an admin token"),
+        "{err}"
+    );
+    assert!(!err.contains("operator or admin"), "{err}");
+}

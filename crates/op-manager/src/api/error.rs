@@ -15,10 +15,12 @@ use crate::raft::ClusterError;
 pub enum ApiError {
     #[error("missing or invalid credentials: send Authorization: Bearer TOKEN")]
     Unauthorized,
-    #[error("a {scope} token may not {action}")]
+    #[error("a {scope} token may not {action}; this needs {needs}")]
     Forbidden {
         scope: &'static str,
         action: &'static str,
+        /// The scopes that may, e.g. "an admin token".
+        needs: &'static str,
     },
     /// 403 for a reason the scope alone does not tell (another node's data, an enrolled node).
     #[error("{0}")]
@@ -46,6 +48,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     Unavailable(String),
+    /// The leader's disk is (nearly) full: writes are refused until space returns.
+    #[error("{0}")]
+    DiskFull(String),
     /// The cluster could not say whether a change was made (the leader died while answering).
     #[error("{0}")]
     OutcomeUnknown(String),
@@ -71,10 +76,11 @@ impl ApiError {
         }
     }
 
-    pub fn forbidden(scope: Scope, action: &'static str) -> ApiError {
+    pub fn forbidden(scope: Scope, action: &'static str, needs: &'static str) -> ApiError {
         ApiError::Forbidden {
             scope: scope.as_str(),
             action,
+            needs,
         }
     }
 
@@ -98,6 +104,7 @@ impl ApiError {
                 (StatusCode::METHOD_NOT_ALLOWED, code::METHOD_NOT_ALLOWED)
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE),
+            ApiError::DiskFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "disk_full"),
             ApiError::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
             ApiError::NoLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
             ApiError::Removed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "removed"),
@@ -168,6 +175,7 @@ impl From<ClusterError> for ApiError {
                 "not_found" => ApiError::NotFound(message),
                 "conflict" | "wrong_cluster" => ApiError::Conflict(message),
                 "invalid" => ApiError::bad("invalid", message),
+                "disk_full" => ApiError::DiskFull(message),
                 _ => ApiError::Unavailable(message),
             },
             ClusterError::Raft(m) => ApiError::Unavailable(format!("raft: {m}")),

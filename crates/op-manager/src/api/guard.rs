@@ -69,17 +69,21 @@ fn allows(scope: Scope, access: Access) -> Result<(), ApiError> {
     if ok {
         return Ok(());
     }
-    Err(ApiError::forbidden(
-        scope,
-        match access {
-            Access::Read => "read fleet data",
-            Access::Operate => "change jobs, runs, nodes or packages",
-            Access::Admin => "manage tokens or cluster membership",
-            Access::Agent => "use the agent protocol",
-            Access::ReadOrAgent => "download packages",
-            Access::Public => "",
-        },
-    ))
+    let (action, needs) = match access {
+        Access::Read => ("read fleet data", "a viewer, operator or admin token"),
+        Access::Operate => (
+            "change jobs, runs, nodes or packages",
+            "an operator or admin token",
+        ),
+        Access::Admin => ("manage tokens or cluster membership", "an admin token"),
+        Access::Agent => ("use the agent protocol", "an agent token"),
+        Access::ReadOrAgent => (
+            "download packages",
+            "a viewer, operator, admin or agent token",
+        ),
+        Access::Public => ("", ""),
+    };
+    Err(ApiError::forbidden(scope, action, needs))
 }
 
 /// The token of `Authorization: Bearer T`, or the password of `Authorization: Basic` (the seed's

@@ -13,8 +13,28 @@ use super::error::ApiError;
 use crate::app::App;
 use crate::metrics::RaftView;
 
-pub async fn healthz() -> &'static str {
-    "ok\n"
+/// `ok` while this manager can do its work; 503 with the reason when raft has stopped (the
+/// manager is about to exit so that its service manager restarts it) or when its disk is below
+/// `disk_reserve` (writes are refused until space returns).
+pub async fn healthz(State(app): State<Arc<App>>) -> (axum::http::StatusCode, String) {
+    let stopped = {
+        let m = app.raft.metrics();
+        let m = m.borrow();
+        match &m.running_state {
+            Err(e) => Some(format!("raft stopped: {e}")),
+            Ok(()) if m.state == openraft::ServerState::Shutdown => {
+                Some("raft is shut down".to_string())
+            }
+            Ok(()) => None,
+        }
+    };
+    match stopped.or_else(|| app.cluster.disk_full()) {
+        Some(why) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("{why}\n"),
+        ),
+        None => (axum::http::StatusCode::OK, "ok\n".to_string()),
+    }
 }
 
 pub async fn version() -> Json<VersionInfo> {

@@ -29,6 +29,8 @@ pub mod code {
     pub const NOT_LEADER: &str = "not_leader";
     /// The request was understood but failed (the message says why).
     pub const FAILED: &str = "failed";
+    /// The leader's data dir has less free space than `disk_reserve`: the write was not made.
+    pub const DISK_FULL: &str = "disk_full";
     /// A blob is not on this node.
     pub const NO_BLOB: &str = "no_blob";
 }

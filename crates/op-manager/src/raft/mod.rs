@@ -25,7 +25,7 @@ pub mod state_machine;
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -66,6 +66,10 @@ pub struct RaftSettings {
     pub election_timeout: Duration,
     /// The client for every request to peers (mutual TLS when TLS is on).
     pub peer_http: reqwest::Client,
+    /// The data dir, whose free space is checked before each write.
+    pub data_dir: PathBuf,
+    /// Free bytes the data dir keeps: below, writes are refused (0: no check).
+    pub disk_reserve: u64,
 }
 
 impl RaftSettings {
@@ -232,6 +236,12 @@ pub fn is_leader(raft: &Raft) -> bool {
     let m = raft.metrics();
     let m = m.borrow();
     m.current_leader == Some(m.id)
+}
+
+/// Bytes available to this process on the filesystem holding `dir` (`None` if unknown).
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(st.blocks_available().saturating_mul(st.fragment_size()))
 }
 
 fn raft_err(e: impl std::fmt::Display) -> ClusterError {
@@ -487,6 +497,12 @@ impl Cluster {
         &self,
         command: Command,
     ) -> Result<WriteResponse, ClusterError> {
+        // openraft stops for good on a storage error (a full disk included): refuse the write
+        // while there is still room, so raft never meets the full disk and writes resume by
+        // themselves once space returns.
+        if let Some(full) = self.disk_full() {
+            return Err(ClusterError::refused(code::DISK_FULL, full));
+        }
         let _gate = self.gate.read().await;
         match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(command)).await {
             Ok(Ok(resp)) => Ok(WriteResponse {
@@ -504,6 +520,23 @@ impl Cluster {
                 WRITE_TIMEOUT.as_secs()
             ))),
         }
+    }
+
+    /// Why writes are refused now, when the data dir's filesystem has less free space than
+    /// `disk_reserve`.
+    pub fn disk_full(&self) -> Option<String> {
+        let reserve = self.settings.disk_reserve;
+        if reserve == 0 {
+            return None;
+        }
+        let free = free_bytes(&self.settings.data_dir)?;
+        (free < reserve).then(|| {
+            format!(
+                "the manager's disk is full: {free} bytes free in {} (disk_reserve keeps {reserve}); \
+                 writes are refused until space is freed, then resume on their own",
+                self.settings.data_dir.display()
+            )
+        })
     }
 
     /// Confirms leadership with a quorum and returns the index a linearizable read must see.

@@ -67,6 +67,9 @@ impl From<ClusterError> for PeerRefusal {
             ClusterError::Refused { code, .. } if code == "not_found" => StatusCode::NOT_FOUND,
             ClusterError::Refused { code, .. } if code == "conflict" => StatusCode::CONFLICT,
             ClusterError::Refused { code, .. } if code == "invalid" => StatusCode::BAD_REQUEST,
+            ClusterError::Refused { code: c, .. } if c == code::DISK_FULL => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         PeerRefusal::new(status, e.code(), e.to_string())

@@ -5,7 +5,8 @@
 //!   [`Authenticator`](crate::auth::Authenticator) as the API, and a wrong one counts toward
 //!   the same per-address limit on failed authentications; agent tokens are refused.
 //! - **The session** lives in this manager's memory: the browser holds only a random 256-bit id
-//!   in the `op_session` cookie (`HttpOnly; SameSite=Strict; Path=/ui`); the map is keyed by the
+//!   in the `op_session` cookie (`HttpOnly; SameSite=Strict; Path=/ui`, and `Secure` under
+//!   TLS); the map is keyed by the
 //!   SHA-256 of that id. The server side keeps the token, because every change the console makes
 //!   is a call to the `/v1` API under the user's own token (the same policy, audit actor and
 //!   leader forwarding as `agentcli`). Sessions end after [`IDLE`] without use, after
@@ -211,9 +212,16 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-fn set_cookie(resp: &mut Response, name: &str, value: &str, max_age: Option<u64>) {
+/// Sets cookie `name`; `Secure` when the console is served over TLS, so a browser never sends
+/// the session over plain HTTP.
+fn set_cookie(ui: &Ui, resp: &mut Response, name: &str, value: &str, max_age: Option<u64>) {
     let age = max_age.map_or("Max-Age=0".to_string(), |s| format!("Max-Age={s}"));
-    let c = format!("{name}={value}; Path=/ui; HttpOnly; SameSite=Strict; {age}");
+    let secure = if ui.app.config.tls.is_some() {
+        "Secure; "
+    } else {
+        ""
+    };
+    let c = format!("{name}={value}; Path=/ui; HttpOnly; {secure}SameSite=Strict; {age}");
     if let Ok(v) = HeaderValue::from_str(&c) {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -300,7 +308,7 @@ fn login_page(ui: &Ui, next: &str, error: Option<&str>) -> Response {
         StatusCode::UNAUTHORIZED
     };
     let mut resp = html::respond(status, html::page("Sign in", Section::Login, None, &body));
-    set_cookie(&mut resp, LOGIN_COOKIE, &nonce, Some(1800));
+    set_cookie(ui, &mut resp, LOGIN_COOKIE, &nonce, Some(1800));
     resp
 }
 
@@ -381,8 +389,14 @@ pub async fn login(State(ui): State<Arc<Ui>>, req: Request) -> Response {
     let id = ui.sessions.create(token);
     tracing::info!(token = %caller.token_id, name = %caller.name, scope = caller.scope.as_str(), "console login");
     let mut resp = redirect(&next);
-    set_cookie(&mut resp, SESSION_COOKIE, &id, Some(ABSOLUTE.as_secs()));
-    set_cookie(&mut resp, LOGIN_COOKIE, "", None);
+    set_cookie(
+        &ui,
+        &mut resp,
+        SESSION_COOKIE,
+        &id,
+        Some(ABSOLUTE.as_secs()),
+    );
+    set_cookie(&ui, &mut resp, LOGIN_COOKIE, "", None);
     resp
 }
 
@@ -391,7 +405,7 @@ pub async fn logout(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
         ui.sessions.remove(&id);
     }
     let mut resp = redirect("/ui/login");
-    set_cookie(&mut resp, SESSION_COOKIE, "", None);
+    set_cookie(&ui, &mut resp, SESSION_COOKIE, "", None);
     resp
 }
 

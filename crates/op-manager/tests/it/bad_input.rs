@@ -140,6 +140,46 @@ async fn bad_input_is_refused_and_changes_nothing() {
             "",
         ),
     ];
+    // Every string of a task file is bounded (a valid 10 KB or 400 KB CronExpr was saved).
+    let long_cron = |bytes: usize| {
+        format!(
+            r#"{{"JobName":"ls-l","Command":"ls","CronExpr":"{} * * * *"}}"#,
+            vec!["0"; bytes / 2].join(",")
+        )
+    };
+    let bounded: Vec<(&str, String, &str)> = vec![
+        ("a valid 10 KB CronExpr", long_cron(10_000), "CronExpr"),
+        ("a valid 400 KB CronExpr", long_cron(400_000), "CronExpr"),
+        (
+            "a 2 KB TimeZone",
+            format!(
+                r#"{{"JobName":"ls-l","Command":"ls","TimeZone":"{}"}}"#,
+                "x".repeat(2000)
+            ),
+            "TimeZone",
+        ),
+        (
+            "a 2 KB host pattern",
+            format!(
+                r#"{{"JobName":"ls-l","Command":"ls","WhiteHosts":["{}"]}}"#,
+                "h".repeat(2000)
+            ),
+            "WhiteHosts",
+        ),
+        (
+            "a 40 KB Env value",
+            format!(
+                r#"{{"JobName":"ls-l","Command":"ls","Env":{{"A":"{}"}}}}"#,
+                "v".repeat(40_000)
+            ),
+            "Env",
+        ),
+    ];
+    let cases = cases.into_iter().chain(
+        bounded
+            .into_iter()
+            .map(|(what, body, field)| (what, put("ls-l", body), 400, "invalid_job", field)),
+    );
     for (what, req, want_status, want_code, want_text) in cases {
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
@@ -155,6 +195,10 @@ async fn bad_input_is_refused_and_changes_nothing() {
         assert!(
             body.message.contains(want_text) || body.details.iter().any(|d| d.contains(want_text)),
             "{what}: {body:?} should mention {want_text:?}"
+        );
+        assert!(
+            body.message.len() + body.details.iter().map(String::len).sum::<usize>() < 2_000,
+            "{what}: a clear error, not an echo of the input: {body:?}"
         );
     }
     let (status, body) = send_huge(&m.url, &m.admin_token, 20 * 1024 * 1024).await;

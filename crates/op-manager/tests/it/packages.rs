@@ -174,6 +174,8 @@ async fn bad_uploads_are_refused_and_change_nothing() {
     for (name, dir, code) in [
         (".hidden", None, "invalid_name"),
         ("a b", None, "invalid_name"),
+        // A name starting with '-' would be read as an option by shell commands using it.
+        ("-rf", None, "invalid_name"),
         ("ok.sh", Some("relative/dir"), "invalid_deploy_dir"),
         ("ok.sh", Some("/data/../etc"), "invalid_deploy_dir"),
     ] {

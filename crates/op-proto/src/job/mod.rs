@@ -24,6 +24,13 @@ pub const MAX_TIMEOUT_SECS: u64 = 31_536_000;
 pub const MAX_PARAMS: usize = 64;
 /// Longest parameter name.
 pub const MAX_PARAM_NAME_LEN: usize = 64;
+/// Longest value of any other string of a task file (CronExpr, TimeZone, WorkDir, RunAs, a host
+/// pattern, an Env or Labels key, ...), in bytes.
+pub const MAX_FIELD_LEN: usize = 1024;
+/// Longest `Env` value, in bytes (as a parameter value).
+pub const MAX_ENV_VALUE_LEN: usize = 32 * 1024;
+/// Most entries of `Env` or `Labels`.
+pub const MAX_MAP_ENTRIES: usize = 256;
 /// Default seconds between SIGTERM and SIGKILL.
 pub const DEFAULT_KILL_GRACE_SECS: u64 = 5;
 

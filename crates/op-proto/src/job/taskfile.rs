@@ -21,8 +21,9 @@ use std::fmt;
 use serde_json::{Map, Value, json};
 
 use super::{
-    CgroupLimits, Concurrency, DEFAULT_KILL_GRACE_SECS, JobSpec, MAX_COMMAND_LEN, MAX_PARAMS,
-    MAX_TIMEOUT_SECS, validate_name, validate_param_name,
+    CgroupLimits, Concurrency, DEFAULT_KILL_GRACE_SECS, JobSpec, MAX_COMMAND_LEN,
+    MAX_ENV_VALUE_LEN, MAX_FIELD_LEN, MAX_MAP_ENTRIES, MAX_PARAMS, MAX_TIMEOUT_SECS, validate_name,
+    validate_param_name,
 };
 use crate::hosts::HostPattern;
 use crate::schedule::{Schedule, Zone};
@@ -574,8 +575,22 @@ impl Reader {
         cg
     }
 
+    /// A string field, bounded: `Command` to [`MAX_COMMAND_LEN`], every other to
+    /// [`MAX_FIELD_LEN`] (a 400 KB CronExpr is refused here, with its size).
     fn string(&mut self, key: &str, value: &Value) -> Option<String> {
+        let max = if key.eq_ignore_ascii_case("Command") {
+            MAX_COMMAND_LEN
+        } else {
+            MAX_FIELD_LEN
+        };
         match value {
+            Value::String(s) if s.len() > max => {
+                self.error(
+                    key,
+                    format!("is {} bytes; at most {max} are allowed", s.len()),
+                );
+                None
+            }
             Value::String(s) => Some(s.clone()),
             Value::Null => Some(String::new()),
             other => {
@@ -664,6 +679,13 @@ impl Reader {
         for item in items {
             match item {
                 Value::String(s) if s.trim().is_empty() => {}
+                Value::String(s) if s.len() > MAX_FIELD_LEN => self.error(
+                    key,
+                    format!(
+                        "an entry of {} bytes; at most {MAX_FIELD_LEN} are allowed",
+                        s.len()
+                    ),
+                ),
                 Value::String(s) => match HostPattern::parse(s.trim()) {
                     Ok(p) => out.push(p),
                     Err(e) => {
@@ -733,10 +755,37 @@ impl Reader {
     fn string_map(&mut self, key: &str, value: &Value) -> Option<BTreeMap<String, String>> {
         match value {
             Value::Null => Some(BTreeMap::new()),
+            Value::Object(map) if map.len() > MAX_MAP_ENTRIES => {
+                self.error(
+                    key,
+                    format!(
+                        "has {} entries; at most {MAX_MAP_ENTRIES} are allowed",
+                        map.len()
+                    ),
+                );
+                None
+            }
             Value::Object(map) => {
                 let mut out = BTreeMap::new();
                 for (k, v) in map {
+                    if k.len() > MAX_FIELD_LEN {
+                        self.error(
+                            key,
+                            format!(
+                                "a key of {} bytes; at most {MAX_FIELD_LEN} are allowed",
+                                k.len()
+                            ),
+                        );
+                        continue;
+                    }
                     match v {
+                        Value::String(s) if s.len() > MAX_ENV_VALUE_LEN => self.error(
+                            key,
+                            format!(
+                                "value of {k:?} is {} bytes; at most {MAX_ENV_VALUE_LEN} are allowed",
+                                s.len()
+                            ),
+                        ),
                         Value::String(s) => {
                             out.insert(k.clone(), s.clone());
                         }

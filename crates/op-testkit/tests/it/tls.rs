@@ -488,4 +488,73 @@ async fn an_agents_certificate_serves_its_own_api_as_the_docs_show() {
         .await
         .expect("the agent's API is served with a certificate valid for web-01");
     assert_eq!(resp.status(), 200);
+
+/// The console's cookies carry `Secure` when the manager serves TLS (they lacked it), so a
+/// browser never sends the session over plain HTTP; a plain manager's cookies work over HTTP.
+#[tokio::test]
+async fn console_cookies_are_secure_under_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    certs_init(certs.path(), "node-1");
+    let m = tls_manager(certs.path(), false);
+    let ca = std::fs::read(certs.path().join("ca.pem")).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let cookies = |resp: &reqwest::Response| -> Vec<String> {
+        resp.headers()
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    };
+    let page = http
+        .get(format!("{}/ui/login", m.api_url))
+        .send()
+        .await
+        .unwrap();
+    let login_cookie = cookies(&page)
+        .into_iter()
+        .find(|c| c.starts_with("op_login="))
+        .expect("the login page sets op_login");
+    assert!(login_cookie.contains("; Secure"), "{login_cookie}");
+    let html = page.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a csrf field on the login page");
+    let nonce = login_cookie.split(';').next().unwrap();
+    let resp = http
+        .post(format!("{}/ui/login", m.api_url))
+        .header(reqwest::header::COOKIE, nonce)
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(format!("token={}&csrf={csrf}&next=%2Fui", m.admin_token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 303, "{:?}", resp.text().await);
+    let session = cookies(&resp)
+        .into_iter()
+        .find(|c| c.starts_with("op_session=") && !c.contains("Max-Age=0"))
+        .expect("a signed-in session cookie");
+    assert!(
+        session.contains("; Secure") && session.contains("HttpOnly"),
+        "{session}"
+    );
+
+    // Without TLS the cookie must not say Secure, or browsers would drop it over HTTP.
+    let plain = Manager::start();
+    let page = reqwest::get(format!("{}/ui/login", plain.api_url))
+        .await
+        .unwrap();
+    assert!(
+        cookies(&page).iter().all(|c| !c.contains("Secure")),
+        "{:?}",
+        cookies(&page)
+    );
 }

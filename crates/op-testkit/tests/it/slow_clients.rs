@@ -1,0 +1,203 @@
+//! Every listener closes connections that send nothing and answers (408) or closes request
+//! bodies that drip: the manager's API and raft listener and the agent's API, with the bounds
+//! shortened to seconds. Answers that take long (a parked sync) are not cut.
+
+use std::time::{Duration, Instant};
+
+use op_testkit::{AGENT_PASSWORD, AGENT_USER, Agent, AgentOptions, Manager, ManagerOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::LONG;
+
+const HEAD_TIMEOUT: &str = "2s";
+const RATE_WINDOW: &str = "2s";
+/// Far more than the bounds, far less than "forever".
+const CLOSED_WITHIN: Duration = Duration::from_secs(15);
+
+fn limits() -> Vec<String> {
+    [
+        "--header-read-timeout",
+        HEAD_TIMEOUT,
+        "--body-min-rate",
+        "1KiB",
+        "--body-rate-window",
+        RATE_WINDOW,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn host_port(url: &str) -> String {
+    url.split("://")
+        .nth(1)
+        .unwrap_or(url)
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// Reads until the peer closes, or until an answer's head is complete; `None` if neither
+/// happened within `limit`.
+async fn answer_or_close(
+    stream: &mut tokio::net::tcp::OwnedReadHalf,
+    limit: Duration,
+) -> Option<String> {
+    let mut got = Vec::new();
+    let done = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                return;
+            }
+        }
+    })
+    .await;
+    done.ok()
+        .map(|()| String::from_utf8_lossy(&got).to_string())
+}
+
+/// A connection that sends nothing is closed after the head timeout, not before, not never.
+async fn silent_connection_is_closed(what: &str, addr: &str) {
+    let start = Instant::now();
+    let (mut read, _write) = TcpStream::connect(addr).await.unwrap().into_split();
+    let answer = answer_or_close(&mut read, CLOSED_WITHIN).await;
+    let took = start.elapsed();
+    assert!(
+        answer.is_some(),
+        "{what}: a connection that sent nothing is still open after {CLOSED_WITHIN:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(1500),
+        "{what}: closed after only {took:?}"
+    );
+}
+
+/// A request whose body drips at 100 bytes/s (well under 1 KiB/s) gets 408 or is closed soon
+/// after the rate window, while the client keeps dripping.
+async fn dripping_body_is_cut(what: &str, addr: &str, head: String) {
+    let (mut read, mut write) = TcpStream::connect(addr).await.unwrap().into_split();
+    write.write_all(head.as_bytes()).await.unwrap();
+    let dripper = tokio::spawn(async move {
+        // A body generator at a fixed rate, not a wait.
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            if write.write_all(b"          ").await.is_err() {
+                return;
+            }
+        }
+    });
+    let answer = answer_or_close(&mut read, CLOSED_WITHIN).await;
+    dripper.abort();
+    let answer = answer.unwrap_or_else(|| {
+        panic!("{what}: a body dripping at 100 B/s was still accepted after {CLOSED_WITHIN:?}")
+    });
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{what}: {answer}"
+    );
+}
+
+fn put_head(addr: &str, path: &str, auth: &str, extra: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{extra}Content-Type: application/json\r\n\
+         Content-Length: 1000000\r\n\r\n{{\"x\":\""
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_dripping_clients_are_cut_off_on_every_listener() {
+    let m = Manager::start_with(ManagerOptions {
+        args: [limits(), vec!["--sync-wait".into(), "4s".into()]].concat(),
+        ..ManagerOptions::default()
+    });
+    let agent = Agent::start({
+        let mut o = AgentOptions::new("slow-1", "127.0.0.2").manager(&m);
+        o.extra_args = limits();
+        o
+    });
+    let api = host_port(&m.api_url);
+    let raft = host_port(&m.raft_url);
+    let agent_addr = agent.addr.clone();
+
+    let identity: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(m.data_dir().join("cluster.json")).unwrap())
+            .unwrap();
+    let secret = std::fs::read_to_string(m.data_dir().join("cluster.secret")).unwrap();
+    let secret = secret.trim();
+    let cluster = identity["cluster_id"].as_str().unwrap();
+    let basic = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("{AGENT_USER}:{AGENT_PASSWORD}"))
+    };
+
+    tokio::join!(
+        silent_connection_is_closed("manager API", &api),
+        silent_connection_is_closed("raft listener", &raft),
+        silent_connection_is_closed("agent API", &agent_addr),
+        dripping_body_is_cut(
+            "manager API",
+            &api,
+            put_head(
+                &api,
+                "/v1/tokens",
+                &format!("Authorization: Bearer {}\r\n", m.admin_token),
+                ""
+            )
+        ),
+        dripping_body_is_cut(
+            "raft listener",
+            &raft,
+            put_head(
+                &raft,
+                "/raft/vote",
+                &format!("Authorization: Bearer {secret}\r\n"),
+                &format!("x-op-cluster: {cluster}\r\nx-op-node: 2\r\n")
+            )
+        ),
+        dripping_body_is_cut(
+            "agent API",
+            &agent_addr,
+            put_head(
+                &agent_addr,
+                "/api/opAgent",
+                &format!("Authorization: Basic {basic}\r\n"),
+                ""
+            )
+        ),
+    );
+
+    // The agent's sync parks 4 s, twice the head timeout, on a connection with nothing to read:
+    // answers in progress are never cut, so every sync succeeds.
+    let metrics = || async {
+        reqwest::Client::new()
+            .get(format!("{}/metrics", agent.url()))
+            .basic_auth(AGENT_USER, Some(AGENT_PASSWORD))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let count = |text: &str, result: &str| -> u64 {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "op_agent_sync_requests_total{{result=\"{result}\"}}"
+                ))
+            })
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    op_testkit::wait_until(LONG, "three parked syncs", || async {
+        count(&metrics().await, "ok") >= 3
+    })
+    .await;
+    assert_eq!(count(&metrics().await, "error"), 0, "{}", agent.log());
+}
