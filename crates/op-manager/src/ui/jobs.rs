@@ -21,7 +21,7 @@ use chrono::Utc;
 use op_proto::api::{JobRecord, OnceTarget, RunQuery, TargetState};
 use op_proto::hosts::HostPattern;
 use op_proto::invoke::{InvocationAccepted, InvokeRequest};
-use op_proto::{JobSpec, NodeStatus, RunStatus};
+use op_proto::{JobSpec, NodeStatus, RunRecord, RunStatus};
 use serde::{Deserialize, Serialize};
 
 use super::Ui;

@@ -51,23 +51,6 @@ const CANNOT_RUN: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Lines that fail until the c1 branch (issue 17 items 3, 7, 8, 9, 10) is merged, with what they
-/// got here. THE LEAD EMPTIES THIS LIST after merging that branch; they then run like the rest.
-const FIXED_BY_THE_C1_BRANCH: &[(&str, &str)] = &[
-    (
-        "agentcli logs adhoc ALL 5",
-        "item 7: `no job named \"adhoc\"` (exit 2)",
-    ),
-    (
-        "agentcli audit --since 1h",
-        "item 8: `--since \"1h\" is not an RFC 3339 time` (exit 2)",
-    ),
-    (
-        "agentcli cluster",
-        "item 10: clap's usage, a subcommand is required (exit 2)",
-    ),
-];
-
 /// One `agentcli` line of the docs.
 #[derive(Debug, Clone)]
 struct DocLine {
@@ -593,20 +576,12 @@ async fn every_agentcli_line_in_the_docs_runs_as_documented() {
             "CANNOT_RUN names a line no longer in {file}: {text}"
         );
     }
-    for (text, _) in FIXED_BY_THE_C1_BRANCH {
-        assert!(
-            lines.iter().any(|l| l.text == *text),
-            "FIXED_BY_THE_C1_BRANCH names a line no longer in the docs: {text}"
-        );
-    }
 
     let fx = fixtures().await;
     let mut failures = Vec::new();
     let mut ran = 0;
     for line in &lines {
-        if listed(&line.text, &line.file)
-            || FIXED_BY_THE_C1_BRANCH.iter().any(|(t, _)| *t == line.text)
-        {
+        if listed(&line.text, &line.file) {
             continue;
         }
         let mut values = fx.values.clone();

@@ -488,6 +488,7 @@ async fn an_agents_certificate_serves_its_own_api_as_the_docs_show() {
         .await
         .expect("the agent's API is served with a certificate valid for web-01");
     assert_eq!(resp.status(), 200);
+}
 
 /// The console's cookies carry `Secure` when the manager serves TLS (they lacked it), so a
 /// browser never sends the session over plain HTTP; a plain manager's cookies work over HTTP.
