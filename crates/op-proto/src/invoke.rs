@@ -470,7 +470,7 @@ pub struct Progress {
     pub pending: u32,
     /// Hostnames of the hosts still awaited (running first), at most [`Progress::AWAITING_MAX`];
     /// `running + pending` says how many there are in all.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub awaiting: Vec<String>,
 }
 

@@ -367,7 +367,16 @@ async fn fixtures() -> Fixtures {
 
     let cwd = tempfile::tempdir().unwrap();
     let dir = cwd.path();
-    std::os::unix::fs::symlink(repo().join("crates"), dir.join("crates")).unwrap();
+    // A copy of the seed's task files, not a link into the checkout: a documented line such as
+    // `download NAME -o FILE --force` must never write into the repository.
+    let seed = dir.join("crates/op-proto/tests/data/seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    for entry in std::fs::read_dir(repo().join("crates/op-proto/tests/data/seed")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, seed.join(path.file_name().unwrap())).unwrap();
+        }
+    }
     let token_file = dir.join("admin.token");
     std::fs::write(&token_file, &cluster.admin_token).unwrap();
     std::fs::write(
@@ -465,6 +474,7 @@ async fn fixtures() -> Fixtures {
         ("H", "web-01".into()),
         ("NODE", "spare".into()),
         ("JOBNAME", "ls-l".into()),
+        ("JOB", "ls-l".into()),
         ("LIMIT", "5".into()),
         ("ONCEJOBVERSION", "1".into()),
         ("FILE", "crates/op-proto/tests/data/seed/ll.json".into()),
@@ -474,6 +484,7 @@ async fn fixtures() -> Fixtures {
         ("DIR", "python_project_dir".into()),
         ("ID", invocation.clone()),
         ("TIME", since),
+        ("DURATION", "1h".into()),
         ("EXPR", "*/5 * * * *".into()),
         ("N", "3".into()),
         ("ZONE", "Europe/Paris".into()),
@@ -505,7 +516,7 @@ fn overrides(text: &str) -> &'static [(&'static str, &'static str)] {
         "agentcli logs JOBNAME [HOST] --follow" => &[("JOBNAME", "tick")],
         "agentcli run JOBNAME --host H --param k=v" => &[("JOBNAME", "greet")],
         "agentcli upload FILE|DIR [DEPLOYDIR]" => &[("FILE", "notes.txt")],
-        "agentcli download NAME [VERSION] [-o FILE]" => &[("FILE", "downloaded.out")],
+        "agentcli download NAME [VERSION] [-o FILE] [--force]" => &[("FILE", "downloaded.out")],
         "agentcli cluster transfer-leader [ID]" => &[("ID", "2")],
         "agentcli forget HOST" => &[("HOST", "spare")],
         // Token names are unique.

@@ -551,7 +551,9 @@ async fn download_of_a_version_is_byte_identical() {
     ));
     assert!(out.contains("verified"), "{out}");
     assert!(std::fs::read(&dest).unwrap() == v1_body);
-    // Without a version: the current one, to ./NAME by default.
+    // Without a version: the current one, to ./NAME by default (the uploaded file is moved
+    // away first: download never overwrites a local file without --force).
+    std::fs::remove_file(work.path().join("data.bin")).unwrap();
     let out = Command::new(bin("agentcli"))
         .args(["download", "data.bin", "-o", "json"])
         .current_dir(work.path())
