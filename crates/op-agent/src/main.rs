@@ -55,30 +55,9 @@ fn main() -> ExitCode {
     code
 }
 
-/// SIGHUP's default action ends the process, and logrotate or an operator sends it expecting a
-/// reload: catch it in every mode, from before the agent announces itself. The TLS certificate
-/// reloads on it (`op_tls::ServerTls::watch`), the jobs dir is followed live anyway, and the
-/// logs go to stderr, so there is no file to reopen.
-fn handle_hangup(tls: bool) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup())
-        .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            if tls {
-                tracing::info!(
-                    "SIGHUP received: reloading the TLS certificate; logs go to stderr, nothing else to reload"
-                );
-            } else {
-                tracing::info!("SIGHUP received: nothing to reload (no TLS; logs go to stderr)");
-            }
-        }
-    });
-    Ok(())
-}
-
 async fn serve(config: Config) -> anyhow::Result<()> {
-    handle_hangup(config.tls.is_some())?;
+    op_tls::catch_hangup(config.tls.is_some())
+        .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;

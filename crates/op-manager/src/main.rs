@@ -51,30 +51,9 @@ fn init_logging(format: LogFormat) {
     op_log::init(filter, format == LogFormat::Json);
 }
 
-/// SIGHUP's default action ends the process, and logrotate or an operator sends it expecting a
-/// reload: catch it in every mode, from before the manager announces itself. The TLS
-/// certificates reload on it (`op_tls::ServerTls::watch`); the logs go to stderr, so there is no
-/// file to reopen.
-fn handle_hangup(tls: bool) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup())
-        .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            if tls {
-                tracing::info!(
-                    "SIGHUP received: reloading the TLS certificates; logs go to stderr, nothing else to reload"
-                );
-            } else {
-                tracing::info!("SIGHUP received: nothing to reload (no TLS; logs go to stderr)");
-            }
-        }
-    });
-    Ok(())
-}
-
 async fn serve(config: Config) -> anyhow::Result<()> {
-    handle_hangup(config.tls.is_some() || config.peer_tls.is_some())?;
+    op_tls::catch_hangup(config.tls.is_some() || config.peer_tls.is_some())
+        .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
     let listeners = Listeners::bind(&config)?;
     let shutdown = CancellationToken::new();
     let running = op_manager::start(config, listeners, shutdown.clone()).await?;

@@ -217,6 +217,27 @@ impl ServerTls {
     }
 }
 
+/// Catches SIGHUP for the rest of the process's life and logs it. Its default action ends the
+/// process, and logrotate or an operator sends it expecting a reload: both daemons call this in
+/// every mode, before they announce themselves. The certificates reload on it
+/// ([`ServerTls::watch`]); logs go to stderr, so there is no file to reopen.
+pub fn catch_hangup(tls: bool) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if tls {
+                tracing::info!(
+                    "SIGHUP received: reloading the TLS certificates; logs go to stderr, nothing else to reload"
+                );
+            } else {
+                tracing::info!("SIGHUP received: nothing to reload (no TLS; logs go to stderr)");
+            }
+        }
+    });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
