@@ -100,6 +100,17 @@ fn signal(child: &Option<Child>, sig: Signal) {
     }
 }
 
+/// The exit status of a child that has ended on its own, which is then forgotten (`None` while
+/// it runs or when there is none).
+fn reap(child: &mut Option<Child>, what: &str) -> Option<std::process::ExitStatus> {
+    let status = child
+        .as_mut()?
+        .try_wait()
+        .unwrap_or_else(|e| panic!("wait for {what}: {e}"))?;
+    *child = None;
+    Some(status)
+}
+
 fn port_of(url: &str) -> u16 {
     url.trim_end_matches('/')
         .rsplit(':')
@@ -291,12 +302,7 @@ impl Manager {
 
     /// The exit status once the process has ended on its own (`None` while it runs).
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        let status = self
-            .child
-            .as_mut()?
-            .try_wait()
-            .expect("wait for op-manager")?;
-        self.child = None;
+        let status = reap(&mut self.child, "op-manager")?;
         self._stdout = None;
         Some(status)
     }
@@ -531,12 +537,7 @@ impl Agent {
 
     /// The exit status once the process has ended on its own (`None` while it runs).
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        let status = self
-            .child
-            .as_mut()?
-            .try_wait()
-            .expect("wait for op-agent")?;
-        self.child = None;
+        let status = reap(&mut self.child, "op-agent")?;
         self._stdout = None;
         Some(status)
     }

@@ -4,7 +4,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use op_proto::{NodeInfo, NodeStatus};
 use op_testkit::{Agent, AgentOptions, Manager, ManagerOptions, wait_until};
@@ -173,7 +172,16 @@ async fn a_full_state_disk_is_reported_and_the_once_job_runs_when_space_returns(
         runs_of(&c, "once-full").await.len() == 1
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A barrier instead of a pause: a later once-job runs only after the agent has applied its
+    // job set again, with the first once-job in its ledger; it must not have run that one twice.
+    let after = root.path().join("after-ran");
+    c.save_job(&job(&format!(
+        r#"{{"JobName":"once-after","Command":"echo ran >> {}","OnceJob":1}}"#,
+        after.display()
+    )))
+    .await
+    .unwrap();
+    wait_until(LONG, "the later once-job ran", || async { after.exists() }).await;
     assert_eq!(std::fs::read_to_string(&ran).unwrap(), "ran\n");
     assert!(agent.is_running());
 }
