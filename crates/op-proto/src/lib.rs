@@ -10,6 +10,7 @@ pub mod agent;
 pub mod analysis;
 pub mod api;
 pub mod config_reference;
+pub mod events;
 pub mod exposition;
 pub mod hosts;
 pub mod invoke;
