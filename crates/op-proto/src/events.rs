@@ -567,7 +567,7 @@ pub enum RuleError {
     Threshold { given: String, reason: String },
     #[error("URL {url:?} is not valid: {reason}")]
     Url { url: String, reason: String },
-    #[error("template does not parse: {reason}")]
+    #[error("the body template is not valid: {reason}")]
     Template { reason: String },
     #[error("email address {address:?}: {reason}")]
     Email { address: String, reason: String },
