@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod alertmanager;
+mod docs;
 mod email;
 mod rules;
 mod support;

@@ -12,16 +12,15 @@ use tokio::net::TcpListener;
 
 use crate::support::{LONG, Sink, failed_event, hook_url, rule, sender, webhook};
 
-/// Checks `signature` of `body` under `key` with Python's hmac module: the receiver's side, in
-/// the words docs/notifications.md gives.
+/// Checks `signature` of `body` under `key` the way docs/notifications.md tells a receiver to:
+/// its Python `verify` function, run as written.
 fn python_verifies(key: &str, body: &[u8], signature: &str) -> bool {
-    let script = "import hmac, hashlib, sys\n\
-        key, sig = sys.argv[1].encode(), sys.argv[2]\n\
-        body = sys.stdin.buffer.read()\n\
-        expected = 'sha256=' + hmac.new(key, body, hashlib.sha256).hexdigest()\n\
-        sys.exit(0 if hmac.compare_digest(expected, sig) else 1)\n";
+    let script = format!(
+        "{}\nimport sys\nsys.exit(0 if verify(sys.argv[1].encode(), sys.stdin.buffer.read(), sys.argv[2]) else 1)\n",
+        crate::docs::signature_check()
+    );
     let mut child = Command::new("python3")
-        .args(["-c", script, key, signature])
+        .args(["-c", &script, key, signature])
         .stdin(Stdio::piped())
         .spawn()
         .expect("python3 runs (apt-get install python3)");
