@@ -64,3 +64,35 @@ fn a_structural_error_is_reported_before_anything_else() {
     .unwrap_err();
     assert!(matches!(err, RuleError::Url { .. }), "{err}");
 }
+
+/// The threshold case through the compiled rule: 50 % does not fire for 1 failing host
+/// of 3, fires for 2, and the recovery of an incident it sent is sent too.
+#[test]
+fn a_half_of_the_hosts_threshold_through_the_rule() {
+    use op_notify::EventKind;
+    use op_proto::events::Threshold;
+
+    let rule = Rule::new(NotifyRule {
+        name: "half".into(),
+        filter: NotifyFilter {
+            kinds: vec![EventKind::RunFailed],
+            jobs: vec!["back*".into()],
+            min_hosts: Some(Threshold::Percent(50)),
+            ..Default::default()
+        },
+        channel: Channel::Alertmanager {
+            url: "http://127.0.0.1:9093".into(),
+        },
+    })
+    .unwrap();
+    let mut event = crate::support::failed_event(1);
+    event.hosts.truncate(1);
+    event.host_count = 1;
+    assert!(!rule.matches(&event), "1 of 3 is under 50 %");
+    event.host_count = 2;
+    assert!(rule.matches(&event), "2 of 3");
+    event.kind = EventKind::RunRecovered;
+    assert!(rule.matches(&event), "the recovery of run.failed");
+    event.job = Some("deploy".into());
+    assert!(!rule.matches(&event), "another job");
+}
