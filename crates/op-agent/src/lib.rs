@@ -6,7 +6,8 @@
 //! - [`outbox`]: finished runs waiting for a manager (a queue in the state database, with its
 //!   byte budget) and the drain loop that sends them through the link;
 //! - [`executor`]: the only code that starts processes; runs one execution to its final record;
-//! - [`schedule`]: when jobs run (cron, once, retries, concurrency policy);
+//! - [`schedule`]: when jobs run (cron, once, retries, concurrency policy), on the [`clock`] it
+//!   is given;
 //! - [`jobs_dir`]: standalone mode's job source; [`jobs`]: the job table the API reads;
 //! - [`invoke`] and [`api`]: the HTTP API, including the seed's `/api/opAgent`;
 //! - [`metrics`]: counters behind `/metrics` and `/v1/status`; [`health`]: the faults the
@@ -21,6 +22,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod clock;
 pub mod config;
 pub mod deploy;
 pub mod directives;
@@ -102,6 +104,7 @@ pub async fn run(
             table: table.clone(),
             host,
             finished,
+            clock: Arc::new(clock::SystemClock),
         },
         sources.clone(),
     )?;
