@@ -14,8 +14,9 @@
 //!   only once the sync loop has registered. The queue and the loop are the outbox's.
 //!
 //! On failure both move to the next manager and back off exponentially with jitter
-//! ([`crate::backoff`]), so a restarted manager is not stormed by every agent at the same instant. The manager list starts as
-//! the configured `--manager` URLs and follows what the managers announce.
+//! ([`crate::backoff`]), so a restarted manager is not stormed by every agent at the same
+//! instant. The manager list starts as the configured `--manager` URLs and follows what the
+//! managers announce.
 //!
 //! What the state contains besides jobs is handed to the components that own it: packages go to
 //! the [`Deployer`], which downloads them from the current manager ([`packages::ManagerSource`]);
