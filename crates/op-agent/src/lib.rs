@@ -2,10 +2,12 @@
 //!
 //! [`run`] wires the parts together and owns the shutdown order:
 //! - [`config`]: flags, env and file merged into a validated [`Config`];
-//! - [`state`]: the durable state dir (node id, run history + outbox, once-job ledger, cached
-//!   job set), and [`outbox`], the delivery queue a manager link drains;
+//! - [`state`]: the durable state dir (node id, run history, once-job ledger, cached job set);
+//! - [`outbox`]: finished runs waiting for a manager (a queue in the state database, with its
+//!   byte budget) and the drain loop that sends them through the link;
 //! - [`executor`]: the only code that starts processes; runs one execution to its final record;
-//! - [`schedule`]: when jobs run (cron, once, retries, concurrency policy);
+//! - [`schedule`]: when jobs run (cron, once, retries, concurrency policy), on the [`clock`] it
+//!   is given;
 //! - [`jobs_dir`]: standalone mode's job source; [`jobs`]: the job table the API reads;
 //! - [`invoke`] and [`api`]: the HTTP API, including the seed's `/api/opAgent`;
 //! - [`metrics`]: counters behind `/metrics` and `/v1/status`; [`health`]: the faults the
@@ -13,11 +15,14 @@
 //!
 //! - [`directives`]: the manager's run-now and kill orders, each run once;
 //! - [`link`]: with `--manager`, registers, keeps a long-poll sync open (the desired state replaces
-//!   the standalone jobs dir) and drains the outbox to the managers;
+//!   the standalone jobs dir) and carries the outbox's batches to the manager in use
+//!   ([`backoff`]: the pause between attempts both use);
 //! - [`deploy`]: brings the desired packages onto this machine (download, verify, unpack safely,
 //!   switch atomically, keep versions for rollback) and reports what it holds.
 
 pub mod api;
+pub mod backoff;
+pub mod clock;
 pub mod config;
 pub mod deploy;
 pub mod directives;
@@ -73,7 +78,8 @@ pub async fn run(
 
     // Runs a previous agent left in flight become `lost` before anything new starts.
     executor::recover_in_flight(&state, &settings, &metrics)?;
-    metrics.outbox(state.outbox_totals_now()?);
+    let queued = outbox::Outbox::new(state.clone()).totals_now()?;
+    metrics.outbox(queued.depth, queued.bytes, queued.dropped);
 
     let health = health::Health::new();
     let (executor, finished) =
@@ -98,6 +104,7 @@ pub async fn run(
             table: table.clone(),
             host,
             finished,
+            clock: Arc::new(clock::SystemClock),
         },
         sources.clone(),
     )?;
@@ -140,7 +147,7 @@ pub async fn run(
                 op_client::Client::with_tls(first, None, &config.manager_tls)
                     .map_err(|e| AgentError::Config(e.to_string()))?;
             }
-            link_tasks = link::spawn(
+            let link = link::spawn(
                 link::LinkParts {
                     managers: config.managers.clone(),
                     token: config.manager_token.as_ref().map(|t| t.0.clone()),
@@ -164,8 +171,6 @@ pub async fn run(
                         state.clone(),
                         closing.clone(),
                     ),
-                    outbox: outbox::Outbox::new(state.clone()),
-                    outbox_ready: state.outbox_ready(),
                     metrics: metrics.clone(),
                     state_dir: config.state_dir.clone(),
                     cached_index,
@@ -178,6 +183,15 @@ pub async fn run(
                 },
                 sources.clone(),
             );
+            // The outbox drains through the link's connection once a manager knows this node.
+            let drain = outbox::Drain {
+                outbox: outbox::Outbox::new(state.clone()),
+                courier: link.courier,
+                metrics: metrics.clone(),
+                node_id,
+            };
+            link_tasks = link.tasks;
+            link_tasks.push(tokio::spawn(drain.run(sources.clone())));
             "managed"
         }
     };

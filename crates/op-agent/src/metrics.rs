@@ -263,13 +263,14 @@ impl Metrics {
         self.0.lost_fires.inc_by(n);
     }
 
-    /// Sets the outbox gauges from the database's totals.
-    pub fn outbox(&self, totals: crate::state::OutboxTotals) {
-        self.0.outbox_depth.set(totals.depth as i64);
-        self.0.outbox_bytes.set(totals.bytes as i64);
+    /// Sets the outbox gauges from the queue's totals: runs waiting, their bytes, and runs ever
+    /// dropped for the budget (the database's count, so it survives restarts).
+    pub fn outbox(&self, depth: u64, bytes: u64, dropped: u64) {
+        self.0.outbox_depth.set(depth as i64);
+        self.0.outbox_bytes.set(bytes as i64);
         let seen = self.0.outbox_dropped.get();
-        if totals.dropped > seen {
-            self.0.outbox_dropped.inc_by(totals.dropped - seen);
+        if dropped > seen {
+            self.0.outbox_dropped.inc_by(dropped - seen);
         }
     }
 

@@ -9,6 +9,7 @@ use op_proto::local::{AgentStatus, LocalJob};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::outbox::Outbox;
 
 pub async fn healthz() -> &'static str {
     "ok\n"
@@ -24,8 +25,10 @@ pub async fn version() -> Json<VersionInfo> {
 
 pub async fn status(State(state): State<AppState>) -> Result<Json<AgentStatus>, ApiError> {
     let inner = &state.0;
-    let totals = inner.state.outbox_totals().await?;
-    inner.metrics.outbox(totals);
+    let totals = Outbox::new(inner.state.clone()).totals().await?;
+    inner
+        .metrics
+        .outbox(totals.depth, totals.bytes, totals.dropped);
     let running = inner.executor.running();
     let jobs = inner
         .invoker
@@ -63,8 +66,8 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<AgentStatus>, 
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let totals = state.0.state.outbox_totals().await?;
-    state.0.metrics.outbox(totals);
+    let t = Outbox::new(state.0.state.clone()).totals().await?;
+    state.0.metrics.outbox(t.depth, t.bytes, t.dropped);
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -31,6 +31,7 @@ use uuid::Uuid;
 
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use crate::state::StateStore;
 
 pub use logs::run_log_path;
@@ -218,6 +219,8 @@ struct Inner {
     sweeper_stop: CancellationToken,
     settings: ExecSettings,
     state: StateStore,
+    /// The queue a stored record may enter: its totals feed the gauges after each run.
+    outbox: Outbox,
     metrics: Metrics,
     health: Health,
     runs: Mutex<BTreeMap<Uuid, RunHandle>>,
@@ -244,6 +247,7 @@ impl Executor {
         let exec = Executor(Arc::new(Inner {
             sweeper_stop,
             settings,
+            outbox: Outbox::new(state.clone()),
             state,
             metrics,
             health,
@@ -377,8 +381,8 @@ impl Executor {
     }
 
     async fn refresh_outbox_gauges(&self) {
-        if let Ok(totals) = self.0.state.outbox_totals().await {
-            self.0.metrics.outbox(totals);
+        if let Ok(t) = self.0.outbox.totals().await {
+            self.0.metrics.outbox(t.depth, t.bytes, t.dropped);
         }
     }
 
@@ -400,9 +404,7 @@ impl Executor {
                 tracing::error!(run_id = %record.run_id, job = %record.job, error = %e, "could not store run record")
             }
         }
-        if let Ok(totals) = state.outbox_totals().await {
-            self.0.metrics.outbox(totals);
-        }
+        self.refresh_outbox_gauges().await;
     }
 
     /// Marks a run finished: stored, unregistered, published.

@@ -1,20 +1,22 @@
 //! The link to the managers: register, keep a long-poll sync open, apply the desired state, and
-//! drain the outbox.
+//! carry the outbox's batches.
 //!
-//! Two tasks share one view of which manager to talk to ([`Managers`]):
+//! The link owns the connection: which manager to talk to ([`Managers`]), the node's credential
+//! and the kept client. Two users share it:
 //! - the **sync loop** registers, then calls `POST /v1/agent/sync` over and over. Each call is the
 //!   heartbeat (load, running runs, counters) and returns the node's full desired state, at once
 //!   when it changed and otherwise when the manager's wait ends. A new job set goes to the
 //!   scheduler and is cached in `desired.json`, so the jobs keep running across restarts with no
 //!   manager (invariant 6). Because every answer is the full state, a reconnect cannot miss an
 //!   update.
-//! - the **outbox loop** sends finished runs in batches as soon as they are stored (the executor
-//!   wakes it) and acknowledges what the manager stored. Delivery is at least once; the manager
-//!   deduplicates by run id.
+//! - the **outbox's drain** ([`crate::outbox::Drain`]) sends finished runs through the
+//!   [`courier::ManagerCourier`] this module hands out: a batch goes to the manager in use, and
+//!   only once the sync loop has registered. The queue and the loop are the outbox's.
 //!
-//! On failure both loops move to the next manager and back off exponentially with jitter, so a
-//! restarted manager is not stormed by every agent at the same instant. The manager list starts as
-//! the configured `--manager` URLs and follows what the managers announce.
+//! On failure both move to the next manager and back off exponentially with jitter
+//! ([`crate::backoff`]), so a restarted manager is not stormed by every agent at the same
+//! instant. The manager list starts as the configured `--manager` URLs and follows what the
+//! managers announce.
 //!
 //! What the state contains besides jobs is handed to the components that own it: packages go to
 //! the [`Deployer`], which downloads them from the current manager ([`packages::ManagerSource`]);
@@ -22,6 +24,7 @@
 //! (a download started, a version is in place, a deploy failed) the parked sync is dropped and a
 //! new one sent at once, so the manager learns within a moment rather than at the end of the wait.
 
+pub mod courier;
 mod heartbeat;
 mod output;
 mod packages;
@@ -31,30 +34,24 @@ use std::time::Duration;
 
 use chrono::Utc;
 use op_client::{Client, ClientError};
-use op_proto::agent::{
-    AgentSettings, DesiredJob, DesiredState, Directive, RegisterRequest, RunBatch,
-};
+use op_proto::agent::{AgentSettings, DesiredJob, DesiredState, Directive, RegisterRequest};
 use rand::Rng;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::backoff::{backoff, pause};
 use crate::deploy::{DeploySettings, Deployer};
 use crate::directives::Directives;
 use crate::executor::Executor;
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
 use crate::schedule::Scheduler;
 use crate::state::desired::{self, CachedJobs};
+use crate::state::identity::NODE_TOKEN_FILE;
 
-/// Shortest and longest pause between attempts after a failure.
-const BACKOFF_MIN: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Time limit of one ordinary request (register, run batch).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// The outbox is also checked this often, in case a wake-up was missed.
-const OUTBOX_RECHECK: Duration = Duration::from_secs(5);
 
 /// Everything the link needs from the rest of the agent.
 pub struct LinkParts {
@@ -69,9 +66,6 @@ pub struct LinkParts {
     pub executor: Executor,
     /// Where the directives of each desired state go.
     pub directives: Directives,
-    pub outbox: Outbox,
-    /// Notified whenever a finished run enters the outbox.
-    pub outbox_ready: Arc<Notify>,
     pub metrics: Metrics,
     pub state_dir: std::path::PathBuf,
     /// The state index of the cached job set, so an unchanged state is not re-sent at start.
@@ -140,17 +134,15 @@ fn same_url(a: &str, b: &str) -> bool {
     a.trim_end_matches('/') == b.trim_end_matches('/')
 }
 
-/// Exponential backoff with jitter: somewhere in the upper half of `BACKOFF_MIN * 2^attempt`.
-pub fn backoff(attempt: u32) -> Duration {
-    let cap = BACKOFF_MIN
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(BACKOFF_MAX);
-    let ms = cap.as_millis() as u64;
-    Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)))
+/// The running link: its tasks, and the courier the outbox's drain sends through.
+pub struct Link {
+    /// They return when `shutdown` is cancelled.
+    pub tasks: Vec<JoinHandle<()>>,
+    pub courier: Arc<courier::ManagerCourier>,
 }
 
 /// Starts the link's tasks; they return when `shutdown` is cancelled.
-pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
+pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Link {
     let managers = Arc::new(Mutex::new(Managers::new(parts.managers.clone())));
     let (registered_tx, registered_rx) = watch::channel(false);
     let node_token_path = parts.state_dir.join(NODE_TOKEN_FILE);
@@ -195,27 +187,19 @@ pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Vec<JoinHandle<()
         registered: registered_tx,
         state: parts.state.clone(),
     };
-    let drain = OutboxLoop {
-        metrics: parts.metrics.clone(),
-        shared,
-        outbox: parts.outbox,
-        ready: parts.outbox_ready,
-        registered: registered_rx,
-        batch_max: AgentSettings::default().run_batch_max,
-    };
     let stop_deployer = shutdown.clone();
-    vec![
-        tokio::spawn(sync.run(shutdown.clone())),
-        tokio::spawn(drain.run(shutdown)),
+    let tasks = vec![
+        tokio::spawn(sync.run(shutdown)),
         tokio::spawn(async move {
             stop_deployer.cancelled().await;
             deployer.wait().await;
         }),
-    ]
+    ];
+    Link {
+        tasks,
+        courier: Arc::new(courier::ManagerCourier::new(shared, registered_rx)),
+    }
 }
-
-/// The node's own credential, in the state dir (mode 0600).
-pub const NODE_TOKEN_FILE: &str = "node.token";
 
 struct Shared {
     managers: Arc<Mutex<Managers>>,
@@ -308,14 +292,6 @@ impl Shared {
         let c = self.new_client(url)?.with_timeout(REQUEST_TIMEOUT);
         *cached = Some((url.to_string(), c.clone()));
         Ok(c)
-    }
-}
-
-/// Sleeps `d` unless shutdown comes first; false on shutdown.
-async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => true,
-        _ = shutdown.cancelled() => false,
     }
 }
 
@@ -547,107 +523,9 @@ impl SyncLoop {
     }
 }
 
-struct OutboxLoop {
-    metrics: Metrics,
-    shared: Arc<Shared>,
-    outbox: Outbox,
-    ready: Arc<Notify>,
-    registered: watch::Receiver<bool>,
-    batch_max: usize,
-}
-
-impl OutboxLoop {
-    async fn run(mut self, shutdown: CancellationToken) {
-        // Runs may only be reported once the manager knows this node.
-        tokio::select! {
-            _ = self.registered.wait_for(|r| *r) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        let mut failures: u32 = 0;
-        while !shutdown.is_cancelled() {
-            // Register interest before looking, so a run stored in between still wakes us.
-            let notified = self.ready.notified();
-            let batch = match self.outbox.peek_batch(self.batch_max).await {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the outbox");
-                    if !pause(backoff(failures), &shutdown).await {
-                        break;
-                    }
-                    failures = failures.saturating_add(1);
-                    continue;
-                }
-            };
-            if batch.is_empty() {
-                tokio::select! {
-                    _ = notified => {}
-                    _ = tokio::time::sleep(OUTBOX_RECHECK) => {}
-                    _ = shutdown.cancelled() => break,
-                }
-                continue;
-            }
-            let url = self.shared.current();
-            let ids: Vec<Uuid> = batch.iter().map(|r| r.run_id).collect();
-            let batch = RunBatch {
-                node_id: self.shared.node_id,
-                runs: batch,
-            };
-            let sent = async {
-                let client = self.shared.client(&url)?;
-                client.post_runs(&batch).await
-            };
-            let result = tokio::select! {
-                r = sent => r,
-                _ = shutdown.cancelled() => break,
-            };
-            match result {
-                Ok(ack) => {
-                    failures = 0;
-                    self.metrics.runs_delivered(&batch.runs, Utc::now());
-                    tracing::debug!(
-                        accepted = ack.accepted,
-                        duplicates = ack.duplicates,
-                        "runs delivered"
-                    );
-                    // A refused record would be refused again: it leaves the outbox with the
-                    // rest (its local history stays), and the reason is logged once here.
-                    for refused in &ack.refused {
-                        tracing::error!(manager = %url, run_id = %refused.run_id, reason = %refused.reason, "the manager refused a run record; it will not be sent again");
-                    }
-                    if let Err(e) = self.outbox.ack(&ids).await {
-                        tracing::error!(error = %e, "cannot acknowledge delivered runs");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(manager = %url, error = %e, runs = ids.len(), "cannot deliver runs; they stay in the outbox");
-                    // A manager that answered but could not store them (no leader yet, say) is
-                    // asked again; one that is gone or refuses is replaced by the next.
-                    if e.is_unreachable() || is_refusal(&e) {
-                        self.shared.rotate();
-                    }
-                    if !pause(backoff(failures), &shutdown).await {
-                        break;
-                    }
-                    failures = failures.saturating_add(1);
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        for attempt in 0..40 {
-            let d = backoff(attempt);
-            assert!(d <= BACKOFF_MAX, "{attempt}: {d:?}");
-            assert!(d >= BACKOFF_MIN / 2, "{attempt}: {d:?}");
-        }
-        assert!(backoff(20) >= BACKOFF_MAX / 2);
-    }
 
     #[test]
     fn managers_rotate_and_learn() {

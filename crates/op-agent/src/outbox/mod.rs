@@ -1,4 +1,5 @@
-//! The outbox: finished runs waiting for a manager's acknowledgement.
+//! The outbox: finished runs waiting for a manager's acknowledgement, and the loop that sends
+//! them.
 //!
 //! Runs enter the outbox when the executor stores their final record (only while at least one
 //! manager is configured; a standalone agent keeps its history locally). The outbox lives in the
@@ -6,38 +7,15 @@
 //! pushes it over, the oldest undelivered records are dropped and the drop is counted in the
 //! database, the metrics, `/v1/status` and every heartbeat. Nothing is dropped silently.
 //!
-//! The manager link (a later module) drains it in batches: [`Outbox::peek_batch`], send, then
-//! [`Outbox::ack`] with the ids the manager stored. Delivery is at least once; the manager
-//! deduplicates by run id, and acknowledging twice is harmless.
+//! - [`queue`]: the [`Outbox`] handle (peek, acknowledge, totals) over the queued rows;
+//! - [`budget`]: the byte budget, applied in the transaction that queues a run;
+//! - [`drain`]: the [`Drain`] loop, which sends batches through a [`Courier`] (the link, which
+//!   keeps the connection to the managers) and acknowledges what the manager stored. Delivery is
+//!   at least once; the manager deduplicates by run id, and acknowledging twice is harmless.
 
-use op_proto::RunRecord;
-use uuid::Uuid;
+pub mod budget;
+pub mod drain;
+pub mod queue;
 
-use crate::error::AgentError;
-use crate::state::{OutboxTotals, StateStore};
-
-#[derive(Clone)]
-pub struct Outbox {
-    state: StateStore,
-}
-
-impl Outbox {
-    pub fn new(state: StateStore) -> Outbox {
-        Outbox { state }
-    }
-
-    /// The oldest `max` undelivered runs. They stay in the outbox until acknowledged.
-    pub async fn peek_batch(&self, max: usize) -> Result<Vec<RunRecord>, AgentError> {
-        self.state.outbox_peek(max).await
-    }
-
-    /// Removes delivered runs from the outbox; returns how many were still waiting.
-    pub async fn ack(&self, run_ids: &[Uuid]) -> Result<u64, AgentError> {
-        self.state.outbox_ack(run_ids.to_vec()).await
-    }
-
-    /// Depth, bytes and the number of runs ever dropped for the budget.
-    pub async fn totals(&self) -> Result<OutboxTotals, AgentError> {
-        self.state.outbox_totals().await
-    }
-}
+pub use drain::{Courier, Drain, Sent};
+pub use queue::{Outbox, OutboxTotals};

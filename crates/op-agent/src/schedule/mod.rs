@@ -21,6 +21,9 @@
 //! - every turn of the loop is reported to [`crate::health`] with the earliest work due, so a
 //!   loop that stops turning is reported with the heartbeat.
 //!
+//! Time comes from the [`Clock`] the scheduler is given: the system's in production, a manual one
+//! in tests, which step it and then wait for [`Scheduler::turned`] instead of sleeping.
+//!
 //! Explicit invocations do not pass through here: API calls are requests, not fires, and are not
 //! subject to the concurrency policy; the manager's directives apply it themselves
 //! (`directives`).
@@ -29,7 +32,6 @@ pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use op_proto::agent::DesiredJob;
@@ -39,6 +41,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::clock::Clock;
 use crate::executor::{Executor, RunRequest};
 use crate::health::Health;
 use crate::jobs::{JobEntry, JobTable};
@@ -46,7 +49,7 @@ use crate::metrics::Metrics;
 use crate::state::StateStore;
 
 /// Longest single sleep: a guard against wall-clock jumps, not a poll (one wakeup a minute).
-const MAX_SLEEP: Duration = Duration::from_secs(60);
+const MAX_SLEEP: chrono::Duration = chrono::Duration::seconds(60);
 /// Cron runs are handed to the executor this long before their fire time: the durable in-flight
 /// record (an fsync) and the preparation happen early, and the process starts on time.
 const LEAD_MS: i64 = 50;
@@ -59,10 +62,12 @@ enum Msg {
     /// Once-job revisions already in the ledger (written there by someone else), and who to
     /// tell once the scheduler knows them.
     Ran(Vec<(String, u64)>, tokio::sync::oneshot::Sender<()>),
+    /// Who to tell at the end of the turn that handles this message.
+    Turned(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Longest a once-job waits for package deploys to settle.
-const MAX_DEPLOY_HOLD: Duration = Duration::from_secs(600);
+const MAX_DEPLOY_HOLD: chrono::Duration = chrono::Duration::seconds(600);
 
 /// Handle to the scheduler task.
 #[derive(Clone)]
@@ -92,6 +97,17 @@ impl Scheduler {
         }
     }
 
+    /// Returns at the end of the scheduler's next turn: every message sent before this call and
+    /// every run that finished before it handled, and the work due at the clock's present handed
+    /// to the executor. With a manual clock this is how a test knows the scheduler has caught up
+    /// with a step, without waiting for a guessed time.
+    pub async fn turned(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::Turned(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Replaces the job set and returns once the scheduler (and so the job table the API reads)
     /// has applied it.
     pub async fn set_jobs_applied(&self, jobs: Vec<DesiredJob>) {
@@ -110,6 +126,8 @@ pub struct SchedulerParts {
     pub table: JobTable,
     pub host: HostIdentity,
     pub finished: mpsc::UnboundedReceiver<Arc<RunRecord>>,
+    /// What time it is: [`crate::clock::SystemClock`] but in tests.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Starts the scheduler task; it returns when `shutdown` is cancelled.
@@ -134,6 +152,7 @@ pub fn spawn(
         ledger,
         first_set: true,
         shutdown: shutdown.clone(),
+        clock: parts.clock,
     };
     let mut finished = parts.finished;
     let task = tokio::spawn(async move {
@@ -141,8 +160,9 @@ pub fn spawn(
         let mut gate: Option<tokio::sync::watch::Receiver<bool>> = None;
         // Wakes the loop when the state dir takes writes again (held once-jobs start then).
         let mut health = lp.health.subscribe();
+        let mut turned = Vec::new();
         loop {
-            let wake = lp.next_wake();
+            let wake = lp.clock.sleep_until(lp.next_wake());
             let gate_changed = async {
                 match gate.as_mut() {
                     Some(g) => g.changed().await.is_ok(),
@@ -150,7 +170,11 @@ pub fn spawn(
                 }
             };
             tokio::select! {
+                // In this order: a run that finished before a message was sent is handled before
+                // it ([`Scheduler::turned`] relies on it).
+                biased;
                 _ = shutdown.cancelled() => break,
+                Some(record) = finished.recv() => lp.on_finished(&record),
                 msg = rx.recv() => match msg {
                     Some(Msg::SetJobs(jobs, applied)) => {
                         lp.set_jobs(jobs);
@@ -167,6 +191,7 @@ pub fn spawn(
                         }
                         let _ = done.send(());
                     }
+                    Some(Msg::Turned(done)) => turned.push(done),
                     Some(Msg::Gate(mut g)) => {
                         lp.deploying = *g.borrow_and_update();
                         gate = Some(g);
@@ -180,9 +205,8 @@ pub fn spawn(
                         lp.deploying = false;
                     }
                 },
-                Some(record) = finished.recv() => lp.on_finished(&record),
                 Ok(()) = health.changed() => {}
-                _ = tokio::time::sleep_until(wake) => {}
+                _ = wake => {}
             }
             // The link hands over packages before jobs, so a job set that arrives with a new
             // package sees the deploy as started here even before the change event is read.
@@ -191,6 +215,9 @@ pub fn spawn(
             }
             lp.fire_due();
             lp.health.scheduler_turned(lp.earliest_due());
+            for done in turned.drain(..) {
+                let _ = done.send(());
+            }
         }
     });
     Ok((Scheduler { tx }, task))
@@ -232,10 +259,11 @@ struct Loop {
     /// A package deploy is in progress.
     deploying: bool,
     /// Since when once-jobs wait for deploys.
-    held_since: Option<tokio::time::Instant>,
+    held_since: Option<DateTime<Utc>>,
     ledger: HashSet<(String, u64)>,
     first_set: bool,
     shutdown: CancellationToken,
+    clock: Arc<dyn Clock>,
 }
 
 /// Why runs of `name` must stop under the new job set, if they must.
@@ -246,11 +274,6 @@ fn inactive_reason(table: &BTreeMap<String, JobEntry>, name: &str) -> Option<&'s
         Some(e) if !e.selected => Some("job no longer selects this host"),
         Some(_) => None,
     }
-}
-
-fn instant_for(t: DateTime<Utc>) -> tokio::time::Instant {
-    let delta = (t - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-    tokio::time::Instant::now() + delta.min(MAX_SLEEP)
 }
 
 impl Loop {
@@ -264,11 +287,10 @@ impl Loop {
             .min()
     }
 
-    fn next_wake(&self) -> tokio::time::Instant {
-        let wake = match self.earliest_due() {
-            Some(t) => instant_for(t),
-            None => tokio::time::Instant::now() + MAX_SLEEP,
-        };
+    /// When to wake next: the earliest work due, but at least once a [`MAX_SLEEP`].
+    fn next_wake(&self) -> DateTime<Utc> {
+        let latest = self.clock.now() + MAX_SLEEP;
+        let wake = self.earliest_due().map_or(latest, |t| t.min(latest));
         match self.held_since {
             Some(since) => wake.min(since + MAX_DEPLOY_HOLD),
             None => wake,
@@ -276,7 +298,7 @@ impl Loop {
     }
 
     fn set_jobs(&mut self, jobs: Vec<DesiredJob>) {
-        let now = Utc::now();
+        let now = self.clock.now();
         let mut table = BTreeMap::new();
         for job in jobs {
             let selected = job.spec.selector().matches(&self.host);
@@ -403,7 +425,7 @@ impl Loop {
         if plan.revision != record.job_revision || record.attempt >= plan.spec.retries {
             return;
         }
-        let at = Utc::now() + chrono::Duration::seconds(plan.spec.retry_delay_secs as i64);
+        let at = self.clock.now() + chrono::Duration::seconds(plan.spec.retry_delay_secs as i64);
         tracing::info!(job = %record.job, attempt = record.attempt + 1, %at, "retry planned");
         self.retries.push(Retry {
             at,
@@ -435,7 +457,7 @@ impl Loop {
         if self.shutdown.is_cancelled() {
             return;
         }
-        let now = Utc::now();
+        let now = self.clock.now();
         let horizon = now + chrono::Duration::milliseconds(LEAD_MS);
         let due: Vec<String> = self
             .plans
@@ -492,10 +514,8 @@ impl Loop {
         }
 
         if self.deploying && !self.pending_once.is_empty() {
-            let since = *self
-                .held_since
-                .get_or_insert_with(tokio::time::Instant::now);
-            if since.elapsed() < MAX_DEPLOY_HOLD {
+            let since = *self.held_since.get_or_insert(now);
+            if now - since < MAX_DEPLOY_HOLD {
                 return;
             }
             tracing::warn!(jobs = ?self.pending_once, "package deploys still unsettled; starting once-jobs anyway");

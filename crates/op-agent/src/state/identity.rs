@@ -23,7 +23,10 @@ use uuid::Uuid;
 
 use super::DB_FILE;
 use crate::error::AgentError;
-use crate::link::NODE_TOKEN_FILE;
+
+/// The node's own credential, issued by a manager at enrollment (mode 0600). The link reads and
+/// writes it; it lives here because it is half of the identity [`check`] guards.
+pub const NODE_TOKEN_FILE: &str = "node.token";
 
 /// Written by [`reset`], removed after the first registration that carried it.
 pub const RESET_FILE: &str = "identity-reset.json";

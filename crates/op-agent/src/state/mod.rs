@@ -6,6 +6,7 @@
 //!   the standalone revisions and the drop counter. See [`schema`] for the tables.
 //! - `desired.json`: the last desired job set, replaced atomically ([`desired`]).
 //! - `api-token`: the generated bearer token when no credential is configured ([`token`]).
+//! - `node.token`: the credential a manager issued at enrollment ([`identity::NODE_TOKEN_FILE`]).
 //!
 //! The state dir and the log dir are the agent owner's only: directories 0700, files 0600
 //! ([`private_dir`], [`create_private_file`]), because run records and outputs may carry
@@ -27,7 +28,7 @@
 pub mod desired;
 mod directives;
 pub mod identity;
-mod runs;
+pub(crate) mod runs;
 pub mod token;
 
 use std::collections::HashSet;
@@ -40,7 +41,7 @@ use uuid::Uuid;
 
 use crate::error::AgentError;
 
-pub use runs::{Delivery, OutboxTotals};
+pub use runs::Delivery;
 
 /// File name of the database inside the state dir.
 pub const DB_FILE: &str = "agent.db";
@@ -104,7 +105,7 @@ pub mod schema {
 #[derive(Clone)]
 pub struct StateStore {
     conn: Arc<Mutex<Connection>>,
-    /// Woken whenever a finished run enters the outbox, so the manager link sends it at once.
+    /// Woken whenever a finished run enters the outbox, so the outbox's drain sends it at once.
     outbox_ready: Arc<tokio::sync::Notify>,
     path: PathBuf,
     history_keep_runs: usize,

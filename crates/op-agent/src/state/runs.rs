@@ -1,9 +1,11 @@
-//! Run rows: the in-flight marker, the final record, the local history and the outbox queue.
+//! Run rows: the in-flight marker, the final record and the local history.
 //!
 //! A run's row is written twice: once with status `running` before its process starts (so a
 //! crash leaves a trace that becomes `lost` at the next start), and once with the final record.
-//! The final write also settles the once-job ledger, queues the record for delivery, applies the
-//! outbox byte budget and trims the job's history, all in one transaction.
+//! The final write also settles the once-job ledger, queues the record for delivery (the
+//! outbox's rows are these rows: [`crate::outbox`] owns reading and acknowledging them, and its
+//! byte budget runs inside this transaction), and trims the job's history, all in one
+//! transaction.
 
 use chrono::{DateTime, Utc};
 use op_proto::{RunRecord, RunStatus, Trigger};
@@ -26,36 +28,14 @@ pub enum Delivery {
     Dropped = 3,
 }
 
-/// The outbox at a glance.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OutboxTotals {
-    /// Runs waiting for delivery.
-    pub depth: u64,
-    /// Their size as stored (JSON bytes).
-    pub bytes: u64,
-    /// Runs ever dropped for the byte budget.
-    pub dropped: u64,
-}
-
 fn to_json(record: &RunRecord) -> rusqlite::Result<String> {
     serde_json::to_string(record).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
-fn from_json(text: String) -> rusqlite::Result<RunRecord> {
+pub(crate) fn from_json(text: String) -> rusqlite::Result<RunRecord> {
     serde_json::from_str(&text).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
     })
-}
-
-fn counter(conn: &Connection, name: &str) -> rusqlite::Result<u64> {
-    Ok(conn
-        .query_row(
-            "SELECT value FROM counters WHERE name = ?1",
-            params![name],
-            |r| r.get::<_, i64>(0),
-        )
-        .optional()?
-        .unwrap_or(0) as u64)
 }
 
 impl StateStore {
@@ -194,57 +174,6 @@ impl StateStore {
             Ok(record.and_then(|r| Some((r.planned_at?, r.job_revision))))
         })
     }
-
-    /// Up to `max` undelivered runs, oldest first.
-    pub async fn outbox_peek(&self, max: usize) -> Result<Vec<RunRecord>, AgentError> {
-        self.call(move |conn, _| {
-            let mut stmt =
-                conn.prepare("SELECT record FROM runs WHERE delivery = 1 ORDER BY id LIMIT ?1")?;
-            let rows = stmt.query_map(params![max as i64], |r| r.get::<_, String>(0))?;
-            rows.map(|r| r.and_then(from_json)).collect()
-        })
-        .await
-    }
-
-    /// Marks runs as delivered. Unknown or already acknowledged ids are ignored, so a repeated
-    /// acknowledgement is harmless.
-    pub async fn outbox_ack(&self, run_ids: Vec<Uuid>) -> Result<u64, AgentError> {
-        self.call(move |conn, _| {
-            let tx = conn.transaction()?;
-            let mut n = 0;
-            {
-                let mut stmt =
-                    tx.prepare("UPDATE runs SET delivery = 2 WHERE run_id = ?1 AND delivery = 1")?;
-                for id in run_ids {
-                    n += stmt.execute(params![id.to_string()])? as u64;
-                }
-            }
-            tx.commit()?;
-            Ok(n)
-        })
-        .await
-    }
-
-    pub async fn outbox_totals(&self) -> Result<OutboxTotals, AgentError> {
-        self.call(|conn, _| totals(conn)).await
-    }
-
-    pub fn outbox_totals_now(&self) -> Result<OutboxTotals, AgentError> {
-        self.call_now(|conn, _| totals(conn))
-    }
-}
-
-fn totals(conn: &Connection) -> rusqlite::Result<OutboxTotals> {
-    let (depth, bytes): (i64, i64) = conn.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM runs WHERE delivery = 1",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    Ok(OutboxTotals {
-        depth: depth as u64,
-        bytes: bytes as u64,
-        dropped: counter(conn, "outbox_dropped")?,
-    })
 }
 
 fn finish(
@@ -307,33 +236,8 @@ fn finish(
             ],
         )?;
     }
-    // The outbox budget: drop the oldest undelivered runs until the rest fit, and count them.
-    let mut dropped = 0u64;
-    let mut total: i64 = tx.query_row(
-        "SELECT COALESCE(SUM(bytes), 0) FROM runs WHERE delivery = 1",
-        [],
-        |r| r.get(0),
-    )?;
-    if total as u64 > limits.outbox_budget {
-        let mut stmt = tx.prepare("SELECT id, bytes FROM runs WHERE delivery = 1 ORDER BY id")?;
-        let victims: Vec<(i64, i64)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        drop(stmt);
-        for (id, size) in victims {
-            if total as u64 <= limits.outbox_budget {
-                break;
-            }
-            tx.execute("UPDATE runs SET delivery = 3 WHERE id = ?1", params![id])?;
-            total -= size;
-            dropped += 1;
-        }
-        tx.execute(
-            "INSERT INTO counters (name, value) VALUES ('outbox_dropped', ?1) \
-             ON CONFLICT(name) DO UPDATE SET value = value + ?1",
-            params![dropped as i64],
-        )?;
-    }
+    // The outbox budget, in this transaction: a drop commits with the record that caused it.
+    let dropped = crate::outbox::budget::enforce(&tx, limits.outbox_budget)?;
     // History: keep the newest N finished runs of the job, never an undelivered one.
     tx.execute(
         "DELETE FROM runs WHERE job = ?1 AND delivery != 1 AND status != 'running' AND id NOT IN \
@@ -376,28 +280,6 @@ mod tests {
             rusage: None,
             notes: Vec::new(),
         }
-    }
-
-    #[tokio::test]
-    async fn outbox_budget_drops_oldest_and_counts() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = StateStore::open(dir.path(), 100, 3000).unwrap();
-        let big = "x".repeat(1000);
-        let mut ids = Vec::new();
-        for _ in 0..5 {
-            let r = record("j", RunStatus::Ok, &big);
-            ids.push(r.run_id);
-            s.finish_run(r, true).await.unwrap();
-        }
-        let t = s.outbox_totals().await.unwrap();
-        assert!(t.bytes <= 3000, "{t:?}");
-        assert_eq!(t.depth + t.dropped, 5);
-        assert!(t.dropped >= 3);
-        // The survivors are the newest ones, oldest first.
-        let batch = s.outbox_peek(10).await.unwrap();
-        assert_eq!(batch.last().unwrap().run_id, ids[4]);
-        assert_eq!(s.outbox_ack(vec![ids[4], ids[4]]).await.unwrap(), 1);
-        assert_eq!(s.outbox_totals().await.unwrap().depth, t.depth - 1);
     }
 
     #[tokio::test]

@@ -178,12 +178,7 @@ async fn failed_scheduled_runs_are_retried() {
     // RetryDelay is honoured between attempts.
     let gap = started(&runs[1]) - runs[0].ended_at.unwrap();
     assert!(gap >= chrono::Duration::milliseconds(900), "{gap}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        agent.runs("flaky").await.len(),
-        3,
-        "no retry beyond Retries"
-    );
+    // No retry beyond Retries: schedule.rs steps the scheduler's clock a day past the last one.
 }
 
 #[tokio::test]
@@ -237,48 +232,5 @@ async fn an_edit_keeps_the_current_run_and_the_next_fire_uses_the_new_revision()
     assert_eq!(new.output, "v2\n");
 }
 
-#[tokio::test]
-async fn fires_missed_while_the_agent_was_down_are_counted_not_caught_up() {
-    let mut agent = Agent::start();
-    agent.write_job(
-        "steady",
-        &json!({"JobName": "steady", "Command": "true", "CronExpr": "*/1 * * * * * *"}),
-    );
-    wait_until(Duration::from_secs(20), "a fire", || async {
-        agent
-            .runs("steady")
-            .await
-            .iter()
-            .any(|r| r.status == RunStatus::Ok)
-    })
-    .await;
-    agent.kill9();
-    let down_at = Utc::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    agent.restart();
-    let up_at = Utc::now();
-    wait_until(
-        Duration::from_secs(10),
-        "at least two lost fires counted",
-        || async {
-            agent.status().await["stats"]["lost_fires"]
-                .as_u64()
-                .unwrap()
-                >= 2
-        },
-    )
-    .await;
-    // No catch-up burst: nothing ran for the fires planned while the agent was down.
-    let caught_up = agent
-        .runs("steady")
-        .await
-        .iter()
-        .filter(|r| {
-            r.planned_at.is_some_and(|p| {
-                p > down_at + chrono::Duration::seconds(1)
-                    && p < up_at - chrono::Duration::seconds(1)
-            })
-        })
-        .count();
-    assert_eq!(caught_up, 0);
-}
+// Fires missed while the agent was down (counted, not caught up): schedule.rs, on the scheduler's
+// clock, with the agent down for an hour.

@@ -129,11 +129,17 @@ async fn timeout_kills_processes_that_left_the_group_with_setsid() {
 #[tokio::test]
 async fn timeout_kills_a_tree_that_ignores_sigterm() {
     let agent = Agent::start();
+    let term = agent.path("term");
+    // Every process ignores SIGTERM; the job's own shell notes that it came and waits on.
     agent.write_job(
         "stubborn",
         &json!({
             "JobName": "stubborn",
-            "Command": "trap '' TERM; bash -c \"trap '' TERM; sleep 1000\" & sleep 1000 & wait",
+            "Command": format!(
+                "trap 'echo term >> {t}' TERM; bash -c \"trap '' TERM; sleep 1000\" & \
+                 (trap '' TERM; exec sleep 1000) & wait; wait",
+                t = term.display()
+            ),
             "Timeout": 2,
             "KillGrace": 2,
         }),
@@ -145,8 +151,14 @@ async fn timeout_kills_a_tree_that_ignores_sigterm() {
     })
     .await;
     // SIGTERM is ignored, so the tree lives through KillGrace, then SIGKILL ends it. Checked
-    // only while we are surely inside the grace (a loaded machine may wake us late).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // when the SIGTERM has come, and only while we are surely inside the grace (a loaded machine
+    // may see it late).
+    wait_until(
+        Duration::from_secs(10),
+        "SIGTERM at the timeout",
+        || async { std::fs::read_to_string(&term).is_ok_and(|s| s.contains("term")) },
+    )
+    .await;
     let since_start = Utc::now() - agent.run(&id).await.started_at.unwrap();
     assert!(
         since_start > chrono::Duration::milliseconds(3500)

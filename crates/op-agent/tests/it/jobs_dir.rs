@@ -51,7 +51,8 @@ async fn the_schedule_follows_additions_edits_and_removals() {
         agent.job_revision("beat").await.is_none()
     })
     .await;
-    // Let any run that was starting at removal finish, then nothing more may start.
+    // A run that was starting at removal finishes; that the removed job never fires again is
+    // schedule.rs's, on the scheduler's clock.
     wait_until(Duration::from_secs(20), "no run in progress", || async {
         agent
             .runs("beat")
@@ -60,13 +61,6 @@ async fn the_schedule_follows_additions_edits_and_removals() {
             .all(|r| r.status != RunStatus::Running)
     })
     .await;
-    let before = agent.runs("beat").await.len();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        agent.runs("beat").await.len(),
-        before,
-        "removed job still fires"
-    );
 }
 
 #[tokio::test]

@@ -8,5 +8,6 @@ mod faults;
 mod formats;
 mod jobs_dir;
 mod once;
+mod schedule;
 mod shutdown;
 mod support;
