@@ -232,8 +232,28 @@ async fn stderr_has_its_own_tail_beside_the_merged_output() {
             "Command": "for i in $(seq 1 5000); do echo \"err $i\" >&2; done; echo out",
         }),
     );
+    // A Python traceback on stderr ends with the exception, whatever went to stdout.
+    agent.write_job(
+        "py",
+        &json!({
+            "JobName": "py",
+            "Command": "python3 -c \"print('rows: 0'); {}['id']\"",
+        }),
+    );
     agent.wait_job("etl", None).await;
     agent.wait_job("noisy", None).await;
+    agent.wait_job("py", None).await;
+    let run = agent.invoke_sync("py", &json!({})).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(
+        run.stderr_tail
+            .starts_with("Traceback (most recent call last):"),
+        "{run:?}"
+    );
+    assert_eq!(op_proto::analysis::signature(&run), "KeyError: 'id'");
+    assert!(run.output.contains("rows: 0\n"), "{run:?}");
+    assert!(!run.stderr_tail.contains("rows"), "{run:?}");
+
     let run = agent.invoke_sync("etl", &json!({})).await;
     assert_eq!(run.status, RunStatus::Failed);
     assert_eq!(run.exit_code, Some(3));
