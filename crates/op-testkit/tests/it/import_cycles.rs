@@ -11,8 +11,8 @@
 //!
 //! The scan reads tokens, not a syntax tree: comments, strings and character literals are skipped,
 //! and `mod NAME { … }` blocks are followed so that `super::` inside them resolves right. Paths
-//! that start with a module's own child name (`use x::Y` in `lib.rs`) are not followed: in this
-//! tree every cross-module path is written from `crate::` or `super::`.
+//! that start with any other name (`use x::Y`) are not followed: such a path leads to another
+//! crate or to one of the module's own children, which does not count.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
