@@ -171,9 +171,27 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// `3725` → `1h2m5s` (a negative span, from clocks apart, is `0s`).
+pub fn human_secs(secs: i64) -> String {
+    let secs = secs.max(0);
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_for_people() {
+        assert_eq!(human_secs(3725), "1h2m5s");
+        assert_eq!(human_secs(65), "1m5s");
+        assert_eq!(human_secs(-3), "0s");
+    }
 
     #[test]
     fn sizes_for_people() {

@@ -49,6 +49,7 @@ fn record(node_id: Uuid, i: usize) -> RunRecord {
         output: format!("run {i}: {}\n", "x".repeat(200)),
         output_truncated: false,
         output_bytes: 210,
+        stderr_tail: String::new(),
         rusage: None,
         notes: Vec::new(),
     }

@@ -6,8 +6,10 @@
 //!
 //! - A failed run is described by its **kind** (`exit 2`, `signal 9`, `timeout`, `killed`,
 //!   `lost`) and its **signature**, the line that says what went wrong: the last non-empty line of
-//!   its output (a script prints its error last, and a Python traceback ends with the exception),
-//!   else the first line of the agent's error (`could not start ...`), else the kind.
+//!   its stderr (a program reports its error there, and a Python traceback ends with the
+//!   exception), else the last non-empty line of its merged output (a run that wrote nothing on
+//!   stderr, or a record from an agent that did not keep stderr apart), else the first line of the
+//!   agent's error (`could not start ...`), else the kind.
 //! - Failures group across hosts by job, kind and signature: `exit 2 on 37 of 2,000 hosts: ...`.
 //! - A host's [`Standing`] with a package's current version comes from its last report. One rule
 //!   decides the case the reports leave open: an agent retrying after a failed attempt reports
@@ -34,7 +36,8 @@ pub fn failure_kind(run: &RunRecord) -> String {
 
 /// The line that says what went wrong (see the module doc for the order of the sources).
 pub fn signature(run: &RunRecord) -> String {
-    last_line(&run.output)
+    last_line(&run.stderr_tail)
+        .or_else(|| last_line(&run.output))
         .or_else(|| {
             run.error
                 .as_deref()
@@ -290,26 +293,54 @@ mod tests {
             output: output.into(),
             output_truncated: false,
             output_bytes: output.len() as u64,
+            stderr_tail: String::new(),
             rusage: None,
             notes: vec![],
         }
     }
 
     #[test]
-    fn the_signature_is_the_last_line_said() {
-        // stdout first, then the error on stderr: the merged output ends with the error.
-        let r = run(
+    fn the_signature_is_the_last_line_of_stderr() {
+        // The error on stderr, then `fine` on stdout: the merged output ends with `fine`, and the
+        // signature is still the error.
+        let mut r = run(
             "a",
             RunStatus::Failed,
             Some(3),
-            "fine\nboom: no such table\n\n",
+            "boom: no such table\nfine\n",
         );
+        r.stderr_tail = "boom: no such table\n\n".into();
         let f = Failure::of(&r);
         assert_eq!(
             (f.kind.as_str(), f.signature.as_str()),
             ("exit 3", "boom: no such table")
         );
         assert_eq!(f.summary(), "exit status 3: boom: no such table");
+        // A Python traceback on stderr ends with the exception, whatever stdout said after it.
+        let mut py = run("a", RunStatus::Failed, Some(1), "");
+        py.stderr_tail =
+            "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n    \
+             rows[0]['id']\nKeyError: 'id'\n"
+                .into();
+        py.output = format!("{}processed 0 rows\n", py.stderr_tail);
+        assert_eq!(signature(&py), "KeyError: 'id'");
+    }
+
+    #[test]
+    fn without_stderr_the_signature_falls_back_to_the_output() {
+        // Nothing on stderr (or a record from an agent that did not keep it): the merged
+        // output's last non-empty line.
+        let r = run(
+            "a",
+            RunStatus::Failed,
+            Some(3),
+            "fine\nboom: no such table\n\n",
+        );
+        assert_eq!(signature(&r), "boom: no such table");
+        // Blank lines on stderr say nothing: the output speaks.
+        let mut blank = r.clone();
+        blank.stderr_tail = "\n  \n".into();
+        assert_eq!(signature(&blank), "boom: no such table");
         let traceback =
             "Traceback (most recent call last):\n  File \"x.py\", line 1\nKeyError: 'id'\n";
         assert_eq!(

@@ -10,6 +10,10 @@ use uuid::Uuid;
 /// Default size of the output tail kept with a run record (the full output stays on the agent).
 pub const DEFAULT_OUTPUT_TAIL: usize = 64 * 1024;
 
+/// Most bytes of a run's stderr kept in its record ([`RunRecord::stderr_tail`]): enough for the
+/// last lines of a traceback, small beside the output tail.
+pub const STDERR_TAIL: usize = 4 * 1024;
+
 /// Why a run started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -148,6 +152,12 @@ pub struct RunRecord {
     /// Total bytes the run wrote.
     #[serde(default)]
     pub output_bytes: u64,
+    /// The last bytes (at most [`STDERR_TAIL`]) the run wrote on stderr alone, lossy UTF-8: the
+    /// failure signature comes from it (DESIGN 13.2). Empty when nothing was written there, in
+    /// records of older agents, and for runs found lost after a restart; left out of the JSON
+    /// when empty, so older readers see the format they know.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stderr_tail: String,
     #[serde(default)]
     pub rusage: Option<Rusage>,
     /// Facts about how the run was carried out that are not errors, one per line: for example

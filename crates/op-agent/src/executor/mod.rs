@@ -313,6 +313,7 @@ impl Executor {
             output: String::new(),
             output_truncated: false,
             output_bytes: 0,
+            stderr_tail: String::new(),
             rusage: None,
             notes: Vec::new(),
         }

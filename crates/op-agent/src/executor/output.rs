@@ -1,10 +1,20 @@
-//! Capturing a run's merged output: to its log file and to a bounded in-memory tail.
+//! Capturing a run's output: stdout and stderr merged into its log file and a bounded in-memory
+//! tail, and the tail of stderr alone (where the failure signature comes from, DESIGN 13.2).
 //!
-//! The reader keeps draining the pipe whatever the limits, because a job blocked on a full pipe
-//! would never finish. The log file stops growing at its cap (with a marker line) and the tail
-//! keeps the last `tail_limit` bytes. When the supervisor says the process group is gone, the
-//! reader gives EOF a short grace and then stops: a process that escaped the group (it called
-//! `setsid` itself) may hold the pipe open forever.
+//! One task reads both pipes and appends each chunk to the merged log as it arrives, so the log
+//! keeps the order of the job's writes as the reader sees them. The caveat of two pipes: writes
+//! to the two streams that land between two reads (the reader was busy, or the job wrote both
+//! within microseconds) are merged in the order the reader picks them up, which can differ from
+//! the order the job made them. Within one stream the order is always kept. (One pipe for both
+//! keeps the exact order but cannot tell stderr apart; a pty merges them too; a datagram socket
+//! keeps order and source but refuses a write larger than its buffer, which would break jobs.)
+//!
+//! The reader keeps draining both pipes whatever the limits, because a job blocked on a full pipe
+//! would never finish. The log file stops growing at its cap (with a marker line), the tail keeps
+//! the last `tail_limit` bytes and the stderr tail the last [`STDERR_TAIL`] (at most
+//! `tail_limit`). When the supervisor says the process group is gone, the reader gives EOF a
+//! short grace and then stops: a process that escaped the group (it called `setsid` itself) may
+//! hold a pipe open forever.
 
 use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -18,6 +28,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use op_proto::run::STDERR_TAIL;
+
 /// What the capture saw.
 #[derive(Debug, Default)]
 pub struct Captured {
@@ -25,6 +37,8 @@ pub struct Captured {
     pub tail: String,
     pub truncated: bool,
     pub total: u64,
+    /// The last bytes written on stderr alone, lossy UTF-8, starting at a character boundary.
+    pub stderr_tail: String,
     /// Set when writing the log file failed (the run still completes).
     pub file_error: Option<String>,
 }
@@ -130,23 +144,42 @@ struct Sink {
     tail: VecDeque<u8>,
     tail_limit: usize,
     total: u64,
+    stderr_tail: VecDeque<u8>,
+    stderr_limit: usize,
+    stderr_total: u64,
+}
+
+/// Which of the job's streams a chunk was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Appends `chunk` to `tail`, keeping its last `limit` bytes.
+fn keep_last(tail: &mut VecDeque<u8>, chunk: &[u8], limit: usize) {
+    if chunk.len() >= limit {
+        tail.clear();
+        tail.extend(&chunk[chunk.len() - limit..]);
+    } else {
+        let excess = (tail.len() + chunk.len()).saturating_sub(limit);
+        tail.drain(..excess);
+        tail.extend(chunk);
+    }
 }
 
 impl Sink {
-    fn push(&mut self, chunk: &[u8]) {
+    fn push(&mut self, chunk: &[u8], stream: Stream) {
         self.total += chunk.len() as u64;
         if let Err(e) = self.push_file(chunk) {
             self.file_error = Some(format!("writing the log file: {e}"));
             self.file = None;
             self.ring = None;
         }
-        if chunk.len() >= self.tail_limit {
-            self.tail.clear();
-            self.tail.extend(&chunk[chunk.len() - self.tail_limit..]);
-        } else {
-            let excess = (self.tail.len() + chunk.len()).saturating_sub(self.tail_limit);
-            self.tail.drain(..excess);
-            self.tail.extend(chunk);
+        keep_last(&mut self.tail, chunk, self.tail_limit);
+        if stream == Stream::Stderr {
+            self.stderr_total += chunk.len() as u64;
+            keep_last(&mut self.stderr_tail, chunk, self.stderr_limit);
         }
     }
 
@@ -212,10 +245,13 @@ impl Sink {
         self.close_file();
         let truncated = self.total > self.tail.len() as u64;
         let bytes: Vec<u8> = self.tail.into_iter().collect();
+        let stderr_cut = self.stderr_total > self.stderr_tail.len() as u64;
+        let stderr: Vec<u8> = self.stderr_tail.into_iter().collect();
         Captured {
             tail: tail_text(&bytes, truncated),
             truncated,
             total: self.total,
+            stderr_tail: tail_text(&stderr, stderr_cut),
             file_error: self.file_error,
         }
     }
@@ -235,14 +271,16 @@ fn tail_text(bytes: &[u8], truncated: bool) -> String {
 }
 
 impl Capture {
-    /// Starts reading `pipe` (the read end of the job's output pipe).
+    /// Starts reading `stdout` and `stderr` (the read ends of the job's pipes).
     pub fn start(
-        pipe: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
         file: Option<LogFile>,
         tail_limit: usize,
         file_limit: u64,
     ) -> std::io::Result<Capture> {
-        let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe)?;
+        let mut out = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout)?;
+        let mut err = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr)?;
         let (stop, mut stop_rx) = watch::channel(None::<Instant>);
         let mut sink = Sink {
             file,
@@ -253,17 +291,30 @@ impl Capture {
             tail: VecDeque::new(),
             tail_limit: tail_limit.max(1),
             total: 0,
+            stderr_tail: VecDeque::new(),
+            stderr_limit: STDERR_TAIL.min(tail_limit).max(1),
+            stderr_total: 0,
         };
         let task = tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            loop {
+            // One buffer per stream: both reads are pending at once. A read that loses the race
+            // is dropped unfinished, which loses nothing (a pipe read is cancel-safe).
+            let mut out_buf = vec![0u8; 8192];
+            let mut err_buf = vec![0u8; 8192];
+            let (mut out_open, mut err_open) = (true, true);
+            while out_open || err_open {
                 let stop_at = *stop_rx.borrow_and_update();
                 tokio::select! {
-                    read = rx.read(&mut buf) => match read {
-                        Ok(0) => break,
-                        Ok(n) => sink.push(&buf[..n]),
+                    read = out.read(&mut out_buf), if out_open => match read {
+                        Ok(0) => out_open = false,
+                        Ok(n) => sink.push(&out_buf[..n], Stream::Stdout),
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(_) => break,
+                        Err(_) => out_open = false,
+                    },
+                    read = err.read(&mut err_buf), if err_open => match read {
+                        Ok(0) => err_open = false,
+                        Ok(n) => sink.push(&err_buf[..n], Stream::Stderr),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => err_open = false,
                     },
                     _ = sleep_until_opt(stop_at) => break,
                     changed = stop_rx.changed(), if stop_at.is_none() => {
@@ -320,6 +371,9 @@ mod tests {
             tail: VecDeque::new(),
             tail_limit,
             total: 0,
+            stderr_tail: VecDeque::new(),
+            stderr_limit: tail_limit,
+            stderr_total: 0,
         }
     }
 
@@ -339,20 +393,36 @@ mod tests {
     #[test]
     fn tail_keeps_the_last_bytes() {
         let mut s = sink(5, 0, None);
-        s.push(b"abc");
-        s.push(b"defg");
-        s.push(b"h");
+        s.push(b"abc", Stream::Stdout);
+        s.push(b"defg", Stream::Stdout);
+        s.push(b"h", Stream::Stdout);
         let c = s.finish();
         assert_eq!(c.tail, "defgh");
         assert!(c.truncated);
         assert_eq!(c.total, 8);
         let mut s = sink(5, 0, None);
-        s.push(b"0123456789");
+        s.push(b"0123456789", Stream::Stdout);
         assert_eq!(s.finish().tail, "56789");
         let mut s = sink(5, 0, None);
-        s.push(b"abc");
+        s.push(b"abc", Stream::Stdout);
         let c = s.finish();
         assert!(!c.truncated);
+    }
+
+    #[test]
+    fn stderr_keeps_its_own_tail_and_joins_the_merged_one() {
+        let mut s = sink(64, 0, None);
+        s.stderr_limit = 8;
+        s.push(b"fine\n", Stream::Stdout);
+        s.push(b"warning: x\nboom\n", Stream::Stderr);
+        s.push(b"more\n", Stream::Stdout);
+        let c = s.finish();
+        assert_eq!(c.tail, "fine\nwarning: x\nboom\nmore\n");
+        // The last 8 bytes written on stderr, and stdout's writes are not among them.
+        assert_eq!(c.stderr_tail, " x\nboom\n");
+        assert_eq!(c.total, 26);
+        let c = sink(64, 0, None).finish();
+        assert_eq!(c.stderr_tail, "");
     }
 
     #[test]
@@ -366,8 +436,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.log");
         let mut s = sink(4, 1000, Some(log_file(&path)));
-        s.push(b"0123");
-        s.push(b"4567");
+        s.push(b"0123", Stream::Stdout);
+        s.push(b"4567", Stream::Stdout);
         s.finish();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "01234567");
     }
@@ -381,7 +451,7 @@ mod tests {
         // 10,000 numbered lines in odd-sized chunks, so the cut and the ring wrap mid-chunk.
         let all: String = (0..10_000).map(|i| format!("line {i:05}\n")).collect();
         for chunk in all.as_bytes().chunks(777) {
-            s.push(chunk);
+            s.push(chunk, Stream::Stdout);
         }
         let c = s.finish();
         assert_eq!(c.total, all.len() as u64);
@@ -411,9 +481,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.log");
         let mut s = sink(4, 400, Some(log_file(&path)));
-        s.push(b"ab");
-        s.push(&[b'x'; 5000]);
-        s.push(b"yz");
+        s.push(b"ab", Stream::Stdout);
+        s.push(&[b'x'; 5000], Stream::Stdout);
+        s.push(b"yz", Stream::Stdout);
         s.finish();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.len() <= 400);

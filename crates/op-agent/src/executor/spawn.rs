@@ -3,8 +3,9 @@
 //!
 //! The process runs `SHELL -c COMMAND` in its own session (so its own process group, with the
 //! leader's pid as group id, and no controlling terminal), with stdin from /dev/null and stdout
-//! and stderr both on the write end of one pipe, so the two streams stay in the order they were
-//! written. `RunAs` switches to the user's uid, primary gid and supplementary groups before exec.
+//! and stderr on two pipes: `output.rs` reads both, merging them into the run's log and keeping
+//! stderr's tail apart for the failure signature. `RunAs` switches to the user's uid, primary
+//! gid and supplementary groups before exec.
 
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
@@ -58,10 +59,11 @@ pub struct SpawnPlan<'a> {
     pub cgroup_procs: Vec<CString>,
 }
 
-/// A started process: its pid (= its process group id) and the read end of its output pipe.
+/// A started process: its pid (= its process group id) and the read ends of its output pipes.
 pub struct Spawned {
     pub pid: i32,
-    pub output: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
 }
 
 /// Finds bash, else sh: the seed ran `bash -c`, and minimal hosts may only have `sh`.
@@ -87,21 +89,20 @@ pub fn spawn(plan: SpawnPlan<'_>) -> Result<Spawned, String> {
             plan.work_dir.display()
         ));
     }
-    // O_CLOEXEC: the write end must reach only this child (as its fds 1 and 2). A copy leaking
-    // into a job started concurrently would hold this pipe open and delay its EOF.
-    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| format!("creating the output pipe: {e}"))?;
-    let write2 = write
-        .try_clone()
-        .map_err(|e| format!("duplicating the output pipe: {e}"))?;
+    // O_CLOEXEC: a write end must reach only this child (as its fd 1 or 2). A copy leaking into
+    // a job started concurrently would hold the pipe open and delay its EOF.
+    let (out_read, out_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("creating the stdout pipe: {e}"))?;
+    let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("creating the stderr pipe: {e}"))?;
 
     let mut cmd = Command::new(plan.shell);
     cmd.arg("-c")
         .arg(plan.command)
         .current_dir(plan.work_dir)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(write))
-        .stderr(Stdio::from(write2));
+        .stdout(Stdio::from(out_write))
+        .stderr(Stdio::from(err_write));
     // The agent's own settings (OP_TOKEN, OP_AUTH_PASSWORD, ...) are secrets a job must not see.
     for (key, _) in std::env::vars_os() {
         if key.to_str().is_some_and(|k| k.starts_with("OP_")) {
@@ -146,10 +147,14 @@ pub fn spawn(plan: SpawnPlan<'_>) -> Result<Spawned, String> {
         drop(child);
         Ok(((), pid))
     });
-    // Close our copies of the write end now, so EOF arrives when the job's processes close theirs.
+    // Close our copies of the write ends now, so EOF arrives when the job's processes close theirs.
     drop(cmd);
     match result {
-        Ok(((), pid)) => Ok(Spawned { pid, output: read }),
+        Ok(((), pid)) => Ok(Spawned {
+            pid,
+            stdout: out_read,
+            stderr: err_read,
+        }),
         Err(e) => Err(format!("could not start {}: {e}", plan.shell.display())),
     }
 }

@@ -10,8 +10,9 @@
 //!    (found as the agent's descendants carrying the run's `OP_RUN_ID`): a run does not outlive
 //!    its leader;
 //! 5. only then is the leader reaped (with rusage), so every signal above went to our group;
-//! 6. the output is collected (EOF, or a short grace for processes that escaped the group), and
-//!    the final record is stored, published and its log retention applied.
+//! 6. the output is collected (EOF on both pipes, or a short grace for processes that escaped
+//!    the group) with stderr's tail kept apart in the record, and the final record is stored,
+//!    published and its log retention applied.
 
 use std::time::Duration;
 
@@ -135,7 +136,13 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
     record.started_at = Some(started_at);
     tracing::debug!(job = %spec.name, run_id = %record.run_id, pid, trigger = record.trigger.as_str(), "run started");
 
-    let capture = Capture::start(spawned.output, file, s.output_tail, s.log_keep_bytes);
+    let capture = Capture::start(
+        spawned.stdout,
+        spawned.stderr,
+        file,
+        s.output_tail,
+        s.log_keep_bytes,
+    );
     let (exit_tx, exit_rx) = watch::channel(false);
     tokio::spawn(async move {
         process::wait_exit(pid).await;
@@ -183,6 +190,7 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
     record.output = captured.tail;
     record.output_truncated = captured.truncated;
     record.output_bytes = captured.total;
+    record.stderr_tail = captured.stderr_tail;
     let exit = match reaped {
         Ok(Ok((exit, rusage))) => {
             record.rusage = Some(rusage);

@@ -83,6 +83,7 @@ mod tests {
             output: String::new(),
             output_truncated: false,
             output_bytes: 0,
+            stderr_tail: String::new(),
             rusage: None,
             notes: Vec::new(),
         }

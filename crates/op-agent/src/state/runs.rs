@@ -277,6 +277,7 @@ mod tests {
             output: output.into(),
             output_truncated: false,
             output_bytes: output.len() as u64,
+            stderr_tail: String::new(),
             rusage: None,
             notes: Vec::new(),
         }

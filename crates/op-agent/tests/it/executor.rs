@@ -216,6 +216,86 @@ async fn disabling_a_running_job_kills_its_tree() {
     assert!(run.error.unwrap().contains("Enabled: 0"));
 }
 
+/// A shell function, `drained FD`, that waits until the agent has read everything the job wrote
+/// on FD (a pipe: FIONREAD counts its unread bytes from either end). stdout and stderr are two
+/// pipes, so writes to both within one read cycle are merged in the order the reader picks them
+/// up (executor/output.rs); a job that waits for the reader before switching streams gets its
+/// exact order.
+const DRAINED: &str = "drained() { python3 -c 'import fcntl, struct, sys, termios, time
+while struct.unpack(\"i\", fcntl.ioctl(int(sys.argv[1]), termios.FIONREAD, bytes(4)))[0]:
+    time.sleep(0.01)' \"$1\"; };";
+
+/// stderr is kept apart in the record (the failure signature comes from it), while the merged
+/// output and the log file still hold both streams.
+#[tokio::test]
+async fn stderr_has_its_own_tail_beside_the_merged_output() {
+    let agent = Agent::start();
+    agent.write_job(
+        "etl",
+        &json!({
+            "JobName": "etl",
+            "Command": "echo start; echo 'boom: no such table' >&2; echo fine; exit 3",
+        }),
+    );
+    agent.write_job(
+        "noisy",
+        &json!({
+            "JobName": "noisy",
+            "Command": "for i in $(seq 1 5000); do echo \"err $i\" >&2; done; echo out",
+        }),
+    );
+    // A Python traceback on stderr ends with the exception, whatever went to stdout.
+    agent.write_job(
+        "py",
+        &json!({
+            "JobName": "py",
+            "Command": "python3 -c \"print('rows: 0'); {}['id']\"",
+        }),
+    );
+    agent.wait_job("etl", None).await;
+    agent.wait_job("noisy", None).await;
+    agent.wait_job("py", None).await;
+    let run = agent.invoke_sync("py", &json!({})).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(
+        run.stderr_tail
+            .starts_with("Traceback (most recent call last):"),
+        "{run:?}"
+    );
+    assert_eq!(op_proto::analysis::signature(&run), "KeyError: 'id'");
+    assert!(run.output.contains("rows: 0\n"), "{run:?}");
+    assert!(!run.stderr_tail.contains("rows"), "{run:?}");
+
+    let run = agent.invoke_sync("etl", &json!({})).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.exit_code, Some(3));
+    assert_eq!(run.stderr_tail, "boom: no such table\n");
+    assert_eq!(op_proto::analysis::signature(&run), "boom: no such table");
+    // Both streams are in the merged output and the log file (their relative order is the
+    // reader's: these writes come microseconds apart).
+    let full = agent
+        .get(&format!("/v1/runs/{}/output", run.run_id))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(full, run.output);
+    let mut lines: Vec<&str> = run.output.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["boom: no such table", "fine", "start"]);
+    assert!(run.output.find("start") < run.output.find("fine"));
+
+    // A flood on stderr keeps only the last few KiB, cut at a line's middle at worst.
+    let run = agent.invoke_sync("noisy", &json!({})).await;
+    assert_eq!(run.status, RunStatus::Ok);
+    assert!(run.stderr_tail.len() <= op_proto::run::STDERR_TAIL);
+    assert!(run.stderr_tail.len() > op_proto::run::STDERR_TAIL - 16);
+    assert!(run.stderr_tail.ends_with("err 4999\nerr 5000\n"));
+    assert!(!run.stderr_tail.contains("out"));
+    assert!(run.output.contains("out\n"));
+    assert_eq!(run.output_bytes, run.output.len() as u64);
+}
+
 #[tokio::test]
 async fn output_over_the_tail_limit_is_truncated_and_the_file_holds_all() {
     let agent = Agent::start_with(Options {
@@ -226,7 +306,7 @@ async fn output_over_the_tail_limit_is_truncated_and_the_file_holds_all() {
         "loud",
         &json!({
             "JobName": "loud",
-            "Command": "for i in $(seq 1 20000); do echo \"line $i\"; done; echo ERR >&2; echo END",
+            "Command": format!("{DRAINED} for i in $(seq 1 20000); do echo \"line $i\"; done; drained 1; echo ERR >&2; drained 2; echo END"),
         }),
     );
     agent.wait_job("loud", None).await;
@@ -234,7 +314,8 @@ async fn output_over_the_tail_limit_is_truncated_and_the_file_holds_all() {
     assert_eq!(run.status, RunStatus::Ok);
     assert!(run.output_truncated);
     assert!(run.output.len() <= 1024);
-    // stderr and stdout arrive merged, in order.
+    // stderr and stdout arrive merged, in order (each switch of stream waits until the reader
+    // has what came before it: see DRAINED).
     assert!(
         run.output.ends_with("line 20000\nERR\nEND\n"),
         "{:?}",

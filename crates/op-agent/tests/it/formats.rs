@@ -108,4 +108,13 @@ fn stored_run_record_fixture() {
     assert_eq!(r.params["port"], "3306");
     assert_eq!(r.rusage.unwrap().max_rss_kb, 9120);
     assert_eq!(r.duration_ms(), Some(78));
+    // Written before runs kept their stderr apart: the tail is empty, and an empty tail is left
+    // out again, so a record this agent writes reads the same to an older manager.
+    assert_eq!(r.stderr_tail, "");
+    let again = serde_json::to_value(&r).unwrap();
+    assert!(again.get("stderr_tail").is_none(), "{again}");
+    let mut failed = r.clone();
+    failed.stderr_tail = "boom: no such table\n".into();
+    let text = serde_json::to_string(&failed).unwrap();
+    assert_eq!(serde_json::from_str::<RunRecord>(&text).unwrap(), failed);
 }

@@ -82,6 +82,7 @@ pub fn record(agent: &SimAgent, seq: u64) -> RunRecord {
         output: format!("run {seq} of {}: ok\n{}\n", agent.hostname, "-".repeat(160)),
         output_truncated: false,
         output_bytes: 200,
+        stderr_tail: String::new(),
         rusage: None,
         notes: Vec::new(),
     }
@@ -113,6 +114,7 @@ pub fn answer(agent: &SimAgent, d: &RunDirective) -> RunRecord {
         output: String::new(),
         output_truncated: false,
         output_bytes: 0,
+        stderr_tail: String::new(),
         rusage: None,
         notes: Vec::new(),
     }

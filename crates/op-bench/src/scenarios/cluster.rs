@@ -182,6 +182,7 @@ async fn ingest_on(
                         output: "ok\n".into(),
                         output_truncated: false,
                         output_bytes: 3,
+                        stderr_tail: String::new(),
                         rusage: None,
                         notes: Vec::new(),
                     })

@@ -223,6 +223,7 @@ async fn seed_node(
                 output: format!("{job} on {hostname}\n"),
                 output_truncated: false,
                 output_bytes: 20,
+                stderr_tail: String::new(),
                 rusage: None,
                 notes: Vec::new(),
             }

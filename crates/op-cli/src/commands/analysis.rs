@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::Ctx;
 use crate::Outcome;
 use crate::cli::{AnalysisCommand, Format};
-use crate::output::{Table, write_json};
+use crate::output::{Table, human_secs, write_json};
 
 /// Staleness below this many seconds is never reported, so second-level schedules do not raise
 /// alarms over ordinary propagation and start-up delays.
@@ -280,27 +280,4 @@ fn print(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// `3725` → `1h2m5s`.
-pub fn human_secs(secs: i64) -> String {
-    let secs = secs.max(0);
-    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
-    match (h, m) {
-        (0, 0) => format!("{s}s"),
-        (0, _) => format!("{m}m{s}s"),
-        _ => format!("{h}h{m}m{s}s"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formatting() {
-        assert_eq!(human_secs(3725), "1h2m5s");
-        assert_eq!(human_secs(65), "1m5s");
-        assert_eq!(human_secs(-3), "0s");
-    }
 }

@@ -18,10 +18,9 @@ use op_proto::{NodeInfo, NodeStatus};
 use serde::Serialize;
 
 use super::Ctx;
-use super::analysis::human_secs;
 use crate::Outcome;
 use crate::cli::Format;
-use crate::output::{Table, write_json};
+use crate::output::{Table, human_secs, write_json};
 
 /// One host behind on one package.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -8,11 +8,10 @@ use chrono::Utc;
 use op_proto::{NodeInfo, NodeStatus};
 
 use super::Ctx;
-use super::analysis::human_secs;
 use super::get::sort_nodes;
 use crate::Outcome;
 use crate::cli::Format;
-use crate::output::{Table, write_json};
+use crate::output::{Table, human_secs, write_json};
 
 pub async fn run(ctx: &Ctx, once: bool, interval: Duration) -> anyhow::Result<Outcome> {
     loop {

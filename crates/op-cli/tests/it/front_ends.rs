@@ -154,23 +154,28 @@ async fn cli_and_console_describe_a_failed_run_and_a_package_alike() {
     })
     .await;
 
-    // A job that says something on stdout, then its error on stderr, then exits 3.
+    // A job that prints its error on stderr, then `fine` on stdout, then exits 3: the merged
+    // output ends with `fine`, and the signature is still the error (DESIGN 13.2).
     c.save_job_text(
         "etl",
         r#"{"JobName":"etl","OnceJob":1,
-            "Command":"echo fine; echo 'boom: no such table' >&2; exit 3"}"#,
+            "Command":"echo 'boom: no such table' >&2; echo fine; exit 3"}"#,
     )
     .await
     .unwrap();
+    let query = RunQuery {
+        job: Some("etl".into()),
+        ..RunQuery::default()
+    };
     wait_until(LONG, "the etl run stored", || async {
-        c.runs(&RunQuery {
-            job: Some("etl".into()),
-            ..RunQuery::default()
-        })
-        .await
-        .is_ok_and(|r| r.iter().any(|r| r.status.is_final()))
+        c.runs(&query)
+            .await
+            .is_ok_and(|r| r.iter().any(|r| r.status.is_final()))
     })
     .await;
+    // The manager stored and returns the stderr tail the agent sent.
+    let run = c.runs(&query).await.unwrap().remove(0);
+    assert_eq!(run.stderr_tail, "boom: no such table\n", "{run:?}");
 
     let console = Console::login(&m).await;
     let analysis = cli_text(&m, &["analysis", "jobs", "etl"]);
@@ -198,6 +203,16 @@ async fn cli_and_console_describe_a_failed_run_and_a_package_alike() {
             .nth(1)
             .is_some_and(|l| l.trim_end().ends_with("exit status 3: boom: no such table")),
         "{logs}"
+    );
+    // The console's run page and the job page's runs say it the same way.
+    let run_page = console.page(&format!("/ui/runs/{}", run.run_id)).await;
+    assert!(
+        run_page.contains("<dt>Error</dt><dd>exit status 3: boom: no such table</dd>"),
+        "{run_page}"
+    );
+    assert!(
+        page.contains("class=\"clip\">exit status 3: boom: no such table</td>"),
+        "{page}"
     );
 
     // A package the agent cannot deploy: its deploy dir lies under a regular file.

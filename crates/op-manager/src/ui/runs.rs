@@ -49,7 +49,7 @@ pub fn table(runs: &[RunRecord], with_job: bool) -> String {
     if with_job {
         out.push_str("<th>Job</th>");
     }
-    out.push_str("<th>Host</th><th>Trigger</th><th>Started</th><th>Duration</th><th>Exit</th><th>First error line</th></tr></thead><tbody>");
+    out.push_str("<th>Host</th><th>Trigger</th><th>Started</th><th>Duration</th><th>Exit</th><th>Error</th></tr></thead><tbody>");
     for r in runs {
         let _ = write!(
             out,
@@ -83,11 +83,21 @@ pub fn table(runs: &[RunRecord], with_job: bool) -> String {
             r.duration_ms()
                 .map(html::duration_ms)
                 .unwrap_or_else(|| "–".into()),
-            esc(&r.first_error_line()),
+            esc(&error_line(r)),
         );
     }
     out.push_str("</tbody></table>");
     out
+}
+
+/// A run's error in one line: for a failed run its reason and signature as every front end says
+/// it (`op_proto::analysis`, like `agentcli logs`' ERROR column), else the agent's first line.
+fn error_line(r: &RunRecord) -> String {
+    if r.status.is_failure() {
+        op_proto::analysis::Failure::of(r).summary()
+    } else {
+        r.first_error_line()
+    }
 }
 
 /// Runs in progress across the fleet, from the nodes' heartbeats.
@@ -347,7 +357,12 @@ pub async fn show(
                     "Parameters",
                     esc(if params.is_empty() { "–" } else { &params }),
                 ),
-                ("Error", esc(r.error.as_deref().unwrap_or("–"))),
+                (
+                    "Error",
+                    esc(&Some(error_line(&r))
+                        .filter(|e| !e.is_empty())
+                        .unwrap_or_else(|| "–".into())),
+                ),
             ] {
                 let _ = write!(body, "<dt>{k}</dt><dd>{v}</dd>");
             }

@@ -305,6 +305,7 @@ impl FakeAgent {
             output: "total 0\n".into(),
             output_truncated: false,
             output_bytes: 8,
+            stderr_tail: String::new(),
             rusage: None,
             notes: Vec::new(),
         }

@@ -117,6 +117,7 @@ pub fn run(n: u8, job: &str, revision: u64, started_secs: i64, status: RunStatus
         output: "hi\n".into(),
         output_truncated: false,
         output_bytes: 3,
+        stderr_tail: String::new(),
         rusage: None,
         notes: Vec::new(),
     }

@@ -489,6 +489,7 @@ async fn a_fourth_member_catches_up_by_snapshot_and_serves_reads() {
                 output: String::new(),
                 output_truncated: false,
                 output_bytes: 0,
+                stderr_tail: String::new(),
                 rusage: None,
                 notes: Vec::new(),
             })

@@ -14,6 +14,7 @@ mod faults;
 mod fleet;
 mod full_disk;
 mod identity;
+mod import_cycles;
 mod logs;
 mod metrics;
 mod packages;
