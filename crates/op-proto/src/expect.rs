@@ -59,6 +59,9 @@ pub const MAX_GRACE: Duration = Duration::minutes(5);
 /// - an interval schedule keeps its real-time rhythm through the repeated hour;
 /// - a 03:00 job is untouched by either change (03:00 exists once on both days), so its gap to
 ///   the neighbouring fires is 23 h on 29 March and 25 h on 25 October.
+///
+/// A schedule in [`Zone::Local`] is evaluated in the zone of the machine that calls this: the
+/// manager gets the agent's fires only when both share a zone.
 pub fn expected_fires(
     schedule: &Schedule,
     from: DateTime<Utc>,
