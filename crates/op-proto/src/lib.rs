@@ -11,6 +11,7 @@ pub mod analysis;
 pub mod api;
 pub mod config_reference;
 pub mod events;
+pub mod expect;
 pub mod exposition;
 pub mod hosts;
 pub mod invoke;
