@@ -13,6 +13,7 @@ pub mod config_reference;
 pub mod events;
 pub mod exposition;
 pub mod hosts;
+pub mod incidents;
 pub mod invoke;
 pub mod job;
 pub mod local;
