@@ -315,6 +315,9 @@ struct PackageGroup {
     notified: bool,
 }
 
+/// The id and time of the `node.not_ready` event that announced a node down.
+type Announced = (u64, DateTime<Utc>);
+
 /// A node's status across the current batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct PendingNode {
@@ -335,6 +338,9 @@ pub struct IncidentState {
     incidents: BTreeMap<u64, Incident>,
     retries: Vec<AwaitingRetry>,
     nodes: BTreeMap<String, PendingNode>,
+    /// Nodes announced NotReady: the id and time of the event that said so.
+    #[serde(default)]
+    down: BTreeMap<String, Announced>,
     packages: Vec<PackageGroup>,
     /// When the first change of the current node/package batch was applied.
     batch_since: Option<DateTime<Utc>>,
@@ -670,33 +676,39 @@ impl IncidentState {
             .filter(|(_, n)| n.now == NodeStatus::NotReady && n.before.is_live())
             .map(|(h, n)| (h.as_str(), &n.labels))
             .collect();
-        let ready: Vec<(&str, &Labels)> = nodes
-            .iter()
-            .filter(|(_, n)| n.now.is_live() && n.before == NodeStatus::NotReady)
-            .map(|(h, n)| (h.as_str(), &n.labels))
-            .collect();
-        for (kind, hosts, verb, status) in [
-            (
-                EventKind::NodeNotReady,
-                &not_ready,
-                "stopped reporting",
-                "NotReady",
-            ),
-            (EventKind::NodeReady, &ready, "report again", "Ready"),
-        ] {
-            if hosts.is_empty() {
-                continue;
-            }
+        if !not_ready.is_empty() {
             let id = self.take_id();
-            let mut event = base_event(id, kind, time, hosts);
-            let n = hosts.len();
-            event.summary = format!(
-                "{} {} {verb}: {}",
-                thousands(n),
-                if n == 1 { "node" } else { "nodes" },
-                name_list(hosts.iter().map(|(h, _)| *h), n)
-            );
-            event.url = format!("/ui/nodes?status={status}");
+            let mut event = base_event(id, EventKind::NodeNotReady, time, &not_ready);
+            event.summary = nodes_summary(&not_ready, "stopped reporting");
+            event.url = "/ui/nodes?status=NotReady".into();
+            event.incident = Some(id);
+            for (host, _) in &not_ready {
+                self.down.insert(host.to_string(), (id, time));
+            }
+            events.push(event);
+        }
+        // Nodes back are grouped by the event that said they were down, so each recovery
+        // resolves the alert it answers (a rack back together is one event).
+        let mut ready: BTreeMap<Option<Announced>, Vec<(&str, &Labels)>> = BTreeMap::new();
+        for (host, n) in &nodes {
+            if n.now.is_live() && n.before == NodeStatus::NotReady {
+                ready
+                    .entry(self.down.remove(host))
+                    .or_default()
+                    .push((host.as_str(), &n.labels));
+            } else if n.now == NodeStatus::Left {
+                self.down.remove(host);
+            }
+        }
+        for (down, hosts) in ready {
+            let id = self.take_id();
+            let mut event = base_event(id, EventKind::NodeReady, time, &hosts);
+            event.summary = nodes_summary(&hosts, "report again");
+            event.url = "/ui/nodes?status=Ready".into();
+            if let Some((incident, opened_at)) = down {
+                event.incident = Some(incident);
+                event.opened_at = Some(opened_at);
+            }
             events.push(event);
         }
         for i in 0..self.packages.len() {
@@ -800,6 +812,17 @@ fn base_event(id: u64, kind: EventKind, time: DateTime<Utc>, hosts: &[(&str, &La
         opened_at: None,
         signature: None,
     }
+}
+
+/// `20 nodes stopped reporting: a, b, c and 17 more`.
+fn nodes_summary(hosts: &[(&str, &Labels)], verb: &str) -> String {
+    let n = hosts.len();
+    format!(
+        "{} {} {verb}: {}",
+        thousands(n),
+        if n == 1 { "node" } else { "nodes" },
+        name_list(hosts.iter().map(|(h, _)| *h), n)
+    )
 }
 
 /// `3 hosts`, `1 host`, `3 of 10 hosts`.
@@ -1230,6 +1253,9 @@ mod tests {
             (events[0].kind.clone(), events[0].host_count),
             (EventKind::NodeReady, 20)
         );
+        // It answers the not_ready event, so Alertmanager shows that alert resolved.
+        assert_eq!(events[0].incident, Some(e.id));
+        assert_eq!(events[0].opened_at, Some(t(10)));
     }
 
     #[test]
