@@ -14,6 +14,7 @@ pub mod events;
 pub mod expect;
 pub mod exposition;
 pub mod hosts;
+pub mod incidents;
 pub mod invoke;
 pub mod job;
 pub mod local;
