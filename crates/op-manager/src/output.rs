@@ -15,9 +15,10 @@
 //!   and forgotten at its reader's deadline at the latest.
 //!
 //! It also knows which nodes sync with this member ([`OutputRequests::attach`]), so the reader's
-//! member hands a request to itself when it holds the node's sync and forwards it to the other
-//! members otherwise (`api/output.rs`, over the raft listener's authenticated peer path). It
-//! leaves HTTP and peers to those callers.
+//! member hands a request to itself when it holds the node's sync and forwards it otherwise
+//! (`api/output.rs`, over the raft listener's authenticated peer path): to the member that last
+//! said it holds the node ([`OutputRequests::member_of`]), else to every other member. It leaves
+//! HTTP and peers to those callers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -81,6 +82,8 @@ pub struct OutputRequests {
     /// Readers waiting here, by request id, with the node that must answer.
     waiters: Mutex<Waiters>,
     nodes: Mutex<HashMap<Uuid, NodeQueue>>,
+    /// For nodes syncing with another member: that member's raft URL, as it last told us.
+    members: Mutex<HashMap<Uuid, String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -173,6 +176,22 @@ impl OutputRequests {
             .filter(|(_, until)| *until > now)
             .map(|(r, _)| r.directive())
             .collect()
+    }
+
+    /// The member (raft URL) `node` was last found syncing with, if another member said so.
+    pub fn member_of(&self, node: Uuid) -> Option<String> {
+        lock(&self.members).get(&node).cloned()
+    }
+
+    /// What member `base` answered about `node`: it holds the node's sync, or it does not (any
+    /// more), which sends the node's next request to every member again.
+    pub fn learn_member(&self, node: Uuid, base: &str, held: bool) {
+        let mut members = lock(&self.members);
+        if held {
+            members.insert(node, base.to_string());
+        } else if members.get(&node).is_some_and(|m| m == base) {
+            members.remove(&node);
+        }
     }
 
     /// Requests queued here and readers waiting here (for tests and metrics).
@@ -315,6 +334,19 @@ mod tests {
             .expect("runtime");
         let got = rt.block_on(waiter.answer(Duration::from_secs(1), std::future::pending()));
         assert_eq!(got.map(|c| c.node_id), Some(node));
+    }
+
+    #[test]
+    fn the_member_a_node_syncs_with_is_remembered_until_it_says_otherwise() {
+        let requests = OutputRequests::default();
+        let node = Uuid::now_v7();
+        requests.learn_member(node, "http://b", false);
+        assert_eq!(requests.member_of(node), None);
+        requests.learn_member(node, "http://b", true);
+        requests.learn_member(node, "http://c", false);
+        assert_eq!(requests.member_of(node).as_deref(), Some("http://b"));
+        requests.learn_member(node, "http://b", false);
+        assert_eq!(requests.member_of(node), None);
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! The full output lives in a file on the agent, and agents take no inbound connections. So the
 //! reader's manager hands an output request to the member the node's agent syncs with
 //! (`crate::output`): to itself when it holds the node's sync, which wakes the parked sync
-//! with just the request, else to every other member over the raft listener
-//! (`POST /raft/output`, authenticated like every peer request), each of which queues it for
-//! the node's next sync; the agent answers a request it receives twice once. The agent reads its
+//! with just the request, else over the raft listener (`POST /raft/output`, authenticated like
+//! every peer request) to the member that last said it holds the node, or to every other member
+//! when none did or that one no longer does; each queues it for the node's next sync, and the
+//! agent answers a request it receives twice once. The agent reads its
 //! file from the requested offset and posts the piece to `POST /v1/agent/output` on the member
 //! named in `reply_to`, which hands it to the waiting reader. Neither the request nor the bytes
 //! pass through raft, and a request is forgotten when its reader stops waiting.
@@ -31,7 +32,7 @@ use super::extract::{ApiJson, ApiQuery};
 use crate::app::App;
 use crate::auth::Caller;
 use crate::output::OutputRequest;
-use crate::raft::messages::ForwardedOutputRequest;
+use crate::raft::messages::{ForwardedOutputAnswer, ForwardedOutputRequest};
 
 /// Longest a reader may wait for the agent.
 const MAX_WAIT_SECS: u64 = 30;
@@ -136,33 +137,53 @@ pub async fn upload(
     }
 }
 
-/// Hands `request` to every other member (the one the node syncs with queues it for its next
-/// sync; the others forget it when `wait` has passed), in the background.
-fn forward(app: &App, request: &OutputRequest, wait: Duration) {
-    let members: Vec<String> = {
-        let metrics = app.raft.metrics();
-        let m = metrics.borrow();
-        m.membership_config
-            .membership()
-            .nodes()
-            .filter(|(id, _)| **id != m.id)
-            .map(|(_, member)| member.raft_addr.clone())
-            .collect()
-    };
+/// Hands `request`, in the background, to the member the node was last found syncing with, or,
+/// when none is known or that member no longer holds the node, to every other member (the one
+/// the node syncs with queues it for its next sync; the others forget it when `wait` has
+/// passed). The member that answers it holds the node is where the node's next request goes.
+fn forward(app: &Arc<App>, request: &OutputRequest, wait: Duration) {
     let body = ForwardedOutputRequest {
         request: request.clone(),
         wait_ms: wait.as_millis() as u64,
     };
-    for base in members {
-        let peers = app.cluster.peers.clone();
-        let body = body.clone();
-        tokio::spawn(async move {
-            let sent = peers
-                .post::<_, serde::de::IgnoredAny>(&base, "/raft/output", &body, FORWARD_TIMEOUT)
-                .await;
-            if let Err(e) = sent {
-                tracing::debug!(member = %base, error = %e, "output request not forwarded");
-            }
-        });
-    }
+    let app = app.clone();
+    tokio::spawn(async move {
+        let known = app.outputs.member_of(body.request.node_id);
+        if let Some(base) = &known
+            && send(&app, base, &body).await
+        {
+            return;
+        }
+        let others: Vec<String> = {
+            let metrics = app.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != m.id)
+                .map(|(_, member)| member.raft_addr.clone())
+                .filter(|base| Some(base) != known.as_ref())
+                .collect()
+        };
+        futures_util::future::join_all(others.iter().map(|base| send(&app, base, &body))).await;
+    });
+}
+
+/// Forwards one request to the member at `base`; true when that member holds the node's sync.
+async fn send(app: &App, base: &str, body: &ForwardedOutputRequest) -> bool {
+    let node = body.request.node_id;
+    let answer = app
+        .cluster
+        .peers
+        .post::<_, ForwardedOutputAnswer>(base, "/raft/output", body, FORWARD_TIMEOUT)
+        .await;
+    let held = match answer {
+        Ok(a) => a.held,
+        Err(e) => {
+            tracing::debug!(member = %base, error = %e, "output request not forwarded");
+            false
+        }
+    };
+    app.outputs.learn_member(node, base, held);
+    held
 }

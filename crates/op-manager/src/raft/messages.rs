@@ -115,3 +115,10 @@ pub struct ForwardedOutputRequest {
     pub request: crate::output::OutputRequest,
     pub wait_ms: u64,
 }
+
+/// The answer to [`ForwardedOutputRequest`]: whether the node syncs with the member that queued
+/// it, so the reader's member sends the node's next requests there only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardedOutputAnswer {
+    pub held: bool,
+}

@@ -29,8 +29,8 @@ use subtle::ConstantTimeEq;
 
 use super::ClusterError;
 use super::messages::{
-    CLUSTER_HEADER, CampaignRequest, ForwardedOutputRequest, JoinRequest, JoinResponse,
-    ReadIndexResponse, RemovedNotice, WriteRequest, WriteResponse, code,
+    CLUSTER_HEADER, CampaignRequest, ForwardedOutputAnswer, ForwardedOutputRequest, JoinRequest,
+    JoinResponse, ReadIndexResponse, RemovedNotice, WriteRequest, WriteResponse, code,
 };
 use super::network::RAFT_BODY_LIMIT;
 use super::types::{NodeId, TypeConfig};
@@ -325,9 +325,9 @@ const FORWARDED_OUTPUT_MAX: Duration = Duration::from_secs(30);
 async fn output_request(
     State(app): State<Arc<App>>,
     Json(req): Json<ForwardedOutputRequest>,
-) -> Json<serde_json::Value> {
+) -> Json<ForwardedOutputAnswer> {
     let ttl = Duration::from_millis(req.wait_ms).min(FORWARDED_OUTPUT_MAX);
     let held = app.outputs.holds(req.request.node_id);
     app.outputs.offer(req.request, ttl);
-    Json(serde_json::json!({ "held": held }))
+    Json(ForwardedOutputAnswer { held })
 }
