@@ -97,6 +97,15 @@ enum Scenario {
     },
     /// A real manager and N real agents: upload one package and time until every agent has it,
     /// with the manager's CPU seconds.
+    /// Raft writes while one reader per simulated node follows a run (`agentcli logs --follow`).
+    Follow {
+        /// Simulated nodes, each with one reader following a run.
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        /// How long the idle rate is measured, and then the rate while following.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
     #[command(alias = "package-fanout")]
     Package {
         /// Agents to start.
@@ -218,6 +227,9 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<report::Figure>> {
         } => scenarios::ingest::run(&manager_bin()?, margs, agents, rate, duration).await,
         Scenario::Idle { agents, duration } => {
             scenarios::idle::run(&manager_bin()?, margs, agents, duration).await
+        }
+        Scenario::Follow { agents, duration } => {
+            scenarios::follow::run(&manager_bin()?, margs, agents, duration).await
         }
         Scenario::Package {
             agents,

@@ -655,10 +655,14 @@ impl Client {
         wait_secs: u64,
         heartbeat: &Heartbeat,
     ) -> Result<DesiredState> {
-        self.sync_as(index, wait_secs, heartbeat).await
+        // `partial=1`: an output request may come alone, as a light answer
+        // (`DesiredState::directives_only`); an older manager ignores the flag.
+        self.sync_query(index, wait_secs, heartbeat, "&partial=1")
+            .await
     }
 
-    /// [`Client::sync`], decoding the answer into the caller's own type: the benchmark's
+    /// [`Client::sync`] without light answers (always the full state, as an older agent asks),
+    /// decoding the answer into the caller's own type: the benchmark's
     /// simulated agents read only the index and each job's name and revision, so thousands of
     /// them cost the machine they share with the manager little.
     pub async fn sync_as<T: DeserializeOwned>(
@@ -667,7 +671,17 @@ impl Client {
         wait_secs: u64,
         heartbeat: &Heartbeat,
     ) -> Result<T> {
-        let path = format!("/v1/agent/sync?index={index}&wait={wait_secs}");
+        self.sync_query(index, wait_secs, heartbeat, "").await
+    }
+
+    async fn sync_query<T: DeserializeOwned>(
+        &self,
+        index: u64,
+        wait_secs: u64,
+        heartbeat: &Heartbeat,
+        extra: &str,
+    ) -> Result<T> {
+        let path = format!("/v1/agent/sync?index={index}&wait={wait_secs}{extra}");
         let req = self
             .request(Method::POST, &path)
             .timeout(self.timeout + Duration::from_secs(wait_secs))

@@ -40,8 +40,8 @@ pub struct App {
     /// This manager's advertised API and raft URLs.
     pub api_url: String,
     pub raft_url: String,
-    /// Readers of run output waiting for an agent's answer (`api::output`).
-    pub outputs: crate::api::output::OutputWaiters,
+    /// Output requests for the nodes syncing here and readers waiting for an answer (`output`).
+    pub outputs: crate::output::OutputRequests,
 }
 
 impl App {

@@ -32,6 +32,7 @@ pub mod liveness;
 pub mod load_history;
 pub mod memory;
 pub mod metrics;
+pub mod output;
 pub mod raft;
 pub mod retention;
 pub mod ui;

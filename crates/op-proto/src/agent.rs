@@ -168,6 +168,11 @@ pub struct DesiredState {
     /// clock, holds on a host whose clock is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received_at: Option<DateTime<Utc>>,
+    /// Set on a light answer, sent only to an agent that asked for one (`partial=1` on the sync
+    /// call): it carries only `directives` (output requests), the rest is empty and not a
+    /// change. An agent that does not ask always gets the full state.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub directives_only: bool,
 }
 
 /// A one-off order for this node, carried by the sync channel.
@@ -181,7 +186,8 @@ pub enum Directive {
     Kill { run_id: Uuid },
     /// Send the run's output file from `offset` to the manager at `reply_to`
     /// (`POST /v1/agent/output`): how `agentcli logs --follow/--full` and the console read output
-    /// that is not in the run record's tail. A request received twice is answered once.
+    /// that is not in the run record's tail. A request received twice is answered once. Output
+    /// requests are not replicated: the member the agent syncs with holds them in memory.
     UploadOutput {
         request_id: Uuid,
         run_id: Uuid,

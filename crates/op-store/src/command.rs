@@ -161,8 +161,9 @@ pub enum Command {
         at: DateTime<Utc>,
         actor: String,
     },
-    /// Asks a node for a piece of a run's output file, to be sent to the manager at `reply_to`
-    /// (the member holding the waiting reader). Requests older than two minutes are dropped.
+    /// Written by releases up to 0.1.0 to ask a node for a piece of a run's output file; no
+    /// longer written (output requests stay in the memory of the member the node syncs with)
+    /// and applied as nothing, so an old log still replays. Kept so such logs decode.
     RequestOutput {
         request_id: Uuid,
         node_id: Uuid,

@@ -158,8 +158,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX invocation_targets_open ON invocation_targets(invocation_id)
         WHERE status IN ('pending', 'running');
     "#,
-    // 4: requests for a run's output file (agentcli logs --follow/--full, the console). Short
-    // lived: each new request deletes those older than two minutes.
+    // 4: requests for a run's output file (agentcli logs --follow/--full, the console), written
+    // through raft up to release 0.1.0. Unused since (the requests stay in the manager's memory);
+    // `Prune` empties it.
     r#"
     CREATE TABLE output_requests (
         request_id TEXT PRIMARY KEY,

@@ -478,6 +478,10 @@ impl SyncLoop {
                 self.outputs.answer(request_id, run_id, offset, reply_to);
             }
         }
+        if state.directives_only {
+            // A light answer (output requests only): the desired state held is unchanged.
+            return;
+        }
         if !directives.is_empty() {
             // Our clock minus the manager's, as of the moment the request left (the network
             // latency makes it a little small, so a deadline errs on the early side).

@@ -1,7 +1,9 @@
 //! Answers the manager's output requests (`Directive::UploadOutput`): read the run's output file
 //! from the asked offset and post up to `OUTPUT_CHUNK_MAX` bytes to the manager that asked
-//! (`reply_to`, one of the cluster's members). A request that arrives again with the next sync
-//! answer is answered once.
+//! (`reply_to`, one of the cluster's members). Requests come in a sync answer, alone in a light
+//! answer (`DesiredState::directives_only`, which this agent asks for) or beside the full state;
+//! one handed out by two members (the reader's member forwards it to every member when the node
+//! is not syncing with it) is answered once.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Seek, SeekFrom};

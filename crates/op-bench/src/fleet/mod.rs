@@ -8,7 +8,8 @@
 //! to the scenario as an [`Applied`] event with the instant it arrived). Of each answer a simulated
 //! agent reads the index, the jobs' names and revisions, and its directives: each ad-hoc run is
 //! answered at once with a finished `ok` record (as if `true` ran), so fan-out can be measured
-//! against simulated agents. Run reports are in [`runs`]. What a real agent does with its jobs (scheduling, processes, the outbox on disk) is
+//! against simulated agents, and each output request with an empty piece of a run still going
+//! (the `follow` scenario). It asks for full answers, as an agent older than light answers does. Run reports are in [`runs`]. What a real agent does with its jobs (scheduling, processes, the outbox on disk) is
 //! deliberately absent: the simulator measures the manager, not the agent.
 //!
 //! Cost: one task per agent on the benchmark's one runtime. A parked sync needs its own HTTP/1.1
@@ -359,11 +360,22 @@ impl SyncLoop {
         answered: &mut HashSet<Uuid>,
         shutdown: &CancellationToken,
     ) -> bool {
+        for d in directives {
+            if let Directive::UploadOutput {
+                request_id,
+                run_id,
+                offset,
+                ..
+            } = d
+            {
+                self.upload_nothing(*request_id, *run_id, *offset).await;
+            }
+        }
         let runs: Vec<&op_proto::agent::RunDirective> = directives
             .iter()
             .filter_map(|d| match d {
                 Directive::Run(r) => Some(r.as_ref()),
-                // Nothing to kill (every run ended at once) and no output to upload.
+                // Nothing to kill (every run ended at once); output requests are answered above.
                 Directive::Kill { .. } | Directive::UploadOutput { .. } => None,
             })
             .collect();
@@ -401,6 +413,25 @@ impl SyncLoop {
         }
         answered.extend(new.iter().map(|r| r.run_id));
         true
+    }
+
+    /// Answers an output request as an agent whose run is still going and wrote nothing new:
+    /// an empty piece, not finished (what `agentcli logs --follow` gets between lines). The
+    /// simulator has one manager, which is the `reply_to` of every request.
+    async fn upload_nothing(&self, request_id: Uuid, run_id: Uuid, offset: u64) {
+        let chunk = op_proto::agent::OutputChunk {
+            request_id,
+            run_id,
+            node_id: self.sim.node_id,
+            offset,
+            data: String::new(),
+            size: offset,
+            finished: false,
+            error: None,
+        };
+        if let Err(e) = self.client.post_output(&chunk).await {
+            self.counters.failed(e);
+        }
     }
 
     async fn run(mut self, shutdown: CancellationToken) {

@@ -120,3 +120,22 @@ fn text_output_is_one_line_per_figure() {
         assert!(line.contains("  "), "{line}");
     }
 }
+
+#[test]
+fn follow_with_simulated_nodes() {
+    let out = op_bench(&["--json", "follow", "--agents", "5", "--duration", "2s"])
+        .output()
+        .unwrap();
+    let f = figures(&out);
+    assert_has(
+        &f,
+        &[
+            "follow_raft_writes_per_s",
+            "follow_raft_writes_idle_per_s",
+            "follow_polls_per_s",
+            "follow_poll_errors",
+        ],
+    );
+    let polls = f.iter().find(|(n, _)| n == "follow_polls_per_s").unwrap().1;
+    assert!(polls > 0.0, "no reader got an answer");
+}

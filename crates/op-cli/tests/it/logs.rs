@@ -149,6 +149,96 @@ async fn follow_streams_a_running_run_until_it_ends() {
     assert!(text(&err).contains("ended: ok"), "{}", text(&err));
 }
 
+/// The sum of the manager's metric lines named `name` whose labels pass `labels`.
+async fn metric(m: &Manager, name: &str, labels: impl Fn(&str) -> bool) -> f64 {
+    let text = m.client().metrics().await.unwrap();
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') && labels(rest))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Commands written through raft, but the coalesced heartbeats (the idle rate).
+async fn writes_but_heartbeats(m: &Manager) -> f64 {
+    metric(m, "op_manager_commands_total", |l| {
+        !l.contains("\"heartbeats\"")
+    })
+    .await
+}
+
+/// Output pieces readers asked for (each `--follow` poll is one).
+async fn output_polls(m: &Manager) -> f64 {
+    metric(m, "op_manager_http_request_duration_seconds_count", |l| {
+        l.contains("route=\"/v1/runs/{id}/output\"")
+    })
+    .await
+}
+
+#[tokio::test]
+async fn following_a_run_writes_nothing_through_raft_per_poll() {
+    let m = Manager::start();
+    let _agent = one_agent(&m).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let script = dir.path().join("slow.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "echo first-line\nwhile [ ! -e {gate} ]; do sleep 0.1; done\necho second-line\n",
+            gate = gate.display()
+        ),
+    )
+    .unwrap();
+    m.client()
+        .save_job_text(
+            "slow",
+            &format!(
+                r#"{{"JobName":"slow","Command":"sh {}","OnceJob":1}}"#,
+                script.display()
+            ),
+        )
+        .await
+        .unwrap();
+    let mut child = cli(&m)
+        .args(["logs", "slow", "node-1", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = collect(child.stdout.take().unwrap());
+    let err = collect(child.stderr.take().unwrap());
+    wait_until(LONG, "the first line streamed", || async {
+        text(&out).contains("first-line")
+    })
+    .await;
+    // While the run waits, agentcli asks for more twice a second: none of it is a raft write.
+    let writes = writes_but_heartbeats(&m).await;
+    let polls = output_polls(&m).await;
+    wait_until(LONG, "ten more polls", || async {
+        output_polls(&m).await >= polls + 10.0
+    })
+    .await;
+    assert_eq!(
+        writes_but_heartbeats(&m).await,
+        writes,
+        "raft writes while following: {}",
+        m.client().metrics().await.unwrap()
+    );
+    std::fs::write(&gate, "").unwrap();
+    let deadline = std::time::Instant::now() + LONG;
+    while child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "follow never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_until(LONG, "all output read", || async {
+        text(&out).contains("second-line") && text(&err).contains("ended: ok")
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn full_fetches_the_whole_output_from_the_agent() {
     let m = Manager::start();

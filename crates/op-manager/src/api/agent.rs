@@ -4,7 +4,10 @@
 //! Sync: the response is the node's FULL desired state, so a reconnect can never miss an update.
 //! It returns at once when the node's index differs from the one the agent passed, else parks on
 //! the hub's watch channel until the node's index moves or the wait ends. The wait is capped at
-//! half of `node_timeout`, because a parked agent sends no other heartbeat.
+//! half of `node_timeout`, because a parked agent sends no other heartbeat. An output request for
+//! the node (`crate::output`, never replicated) also ends the wait: an agent that passes
+//! `partial=1` then gets the request alone (`DesiredState::directives_only`), an older agent the
+//! full state with the request among its directives.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +16,8 @@ use axum::extract::State;
 use axum::{Extension, Json};
 use chrono::Utc;
 use op_proto::agent::{
-    DesiredState, Heartbeat, MAX_SYNC_WAIT_SECS, RefusedRun, RegisterRequest, RegisterResponse,
-    RunBatch, RunBatchAck,
+    DesiredState, Directive, Heartbeat, MAX_SYNC_WAIT_SECS, RefusedRun, RegisterRequest,
+    RegisterResponse, RunBatch, RunBatchAck,
 };
 use op_proto::job::validate_name;
 use op_proto::{API_VERSION, NodeStatus};
@@ -147,6 +150,9 @@ pub struct SyncParams {
     index: u64,
     /// Seconds (`30`) or a duration (`30s`).
     wait: Option<String>,
+    /// The agent takes a light answer (`DesiredState::directives_only`) for output requests.
+    #[serde(default)]
+    partial: Option<String>,
 }
 
 fn wait_of(app: &App, raw: Option<&str>) -> Result<Duration, ApiError> {
@@ -164,15 +170,41 @@ fn wait_of(app: &App, raw: Option<&str>) -> Result<Duration, ApiError> {
         .min(app.config.node_timeout / 2))
 }
 
-fn desired(app: &App, answer: NodeDesired, received_at: chrono::DateTime<Utc>) -> DesiredState {
+fn desired(
+    app: &App,
+    answer: NodeDesired,
+    uploads: Vec<Directive>,
+    received_at: chrono::DateTime<Utc>,
+) -> DesiredState {
+    let mut directives = answer.directives;
+    directives.extend(uploads);
     DesiredState {
         index: answer.state.index,
         jobs: answer.jobs,
         packages: answer.packages,
-        directives: answer.directives,
+        directives,
         managers: app.managers(),
         settings: Some(app.agent_settings()),
         received_at: Some(received_at),
+        directives_only: false,
+    }
+}
+
+/// The light answer: only output requests, for an agent that asked for light answers.
+fn uploads_only(
+    index: u64,
+    uploads: Vec<Directive>,
+    received_at: chrono::DateTime<Utc>,
+) -> DesiredState {
+    DesiredState {
+        index,
+        jobs: Vec::new(),
+        packages: Vec::new(),
+        directives: uploads,
+        managers: Vec::new(),
+        settings: None,
+        received_at: Some(received_at),
+        directives_only: true,
     }
 }
 
@@ -226,6 +258,10 @@ pub async fn sync(
     let waker = app.hub.waker(node);
     let mut mine = std::pin::pin!(waker.notified());
     mine.as_mut().enable();
+    // Output requests for this node come to this member while it syncs here (`crate::output`).
+    let attached = app.outputs.attach(node);
+    let mut uploads_ready = std::pin::pin!(attached.wake.notified());
+    uploads_ready.as_mut().enable();
     let Some(state) = live(app.hub.node(&app.store, node).await?) else {
         return Err(ApiError::UnknownNode(node));
     };
@@ -244,7 +280,8 @@ pub async fn sync(
             return Err(ApiError::UnknownNode(node));
         }
     }
-    if state.index == q.index && !wait.is_zero() {
+    let mut index_moved = state.index != q.index;
+    if !index_moved && !wait.is_zero() && !app.outputs.has_pending(node) {
         let deadline = tokio::time::Instant::now() + wait;
         app.metrics.syncs_parked.inc();
         let _parked = Parked(&app);
@@ -252,19 +289,38 @@ pub async fn sync(
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { break },
                 _ = mine.as_mut() => mine.set(waker.notified()),
+                _ = uploads_ready.as_mut() => {
+                    if app.outputs.has_pending(node) {
+                        break;
+                    }
+                    uploads_ready.set(attached.wake.notified());
+                    uploads_ready.as_mut().enable();
+                    continue;
+                }
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = app.shutdown.cancelled() => break,
             }
             mine.as_mut().enable();
             match live(app.hub.node(&app.store, node).await?) {
                 Some(s) if s.index == q.index => {}
-                _ => break,
+                _ => {
+                    index_moved = true;
+                    break;
+                }
             }
         }
     }
+    // An agent that takes light answers gets a waiting output request alone, without the
+    // desired state it already holds (a following reader asks twice a second).
+    if !index_moved && q.partial.as_deref() == Some("1") && app.outputs.has_pending(node) {
+        let uploads = app.outputs.take(node);
+        return Ok(Json(uploads_only(q.index, uploads, received_at)));
+    }
     match app.hub.desired(&app.store, node).await? {
         Some(answer) if live(Some(answer.state)).is_some() => {
-            Ok(Json(desired(&app, answer, received_at)))
+            // Taken after the last await: a call dropped before answering takes nothing.
+            let uploads = app.outputs.take(node);
+            Ok(Json(desired(&app, answer, uploads, received_at)))
         }
         _ => Err(ApiError::UnknownNode(node)),
     }

@@ -1,17 +1,21 @@
 //! A run's output beyond the tail stored with its record: `GET /v1/runs/{id}/output`.
 //!
 //! The full output lives in a file on the agent, and agents take no inbound connections. So the
-//! reader's manager writes a `RequestOutput` command (through raft, so whichever member the agent
-//! syncs with hands it out as a directive) naming itself as `reply_to`; the agent reads its file
-//! from the requested offset and posts the piece to `POST /v1/agent/output` on that member, which
-//! hands it to the waiting reader. The bytes never pass through raft.
+//! reader's manager hands an output request to the member the node's agent syncs with
+//! (`crate::output`): to itself when it holds the node's sync, which wakes the parked sync
+//! with just the request, else over the raft listener (`POST /raft/output`, authenticated like
+//! every peer request) to the member that last said it holds the node, or to every other member
+//! when none did or that one no longer does; each queues it for the node's next sync, and the
+//! agent answers a request it receives twice once. The agent reads its
+//! file from the requested offset and posts the piece to `POST /v1/agent/output` on the member
+//! named in `reply_to`, which hands it to the waiting reader. Neither the request nor the bytes
+//! pass through raft, and a request is forgotten when its reader stops waiting.
 //!
 //! The answer is the raw bytes (`application/octet-stream`) with `x-op-offset`,
 //! `x-op-next-offset`, `x-op-size` and `x-op-finished` headers; `agentcli logs --follow` asks
 //! again from `x-op-next-offset` until the run has finished and everything was read.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
@@ -19,64 +23,22 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use chrono::Utc;
 use op_proto::agent::{OUTPUT_CHUNK_MAX, OutputChunk};
-use op_store::Command;
 use serde::Deserialize;
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use crate::app::App;
 use crate::auth::Caller;
+use crate::output::OutputRequest;
+use crate::raft::messages::{ForwardedOutputAnswer, ForwardedOutputRequest};
 
 /// Longest a reader may wait for the agent.
 const MAX_WAIT_SECS: u64 = 30;
 const DEFAULT_WAIT_SECS: u64 = 10;
-
-/// Readers waiting for an agent's answer, by request id.
-#[derive(Debug, Default)]
-pub struct OutputWaiters(Mutex<HashMap<Uuid, (Uuid, oneshot::Sender<OutputChunk>)>>);
-
-impl OutputWaiters {
-    fn add(&self, request_id: Uuid, node_id: Uuid) -> oneshot::Receiver<OutputChunk> {
-        let (tx, rx) = oneshot::channel();
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(request_id, (node_id, tx));
-        rx
-    }
-
-    fn remove(&self, request_id: Uuid) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&request_id);
-    }
-
-    /// Hands `chunk` to its reader; false when nobody waits for it (any more).
-    fn deliver(&self, chunk: OutputChunk) -> bool {
-        let waiter = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&chunk.request_id);
-        match waiter {
-            // Only the node that was asked may answer.
-            Some((node, tx)) if node == chunk.node_id => tx.send(chunk).is_ok(),
-            Some(other) => {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(chunk.request_id, other);
-                false
-            }
-            None => false,
-        }
-    }
-}
+/// Longest a forward to another member may take; the reader does not wait for it.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,28 +71,21 @@ pub async fn read(
         }
     };
     let wait = Duration::from_secs(q.wait.unwrap_or(DEFAULT_WAIT_SECS).clamp(1, MAX_WAIT_SECS));
-    let request_id = Uuid::now_v7();
-    let answer = app.outputs.add(request_id, node_id);
-    let written = app
-        .write(Command::RequestOutput {
-            request_id,
-            node_id,
-            run_id,
-            offset: q.offset,
-            reply_to: app.api_url.clone(),
-            at: Utc::now(),
-        })
-        .await;
-    if let Err(e) = written {
-        app.outputs.remove(request_id);
-        return Err(e);
-    }
-    let chunk = tokio::select! {
-        c = answer => c.ok(),
-        _ = tokio::time::sleep(wait) => None,
-        _ = app.shutdown.cancelled() => None,
+    let request = OutputRequest {
+        request_id: Uuid::now_v7(),
+        node_id,
+        run_id,
+        offset: q.offset,
+        reply_to: app.api_url.clone(),
     };
-    app.outputs.remove(request_id);
+    // Dropped when this handler ends, however it ends: the reader and its request are forgotten.
+    let mut waiter = app.outputs.wait_for(&request);
+    if !app.outputs.holds(node_id) {
+        forward(&app, &request, wait);
+    }
+    // Queued here too when the node syncs elsewhere: its agent may be moving to this member.
+    app.outputs.offer(request, wait);
+    let chunk = waiter.answer(wait, app.shutdown.cancelled()).await;
     let Some(chunk) = chunk else {
         return Err(ApiError::Unavailable(format!(
             "the agent holding run {run_id} did not send its output within {}s (is it connected?)",
@@ -180,4 +135,55 @@ pub async fn upload(
             "nobody waits for this output (any more)".into(),
         ))
     }
+}
+
+/// Hands `request`, in the background, to the member the node was last found syncing with, or,
+/// when none is known or that member no longer holds the node, to every other member (the one
+/// the node syncs with queues it for its next sync; the others forget it when `wait` has
+/// passed). The member that answers it holds the node is where the node's next request goes.
+fn forward(app: &Arc<App>, request: &OutputRequest, wait: Duration) {
+    let body = ForwardedOutputRequest {
+        request: request.clone(),
+        wait_ms: wait.as_millis() as u64,
+    };
+    let app = app.clone();
+    tokio::spawn(async move {
+        let known = app.outputs.member_of(body.request.node_id);
+        if let Some(base) = &known
+            && send(&app, base, &body).await
+        {
+            return;
+        }
+        let others: Vec<String> = {
+            let metrics = app.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != m.id)
+                .map(|(_, member)| member.raft_addr.clone())
+                .filter(|base| Some(base) != known.as_ref())
+                .collect()
+        };
+        futures_util::future::join_all(others.iter().map(|base| send(&app, base, &body))).await;
+    });
+}
+
+/// Forwards one request to the member at `base`; true when that member holds the node's sync.
+async fn send(app: &App, base: &str, body: &ForwardedOutputRequest) -> bool {
+    let node = body.request.node_id;
+    let answer = app
+        .cluster
+        .peers
+        .post::<_, ForwardedOutputAnswer>(base, "/raft/output", body, FORWARD_TIMEOUT)
+        .await;
+    let held = match answer {
+        Ok(a) => a.held,
+        Err(e) => {
+            tracing::debug!(member = %base, error = %e, "output request not forwarded");
+            false
+        }
+    };
+    app.outputs.learn_member(node, base, held);
+    held
 }

@@ -1,5 +1,5 @@
 //! The bodies managers exchange on the raft listener besides openraft's own RPCs: joining,
-//! forwarded writes, read barriers, membership changes and leadership hand-over.
+//! forwarded writes, read barriers, membership changes, leadership hand-over and output requests.
 //!
 //! They live here rather than in `op-proto` because they carry `op-store`'s [`Command`] and
 //! openraft types, and only managers of the same build exchange them; they are still a wire
@@ -106,4 +106,19 @@ pub struct RemovedNotice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     pub node_id: NodeId,
+}
+
+/// `POST /raft/output`: a reader's output request, handed to the other members when the node
+/// does not sync with the reader's member (`crate::output`). Kept in memory for `wait_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardedOutputRequest {
+    pub request: crate::output::OutputRequest,
+    pub wait_ms: u64,
+}
+
+/// The answer to [`ForwardedOutputRequest`]: whether the node syncs with the member that queued
+/// it, so the reader's member sends the node's next requests there only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardedOutputAnswer {
+    pub held: bool,
 }

@@ -1,5 +1,5 @@
 //! The raft listener: openraft's RPCs and the other peer requests (forwarded writes, read
-//! barriers, membership, leadership transfer, blobs).
+//! barriers, membership, leadership transfer, blobs, output requests).
 //!
 //! Every route but `/raft/join` demands this cluster's secret (`Authorization: Bearer`,
 //! compared in constant time) and this cluster's id ([`CLUSTER_HEADER`]); a node of another
@@ -29,8 +29,8 @@ use subtle::ConstantTimeEq;
 
 use super::ClusterError;
 use super::messages::{
-    CLUSTER_HEADER, CampaignRequest, JoinRequest, JoinResponse, ReadIndexResponse, RemovedNotice,
-    WriteRequest, WriteResponse, code,
+    CLUSTER_HEADER, CampaignRequest, ForwardedOutputAnswer, ForwardedOutputRequest, JoinRequest,
+    JoinResponse, ReadIndexResponse, RemovedNotice, WriteRequest, WriteResponse, code,
 };
 use super::network::RAFT_BODY_LIMIT;
 use super::types::{NodeId, TypeConfig};
@@ -90,6 +90,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/raft/campaign", post(campaign))
         .route("/raft/removed", post(removed))
         .route("/raft/hello", post(hello))
+        .route("/raft/output", post(output_request))
         .route(
             "/raft/blobs/{sha256}",
             get(crate::blobs::replicate::serve_blob).put(crate::blobs::replicate::receive_blob),
@@ -314,4 +315,19 @@ async fn join(
         node_id,
         secret: app.cluster.identity.secret.clone(),
     }))
+}
+
+/// Longest a forwarded output request is kept (a reader waits at most 30 s).
+const FORWARDED_OUTPUT_MAX: Duration = Duration::from_secs(30);
+
+/// `POST /raft/output`: another member's reader asks for a run's output; queued for the node's
+/// next sync here (the agent syncs with one member; the others forget it when it expires).
+async fn output_request(
+    State(app): State<Arc<App>>,
+    Json(req): Json<ForwardedOutputRequest>,
+) -> Json<ForwardedOutputAnswer> {
+    let ttl = Duration::from_millis(req.wait_ms).min(FORWARDED_OUTPUT_MAX);
+    let held = app.outputs.holds(req.request.node_id);
+    app.outputs.offer(req.request, ttl);
+    Json(ForwardedOutputAnswer { held })
 }

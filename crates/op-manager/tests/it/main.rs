@@ -11,6 +11,7 @@ mod invoke;
 mod jobs;
 mod liveness;
 mod once;
+mod output;
 mod packages;
 mod release_fixtures;
 mod restart;

@@ -185,6 +185,31 @@ fn wire_fixture_desired_state_with_directives() {
 }
 
 #[test]
+fn wire_fixture_light_answer_with_an_output_request() {
+    // A sync answer carrying only an output request (to an agent that passed `partial=1`); the
+    // full answers above, without the flag, still read as full answers.
+    let text = data("wire/desired_state_light.json");
+    let state: op_proto::agent::DesiredState = serde_json::from_str(&text).unwrap();
+    assert!(state.directives_only);
+    assert!(matches!(
+        state.directives[..],
+        [op_proto::agent::Directive::UploadOutput { offset: 65536, .. }]
+    ));
+    let again: serde_json::Value = serde_json::to_value(&state).unwrap();
+    let orig: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(again, orig);
+    let full: op_proto::agent::DesiredState =
+        serde_json::from_str(&data("wire/desired_state_directives.json")).unwrap();
+    assert!(!full.directives_only);
+    assert!(
+        !serde_json::to_string(&full)
+            .unwrap()
+            .contains("directives_only"),
+        "a full answer is written as before"
+    );
+}
+
+#[test]
 fn wire_fixture_invoke_request() {
     let text = data("wire/invoke_request.json");
     let req: op_proto::invoke::InvokeRequest = serde_json::from_str(&text).unwrap();

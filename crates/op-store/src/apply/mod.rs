@@ -17,7 +17,7 @@ mod tokens;
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 use uuid::Uuid;
 
 use crate::codec::ms;
@@ -222,84 +222,10 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
         Command::CancelInvocation { id, at, actor } => {
             invocations::cancel(conn, index, *id, *at, actor, ch)
         }
-        Command::RequestOutput {
-            request_id,
-            node_id,
-            run_id,
-            offset,
-            reply_to,
-            at,
-        } => request_output(
-            conn,
-            index,
-            *request_id,
-            *node_id,
-            *run_id,
-            *offset,
-            reply_to,
-            *at,
-            ch,
-        ),
+        // Written by releases up to 0.1.0, before output requests left raft (they live in the
+        // memory of the member the node syncs with now): an old log still applies, to nothing.
+        Command::RequestOutput { .. } => Ok(Ok(CommandResult::Done)),
     }
-}
-
-/// How long an output request stays a directive.
-const OUTPUT_REQUEST_TTL_MS: i64 = 120_000;
-
-#[allow(clippy::too_many_arguments)]
-fn request_output(
-    conn: &Connection,
-    index: u64,
-    request_id: Uuid,
-    node_id: Uuid,
-    run_id: Uuid,
-    offset: u64,
-    reply_to: &str,
-    at: DateTime<Utc>,
-    ch: &mut Changes,
-) -> Outcome {
-    // Expired requests of every node go first; their nodes need no wake-up (the agent answered,
-    // or nobody is waiting any more), so they only refresh at the next change.
-    let expired: Vec<String> = {
-        let mut stmt =
-            conn.prepare("SELECT DISTINCT node_id FROM output_requests WHERE created_at < ?1")?;
-        let rows = stmt.query_map([ms(at) - OUTPUT_REQUEST_TTL_MS], |r| r.get(0))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    conn.execute(
-        "DELETE FROM output_requests WHERE created_at < ?1",
-        [ms(at) - OUTPUT_REQUEST_TTL_MS],
-    )?;
-    for n in expired.iter().filter_map(|n| Uuid::parse_str(n).ok()) {
-        ch.directives_ended.insert(n);
-    }
-    let known: bool = conn
-        .query_row(
-            "SELECT 1 FROM nodes WHERE node_id = ?1",
-            [node_id.to_string()],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some();
-    if !known {
-        return Ok(Err(Rejection::not_found(format!(
-            "node {node_id} is not known"
-        ))));
-    }
-    conn.execute(
-        "INSERT OR IGNORE INTO output_requests(request_id, node_id, run_id, offset, reply_to, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        rusqlite::params![
-            request_id.to_string(),
-            node_id.to_string(),
-            run_id.to_string(),
-            offset as i64,
-            reply_to,
-            ms(at)
-        ],
-    )?;
-    bump_desired_node(conn, index, node_id, ch)?;
-    Ok(Ok(CommandResult::Done))
 }
 
 fn init_cluster(conn: &Connection, cluster_id: &str) -> Outcome {

@@ -92,6 +92,8 @@ pub(super) fn prune(conn: &Connection, now: DateTime<Utc>, l: &RetentionLimits) 
         )?;
     }
     r.invocations = prune_invocations(conn, now, l)?;
+    // Output requests that releases up to 0.1.0 wrote through raft; nothing reads them now.
+    conn.execute("DELETE FROM output_requests", [])?;
     Ok(Ok(CommandResult::Pruned { report: r }))
 }
 

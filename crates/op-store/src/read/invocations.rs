@@ -231,31 +231,6 @@ pub(crate) fn directives(conn: &Connection, node: Option<Uuid>) -> Result<Vec<(U
             })),
         ));
     }
-    out.extend(output_requests(conn, node)?);
-    Ok(out)
-}
-
-/// Every node's pending output requests (see `Command::RequestOutput`).
-fn output_requests(conn: &Connection, node: Option<Uuid>) -> Result<Vec<(Uuid, Directive)>> {
-    let sql = if node.is_some() {
-        "SELECT node_id, request_id, run_id, offset, reply_to FROM output_requests WHERE node_id = ?1 ORDER BY created_at"
-    } else {
-        "SELECT node_id, request_id, run_id, offset, reply_to FROM output_requests WHERE ?1 IS NULL ORDER BY created_at"
-    };
-    let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query([node.map(|n| n.to_string())])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push((
-            uuid(&r.get::<_, String>(0)?),
-            Directive::UploadOutput {
-                request_id: uuid(&r.get::<_, String>(1)?),
-                run_id: uuid(&r.get::<_, String>(2)?),
-                offset: r.get::<_, i64>(3)? as u64,
-                reply_to: r.get(4)?,
-            },
-        ));
-    }
     Ok(out)
 }
 

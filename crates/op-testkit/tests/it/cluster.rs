@@ -783,3 +783,95 @@ async fn a_rolling_restart_under_write_load_loses_no_acknowledged_write() {
         );
     }
 }
+
+/// `logs --follow` and `--full` asked through a member the agent does not sync with: the output
+/// request is forwarded to the member holding the agent's long-poll, and the agent's answer
+/// comes back to the member the reader waits on; none of it through raft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_and_full_through_a_member_the_agent_does_not_sync_with() {
+    let c = Cluster::start(3, FAST_RAFT).await;
+    let mut options = AgentOptions::new("node-1", "127.0.0.2");
+    // Only member 0: the agent learns the others but stays where it is while it answers.
+    options.managers = vec![c.members[0].api_url.clone()];
+    options.manager_token = Some(c.agent_token.clone());
+    let _agent = Agent::start(options);
+    let client = c.client(1);
+    wait_until(LONG, "the agent Ready", || async {
+        client
+            .list_nodes()
+            .await
+            .is_ok_and(|n| n.iter().any(|n| n.status == NodeStatus::Ready))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let script = dir.path().join("gated.sh");
+    // Past the 64 KiB tail stored with the record, so --full must ask the agent.
+    std::fs::write(
+        &script,
+        format!(
+            "echo first-line\nwhile [ ! -e {gate} ]; do sleep 0.1; done\nseq 1 30000\n",
+            gate = gate.display()
+        ),
+    )
+    .unwrap();
+    client
+        .save_job_text(
+            "gated",
+            &format!(
+                r#"{{"JobName":"gated","Command":"sh {}","OnceJob":1}}"#,
+                script.display()
+            ),
+        )
+        .await
+        .unwrap();
+
+    let mut follow = std::process::Command::new(op_testkit::bin("agentcli"))
+        .args(["logs", "gated", "node-1", "--follow"])
+        .env("OP_MANAGER", &c.members[2].api_url)
+        .env("OP_TOKEN", &c.admin_token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let out = out.clone();
+        let mut pipe = follow.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut pipe, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    wait_until(LONG, "the first line streamed through member 2", || async {
+        String::from_utf8_lossy(&out.lock().unwrap()).contains("first-line")
+    })
+    .await;
+    std::fs::write(&gate, "").unwrap();
+    let status = tokio::task::spawn_blocking(move || follow.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    reader.join().unwrap();
+    let expected: String = std::iter::once("first-line\n".to_string())
+        .chain((1..=30_000).map(|i| format!("{i}\n")))
+        .collect();
+    assert!(status.success(), "follow failed");
+    assert!(
+        String::from_utf8_lossy(&out.lock().unwrap()) == expected,
+        "followed output differs"
+    );
+
+    let full = cli_ok(&agentcli(&c, 1, &["logs", "gated", "--full", "-o", "json"]));
+    let runs: Vec<RunRecord> = serde_json::from_str(&full).unwrap();
+    assert!(!runs[0].output_truncated);
+    assert!(
+        runs[0].output == expected,
+        "the whole output through member 1"
+    );
+}
