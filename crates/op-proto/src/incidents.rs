@@ -985,6 +985,7 @@ mod tests {
             output: out.map(|o| format!("starting\n{o}\n")).unwrap_or_default(),
             output_truncated: false,
             output_bytes: 0,
+            stderr_tail: String::new(),
             rusage: None,
             notes: vec![],
         }
