@@ -9,11 +9,11 @@ use op_proto::agent::AgentSettings;
 use op_store::{Command, CommandResult, Store};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::ApiError;
 use crate::auth::Authenticator;
 use crate::blobs::BlobStore;
 use crate::config::Config;
 use crate::downloads::DownloadGate;
+use crate::error::DomainError;
 use crate::heartbeat::HeartbeatBuffer;
 use crate::hub::Hub;
 use crate::ingest::RunIngest;
@@ -46,19 +46,19 @@ pub struct App {
 
 impl App {
     /// Proposes `command` through raft and waits until it is applied here. A deterministic
-    /// refusal by the state machine becomes the matching 4xx.
-    pub async fn write(&self, command: Command) -> Result<CommandResult, ApiError> {
+    /// refusal by the state machine is [`DomainError::Rejected`].
+    pub async fn write(&self, command: Command) -> Result<CommandResult, DomainError> {
         let kind = command.kind();
         let result = self.cluster.write(command).await?;
         self.metrics.command_applied(kind);
         match result {
-            CommandResult::Rejected { rejection } => Err(rejection.into()),
+            CommandResult::Rejected { rejection } => Err(DomainError::Rejected(rejection)),
             other => Ok(other),
         }
     }
 
     /// Runs a store query on a blocking thread.
-    pub async fn read<T, F>(&self, f: F) -> Result<T, ApiError>
+    pub async fn read<T, F>(&self, f: F) -> Result<T, DomainError>
     where
         T: Send + 'static,
         F: FnOnce(&Store) -> op_store::Result<T> + Send + 'static,
@@ -66,8 +66,8 @@ impl App {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || f(&store))
             .await
-            .map_err(|e| ApiError::Internal(format!("query task failed: {e}")))?
-            .map_err(ApiError::from)
+            .map_err(|e| DomainError::QueryTask(e.to_string()))?
+            .map_err(DomainError::from)
     }
 
     /// The API URLs of every manager in the cluster. Our own entry is our current address (it can

@@ -1,7 +1,54 @@
-//! The one error type of the op-manager library: why the manager could not start or stopped.
-//! Request errors are [`crate::api::ApiError`], mapped to HTTP in one place.
+//! The manager's own errors, free of HTTP: [`ManagerError`] (why the manager could not start or
+//! stopped) and [`DomainError`] (why a write, a read or a background step failed). Request
+//! handlers answer with [`crate::api::ApiError`]; `api/error.rs` is the one place that maps a
+//! [`DomainError`] to an HTTP status, error code and message.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use op_store::{Rejection, StoreError};
+
+use crate::raft::ClusterError;
+
+/// Why a domain operation failed: what the workers (liveness, fan-out, ingest, replication) and
+/// [`crate::app::App::write`]/[`crate::app::App::read`] return. Cheap to clone, so one failed
+/// group-commit write can answer every batch it carried.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DomainError {
+    /// The state machine refused the command: deterministic, the same answer on every member.
+    #[error("{}", .0.message)]
+    Rejected(Rejection),
+    /// The command did not get through raft (no leader, outcome unknown, ...).
+    #[error(transparent)]
+    Cluster(#[from] Arc<ClusterError>),
+    /// A query of the applied state failed.
+    #[error(transparent)]
+    Store(#[from] Arc<StoreError>),
+    /// The blocking thread of a query did not return (it panicked or was cancelled).
+    #[error("query task failed: {0}")]
+    QueryTask(String),
+    /// The state machine answered a command with a result of another kind.
+    #[error("unexpected answer to {command}")]
+    UnexpectedAnswer { command: &'static str },
+    /// The caller may not act for this subject (e.g. an agent credential for another node).
+    #[error("{0}")]
+    Denied(String),
+    /// The manager cannot do it now; retrying later (or elsewhere) can succeed.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<ClusterError> for DomainError {
+    fn from(e: ClusterError) -> Self {
+        DomainError::Cluster(Arc::new(e))
+    }
+}
+
+impl From<StoreError> for DomainError {
+    fn from(e: StoreError) -> Self {
+        DomainError::Store(Arc::new(e))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {

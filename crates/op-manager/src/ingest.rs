@@ -11,15 +11,15 @@ use op_proto::agent::{RunBatch, RunBatchAck};
 use op_store::{Command, CommandResult, NodeRuns};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::api::ApiError;
 use crate::app::App;
+use crate::error::DomainError;
 
 /// Most run records one command carries; the rest wait for the next.
 const MAX_RUNS_PER_COMMAND: usize = 5_000;
 /// Batches that may wait for the writer; a caller beyond that waits to enqueue.
 const QUEUE: usize = 10_000;
 
-type Reply = oneshot::Sender<Result<RunBatchAck, ApiError>>;
+type Reply = oneshot::Sender<Result<RunBatchAck, DomainError>>;
 
 /// The handle handlers submit batches to. Cheap to clone.
 #[derive(Clone)]
@@ -37,15 +37,15 @@ impl RunIngest {
     }
 
     /// Stores `batch` (idempotent by run id) and returns what was new.
-    pub async fn submit(&self, batch: RunBatch) -> Result<RunBatchAck, ApiError> {
+    pub async fn submit(&self, batch: RunBatch) -> Result<RunBatchAck, DomainError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send((batch, reply))
             .await
-            .map_err(|_| ApiError::Unavailable("the manager is shutting down".into()))?;
+            .map_err(|_| DomainError::Unavailable("the manager is shutting down".into()))?;
         answer
             .await
-            .map_err(|_| ApiError::Unavailable("the manager is shutting down".into()))?
+            .map_err(|_| DomainError::Unavailable("the manager is shutting down".into()))?
     }
 }
 
@@ -98,9 +98,9 @@ pub async fn run(app: std::sync::Arc<App>, mut queue: Queue) {
             }
             Ok(_) => {
                 for (_, reply) in waiting {
-                    let _ = reply.send(Err(ApiError::Internal(
-                        "unexpected answer to IngestRunBatches".into(),
-                    )));
+                    let _ = reply.send(Err(DomainError::UnexpectedAnswer {
+                        command: "IngestRunBatches",
+                    }));
                 }
             }
             Err(e) => {

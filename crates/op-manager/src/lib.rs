@@ -528,7 +528,7 @@ async fn bootstrap(app: &App) -> Result<(), ManagerError> {
     if !raft::is_leader(&app.raft) {
         return Ok(());
     }
-    let boot = |e: api::ApiError| ManagerError::Bootstrap(e.to_string());
+    let boot = |e: error::DomainError| ManagerError::Bootstrap(e.to_string());
     if app
         .read(|s| s.meta(META_CLUSTER_ID))
         .await

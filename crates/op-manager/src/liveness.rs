@@ -39,7 +39,7 @@ pub async fn run(app: Arc<App>) {
     }
 }
 
-async fn check(app: &App, started: DateTime<Utc>) -> Result<(), crate::api::ApiError> {
+async fn check(app: &App, started: DateTime<Utc>) -> Result<(), crate::error::DomainError> {
     let nodes = app.read(|s| s.nodes()).await?;
     let now = Utc::now();
     let timeout =

@@ -1,14 +1,17 @@
-//! The one place where request errors become HTTP responses: every handler returns
-//! [`ApiError`], and [`IntoResponse`] maps it to a status and an `op_proto::ErrorBody`.
+//! The one place where errors become HTTP responses: every handler returns [`ApiError`],
+//! [`IntoResponse`] maps it to a status and an `op_proto::ErrorBody`, and the `From` impls below
+//! map the domain's errors ([`DomainError`], a state-machine [`Rejection`], a [`ClusterError`])
+//! to it. Nothing outside `api/` and `ui/` uses [`ApiError`].
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use op_proto::api::{Scope, code};
 use op_proto::{API_VERSION, ErrorBody};
-use op_store::{Rejection, StoreError};
+use op_store::{Rejection, RejectionCode, StoreError};
 use uuid::Uuid;
 
+use crate::error::DomainError;
 use crate::raft::ClusterError;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -166,30 +169,56 @@ impl From<StoreError> for ApiError {
 
 impl From<ClusterError> for ApiError {
     fn from(e: ClusterError) -> Self {
+        ApiError::from(&e)
+    }
+}
+
+impl From<&ClusterError> for ApiError {
+    fn from(e: &ClusterError) -> Self {
         match e {
             ClusterError::NoLeader { .. } | ClusterError::NotLeader => {
                 ApiError::NoLeader(e.to_string())
             }
             ClusterError::OutcomeUnknown(_) => ApiError::OutcomeUnknown(e.to_string()),
-            ClusterError::Refused { code, message } => match code.as_str() {
-                "not_found" => ApiError::NotFound(message),
-                "conflict" | "wrong_cluster" => ApiError::Conflict(message),
-                "invalid" => ApiError::bad("invalid", message),
-                "disk_full" => ApiError::DiskFull(message),
-                _ => ApiError::Unavailable(message),
-            },
+            ClusterError::Refused { code, message } => {
+                let message = message.clone();
+                match code.as_str() {
+                    "not_found" => ApiError::NotFound(message),
+                    "conflict" | "wrong_cluster" => ApiError::Conflict(message),
+                    "invalid" => ApiError::bad("invalid", message),
+                    "disk_full" => ApiError::DiskFull(message),
+                    _ => ApiError::Unavailable(message),
+                }
+            }
             ClusterError::Raft(m) => ApiError::Unavailable(format!("raft: {m}")),
+        }
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        match e {
+            DomainError::Rejected(r) => r.into(),
+            DomainError::Cluster(c) => ApiError::from(&*c),
+            DomainError::Store(_)
+            | DomainError::QueryTask(_)
+            | DomainError::UnexpectedAnswer { .. } => ApiError::Internal(e.to_string()),
+            DomainError::Denied(m) => ApiError::Denied(m),
+            DomainError::Unavailable(m) => ApiError::Unavailable(m),
         }
     }
 }
 
 impl From<Rejection> for ApiError {
     fn from(r: Rejection) -> Self {
-        match r.code.as_str() {
-            "not_found" => ApiError::NotFound(r.message),
-            "conflict" => ApiError::Conflict(r.message),
-            "forbidden" => ApiError::Denied(r.message),
-            _ => ApiError::bad("invalid", r.message),
+        match r.code {
+            RejectionCode::NotFound => ApiError::NotFound(r.message),
+            RejectionCode::Conflict => ApiError::Conflict(r.message),
+            RejectionCode::Forbidden => ApiError::Denied(r.message),
+            // A code from a newer member is still a refusal of the request as sent.
+            RejectionCode::Invalid | RejectionCode::Unknown(_) => {
+                ApiError::bad("invalid", r.message)
+            }
         }
     }
 }

@@ -123,7 +123,7 @@ pub async fn read(
         .await;
     if let Err(e) = written {
         app.outputs.remove(request_id);
-        return Err(e);
+        return Err(e.into());
     }
     let chunk = tokio::select! {
         c = answer => c.ok(),

@@ -25,8 +25,8 @@ use reqwest::Method;
 use tokio::sync::mpsc;
 
 use super::{ReceiveError, is_blob_name};
-use crate::api::ApiError;
 use crate::app::App;
+use crate::error::DomainError;
 use crate::raft::messages::code;
 use crate::raft::network::{PeerError, Peers, send_json};
 use crate::raft::server::PeerRefusal;
@@ -79,7 +79,7 @@ async fn push_one(peers: &Peers, base: &str, path: PathBuf, sha256: &str) -> Res
 
 /// Copies blob `sha256` (in place here) to the other members and returns once a majority of the
 /// voters, this manager included, hold it. Pushes still running then continue in the background.
-pub async fn push_to_majority(app: &Arc<App>, sha256: &str) -> Result<(), ApiError> {
+pub async fn push_to_majority(app: &Arc<App>, sha256: &str) -> Result<(), DomainError> {
     let (peers, voters, self_votes) = others(app);
     let majority = voters / 2 + 1;
     let needed = majority.saturating_sub(usize::from(self_votes));
@@ -117,7 +117,7 @@ pub async fn push_to_majority(app: &Arc<App>, sha256: &str) -> Result<(), ApiErr
         }
     }
     if stored < needed {
-        return Err(ApiError::Unavailable(format!(
+        return Err(DomainError::Unavailable(format!(
             "the package reached {} of {voters} managers; it is accepted once a majority ({majority}) stores it",
             stored + usize::from(self_votes)
         )));

@@ -54,7 +54,7 @@ pub async fn run(app: Arc<App>) {
 }
 
 /// One pass over the running invocations; returns how long to sleep until something is due.
-async fn drive(app: &App) -> Result<Duration, crate::api::ApiError> {
+async fn drive(app: &App) -> Result<Duration, crate::error::DomainError> {
     let live = app.read(|s| s.live_invocations()).await?;
     let now = Utc::now();
     let mut next = now + chrono::Duration::from_std(MAX_SLEEP).unwrap_or_default();
