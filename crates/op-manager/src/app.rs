@@ -1,7 +1,7 @@
-//! The shared state of a running manager, handed to every handler and background task, and the
-//! two ways they touch the state: [`App::write`] (a command through raft, forwarded to the leader
-//! when this manager is a follower) and [`App::read`] (a store query on a blocking thread, on
-//! this manager's applied state).
+//! The shared state of a running manager, handed to every HTTP handler (the API, the console and
+//! the raft listener), with the handlers' shorthands for [`crate::state`]'s two ways to touch the
+//! state: [`App::write`] and [`App::read`]. Background workers do not take it: each takes the
+//! handles it uses (see `lib.rs`'s `start`).
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::blobs::BlobStore;
+use crate::blobs::replicate::Replicas;
 use crate::config::Config;
 use crate::downloads::DownloadGate;
 use crate::error::DomainError;
@@ -19,6 +20,7 @@ use crate::hub::Hub;
 use crate::ingest::RunIngest;
 use crate::metrics::Metrics;
 use crate::raft::{Cluster, Raft};
+use crate::state::{self, Writer};
 
 pub struct App {
     pub config: Config,
@@ -27,11 +29,13 @@ pub struct App {
     /// This manager's place in its cluster: identity, peers, forwarding, membership.
     pub cluster: Arc<Cluster>,
     pub hub: Arc<Hub>,
-    pub beats: HeartbeatBuffer,
+    pub beats: Arc<HeartbeatBuffer>,
     /// Where run batches go to be written (group commit).
     pub ingest: RunIngest,
     pub auth: Authenticator,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// Proposes commands through `cluster`, counting them in `metrics`.
+    pub writer: Writer,
     /// Package content on this manager's disk.
     pub blobs: Arc<BlobStore>,
     /// The cap on concurrent package downloads.
@@ -48,13 +52,7 @@ impl App {
     /// Proposes `command` through raft and waits until it is applied here. A deterministic
     /// refusal by the state machine is [`DomainError::Rejected`].
     pub async fn write(&self, command: Command) -> Result<CommandResult, DomainError> {
-        let kind = command.kind();
-        let result = self.cluster.write(command).await?;
-        self.metrics.command_applied(kind);
-        match result {
-            CommandResult::Rejected { rejection } => Err(DomainError::Rejected(rejection)),
-            other => Ok(other),
-        }
+        self.writer.write(command).await
     }
 
     /// Runs a store query on a blocking thread.
@@ -63,11 +61,18 @@ impl App {
         T: Send + 'static,
         F: FnOnce(&Store) -> op_store::Result<T> + Send + 'static,
     {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| DomainError::QueryTask(e.to_string()))?
-            .map_err(DomainError::from)
+        state::read(&self.store, f).await
+    }
+
+    /// What blob replication needs, for the upload and download handlers.
+    pub fn replicas(&self) -> Replicas {
+        Replicas {
+            blobs: self.blobs.clone(),
+            cluster: self.cluster.clone(),
+            metrics: self.metrics.clone(),
+            max_bytes: self.config.upload_max_bytes,
+            stall_timeout: self.config.header_read_timeout,
+        }
     }
 
     /// The API URLs of every manager in the cluster. Our own entry is our current address (it can

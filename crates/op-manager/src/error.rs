@@ -1,5 +1,6 @@
 //! The manager's own errors, free of HTTP: [`ManagerError`] (why the manager could not start or
-//! stopped) and [`DomainError`] (why a write, a read or a background step failed). Request
+//! stopped), [`ClusterError`] (why a raft operation did not happen) and [`DomainError`] (why a
+//! write, a read or a background step failed). Request
 //! handlers answer with [`crate::api::ApiError`]; `api/error.rs` is the one place that maps a
 //! [`DomainError`] to an HTTP status, error code and message.
 
@@ -8,7 +9,7 @@ use std::sync::Arc;
 
 use op_store::{Rejection, StoreError};
 
-use crate::raft::ClusterError;
+use crate::raft::messages::code;
 
 /// Why a domain operation failed: what the workers (liveness, fan-out, ingest, replication) and
 /// [`crate::app::App::write`]/[`crate::app::App::read`] return. Cheap to clone, so one failed
@@ -82,4 +83,42 @@ pub enum ManagerError {
     Join(String),
     #[error("recover: {0}")]
     Recover(String),
+}
+
+/// Why a cluster operation did not happen (or might not have).
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "no raft leader within {secs} s: a majority of the managers may be down or unreachable"
+    )]
+    NoLeader { secs: u64 },
+    #[error(
+        "the change reached the leader but no answer came back ({0}); it may or may not have been made"
+    )]
+    OutcomeUnknown(String),
+    #[error("{message}")]
+    Refused { code: String, message: String },
+    #[error("raft: {0}")]
+    Raft(String),
+    /// This node is not the leader (any more); [`crate::raft::Cluster`] retries on the leader.
+    #[error("this manager is not the raft leader")]
+    NotLeader,
+}
+
+impl ClusterError {
+    pub fn refused(code: &str, message: impl Into<String>) -> ClusterError {
+        ClusterError::Refused {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The error code a peer sends for this error.
+    pub fn code(&self) -> &str {
+        match self {
+            ClusterError::NotLeader | ClusterError::NoLeader { .. } => code::NOT_LEADER,
+            ClusterError::Refused { code, .. } => code,
+            _ => code::FAILED,
+        }
+    }
 }

@@ -14,11 +14,10 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::response::Response;
+use axum::routing::{delete, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use op_proto::ErrorBody;
 use op_proto::api::{AddMemberRequest, Scope, TransferLeaderRequest};
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
@@ -33,51 +32,13 @@ use super::messages::{
     WriteRequest, WriteResponse, code,
 };
 use super::network::RAFT_BODY_LIMIT;
+use super::refusal::PeerRefusal;
 use super::types::{NodeId, TypeConfig};
 use crate::app::App;
 
-/// A refusal on the raft listener: a status and an `ErrorBody`.
-#[derive(Debug)]
-pub struct PeerRefusal {
-    status: StatusCode,
-    body: ErrorBody,
-}
-
-impl PeerRefusal {
-    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> PeerRefusal {
-        PeerRefusal {
-            status,
-            body: ErrorBody::new(code, message),
-        }
-    }
-}
-
-impl IntoResponse for PeerRefusal {
-    fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
-    }
-}
-
-impl From<ClusterError> for PeerRefusal {
-    fn from(e: ClusterError) -> Self {
-        let status = match &e {
-            ClusterError::NotLeader | ClusterError::NoLeader { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ClusterError::Refused { code, .. } if code == "not_found" => StatusCode::NOT_FOUND,
-            ClusterError::Refused { code, .. } if code == "conflict" => StatusCode::CONFLICT,
-            ClusterError::Refused { code, .. } if code == "invalid" => StatusCode::BAD_REQUEST,
-            ClusterError::Refused { code: c, .. } if c == code::DISK_FULL => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        PeerRefusal::new(status, e.code(), e.to_string())
-    }
-}
-
-/// The raft listener's routes.
-pub fn router(app: Arc<App>) -> Router {
+/// The raft listener's routes; `extra` (the blob transfer routes of `blobs::replicate`) is served
+/// behind the same peer authentication.
+pub fn router(app: Arc<App>, extra: Router<Arc<App>>) -> Router {
     let authenticated = Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
@@ -90,10 +51,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/raft/campaign", post(campaign))
         .route("/raft/removed", post(removed))
         .route("/raft/hello", post(hello))
-        .route(
-            "/raft/blobs/{sha256}",
-            get(crate::blobs::replicate::serve_blob).put(crate::blobs::replicate::receive_blob),
-        )
+        .merge(extra)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             authenticate,
