@@ -9,8 +9,6 @@ use std::sync::Arc;
 
 use op_store::{Rejection, StoreError};
 
-use crate::raft::messages::code;
-
 /// Why a domain operation failed: what the workers (liveness, fan-out, ingest, replication) and
 /// [`crate::app::App::write`]/[`crate::app::App::read`] return. Cheap to clone, so one failed
 /// group-commit write can answer every batch it carried.
@@ -110,15 +108,6 @@ impl ClusterError {
         ClusterError::Refused {
             code: code.to_string(),
             message: message.into(),
-        }
-    }
-
-    /// The error code a peer sends for this error.
-    pub fn code(&self) -> &str {
-        match self {
-            ClusterError::NotLeader | ClusterError::NoLeader { .. } => code::NOT_LEADER,
-            ClusterError::Refused { code, .. } => code,
-            _ => code::FAILED,
         }
     }
 }

@@ -102,6 +102,18 @@ impl RaftSettings {
     }
 }
 
+/// The raft side of [`ClusterError`] (defined in `error.rs`, beside the other errors).
+impl ClusterError {
+    /// The error code a peer sends for this error.
+    pub fn code(&self) -> &str {
+        match self {
+            ClusterError::NotLeader | ClusterError::NoLeader { .. } => code::NOT_LEADER,
+            ClusterError::Refused { code, .. } => code,
+            _ => code::FAILED,
+        }
+    }
+}
+
 /// What is asked of the leader.
 #[derive(Debug, Clone)]
 enum Op {
