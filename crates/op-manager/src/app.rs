@@ -32,7 +32,7 @@ pub struct App {
     pub beats: Arc<HeartbeatBuffer>,
     /// Where run batches go to be written (group commit).
     pub ingest: RunIngest,
-    pub auth: Authenticator,
+    pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
     /// Proposes commands through `cluster`, counting them in `metrics`.
     pub writer: Writer,

@@ -275,7 +275,7 @@ pub async fn start(
     let (ingest, ingest_queue) = ingest::RunIngest::new();
     let writer = state::Writer::new(cluster.clone(), metrics.clone());
     let app = Arc::new(App {
-        auth: Authenticator::new(store.clone(), hub.clone()),
+        auth: Arc::new(Authenticator::new(store.clone(), hub.clone())),
         beats: Arc::new(HeartbeatBuffer::new(config.load_sample_every)),
         ingest,
         metrics,
@@ -295,7 +295,14 @@ pub async fn start(
     let raft_handle = axum_server::Handle::new();
     let raft_server = serve(
         listeners.raft,
-        raft::server::router(app.clone(), blobs::replicate::routes(app.replicas())),
+        raft::server::router(
+            Arc::new(raft::server::RaftListener {
+                cluster: cluster.clone(),
+                auth: app.auth.clone(),
+                metrics: app.metrics.clone(),
+            }),
+            blobs::replicate::routes(app.replicas()),
+        ),
         app.config.conn_limits(),
         raft_handle.clone(),
         raft_tls.clone(),

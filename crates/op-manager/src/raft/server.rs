@@ -26,7 +26,6 @@ use openraft::raft::{
 };
 use subtle::ConstantTimeEq;
 
-use super::ClusterError;
 use super::messages::{
     CLUSTER_HEADER, CampaignRequest, JoinRequest, JoinResponse, ReadIndexResponse, RemovedNotice,
     WriteRequest, WriteResponse, code,
@@ -34,11 +33,21 @@ use super::messages::{
 use super::network::RAFT_BODY_LIMIT;
 use super::refusal::PeerRefusal;
 use super::types::{NodeId, TypeConfig};
-use crate::app::App;
+use super::{Cluster, ClusterError};
+use crate::auth::Authenticator;
+use crate::metrics::Metrics;
+
+/// What the raft listener's handlers use.
+pub struct RaftListener {
+    pub cluster: Arc<Cluster>,
+    /// Checks an admin token presented to `/raft/join`.
+    pub auth: Arc<Authenticator>,
+    pub metrics: Arc<Metrics>,
+}
 
 /// The raft listener's routes; `extra` (the blob transfer routes of `blobs::replicate`) is served
 /// behind the same peer authentication.
-pub fn router(app: Arc<App>, extra: Router<Arc<App>>) -> Router {
+pub fn router(app: Arc<RaftListener>, extra: Router<Arc<RaftListener>>) -> Router {
     let authenticated = Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
@@ -69,13 +78,13 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
-fn is_secret(app: &App, presented: &str) -> bool {
+fn is_secret(app: &RaftListener, presented: &str) -> bool {
     let secret = app.cluster.identity.secret.as_bytes();
     presented.len() == secret.len() && bool::from(presented.as_bytes().ct_eq(secret))
 }
 
 async fn authenticate(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     req: Request,
     next: Next,
 ) -> Result<Response, PeerRefusal> {
@@ -106,21 +115,22 @@ async fn authenticate(
 }
 
 async fn append(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     Json(req): Json<AppendEntriesRequest<TypeConfig>>,
 ) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
-    Json(app.raft.append_entries(req).await)
+    Json(app.cluster.raft.append_entries(req).await)
 }
 
 async fn vote(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     Json(req): Json<VoteRequest<NodeId>>,
 ) -> Result<Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>>, PeerRefusal> {
     // A removed node that never learned of its removal keeps campaigning; tell it instead of
     // letting it raise the term. (The leader lease would refuse it too, but silently.)
     let candidate = req.vote.leader_id().voted_for();
     let known = candidate.is_some_and(|c| {
-        app.raft
+        app.cluster
+            .raft
             .metrics()
             .borrow()
             .membership_config
@@ -139,18 +149,18 @@ async fn vote(
             ),
         ));
     }
-    Ok(Json(app.raft.vote(req).await))
+    Ok(Json(app.cluster.raft.vote(req).await))
 }
 
 async fn snapshot(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
 ) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
-    Json(app.raft.install_snapshot(req).await)
+    Json(app.cluster.raft.install_snapshot(req).await)
 }
 
 async fn write(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     Json(req): Json<WriteRequest>,
 ) -> Result<Json<WriteResponse>, PeerRefusal> {
     if !app.cluster.is_leader() {
@@ -162,7 +172,9 @@ async fn write(
     Ok(Json(resp))
 }
 
-async fn read_index(State(app): State<Arc<App>>) -> Result<Json<ReadIndexResponse>, PeerRefusal> {
+async fn read_index(
+    State(app): State<Arc<RaftListener>>,
+) -> Result<Json<ReadIndexResponse>, PeerRefusal> {
     if !app.cluster.is_leader() {
         return Err(ClusterError::NotLeader.into());
     }
@@ -171,7 +183,7 @@ async fn read_index(State(app): State<Arc<App>>) -> Result<Json<ReadIndexRespons
 }
 
 async fn add_member(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     Json(req): Json<AddMemberRequest>,
 ) -> Result<Json<serde_json::Value>, PeerRefusal> {
     // Any member takes the request; the leader does it.
@@ -180,7 +192,7 @@ async fn add_member(
 }
 
 async fn remove_member(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     Path(id): Path<NodeId>,
 ) -> Result<Json<serde_json::Value>, PeerRefusal> {
     if !app.cluster.is_leader() {
@@ -191,7 +203,7 @@ async fn remove_member(
 }
 
 async fn transfer_leader(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     Json(req): Json<TransferLeaderRequest>,
 ) -> Result<Json<serde_json::Value>, PeerRefusal> {
     if !app.cluster.is_leader() {
@@ -202,10 +214,10 @@ async fn transfer_leader(
 }
 
 async fn campaign(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     Json(req): Json<CampaignRequest>,
 ) -> Json<serde_json::Value> {
-    let raft = app.raft.clone();
+    let raft = app.cluster.raft.clone();
     let after = Duration::from_millis(req.after_ms.min(60_000));
     tokio::spawn(async move {
         tokio::time::sleep(after).await;
@@ -218,7 +230,7 @@ async fn campaign(
 }
 
 async fn removed(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     Json(notice): Json<RemovedNotice>,
 ) -> Json<serde_json::Value> {
     if notice.node_id == app.cluster.id() {
@@ -227,7 +239,7 @@ async fn removed(
     Json(serde_json::json!({}))
 }
 
-async fn hello(State(app): State<Arc<App>>) -> Json<super::messages::Hello> {
+async fn hello(State(app): State<Arc<RaftListener>>) -> Json<super::messages::Hello> {
     Json(super::messages::Hello {
         node_id: app.cluster.id(),
     })
@@ -235,7 +247,7 @@ async fn hello(State(app): State<Arc<App>>) -> Json<super::messages::Hello> {
 
 /// Step 1 of joining: the cluster's identity, for an admin token or the cluster secret.
 async fn join(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     headers: HeaderMap,
     Json(req): Json<JoinRequest>,
 ) -> Result<Json<JoinResponse>, PeerRefusal> {
