@@ -222,3 +222,124 @@ impl From<Rejection> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(code: RejectionCode) -> DomainError {
+        DomainError::Rejected(Rejection {
+            code,
+            message: "refused".into(),
+        })
+    }
+
+    async fn answer(e: DomainError) -> (u16, String, String) {
+        let resp = ApiError::from(e).into_response();
+        let status = resp.status().as_u16();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body: ErrorBody = serde_json::from_slice(&body).unwrap();
+        (status, body.code, body.message)
+    }
+
+    /// Every kind of domain error gets the status, code and message the HTTP API has always
+    /// answered with; a rejection code from a newer member is a 400 like `invalid`.
+    #[tokio::test]
+    async fn domain_errors_map_to_their_http_answers() {
+        let store = StoreError::Poisoned;
+        let store_message = format!("internal error: {store}");
+        let cases = [
+            (
+                rejected(RejectionCode::NotFound),
+                404,
+                "not_found",
+                "refused".to_string(),
+            ),
+            (
+                rejected(RejectionCode::Conflict),
+                409,
+                "conflict",
+                "refused".into(),
+            ),
+            (
+                rejected(RejectionCode::Forbidden),
+                403,
+                "forbidden",
+                "refused".into(),
+            ),
+            (
+                rejected(RejectionCode::Invalid),
+                400,
+                "invalid",
+                "refused".into(),
+            ),
+            (
+                rejected(RejectionCode::Unknown("quota_exceeded".into())),
+                400,
+                "invalid",
+                "refused".into(),
+            ),
+            (
+                ClusterError::NoLeader { secs: 5 }.into(),
+                503,
+                "no_leader",
+                ClusterError::NoLeader { secs: 5 }.to_string(),
+            ),
+            (
+                ClusterError::OutcomeUnknown("reset".into()).into(),
+                503,
+                "outcome_unknown",
+                ClusterError::OutcomeUnknown("reset".into()).to_string(),
+            ),
+            (
+                ClusterError::refused("disk_full", "the disk is full").into(),
+                503,
+                "disk_full",
+                "the disk is full".into(),
+            ),
+            (
+                ClusterError::refused("wrong_cluster", "another cluster").into(),
+                409,
+                "conflict",
+                "another cluster".into(),
+            ),
+            (store.into(), 500, "internal", store_message),
+            (
+                DomainError::QueryTask("panicked".into()),
+                500,
+                "internal",
+                "internal error: query task failed: panicked".into(),
+            ),
+            (
+                DomainError::UnexpectedAnswer {
+                    command: "IngestRunBatches",
+                },
+                500,
+                "internal",
+                "internal error: unexpected answer to IngestRunBatches".into(),
+            ),
+            (
+                DomainError::Denied("not yours".into()),
+                403,
+                "forbidden",
+                "not yours".into(),
+            ),
+            (
+                DomainError::Unavailable("shutting down".into()),
+                503,
+                "unavailable",
+                "shutting down".into(),
+            ),
+        ];
+        for (error, status, code, message) in cases {
+            let what = format!("{error:?}");
+            assert_eq!(
+                answer(error).await,
+                (status, code.to_string(), message),
+                "{what}"
+            );
+        }
+    }
+}
