@@ -1,7 +1,7 @@
-//! The shared state of a running manager, handed to every handler and background task, and the
-//! two ways they touch the state: [`App::write`] (a command through raft, forwarded to the leader
-//! when this manager is a follower) and [`App::read`] (a store query on a blocking thread, on
-//! this manager's applied state).
+//! The shared state of a running manager, handed to every HTTP handler (the API, the console and
+//! the raft listener), with the handlers' shorthands for [`crate::state`]'s two ways to touch the
+//! state: [`App::write`] and [`App::read`]. Background workers do not take it: each takes the
+//! handles it uses (see `lib.rs`'s `start`).
 
 use std::sync::Arc;
 
@@ -9,16 +9,18 @@ use op_proto::agent::AgentSettings;
 use op_store::{Command, CommandResult, Store};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::ApiError;
 use crate::auth::Authenticator;
 use crate::blobs::BlobStore;
+use crate::blobs::replicate::Replicas;
 use crate::config::Config;
 use crate::downloads::DownloadGate;
+use crate::error::DomainError;
 use crate::heartbeat::HeartbeatBuffer;
 use crate::hub::Hub;
 use crate::ingest::RunIngest;
 use crate::metrics::Metrics;
 use crate::raft::{Cluster, Raft};
+use crate::state::{self, Writer};
 
 pub struct App {
     pub config: Config,
@@ -27,11 +29,13 @@ pub struct App {
     /// This manager's place in its cluster: identity, peers, forwarding, membership.
     pub cluster: Arc<Cluster>,
     pub hub: Arc<Hub>,
-    pub beats: HeartbeatBuffer,
+    pub beats: Arc<HeartbeatBuffer>,
     /// Where run batches go to be written (group commit).
     pub ingest: RunIngest,
-    pub auth: Authenticator,
-    pub metrics: Metrics,
+    pub auth: Arc<Authenticator>,
+    pub metrics: Arc<Metrics>,
+    /// Proposes commands through `cluster`, counting them in `metrics`.
+    pub writer: Writer,
     /// Package content on this manager's disk.
     pub blobs: Arc<BlobStore>,
     /// The cap on concurrent package downloads.
@@ -41,33 +45,34 @@ pub struct App {
     pub api_url: String,
     pub raft_url: String,
     /// Output requests for the nodes syncing here and readers waiting for an answer (`output`).
-    pub outputs: crate::output::OutputRequests,
+    pub outputs: Arc<crate::output::OutputRequests>,
 }
 
 impl App {
     /// Proposes `command` through raft and waits until it is applied here. A deterministic
-    /// refusal by the state machine becomes the matching 4xx.
-    pub async fn write(&self, command: Command) -> Result<CommandResult, ApiError> {
-        let kind = command.kind();
-        let result = self.cluster.write(command).await?;
-        self.metrics.command_applied(kind);
-        match result {
-            CommandResult::Rejected { rejection } => Err(rejection.into()),
-            other => Ok(other),
-        }
+    /// refusal by the state machine is [`DomainError::Rejected`].
+    pub async fn write(&self, command: Command) -> Result<CommandResult, DomainError> {
+        self.writer.write(command).await
     }
 
     /// Runs a store query on a blocking thread.
-    pub async fn read<T, F>(&self, f: F) -> Result<T, ApiError>
+    pub async fn read<T, F>(&self, f: F) -> Result<T, DomainError>
     where
         T: Send + 'static,
         F: FnOnce(&Store) -> op_store::Result<T> + Send + 'static,
     {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| ApiError::Internal(format!("query task failed: {e}")))?
-            .map_err(ApiError::from)
+        state::read(&self.store, f).await
+    }
+
+    /// What blob replication needs, for the upload and download handlers.
+    pub fn replicas(&self) -> Replicas {
+        Replicas {
+            blobs: self.blobs.clone(),
+            cluster: self.cluster.clone(),
+            metrics: self.metrics.clone(),
+            max_bytes: self.config.upload_max_bytes,
+            stall_timeout: self.config.header_read_timeout,
+        }
     }
 
     /// The API URLs of every manager in the cluster. Our own entry is our current address (it can

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::RwLock;
 
+use crate::error::DomainError;
 use crate::hub::Hub;
 
 /// Who is calling: the token's name (the audit actor) and scope.
@@ -36,14 +37,13 @@ pub struct Caller {
 impl Caller {
     /// Checks that this agent caller may speak for `node`: only the node's own credential may
     /// (the shared enrollment token can only register).
-    pub fn speaks_for(&self, node: uuid::Uuid) -> Result<(), crate::api::error::ApiError> {
-        use crate::api::error::ApiError;
+    pub fn speaks_for(&self, node: uuid::Uuid) -> Result<(), DomainError> {
         match self.node_id {
             Some(own) if own == node => Ok(()),
-            Some(own) => Err(ApiError::Denied(format!(
+            Some(own) => Err(DomainError::Denied(format!(
                 "this credential belongs to node {own}, not {node}"
             ))),
-            None => Err(ApiError::Denied(
+            None => Err(DomainError::Denied(
                 "an enrollment token can only register a node; use the node credential \
                  returned at registration"
                     .into(),

@@ -16,8 +16,11 @@ use op_proto::NodeInfo;
 use op_store::{Command, NodeBeat};
 use uuid::Uuid;
 
-use crate::app::App;
+use tokio_util::sync::CancellationToken;
+
 use crate::load_history::LoadHistory;
+use crate::metrics::Metrics;
+use crate::state::Writer;
 
 pub struct HeartbeatBuffer {
     pending: Mutex<HashMap<Uuid, NodeBeat>>,
@@ -110,15 +113,21 @@ impl HeartbeatBuffer {
     }
 }
 
-/// Writes the buffered beats every `heartbeat_flush`, and once more at shutdown.
-pub async fn flush_loop(app: Arc<App>) {
-    let mut tick = tokio::time::interval(app.config.heartbeat_flush);
+/// Writes the buffered beats every `every` (`heartbeat_flush`), and once more at shutdown.
+pub async fn flush_loop(
+    beats: Arc<HeartbeatBuffer>,
+    writer: Writer,
+    metrics: Arc<Metrics>,
+    every: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => flush(&app).await,
-            _ = app.shutdown.cancelled() => {
-                flush(&app).await;
+            _ = tick.tick() => flush(&beats, &writer, &metrics).await,
+            _ = shutdown.cancelled() => {
+                flush(&beats, &writer, &metrics).await;
                 return;
             }
         }
@@ -127,19 +136,19 @@ pub async fn flush_loop(app: Arc<App>) {
 
 /// Every manager flushes the beats of the agents it serves; a follower's command is forwarded to
 /// the leader like any write.
-async fn flush(app: &App) {
-    app.beats.load.prune(Utc::now());
-    let beats = app.beats.take();
+async fn flush(buffer: &HeartbeatBuffer, writer: &Writer, metrics: &Metrics) {
+    buffer.load.prune(Utc::now());
+    let beats = buffer.take();
     if beats.is_empty() {
         return;
     }
     let n = beats.len();
     let beats_copy = beats.clone();
-    match app.write(Command::Heartbeats { beats }).await {
-        Ok(_) => app.metrics.heartbeats_flushed(n as u64),
+    match writer.write(Command::Heartbeats { beats }).await {
+        Ok(_) => metrics.heartbeats_flushed(n as u64),
         Err(e) => {
             tracing::warn!(error = %e, beats = n, "could not write heartbeats; keeping them for the next flush");
-            app.beats.restore(beats_copy);
+            buffer.restore(beats_copy);
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod backup;
 pub mod blobs;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod downloads;
 pub mod error;
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod output;
 pub mod raft;
 pub mod retention;
+pub mod state;
 pub mod ui;
 
 use std::net::{SocketAddr, TcpListener};
@@ -269,14 +271,16 @@ pub async fn start(
 
     let blob_dir = dir.join("blobs");
     let blobs = Arc::new(BlobStore::open(blob_dir.clone()).map_err(|e| io_err(&blob_dir, e))?);
-    let metrics = Metrics::new();
+    let metrics = Arc::new(Metrics::new());
     let downloads = DownloadGate::new(config.download_concurrency, metrics.downloads.clone());
     let (ingest, ingest_queue) = ingest::RunIngest::new();
+    let writer = state::Writer::new(cluster.clone(), metrics.clone());
     let app = Arc::new(App {
-        auth: Authenticator::new(store.clone(), hub.clone()),
-        beats: HeartbeatBuffer::new(config.load_sample_every),
+        auth: Arc::new(Authenticator::new(store.clone(), hub.clone())),
+        beats: Arc::new(HeartbeatBuffer::new(config.load_sample_every)),
         ingest,
         metrics,
+        writer,
         blobs,
         downloads,
         shutdown: shutdown.clone(),
@@ -292,7 +296,15 @@ pub async fn start(
     let raft_handle = axum_server::Handle::new();
     let raft_server = serve(
         listeners.raft,
-        raft::server::router(app.clone()),
+        raft::server::router(
+            Arc::new(raft::server::RaftListener {
+                cluster: cluster.clone(),
+                auth: app.auth.clone(),
+                metrics: app.metrics.clone(),
+                outputs: app.outputs.clone(),
+            }),
+            blobs::replicate::routes(app.replicas()),
+        ),
         app.config.conn_limits(),
         raft_handle.clone(),
         raft_tls.clone(),
@@ -330,17 +342,75 @@ pub async fn start(
     if let (Some(tls), Some(served)) = (&app.config.peer_tls, raft_tls) {
         tasks.push(tls.watch(served, shutdown.clone()));
     }
+    // Each background worker takes the handles it uses, not the whole App.
+    let config = &app.config;
     tasks.extend([
-        tokio::spawn(heartbeat::flush_loop(app.clone())),
-        tokio::spawn(liveness::run(app.clone())),
-        tokio::spawn(retention::run(app.clone())),
-        tokio::spawn(blobs::gc_loop(app.clone())),
-        tokio::spawn(fanout::driver::run(app.clone())),
-        tokio::spawn(ingest::run(app.clone(), ingest_queue)),
-        tokio::spawn(memory::trim_loop(app.shutdown.clone())),
-        tokio::spawn(blobs::replicate::sync_loop(app.clone())),
-        tokio::spawn(raft::events::watch(app.clone())),
-        tokio::spawn(exit_on_raft_stop(app.clone(), raft_stopped.clone())),
+        tokio::spawn(heartbeat::flush_loop(
+            app.beats.clone(),
+            app.writer.clone(),
+            app.metrics.clone(),
+            config.heartbeat_flush,
+            shutdown.clone(),
+        )),
+        tokio::spawn(liveness::run(
+            liveness::Liveness {
+                store: app.store.clone(),
+                writer: app.writer.clone(),
+                beats: app.beats.clone(),
+                clock: Arc::new(clock::SystemClock),
+                node_timeout: config.node_timeout,
+                forget_after: config.forget_after,
+                metrics: app.metrics.clone(),
+            },
+            shutdown.clone(),
+        )),
+        tokio::spawn(retention::run(
+            retention::Retention {
+                writer: app.writer.clone(),
+                hub: app.hub.clone(),
+                metrics: app.metrics.clone(),
+                limits: config.retention,
+                every: config.prune_interval,
+            },
+            shutdown.clone(),
+        )),
+        tokio::spawn(blobs::gc_loop(
+            app.blobs.clone(),
+            app.store.clone(),
+            app.hub.clone(),
+            app.metrics.clone(),
+            config.blob_gc_interval,
+            shutdown.clone(),
+        )),
+        tokio::spawn(fanout::driver::run(
+            app.store.clone(),
+            app.writer.clone(),
+            app.hub.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(ingest::run(
+            app.writer.clone(),
+            app.metrics.clone(),
+            ingest_queue,
+            shutdown.clone(),
+        )),
+        tokio::spawn(memory::trim_loop(shutdown.clone())),
+        tokio::spawn(blobs::replicate::sync_loop(
+            app.replicas(),
+            app.store.clone(),
+            app.hub.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(raft::events::watch(
+            cluster.clone(),
+            app.metrics.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(exit_on_raft_stop(
+            cluster.raft.clone(),
+            shutdown.clone(),
+            raft_stopped.clone(),
+        )),
     ]);
     for (name, url) in [("manager.addr", &api_url), ("raft.addr", &raft_url)] {
         let path = dir.join(name);
@@ -390,8 +460,12 @@ pub async fn start(
 /// shutdown, the manager records why, shuts down and exits non-zero, so that systemd
 /// (`Restart=on-failure`) starts it again on the same data dir, which recovers from its log.
 /// `/healthz` answers 503 from the moment raft stops.
-async fn exit_on_raft_stop(app: Arc<App>, stopped: Arc<std::sync::OnceLock<String>>) {
-    let mut metrics = app.raft.metrics();
+async fn exit_on_raft_stop(
+    raft: raft::Raft,
+    shutdown: CancellationToken,
+    stopped: Arc<std::sync::OnceLock<String>>,
+) {
+    let mut metrics = raft.metrics();
     loop {
         let why = {
             let m = metrics.borrow_and_update();
@@ -406,17 +480,17 @@ async fn exit_on_raft_stop(app: Arc<App>, stopped: Arc<std::sync::OnceLock<Strin
         let gone = match why {
             Some(why) => Some(why),
             None => tokio::select! {
-                _ = app.shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return,
                 changed = metrics.changed() => changed.err().map(|_| "raft stopped".to_string()),
             },
         };
         if let Some(why) = gone {
-            if app.shutdown.is_cancelled() {
+            if shutdown.is_cancelled() {
                 return;
             }
             tracing::error!(error = %why, "raft stopped; op-manager exits so that it is started again");
             let _ = stopped.set(why);
-            app.shutdown.cancel();
+            shutdown.cancel();
             return;
         }
     }
@@ -529,7 +603,7 @@ async fn bootstrap(app: &App) -> Result<(), ManagerError> {
     if !raft::is_leader(&app.raft) {
         return Ok(());
     }
-    let boot = |e: api::ApiError| ManagerError::Bootstrap(e.to_string());
+    let boot = |e: error::DomainError| ManagerError::Bootstrap(e.to_string());
     if app
         .read(|s| s.meta(META_CLUSTER_ID))
         .await

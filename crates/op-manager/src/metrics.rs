@@ -58,6 +58,24 @@ pub struct RaftView {
 /// Every value `op_manager_raft_state` can take, so each is always present (0 or 1).
 pub const RAFT_STATES: [&str; 5] = ["leader", "follower", "candidate", "learner", "shutdown"];
 
+/// What the run duration histogram needs of a run record, taken before the record is handed on,
+/// so that a batch of records is not copied only to be measured.
+#[derive(Debug, Clone, Copy)]
+pub struct RunDuration {
+    status: &'static str,
+    seconds: f64,
+}
+
+impl RunDuration {
+    /// A finished run's status and duration; `None` for a run without both times.
+    pub fn of(run: &op_proto::RunRecord) -> Option<RunDuration> {
+        Some(RunDuration {
+            status: run.status.as_str(),
+            seconds: run.duration_ms()?.max(0) as f64 / 1000.0,
+        })
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     http: Family<Labels, Counter>,
@@ -380,14 +398,12 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Stored run records (new ones only).
-    pub fn runs_stored(&self, runs: &[op_proto::RunRecord]) {
+    /// Stored run records (new ones only), as [`RunDuration::of`] took them.
+    pub fn runs_stored(&self, runs: &[RunDuration]) {
         for r in runs {
-            if let Some(ms) = r.duration_ms() {
-                self.run_duration
-                    .get_or_create(&labels("status", r.status.as_str()))
-                    .observe(ms.max(0) as f64 / 1000.0);
-            }
+            self.run_duration
+                .get_or_create(&labels("status", r.status))
+                .observe(r.seconds);
         }
     }
 

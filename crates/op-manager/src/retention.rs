@@ -4,43 +4,59 @@
 //! deletes the same rows.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
-use op_store::{Command, CommandResult};
+use op_store::{Command, CommandResult, RetentionLimits};
+use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
-use crate::raft;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::state::Writer;
 
-pub async fn run(app: Arc<App>) {
-    let mut tick = tokio::time::interval(app.config.prune_interval);
+/// What the retention worker uses.
+pub struct Retention {
+    pub writer: Writer,
+    /// Asks for an early prune, and is told when one happened.
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub limits: RetentionLimits,
+    /// `prune_interval`.
+    pub every: Duration,
+}
+
+pub async fn run(retention: Retention, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(retention.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = app.hub.prune_wanted() => {}
-            _ = app.shutdown.cancelled() => return,
+            _ = retention.hub.prune_wanted() => {}
+            _ = shutdown.cancelled() => return,
         }
-        if !raft::is_leader(&app.raft) {
+        if !retention.writer.is_leader() {
             continue;
         }
-        prune_once(&app).await;
+        retention.prune_once().await;
     }
 }
 
-pub async fn prune_once(app: &App) {
-    let command = Command::Prune {
-        now: Utc::now(),
-        limits: app.config.retention,
-    };
-    match app.write(command).await {
-        Ok(CommandResult::Pruned { report }) => {
-            app.hub.pruned();
-            app.metrics.pruned(report.runs());
-            if report != Default::default() {
-                tracing::info!(?report, "retention pruned history");
+impl Retention {
+    async fn prune_once(&self) {
+        let command = Command::Prune {
+            now: Utc::now(),
+            limits: self.limits,
+        };
+        match self.writer.write(command).await {
+            Ok(CommandResult::Pruned { report }) => {
+                self.hub.pruned();
+                self.metrics.pruned(report.runs());
+                if report != Default::default() {
+                    tracing::info!(?report, "retention pruned history");
+                }
             }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention prune failed"),
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "retention prune failed"),
     }
 }

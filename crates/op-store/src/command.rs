@@ -376,38 +376,135 @@ impl PruneReport {
 /// Why a command changed nothing. Deterministic, so every replica answers the same.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejection {
-    /// `not_found`, `conflict`, `invalid`.
-    pub code: String,
+    pub code: RejectionCode,
     pub message: String,
 }
 
+/// The kind of a [`Rejection`], sent as its snake_case string (`"not_found"`, ...).
+///
+/// A code this build does not know decodes as [`RejectionCode::Unknown`], keeping the string, so
+/// a member one release behind still decodes a newer member's answer during a rolling upgrade and
+/// passes it on unchanged (DESIGN 13.7).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum RejectionCode {
+    /// The command names something that does not exist.
+    NotFound,
+    /// The command contradicts the current state (a duplicate, a finished invocation).
+    Conflict,
+    /// The command is not allowed for its subject (e.g. a node's package state of another node).
+    Forbidden,
+    /// The command's content is invalid.
+    Invalid,
+    /// A code from a newer release.
+    Unknown(String),
+}
+
+impl RejectionCode {
+    pub fn as_str(&self) -> &str {
+        match self {
+            RejectionCode::NotFound => "not_found",
+            RejectionCode::Conflict => "conflict",
+            RejectionCode::Forbidden => "forbidden",
+            RejectionCode::Invalid => "invalid",
+            RejectionCode::Unknown(code) => code,
+        }
+    }
+}
+
+impl From<String> for RejectionCode {
+    fn from(code: String) -> Self {
+        match code.as_str() {
+            "not_found" => RejectionCode::NotFound,
+            "conflict" => RejectionCode::Conflict,
+            "forbidden" => RejectionCode::Forbidden,
+            "invalid" => RejectionCode::Invalid,
+            _ => RejectionCode::Unknown(code),
+        }
+    }
+}
+
+impl From<RejectionCode> for String {
+    fn from(code: RejectionCode) -> Self {
+        match code {
+            RejectionCode::Unknown(code) => code,
+            known => known.as_str().to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for RejectionCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lets callers and tests compare a code with its wire string.
+impl PartialEq<&str> for RejectionCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 impl Rejection {
-    pub(crate) fn not_found(message: impl Into<String>) -> Rejection {
+    fn new(code: RejectionCode, message: impl Into<String>) -> Rejection {
         Rejection {
-            code: "not_found".into(),
+            code,
             message: message.into(),
         }
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> Rejection {
+        Rejection::new(RejectionCode::NotFound, message)
     }
 
     pub(crate) fn conflict(message: impl Into<String>) -> Rejection {
-        Rejection {
-            code: "conflict".into(),
-            message: message.into(),
-        }
+        Rejection::new(RejectionCode::Conflict, message)
     }
 
     pub(crate) fn forbidden(message: impl Into<String>) -> Rejection {
-        Rejection {
-            code: "forbidden".into(),
-            message: message.into(),
-        }
+        Rejection::new(RejectionCode::Forbidden, message)
     }
 
     pub(crate) fn invalid(message: impl Into<String>) -> Rejection {
-        Rejection {
-            code: "invalid".into(),
-            message: message.into(),
+        Rejection::new(RejectionCode::Invalid, message)
+    }
+}
+
+#[cfg(test)]
+mod rejection_tests {
+    use super::*;
+
+    #[test]
+    fn known_codes_keep_their_wire_strings() {
+        for (code, wire) in [
+            (RejectionCode::NotFound, "not_found"),
+            (RejectionCode::Conflict, "conflict"),
+            (RejectionCode::Forbidden, "forbidden"),
+            (RejectionCode::Invalid, "invalid"),
+        ] {
+            let r = Rejection::new(code.clone(), "m");
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json, format!(r#"{{"code":"{wire}","message":"m"}}"#));
+            let back: Rejection = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.code, code);
         }
+    }
+
+    /// An older member decodes a code a newer one sends, and writes it back unchanged.
+    #[test]
+    fn an_unknown_code_decodes_and_round_trips() {
+        let json = r#"{"result":"rejected","rejection":{"code":"quota_exceeded","message":"too many jobs"}}"#;
+        let decoded: CommandResult = serde_json::from_str(json).unwrap();
+        let CommandResult::Rejected { rejection } = &decoded else {
+            panic!("{decoded:?}");
+        };
+        assert_eq!(
+            rejection.code,
+            RejectionCode::Unknown("quota_exceeded".into())
+        );
+        assert_eq!(rejection.message, "too many jobs");
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), json);
     }
 }
 

@@ -29,7 +29,8 @@ use rusqlite::{Connection, OpenFlags};
 pub use apply::{Changes, Entry};
 pub use command::{
     Command, CommandResult, MissingHost, NewInvocation, NewTarget, NewToken, NodeBeat,
-    NodeRegistration, NodeRuns, PruneReport, Rejection, RetentionLimits, StatusChange, TokenRecord,
+    NodeRegistration, NodeRuns, PruneReport, Rejection, RejectionCode, RetentionLimits,
+    StatusChange, TokenRecord,
 };
 pub use error::{Result, StoreError};
 pub use read::invocations::{

@@ -1,14 +1,17 @@
-//! The one place where request errors become HTTP responses: every handler returns
-//! [`ApiError`], and [`IntoResponse`] maps it to a status and an `op_proto::ErrorBody`.
+//! The one place where errors become HTTP responses: every handler returns [`ApiError`],
+//! [`IntoResponse`] maps it to a status and an `op_proto::ErrorBody`, and the `From` impls below
+//! map the domain's errors ([`DomainError`], a state-machine [`Rejection`], a [`ClusterError`])
+//! to it. Nothing outside `api/` and `ui/` uses [`ApiError`].
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use op_proto::api::{Scope, code};
 use op_proto::{API_VERSION, ErrorBody};
-use op_store::{Rejection, StoreError};
+use op_store::{Rejection, RejectionCode, StoreError};
 use uuid::Uuid;
 
+use crate::error::DomainError;
 use crate::raft::ClusterError;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -166,30 +169,177 @@ impl From<StoreError> for ApiError {
 
 impl From<ClusterError> for ApiError {
     fn from(e: ClusterError) -> Self {
+        ApiError::from(&e)
+    }
+}
+
+impl From<&ClusterError> for ApiError {
+    fn from(e: &ClusterError) -> Self {
         match e {
             ClusterError::NoLeader { .. } | ClusterError::NotLeader => {
                 ApiError::NoLeader(e.to_string())
             }
             ClusterError::OutcomeUnknown(_) => ApiError::OutcomeUnknown(e.to_string()),
-            ClusterError::Refused { code, message } => match code.as_str() {
-                "not_found" => ApiError::NotFound(message),
-                "conflict" | "wrong_cluster" => ApiError::Conflict(message),
-                "invalid" => ApiError::bad("invalid", message),
-                "disk_full" => ApiError::DiskFull(message),
-                _ => ApiError::Unavailable(message),
-            },
+            ClusterError::Refused { code, message } => {
+                let message = message.clone();
+                match code.as_str() {
+                    "not_found" => ApiError::NotFound(message),
+                    "conflict" | "wrong_cluster" => ApiError::Conflict(message),
+                    "invalid" => ApiError::bad("invalid", message),
+                    "disk_full" => ApiError::DiskFull(message),
+                    _ => ApiError::Unavailable(message),
+                }
+            }
             ClusterError::Raft(m) => ApiError::Unavailable(format!("raft: {m}")),
+        }
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        match e {
+            DomainError::Rejected(r) => r.into(),
+            DomainError::Cluster(c) => ApiError::from(&*c),
+            DomainError::Store(_)
+            | DomainError::QueryTask(_)
+            | DomainError::UnexpectedAnswer { .. } => ApiError::Internal(e.to_string()),
+            DomainError::Denied(m) => ApiError::Denied(m),
+            DomainError::Unavailable(m) => ApiError::Unavailable(m),
         }
     }
 }
 
 impl From<Rejection> for ApiError {
     fn from(r: Rejection) -> Self {
-        match r.code.as_str() {
-            "not_found" => ApiError::NotFound(r.message),
-            "conflict" => ApiError::Conflict(r.message),
-            "forbidden" => ApiError::Denied(r.message),
-            _ => ApiError::bad("invalid", r.message),
+        match r.code {
+            RejectionCode::NotFound => ApiError::NotFound(r.message),
+            RejectionCode::Conflict => ApiError::Conflict(r.message),
+            RejectionCode::Forbidden => ApiError::Denied(r.message),
+            // A code from a newer member is still a refusal of the request as sent.
+            RejectionCode::Invalid | RejectionCode::Unknown(_) => {
+                ApiError::bad("invalid", r.message)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(code: RejectionCode) -> DomainError {
+        DomainError::Rejected(Rejection {
+            code,
+            message: "refused".into(),
+        })
+    }
+
+    async fn answer(e: DomainError) -> (u16, String, String) {
+        let resp = ApiError::from(e).into_response();
+        let status = resp.status().as_u16();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body: ErrorBody = serde_json::from_slice(&body).unwrap();
+        (status, body.code, body.message)
+    }
+
+    /// Every kind of domain error gets the status, code and message the HTTP API has always
+    /// answered with; a rejection code from a newer member is a 400 like `invalid`.
+    #[tokio::test]
+    async fn domain_errors_map_to_their_http_answers() {
+        let store = StoreError::Poisoned;
+        let store_message = format!("internal error: {store}");
+        let cases = [
+            (
+                rejected(RejectionCode::NotFound),
+                404,
+                "not_found",
+                "refused".to_string(),
+            ),
+            (
+                rejected(RejectionCode::Conflict),
+                409,
+                "conflict",
+                "refused".into(),
+            ),
+            (
+                rejected(RejectionCode::Forbidden),
+                403,
+                "forbidden",
+                "refused".into(),
+            ),
+            (
+                rejected(RejectionCode::Invalid),
+                400,
+                "invalid",
+                "refused".into(),
+            ),
+            (
+                rejected(RejectionCode::Unknown("quota_exceeded".into())),
+                400,
+                "invalid",
+                "refused".into(),
+            ),
+            (
+                ClusterError::NoLeader { secs: 5 }.into(),
+                503,
+                "no_leader",
+                ClusterError::NoLeader { secs: 5 }.to_string(),
+            ),
+            (
+                ClusterError::OutcomeUnknown("reset".into()).into(),
+                503,
+                "outcome_unknown",
+                ClusterError::OutcomeUnknown("reset".into()).to_string(),
+            ),
+            (
+                ClusterError::refused("disk_full", "the disk is full").into(),
+                503,
+                "disk_full",
+                "the disk is full".into(),
+            ),
+            (
+                ClusterError::refused("wrong_cluster", "another cluster").into(),
+                409,
+                "conflict",
+                "another cluster".into(),
+            ),
+            (store.into(), 500, "internal", store_message),
+            (
+                DomainError::QueryTask("panicked".into()),
+                500,
+                "internal",
+                "internal error: query task failed: panicked".into(),
+            ),
+            (
+                DomainError::UnexpectedAnswer {
+                    command: "IngestRunBatches",
+                },
+                500,
+                "internal",
+                "internal error: unexpected answer to IngestRunBatches".into(),
+            ),
+            (
+                DomainError::Denied("not yours".into()),
+                403,
+                "forbidden",
+                "not yours".into(),
+            ),
+            (
+                DomainError::Unavailable("shutting down".into()),
+                503,
+                "unavailable",
+                "shutting down".into(),
+            ),
+        ];
+        for (error, status, code, message) in cases {
+            let what = format!("{error:?}");
+            assert_eq!(
+                answer(error).await,
+                (status, code.to_string(), message),
+                "{what}"
+            );
         }
     }
 }

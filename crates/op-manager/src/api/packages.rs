@@ -99,7 +99,7 @@ pub async fn upload(
         .commit(staged)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    replicate::push_to_majority(&app, &received.sha256).await?;
+    replicate::push_to_majority(&app.replicas(), &received.sha256).await?;
     let result = app
         .write(Command::AddPackageVersion {
             name,
@@ -204,7 +204,7 @@ pub async fn content(
     let permit = app.downloads.try_enter().ok_or(ApiError::TooManyRequests {
         retry_after_secs: RETRY_AFTER_SECS,
     })?;
-    let path = replicate::ensure_local(&app, &v.sha256)
+    let path = replicate::ensure_local(&app.replicas(), &v.sha256)
         .await
         .map_err(|e| {
             ApiError::Unavailable(format!(

@@ -30,7 +30,11 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
-use crate::app::App;
+use op_store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
 
 /// Why an upload could not be stored.
 #[derive(Debug, thiserror::Error)]
@@ -337,20 +341,27 @@ impl BlobStore {
 /// Runs GC every `blob_gc_interval`, and soon after a version was deleted. Every manager runs it
 /// for its own files (they are not replicated through raft); what it deletes is decided by the
 /// replicated metadata, so all managers converge.
-pub async fn gc_loop(app: Arc<App>) {
-    let mut tick = tokio::time::interval(app.config.blob_gc_interval);
+pub async fn gc_loop(
+    blobs: Arc<BlobStore>,
+    store: Arc<Store>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = app.hub.blob_gc_wanted() => {}
-            _ = app.shutdown.cancelled() => return,
+            _ = hub.blob_gc_wanted() => {}
+            _ = shutdown.cancelled() => return,
         }
         // A follower's applied state may lag the leader's; it still deletes only what its own
         // applied state no longer refers to, which the leader decided first.
-        match app.blobs.gc(&app.store).await {
+        match blobs.gc(&store).await {
             Ok(r) if r.deleted > 0 => {
-                app.metrics.blobs_deleted(r.deleted);
+                metrics.blobs_deleted(r.deleted);
                 tracing::info!(deleted = r.deleted, bytes = r.bytes, "blob gc");
             }
             Ok(_) => {}

@@ -21,16 +21,21 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
+use op_store::Store;
 use reqwest::Method;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use super::BlobStore;
 use super::{ReceiveError, is_blob_name};
-use crate::api::ApiError;
-use crate::app::App;
+use crate::error::DomainError;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::raft::messages::code;
 use crate::raft::network::{PeerError, Peers, send_json};
-use crate::raft::server::PeerRefusal;
-use crate::raft::{Member, NodeId};
+use crate::raft::refusal::PeerRefusal;
+use crate::raft::{Cluster, Member, NodeId};
+use crate::state;
 
 /// How often every referenced blob is checked for even without a change.
 const SYNC_INTERVAL: Duration = Duration::from_secs(30);
@@ -42,9 +47,23 @@ fn transfer_timeout(size: u64) -> Duration {
     Duration::from_secs(60 + size / MIN_RATE)
 }
 
+/// What replication uses: this manager's blob files, its cluster (members and peer client) and
+/// the transfer limits. Built by `App::replicas`; the upload and download handlers, the blob
+/// transfer routes and [`sync_loop`] share it. Cheap to clone.
+#[derive(Clone)]
+pub struct Replicas {
+    pub blobs: Arc<BlobStore>,
+    pub cluster: Arc<Cluster>,
+    pub metrics: Arc<Metrics>,
+    /// The largest blob accepted (`upload_max_bytes`).
+    pub max_bytes: u64,
+    /// How long a transfer may stall before it is given up (`header_read_timeout`).
+    pub stall_timeout: Duration,
+}
+
 /// The other members (leader first: it is the likeliest to have everything) and the voters.
-fn others(app: &App) -> (Vec<(NodeId, Member, bool)>, usize, bool) {
-    let m = app.raft.metrics();
+fn others(app: &Replicas) -> (Vec<(NodeId, Member, bool)>, usize, bool) {
+    let m = app.cluster.raft.metrics();
     let m = m.borrow();
     let membership = m.membership_config.membership();
     let voters: Vec<NodeId> = membership.voter_ids().collect();
@@ -79,7 +98,7 @@ async fn push_one(peers: &Peers, base: &str, path: PathBuf, sha256: &str) -> Res
 
 /// Copies blob `sha256` (in place here) to the other members and returns once a majority of the
 /// voters, this manager included, hold it. Pushes still running then continue in the background.
-pub async fn push_to_majority(app: &Arc<App>, sha256: &str) -> Result<(), ApiError> {
+pub async fn push_to_majority(app: &Replicas, sha256: &str) -> Result<(), DomainError> {
     let (peers, voters, self_votes) = others(app);
     let majority = voters / 2 + 1;
     let needed = majority.saturating_sub(usize::from(self_votes));
@@ -117,7 +136,7 @@ pub async fn push_to_majority(app: &Arc<App>, sha256: &str) -> Result<(), ApiErr
         }
     }
     if stored < needed {
-        return Err(ApiError::Unavailable(format!(
+        return Err(DomainError::Unavailable(format!(
             "the package reached {} of {voters} managers; it is accepted once a majority ({majority}) stores it",
             stored + usize::from(self_votes)
         )));
@@ -125,13 +144,13 @@ pub async fn push_to_majority(app: &Arc<App>, sha256: &str) -> Result<(), ApiErr
     Ok(())
 }
 
-async fn fetch_one(app: &App, base: &str, sha256: &str) -> Result<(), String> {
+async fn fetch_one(app: &Replicas, base: &str, sha256: &str) -> Result<(), String> {
     let (url, req) = app
         .cluster
         .peers
         .request(Method::GET, base, &format!("/raft/blobs/{sha256}"));
     let resp = req
-        .timeout(transfer_timeout(app.config.upload_max_bytes))
+        .timeout(transfer_timeout(app.max_bytes))
         .send()
         .await
         .map_err(|e| format!("{url}: {e}"))?;
@@ -142,8 +161,8 @@ async fn fetch_one(app: &App, base: &str, sha256: &str) -> Result<(), String> {
         .blobs
         .receive(
             Box::pin(resp.bytes_stream()),
-            app.config.upload_max_bytes,
-            app.config.header_read_timeout,
+            app.max_bytes,
+            app.stall_timeout,
         )
         .await
         .map_err(|e| format!("{url}: {e}"))?;
@@ -162,7 +181,7 @@ async fn fetch_one(app: &App, base: &str, sha256: &str) -> Result<(), String> {
 
 /// The file of blob `sha256`, which this manager's store refers to: in place, adopted from an
 /// incoming copy, or fetched from a peer.
-pub async fn ensure_local(app: &App, sha256: &str) -> Result<PathBuf, String> {
+pub async fn ensure_local(app: &Replicas, sha256: &str) -> Result<PathBuf, String> {
     let path = app.blobs.path(sha256);
     if app.blobs.has(sha256) {
         return Ok(path);
@@ -201,21 +220,26 @@ pub async fn ensure_local(app: &App, sha256: &str) -> Result<PathBuf, String> {
 }
 
 /// Makes sure every blob the store refers to is here; runs on every manager.
-pub async fn sync_loop(app: Arc<App>) {
+pub async fn sync_loop(
+    app: Replicas,
+    store: Arc<Store>,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(SYNC_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = app.hub.blob_sync_wanted() => {}
-            _ = app.shutdown.cancelled() => return,
+            _ = hub.blob_sync_wanted() => {}
+            _ = shutdown.cancelled() => return,
         }
-        sync_once(&app).await;
+        sync_once(&app, &store, &shutdown).await;
     }
 }
 
-async fn sync_once(app: &App) {
-    let referenced = match app.read(|s| s.referenced_blobs()).await {
+async fn sync_once(app: &Replicas, store: &Arc<Store>, shutdown: &CancellationToken) {
+    let referenced = match state::read(store, |s| s.referenced_blobs()).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "blob sync: cannot read the package versions");
@@ -229,7 +253,7 @@ async fn sync_once(app: &App) {
     let mut left = missing.len();
     app.metrics.blobs_missing.set(left as i64);
     for sha in missing {
-        if app.shutdown.is_cancelled() {
+        if shutdown.is_cancelled() {
             return;
         }
         match ensure_local(app, &sha).await {
@@ -240,6 +264,17 @@ async fn sync_once(app: &App) {
         }
         app.metrics.blobs_missing.set(left as i64);
     }
+}
+
+/// The blob transfer routes, merged into the raft listener's router (whatever its state `S`) and
+/// served behind its peer authentication.
+pub fn routes<S: Clone + Send + Sync + 'static>(replicas: Replicas) -> axum::Router<S> {
+    axum::Router::new()
+        .route(
+            "/raft/blobs/{sha256}",
+            axum::routing::get(serve_blob).put(receive_blob),
+        )
+        .with_state(replicas)
 }
 
 fn check_sha(sha256: &str) -> Result<(), PeerRefusal> {
@@ -256,7 +291,7 @@ fn check_sha(sha256: &str) -> Result<(), PeerRefusal> {
 
 /// `PUT /raft/blobs/<sha256>`: a peer's copy, verified against its name and kept incoming.
 pub async fn receive_blob(
-    State(app): State<Arc<App>>,
+    State(app): State<Replicas>,
     Path(sha256): Path<String>,
     req: Request,
 ) -> Result<Json<serde_json::Value>, PeerRefusal> {
@@ -265,8 +300,8 @@ pub async fn receive_blob(
         .blobs
         .receive(
             req.into_body().into_data_stream(),
-            app.config.upload_max_bytes,
-            app.config.header_read_timeout,
+            app.max_bytes,
+            app.stall_timeout,
         )
         .await
         .map_err(|e| {
@@ -301,7 +336,7 @@ pub async fn receive_blob(
 
 /// `GET /raft/blobs/<sha256>`: a blob this manager holds, in place or incoming.
 pub async fn serve_blob(
-    State(app): State<Arc<App>>,
+    State(app): State<Replicas>,
     Path(sha256): Path<String>,
 ) -> Result<Response, PeerRefusal> {
     check_sha(&sha256)?;

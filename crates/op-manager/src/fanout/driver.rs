@@ -11,11 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use op_store::Command;
+use op_store::{Command, Store};
+use tokio_util::sync::CancellationToken;
 
 use super::plan::{self, Host};
-use crate::app::App;
-use crate::raft;
+use crate::error::DomainError;
+use crate::hub::Hub;
+use crate::state::{self, Writer};
 
 /// The longest sleep between two looks, whatever is due: a guard, not a poll that matters.
 const MAX_SLEEP: Duration = Duration::from_secs(5);
@@ -26,16 +28,18 @@ const RETRY: Duration = Duration::from_millis(500);
 /// linear in the hosts instead of quadratic, and cost a batch release at most this much.
 const MIN_PASS: Duration = Duration::from_millis(25);
 
-pub async fn run(app: Arc<App>) {
-    let mut changes = app.hub.subscribe_invocations();
+/// Drives invocations until `shutdown`: reads them from `store`, writes decisions with
+/// `writer`, wakes on `hub`'s invocation channel.
+pub async fn run(store: Arc<Store>, writer: Writer, hub: Arc<Hub>, shutdown: CancellationToken) {
+    let mut changes = hub.subscribe_invocations();
     loop {
         tokio::select! {
-            _ = app.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(MIN_PASS) => {}
         }
         changes.borrow_and_update();
-        let sleep = if raft::is_leader(&app.raft) {
-            match drive(&app).await {
+        let sleep = if writer.is_leader() {
+            match drive(&store, &writer).await {
                 Ok(next) => next,
                 Err(e) => {
                     tracing::warn!(error = %e, "fan-out driver: could not advance invocations");
@@ -46,7 +50,7 @@ pub async fn run(app: Arc<App>) {
             MAX_SLEEP
         };
         tokio::select! {
-            _ = app.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
             changed = changes.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(sleep) => {}
         }
@@ -54,8 +58,8 @@ pub async fn run(app: Arc<App>) {
 }
 
 /// One pass over the running invocations; returns how long to sleep until something is due.
-async fn drive(app: &App) -> Result<Duration, crate::api::ApiError> {
-    let live = app.read(|s| s.live_invocations()).await?;
+async fn drive(store: &Arc<Store>, writer: &Writer) -> Result<Duration, DomainError> {
+    let live = state::read(store, |s| s.live_invocations()).await?;
     let now = Utc::now();
     let mut next = now + chrono::Duration::from_std(MAX_SLEEP).unwrap_or_default();
     for (row, targets) in live {
@@ -68,15 +72,16 @@ async fn drive(app: &App) -> Result<Duration, crate::api::ApiError> {
             continue;
         }
         tracing::debug!(invocation = %row.id, release = d.release.len(), expire = d.expire.len(), stop = ?d.stop, finish = d.finish, "advancing invocation");
-        app.write(Command::AdvanceInvocation {
-            id: row.id,
-            at: now,
-            release: d.release,
-            expire: d.expire,
-            stop: d.stop,
-            finish: d.finish,
-        })
-        .await?;
+        writer
+            .write(Command::AdvanceInvocation {
+                id: row.id,
+                at: now,
+                release: d.release,
+                expire: d.expire,
+                stop: d.stop,
+                finish: d.finish,
+            })
+            .await?;
     }
     // Wake a little after a deadline, so the expiry check (`not_after <= at`) holds.
     Ok((next - Utc::now())

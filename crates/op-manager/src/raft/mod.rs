@@ -20,6 +20,7 @@ pub mod membership;
 pub mod messages;
 pub mod network;
 pub mod recover;
+pub mod refusal;
 pub mod server;
 pub mod state_machine;
 pub mod types;
@@ -37,6 +38,7 @@ use openraft::{Config, SnapshotPolicy};
 use reqwest::Method;
 use tokio::sync::{Mutex, RwLock};
 
+pub use crate::error::ClusterError;
 pub use identity::Identity;
 pub use types::{Member, NodeId, Raft};
 
@@ -100,34 +102,8 @@ impl RaftSettings {
     }
 }
 
-/// Why a cluster operation did not happen (or might not have).
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    #[error(
-        "no raft leader within {secs} s: a majority of the managers may be down or unreachable"
-    )]
-    NoLeader { secs: u64 },
-    #[error(
-        "the change reached the leader but no answer came back ({0}); it may or may not have been made"
-    )]
-    OutcomeUnknown(String),
-    #[error("{message}")]
-    Refused { code: String, message: String },
-    #[error("raft: {0}")]
-    Raft(String),
-    /// This node is not the leader (any more); [`Cluster`] retries on the leader.
-    #[error("this manager is not the raft leader")]
-    NotLeader,
-}
-
+/// The raft side of [`ClusterError`] (defined in `error.rs`, beside the other errors).
 impl ClusterError {
-    pub fn refused(code: &str, message: impl Into<String>) -> ClusterError {
-        ClusterError::Refused {
-            code: code.to_string(),
-            message: message.into(),
-        }
-    }
-
     /// The error code a peer sends for this error.
     pub fn code(&self) -> &str {
         match self {

@@ -14,11 +14,10 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::response::Response;
+use axum::routing::{delete, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use op_proto::ErrorBody;
 use op_proto::api::{AddMemberRequest, Scope, TransferLeaderRequest};
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
@@ -27,57 +26,31 @@ use openraft::raft::{
 };
 use subtle::ConstantTimeEq;
 
-use super::ClusterError;
 use super::messages::{
     CLUSTER_HEADER, CampaignRequest, ForwardedOutputAnswer, ForwardedOutputRequest, JoinRequest,
     JoinResponse, ReadIndexResponse, RemovedNotice, WriteRequest, WriteResponse, code,
 };
 use super::network::RAFT_BODY_LIMIT;
+use super::refusal::PeerRefusal;
 use super::types::{NodeId, TypeConfig};
-use crate::app::App;
+use super::{Cluster, ClusterError};
+use crate::auth::Authenticator;
+use crate::metrics::Metrics;
+use crate::output::OutputRequests;
 
-/// A refusal on the raft listener: a status and an `ErrorBody`.
-#[derive(Debug)]
-pub struct PeerRefusal {
-    status: StatusCode,
-    body: ErrorBody,
+/// What the raft listener's handlers use.
+pub struct RaftListener {
+    pub cluster: Arc<Cluster>,
+    /// Checks an admin token presented to `/raft/join`.
+    pub auth: Arc<Authenticator>,
+    pub metrics: Arc<Metrics>,
+    /// Output requests forwarded here by the member a reader asked (`POST /raft/output`).
+    pub outputs: Arc<OutputRequests>,
 }
 
-impl PeerRefusal {
-    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> PeerRefusal {
-        PeerRefusal {
-            status,
-            body: ErrorBody::new(code, message),
-        }
-    }
-}
-
-impl IntoResponse for PeerRefusal {
-    fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
-    }
-}
-
-impl From<ClusterError> for PeerRefusal {
-    fn from(e: ClusterError) -> Self {
-        let status = match &e {
-            ClusterError::NotLeader | ClusterError::NoLeader { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ClusterError::Refused { code, .. } if code == "not_found" => StatusCode::NOT_FOUND,
-            ClusterError::Refused { code, .. } if code == "conflict" => StatusCode::CONFLICT,
-            ClusterError::Refused { code, .. } if code == "invalid" => StatusCode::BAD_REQUEST,
-            ClusterError::Refused { code: c, .. } if c == code::DISK_FULL => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        PeerRefusal::new(status, e.code(), e.to_string())
-    }
-}
-
-/// The raft listener's routes.
-pub fn router(app: Arc<App>) -> Router {
+/// The raft listener's routes; `extra` (the blob transfer routes of `blobs::replicate`) is served
+/// behind the same peer authentication.
+pub fn router(app: Arc<RaftListener>, extra: Router<Arc<RaftListener>>) -> Router {
     let authenticated = Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
@@ -91,10 +64,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/raft/removed", post(removed))
         .route("/raft/hello", post(hello))
         .route("/raft/output", post(output_request))
-        .route(
-            "/raft/blobs/{sha256}",
-            get(crate::blobs::replicate::serve_blob).put(crate::blobs::replicate::receive_blob),
-        )
+        .merge(extra)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             authenticate,
@@ -112,13 +82,13 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
-fn is_secret(app: &App, presented: &str) -> bool {
+fn is_secret(app: &RaftListener, presented: &str) -> bool {
     let secret = app.cluster.identity.secret.as_bytes();
     presented.len() == secret.len() && bool::from(presented.as_bytes().ct_eq(secret))
 }
 
 async fn authenticate(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     req: Request,
     next: Next,
 ) -> Result<Response, PeerRefusal> {
@@ -149,21 +119,22 @@ async fn authenticate(
 }
 
 async fn append(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     Json(req): Json<AppendEntriesRequest<TypeConfig>>,
 ) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
-    Json(app.raft.append_entries(req).await)
+    Json(app.cluster.raft.append_entries(req).await)
 }
 
 async fn vote(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     Json(req): Json<VoteRequest<NodeId>>,
 ) -> Result<Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>>, PeerRefusal> {
     // A removed node that never learned of its removal keeps campaigning; tell it instead of
     // letting it raise the term. (The leader lease would refuse it too, but silently.)
     let candidate = req.vote.leader_id().voted_for();
     let known = candidate.is_some_and(|c| {
-        app.raft
+        app.cluster
+            .raft
             .metrics()
             .borrow()
             .membership_config
@@ -182,18 +153,18 @@ async fn vote(
             ),
         ));
     }
-    Ok(Json(app.raft.vote(req).await))
+    Ok(Json(app.cluster.raft.vote(req).await))
 }
 
 async fn snapshot(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
 ) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
-    Json(app.raft.install_snapshot(req).await)
+    Json(app.cluster.raft.install_snapshot(req).await)
 }
 
 async fn write(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     Json(req): Json<WriteRequest>,
 ) -> Result<Json<WriteResponse>, PeerRefusal> {
     if !app.cluster.is_leader() {
@@ -205,7 +176,9 @@ async fn write(
     Ok(Json(resp))
 }
 
-async fn read_index(State(app): State<Arc<App>>) -> Result<Json<ReadIndexResponse>, PeerRefusal> {
+async fn read_index(
+    State(app): State<Arc<RaftListener>>,
+) -> Result<Json<ReadIndexResponse>, PeerRefusal> {
     if !app.cluster.is_leader() {
         return Err(ClusterError::NotLeader.into());
     }
@@ -214,7 +187,7 @@ async fn read_index(State(app): State<Arc<App>>) -> Result<Json<ReadIndexRespons
 }
 
 async fn add_member(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     Json(req): Json<AddMemberRequest>,
 ) -> Result<Json<serde_json::Value>, PeerRefusal> {
     // Any member takes the request; the leader does it.
@@ -223,7 +196,7 @@ async fn add_member(
 }
 
 async fn remove_member(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     Path(id): Path<NodeId>,
 ) -> Result<Json<serde_json::Value>, PeerRefusal> {
     if !app.cluster.is_leader() {
@@ -234,7 +207,7 @@ async fn remove_member(
 }
 
 async fn transfer_leader(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     Json(req): Json<TransferLeaderRequest>,
 ) -> Result<Json<serde_json::Value>, PeerRefusal> {
     if !app.cluster.is_leader() {
@@ -245,10 +218,10 @@ async fn transfer_leader(
 }
 
 async fn campaign(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     Json(req): Json<CampaignRequest>,
 ) -> Json<serde_json::Value> {
-    let raft = app.raft.clone();
+    let raft = app.cluster.raft.clone();
     let after = Duration::from_millis(req.after_ms.min(60_000));
     tokio::spawn(async move {
         tokio::time::sleep(after).await;
@@ -261,7 +234,7 @@ async fn campaign(
 }
 
 async fn removed(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     Json(notice): Json<RemovedNotice>,
 ) -> Json<serde_json::Value> {
     if notice.node_id == app.cluster.id() {
@@ -270,7 +243,7 @@ async fn removed(
     Json(serde_json::json!({}))
 }
 
-async fn hello(State(app): State<Arc<App>>) -> Json<super::messages::Hello> {
+async fn hello(State(app): State<Arc<RaftListener>>) -> Json<super::messages::Hello> {
     Json(super::messages::Hello {
         node_id: app.cluster.id(),
     })
@@ -278,7 +251,7 @@ async fn hello(State(app): State<Arc<App>>) -> Json<super::messages::Hello> {
 
 /// Step 1 of joining: the cluster's identity, for an admin token or the cluster secret.
 async fn join(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     headers: HeaderMap,
     Json(req): Json<JoinRequest>,
 ) -> Result<Json<JoinResponse>, PeerRefusal> {
@@ -323,7 +296,7 @@ const FORWARDED_OUTPUT_MAX: Duration = Duration::from_secs(30);
 /// `POST /raft/output`: another member's reader asks for a run's output; queued for the node's
 /// next sync here (the agent syncs with one member; the others forget it when it expires).
 async fn output_request(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<RaftListener>>,
     Json(req): Json<ForwardedOutputRequest>,
 ) -> Json<ForwardedOutputAnswer> {
     let ttl = Duration::from_millis(req.wait_ms).min(FORWARDED_OUTPUT_MAX);

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use op_proto::invoke::HostStatus;
 use op_proto::{NodeStatus, RunStatus};
 
-use super::session::SessionView;
+use super::session_view::SessionView;
 
 /// Escapes text for an HTML element body or a quoted attribute value.
 pub fn esc(text: &str) -> String {

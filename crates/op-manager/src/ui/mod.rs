@@ -20,6 +20,7 @@ mod overview;
 mod packages;
 mod runs;
 mod session;
+mod session_view;
 mod writes;
 
 use std::sync::Arc;

@@ -38,8 +38,8 @@ use subtle::ConstantTimeEq;
 
 use super::Ui;
 use super::html::{self, Section, attr, esc};
+pub use super::session_view::SessionView;
 use crate::api::extract::UnreadBody;
-use crate::auth::Caller;
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "op_session";
@@ -59,25 +59,6 @@ struct Session {
     csrf: String,
     created: Instant,
     last_used: Instant,
-}
-
-/// What a handler knows about the signed-in user.
-#[derive(Debug, Clone)]
-pub struct SessionView {
-    pub caller: Caller,
-    pub csrf: String,
-    /// The user's API token, for the console's calls to `/v1`; never rendered.
-    pub token: String,
-    /// The console page the request came from (its `Referer`, when it is a page of this
-    /// console on this host and not the request's own URL): where error pages link back to.
-    pub back: Option<String>,
-}
-
-impl SessionView {
-    /// True when the user may change things (operator or admin): write controls are rendered.
-    pub fn can_operate(&self) -> bool {
-        self.caller.scope.can_operate()
-    }
 }
 
 /// The sessions of this manager.

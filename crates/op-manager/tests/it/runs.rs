@@ -111,3 +111,41 @@ async fn run_batches_are_idempotent_and_queryable() {
     assert!(ack.refused[0].reason.contains("names node"), "{ack:?}");
     m.stop().await;
 }
+
+/// The run duration histogram counts each newly stored run that has both times, once: a batch
+/// delivered again (a lost acknowledgement) adds nothing. Ingest takes the durations before the
+/// records move into the raft command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_duration_histogram_counts_each_new_finished_run_once() {
+    let m = TestManager::start().await;
+    let (admin, agent) = (m.admin(), m.agent());
+    let a = FakeAgent::new(2);
+    a.register(&agent).await;
+    save(
+        &admin,
+        serde_json::json!({"JobName": "timed.py", "Command": "true", "CronExpr": "0 0 */6 * * * *"}),
+    )
+    .await;
+    let mut ok = a.run("timed.py", 1, Trigger::Cron, RunStatus::Ok);
+    ok.ended_at = Some(ok.started_at.unwrap() + chrono::Duration::seconds(2));
+    let mut unfinished = a.run("timed.py", 1, Trigger::Cron, RunStatus::Ok);
+    unfinished.ended_at = None;
+    let failed = a.run("timed.py", 1, Trigger::Cron, RunStatus::Failed);
+    let batch = RunBatch {
+        node_id: a.node_id,
+        runs: vec![ok, unfinished, failed],
+    };
+    for _ in 0..2 {
+        a.client(&agent).post_runs(&batch).await.unwrap();
+    }
+    let text = admin.metrics().await.unwrap();
+    for line in [
+        "op_manager_run_duration_seconds_count{status=\"ok\"} 1",
+        "op_manager_run_duration_seconds_count{status=\"failed\"} 1",
+        "op_manager_run_duration_seconds_sum{status=\"ok\"} 2.0",
+        "op_manager_runs_stored_total 3",
+        "op_manager_runs_duplicate_total 3",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
+}

@@ -30,7 +30,7 @@ fn added(r: CommandResult) -> op_proto::package::PackageVersion {
 
 fn rejected_code(r: CommandResult) -> String {
     match r {
-        CommandResult::Rejected { rejection } => rejection.code,
+        CommandResult::Rejected { rejection } => rejection.code.into(),
         other => panic!("not refused: {other:?}"),
     }
 }
