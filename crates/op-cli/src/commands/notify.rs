@@ -16,7 +16,7 @@ use op_proto::events::{
 
 use super::Ctx;
 use crate::Outcome;
-use crate::cli::{Format, NotifyCommand};
+use crate::cli::{Format, NotifyAdd, NotifyCommand};
 use crate::output::{Table, write_json};
 
 /// What `notify list` says of a channel's health: events are not delivered automatically yet,
@@ -26,23 +26,24 @@ const NEVER_SENT: &str = "never sent";
 pub async fn run(ctx: &Ctx, what: NotifyCommand) -> anyhow::Result<Outcome> {
     let mut out = crate::output::stdout();
     match what {
-        NotifyCommand::Add {
-            name,
-            webhook,
-            alertmanager,
-            email,
-            kinds,
-            jobs,
-            labels,
-            min_hosts,
-            template,
-            secret_file,
-            smtp,
-            smtp_user,
-            smtp_password_file,
-            smtp_tls,
-            from,
-        } => {
+        NotifyCommand::Add(add) => {
+            let NotifyAdd {
+                name,
+                webhook,
+                alertmanager,
+                email,
+                kinds,
+                jobs,
+                labels,
+                min_hosts,
+                template,
+                secret_file,
+                smtp,
+                smtp_user,
+                smtp_password_file,
+                smtp_tls,
+                from,
+            } = *add;
             let channel = if let Some(url) = webhook {
                 let template = match template {
                     Some(path) => Some(read_template(&path)?),
