@@ -86,6 +86,9 @@ pub async fn test(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
 ) -> Result<Json<NotifyTestAnswer>, ApiError> {
+    // A POST is not behind the read barrier of GETs; `notify test` right after `notify add`
+    // on another member must still find the rule.
+    app.cluster.read_barrier().await?;
     let lookup = name.clone();
     let saved = app
         .read(move |s| s.notify_rule(&lookup))
