@@ -283,6 +283,9 @@ Examples:
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Notification rules: which events go where (changes need an admin token).
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// The audit log: who changed what.
     #[command(
         after_help = "Examples:\n  agentcli audit\n  agentcli audit --since 1h\n  agentcli audit --since 2026-11-25T00:00:00Z --limit 50"
@@ -525,6 +528,87 @@ pub enum TokenCommand {
     List,
     /// Revoke a token by id; it stops working at once.
     Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Save a rule (or replace the one of that name): a filter and one channel.
+    #[command(after_help = "\
+Examples:
+  agentcli notify add ops --webhook https://hooks.example.com/op --kind run.failed --job 'backup*'
+  agentcli notify add db-half --webhook https://hooks.example.com/op --label role=db --min-hosts 50%
+  agentcli notify add slack --webhook https://hooks.slack.com/services/T0/B0/X --template slack.j2
+  agentcli notify add am --alertmanager http://alertmanager:9093 --kind node.not_ready
+  agentcli notify add mail --email ops@example.com --smtp mail.example.com:587 \\
+      --smtp-user op --smtp-password-file /etc/op-agent/smtp.pass --smtp-tls required
+
+Files given with --secret-file and --smtp-password-file are read by each manager from its own
+disk when it sends (absolute paths); the rule stores only their paths. --template is read here.
+Kinds: run.failed (brings run.recovered), node.not_ready (brings node.ready), package.failed,
+invocation.finished, and the later kinds listed in docs/notifications.md.")]
+    Add(Box<NotifyAdd>),
+    /// List the rules.
+    List,
+    /// Remove a rule.
+    Remove { name: String },
+    /// Send a sample event through a rule now and print the receiver's answer (exit 1 when the
+    /// delivery failed).
+    Test { name: String },
+}
+
+/// `notify add`: a rule's name, its channel (exactly one) and its filter.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("channel").required(true).multiple(false)
+    .args(["webhook", "alertmanager", "email"])))]
+pub struct NotifyAdd {
+    pub name: String,
+    /// POST each event as JSON to this URL.
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
+    /// Post alerts to this Prometheus Alertmanager (its base URL).
+    #[arg(long, value_name = "URL")]
+    pub alertmanager: Option<String>,
+    /// Mail each event to this address (repeatable).
+    #[arg(long, value_name = "ADDR", requires = "smtp")]
+    pub email: Vec<String>,
+    /// Only these event kinds (repeatable) [default: all].
+    #[arg(long = "kind", value_name = "K")]
+    pub kinds: Vec<String>,
+    /// Only events of jobs matching this glob (repeatable).
+    #[arg(long = "job", value_name = "GLOB")]
+    pub jobs: Vec<String>,
+    /// Only count hosts with this label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Fire only for at least N hosts, or P% of the hosts the fire selected.
+    #[arg(long, value_name = "N|P%")]
+    pub min_hosts: Option<String>,
+    /// A body template (MiniJinja) for the webhook, read from this file now.
+    #[arg(long, value_name = "FILE", requires = "webhook")]
+    pub template: Option<std::path::PathBuf>,
+    /// A file on each manager holding the webhook's HMAC key (absolute path).
+    #[arg(long, value_name = "F", requires = "webhook")]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// The SMTP server, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT", requires = "email")]
+    pub smtp: Option<String>,
+    /// The SMTP user (needs --smtp-password-file).
+    #[arg(long, value_name = "U", requires = "email")]
+    pub smtp_user: Option<String>,
+    /// A file on each manager holding the SMTP password (absolute path).
+    #[arg(long, value_name = "F", requires = "email")]
+    pub smtp_password_file: Option<std::path::PathBuf>,
+    /// STARTTLS: opportunistic (when offered) or required.
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "opportunistic",
+        requires = "email"
+    )]
+    pub smtp_tls: String,
+    /// The sender address [default: op-agent@localhost].
+    #[arg(long, value_name = "ADDR", requires = "email")]
+    pub from: Option<String>,
 }
 
 /// A duration flag in whole seconds: `30`, `30s`, `5m`, `1h`, `30d` (op_proto::units).

@@ -524,6 +524,37 @@ impl Client {
         self.json(&path, self.request(Method::DELETE, &path)).await
     }
 
+    // --- notification rules ---
+
+    /// Every saved notification rule.
+    pub async fn notify_rules(&self) -> Result<Vec<op_proto::events::NotifyRuleInfo>> {
+        self.get("/v1/notify").await
+    }
+
+    /// Creates or replaces a rule (the manager checks it fully and saves nothing it refuses).
+    pub async fn put_notify_rule(
+        &self,
+        rule: &op_proto::events::NotifyRule,
+    ) -> Result<op_proto::events::NotifyRuleInfo> {
+        let path = format!("/v1/notify/{}", path_segment(&rule.name));
+        self.json(&path, self.request(Method::PUT, &path).json(rule))
+            .await
+    }
+
+    pub async fn remove_notify_rule(&self, name: &str) -> Result<()> {
+        let path = format!("/v1/notify/{}", path_segment(name));
+        self.send(&path, self.request(Method::DELETE, &path))
+            .await?;
+        Ok(())
+    }
+
+    /// Sends a sample event through rule `name` from the manager called; a failed delivery is
+    /// a 502 whose code is [`op_proto::events::DELIVERY_FAILED`].
+    pub async fn test_notify_rule(&self, name: &str) -> Result<op_proto::events::NotifyTestAnswer> {
+        let path = format!("/v1/notify/{}/test", path_segment(name));
+        self.json(&path, self.request(Method::POST, &path)).await
+    }
+
     // --- packages ---
 
     /// The current version of every package.

@@ -736,6 +736,33 @@ fn check_file(field: &'static str, path: Option<&PathBuf>) -> Result<(), RuleErr
     }
 }
 
+/// The error code of a `notify test` whose delivery failed (HTTP 502; the message names the
+/// receiver and the reason).
+pub const DELIVERY_FAILED: &str = "delivery_failed";
+
+/// A saved rule as `GET /v1/notify` lists it: the rule and who saved it when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyRuleInfo {
+    #[serde(flatten)]
+    pub rule: NotifyRule,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub updated_by: String,
+}
+
+/// What the receiver answered to `POST /v1/notify/{name}/test` (a delivery that failed is a
+/// 502 whose message names the receiver and the reason).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyTestAnswer {
+    /// The receiver, named without anything that may be a credential ([`Channel::receiver`]).
+    pub receiver: String,
+    /// The HTTP status, or the SMTP reply code.
+    pub status: u16,
+    /// The first bytes of the answer's body (or the SMTP reply text).
+    #[serde(default)]
+    pub body: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use op_proto::agent::RunBatchAck;
 use op_proto::api::{JobRecord, SaveJobResponse, Scope, TokenInfo};
+use op_proto::events::{NotifyRule, NotifyRuleInfo};
 use op_proto::invoke::{InvocationKind, InvocationOptions};
 use op_proto::node::{AgentStats, LoadInfo, RunningRun};
 use op_proto::package::{InstalledPackage, PackageVersion};
@@ -172,6 +173,18 @@ pub enum Command {
         reply_to: String,
         at: DateTime<Utc>,
     },
+    /// Creates or replaces a notification rule (checked at the API; its structure again here).
+    /// A rule holds no credential, only the paths of files each manager reads (DESIGN 13.6).
+    PutNotifyRule {
+        rule: Box<NotifyRule>,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+    RemoveNotifyRule {
+        name: String,
+        at: DateTime<Utc>,
+        actor: String,
+    },
 }
 
 impl Command {
@@ -198,6 +211,8 @@ impl Command {
             Command::AdvanceInvocation { .. } => "advance_invocation",
             Command::CancelInvocation { .. } => "cancel_invocation",
             Command::RequestOutput { .. } => "request_output",
+            Command::PutNotifyRule { .. } => "put_notify_rule",
+            Command::RemoveNotifyRule { .. } => "remove_notify_rule",
         }
     }
 }
@@ -582,5 +597,10 @@ pub enum CommandResult {
     },
     Rejected {
         rejection: Rejection,
+    },
+    /// The notification rule as saved.
+    NotifyRule {
+        rule: Box<NotifyRuleInfo>,
+        created: bool,
     },
 }

@@ -194,6 +194,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (node_id, job)
     ) WITHOUT ROWID;
     "#,
+    // 9: notification rules (issue 19; 8 is the event log). `rule` is the NotifyRule as JSON:
+    // its filter and channel, never a credential (only the paths of files each manager reads).
+    r#"
+    CREATE TABLE notify_rules (
+        name       TEXT PRIMARY KEY,
+        rule       TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        updated_by TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -12,6 +12,7 @@ mod hosts;
 mod invocations;
 mod job;
 mod logs;
+mod notify;
 mod package_analysis;
 mod rollback;
 mod run;
@@ -185,6 +186,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Token(what) => {
             let ctx = ctx()?;
             crate::connect::block_on(token::run(&ctx, what))
+        }
+        Command::Notify(what) => {
+            let ctx = ctx()?;
+            crate::connect::block_on(notify::run(&ctx, what))
         }
         Command::Audit { since, limit } => {
             let ctx = ctx()?;

@@ -8,6 +8,7 @@ mod edges;
 mod fleet;
 mod front_ends;
 mod logs;
+mod notify;
 mod offline;
 mod seed;
 mod snapshot;

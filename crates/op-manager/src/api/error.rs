@@ -69,6 +69,9 @@ pub enum ApiError {
     RangeNotSatisfiable { size: u64 },
     #[error("internal error: {0}")]
     Internal(String),
+    /// 502: a receiver the manager called for the client failed (`notify test`).
+    #[error("{message}")]
+    BadGateway { code: &'static str, message: String },
 }
 
 impl ApiError {
@@ -121,6 +124,7 @@ impl ApiError {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
             }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, code::INTERNAL),
+            ApiError::BadGateway { code, .. } => (StatusCode::BAD_GATEWAY, code),
         }
     }
 }

@@ -47,6 +47,13 @@ pub fn required_access(method: &Method, path: &str) -> Access {
         Access::ReadOrAgent
     } else if path == "/v1/tokens" || path.starts_with("/v1/tokens/") {
         Access::Admin
+    } else if (path == "/v1/notify" || path.starts_with("/v1/notify/"))
+        && method != Method::GET
+        && method != Method::HEAD
+    {
+        // A rule makes every manager read files from its disk (HMAC key, SMTP password) and
+        // send to the address it names; `test` sends at once.
+        Access::Admin
     } else if path.starts_with("/v1/cluster/") {
         // Membership and leadership: as powerful as holding the cluster secret.
         Access::Admin
@@ -75,7 +82,10 @@ fn allows(scope: Scope, access: Access) -> Result<(), ApiError> {
             "change jobs, runs, nodes or packages",
             "an operator or admin token",
         ),
-        Access::Admin => ("manage tokens or cluster membership", "an admin token"),
+        Access::Admin => (
+            "manage tokens, cluster membership or notification rules",
+            "an admin token",
+        ),
         Access::Agent => ("use the agent protocol", "an agent token"),
         Access::ReadOrAgent => (
             "download packages",
@@ -206,6 +216,15 @@ mod tests {
         assert!(allows(Scope::Agent, Access::Read).is_err());
         assert!(allows(Scope::Admin, Access::Agent).is_err());
         assert!(allows(Scope::Operator, Access::Admin).is_err());
+        assert_eq!(required_access(&Method::GET, "/v1/notify"), Access::Read);
+        for (method, path) in [
+            (Method::POST, "/v1/notify"),
+            (Method::PUT, "/v1/notify/ops"),
+            (Method::DELETE, "/v1/notify/ops"),
+            (Method::POST, "/v1/notify/ops/test"),
+        ] {
+            assert_eq!(required_access(&method, path), Access::Admin, "{path}");
+        }
         let content = "/v1/packages/test.py/1730000000/content";
         assert_eq!(required_access(&Method::GET, content), Access::ReadOrAgent);
         assert!(allows(Scope::Agent, Access::ReadOrAgent).is_ok());

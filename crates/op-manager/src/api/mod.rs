@@ -14,6 +14,7 @@ mod guard;
 mod invoke;
 mod jobs;
 mod nodes;
+mod notify;
 pub mod output;
 mod packages;
 mod runs;
@@ -94,6 +95,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/audit", get(audit::list))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
+        .route("/v1/notify", get(notify::list).post(notify::create))
+        .route("/v1/notify/{name}", put(notify::put).delete(notify::remove))
+        .route("/v1/notify/{name}/test", post(notify::test))
         .route("/v1/agent/register", post(agent::register))
         .route("/v1/agent/sync", post(agent::sync))
         .layer(Extension(BodyLimit {

@@ -77,6 +77,22 @@ async fn scopes_are_enforced_and_revoked_tokens_stop_working() {
         201
     );
     assert_eq!(status(&o, Method::GET, "/v1/tokens", None).await, 403);
+    // Notification rules: any reader lists them; only an admin changes or tests them (a rule
+    // makes every manager read files from its disk and send to the address it names).
+    let rule = r#"{"channel":{"type":"webhook","url":"http://127.0.0.1:9/hook"}}"#;
+    assert_eq!(status(&v, Method::GET, "/v1/notify", None).await, 200);
+    assert_eq!(
+        status(&o, Method::PUT, "/v1/notify/ops", Some(rule)).await,
+        403
+    );
+    assert_eq!(
+        status(&o, Method::POST, "/v1/notify/ops/test", None).await,
+        403
+    );
+    assert_eq!(
+        status(&o, Method::DELETE, "/v1/notify/ops", None).await,
+        403
+    );
     assert_eq!(
         v.get_job("ls-l").await.unwrap().record.updated_by,
         "operator-1",

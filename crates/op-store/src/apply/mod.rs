@@ -8,6 +8,7 @@
 mod invocations;
 mod jobs;
 mod nodes;
+mod notify;
 mod packages;
 mod prune;
 mod runs;
@@ -225,6 +226,8 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
         // Written by releases up to 0.1.0, before output requests left raft (they live in the
         // memory of the member the node syncs with now): an old log still applies, to nothing.
         Command::RequestOutput { .. } => Ok(Ok(CommandResult::Done)),
+        Command::PutNotifyRule { rule, at, actor } => notify::put(conn, rule, *at, actor),
+        Command::RemoveNotifyRule { name, at, actor } => notify::remove(conn, name, *at, actor),
     }
 }
 

@@ -5,6 +5,7 @@ pub(crate) mod invocations;
 pub(crate) mod jobs;
 pub(crate) mod misc;
 pub(crate) mod nodes;
+pub(crate) mod notify;
 pub(crate) mod packages;
 pub(crate) mod runs;
 

@@ -506,3 +506,88 @@ fn an_identity_reset_retires_the_same_machine_and_carries_its_once_jobs_but_not_
         "{targets:?}"
     );
 }
+
+/// Notification rules (issue 19): saved whole, replaced by name, removed; a rule that fails the
+/// structural checks is refused by apply too (a command that bypassed the API), leaving nothing.
+#[test]
+fn notify_rules_are_saved_replaced_removed_and_checked_in_apply() {
+    use op_proto::events::{Channel, EventKind, NotifyFilter, NotifyRule};
+    let mut s = TestStore::new();
+    let rule = |url: &str, kinds: &[&str]| NotifyRule {
+        name: "ops".into(),
+        filter: NotifyFilter {
+            kinds: kinds.iter().map(|k| EventKind::parse(k)).collect(),
+            ..Default::default()
+        },
+        channel: Channel::Webhook {
+            url: url.into(),
+            template: None,
+            secret_file: Some("/etc/op-agent/webhook.key".into()),
+        },
+    };
+    let put = |rule: NotifyRule, secs: i64| Command::PutNotifyRule {
+        rule: Box::new(rule),
+        at: at(secs),
+        actor: "admin".into(),
+    };
+    let CommandResult::NotifyRule {
+        rule: saved,
+        created,
+    } = s.apply(put(rule("https://hooks.example.com/a", &["run.failed"]), 1))
+    else {
+        panic!()
+    };
+    assert!(created);
+    assert_eq!(saved.updated_by, "admin");
+    let CommandResult::NotifyRule { created, .. } =
+        s.apply(put(rule("https://hooks.example.com/b", &[]), 2))
+    else {
+        panic!()
+    };
+    assert!(!created);
+    let rules = s.store.notify_rules().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].rule.channel,
+        rule("https://hooks.example.com/b", &[]).channel
+    );
+    assert_eq!(rules[0].updated_at, at(2));
+
+    let audit_before = s.store.audit(None, 1000).unwrap().len();
+    let r = s.apply(put(
+        rule("https://hooks.example.com/c", &["run.exploded"]),
+        3,
+    ));
+    assert!(
+        matches!(r, CommandResult::Rejected { ref rejection } if rejection.code == "invalid"
+            && rejection.message.contains("run.exploded")),
+        "{r:?}"
+    );
+    assert_eq!(s.store.audit(None, 1000).unwrap().len(), audit_before);
+    assert_eq!(
+        s.store.notify_rule("ops").unwrap().unwrap().rule.channel,
+        rule("https://hooks.example.com/b", &[]).channel
+    );
+
+    let remove = |secs| Command::RemoveNotifyRule {
+        name: "ops".into(),
+        at: at(secs),
+        actor: "admin".into(),
+    };
+    assert_eq!(s.apply(remove(4)), CommandResult::Done);
+    assert!(s.store.notify_rules().unwrap().is_empty());
+    let r = s.apply(remove(5));
+    assert!(
+        matches!(r, CommandResult::Rejected { ref rejection } if rejection.code == "not_found"),
+        "{r:?}"
+    );
+    let actions: Vec<String> = s
+        .store
+        .audit(None, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .filter(|a| a.starts_with("notify."))
+        .collect();
+    assert_eq!(actions, ["notify.add", "notify.update", "notify.remove"]);
+}

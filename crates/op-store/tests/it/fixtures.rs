@@ -190,6 +190,24 @@ fn samples() -> Vec<Command> {
             reply_to: "http://10.0.0.1:8090".into(),
             at: t0(),
         },
+        Command::PutNotifyRule {
+            rule: Box::new(
+                serde_json::from_str(
+                    r#"{"name":"ops-slack","filter":{"kinds":["run.failed"],"jobs":["backup*"],
+                        "labels":{"role":"db"},"min_hosts":"10%"},"channel":{"type":"webhook",
+                        "url":"https://hooks.example.com/op","template":null,
+                        "secret_file":"/etc/op-agent/webhook.key"}}"#,
+                )
+                .unwrap(),
+            ),
+            at: t0(),
+            actor: "admin".into(),
+        },
+        Command::RemoveNotifyRule {
+            name: "ops-slack".into(),
+            at: t0(),
+            actor: "admin".into(),
+        },
     ]
 }
 

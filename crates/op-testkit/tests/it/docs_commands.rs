@@ -290,6 +290,12 @@ enum Expect {
 
 /// The documented outcome of a line: 0, or 0/1 where the docs say 1 reports a problem.
 fn expect(text: &str) -> Expect {
+    if text.starts_with("agentcli notify test ") {
+        // The docs' receivers are example.com addresses this machine cannot reach: exit 1 is
+        // the documented "delivery failed"; a missing rule or a bad call (2) still fails here.
+        // op-cli's notify tests deliver to a real receiver.
+        return Expect::Exit(&[0, 1]);
+    }
     if text.starts_with("agentcli analysis ") {
         // "exit 0 once every host has it"; 1 while a host is behind or a job failed.
         return Expect::Exit(&[0, 1]);
@@ -391,6 +397,12 @@ async fn fixtures() -> Fixtures {
     let deploy = dir.join("deploy");
     std::fs::create_dir_all(&deploy).unwrap();
     std::fs::write(dir.join("notes.txt"), "a package\n").unwrap();
+    // The body template docs/notifications.md's `notify add ... --template slack.j2` reads.
+    std::fs::write(
+        dir.join("slack.j2"),
+        r#"{"text": {{ (summary ~ "\n" ~ hosts_text)|tojson }}}"#,
+    )
+    .unwrap();
     std::fs::create_dir_all(dir.join("python_project_dir")).unwrap();
     std::fs::write(
         dir.join("python_project_dir/test.py"),
