@@ -5,6 +5,7 @@
 //! Determinism rule: nothing here reads the clock, generates ids or depends on the machine. All
 //! such values arrive inside the command.
 
+pub(crate) mod events;
 mod invocations;
 mod jobs;
 mod nodes;
@@ -25,6 +26,7 @@ use crate::command::{Command, CommandResult, Rejection};
 use crate::error::Result;
 use crate::{META_CLUSTER_ID, META_DESIRED_INDEX, read, set_meta};
 use op_proto::api::Scope;
+use op_proto::incidents::Input;
 
 /// One raft log entry to apply: its index and its command (none for blank and membership entries).
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +60,10 @@ pub struct Changes {
     pub directives_ended: BTreeSet<Uuid>,
     /// A package version was added: every manager must hold its blob.
     pub blobs_added: bool,
+    /// Events appended by this batch (followers of `GET /v1/events` wake up).
+    pub events: u64,
+    /// What the command just dispatched feeds the incident state; taken by `apply_one`.
+    pub(crate) inputs: Vec<Input>,
 }
 
 impl Changes {
@@ -73,6 +79,7 @@ impl Changes {
         self.invocations.extend(other.invocations);
         self.directives_ended.extend(other.directives_ended);
         self.blobs_added |= other.blobs_added;
+        self.events += other.events;
     }
 
     /// True when some node's desired state may have changed.
@@ -88,6 +95,7 @@ pub(crate) fn apply_one(
     conn: &Connection,
     entry: &Entry<'_>,
     changes: &mut Changes,
+    incidents: &mut events::Incidents,
 ) -> Result<CommandResult> {
     let Some(command) = entry.command else {
         return Ok(CommandResult::Done);
@@ -97,6 +105,8 @@ pub(crate) fn apply_one(
     match dispatch(conn, entry.index, command, &mut local)? {
         Ok(result) => {
             conn.execute_batch("RELEASE cmd")?;
+            let inputs = std::mem::take(&mut local.inputs);
+            incidents.feed(conn, inputs, &mut local)?;
             changes.merge(local);
             Ok(result)
         }
@@ -145,7 +155,7 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
             nodes::register(conn, index, registration, *at, actor, ch)
         }
         Command::Heartbeats { beats } => nodes::heartbeats(conn, beats, ch),
-        Command::SetNodeStatus { changes, .. } => nodes::set_status(conn, changes, ch),
+        Command::SetNodeStatus { changes, at } => nodes::set_status(conn, changes, *at, ch),
         Command::ForgetNode { node_id, at, actor } => {
             nodes::forget(conn, index, *node_id, *at, actor, ch)
         }
@@ -225,6 +235,8 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
         // Written by releases up to 0.1.0, before output requests left raft (they live in the
         // memory of the member the node syncs with now): an old log still applies, to nothing.
         Command::RequestOutput { .. } => Ok(Ok(CommandResult::Done)),
+        Command::CloseFires { at, fires } => events::close_fires(*at, fires, ch),
+        Command::FlushEvents { at } => events::flush(*at, ch),
     }
 }
 
