@@ -159,6 +159,35 @@ async fn two_ways_of_failing_are_two_events() {
 #[tokio::test]
 async fn twenty_nodes_going_silent_together_are_one_event() {
     let m = manager(&["--node-timeout", "2s"]);
+    // A follower started before anything happened prints the event when it is applied.
+    let mut follower = std::process::Command::new(assert_cmd::cargo::cargo_bin!("agentcli"))
+        .args([
+            "events",
+            "--follow",
+            "-o",
+            "json",
+            "--kind",
+            "node.not_ready",
+        ])
+        .env("OP_MANAGER", &m.api_url)
+        .env("OP_TOKEN", &m.admin_token)
+        .env("HOME", "/nonexistent")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
     let enroll = m.client_with(&m.agent_token);
     for i in 0..20 {
         enroll
@@ -191,4 +220,16 @@ async fn twenty_nodes_going_silent_together_are_one_event() {
     assert_eq!(down[0].host_count, 20, "{all:?}");
     let all = events(&m);
     assert_eq!(of_kind(&all, "node.not_ready").len(), 1, "{all:?}");
+
+    let line = lines
+        .recv_timeout(LONG)
+        .expect("the follower printed the event");
+    let followed: Event = serde_json::from_str(&line).unwrap();
+    assert_eq!(followed.id, down[0].id);
+    assert!(
+        follower.try_wait().unwrap().is_none(),
+        "--follow keeps going"
+    );
+    follower.kill().unwrap();
+    follower.wait().unwrap();
 }
