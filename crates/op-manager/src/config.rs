@@ -713,4 +713,19 @@ mod tests {
         };
         assert!(Config::resolve(&args, RawConfig::default()).is_err());
     }
+
+    #[test]
+    fn event_window_defaults_to_10s_and_refuses_zero() {
+        let c = Config::resolve(&ConfigArgs::default(), RawConfig::default()).unwrap();
+        assert_eq!(c.event_window, Duration::from_secs(10));
+        let file: RawConfig = toml::from_str("event_window = \"1s\"").unwrap();
+        let c = Config::resolve(&ConfigArgs::default(), file).unwrap();
+        assert_eq!(c.event_window, Duration::from_secs(1));
+        let args = ConfigArgs {
+            event_window: Some("0s".into()),
+            ..ConfigArgs::default()
+        };
+        let err = Config::resolve(&args, RawConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("event_window"), "{err}");
+    }
 }
