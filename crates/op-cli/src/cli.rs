@@ -160,6 +160,30 @@ running) and exits when they end: 0 when every run succeeded, 1 otherwise.")]
         #[arg(long)]
         full: bool,
     },
+    /// What the fleet reported: failures grouped across hosts, recoveries, nodes going down or
+    /// coming back, oldest first.
+    #[command(after_help = "\
+Examples:
+  agentcli events
+  agentcli events --kind run.failed --kind run.recovered --job backup.sh
+  agentcli events --follow -o json          one JSON object per line, as they happen
+
+Kinds: run.failed, run.recovered, node.not_ready, node.ready, package.failed,
+invocation.finished. With -o json each event is one line of JSON (NDJSON).")]
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only events of this kind (repeatable).
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<String>,
+        /// Only events about this job (repeatable).
+        #[arg(long = "job", value_name = "JOB")]
+        jobs: Vec<String>,
+        /// Only events after this id (resume where a previous call stopped).
+        #[arg(long, default_value_t = 0, value_name = "ID")]
+        after: u64,
+    },
     /// Run a saved job now on the selected hosts and print each host's result as it arrives.
     #[command(after_help = "\
 Examples:

@@ -38,7 +38,10 @@ pub const STREAM_IDLE: Duration = Duration::from_secs(45);
 /// around each [`PackageContent::next_chunk`] (downloads).
 pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
+mod events;
+
 pub use bytes::Bytes;
+pub use events::{EventQuery, EventStream};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]

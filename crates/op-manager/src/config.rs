@@ -64,6 +64,11 @@ pub struct ConfigArgs {
     /// A NotReady node is forgotten (Left) after this long [default: 10d].
     #[arg(long, env = "OP_FORGET_AFTER")]
     pub forget_after: Option<String>,
+    /// Events: how long the leader waits after a fire's first result before it groups the fire's
+    /// failures into events (sooner when every selected host reported), and after a first node
+    /// change before it reports the changes as one event [default: 10s].
+    #[arg(long, env = "OP_EVENT_WINDOW")]
+    pub event_window: Option<String>,
     /// Heartbeats are flushed to the store as one command this often [default: 3s, at most half
     /// of node_timeout].
     #[arg(long, env = "OP_HEARTBEAT_FLUSH")]
@@ -175,6 +180,7 @@ pub struct RawConfig {
     pub raft_election_timeout: Option<String>,
     pub node_timeout: Option<String>,
     pub forget_after: Option<String>,
+    pub event_window: Option<String>,
     pub heartbeat_flush: Option<String>,
     pub sync_wait: Option<String>,
     pub load_sample_every: Option<String>,
@@ -232,6 +238,9 @@ pub struct Config {
     pub raft_election_timeout: Duration,
     pub node_timeout: Duration,
     pub forget_after: Duration,
+    /// How long a fire's results and a batch of node changes are collected before they become
+    /// events (default 10 s).
+    pub event_window: Duration,
     pub heartbeat_flush: Duration,
     pub sync_wait: Duration,
     /// Spacing of the load samples kept for the console's chart (default 60 s).
@@ -448,6 +457,7 @@ impl Config {
             )?,
             node_timeout,
             forget_after,
+            event_window: duration("event_window", a.event_window.or(f.event_window), "10s")?,
             heartbeat_flush,
             sync_wait,
             load_sample_every: duration(
@@ -535,6 +545,9 @@ impl Config {
         }
         if self.load_sample_every < Duration::from_secs(1) {
             return Err(bad("load_sample_every", "must be at least 1s"));
+        }
+        if self.event_window.is_zero() || self.event_window > Duration::from_secs(3600) {
+            return Err(bad("event_window", "must be more than 0 and at most 1h"));
         }
         if self.forget_after <= self.node_timeout {
             return Err(bad("forget_after", "must be longer than node_timeout"));
@@ -699,5 +712,20 @@ mod tests {
             ..ConfigArgs::default()
         };
         assert!(Config::resolve(&args, RawConfig::default()).is_err());
+    }
+
+    #[test]
+    fn event_window_defaults_to_10s_and_refuses_zero() {
+        let c = Config::resolve(&ConfigArgs::default(), RawConfig::default()).unwrap();
+        assert_eq!(c.event_window, Duration::from_secs(10));
+        let file: RawConfig = toml::from_str("event_window = \"1s\"").unwrap();
+        let c = Config::resolve(&ConfigArgs::default(), file).unwrap();
+        assert_eq!(c.event_window, Duration::from_secs(1));
+        let args = ConfigArgs {
+            event_window: Some("0s".into()),
+            ..ConfigArgs::default()
+        };
+        let err = Config::resolve(&args, RawConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("event_window"), "{err}");
     }
 }

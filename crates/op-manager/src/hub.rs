@@ -230,6 +230,8 @@ pub struct Hub {
     seq: watch::Sender<u64>,
     /// Bumped when any invocation's progress changed (see the module doc).
     invocations: watch::Sender<u64>,
+    /// Bumped when events were appended (followers of `GET /v1/events` read again).
+    events: watch::Sender<u64>,
     /// Woken when one node's record or own desired state changed; one per node that has synced.
     wakers: std::sync::Mutex<HashMap<Uuid, Arc<Notify>>>,
     /// The view. Readers hold the lock only to compute one node's answer; a refresh reads the
@@ -260,6 +262,7 @@ impl Hub {
             dirty_gen: AtomicU64::new(1),
             seq: watch::Sender::new(1),
             invocations: watch::Sender::new(1),
+            events: watch::Sender::new(1),
             wakers: std::sync::Mutex::new(HashMap::new()),
             cache: RwLock::new(DesiredCache::default()),
             refreshing: Mutex::new(()),
@@ -309,6 +312,9 @@ impl Hub {
         if !changes.invocations.is_empty() {
             self.invocations.send_modify(|s| *s += 1);
         }
+        if changes.events > 0 {
+            self.events.send_modify(|s| *s += 1);
+        }
         if changes.blobs_added {
             self.blob_sync_now.notify_one();
         }
@@ -331,6 +337,7 @@ impl Hub {
         self.dirty_gen.fetch_add(1, Ordering::SeqCst);
         self.seq.send_modify(|s| *s += 1);
         self.invocations.send_modify(|s| *s += 1);
+        self.events.send_modify(|s| *s += 1);
         self.tokens_seq.fetch_add(1, Ordering::SeqCst);
         self.blob_sync_now.notify_one();
     }
@@ -343,6 +350,11 @@ impl Hub {
     /// Changes whenever some invocation progressed (created, advanced, a host's result).
     pub fn subscribe_invocations(&self) -> watch::Receiver<u64> {
         self.invocations.subscribe()
+    }
+
+    /// Changes whenever events were appended (or the whole state replaced).
+    pub fn subscribe_events(&self) -> watch::Receiver<u64> {
+        self.events.subscribe()
     }
 
     /// Notified whenever `node`'s own record or desired state changes. Enable a `notified()`

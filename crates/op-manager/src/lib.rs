@@ -25,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod downloads;
 pub mod error;
+pub mod events;
 pub mod fanout;
 pub mod heartbeat;
 pub mod hub;
@@ -361,6 +362,15 @@ pub async fn start(
                 node_timeout: config.node_timeout,
                 forget_after: config.forget_after,
                 metrics: app.metrics.clone(),
+            },
+            shutdown.clone(),
+        )),
+        tokio::spawn(events::run(
+            events::EventTimer {
+                store: app.store.clone(),
+                writer: app.writer.clone(),
+                clock: Arc::new(clock::SystemClock),
+                window: config.event_window,
             },
             shutdown.clone(),
         )),

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use op_proto::agent::RunBatchAck;
 use op_proto::api::{JobRecord, SaveJobResponse, Scope, TokenInfo};
 use op_proto::events::{NotifyRule, NotifyRuleInfo};
+use op_proto::incidents::FireKey;
 use op_proto::invoke::{InvocationKind, InvocationOptions};
 use op_proto::node::{AgentStats, LoadInfo, RunningRun};
 use op_proto::package::{InstalledPackage, PackageVersion};
@@ -185,6 +186,15 @@ pub enum Command {
         at: DateTime<Utc>,
         actor: String,
     },
+    /// The leader closes fires whose results are in (every selected host reported, or the event
+    /// window passed): their failures become `run.failed` / `run.recovered` events.
+    CloseFires {
+        at: DateTime<Utc>,
+        fires: Vec<FireToClose>,
+    },
+    /// The leader flushes the batched node and package changes into events (the event window
+    /// after the batch's first change passed).
+    FlushEvents { at: DateTime<Utc> },
 }
 
 impl Command {
@@ -213,8 +223,18 @@ impl Command {
             Command::RequestOutput { .. } => "request_output",
             Command::PutNotifyRule { .. } => "put_notify_rule",
             Command::RemoveNotifyRule { .. } => "remove_notify_rule",
+            Command::CloseFires { .. } => "close_fires",
+            Command::FlushEvents { .. } => "flush_events",
         }
     }
+}
+
+/// One fire the leader closes, with the hosts it selected (empty when unknown).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FireToClose {
+    pub fire: FireKey,
+    #[serde(default)]
+    pub selected: Vec<String>,
 }
 
 /// What an agent tells about itself when it registers.

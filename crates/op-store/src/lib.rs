@@ -26,13 +26,15 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use apply::events::{MAX_EVENT_AGE, MAX_EVENTS};
 pub use apply::{Changes, Entry};
 pub use command::{
-    Command, CommandResult, MissingHost, NewInvocation, NewTarget, NewToken, NodeBeat,
+    Command, CommandResult, FireToClose, MissingHost, NewInvocation, NewTarget, NewToken, NodeBeat,
     NodeRegistration, NodeRuns, PruneReport, Rejection, RejectionCode, RetentionLimits,
     StatusChange, TokenRecord,
 };
 pub use error::{Result, StoreError};
+pub use read::events::MAX_EVENT_PAGE;
 pub use read::invocations::{
     DEFAULT_INVOCATION_LIMIT, InvocationDetail, InvocationRow, MAX_INVOCATION_LIMIT, TargetRow,
 };
@@ -143,9 +145,11 @@ impl Store {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut changes = Changes::default();
         let mut results = Vec::with_capacity(entries.len());
+        let mut incidents = apply::events::Incidents::default();
         for entry in entries {
-            results.push(apply::apply_one(&tx, entry, &mut changes)?);
+            results.push(apply::apply_one(&tx, entry, &mut changes, &mut incidents)?);
         }
+        incidents.finish(&tx)?;
         set_meta(&tx, META_LAST_APPLIED, last_applied)?;
         if let Some(m) = membership {
             set_meta(&tx, META_MEMBERSHIP, m)?;

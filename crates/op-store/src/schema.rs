@@ -194,6 +194,22 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (node_id, job)
     ) WITHOUT ROWID;
     "#,
+    // 8: events (issue 19). `incidents` holds the one `IncidentState` (JSON) that derives them
+    // from applied commands; `events` is the derived log, bounded (see `apply::events`).
+    r#"
+    CREATE TABLE incidents (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        state TEXT NOT NULL
+    );
+    CREATE TABLE events (
+        id     INTEGER PRIMARY KEY,
+        time   INTEGER NOT NULL,
+        kind   TEXT NOT NULL,
+        job    TEXT,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX events_time ON events(time);
+    "#,
     // 9: notification rules (issue 19; 8 is the event log). `rule` is the NotifyRule as JSON:
     // its filter and channel, never a credential (only the paths of files each manager reads).
     r#"

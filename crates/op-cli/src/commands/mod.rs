@@ -5,6 +5,7 @@ mod audit;
 mod cluster;
 mod cron;
 mod download;
+mod events;
 mod exec;
 mod fanout;
 mod get;
@@ -110,6 +111,21 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
                 )?;
                 Ok(crate::Outcome::Ok)
             })
+        }
+        Command::Events {
+            follow,
+            kinds,
+            jobs,
+            after,
+        } => {
+            let ctx = ctx()?;
+            let query = op_client::EventQuery {
+                after,
+                follow,
+                kinds,
+                jobs,
+            };
+            crate::connect::block_on(events::run(&ctx, query))
         }
         Command::Logs {
             job,

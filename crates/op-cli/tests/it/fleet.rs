@@ -18,7 +18,7 @@ fn seed(file: &str) -> std::path::PathBuf {
 }
 
 /// `agentcli` pointed at `m` with its admin token.
-fn cli(m: &Manager) -> Command {
+pub(crate) fn cli(m: &Manager) -> Command {
     let mut cmd = Command::new(assert_cmd::cargo::cargo_bin!("agentcli"));
     cmd.env("OP_MANAGER", &m.api_url)
         .env("OP_TOKEN", &m.admin_token)
@@ -38,7 +38,7 @@ fn stdout(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-async fn fleet(m: &Manager, n: usize) -> Vec<Agent> {
+pub(crate) async fn fleet(m: &Manager, n: usize) -> Vec<Agent> {
     let agents: Vec<Agent> = (1..=n)
         .map(|i| {
             Agent::start(

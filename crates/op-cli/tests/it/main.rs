@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod edges;
+mod events;
 mod fleet;
 mod front_ends;
 mod logs;

@@ -9,6 +9,7 @@ mod audit;
 mod cluster;
 mod consistency;
 pub(crate) mod error;
+mod events;
 pub(crate) mod extract;
 mod guard;
 mod invoke;
@@ -93,6 +94,7 @@ pub fn router(app: Arc<App>) -> Router {
             get(packages::content),
         )
         .route("/v1/audit", get(audit::list))
+        .route("/v1/events", get(events::list))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/notify", get(notify::list).post(notify::create))

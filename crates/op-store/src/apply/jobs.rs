@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use op_proto::api::{JobRecord, OnceSelection, SaveJobResponse, TargetHost};
+use op_proto::incidents::{Input, JobRemoved};
 use op_proto::{JobSpec, NodeStatus};
 use rusqlite::{Connection, params};
 
@@ -83,6 +84,10 @@ pub(super) fn delete(
     };
     // Runs of the deleted job may still be waiting in outboxes.
     super::selections::remember_job(conn, &record.spec)?;
+    // Its open fires and incidents end without events: no run of it will close them.
+    ch.inputs.push(Input::JobRemoved(JobRemoved {
+        job: name.to_string(),
+    }));
     // Keep a tombstone with the last revision: a job saved again under this name continues the
     // numbering, so agents never mistake a new once-job revision for one they already ran.
     conn.execute(

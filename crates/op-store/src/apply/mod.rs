@@ -5,6 +5,7 @@
 //! Determinism rule: nothing here reads the clock, generates ids or depends on the machine. All
 //! such values arrive inside the command.
 
+pub(crate) mod events;
 mod invocations;
 mod jobs;
 mod nodes;
@@ -26,6 +27,7 @@ use crate::command::{Command, CommandResult, Rejection};
 use crate::error::Result;
 use crate::{META_CLUSTER_ID, META_DESIRED_INDEX, read, set_meta};
 use op_proto::api::Scope;
+use op_proto::incidents::Input;
 
 /// One raft log entry to apply: its index and its command (none for blank and membership entries).
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +61,10 @@ pub struct Changes {
     pub directives_ended: BTreeSet<Uuid>,
     /// A package version was added: every manager must hold its blob.
     pub blobs_added: bool,
+    /// Events appended by this batch (followers of `GET /v1/events` wake up).
+    pub events: u64,
+    /// What the command just dispatched feeds the incident state; taken by `apply_one`.
+    pub(crate) inputs: Vec<Input>,
 }
 
 impl Changes {
@@ -74,6 +80,7 @@ impl Changes {
         self.invocations.extend(other.invocations);
         self.directives_ended.extend(other.directives_ended);
         self.blobs_added |= other.blobs_added;
+        self.events += other.events;
     }
 
     /// True when some node's desired state may have changed.
@@ -89,6 +96,7 @@ pub(crate) fn apply_one(
     conn: &Connection,
     entry: &Entry<'_>,
     changes: &mut Changes,
+    incidents: &mut events::Incidents,
 ) -> Result<CommandResult> {
     let Some(command) = entry.command else {
         return Ok(CommandResult::Done);
@@ -98,6 +106,8 @@ pub(crate) fn apply_one(
     match dispatch(conn, entry.index, command, &mut local)? {
         Ok(result) => {
             conn.execute_batch("RELEASE cmd")?;
+            let inputs = std::mem::take(&mut local.inputs);
+            incidents.feed(conn, inputs, &mut local)?;
             changes.merge(local);
             Ok(result)
         }
@@ -146,7 +156,7 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
             nodes::register(conn, index, registration, *at, actor, ch)
         }
         Command::Heartbeats { beats } => nodes::heartbeats(conn, beats, ch),
-        Command::SetNodeStatus { changes, .. } => nodes::set_status(conn, changes, ch),
+        Command::SetNodeStatus { changes, at } => nodes::set_status(conn, changes, *at, ch),
         Command::ForgetNode { node_id, at, actor } => {
             nodes::forget(conn, index, *node_id, *at, actor, ch)
         }
@@ -228,6 +238,8 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
         Command::RequestOutput { .. } => Ok(Ok(CommandResult::Done)),
         Command::PutNotifyRule { rule, at, actor } => notify::put(conn, rule, *at, actor),
         Command::RemoveNotifyRule { name, at, actor } => notify::remove(conn, name, *at, actor),
+        Command::CloseFires { at, fires } => events::close_fires(*at, fires, ch),
+        Command::FlushEvents { at } => events::flush(*at, ch),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use op_proto::agent::OnceOutcome;
+use op_proto::incidents::{Input, NodeChange};
 use op_proto::node::AgentStats;
 use op_proto::{NodeInfo, NodeStatus};
 use rusqlite::{Connection, params};
@@ -59,6 +60,9 @@ pub(super) fn register(
         node.machine_id = reg.machine_id.clone();
     }
     // Registration says nothing of faults: the heartbeat that follows it does.
+    if !created && node.status != NodeStatus::Ready {
+        ch.inputs.push(node_change(&node, NodeStatus::Ready, at));
+    }
     node.status = NodeStatus::Ready;
     node.degraded = None;
     node.last_seen = node.last_seen.max(at);
@@ -186,6 +190,9 @@ pub(super) fn heartbeats(conn: &Connection, beats: &[NodeBeat], ch: &mut Changes
             continue;
         }
         let status = NodeStatus::of_beat(beat.degraded.as_deref());
+        if node.status != status {
+            ch.inputs.push(node_change(&node, status, beat.seen_at));
+        }
         if node.status != status || node.degraded != beat.degraded {
             node.status = status;
             node.degraded = beat.degraded.clone();
@@ -203,7 +210,12 @@ pub(super) fn heartbeats(conn: &Connection, beats: &[NodeBeat], ch: &mut Changes
     Ok(Ok(CommandResult::HeartbeatsRecorded { updated, unknown }))
 }
 
-pub(super) fn set_status(conn: &Connection, changes: &[StatusChange], ch: &mut Changes) -> Outcome {
+pub(super) fn set_status(
+    conn: &Connection,
+    changes: &[StatusChange],
+    at: DateTime<Utc>,
+    ch: &mut Changes,
+) -> Outcome {
     let mut done = Vec::new();
     for change in changes {
         let Some(mut node) = read::nodes::by_id(conn, change.node_id)? else {
@@ -215,6 +227,7 @@ pub(super) fn set_status(conn: &Connection, changes: &[StatusChange], ch: &mut C
         {
             continue;
         }
+        ch.inputs.push(node_change(&node, change.status, at));
         node.status = change.status;
         write(conn, &node)?;
         done.push((node.node_id, node.status));
@@ -251,6 +264,17 @@ pub(super) fn forget(
         &node_id.to_string(),
     )?;
     Ok(Ok(CommandResult::NodeForgotten { node_id }))
+}
+
+/// The incident input of `node` moving to `to` (events: `node.not_ready` / `node.ready`).
+fn node_change(node: &NodeInfo, to: NodeStatus, time: DateTime<Utc>) -> Input {
+    Input::NodeChange(NodeChange {
+        time,
+        host: node.hostname.clone(),
+        labels: node.labels.clone(),
+        from: node.status,
+        to,
+    })
 }
 
 fn write(conn: &Connection, n: &NodeInfo) -> Result<()> {

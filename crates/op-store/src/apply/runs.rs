@@ -7,9 +7,13 @@
 //! every run of a node that is not registered; a refused record is named in the acknowledgement
 //! (so the agent stops sending it) and leaves no trace. Runs of the manager's own invocations
 //! (ad-hoc directives) are checked by their invocation target instead, when they settle it.
+//! Every newly stored final record feeds the incident state (`super::events`).
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use op_proto::agent::{RefusedRun, RunBatchAck};
+use op_proto::incidents::{Input, RunResult};
 use op_proto::{NodeStatus, RunRecord, RunStatus, Trigger};
 use rusqlite::{Connection, params};
 use uuid::Uuid;
@@ -52,6 +56,8 @@ pub(super) fn ingest(
          WHERE runs.status = 'running' AND excluded.status <> 'running'",
     )?;
     let mut targets_changed = false;
+    // The job's retries and revision, for judging whether an attempt is its last (events).
+    let mut jobs: HashMap<String, (u32, u64)> = HashMap::new();
     for run in runs {
         if let Some(reason) = refusal(&mut given, node_id, run)? {
             ack.refused.push(RefusedRun {
@@ -98,6 +104,25 @@ pub(super) fn ingest(
             targets_changed = true;
         }
         super::invocations::settle(conn, index, run, at, ch)?;
+        if run.status != RunStatus::Running {
+            let (retries, revision) = match jobs.get(&run.job) {
+                Some(known) => *known,
+                None => {
+                    let known = match read::jobs::load(conn, &run.job)? {
+                        Some((record, false)) => (record.spec.retries, record.revision),
+                        _ => (0, 0),
+                    };
+                    *jobs.entry(run.job.clone()).or_insert(known)
+                }
+            };
+            ch.inputs.push(Input::RunResult(RunResult::of(
+                run,
+                retries,
+                revision,
+                node.labels.clone(),
+                at,
+            )));
+        }
     }
     ch.runs_duplicate += ack.duplicates as u64;
     if targets_changed {

@@ -1,6 +1,7 @@
 //! Read queries. Each `Store` method here borrows a pooled reader connection; the free functions
 //! take a `Connection` so that `apply` can use the same queries inside its transaction.
 
+pub(crate) mod events;
 pub(crate) mod invocations;
 pub(crate) mod jobs;
 pub(crate) mod misc;

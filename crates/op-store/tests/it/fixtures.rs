@@ -6,11 +6,12 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use op_proto::api::Scope;
+use op_proto::incidents::FireKey;
 use op_proto::invoke::{BatchSize, InvocationKind, InvocationOptions};
 use op_proto::{JobSpec, NodeStatus, RunStatus, Trigger};
 use op_store::{
-    Command, MissingHost, NewInvocation, NewTarget, NewToken, NodeBeat, NodeRuns, RetentionLimits,
-    StatusChange,
+    Command, FireToClose, MissingHost, NewInvocation, NewTarget, NewToken, NodeBeat, NodeRuns,
+    RetentionLimits, StatusChange,
 };
 
 use crate::common::*;
@@ -208,6 +209,17 @@ fn samples() -> Vec<Command> {
             at: t0(),
             actor: "admin".into(),
         },
+        Command::CloseFires {
+            at: t0(),
+            fires: vec![FireToClose {
+                fire: FireKey::Once {
+                    job: "ls-l".into(),
+                    revision: 3,
+                },
+                selected: vec!["web-1".into(), "web-2".into()],
+            }],
+        },
+        Command::FlushEvents { at: t0() },
     ]
 }
 

@@ -4,6 +4,7 @@
 mod apply;
 mod common;
 mod console_reads;
+mod events;
 mod fixtures;
 mod invocations;
 mod packages;
