@@ -406,11 +406,12 @@ async fn a_one_second_run_is_seen_by_top_and_followed_to_its_end() {
     m.client()
         .save_job_text(
             "blink",
-            r#"{"JobName":"blink","Command":"echo blink-start; sleep 1; echo blink-end","OnceJob":1}"#,
+            r#"{"JobName":"blink","Command":"echo blink-start; sleep 1; echo blink-end","CronExpr":"*/4 * * * * * *"}"#,
         )
         .await
         .unwrap();
-    // `top --once` sees the run while it lives: its start reached the manager at once.
+    // `top --once` sees the first run while it lives: its start reached the manager at once. (A
+    // cron fire, not a once-job: nothing else wakes the agent's parked sync at that moment.)
     let c = m.client();
     let mut seen_by_top = false;
     let deadline = std::time::Instant::now() + LONG;
@@ -478,7 +479,7 @@ async fn follow_of_a_run_that_ended_before_it_was_seen_prints_it_and_ends() {
     m.client()
         .save_job_text(
             "quick",
-            r#"{"JobName":"quick","Command":"echo quick-line","OnceJob":1}"#,
+            r#"{"JobName":"quick","Command":"echo quick-line","CronExpr":"*/4 * * * * * *"}"#,
         )
         .await
         .unwrap();
