@@ -22,6 +22,7 @@ fn heartbeat(node_id: Uuid) -> Heartbeat {
         packages: vec![],
         stats: Default::default(),
         degraded: None,
+        sent_at: None,
     }
 }
 

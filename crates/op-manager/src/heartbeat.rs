@@ -67,6 +67,7 @@ impl HeartbeatBuffer {
                 n.packages = b.packages.clone();
                 n.running = b.running.clone();
                 n.load = b.load.clone();
+                n.clock_skew_ms = b.clock_skew_ms;
                 // The status only changes through a written beat; its reason may be newer here.
                 if n.status == op_proto::NodeStatus::Degraded && b.degraded.is_some() {
                     n.degraded = b.degraded.clone();

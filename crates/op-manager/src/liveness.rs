@@ -190,6 +190,7 @@ mod tests {
             packages: vec![],
             stats: Default::default(),
             degraded: None,
+            clock_skew_ms: None,
         }
     }
 

@@ -137,6 +137,10 @@ pub struct Heartbeat {
     /// executor). The manager shows the node `Degraded` with this reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
+    /// The agent's clock when it sent this beat. Against the manager's receive time it gives the
+    /// node's clock skew ([`crate::NodeInfo::clock_skew_ms`]); absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<DateTime<Utc>>,
 }
 
 /// One job an agent must hold.

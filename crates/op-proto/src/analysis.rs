@@ -411,6 +411,7 @@ mod tests {
             machine_id: String::new(),
             status,
             degraded: None,
+            clock_skew_ms: None,
             first_seen: t,
             last_seen: t,
             load: None,

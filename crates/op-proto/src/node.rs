@@ -122,6 +122,10 @@ pub struct NodeInfo {
     /// Why the node is Degraded, as its agent last reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
+    /// The agent's clock minus the manager's, in milliseconds, as of its last beat (the network
+    /// delay makes it a little small); `None` until an agent that reports its clock syncs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_ms: Option<i64>,
 }
 
 impl NodeInfo {
@@ -133,9 +137,27 @@ impl NodeInfo {
         }
     }
 
+    /// The clock skew as `get nodes -o wide` and the console show it: `+0.3s`, `-12s`; empty when
+    /// the agent does not report its clock.
+    pub fn clock_skew_text(&self) -> String {
+        self.clock_skew_ms.map(skew_text).unwrap_or_default()
+    }
+
     /// The IPs joined with ',' (the seed's HOSTIPS cell).
     pub fn ip_string(&self) -> String {
         join_ips(&self.ips)
+    }
+}
+
+/// A clock offset in milliseconds, signed, in seconds: tenths below 10 s, whole seconds above.
+pub fn skew_text(ms: i64) -> String {
+    let sign = if ms < 0 { '-' } else { '+' };
+    let abs = ms.unsigned_abs();
+    if abs < 9_950 {
+        let tenths = (abs + 50) / 100;
+        format!("{sign}{}.{}s", tenths / 10, tenths % 10)
+    } else {
+        format!("{sign}{}s", (abs + 500) / 1000)
     }
 }
 
@@ -145,4 +167,19 @@ pub fn join_ips(ips: &[IpAddr]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skew_text;
+
+    #[test]
+    fn skew_is_shown_in_signed_seconds() {
+        assert_eq!(skew_text(0), "+0.0s");
+        assert_eq!(skew_text(300), "+0.3s");
+        assert_eq!(skew_text(-950), "-1.0s");
+        assert_eq!(skew_text(9_949), "+9.9s");
+        assert_eq!(skew_text(-12_400), "-12s");
+        assert_eq!(skew_text(3_600_000), "+3600s");
+    }
 }

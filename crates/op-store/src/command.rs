@@ -276,6 +276,9 @@ pub struct NodeBeat {
     /// The agent's reported fault: the node is Degraded while it is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
+    /// The agent's clock minus the manager's, in milliseconds (`NodeInfo::clock_skew_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

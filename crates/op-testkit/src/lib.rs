@@ -376,6 +376,8 @@ pub struct AgentOptions {
     pub state_dir: Option<PathBuf>,
     /// Stderr is a pipe nobody reads (see [`stderr_to`]); the log is empty then.
     pub dead_stderr: bool,
+    /// Environment variables set for the agent (`OP_*` of the test's own are removed).
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentOptions {
@@ -389,6 +391,7 @@ impl AgentOptions {
             extra_args: Vec::new(),
             state_dir: None,
             dead_stderr: false,
+            env: Vec::new(),
         }
     }
 
@@ -420,6 +423,11 @@ impl AgentOptions {
 
     pub fn arg(mut self, arg: &str) -> AgentOptions {
         self.extra_args.push(arg.to_string());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> AgentOptions {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
 }
@@ -496,6 +504,7 @@ impl Agent {
             cmd.arg("--manager-token").arg(t);
         }
         cmd.args(&o.extra_args)
+            .envs(o.env.iter().map(|(k, v)| (k, v)))
             .env("OPTESTKIT_MARK", &self.mark)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -225,6 +225,8 @@ struct Inner {
     health: Health,
     runs: Mutex<BTreeMap<Uuid, RunHandle>>,
     finished: mpsc::UnboundedSender<Arc<RunRecord>>,
+    /// Counts the runs started, so the link can report a start at once ([`Executor::starts`]).
+    starts: watch::Sender<u64>,
 }
 
 /// Starts runs and tracks the ones in progress. Cheap to clone.
@@ -253,6 +255,7 @@ impl Executor {
             health,
             runs: Mutex::new(BTreeMap::new()),
             finished: tx,
+            starts: watch::channel(0).0,
         }));
         (exec, rx)
     }
@@ -278,6 +281,7 @@ impl Executor {
             .unwrap_or_else(|p| p.into_inner())
             .insert(req.run_id, handle.clone());
         self.0.metrics.run_started();
+        self.0.starts.send_modify(|n| *n += 1);
         // Every log line about this run, wherever in the executor it is written, carries the
         // run id and the job name (docs/operations.md, "Logs").
         let span = tracing::info_span!("run", run_id = %req.run_id, job = %req.spec.name);
@@ -324,6 +328,12 @@ impl Executor {
         self.0.metrics.run_recorded(record.status);
         self.store_final(&record).await;
         let _ = self.0.finished.send(Arc::new(record));
+    }
+
+    /// Changes each time a run starts: the link then sends a heartbeat at once, so the manager
+    /// knows of a run that lasts a second (`top`, `logs --follow`).
+    pub fn starts(&self) -> watch::Receiver<u64> {
+        self.0.starts.subscribe()
     }
 
     /// Every run in progress.

@@ -2,6 +2,9 @@
 //! progress, the packages it holds (from the deployer), and the counters that make drops and
 //! skips visible.
 
+use std::sync::OnceLock;
+
+use chrono::{DateTime, Utc};
 use op_proto::agent::Heartbeat;
 use op_proto::node::LoadInfo;
 use op_proto::package::InstalledPackage;
@@ -24,7 +27,25 @@ pub fn build(
         packages,
         stats: metrics.stats(),
         degraded: executor.health().summary(),
+        sent_at: None,
     }
+}
+
+/// The agent's clock as a heartbeat reports it. `OP_TEST_CLOCK_OFFSET` (seconds, may be negative
+/// or fractional) shifts the reported clock, for testing only: it lets a test show a node whose
+/// clock is wrong without moving the system's clock. Nothing else in the agent reads it.
+pub fn reported_now() -> DateTime<Utc> {
+    static OFFSET: OnceLock<chrono::Duration> = OnceLock::new();
+    let offset = OFFSET.get_or_init(|| {
+        std::env::var("OP_TEST_CLOCK_OFFSET")
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite())
+            .map_or(chrono::Duration::zero(), |s| {
+                chrono::Duration::milliseconds((s * 1000.0) as i64)
+            })
+    });
+    Utc::now() + *offset
 }
 
 /// Load averages, CPUs and memory; `None` where /proc cannot be read (not Linux, a sandbox).

@@ -23,6 +23,8 @@
 //! this module only moves state between the manager and them. When the deployer's report changes
 //! (a download started, a version is in place, a deploy failed) the parked sync is dropped and a
 //! new one sent at once, so the manager learns within a moment rather than at the end of the wait.
+//! A run's start does the same (coalesced over a few ms, so a fan-out's starts share one beat):
+//! the beat lists the running runs, which `top`, the console and `logs --follow` read.
 
 pub mod courier;
 mod heartbeat;
@@ -49,6 +51,9 @@ use crate::metrics::Metrics;
 use crate::schedule::Scheduler;
 use crate::state::desired::{self, CachedJobs};
 use crate::state::identity::NODE_TOKEN_FILE;
+
+/// How long a heartbeat sent for a run's start waits for more starts to join it.
+const START_COALESCE: Duration = Duration::from_millis(5);
 
 /// Time limit of one ordinary request (register, run batch).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -324,6 +329,7 @@ impl SyncLoop {
         let mut registered_at: Option<String> = None;
         let mut deploys = self.deployer.subscribe();
         let mut health = self.executor.health().subscribe();
+        let mut starts = self.executor.starts();
         while !shutdown.is_cancelled() {
             let url = self.shared.current();
             let client = match self.shared.client(&url) {
@@ -400,7 +406,8 @@ impl SyncLoop {
             }
             deploys.borrow_and_update();
             health.borrow_and_update();
-            let beat = heartbeat::build(
+            starts.borrow_and_update();
+            let mut beat = heartbeat::build(
                 self.shared.node_id,
                 &self.executor,
                 &self.metrics,
@@ -409,12 +416,22 @@ impl SyncLoop {
             let wait = self.settings.sync_wait_secs;
             // Against the manager's receive time this gives the clocks' offset (directives).
             let sent_at = Utc::now();
+            beat.sent_at = Some(heartbeat::reported_now());
             let answer = tokio::select! {
                 r = client.sync(self.index, wait, &beat) => r,
                 // A deploy moved on: report it now instead of at the end of the wait.
                 r = deploys.changed() => if r.is_ok() { continue } else { break },
                 // The agent turned Degraded or healthy: the manager hears it now.
                 r = health.changed() => if r.is_ok() { continue } else { break },
+                // A run started: the manager hears it now rather than at the end of the wait,
+                // once the starts of the next few ms have joined it (one beat for a fan-out).
+                r = starts.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(START_COALESCE).await;
+                    continue;
+                }
                 _ = shutdown.cancelled() => break,
             };
             match answer {

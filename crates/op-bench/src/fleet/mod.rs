@@ -97,6 +97,7 @@ impl SimAgent {
             packages: Vec::new(),
             stats: Default::default(),
             degraded: None,
+            sent_at: None,
         }
     }
 }

@@ -188,6 +188,7 @@ async fn seed_node(
         }],
         stats: Default::default(),
         degraded: None,
+        sent_at: None,
     };
     retry(|| agent.sync(0, 0, &beat)).await?;
     let now = chrono::Utc::now();

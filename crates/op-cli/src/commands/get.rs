@@ -100,7 +100,14 @@ async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
         "LASTSEEN",
     ];
     if wide {
-        headers.extend(["LABELS", "LOAD", "RUNNING", "PACKAGES", "DEGRADED"]);
+        headers.extend([
+            "LABELS",
+            "LOAD",
+            "RUNNING",
+            "PACKAGES",
+            "DEGRADED",
+            "CLOCKSKEW",
+        ]);
     }
     let mut table = Table::new(&headers);
     for n in &nodes {
@@ -157,6 +164,8 @@ async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
                     .unwrap_or_default()
                     .to_string(),
             );
+            // The agent's clock minus the manager's: a wrong clock fires jobs at wrong times.
+            row.push(n.clock_skew_text());
         }
         table.row(row);
     }

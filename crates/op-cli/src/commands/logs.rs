@@ -210,6 +210,7 @@ pub async fn follow(ctx: &Ctx, job: &str, host: Option<String>) -> anyhow::Resul
     check_job(ctx, job).await?;
     let this_host = hosts::this_hostname();
     let mut waiting_said = false;
+    let began = chrono::Utc::now();
     let runs = loop {
         let nodes = ctx.call(ctx.client.list_nodes()).await?;
         let named: Vec<&NodeInfo> = match &host {
@@ -232,6 +233,13 @@ pub async fn follow(ctx: &Ctx, job: &str, host: Option<String>) -> anyhow::Resul
             .collect();
         if !running.is_empty() {
             break running;
+        }
+        // A run that ended since the follow began (it lasted less than a poll, or it was
+        // ending as the follow started) is followed too: its output is printed and the follow
+        // ends, instead of waiting for a next run that may never come.
+        let ended = ended_since(ctx, job, host.as_ref().map(|_| &named[..]), began).await?;
+        if !ended.is_empty() {
+            break ended;
         }
         if !waiting_said {
             let scope = host
@@ -282,6 +290,36 @@ pub async fn follow(ctx: &Ctx, job: &str, host: Option<String>) -> anyhow::Resul
         }
     }
     Ok(outcome)
+}
+
+/// The runs of `job` (on `nodes`, or anywhere) whose record reached the manager and that ended
+/// at or after `since`, with their hostnames.
+async fn ended_since(
+    ctx: &Ctx,
+    job: &str,
+    nodes: Option<&[&NodeInfo]>,
+    since: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<Vec<(Uuid, String)>> {
+    let keys: Vec<Option<String>> = match nodes {
+        None => vec![None],
+        Some(nodes) => nodes.iter().map(|n| Some(n.node_id.to_string())).collect(),
+    };
+    let mut ended = Vec::new();
+    for key in keys {
+        let query = RunQuery {
+            job: Some(job.to_string()),
+            host: key,
+            per_node: Some(1),
+            ..RunQuery::default()
+        };
+        let runs = ctx.call(ctx.client.runs(&query)).await?;
+        ended.extend(
+            runs.into_iter()
+                .filter(|r| r.ended_at.is_some_and(|e| e >= since))
+                .map(|r| (r.run_id, r.hostname)),
+        );
+    }
+    Ok(ended)
 }
 
 /// Copies one run's output to stdout as it grows, until the run has ended and all was read.

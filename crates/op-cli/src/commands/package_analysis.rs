@@ -211,6 +211,7 @@ mod tests {
             packages,
             stats: AgentStats::default(),
             degraded: None,
+            clock_skew_ms: None,
         }
     }
 

@@ -426,3 +426,52 @@ async fn token_list_marks_expired_tokens_and_token_management_names_admin() {
     );
     assert!(!err.contains("operator or admin"), "{err}");
 }
+
+#[tokio::test]
+async fn get_nodes_wide_shows_each_agents_clock_skew() {
+    let m = Manager::start();
+    // node-1's agent reports a clock 12 s behind (the test-only offset); node-2's is right.
+    let _slow = Agent::start(
+        AgentOptions::new("node-1", "127.0.0.2")
+            .manager(&m)
+            .env("OP_TEST_CLOCK_OFFSET", "-12"),
+    );
+    let _right = Agent::start(AgentOptions::new("node-2", "127.0.0.3").manager(&m));
+    let c = m.client();
+    wait_until(LONG, "both agents report their clocks", || async {
+        c.list_nodes()
+            .await
+            .map(|v| v.iter().filter(|n| n.clock_skew_ms.is_some()).count() == 2)
+            .unwrap_or(false)
+    })
+    .await;
+    let out = stdout(cli(&m).args(["get", "nodes", "-o", "wide"]));
+    let header = out.lines().next().unwrap();
+    assert!(header.trim_end().ends_with("CLOCKSKEW"), "{out}");
+    let row = |host: &str| {
+        out.lines()
+            .find(|l| l.starts_with(host))
+            .unwrap_or_else(|| panic!("no {host} in {out}"))
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(row("node-1"), "-12s", "{out}");
+    // Same machine: a skew of the request's travel time only.
+    let right = row("node-2");
+    assert!(
+        right.starts_with("+0.") || right.starts_with("-0."),
+        "{out}"
+    );
+    let nodes = c.list_nodes().await.unwrap();
+    let skew = |host: &str| {
+        nodes
+            .iter()
+            .find(|n| n.hostname == host)
+            .and_then(|n| n.clock_skew_ms)
+            .unwrap()
+    };
+    assert!((skew("node-1") + 12_000).abs() < 1_000, "{nodes:?}");
+    assert!(skew("node-2").abs() < 1_000, "{nodes:?}");
+}

@@ -352,3 +352,142 @@ async fn output_of_a_run_whose_agent_is_gone_is_unavailable() {
         "{gone:?}"
     );
 }
+
+/// A manager whose parked syncs last 15 s: without a heartbeat sent at a run's start, a run of a
+/// second would end before the manager heard of it.
+fn slow_sync_manager() -> Manager {
+    Manager::start_with(op_testkit::ManagerOptions {
+        args: vec!["--sync-wait".into(), "15s".into()],
+        ..Default::default()
+    })
+}
+
+/// Waits for a child to exit, failing with its stderr after `LONG`.
+async fn exit_of(
+    child: &mut std::process::Child,
+    err: &Arc<Mutex<Vec<u8>>>,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("follow never ended: {}", text(err));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_one_second_run_is_seen_by_top_and_followed_to_its_end() {
+    let m = slow_sync_manager();
+    let _agent = one_agent(&m).await;
+    m.client()
+        .save_job_text(
+            "blink",
+            r#"{"JobName":"blink","Command":"echo blink-start; sleep 1; echo blink-end","Enabled":0}"#,
+        )
+        .await
+        .unwrap();
+    let mut child = cli(&m)
+        .args(["logs", "blink", "node-1", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = collect(child.stdout.take().unwrap());
+    let err = collect(child.stderr.take().unwrap());
+    wait_until(LONG, "agentcli says it waits", || async {
+        text(&err).contains("waiting for one to start")
+    })
+    .await;
+    m.client()
+        .save_job_text(
+            "blink",
+            r#"{"JobName":"blink","Command":"echo blink-start; sleep 1; echo blink-end","CronExpr":"*/4 * * * * * *"}"#,
+        )
+        .await
+        .unwrap();
+    // `top --once` sees the first run while it lives: its start reached the manager at once. (A
+    // cron fire, not a once-job: nothing else wakes the agent's parked sync at that moment.)
+    let c = m.client();
+    let mut seen_by_top = false;
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let top = cli(&m).args(["top", "--once"]).output().unwrap();
+        assert!(
+            top.status.success(),
+            "{}",
+            String::from_utf8_lossy(&top.stderr)
+        );
+        if String::from_utf8_lossy(&top.stdout)
+            .lines()
+            .any(|l| l.starts_with("blink") && l.contains("node-1"))
+        {
+            seen_by_top = true;
+            break;
+        }
+        let recorded = c
+            .runs(&op_proto::api::RunQuery {
+                job: Some("blink".into()),
+                ..Default::default()
+            })
+            .await
+            .map(|r| !r.is_empty())
+            .unwrap_or(false);
+        if recorded || std::time::Instant::now() >= deadline {
+            break;
+        }
+    }
+    assert!(seen_by_top, "top never showed the one-second run");
+    let status = exit_of(&mut child, &err).await;
+    wait_until(LONG, "all output read", || async {
+        text(&out).contains("blink-end") && text(&err).contains("ended")
+    })
+    .await;
+    assert!(status.success(), "{}", text(&err));
+    assert_eq!(text(&out), "blink-start\nblink-end\n");
+    assert!(text(&err).contains("ended: ok"), "{}", text(&err));
+}
+
+#[tokio::test]
+async fn follow_of_a_run_that_ended_before_it_was_seen_prints_it_and_ends() {
+    let m = slow_sync_manager();
+    let _agent = one_agent(&m).await;
+    m.client()
+        .save_job_text(
+            "quick",
+            r#"{"JobName":"quick","Command":"echo quick-line","Enabled":0}"#,
+        )
+        .await
+        .unwrap();
+    let mut child = cli(&m)
+        .args(["logs", "quick", "node-1", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = collect(child.stdout.take().unwrap());
+    let err = collect(child.stderr.take().unwrap());
+    wait_until(LONG, "agentcli says it waits", || async {
+        text(&err).contains("waiting for one to start")
+    })
+    .await;
+    // The run lasts a few ms: it is over between two of the follow's polls.
+    m.client()
+        .save_job_text(
+            "quick",
+            r#"{"JobName":"quick","Command":"echo quick-line","CronExpr":"*/4 * * * * * *"}"#,
+        )
+        .await
+        .unwrap();
+    let status = exit_of(&mut child, &err).await;
+    wait_until(LONG, "all output read", || async {
+        text(&out).contains("quick-line") && text(&err).contains("ended")
+    })
+    .await;
+    assert_eq!(status.code(), Some(0), "{}", text(&err));
+    assert_eq!(text(&out), "quick-line\n");
+}

@@ -241,6 +241,10 @@ pub async fn sync(
     let received_at = Utc::now();
     let wait = wait_of(&app, q.wait.as_deref())?;
     let node = hb.node_id;
+    // The agent's clock minus ours; the request's travel time makes it a little small.
+    let clock_skew_ms = hb
+        .sent_at
+        .map(|sent| (sent - received_at).num_milliseconds());
     let beat = NodeBeat {
         node_id: node,
         seen_at: Utc::now(),
@@ -250,6 +254,7 @@ pub async fn sync(
         packages: hb.packages,
         stats: hb.stats,
         degraded: hb.degraded,
+        clock_skew_ms,
     };
     // Listen before reading the state, so a change between the two still wakes us: job changes
     // wake every node through `changes`, a change of this node alone through `mine`.

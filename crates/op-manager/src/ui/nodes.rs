@@ -104,7 +104,7 @@ pub async fn list(
     body.push_str("<div id=\"nodes\" data-refresh=\"5000\">");
     body.push_str(
         "<table class=\"list\"><thead><tr><th>Status</th><th>Host</th><th>IPs</th><th>Version</th>\
-         <th>Last seen</th><th>Load</th><th>Running</th><th>Packages</th></tr></thead><tbody>",
+         <th>Last seen</th><th>Clock skew</th><th>Load</th><th>Running</th><th>Packages</th></tr></thead><tbody>",
     );
     for n in rows {
         let failed = n
@@ -121,7 +121,7 @@ pub async fn list(
             body,
             "<tr data-node=\"{}\"><td data-label=\"Status\">{}</td><td data-label=\"Host\"><a href=\"/ui/nodes/{}\">{}</a></td>\
              <td data-label=\"IPs\">{}</td><td data-label=\"Version\">{}</td><td data-label=\"Last seen\">{}</td>\
-             <td data-label=\"Load\">{}</td><td data-label=\"Running\">{}</td><td data-label=\"Packages\">{pk}</td></tr>",
+             <td data-label=\"Clock skew\" data-skew>{}</td><td data-label=\"Load\">{}</td><td data-label=\"Running\">{}</td><td data-label=\"Packages\">{pk}</td></tr>",
             attr(&n.hostname),
             status_cell(n),
             n.node_id,
@@ -129,12 +129,13 @@ pub async fn list(
             esc(&n.ip_string()),
             esc(&n.agent_version),
             html::time(n.last_seen),
+            esc(&n.clock_skew_text()),
             load(n),
             n.running.len(),
         );
     }
     if rows.is_empty() {
-        body.push_str("<tr><td colspan=\"8\" class=\"muted\">No node matches.</td></tr>");
+        body.push_str("<tr><td colspan=\"9\" class=\"muted\">No node matches.</td></tr>");
     }
     body.push_str("</tbody></table>");
     body.push_str(&html::pager(
@@ -209,6 +210,12 @@ pub async fn show(
         ("Agent version", esc(&node.agent_version)),
         ("OS / arch", esc(&format!("{} / {}", node.os, node.arch))),
         ("Last seen", html::time(node.last_seen)),
+        (
+            "Clock skew",
+            esc(&node
+                .clock_skew_ms
+                .map_or("–".into(), |_| node.clock_skew_text())),
+        ),
         ("First seen", html::time(node.first_seen)),
         ("Load", load(&node)),
         (

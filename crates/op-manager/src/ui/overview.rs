@@ -326,6 +326,7 @@ mod tests {
                 .collect(),
             stats: Default::default(),
             degraded: None,
+            clock_skew_ms: None,
         }
     }
 

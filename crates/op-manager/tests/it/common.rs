@@ -258,6 +258,7 @@ impl FakeAgent {
             packages: vec![],
             stats: Default::default(),
             degraded: None,
+            sent_at: None,
         }
     }
 

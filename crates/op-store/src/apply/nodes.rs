@@ -49,6 +49,7 @@ pub(super) fn register(
         packages: Vec::new(),
         stats: AgentStats::default(),
         degraded: None,
+        clock_skew_ms: None,
     });
     node.hostname = reg.hostname.clone();
     node.ips = reg.ips.clone();
@@ -204,6 +205,7 @@ pub(super) fn heartbeats(conn: &Connection, beats: &[NodeBeat], ch: &mut Changes
         node.running = beat.running.clone();
         node.packages = beat.packages.clone();
         node.stats = beat.stats.clone();
+        node.clock_skew_ms = beat.clock_skew_ms;
         write(conn, &node)?;
         updated += 1;
     }

@@ -184,6 +184,7 @@ fn status_changes_lose_to_newer_heartbeats() {
             packages: vec![],
             stats: Default::default(),
             degraded: None,
+            clock_skew_ms: None,
         }],
     });
     // Decided on a last_seen of 0: the beat at 50 wins.
@@ -225,6 +226,7 @@ fn a_beat_that_reports_a_fault_makes_the_node_degraded_and_one_without_makes_it_
             packages: vec![],
             stats: Default::default(),
             degraded: degraded.map(str::to_string),
+            clock_skew_ms: None,
         }],
     };
     s.apply(beat(10, Some("state disk full: recording a run")));

@@ -60,6 +60,7 @@ fn samples() -> Vec<Command> {
                 packages: vec![],
                 stats: Default::default(),
                 degraded: None,
+                clock_skew_ms: None,
             }],
         },
         Command::SetNodeStatus {

@@ -180,6 +180,7 @@ fn delete_refuses_current_and_installed_versions_and_releases_blobs() {
             }],
             stats: Default::default(),
             degraded: None,
+            clock_skew_ms: None,
         }],
     });
     let r = s.apply(delete(v1.version));
@@ -212,6 +213,7 @@ fn delete_refuses_current_and_installed_versions_and_releases_blobs() {
             }],
             stats: Default::default(),
             degraded: None,
+            clock_skew_ms: None,
         }],
     });
     s.index += 1;

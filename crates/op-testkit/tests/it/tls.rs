@@ -231,6 +231,7 @@ async fn a_replaced_certificate_is_served_without_dropping_connections() {
         packages: vec![],
         stats: Default::default(),
         degraded: None,
+        sent_at: None,
     };
     let index = node.sync(0, 0, &beat).await.unwrap().index;
     let parked = tokio::spawn({
