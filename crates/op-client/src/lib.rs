@@ -735,7 +735,23 @@ impl Client {
     /// and whether the run has finished (then an empty piece means the end). Waits up to
     /// `wait_secs` for the agent.
     pub async fn run_output(&self, id: Uuid, offset: u64, wait_secs: u64) -> Result<OutputPiece> {
-        let path = format!("/v1/runs/{id}/output?offset={offset}&wait={wait_secs}");
+        self.run_output_on(id, None, offset, wait_secs).await
+    }
+
+    /// [`Client::run_output`] naming the node that runs it, for a run that may have ended
+    /// between the heartbeat that listed it and the delivery of its record: in that moment the
+    /// manager knows the run from neither and would answer 404.
+    pub async fn run_output_on(
+        &self,
+        id: Uuid,
+        node: Option<Uuid>,
+        offset: u64,
+        wait_secs: u64,
+    ) -> Result<OutputPiece> {
+        let mut path = format!("/v1/runs/{id}/output?offset={offset}&wait={wait_secs}");
+        if let Some(node) = node {
+            path.push_str(&format!("&node={node}"));
+        }
         let req = self
             .request(Method::GET, &path)
             .timeout(self.timeout + Duration::from_secs(wait_secs));

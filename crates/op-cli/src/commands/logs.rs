@@ -222,13 +222,13 @@ pub async fn follow(ctx: &Ctx, job: &str, host: Option<String>) -> anyhow::Resul
         {
             return Err(hosts::no_match(&nodes, h));
         }
-        let running: Vec<(Uuid, String)> = named
+        let running: Vec<(Uuid, String, Uuid)> = named
             .iter()
             .flat_map(|n| {
                 n.running
                     .iter()
                     .filter(|r| r.job == job)
-                    .map(|r| (r.run_id, n.hostname.clone()))
+                    .map(|r| (r.run_id, n.hostname.clone(), n.node_id))
             })
             .collect();
         if !running.is_empty() {
@@ -254,12 +254,12 @@ pub async fn follow(ctx: &Ctx, job: &str, host: Option<String>) -> anyhow::Resul
         tokio::time::sleep(FOLLOW_POLL).await;
     };
     let prefix = runs.len() > 1;
-    let streams = runs
-        .iter()
-        .map(|(run_id, hostname)| stream_run(ctx, *run_id, prefix.then_some(hostname.as_str())));
+    let streams = runs.iter().map(|(run_id, hostname, node)| {
+        stream_run(ctx, *run_id, *node, prefix.then_some(hostname.as_str()))
+    });
     let results = futures_util::future::join_all(streams).await;
     let mut outcome = Outcome::Ok;
-    for ((run_id, hostname), result) in runs.iter().zip(results) {
+    for ((run_id, hostname, _), result) in runs.iter().zip(results) {
         match result {
             Ok(()) => {}
             Err(e) => {
@@ -299,7 +299,7 @@ async fn ended_since(
     job: &str,
     nodes: Option<&[&NodeInfo]>,
     since: chrono::DateTime<chrono::Utc>,
-) -> anyhow::Result<Vec<(Uuid, String)>> {
+) -> anyhow::Result<Vec<(Uuid, String, Uuid)>> {
     let keys: Vec<Option<String>> = match nodes {
         None => vec![None],
         Some(nodes) => nodes.iter().map(|n| Some(n.node_id.to_string())).collect(),
@@ -316,7 +316,7 @@ async fn ended_since(
         ended.extend(
             runs.into_iter()
                 .filter(|r| r.ended_at.is_some_and(|e| e >= since))
-                .map(|r| (r.run_id, r.hostname)),
+                .map(|r| (r.run_id, r.hostname, r.node_id)),
         );
     }
     Ok(ended)
@@ -324,15 +324,27 @@ async fn ended_since(
 
 /// Copies one run's output to stdout as it grows, until the run has ended and all was read.
 /// With a prefix, output goes out in whole lines, each led by `[prefix] `.
-async fn stream_run(ctx: &Ctx, run_id: Uuid, prefix: Option<&str>) -> anyhow::Result<()> {
+async fn stream_run(
+    ctx: &Ctx,
+    run_id: Uuid,
+    node: Uuid,
+    prefix: Option<&str>,
+) -> anyhow::Result<()> {
     let mut offset = 0;
     let mut partial: Vec<u8> = Vec::new();
     let mut failures = 0;
+    // Named only after a 404: a manager older than the `node` parameter refuses it, and it is
+    // needed only in the moment between the run's end and the delivery of its record.
+    let mut hint = None;
     loop {
-        let piece = match ctx.client.run_output(run_id, offset, 10).await {
+        let piece = match ctx.client.run_output_on(run_id, hint, offset, 10).await {
             Ok(p) => {
                 failures = 0;
                 p
+            }
+            Err(ClientError::Api { status: 404, .. }) if hint.is_none() => {
+                hint = Some(node);
+                continue;
             }
             Err(e @ ClientError::Api { status, .. }) if status != 503 => {
                 return Err(ctx.conn.explain(e));

@@ -48,6 +48,10 @@ pub struct OutputQuery {
     /// Seconds to wait for the agent.
     #[serde(default)]
     wait: Option<u64>,
+    /// The node the reader saw running the run: used when the manager knows the run from
+    /// neither its record (not delivered yet) nor a heartbeat (the run just ended).
+    #[serde(default)]
+    node: Option<Uuid>,
 }
 
 pub async fn read(
@@ -67,6 +71,7 @@ pub async fn read(
                 .iter()
                 .find(|n| n.running.iter().any(|r| r.run_id == run_id))
                 .map(|n| n.node_id)
+                .or(q.node.filter(|id| nodes.iter().any(|n| n.node_id == *id)))
                 .ok_or_else(|| ApiError::NotFound(format!("no run with id {run_id}")))?
         }
     };

@@ -138,3 +138,43 @@ async fn an_output_request_wakes_the_parked_sync_alone_and_writes_nothing_throug
     );
     m.stop().await;
 }
+
+/// Between a run's end (the heartbeat no longer lists it) and the delivery of its record, the
+/// manager knows the run from neither; `logs --follow` names the node it saw running the run,
+/// and the request still reaches that node instead of failing with 404 (the docs-commands test
+/// met this race on a loaded machine).
+#[tokio::test]
+async fn a_run_between_its_end_and_its_record_is_read_through_the_named_node() {
+    let m = TestManager::start().await;
+    let admin = m.admin();
+    let agent = FakeAgent::new(2);
+    agent.register(&m.agent()).await;
+    let node = agent.client(&m.agent());
+    let beat = agent.heartbeat();
+    let index = node.sync(0, 0, &beat).await.unwrap().index;
+    let run_id = Uuid::now_v7();
+
+    // Known to nobody: without the node the answer is 404.
+    let unknown = admin.run_output(run_id, 0, 1).await.unwrap_err();
+    assert_eq!(unknown.status(), Some(404), "{unknown:?}");
+    // A node that is not in the fleet is no way around that.
+    let stranger = admin
+        .run_output_on(run_id, Some(Uuid::now_v7()), 0, 1)
+        .await
+        .unwrap_err();
+    assert_eq!(stranger.status(), Some(404), "{stranger:?}");
+
+    let parked = {
+        let node = node.clone();
+        let beat = beat.clone();
+        tokio::spawn(async move { node.sync(index, 60, &beat).await })
+    };
+    let reader = {
+        let admin = admin.clone();
+        let node_id = agent.node_id;
+        tokio::spawn(async move { admin.run_output_on(run_id, Some(node_id), 0, 30).await })
+    };
+    let light = parked.await.unwrap().unwrap();
+    assert_eq!(answer(&agent, &node, &light, reader).await, b"hello\n");
+    m.stop().await;
+}
