@@ -21,6 +21,8 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::hosts::glob_match;
+
 /// How many host names one event lists; [`Event::host_count`] has the total. 2,000 failing hosts
 /// make one event naming the first hundred, not a 2,000-line mail.
 pub const MAX_EVENT_HOSTS: usize = 100;
@@ -581,28 +583,6 @@ pub enum RuleError {
     },
     #[error("SMTP credentials: {reason}")]
     Credentials { reason: String },
-}
-
-/// `*` matches any run of characters, `?` exactly one. Iterative, so no input can blow the stack.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
-            p += 1;
-            t += 1;
-        } else if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, t));
-            p += 1;
-        } else if let Some((sp, st)) = star {
-            p = sp + 1;
-            t = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 /// `scheme://authority` of a URL, for naming a receiver without its path or query.

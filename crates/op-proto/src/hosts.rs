@@ -174,7 +174,8 @@ fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
 }
 
 /// `*` matches any run of characters, `?` exactly one. Iterative, so no input can blow the stack.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+/// Also the job globs of notification rules (`events.rs`).
+pub(crate) fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
