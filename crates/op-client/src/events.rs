@@ -1,9 +1,9 @@
 //! `GET /v1/events` (issue 19): the derived events as an NDJSON stream, read one at a time.
 
 use op_proto::events::Event;
-use reqwest::{Method, Response};
+use reqwest::Method;
 
-use crate::{API_VERSION, API_VERSION_HEADER, Client, ClientError, Result};
+use crate::{API_VERSION, API_VERSION_HEADER, Client, ClientError, Ndjson, Result};
 
 /// What `GET /v1/events` is asked for.
 #[derive(Debug, Clone, Default)]
@@ -43,49 +43,17 @@ impl Client {
                 url: self.url(path),
                 secs: self.timeout.as_secs(),
             })??;
-        Ok(EventStream {
-            resp,
-            buf: Vec::new(),
-            url: self.url(path),
-        })
+        Ok(EventStream(Ndjson::new(resp, self.url(path), None)))
     }
 }
 
 /// The NDJSON answer of `GET /v1/events`.
 #[derive(Debug)]
-pub struct EventStream {
-    resp: Response,
-    buf: Vec<u8>,
-    url: String,
-}
+pub struct EventStream(Ndjson);
 
 impl EventStream {
     /// The next event; `None` once the manager ended the stream.
     pub async fn next(&mut self) -> Result<Option<Event>> {
-        loop {
-            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=pos).collect();
-                let line = &line[..line.len() - 1];
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                return serde_json::from_slice(line)
-                    .map(Some)
-                    .map_err(|e| ClientError::Decode {
-                        url: self.url.clone(),
-                        message: format!("{e}: {}", String::from_utf8_lossy(line)),
-                    });
-            }
-            let chunk = self.resp.chunk().await.map_err(|e| ClientError::Stream {
-                url: self.url.clone(),
-                message: e.to_string(),
-            })?;
-            match chunk {
-                Some(bytes) => self.buf.extend_from_slice(&bytes),
-                None if self.buf.iter().all(u8::is_ascii_whitespace) => return Ok(None),
-                // A last line without its newline.
-                None => self.buf.push(b'\n'),
-            }
-        }
+        self.0.next().await
     }
 }

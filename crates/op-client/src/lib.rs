@@ -824,12 +824,11 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with(NDJSON));
         if streamed {
-            return Ok(Started::Stream(InvocationStream {
+            return Ok(Started::Stream(InvocationStream(Ndjson::new(
                 resp,
-                buf: Vec::new(),
-                url: self.url(path),
-                idle: STREAM_IDLE,
-            }));
+                self.url(path),
+                Some(STREAM_IDLE),
+            ))));
         }
         let bytes = resp.bytes().await.map_err(|e| self.transport(path, e))?;
         serde_json::from_slice(&bytes)
@@ -869,16 +868,37 @@ pub enum Started {
 
 /// The NDJSON answer of a waiting invocation, read one event at a time.
 #[derive(Debug)]
-pub struct InvocationStream {
-    resp: Response,
-    buf: Vec<u8>,
-    url: String,
-    idle: Duration,
-}
+pub struct InvocationStream(Ndjson);
 
 impl InvocationStream {
     /// The next event; `None` once the manager ended the stream (after the summary).
     pub async fn next(&mut self) -> Result<Option<InvocationEvent>> {
+        self.0.next().await
+    }
+}
+
+/// An NDJSON answer read one value at a time: invocation streams and `GET /v1/events`.
+#[derive(Debug)]
+pub(crate) struct Ndjson {
+    resp: Response,
+    buf: Vec<u8>,
+    url: String,
+    /// Longest the manager may stay silent; `None`: as long as it likes (a follow).
+    idle: Option<Duration>,
+}
+
+impl Ndjson {
+    pub(crate) fn new(resp: Response, url: String, idle: Option<Duration>) -> Ndjson {
+        Ndjson {
+            resp,
+            buf: Vec::new(),
+            url,
+            idle,
+        }
+    }
+
+    /// The next value; `None` once the manager ended the stream.
+    pub(crate) async fn next<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>> {
         loop {
             if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=pos).collect();
@@ -893,23 +913,24 @@ impl InvocationStream {
                         message: format!("{e}: {}", String::from_utf8_lossy(line)),
                     });
             }
-            let chunk = tokio::time::timeout(self.idle, self.resp.chunk())
-                .await
-                .map_err(|_| ClientError::Stream {
-                    url: self.url.clone(),
-                    message: format!("nothing for {} s", self.idle.as_secs()),
-                })?
-                .map_err(|e| ClientError::Stream {
-                    url: self.url.clone(),
-                    message: e.to_string(),
-                })?;
+            let chunk = match self.idle {
+                Some(idle) => tokio::time::timeout(idle, self.resp.chunk())
+                    .await
+                    .map_err(|_| ClientError::Stream {
+                        url: self.url.clone(),
+                        message: format!("nothing for {} s", idle.as_secs()),
+                    })?,
+                None => self.resp.chunk().await,
+            }
+            .map_err(|e| ClientError::Stream {
+                url: self.url.clone(),
+                message: e.to_string(),
+            })?;
             match chunk {
                 Some(bytes) => self.buf.extend_from_slice(&bytes),
                 None if self.buf.iter().all(u8::is_ascii_whitespace) => return Ok(None),
-                None => {
-                    // A last line without its newline.
-                    self.buf.push(b'\n');
-                }
+                // A last line without its newline.
+                None => self.buf.push(b'\n'),
             }
         }
     }
