@@ -41,8 +41,19 @@ async fn seed_once_job_runs_exactly_once_on_every_agent() {
         t.len() == 3 && t.iter().all(|t| t.state == TargetState::Done)
     })
     .await;
-    // Nothing runs a second time, not even after the agents sync again.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing runs a second time, not even after the agents sync again. A barrier instead of a
+    // pause: a later once-job runs on every agent only after it applied its job set again, with
+    // ls-l in its ledger, and its run record travels behind any rerun of ls-l in the outbox.
+    c.save_job(&job(
+        r#"{"JobName":"once-after","Command":"echo after","OnceJob":1}"#,
+    ))
+    .await
+    .unwrap();
+    wait_until(LONG, "the later once-job ran on every agent", || async {
+        let t = c.once_targets("once-after", None).await.unwrap();
+        t.len() == 3 && t.iter().all(|t| t.state == TargetState::Done)
+    })
+    .await;
     assert_eq!(runs_of(&c, "ls-l").await.len(), 3);
     drop(agents);
 }
