@@ -125,20 +125,7 @@ async fn follow_streams_a_running_run_until_it_ends() {
     assert!(!text(&out).contains("second-line"));
     assert!(child.try_wait().unwrap().is_none(), "follow ended early");
     std::fs::write(&gate, "").unwrap();
-    let status = {
-        let deadline = std::time::Instant::now() + LONG;
-        loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "follow never ended: {}",
-                text(&err)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
+    let status = exit_of(&mut child, &err).await;
     // The pipes drain after exit.
     wait_until(LONG, "all output read", || async {
         text(&out).contains("second-line") && text(&err).contains("ended")
@@ -228,11 +215,7 @@ async fn following_a_run_writes_nothing_through_raft_per_poll() {
         m.client().metrics().await.unwrap()
     );
     std::fs::write(&gate, "").unwrap();
-    let deadline = std::time::Instant::now() + LONG;
-    while child.try_wait().unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline, "follow never ended");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    exit_of(&mut child, &err).await;
     wait_until(LONG, "all output read", || async {
         text(&out).contains("second-line") && text(&err).contains("ended: ok")
     })
