@@ -163,6 +163,7 @@ pub async fn run(
                         arch: std::env::consts::ARCH.to_string(),
                         machine_id: state::identity::machine_id(),
                         reset: state::identity::pending_reset(&config.state_dir)?,
+                        capabilities: vec![op_proto::agent::CAPABILITY_DIRECTIVE_ACK.to_string()],
                     },
                     scheduler: scheduler.clone(),
                     executor: executor.clone(),

@@ -23,6 +23,7 @@ fn heartbeat(node_id: Uuid) -> Heartbeat {
         stats: Default::default(),
         degraded: None,
         sent_at: None,
+        received: Vec::new(),
     }
 }
 
@@ -102,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
             arch: "x86_64".into(),
             machine_id: String::new(),
             reset: None,
+            capabilities: Vec::new(),
         })
         .await?;
     let agent_one = agent.with_token(resp.node_token.as_deref().unwrap_or_default());
@@ -150,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
                 arch: "x86_64".into(),
                 machine_id: String::new(),
                 reset: None,
+                capabilities: Vec::new(),
             })
             .await?;
         ids.push((

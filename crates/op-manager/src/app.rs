@@ -30,6 +30,8 @@ pub struct App {
     pub cluster: Arc<Cluster>,
     pub hub: Arc<Hub>,
     pub beats: Arc<HeartbeatBuffer>,
+    /// Directive acknowledgements from the agents syncing here, on their way to the store.
+    pub acks: Arc<crate::acks::AckBuffer>,
     /// Where run batches go to be written (group commit).
     pub ingest: RunIngest,
     pub auth: Arc<Authenticator>,

@@ -73,6 +73,11 @@ pub struct ConfigArgs {
     /// of node_timeout].
     #[arg(long, env = "OP_HEARTBEAT_FLUSH")]
     pub heartbeat_flush: Option<String>,
+    /// Fan-out: a host whose agent has not acknowledged its directive this long after release is
+    /// reported `unresponsive` and the invocation stops waiting for it; 0 waits for the deadline
+    /// [default: 5s].
+    #[arg(long, env = "OP_DIRECTIVE_ACK_TIMEOUT")]
+    pub directive_ack_timeout: Option<String>,
     /// How long an agent's sync call parks when nothing changes [default: 10s, at most half of
     /// node_timeout].
     #[arg(long, env = "OP_SYNC_WAIT")]
@@ -182,6 +187,7 @@ pub struct RawConfig {
     pub forget_after: Option<String>,
     pub event_window: Option<String>,
     pub heartbeat_flush: Option<String>,
+    pub directive_ack_timeout: Option<String>,
     pub sync_wait: Option<String>,
     pub load_sample_every: Option<String>,
     pub run_batch_max: Option<usize>,
@@ -242,6 +248,9 @@ pub struct Config {
     /// events (default 10 s).
     pub event_window: Duration,
     pub heartbeat_flush: Duration,
+    /// How long a released fan-out host's agent has to acknowledge its directive (default 5 s;
+    /// zero: no acknowledgement is asked, every host has the whole deadline).
+    pub directive_ack_timeout: Duration,
     pub sync_wait: Duration,
     /// Spacing of the load samples kept for the console's chart (default 60 s).
     pub load_sample_every: Duration,
@@ -459,6 +468,11 @@ impl Config {
             forget_after,
             event_window: duration("event_window", a.event_window.or(f.event_window), "10s")?,
             heartbeat_flush,
+            directive_ack_timeout: duration(
+                "directive_ack_timeout",
+                a.directive_ack_timeout.or(f.directive_ack_timeout),
+                "5s",
+            )?,
             sync_wait,
             load_sample_every: duration(
                 "load_sample_every",
@@ -542,6 +556,9 @@ impl Config {
                 "heartbeat_flush",
                 "must be more than 0 and at most half of node_timeout, or Ready nodes would look stale",
             ));
+        }
+        if self.directive_ack_timeout > Duration::from_secs(3600) {
+            return Err(bad("directive_ack_timeout", "must be at most 1h"));
         }
         if self.load_sample_every < Duration::from_secs(1) {
             return Err(bad("load_sample_every", "must be at least 1s"));

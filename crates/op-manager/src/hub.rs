@@ -597,6 +597,7 @@ mod tests {
                         arch: "x86_64".into(),
                         machine_id: String::new(),
                         reset: None,
+                        capabilities: Vec::new(),
                     }),
                     at: Utc::now(),
                     actor: "agent".into(),

@@ -15,6 +15,7 @@
 //! - `manager.addr`: the API URL of the running manager; `raft.addr`: its raft URL.
 //! - `manager.lock`: held while a manager uses the directory.
 
+pub mod acks;
 pub mod api;
 pub mod app;
 pub mod auth;
@@ -279,6 +280,7 @@ pub async fn start(
     let app = Arc::new(App {
         auth: Arc::new(Authenticator::new(store.clone(), hub.clone())),
         beats: Arc::new(HeartbeatBuffer::new(config.load_sample_every)),
+        acks: Default::default(),
         ingest,
         metrics,
         writer,
@@ -351,6 +353,12 @@ pub async fn start(
             app.writer.clone(),
             app.metrics.clone(),
             config.heartbeat_flush,
+            shutdown.clone(),
+        )),
+        tokio::spawn(acks::flush_loop(
+            app.acks.clone(),
+            app.store.clone(),
+            app.writer.clone(),
             shutdown.clone(),
         )),
         tokio::spawn(liveness::run(

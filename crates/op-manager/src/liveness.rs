@@ -173,6 +173,7 @@ mod tests {
                 arch: String::new(),
                 machine_id: String::new(),
                 reset: None,
+                capabilities: Vec::new(),
             }),
             at: DateTime::UNIX_EPOCH,
             actor: "test".into(),

@@ -44,7 +44,16 @@ pub struct RegisterRequest {
     /// Present at the first registration after `op-agent reset-identity`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reset: Option<IdentityReset>,
+    /// What this agent does beyond the protocol of release 0.1.0, e.g.
+    /// [`CAPABILITY_DIRECTIVE_ACK`]. The manager stores them with the node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
 }
+
+/// The agent acknowledges every run directive in the sync call after the one that delivered it
+/// ([`Heartbeat::received`]): the manager may report a host that does not `unresponsive` instead
+/// of waiting for the invocation's whole deadline.
+pub const CAPABILITY_DIRECTIVE_ACK: &str = "directive-ack";
 
 /// The operator reset this agent's identity (`op-agent reset-identity`): it enrolls as a new
 /// node, and the manager retires the node it replaces and carries its once-job history over.
@@ -141,6 +150,10 @@ pub struct Heartbeat {
     /// node's clock skew ([`crate::NodeInfo::clock_skew_ms`]); absent from older agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent_at: Option<DateTime<Utc>>,
+    /// The run ids of the run directives in the last desired state this agent applied: its
+    /// acknowledgement that they reached it (an agent with [`CAPABILITY_DIRECTIVE_ACK`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub received: Vec<Uuid>,
 }
 
 /// One job an agent must hold.

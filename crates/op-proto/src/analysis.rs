@@ -412,6 +412,7 @@ mod tests {
             status,
             degraded: None,
             clock_skew_ms: None,
+            capabilities: Vec::new(),
             first_seen: t,
             last_seen: t,
             load: None,

@@ -255,6 +255,12 @@ pub struct InvocationOptions {
     #[serde(default)]
     pub max_failures: Option<u32>,
     pub deadline_secs: u64,
+    /// Seconds a released host's agent has to acknowledge its directive; one that does not is
+    /// `unresponsive` and the invocation stops waiting for it. `None` (invocations made before
+    /// acknowledgements existed): every host has the whole deadline. Agents that do not
+    /// acknowledge directives (older releases) always have the whole deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_secs: Option<u64>,
 }
 
 /// Where one host of an invocation stands, or how it ended.
@@ -275,6 +281,9 @@ pub enum HostStatus {
     Unreachable,
     /// Never started: the invocation was cancelled or stopped on failures first.
     Cancelled,
+    /// Connected, but its agent did not acknowledge the directive within the invocation's
+    /// `ack_secs` (stopped, hung, or its connection is dead while the socket looks open).
+    Unresponsive,
 }
 
 impl HostStatus {
@@ -290,6 +299,7 @@ impl HostStatus {
             HostStatus::Lost => "lost",
             HostStatus::Unreachable => "unreachable",
             HostStatus::Cancelled => "cancelled",
+            HostStatus::Unresponsive => "unresponsive",
         }
     }
 
@@ -305,6 +315,7 @@ impl HostStatus {
             "lost" => HostStatus::Lost,
             "unreachable" => HostStatus::Unreachable,
             "cancelled" => HostStatus::Cancelled,
+            "unresponsive" => HostStatus::Unresponsive,
             _ => return None,
         })
     }
@@ -377,6 +388,10 @@ impl HostResult {
     }
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// Counts of host statuses.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
@@ -391,6 +406,9 @@ pub struct Summary {
     pub lost: u32,
     pub unreachable: u32,
     pub cancelled: u32,
+    /// Hosts whose agent did not acknowledge the directive in time.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unresponsive: u32,
     /// Hosts not finished yet (only in a view of a running invocation).
     #[serde(default)]
     pub pending: u32,
@@ -429,6 +447,7 @@ impl Summary {
                 HostStatus::Lost => &mut s.lost,
                 HostStatus::Unreachable => &mut s.unreachable,
                 HostStatus::Cancelled => &mut s.cancelled,
+                HostStatus::Unresponsive => &mut s.unresponsive,
             } += 1;
         }
         s

@@ -126,6 +126,10 @@ pub struct NodeInfo {
     /// delay makes it a little small); `None` until an agent that reports its clock syncs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_skew_ms: Option<i64>,
+    /// What the node's agent registered it can do (see
+    /// [`crate::agent::RegisterRequest::capabilities`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
 }
 
 impl NodeInfo {

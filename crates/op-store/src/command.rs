@@ -195,6 +195,12 @@ pub enum Command {
     /// The leader flushes the batched node and package changes into events (the event window
     /// after the batch's first change passed).
     FlushEvents { at: DateTime<Utc> },
+    /// Agents acknowledged run directives (batched by the member they sync with): those
+    /// targets no longer become `unresponsive`, and have their whole deadline.
+    AcknowledgeDirectives {
+        at: DateTime<Utc>,
+        acks: Vec<DirectiveAck>,
+    },
 }
 
 impl Command {
@@ -225,6 +231,7 @@ impl Command {
             Command::RemoveNotifyRule { .. } => "remove_notify_rule",
             Command::CloseFires { .. } => "close_fires",
             Command::FlushEvents { .. } => "flush_events",
+            Command::AcknowledgeDirectives { .. } => "acknowledge_directives",
         }
     }
 }
@@ -257,6 +264,16 @@ pub struct NodeRegistration {
     /// node of the same hostname and machine id, which is retired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reset: Option<op_proto::agent::IdentityReset>,
+    /// What the agent registered it can do ([`op_proto::agent::RegisterRequest::capabilities`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+}
+
+/// The run directives one node's agent acknowledged having received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectiveAck {
+    pub node_id: Uuid,
+    pub run_ids: Vec<Uuid>,
 }
 
 /// The latest heartbeat of one node.

@@ -29,9 +29,9 @@ use rusqlite::{Connection, OpenFlags};
 pub use apply::events::{MAX_EVENT_AGE, MAX_EVENTS};
 pub use apply::{Changes, Entry};
 pub use command::{
-    Command, CommandResult, FireToClose, MissingHost, NewInvocation, NewTarget, NewToken, NodeBeat,
-    NodeRegistration, NodeRuns, PruneReport, Rejection, RejectionCode, RetentionLimits,
-    StatusChange, TokenRecord,
+    Command, CommandResult, DirectiveAck, FireToClose, MissingHost, NewInvocation, NewTarget,
+    NewToken, NodeBeat, NodeRegistration, NodeRuns, PruneReport, Rejection, RejectionCode,
+    RetentionLimits, StatusChange, TokenRecord,
 };
 pub use error::{Result, StoreError};
 pub use read::events::MAX_EVENT_PAGE;

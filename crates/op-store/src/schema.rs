@@ -220,6 +220,12 @@ const MIGRATIONS: &[&str] = &[
         updated_by TEXT NOT NULL
     );
     "#,
+    // 10: fan-out acknowledgements (issue 25). `ack_by`: while a target runs, the time its agent
+    // must have acknowledged the directive by, else it is `unresponsive`; NULL once acknowledged
+    // or when its agent does not acknowledge directives.
+    r#"
+    ALTER TABLE invocation_targets ADD COLUMN ack_by INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

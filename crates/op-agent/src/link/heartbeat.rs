@@ -28,6 +28,7 @@ pub fn build(
         stats: metrics.stats(),
         degraded: executor.health().summary(),
         sent_at: None,
+        received: Vec::new(),
     }
 }
 

@@ -188,6 +188,7 @@ pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Link {
         state_dir: parts.state_dir,
         index: parts.cached_index,
         applied_jobs: None,
+        received: Vec::new(),
         settings: AgentSettings::default(),
         registered: registered_tx,
         state: parts.state.clone(),
@@ -318,6 +319,9 @@ struct SyncLoop {
     state_dir: std::path::PathBuf,
     index: u64,
     applied_jobs: Option<Vec<DesiredJob>>,
+    /// The run directives of the last full answer applied: every sync call acknowledges them
+    /// (`Heartbeat::received`), so the manager knows they reached this agent.
+    received: Vec<uuid::Uuid>,
     settings: AgentSettings,
     registered: watch::Sender<bool>,
     state: crate::state::StateStore,
@@ -417,6 +421,7 @@ impl SyncLoop {
             // Against the manager's receive time this gives the clocks' offset (directives).
             let sent_at = Utc::now();
             beat.sent_at = Some(heartbeat::reported_now());
+            beat.received = self.received.clone();
             let answer = tokio::select! {
                 r = client.sync(self.index, wait, &beat) => r,
                 // A deploy moved on: report it now instead of at the end of the wait.
@@ -499,6 +504,13 @@ impl SyncLoop {
             // A light answer (output requests only): the desired state held is unchanged.
             return;
         }
+        self.received = directives
+            .iter()
+            .filter_map(|d| match d {
+                Directive::Run(r) => Some(r.run_id),
+                _ => None,
+            })
+            .collect();
         if !directives.is_empty() {
             // Our clock minus the manager's, as of the moment the request left (the network
             // latency makes it a little small, so a deadline errs on the early side).

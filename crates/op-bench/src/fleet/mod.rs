@@ -77,6 +77,7 @@ impl SimAgent {
             arch: "x86_64".into(),
             machine_id: String::new(),
             reset: None,
+            capabilities: Vec::new(),
         }
     }
 
@@ -98,6 +99,7 @@ impl SimAgent {
             stats: Default::default(),
             degraded: None,
             sent_at: None,
+            received: Vec::new(),
         }
     }
 }

@@ -149,6 +149,7 @@ async fn ingest_on(
                 arch: "x86_64".into(),
                 machine_id: String::new(),
                 reset: None,
+                capabilities: Vec::new(),
             })
             .await?;
         let client = match resp.node_token {

@@ -159,6 +159,7 @@ async fn seed_node(
         arch: "x86_64".into(),
         machine_id: String::new(),
         reset: None,
+        capabilities: Vec::new(),
     };
     // The shared token only enrolls; the node speaks with its own credential from then on.
     let token = retry(|| agent.register(&register))
@@ -189,6 +190,7 @@ async fn seed_node(
         stats: Default::default(),
         degraded: None,
         sent_at: None,
+        received: Vec::new(),
     };
     retry(|| agent.sync(0, 0, &beat)).await?;
     let now = chrono::Utc::now();

@@ -234,6 +234,7 @@ pub fn counts(s: &Summary) -> String {
         (s.skipped, HostStatus::Skipped),
         (s.lost, HostStatus::Lost),
         (s.unreachable, HostStatus::Unreachable),
+        (s.unresponsive, HostStatus::Unresponsive),
         (s.cancelled, HostStatus::Cancelled),
         (s.running, HostStatus::Running),
         (s.pending, HostStatus::Pending),

@@ -212,6 +212,7 @@ mod tests {
             stats: AgentStats::default(),
             degraded: None,
             clock_skew_ms: None,
+            capabilities: Vec::new(),
         }
     }
 

@@ -202,6 +202,7 @@ async fn twenty_nodes_going_silent_together_are_one_event() {
                 arch: "x86_64".into(),
                 machine_id: String::new(),
                 reset: None,
+                capabilities: Vec::new(),
             })
             .await
             .unwrap();

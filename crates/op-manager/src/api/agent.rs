@@ -31,6 +31,8 @@ use crate::auth::Caller;
 use crate::hub::{NodeDesired, NodeState};
 
 const MAX_IPS: usize = 64;
+/// Most capabilities a registration may list.
+const MAX_CAPABILITIES: usize = 32;
 const MAX_LABELS: usize = 64;
 const MAX_TEXT: usize = 253;
 
@@ -104,6 +106,15 @@ pub async fn register(
     if !req.machine_id.is_empty() {
         check_text("machine_id", &req.machine_id, false)?;
     }
+    if req.capabilities.len() > MAX_CAPABILITIES {
+        return Err(ApiError::bad(
+            "invalid_registration",
+            format!("at most {MAX_CAPABILITIES} capabilities"),
+        ));
+    }
+    for c in &req.capabilities {
+        check_text("capability", c, false)?;
+    }
     let hostname = req.hostname.clone();
     let written = app
         .write(Command::RegisterNode {
@@ -118,6 +129,7 @@ pub async fn register(
                 arch: req.arch,
                 machine_id: req.machine_id,
                 reset: req.reset,
+                capabilities: req.capabilities,
             }),
             at: Utc::now(),
             actor: caller.name,
@@ -226,7 +238,7 @@ pub async fn sync(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<SyncParams>,
-    ApiJson(hb): ApiJson<Heartbeat>,
+    ApiJson(mut hb): ApiJson<Heartbeat>,
 ) -> Result<Json<DesiredState>, ApiError> {
     caller.speaks_for(hb.node_id)?;
     let _slot = app.auth.syncs.take(&caller.token_id).ok_or_else(|| {
@@ -245,6 +257,7 @@ pub async fn sync(
     let clock_skew_ms = hb
         .sent_at
         .map(|sent| (sent - received_at).num_milliseconds());
+    let received = std::mem::take(&mut hb.received);
     let beat = NodeBeat {
         node_id: node,
         seen_at: Utc::now(),
@@ -270,6 +283,8 @@ pub async fn sync(
     let Some(state) = live(app.hub.node(&app.store, node).await?) else {
         return Err(ApiError::UnknownNode(node));
     };
+    // The directives of the last answer reached the agent (`crate::acks`).
+    app.acks.offer(node, received);
     // A beat that keeps the node's status (Ready, or Degraded for a fault it still reports) waits
     // for the coalesced flush; one that changes it is written now.
     if state.status == NodeStatus::of_beat(beat.degraded.as_deref()) {

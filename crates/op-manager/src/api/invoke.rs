@@ -178,6 +178,7 @@ fn options_of(req: &InvokeRequest, spec: &JobSpec) -> Result<InvocationOptions, 
         batch_wait_secs: batch_wait,
         max_failures: req.max_failures,
         deadline_secs: deadline,
+        ack_secs: None,
     })
 }
 
@@ -189,6 +190,10 @@ async fn start(
     started: tokio::time::Instant,
 ) -> Result<Response, ApiError> {
     let mut options = options_of(&req, &p.spec)?;
+    // Acknowledgement time: the manager's setting, fixed in the invocation so every leader
+    // judges it alike (0 s: none asked).
+    let ack = app.config.directive_ack_timeout;
+    options.ack_secs = (!ack.is_zero()).then(|| ack.as_secs().max(1));
     let nodes = app.read(|s| s.nodes()).await?;
     let selected = targets::select(&nodes, &p.selection, p.job_selector.as_ref())
         .map_err(|e| ApiError::bad("excluded_host", e))?;
@@ -223,6 +228,7 @@ async fn start(
             batch: t.batch,
             status: op_proto::invoke::HostStatus::Pending,
             not_after: None,
+            ack_by: None,
             finished_at: None,
         })
         .collect();

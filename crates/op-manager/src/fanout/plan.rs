@@ -3,7 +3,9 @@
 //! look again. The leader's driver and the create handler (the first release) both call
 //! [`decide`], so the rules live in one place and are tested without a clock or a cluster.
 //!
-//! - A host past its `not_after` without a result is expired (`unreachable`).
+//! - A host past its `not_after` without a result is expired (`unreachable`); one whose agent did
+//!   not acknowledge the directive by its `ack_by` is expired too (`unresponsive`: the store tells
+//!   the two apart by the same times).
 //! - Once `max_failures` hosts have failed (every final status but ok and cancelled), no host is
 //!   released any more: the pending ones are cancelled. Hosts already running finish.
 //! - Batches go in order: batch `b` starts when every host of the earlier batches is final and
@@ -23,7 +25,20 @@ pub struct Host {
     pub batch: u32,
     pub status: HostStatus,
     pub not_after: Option<DateTime<Utc>>,
+    /// Set while the host's agent has yet to acknowledge the directive.
+    pub ack_by: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Host {
+    /// The earliest time this running host expires without a result: its acknowledgement time
+    /// while unacknowledged, else its deadline.
+    fn expires_at(&self) -> Option<DateTime<Utc>> {
+        match (self.ack_by, self.not_after) {
+            (Some(a), Some(n)) => Some(a.min(n)),
+            (a, n) => a.or(n),
+        }
+    }
 }
 
 impl From<&TargetRow> for Host {
@@ -33,6 +48,7 @@ impl From<&TargetRow> for Host {
             batch: t.batch,
             status: t.status,
             not_after: t.not_after,
+            ack_by: t.ack_by,
             finished_at: t.finished_at,
         }
     }
@@ -68,9 +84,13 @@ pub fn decide(
     // Work on a copy that already reflects this decision's expiries.
     let mut hosts: Vec<Host> = hosts.to_vec();
     for h in hosts.iter_mut() {
-        if h.status == HostStatus::Running && h.not_after.is_some_and(|t| t <= now) {
+        if h.status == HostStatus::Running && h.expires_at().is_some_and(|t| t <= now) {
             d.expire.push(h.run_id);
-            h.status = HostStatus::Unreachable;
+            h.status = if h.not_after.is_some_and(|t| t <= now) {
+                HostStatus::Unreachable
+            } else {
+                HostStatus::Unresponsive
+            };
             h.finished_at = Some(now);
         }
     }
@@ -106,7 +126,7 @@ pub fn decide(
     let deadline = hosts
         .iter()
         .filter(|h| h.status == HostStatus::Running)
-        .filter_map(|h| h.not_after)
+        .filter_map(Host::expires_at)
         .min();
     d.wake_at = match (d.wake_at, deadline) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -174,6 +194,7 @@ mod tests {
                 batch: *b,
                 status: HostStatus::Pending,
                 not_after: None,
+                ack_by: None,
                 finished_at: None,
             })
             .collect()
@@ -270,5 +291,32 @@ mod tests {
         set(&mut h[1], HostStatus::Skipped, 1);
         let d = decide(&InvocationOptions::default(), &h, false, t(2));
         assert!(d.finish && d.release.is_empty() && d.wake_at.is_none());
+    }
+
+    #[test]
+    fn a_host_that_does_not_acknowledge_is_dropped_early_and_one_that_does_has_its_deadline() {
+        let mut h = hosts(&[0, 0, 0]);
+        for host in h.iter_mut() {
+            set(host, HostStatus::Running, 0);
+            host.ack_by = Some(t(5));
+        }
+        // Host 2 acknowledged; host 3 already answered.
+        h[1].ack_by = None;
+        set(&mut h[2], HostStatus::Ok, 1);
+        let opts = InvocationOptions::default();
+        let d = decide(&opts, &h, false, t(2));
+        assert!(d.expire.is_empty());
+        assert_eq!(
+            d.wake_at,
+            Some(t(5)),
+            "the next look is the acknowledgement time"
+        );
+        let d = decide(&opts, &h, false, t(5));
+        assert_eq!(ids(&d.expire), [1], "only the silent host");
+        assert!(!d.finish, "host 2 still runs");
+        // Host 2 keeps its whole deadline.
+        h[0].status = HostStatus::Unresponsive;
+        let d = decide(&opts, &h, false, t(30));
+        assert!(d.expire.is_empty() && d.wake_at == Some(t(60)), "{d:?}");
     }
 }

@@ -119,6 +119,7 @@ mod tests {
             stats: Default::default(),
             degraded: None,
             clock_skew_ms: None,
+            capabilities: Vec::new(),
         }
     }
 

@@ -73,7 +73,13 @@ pub async fn show(
         sm.failed,
         sm.running,
         sm.pending,
-        sm.timeout + sm.killed + sm.skipped + sm.lost + sm.unreachable + sm.cancelled,
+        sm.timeout
+            + sm.killed
+            + sm.skipped
+            + sm.lost
+            + sm.unreachable
+            + sm.unresponsive
+            + sm.cancelled,
         html::time(v.created_at),
         esc(&v.created_by),
         html::time_opt(v.finished_at),

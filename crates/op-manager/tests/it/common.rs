@@ -241,6 +241,7 @@ impl FakeAgent {
                 arch: "x86_64".into(),
                 machine_id: String::new(),
                 reset: None,
+                capabilities: Vec::new(),
             })
             .await
             .unwrap();
@@ -259,6 +260,7 @@ impl FakeAgent {
             stats: Default::default(),
             degraded: None,
             sent_at: None,
+            received: Vec::new(),
         }
     }
 

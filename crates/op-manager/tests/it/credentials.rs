@@ -19,6 +19,7 @@ fn registration(a: &FakeAgent) -> RegisterRequest {
         arch: "x86_64".into(),
         machine_id: String::new(),
         reset: None,
+        capabilities: Vec::new(),
     }
 }
 

@@ -7,14 +7,15 @@
 //! nothing instead of undoing a result.
 
 use chrono::{DateTime, Duration, Utc};
-use op_proto::invoke::{HostStatus, InvocationKind};
+use op_proto::agent::CAPABILITY_DIRECTIVE_ACK;
+use op_proto::invoke::{HostStatus, InvocationKind, InvocationOptions};
 use op_proto::{RunRecord, RunStatus};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use super::{Changes, Outcome, audit, bump_desired_node};
 use crate::codec::{ip_list, ms, to_json};
-use crate::command::{CommandResult, NewInvocation, Rejection};
+use crate::command::{CommandResult, DirectiveAck, NewInvocation, Rejection};
 use crate::error::Result;
 use crate::read;
 use crate::read::invocations::InvocationDetail;
@@ -101,15 +102,7 @@ pub(super) fn create(
             ip_list(&t.ips)
         ])?;
     }
-    release(
-        conn,
-        index,
-        inv.id,
-        &inv.release,
-        at,
-        inv.options.deadline_secs,
-        ch,
-    )?;
+    release(conn, index, inv.id, &inv.release, at, &inv.options, ch)?;
     let (action, what) = match inv.kind {
         InvocationKind::Job => ("job.run", params_text(inv)),
         InvocationKind::Exec => ("exec", command_text(&inv.spec.command)),
@@ -155,12 +148,19 @@ fn release(
     id: Uuid,
     run_ids: &[Uuid],
     at: DateTime<Utc>,
-    deadline_secs: u64,
+    options: &InvocationOptions,
     ch: &mut Changes,
 ) -> Result<usize> {
-    let not_after = at + Duration::seconds(deadline_secs.min(i64::MAX as u64 / 1000) as i64);
+    let secs = |s: u64| Duration::seconds(s.min(i64::MAX as u64 / 1000) as i64);
+    let not_after = at + secs(options.deadline_secs);
+    // Only an agent that acknowledges directives can be late to: others have the whole deadline.
+    let ack_by = options.ack_secs.map(|s| ms(at + secs(s)));
     let mut stmt = conn.prepare_cached(
-        "UPDATE invocation_targets SET status = 'running', released_at = ?3, not_after = ?4
+        "UPDATE invocation_targets SET status = 'running', released_at = ?3, not_after = ?4,
+           ack_by = CASE WHEN ?5 IS NOT NULL AND EXISTS (
+               SELECT 1 FROM nodes n, json_each(n.info, '$.capabilities') c
+               WHERE n.node_id = invocation_targets.node_id AND c.value = ?6)
+             THEN ?5 END
          WHERE run_id = ?1 AND invocation_id = ?2 AND status = 'pending'
          RETURNING node_id",
     )?;
@@ -168,7 +168,14 @@ fn release(
     for run_id in run_ids {
         let node: Option<String> = stmt
             .query_row(
-                params![run_id.to_string(), id.to_string(), ms(at), ms(not_after)],
+                params![
+                    run_id.to_string(),
+                    id.to_string(),
+                    ms(at),
+                    ms(not_after),
+                    ack_by,
+                    CAPABILITY_DIRECTIVE_ACK
+                ],
                 |r| r.get(0),
             )
             .optional()?;
@@ -180,8 +187,25 @@ fn release(
     Ok(released)
 }
 
-/// Loads what advance and cancel need: the state and the per-host deadline.
-fn load(conn: &Connection, id: Uuid) -> Result<Option<(String, u64)>> {
+/// `AcknowledgeDirectives`: each acknowledged target of the acknowledging node that is still
+/// running keeps its whole deadline (its `ack_by` is cleared).
+pub(super) fn acknowledge(conn: &Connection, acks: &[DirectiveAck]) -> Outcome {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE invocation_targets SET ack_by = NULL
+         WHERE run_id = ?1 AND node_id = ?2 AND status = 'running' AND ack_by IS NOT NULL",
+    )?;
+    for ack in acks {
+        let node = ack.node_id.to_string();
+        for run_id in &ack.run_ids {
+            stmt.execute(params![run_id.to_string(), node])?;
+        }
+    }
+    Ok(Ok(CommandResult::Done))
+}
+
+/// Loads what advance and cancel need: the state and the options (per-host deadline and
+/// acknowledgement time).
+fn load(conn: &Connection, id: Uuid) -> Result<Option<(String, InvocationOptions)>> {
     let row: Option<(String, String)> = conn
         .query_row(
             "SELECT state, record FROM invocations WHERE id = ?1",
@@ -191,7 +215,7 @@ fn load(conn: &Connection, id: Uuid) -> Result<Option<(String, u64)>> {
         .optional()?;
     row.map(|(state, record)| {
         let detail: InvocationDetail = crate::codec::from_json("invocation", &record)?;
-        Ok((state, detail.options.deadline_secs))
+        Ok((state, detail.options))
     })
     .transpose()
 }
@@ -208,9 +232,10 @@ pub(super) fn advance(
     finish: bool,
     ch: &mut Changes,
 ) -> Outcome {
-    let Some((state, deadline_secs)) = load(conn, id)? else {
+    let Some((state, options)) = load(conn, id)? else {
         return Ok(Err(Rejection::not_found(format!("no invocation {id}"))));
     };
+    let deadline_secs = options.deadline_secs;
     if state == "finished" {
         return Ok(Ok(CommandResult::InvocationAdvanced {
             released: 0,
@@ -222,20 +247,28 @@ pub(super) fn advance(
     let mut expired = 0;
     {
         // A target with a kill pending that never confirmed it counts as cancelled, not as
-        // unreachable: the caller asked for it to stop.
+        // unreachable: the caller asked for it to stop. One past its deadline is unreachable;
+        // one only past its acknowledgement time is unresponsive.
         let mut stmt = conn.prepare_cached(
             "UPDATE invocation_targets SET
-               status = CASE kill WHEN 1 THEN 'cancelled' ELSE 'unreachable' END,
+               status = CASE WHEN kill = 1 THEN 'cancelled'
+                 WHEN not_after <= ?3 THEN 'unreachable' ELSE 'unresponsive' END,
                finished_at = ?3, settled_index = ?5,
-               detail = CASE kill WHEN 1
+               detail = CASE WHEN kill = 1
                  THEN 'cancelled; the host did not confirm the kill before its deadline'
-                 ELSE ?4 END
-             WHERE run_id = ?1 AND invocation_id = ?2 AND status = 'running' AND not_after <= ?3
+                 WHEN not_after <= ?3 THEN ?4 ELSE ?6 END
+             WHERE run_id = ?1 AND invocation_id = ?2 AND status = 'running'
+               AND (not_after <= ?3 OR ack_by <= ?3)
              RETURNING node_id",
         )?;
         let why = format!(
             "no result within the deadline of {deadline_secs} s: the host is not connected, or \
              did not answer in time (a late result still shows in the invocation)"
+        );
+        let unresponsive = format!(
+            "its agent did not acknowledge the directive within {} s: it is stopped, hung or cut \
+             off while its connection looks open (a late result still shows in the invocation)",
+            options.ack_secs.unwrap_or_default()
         );
         for run_id in expire_ids {
             let node: Option<String> = stmt
@@ -245,7 +278,8 @@ pub(super) fn advance(
                         id.to_string(),
                         ms(at),
                         why,
-                        index as i64
+                        index as i64,
+                        unresponsive
                     ],
                     |r| r.get(0),
                 )
@@ -260,7 +294,7 @@ pub(super) fn advance(
     if let Some(reason) = stop {
         cancelled = stop_pending(conn, index, id, at, reason)?;
     }
-    let released = release(conn, index, id, release_ids, at, deadline_secs, ch)?;
+    let released = release(conn, index, id, release_ids, at, &options, ch)?;
     let finished = finish && finish_if_done(conn, id, at)?;
     if expired + cancelled + released > 0 || finished {
         ch.invocations.insert(id);

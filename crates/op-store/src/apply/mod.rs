@@ -236,6 +236,7 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
         // Written by releases up to 0.1.0, before output requests left raft (they live in the
         // memory of the member the node syncs with now): an old log still applies, to nothing.
         Command::RequestOutput { .. } => Ok(Ok(CommandResult::Done)),
+        Command::AcknowledgeDirectives { acks, .. } => invocations::acknowledge(conn, acks),
         Command::PutNotifyRule { rule, at, actor } => notify::put(conn, rule, *at, actor),
         Command::RemoveNotifyRule { name, at, actor } => notify::remove(conn, name, *at, actor),
         Command::CloseFires { at, fires } => events::close_fires(*at, fires, ch),

@@ -50,8 +50,10 @@ pub(super) fn register(
         stats: AgentStats::default(),
         degraded: None,
         clock_skew_ms: None,
+        capabilities: Vec::new(),
     });
     node.hostname = reg.hostname.clone();
+    node.capabilities = reg.capabilities.clone();
     node.ips = reg.ips.clone();
     node.labels = reg.labels.clone();
     node.agent_version = reg.agent_version.clone();

@@ -65,6 +65,9 @@ pub struct TargetRow {
     pub kill: bool,
     pub released_at: Option<DateTime<Utc>>,
     pub not_after: Option<DateTime<Utc>>,
+    /// While running: when the host becomes `unresponsive` unless its agent acknowledges the
+    /// directive first. `None` once acknowledged, or when no acknowledgement is expected.
+    pub ack_by: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     /// Why the host ended without a run result (unreachable, cancelled).
     pub detail: Option<String>,
@@ -134,7 +137,7 @@ fn select_targets(
     let sql = format!(
         "SELECT t.run_id, t.seq, t.batch, t.node_id, t.hostname, t.ips, t.status, t.kill,
                 t.released_at, t.not_after, t.finished_at, t.detail, {run_column},
-                t.settled_index
+                t.settled_index, t.ack_by
          FROM invocation_targets t
          LEFT JOIN runs ON runs.run_id = t.run_id AND runs.node_id = t.node_id
          WHERE t.invocation_id = ?1 {since} ORDER BY t.seq"
@@ -157,6 +160,7 @@ fn select_targets(
                     kill: r.get::<_, i64>(7)? != 0,
                     released_at: r.get::<_, Option<i64>>(8)?.map(from_ms),
                     not_after: r.get::<_, Option<i64>>(9)?.map(from_ms),
+                    ack_by: r.get::<_, Option<i64>>(14)?.map(from_ms),
                     finished_at: r.get::<_, Option<i64>>(10)?.map(from_ms),
                     detail: r.get(11)?,
                     run: None,
@@ -274,6 +278,35 @@ impl Store {
             )?;
             tx.finish()?;
             Ok(Some((row, ended, open as u64)))
+        })
+    }
+
+    /// Of `acks`, the run ids still awaiting their node's acknowledgement (running, `ack_by`
+    /// set): what an `AcknowledgeDirectives` would change. An agent acknowledges the directives of
+    /// every answer it applies, so most acknowledgements are repeats this filters out.
+    pub fn awaiting_ack(&self, acks: &[crate::DirectiveAck]) -> Result<Vec<crate::DirectiveAck>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT 1 FROM invocation_targets
+                 WHERE run_id = ?1 AND node_id = ?2 AND status = 'running' AND ack_by IS NOT NULL",
+            )?;
+            let mut out = Vec::new();
+            for ack in acks {
+                let node = ack.node_id.to_string();
+                let mut run_ids = Vec::new();
+                for run_id in &ack.run_ids {
+                    if stmt.exists(rusqlite::params![run_id.to_string(), node])? {
+                        run_ids.push(*run_id);
+                    }
+                }
+                if !run_ids.is_empty() {
+                    out.push(crate::DirectiveAck {
+                        node_id: ack.node_id,
+                        run_ids,
+                    });
+                }
+            }
+            Ok(out)
         })
     }
 

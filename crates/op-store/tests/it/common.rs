@@ -67,6 +67,7 @@ pub fn register(n: u8, at_secs: i64) -> Command {
             arch: "x86_64".into(),
             machine_id: String::new(),
             reset: None,
+            capabilities: Vec::new(),
         }),
         at: at(at_secs),
         actor: "agent".into(),

@@ -143,6 +143,7 @@ fn samples() -> Vec<Command> {
                     batch_wait_secs: 5,
                     max_failures: Some(1),
                     deadline_secs: 90,
+                    ack_secs: None,
                 },
                 targets: vec![
                     NewTarget {

@@ -457,6 +457,7 @@ async fn a_fourth_member_catches_up_by_snapshot_and_serves_reads() {
                 arch: "x86_64".into(),
                 machine_id: String::new(),
                 reset: None,
+                capabilities: Vec::new(),
             })
             .await
             .unwrap();

@@ -323,6 +323,78 @@ async fn a_stopped_agent_is_unreachable_by_the_deadline_while_the_others_complet
     assert!(node2.late.is_none(), "{node2:?}");
 }
 
+#[tokio::test]
+async fn a_stopped_agent_is_unresponsive_within_seconds_while_an_acknowledged_slow_host_runs_on() {
+    // Acknowledgement time 2 s; the deadline is the default (60 s + Timeout).
+    let m = Manager::start_with(op_testkit::ManagerOptions {
+        args: vec!["--directive-ack-timeout".into(), "2s".into()],
+        ..Default::default()
+    });
+    // node-3's jobs see SLOW_HOST=1: it runs longer than the acknowledgement time and, having
+    // acknowledged, is waited for.
+    let agents: Vec<Agent> = (1..=3)
+        .map(|i| {
+            let mut o =
+                op_testkit::AgentOptions::new(&format!("node-{i}"), &format!("127.0.0.{}", i + 1))
+                    .manager(&m);
+            if i == 3 {
+                o = o.env("SLOW_HOST", "1");
+            }
+            Agent::start(o)
+        })
+        .collect();
+    let c = m.client();
+    wait_until(LONG, "every agent Ready", || async {
+        c.list_nodes().await.is_ok_and(|nodes| {
+            nodes
+                .iter()
+                .filter(|n| n.status == op_proto::NodeStatus::Ready)
+                .count()
+                == 3
+        })
+    })
+    .await;
+    agents[1].pause();
+    let started = Instant::now();
+    let out = agentcli(
+        &m,
+        None,
+        &[
+            "exec",
+            "--all",
+            "-o",
+            "json",
+            "--",
+            "[ \"$SLOW_HOST\" = 1 ] && sleep 4; echo done",
+        ],
+    )
+    .await;
+    let elapsed = started.elapsed();
+    agents[1].resume();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let (results, summary) = events(&out);
+    assert_eq!(
+        (summary.ok, summary.unresponsive, summary.unreachable),
+        (2, 1, 0),
+        "{results:?}"
+    );
+    let stopped = results.iter().find(|r| r.host == "node-2").unwrap();
+    assert_eq!(stopped.status, HostStatus::Unresponsive);
+    assert!(
+        stopped
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("did not acknowledge")),
+        "{stopped:?}"
+    );
+    // Far below the 60 s deadline: the acknowledgement time, the slow host's 4 s, and slack for
+    // a loaded machine.
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "the caller waited {elapsed:?}"
+    );
+}
+
 /// Polls until the invocation is finished and returns its view.
 async fn finished(m: &Manager, id: Uuid) -> op_proto::invoke::InvocationView {
     let c = m.client();

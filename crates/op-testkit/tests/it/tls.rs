@@ -219,6 +219,7 @@ async fn a_replaced_certificate_is_served_without_dropping_connections() {
             arch: "x86_64".into(),
             machine_id: String::new(),
             reset: None,
+            capabilities: Vec::new(),
         })
         .await
         .unwrap();
@@ -232,6 +233,7 @@ async fn a_replaced_certificate_is_served_without_dropping_connections() {
         stats: Default::default(),
         degraded: None,
         sent_at: None,
+        received: Vec::new(),
     };
     let index = node.sync(0, 0, &beat).await.unwrap().index;
     let parked = tokio::spawn({
