@@ -144,6 +144,23 @@ impl AgentProcess {
         }
     }
 
+    /// SIGSTOP: the agent freezes with its connections open, as a hung host's does.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal(nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal(nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        if let Some(child) = &self.child {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)?;
+        }
+        Ok(())
+    }
+
     /// SIGTERM and wait for the exit.
     pub fn stop(mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {

@@ -127,6 +127,10 @@ enum Scenario {
         /// Invocations to measure (after 3 warm-up ones).
         #[arg(long, default_value_t = 30)]
         count: usize,
+        /// Then stop this many agents (SIGSTOP: their connections stay open) and time 3 more
+        /// invocations until they end (`fanout_real_stopped_elapsed`).
+        #[arg(long, default_value_t = 0)]
+        stopped: usize,
     },
     /// A cluster with the default raft timings: kill -9 the leader while a client saves jobs;
     /// time until a save is accepted again (op-manager beside this executable).
@@ -246,8 +250,20 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<report::Figure>> {
             )
             .await
         }
-        Scenario::FanoutReal { agents, count } => {
-            scenarios::fanout::real(&agent_bin()?, &manager_bin()?, margs, agents, count).await
+        Scenario::FanoutReal {
+            agents,
+            count,
+            stopped,
+        } => {
+            scenarios::fanout::real(
+                &agent_bin()?,
+                &manager_bin()?,
+                margs,
+                agents,
+                count,
+                stopped,
+            )
+            .await
         }
         Scenario::Fanout { agents, count } => {
             scenarios::fanout::sim(&manager_bin()?, margs, agents, count).await

@@ -33,7 +33,12 @@ pub async fn real(
     manager_args: &[String],
     agents: usize,
     count: usize,
+    stopped: usize,
 ) -> anyhow::Result<Vec<Figure>> {
+    anyhow::ensure!(
+        stopped < agents,
+        "--stopped must leave at least one agent running"
+    );
     let m = ManagerProcess::start(manager_bin, manager_args).await?;
     let fleet: Vec<AgentProcess> = (0..agents)
         .map(|i| {
@@ -49,6 +54,17 @@ pub async fn real(
     let samples = measure(&m.admin, agents, count)
         .await
         .map_err(|e| anyhow::anyhow!("{e:#}\nmanager log:\n{}", m.log_tail()))?;
+    let mut stopped_ms = Vec::new();
+    if stopped > 0 {
+        for a in &fleet[..stopped] {
+            a.pause()?;
+        }
+        let timed = measure_stopped(&m.admin, agents, stopped).await;
+        for a in &fleet[..stopped] {
+            a.resume()?;
+        }
+        stopped_ms = timed.map_err(|e| anyhow::anyhow!("{e:#}\nmanager log:\n{}", m.log_tail()))?;
+    }
     for a in fleet {
         a.stop()?;
     }
@@ -58,7 +74,66 @@ pub async fn real(
         "`exec --all -- true` on {agents} real agents, {count} sequential invocations after \
          {WARMUP} warm-up, one manager, loopback, {build} build"
     );
-    Ok(samples.figures("fanout_real", &cond))
+    let mut figures = samples.figures("fanout_real", &cond);
+    if !stopped_ms.is_empty() {
+        let cond = format!(
+            "`exec --all -- true` on {agents} real agents of which {stopped} stopped (SIGSTOP, \
+             connections open), {STOPPED_ROUNDS} invocations, manager args {manager_args:?}, \
+             one manager, loopback, {build} build; request → summary"
+        );
+        figures.push(Figure::new(
+            "fanout_real_stopped_elapsed",
+            percentile(&stopped_ms, 50.0),
+            "ms",
+            format!("{cond}, median"),
+        ));
+        figures.push(Figure::new(
+            "fanout_real_stopped_elapsed_max",
+            percentile(&stopped_ms, 100.0),
+            "ms",
+            cond,
+        ));
+    }
+    Ok(figures)
+}
+
+/// Invocations timed with stopped agents.
+const STOPPED_ROUNDS: usize = 3;
+
+/// Times [`STOPPED_ROUNDS`] invocations on a fleet whose first `stopped` agents are stopped:
+/// each must end with the running agents ok and the stopped ones unresponsive.
+async fn measure_stopped(
+    client: &Client,
+    agents: usize,
+    stopped: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let req = InvokeRequest {
+        all: true,
+        command: Some("true".into()),
+        wait: Some(true),
+        ..InvokeRequest::default()
+    };
+    let mut out = Vec::new();
+    for i in 0..STOPPED_ROUNDS {
+        // A stopped agent's sync was answered (with the first directive) and is not parked again.
+        wait_parked(client, agents - stopped).await?;
+        let t0 = Instant::now();
+        let Started::Stream(mut stream) = client.exec(&req).await? else {
+            bail!("the manager did not stream the results");
+        };
+        let summary = loop {
+            if let InvocationEvent::Summary(s) =
+                stream.next().await?.context("stream ended early")?
+            {
+                break s;
+            }
+        };
+        out.push(t0.elapsed().as_secs_f64() * 1000.0);
+        if summary.ok as usize != agents - stopped || summary.unresponsive as usize != stopped {
+            bail!("invocation {i} with {stopped} stopped agent(s): {summary:?}");
+        }
+    }
+    Ok(out)
 }
 
 pub async fn sim(
