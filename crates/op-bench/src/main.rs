@@ -106,6 +106,16 @@ enum Scenario {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// One job failing on every simulated agent at once, then recovering: the webhook's latency
+    /// after the last host's result, and the manager's CPU per fire (notifications, issue 19).
+    Incident {
+        /// Simulated agents, each reporting its run of every fire.
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Fires, alternately all failing and all succeeding (at least 2).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+    },
     #[command(alias = "package-fanout")]
     Package {
         /// Agents to start.
@@ -227,6 +237,9 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<report::Figure>> {
         } => scenarios::ingest::run(&manager_bin()?, margs, agents, rate, duration).await,
         Scenario::Idle { agents, duration } => {
             scenarios::idle::run(&manager_bin()?, margs, agents, duration).await
+        }
+        Scenario::Incident { agents, rounds } => {
+            scenarios::incident::run(&manager_bin()?, margs, agents, rounds).await
         }
         Scenario::Follow { agents, duration } => {
             scenarios::follow::run(&manager_bin()?, margs, agents, duration).await

@@ -9,6 +9,7 @@ pub mod fanout;
 pub mod follow;
 pub mod footprint;
 pub mod idle;
+pub mod incident;
 pub mod ingest;
 pub mod invoke;
 pub mod package_fanout;
