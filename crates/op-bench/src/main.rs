@@ -116,6 +116,19 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
     },
+    /// A fleet running one job every minute: the manager's CPU per minute and RSS while it takes
+    /// each fire's runs and judges who missed it (missed-fire detection, issue 20).
+    CronFleet {
+        /// Simulated agents, each reporting its run of every fire.
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Agents that never report (their fires are missed).
+        #[arg(long, default_value_t = 10)]
+        silent: usize,
+        /// How long to watch (at least a minute).
+        #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
     #[command(alias = "package-fanout")]
     Package {
         /// Agents to start.
@@ -241,6 +254,11 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<report::Figure>> {
         Scenario::Incident { agents, rounds } => {
             scenarios::incident::run(&manager_bin()?, margs, agents, rounds).await
         }
+        Scenario::CronFleet {
+            agents,
+            silent,
+            duration,
+        } => scenarios::cron_fleet::run(&manager_bin()?, margs, agents, silent, duration).await,
         Scenario::Follow { agents, duration } => {
             scenarios::follow::run(&manager_bin()?, margs, agents, duration).await
         }

@@ -121,7 +121,10 @@ pub async fn run(
     rounds: usize,
 ) -> anyhow::Result<Vec<Figure>> {
     anyhow::ensure!(agents > 0, "--agents must be at least 1");
-    anyhow::ensure!(rounds >= 2, "--rounds must be at least 2 (a failure and a recovery)");
+    anyhow::ensure!(
+        rounds >= 2,
+        "--rounds must be at least 2 (a failure and a recovery)"
+    );
     limits::check_fleet(agents)?;
     let manager = ManagerProcess::start(manager_bin, manager_args).await?;
     let pid = manager.pid();
@@ -155,7 +158,11 @@ pub async fn run(
     let first_fire = DateTime::parse_from_rfc3339("2030-01-01T03:00:00Z")?.with_timezone(&Utc);
     for round in 0..rounds {
         let failing = round % 2 == 0;
-        let want = if failing { "run.failed" } else { "run.recovered" };
+        let want = if failing {
+            "run.failed"
+        } else {
+            "run.recovered"
+        };
         let planned = first_fire + chrono::Duration::days(round as i64);
         let cpu_start = cpu_secs(pid)?;
         let started = Instant::now();
@@ -189,7 +196,9 @@ pub async fn run(
         let arrival = loop {
             match tokio::time::timeout_at(deadline, arrivals.recv()).await {
                 Ok(Some(a)) if a.kind == want => break a,
-                Ok(Some(a)) => anyhow::bail!("round {round}: the receiver got {:?}, not {want}", a.kind),
+                Ok(Some(a)) => {
+                    anyhow::bail!("round {round}: the receiver got {:?}, not {want}", a.kind)
+                }
                 Ok(None) => anyhow::bail!("the receiver stopped"),
                 Err(_) => anyhow::bail!(
                     "round {round}: no {want} webhook within {}s of the last result; manager log:\n{}",

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod console;
+pub mod cron_fleet;
 pub mod cron_precision;
 pub mod fanout;
 pub mod follow;
