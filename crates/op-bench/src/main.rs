@@ -106,6 +106,29 @@ enum Scenario {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// One job failing on every simulated agent at once, then recovering: the webhook's latency
+    /// after the last host's result, and the manager's CPU per fire (notifications, issue 19).
+    Incident {
+        /// Simulated agents, each reporting its run of every fire.
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Fires, alternately all failing and all succeeding (at least 2).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+    },
+    /// A fleet running one job every minute: the manager's CPU per minute and RSS while it takes
+    /// each fire's runs and judges who missed it (missed-fire detection, issue 20).
+    CronFleet {
+        /// Simulated agents, each reporting its run of every fire.
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Agents that never report (their fires are missed).
+        #[arg(long, default_value_t = 10)]
+        silent: usize,
+        /// How long to watch (at least a minute).
+        #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
     #[command(alias = "package-fanout")]
     Package {
         /// Agents to start.
@@ -232,6 +255,14 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<report::Figure>> {
         Scenario::Idle { agents, duration } => {
             scenarios::idle::run(&manager_bin()?, margs, agents, duration).await
         }
+        Scenario::Incident { agents, rounds } => {
+            scenarios::incident::run(&manager_bin()?, margs, agents, rounds).await
+        }
+        Scenario::CronFleet {
+            agents,
+            silent,
+            duration,
+        } => scenarios::cron_fleet::run(&manager_bin()?, margs, agents, silent, duration).await,
         Scenario::Follow { agents, duration } => {
             scenarios::follow::run(&manager_bin()?, margs, agents, duration).await
         }

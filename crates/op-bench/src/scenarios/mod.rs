@@ -4,11 +4,13 @@
 
 pub mod cluster;
 pub mod console;
+pub mod cron_fleet;
 pub mod cron_precision;
 pub mod fanout;
 pub mod follow;
 pub mod footprint;
 pub mod idle;
+pub mod incident;
 pub mod ingest;
 pub mod invoke;
 pub mod package_fanout;
