@@ -440,6 +440,11 @@ impl IncidentState {
         self.incidents.len()
     }
 
+    /// Whether the `run.failed` incident opened by event `id` is still open.
+    pub fn incident_open(&self, id: u64) -> bool {
+        self.incidents.contains_key(&id)
+    }
+
     fn take_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
