@@ -346,3 +346,56 @@ fn newest_events_filter_by_kind_and_job() {
         .unwrap();
     assert_eq!(older, [all[1].clone()]);
 }
+
+/// A forgotten host no longer holds a job's incident open: when the other host of an
+/// invocation-only job (no fire of the job's own deselects anyone) succeeds, the incident closes.
+#[test]
+fn a_forgotten_host_does_not_hold_a_run_incident_open() {
+    let mut s = TestStore::new();
+    given(&mut s, &[2, 3], &[]);
+    let invocation = |inv: u128, n: u8, status: RunStatus, stderr: &str| {
+        let mut r = run(n, "adhoc-job", 0, 100 + inv as i64, status);
+        r.run_id = uuid::Uuid::from_u128(
+            0x0195_0000_0000_7000_8000_0000_0000_0000 + inv * 256 + u128::from(n),
+        );
+        r.invocation_id = Some(uuid::Uuid::from_u128(inv));
+        r.trigger = op_proto::Trigger::Adhoc;
+        r.exit_code = Some(if status == RunStatus::Ok { 0 } else { 1 });
+        r.stderr_tail = stderr.into();
+        ingest(n, vec![r], 100 + inv as i64)
+    };
+    let close_invocation = |inv: u128, secs: i64| Command::CloseFires {
+        at: at(secs),
+        fires: vec![FireToClose {
+            fire: FireKey::Invocation {
+                job: "adhoc-job".into(),
+                invocation_id: uuid::Uuid::from_u128(inv),
+            },
+            selected: vec![],
+        }],
+    };
+    for n in [2, 3] {
+        s.apply(invocation(1, n, RunStatus::Failed, "boom\n"));
+    }
+    s.apply(close_invocation(1, 110));
+    let opened = s.store.events_after(0, 100).unwrap();
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert_eq!(opened[0].hosts, ["node-2", "node-3"]);
+
+    s.apply(Command::ForgetNode {
+        node_id: node_id(2),
+        at: at(120),
+        actor: "ops".into(),
+    });
+    s.apply(invocation(2, 3, RunStatus::Ok, ""));
+    s.apply(close_invocation(2, 130));
+    let closed = s.store.events_after(opened[0].id, 100).unwrap();
+    let recovered: Vec<_> = closed
+        .iter()
+        .filter(|e| e.kind == EventKind::RunRecovered)
+        .collect();
+    assert_eq!(recovered.len(), 1, "{closed:?}");
+    assert_eq!(recovered[0].incident, Some(opened[0].id));
+    assert_eq!(recovered[0].hosts, ["node-3"]);
+    assert_eq!(s.store.incident_state().unwrap().open_incidents(), 0);
+}
