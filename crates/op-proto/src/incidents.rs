@@ -23,6 +23,9 @@
 //!   is one `node.not_ready`; hosts failing to deploy one version for one reason are one
 //!   `package.failed`, and later hosts failing the same way join it silently.
 //! - **Invocations.** [`InvocationFinished`] becomes one `invocation.finished` at once.
+//! - **Forgotten nodes.** A [`NodeChange`] to `Left` takes the host out of every open incident
+//!   and package group at once (an emptied one is dropped without an event), and out of the
+//!   nodes announced down at the next flush: a node that left holds nothing open.
 //!
 //! [`EventLog`] keeps the derived events with bounded retention and answers `after(id)` for
 //! `GET /v1/events?after=ID`.
@@ -440,6 +443,11 @@ impl IncidentState {
         self.incidents.len()
     }
 
+    /// Whether the `run.failed` incident opened by event `id` is still open.
+    pub fn incident_open(&self, id: u64) -> bool {
+        self.incidents.contains_key(&id)
+    }
+
     fn take_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
@@ -625,6 +633,9 @@ impl IncidentState {
     }
 
     fn node_change(&mut self, c: &NodeChange) {
+        if c.to == NodeStatus::Left {
+            self.forget_host(&c.host);
+        }
         self.start_batch(c.time);
         let entry = self
             .nodes
@@ -636,6 +647,21 @@ impl IncidentState {
             });
         entry.now = c.to;
         entry.labels = c.labels.clone();
+    }
+
+    /// A node left the fleet (forgotten, or replaced after an identity reset): it no longer
+    /// holds a `run.failed` incident open nor counts in a package failure group. An incident or
+    /// group left without hosts is dropped without an event (nothing recovered); one whose other
+    /// hosts have all recovered closes at the job's next closed fire.
+    fn forget_host(&mut self, host: &str) {
+        for incident in self.incidents.values_mut() {
+            incident.hosts.remove(host);
+        }
+        self.incidents.retain(|_, i| !i.hosts.is_empty());
+        for g in &mut self.packages {
+            g.hosts.remove(host);
+        }
+        self.packages.retain(|g| !g.hosts.is_empty());
     }
 
     fn package_failed(&mut self, p: &PackageFailed) {

@@ -1,8 +1,9 @@
 //! Stored invocation rows as the caller sees them: one [`HostResult`] per host (its run record's
-//! exit code and output when the host answered, the reason when it did not), the [`Summary`]
-//! counts, and the whole [`InvocationView`].
+//! exit code and output when the host answered, the reason when it did not), and the whole
+//! [`InvocationView`] (its `Summary` counts are `InvocationRow::summary`, in op-store, where
+//! apply derives the `invocation.finished` event with the same rule).
 
-use op_proto::invoke::{HostResult, HostStatus, InvocationView, Summary};
+use op_proto::invoke::{HostResult, HostStatus, InvocationView};
 use op_store::{InvocationRow, MissingHost, TargetRow};
 
 /// A host that was reported `unreachable` when the invocation was created.
@@ -72,29 +73,6 @@ pub fn hosts(row: &InvocationRow, targets: &[TargetRow]) -> Vec<HostResult> {
         .collect()
 }
 
-/// The counts of an invocation as stored.
-pub fn summary(row: &InvocationRow, targets: &[TargetRow]) -> Summary {
-    let mut s = Summary::count(
-        row.id,
-        &row.job,
-        row.detail
-            .unreachable
-            .iter()
-            .map(|_| HostStatus::Unreachable)
-            .chain(targets.iter().map(|t| t.status)),
-    );
-    let last = targets
-        .iter()
-        .filter_map(|t| t.finished_at)
-        .max()
-        .or(row.finished_at);
-    if let Some(end) = last {
-        s.elapsed_ms = (end - row.created_at).num_milliseconds().max(0) as u64;
-    }
-    s.stopped = row.stopped.clone();
-    s
-}
-
 pub fn view(row: &InvocationRow, targets: &[TargetRow]) -> InvocationView {
     InvocationView {
         invocation_id: row.id,
@@ -109,6 +87,6 @@ pub fn view(row: &InvocationRow, targets: &[TargetRow]) -> InvocationView {
         created_by: row.created_by.clone(),
         finished_at: row.finished_at,
         hosts: hosts(row, targets),
-        summary: summary(row, targets),
+        summary: row.summary(targets),
     }
 }

@@ -137,7 +137,7 @@ async fn follow(
             let Ok(Some((row, targets))) = all else {
                 return;
             };
-            let mut summary = results::summary(&row, &targets);
+            let mut summary = row.summary(&targets);
             summary.elapsed_ms = started.elapsed().as_millis() as u64;
             send(&tx, &InvocationEvent::Summary(summary)).await;
             return;

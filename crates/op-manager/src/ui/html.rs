@@ -118,6 +118,23 @@ pub fn host_status(s: HostStatus) -> String {
     )
 }
 
+/// An event's kind: failures and things down read as bad, recoveries as good, the rest muted.
+pub fn event_kind(kind: &op_proto::events::EventKind) -> String {
+    use op_proto::events::EventKind as K;
+    let (class, symbol) = match kind {
+        K::RunFailed
+        | K::NodeNotReady
+        | K::PackageFailed
+        | K::RunMissed
+        | K::RunOverrunning
+        | K::RolloutHalted => ("bad", "✕"),
+        K::RunLate | K::RunSkipped | K::NodeClockSkew | K::NodeDegraded => ("warn", "▲"),
+        K::RunRecovered | K::NodeReady | K::RolloutFinished => ("good", "✓"),
+        _ => ("muted", "●"),
+    };
+    badge(class, symbol, &esc(kind.as_str()))
+}
+
 pub fn enabled(on: bool) -> String {
     if on {
         badge("good", "●", "enabled")
@@ -137,13 +154,15 @@ pub enum Section {
     Cluster,
     Audit,
     Login,
+    Events,
 }
 
-const NAV: [(Section, &str, &str); 7] = [
+const NAV: [(Section, &str, &str); 8] = [
     (Section::Overview, "/ui", "Overview"),
     (Section::Nodes, "/ui/nodes", "Nodes"),
     (Section::Jobs, "/ui/jobs", "Jobs"),
     (Section::Runs, "/ui/runs", "Runs"),
+    (Section::Events, "/ui/events", "Events"),
     (Section::Packages, "/ui/packages", "Packages"),
     (Section::Cluster, "/ui/cluster", "Cluster"),
     (Section::Audit, "/ui/audit", "Audit"),

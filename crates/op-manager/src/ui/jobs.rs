@@ -32,6 +32,9 @@ use super::writes::{self, CallBody};
 
 /// Fire times shown on a job page.
 const NEXT_FIRES: usize = 5;
+/// The newest run.failed / run.recovered events of a job read for its incidents (enough to pair
+/// the newest incidents with their recoveries).
+const INCIDENT_EVENTS: u32 = 200;
 /// Host checkboxes offered by the run-now form; beyond this, patterns only.
 const MAX_HOST_CHOICES: usize = 200;
 
@@ -266,13 +269,29 @@ pub async fn show(
                 limit: Some(CHART_RUNS),
                 ..RunQuery::default()
             })?;
-            Ok(Some((job, latest, once, nodes, recent)))
+            // The job's incidents: its run.failed events and the recoveries that closed them.
+            let incident_events = st.events_newest(
+                &["run.failed".into(), "run.recovered".into()],
+                Some(&n),
+                None,
+                INCIDENT_EVENTS,
+            )?;
+            let state = st.incident_state()?;
+            Ok(Some((
+                job,
+                latest,
+                once,
+                nodes,
+                recent,
+                incident_events,
+                state,
+            )))
         })
         .await;
-    let (job, mut latest, once, nodes, recent) = match read {
-        Ok(Some((j, l, o, mut n, r))) => {
+    let (job, mut latest, once, nodes, recent, incident_events, incident_state) = match read {
+        Ok(Some((j, l, o, mut n, r, ie, is))) => {
             ui.app.beats.overlay(&mut n);
-            (j, l, o, n, r)
+            (j, l, o, n, r, ie, is)
         }
         Ok(None) => return html::not_found(&s, &format!("no job named {name:?}")),
         Err(e) => return html::server_error(&s, e),
@@ -403,6 +422,11 @@ pub async fn show(
         body.push_str("</ul>");
     }
     body.push_str("</section>");
+    body.push_str(&super::events::incidents(
+        &spec.name,
+        &incident_events,
+        |id| incident_state.incident_open(id),
+    ));
 
     if spec.once_job {
         body.push_str("<section class=\"card\"><h2>Once-job progress per revision</h2>");

@@ -12,6 +12,7 @@ mod assets;
 mod audit;
 mod chart;
 mod cluster;
+mod events;
 mod html;
 mod invocations;
 mod jobs;
@@ -83,6 +84,7 @@ pub fn router(app: Arc<App>, api: Router, http: reqwest::Client) -> Router {
         .route("/ui/packages/{name}/rollback", post(packages::rollback))
         .route("/ui/cluster", get(cluster::page))
         .route("/ui/audit", get(audit::page))
+        .route("/ui/events", get(events::list))
         .layer(axum::middleware::from_fn_with_state(
             ui.clone(),
             session::guard,

@@ -8,6 +8,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use op_proto::agent::CAPABILITY_DIRECTIVE_ACK;
+use op_proto::incidents::{HostRef, Input, InvocationFinished};
 use op_proto::invoke::{HostStatus, InvocationKind, InvocationOptions};
 use op_proto::{RunRecord, RunStatus};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -119,6 +120,9 @@ pub(super) fn create(
             inv.targets.len()
         ),
     )?;
+    if finished {
+        finished_input(conn, inv.id, at, ch)?;
+    }
     ch.invocations.insert(inv.id);
     Ok(Ok(CommandResult::InvocationCreated { id: inv.id }))
 }
@@ -296,6 +300,9 @@ pub(super) fn advance(
     }
     let released = release(conn, index, id, release_ids, at, &options, ch)?;
     let finished = finish && finish_if_done(conn, id, at)?;
+    if finished {
+        finished_input(conn, id, at, ch)?;
+    }
     if expired + cancelled + released > 0 || finished {
         ch.invocations.insert(id);
     }
@@ -345,6 +352,42 @@ fn finish_if_done(conn: &Connection, id: Uuid, at: DateTime<Utc>) -> Result<bool
         params![id.to_string(), ms(at)],
     )?;
     Ok(n > 0)
+}
+
+/// The incident input of an invocation that just finished (event `invocation.finished`): its
+/// summary, counted as the API counts it (`InvocationRow::summary`), and the hosts that did not
+/// succeed with their labels. Everything comes from the replicated tables and the command's time.
+fn finished_input(conn: &Connection, id: Uuid, at: DateTime<Utc>, ch: &mut Changes) -> Result<()> {
+    let Some(row) = read::invocations::one(conn, id)? else {
+        return Ok(());
+    };
+    let targets = read::invocations::targets(conn, id, false)?;
+    let summary = row.summary(&targets);
+    let mut failed: Vec<HostRef> = row
+        .detail
+        .unreachable
+        .iter()
+        .map(|m| HostRef {
+            host: m.host.clone(),
+            labels: Default::default(),
+        })
+        .collect();
+    for t in targets.iter().filter(|t| t.status != HostStatus::Ok) {
+        let labels = read::nodes::by_id(conn, t.node_id)?
+            .map(|n| n.labels)
+            .unwrap_or_default();
+        failed.push(HostRef {
+            host: t.hostname.clone(),
+            labels,
+        });
+    }
+    ch.inputs
+        .push(Input::InvocationFinished(InvocationFinished {
+            time: at,
+            summary,
+            failed,
+        }));
+    Ok(())
 }
 
 pub(super) fn cancel(

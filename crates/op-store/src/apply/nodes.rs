@@ -3,8 +3,9 @@
 
 use chrono::{DateTime, Utc};
 use op_proto::agent::OnceOutcome;
-use op_proto::incidents::{Input, NodeChange};
+use op_proto::incidents::{Input, NodeChange, PackageFailed, PackageInstalled};
 use op_proto::node::AgentStats;
+use op_proto::package::{InstalledPackage, PackageState};
 use op_proto::{NodeInfo, NodeStatus};
 use rusqlite::{Connection, params};
 use uuid::Uuid;
@@ -142,6 +143,7 @@ fn replace_predecessors(
             "DELETE FROM once_targets WHERE node_id = ?1 AND state = 'pending'",
             params![from],
         )?;
+        ch.inputs.push(node_change(&old, NodeStatus::Left, at));
         old.status = NodeStatus::Left;
         write(conn, &old)?;
         super::tokens::revoke_node(conn, old.node_id, ch)?;
@@ -201,6 +203,7 @@ pub(super) fn heartbeats(conn: &Connection, beats: &[NodeBeat], ch: &mut Changes
             node.degraded = beat.degraded.clone();
             ch.nodes.insert(node.node_id);
         }
+        package_inputs(&node, &beat.packages, beat.seen_at, &mut ch.inputs);
         node.last_seen = node.last_seen.max(beat.seen_at);
         node.agent_version = beat.agent_version.clone();
         node.load = beat.load.clone();
@@ -253,6 +256,11 @@ pub(super) fn forget(
             "no node with id {node_id}"
         ))));
     };
+    // A forgotten node leaves the node batch and the nodes announced down: it keeps no
+    // `node.not_ready` incident open and is never announced again.
+    if node.status != NodeStatus::Left {
+        ch.inputs.push(node_change(&node, NodeStatus::Left, at));
+    }
     node.status = NodeStatus::Left;
     write(conn, &node)?;
     // Its credential goes with it: the agent must enroll again to come back.
@@ -268,6 +276,56 @@ pub(super) fn forget(
         &node_id.to_string(),
     )?;
     Ok(Ok(CommandResult::NodeForgotten { node_id }))
+}
+
+/// The version a package report says failed to deploy, and why: a `failed` report, or a
+/// `downloading` one that keeps the last error while the agent retries (a coalesced heartbeat may
+/// carry either).
+fn deploy_failure(p: &InstalledPackage) -> Option<(u64, &str)> {
+    let error = p.error.as_deref();
+    match p.state {
+        PackageState::Failed => Some((
+            p.target_version.unwrap_or(p.version),
+            error.unwrap_or("deploy failed"),
+        )),
+        PackageState::Downloading => error.map(|e| (p.target_version.unwrap_or(p.version), e)),
+        PackageState::Installed => None,
+    }
+}
+
+/// The incident inputs of a heartbeat's package reports against the node's previous ones
+/// (events `package.failed`): a version newly failing (or failing another way) is a
+/// `PackageFailed`, a version newly installed a `PackageInstalled`. Reports that did not change
+/// feed nothing, so a fleet's steady heartbeats cost no incident work.
+fn package_inputs(
+    node: &NodeInfo,
+    reports: &[InstalledPackage],
+    time: DateTime<Utc>,
+    inputs: &mut Vec<Input>,
+) {
+    for p in reports {
+        let before = node.packages.iter().find(|o| o.name == p.name);
+        if let Some((version, reason)) = deploy_failure(p) {
+            if before.and_then(deploy_failure) != Some((version, reason)) {
+                inputs.push(Input::PackageFailed(PackageFailed {
+                    time,
+                    package: p.name.clone(),
+                    version,
+                    reason: reason.to_string(),
+                    host: node.hostname.clone(),
+                    labels: node.labels.clone(),
+                }));
+            }
+        } else if p.state == PackageState::Installed
+            && !before.is_some_and(|o| o.state == PackageState::Installed && o.version == p.version)
+        {
+            inputs.push(Input::PackageInstalled(PackageInstalled {
+                package: p.name.clone(),
+                version: p.version,
+                host: node.hostname.clone(),
+            }));
+        }
+    }
 }
 
 /// The incident input of `node` moving to `to` (events: `node.not_ready` / `node.ready`).

@@ -34,3 +34,49 @@ impl Store {
         self.read(crate::apply::events::load)
     }
 }
+
+impl Store {
+    /// The newest kept events, newest first, at most `limit` (capped at [`MAX_EVENT_PAGE`]):
+    /// only those of one of `kinds` (any kind when empty) and of `job` (any when `None`), with an
+    /// id below `before` when given. The console's events page and a job's incidents read this.
+    pub fn events_newest(
+        &self,
+        kinds: &[String],
+        job: Option<&str>,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        let limit = limit.clamp(1, MAX_EVENT_PAGE);
+        let kinds = kinds.to_vec();
+        let job = job.map(str::to_string);
+        let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        self.read(move |conn| {
+            // At most a few kinds: one placeholder each, after the fixed ones.
+            let kind_filter = if kinds.is_empty() {
+                String::new()
+            } else {
+                let marks: Vec<String> = (0..kinds.len()).map(|i| format!("?{}", i + 4)).collect();
+                format!("AND kind IN ({})", marks.join(", "))
+            };
+            let sql = format!(
+                "SELECT record FROM events WHERE id < ?1 AND (?2 IS NULL OR job = ?2) {kind_filter}
+                 ORDER BY id DESC LIMIT ?3"
+            );
+            let mut stmt = conn.prepare(&sql)?;
+            let mut values: Vec<rusqlite::types::Value> = vec![
+                before.into(),
+                job.clone().map_or(rusqlite::types::Value::Null, Into::into),
+                i64::from(limit).into(),
+            ];
+            values.extend(kinds.iter().cloned().map(rusqlite::types::Value::from));
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| {
+                r.get::<_, String>(0)
+            })?;
+            let mut out = Vec::new();
+            for text in rows {
+                out.push(from_json("event", &text?)?);
+            }
+            Ok(out)
+        })
+    }
+}

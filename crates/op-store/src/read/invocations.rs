@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use op_proto::agent::{Directive, RunDirective};
 use op_proto::invoke::{
-    HostStatus, InvocationKind, InvocationOptions, InvocationQuery, InvocationState,
+    HostStatus, InvocationKind, InvocationOptions, InvocationQuery, InvocationState, Summary,
 };
 use op_proto::{JobSpec, RunRecord, Trigger};
 use rusqlite::{Connection, OptionalExtension, Row};
@@ -77,6 +77,34 @@ pub struct TargetRow {
     pub settled_index: Option<u64>,
 }
 
+impl InvocationRow {
+    /// The counts of this invocation as stored, with `targets` its targets: the hosts
+    /// unreachable from the start count as `unreachable`; the elapsed time runs from the request
+    /// to the last result (or the finish). The API, the console and the `invocation.finished`
+    /// event (derived in apply) all count with this one rule.
+    pub fn summary(&self, targets: &[TargetRow]) -> Summary {
+        let mut s = Summary::count(
+            self.id,
+            &self.job,
+            self.detail
+                .unreachable
+                .iter()
+                .map(|_| HostStatus::Unreachable)
+                .chain(targets.iter().map(|t| t.status)),
+        );
+        let last = targets
+            .iter()
+            .filter_map(|t| t.finished_at)
+            .max()
+            .or(self.finished_at);
+        if let Some(end) = last {
+            s.elapsed_ms = (end - self.created_at).num_milliseconds().max(0) as u64;
+        }
+        s.stopped = self.stopped.clone();
+        s
+    }
+}
+
 const INVOCATION_COLUMNS: &str =
     "id, job, kind, state, created_at, created_by, finished_at, stopped, record";
 
@@ -116,7 +144,7 @@ fn decode((mut row, record): (InvocationRow, String)) -> Result<InvocationRow> {
     Ok(row)
 }
 
-fn targets(conn: &Connection, id: Uuid, with_runs: bool) -> Result<Vec<TargetRow>> {
+pub(crate) fn targets(conn: &Connection, id: Uuid, with_runs: bool) -> Result<Vec<TargetRow>> {
     select_targets(conn, id, with_runs, None)
 }
 
@@ -178,7 +206,7 @@ fn select_targets(
     .collect()
 }
 
-fn one(conn: &Connection, id: Uuid) -> Result<Option<InvocationRow>> {
+pub(crate) fn one(conn: &Connection, id: Uuid) -> Result<Option<InvocationRow>> {
     conn.query_row(
         &format!("SELECT {INVOCATION_COLUMNS} FROM invocations WHERE id = ?1"),
         [id.to_string()],

@@ -4,6 +4,7 @@
 
 use op_proto::events::EventKind;
 use op_proto::incidents::FireKey;
+use op_proto::package::{InstalledPackage, PackageState};
 use op_proto::{NodeStatus, RunStatus};
 use op_store::{Command, Entry, FireToClose, StatusChange};
 
@@ -126,4 +127,275 @@ fn events_do_not_depend_on_batch_boundaries() {
     let a = one.store.events_after(0, 100).unwrap();
     assert_eq!(a.len(), 2, "two signatures are two events: {a:?}");
     assert_eq!(a, all.store.events_after(0, 100).unwrap());
+}
+
+fn beat(n: u8, secs: i64, packages: Vec<InstalledPackage>) -> Command {
+    Command::Heartbeats {
+        beats: vec![op_store::NodeBeat {
+            node_id: node_id(n),
+            seen_at: at(secs),
+            agent_version: "0.1.0".into(),
+            load: None,
+            running: vec![],
+            packages,
+            stats: Default::default(),
+            degraded: None,
+            clock_skew_ms: None,
+        }],
+    }
+}
+
+fn report(
+    state: PackageState,
+    version: u64,
+    target: Option<u64>,
+    error: Option<&str>,
+) -> InstalledPackage {
+    InstalledPackage {
+        name: "tool.tar.gz".into(),
+        version,
+        sha256: String::new(),
+        state,
+        target_version: target,
+        error: error.map(str::to_string),
+    }
+}
+
+/// Hosts reporting in their heartbeats that a version failed to deploy give one
+/// `package.failed` per version and reason at the flush; steady reports feed nothing more, and a
+/// host that fails the same way later joins silently.
+#[test]
+fn package_failures_from_heartbeats_are_grouped_by_version_and_reason() {
+    let mut s = TestStore::new();
+    given(&mut s, &[2, 3, 4, 5], &[]);
+    let bad = Some("archive refused: absolute path \"/x\"");
+    for n in [2, 3] {
+        s.apply(beat(
+            n,
+            100,
+            vec![report(PackageState::Failed, 1, Some(7), bad)],
+        ));
+    }
+    s.apply(beat(
+        4,
+        100,
+        vec![report(PackageState::Failed, 1, Some(7), Some("disk full"))],
+    ));
+    // Another host installed it: no event.
+    s.apply(beat(
+        5,
+        100,
+        vec![report(PackageState::Installed, 7, None, None)],
+    ));
+    // The same reports again (steady heartbeats) change nothing.
+    s.apply(beat(
+        2,
+        103,
+        vec![report(PackageState::Failed, 1, Some(7), bad)],
+    ));
+    let state = s.store.incident_state().unwrap();
+    assert!(state.flush_due(at(110), chrono::Duration::seconds(10)));
+    s.apply(Command::FlushEvents { at: at(110) });
+    let events = s.store.events_after(0, 100).unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+    for e in &events {
+        assert_eq!(e.kind, EventKind::PackageFailed);
+        assert_eq!(e.package.as_deref(), Some("tool.tar.gz@7"));
+        assert_eq!(e.url, "/ui/packages/tool.tar.gz");
+    }
+    let refused = events
+        .iter()
+        .find(|e| e.signature.as_deref() == bad)
+        .expect("the archive group");
+    assert_eq!(refused.hosts, ["node-2", "node-3"]);
+    assert!(
+        refused.summary.contains("failed to deploy on 2 hosts"),
+        "{}",
+        refused.summary
+    );
+    let disk = events
+        .iter()
+        .find(|e| e.signature.as_deref() == Some("disk full"))
+        .expect("the disk group");
+    assert_eq!(disk.hosts, ["node-4"]);
+
+    // A retry keeping the error (downloading) is the same failure; a later host failing the
+    // same way joins the notified group silently; an install removes the host from its group.
+    s.apply(beat(
+        2,
+        120,
+        vec![report(PackageState::Downloading, 1, Some(7), bad)],
+    ));
+    s.apply(beat(
+        5,
+        120,
+        vec![report(PackageState::Failed, 7, Some(8), Some("disk full"))],
+    ));
+    s.apply(beat(
+        3,
+        121,
+        vec![report(PackageState::Installed, 7, None, None)],
+    ));
+    s.apply(Command::FlushEvents { at: at(130) });
+    let more = s.store.events_after(events[1].id, 100).unwrap();
+    assert_eq!(more.len(), 1, "only version 8's failure is new: {more:?}");
+    assert_eq!(more[0].package.as_deref(), Some("tool.tar.gz@8"));
+    assert_eq!(more[0].hosts, ["node-5"]);
+}
+
+/// A node announced NotReady and then forgotten is dropped from the incident state: it is not
+/// announced again, and coming back as a new registration is not a `node.ready` for the old
+/// announcement. A node forgotten within the batch that saw it go down is never announced.
+#[test]
+fn a_forgotten_node_leaves_the_node_incidents() {
+    let mut s = TestStore::new();
+    given(&mut s, &[2, 3, 4], &[]);
+    let down = |nodes: &[u8], secs: i64| Command::SetNodeStatus {
+        at: at(secs),
+        changes: nodes
+            .iter()
+            .map(|&n| StatusChange {
+                node_id: node_id(n),
+                status: NodeStatus::NotReady,
+                unless_seen_after: at(50),
+            })
+            .collect(),
+    };
+    let forget = |n: u8, secs: i64| Command::ForgetNode {
+        node_id: node_id(n),
+        at: at(secs),
+        actor: "ops".into(),
+    };
+    s.apply(down(&[2, 3], 100));
+    s.apply(Command::FlushEvents { at: at(110) });
+    let first = s.store.events_after(0, 100).unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].hosts, ["node-2", "node-3"]);
+
+    s.apply(forget(2, 120));
+    // node-4 goes down and is forgotten before the flush: never announced.
+    s.apply(down(&[4], 121));
+    s.apply(forget(4, 122));
+    assert!(
+        s.store
+            .incident_state()
+            .unwrap()
+            .flush_due(at(140), chrono::Duration::seconds(10)),
+        "the forget is a change the leader flushes"
+    );
+    s.apply(Command::FlushEvents { at: at(140) });
+    assert!(
+        s.store.events_after(first[0].id, 100).unwrap().is_empty(),
+        "forgetting announces nothing"
+    );
+    // Nor is the forgotten node kept among those announced down (an incident open forever).
+    let state = serde_json::to_value(s.store.incident_state().unwrap()).unwrap();
+    let down: Vec<&String> = state["down"].as_object().unwrap().keys().collect();
+    assert_eq!(down, ["node-3"]);
+    // node-3 comes back: its recovery answers the announcement; node-2 is no longer in it.
+    s.apply(register(3, 150));
+    s.apply(Command::FlushEvents { at: at(160) });
+    let back = s.store.events_after(first[0].id, 100).unwrap();
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(back[0].kind, EventKind::NodeReady);
+    assert_eq!(back[0].hosts, ["node-3"]);
+    // node-2 registering again later is a new node, not the end of the old announcement.
+    s.apply(register(2, 170));
+    s.apply(Command::FlushEvents { at: at(180) });
+    assert!(s.store.events_after(back[0].id, 100).unwrap().is_empty());
+}
+
+/// The console's newest-first read filters by kind and job.
+#[test]
+fn newest_events_filter_by_kind_and_job() {
+    let mut s = TestStore::new();
+    given(&mut s, &[2, 3], &["a", "b"]);
+    s.apply(ingest(2, vec![failing(2, "a", 100, "boom\n")], 101));
+    s.apply(ingest(3, vec![failing(3, "b", 100, "bang\n")], 101));
+    s.apply(close("a", 100, &[2, 3]));
+    s.apply(close("b", 100, &[2, 3]));
+    s.apply(Command::SetNodeStatus {
+        at: at(120),
+        changes: vec![StatusChange {
+            node_id: node_id(2),
+            status: NodeStatus::NotReady,
+            unless_seen_after: at(115),
+        }],
+    });
+    s.apply(Command::FlushEvents { at: at(130) });
+    let all = s.store.events_newest(&[], None, None, 100).unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    let b = s.store.events_newest(&[], Some("b"), None, 100).unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].job.as_deref(), Some("b"));
+    let nodes = s
+        .store
+        .events_newest(&["node.not_ready".into()], None, None, 100)
+        .unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].kind, EventKind::NodeNotReady);
+    let failed = s
+        .store
+        .events_newest(&["run.failed".into(), "node.ready".into()], None, None, 100)
+        .unwrap();
+    assert_eq!(failed.len(), 2);
+    let older = s
+        .store
+        .events_newest(&[], None, Some(all[0].id), 1)
+        .unwrap();
+    assert_eq!(older, [all[1].clone()]);
+}
+
+/// A forgotten host no longer holds a job's incident open: when the other host of an
+/// invocation-only job (no fire of the job's own deselects anyone) succeeds, the incident closes.
+#[test]
+fn a_forgotten_host_does_not_hold_a_run_incident_open() {
+    let mut s = TestStore::new();
+    given(&mut s, &[2, 3], &[]);
+    let invocation = |inv: u128, n: u8, status: RunStatus, stderr: &str| {
+        let mut r = run(n, "adhoc-job", 0, 100 + inv as i64, status);
+        r.run_id = uuid::Uuid::from_u128(
+            0x0195_0000_0000_7000_8000_0000_0000_0000 + inv * 256 + u128::from(n),
+        );
+        r.invocation_id = Some(uuid::Uuid::from_u128(inv));
+        r.trigger = op_proto::Trigger::Adhoc;
+        r.exit_code = Some(if status == RunStatus::Ok { 0 } else { 1 });
+        r.stderr_tail = stderr.into();
+        ingest(n, vec![r], 100 + inv as i64)
+    };
+    let close_invocation = |inv: u128, secs: i64| Command::CloseFires {
+        at: at(secs),
+        fires: vec![FireToClose {
+            fire: FireKey::Invocation {
+                job: "adhoc-job".into(),
+                invocation_id: uuid::Uuid::from_u128(inv),
+            },
+            selected: vec![],
+        }],
+    };
+    for n in [2, 3] {
+        s.apply(invocation(1, n, RunStatus::Failed, "boom\n"));
+    }
+    s.apply(close_invocation(1, 110));
+    let opened = s.store.events_after(0, 100).unwrap();
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert_eq!(opened[0].hosts, ["node-2", "node-3"]);
+
+    s.apply(Command::ForgetNode {
+        node_id: node_id(2),
+        at: at(120),
+        actor: "ops".into(),
+    });
+    s.apply(invocation(2, 3, RunStatus::Ok, ""));
+    s.apply(close_invocation(2, 130));
+    let closed = s.store.events_after(opened[0].id, 100).unwrap();
+    let recovered: Vec<_> = closed
+        .iter()
+        .filter(|e| e.kind == EventKind::RunRecovered)
+        .collect();
+    assert_eq!(recovered.len(), 1, "{closed:?}");
+    assert_eq!(recovered[0].incident, Some(opened[0].id));
+    assert_eq!(recovered[0].hosts, ["node-3"]);
+    assert_eq!(s.store.incident_state().unwrap().open_incidents(), 0);
 }

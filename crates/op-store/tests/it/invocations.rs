@@ -323,3 +323,45 @@ fn no_targets_is_finished_at_once_and_prune_drops_old_finished_ones() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].1, [HostStatus::Running]);
 }
+
+/// When the leader finishes an invocation, apply derives one `invocation.finished` event with
+/// the summary the API shows (the unreachable host counted) and the hosts that did not succeed.
+#[test]
+fn a_finished_invocation_is_one_event_with_its_summary() {
+    let mut s = TestStore::new();
+    for n in [2, 3] {
+        s.apply(register(n, 0));
+    }
+    s.apply(exec(1, &[2, 3], None, &[2, 3], 10));
+    s.apply(result(1, 2, RunStatus::Ok, 11));
+    // Not finished while node-3 has not answered.
+    s.apply(advance(1, 12, &[], &[], None, true));
+    assert!(s.store.events_after(0, 100).unwrap().is_empty());
+    s.apply(result(1, 3, RunStatus::Failed, 13));
+    s.apply(advance(1, 14, &[], &[], None, true));
+    let events = s.store.events_after(0, 100).unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e.kind, op_proto::events::EventKind::InvocationFinished);
+    assert_eq!(e.time, at(14));
+    assert_eq!(e.hosts, ["10.9.9.9", "node-3"]);
+    assert_eq!(e.selected_hosts, 3);
+    assert!(
+        e.summary.contains("1 ok")
+            && e.summary.contains("1 failed")
+            && e.summary.contains("1 unreachable"),
+        "{}",
+        e.summary
+    );
+    assert_eq!(e.url, format!("/ui/invocations/{}", inv_id(1)));
+    // The summary is the one the API reads.
+    let (row, targets) = s.store.invocation(inv_id(1), false).unwrap().unwrap();
+    let api = row.summary(&targets);
+    assert_eq!(
+        (api.ok, api.failed, api.unreachable, api.total),
+        (1, 1, 1, 3)
+    );
+    // Finishing again derives nothing more.
+    s.apply(advance(1, 15, &[], &[], None, true));
+    assert_eq!(s.store.events_after(0, 100).unwrap().len(), 1);
+}

@@ -1,8 +1,9 @@
 //! The web console in a real headless Chromium against a real manager and real agents (issue
 //! 11's scenarios): login and the overview's counts, the job editor (a bad cron is shown inline
 //! and nothing is saved), run now on two hosts, a running run's output growing, an agent turning
-//! NotReady, package upload / rollback / convergence, and the viewer's read-only console with
-//! forged POSTs refused. Screenshots of the main pages land in `target/ui-screenshots/`.
+//! NotReady (and the Events page following it down and back, live), package upload / rollback /
+//! convergence, and the viewer's read-only console with forged POSTs refused. Screenshots of the
+//! main pages land in `target/ui-screenshots/`.
 
 use std::time::{Duration, Instant};
 
@@ -76,7 +77,12 @@ const BAD_CRON: &str = r#"{"JobName": "hello", "Command": "echo hi", "CronExpr":
 #[tokio::test(flavor = "multi_thread")]
 async fn operator_console_end_to_end() {
     let m = Manager::start_with(ManagerOptions {
-        args: vec!["--node-timeout".into(), "3s".into()],
+        args: vec![
+            "--node-timeout".into(),
+            "3s".into(),
+            "--event-window".into(),
+            "1s".into(),
+        ],
         ..ManagerOptions::default()
     });
     let mut agents = fleet(&m, 2, &[]).await;
@@ -323,6 +329,26 @@ async fn operator_console_end_to_end() {
     b.goto(&ui).await;
     b.ready().await;
     assert_eq!(b.text("#tile-nodes-notready .value").await, "1");
+
+    // The Events page lists the node going down, and shows it back without a reload (the list
+    // is a live region).
+    b.goto(&format!("{ui}/events")).await;
+    b.ready().await;
+    b.wait_text(
+        "tr[data-kind='node.not_ready']",
+        "the node.not_ready event",
+        |t| t.contains("node-2"),
+    )
+    .await;
+    b.screenshot("events").await;
+    agents[1].restart();
+    b.wait_text(
+        "tr[data-kind='node.ready']",
+        "the node.ready event, shown live",
+        |t| t.contains("node-2"),
+    )
+    .await;
+    assert!(b.url().await.ends_with("/ui/events"), "no navigation");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,6 +9,7 @@ mod cluster;
 mod config_docs;
 mod console;
 mod docs_commands;
+mod events;
 mod fanout;
 mod faults;
 mod fleet;
