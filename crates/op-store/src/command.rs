@@ -195,6 +195,25 @@ pub enum Command {
     /// The leader flushes the batched node and package changes into events (the event window
     /// after the batch's first change passed).
     FlushEvents { at: DateTime<Utc> },
+    /// The leader's delivery worker: `rule`'s receiver accepted event `event_id`, so every event
+    /// the rule matched up to it is acknowledged and never sent again. The position never moves
+    /// backwards; the command is ignored when the rule is gone.
+    NotifyDelivered {
+        rule: String,
+        event_id: u64,
+        at: DateTime<Utc>,
+    },
+    /// The leader's delivery worker: sending event `event_id` through `rule` failed, for the
+    /// `failures`-th time in a row. Committed when the error changes and at most every few
+    /// seconds otherwise (a dead receiver does not flood the log). Ignored when the rule is gone
+    /// or the event is already acknowledged.
+    NotifyFailed {
+        rule: String,
+        event_id: u64,
+        failures: u32,
+        error: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl Command {
@@ -225,6 +244,8 @@ impl Command {
             Command::RemoveNotifyRule { .. } => "remove_notify_rule",
             Command::CloseFires { .. } => "close_fires",
             Command::FlushEvents { .. } => "flush_events",
+            Command::NotifyDelivered { .. } => "notify_delivered",
+            Command::NotifyFailed { .. } => "notify_failed",
         }
     }
 }

@@ -220,6 +220,19 @@ const MIGRATIONS: &[&str] = &[
         updated_by TEXT NOT NULL
     );
     "#,
+    // 10: notification delivery (issue 19): per rule, the event id up to which its receiver has
+    // acknowledged (a new rule starts at the newest event, it does not replay history) and the
+    // channel's health as the leader's delivery worker last committed it. Times are unix ms.
+    r#"
+    CREATE TABLE notify_delivery (
+        rule          TEXT PRIMARY KEY,
+        acknowledged  INTEGER NOT NULL,
+        last_success  INTEGER,
+        failures      INTEGER NOT NULL DEFAULT 0,
+        last_error    TEXT,
+        last_failure  INTEGER
+    );
+    "#,
 ];
 
 /// The schema version this build writes.
