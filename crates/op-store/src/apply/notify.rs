@@ -74,7 +74,12 @@ pub(super) fn remove(conn: &Connection, name: &str, at: DateTime<Utc>, actor: &s
 
 /// `NotifyDelivered`: moves the rule's position forward (never back) and records the success.
 /// A rule removed meanwhile has no row, and nothing changes.
-pub(super) fn delivered(conn: &Connection, rule: &str, event_id: u64, at: DateTime<Utc>) -> Outcome {
+pub(super) fn delivered(
+    conn: &Connection,
+    rule: &str,
+    event_id: u64,
+    at: DateTime<Utc>,
+) -> Outcome {
     conn.execute(
         "UPDATE notify_delivery SET acknowledged = MAX(acknowledged, ?2), last_success = ?3,
          failures = 0 WHERE rule = ?1",

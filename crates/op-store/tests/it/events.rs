@@ -145,7 +145,11 @@ fn a_rule_starts_at_the_newest_event_and_its_position_only_moves_forward() {
     let mut s = TestStore::new();
     given(&mut s, &[2, 3], &["backup"]);
     for n in [2, 3] {
-        s.apply(ingest(n, vec![failing(n, "backup", 100, "disk full\n")], 102));
+        s.apply(ingest(
+            n,
+            vec![failing(n, "backup", 100, "disk full\n")],
+            102,
+        ));
     }
     s.apply(close("backup", 100, &[2, 3]));
     let newest = s.store.events_after(0, 100).unwrap().last().unwrap().id;
@@ -200,7 +204,12 @@ fn a_rule_starts_at_the_newest_event_and_its_position_only_moves_forward() {
         actor: "admin".into(),
     });
     assert_eq!(
-        s.store.notify_rule("ops").unwrap().unwrap().delivery.acknowledged,
+        s.store
+            .notify_rule("ops")
+            .unwrap()
+            .unwrap()
+            .delivery
+            .acknowledged,
         newest + 5
     );
     s.apply(Command::RemoveNotifyRule {
@@ -221,7 +230,12 @@ fn a_rule_starts_at_the_newest_event_and_its_position_only_moves_forward() {
         actor: "admin".into(),
     });
     assert_eq!(
-        s.store.notify_rule("ops").unwrap().unwrap().delivery.acknowledged,
+        s.store
+            .notify_rule("ops")
+            .unwrap()
+            .unwrap()
+            .delivery
+            .acknowledged,
         newest
     );
 }
