@@ -278,6 +278,34 @@ fn agentcli(m: &Manager, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `promtool check metrics` (Debian's prometheus package) accepts the exposition, with the
+/// per-rule series in it.
+fn promtool_accepts(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs (apt-get install prometheus; .ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics:\n{said}"
+    );
+}
+
 #[tokio::test]
 async fn a_failure_on_three_agents_is_delivered_once_signed_and_its_fix_once() {
     let m = manager();
@@ -401,6 +429,7 @@ async fn a_receiver_down_for_a_while_gets_the_events_afterwards_in_order() {
             .any(|l| l.starts_with("op_manager_notify_pending_events{rule=\"down\"} 4")),
         "{metrics}"
     );
+    promtool_accepts(&metrics);
 
     // The receiver comes up on that port: every event arrives, in order, each once.
     let hook = Hook::on(TcpListener::bind(("127.0.0.1", port)).unwrap());
