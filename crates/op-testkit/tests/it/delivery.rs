@@ -772,8 +772,18 @@ async fn the_leaders_kill_loses_no_event_and_repeats_none_after_its_acknowledgem
             == 2
     })
     .await;
-    wait_until(LONG, "the leader tried and failed", || async {
-        !hook.all().is_empty()
+    // The failing channel shows on a follower too: its health is replicated.
+    let follower = cluster.client((leader + 2) % 3);
+    wait_until(LONG, "a follower lists the failing channel", || async {
+        follower.notify_rules().await.is_ok_and(|rules| {
+            rules.iter().any(|r| {
+                r.delivery.consecutive_failures >= 1
+                    && r.delivery
+                        .last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("answered 503: busy"))
+            })
+        })
     })
     .await;
     let want: Vec<u64> = events(&c)
