@@ -40,6 +40,8 @@ pub const LOOK_EVERY: Duration = Duration::from_secs(1);
 pub const FAILURE_COMMIT_EVERY: Duration = Duration::from_secs(5);
 /// One attempt (connect, send, answer) ends within this.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new term waits for the previous term's workers to commit what they delivered.
+const FINISH_WAIT: Duration = Duration::from_secs(3);
 
 /// What the delivery worker uses.
 pub struct Notifier {
@@ -82,7 +84,11 @@ pub async fn run(notifier: Notifier, shutdown: CancellationToken) {
         }
         let leading = n.writer.leading_term();
         if leading != term {
-            stop(&mut workers, &n.metrics);
+            // Let a worker finish committing what its receiver already accepted, so the next
+            // term's queues start after it rather than sending it again.
+            for task in stop(&mut workers, &n.metrics) {
+                let _ = tokio::time::timeout(FINISH_WAIT, task).await;
+            }
             term = None;
             let Some(t) = leading else { continue };
             // The previous leader's acknowledgements must be applied here before any queue is
@@ -149,11 +155,17 @@ pub async fn run(notifier: Notifier, shutdown: CancellationToken) {
     stop(&mut workers, &n.metrics);
 }
 
-fn stop(workers: &mut HashMap<String, Worker>, metrics: &Metrics) {
-    for (_, w) in workers.drain() {
-        w.cancel.cancel();
-    }
+/// Cancels every worker; answers their tasks, to wait for if wanted.
+fn stop(workers: &mut HashMap<String, Worker>, metrics: &Metrics) -> Vec<JoinHandle<()>> {
+    let tasks = workers
+        .drain()
+        .map(|(_, w)| {
+            w.cancel.cancel();
+            w.task
+        })
+        .collect();
     metrics.notify_forget(None);
+    tasks
 }
 
 /// The failure last committed for a rule, to commit the next one only when it says something
