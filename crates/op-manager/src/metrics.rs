@@ -3,8 +3,9 @@
 //!
 //! Names follow Prometheus conventions: base units in the name (`_seconds`, `_bytes`), `_total`
 //! on counters, and labels whose values come from a fixed set (status codes, routes, command
-//! kinds, run statuses, raft states). The one label an operator chooses is `job` on
-//! `op_manager_job_latest_runs`, bounded by the number of saved jobs. The text is served in the
+//! kinds, run statuses, raft states). The labels an operator chooses are `job` on
+//! `op_manager_job_latest_runs`, bounded by the number of saved jobs, and `rule` on the
+//! `op_manager_notify_*` series, bounded by the number of notification rules. The text is served in the
 //! Prometheus 0.0.4 format ([`op_proto::exposition`]), which `promtool check metrics` accepts.
 
 use op_proto::NodeStatus;
