@@ -18,7 +18,8 @@
 //! /v1/events?follow` waits on) and when their head's retry is due. The supervisor looks at the
 //! saved rules every [`LOOK_EVERY`]: a new rule gets a worker, a removed one loses it, a replaced
 //! one (new `updated_at`) gets a fresh worker from its committed position. Rules are independent:
-//! a receiver that hangs until the timeout delays only its own rule.
+//! a receiver that hangs until the timeout delays only its own rule. Before each attempt a
+//! worker reads its rule as applied: once the rule is removed or replaced, it sends nothing more.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -131,6 +132,7 @@ pub async fn run(notifier: Notifier, shutdown: CancellationToken) {
                 Ok(rule) => tokio::spawn(deliver(
                     n.clone(),
                     Arc::new(rule),
+                    info.updated_at,
                     sender.clone(),
                     cancel.clone(),
                 )),
@@ -177,7 +179,13 @@ struct Reported {
 }
 
 /// One rule's worker: reads events, sends the head, commits the outcome, until `cancel`.
-async fn deliver(n: Arc<Notifier>, rule: Arc<Rule>, sender: Sender, cancel: CancellationToken) {
+async fn deliver(
+    n: Arc<Notifier>,
+    rule: Arc<Rule>,
+    updated_at: DateTime<Utc>,
+    sender: Sender,
+    cancel: CancellationToken,
+) {
     let name = rule.name().to_string();
     // Subscribe before the first read, so an event applied in between wakes the next look.
     let mut applied = n.hub.subscribe_events();
@@ -229,6 +237,22 @@ async fn deliver(n: Arc<Notifier>, rule: Arc<Rule>, sender: Sender, cancel: Canc
         n.metrics
             .notify_state(&name, queue.len(), queue.health().consecutive_failures);
         if queue.due(Instant::now()).is_some() {
+            // The rule as applied now: removed or replaced since this worker started, it sends
+            // nothing more (the supervisor starts a fresh worker for a replaced rule), and a
+            // position committed meanwhile drops what it covers.
+            let lookup = name.clone();
+            match state::read(&n.store, move |s| s.notify_rule(&lookup)).await {
+                Ok(Some(info)) if info.updated_at == updated_at => {
+                    queue.acknowledge(info.delivery.acknowledged);
+                }
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(rule = %name, error = %e, "reading the notification rule failed");
+                }
+            }
+            if queue.due(Instant::now()).is_none() {
+                continue;
+            }
             let attempt = tokio::select! {
                 a = attempt_due(&mut queue, &rule, &sender) => a,
                 _ = cancel.cancelled() => return,

@@ -479,6 +479,28 @@ async fn two_ways_of_failing_are_two_deliveries() {
     let last = got.iter().map(|r| r.event().id).max().unwrap();
     wait_acknowledged(&c, "ops", last).await;
     assert_eq!(hook.all().len(), 2, "{:?}", hook.all());
+
+    // A rule saved now starts after these events (no replay); a removed rule sends nothing more.
+    let late = Hook::start();
+    c.put_notify_rule(&webhook("late", &late.url, run_failed(&["sync"])))
+        .await
+        .unwrap();
+    assert_eq!(rule_info(&c, "late").await.delivery.acknowledged, last);
+    c.remove_notify_rule("ops").await.unwrap();
+    c.save_job(&once_job("sync", "true")).await.unwrap();
+    let got = late.wait_accepted(2, "both recoveries").await;
+    for r in &got {
+        assert_eq!(r.event().kind, EventKind::RunRecovered, "{:?}", r.event());
+    }
+    let recovered = got.iter().map(|r| r.event().id).max().unwrap();
+    wait_acknowledged(&c, "late", recovered).await;
+    assert_eq!(late.all().len(), 2);
+    assert_eq!(
+        hook.all().len(),
+        2,
+        "the removed rule sent {:?}",
+        hook.all()
+    );
 }
 
 #[tokio::test]
