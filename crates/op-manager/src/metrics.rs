@@ -588,3 +588,57 @@ impl Metrics {
         op_proto::exposition::openmetrics_to_prometheus(&out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(m: &Metrics) -> String {
+        m.render(
+            &StoreStats::default(),
+            &[],
+            &RaftView {
+                state: "leader",
+                ..RaftView::default()
+            },
+        )
+    }
+
+    #[test]
+    fn failing_channels_count_the_rules_whose_last_attempt_failed() {
+        let m = Metrics::new();
+        m.notify_state("ops", 3, 2);
+        m.notify_state("mail", 0, 0);
+        m.notify_delivery("ops", false);
+        let text = scrape(&m);
+        assert!(
+            text.contains("op_manager_notify_failing_channels 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("op_manager_notify_pending_events{rule=\"ops\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("op_manager_notify_deliveries_total{rule=\"ops\",result=\"failed\"} 1"),
+            "{text}"
+        );
+        // A removed rule's series go; losing the leadership empties them all.
+        m.notify_forget(Some("ops"));
+        let text = scrape(&m);
+        assert!(
+            text.contains("op_manager_notify_failing_channels 0"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("op_manager_notify_pending_events{rule=\"ops\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("op_manager_notify_pending_events{rule=\"mail\"} 0"),
+            "{text}"
+        );
+        m.notify_forget(None);
+        assert!(!scrape(&m).contains("op_manager_notify_pending_events{"));
+    }
+}
