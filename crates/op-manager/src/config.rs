@@ -69,6 +69,13 @@ pub struct ConfigArgs {
     /// change before it reports the changes as one event [default: 10s].
     #[arg(long, env = "OP_EVENT_WINDOW")]
     pub event_window: Option<String>,
+    /// Notifications: the wait before retrying a delivery the receiver did not accept; doubled
+    /// after each failure up to notify_retry_max [default: 1s].
+    #[arg(long, env = "OP_NOTIFY_RETRY_INITIAL")]
+    pub notify_retry_initial: Option<String>,
+    /// Notifications: the longest wait between retries of a failing delivery [default: 5m].
+    #[arg(long, env = "OP_NOTIFY_RETRY_MAX")]
+    pub notify_retry_max: Option<String>,
     /// Heartbeats are flushed to the store as one command this often [default: 3s, at most half
     /// of node_timeout].
     #[arg(long, env = "OP_HEARTBEAT_FLUSH")]
@@ -186,6 +193,8 @@ pub struct RawConfig {
     pub node_timeout: Option<String>,
     pub forget_after: Option<String>,
     pub event_window: Option<String>,
+    pub notify_retry_initial: Option<String>,
+    pub notify_retry_max: Option<String>,
     pub heartbeat_flush: Option<String>,
     pub directive_ack_timeout: Option<String>,
     pub sync_wait: Option<String>,
@@ -247,6 +256,10 @@ pub struct Config {
     /// How long a fire's results and a batch of node changes are collected before they become
     /// events (default 10 s).
     pub event_window: Duration,
+    /// The first retry wait of a failed notification delivery (default 1 s), doubled up to
+    /// `notify_retry_max` (default 5 min).
+    pub notify_retry_initial: Duration,
+    pub notify_retry_max: Duration,
     pub heartbeat_flush: Duration,
     /// How long a released fan-out host's agent has to acknowledge its directive (default 5 s;
     /// zero: no acknowledgement is asked, every host has the whole deadline).
@@ -467,6 +480,16 @@ impl Config {
             node_timeout,
             forget_after,
             event_window: duration("event_window", a.event_window.or(f.event_window), "10s")?,
+            notify_retry_initial: duration(
+                "notify_retry_initial",
+                a.notify_retry_initial.or(f.notify_retry_initial),
+                "1s",
+            )?,
+            notify_retry_max: duration(
+                "notify_retry_max",
+                a.notify_retry_max.or(f.notify_retry_max),
+                "5m",
+            )?,
             heartbeat_flush,
             directive_ack_timeout: duration(
                 "directive_ack_timeout",
@@ -565,6 +588,15 @@ impl Config {
         }
         if self.event_window.is_zero() || self.event_window > Duration::from_secs(3600) {
             return Err(bad("event_window", "must be more than 0 and at most 1h"));
+        }
+        if self.notify_retry_initial.is_zero() {
+            return Err(bad("notify_retry_initial", "must be more than 0"));
+        }
+        if self.notify_retry_max < self.notify_retry_initial {
+            return Err(bad(
+                "notify_retry_max",
+                "must be at least notify_retry_initial",
+            ));
         }
         if self.forget_after <= self.node_timeout {
             return Err(bad("forget_after", "must be longer than node_timeout"));
@@ -744,5 +776,24 @@ mod tests {
         };
         let err = Config::resolve(&args, RawConfig::default()).unwrap_err();
         assert!(err.to_string().contains("event_window"), "{err}");
+    }
+
+    #[test]
+    fn notify_retry_defaults_and_refuses_a_maximum_below_the_first_wait() {
+        let c = Config::resolve(&ConfigArgs::default(), RawConfig::default()).unwrap();
+        assert_eq!(c.notify_retry_initial, Duration::from_secs(1));
+        assert_eq!(c.notify_retry_max, Duration::from_secs(300));
+        let file: RawConfig =
+            toml::from_str("notify_retry_initial = \"200ms\"\nnotify_retry_max = \"1s\"").unwrap();
+        let c = Config::resolve(&ConfigArgs::default(), file).unwrap();
+        assert_eq!(c.notify_retry_initial, Duration::from_millis(200));
+        assert_eq!(c.notify_retry_max, Duration::from_secs(1));
+        let args = ConfigArgs {
+            notify_retry_initial: Some("10s".into()),
+            notify_retry_max: Some("1s".into()),
+            ..ConfigArgs::default()
+        };
+        let err = Config::resolve(&args, RawConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("notify_retry_max"), "{err}");
     }
 }

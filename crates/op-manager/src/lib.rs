@@ -35,6 +35,7 @@ pub mod liveness;
 pub mod load_history;
 pub mod memory;
 pub mod metrics;
+pub mod notify;
 pub mod output;
 pub mod raft;
 pub mod retention;
@@ -379,6 +380,20 @@ pub async fn start(
                 writer: app.writer.clone(),
                 clock: Arc::new(clock::SystemClock),
                 window: config.event_window,
+            },
+            shutdown.clone(),
+        )),
+        tokio::spawn(notify::run(
+            notify::Notifier {
+                store: app.store.clone(),
+                writer: app.writer.clone(),
+                hub: app.hub.clone(),
+                metrics: app.metrics.clone(),
+                policy: op_notify::RetryPolicy {
+                    initial: config.notify_retry_initial,
+                    factor: 2,
+                    max: config.notify_retry_max,
+                },
             },
             shutdown.clone(),
         )),

@@ -3,8 +3,9 @@
 //!
 //! Names follow Prometheus conventions: base units in the name (`_seconds`, `_bytes`), `_total`
 //! on counters, and labels whose values come from a fixed set (status codes, routes, command
-//! kinds, run statuses, raft states). The one label an operator chooses is `job` on
-//! `op_manager_job_latest_runs`, bounded by the number of saved jobs. The text is served in the
+//! kinds, run statuses, raft states). The labels an operator chooses are `job` on
+//! `op_manager_job_latest_runs`, bounded by the number of saved jobs, and `rule` on the
+//! `op_manager_notify_*` series, bounded by the number of notification rules. The text is served in the
 //! Prometheus 0.0.4 format ([`op_proto::exposition`]), which `promtool check metrics` accepts.
 
 use op_proto::NodeStatus;
@@ -122,6 +123,12 @@ pub struct Metrics {
     raft_voters: Gauge,
     agent_outbox: Gauge,
     agent_dropped: Gauge,
+    notify_deliveries: Family<Labels, Counter>,
+    notify_failures: Family<Labels, Gauge>,
+    notify_pending: Family<Labels, Gauge>,
+    notify_failing: Gauge,
+    /// Consecutive failures per rule, to count the failing channels.
+    notify_health: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
 }
 
 impl Default for Metrics {
@@ -180,6 +187,11 @@ impl Metrics {
             raft_voters: Gauge::default(),
             agent_outbox: Gauge::default(),
             agent_dropped: Gauge::default(),
+            notify_deliveries: Family::default(),
+            notify_failures: Family::default(),
+            notify_pending: Family::default(),
+            notify_failing: Gauge::default(),
+            notify_health: Default::default(),
         };
         r.register(
             "http_responses",
@@ -382,6 +394,26 @@ impl Metrics {
             "Runs the agents dropped from full outboxes since they started, as last reported",
             m.agent_dropped.clone(),
         );
+        r.register(
+            "notify_deliveries",
+            "Notification delivery attempts by rule and result (ok, failed); on the leader",
+            m.notify_deliveries.clone(),
+        );
+        r.register(
+            "notify_consecutive_failures",
+            "Failed delivery attempts since the rule's last success (0: healthy); on the leader",
+            m.notify_failures.clone(),
+        );
+        r.register(
+            "notify_pending_events",
+            "Events a rule matched that its receiver has not acknowledged yet; on the leader",
+            m.notify_pending.clone(),
+        );
+        r.register(
+            "notify_failing_channels",
+            "Notification rules whose last delivery attempt failed; on the leader",
+            m.notify_failing.clone(),
+        );
         let build = Family::<Labels, Gauge>::default();
         build
             .get_or_create(&labels("version", env!("CARGO_PKG_VERSION")))
@@ -433,6 +465,55 @@ impl Metrics {
 
     pub fn blobs_deleted(&self, n: u64) {
         self.blobs_deleted.inc_by(n);
+    }
+
+    /// One delivery attempt of notification rule `rule` (the label is bounded by the rules).
+    pub fn notify_delivery(&self, rule: &str, ok: bool) {
+        self.notify_deliveries
+            .get_or_create(&vec![
+                ("rule".to_string(), rule.to_string()),
+                (
+                    "result".to_string(),
+                    if ok { "ok" } else { "failed" }.to_string(),
+                ),
+            ])
+            .inc();
+    }
+
+    /// A rule's queue as its worker sees it now.
+    pub fn notify_state(&self, rule: &str, pending: usize, failures: u32) {
+        let l = labels("rule", rule);
+        self.notify_pending.get_or_create(&l).set(pending as i64);
+        self.notify_failures
+            .get_or_create(&l)
+            .set(i64::from(failures));
+        if let Ok(mut h) = self.notify_health.lock() {
+            h.insert(rule.to_string(), failures);
+            self.notify_failing
+                .set(h.values().filter(|f| **f > 0).count() as i64);
+        }
+    }
+
+    /// A rule was removed, or this manager stopped delivering (`None`: every rule).
+    pub fn notify_forget(&self, rule: Option<&str>) {
+        let Ok(mut h) = self.notify_health.lock() else {
+            return;
+        };
+        match rule {
+            Some(rule) => {
+                let l = labels("rule", rule);
+                self.notify_pending.remove(&l);
+                self.notify_failures.remove(&l);
+                h.remove(rule);
+            }
+            None => {
+                self.notify_pending.clear();
+                self.notify_failures.clear();
+                h.clear();
+            }
+        }
+        self.notify_failing
+            .set(h.values().filter(|f| **f > 0).count() as i64);
     }
 
     pub fn leader_changed(&self) {
@@ -505,5 +586,59 @@ impl Metrics {
             out.clear();
         }
         op_proto::exposition::openmetrics_to_prometheus(&out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(m: &Metrics) -> String {
+        m.render(
+            &StoreStats::default(),
+            &[],
+            &RaftView {
+                state: "leader",
+                ..RaftView::default()
+            },
+        )
+    }
+
+    #[test]
+    fn failing_channels_count_the_rules_whose_last_attempt_failed() {
+        let m = Metrics::new();
+        m.notify_state("ops", 3, 2);
+        m.notify_state("mail", 0, 0);
+        m.notify_delivery("ops", false);
+        let text = scrape(&m);
+        assert!(
+            text.contains("op_manager_notify_failing_channels 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("op_manager_notify_pending_events{rule=\"ops\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("op_manager_notify_deliveries_total{rule=\"ops\",result=\"failed\"} 1"),
+            "{text}"
+        );
+        // A removed rule's series go; losing the leadership empties them all.
+        m.notify_forget(Some("ops"));
+        let text = scrape(&m);
+        assert!(
+            text.contains("op_manager_notify_failing_channels 0"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("op_manager_notify_pending_events{rule=\"ops\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("op_manager_notify_pending_events{rule=\"mail\"} 0"),
+            "{text}"
+        );
+        m.notify_forget(None);
+        assert!(!scrape(&m).contains("op_manager_notify_pending_events{"));
     }
 }

@@ -44,6 +44,20 @@ impl Writer {
     pub fn is_leader(&self) -> bool {
         raft::is_leader(&self.cluster.raft)
     }
+
+    /// The raft term this manager leads in, `None` when it does not lead: a worker that keeps
+    /// state between looks (the notification queues) starts over when the term changes, since
+    /// another leader may have acted in between.
+    pub fn leading_term(&self) -> Option<u64> {
+        let m = self.cluster.raft.metrics();
+        let m = m.borrow();
+        (m.current_leader == Some(m.id)).then_some(m.current_term)
+    }
+
+    /// Waits until everything committed so far is applied here.
+    pub async fn read_barrier(&self) -> Result<(), DomainError> {
+        Ok(self.cluster.read_barrier().await?)
+    }
 }
 
 /// Runs a store query on a blocking thread.

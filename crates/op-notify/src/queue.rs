@@ -96,6 +96,13 @@ impl DeliveryQueue {
         }
     }
 
+    /// The queue with the channel's health as last recorded (by another leader, say), so the
+    /// backoff continues from its count of failures instead of starting over.
+    pub fn with_health(mut self, health: ChannelHealth) -> DeliveryQueue {
+        self.health = health;
+        self
+    }
+
     /// Queues an event the rule matched. Events must be offered in id order; one at or below
     /// the acknowledged position or the last queued event is already handled and is ignored
     /// (a new leader offers from its committed position, which may repeat some). Returns

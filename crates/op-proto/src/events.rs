@@ -728,6 +728,59 @@ pub struct NotifyRuleInfo {
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
     pub updated_by: String,
+    /// Where the rule's deliveries stand, as the leader last committed it (absent from older
+    /// managers: "never sent").
+    #[serde(default)]
+    pub delivery: NotifyDelivery,
+}
+
+/// A rule's delivery position and its channel's health, replicated (every manager shows it).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NotifyDelivery {
+    /// The receiver has acknowledged every event the rule matched up to this id; nothing at or
+    /// below it is sent again. A new rule starts at the newest event (no history is replayed).
+    #[serde(default)]
+    pub acknowledged: u64,
+    /// The last delivery the receiver accepted.
+    #[serde(default)]
+    pub last_success: Option<DateTime<Utc>>,
+    /// Failed attempts since the last success (0: healthy). Committed when the error changes and
+    /// at most every few seconds otherwise, so it may lag the leader's own count a little.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub last_failure: Option<DateTime<Utc>>,
+}
+
+impl NotifyDelivery {
+    /// One phrase for `notify list` and the console, `now` being the reader's time:
+    /// `ok 12s ago`, `failing (3): <error>` or `never sent`.
+    pub fn health(&self, now: DateTime<Utc>) -> String {
+        if self.consecutive_failures > 0 {
+            return format!(
+                "failing ({}): {}",
+                self.consecutive_failures,
+                self.last_error.as_deref().unwrap_or("unknown error")
+            );
+        }
+        match self.last_success {
+            Some(at) => format!("ok {} ago", short_age(now - at)),
+            None => "never sent".to_string(),
+        }
+    }
+}
+
+/// `12s`, `5m`, `3h`, `2d`.
+fn short_age(age: chrono::Duration) -> String {
+    let s = age.num_seconds().max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
 }
 
 /// What the receiver answered to `POST /v1/notify/{name}/test` (a delivery that failed is a
@@ -1093,5 +1146,28 @@ mod tests {
             secret_file: None,
         };
         assert_eq!(c.receiver(), "webhook https://hooks.slack.com");
+    }
+
+    #[test]
+    fn delivery_health_reads_as_one_phrase() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let mut d = NotifyDelivery::default();
+        assert_eq!(d.health(now), "never sent");
+        d.last_success = Some(now - chrono::Duration::seconds(12));
+        assert_eq!(d.health(now), "ok 12s ago");
+        d.last_success = Some(now - chrono::Duration::minutes(90));
+        assert_eq!(d.health(now), "ok 1h ago");
+        d.consecutive_failures = 3;
+        d.last_error = Some("webhook http://h:1: connection refused".into());
+        assert_eq!(
+            d.health(now),
+            "failing (3): webhook http://h:1: connection refused"
+        );
+        // An older manager's answer has no delivery at all.
+        let info: NotifyRuleInfo = serde_json::from_str(
+            r#"{"name":"a","channel":{"type":"alertmanager","url":"http://am:9093"},"updated_at":"2026-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(info.delivery, NotifyDelivery::default());
     }
 }

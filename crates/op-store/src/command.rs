@@ -201,6 +201,25 @@ pub enum Command {
         at: DateTime<Utc>,
         acks: Vec<DirectiveAck>,
     },
+    /// The leader's delivery worker: `rule`'s receiver accepted event `event_id`, so every event
+    /// the rule matched up to it is acknowledged and never sent again. The position never moves
+    /// backwards; the command is ignored when the rule is gone.
+    NotifyDelivered {
+        rule: String,
+        event_id: u64,
+        at: DateTime<Utc>,
+    },
+    /// The leader's delivery worker: sending event `event_id` through `rule` failed, for the
+    /// `failures`-th time in a row. Committed when the error changes and at most every few
+    /// seconds otherwise (a dead receiver does not flood the log). Ignored when the rule is gone
+    /// or the event is already acknowledged.
+    NotifyFailed {
+        rule: String,
+        event_id: u64,
+        failures: u32,
+        error: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl Command {
@@ -232,6 +251,8 @@ impl Command {
             Command::CloseFires { .. } => "close_fires",
             Command::FlushEvents { .. } => "flush_events",
             Command::AcknowledgeDirectives { .. } => "acknowledge_directives",
+            Command::NotifyDelivered { .. } => "notify_delivered",
+            Command::NotifyFailed { .. } => "notify_failed",
         }
     }
 }

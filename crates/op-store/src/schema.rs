@@ -220,7 +220,20 @@ const MIGRATIONS: &[&str] = &[
         updated_by TEXT NOT NULL
     );
     "#,
-    // 10: fan-out acknowledgements (issue 25). `ack_by`: while a target runs, the time its agent
+    // 10: notification delivery (issue 19): per rule, the event id up to which its receiver has
+    // acknowledged (a new rule starts at the newest event, it does not replay history) and the
+    // channel's health as the leader's delivery worker last committed it. Times are unix ms.
+    r#"
+    CREATE TABLE notify_delivery (
+        rule          TEXT PRIMARY KEY,
+        acknowledged  INTEGER NOT NULL,
+        last_success  INTEGER,
+        failures      INTEGER NOT NULL DEFAULT 0,
+        last_error    TEXT,
+        last_failure  INTEGER
+    );
+    "#,
+    // 11: fan-out acknowledgements (issue 25). `ack_by`: while a target runs, the time its agent
     // must have acknowledged the directive by, else it is `unresponsive`; NULL once acknowledged
     // or when its agent does not acknowledge directives.
     r#"

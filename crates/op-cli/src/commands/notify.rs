@@ -19,10 +19,6 @@ use crate::Outcome;
 use crate::cli::{Format, NotifyAdd, NotifyCommand};
 use crate::output::{Table, write_json};
 
-/// What `notify list` says of a channel's health: events are not delivered automatically yet,
-/// so no rule has sent anything (`notify test` sends outside any queue).
-const NEVER_SENT: &str = "never sent";
-
 pub async fn run(ctx: &Ctx, what: NotifyCommand) -> anyhow::Result<Outcome> {
     let mut out = crate::output::stdout();
     match what {
@@ -129,7 +125,9 @@ pub async fn run(ctx: &Ctx, what: NotifyCommand) -> anyhow::Result<Outcome> {
                             f.labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
                         ));
                     }
-                    row.push(NEVER_SENT.into());
+                    // As the leader last committed it: `ok 12s ago`, `failing (3): <error>`
+                    // or `never sent` (`notify test` sends outside the queue and does not count).
+                    row.push(info.delivery.health(chrono::Utc::now()));
                     t.row(row);
                 }
                 t.write(&mut out)?;

@@ -7,7 +7,7 @@
 //! URL and addresses and compiles its template. `test` delivers a sample event from the manager
 //! that received the call, reading the secret files on that manager, and answers what the
 //! receiver said (or a 502 naming the receiver and the reason). Automatic delivery of events is
-//! not here.
+//! the leader's worker in `crate::notify`; the list shows its committed position and health.
 
 use std::sync::Arc;
 use std::time::Duration;

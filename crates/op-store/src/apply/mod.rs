@@ -241,6 +241,16 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
         Command::RemoveNotifyRule { name, at, actor } => notify::remove(conn, name, *at, actor),
         Command::CloseFires { at, fires } => events::close_fires(*at, fires, ch),
         Command::FlushEvents { at } => events::flush(*at, ch),
+        Command::NotifyDelivered { rule, event_id, at } => {
+            notify::delivered(conn, rule, *event_id, *at)
+        }
+        Command::NotifyFailed {
+            rule,
+            event_id,
+            failures,
+            error,
+            at,
+        } => notify::failed(conn, rule, *event_id, *failures, error, *at),
     }
 }
 

@@ -399,3 +399,115 @@ fn a_forgotten_host_does_not_hold_a_run_incident_open() {
     assert_eq!(recovered[0].hosts, ["node-3"]);
     assert_eq!(s.store.incident_state().unwrap().open_incidents(), 0);
 }
+
+fn webhook_rule(name: &str) -> op_proto::events::NotifyRule {
+    op_proto::events::NotifyRule {
+        name: name.into(),
+        filter: Default::default(),
+        channel: op_proto::events::Channel::Webhook {
+            url: "http://127.0.0.1:9/hook".into(),
+            template: None,
+            secret_file: None,
+        },
+    }
+}
+
+#[test]
+fn a_rule_starts_at_the_newest_event_and_its_position_only_moves_forward() {
+    let mut s = TestStore::new();
+    given(&mut s, &[2, 3], &["backup"]);
+    for n in [2, 3] {
+        s.apply(ingest(
+            n,
+            vec![failing(n, "backup", 100, "disk full\n")],
+            102,
+        ));
+    }
+    s.apply(close("backup", 100, &[2, 3]));
+    let newest = s.store.events_after(0, 100).unwrap().last().unwrap().id;
+    s.apply(Command::PutNotifyRule {
+        rule: Box::new(webhook_rule("ops")),
+        at: at(300),
+        actor: "admin".into(),
+    });
+    let info = s.store.notify_rule("ops").unwrap().unwrap();
+    assert_eq!(info.delivery.acknowledged, newest, "no history is replayed");
+    assert_eq!(info.delivery.last_success, None);
+
+    // A failure is recorded; a success clears it and moves the position.
+    s.apply(Command::NotifyFailed {
+        rule: "ops".into(),
+        event_id: newest + 1,
+        failures: 2,
+        error: "webhook http://127.0.0.1:9: connection refused".into(),
+        at: at(310),
+    });
+    let d = s.store.notify_rule("ops").unwrap().unwrap().delivery;
+    assert_eq!(d.consecutive_failures, 2);
+    assert_eq!(d.last_failure, Some(at(310)));
+    assert!(d.last_error.unwrap().contains("connection refused"));
+    s.apply(Command::NotifyDelivered {
+        rule: "ops".into(),
+        event_id: newest + 5,
+        at: at(320),
+    });
+    // Never backwards; a late failure of an acknowledged event changes nothing.
+    s.apply(Command::NotifyDelivered {
+        rule: "ops".into(),
+        event_id: newest + 2,
+        at: at(321),
+    });
+    s.apply(Command::NotifyFailed {
+        rule: "ops".into(),
+        event_id: newest + 3,
+        failures: 1,
+        error: "late".into(),
+        at: at(322),
+    });
+    let d = s.store.notify_rule("ops").unwrap().unwrap().delivery;
+    assert_eq!(d.acknowledged, newest + 5);
+    assert_eq!(d.consecutive_failures, 0);
+    assert_eq!(d.last_success, Some(at(321)));
+
+    // Replacing the rule keeps its position; removing it drops it, and a late ack is ignored.
+    s.apply(Command::PutNotifyRule {
+        rule: Box::new(webhook_rule("ops")),
+        at: at(330),
+        actor: "admin".into(),
+    });
+    assert_eq!(
+        s.store
+            .notify_rule("ops")
+            .unwrap()
+            .unwrap()
+            .delivery
+            .acknowledged,
+        newest + 5
+    );
+    s.apply(Command::RemoveNotifyRule {
+        name: "ops".into(),
+        at: at(340),
+        actor: "admin".into(),
+    });
+    s.apply(Command::NotifyDelivered {
+        rule: "ops".into(),
+        event_id: newest + 9,
+        at: at(341),
+    });
+    assert!(s.store.notify_rules().unwrap().is_empty());
+    // Saved again, it starts over at the newest event.
+    s.apply(Command::PutNotifyRule {
+        rule: Box::new(webhook_rule("ops")),
+        at: at(350),
+        actor: "admin".into(),
+    });
+    assert_eq!(
+        s.store
+            .notify_rule("ops")
+            .unwrap()
+            .unwrap()
+            .delivery
+            .acknowledged,
+        newest
+    );
+}

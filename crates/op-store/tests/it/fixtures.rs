@@ -222,6 +222,18 @@ fn samples() -> Vec<Command> {
             }],
         },
         Command::FlushEvents { at: t0() },
+        Command::NotifyDelivered {
+            rule: "ops-slack".into(),
+            event_id: 42,
+            at: t0(),
+        },
+        Command::NotifyFailed {
+            rule: "ops-slack".into(),
+            event_id: 43,
+            failures: 3,
+            error: "webhook https://hooks.slack.com: connection refused".into(),
+            at: t0(),
+        },
     ]
 }
 

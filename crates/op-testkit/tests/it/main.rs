@@ -8,6 +8,7 @@ mod browser;
 mod cluster;
 mod config_docs;
 mod console;
+mod delivery;
 mod docs_commands;
 mod events;
 mod fanout;

@@ -136,6 +136,24 @@ async fn both_metrics_endpoints_pass_promtool_and_the_dashboard_and_alerts_name_
         !runs_of(&c, "tick").await.is_empty() && !runs_of(&c, "broken").await.is_empty()
     })
     .await;
+    // A notification rule, so the per-rule delivery series exist (its receiver is never up).
+    c.put_notify_rule(&op_proto::events::NotifyRule {
+        name: "ops".into(),
+        filter: Default::default(),
+        channel: op_proto::events::Channel::Webhook {
+            url: "http://127.0.0.1:9/hook".into(),
+            template: None,
+            secret_file: None,
+        },
+    })
+    .await
+    .unwrap();
+    wait_until(LONG, "the rule's delivery series", || async {
+        c.metrics()
+            .await
+            .is_ok_and(|t| t.contains("op_manager_notify_consecutive_failures{"))
+    })
+    .await;
 
     let manager_text = c.metrics().await.expect("manager metrics");
     let (agent_type, agent_text) = scrape_agent(&agent).await;
