@@ -14,7 +14,7 @@ use axum::Extension;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use op_proto::events::{Event, EventKind};
+use op_proto::events::{Event, EventKind, NotifyRuleInfo};
 use serde::Deserialize;
 
 use super::Ui;
@@ -65,10 +65,12 @@ pub async fn list(
         .app
         .read(move |st| {
             // One more than a page tells whether there are older ones.
-            st.events_newest(&kinds, job_filter.as_deref(), before, PER_PAGE as u32 + 1)
+            let events =
+                st.events_newest(&kinds, job_filter.as_deref(), before, PER_PAGE as u32 + 1)?;
+            Ok((events, st.notify_rules()?))
         })
         .await;
-    let mut events = match read {
+    let (mut events, rules) = match read {
         Ok(e) => e,
         Err(e) => return html::server_error(&s, e),
     };
@@ -103,6 +105,9 @@ pub async fn list(
         String::new()
     };
     let _ = write!(body, "<div id=\"events-live\"{live}>");
+    if before.is_none() {
+        body.push_str(&channels(&rules, chrono::Utc::now()));
+    }
     body.push_str(&table(&events));
     body.push_str("</div>");
     if let (true, Some(last)) = (older, events.last()) {
@@ -127,6 +132,37 @@ pub async fn list(
         StatusCode::OK,
         html::page("Events", Section::Events, Some(&s), &body),
     )
+}
+
+/// The notification rules and how their channels are doing (the replicated delivery health), so
+/// a receiver that keeps refusing shows here as well as in `agentcli notify list` and metrics.
+fn channels(rules: &[NotifyRuleInfo], now: chrono::DateTime<chrono::Utc>) -> String {
+    if rules.is_empty() {
+        return "<p class=\"muted\" id=\"no-channels\">No notification rules \
+                (<code>agentcli notify add</code>).</p>"
+            .into();
+    }
+    let mut out = String::from(
+        "<table class=\"list\" id=\"channels\"><thead><tr><th>Rule</th><th>Channel</th>\
+         <th>Health</th></tr></thead><tbody>",
+    );
+    for r in rules {
+        let health = r.delivery.health(now);
+        let class = if r.delivery.consecutive_failures > 0 {
+            " class=\"error\""
+        } else {
+            ""
+        };
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td{class} data-health>{}</td></tr>",
+            esc(&r.rule.name),
+            esc(&r.rule.channel.receiver()),
+            esc(&health)
+        );
+    }
+    out.push_str("</tbody></table>");
+    out
 }
 
 /// A table of events, newest first.

@@ -430,6 +430,21 @@ async fn a_receiver_down_for_a_while_gets_the_events_afterwards_in_order() {
         "{metrics}"
     );
     promtool_accepts(&metrics);
+    // And in the console's Events page.
+    let page = crate::events::Console::login(&m)
+        .await
+        .page("/ui/events")
+        .await;
+    let channels = page
+        .split("id=\"channels\"")
+        .nth(1)
+        .and_then(|t| t.split("</table>").next())
+        .expect("the channels table");
+    assert!(
+        channels.contains("<td>down</td>")
+            && channels.contains("class=\"error\" data-health>failing ("),
+        "{channels}"
+    );
 
     // The receiver comes up on that port: every event arrives, in order, each once.
     let hook = Hook::on(TcpListener::bind(("127.0.0.1", port)).unwrap());

@@ -32,7 +32,7 @@ async fn wait_event(c: &Client, what: &str, pred: impl Fn(&Event) -> bool) -> Ev
 
 /// A console session over plain HTTP: the login form's nonce cookie and CSRF field, then the
 /// session cookie.
-struct Console {
+pub(crate) struct Console {
     http: reqwest::Client,
     base: String,
     cookie: String,
@@ -55,7 +55,7 @@ fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
 }
 
 impl Console {
-    async fn login(m: &Manager) -> Console {
+    pub(crate) async fn login(m: &Manager) -> Console {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -97,7 +97,7 @@ impl Console {
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
-    async fn page(&self, path: &str) -> String {
+    pub(crate) async fn page(&self, path: &str) -> String {
         let (status, body) = self.get(path).await;
         assert_eq!(status, 200, "{path}: {body}");
         body
