@@ -11,6 +11,7 @@
 //! the first post to the arrival.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -31,6 +32,10 @@ use crate::scenarios::propagation::ramp_limit;
 
 /// The job every agent fails and fixes.
 const JOB: &str = "bench-incident";
+/// Posts in flight at once. Each needs a connection beside the agent's parked sync call, in this
+/// process and in the manager: 10,000 agents all posting at the same instant would need 20,000
+/// open files in each, beyond this machine's hard limit (20,000).
+const POSTS_IN_FLIGHT: usize = 2000;
 /// How long one round may take before the scenario gives up on its webhook.
 const ROUND_LIMIT: Duration = Duration::from_secs(120);
 
@@ -125,7 +130,7 @@ pub async fn run(
         rounds >= 2,
         "--rounds must be at least 2 (a failure and a recovery)"
     );
-    limits::check_fleet(agents)?;
+    limits::check_fleet(agents + POSTS_IN_FLIGHT.min(agents))?;
     let manager = ManagerProcess::start(manager_bin, manager_args).await?;
     let pid = manager.pid();
     let task = format!(
@@ -167,13 +172,16 @@ pub async fn run(
         let cpu_start = cpu_secs(pid)?;
         let started = Instant::now();
         let mut posts = JoinSet::new();
+        let gate = Arc::new(tokio::sync::Semaphore::new(POSTS_IN_FLIGHT));
         for (i, sim) in fleet.agents.iter().enumerate() {
+            let gate = gate.clone();
             let client = fleet.client_for(i).clone();
             let batch = RunBatch {
                 node_id: sim.node_id,
                 runs: vec![fire_record(sim, planned, failing)],
             };
             posts.spawn(async move {
+                let _slot = gate.acquire_owned().await?;
                 let mut failures = 0u32;
                 loop {
                     match client.post_runs(&batch).await {
@@ -189,7 +197,10 @@ pub async fn run(
         }
         let mut last_ack = started;
         while let Some(done) = posts.join_next().await {
-            last_ack = last_ack.max(done??);
+            let acked = done?.map_err(|e| {
+                anyhow::anyhow!("round {round}: {e:#}\nmanager log:\n{}", manager.log_tail())
+            })?;
+            last_ack = last_ack.max(acked);
         }
         post_ms.push((last_ack - started).as_secs_f64() * 1e3);
         let deadline = tokio::time::Instant::now() + ROUND_LIMIT;
@@ -230,8 +241,8 @@ pub async fn run(
 
     let cond = format!(
         "{agents} simulated agents reporting one fire of one job at once, {rounds} rounds \
-         alternating all-failed (run.failed) and all-ok (run.recovered), webhook receiver in the \
-         bench process, single-node raft, manager {} build, {errors} sim errors",
+         alternating all-failed (run.failed) and all-ok (run.recovered), at most {POSTS_IN_FLIGHT} \
+         posts in flight, webhook receiver in the bench process, single-node raft, manager {} build, {errors} sim errors",
         crate::binaries::profile(manager_bin)
     );
     let mut figures = spread(
