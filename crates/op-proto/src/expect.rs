@@ -441,7 +441,7 @@ fn judge_host(
     // The fire's own run: the earliest started, a skip record (no start) last.
     let own = runs
         .iter()
-        .filter(|r| r.belongs_to(fire.at, fire.next))
+        .filter(|r| r.status != RunStatus::Missed && r.belongs_to(fire.at, fire.next))
         .min_by_key(|r| (r.started_at.is_none(), r.started_at));
     if let Some(run) = own {
         return verdict(judge_run(fire, now, run), Some(run.run_id));

@@ -194,7 +194,10 @@ async fn recurring_job(
     for node in &selected {
         let last = runs
             .iter()
-            .filter(|r| r.node_id == node.node_id && r.status != RunStatus::Skipped)
+            .filter(|r| {
+                r.node_id == node.node_id
+                    && !matches!(r.status, RunStatus::Skipped | RunStatus::Missed)
+            })
             .max_by_key(|r| r.started_at);
         let note = node_note(node, now);
         let mut push = |message: String| {
