@@ -69,6 +69,14 @@ pub struct ConfigArgs {
     /// change before it reports the changes as one event [default: 10s].
     #[arg(long, env = "OP_EVENT_WINDOW")]
     pub event_window: Option<String>,
+    /// Missed fires: how often the leader judges the cron fires whose grace has passed
+    /// [default: 5s].
+    #[arg(long, env = "OP_FIRE_CHECK_EVERY")]
+    pub fire_check_every: Option<String>,
+    /// Missed fires: how long after a fire's grace the leader waits for its runs' records to
+    /// arrive before it judges the fire [default: 5s].
+    #[arg(long, env = "OP_FIRE_SETTLE")]
+    pub fire_settle: Option<String>,
     /// Heartbeats are flushed to the store as one command this often [default: 3s, at most half
     /// of node_timeout].
     #[arg(long, env = "OP_HEARTBEAT_FLUSH")]
@@ -181,6 +189,8 @@ pub struct RawConfig {
     pub node_timeout: Option<String>,
     pub forget_after: Option<String>,
     pub event_window: Option<String>,
+    pub fire_check_every: Option<String>,
+    pub fire_settle: Option<String>,
     pub heartbeat_flush: Option<String>,
     pub sync_wait: Option<String>,
     pub load_sample_every: Option<String>,
@@ -241,6 +251,10 @@ pub struct Config {
     /// How long a fire's results and a batch of node changes are collected before they become
     /// events (default 10 s).
     pub event_window: Duration,
+    /// How often the leader judges cron fires past their grace (default 5 s).
+    pub fire_check_every: Duration,
+    /// How long after a fire's grace its runs may take to arrive before it is judged (5 s).
+    pub fire_settle: Duration,
     pub heartbeat_flush: Duration,
     pub sync_wait: Duration,
     /// Spacing of the load samples kept for the console's chart (default 60 s).
@@ -458,6 +472,12 @@ impl Config {
             node_timeout,
             forget_after,
             event_window: duration("event_window", a.event_window.or(f.event_window), "10s")?,
+            fire_check_every: duration(
+                "fire_check_every",
+                a.fire_check_every.or(f.fire_check_every),
+                "5s",
+            )?,
+            fire_settle: duration("fire_settle", a.fire_settle.or(f.fire_settle), "5s")?,
             heartbeat_flush,
             sync_wait,
             load_sample_every: duration(
@@ -548,6 +568,15 @@ impl Config {
         }
         if self.event_window.is_zero() || self.event_window > Duration::from_secs(3600) {
             return Err(bad("event_window", "must be more than 0 and at most 1h"));
+        }
+        if self.fire_check_every.is_zero() || self.fire_check_every > Duration::from_secs(3600) {
+            return Err(bad(
+                "fire_check_every",
+                "must be more than 0 and at most 1h",
+            ));
+        }
+        if self.fire_settle > Duration::from_secs(3600) {
+            return Err(bad("fire_settle", "must be at most 1h"));
         }
         if self.forget_after <= self.node_timeout {
             return Err(bad("forget_after", "must be longer than node_timeout"));

@@ -34,6 +34,7 @@ pub mod liveness;
 pub mod load_history;
 pub mod memory;
 pub mod metrics;
+pub mod missed;
 pub mod output;
 pub mod raft;
 pub mod retention;
@@ -371,6 +372,17 @@ pub async fn start(
                 writer: app.writer.clone(),
                 clock: Arc::new(clock::SystemClock),
                 window: config.event_window,
+            },
+            shutdown.clone(),
+        )),
+        tokio::spawn(missed::run(
+            missed::FireJudge {
+                store: app.store.clone(),
+                writer: app.writer.clone(),
+                beats: app.beats.clone(),
+                clock: Arc::new(clock::SystemClock),
+                every: config.fire_check_every,
+                settle: config.fire_settle,
             },
             shutdown.clone(),
         )),

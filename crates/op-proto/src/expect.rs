@@ -583,6 +583,12 @@ impl FireSummary {
     }
 }
 
+/// How a fire's time is shown to the operator: `HH:MM` (or `HH:MM:SS` off the minute) in
+/// `zone`, the job's.
+pub fn fire_label(t: DateTime<Utc>, zone: Zone) -> String {
+    local_time(t, zone)
+}
+
 /// `HH:MM` (or `HH:MM:SS` when the fire is not on a whole minute) in `zone`.
 fn local_time(t: DateTime<Utc>, zone: Zone) -> String {
     let (hms, whole_minute) = match zone {

@@ -195,6 +195,16 @@ pub enum Command {
     /// The leader flushes the batched node and package changes into events (the event window
     /// after the batch's first change passed).
     FlushEvents { at: DateTime<Utc> },
+    /// The leader judged job fires past their grace (issue 20) and found these runs past their
+    /// `MaxDuration`: kept as each job's latest judged fires, and turned into `run.missed`,
+    /// `run.late`, `run.skipped` and `run.overrunning` events.
+    JudgeFires {
+        at: DateTime<Utc>,
+        #[serde(default)]
+        fires: Vec<op_proto::judged::JudgedFire>,
+        #[serde(default)]
+        overrunning: Vec<op_proto::judged::OverrunningRun>,
+    },
 }
 
 impl Command {
@@ -225,6 +235,7 @@ impl Command {
             Command::RemoveNotifyRule { .. } => "remove_notify_rule",
             Command::CloseFires { .. } => "close_fires",
             Command::FlushEvents { .. } => "flush_events",
+            Command::JudgeFires { .. } => "judge_fires",
         }
     }
 }

@@ -8,6 +8,7 @@
 pub(crate) mod events;
 mod invocations;
 mod jobs;
+pub(crate) mod judged;
 mod nodes;
 mod notify;
 mod packages;
@@ -240,6 +241,11 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
         Command::RemoveNotifyRule { name, at, actor } => notify::remove(conn, name, *at, actor),
         Command::CloseFires { at, fires } => events::close_fires(*at, fires, ch),
         Command::FlushEvents { at } => events::flush(*at, ch),
+        Command::JudgeFires {
+            at,
+            fires,
+            overrunning,
+        } => judged::judge(conn, *at, fires, overrunning, ch),
     }
 }
 

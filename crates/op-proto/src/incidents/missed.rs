@@ -1,0 +1,114 @@
+//! Schedule events (issue 20): the leader's judged fires become `run.missed`, `run.late` and
+//! `run.skipped` (one event per job fire and kind, naming its hosts, like `run.failed`), and
+//! runs past their `MaxDuration` become `run.overrunning`, once per run.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{IncidentState, Labels, base_event, hosts_phrase, job_url};
+use crate::analysis::thousands;
+use crate::events::{Event, EventKind};
+use crate::expect::OutcomeKind;
+use crate::judged::{JudgedFire, OverrunningRun};
+
+/// Overrunning runs remembered as announced, so each is announced once.
+pub(super) const KEPT_OVERRUNS: usize = 10_000;
+
+/// The leader judged these fires and found these runs overrunning (`JudgeFires`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FiresJudged {
+    /// The leader's time when it judged, committed with the command.
+    pub time: DateTime<Utc>,
+    #[serde(default)]
+    pub fires: Vec<JudgedFire>,
+    #[serde(default)]
+    pub overrunning: Vec<OverrunningRun>,
+}
+
+/// Runs announced overrunning, oldest first.
+pub(super) type Overruns = VecDeque<Uuid>;
+
+impl IncidentState {
+    pub(super) fn fires_judged(&mut self, j: &FiresJudged) -> Vec<Event> {
+        let mut events = Vec::new();
+        for fire in &j.fires {
+            for (kind, event_kind) in [
+                (OutcomeKind::Missed, EventKind::RunMissed),
+                (OutcomeKind::Late, EventKind::RunLate),
+                (OutcomeKind::Skipped, EventKind::RunSkipped),
+            ] {
+                let total = fire.count(kind);
+                if total == 0 {
+                    continue;
+                }
+                let hosts: Vec<(&str, &Labels)> = fire
+                    .hosts_of(kind)
+                    .map(|h| (h.host.as_str(), &h.labels))
+                    .collect();
+                let id = self.take_id();
+                let mut event = base_event(id, event_kind, j.time, &hosts);
+                event.job = Some(fire.job.clone());
+                event.host_count = total.max(hosts.len() as u64);
+                event.selected_hosts = fire.expected;
+                let on = format!(
+                    "on {}/{} hosts",
+                    thousands(total as usize),
+                    thousands(fire.expected as usize)
+                );
+                event.summary = match kind {
+                    OutcomeKind::Missed => {
+                        let reasons = fire.reasons();
+                        event.signature = Some(reasons.clone());
+                        format!(
+                            "{} missed its {} fire {on} ({reasons})",
+                            fire.job, fire.fire_label
+                        )
+                    }
+                    OutcomeKind::Late => {
+                        format!(
+                            "{} started its {} fire late {on}",
+                            fire.job, fire.fire_label
+                        )
+                    }
+                    _ => format!(
+                        "{} skipped its {} fire {on} (previous run still running)",
+                        fire.job, fire.fire_label
+                    ),
+                };
+                event.url = job_url(&fire.job);
+                events.push(event);
+            }
+        }
+        // Overrunning runs not announced yet, one event per job.
+        let mut by_job: BTreeMap<&str, Vec<&OverrunningRun>> = BTreeMap::new();
+        for run in &j.overrunning {
+            if !self.overruns.contains(&run.run_id) {
+                by_job.entry(run.job.as_str()).or_default().push(run);
+            }
+        }
+        for (job, runs) in by_job {
+            for run in &runs {
+                self.overruns.push_back(run.run_id);
+                if self.overruns.len() > KEPT_OVERRUNS {
+                    self.overruns.pop_front();
+                }
+            }
+            let hosts: Vec<(&str, &Labels)> =
+                runs.iter().map(|r| (r.host.as_str(), &r.labels)).collect();
+            let id = self.take_id();
+            let mut event = base_event(id, EventKind::RunOverrunning, j.time, &hosts);
+            event.job = Some(job.to_string());
+            let max = runs.iter().map(|r| r.max_duration_secs).min().unwrap_or(0);
+            event.summary = format!(
+                "{job} is running longer than its MaxDuration ({max} s) on {}",
+                hosts_phrase(hosts.len() as u64, 0)
+            );
+            event.url = job_url(job);
+            events.push(event);
+        }
+        events
+    }
+}
