@@ -37,7 +37,7 @@ pub(super) fn judge(
         };
         kept.retain(|f| f.fire != fire.fire);
         kept.push(fire.clone());
-        kept.sort_by(|a, b| b.fire.cmp(&a.fire));
+        kept.sort_by_key(|f| std::cmp::Reverse(f.fire));
         kept.truncate(KEPT_FIRES);
         set_meta(conn, &key, &to_json(&kept))?;
     }
