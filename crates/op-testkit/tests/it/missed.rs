@@ -232,3 +232,72 @@ async fn a_job_saved_moments_ago_reports_nothing_missed() {
     assert!(events(&c, "run.missed", "minutely").await.is_empty());
     assert!(events(&c, "run.missed", "probe").await.is_empty());
 }
+
+/// An agent killed (-9) and restarted 20 s later reports the fires it missed while down as
+/// `missed` runs with the reason, through its outbox; none of them was run (no catching up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restarted_after_20_s_reports_the_fires_it_missed() {
+    let m = manager();
+    let mut agents = fleet(&m, 1, &[]).await;
+    let c = m.client();
+    c.save_job_text(
+        "beat",
+        r#"{"JobName":"beat","Command":"true","CronExpr":"* * * * * * *"}"#,
+    )
+    .await
+    .expect("save");
+    wait_until(LONG, "beat ran a few times", || async {
+        runs_of(&c, "beat").await.len() >= 3
+    })
+    .await;
+    let agent = &mut agents[0];
+    agent.kill9();
+    let killed = Utc::now();
+    let down = Instant::now();
+    // While it is down, the leader judges its fires missed (a condition, not a sleep).
+    wait_until(LONG, "run.missed names node-1", || async {
+        hosts(&events(&c, "run.missed", "beat").await).contains("node-1")
+    })
+    .await;
+    // The outage lasts 20 s, as the scenario says.
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(down.elapsed())).await;
+    let restarted = Utc::now();
+    agent.restart();
+
+    wait_until(LONG, "the agent's missed records arrive", || async {
+        runs_of(&c, "beat")
+            .await
+            .iter()
+            .filter(|r| r.status == op_proto::RunStatus::Missed)
+            .count()
+            >= 15
+    })
+    .await;
+    let runs = runs_of(&c, "beat").await;
+    let missed: Vec<_> = runs
+        .iter()
+        .filter(|r| r.status == op_proto::RunStatus::Missed)
+        .collect();
+    for r in &missed {
+        let fire = r.planned_at.expect("a missed record names its fire");
+        assert!(
+            fire > killed - chrono::Duration::seconds(2)
+                && fire <= restarted + chrono::Duration::seconds(5),
+            "{r:#?}"
+        );
+        assert!(r.started_at.is_none(), "{r:#?}");
+        assert!(
+            r.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("agent down")),
+            "{r:#?}"
+        );
+        // Not caught up: no run of that fire started.
+        assert!(
+            !runs.iter().any(|o| o.status != op_proto::RunStatus::Missed
+                && o.planned_at == Some(fire)
+                && o.started_at.is_some()),
+            "fire {fire} was run after all"
+        );
+    }
+}
