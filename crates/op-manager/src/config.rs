@@ -77,6 +77,10 @@ pub struct ConfigArgs {
     /// arrive before it judges the fire [default: 5s].
     #[arg(long, env = "OP_FIRE_SETTLE")]
     pub fire_settle: Option<String>,
+    /// A node whose clock differs from the manager's by more than this raises
+    /// `node.clock_skew` [default: 2s].
+    #[arg(long, env = "OP_CLOCK_SKEW_THRESHOLD")]
+    pub clock_skew_threshold: Option<String>,
     /// Heartbeats are flushed to the store as one command this often [default: 3s, at most half
     /// of node_timeout].
     #[arg(long, env = "OP_HEARTBEAT_FLUSH")]
@@ -191,6 +195,7 @@ pub struct RawConfig {
     pub event_window: Option<String>,
     pub fire_check_every: Option<String>,
     pub fire_settle: Option<String>,
+    pub clock_skew_threshold: Option<String>,
     pub heartbeat_flush: Option<String>,
     pub sync_wait: Option<String>,
     pub load_sample_every: Option<String>,
@@ -255,6 +260,8 @@ pub struct Config {
     pub fire_check_every: Duration,
     /// How long after a fire's grace its runs may take to arrive before it is judged (5 s).
     pub fire_settle: Duration,
+    /// A clock off by more than this raises `node.clock_skew` (default 2 s).
+    pub clock_skew_threshold: Duration,
     pub heartbeat_flush: Duration,
     pub sync_wait: Duration,
     /// Spacing of the load samples kept for the console's chart (default 60 s).
@@ -478,6 +485,11 @@ impl Config {
                 "5s",
             )?,
             fire_settle: duration("fire_settle", a.fire_settle.or(f.fire_settle), "5s")?,
+            clock_skew_threshold: duration(
+                "clock_skew_threshold",
+                a.clock_skew_threshold.or(f.clock_skew_threshold),
+                "2s",
+            )?,
             heartbeat_flush,
             sync_wait,
             load_sample_every: duration(
@@ -577,6 +589,9 @@ impl Config {
         }
         if self.fire_settle > Duration::from_secs(3600) {
             return Err(bad("fire_settle", "must be at most 1h"));
+        }
+        if self.clock_skew_threshold.is_zero() {
+            return Err(bad("clock_skew_threshold", "must be more than 0"));
         }
         if self.forget_after <= self.node_timeout {
             return Err(bad("forget_after", "must be longer than node_timeout"));

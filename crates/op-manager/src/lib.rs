@@ -383,6 +383,7 @@ pub async fn start(
                 clock: Arc::new(clock::SystemClock),
                 every: config.fire_check_every,
                 settle: config.fire_settle,
+                skew_threshold: config.clock_skew_threshold,
             },
             shutdown.clone(),
         )),

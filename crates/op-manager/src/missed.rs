@@ -14,7 +14,7 @@
 //! A job saved (edited, enabled again) restarts its cursor at its save time, so a job saved a few
 //! seconds ago reports nothing; a disabled or removed job drops its cursor.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use op_proto::expect::{
     Fire, FireSummary, HostAtFire, MissedReport, ObservedRun, Readiness, expected_fires,
     fire_label, judge_fire,
 };
-use op_proto::judged::{JudgedFire, OverrunningRun};
+use op_proto::judged::{JudgedFire, OverrunningRun, SkewedHost};
 use op_proto::{NodeInfo, NodeStatus, RunStatus, Trigger};
 use op_store::{Command, Store};
 use tokio_util::sync::CancellationToken;
@@ -51,6 +51,8 @@ pub struct FireJudge {
     pub every: Duration,
     /// How long after a fire's deadline its runs' records may take to arrive.
     pub settle: Duration,
+    /// A node whose clock is off by more than this raises `node.clock_skew`.
+    pub skew_threshold: Duration,
 }
 
 /// Where the judgement of one job stands.
@@ -68,6 +70,8 @@ pub struct Cursors {
     jobs: HashMap<String, Cursor>,
     /// Runs already committed as overrunning (the apply also announces each once).
     overrunning: HashSet<Uuid>,
+    /// The skewed nodes last committed (`None` before the first pass of this term).
+    skewed: Option<BTreeSet<String>>,
 }
 
 /// Judges every `every` until `shutdown`, on the leader only.
@@ -154,7 +158,26 @@ impl FireJudge {
         if cursors.overrunning.len() > 100_000 {
             cursors.overrunning.clear();
         }
-        if fires.is_empty() && overrunning.is_empty() {
+        // Clocks: the set of skewed live nodes, committed when it changed. A node leaves it only
+        // when a beat measured its clock right (a record without a measure keeps it in).
+        let limit = i64::try_from(self.skew_threshold.as_millis()).unwrap_or(i64::MAX);
+        let was = |host: &str| cursors.skewed.as_ref().is_some_and(|s| s.contains(host));
+        let mut skewed: Vec<SkewedHost> = Vec::new();
+        for n in nodes.iter().filter(|n| n.status != NodeStatus::NotReady) {
+            let skew_ms = match n.clock_skew_ms {
+                Some(ms) if ms.unsigned_abs() > limit.unsigned_abs() => ms,
+                None if was(&n.hostname) => 0,
+                _ => continue,
+            };
+            skewed.push(SkewedHost {
+                host: n.hostname.clone(),
+                labels: n.labels.clone(),
+                skew_ms,
+            });
+        }
+        let names: BTreeSet<String> = skewed.iter().map(|h| h.host.clone()).collect();
+        let skewed = (cursors.skewed.as_ref() != Some(&names)).then_some(skewed);
+        if fires.is_empty() && overrunning.is_empty() && skewed.is_none() {
             return Ok(());
         }
         self.writer
@@ -162,8 +185,10 @@ impl FireJudge {
                 at: now,
                 fires,
                 overrunning,
+                skewed,
             })
             .await?;
+        cursors.skewed = Some(names);
         Ok(())
     }
 

@@ -353,6 +353,8 @@ pub struct IncidentState {
     batch_since: Option<DateTime<Utc>>,
     /// Runs announced `run.overrunning`, so each is announced once (bounded).
     overruns: missed::Overruns,
+    /// Nodes announced `node.clock_skew` whose clock is still off.
+    skewed: missed::Skewed,
 }
 
 impl Default for IncidentState {
@@ -374,6 +376,7 @@ impl IncidentState {
             packages: Vec::new(),
             batch_since: None,
             overruns: missed::Overruns::new(),
+            skewed: missed::Skewed::new(),
         }
     }
 

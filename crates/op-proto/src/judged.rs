@@ -150,3 +150,13 @@ pub struct OverrunningRun {
     /// The job's `MaxDuration`, seconds.
     pub max_duration_secs: u64,
 }
+
+/// A node whose clock differs from the managers' by more than the leader's threshold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkewedHost {
+    pub host: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The agent's clock minus the manager's, milliseconds (`NodeInfo::clock_skew_ms`).
+    pub skew_ms: i64,
+}

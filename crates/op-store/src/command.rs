@@ -204,6 +204,10 @@ pub enum Command {
         fires: Vec<op_proto::judged::JudgedFire>,
         #[serde(default)]
         overrunning: Vec<op_proto::judged::OverrunningRun>,
+        /// The nodes whose clock is off by more than the leader's threshold, when that set
+        /// changed (`None`: unchanged).
+        #[serde(default)]
+        skewed: Option<Vec<op_proto::judged::SkewedHost>>,
     },
 }
 

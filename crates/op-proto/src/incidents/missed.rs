@@ -2,7 +2,7 @@
 //! `run.skipped` (one event per job fire and kind, naming its hosts, like `run.failed`), and
 //! runs past their `MaxDuration` become `run.overrunning`, once per run.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -12,7 +12,8 @@ use super::{IncidentState, Labels, base_event, hosts_phrase, job_url};
 use crate::analysis::thousands;
 use crate::events::{Event, EventKind};
 use crate::expect::OutcomeKind;
-use crate::judged::{JudgedFire, OverrunningRun};
+use crate::judged::{JudgedFire, OverrunningRun, SkewedHost};
+use crate::node::skew_text;
 
 /// Overrunning runs remembered as announced, so each is announced once.
 pub(super) const KEPT_OVERRUNS: usize = 10_000;
@@ -26,10 +27,17 @@ pub struct FiresJudged {
     pub fires: Vec<JudgedFire>,
     #[serde(default)]
     pub overrunning: Vec<OverrunningRun>,
+    /// Every node whose clock is off by more than the threshold, when the leader's view of that
+    /// set changed (`None`: unchanged). Nodes new to it make one `node.clock_skew`.
+    #[serde(default)]
+    pub skewed: Option<Vec<SkewedHost>>,
 }
 
 /// Runs announced overrunning, oldest first.
 pub(super) type Overruns = VecDeque<Uuid>;
+
+/// Nodes announced with a skewed clock (until their clock is right again).
+pub(super) type Skewed = BTreeSet<String>;
 
 impl IncidentState {
     pub(super) fn fires_judged(&mut self, j: &FiresJudged) -> Vec<Event> {
@@ -108,6 +116,39 @@ impl IncidentState {
             );
             event.url = job_url(job);
             events.push(event);
+        }
+        if let Some(skewed) = &j.skewed {
+            let new: Vec<&SkewedHost> = skewed
+                .iter()
+                .filter(|h| !self.skewed.contains(&h.host))
+                .collect();
+            if !new.is_empty() {
+                let hosts: Vec<(&str, &Labels)> =
+                    new.iter().map(|h| (h.host.as_str(), &h.labels)).collect();
+                let id = self.take_id();
+                let mut event = base_event(id, EventKind::NodeClockSkew, j.time, &hosts);
+                let mut shown: Vec<String> = new
+                    .iter()
+                    .take(3)
+                    .map(|h| format!("{} ({})", h.host, skew_text(h.skew_ms)))
+                    .collect();
+                if new.len() > shown.len() {
+                    shown.push(format!("and {} more", thousands(new.len() - shown.len())));
+                }
+                event.summary = format!(
+                    "{} {} a clock off by more than the allowed skew: {}",
+                    thousands(new.len()),
+                    if new.len() == 1 {
+                        "node has"
+                    } else {
+                        "nodes have"
+                    },
+                    shown.join(", ")
+                );
+                event.url = "/ui/nodes".into();
+                events.push(event);
+            }
+            self.skewed = skewed.iter().map(|h| h.host.clone()).collect();
         }
         events
     }

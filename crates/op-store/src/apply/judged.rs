@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use op_proto::incidents::{FiresJudged, Input};
-use op_proto::judged::{JudgedFire, KEPT_FIRES, OverrunningRun};
+use op_proto::judged::{JudgedFire, KEPT_FIRES, OverrunningRun, SkewedHost};
 use rusqlite::Connection;
 
 use super::{Changes, Outcome};
@@ -23,6 +23,7 @@ pub(super) fn judge(
     at: DateTime<Utc>,
     fires: &[JudgedFire],
     overrunning: &[OverrunningRun],
+    skewed: &Option<Vec<SkewedHost>>,
     ch: &mut Changes,
 ) -> Outcome {
     for fire in fires {
@@ -45,6 +46,7 @@ pub(super) fn judge(
         time: at,
         fires: fires.to_vec(),
         overrunning: overrunning.to_vec(),
+        skewed: skewed.clone(),
     }));
     Ok(Ok(CommandResult::Done))
 }

@@ -245,7 +245,8 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
             at,
             fires,
             overrunning,
-        } => judged::judge(conn, *at, fires, overrunning, ch),
+            skewed,
+        } => judged::judge(conn, *at, fires, overrunning, skewed, ch),
     }
 }
 

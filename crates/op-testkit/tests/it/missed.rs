@@ -301,3 +301,62 @@ async fn an_agent_restarted_after_20_s_reports_the_fires_it_missed() {
         );
     }
 }
+
+/// A node whose clock is 12 s ahead raises one `node.clock_skew` naming it (not the node with a
+/// right clock), and no second one while its clock stays wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_wrong_clock_raises_one_clock_skew_event() {
+    let m = manager();
+    let _right =
+        op_testkit::Agent::start(op_testkit::AgentOptions::new("node-1", "127.0.0.2").manager(&m));
+    let _wrong = op_testkit::Agent::start(
+        op_testkit::AgentOptions::new("node-2", "127.0.0.3")
+            .manager(&m)
+            .env("OP_TEST_CLOCK_OFFSET", "12"),
+    );
+    let c = m.client();
+    let skew = || async {
+        let mut stream = c
+            .events(&EventQuery {
+                kinds: vec!["node.clock_skew".into()],
+                ..EventQuery::default()
+            })
+            .await
+            .expect("events");
+        let mut out = Vec::new();
+        while let Some(e) = stream.next().await.expect("event stream") {
+            out.push(e);
+        }
+        out
+    };
+    wait_until(LONG, "node.clock_skew names node-2", || async {
+        hosts(&skew().await).contains("node-2")
+    })
+    .await;
+    // Barrier: a job's fires judged twice more means the leader passed over the clocks again.
+    c.save_job_text(
+        "pulse",
+        r#"{"JobName":"pulse","Command":"true","CronExpr":"* * * * * * *"}"#,
+    )
+    .await
+    .expect("save");
+    wait_until(LONG, "pulse judged", || async {
+        latest_judged(&c, "pulse").await.is_some()
+    })
+    .await;
+    let seen = latest_judged(&c, "pulse").await.expect("judged");
+    wait_until(LONG, "pulse judged again", || async {
+        latest_judged(&c, "pulse")
+            .await
+            .is_some_and(|f| f >= seen + chrono::Duration::seconds(2))
+    })
+    .await;
+    let events = skew().await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0].hosts, ["node-2"], "{events:#?}");
+    assert!(
+        events[0].summary.contains("node-2 (+12"),
+        "{}",
+        events[0].summary
+    );
+}
