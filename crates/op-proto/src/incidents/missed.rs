@@ -153,3 +153,133 @@ impl IncidentState {
         events
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::incidents::Input;
+    use crate::judged::JudgedHost;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn host(name: &str, outcome: &str, reason: &str) -> JudgedHost {
+        JudgedHost {
+            host: name.into(),
+            labels: Labels::new(),
+            outcome: outcome.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn fire(hosts: Vec<JudgedHost>, counts: &[(&str, u64)], reasons: &[(&str, u64)]) -> JudgedFire {
+        JudgedFire {
+            job: "backup.sh".into(),
+            fire: at(0),
+            fire_label: "03:00".into(),
+            expected: 2_000,
+            counts: counts.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+            missed_by_reason: reasons.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+            hosts,
+            sentences: Vec::new(),
+        }
+    }
+
+    fn judged(fires: Vec<JudgedFire>, overrunning: Vec<OverrunningRun>) -> Input {
+        Input::FiresJudged(FiresJudged {
+            time: at(10),
+            fires,
+            overrunning,
+            skewed: None,
+        })
+    }
+
+    #[test]
+    fn one_event_per_job_fire_and_kind_naming_its_hosts() {
+        let mut s = IncidentState::default();
+        let f = fire(
+            vec![
+                host("a", "missed", "NotReady"),
+                host("b", "missed", "no run"),
+                host("c", "late", ""),
+                host("d", "failed", ""),
+            ],
+            &[("ok", 1_996), ("missed", 12), ("late", 1), ("failed", 1)],
+            &[("NotReady", 9), ("no run", 3)],
+        );
+        let events = s.apply(&judged(vec![f], Vec::new()));
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["run.missed", "run.late"]);
+        let missed = &events[0];
+        assert_eq!(missed.hosts, ["a", "b"]);
+        assert_eq!((missed.host_count, missed.selected_hosts), (12, 2_000));
+        assert_eq!(
+            missed.summary,
+            "backup.sh missed its 03:00 fire on 12/2,000 hosts (9 NotReady, 3 no run)"
+        );
+        assert_eq!(missed.job.as_deref(), Some("backup.sh"));
+        assert_eq!(events[1].hosts, ["c"]);
+        // An all-ok fire says nothing.
+        let ok = fire(Vec::new(), &[("ok", 2_000)], &[]);
+        assert!(s.apply(&judged(vec![ok], Vec::new())).is_empty());
+    }
+
+    #[test]
+    fn an_overrunning_run_is_announced_once() {
+        let mut s = IncidentState::default();
+        let run = OverrunningRun {
+            run_id: Uuid::from_u128(7),
+            job: "hang".into(),
+            host: "a".into(),
+            labels: Labels::new(),
+            started_at: at(0),
+            max_duration_secs: 3,
+        };
+        let first = s.apply(&judged(Vec::new(), vec![run.clone()]));
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].kind, EventKind::RunOverrunning);
+        assert!(
+            first[0].summary.contains("MaxDuration (3 s)"),
+            "{}",
+            first[0].summary
+        );
+        assert!(s.apply(&judged(Vec::new(), vec![run])).is_empty());
+    }
+
+    #[test]
+    fn a_skewed_clock_is_announced_once_until_it_is_right_again() {
+        let mut s = IncidentState::default();
+        let skew = |hosts: &[&str]| {
+            Input::FiresJudged(FiresJudged {
+                time: at(10),
+                fires: Vec::new(),
+                overrunning: Vec::new(),
+                skewed: Some(
+                    hosts
+                        .iter()
+                        .map(|h| SkewedHost {
+                            host: h.to_string(),
+                            labels: Labels::new(),
+                            skew_ms: 5_000,
+                        })
+                        .collect(),
+                ),
+            })
+        };
+        let e = s.apply(&skew(&["a", "b"]));
+        assert_eq!(
+            (e.len(), e[0].hosts.clone()),
+            (1, vec!["a".into(), "b".into()])
+        );
+        assert!(s.apply(&skew(&["a", "b"])).is_empty());
+        assert!(
+            s.apply(&skew(&["a"])).is_empty(),
+            "b's clock is right: no event"
+        );
+        let e = s.apply(&skew(&["a", "b"]));
+        assert_eq!(e[0].hosts, ["b"], "b is wrong again");
+    }
+}

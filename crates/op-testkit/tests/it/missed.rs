@@ -13,10 +13,10 @@ use op_testkit::{Manager, ManagerOptions, wait_until};
 
 use crate::support::{LONG, fleet, runs_of};
 
-/// A manager that judges fires every second, 1 s after their grace.
+/// A manager that judges fires every second, 2 s after their grace.
 fn manager() -> Manager {
     Manager::start_with(ManagerOptions {
-        args: ["--fire-check-every", "1s", "--fire-settle", "1s"]
+        args: ["--fire-check-every", "1s", "--fire-settle", "2s"]
             .map(String::from)
             .to_vec(),
         ..ManagerOptions::default()
