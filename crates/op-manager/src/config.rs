@@ -76,6 +76,18 @@ pub struct ConfigArgs {
     /// Notifications: the longest wait between retries of a failing delivery [default: 5m].
     #[arg(long, env = "OP_NOTIFY_RETRY_MAX")]
     pub notify_retry_max: Option<String>,
+    /// Missed fires: how often the leader judges the cron fires whose grace has passed
+    /// [default: 5s].
+    #[arg(long, env = "OP_FIRE_CHECK_EVERY")]
+    pub fire_check_every: Option<String>,
+    /// Missed fires: how long after a fire's grace the leader waits for its runs' records to
+    /// arrive before it judges the fire [default: 5s].
+    #[arg(long, env = "OP_FIRE_SETTLE")]
+    pub fire_settle: Option<String>,
+    /// A node whose clock differs from the manager's by more than this raises
+    /// `node.clock_skew` [default: 2s].
+    #[arg(long, env = "OP_CLOCK_SKEW_THRESHOLD")]
+    pub clock_skew_threshold: Option<String>,
     /// Heartbeats are flushed to the store as one command this often [default: 3s, at most half
     /// of node_timeout].
     #[arg(long, env = "OP_HEARTBEAT_FLUSH")]
@@ -195,6 +207,9 @@ pub struct RawConfig {
     pub event_window: Option<String>,
     pub notify_retry_initial: Option<String>,
     pub notify_retry_max: Option<String>,
+    pub fire_check_every: Option<String>,
+    pub fire_settle: Option<String>,
+    pub clock_skew_threshold: Option<String>,
     pub heartbeat_flush: Option<String>,
     pub directive_ack_timeout: Option<String>,
     pub sync_wait: Option<String>,
@@ -260,6 +275,12 @@ pub struct Config {
     /// `notify_retry_max` (default 5 min).
     pub notify_retry_initial: Duration,
     pub notify_retry_max: Duration,
+    /// How often the leader judges cron fires past their grace (default 5 s).
+    pub fire_check_every: Duration,
+    /// How long after a fire's grace its runs may take to arrive before it is judged (5 s).
+    pub fire_settle: Duration,
+    /// A clock off by more than this raises `node.clock_skew` (default 2 s).
+    pub clock_skew_threshold: Duration,
     pub heartbeat_flush: Duration,
     /// How long a released fan-out host's agent has to acknowledge its directive (default 5 s;
     /// zero: no acknowledgement is asked, every host has the whole deadline).
@@ -490,6 +511,17 @@ impl Config {
                 a.notify_retry_max.or(f.notify_retry_max),
                 "5m",
             )?,
+            fire_check_every: duration(
+                "fire_check_every",
+                a.fire_check_every.or(f.fire_check_every),
+                "5s",
+            )?,
+            fire_settle: duration("fire_settle", a.fire_settle.or(f.fire_settle), "5s")?,
+            clock_skew_threshold: duration(
+                "clock_skew_threshold",
+                a.clock_skew_threshold.or(f.clock_skew_threshold),
+                "2s",
+            )?,
             heartbeat_flush,
             directive_ack_timeout: duration(
                 "directive_ack_timeout",
@@ -597,6 +629,18 @@ impl Config {
                 "notify_retry_max",
                 "must be at least notify_retry_initial",
             ));
+        }
+        if self.fire_check_every.is_zero() || self.fire_check_every > Duration::from_secs(3600) {
+            return Err(bad(
+                "fire_check_every",
+                "must be more than 0 and at most 1h",
+            ));
+        }
+        if self.fire_settle > Duration::from_secs(3600) {
+            return Err(bad("fire_settle", "must be at most 1h"));
+        }
+        if self.clock_skew_threshold.is_zero() {
+            return Err(bad("clock_skew_threshold", "must be more than 0"));
         }
         if self.forget_after <= self.node_timeout {
             return Err(bad("forget_after", "must be longer than node_timeout"));

@@ -36,6 +36,7 @@ pub mod load_history;
 pub mod memory;
 pub mod metrics;
 pub mod notify;
+pub mod missed;
 pub mod output;
 pub mod raft;
 pub mod retention;
@@ -394,6 +395,18 @@ pub async fn start(
                     factor: 2,
                     max: config.notify_retry_max,
                 },
+            },
+            shutdown.clone(),
+        )),
+        tokio::spawn(missed::run(
+            missed::FireJudge {
+                store: app.store.clone(),
+                writer: app.writer.clone(),
+                beats: app.beats.clone(),
+                clock: Arc::new(clock::SystemClock),
+                every: config.fire_check_every,
+                settle: config.fire_settle,
+                skew_threshold: config.clock_skew_threshold,
             },
             shutdown.clone(),
         )),

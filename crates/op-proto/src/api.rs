@@ -117,6 +117,11 @@ pub struct JobView {
     /// The next fire times (empty for once and API jobs).
     #[serde(default)]
     pub next_fires: Vec<DateTime<Utc>>,
+    /// The latest judged fires of a cron job, newest first (issue 20): how many hosts ran,
+    /// missed, started late or skipped each, and the hosts with a problem. Absent until the
+    /// leader judged a fire.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_fires: Vec<crate::judged::JudgedFire>,
 }
 
 /// Hosts a once-job revision was assigned to at save time.

@@ -441,7 +441,7 @@ fn judge_host(
     // The fire's own run: the earliest started, a skip record (no start) last.
     let own = runs
         .iter()
-        .filter(|r| r.belongs_to(fire.at, fire.next))
+        .filter(|r| r.status != RunStatus::Missed && r.belongs_to(fire.at, fire.next))
         .min_by_key(|r| (r.started_at.is_none(), r.started_at));
     if let Some(run) = own {
         return verdict(judge_run(fire, now, run), Some(run.run_id));
@@ -581,6 +581,12 @@ impl FireSummary {
         }
         out
     }
+}
+
+/// How a fire's time is shown to the operator: `HH:MM` (or `HH:MM:SS` off the minute) in
+/// `zone`, the job's.
+pub fn fire_label(t: DateTime<Utc>, zone: Zone) -> String {
+    local_time(t, zone)
 }
 
 /// `HH:MM` (or `HH:MM:SS` when the fire is not on a whole minute) in `zone`.

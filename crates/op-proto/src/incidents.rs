@@ -30,6 +30,8 @@
 //! [`EventLog`] keeps the derived events with bounded retention and answers `after(id)` for
 //! `GET /v1/events?after=ID`.
 
+mod missed;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use chrono::{DateTime, Duration, Utc};
@@ -41,6 +43,8 @@ use crate::events::{Event, EventKind, LabelGroup, MAX_EVENT_HOSTS};
 use crate::invoke::Summary;
 use crate::node::NodeStatus;
 use crate::run::{RunRecord, RunStatus, Trigger};
+
+pub use missed::FiresJudged;
 
 /// How long the leader waits after a fire's first result before it closes the fire, and after a
 /// first node or package change before it flushes the batch (both configurable in the manager).
@@ -268,6 +272,8 @@ pub enum Input {
     PackageInstalled(PackageInstalled),
     Flush(Flush),
     InvocationFinished(InvocationFinished),
+    /// The leader judged job fires (issue 20): missed, late, skipped and overrunning runs.
+    FiresJudged(FiresJudged),
 }
 
 /// A fire whose results are still being collected.
@@ -348,6 +354,10 @@ pub struct IncidentState {
     packages: Vec<PackageGroup>,
     /// When the first change of the current node/package batch was applied.
     batch_since: Option<DateTime<Utc>>,
+    /// Runs announced `run.overrunning`, so each is announced once (bounded).
+    overruns: missed::Overruns,
+    /// Nodes announced `node.clock_skew` whose clock is still off.
+    skewed: missed::Skewed,
 }
 
 impl Default for IncidentState {
@@ -368,6 +378,8 @@ impl IncidentState {
             down: BTreeMap::new(),
             packages: Vec::new(),
             batch_since: None,
+            overruns: missed::Overruns::new(),
+            skewed: missed::Skewed::new(),
         }
     }
 
@@ -404,6 +416,7 @@ impl IncidentState {
             }
             Input::Flush(f) => self.flush(f.time),
             Input::InvocationFinished(i) => vec![self.invocation_finished(i)],
+            Input::FiresJudged(j) => self.fires_judged(j),
         }
     }
 

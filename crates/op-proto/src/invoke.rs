@@ -330,6 +330,9 @@ impl HostStatus {
             RunStatus::Killed => HostStatus::Killed,
             RunStatus::Skipped => HostStatus::Skipped,
             RunStatus::Lost => HostStatus::Lost,
+            // Only cron fires are missed; an invocation's host never reports it. Were one to,
+            // it never started, like a skip.
+            RunStatus::Missed => HostStatus::Skipped,
         }
     }
 

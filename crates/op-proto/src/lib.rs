@@ -17,6 +17,7 @@ pub mod hosts;
 pub mod incidents;
 pub mod invoke;
 pub mod job;
+pub mod judged;
 pub mod local;
 pub mod node;
 pub mod package;

@@ -56,6 +56,9 @@ pub enum RunStatus {
     Skipped,
     /// The agent died while the run was in flight; reported after restart.
     Lost,
+    /// Never started: the fire passed while the agent was down (reported after restart, the
+    /// reason in `error`), or the manager judged no run arrived within the job's `Grace`.
+    Missed,
 }
 
 impl RunStatus {
@@ -68,6 +71,7 @@ impl RunStatus {
             RunStatus::Killed => "killed",
             RunStatus::Skipped => "skipped",
             RunStatus::Lost => "lost",
+            RunStatus::Missed => "missed",
         }
     }
 
@@ -80,6 +84,7 @@ impl RunStatus {
             "killed" => RunStatus::Killed,
             "skipped" => RunStatus::Skipped,
             "lost" => RunStatus::Lost,
+            "missed" => RunStatus::Missed,
             _ => return None,
         })
     }

@@ -220,6 +220,20 @@ pub enum Command {
         error: String,
         at: DateTime<Utc>,
     },
+    /// The leader judged job fires past their grace (issue 20) and found these runs past their
+    /// `MaxDuration`: kept as each job's latest judged fires, and turned into `run.missed`,
+    /// `run.late`, `run.skipped` and `run.overrunning` events.
+    JudgeFires {
+        at: DateTime<Utc>,
+        #[serde(default)]
+        fires: Vec<op_proto::judged::JudgedFire>,
+        #[serde(default)]
+        overrunning: Vec<op_proto::judged::OverrunningRun>,
+        /// The nodes whose clock is off by more than the leader's threshold, when that set
+        /// changed (`None`: unchanged).
+        #[serde(default)]
+        skewed: Option<Vec<op_proto::judged::SkewedHost>>,
+    },
 }
 
 impl Command {
@@ -253,6 +267,7 @@ impl Command {
             Command::AcknowledgeDirectives { .. } => "acknowledge_directives",
             Command::NotifyDelivered { .. } => "notify_delivered",
             Command::NotifyFailed { .. } => "notify_failed",
+            Command::JudgeFires { .. } => "judge_fires",
         }
     }
 }

@@ -48,6 +48,13 @@ use crate::jobs::{JobEntry, JobTable};
 use crate::metrics::Metrics;
 use crate::state::StateStore;
 
+/// Most `missed` run records written for one job's fires missed while the agent was down (all
+/// of them are counted): the newest ones, so a 1 Hz job down for a day neither floods the outbox
+/// nor pushes the job's real runs out of the local history (`history_keep_runs`, 100).
+const MAX_MISSED_RECORDS: usize = 20;
+/// The reason a fire missed while the agent was down starts with (its `error`).
+pub const MISSED_WHILE_DOWN: &str = "agent down";
+
 /// Longest single sleep: a guard against wall-clock jumps, not a poll (one wakeup a minute).
 const MAX_SLEEP: chrono::Duration = chrono::Duration::seconds(60);
 /// Cron runs are handed to the executor this long before their fire time: the durable in-flight
@@ -349,7 +356,7 @@ impl Loop {
             if self.first_set
                 && let Some(s) = &schedule
             {
-                self.count_missed_while_down(name, entry.revision, s, now);
+                self.count_missed_while_down(&entry.spec, entry.revision, s, now);
             }
             let due = next.map(|n| n + plan::jitter(entry.spec.jitter_secs));
             self.retries
@@ -387,13 +394,18 @@ impl Loop {
         self.table.replace(table);
     }
 
+    /// Counts the fires of a cron job that passed while the agent was down (after the last fire
+    /// it recorded, up to `now`; they are not caught up) and records the newest
+    /// [`MAX_MISSED_RECORDS`] of them as `missed` runs with the reason, which the outbox
+    /// delivers: the manager then knows why the host did not run them.
     fn count_missed_while_down(
         &self,
-        name: &str,
+        spec: &Arc<JobSpec>,
         revision: u64,
         schedule: &Schedule,
         now: DateTime<Utc>,
     ) {
+        let name = &spec.name;
         let Ok(Some((last, last_revision))) = self.state.last_cron_planned(name) else {
             return;
         };
@@ -401,10 +413,36 @@ impl Loop {
             return;
         }
         let missed = plan::missed_between(schedule, last, now);
-        if missed > 0 {
-            tracing::warn!(job = %name, missed, "fires missed while the agent was down");
-            self.metrics.fires_lost(missed);
+        if missed == 0 {
+            return;
         }
+        tracing::warn!(job = %name, missed, "fires missed while the agent was down");
+        self.metrics.fires_lost(missed);
+        let mut fires: Vec<DateTime<Utc>> =
+            op_proto::expect::expected_fires(schedule, last, now).collect();
+        if fires.len() > MAX_MISSED_RECORDS {
+            fires.drain(..fires.len() - MAX_MISSED_RECORDS);
+        }
+        let records: Vec<RunRecord> = fires
+            .into_iter()
+            .map(|fire| {
+                let req = RunRequest::scheduled(spec.clone(), revision, Trigger::Cron, Some(fire));
+                let mut record = self.executor.record_for(&req);
+                record.status = RunStatus::Missed;
+                record.started_at = None;
+                record.error = Some(format!(
+                    "{MISSED_WHILE_DOWN}: the agent was not running at this fire (it ran \
+                     last at {last}); missed fires are not caught up"
+                ));
+                record
+            })
+            .collect();
+        let executor = self.executor.clone();
+        tokio::spawn(async move {
+            for record in records {
+                executor.record_without_process(record).await;
+            }
+        });
     }
 
     fn on_finished(&mut self, record: &RunRecord) {

@@ -158,20 +158,27 @@ impl StateStore {
     }
 
     /// The planned time and revision of the job's latest cron fire, for counting fires missed
-    /// while the agent was down.
+    /// while the agent was down. The latest of the last 200 records by planned time: the `missed`
+    /// records of an earlier restart (at most 20 per job) may be stored after the first run
+    /// that followed it.
     pub fn last_cron_planned(&self, job: &str) -> Result<Option<(DateTime<Utc>, u64)>, AgentError> {
         let job = job.to_string();
         self.call_now(move |conn, _| {
-            let text: Option<String> = conn
-                .query_row(
-                    "SELECT record FROM runs WHERE job = ?1 AND trigger IN ('cron', 'retry') \
-                     ORDER BY id DESC LIMIT 1",
-                    params![job],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let record = text.map(from_json).transpose()?;
-            Ok(record.and_then(|r| Some((r.planned_at?, r.job_revision))))
+            let mut stmt = conn.prepare_cached(
+                "SELECT record FROM runs WHERE job = ?1 AND trigger IN ('cron', 'retry') \
+                 ORDER BY id DESC LIMIT 200",
+            )?;
+            let rows = stmt.query_map(params![job], |r| r.get::<_, String>(0))?;
+            let mut latest: Option<(DateTime<Utc>, u64)> = None;
+            for text in rows {
+                let r: RunRecord = from_json(text?)?;
+                if let Some(planned) = r.planned_at
+                    && latest.is_none_or(|(t, _)| planned > t)
+                {
+                    latest = Some((planned, r.job_revision));
+                }
+            }
+            Ok(latest)
         })
     }
 }

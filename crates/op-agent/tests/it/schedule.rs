@@ -203,14 +203,47 @@ async fn fires_missed_while_the_agent_was_down_are_counted_not_caught_up() {
     // No catch-up burst: the next run is the next fire after the restart.
     rig.step(seconds(1)).await;
     rig.finish_the_run_of("steady").await;
-    let planned: Vec<DateTime<Utc>> = rig
-        .runs_of("steady")
-        .await
-        .iter()
-        .map(|r| r.planned_at.unwrap())
-        .collect();
+    // The newest 20 missed fires are recorded `missed`, with the reason, never started.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let runs = loop {
+        let runs = rig.runs_of("steady").await;
+        if runs
+            .iter()
+            .filter(|r| r.status == RunStatus::Missed)
+            .count()
+            == 20
+        {
+            break runs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "missed records: {runs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (missed, ran): (Vec<&RunRecord>, Vec<&RunRecord>) =
+        runs.iter().partition(|r| r.status == RunStatus::Missed);
     let whole = |s: i64| start() - chrono::Duration::milliseconds(500) + seconds(s);
-    assert_eq!(planned, vec![whole(1), whole(3602)]);
+    let planned = |rs: &[&RunRecord]| {
+        let mut p: Vec<DateTime<Utc>> = rs.iter().map(|r| r.planned_at.unwrap()).collect();
+        p.sort();
+        p
+    };
+    assert_eq!(planned(&ran), vec![whole(1), whole(3602)]);
+    assert_eq!(
+        planned(&missed),
+        (3582..=3601).map(whole).collect::<Vec<_>>()
+    );
+    for r in &missed {
+        assert!(
+            r.started_at.is_none() && r.trigger == Trigger::Cron,
+            "{r:#?}"
+        );
+        assert!(
+            r.error.as_deref().unwrap().starts_with("agent down: "),
+            "{r:#?}"
+        );
+    }
     rig.stop().await;
 }
 

@@ -44,10 +44,23 @@ pub struct FailureGroup {
     pub of_hosts: usize,
 }
 
+/// A judged fire with problems (issue 20), as the manager's fire judge kept it.
+#[derive(Debug, Serialize)]
+pub struct FireProblem {
+    pub job: String,
+    pub fire: DateTime<Utc>,
+    /// `backup.sh missed its 03:00 fire on 12/2,000 hosts (9 NotReady, 3 no run)`.
+    pub sentence: String,
+    /// The hosts named for the problem, `host (outcome: reason)`.
+    pub hosts: Vec<String>,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     problems: Vec<Problem>,
     failure_groups: Vec<FailureGroup>,
+    /// Missed, late, skipped and overrunning fires of the last judged fires, newest first.
+    schedule: Vec<FireProblem>,
 }
 
 pub async fn run(ctx: &Ctx, what: AnalysisCommand) -> anyhow::Result<Outcome> {
@@ -83,7 +96,28 @@ async fn jobs(
     let mut report = Report {
         problems: Vec::new(),
         failure_groups: Vec::new(),
+        schedule: Vec::new(),
     };
+    for j in &jobs {
+        for fire in &j.last_fires {
+            for sentence in &fire.sentences {
+                report.schedule.push(FireProblem {
+                    job: j.record.spec.name.clone(),
+                    fire: fire.fire,
+                    sentence: sentence.clone(),
+                    hosts: fire
+                        .hosts
+                        .iter()
+                        .filter(|h| h.outcome != "failed")
+                        .map(|h| match h.reason.as_str() {
+                            "" => format!("{} ({})", h.host, h.outcome),
+                            r => format!("{} ({}: {r})", h.host, h.outcome),
+                        })
+                        .collect(),
+                });
+            }
+        }
+    }
     for j in &jobs {
         if j.record.spec.once_job {
             once_job(ctx, j, once_version, &nodes, &mut report).await?;
@@ -97,11 +131,13 @@ async fn jobs(
     } else {
         print(&mut out, &report)?;
     }
-    Ok(if report.problems.is_empty() {
-        Outcome::Ok
-    } else {
-        Outcome::Problem
-    })
+    Ok(
+        if report.problems.is_empty() && report.schedule.is_empty() {
+            Outcome::Ok
+        } else {
+            Outcome::Problem
+        },
+    )
 }
 
 fn node_note(node: &NodeInfo, now: DateTime<Utc>) -> String {
@@ -194,7 +230,10 @@ async fn recurring_job(
     for node in &selected {
         let last = runs
             .iter()
-            .filter(|r| r.node_id == node.node_id && r.status != RunStatus::Skipped)
+            .filter(|r| {
+                r.node_id == node.node_id
+                    && !matches!(r.status, RunStatus::Skipped | RunStatus::Missed)
+            })
             .max_by_key(|r| r.started_at);
         let note = node_note(node, now);
         let mut push = |message: String| {
@@ -263,20 +302,31 @@ fn group_failures(failed: &[&RunRecord], of_hosts: usize, report: &mut Report) {
 }
 
 fn print(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
-    if report.problems.is_empty() {
+    if report.problems.is_empty() && report.schedule.is_empty() {
         writeln!(out, "no problems found")?;
         return Ok(());
     }
-    let mut t = Table::new(&["JOBNAME", "HOST", "MESSAGE"]);
-    for p in &report.problems {
-        t.row([p.job.clone(), p.host.clone(), p.message.clone()]);
+    if !report.problems.is_empty() {
+        let mut t = Table::new(&["JOBNAME", "HOST", "MESSAGE"]);
+        for p in &report.problems {
+            t.row([p.job.clone(), p.host.clone(), p.message.clone()]);
+        }
+        t.write(out)?;
     }
-    t.write(out)?;
     if !report.failure_groups.is_empty() {
         writeln!(out)?;
         writeln!(out, "FAILURES ACROSS HOSTS")?;
         for g in &report.failure_groups {
             writeln!(out, "{}: {}: {}", g.job, g.headline, g.signature)?;
+        }
+    }
+    if !report.schedule.is_empty() {
+        if !report.problems.is_empty() {
+            writeln!(out)?;
+        }
+        writeln!(out, "MISSED, LATE AND SKIPPED FIRES")?;
+        for f in &report.schedule {
+            writeln!(out, "{}", f.sentence)?;
         }
     }
     Ok(())

@@ -27,7 +27,21 @@ pub fn view(record: JobRecord) -> JobView {
         .schedule()
         .map(|s| s.upcoming(Utc::now(), NEXT_FIRES))
         .unwrap_or_default();
-    JobView { record, next_fires }
+    JobView {
+        record,
+        next_fires,
+        last_fires: Vec::new(),
+    }
+}
+
+/// [`view`] with the job's latest judged fires (issue 20).
+fn view_judged(
+    record: JobRecord,
+    judged: &mut std::collections::BTreeMap<String, Vec<op_proto::judged::JudgedFire>>,
+) -> JobView {
+    let mut v = view(record);
+    v.last_fires = judged.remove(&v.record.spec.name).unwrap_or_default();
+    v
 }
 
 pub(super) fn check_name(name: &str) -> Result<(), ApiError> {
@@ -35,8 +49,12 @@ pub(super) fn check_name(name: &str) -> Result<(), ApiError> {
 }
 
 pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<JobView>>, ApiError> {
-    let jobs = app.read(|s| s.jobs()).await?;
-    Ok(Json(jobs.into_iter().map(view).collect()))
+    let (jobs, mut judged) = app.read(|s| Ok((s.jobs()?, s.judged_fires(None)?))).await?;
+    Ok(Json(
+        jobs.into_iter()
+            .map(|j| view_judged(j, &mut judged))
+            .collect(),
+    ))
 }
 
 async fn load(app: &App, name: String) -> Result<JobRecord, ApiError> {
@@ -51,7 +69,10 @@ pub async fn get(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    Ok(Json(view(load(&app, name).await?)))
+    let record = load(&app, name).await?;
+    let job = record.spec.name.clone();
+    let mut judged = app.read(move |s| s.judged_fires(Some(&job))).await?;
+    Ok(Json(view_judged(record, &mut judged)))
 }
 
 pub async fn save(

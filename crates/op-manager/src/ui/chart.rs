@@ -198,6 +198,12 @@ fn run_shape(status: RunStatus, x: f64, y: f64) -> String {
         RunStatus::Skipped => {
             format!("<circle class=\"hollow\" cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3.5\"/>")
         }
+        // A fire that never ran: a hollow square, marked like a skip but squared.
+        RunStatus::Missed => format!(
+            "<rect class=\"hollow\" x=\"{:.1}\" y=\"{:.1}\" width=\"7\" height=\"7\"/>",
+            x - 3.5,
+            y - 3.5
+        ),
     }
 }
 

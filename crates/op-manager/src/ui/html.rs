@@ -100,6 +100,7 @@ pub fn run_status(s: RunStatus) -> String {
         RunStatus::Killed => badge("bad", "■", "killed"),
         RunStatus::Skipped => badge("muted", "↷", "skipped"),
         RunStatus::Lost => badge("bad", "?", "lost"),
+        RunStatus::Missed => badge("bad", "∅", "missed"),
     }
 }
 

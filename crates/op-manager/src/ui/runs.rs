@@ -202,6 +202,7 @@ pub async fn list(
         RunStatus::Killed,
         RunStatus::Skipped,
         RunStatus::Lost,
+        RunStatus::Missed,
     ] {
         let sel = if status == Some(st) { " selected" } else { "" };
         let _ = write!(body, "<option{sel}>{}</option>", st.as_str());

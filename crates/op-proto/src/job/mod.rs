@@ -31,6 +31,8 @@ pub const MAX_FIELD_LEN: usize = 1024;
 pub const MAX_ENV_VALUE_LEN: usize = 32 * 1024;
 /// Most entries of `Env` or `Labels`.
 pub const MAX_MAP_ENTRIES: usize = 256;
+/// Largest accepted `Grace`: one day.
+pub const MAX_GRACE_SECS: u64 = 86_400;
 /// Default seconds between SIGTERM and SIGKILL.
 pub const DEFAULT_KILL_GRACE_SECS: u64 = 5;
 
@@ -127,6 +129,12 @@ pub struct JobSpec {
     pub labels: BTreeMap<String, String>,
     pub kill_grace_secs: u64,
     pub cgroup: CgroupLimits,
+    /// `Grace`: seconds after a fire (and its jitter) within which a run must start to be on
+    /// time; `None` = the default of `expect::default_grace` (10 % of the interval, 5 s..5 min).
+    pub grace_secs: Option<u64>,
+    /// `MaxDuration`: a run alive longer than this many seconds is reported overrunning (it is
+    /// not killed: that is `Timeout`); `None` = never.
+    pub max_duration_secs: Option<u64>,
 }
 
 impl JobSpec {
@@ -154,7 +162,21 @@ impl JobSpec {
             labels: BTreeMap::new(),
             kill_grace_secs: DEFAULT_KILL_GRACE_SECS,
             cgroup: CgroupLimits::default(),
+            grace_secs: None,
+            max_duration_secs: None,
         }
+    }
+
+    /// The job's `Grace` as a duration (`None` when unset).
+    pub fn grace(&self) -> Option<chrono::Duration> {
+        self.grace_secs
+            .map(|s| chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000)))
+    }
+
+    /// The job's `MaxDuration` as a duration (`None` when unset).
+    pub fn max_duration(&self) -> Option<chrono::Duration> {
+        self.max_duration_secs
+            .map(|s| chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000)))
     }
 
     /// Parses and validates a task file (see [`taskfile`] for the accepted form). For what a

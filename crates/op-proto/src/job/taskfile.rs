@@ -22,8 +22,8 @@ use serde_json::{Map, Value, json};
 
 use super::{
     CgroupLimits, Concurrency, DEFAULT_KILL_GRACE_SECS, JobSpec, MAX_COMMAND_LEN,
-    MAX_ENV_VALUE_LEN, MAX_FIELD_LEN, MAX_MAP_ENTRIES, MAX_PARAMS, MAX_TIMEOUT_SECS, validate_name,
-    validate_param_name,
+    MAX_ENV_VALUE_LEN, MAX_FIELD_LEN, MAX_GRACE_SECS, MAX_MAP_ENTRIES, MAX_PARAMS,
+    MAX_TIMEOUT_SECS, validate_name, validate_param_name,
 };
 use crate::hosts::HostPattern;
 use crate::schedule::{Schedule, Zone};
@@ -57,6 +57,8 @@ const KEYS: &[&str] = &[
     "IOReadLimit",
     "IOWriteLimit",
     "IOLimitDevice",
+    "Grace",
+    "MaxDuration",
 ];
 
 /// Every key a task file may hold, in canonical spelling.
@@ -201,6 +203,12 @@ pub fn to_value(spec: &JobSpec) -> Value {
     }
     if !cg.io_limit_device.is_empty() {
         map.insert("IOLimitDevice".into(), json!(cg.io_limit_device));
+    }
+    if let Some(grace) = spec.grace_secs {
+        map.insert("Grace".into(), json!(grace));
+    }
+    if let Some(max) = spec.max_duration_secs {
+        map.insert("MaxDuration".into(), json!(max));
     }
     Value::Object(map)
 }
@@ -498,6 +506,46 @@ impl Reader {
             spec.labels = labels;
         }
         spec.cgroup = self.cgroup(f);
+        if let Some((key, value)) = f.get("Grace")
+            && !value.is_null()
+            && let Some(n) = self.number(
+                key,
+                value,
+                1,
+                MAX_GRACE_SECS,
+                "seconds a fire's run may start late and still be on time",
+            )
+        {
+            if spec.cron_expr.is_empty() {
+                self.rule(
+                    key,
+                    "only a scheduled job (CronExpr) has fires to be late for; remove Grace",
+                );
+            }
+            spec.grace_secs = Some(n);
+        }
+        if let Some((key, value)) = f.get("MaxDuration")
+            && !value.is_null()
+            && let Some(n) = self.number(
+                key,
+                value,
+                1,
+                MAX_TIMEOUT_SECS,
+                "seconds a run may last before it is reported overrunning",
+            )
+        {
+            if spec.timeout_secs != 0 && n >= spec.timeout_secs {
+                self.rule(
+                    key,
+                    format!(
+                        "is {n} s, not below Timeout ({} s): the run is killed first, so it \
+                         could never be reported overrunning; lower MaxDuration or remove it",
+                        spec.timeout_secs
+                    ),
+                );
+            }
+            spec.max_duration_secs = Some(n);
+        }
         spec
     }
 
@@ -995,5 +1043,64 @@ mod tests {
     fn once_job_with_cron_is_refused() {
         let e = errs(r#"{"JobName":"a","Command":"x","OnceJob":1,"CronExpr":"* * * * *"}"#);
         assert!(e[0].starts_with("OnceJob"), "{e:?}");
+    }
+
+    #[test]
+    fn grace_and_max_duration() {
+        let spec = parse(
+            r#"{"JobName":"a","Command":"x","CronExpr":"0 3 * * *","Timeout":600,
+                "grace":30,"MaxDuration":300}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (spec.grace_secs, spec.max_duration_secs),
+            (Some(30), Some(300))
+        );
+        assert_eq!(spec.grace(), Some(chrono::Duration::seconds(30)));
+        let value = to_value(&spec);
+        assert_eq!(
+            (value["Grace"].as_u64(), value["MaxDuration"].as_u64()),
+            (Some(30), Some(300))
+        );
+        assert_eq!(parse_value(&value).unwrap(), spec);
+
+        // Unset: absent from the written form, so a seed file round-trips unchanged.
+        let plain =
+            parse(r#"{"JobName":"a","Command":"x","CronExpr":"0 3 * * *","Grace":null}"#).unwrap();
+        assert_eq!((plain.grace_secs, plain.max_duration_secs), (None, None));
+        let value = to_value(&plain);
+        assert!(value.get("Grace").is_none() && value.get("MaxDuration").is_none());
+
+        for (text, field, says) in [
+            (
+                r#""CronExpr":"* * * * *","Grace":0"#,
+                "Grace",
+                "out of range",
+            ),
+            (
+                r#""CronExpr":"* * * * *","Grace":86401"#,
+                "Grace",
+                "out of range",
+            ),
+            (
+                r#""CronExpr":"* * * * *","Grace":"soon""#,
+                "Grace",
+                "whole number",
+            ),
+            (r#""Grace":10"#, "Grace", "only a scheduled job"),
+            (r#""MaxDuration":0"#, "MaxDuration", "out of range"),
+            (
+                r#""Timeout":60,"MaxDuration":60"#,
+                "MaxDuration",
+                "not below Timeout",
+            ),
+        ] {
+            let e = errs(&format!(r#"{{"JobName":"a","Command":"x",{text}}}"#));
+            assert_eq!(e.len(), 1, "{text}: {e:?}");
+            assert!(
+                e[0].starts_with(field) && e[0].contains(says),
+                "{text}: {e:?}"
+            );
+        }
     }
 }

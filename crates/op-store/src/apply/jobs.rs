@@ -88,6 +88,7 @@ pub(super) fn delete(
     ch.inputs.push(Input::JobRemoved(JobRemoved {
         job: name.to_string(),
     }));
+    super::judged::forget(conn, name)?;
     // Keep a tombstone with the last revision: a job saved again under this name continues the
     // numbering, so agents never mistake a new once-job revision for one they already ran.
     conn.execute(

@@ -8,6 +8,7 @@
 pub(crate) mod events;
 mod invocations;
 mod jobs;
+pub(crate) mod judged;
 mod nodes;
 mod notify;
 mod packages;
@@ -251,6 +252,12 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
             error,
             at,
         } => notify::failed(conn, rule, *event_id, *failures, error, *at),
+        Command::JudgeFires {
+            at,
+            fires,
+            overrunning,
+            skewed,
+        } => judged::judge(conn, *at, fires, overrunning, skewed, ch),
     }
 }
 

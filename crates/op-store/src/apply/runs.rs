@@ -163,7 +163,7 @@ fn follow_target(conn: &Connection, run: &RunRecord, at: DateTime<Utc>) -> crate
         RunStatus::Failed | RunStatus::Timeout | RunStatus::Killed | RunStatus::Lost => {
             ("failed", "('pending', 'running')")
         }
-        RunStatus::Skipped => return Ok(false),
+        RunStatus::Skipped | RunStatus::Missed => return Ok(false),
     };
     let sql = format!(
         "UPDATE once_targets SET state = ?1, run_id = ?2, updated_at = ?3

@@ -4,6 +4,7 @@
 pub(crate) mod events;
 pub(crate) mod invocations;
 pub(crate) mod jobs;
+pub(crate) mod judged;
 pub(crate) mod misc;
 pub(crate) mod nodes;
 pub(crate) mod notify;

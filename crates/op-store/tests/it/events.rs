@@ -511,3 +511,71 @@ fn a_rule_starts_at_the_newest_event_and_its_position_only_moves_forward() {
         newest
     );
 }
+
+/// `JudgeFires` (issue 20): each job keeps its 5 newest judged fires, a removed job keeps none,
+/// and the problems become one event per job fire and kind.
+#[test]
+fn judged_fires_are_kept_per_job_bounded_and_raise_schedule_events() {
+    use op_proto::judged::{JudgedFire, JudgedHost};
+    let mut s = TestStore::new();
+    given(&mut s, &[2, 3], &["tick"]);
+    let judged = |secs: i64, missed: bool| JudgedFire {
+        job: "tick".into(),
+        fire: at(secs),
+        fire_label: "00:00".into(),
+        expected: 2,
+        counts: if missed {
+            [("ok".to_string(), 1), ("missed".to_string(), 1)].into()
+        } else {
+            [("ok".to_string(), 2)].into()
+        },
+        missed_by_reason: if missed {
+            [("no run".to_string(), 1)].into()
+        } else {
+            Default::default()
+        },
+        hosts: if missed {
+            vec![JudgedHost {
+                host: "node-3".into(),
+                labels: Default::default(),
+                outcome: "missed".into(),
+                reason: "no run".into(),
+            }]
+        } else {
+            Vec::new()
+        },
+        sentences: Vec::new(),
+    };
+    for secs in 1..=7 {
+        s.apply(Command::JudgeFires {
+            at: at(secs + 10),
+            fires: vec![judged(secs, secs == 7)],
+            overrunning: Vec::new(),
+            skewed: None,
+        });
+    }
+    let kept = s.store.judged_fires(Some("tick")).unwrap();
+    let fires: Vec<_> = kept["tick"].iter().map(|f| f.fire).collect();
+    assert_eq!(fires, (3..=7).rev().map(at).collect::<Vec<_>>());
+    assert_eq!(s.store.judged_fires(None).unwrap().len(), 1);
+
+    let events = s.store.events_after(0, 100).unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::RunMissed);
+    assert_eq!(events[0].hosts, ["node-3"]);
+
+    s.apply(Command::DeleteJob {
+        name: "tick".into(),
+        at: at(100),
+        actor: "admin".into(),
+    });
+    assert!(s.store.judged_fires(None).unwrap().is_empty());
+    // A fire judged before the removal but applied after it keeps nothing.
+    s.apply(Command::JudgeFires {
+        at: at(101),
+        fires: vec![judged(8, false)],
+        overrunning: Vec::new(),
+        skewed: None,
+    });
+    assert!(s.store.judged_fires(None).unwrap().is_empty());
+}

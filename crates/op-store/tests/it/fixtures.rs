@@ -234,6 +234,37 @@ fn samples() -> Vec<Command> {
             error: "webhook https://hooks.slack.com: connection refused".into(),
             at: t0(),
         },
+        Command::JudgeFires {
+            at: t0(),
+            fires: vec![op_proto::judged::JudgedFire {
+                job: "backup.sh".into(),
+                fire: t0(),
+                fire_label: "03:00".into(),
+                expected: 3,
+                counts: [("ok".to_string(), 2), ("missed".to_string(), 1)].into(),
+                missed_by_reason: [("NotReady".to_string(), 1)].into(),
+                hosts: vec![op_proto::judged::JudgedHost {
+                    host: "web-2".into(),
+                    labels: Default::default(),
+                    outcome: "missed".into(),
+                    reason: "NotReady".into(),
+                }],
+                sentences: vec!["backup.sh missed its 03:00 fire on 1/3 hosts (1 NotReady)".into()],
+            }],
+            overrunning: vec![op_proto::judged::OverrunningRun {
+                run_id: uuid::Uuid::from_u128(9),
+                job: "hang".into(),
+                host: "web-1".into(),
+                labels: Default::default(),
+                started_at: t0(),
+                max_duration_secs: 60,
+            }],
+            skewed: Some(vec![op_proto::judged::SkewedHost {
+                host: "web-3".into(),
+                labels: Default::default(),
+                skew_ms: 12_000,
+            }]),
+        },
     ]
 }
 

@@ -19,6 +19,7 @@ mod identity;
 mod import_cycles;
 mod logs;
 mod metrics;
+mod missed;
 mod notify;
 mod packages;
 mod packaging;
