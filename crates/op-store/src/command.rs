@@ -195,6 +195,36 @@ pub enum Command {
     /// The leader flushes the batched node and package changes into events (the event window
     /// after the batch's first change passed).
     FlushEvents { at: DateTime<Utc> },
+    /// Creates or replaces a secret (issue 24). The proposing manager encrypted the value; only
+    /// the ciphertext travels in the log, snapshots and backups.
+    SetSecret {
+        name: String,
+        sealed: SealedSecret,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+    RemoveSecret {
+        name: String,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+    /// A key rotation: every secret's ciphertext replaced by its value sealed under the new key.
+    /// Refused unless it names exactly the secrets stored, so none stays under the old key.
+    RekeySecrets {
+        sealed: BTreeMap<String, SealedSecret>,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+}
+
+/// A secret's value sealed with the cluster's secrets key (an AEAD; the name is its associated
+/// data). Hex of the nonce and of the ciphertext with its tag; `key_id` names the key (the first
+/// bytes of its SHA-256), so a member with another key knows it cannot open it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedSecret {
+    pub key_id: String,
+    pub nonce: String,
+    pub ciphertext: String,
 }
 
 impl Command {
@@ -225,6 +255,9 @@ impl Command {
             Command::RemoveNotifyRule { .. } => "remove_notify_rule",
             Command::CloseFires { .. } => "close_fires",
             Command::FlushEvents { .. } => "flush_events",
+            Command::SetSecret { .. } => "set_secret",
+            Command::RemoveSecret { .. } => "remove_secret",
+            Command::RekeySecrets { .. } => "rekey_secrets",
         }
     }
 }
@@ -624,6 +657,11 @@ pub enum CommandResult {
     /// The notification rule as saved.
     NotifyRule {
         rule: Box<NotifyRuleInfo>,
+        created: bool,
+    },
+    /// The secret as stored (never its value).
+    Secret {
+        info: op_proto::secret::SecretInfo,
         created: bool,
     },
 }

@@ -13,6 +13,7 @@ mod notify;
 mod packages;
 mod prune;
 mod runs;
+mod secrets;
 mod selections;
 mod tokens;
 
@@ -240,6 +241,16 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
         Command::RemoveNotifyRule { name, at, actor } => notify::remove(conn, name, *at, actor),
         Command::CloseFires { at, fires } => events::close_fires(*at, fires, ch),
         Command::FlushEvents { at } => events::flush(*at, ch),
+        Command::SetSecret {
+            name,
+            sealed,
+            at,
+            actor,
+        } => secrets::set(conn, index, name, sealed, *at, actor, ch),
+        Command::RemoveSecret { name, at, actor } => {
+            secrets::remove(conn, index, name, *at, actor, ch)
+        }
+        Command::RekeySecrets { sealed, at, actor } => secrets::rekey(conn, sealed, *at, actor),
     }
 }
 
