@@ -34,9 +34,23 @@ pub(super) fn check_name(name: &str) -> Result<(), ApiError> {
     validate_name(name).map_err(|e| ApiError::bad("invalid_name", format!("job name {name:?} {e}")))
 }
 
-pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<JobView>>, ApiError> {
+/// A job as `caller` may see it: a viewer sees the names of `Env` variables, never their values
+/// (issue 24).
+pub fn view_for(caller: &Caller, mut record: JobRecord) -> JobView {
+    if caller.scope == op_proto::api::Scope::Viewer {
+        op_proto::secret::redact_env(&mut record.spec.env);
+    }
+    view(record)
+}
+
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<JobView>>, ApiError> {
     let jobs = app.read(|s| s.jobs()).await?;
-    Ok(Json(jobs.into_iter().map(view).collect()))
+    Ok(Json(
+        jobs.into_iter().map(|j| view_for(&caller, j)).collect(),
+    ))
 }
 
 async fn load(app: &App, name: String) -> Result<JobRecord, ApiError> {
@@ -49,9 +63,10 @@ async fn load(app: &App, name: String) -> Result<JobRecord, ApiError> {
 
 pub async fn get(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    Ok(Json(view(load(&app, name).await?)))
+    Ok(Json(view_for(&caller, load(&app, name).await?)))
 }
 
 pub async fn save(
@@ -85,6 +100,7 @@ pub async fn save(
             ),
         ));
     }
+    super::secrets::check_refs(&app, &spec.env).await?;
     let next_fires = spec
         .schedule()
         .map(|s| s.upcoming(now, NEXT_FIRES))
