@@ -16,7 +16,7 @@ use crate::config::ConfigArgs;
     name = "op-manager",
     version,
     about = "The op-agent management node: stores jobs, nodes and runs (replicated with raft) and serves the API",
-    after_help = "Examples:\n  op-manager --data-dir /var/lib/op-manager\n  op-manager --listen 127.0.0.1:0 --raft-listen 127.0.0.1:0\n  op-manager --data-dir d2 --listen 0.0.0.0:8092 --raft-listen 10.0.0.2:8093 \\\n             --join http://10.0.0.1:8091 --join-token-file admin.token\n  op-manager recover --data-dir /var/lib/op-manager\n  op-manager backup --data-dir /var/lib/op-manager --to /backup/manager.tar.gz\n  op-manager restore --from /backup/manager.tar.gz --data-dir /var/lib/op-manager\n  op-manager token create --scope operator --name ci\n  op-manager token list\n  op-manager token revoke 3f2a9c01b7de"
+    after_help = "Examples:\n  op-manager --data-dir /var/lib/op-manager\n  op-manager --listen 127.0.0.1:0 --raft-listen 127.0.0.1:0\n  op-manager --data-dir d2 --listen 0.0.0.0:8092 --raft-listen 10.0.0.2:8093 \\\n             --join http://10.0.0.1:8091 --join-token-file admin.token\n  op-manager recover --data-dir /var/lib/op-manager\n  op-manager backup --data-dir /var/lib/op-manager --to /backup/manager.tar.gz\n  op-manager restore --from /backup/manager.tar.gz --data-dir /var/lib/op-manager\n  op-manager token create --scope operator --name ci\n  op-manager token list\n  op-manager token revoke 3f2a9c01b7de\n  op-manager secrets rotate-key"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -51,13 +51,13 @@ pub enum CliCommand {
 #[derive(Debug, Args)]
 pub struct SecretsArgs {
     /// Manager API URL [default: DATA_DIR/manager.addr, else http://127.0.0.1:8090].
-    #[arg(long, env = "OP_MANAGER")]
+    #[arg(long, env = "OP_MANAGER", global = true)]
     pub manager: Option<String>,
     /// Admin token [default: the content of DATA_DIR/admin.token].
-    #[arg(long, env = "OP_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "OP_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// PEM CA that signs the manager's certificate (for an https:// manager).
-    #[arg(long, env = "OP_CA")]
+    #[arg(long, env = "OP_CA", global = true)]
     pub ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub action: SecretsAction,

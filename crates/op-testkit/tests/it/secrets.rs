@@ -387,3 +387,110 @@ async fn an_agent_restarted_without_a_manager_fails_only_its_secret_runs() {
     .await;
     assert!(files_containing(agent.dir.path(), b"s3cr3t-value-42").is_empty());
 }
+
+/// The first line of a member's `secrets.key` (its current key).
+fn current_key(m: &Manager) -> String {
+    std::fs::read_to_string(m.data_dir().join("secrets.key"))
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// One of three members loses `secrets.key`: it says so at start and serves no secret (its sync
+/// answers leave the value out, `secret set` there says why), the others keep serving them. A
+/// key rotation then hands every member the new key and re-seals the secrets, after which the
+/// member serves them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_the_key_refuses_to_serve_secrets_until_a_rotation() {
+    let mut c = op_testkit::Cluster::start(3, op_testkit::FAST_RAFT).await;
+    // Joining members received the key with the cluster identity.
+    let key = current_key(&c.members[0]);
+    assert_eq!(key.len(), 64);
+    for m in &c.members {
+        assert_eq!(current_key(m), key);
+    }
+    let agent = Agent::start(AgentOptions::new("sec-c", "127.0.0.2").cluster(&c));
+    let client = c.client(0);
+    wait_until(LONG, "the agent is Ready", || async {
+        client
+            .list_nodes()
+            .await
+            .is_ok_and(|n| n.iter().any(|n| n.status == op_proto::NodeStatus::Ready))
+    })
+    .await;
+    let node = client.list_nodes().await.unwrap()[0].node_id;
+    client.set_secret("db/pw", "cluster-pw-7781").await.unwrap();
+    client
+        .save_job(&job(
+            r#"{"JobName":"c-secret","Command":"true","CronExpr":"*/1 * * * * * *","Env":{"DB_PW":"secret:db/pw"}}"#,
+        ))
+        .await
+        .unwrap();
+    c.wait_caught_up(LONG).await;
+
+    c.members[2].stop();
+    std::fs::remove_file(c.members[2].data_dir().join("secrets.key")).unwrap();
+    c.restart(2);
+    c.wait_caught_up(LONG).await;
+    let log = c.members[2].log();
+    assert!(
+        log.contains("holds secrets but it has no secrets key"),
+        "{log}"
+    );
+    assert!(!c.members[2].data_dir().join("secrets.key").exists());
+    // Member 2 leaves the value out; the others serve it.
+    let lost = sync_answer(&c.members[2], &agent, node).await;
+    assert!(lost.get("secrets").is_none(), "{lost}");
+    assert!(!lost.to_string().contains("cluster-pw-7781"));
+    for i in [0, 1] {
+        let answer = sync_answer(&c.members[i], &agent, node).await;
+        assert_eq!(answer["secrets"]["db/pw"], "cluster-pw-7781", "{answer}");
+    }
+    let err = c
+        .client(2)
+        .set_secret("db/other", "v")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("secrets.key"), "{err}");
+    // The others keep working: a new secret through member 1 reaches member 0's answers.
+    c.client(1)
+        .set_secret("db/pw", "cluster-pw-8892")
+        .await
+        .unwrap();
+    let answer = sync_answer(&c.members[0], &agent, node).await;
+    assert_eq!(answer["secrets"]["db/pw"], "cluster-pw-8892", "{answer}");
+
+    // Rotation: a new key on every member, the secret re-sealed under it.
+    let out = std::process::Command::new(op_testkit::bin("op-manager"))
+        .args(["secrets", "rotate-key", "--manager"])
+        .arg(&c.members[0].api_url)
+        .arg("--token")
+        .arg(&c.admin_token)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 secret(s) on 3 member(s)"),
+        "{}",
+        text(&out)
+    );
+    let rotated = current_key(&c.members[0]);
+    assert_ne!(rotated, key);
+    for m in &c.members {
+        assert_eq!(current_key(m), rotated);
+    }
+    c.wait_caught_up(LONG).await;
+    for i in 0..3 {
+        let answer = sync_answer(&c.members[i], &agent, node).await;
+        assert_eq!(
+            answer["secrets"]["db/pw"], "cluster-pw-8892",
+            "member {i}: {answer}"
+        );
+    }
+    for m in &c.members {
+        assert!(files_containing(&m.data_dir(), b"cluster-pw-8892").is_empty());
+    }
+}
