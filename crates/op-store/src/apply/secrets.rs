@@ -18,8 +18,9 @@ fn check_sealed(name: &str, sealed: &SealedSecret) -> Result<(), Rejection> {
     if let Err(e) = validate_secret_name(name) {
         return Err(Rejection::invalid(format!("secret name {name:?} {e}")));
     }
-    let hex_ok =
-        |s: &str| !s.is_empty() && s.len() % 2 == 0 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let hex_ok = |s: &str| {
+        !s.is_empty() && s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit())
+    };
     if !hex_ok(&sealed.nonce) || !hex_ok(&sealed.ciphertext) || sealed.key_id.is_empty() {
         return Err(Rejection::invalid(format!(
             "secret {name:?}: the sealed value is malformed"
