@@ -220,10 +220,24 @@ impl KeyRing {
 }
 
 /// This manager's secrets key(s), shared by the API, the sync handler and the raft listener.
-#[derive(Debug)]
 pub struct Keeper {
     dir: PathBuf,
     ring: RwLock<KeyRing>,
+    /// Every secret opened, as of a generation of the sync hub (which moves whenever a secret
+    /// changes, since that changes every node's desired state): sync answers then cost no
+    /// store read and no decryption. Emptied when the key changes.
+    opened: std::sync::Mutex<Option<(u64, std::sync::Arc<Opened>)>>,
+}
+
+/// What [`Keeper::open_many`] answers: the values, and why the others did not open.
+pub type Opened = (BTreeMap<String, String>, BTreeMap<String, SecretError>);
+
+impl std::fmt::Debug for Keeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keeper")
+            .field("ring", &self.ring())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Keeper {
@@ -233,6 +247,7 @@ impl Keeper {
         Ok(Keeper {
             dir: dir.to_path_buf(),
             ring: RwLock::new(ring),
+            opened: Default::default(),
         })
     }
 
@@ -249,7 +264,23 @@ impl Keeper {
     pub fn install(&self, ring: KeyRing) -> std::io::Result<()> {
         ring.save(&self.dir)?;
         *self.ring.write().unwrap_or_else(|p| p.into_inner()) = ring;
+        *self.opened.lock().unwrap_or_else(|p| p.into_inner()) = None;
         Ok(())
+    }
+
+    /// Every secret opened as of hub generation `generation`, if that is what is cached.
+    pub fn cached(&self, generation: u64) -> Option<std::sync::Arc<Opened>> {
+        match &*self.opened.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((g, opened)) if *g == generation => Some(opened.clone()),
+            _ => None,
+        }
+    }
+
+    /// Caches `opened` as of hub generation `generation` (read before the store was).
+    pub fn cache(&self, generation: u64, opened: Opened) -> std::sync::Arc<Opened> {
+        let opened = std::sync::Arc::new(opened);
+        *self.opened.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, opened.clone()));
+        opened
     }
 
     /// Opens every secret in `sealed` that `names` lists; a name it cannot open is absent from

@@ -131,14 +131,27 @@ pub async fn resolve(
     if wanted.is_empty() {
         return Ok(SecretValues::default());
     }
-    let sealed = app.read(|s| s.sealed_secrets()).await?;
-    let (open, failed) = app
-        .secrets
-        .open_many(sealed.iter().filter(|(n, _)| wanted.contains(n)));
-    if let Some((name, e)) = failed.iter().next() {
+    // Read the generation before the store: a change in between only makes the next answer
+    // read again.
+    let generation = *app.hub.subscribe().borrow();
+    let opened = match app.secrets.cached(generation) {
+        Some(o) => o,
+        None => {
+            let sealed = app.read(|s| s.sealed_secrets()).await?;
+            app.secrets
+                .cache(generation, app.secrets.open_many(&sealed))
+        }
+    };
+    let (open, failed) = &*opened;
+    if let Some((name, e)) = failed.iter().find(|(n, _)| wanted.contains(*n)) {
         tracing::debug!(secret = %name, error = %e, "a secret a node needs cannot be opened here");
     }
-    Ok(SecretValues(open))
+    Ok(SecretValues(
+        wanted
+            .iter()
+            .filter_map(|n| open.get(n).map(|v| (n.clone(), v.clone())))
+            .collect(),
+    ))
 }
 
 /// What a key rotation did.
