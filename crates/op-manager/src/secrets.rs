@@ -227,6 +227,9 @@ pub struct Keeper {
     /// changes, since that changes every node's desired state): sync answers then cost no
     /// store read and no decryption. Emptied when the key changes.
     opened: std::sync::Mutex<Option<(u64, std::sync::Arc<Opened>)>>,
+    /// Held while the cache is refilled, so the syncs a change wakes all at once read the store
+    /// once, not once each.
+    pub refill: tokio::sync::Mutex<()>,
 }
 
 /// What [`Keeper::open_many`] answers: the values, and why the others did not open.
@@ -248,6 +251,7 @@ impl Keeper {
             dir: dir.to_path_buf(),
             ring: RwLock::new(ring),
             opened: Default::default(),
+            refill: Default::default(),
         })
     }
 

@@ -137,9 +137,15 @@ pub async fn resolve(
     let opened = match app.secrets.cached(generation) {
         Some(o) => o,
         None => {
-            let sealed = app.read(|s| s.sealed_secrets()).await?;
-            app.secrets
-                .cache(generation, app.secrets.open_many(&sealed))
+            let _one = app.secrets.refill.lock().await;
+            match app.secrets.cached(generation) {
+                Some(o) => o,
+                None => {
+                    let sealed = app.read(|s| s.sealed_secrets()).await?;
+                    app.secrets
+                        .cache(generation, app.secrets.open_many(&sealed))
+                }
+            }
         }
     };
     let (open, failed) = &*opened;
