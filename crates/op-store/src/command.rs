@@ -214,6 +214,10 @@ pub enum Command {
         sealed: BTreeMap<String, SealedSecret>,
         at: DateTime<Utc>,
         actor: String,
+        /// Each secret's nonce as the rotation read it: a secret set again meanwhile (another
+        /// nonce) refuses the rotation, so it never writes back an older value.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        replaces: BTreeMap<String, String>,
     },
 }
 

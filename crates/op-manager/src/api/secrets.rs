@@ -196,10 +196,15 @@ pub async fn rotate(
         .map(|(name, value)| (name.clone(), key.seal(name, value)))
         .collect();
     let count = resealed.len();
+    let replaces = sealed
+        .iter()
+        .map(|(name, s)| (name.clone(), s.nonce.clone()))
+        .collect();
     app.write(Command::RekeySecrets {
         sealed: resealed,
         at: Utc::now(),
         actor: caller.name,
+        replaces,
     })
     .await?;
     tracing::info!(

@@ -250,7 +250,12 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
         Command::RemoveSecret { name, at, actor } => {
             secrets::remove(conn, index, name, *at, actor, ch)
         }
-        Command::RekeySecrets { sealed, at, actor } => secrets::rekey(conn, sealed, *at, actor),
+        Command::RekeySecrets {
+            sealed,
+            at,
+            actor,
+            replaces,
+        } => secrets::rekey(conn, sealed, replaces, *at, actor),
     }
 }
 

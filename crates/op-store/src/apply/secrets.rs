@@ -120,15 +120,18 @@ pub(super) fn remove(
 pub(super) fn rekey(
     conn: &Connection,
     sealed: &BTreeMap<String, SealedSecret>,
+    replaces: &BTreeMap<String, String>,
     at: DateTime<Utc>,
     actor: &str,
 ) -> Outcome {
-    let stored: Vec<String> = read::secrets::list(conn)?
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
+    let stored = read::secrets::sealed(conn)?;
+    let names: Vec<&String> = stored.iter().map(|(n, _)| n).collect();
     let named: Vec<&String> = sealed.keys().collect();
-    if stored.iter().collect::<Vec<_>>() != named {
+    let changed = !replaces.is_empty()
+        && stored
+            .iter()
+            .any(|(n, s)| replaces.get(n).is_none_or(|nonce| *nonce != s.nonce));
+    if names != named || changed {
         return Ok(Err(Rejection::conflict(
             "the secrets changed while the key was being rotated; rotate again",
         )));

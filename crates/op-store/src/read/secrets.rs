@@ -30,6 +30,22 @@ pub(crate) fn list(conn: &Connection) -> Result<Vec<SecretInfo>> {
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
+pub(crate) fn sealed(conn: &Connection) -> Result<Vec<(String, SealedSecret)>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT name, key_id, nonce, ciphertext FROM secrets ORDER BY name")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            SealedSecret {
+                key_id: r.get(1)?,
+                nonce: r.get(2)?,
+                ciphertext: r.get(3)?,
+            },
+        ))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
 impl Store {
     /// Every secret's name and last change, by name.
     pub fn secrets(&self) -> Result<Vec<SecretInfo>> {
@@ -43,21 +59,6 @@ impl Store {
 
     /// The sealed values of every secret, by name (for the manager to open).
     pub fn sealed_secrets(&self) -> Result<Vec<(String, SealedSecret)>> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT name, key_id, nonce, ciphertext FROM secrets ORDER BY name",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    SealedSecret {
-                        key_id: r.get(1)?,
-                        nonce: r.get(2)?,
-                        ciphertext: r.get(3)?,
-                    },
-                ))
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
+        self.read(sealed)
     }
 }

@@ -236,6 +236,7 @@ fn samples() -> Vec<Command> {
             sealed: [("db/pw".to_string(), sealed())].into(),
             at: t0(),
             actor: "op-manager".into(),
+            replaces: [("db/pw".to_string(), "0b0a09080706050403020100".to_string())].into(),
         },
     ]
 }

@@ -79,16 +79,26 @@ fn secrets_are_stored_sealed_listed_by_name_and_guarded() {
 
     // A rotation names exactly the stored secrets.
     s.apply(set("api/key", "k1", 6));
-    let rekey = |names: &[&str]| Command::RekeySecrets {
+    let rekey = |names: &[&str], nonce: &str| Command::RekeySecrets {
         sealed: names
             .iter()
             .map(|n| (n.to_string(), sealed("k2")))
             .collect(),
         at: at(7),
         actor: "op-manager".into(),
+        replaces: names
+            .iter()
+            .map(|n| (n.to_string(), nonce.to_string()))
+            .collect(),
     };
-    assert!(rejected(&s.apply(rekey(&["db/pw"]))).contains("rotate again"));
-    assert_eq!(s.apply(rekey(&["api/key", "db/pw"])), CommandResult::Done);
+    let read_nonce = "00".repeat(24);
+    assert!(rejected(&s.apply(rekey(&["db/pw"], &read_nonce))).contains("rotate again"));
+    // A secret set again after the rotation read it (another nonce) refuses the rotation.
+    assert!(rejected(&s.apply(rekey(&["api/key", "db/pw"], "11"))).contains("rotate again"));
+    assert_eq!(
+        s.apply(rekey(&["api/key", "db/pw"], &read_nonce)),
+        CommandResult::Done
+    );
     assert!(
         s.store
             .sealed_secrets()
