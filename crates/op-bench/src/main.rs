@@ -73,6 +73,9 @@ enum Scenario {
         /// Saves to time (each a new revision of one job).
         #[arg(long, default_value_t = 5)]
         saves: usize,
+        /// The job names a secret in its Env (issue 24): every sync answer carries its value.
+        #[arg(long)]
+        secret: bool,
     },
     /// Run records per second accepted through raft, and the acknowledgement latency.
     Ingest {
@@ -244,9 +247,11 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<report::Figure>> {
             scenarios::cron_precision::run(&agent_bin()?, duration).await
         }
         Scenario::Invoke { count } => scenarios::invoke::run(&agent_bin()?, count).await,
-        Scenario::Propagation { agents, saves } => {
-            scenarios::propagation::run(&manager_bin()?, margs, agents, saves).await
-        }
+        Scenario::Propagation {
+            agents,
+            saves,
+            secret,
+        } => scenarios::propagation::run(&manager_bin()?, margs, agents, saves, secret).await,
         Scenario::Ingest {
             agents,
             rate,

@@ -310,6 +310,10 @@ Examples:
     /// Notification rules: which events go where (changes need an admin token).
     #[command(subcommand)]
     Notify(NotifyCommand),
+    /// Secrets for jobs' Env ("DB_PW": "secret:db/pw"): set and remove (admin), list names
+    /// (operator). Values are never shown.
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// The audit log: who changed what.
     #[command(
         after_help = "Examples:\n  agentcli audit\n  agentcli audit --since 1h\n  agentcli audit --since 2026-11-25T00:00:00Z --limit 50"
@@ -749,4 +753,28 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Create or replace a secret. The value is read from stdin (or --from-file), never from the
+    /// command line; one trailing newline is dropped; an empty value is refused.
+    #[command(after_help = "\
+Examples:
+  printf '%s' \"$PW\" | agentcli secret set db/pw
+  agentcli secret set api/key --from-file /root/api.key
+  agentcli secret set db/pw              (type the value, then Ctrl-D)
+
+Use it in a task file as \"Env\": {\"DB_PW\": \"secret:db/pw\"}. Names: letters, digits,
+'.', '_', '-' and '/' (as a path: db/pw).")]
+    Set {
+        name: String,
+        /// Read the value from this file instead of stdin.
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<std::path::PathBuf>,
+    },
+    /// List secrets: name, when and by whom last set (never values).
+    List,
+    /// Remove a secret (refused while a job uses it).
+    Rm { name: String },
 }

@@ -527,6 +527,41 @@ impl Client {
         self.json(&path, self.request(Method::DELETE, &path)).await
     }
 
+    // --- secrets ---
+
+    /// Every secret's name and last change (never a value).
+    pub async fn list_secrets(&self) -> Result<Vec<op_proto::secret::SecretInfo>> {
+        self.get("/v1/secrets").await
+    }
+
+    /// Creates or replaces a secret. `name` is sent as a path (`db/pw` stays two segments; the
+    /// manager checks the name).
+    pub async fn set_secret(
+        &self,
+        name: &str,
+        value: &str,
+    ) -> Result<op_proto::secret::SecretInfo> {
+        let path = format!("/v1/secrets/{}", secret_path(name));
+        let body = op_proto::secret::SetSecretRequest {
+            value: value.to_string(),
+        };
+        self.json(&path, self.request(Method::PUT, &path).json(&body))
+            .await
+    }
+
+    pub async fn remove_secret(&self, name: &str) -> Result<()> {
+        let path = format!("/v1/secrets/{}", secret_path(name));
+        self.send(&path, self.request(Method::DELETE, &path))
+            .await?;
+        Ok(())
+    }
+
+    /// Rotates the cluster's secrets key (admin): a new key on every member, every secret
+    /// re-sealed under it.
+    pub async fn rotate_secrets_key(&self) -> Result<serde_json::Value> {
+        self.post("/v1/cluster/secrets-key/rotate", &()).await
+    }
+
     // --- notification rules ---
 
     /// Every saved notification rule.
@@ -960,6 +995,14 @@ impl PackageContent {
 }
 
 /// Percent-encodes one path segment (job names are plain, but hostnames and ids come from users).
+/// A secret name as a URL path: each `/`-separated part escaped, the slashes kept.
+fn secret_path(name: &str) -> String {
+    name.split('/')
+        .map(path_segment)
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 fn path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {

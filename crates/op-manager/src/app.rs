@@ -48,6 +48,8 @@ pub struct App {
     pub raft_url: String,
     /// Output requests for the nodes syncing here and readers waiting for an answer (`output`).
     pub outputs: Arc<crate::output::OutputRequests>,
+    /// This member's secrets key(s) (`crate::secrets`).
+    pub secrets: Arc<crate::secrets::Keeper>,
 }
 
 impl App {

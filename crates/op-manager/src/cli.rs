@@ -16,7 +16,7 @@ use crate::config::ConfigArgs;
     name = "op-manager",
     version,
     about = "The op-agent management node: stores jobs, nodes and runs (replicated with raft) and serves the API",
-    after_help = "Examples:\n  op-manager --data-dir /var/lib/op-manager\n  op-manager --listen 127.0.0.1:0 --raft-listen 127.0.0.1:0\n  op-manager --data-dir d2 --listen 0.0.0.0:8092 --raft-listen 10.0.0.2:8093 \\\n             --join http://10.0.0.1:8091 --join-token-file admin.token\n  op-manager recover --data-dir /var/lib/op-manager\n  op-manager backup --data-dir /var/lib/op-manager --to /backup/manager.tar.gz\n  op-manager restore --from /backup/manager.tar.gz --data-dir /var/lib/op-manager\n  op-manager token create --scope operator --name ci\n  op-manager token list\n  op-manager token revoke 3f2a9c01b7de"
+    after_help = "Examples:\n  op-manager --data-dir /var/lib/op-manager\n  op-manager --listen 127.0.0.1:0 --raft-listen 127.0.0.1:0\n  op-manager --data-dir d2 --listen 0.0.0.0:8092 --raft-listen 10.0.0.2:8093 \\\n             --join http://10.0.0.1:8091 --join-token-file admin.token\n  op-manager recover --data-dir /var/lib/op-manager\n  op-manager backup --data-dir /var/lib/op-manager --to /backup/manager.tar.gz\n  op-manager restore --from /backup/manager.tar.gz --data-dir /var/lib/op-manager\n  op-manager token create --scope operator --name ci\n  op-manager token list\n  op-manager token revoke 3f2a9c01b7de\n  op-manager secrets rotate-key"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -44,6 +44,84 @@ pub enum CliCommand {
     /// afterwards, then add new members with --join. Never restart the lost members with their
     /// old data dirs.
     Recover,
+    /// The secrets key of a running cluster (docs/security.md).
+    Secrets(SecretsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SecretsArgs {
+    /// Manager API URL [default: DATA_DIR/manager.addr, else http://127.0.0.1:8090].
+    #[arg(long, env = "OP_MANAGER", global = true)]
+    pub manager: Option<String>,
+    /// Admin token [default: the content of DATA_DIR/admin.token].
+    #[arg(long, env = "OP_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// PEM CA that signs the manager's certificate (for an https:// manager).
+    #[arg(long, env = "OP_CA", global = true)]
+    pub ca: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    pub action: SecretsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsAction {
+    /// Make a new secrets key, hand it to every member (each keeps the previous key beside it
+    /// in DATA_DIR/secrets.key), then re-seal every secret under it. Every member must be up.
+    /// On a cluster from before secrets, this makes its first key. Back the new key up after.
+    #[command(after_help = "\
+Example:
+  op-manager secrets rotate-key --data-dir /var/lib/op-manager
+  cp /var/lib/op-manager/secrets.key /safe/place/op-manager-secrets.key")]
+    RotateKey,
+}
+
+/// Runs a `secrets` subcommand against the running manager.
+pub async fn secrets_command(data_dir: &Path, args: SecretsArgs) -> anyhow::Result<()> {
+    let (manager, token) = manager_and_token(data_dir, args.manager, args.token)?;
+    let tls = op_client::ClientTls {
+        ca: args.ca,
+        cert: None,
+        key: None,
+    };
+    let client = Client::with_tls(&manager, Some(&token), &tls)?;
+    match args.action {
+        SecretsAction::RotateKey => {
+            let answer = client.rotate_secrets_key().await?;
+            println!(
+                "secrets key rotated: key {} now seals {} secret(s) on {} member(s); back up DATA_DIR/secrets.key of any member",
+                answer["key_id"].as_str().unwrap_or("?"),
+                answer["secrets"],
+                answer["members"]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The manager URL and admin token: given, else from the data dir.
+fn manager_and_token(
+    data_dir: &Path,
+    manager: Option<String>,
+    token: Option<String>,
+) -> anyhow::Result<(String, String)> {
+    let manager = match manager {
+        Some(m) => m,
+        None => std::fs::read_to_string(data_dir.join("manager.addr"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "http://127.0.0.1:8090".into()),
+    };
+    let token = match token {
+        Some(t) => t,
+        None => {
+            let path = data_dir.join("admin.token");
+            std::fs::read_to_string(&path)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| {
+                    anyhow::anyhow!("{}: {e}; pass --token or --data-dir", path.display())
+                })?
+        }
+    };
+    Ok((manager, token))
 }
 
 #[derive(Debug, Args)]

@@ -40,6 +40,7 @@ pub mod missed;
 pub mod output;
 pub mod raft;
 pub mod retention;
+pub mod secrets;
 pub mod state;
 pub mod ui;
 
@@ -251,6 +252,8 @@ pub async fn start(
         raft_addr: raft_url.clone(),
     };
     let (identity, join) = identity(&config, &dir, &store, &peer_http).await?;
+    let keeper = Arc::new(secrets::Keeper::open(&dir)?);
+    check_secrets_key(&store, &keeper).await?;
     let hub = Arc::new(Hub::new(config.retention.run_max_bytes / 10));
     let cluster = Arc::new(
         raft::open(
@@ -292,6 +295,7 @@ pub async fn start(
         api_url: api_url.clone(),
         raft_url: raft_url.clone(),
         outputs: Default::default(),
+        secrets: keeper.clone(),
         config,
         store,
         raft: cluster.raft.clone(),
@@ -307,6 +311,7 @@ pub async fn start(
                 auth: app.auth.clone(),
                 metrics: app.metrics.clone(),
                 outputs: app.outputs.clone(),
+                secrets: keeper.clone(),
             }),
             blobs::replicate::routes(app.replicas()),
         ),
@@ -598,6 +603,11 @@ async fn identity(
     match &config.join {
         None => {
             let identity = raft::Identity::new_cluster(config.node_id.unwrap_or(1));
+            // A new cluster's first member makes the secrets key (before the identity, whose
+            // file means "initialized": a crash in between makes both again).
+            let ring = secrets::KeyRing::default().rotated(secrets::SecretsKey::generate());
+            let key_path = dir.join(secrets::KEY_FILE);
+            ring.save(dir).map_err(|e| io_err(&key_path, e))?;
             identity.save(dir)?;
             Ok((identity, Join::No))
         }
@@ -619,6 +629,16 @@ async fn identity(
                 peer_http,
             )
             .await?;
+            if let Some(key) = answer.secrets_key.as_deref() {
+                let key = secrets::SecretsKey::from_hex(key).map_err(|e| {
+                    ManagerError::Join(format!("the member sent a secrets key that is {e}"))
+                })?;
+                let key_path = dir.join(secrets::KEY_FILE);
+                secrets::KeyRing::default()
+                    .rotated(key)
+                    .save(dir)
+                    .map_err(|e| io_err(&key_path, e))?;
+            }
             let identity = raft::Identity {
                 cluster_id: answer.cluster_id,
                 node_id: answer.node_id,
@@ -629,6 +649,43 @@ async fn identity(
             Ok((identity, Join::Via(url)))
         }
     }
+}
+
+/// Says at start, clearly, when this member holds secrets it cannot open: no key file, or a key
+/// other than the one they were sealed with. It then refuses to serve them (the sync answers
+/// leave them out, the secrets API says why) and never makes a key of its own.
+async fn check_secrets_key(
+    store: &Arc<Store>,
+    keeper: &secrets::Keeper,
+) -> Result<(), ManagerError> {
+    let sealed = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.sealed_secrets())
+            .await
+            .map_err(|e| ManagerError::Raft(e.to_string()))??
+    };
+    let ring = keeper.ring();
+    match ring.current() {
+        None if !sealed.is_empty() => tracing::error!(
+            secrets = sealed.len(),
+            "this manager's state holds secrets but it has no secrets key (DATA_DIR/secrets.key is missing): it refuses to serve them until secrets.key is copied from another member (docs/security.md)"
+        ),
+        None => tracing::info!(
+            "no secrets key on this member; secrets cannot be set until it has one (op-manager secrets rotate-key, docs/security.md)"
+        ),
+        Some(key) => {
+            let (_, failed) = keeper.open_many(&sealed);
+            if let Some((name, e)) = failed.iter().next() {
+                tracing::error!(secret = %name, failed = failed.len(), error = %e, "secrets that this manager's secrets.key does not open: it refuses to serve them");
+            }
+            tracing::info!(
+                key_id = key.id(),
+                secrets = sealed.len(),
+                "secrets key loaded"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// True when the state applied here names `node_id` as a voter (so `--join` has nothing left

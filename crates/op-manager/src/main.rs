@@ -139,6 +139,9 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
         }
         Some(CliCommand::Recover) => op_manager::cli::recover_command(&config.data_dir),
+        Some(CliCommand::Secrets(args)) => {
+            runtime.block_on(op_manager::cli::secrets_command(&config.data_dir, args))
+        }
         None => {
             init_logging(config.log_format);
             raise_nofile_limit();

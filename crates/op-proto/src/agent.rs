@@ -190,6 +190,12 @@ pub struct DesiredState {
     /// change. An agent that does not ask always gets the full state.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub directives_only: bool,
+    /// The values of the secrets this node's jobs (and run directives) name in their `Env`
+    /// (`secret:NAME`), resolved by the manager for this node alone. The agent keeps them in
+    /// memory only: its cached job set holds the `secret:NAME` references. A secret the manager
+    /// cannot resolve (no key on that member) is absent, and runs that need it fail.
+    #[serde(default, skip_serializing_if = "crate::secret::SecretValues::is_empty")]
+    pub secrets: crate::secret::SecretValues,
 }
 
 /// A one-off order for this node, carried by the sync channel.

@@ -24,6 +24,7 @@ pub mod package;
 pub mod params;
 pub mod run;
 pub mod schedule;
+pub mod secret;
 pub mod units;
 
 pub use api::{API_VERSION, API_VERSION_HEADER, ErrorBody};

@@ -234,6 +234,40 @@ pub enum Command {
         #[serde(default)]
         skewed: Option<Vec<op_proto::judged::SkewedHost>>,
     },
+    /// Creates or replaces a secret (issue 24). The proposing manager encrypted the value; only
+    /// the ciphertext travels in the log, snapshots and backups.
+    SetSecret {
+        name: String,
+        sealed: SealedSecret,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+    RemoveSecret {
+        name: String,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+    /// A key rotation: every secret's ciphertext replaced by its value sealed under the new key.
+    /// Refused unless it names exactly the secrets stored, so none stays under the old key.
+    RekeySecrets {
+        sealed: BTreeMap<String, SealedSecret>,
+        at: DateTime<Utc>,
+        actor: String,
+        /// Each secret's nonce as the rotation read it: a secret set again meanwhile (another
+        /// nonce) refuses the rotation, so it never writes back an older value.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        replaces: BTreeMap<String, String>,
+    },
+}
+
+/// A secret's value sealed with the cluster's secrets key (an AEAD; the name is its associated
+/// data). Hex of the nonce and of the ciphertext with its tag; `key_id` names the key (the first
+/// bytes of its SHA-256), so a member with another key knows it cannot open it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedSecret {
+    pub key_id: String,
+    pub nonce: String,
+    pub ciphertext: String,
 }
 
 impl Command {
@@ -268,6 +302,9 @@ impl Command {
             Command::NotifyDelivered { .. } => "notify_delivered",
             Command::NotifyFailed { .. } => "notify_failed",
             Command::JudgeFires { .. } => "judge_fires",
+            Command::SetSecret { .. } => "set_secret",
+            Command::RemoveSecret { .. } => "remove_secret",
+            Command::RekeySecrets { .. } => "rekey_secrets",
         }
     }
 }
@@ -677,6 +714,11 @@ pub enum CommandResult {
     /// The notification rule as saved.
     NotifyRule {
         rule: Box<NotifyRuleInfo>,
+        created: bool,
+    },
+    /// The secret as stored (never its value).
+    Secret {
+        info: op_proto::secret::SecretInfo,
         created: bool,
     },
 }

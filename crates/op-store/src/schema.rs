@@ -239,6 +239,18 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE invocation_targets ADD COLUMN ack_by INTEGER;
     "#,
+    // 12: secrets (issue 24), sealed by the manager that proposed them: hex nonce and
+    // ciphertext (AEAD, the name as associated data) and the id of the key. Never a value.
+    r#"
+    CREATE TABLE secrets (
+        name       TEXT PRIMARY KEY,
+        key_id     TEXT NOT NULL,
+        nonce      TEXT NOT NULL,
+        ciphertext TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        updated_by TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -227,6 +227,9 @@ struct Inner {
     finished: mpsc::UnboundedSender<Arc<RunRecord>>,
     /// Counts the runs started, so the link can report a start at once ([`Executor::starts`]).
     starts: watch::Sender<u64>,
+    /// The secret values the last sync answer carried (issue 24). In memory only: never
+    /// written to the state dir; empty after a restart until a manager answers.
+    secrets: std::sync::RwLock<op_proto::secret::SecretValues>,
 }
 
 /// Starts runs and tracks the ones in progress. Cheap to clone.
@@ -256,12 +259,28 @@ impl Executor {
             runs: Mutex::new(BTreeMap::new()),
             finished: tx,
             starts: watch::channel(0).0,
+            secrets: Default::default(),
         }));
         (exec, rx)
     }
 
     pub fn settings(&self) -> &ExecSettings {
         &self.0.settings
+    }
+
+    /// Replaces the secret values runs may use (from a manager's sync answer).
+    pub fn set_secrets(&self, values: op_proto::secret::SecretValues) {
+        *self.0.secrets.write().unwrap_or_else(|p| p.into_inner()) = values;
+    }
+
+    /// The value of secret `name`, if the manager sent it.
+    fn secret(&self, name: &str) -> Option<String> {
+        self.0
+            .secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(str::to_string)
     }
 
     /// The agent's health, which runs report into (refused fires, runs past their deadline).

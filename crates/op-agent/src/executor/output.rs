@@ -270,6 +270,87 @@ fn tail_text(bytes: &[u8], truncated: bool) -> String {
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
+/// Replaces every secret value in a stream with [`op_proto::secret::MASK`] before anything
+/// (log file, tail, stderr tail) sees it (issue 24).
+///
+/// A value may arrive split across two reads, so the bytes at the end of a read that could be
+/// the start of a value (at most the longest value's length minus one) are held back until the
+/// next read (or the end of the stream) tells whether they are. Values are tried longest first,
+/// and a longer value that may still be completing wins over a shorter one that already matched.
+#[derive(Debug, Default)]
+pub struct Masker {
+    /// Longest first.
+    secrets: Vec<Vec<u8>>,
+    held: Vec<u8>,
+}
+
+impl Masker {
+    pub fn new(values: &[String]) -> Masker {
+        let mut secrets: Vec<Vec<u8>> = values
+            .iter()
+            .filter(|v| !v.is_empty())
+            .map(|v| v.as_bytes().to_vec())
+            .collect();
+        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        secrets.dedup();
+        Masker {
+            secrets,
+            held: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
+    /// The masked bytes of `chunk` that are final now.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.held);
+        buf.extend_from_slice(chunk);
+        self.scan(&buf, false)
+    }
+
+    /// The end of the stream: whatever was held back, masked.
+    pub fn flush(&mut self) -> Vec<u8> {
+        let buf = std::mem::take(&mut self.held);
+        self.scan(&buf, true)
+    }
+
+    fn scan(&mut self, buf: &[u8], last: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(buf.len());
+        let mut i = 0;
+        'bytes: while i < buf.len() {
+            let rest = &buf[i..];
+            for s in &self.secrets {
+                if rest.starts_with(s) {
+                    out.extend_from_slice(op_proto::secret::MASK.as_bytes());
+                    i += s.len();
+                    continue 'bytes;
+                }
+                if !last && rest.len() < s.len() && s.starts_with(rest) {
+                    self.held = rest.to_vec();
+                    return out;
+                }
+            }
+            out.push(buf[i]);
+            i += 1;
+        }
+        out
+    }
+}
+
+/// Feeds `chunk` through the stream's masker (when there are secrets) into the sink.
+fn feed(sink: &mut Sink, mask: &mut Masker, chunk: &[u8], stream: Stream) {
+    if mask.is_empty() {
+        sink.push(chunk, stream);
+    } else {
+        let out = mask.push(chunk);
+        if !out.is_empty() {
+            sink.push(&out, stream);
+        }
+    }
+}
+
 impl Capture {
     /// Starts reading `stdout` and `stderr` (the read ends of the job's pipes).
     pub fn start(
@@ -279,6 +360,20 @@ impl Capture {
         tail_limit: usize,
         file_limit: u64,
     ) -> std::io::Result<Capture> {
+        Capture::start_masked(stdout, stderr, file, tail_limit, file_limit, &[])
+    }
+
+    /// [`Capture::start`], with every value in `secrets` masked in everything captured.
+    pub fn start_masked(
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+        file: Option<LogFile>,
+        tail_limit: usize,
+        file_limit: u64,
+        secrets: &[String],
+    ) -> std::io::Result<Capture> {
+        let mut out_mask = Masker::new(secrets);
+        let mut err_mask = Masker::new(secrets);
         let mut out = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout)?;
         let mut err = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr)?;
         let (stop, mut stop_rx) = watch::channel(None::<Instant>);
@@ -306,13 +401,13 @@ impl Capture {
                 tokio::select! {
                     read = out.read(&mut out_buf), if out_open => match read {
                         Ok(0) => out_open = false,
-                        Ok(n) => sink.push(&out_buf[..n], Stream::Stdout),
+                        Ok(n) => feed(&mut sink, &mut out_mask, &out_buf[..n], Stream::Stdout),
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                         Err(_) => out_open = false,
                     },
                     read = err.read(&mut err_buf), if err_open => match read {
                         Ok(0) => err_open = false,
-                        Ok(n) => sink.push(&err_buf[..n], Stream::Stderr),
+                        Ok(n) => feed(&mut sink, &mut err_mask, &err_buf[..n], Stream::Stderr),
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                         Err(_) => err_open = false,
                     },
@@ -322,6 +417,15 @@ impl Capture {
                             break;
                         }
                     }
+                }
+            }
+            for (mask, stream) in [
+                (&mut out_mask, Stream::Stdout),
+                (&mut err_mask, Stream::Stderr),
+            ] {
+                let rest = mask.flush();
+                if !rest.is_empty() {
+                    sink.push(&rest, stream);
                 }
             }
             // Completing a cut file copies up to the cap: not on a runtime thread.
@@ -387,6 +491,66 @@ mod tests {
                 .truncate(true)
                 .open(path)
                 .unwrap(),
+        }
+    }
+
+    /// Every way of cutting the output into reads gives the same masked text.
+    #[test]
+    fn masking_holds_values_split_across_reads() {
+        let secrets = vec!["hunter2".to_string(), "pass".to_string(), "xyz".to_string()];
+        let input = b"pw=hunter2; hunter pass hunter2hunter2 xy xyz passxyz hunte".to_vec();
+        let want = "pw=***; hunter *** ****** xy *** ****** hunte";
+        for cut in 0..=input.len() {
+            for cut2 in cut..=input.len() {
+                let mut m = Masker::new(&secrets);
+                let mut out = m.push(&input[..cut]);
+                out.extend(m.push(&input[cut..cut2]));
+                out.extend(m.push(&input[cut2..]));
+                out.extend(m.flush());
+                assert_eq!(String::from_utf8(out).unwrap(), want, "cuts {cut} {cut2}");
+            }
+        }
+        // One byte at a time, and what is held is never more than the longest value less one.
+        let mut m = Masker::new(&secrets);
+        let mut out = Vec::new();
+        for b in &input {
+            out.extend(m.push(std::slice::from_ref(b)));
+            assert!(m.held.len() < "hunter2".len());
+        }
+        out.extend(m.flush());
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+        // A value cut at the very end of the stream is not a value: the held bytes come out.
+        let mut m = Masker::new(&secrets);
+        let mut out = m.push(b"end: hunter");
+        out.extend(m.flush());
+        assert_eq!(String::from_utf8(out).unwrap(), "end: hunter");
+        // A longer value that may still be completing wins over a shorter one inside it.
+        let input = b"abcd abc";
+        for cut in 0..=input.len() {
+            let mut m = Masker::new(&["ab".to_string(), "abcd".to_string()]);
+            let mut out = m.push(&input[..cut]);
+            out.extend(m.push(&input[cut..]));
+            out.extend(m.flush());
+            assert_eq!(String::from_utf8(out).unwrap(), "*** ***c", "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn masked_output_reaches_file_tail_and_stderr_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.log");
+        let mut s = sink(64, 1 << 20, Some(log_file(&path)));
+        let mut out = Masker::new(&["s3cr3t".to_string()]);
+        let mut err = Masker::new(&["s3cr3t".to_string()]);
+        feed(&mut s, &mut out, b"value s3c", Stream::Stdout);
+        feed(&mut s, &mut err, b"error: s3", Stream::Stderr);
+        feed(&mut s, &mut out, b"r3t\n", Stream::Stdout);
+        feed(&mut s, &mut err, b"cr3t\n", Stream::Stderr);
+        let c = s.finish();
+        let file = std::fs::read_to_string(&path).unwrap();
+        for text in [&c.tail, &c.stderr_tail, &file] {
+            assert!(!text.contains("s3cr3t"), "{text}");
+            assert!(text.contains("***"), "{text}");
         }
     }
 

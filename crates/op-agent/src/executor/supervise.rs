@@ -83,11 +83,31 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
         }
     };
 
-    let mut env: Vec<(String, String)> = spec
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    // `secret:NAME` values become the secret's value, which the manager sent in memory with
+    // the job; without it the run fails, never runs with an empty value (issue 24).
+    let mut env: Vec<(String, String)> = Vec::with_capacity(spec.env.len() + 8);
+    let mut secrets: Vec<String> = Vec::new();
+    for (k, v) in &spec.env {
+        match op_proto::secret::secret_ref(v) {
+            Some(name) => match exec.secret(name) {
+                Some(value) => {
+                    secrets.push(value.clone());
+                    env.push((k.clone(), value));
+                }
+                None => {
+                    fail(
+                        &mut record,
+                        format!(
+                            "secret unavailable: {name} (for {k}); the agent has not received it from a manager since it started, or the manager cannot open it"
+                        ),
+                    );
+                    exec.finish(&handle, record).await;
+                    return;
+                }
+            },
+            None => env.push((k.clone(), v.clone())),
+        }
+    }
     if !spec.env.contains_key("PATH") {
         env.push(("PATH".into(), job_path()));
     }
@@ -136,13 +156,15 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
     record.started_at = Some(started_at);
     tracing::debug!(job = %spec.name, run_id = %record.run_id, pid, trigger = record.trigger.as_str(), "run started");
 
-    let capture = Capture::start(
+    let capture = Capture::start_masked(
         spawned.stdout,
         spawned.stderr,
         file,
         s.output_tail,
         s.log_keep_bytes,
+        &secrets,
     );
+    drop(secrets);
     let (exit_tx, exit_rx) = watch::channel(false);
     tokio::spawn(async move {
         process::wait_exit(pid).await;

@@ -511,6 +511,9 @@ impl SyncLoop {
                 _ => None,
             })
             .collect();
+        // Secrets first: the run directives below and the jobs' next fires use them. Kept in
+        // memory only (the job set cached below holds the `secret:NAME` references).
+        self.executor.set_secrets(state.secrets.clone());
         if !directives.is_empty() {
             // Our clock minus the manager's, as of the moment the request left (the network
             // latency makes it a little small, so a deadline errs on the early side).

@@ -30,6 +30,7 @@ pub async fn run(
     manager_args: &[String],
     agents: usize,
     saves: usize,
+    secret: bool,
 ) -> anyhow::Result<Vec<Figure>> {
     anyhow::ensure!(
         agents > 0 && saves > 0,
@@ -46,6 +47,17 @@ pub async fn run(
     let (rss_parked, _) = rss_kib(pid)?;
     let cpu_parked = cpu_secs(pid)?;
 
+    // With --secret, the job names a secret, so each sync answer carries its value (opened by
+    // the manager for the node).
+    let env = if secret {
+        manager
+            .admin
+            .set_secret("bench/pw", "bench-secret-value")
+            .await?;
+        r#","Env":{"PW":"secret:bench/pw"}"#
+    } else {
+        ""
+    };
     let mut latencies = Vec::with_capacity(agents * saves);
     let mut last_seen = Vec::with_capacity(saves);
     // Per-save limit: generous, so a slow machine gives a slow figure, not an error.
@@ -54,7 +66,7 @@ pub async fn run(
         fleet.wait_parked(&manager, ramp_limit(agents)).await?;
         fleet.drain_applied();
         let task = format!(
-            r#"{{"JobName":"{JOB}","Command":"true # save {k}","CronExpr":"0 0 */6 * * * *"}}"#
+            r#"{{"JobName":"{JOB}","Command":"true # save {k}","CronExpr":"0 0 */6 * * * *"{env}}}"#
         );
         let sent = Instant::now();
         let revision = manager.admin.save_job_text(JOB, &task).await?.revision;
@@ -97,8 +109,13 @@ pub async fn run(
 
     let mib = |kib: u64| kib as f64 / 1024.0;
     let build = crate::binaries::profile(manager_bin);
+    let with = if secret {
+        ", the job names a secret"
+    } else {
+        ""
+    };
     let cond = format!(
-        "{agents} simulated agents parked (sync wait {wait}s), {saves} saves, save sent → \
+        "{agents} simulated agents parked (sync wait {wait}s), {saves} saves{with}, save sent → \
          sync answer parsed, {} samples, manager {build} build",
         latencies.len()
     );

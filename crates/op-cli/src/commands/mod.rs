@@ -18,6 +18,7 @@ mod package_analysis;
 mod rollback;
 mod run;
 mod save;
+mod secret;
 mod token;
 mod top;
 mod upload;
@@ -206,6 +207,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Notify(what) => {
             let ctx = ctx()?;
             crate::connect::block_on(notify::run(&ctx, what))
+        }
+        Command::Secret(what) => {
+            let ctx = ctx()?;
+            crate::connect::block_on(secret::run(&ctx, what))
         }
         Command::Audit { since, limit } => {
             let ctx = ctx()?;

@@ -187,6 +187,7 @@ fn desired(
     answer: NodeDesired,
     uploads: Vec<Directive>,
     received_at: chrono::DateTime<Utc>,
+    secrets: op_proto::secret::SecretValues,
 ) -> DesiredState {
     let mut directives = answer.directives;
     directives.extend(uploads);
@@ -199,6 +200,7 @@ fn desired(
         settings: Some(app.agent_settings()),
         received_at: Some(received_at),
         directives_only: false,
+        secrets,
     }
 }
 
@@ -217,6 +219,7 @@ fn uploads_only(
         settings: None,
         received_at: Some(received_at),
         directives_only: true,
+        secrets: Default::default(),
     }
 }
 
@@ -338,9 +341,12 @@ pub async fn sync(
     }
     match app.hub.desired(&app.store, node).await? {
         Some(answer) if live(Some(answer.state)).is_some() => {
+            // The values of the secrets this node's own jobs name, for this node alone (the
+            // caller is the node's own credential, checked above).
+            let secrets = super::secrets::resolve(&app, &answer.jobs, &answer.directives).await?;
             // Taken after the last await: a call dropped before answering takes nothing.
             let uploads = app.outputs.take(node);
-            Ok(Json(desired(&app, answer, uploads, received_at)))
+            Ok(Json(desired(&app, answer, uploads, received_at, secrets)))
         }
         _ => Err(ApiError::UnknownNode(node)),
     }

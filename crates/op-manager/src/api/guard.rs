@@ -54,6 +54,11 @@ pub fn required_access(method: &Method, path: &str) -> Access {
         // A rule makes every manager read files from its disk (HMAC key, SMTP password) and
         // send to the address it names; `test` sends at once.
         Access::Admin
+    } else if path == "/v1/secrets" && (method == Method::GET || method == Method::HEAD) {
+        // Secret names (never values): for those who write the jobs that use them.
+        Access::Operate
+    } else if path == "/v1/secrets" || path.starts_with("/v1/secrets/") {
+        Access::Admin
     } else if path.starts_with("/v1/cluster/") {
         // Membership and leadership: as powerful as holding the cluster secret.
         Access::Admin
@@ -222,6 +227,18 @@ mod tests {
             (Method::PUT, "/v1/notify/ops"),
             (Method::DELETE, "/v1/notify/ops"),
             (Method::POST, "/v1/notify/ops/test"),
+        ] {
+            assert_eq!(required_access(&method, path), Access::Admin, "{path}");
+        }
+        assert_eq!(
+            required_access(&Method::GET, "/v1/secrets"),
+            Access::Operate
+        );
+        for (method, path) in [
+            (Method::PUT, "/v1/secrets/db/pw"),
+            (Method::DELETE, "/v1/secrets/db/pw"),
+            (Method::GET, "/v1/secrets/db/pw"),
+            (Method::POST, "/v1/cluster/secrets-key/rotate"),
         ] {
             assert_eq!(required_access(&method, path), Access::Admin, "{path}");
         }

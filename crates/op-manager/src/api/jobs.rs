@@ -48,11 +48,27 @@ pub(super) fn check_name(name: &str) -> Result<(), ApiError> {
     validate_name(name).map_err(|e| ApiError::bad("invalid_name", format!("job name {name:?} {e}")))
 }
 
-pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<JobView>>, ApiError> {
+/// A job as `caller` may see it, with its latest judged fires (issue 20): a viewer sees the
+/// names of `Env` variables, never their values (issue 24).
+pub fn view_for(
+    caller: &Caller,
+    mut record: JobRecord,
+    judged: &mut std::collections::BTreeMap<String, Vec<op_proto::judged::JudgedFire>>,
+) -> JobView {
+    if caller.scope == op_proto::api::Scope::Viewer {
+        op_proto::secret::redact_env(&mut record.spec.env);
+    }
+    view_judged(record, judged)
+}
+
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<JobView>>, ApiError> {
     let (jobs, mut judged) = app.read(|s| Ok((s.jobs()?, s.judged_fires(None)?))).await?;
     Ok(Json(
         jobs.into_iter()
-            .map(|j| view_judged(j, &mut judged))
+            .map(|j| view_for(&caller, j, &mut judged))
             .collect(),
     ))
 }
@@ -67,12 +83,13 @@ async fn load(app: &App, name: String) -> Result<JobRecord, ApiError> {
 
 pub async fn get(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let record = load(&app, name).await?;
     let job = record.spec.name.clone();
     let mut judged = app.read(move |s| s.judged_fires(Some(&job))).await?;
-    Ok(Json(view_judged(record, &mut judged)))
+    Ok(Json(view_for(&caller, record, &mut judged)))
 }
 
 pub async fn save(
@@ -106,6 +123,7 @@ pub async fn save(
             ),
         ));
     }
+    super::secrets::check_refs(&app, &spec.env).await?;
     let next_fires = spec
         .schedule()
         .map(|s| s.upcoming(now, NEXT_FIRES))

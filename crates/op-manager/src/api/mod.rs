@@ -19,6 +19,7 @@ mod notify;
 pub mod output;
 mod packages;
 mod runs;
+pub(crate) mod secrets;
 mod system;
 mod tokens;
 
@@ -97,6 +98,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/events", get(events::list))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
+        .route("/v1/secrets", get(secrets::list))
+        .route(
+            "/v1/secrets/{*name}",
+            put(secrets::put).delete(secrets::remove),
+        )
+        .route("/v1/cluster/secrets-key/rotate", post(secrets::rotate))
         .route("/v1/notify", get(notify::list).post(notify::create))
         .route("/v1/notify/{name}", put(notify::put).delete(notify::remove))
         .route("/v1/notify/{name}/test", post(notify::test))

@@ -53,6 +53,10 @@ pub struct JoinResponse {
     pub cluster_id: String,
     pub node_id: u64,
     pub secret: String,
+    /// The cluster's secrets key (hex), written to the joining node's `secrets.key`; absent
+    /// when the member has none (a cluster from before secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_key: Option<String>,
 }
 
 impl std::fmt::Debug for JoinResponse {

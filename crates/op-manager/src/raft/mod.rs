@@ -21,6 +21,7 @@ pub mod messages;
 pub mod network;
 pub mod recover;
 pub mod refusal;
+pub mod secrets_key;
 pub mod server;
 pub mod state_machine;
 pub mod types;

@@ -46,6 +46,8 @@ pub struct RaftListener {
     pub metrics: Arc<Metrics>,
     /// Output requests forwarded here by the member a reader asked (`POST /raft/output`).
     pub outputs: Arc<OutputRequests>,
+    /// The secrets key handed to joining members (and replaced by a rotation).
+    pub secrets: Arc<crate::secrets::Keeper>,
 }
 
 /// The raft listener's routes; `extra` (the blob transfer routes of `blobs::replicate`) is served
@@ -64,6 +66,7 @@ pub fn router(app: Arc<RaftListener>, extra: Router<Arc<RaftListener>>) -> Route
         .route("/raft/removed", post(removed))
         .route("/raft/hello", post(hello))
         .route("/raft/output", post(output_request))
+        .route("/raft/secrets-key", post(secrets_key))
         .merge(extra)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -249,6 +252,36 @@ async fn hello(State(app): State<Arc<RaftListener>>) -> Json<super::messages::He
     })
 }
 
+/// A rotation hands this member the new secrets key (`super::secrets_key`).
+async fn secrets_key(
+    State(app): State<Arc<RaftListener>>,
+    Json(msg): Json<super::secrets_key::KeyRingMessage>,
+) -> Result<Json<super::secrets_key::KeyRingAck>, PeerRefusal> {
+    let ring = msg.ring().map_err(|e| {
+        PeerRefusal::new(
+            StatusCode::BAD_REQUEST,
+            code::FAILED,
+            format!("the secrets key ring is {e}"),
+        )
+    })?;
+    let key_id = ring
+        .current()
+        .map(|k| k.id().to_string())
+        .unwrap_or_default();
+    app.secrets.install(ring).map_err(|e| {
+        PeerRefusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            code::FAILED,
+            format!("writing secrets.key: {e}"),
+        )
+    })?;
+    tracing::info!(%key_id, "took a new secrets key");
+    Ok(Json(super::secrets_key::KeyRingAck {
+        node_id: app.cluster.id(),
+        key_id,
+    }))
+}
+
 /// Step 1 of joining: the cluster's identity, for an admin token or the cluster secret.
 async fn join(
     State(app): State<Arc<RaftListener>>,
@@ -287,6 +320,7 @@ async fn join(
         cluster_id: ours.clone(),
         node_id,
         secret: app.cluster.identity.secret.clone(),
+        secrets_key: app.secrets.ring().current().map(|k| k.to_hex()),
     }))
 }
 

@@ -288,7 +288,7 @@ pub async fn show(
             )))
         })
         .await;
-    let (job, mut latest, once, nodes, recent, incident_events, incident_state) = match read {
+    let (mut job, mut latest, once, nodes, recent, incident_events, incident_state) = match read {
         Ok(Some((j, l, o, mut n, r, ie, is))) => {
             ui.app.beats.overlay(&mut n);
             (j, l, o, n, r, ie, is)
@@ -297,6 +297,10 @@ pub async fn show(
         Err(e) => return html::server_error(&s, e),
     };
     latest.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    if !s.can_operate() {
+        // A viewer sees the names of Env variables, never their values (issue 24).
+        op_proto::secret::redact_env(&mut job.spec.env);
+    }
     let spec = &job.spec;
     let mut body = String::with_capacity(16384);
     let _ = write!(

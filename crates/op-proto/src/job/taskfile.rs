@@ -444,6 +444,14 @@ impl Reader {
                 if val.contains('\0') {
                     self.rule(key, format!("value of {name:?} must not contain NUL"));
                 }
+                if let Some(secret) = crate::secret::secret_ref(val)
+                    && let Err(e) = crate::secret::validate_secret_name(secret)
+                {
+                    self.rule(
+                        key,
+                        format!("value of {name:?} names secret {secret:?}, whose name {e}"),
+                    );
+                }
             }
             spec.env = env;
         }

@@ -14,6 +14,7 @@ mod notify;
 mod packages;
 mod prune;
 mod runs;
+mod secrets;
 mod selections;
 mod tokens;
 
@@ -258,6 +259,21 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
             overrunning,
             skewed,
         } => judged::judge(conn, *at, fires, overrunning, skewed, ch),
+        Command::SetSecret {
+            name,
+            sealed,
+            at,
+            actor,
+        } => secrets::set(conn, index, name, sealed, *at, actor, ch),
+        Command::RemoveSecret { name, at, actor } => {
+            secrets::remove(conn, index, name, *at, actor, ch)
+        }
+        Command::RekeySecrets {
+            sealed,
+            at,
+            actor,
+            replaces,
+        } => secrets::rekey(conn, sealed, replaces, *at, actor),
     }
 }
 

@@ -10,6 +10,7 @@ pub(crate) mod nodes;
 pub(crate) mod notify;
 pub(crate) mod packages;
 pub(crate) mod runs;
+pub(crate) mod secrets;
 
 use op_proto::NodeInfo;
 use op_proto::agent::Directive;

@@ -265,7 +265,32 @@ fn samples() -> Vec<Command> {
                 skew_ms: 12_000,
             }]),
         },
+        Command::SetSecret {
+            name: "db/pw".into(),
+            sealed: sealed(),
+            at: t0(),
+            actor: "admin".into(),
+        },
+        Command::RemoveSecret {
+            name: "db/pw".into(),
+            at: t0(),
+            actor: "admin".into(),
+        },
+        Command::RekeySecrets {
+            sealed: [("db/pw".to_string(), sealed())].into(),
+            at: t0(),
+            actor: "op-manager".into(),
+            replaces: [("db/pw".to_string(), "0b0a09080706050403020100".to_string())].into(),
+        },
     ]
+}
+
+fn sealed() -> op_store::SealedSecret {
+    op_store::SealedSecret {
+        key_id: "0a1b2c3d4e5f6071".into(),
+        nonce: "000102030405060708090a0b".into(),
+        ciphertext: "8f3e".repeat(12),
+    }
 }
 
 fn dir() -> PathBuf {

@@ -9,4 +9,5 @@ mod fixtures;
 mod invocations;
 mod packages;
 mod retention;
+mod secrets;
 mod snapshot;

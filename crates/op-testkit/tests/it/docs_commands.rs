@@ -403,6 +403,8 @@ async fn fixtures() -> Fixtures {
         r#"{"text": {{ (summary ~ "\n" ~ hosts_text)|tojson }}}"#,
     )
     .unwrap();
+    // The secret value docs/security.md's `secret set db/pw --from-file db-pw.txt` reads.
+    std::fs::write(dir.join("db-pw.txt"), "an example password\n").unwrap();
     std::fs::create_dir_all(dir.join("python_project_dir")).unwrap();
     std::fs::write(
         dir.join("python_project_dir/test.py"),

@@ -25,6 +25,7 @@ mod packages;
 mod packaging;
 mod private_files;
 mod quickstart;
+mod secrets;
 mod signals;
 mod slow_clients;
 mod support;
