@@ -461,6 +461,31 @@ pub enum InvocationsCommand {
         after_help = "Example:\n  agentcli invocations cancel 0193b6a2-7c1e-7d3a-9f00-5a1b2c3d4e5f"
     )]
     Cancel { id: String },
+    /// Run a finished invocation again on the hosts that did not succeed, as a new invocation.
+    #[command(after_help = "\
+Examples:
+  agentcli invocations retry 0193b6a2-7c1e-7d3a-9f00-5a1b2c3d4e5f             every host not ok
+  agentcli invocations retry 0193b6a2-7c1e-7d3a-9f00-5a1b2c3d4e5f --failed    exit status not 0
+  agentcli invocations retry 0193b6a2-7c1e-7d3a-9f00-5a1b2c3d4e5f --unreachable --unresponsive
+
+Same job (same revision) or command, parameters and rollout options. Without a flag every host
+that did not succeed runs again (failed, timeout, killed, skipped, lost, unreachable,
+unresponsive; not cancelled). The new invocation shows `RETRY OF` the old one.")]
+    Retry {
+        id: String,
+        /// Hosts whose command ended with a non-zero exit status.
+        #[arg(long)]
+        failed: bool,
+        /// Hosts that were not connected or Ready, or gave no result within the deadline.
+        #[arg(long)]
+        unreachable: bool,
+        /// Hosts whose agent did not acknowledge the directive.
+        #[arg(long)]
+        unresponsive: bool,
+        /// Return the new invocation id at once instead of waiting for the results.
+        #[arg(long = "async")]
+        async_: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

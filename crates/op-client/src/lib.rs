@@ -812,6 +812,11 @@ impl Client {
         if let Some(token) = &self.token {
             builder = builder.bearer_auth(token);
         }
+        self.started(path, builder).await
+    }
+
+    /// The answer of a run, exec or retry: a stream when the manager streams, else the 202.
+    async fn started(&self, path: &str, builder: reqwest::RequestBuilder) -> Result<Started> {
         let resp = tokio::time::timeout(self.timeout, self.send(path, builder))
             .await
             .map_err(|_| ClientError::Timeout {
@@ -848,6 +853,25 @@ impl Client {
     pub async fn invocations(&self, query: &InvocationQuery) -> Result<Vec<InvocationBrief>> {
         let req = self.request(Method::GET, "/v1/invocations").query(query);
         self.json("/v1/invocations", req).await
+    }
+
+    /// Runs a finished invocation again on its hosts that ended with `req.statuses` (default:
+    /// every host that did not succeed), as a new invocation that names the old one.
+    pub async fn retry_invocation(
+        &self,
+        id: Uuid,
+        req: &op_proto::invoke::RetryRequest,
+    ) -> Result<Started> {
+        let path = format!("/v1/invocations/{id}/retry");
+        let mut builder = self
+            .http
+            .request(Method::POST, self.url(&path))
+            .header(API_VERSION_HEADER, API_VERSION.to_string())
+            .json(req);
+        if let Some(token) = &self.token {
+            builder = builder.bearer_auth(token);
+        }
+        self.started(&path, builder).await
     }
 
     /// Cancels an invocation: hosts not started are cancelled, running ones are killed.

@@ -363,6 +363,9 @@ pub struct NewInvocation {
     /// Run ids of the targets released at once.
     #[serde(default)]
     pub release: Vec<Uuid>,
+    /// The invocation this one retries (its hosts that did not succeed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<Uuid>,
 }
 
 /// One host an invocation runs on, with the run id the manager picked for it (so a directive

@@ -76,6 +76,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/invocations", get(invoke::list))
         .route("/v1/invocations/{id}", get(invoke::get))
         .route("/v1/invocations/{id}/cancel", post(invoke::cancel))
+        .route("/v1/invocations/{id}/retry", post(invoke::retry))
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/nodes/{key}", get(nodes::get).delete(nodes::forget))
         .route("/v1/runs", get(runs::list))

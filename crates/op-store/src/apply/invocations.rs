@@ -69,6 +69,7 @@ pub(super) fn create(
         params: inv.params.clone(),
         options: inv.options.clone(),
         unreachable: inv.unreachable.clone(),
+        retry_of: inv.retry_of,
     };
     let finished = inv.targets.is_empty();
     conn.execute(
@@ -103,10 +104,13 @@ pub(super) fn create(
         ])?;
     }
     release(conn, index, inv.id, &inv.release, at, &inv.options, ch)?;
-    let (action, what) = match inv.kind {
+    let (action, mut what) = match inv.kind {
         InvocationKind::Job => ("job.run", params_text(inv)),
         InvocationKind::Exec => ("exec", command_text(&inv.spec.command)),
     };
+    if let Some(old) = inv.retry_of {
+        what = format!(", retry of {old}{what}");
+    }
     audit(
         conn,
         at,

@@ -22,6 +22,7 @@ mod packages;
 mod packaging;
 mod private_files;
 mod quickstart;
+mod retry;
 mod signals;
 mod slow_clients;
 mod support;
