@@ -134,6 +134,22 @@ Ready. Exits 1 if any file was refused.")]
     /// so its agent must enroll again to come back.
     #[command(after_help = "Example:\n  agentcli forget web-07")]
     Forget { node: String },
+    /// Set or remove manager labels of a node (by hostname, IP or id): merged over the agent's
+    /// own labels (the manager's value wins), kept across agent restarts, and used at once by
+    /// every host selection (jobs' Labels, --label of run and exec).
+    #[command(after_help = "\
+Examples:
+  agentcli label web-01 tier=gold zone=eu-1     set (or change) two manager labels
+  agentcli label web-01 tier-                   remove the manager label tier
+
+`get nodes -o wide` marks manager labels with a `*`; `get nodes NAME -o json` lists them under
+`manager_labels`. An agent's own labels change only in its config.")]
+    Label {
+        node: String,
+        /// `KEY=VALUE` to set, `KEY-` to remove.
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        labels: Vec<String>,
+    },
     /// View the output of a job's runs: the latest LIMIT per host (default 1).
     #[command(after_help = "\
 Examples:

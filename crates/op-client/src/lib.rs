@@ -474,6 +474,16 @@ impl Client {
         self.get(&format!("/v1/nodes/{}", path_segment(key))).await
     }
 
+    /// Sets and removes manager labels of a node (by id, hostname or IP); the node as it is now.
+    pub async fn label_node(
+        &self,
+        key: &str,
+        req: &op_proto::api::LabelRequest,
+    ) -> Result<NodeInfo> {
+        self.post(&format!("/v1/nodes/{}/labels", path_segment(key)), req)
+            .await
+    }
+
     /// Forgets a node: it becomes Left until its agent registers again.
     pub async fn forget_node(&self, id: Uuid) -> Result<()> {
         let path = format!("/v1/nodes/{id}");

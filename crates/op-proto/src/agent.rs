@@ -190,6 +190,11 @@ pub struct DesiredState {
     /// change. An agent that does not ask always gets the full state.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub directives_only: bool,
+    /// The labels the manager selected `jobs` by: the agent's own merged with the manager-set
+    /// ones (`agentcli label`). The agent checks job selections against these. Absent (older
+    /// managers, light answers): the agent's own labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A one-off order for this node, carried by the sync channel.

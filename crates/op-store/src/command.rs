@@ -76,6 +76,15 @@ pub enum Command {
         at: DateTime<Utc>,
         actor: String,
     },
+    /// Manager-set labels of a node (`agentcli label`): `set` merged in, `remove` taken out.
+    /// Checked by the proposer; the node's desired state follows its new identity.
+    SetNodeLabels {
+        node_id: Uuid,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+        at: DateTime<Utc>,
+        actor: String,
+    },
     /// A batch of run records from one node; idempotent by run id.
     IngestRuns {
         node_id: Uuid,
@@ -215,6 +224,7 @@ impl Command {
             Command::Heartbeats { .. } => "heartbeats",
             Command::SetNodeStatus { .. } => "set_node_status",
             Command::ForgetNode { .. } => "forget_node",
+            Command::SetNodeLabels { .. } => "set_node_labels",
             Command::IngestRuns { .. } => "ingest_runs",
             Command::IngestRunBatches { .. } => "ingest_run_batches",
             Command::Prune { .. } => "prune",
@@ -602,6 +612,10 @@ pub enum CommandResult {
     },
     StatusChanged {
         changes: Vec<(Uuid, NodeStatus)>,
+    },
+    /// The node with its labels as set.
+    NodeLabelled {
+        node: Box<NodeInfo>,
     },
     NodeForgotten {
         node_id: Uuid,

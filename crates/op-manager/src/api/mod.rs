@@ -79,6 +79,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/invocations/{id}/retry", post(invoke::retry))
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/nodes/{key}", get(nodes::get).delete(nodes::forget))
+        .route("/v1/nodes/{key}/labels", post(nodes::label))
         .route("/v1/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::get))
         .route("/v1/runs/{id}/output", get(output::read))

@@ -15,6 +15,7 @@ mod fleet;
 mod full_disk;
 mod identity;
 mod import_cycles;
+mod labels;
 mod logs;
 mod metrics;
 mod notify;
