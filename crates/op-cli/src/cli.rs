@@ -134,6 +134,22 @@ Ready. Exits 1 if any file was refused.")]
     /// so its agent must enroll again to come back.
     #[command(after_help = "Example:\n  agentcli forget web-07")]
     Forget { node: String },
+    /// Set or remove manager labels of a node (by hostname, IP or id): merged over the agent's
+    /// own labels (the manager's value wins), kept across agent restarts, and used at once by
+    /// every host selection (jobs' Labels, --label of run and exec).
+    #[command(after_help = "\
+Examples:
+  agentcli label web-01 tier=gold zone=eu-1     set (or change) two manager labels
+  agentcli label web-01 tier-                   remove the manager label tier
+
+`get nodes -o wide` marks manager labels with a `*`; `get nodes NAME -o json` lists them under
+`manager_labels`. An agent's own labels change only in its config.")]
+    Label {
+        node: String,
+        /// `KEY=VALUE` to set, `KEY-` to remove.
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        labels: Vec<String>,
+    },
     /// View the output of a job's runs: the latest LIMIT per host (default 1).
     #[command(after_help = "\
 Examples:
@@ -465,6 +481,31 @@ pub enum InvocationsCommand {
         after_help = "Example:\n  agentcli invocations cancel 0193b6a2-7c1e-7d3a-9f00-5a1b2c3d4e5f"
     )]
     Cancel { id: String },
+    /// Run a finished invocation again on the hosts that did not succeed, as a new invocation.
+    #[command(after_help = "\
+Examples:
+  agentcli invocations retry 0193b6a2-7c1e-7d3a-9f00-5a1b2c3d4e5f             every host not ok
+  agentcli invocations retry 0193b6a2-7c1e-7d3a-9f00-5a1b2c3d4e5f --failed    exit status not 0
+  agentcli invocations retry 0193b6a2-7c1e-7d3a-9f00-5a1b2c3d4e5f --unreachable --unresponsive
+
+Same job (same revision) or command, parameters and rollout options. Without a flag every host
+that did not succeed runs again (failed, timeout, killed, skipped, lost, unreachable,
+unresponsive; not cancelled). The new invocation shows `RETRY OF` the old one.")]
+    Retry {
+        id: String,
+        /// Hosts whose command ended with a non-zero exit status.
+        #[arg(long)]
+        failed: bool,
+        /// Hosts that were not connected or Ready, or gave no result within the deadline.
+        #[arg(long)]
+        unreachable: bool,
+        /// Hosts whose agent did not acknowledge the directive.
+        #[arg(long)]
+        unresponsive: bool,
+        /// Return the new invocation id at once instead of waiting for the results.
+        #[arg(long = "async")]
+        async_: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

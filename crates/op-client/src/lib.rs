@@ -474,6 +474,16 @@ impl Client {
         self.get(&format!("/v1/nodes/{}", path_segment(key))).await
     }
 
+    /// Sets and removes manager labels of a node (by id, hostname or IP); the node as it is now.
+    pub async fn label_node(
+        &self,
+        key: &str,
+        req: &op_proto::api::LabelRequest,
+    ) -> Result<NodeInfo> {
+        self.post(&format!("/v1/nodes/{}/labels", path_segment(key)), req)
+            .await
+    }
+
     /// Forgets a node: it becomes Left until its agent registers again.
     pub async fn forget_node(&self, id: Uuid) -> Result<()> {
         let path = format!("/v1/nodes/{id}");
@@ -847,6 +857,11 @@ impl Client {
         if let Some(token) = &self.token {
             builder = builder.bearer_auth(token);
         }
+        self.started(path, builder).await
+    }
+
+    /// The answer of a run, exec or retry: a stream when the manager streams, else the 202.
+    async fn started(&self, path: &str, builder: reqwest::RequestBuilder) -> Result<Started> {
         let resp = tokio::time::timeout(self.timeout, self.send(path, builder))
             .await
             .map_err(|_| ClientError::Timeout {
@@ -883,6 +898,25 @@ impl Client {
     pub async fn invocations(&self, query: &InvocationQuery) -> Result<Vec<InvocationBrief>> {
         let req = self.request(Method::GET, "/v1/invocations").query(query);
         self.json("/v1/invocations", req).await
+    }
+
+    /// Runs a finished invocation again on its hosts that ended with `req.statuses` (default:
+    /// every host that did not succeed), as a new invocation that names the old one.
+    pub async fn retry_invocation(
+        &self,
+        id: Uuid,
+        req: &op_proto::invoke::RetryRequest,
+    ) -> Result<Started> {
+        let path = format!("/v1/invocations/{id}/retry");
+        let mut builder = self
+            .http
+            .request(Method::POST, self.url(&path))
+            .header(API_VERSION_HEADER, API_VERSION.to_string())
+            .json(req);
+        if let Some(token) = &self.token {
+            builder = builder.bearer_auth(token);
+        }
+        self.started(&path, builder).await
     }
 
     /// Cancels an invocation: hosts not started are cancelled, running ones are killed.

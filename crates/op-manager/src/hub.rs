@@ -60,6 +60,8 @@ pub struct NodeDesired {
     pub jobs: Vec<DesiredJob>,
     pub packages: Vec<PackageRef>,
     pub directives: Vec<Directive>,
+    /// The labels `jobs` were selected by (the agent's own and manager-set).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A node as the hub needs it.
@@ -176,6 +178,7 @@ impl DesiredCache {
             jobs: self.jobs_for(id),
             packages: self.packages.clone(),
             directives: self.nodes.get(&id)?.directives.clone(),
+            labels: self.nodes.get(&id)?.identity.labels.clone(),
         })
     }
 

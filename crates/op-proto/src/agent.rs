@@ -196,6 +196,11 @@ pub struct DesiredState {
     /// cannot resolve (no key on that member) is absent, and runs that need it fail.
     #[serde(default, skip_serializing_if = "crate::secret::SecretValues::is_empty")]
     pub secrets: crate::secret::SecretValues,
+    /// The labels the manager selected `jobs` by: the agent's own merged with the manager-set
+    /// ones (`agentcli label`). The agent checks job selections against these. Absent (older
+    /// managers, light answers): the agent's own labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A one-off order for this node, carried by the sync channel.

@@ -405,6 +405,7 @@ mod tests {
             hostname: format!("host-{n}"),
             ips: vec![],
             labels: Default::default(),
+            manager_labels: Default::default(),
             agent_version: "0.1.0".into(),
             os: String::new(),
             arch: String::new(),

@@ -387,3 +387,16 @@ pub struct VersionInfo {
 
 /// Parameters of an invocation, as a JSON object of strings.
 pub type Params = BTreeMap<String, String>;
+
+/// The body of `POST /v1/nodes/KEY/labels` (`agentcli label NODE k=v k-`): manager-set labels to
+/// set and to remove. They are kept apart from the agent's own labels, survive its
+/// registrations, and win over an agent label of the same key. Unknown fields are refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelRequest {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Keys of manager-set labels to remove.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}

@@ -540,6 +540,36 @@ pub struct InvocationView {
     pub finished_at: Option<DateTime<Utc>>,
     pub hosts: Vec<HostResult>,
     pub summary: Summary,
+    /// The invocation this one retries (`POST /v1/invocations/ID/retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<Uuid>,
+}
+
+/// The body of `POST /v1/invocations/ID/retry`: run a finished invocation again, with the same
+/// job (same revision) or command and the same parameters and rollout options, on just the hosts
+/// that ended with one of `statuses`. The answer is that of a run or exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    /// Final statuses whose hosts run again (not `ok`, `pending` or `running`). Empty: every
+    /// host that did not succeed ([`HostStatus::is_failure`]: failed, timeout, killed, skipped,
+    /// lost, unreachable, unresponsive); cancelled hosts only when asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statuses: Vec<HostStatus>,
+    /// Stream the results (default) or return the new invocation id at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<bool>,
+}
+
+impl RetryRequest {
+    /// Whether a host that ended with `status` runs again.
+    pub fn selects(&self, status: HostStatus) -> bool {
+        if self.statuses.is_empty() {
+            status.is_failure()
+        } else {
+            self.statuses.contains(&status)
+        }
+    }
 }
 
 /// One row of `GET /v1/invocations`.

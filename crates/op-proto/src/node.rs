@@ -97,8 +97,13 @@ pub struct NodeInfo {
     pub node_id: Uuid,
     pub hostname: String,
     pub ips: Vec<IpAddr>,
+    /// The agent's own labels, as its config gives them (replaced at every registration).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Labels set on the manager (`agentcli label NODE k=v`), kept across registrations; merged
+    /// over `labels` (the manager's value wins) wherever hosts are selected.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub manager_labels: BTreeMap<String, String>,
     pub agent_version: String,
     #[serde(default)]
     pub os: String,
@@ -137,8 +142,35 @@ impl NodeInfo {
         HostIdentity {
             hostname: self.hostname.clone(),
             ips: self.ips.clone(),
-            labels: self.labels.clone(),
+            labels: self.all_labels(),
         }
+    }
+
+    /// The agent's labels with the manager's merged over them (the manager's value wins): the
+    /// labels every host selection sees.
+    pub fn all_labels(&self) -> BTreeMap<String, String> {
+        let mut all = self.labels.clone();
+        all.extend(
+            self.manager_labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        all
+    }
+
+    /// `k=v` of every label, a manager-set one marked `k=v*`, by key.
+    pub fn labels_text(&self) -> Vec<String> {
+        self.all_labels()
+            .iter()
+            .map(|(k, v)| {
+                let star = if self.manager_labels.contains_key(k) {
+                    "*"
+                } else {
+                    ""
+                };
+                format!("{k}={v}{star}")
+            })
+            .collect()
     }
 
     /// The clock skew as `get nodes -o wide` and the console show it: `+0.3s`, `-12s`; empty when

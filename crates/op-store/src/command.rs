@@ -76,6 +76,15 @@ pub enum Command {
         at: DateTime<Utc>,
         actor: String,
     },
+    /// Manager-set labels of a node (`agentcli label`): `set` merged in, `remove` taken out.
+    /// Checked by the proposer; the node's desired state follows its new identity.
+    SetNodeLabels {
+        node_id: Uuid,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+        at: DateTime<Utc>,
+        actor: String,
+    },
     /// A batch of run records from one node; idempotent by run id.
     IngestRuns {
         node_id: Uuid,
@@ -282,6 +291,7 @@ impl Command {
             Command::Heartbeats { .. } => "heartbeats",
             Command::SetNodeStatus { .. } => "set_node_status",
             Command::ForgetNode { .. } => "forget_node",
+            Command::SetNodeLabels { .. } => "set_node_labels",
             Command::IngestRuns { .. } => "ingest_runs",
             Command::IngestRunBatches { .. } => "ingest_run_batches",
             Command::Prune { .. } => "prune",
@@ -436,6 +446,9 @@ pub struct NewInvocation {
     /// Run ids of the targets released at once.
     #[serde(default)]
     pub release: Vec<Uuid>,
+    /// The invocation this one retries (its hosts that did not succeed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<Uuid>,
 }
 
 /// One host an invocation runs on, with the run id the manager picked for it (so a directive
@@ -672,6 +685,10 @@ pub enum CommandResult {
     },
     StatusChanged {
         changes: Vec<(Uuid, NodeStatus)>,
+    },
+    /// The node with its labels as set.
+    NodeLabelled {
+        node: Box<NodeInfo>,
     },
     NodeForgotten {
         node_id: Uuid,

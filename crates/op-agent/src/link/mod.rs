@@ -188,6 +188,7 @@ pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Link {
         state_dir: parts.state_dir,
         index: parts.cached_index,
         applied_jobs: None,
+        applied_labels: None,
         received: Vec::new(),
         settings: AgentSettings::default(),
         registered: registered_tx,
@@ -319,6 +320,8 @@ struct SyncLoop {
     state_dir: std::path::PathBuf,
     index: u64,
     applied_jobs: Option<Vec<DesiredJob>>,
+    /// The labels the manager selects this node by (its own and manager-set), last applied.
+    applied_labels: Option<std::collections::BTreeMap<String, String>>,
     /// The run directives of the last full answer applied: every sync call acknowledges them
     /// (`Heartbeat::received`), so the manager knows they reached this agent.
     received: Vec<uuid::Uuid>,
@@ -527,7 +530,14 @@ impl SyncLoop {
         if let Some(settings) = state.settings.clone() {
             self.settings = settings;
         }
-        if self.applied_jobs.as_ref() != Some(&state.jobs) {
+        // Manager-set labels: the scheduler's own check of each job's selection must see them,
+        // and a change re-checks the job set even when the set itself is the same.
+        let labels_changed = state.labels.is_some() && state.labels != self.applied_labels;
+        if labels_changed && let Some(labels) = state.labels.clone() {
+            self.scheduler.set_labels(labels);
+            self.applied_labels = state.labels.clone();
+        }
+        if labels_changed || self.applied_jobs.as_ref() != Some(&state.jobs) {
             tracing::info!(
                 index = state.index,
                 jobs = state.jobs.len(),

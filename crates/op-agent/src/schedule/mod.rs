@@ -64,6 +64,8 @@ const LEAD_MS: i64 = 50;
 enum Msg {
     /// A new job set, and who to tell once it is applied.
     SetJobs(Vec<DesiredJob>, Option<tokio::sync::oneshot::Sender<()>>),
+    /// The labels the manager selects this host by (the agent's own merged with manager-set).
+    SetLabels(std::collections::BTreeMap<String, String>),
     /// True while a package deploy is in progress (see [`Scheduler::hold_once_jobs_while`]).
     Gate(tokio::sync::watch::Receiver<bool>),
     /// Once-job revisions already in the ledger (written there by someone else), and who to
@@ -93,6 +95,12 @@ impl Scheduler {
     /// Replaces the whole job set (standalone files or the manager's desired state).
     pub fn set_jobs(&self, jobs: Vec<DesiredJob>) {
         let _ = self.tx.send(Msg::SetJobs(jobs, None));
+    }
+
+    /// Replaces the host's labels used to check job selections (from the manager); takes effect
+    /// with the next job set.
+    pub fn set_labels(&self, labels: std::collections::BTreeMap<String, String>) {
+        let _ = self.tx.send(Msg::SetLabels(labels));
     }
 
     /// Tells the scheduler about once-job revisions just written into the ledger (the manager's
@@ -183,6 +191,7 @@ pub fn spawn(
                 _ = shutdown.cancelled() => break,
                 Some(record) = finished.recv() => lp.on_finished(&record),
                 msg = rx.recv() => match msg {
+                    Some(Msg::SetLabels(labels)) => lp.host.labels = labels,
                     Some(Msg::SetJobs(jobs, applied)) => {
                         lp.set_jobs(jobs);
                         if let Some(applied) = applied {

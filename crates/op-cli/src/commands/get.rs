@@ -122,13 +122,8 @@ async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
             local_time(n.last_seen),
         ];
         if wide {
-            row.push(
-                n.labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            );
+            // Manager-set labels are marked `k=v*`.
+            row.push(n.labels_text().join(","));
             row.push(
                 n.load
                     .as_ref()

@@ -1,14 +1,15 @@
-//! `agentcli invocations get ID | list | cancel ID`: what run and exec started, host by host.
+//! `agentcli invocations get ID | list | cancel ID | retry ID`: what run and exec started, host by
+//! host, and running it again on the hosts that did not succeed.
 
 use std::io::Write;
 
 use anyhow::Context;
-use op_proto::invoke::{InvocationQuery, InvocationView};
+use op_proto::invoke::{HostStatus, InvocationQuery, InvocationView, RetryRequest};
 use uuid::Uuid;
 
 use super::{Ctx, fanout};
 use crate::Outcome;
-use crate::cli::{Format, InvocationsCommand};
+use crate::cli::{FanoutArgs, Format, InvocationsCommand};
 use crate::output::{Table, local_time, write_json};
 
 pub async fn run(ctx: &Ctx, what: InvocationsCommand) -> anyhow::Result<Outcome> {
@@ -20,6 +21,35 @@ pub async fn run(ctx: &Ctx, what: InvocationsCommand) -> anyhow::Result<Outcome>
         InvocationsCommand::Cancel { id } => {
             let view = ctx.call(ctx.client.cancel_invocation(parse(&id)?)).await?;
             print_view(ctx, &view)
+        }
+        InvocationsCommand::Retry {
+            id,
+            failed,
+            unreachable,
+            unresponsive,
+            async_,
+        } => {
+            let statuses = [
+                (failed, HostStatus::Failed),
+                (unreachable, HostStatus::Unreachable),
+                (unresponsive, HostStatus::Unresponsive),
+            ]
+            .into_iter()
+            .filter_map(|(on, s)| on.then_some(s))
+            .collect();
+            let req = RetryRequest {
+                statuses,
+                wait: Some(!async_),
+            };
+            let started = ctx
+                .call(ctx.client.retry_invocation(parse(&id)?, &req))
+                .await?;
+            let args = FanoutArgs {
+                wait: !async_,
+                async_,
+                ..FanoutArgs::default()
+            };
+            fanout::follow(ctx, started, &args).await
         }
         InvocationsCommand::List { job, limit } => {
             let list = ctx
@@ -82,6 +112,9 @@ fn print_view(ctx: &Ctx, v: &InvocationView) -> anyhow::Result<Outcome> {
         head.row(["PARAMS".to_string(), params.join("\n")]);
     }
     head.row(["STATE".to_string(), format!("{:?}", v.state).to_lowercase()]);
+    if let Some(old) = v.retry_of {
+        head.row(["RETRY OF".to_string(), old.to_string()]);
+    }
     head.row([
         "CREATED".to_string(),
         format!("{} by {}", local_time(v.created_at), v.created_by),

@@ -12,6 +12,7 @@ mod get;
 mod hosts;
 mod invocations;
 mod job;
+mod label;
 mod logs;
 mod notify;
 mod package_analysis;
@@ -158,6 +159,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         } => {
             let ctx = ctx()?;
             crate::connect::block_on(exec::run(&ctx, &fanout, timeout, run_as, &command))
+        }
+        Command::Label { node, labels } => {
+            let ctx = ctx()?;
+            crate::connect::block_on(label::run(&ctx, &node, &labels))
         }
         Command::Invocations(what) => {
             let ctx = ctx()?;

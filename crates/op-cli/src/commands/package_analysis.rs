@@ -199,6 +199,7 @@ mod tests {
             hostname: format!("host-{n}"),
             ips: vec![format!("10.0.0.{n}").parse().unwrap()],
             labels: Default::default(),
+            manager_labels: Default::default(),
             agent_version: "0.1.0".into(),
             os: String::new(),
             arch: String::new(),

@@ -33,10 +33,10 @@ use crate::hub::{NodeDesired, NodeState};
 const MAX_IPS: usize = 64;
 /// Most capabilities a registration may list.
 const MAX_CAPABILITIES: usize = 32;
-const MAX_LABELS: usize = 64;
+pub(super) const MAX_LABELS: usize = 64;
 const MAX_TEXT: usize = 253;
 
-fn check_text(field: &str, value: &str, allow_empty: bool) -> Result<(), ApiError> {
+pub(super) fn check_text(field: &str, value: &str, allow_empty: bool) -> Result<(), ApiError> {
     if (!allow_empty && value.trim().is_empty())
         || value.len() > MAX_TEXT
         || value.chars().any(char::is_control)
@@ -201,6 +201,7 @@ fn desired(
         received_at: Some(received_at),
         directives_only: false,
         secrets,
+        labels: Some(answer.labels),
     }
 }
 
@@ -220,6 +221,7 @@ fn uploads_only(
         received_at: Some(received_at),
         directives_only: true,
         secrets: Default::default(),
+        labels: None,
     }
 }
 

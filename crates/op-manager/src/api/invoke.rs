@@ -1,5 +1,6 @@
 //! Fan-out invocations: `POST /v1/jobs/NAME/run` (a saved job with parameters), `POST /v1/exec`
-//! (an ad-hoc command), `GET /v1/invocations[/ID]`, `POST /v1/invocations/ID/cancel`.
+//! (an ad-hoc command), `GET /v1/invocations[/ID]`, `POST /v1/invocations/ID/cancel`,
+//! `POST /v1/invocations/ID/retry` (the same run again on the hosts that did not succeed).
 //!
 //! A run is checked completely before anything is written: the job exists and is enabled, the
 //! parameters fit it (`op_proto::params`, the same check the agent applies), the options are in
@@ -19,8 +20,9 @@ use chrono::Utc;
 use op_proto::JobSpec;
 use op_proto::hosts::HostSelector;
 use op_proto::invoke::{
-    ADHOC_JOB, DEFAULT_DEADLINE_SECS, InvocationAccepted, InvocationBrief, InvocationKind,
-    InvocationOptions, InvocationQuery, InvocationView, InvokeRequest, MAX_WAIT_SECS, Selection,
+    ADHOC_JOB, DEFAULT_DEADLINE_SECS, HostStatus, InvocationAccepted, InvocationBrief,
+    InvocationKind, InvocationOptions, InvocationQuery, InvocationState, InvocationView,
+    InvokeRequest, MAX_WAIT_SECS, RetryRequest, Selection,
 };
 use op_proto::params;
 use op_store::{Command, NewInvocation, NewTarget};
@@ -43,6 +45,8 @@ struct Prepared {
     /// A job run with an explicit selection is also bounded by the job's own.
     job_selector: Option<HostSelector>,
     wait: bool,
+    /// The invocation a retry re-runs.
+    retry_of: Option<Uuid>,
 }
 
 pub async fn run_job(
@@ -90,6 +94,7 @@ pub async fn run_job(
         revision: job.revision,
         selection,
         job_selector,
+        retry_of: None,
     };
     start(app, caller, req, prepared, started).await
 }
@@ -141,6 +146,7 @@ pub async fn exec(
         selection: selection_of(&req)?,
         job_selector: None,
         wait: req.wait.unwrap_or(true),
+        retry_of: None,
     };
     start(app, caller, req, prepared, started).await
 }
@@ -258,6 +264,7 @@ async fn start(
             targets: new_targets,
             unreachable: selected.unreachable,
             release,
+            retry_of: p.retry_of,
         }),
         at: now,
         actor: caller.name,
@@ -346,4 +353,96 @@ pub async fn cancel(
     })
     .await?;
     Ok(Json(load_view(&app, id).await?))
+}
+
+/// `POST /v1/invocations/ID/retry`: a new invocation with the old one's job (same revision) or
+/// command, parameters and rollout options, on the hosts that ended with one of the asked
+/// statuses. The hosts are named by hostname (or as listed, for those that matched no node), so
+/// one that is gone or not Ready now is reported `unreachable` like in any fan-out. A job saved
+/// since is refused by the store (409), as for any run prepared against an older revision.
+pub async fn retry(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<RetryRequest>,
+) -> Result<Response, ApiError> {
+    let started = tokio::time::Instant::now();
+    let id = parse_id(&id)?;
+    if let Some(bad) = body
+        .statuses
+        .iter()
+        .find(|s| !s.is_final() || **s == HostStatus::Ok)
+    {
+        return Err(ApiError::bad(
+            "invalid_request",
+            format!(
+                "cannot retry hosts that are {}: name final statuses that did not succeed \
+                 (failed, timeout, killed, skipped, lost, unreachable, unresponsive, cancelled)",
+                bad.as_str()
+            ),
+        ));
+    }
+    let (row, old_targets) = app
+        .read(move |s| s.invocation(id, false))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))?;
+    if row.state != InvocationState::Finished {
+        return Err(ApiError::Conflict(format!(
+            "invocation {id} is still running; wait for it to finish (or cancel it) before retrying its hosts"
+        )));
+    }
+    let mut hosts: Vec<String> = Vec::new();
+    if body.selects(HostStatus::Unreachable) {
+        hosts.extend(row.detail.unreachable.iter().map(|m| m.host.clone()));
+    }
+    hosts.extend(
+        old_targets
+            .iter()
+            .filter(|t| body.selects(t.status))
+            .map(|t| t.hostname.clone()),
+    );
+    hosts.dedup();
+    let named: Vec<op_proto::HostPattern> = hosts
+        .iter()
+        .filter_map(|h| op_proto::HostPattern::parse(h).ok())
+        .filter(op_proto::HostPattern::is_specific)
+        .collect();
+    if named.is_empty() {
+        let wanted = if body.statuses.is_empty() {
+            "did not succeed".to_string()
+        } else {
+            let names: Vec<&str> = body.statuses.iter().map(|s| s.as_str()).collect();
+            format!("ended {}", names.join(" or "))
+        };
+        return Err(ApiError::bad(
+            "no_hosts",
+            format!("no host of invocation {id} {wanted}; nothing to retry"),
+        ));
+    }
+    let detail = row.detail;
+    let opts = &detail.options;
+    // The old options, in the form a request gives them (the batch is resolved again against
+    // the hosts retried).
+    let req = InvokeRequest {
+        params: detail.params.clone(),
+        max_concurrency: opts.max_concurrency,
+        batch: opts.batch,
+        batch_wait: Some(opts.batch_wait_secs),
+        max_failures: opts.max_failures,
+        deadline: Some(opts.deadline_secs),
+        ..InvokeRequest::default()
+    };
+    let prepared = Prepared {
+        kind: row.kind,
+        spec: detail.spec,
+        revision: detail.revision,
+        selection: Selection {
+            named,
+            ..Selection::default()
+        },
+        job_selector: None,
+        wait: body.wait.unwrap_or(true),
+        retry_of: Some(id),
+    };
+    start(app, caller, req, prepared, started).await
 }

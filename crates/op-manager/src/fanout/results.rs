@@ -88,5 +88,6 @@ pub fn view(row: &InvocationRow, targets: &[TargetRow]) -> InvocationView {
         finished_at: row.finished_at,
         hosts: hosts(row, targets),
         summary: row.summary(targets),
+        retry_of: row.detail.retry_of,
     }
 }

@@ -106,6 +106,7 @@ mod tests {
             hostname: format!("node-{n}"),
             ips: vec![format!("10.0.0.{n}").parse().unwrap()],
             labels: Default::default(),
+            manager_labels: Default::default(),
             agent_version: "t".into(),
             os: String::new(),
             arch: String::new(),

@@ -43,7 +43,7 @@ fn matches(n: &NodeInfo, q: &str) -> bool {
         || n.ips.iter().any(|ip| ip.to_string().contains(&q))
         || n.agent_version.to_lowercase().contains(&q)
         || n.node_id.to_string().starts_with(&q)
-        || n.labels
+        || n.all_labels()
             .iter()
             .any(|(k, v)| format!("{k}={v}").to_lowercase().contains(&q))
 }
@@ -196,12 +196,11 @@ pub async fn show(
         html::node_status(node.status)
     );
     body.push_str("<section class=\"card\"><dl class=\"facts\">");
-    let labels = node
-        .labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    // Manager-set labels (`agentcli label`) are marked `k=v*`.
+    let mut labels = node.labels_text().join(", ");
+    if !node.manager_labels.is_empty() {
+        labels.push_str(" (* set on the manager)");
+    }
     for (k, v) in [
         ("Status", status_cell(&node)),
         ("Node id", esc(&node.node_id.to_string())),

@@ -70,6 +70,7 @@ pub(super) fn create(
         params: inv.params.clone(),
         options: inv.options.clone(),
         unreachable: inv.unreachable.clone(),
+        retry_of: inv.retry_of,
     };
     let finished = inv.targets.is_empty();
     conn.execute(
@@ -104,10 +105,13 @@ pub(super) fn create(
         ])?;
     }
     release(conn, index, inv.id, &inv.release, at, &inv.options, ch)?;
-    let (action, what) = match inv.kind {
+    let (action, mut what) = match inv.kind {
         InvocationKind::Job => ("job.run", params_text(inv)),
         InvocationKind::Exec => ("exec", command_text(&inv.spec.command)),
     };
+    if let Some(old) = inv.retry_of {
+        what = format!(", retry of {old}{what}");
+    }
     audit(
         conn,
         at,

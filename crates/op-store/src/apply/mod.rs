@@ -162,6 +162,13 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
         Command::ForgetNode { node_id, at, actor } => {
             nodes::forget(conn, index, *node_id, *at, actor, ch)
         }
+        Command::SetNodeLabels {
+            node_id,
+            set,
+            remove,
+            at,
+            actor,
+        } => nodes::set_labels(conn, index, *node_id, set, remove, *at, actor, ch),
         Command::IngestRuns { node_id, at, runs } => {
             runs::ingest(conn, index, *node_id, *at, runs, ch)
         }

@@ -38,6 +38,7 @@ pub(super) fn register(
         hostname: String::new(),
         ips: Vec::new(),
         labels: Default::default(),
+        manager_labels: Default::default(),
         agent_version: String::new(),
         os: String::new(),
         arch: String::new(),
@@ -328,12 +329,76 @@ fn package_inputs(
     }
 }
 
+/// Manager-set labels: `set` merged in, `remove` taken out (each must be a manager label of the
+/// node). The jobs of the old identity are remembered and the node's desired state bumped, so a
+/// label changes which jobs the node runs at once, without its agent registering again.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn set_labels(
+    conn: &Connection,
+    index: u64,
+    node_id: Uuid,
+    set: &std::collections::BTreeMap<String, String>,
+    remove: &[String],
+    at: DateTime<Utc>,
+    actor: &str,
+    ch: &mut Changes,
+) -> Outcome {
+    let Some(mut node) = read::nodes::by_id(conn, node_id)? else {
+        return Ok(Err(Rejection::not_found(format!(
+            "no node with id {node_id}"
+        ))));
+    };
+    if node.status == NodeStatus::Left {
+        return Ok(Err(Rejection::conflict(format!(
+            "node {} ({node_id}) was forgotten; label it once its agent registers again",
+            node.hostname
+        ))));
+    }
+    if let Some(k) = remove
+        .iter()
+        .find(|k| !node.manager_labels.contains_key(*k))
+    {
+        return Ok(Err(Rejection::invalid(format!(
+            "node {} has no manager-set label {k:?} (an agent's own labels change in its config)",
+            node.hostname
+        ))));
+    }
+    let old = node.identity();
+    for k in remove {
+        node.manager_labels.remove(k);
+    }
+    node.manager_labels
+        .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let text: Vec<String> = set
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .chain(remove.iter().map(|k| format!("{k}-")))
+        .collect();
+    if node.identity() != old {
+        super::selections::remember_node(conn, node_id, &old)?;
+    }
+    write(conn, &node)?;
+    bump_desired_node(conn, index, node_id, ch)?;
+    ch.nodes.insert(node_id);
+    audit(
+        conn,
+        at,
+        actor,
+        "node.label",
+        &node.hostname,
+        &text.join(" "),
+    )?;
+    Ok(Ok(CommandResult::NodeLabelled {
+        node: Box::new(node),
+    }))
+}
+
 /// The incident input of `node` moving to `to` (events: `node.not_ready` / `node.ready`).
 fn node_change(node: &NodeInfo, to: NodeStatus, time: DateTime<Utc>) -> Input {
     Input::NodeChange(NodeChange {
         time,
         host: node.hostname.clone(),
-        labels: node.labels.clone(),
+        labels: node.all_labels(),
         from: node.status,
         to,
     })

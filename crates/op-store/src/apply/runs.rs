@@ -119,7 +119,7 @@ pub(super) fn ingest(
                 run,
                 retries,
                 revision,
-                node.labels.clone(),
+                node.all_labels(),
                 at,
             )));
         }

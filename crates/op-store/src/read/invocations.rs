@@ -34,6 +34,9 @@ pub struct InvocationDetail {
     pub options: InvocationOptions,
     #[serde(default)]
     pub unreachable: Vec<MissingHost>,
+    /// The invocation this one retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<Uuid>,
 }
 
 /// One invocation as stored.
@@ -133,6 +136,7 @@ fn invocation_row(r: &Row<'_>) -> rusqlite::Result<(InvocationRow, String)> {
                 params: BTreeMap::new(),
                 options: InvocationOptions::default(),
                 unreachable: Vec::new(),
+                retry_of: None,
             },
         },
         r.get(8)?,

@@ -308,6 +308,7 @@ fn apply_is_deterministic() {
                 }],
                 unreachable: vec![],
                 release: vec![Uuid::from_u128(8)],
+                retry_of: None,
             }),
             at: at(3),
             actor: "ops".into(),

@@ -166,6 +166,7 @@ fn samples() -> Vec<Command> {
                     reason: "node is NotReady".into(),
                 }],
                 release: vec![target],
+                retry_of: None,
             }),
             at: t0(),
             actor: "ops".into(),

@@ -50,6 +50,7 @@ fn exec(inv: u128, nodes: &[u8], batch: Option<u32>, release: &[u8], at_secs: i6
                 reason: "no such host".into(),
             }],
             release: release.iter().map(|n| run_id(inv, *n)).collect(),
+            retry_of: None,
         }),
         at: at(at_secs),
         actor: "ops".into(),

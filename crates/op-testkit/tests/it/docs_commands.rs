@@ -466,6 +466,31 @@ async fn fixtures() -> Fixtures {
     let first = versions.iter().map(|v| v.version).min().unwrap();
     // An invocation still running, to get and cancel.
     let invocation = uuid_in(&agentcli(dir, &["run", "slow", "--all", "--async"]));
+    // A finished invocation whose one host failed, to retry: its command fails the first time
+    // only, so every documented retry of it succeeds.
+    let marker = dir.join("retry-marker");
+    let failed = match c
+        .exec(&op_proto::invoke::InvokeRequest {
+            command: Some(format!(
+                "[ -e {0} ] || {{ touch {0}; exit 3; }}",
+                marker.display()
+            )),
+            hosts: vec!["web-01".into()],
+            wait: Some(false),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+    {
+        op_client::Started::Accepted(acc) => acc.invocation_id,
+        op_client::Started::Stream(_) => panic!("an exec with wait false streamed"),
+    };
+    wait_until(LONG, "the invocation to retry has failed", || async {
+        c.invocation(failed)
+            .await
+            .is_ok_and(|v| v.summary.failed == 1)
+    })
+    .await;
     let token = c
         .create_token(&op_proto::api::CreateTokenRequest {
             name: "to-revoke".into(),
@@ -497,6 +522,7 @@ async fn fixtures() -> Fixtures {
         ("DEPLOYDIR", deploy.display().to_string()),
         ("DIR", "python_project_dir".into()),
         ("ID", invocation.clone()),
+        ("FAILED-ID", failed.to_string()),
         ("TIME", since),
         ("DURATION", "1h".into()),
         ("EXPR", "*/5 * * * *".into()),
