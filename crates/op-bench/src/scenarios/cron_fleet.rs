@@ -71,7 +71,7 @@ pub async fn run(
         }
         reported += report_fire(&fleet, next_fire, silent).await?;
         fires += 1;
-        next_fire = next_fire + chrono::Duration::minutes(1);
+        next_fire += chrono::Duration::minutes(1);
     }
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_secs(1).min(end - Instant::now())).await;

@@ -204,19 +204,17 @@ pub async fn run(
         }
         post_ms.push((last_ack - started).as_secs_f64() * 1e3);
         let deadline = tokio::time::Instant::now() + ROUND_LIMIT;
-        let arrival = loop {
-            match tokio::time::timeout_at(deadline, arrivals.recv()).await {
-                Ok(Some(a)) if a.kind == want => break a,
-                Ok(Some(a)) => {
-                    anyhow::bail!("round {round}: the receiver got {:?}, not {want}", a.kind)
-                }
-                Ok(None) => anyhow::bail!("the receiver stopped"),
-                Err(_) => anyhow::bail!(
-                    "round {round}: no {want} webhook within {}s of the last result; manager log:\n{}",
-                    ROUND_LIMIT.as_secs(),
-                    manager.log_tail()
-                ),
+        let arrival = match tokio::time::timeout_at(deadline, arrivals.recv()).await {
+            Ok(Some(a)) if a.kind == want => a,
+            Ok(Some(a)) => {
+                anyhow::bail!("round {round}: the receiver got {:?}, not {want}", a.kind)
             }
+            Ok(None) => anyhow::bail!("the receiver stopped"),
+            Err(_) => anyhow::bail!(
+                "round {round}: no {want} webhook within {}s of the last result; manager log:\n{}",
+                ROUND_LIMIT.as_secs(),
+                manager.log_tail()
+            ),
         };
         latency_ms.push(arrival.at.saturating_duration_since(last_ack).as_secs_f64() * 1e3);
         cpu_per_round.push(cpu_secs(pid)? - cpu_start);
