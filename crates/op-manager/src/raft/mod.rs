@@ -57,6 +57,8 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const APPLY_WAIT: Duration = Duration::from_secs(10);
 /// Pause between attempts while no leader is known.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How long a leader keeps asking a majority to confirm it before a linearizable read fails.
+const QUORUM_WAIT: Duration = Duration::from_secs(5);
 
 /// Raft timing and log-compaction settings, and the peer client.
 #[derive(Debug, Clone)]
@@ -517,14 +519,30 @@ impl Cluster {
     }
 
     /// Confirms leadership with a quorum and returns the index a linearizable read must see.
+    ///
+    /// Confirming leadership takes one heartbeat round answered by a majority, each answer
+    /// within one heartbeat interval. A round that misses it (followers slow for a moment under
+    /// load, a follower paused) is asked again until [`QUORUM_WAIT`]: only a leader cut off
+    /// from its majority for that long answers with the error.
     pub(crate) async fn read_index_local(&self) -> Result<u64, ClusterError> {
-        match tokio::time::timeout(Duration::from_secs(10), self.raft.get_read_log_id()).await {
-            Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
-                Err(ClusterError::NotLeader)
+        let deadline = tokio::time::Instant::now() + QUORUM_WAIT;
+        loop {
+            let round =
+                tokio::time::timeout(Duration::from_secs(10), self.raft.get_read_log_id()).await;
+            match round {
+                Ok(Ok((read, _applied))) => return Ok(read.map_or(0, |l| l.index)),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+                    return Err(ClusterError::NotLeader);
+                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(error = %e, "leadership not confirmed by a majority yet; asking again");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Ok(Err(e)) => return Err(raft_err(e)),
+                Err(_) => return Err(ClusterError::NotLeader),
             }
-            Ok(Err(e)) => Err(raft_err(e)),
-            Err(_) => Err(ClusterError::NotLeader),
         }
     }
 }

@@ -351,6 +351,48 @@ async fn failover_under_load_loses_no_acknowledged_write_and_no_run() {
     }
 }
 
+/// CI found a linearizable read answered 503 "not enough for a quorum" while every member ran:
+/// the followers' heartbeat answers came later than one heartbeat interval on a loaded machine.
+/// A leader asks its majority again for a few seconds before it gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_while_both_followers_are_slow_for_a_moment_waits_for_them_instead_of_failing() {
+    // Elections slower than the pause, so the followers come back to the same leader.
+    let c = Cluster::start(
+        3,
+        &[
+            "--raft-heartbeat",
+            "100ms",
+            "--raft-election-timeout",
+            "10s",
+        ],
+    )
+    .await;
+    let leader = c.wait_leader(LONG).await;
+    let client = c.client(leader);
+    client
+        .save_job(&job(r#"{"JobName":"seen","Command":"true"}"#))
+        .await
+        .unwrap();
+    let followers = [(leader + 1) % 3, (leader + 2) % 3];
+    for f in followers {
+        c.members[f].pause();
+    }
+    let read = tokio::spawn(async move { client.list_jobs().await });
+    // The read's first heartbeat round is due within 100 ms and cannot be answered now.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for f in followers {
+        c.members[f].resume();
+    }
+    let jobs = read
+        .await
+        .unwrap()
+        .expect("a read through a moment of slow followers is answered");
+    assert!(
+        jobs.iter().any(|j| j.record.spec.name == "seen"),
+        "{jobs:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_paused_for_30_s_catches_up_and_agrees() {
     let c = Cluster::start(3, FAST_RAFT).await;
