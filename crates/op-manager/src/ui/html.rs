@@ -104,6 +104,20 @@ pub fn run_status(s: RunStatus) -> String {
     }
 }
 
+/// A judged fire's outcome on a host (`op_proto::expect::OutcomeKind::as_str`).
+pub fn fire_outcome(outcome: &str) -> String {
+    match outcome {
+        "ok" => badge("good", "✓", "ok"),
+        "running" => badge("busy", "▶", "running"),
+        "missed" => badge("bad", "∅", "missed"),
+        "failed" => badge("bad", "✕", "failed"),
+        "overrunning" => badge("warn", CLOCK, "overrunning"),
+        "late" => badge("warn", "…", "late"),
+        "skipped" => badge("warn", "↷", "skipped"),
+        other => badge("muted", "–", &esc(other)),
+    }
+}
+
 pub fn host_status(s: HostStatus) -> String {
     let class = if s == HostStatus::Ok {
         "good"

@@ -37,6 +37,10 @@ const NEXT_FIRES: usize = 5;
 const INCIDENT_EVENTS: u32 = 200;
 /// Host checkboxes offered by the run-now form; beyond this, patterns only.
 const MAX_HOST_CHOICES: usize = 200;
+/// Rows of the last-fires grid on a job page.
+const FIRE_GRID_HOSTS: usize = 200;
+/// Runs read for the last-fires grid (every host's runs since the oldest judged fire).
+const FIRE_GRID_RUNS: u32 = 20_000;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ListQuery {
@@ -277,21 +281,40 @@ pub async fn show(
                 INCIDENT_EVENTS,
             )?;
             let state = st.incident_state()?;
+            // The last judged fires and the runs they judged, for the per-host grid.
+            let judged = st.judged_fires(Some(&n))?.remove(&n).unwrap_or_default();
+            let fire_runs = match judged.iter().map(|f| f.fire).min() {
+                Some(oldest) => st.runs(&RunQuery {
+                    job: Some(n.clone()),
+                    since: Some(oldest),
+                    limit: Some(FIRE_GRID_RUNS),
+                    ..RunQuery::default()
+                })?,
+                None => Vec::new(),
+            };
             Ok(Some((
                 job,
                 latest,
                 once,
                 nodes,
                 recent,
-                incident_events,
-                state,
+                (incident_events, state),
+                (judged, fire_runs),
             )))
         })
         .await;
-    let (mut job, mut latest, once, nodes, recent, incident_events, incident_state) = match read {
-        Ok(Some((j, l, o, mut n, r, ie, is))) => {
+    let (
+        mut job,
+        mut latest,
+        once,
+        nodes,
+        recent,
+        (incident_events, incident_state),
+        (judged, fire_runs),
+    ) = match read {
+        Ok(Some((j, l, o, mut n, r, i, f))) => {
             ui.app.beats.overlay(&mut n);
-            (j, l, o, n, r, ie, is)
+            (j, l, o, n, r, i, f)
         }
         Ok(None) => return html::not_found(&s, &format!("no job named {name:?}")),
         Err(e) => return html::server_error(&s, e),
@@ -432,6 +455,10 @@ pub async fn show(
         |id| incident_state.incident_open(id),
     ));
 
+    if !judged.is_empty() {
+        body.push_str(&fire_grid(&judged, &latest, &fire_runs));
+    }
+
     if spec.once_job {
         body.push_str("<section class=\"card\"><h2>Once-job progress per revision</h2>");
         body.push_str(&once_progress(&once));
@@ -453,6 +480,86 @@ pub async fn show(
         StatusCode::OK,
         html::page(&spec.name, Section::Jobs, Some(&s), &body),
     )
+}
+
+/// The per-host grid of a job's last judged fires (issue 20): a row per host, a column per fire
+/// (oldest first). A cell is the host's verdict when the fire named it (missed, late, skipped,
+/// overrunning, failed; the reason on hover), else the status of the host's run of that fire,
+/// else `–` (the host was not expected then, or its run is no longer on record). Hosts with a
+/// problem in any of the fires come first; at most [`FIRE_GRID_HOSTS`] rows.
+fn fire_grid(
+    judged: &[op_proto::judged::JudgedFire],
+    latest: &[RunRecord],
+    runs: &[RunRecord],
+) -> String {
+    use std::collections::BTreeSet;
+    let mut fires: Vec<&op_proto::judged::JudgedFire> = judged.iter().collect();
+    fires.sort_by_key(|f| f.fire);
+    let problem: BTreeSet<&str> = fires
+        .iter()
+        .flat_map(|f| f.hosts.iter().map(|h| h.host.as_str()))
+        .collect();
+    let mut hosts: Vec<&str> = problem.iter().copied().collect();
+    let mut rest: BTreeSet<&str> = latest.iter().map(|r| r.hostname.as_str()).collect();
+    rest.extend(runs.iter().map(|r| r.hostname.as_str()));
+    hosts.extend(rest.into_iter().filter(|h| !problem.contains(h)));
+    let by_fire: BTreeMap<(&str, chrono::DateTime<Utc>), RunStatus> = runs
+        .iter()
+        .filter_map(|r| Some(((r.hostname.as_str(), r.planned_at?), r.status)))
+        .collect();
+    let mut out = String::with_capacity(4096);
+    let _ = write!(
+        out,
+        "<section class=\"card\" id=\"fire-grid\"><h2>Last fires on each host</h2>\
+         <table class=\"list fires-grid\"><thead><tr><th>Host</th>"
+    );
+    for f in &fires {
+        let _ = write!(
+            out,
+            "<th title=\"{}\">{}</th>",
+            attr(&f.fire.to_rfc3339()),
+            esc(&f.fire_label)
+        );
+    }
+    out.push_str("</tr></thead><tbody>");
+    for host in hosts.iter().take(FIRE_GRID_HOSTS) {
+        let _ = write!(
+            out,
+            "<tr data-host=\"{}\"><td>{}</td>",
+            attr(host),
+            esc(host)
+        );
+        for f in &fires {
+            let cell = if let Some(h) = f.hosts.iter().find(|h| h.host == *host) {
+                let word = html::fire_outcome(&h.outcome);
+                format!(
+                    "<td data-outcome=\"{}\" title=\"{}\">{word}</td>",
+                    attr(&h.outcome),
+                    attr(&h.reason)
+                )
+            } else if let Some(status) = by_fire.get(&(*host, f.fire)) {
+                format!(
+                    "<td data-outcome=\"{}\">{}</td>",
+                    status.as_str(),
+                    html::run_status(*status)
+                )
+            } else {
+                "<td data-outcome=\"none\" class=\"muted\">–</td>".to_string()
+            };
+            out.push_str(&cell);
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</tbody></table>");
+    if hosts.len() > FIRE_GRID_HOSTS {
+        let _ = write!(
+            out,
+            "<p class=\"muted\">{} more hosts not shown; every host with a problem is listed first.</p>",
+            hosts.len() - FIRE_GRID_HOSTS
+        );
+    }
+    out.push_str("</section>");
+    out
 }
 
 /// The run-now form: a field per parameter, the hosts (checkboxes of the Ready hosts the job

@@ -143,6 +143,27 @@ async fn a_stopped_agents_fires_are_missed_on_that_host_only() {
             .is_some_and(|h| h.iter().all(|h| h.as_str().unwrap().starts_with("node-2 ")))),
         "{schedule:#?}"
     );
+    // The console's job page shows the same per host: node-2's row has missed fires, the
+    // others' rows have none.
+    let page = crate::support::console_get(&m, &m.admin_token, "/ui/jobs/tick").await;
+    let grid = page
+        .split("id=\"fire-grid\"")
+        .nth(1)
+        .and_then(|g| g.split("</section>").next())
+        .expect("the job page has the last-fires grid");
+    let row = |host: &str| -> String {
+        grid.split(&format!("<tr data-host=\"{host}\">"))
+            .nth(1)
+            .and_then(|r| r.split("</tr>").next())
+            .unwrap_or_else(|| panic!("a row for {host}: {grid}"))
+            .to_string()
+    };
+    assert!(row("node-2").contains("data-outcome=\"missed\""), "{grid}");
+    for ok in ["node-1", "node-3"] {
+        let r = row(ok);
+        assert!(!r.contains("data-outcome=\"missed\""), "{ok}: {grid}");
+        assert!(r.contains("data-outcome=\"ok\""), "{ok}: {grid}");
+    }
     stopped.resume();
 }
 

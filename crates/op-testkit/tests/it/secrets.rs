@@ -59,59 +59,6 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
-/// A console session for `token` (the login form's CSRF nonce, then the session cookie).
-async fn console_get(m: &Manager, token: &str, path: &str) -> String {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let form = http
-        .get(format!("{}/ui/login", m.api_url))
-        .send()
-        .await
-        .unwrap();
-    let cookie_of = |resp: &reqwest::Response, name: &str| -> String {
-        resp.headers()
-            .get_all(reqwest::header::SET_COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find(|v| v.starts_with(&format!("{name}=")))
-            .and_then(|v| v.split(';').next())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let login = cookie_of(&form, "op_login");
-    let html = form.text().await.unwrap();
-    let csrf = html
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("the login form has a csrf field")
-        .to_string();
-    let signed = http
-        .post(format!("{}/ui/login", m.api_url))
-        .header(reqwest::header::COOKIE, &login)
-        .header(
-            reqwest::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
-        )
-        // Tokens and the nonce are hex and dots: nothing to escape.
-        .body(format!("token={token}&csrf={csrf}&next=%2Fui"))
-        .send()
-        .await
-        .unwrap();
-    let session = cookie_of(&signed, "op_session");
-    assert!(!session.is_empty(), "signed in: {}", signed.status());
-    http.get(format!("{}{path}", m.api_url))
-        .header(reqwest::header::COOKIE, session)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The sync answer a node gets, asked with the node's own credential (as its agent does).
 async fn sync_answer(m: &Manager, agent: &Agent, node_id: uuid::Uuid) -> serde_json::Value {
     let token = std::fs::read_to_string(agent.path("state").join("node.token")).unwrap();
@@ -231,7 +178,8 @@ async fn a_secret_reaches_only_its_job_and_is_masked_everywhere() {
     let out = agentcli(&m, &m.admin_token, &["logs", "uses-secret", "--full"], b"");
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("***") && !text(&out).contains(&value));
-    let page = console_get(&m, &m.admin_token, &format!("/ui/runs/{}", run.run_id)).await;
+    let page =
+        crate::support::console_get(&m, &m.admin_token, &format!("/ui/runs/{}", run.run_id)).await;
     assert!(page.contains("pw is ***"), "{page}");
     wait_until(LONG, "the failure is an event", || async {
         let body = reqwest::Client::new()
@@ -261,7 +209,7 @@ async fn a_secret_reaches_only_its_job_and_is_masked_everywhere() {
         as_operator[0].record.spec.env["PLAIN"],
         "visible-to-operators"
     );
-    let page = console_get(&m, &viewer, "/ui/jobs/uses-secret").await;
+    let page = crate::support::console_get(&m, &viewer, "/ui/jobs/uses-secret").await;
     assert!(
         page.contains("PLAIN") && !page.contains("visible-to-operators"),
         "{page}"

@@ -67,3 +67,56 @@ pub async fn local_runs(agent: &Agent, job: &str) -> Vec<RunRecord> {
         .await
         .expect("run list")
 }
+
+/// A console session for `token` (the login form's CSRF nonce, then the session cookie).
+pub async fn console_get(m: &op_testkit::Manager, token: &str, path: &str) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = http
+        .get(format!("{}/ui/login", m.api_url))
+        .send()
+        .await
+        .unwrap();
+    let cookie_of = |resp: &reqwest::Response, name: &str| -> String {
+        resp.headers()
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(&format!("{name}=")))
+            .and_then(|v| v.split(';').next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let login = cookie_of(&form, "op_login");
+    let html = form.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the login form has a csrf field")
+        .to_string();
+    let signed = http
+        .post(format!("{}/ui/login", m.api_url))
+        .header(reqwest::header::COOKIE, &login)
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        // Tokens and the nonce are hex and dots: nothing to escape.
+        .body(format!("token={token}&csrf={csrf}&next=%2Fui"))
+        .send()
+        .await
+        .unwrap();
+    let session = cookie_of(&signed, "op_session");
+    assert!(!session.is_empty(), "signed in: {}", signed.status());
+    http.get(format!("{}{path}", m.api_url))
+        .header(reqwest::header::COOKIE, session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
