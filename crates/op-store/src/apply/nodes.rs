@@ -213,6 +213,7 @@ pub(super) fn heartbeats(
                 revived = revived.max(Some(beat.seen_at));
             }
         }
+        let came_back = !node.status.is_live() && status.is_live();
         if node.status != status || node.degraded != beat.degraded {
             node.status = status;
             node.degraded = beat.degraded.clone();
@@ -227,6 +228,9 @@ pub(super) fn heartbeats(
         node.stats = beat.stats.clone();
         node.clock_skew_ms = beat.clock_skew_ms;
         write(conn, &node)?;
+        if came_back {
+            super::late::join(conn, &node, beat.seen_at)?;
+        }
         updated += 1;
     }
     if let Some(at) = revived {
