@@ -138,7 +138,7 @@ async fn ten_hosts_joining_at_once_start_at_most_new_hosts_at_once_at_a_time() {
     let agents = fleet(&m, 10, &[]).await;
     let seen_waiting = std::cell::Cell::new(false);
     wait_until(Duration::from_secs(120), "all ten hosts ran heavy", || {
-        let (c, seen) = (&c, &seen_waiting);
+        let (c, seen, m) = (&c, &seen_waiting, &m);
         async move {
             let t = c.once_targets("heavy", None).await.unwrap();
             let busy = t
@@ -146,14 +146,20 @@ async fn ten_hosts_joining_at_once_start_at_most_new_hosts_at_once_at_a_time() {
                 .filter(|t| matches!(t.state, TargetState::Pending | TargetState::Running))
                 .count();
             assert!(busy <= 3, "{busy} late hosts let start at once: {t:?}");
-            if t.iter().any(|t| t.state == TargetState::Waiting) {
+            if !seen.get() && t.iter().any(|t| t.state == TargetState::Waiting) {
                 seen.set(true);
+                // The console names the late hosts not done yet.
+                let page = crate::support::console_get(m, &m.admin_token, "/ui/jobs/heavy").await;
+                assert!(page.contains(", joined later)"), "{page}");
             }
             t.len() == 10 && t.iter().all(|t| t.state == TargetState::Done && t.late)
         }
     })
     .await;
     assert!(seen_waiting.get(), "some hosts waited for their turn");
+    let page = crate::support::console_get(&m, &m.admin_token, "/ui/jobs/heavy").await;
+    assert!(page.contains("<th>Waiting</th>"), "{page}");
+    assert!(page.contains("<td>10 / 10</td>"), "{page}");
     let runs = runs_of(&c, "heavy").await;
     let hosts: BTreeSet<_> = runs.iter().map(|r| r.hostname.clone()).collect();
     assert_eq!((runs.len(), hosts.len()), (10, 10), "{runs:?}");
