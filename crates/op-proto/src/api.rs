@@ -157,6 +157,9 @@ pub struct SaveJobResponse {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetState {
+    /// A host that joined after the save (`NewHosts`), not yet let start: `NewHostsAtOnce`
+    /// late hosts are still pending or running.
+    Waiting,
     Pending,
     Running,
     Done,
@@ -166,6 +169,7 @@ pub enum TargetState {
 impl TargetState {
     pub fn as_str(self) -> &'static str {
         match self {
+            TargetState::Waiting => "waiting",
             TargetState::Pending => "pending",
             TargetState::Running => "running",
             TargetState::Done => "done",
@@ -185,6 +189,9 @@ pub struct OnceTarget {
     #[serde(default)]
     pub run_id: Option<Uuid>,
     pub updated_at: DateTime<Utc>,
+    /// The host joined after the save (`NewHosts`); false for the hosts selected at the save.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
 }
 
 /// Query of `GET /v1/runs`.

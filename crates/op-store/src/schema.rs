@@ -251,6 +251,15 @@ const MIGRATIONS: &[&str] = &[
         updated_by TEXT NOT NULL
     );
     "#,
+    // once-jobs for hosts that join later (`NewHosts`, issue 23): `late` = 1 for a target added
+    // after the save (its host registered or came to match later), `seq` its arrival order within
+    // the revision. A late target is 'waiting' until admitted (then 'pending'), so no more than
+    // the job's `NewHostsAtOnce` late hosts are pending or running at once.
+    r#"
+    ALTER TABLE once_targets ADD COLUMN late INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE once_targets ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX once_targets_waiting ON once_targets(job, revision) WHERE state = 'waiting';
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -185,6 +185,10 @@ async fn once_job(
             TargetState::Pending => {
                 format!("onceJob {name} version {revision} did not run yet{note}")
             }
+            TargetState::Waiting => format!(
+                "onceJob {name} version {revision} waits for its turn: the host joined later \
+                 and NewHostsAtOnce late hosts are still running it{note}"
+            ),
             TargetState::Running => format!("onceJob {name} version {revision} is running{note}"),
             TargetState::Failed => match run {
                 Some(r) => {

@@ -371,10 +371,19 @@ pub fn detail_table(job: &JobView, targets: &[OnceTarget]) -> Table {
                 .join("\n"),
         );
     }
+    if s.new_hosts {
+        kv(
+            "New hosts (NewHosts):",
+            format!("yes, at most {} late hosts at once", s.new_hosts_cap()),
+        );
+    }
     if s.once_job {
         let mut lines: Vec<String> = targets
             .iter()
-            .map(|t| format!("{} {}", t.hostname, t.state.as_str()))
+            .map(|t| {
+                let late = if t.late { " (joined later)" } else { "" };
+                format!("{} {}{late}", t.hostname, t.state.as_str())
+            })
             .collect();
         if lines.is_empty() {
             lines.push("no hosts selected".to_string());

@@ -216,7 +216,7 @@ fn once_progress(targets: &[OnceTarget]) -> String {
         return "<p class=\"muted\">No host was selected for any revision.</p>".into();
     }
     let mut out = String::from(
-        "<table><thead><tr><th>Revision</th><th>Done</th><th>Failed</th><th>Running</th><th>Pending</th><th>Not done yet</th></tr></thead><tbody>",
+        "<table><thead><tr><th>Revision</th><th>Done</th><th>Failed</th><th>Running</th><th>Pending</th><th>Waiting</th><th>Not done yet</th></tr></thead><tbody>",
     );
     for (rev, ts) in by_rev.iter().rev() {
         let n = |st: TargetState| ts.iter().filter(|t| t.state == st).count();
@@ -224,16 +224,20 @@ fn once_progress(targets: &[OnceTarget]) -> String {
             .iter()
             .filter(|t| t.state != TargetState::Done)
             .take(20)
-            .map(|t| format!("{} ({})", esc(&t.hostname), t.state.as_str()))
+            .map(|t| {
+                let late = if t.late { ", joined later" } else { "" };
+                format!("{} ({}{late})", esc(&t.hostname), t.state.as_str())
+            })
             .collect();
         let _ = write!(
             out,
-            "<tr><td>{rev}</td><td>{} / {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{rev}</td><td>{} / {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             n(TargetState::Done),
             ts.len(),
             n(TargetState::Failed),
             n(TargetState::Running),
             n(TargetState::Pending),
+            n(TargetState::Waiting),
             if open.is_empty() {
                 "–".into()
             } else {

@@ -35,6 +35,10 @@ pub const MAX_MAP_ENTRIES: usize = 256;
 pub const MAX_GRACE_SECS: u64 = 86_400;
 /// Default seconds between SIGTERM and SIGKILL.
 pub const DEFAULT_KILL_GRACE_SECS: u64 = 5;
+/// Late hosts of a `NewHosts` once-job let start at once when `NewHostsAtOnce` is not set.
+pub const DEFAULT_NEW_HOSTS_AT_ONCE: u64 = 10;
+/// The most `NewHostsAtOnce` may allow.
+pub const MAX_NEW_HOSTS_AT_ONCE: u64 = 100_000;
 
 /// What happens when a job fires while its previous run is still alive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -135,6 +139,12 @@ pub struct JobSpec {
     /// `MaxDuration`: a run alive longer than this many seconds is reported overrunning (it is
     /// not killed: that is `Timeout`); `None` = never.
     pub max_duration_secs: Option<u64>,
+    /// `NewHosts` (once-jobs only): a host that matches the selection after the save (it
+    /// registers later, or its labels change) runs this revision too, once.
+    pub new_hosts: bool,
+    /// `NewHostsAtOnce`: at most this many late hosts are let start at once (admitted in the order
+    /// they came); `None` = [`DEFAULT_NEW_HOSTS_AT_ONCE`].
+    pub new_hosts_at_once: Option<u64>,
 }
 
 impl JobSpec {
@@ -164,7 +174,16 @@ impl JobSpec {
             cgroup: CgroupLimits::default(),
             grace_secs: None,
             max_duration_secs: None,
+            new_hosts: false,
+            new_hosts_at_once: None,
         }
+    }
+
+    /// How many late hosts of a `NewHosts` once-job may run it at once.
+    pub fn new_hosts_cap(&self) -> u64 {
+        self.new_hosts_at_once
+            .unwrap_or(DEFAULT_NEW_HOSTS_AT_ONCE)
+            .max(1)
     }
 
     /// The job's `Grace` as a duration (`None` when unset).

@@ -22,8 +22,8 @@ use serde_json::{Map, Value, json};
 
 use super::{
     CgroupLimits, Concurrency, DEFAULT_KILL_GRACE_SECS, JobSpec, MAX_COMMAND_LEN,
-    MAX_ENV_VALUE_LEN, MAX_FIELD_LEN, MAX_GRACE_SECS, MAX_MAP_ENTRIES, MAX_PARAMS,
-    MAX_TIMEOUT_SECS, validate_name, validate_param_name,
+    MAX_ENV_VALUE_LEN, MAX_FIELD_LEN, MAX_GRACE_SECS, MAX_MAP_ENTRIES, MAX_NEW_HOSTS_AT_ONCE,
+    MAX_PARAMS, MAX_TIMEOUT_SECS, validate_name, validate_param_name,
 };
 use crate::hosts::HostPattern;
 use crate::schedule::{Schedule, Zone};
@@ -59,6 +59,8 @@ const KEYS: &[&str] = &[
     "IOLimitDevice",
     "Grace",
     "MaxDuration",
+    "NewHosts",
+    "NewHostsAtOnce",
 ];
 
 /// Every key a task file may hold, in canonical spelling.
@@ -209,6 +211,12 @@ pub fn to_value(spec: &JobSpec) -> Value {
     }
     if let Some(max) = spec.max_duration_secs {
         map.insert("MaxDuration".into(), json!(max));
+    }
+    if spec.new_hosts {
+        map.insert("NewHosts".into(), json!(1));
+    }
+    if let Some(n) = spec.new_hosts_at_once {
+        map.insert("NewHostsAtOnce".into(), json!(n));
     }
     Value::Object(map)
 }
@@ -553,6 +561,38 @@ impl Reader {
                 );
             }
             spec.max_duration_secs = Some(n);
+        }
+        if let Some((key, value)) = f.get("NewHosts")
+            && let Some(b) = self.flag(key, value)
+        {
+            if b && !spec.once_job {
+                self.rule(
+                    key,
+                    "only a once-job (OnceJob 1) reaches hosts that join later; \
+                     a cron or API job already runs on every host it selects",
+                );
+            }
+            spec.new_hosts = b;
+        }
+        if let Some((key, value)) = f.get("NewHostsAtOnce")
+            && !value.is_null()
+        {
+            if let Some(n) = self.number(
+                key,
+                value,
+                1,
+                MAX_NEW_HOSTS_AT_ONCE,
+                "late hosts let start the once-job at once",
+            ) {
+                spec.new_hosts_at_once = Some(n);
+            }
+            if !spec.new_hosts {
+                self.rule(
+                    key,
+                    "limits the late hosts of a once-job with NewHosts 1; set NewHosts to 1 \
+                     (with OnceJob 1) or remove NewHostsAtOnce",
+                );
+            }
         }
         spec
     }
@@ -1102,6 +1142,59 @@ mod tests {
                 "MaxDuration",
                 "not below Timeout",
             ),
+        ] {
+            let e = errs(&format!(r#"{{"JobName":"a","Command":"x",{text}}}"#));
+            assert_eq!(e.len(), 1, "{text}: {e:?}");
+            assert!(
+                e[0].starts_with(field) && e[0].contains(says),
+                "{text}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn new_hosts_fields() {
+        let spec = parse(
+            r#"{"JobName":"a","Command":"x","OnceJob":1,"NewHosts":true,"NewHostsAtOnce":3}"#,
+        )
+        .unwrap();
+        assert!(spec.new_hosts);
+        assert_eq!(spec.new_hosts_at_once, Some(3));
+        assert_eq!(spec.new_hosts_cap(), 3);
+        assert_eq!(parse_value(&to_value(&spec)).unwrap(), spec);
+        let spec = parse(r#"{"JobName":"a","Command":"x","OnceJob":1,"NewHosts":1}"#).unwrap();
+        assert_eq!(
+            (spec.new_hosts_at_once, spec.new_hosts_cap()),
+            (None, super::super::DEFAULT_NEW_HOSTS_AT_ONCE)
+        );
+        assert!(
+            !parse(r#"{"JobName":"a","Command":"x","OnceJob":1}"#)
+                .unwrap()
+                .new_hosts
+        );
+        for (text, field, says) in [
+            (
+                r#""OnceJob":1,"NewHosts":1,"NewHostsAtOnce":0"#,
+                "NewHostsAtOnce",
+                "out of range",
+            ),
+            (
+                r#""OnceJob":1,"NewHosts":1,"NewHostsAtOnce":-2"#,
+                "NewHostsAtOnce",
+                "out of range",
+            ),
+            (
+                r#""OnceJob":1,"NewHosts":1,"NewHostsAtOnce":"many""#,
+                "NewHostsAtOnce",
+                "whole number",
+            ),
+            (
+                r#""OnceJob":1,"NewHostsAtOnce":3"#,
+                "NewHostsAtOnce",
+                "set NewHosts to 1",
+            ),
+            (r#""NewHosts":1"#, "NewHosts", "only a once-job"),
+            (r#""OnceJob":1,"NewHosts":2"#, "NewHosts", "must be 0 or 1"),
         ] {
             let e = errs(&format!(r#"{{"JobName":"a","Command":"x",{text}}}"#));
             assert_eq!(e.len(), 1, "{text}: {e:?}");

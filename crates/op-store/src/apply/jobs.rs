@@ -138,13 +138,17 @@ pub(super) fn set_enabled(
         // pending ones stay pending under the new revision. A job that never had targets (saved
         // disabled) selects them now.
         let copied = conn.execute(
-            "INSERT INTO once_targets(job, revision, node_id, hostname, state, run_id, updated_at)
-             SELECT job, ?3, node_id, hostname, state, run_id, ?4 FROM once_targets
+            "INSERT INTO once_targets
+               (job, revision, node_id, hostname, state, run_id, updated_at, late, seq)
+             SELECT job, ?3, node_id, hostname, state, run_id, ?4, late, seq FROM once_targets
              WHERE job = ?1 AND revision = ?2",
             params![name, old_revision as i64, record.revision as i64, ms(at)],
         )?;
         if copied == 0 && enabled {
             select_targets(conn, index, &record.spec, record.revision, at, ch)?;
+        }
+        if enabled {
+            super::late::admit(conn, index, at, ch)?;
         }
     }
     let action = if enabled { "job.enable" } else { "job.disable" };

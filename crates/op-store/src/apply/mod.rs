@@ -9,6 +9,7 @@ pub(crate) mod events;
 mod invocations;
 mod jobs;
 pub(crate) mod judged;
+mod late;
 mod nodes;
 mod notify;
 mod packages;
@@ -157,7 +158,7 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
             }
             nodes::register(conn, index, registration, *at, actor, ch)
         }
-        Command::Heartbeats { beats } => nodes::heartbeats(conn, beats, ch),
+        Command::Heartbeats { beats } => nodes::heartbeats(conn, index, beats, ch),
         Command::SetNodeStatus { changes, at } => nodes::set_status(conn, changes, *at, ch),
         Command::ForgetNode { node_id, at, actor } => {
             nodes::forget(conn, index, *node_id, *at, actor, ch)

@@ -88,6 +88,9 @@ pub(super) fn register(
         Some(reset) if created => replace_predecessors(conn, index, &node, reset, at, actor, ch)?,
         _ => Vec::new(),
     };
+    // A host that joins (or comes back) after a `NewHosts` once-job was saved gets it too.
+    super::late::join(conn, &node, at)?;
+    super::late::admit(conn, index, at, ch)?;
     let once_history = once_history(conn, node.node_id)?;
     Ok(Ok(CommandResult::NodeRegistered {
         node: Box::new(node),
@@ -135,13 +138,14 @@ fn replace_predecessors(
         let (from, to) = (old.node_id.to_string(), node.node_id.to_string());
         conn.execute(
             "INSERT OR IGNORE INTO once_targets
-               (job, revision, node_id, hostname, state, run_id, updated_at)
-             SELECT job, revision, ?2, ?3, state, run_id, ?4 FROM once_targets WHERE node_id = ?1",
+               (job, revision, node_id, hostname, state, run_id, updated_at, late, seq)
+             SELECT job, revision, ?2, ?3, state, run_id, ?4, late, seq
+             FROM once_targets WHERE node_id = ?1",
             params![from, to, node.hostname, ms(at)],
         )?;
         // What it still had to run is its successor's now.
         conn.execute(
-            "DELETE FROM once_targets WHERE node_id = ?1 AND state = 'pending'",
+            "DELETE FROM once_targets WHERE node_id = ?1 AND state IN ('pending', 'waiting')",
             params![from],
         )?;
         ch.inputs.push(node_change(&old, NodeStatus::Left, at));
@@ -167,7 +171,7 @@ fn replace_predecessors(
 fn once_history(conn: &Connection, node_id: Uuid) -> Result<Vec<OnceOutcome>> {
     let mut stmt = conn.prepare_cached(
         "SELECT job, revision, state, run_id FROM once_targets
-         WHERE node_id = ?1 AND state <> 'pending' ORDER BY job, revision",
+         WHERE node_id = ?1 AND state NOT IN ('pending', 'waiting') ORDER BY job, revision",
     )?;
     let rows = stmt.query_map([node_id.to_string()], |r| {
         Ok(OnceOutcome {
@@ -182,8 +186,15 @@ fn once_history(conn: &Connection, node_id: Uuid) -> Result<Vec<OnceOutcome>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-pub(super) fn heartbeats(conn: &Connection, beats: &[NodeBeat], ch: &mut Changes) -> Outcome {
+pub(super) fn heartbeats(
+    conn: &Connection,
+    index: u64,
+    beats: &[NodeBeat],
+    ch: &mut Changes,
+) -> Outcome {
     let mut updated = 0;
+    // The latest beat of a node that came back: its waiting late once-job targets may start.
+    let mut revived = None;
     let mut unknown = Vec::new();
     for beat in beats {
         let Some(mut node) = read::nodes::by_id(conn, beat.node_id)? else {
@@ -198,7 +209,11 @@ pub(super) fn heartbeats(conn: &Connection, beats: &[NodeBeat], ch: &mut Changes
         let status = NodeStatus::of_beat(beat.degraded.as_deref());
         if node.status != status {
             ch.inputs.push(node_change(&node, status, beat.seen_at));
+            if !node.status.is_live() && status.is_live() {
+                revived = revived.max(Some(beat.seen_at));
+            }
         }
+        let came_back = !node.status.is_live() && status.is_live();
         if node.status != status || node.degraded != beat.degraded {
             node.status = status;
             node.degraded = beat.degraded.clone();
@@ -213,7 +228,13 @@ pub(super) fn heartbeats(conn: &Connection, beats: &[NodeBeat], ch: &mut Changes
         node.stats = beat.stats.clone();
         node.clock_skew_ms = beat.clock_skew_ms;
         write(conn, &node)?;
+        if came_back {
+            super::late::join(conn, &node, beat.seen_at)?;
+        }
         updated += 1;
+    }
+    if let Some(at) = revived {
+        super::late::admit(conn, index, at, ch)?;
     }
     Ok(Ok(CommandResult::HeartbeatsRecorded { updated, unknown }))
 }
@@ -268,6 +289,8 @@ pub(super) fn forget(
     super::tokens::revoke_node(conn, node_id, ch)?;
     bump_desired_node(conn, index, node_id, ch)?;
     ch.nodes.insert(node_id);
+    // A late once-job host that is gone no longer holds a `NewHostsAtOnce` place.
+    super::late::admit(conn, index, at, ch)?;
     audit(
         conn,
         at,
@@ -380,6 +403,8 @@ pub(super) fn set_labels(
     write(conn, &node)?;
     bump_desired_node(conn, index, node_id, ch)?;
     ch.nodes.insert(node_id);
+    super::late::join(conn, &node, at)?;
+    super::late::admit(conn, index, at, ch)?;
     audit(
         conn,
         at,

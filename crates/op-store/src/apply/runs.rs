@@ -127,6 +127,8 @@ pub(super) fn ingest(
     ch.runs_duplicate += ack.duplicates as u64;
     if targets_changed {
         bump_desired_node(conn, index, node_id, ch)?;
+        // A late host of a `NewHosts` once-job that finished frees its place for the next one.
+        super::late::admit(conn, index, at, ch)?;
     }
     Ok(Ok(CommandResult::RunsIngested { ack }))
 }

@@ -64,8 +64,26 @@ pub(crate) fn live(conn: &Connection) -> Result<Vec<JobRecord>> {
     rows.map(|r| Ok(decode(r?)?.0)).collect()
 }
 
+/// The live, enabled once-jobs with `NewHosts`, by name (those late hosts may join).
+pub(crate) fn new_hosts(conn: &Connection) -> Result<Vec<JobRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM jobs WHERE deleted = 0 AND json_extract(spec, '$.NewHosts') = 1
+         ORDER BY name"
+    ))?;
+    let rows = stmt.query_map([], record)?;
+    let mut out = Vec::new();
+    for r in rows {
+        let job = decode(r?)?.0;
+        if job.spec.once_job && job.spec.new_hosts && job.spec.enabled {
+            out.push(job);
+        }
+    }
+    Ok(out)
+}
+
 fn target_state(s: &str) -> TargetState {
     match s {
+        "waiting" => TargetState::Waiting,
         "running" => TargetState::Running,
         "done" => TargetState::Done,
         "failed" => TargetState::Failed,
@@ -95,7 +113,7 @@ impl Store {
                 },
             };
             let mut stmt = conn.prepare_cached(
-                "SELECT node_id, hostname, state, run_id, updated_at FROM once_targets
+                "SELECT node_id, hostname, state, run_id, updated_at, late FROM once_targets
                  WHERE job = ?1 AND revision = ?2 ORDER BY hostname, node_id",
             )?;
             let rows = stmt.query_map(rusqlite::params![job, revision as i64], |r| {
@@ -107,6 +125,7 @@ impl Store {
                     state: target_state(&r.get::<_, String>(2)?),
                     run_id: r.get::<_, Option<String>>(3)?.map(|s| uuid(&s)),
                     updated_at: from_ms(r.get(4)?),
+                    late: r.get::<_, i64>(5)? != 0,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

@@ -7,6 +7,7 @@ mod console_reads;
 mod events;
 mod fixtures;
 mod invocations;
+mod late;
 mod packages;
 mod retention;
 mod secrets;

@@ -21,6 +21,7 @@ mod labels;
 mod logs;
 mod metrics;
 mod missed;
+mod newhosts;
 mod notify;
 mod packages;
 mod packaging;
