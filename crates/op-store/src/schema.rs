@@ -251,6 +251,10 @@ const MIGRATIONS: &[&str] = &[
         updated_by TEXT NOT NULL
     );
     "#,
+    // Token policies (job globs, host selectors, verbs) as JSON; NULL = no policy.
+    r#"
+    ALTER TABLE tokens ADD COLUMN policy TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -11,11 +11,13 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use chrono::Utc;
 use op_proto::api::Scope;
+use op_proto::policy::Verb;
 use op_proto::{API_VERSION, API_VERSION_HEADER};
 
 use super::error::ApiError;
 use super::extract::UnreadBody;
 use crate::app::App;
+use crate::auth::Caller;
 
 /// What a route demands of the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +69,97 @@ pub fn required_access(method: &Method, path: &str) -> Access {
     } else {
         Access::Operate
     }
+}
+
+/// The verb a request needs of a token policy (docs/security.md, "Token policies"), decided
+/// here beside [`required_access`] so that every route has one. `None`: no policy token may
+/// (cluster membership and leadership need an unrestricted admin token).
+pub fn required_verb(method: &Method, path: &str) -> Option<Verb> {
+    let read = method == Method::GET || method == Method::HEAD;
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let has = |s: &str| segs.iter().skip(2).any(|x| *x == s);
+    Some(if path == "/v1/tokens" || path.starts_with("/v1/tokens/") {
+        Verb::Tokens
+    } else if path == "/v1/secrets"
+        || path.starts_with("/v1/secrets/")
+        || path.starts_with("/v1/cluster/secrets-key")
+    {
+        Verb::Secrets
+    } else if read {
+        Verb::Read
+    } else if path.starts_with("/v1/cluster") {
+        return None;
+    } else if path.starts_with("/v1/notify") {
+        Verb::Notify
+    } else if has("rollout") {
+        Verb::Rollout
+    } else if has("upgrade") {
+        Verb::Upgrade
+    } else if has("rollback") {
+        Verb::Rollback
+    } else if ["pause", "resume", "drain", "undrain", "enable", "disable"]
+        .iter()
+        .any(|s| has(s))
+    {
+        Verb::Pause
+    } else if has("labels") {
+        Verb::Label
+    } else if path == "/v1/exec" {
+        Verb::Exec
+    } else if segs.first() == Some(&"v1") && segs.get(1) == Some(&"jobs") {
+        match (segs.len(), method) {
+            (3, &Method::DELETE) => Verb::Delete,
+            (4, _) if segs[3] == "run" => Verb::Run,
+            _ => Verb::Save,
+        }
+    } else if path.starts_with("/v1/invocations/") {
+        // cancel, retry
+        Verb::Run
+    } else if path.starts_with("/v1/packages/") {
+        if method == Method::DELETE {
+            Verb::Delete
+        } else {
+            Verb::Upload
+        }
+    } else if path.starts_with("/v1/nodes/") && method == Method::DELETE {
+        Verb::Delete
+    } else {
+        return None;
+    })
+}
+
+/// The job a path names (`/v1/jobs/NAME...`), for a policy's job globs.
+pub fn named_job(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1/jobs/")?;
+    let name = rest.split('/').next()?;
+    (!name.is_empty()).then_some(name)
+}
+
+/// A policy token's verb and named job (the scope was checked first: a policy never grants more).
+fn policy_allows(caller: &Caller, method: &Method, path: &str) -> Result<(), ApiError> {
+    let Some(policy) = &caller.policy else {
+        return Ok(());
+    };
+    match required_verb(method, path) {
+        Some(verb) if policy.allows(verb) => {}
+        Some(verb) => {
+            return Err(ApiError::Denied(format!(
+                "token {:?} lacks the verb \"{verb}\" this request needs (its policy grants: {})",
+                caller.name,
+                policy.verbs().map(Verb::as_str).collect::<Vec<_>>().join(",")
+            )));
+        }
+        None => {
+            return Err(ApiError::Denied(format!(
+                "token {:?} has a policy; {method} {path} needs an admin token without one",
+                caller.name
+            )));
+        }
+    }
+    if let Some(job) = named_job(path) {
+        caller.check_job(job)?;
+    }
+    Ok(())
 }
 
 fn allows(scope: Scope, access: Access) -> Result<(), ApiError> {
@@ -174,6 +267,7 @@ async fn admit(app: &App, mut req: Request) -> Result<Request, ApiError> {
             return Err(ApiError::Unauthorized);
         };
         allows(caller.scope, access)?;
+        policy_allows(&caller, req.method(), req.uri().path())?;
         req.extensions_mut().insert(caller);
     }
     // A removed member's state no longer moves: send everyone to the members instead.
