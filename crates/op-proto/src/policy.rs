@@ -335,7 +335,10 @@ impl Policy {
                 return Err("the new token must list hosts within this token's hosts".into());
             }
             if let Some(h) = other.hosts.iter().find(|h| !self.hosts.contains(h)) {
-                return Err(format!("host entry {:?} is not one of this token's", h.as_str()));
+                return Err(format!(
+                    "host entry {:?} is not one of this token's",
+                    h.as_str()
+                ));
             }
         }
         Ok(())
@@ -364,7 +367,10 @@ mod tests {
 
     fn sel(white: &[&str]) -> HostSelector {
         HostSelector {
-            white: white.iter().map(|s| HostPattern::parse(s).unwrap()).collect(),
+            white: white
+                .iter()
+                .map(|s| HostPattern::parse(s).unwrap())
+                .collect(),
             ..HostSelector::default()
         }
     }
@@ -441,10 +447,25 @@ mod tests {
     #[test]
     fn covers_only_narrower_policies() {
         let p = policy(&["team-a-*"], &["node-1", "node-2"], &["read", "tokens"]).unwrap();
-        assert!(p.covers(&policy(&["team-a-*"], &["node-1"], &["read"]).unwrap()).is_ok());
-        assert!(p.covers(&policy(&["team-a-*"], &["node-1"], &["run"]).unwrap()).is_err());
-        assert!(p.covers(&policy(&["*"], &["node-1"], &["read"]).unwrap()).is_err());
-        assert!(p.covers(&policy(&["team-a-*"], &[], &["read"]).unwrap()).is_err());
-        assert!(p.covers(&policy(&["team-a-*"], &["node-3"], &["read"]).unwrap()).is_err());
+        assert!(
+            p.covers(&policy(&["team-a-*"], &["node-1"], &["read"]).unwrap())
+                .is_ok()
+        );
+        assert!(
+            p.covers(&policy(&["team-a-*"], &["node-1"], &["run"]).unwrap())
+                .is_err()
+        );
+        assert!(
+            p.covers(&policy(&["*"], &["node-1"], &["read"]).unwrap())
+                .is_err()
+        );
+        assert!(
+            p.covers(&policy(&["team-a-*"], &[], &["read"]).unwrap())
+                .is_err()
+        );
+        assert!(
+            p.covers(&policy(&["team-a-*"], &["node-3"], &["read"]).unwrap())
+                .is_err()
+        );
     }
 }

@@ -26,13 +26,12 @@ pub async fn run(ctx: &Ctx, what: TokenCommand) -> anyhow::Result<Outcome> {
                 anyhow!("unknown scope {scope:?}; use admin, operator, viewer or agent")
             })?;
             // Checked by the manager (a 400 names the bad glob, selector or verb).
-            let policy = (!jobs.is_empty() || !hosts.is_empty() || !verbs.is_empty()).then(|| {
-                TokenPolicy {
+            let policy =
+                (!jobs.is_empty() || !hosts.is_empty() || !verbs.is_empty()).then(|| TokenPolicy {
                     jobs,
                     hosts,
                     verbs: verbs.into_iter().map(|v| v.trim().to_string()).collect(),
-                }
-            });
+                });
             let req = CreatePolicyTokenRequest {
                 name,
                 scope,

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
 use axum::Extension;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
@@ -81,9 +81,10 @@ impl Filter {
     }
 
     fn matches(&self, e: &Event) -> bool {
-        self.policy.as_ref().is_none_or(|p| {
-            !p.restricts_jobs() || e.job.as_ref().is_some_and(|j| p.sees_job(j))
-        }) && (self.kinds.is_empty() || self.kinds.contains(e.kind.as_str()))
+        self.policy
+            .as_ref()
+            .is_none_or(|p| !p.restricts_jobs() || e.job.as_ref().is_some_and(|j| p.sees_job(j)))
+            && (self.kinds.is_empty() || self.kinds.contains(e.kind.as_str()))
             && (self.jobs.is_empty() || e.job.as_ref().is_some_and(|j| self.jobs.contains(j)))
     }
 }

@@ -146,7 +146,11 @@ fn policy_allows(caller: &Caller, method: &Method, path: &str) -> Result<(), Api
             return Err(ApiError::Denied(format!(
                 "token {:?} lacks the verb \"{verb}\" this request needs (its policy grants: {})",
                 caller.name,
-                policy.verbs().map(Verb::as_str).collect::<Vec<_>>().join(",")
+                policy
+                    .verbs()
+                    .map(Verb::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
             )));
         }
         None => {
@@ -355,6 +359,80 @@ mod tests {
             required_access(&Method::DELETE, "/v1/cluster/members/2"),
             Access::Admin
         );
+    }
+
+    #[test]
+    fn every_route_has_a_policy_verb() {
+        let cases = [
+            (Method::GET, "/v1/jobs", Some(Verb::Read)),
+            (Method::GET, "/v1/nodes/x", Some(Verb::Read)),
+            (Method::PUT, "/v1/jobs/a", Some(Verb::Save)),
+            (Method::DELETE, "/v1/jobs/a", Some(Verb::Delete)),
+            (Method::POST, "/v1/jobs/a/run", Some(Verb::Run)),
+            (Method::POST, "/v1/jobs/a/disable", Some(Verb::Pause)),
+            (Method::POST, "/v1/exec", Some(Verb::Exec)),
+            (Method::POST, "/v1/invocations/x/retry", Some(Verb::Run)),
+            (Method::PUT, "/v1/packages/p", Some(Verb::Upload)),
+            (
+                Method::POST,
+                "/v1/packages/p/rollback",
+                Some(Verb::Rollback),
+            ),
+            (Method::DELETE, "/v1/packages/p/1", Some(Verb::Delete)),
+            (Method::POST, "/v1/nodes/n/labels", Some(Verb::Label)),
+            (Method::DELETE, "/v1/nodes/n", Some(Verb::Delete)),
+            (Method::POST, "/v1/notify", Some(Verb::Notify)),
+            (Method::GET, "/v1/tokens", Some(Verb::Tokens)),
+            (Method::POST, "/v1/tokens", Some(Verb::Tokens)),
+            (Method::GET, "/v1/secrets", Some(Verb::Secrets)),
+            (Method::PUT, "/v1/secrets/db/pw", Some(Verb::Secrets)),
+            (
+                Method::POST,
+                "/v1/cluster/secrets-key/rotate",
+                Some(Verb::Secrets),
+            ),
+            (Method::POST, "/v1/cluster/members", None),
+            (Method::POST, "/v1/cluster/leader", None),
+        ];
+        for (method, path, verb) in cases {
+            assert_eq!(required_verb(&method, path), verb, "{method} {path}");
+        }
+        assert_eq!(named_job("/v1/jobs/a/run"), Some("a"));
+        assert_eq!(named_job("/v1/jobs"), None);
+        assert_eq!(named_job("/v1/runs/x"), None);
+    }
+
+    fn caller(policy: Option<op_proto::policy::TokenPolicy>) -> Caller {
+        Caller {
+            token_id: "t".into(),
+            name: "team".into(),
+            scope: Scope::Admin,
+            node_id: None,
+            policy: policy
+                .map(|p| std::sync::Arc::new(op_proto::policy::Policy::check(&p).unwrap())),
+        }
+    }
+
+    #[test]
+    fn a_policy_narrows_the_scope_by_verb_and_job() {
+        let team = caller(Some(op_proto::policy::TokenPolicy {
+            jobs: vec!["team-a-*".into()],
+            hosts: vec![],
+            verbs: vec!["read".into(), "run".into()],
+        }));
+        assert!(policy_allows(&team, &Method::GET, "/v1/jobs").is_ok());
+        assert!(policy_allows(&team, &Method::GET, "/v1/jobs/team-a-x").is_ok());
+        assert!(policy_allows(&team, &Method::POST, "/v1/jobs/team-a-x/run").is_ok());
+        assert!(policy_allows(&team, &Method::GET, "/v1/jobs/team-b-x").is_err());
+        assert!(policy_allows(&team, &Method::POST, "/v1/jobs/team-b-x/run").is_err());
+        assert!(policy_allows(&team, &Method::PUT, "/v1/jobs/team-a-x").is_err());
+        assert!(policy_allows(&team, &Method::GET, "/v1/tokens").is_err());
+        assert!(policy_allows(&team, &Method::PUT, "/v1/secrets/x").is_err());
+        assert!(policy_allows(&team, &Method::POST, "/v1/cluster/members").is_err());
+        // Without a policy, the scope alone decides (checked by `allows`).
+        let root = caller(None);
+        assert!(policy_allows(&root, &Method::POST, "/v1/cluster/members").is_ok());
+        assert!(policy_allows(&root, &Method::GET, "/v1/jobs/team-b-x").is_ok());
     }
 
     #[test]

@@ -54,7 +54,9 @@ pub async fn forget(
         )
     })?;
     if caller.policy.is_some() {
-        let nodes = app.read(move |s| s.find_nodes(&node_id.to_string())).await?;
+        let nodes = app
+            .read(move |s| s.find_nodes(&node_id.to_string()))
+            .await?;
         if !nodes.iter().any(|n| caller.reaches_host(&n.identity())) {
             return Err(ApiError::NotFound(format!("no node with id {node_id}")));
         }
