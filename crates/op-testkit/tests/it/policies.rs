@@ -13,7 +13,9 @@ use op_proto::invoke::{InvocationEvent, InvokeRequest};
 use op_proto::policy::TokenPolicy;
 use op_testkit::{Agent, AgentOptions, Manager, bin, wait_until};
 
-use crate::support::{LONG, console_get};
+use op_proto::api::RunQuery;
+
+use crate::support::{LONG, console_get, runs_of};
 
 async fn agentcli(m: &Manager, token: &str, args: &[&str]) -> Output {
     let mut cmd = std::process::Command::new(bin("agentcli"));
@@ -196,6 +198,40 @@ async fn a_team_token_sees_and_reaches_only_its_jobs_and_hosts() {
         .unwrap_err();
     assert_eq!(err.status(), Some(403), "{err}");
     assert!(err.to_string().contains("node-3"), "{err}");
+
+    // Runs: the team runs its job; the admin runs the other team's. The team's run listing
+    // holds its own job's runs only, and it may not run the other job.
+    let run = InvokeRequest {
+        wait: Some(false),
+        ..InvokeRequest::default()
+    };
+    t.run_job("team-a-backup", &run).await.unwrap();
+    c.run_job("team-b-report", &run).await.unwrap();
+    assert_eq!(
+        t.run_job("team-b-report", &run)
+            .await
+            .err()
+            .and_then(|e| e.status()),
+        Some(403)
+    );
+    wait_until(LONG, "both jobs' runs stored", || async {
+        !runs_of(&c, "team-a-backup").await.is_empty()
+            && !runs_of(&c, "team-b-report").await.is_empty()
+    })
+    .await;
+    let seen = t
+        .runs(&RunQuery {
+            limit: Some(1000),
+            ..RunQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|r| r.job.starts_with("team-a-")),
+        "{seen:?}"
+    );
+    assert!(runs_of(&t, "team-b-report").await.is_empty());
 
     // Saving: within its hosts and globs, yes; outside either, 403 and nothing saved.
     t.save_job_text("team-a-new", &task("team-a-new", &["node-2"]))
