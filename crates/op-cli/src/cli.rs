@@ -581,7 +581,7 @@ pub enum ClusterCommand {
 pub enum TokenCommand {
     /// Create a token and print its secret (shown only once).
     #[command(
-        after_help = "Examples:\n  agentcli token create --name ci --scope operator\n  agentcli token create --name tmp --scope viewer --expires-in 30d"
+        after_help = "Examples:\n  agentcli token create --name ci --scope operator\n  agentcli token create --name tmp --scope viewer --expires-in 30d\n  agentcli token create --name team-a --scope operator --job 'team-a-*' --host 'node-1' --verbs read,save,run,exec\n\nWith --job, --host or --verbs the token carries a policy (docs/security.md): it sees and acts\non the jobs matching a --job glob only, targets the hosts matching a --host selector only, and\nmay do the listed verbs only (default: all but secrets and tokens). A policy never grants more\nthan the scope. Verbs: read, save, delete, run, exec, upload, rollback, rollout, pause, label,\nnotify, upgrade, secrets, tokens."
     )]
     Create {
         #[arg(long)]
@@ -592,6 +592,15 @@ pub enum TokenCommand {
         /// Expire after this long (seconds, or 12h, 30d, 2w).
         #[arg(long, value_name = "DURATION", value_parser = seconds)]
         expires_in: Option<u64>,
+        /// Policy: a job name glob the token may see and act on (repeatable).
+        #[arg(long = "job", value_name = "GLOB")]
+        jobs: Vec<String>,
+        /// Policy: a host selector the token may target (repeatable; the WhiteHosts grammar).
+        #[arg(long = "host", value_name = "SELECTOR")]
+        hosts: Vec<String>,
+        /// Policy: the verbs it may do, comma-separated.
+        #[arg(long, value_name = "V,V", value_delimiter = ',')]
+        verbs: Vec<String>,
     },
     /// List tokens (never their secrets).
     List,

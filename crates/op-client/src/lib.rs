@@ -532,6 +532,14 @@ impl Client {
         self.post("/v1/tokens", req).await
     }
 
+    /// Creates a token with a policy (job globs, host selectors, verbs).
+    pub async fn create_policy_token(
+        &self,
+        req: &op_proto::api::CreatePolicyTokenRequest,
+    ) -> Result<CreatedToken> {
+        self.post("/v1/tokens", req).await
+    }
+
     pub async fn revoke_token(&self, id: &str) -> Result<TokenInfo> {
         let path = format!("/v1/tokens/{}", path_segment(id));
         self.json(&path, self.request(Method::DELETE, &path)).await

@@ -32,9 +32,34 @@ pub struct Caller {
     pub scope: Scope,
     /// For a node's own agent credential, the node it belongs to.
     pub node_id: Option<uuid::Uuid>,
+    /// The token's policy, when it has one (docs/security.md): checked by the guard for the
+    /// verb, and by the handlers that list or target jobs and hosts.
+    pub policy: Option<Arc<op_proto::policy::Policy>>,
 }
 
 impl Caller {
+    /// May this caller see and act on the job called `name`? (Its policy's job globs.)
+    pub fn sees_job(&self, name: &str) -> bool {
+        self.policy.as_ref().is_none_or(|p| p.sees_job(name))
+    }
+
+    /// May this caller target `host`? (Its policy's host selectors.)
+    pub fn reaches_host(&self, host: &op_proto::HostIdentity) -> bool {
+        self.policy.as_ref().is_none_or(|p| p.reaches_host(host))
+    }
+
+    /// [`Caller::sees_job`] as an answer: a 403 naming the job.
+    pub fn check_job(&self, name: &str) -> Result<(), DomainError> {
+        if self.sees_job(name) {
+            Ok(())
+        } else {
+            Err(DomainError::Denied(format!(
+                "token {:?} may not see or act on job {name:?} (its policy's jobs)",
+                self.name
+            )))
+        }
+    }
+
     /// Checks that this agent caller may speak for `node`: only the node's own credential may
     /// (the shared enrollment token can only register).
     pub fn speaks_for(&self, node: uuid::Uuid) -> Result<(), DomainError> {
@@ -80,6 +105,7 @@ pub fn generate(name: &str, scope: Scope, expires_at: Option<DateTime<Utc>>) -> 
             secret_sha256: sha256_hex(&secret),
             expires_at,
             node_id: None,
+            policy: None,
         },
         secret,
     }
@@ -260,6 +286,11 @@ impl Authenticator {
             name: record.info.name.clone(),
             scope: record.info.scope,
             node_id: record.info.node_id,
+            policy: record
+                .info
+                .policy
+                .as_ref()
+                .map(|p| Arc::new(op_proto::policy::Policy::stored(p))),
         }))
     }
 }

@@ -277,6 +277,31 @@ pub struct CreateTokenRequest {
     pub expires_in_secs: Option<u64>,
 }
 
+/// A token creation with a policy (`agentcli token create --job/--host/--verbs`). The manager
+/// reads every token creation in this form; a [`CreateTokenRequest`] is the same body without
+/// `policy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePolicyTokenRequest {
+    pub name: String,
+    pub scope: Scope,
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::TokenPolicy>,
+}
+
+impl From<CreateTokenRequest> for CreatePolicyTokenRequest {
+    fn from(r: CreateTokenRequest) -> Self {
+        CreatePolicyTokenRequest {
+            name: r.name,
+            scope: r.scope,
+            expires_in_secs: r.expires_in_secs,
+            policy: None,
+        }
+    }
+}
+
 /// A token as listed (never with its secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenInfo {
@@ -292,6 +317,9 @@ pub struct TokenInfo {
     /// token, including the shared agent enrollment token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<uuid::Uuid>,
+    /// What the token may do beside its scope (never more than the scope); `None` = all of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::TokenPolicy>,
 }
 
 impl TokenInfo {

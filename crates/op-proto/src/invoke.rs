@@ -480,6 +480,9 @@ pub struct InvocationAccepted {
     pub batches: u32,
     /// Where to read progress and results.
     pub url: String,
+    /// Selected hosts the caller's token policy may not target: not run there (docs/security.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
 }
 
 /// Sent while a waiting invocation has had nothing else to say for a while, so the caller sees

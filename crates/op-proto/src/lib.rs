@@ -22,6 +22,7 @@ pub mod local;
 pub mod node;
 pub mod package;
 pub mod params;
+pub mod policy;
 pub mod run;
 pub mod schedule;
 pub mod secret;

@@ -485,6 +485,9 @@ pub struct NewToken {
     /// Set for a node's own agent credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<Uuid>,
+    /// The token's policy (checked by the proposer), stored as JSON beside the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<op_proto::policy::TokenPolicy>,
 }
 
 /// A stored token, with the hash the manager verifies against.

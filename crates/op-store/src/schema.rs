@@ -260,6 +260,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE once_targets ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX once_targets_waiting ON once_targets(job, revision) WHERE state = 'waiting';
     "#,
+    // Token policies (job globs, host selectors, verbs) as JSON; NULL = no policy.
+    r#"
+    ALTER TABLE tokens ADD COLUMN policy TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -91,6 +91,12 @@ pub async fn follow(ctx: &Ctx, started: Started, args: &FanoutArgs) -> anyhow::R
         }
         match event {
             InvocationEvent::Accepted(acc) => {
+                if ctx.format != Format::Json && !acc.refused.is_empty() {
+                    eprintln!(
+                        "refused by this token's policy (not run there): {}",
+                        acc.refused.join(", ")
+                    );
+                }
                 if ctx.format != Format::Json {
                     eprintln!(
                         "{} on {} host(s){}; invocation {}",
@@ -148,6 +154,13 @@ fn accepted(ctx: &Ctx, acc: &InvocationAccepted) -> anyhow::Result<Outcome> {
         )?;
         if !acc.unreachable.is_empty() {
             writeln!(out, "unreachable: {}", acc.unreachable.join(", "))?;
+        }
+        if !acc.refused.is_empty() {
+            writeln!(
+                out,
+                "refused by this token's policy (not run there): {}",
+                acc.refused.join(", ")
+            )?;
         }
         writeln!(
             out,

@@ -3,7 +3,8 @@
 use std::io::Write;
 
 use anyhow::anyhow;
-use op_proto::api::{CreateTokenRequest, Scope};
+use op_proto::api::{CreatePolicyTokenRequest, Scope};
+use op_proto::policy::TokenPolicy;
 
 use super::Ctx;
 use crate::Outcome;
@@ -17,16 +18,27 @@ pub async fn run(ctx: &Ctx, what: TokenCommand) -> anyhow::Result<Outcome> {
             name,
             scope,
             expires_in,
+            jobs,
+            hosts,
+            verbs,
         } => {
             let scope = Scope::parse(&scope).ok_or_else(|| {
                 anyhow!("unknown scope {scope:?}; use admin, operator, viewer or agent")
             })?;
-            let req = CreateTokenRequest {
+            // Checked by the manager (a 400 names the bad glob, selector or verb).
+            let policy =
+                (!jobs.is_empty() || !hosts.is_empty() || !verbs.is_empty()).then(|| TokenPolicy {
+                    jobs,
+                    hosts,
+                    verbs: verbs.into_iter().map(|v| v.trim().to_string()).collect(),
+                });
+            let req = CreatePolicyTokenRequest {
                 name,
                 scope,
                 expires_in_secs: expires_in,
+                policy,
             };
-            let created = ctx.call(ctx.client.create_token(&req)).await?;
+            let created = ctx.call(ctx.client.create_policy_token(&req)).await?;
             if ctx.format == Format::Json {
                 write_json(&mut out, &created)?;
             } else {
@@ -44,7 +56,9 @@ pub async fn run(ctx: &Ctx, what: TokenCommand) -> anyhow::Result<Outcome> {
             if ctx.format == Format::Json {
                 write_json(&mut out, &tokens)?;
             } else {
-                let mut t = Table::new(&["ID", "NAME", "SCOPE", "CREATED", "EXPIRES", "STATUS"]);
+                let mut t = Table::new(&[
+                    "ID", "NAME", "SCOPE", "CREATED", "EXPIRES", "STATUS", "POLICY",
+                ]);
                 let now = chrono::Utc::now();
                 for tok in &tokens {
                     t.row([
@@ -56,6 +70,9 @@ pub async fn run(ctx: &Ctx, what: TokenCommand) -> anyhow::Result<Outcome> {
                             .map(local_time)
                             .unwrap_or_else(|| "never".into()),
                         tok.status(now).to_string(),
+                        tok.policy
+                            .as_ref()
+                            .map_or_else(|| "-".into(), |p| p.summary()),
                     ]);
                 }
                 t.write(&mut out)?;

@@ -18,10 +18,16 @@ pub struct AuditQuery {
     limit: Option<u32>,
 }
 
+/// A policy token that restricts jobs sees only the entries about its jobs (`job.*` actions).
 pub async fn list(
     State(app): State<Arc<App>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     let limit = q.limit.unwrap_or(1000);
-    Ok(Json(app.read(move |s| s.audit(q.since, limit)).await?))
+    let mut entries = app.read(move |s| s.audit(q.since, limit)).await?;
+    if caller.policy.as_ref().is_some_and(|p| p.restricts_jobs()) {
+        entries.retain(|e| e.action.starts_with("job.") && caller.sees_job(&e.target));
+    }
+    Ok(Json(entries))
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -20,6 +21,7 @@ use tokio::sync::mpsc;
 use super::ApiError;
 use super::extract::ApiQuery;
 use crate::app::App;
+use crate::auth::Caller;
 
 /// Lines buffered for a slow reader; the writer waits beyond that.
 const BUFFER: usize = 64;
@@ -31,6 +33,8 @@ struct Filter {
     follow: bool,
     kinds: BTreeSet<String>,
     jobs: BTreeSet<String>,
+    /// The caller's token policy: only events of its jobs (none without a job).
+    policy: Option<Arc<op_proto::policy::Policy>>,
 }
 
 impl Filter {
@@ -77,16 +81,21 @@ impl Filter {
     }
 
     fn matches(&self, e: &Event) -> bool {
-        (self.kinds.is_empty() || self.kinds.contains(e.kind.as_str()))
+        self.policy
+            .as_ref()
+            .is_none_or(|p| !p.restricts_jobs() || e.job.as_ref().is_some_and(|j| p.sees_job(j)))
+            && (self.kinds.is_empty() || self.kinds.contains(e.kind.as_str()))
             && (self.jobs.is_empty() || e.job.as_ref().is_some_and(|j| self.jobs.contains(j)))
     }
 }
 
 pub async fn list(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     ApiQuery(pairs): ApiQuery<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    let filter = Filter::parse(pairs)?;
+    let mut filter = Filter::parse(pairs)?;
+    filter.policy = caller.policy.clone();
     let (tx, rx) = mpsc::channel::<Bytes>(BUFFER);
     tokio::spawn(follow(app, filter, tx));
     let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {

@@ -11,11 +11,13 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use chrono::Utc;
 use op_proto::api::Scope;
+use op_proto::policy::Verb;
 use op_proto::{API_VERSION, API_VERSION_HEADER};
 
 use super::error::ApiError;
 use super::extract::UnreadBody;
 use crate::app::App;
+use crate::auth::Caller;
 
 /// What a route demands of the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +69,101 @@ pub fn required_access(method: &Method, path: &str) -> Access {
     } else {
         Access::Operate
     }
+}
+
+/// The verb a request needs of a token policy (docs/security.md, "Token policies"), decided
+/// here beside [`required_access`] so that every route has one. `None`: no policy token may
+/// (cluster membership and leadership need an unrestricted admin token).
+pub fn required_verb(method: &Method, path: &str) -> Option<Verb> {
+    let read = method == Method::GET || method == Method::HEAD;
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let has = |s: &str| segs.iter().skip(2).any(|x| *x == s);
+    Some(if path == "/v1/tokens" || path.starts_with("/v1/tokens/") {
+        Verb::Tokens
+    } else if path == "/v1/secrets"
+        || path.starts_with("/v1/secrets/")
+        || path.starts_with("/v1/cluster/secrets-key")
+    {
+        Verb::Secrets
+    } else if read {
+        Verb::Read
+    } else if path.starts_with("/v1/cluster") {
+        return None;
+    } else if path.starts_with("/v1/notify") {
+        Verb::Notify
+    } else if has("rollout") {
+        Verb::Rollout
+    } else if has("upgrade") {
+        Verb::Upgrade
+    } else if has("rollback") {
+        Verb::Rollback
+    } else if ["pause", "resume", "drain", "undrain", "enable", "disable"]
+        .iter()
+        .any(|s| has(s))
+    {
+        Verb::Pause
+    } else if has("labels") {
+        Verb::Label
+    } else if path == "/v1/exec" {
+        Verb::Exec
+    } else if segs.first() == Some(&"v1") && segs.get(1) == Some(&"jobs") {
+        match (segs.len(), method) {
+            (3, &Method::DELETE) => Verb::Delete,
+            (4, _) if segs[3] == "run" => Verb::Run,
+            _ => Verb::Save,
+        }
+    } else if path.starts_with("/v1/invocations/") {
+        // cancel, retry
+        Verb::Run
+    } else if path.starts_with("/v1/packages/") {
+        if method == Method::DELETE {
+            Verb::Delete
+        } else {
+            Verb::Upload
+        }
+    } else if path.starts_with("/v1/nodes/") && method == Method::DELETE {
+        Verb::Delete
+    } else {
+        return None;
+    })
+}
+
+/// The job a path names (`/v1/jobs/NAME...`), for a policy's job globs.
+pub fn named_job(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1/jobs/")?;
+    let name = rest.split('/').next()?;
+    (!name.is_empty()).then_some(name)
+}
+
+/// A policy token's verb and named job (the scope was checked first: a policy never grants more).
+fn policy_allows(caller: &Caller, method: &Method, path: &str) -> Result<(), ApiError> {
+    let Some(policy) = &caller.policy else {
+        return Ok(());
+    };
+    match required_verb(method, path) {
+        Some(verb) if policy.allows(verb) => {}
+        Some(verb) => {
+            return Err(ApiError::Denied(format!(
+                "token {:?} lacks the verb \"{verb}\" this request needs (its policy grants: {})",
+                caller.name,
+                policy
+                    .verbs()
+                    .map(Verb::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )));
+        }
+        None => {
+            return Err(ApiError::Denied(format!(
+                "token {:?} has a policy; {method} {path} needs an admin token without one",
+                caller.name
+            )));
+        }
+    }
+    if let Some(job) = named_job(path) {
+        caller.check_job(job)?;
+    }
+    Ok(())
 }
 
 fn allows(scope: Scope, access: Access) -> Result<(), ApiError> {
@@ -174,6 +271,7 @@ async fn admit(app: &App, mut req: Request) -> Result<Request, ApiError> {
             return Err(ApiError::Unauthorized);
         };
         allows(caller.scope, access)?;
+        policy_allows(&caller, req.method(), req.uri().path())?;
         req.extensions_mut().insert(caller);
     }
     // A removed member's state no longer moves: send everyone to the members instead.
@@ -261,6 +359,80 @@ mod tests {
             required_access(&Method::DELETE, "/v1/cluster/members/2"),
             Access::Admin
         );
+    }
+
+    #[test]
+    fn every_route_has_a_policy_verb() {
+        let cases = [
+            (Method::GET, "/v1/jobs", Some(Verb::Read)),
+            (Method::GET, "/v1/nodes/x", Some(Verb::Read)),
+            (Method::PUT, "/v1/jobs/a", Some(Verb::Save)),
+            (Method::DELETE, "/v1/jobs/a", Some(Verb::Delete)),
+            (Method::POST, "/v1/jobs/a/run", Some(Verb::Run)),
+            (Method::POST, "/v1/jobs/a/disable", Some(Verb::Pause)),
+            (Method::POST, "/v1/exec", Some(Verb::Exec)),
+            (Method::POST, "/v1/invocations/x/retry", Some(Verb::Run)),
+            (Method::PUT, "/v1/packages/p", Some(Verb::Upload)),
+            (
+                Method::POST,
+                "/v1/packages/p/rollback",
+                Some(Verb::Rollback),
+            ),
+            (Method::DELETE, "/v1/packages/p/1", Some(Verb::Delete)),
+            (Method::POST, "/v1/nodes/n/labels", Some(Verb::Label)),
+            (Method::DELETE, "/v1/nodes/n", Some(Verb::Delete)),
+            (Method::POST, "/v1/notify", Some(Verb::Notify)),
+            (Method::GET, "/v1/tokens", Some(Verb::Tokens)),
+            (Method::POST, "/v1/tokens", Some(Verb::Tokens)),
+            (Method::GET, "/v1/secrets", Some(Verb::Secrets)),
+            (Method::PUT, "/v1/secrets/db/pw", Some(Verb::Secrets)),
+            (
+                Method::POST,
+                "/v1/cluster/secrets-key/rotate",
+                Some(Verb::Secrets),
+            ),
+            (Method::POST, "/v1/cluster/members", None),
+            (Method::POST, "/v1/cluster/leader", None),
+        ];
+        for (method, path, verb) in cases {
+            assert_eq!(required_verb(&method, path), verb, "{method} {path}");
+        }
+        assert_eq!(named_job("/v1/jobs/a/run"), Some("a"));
+        assert_eq!(named_job("/v1/jobs"), None);
+        assert_eq!(named_job("/v1/runs/x"), None);
+    }
+
+    fn caller(policy: Option<op_proto::policy::TokenPolicy>) -> Caller {
+        Caller {
+            token_id: "t".into(),
+            name: "team".into(),
+            scope: Scope::Admin,
+            node_id: None,
+            policy: policy
+                .map(|p| std::sync::Arc::new(op_proto::policy::Policy::check(&p).unwrap())),
+        }
+    }
+
+    #[test]
+    fn a_policy_narrows_the_scope_by_verb_and_job() {
+        let team = caller(Some(op_proto::policy::TokenPolicy {
+            jobs: vec!["team-a-*".into()],
+            hosts: vec![],
+            verbs: vec!["read".into(), "run".into()],
+        }));
+        assert!(policy_allows(&team, &Method::GET, "/v1/jobs").is_ok());
+        assert!(policy_allows(&team, &Method::GET, "/v1/jobs/team-a-x").is_ok());
+        assert!(policy_allows(&team, &Method::POST, "/v1/jobs/team-a-x/run").is_ok());
+        assert!(policy_allows(&team, &Method::GET, "/v1/jobs/team-b-x").is_err());
+        assert!(policy_allows(&team, &Method::POST, "/v1/jobs/team-b-x/run").is_err());
+        assert!(policy_allows(&team, &Method::PUT, "/v1/jobs/team-a-x").is_err());
+        assert!(policy_allows(&team, &Method::GET, "/v1/tokens").is_err());
+        assert!(policy_allows(&team, &Method::PUT, "/v1/secrets/x").is_err());
+        assert!(policy_allows(&team, &Method::POST, "/v1/cluster/members").is_err());
+        // Without a policy, the scope alone decides (checked by `allows`).
+        let root = caller(None);
+        assert!(policy_allows(&root, &Method::POST, "/v1/cluster/members").is_ok());
+        assert!(policy_allows(&root, &Method::GET, "/v1/jobs/team-b-x").is_ok());
     }
 
     #[test]

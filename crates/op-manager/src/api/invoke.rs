@@ -201,8 +201,21 @@ async fn start(
     let ack = app.config.directive_ack_timeout;
     options.ack_secs = (!ack.is_zero()).then(|| ack.as_secs().max(1));
     let nodes = app.read(|s| s.nodes()).await?;
-    let selected = targets::select(&nodes, &p.selection, p.job_selector.as_ref())
+    let mut selected = targets::select(&nodes, &p.selection, p.job_selector.as_ref())
         .map_err(|e| ApiError::bad("excluded_host", e))?;
+    // A policy token runs only on the hosts it may target; the others are named in the answer.
+    let (allowed, refused): (Vec<_>, Vec<_>) = std::mem::take(&mut selected.targets)
+        .into_iter()
+        .partition(|n| caller.reaches_host(&n.identity()));
+    selected.targets = allowed;
+    let refused: Vec<String> = refused.into_iter().map(|n| n.hostname).collect();
+    if selected.targets.is_empty() && !refused.is_empty() {
+        return Err(ApiError::Denied(format!(
+            "token {:?} may not target any selected host: refused {}",
+            caller.name,
+            refused.join(", ")
+        )));
+    }
     if selected.targets.is_empty() && selected.unreachable.is_empty() {
         return Err(ApiError::bad(
             "no_hosts",
@@ -252,6 +265,7 @@ async fn start(
             .collect(),
         batches,
         url: format!("/v1/invocations/{id}"),
+        refused,
     };
     app.write(Command::CreateInvocation {
         invocation: Box::new(NewInvocation {
@@ -296,13 +310,25 @@ async fn load_view(app: &App, id: Uuid) -> Result<InvocationView, ApiError> {
 
 pub async fn get(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<InvocationView>, ApiError> {
-    Ok(Json(load_view(&app, parse_id(&id)?).await?))
+    let view = load_view(&app, parse_id(&id)?).await?;
+    if !sees_invocation(&caller, &view.job, view.kind, &view.created_by) {
+        return Err(ApiError::NotFound(format!("no invocation {id}")));
+    }
+    Ok(Json(view))
+}
+
+/// A policy token sees the invocations of its jobs, and the execs it started itself.
+fn sees_invocation(caller: &Caller, job: &str, kind: InvocationKind, by: &str) -> bool {
+    caller.sees_job(job)
+        || (caller.policy.is_some() && kind == InvocationKind::Exec && by == caller.name)
 }
 
 pub async fn list(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<InvocationQuery>,
 ) -> Result<Json<Vec<InvocationBrief>>, ApiError> {
     if q.limit == Some(0) || q.limit.is_some_and(|l| l > op_store::MAX_INVOCATION_LIMIT) {
@@ -314,6 +340,7 @@ pub async fn list(
     let rows = app.read(move |s| s.invocations(&q)).await?;
     Ok(Json(
         rows.into_iter()
+            .filter(|(row, _)| sees_invocation(&caller, &row.job, row.kind, &row.created_by))
             .map(|(row, statuses)| {
                 let mut summary = op_proto::invoke::Summary::count(
                     row.id,
@@ -346,6 +373,12 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<InvocationView>, ApiError> {
     let id = parse_id(&id)?;
+    if caller.policy.is_some() {
+        let view = load_view(&app, id).await?;
+        if !sees_invocation(&caller, &view.job, view.kind, &view.created_by) {
+            return Err(ApiError::NotFound(format!("no invocation {id}")));
+        }
+    }
     app.write(Command::CancelInvocation {
         id,
         at: Utc::now(),
@@ -386,6 +419,9 @@ pub async fn retry(
         .read(move |s| s.invocation(id, false))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))?;
+    if !sees_invocation(&caller, &row.job, row.kind, &row.created_by) {
+        return Err(ApiError::NotFound(format!("no invocation {id}")));
+    }
     if row.state != InvocationState::Finished {
         return Err(ApiError::Conflict(format!(
             "invocation {id} is still running; wait for it to finish (or cancel it) before retrying its hosts"

@@ -68,6 +68,7 @@ pub async fn list(
     let (jobs, mut judged) = app.read(|s| Ok((s.jobs()?, s.judged_fires(None)?))).await?;
     Ok(Json(
         jobs.into_iter()
+            .filter(|j| caller.sees_job(&j.spec.name))
             .map(|j| view_for(&caller, j, &mut judged))
             .collect(),
     ))
@@ -122,6 +123,16 @@ pub async fn save(
                 spec.name
             ),
         ));
+    }
+    // A policy token saves only jobs whose selection stays within its hosts (the guard already
+    // checked the name and the verb).
+    if let Some(policy) = &caller.policy {
+        policy.confines(&spec.selector()).map_err(|e| {
+            ApiError::Denied(format!(
+                "token {:?} may not save job {name:?}: {e}",
+                caller.name
+            ))
+        })?;
     }
     super::secrets::check_refs(&app, &spec.env).await?;
     let next_fires = spec

@@ -15,18 +15,25 @@ use super::error::ApiError;
 use crate::app::App;
 use crate::auth::Caller;
 
-pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<NodeInfo>>, ApiError> {
+/// A policy token sees the nodes its host selectors match.
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<NodeInfo>>, ApiError> {
     let mut nodes = app.read(|s| s.nodes()).await?;
+    nodes.retain(|n| caller.reaches_host(&n.identity()));
     app.beats.overlay(&mut nodes);
     Ok(Json(nodes))
 }
 
 pub async fn get(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
 ) -> Result<Json<NodeInfo>, ApiError> {
     let k = key.clone();
     let mut nodes = app.read(move |s| s.find_nodes(&k)).await?;
+    nodes.retain(|n| caller.reaches_host(&n.identity()));
     app.beats.overlay(&mut nodes);
     nodes
         .into_iter()
@@ -46,6 +53,14 @@ pub async fn forget(
             format!("{key:?} is not a node id (a UUID)"),
         )
     })?;
+    if caller.policy.is_some() {
+        let nodes = app
+            .read(move |s| s.find_nodes(&node_id.to_string()))
+            .await?;
+        if !nodes.iter().any(|n| caller.reaches_host(&n.identity())) {
+            return Err(ApiError::NotFound(format!("no node with id {node_id}")));
+        }
+    }
     app.write(Command::ForgetNode {
         node_id,
         at: Utc::now(),
@@ -82,7 +97,7 @@ pub async fn label(
     let nodes = app.read(move |s| s.find_nodes(&k)).await?;
     let live: Vec<&NodeInfo> = nodes
         .iter()
-        .filter(|n| n.status != op_proto::NodeStatus::Left)
+        .filter(|n| n.status != op_proto::NodeStatus::Left && caller.reaches_host(&n.identity()))
         .collect();
     let node = match live.as_slice() {
         [] => {

@@ -56,13 +56,18 @@ pub struct OutputQuery {
 
 pub async fn read(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<OutputQuery>,
 ) -> Result<Response, ApiError> {
     let run_id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::bad("invalid_run_id", format!("{id:?} is not a run id (a UUID)")))?;
+    let hidden = || ApiError::NotFound(format!("no run with id {run_id}"));
     let node_id = match app.read(move |s| s.run(run_id)).await? {
+        Some(r) if !caller.sees_job(&r.job) => return Err(hidden()),
         Some(r) => r.node_id,
+        // A policy token reads the output of its own jobs' runs, once recorded.
+        None if caller.policy.is_some() => return Err(hidden()),
         None => {
             // Still running: only the heartbeats know where.
             let mut nodes = app.read(|s| s.nodes()).await?;

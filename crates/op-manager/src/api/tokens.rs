@@ -6,7 +6,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use chrono::Utc;
-use op_proto::api::{CreateTokenRequest, CreatedToken, TokenInfo};
+use op_proto::api::{CreatePolicyTokenRequest, CreatedToken, Scope, TokenInfo};
+use op_proto::policy::Policy;
 use op_store::{Command, CommandResult};
 
 use super::error::ApiError;
@@ -39,9 +40,38 @@ pub async fn list(
 pub async fn create(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
-    ApiJson(req): ApiJson<CreateTokenRequest>,
+    ApiJson(req): ApiJson<CreatePolicyTokenRequest>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let now = Utc::now();
+    let bad = |m: String| ApiError::bad("invalid_policy", m);
+    // Checked before anything is written: a bad glob, host selector or verb creates nothing.
+    let policy = match &req.policy {
+        Some(p) => {
+            if req.scope == Scope::Agent {
+                return Err(bad(
+                    "a policy applies to viewer, operator and admin tokens, not agent tokens"
+                        .into(),
+                ));
+            }
+            Some(Policy::check(p).map_err(bad)?)
+        }
+        None => None,
+    };
+    // A policy token that may make tokens makes only narrower ones (never an unrestricted one).
+    if let Some(mine) = &caller.policy {
+        let Some(new) = &policy else {
+            return Err(ApiError::Denied(format!(
+                "token {:?} has a policy; the tokens it creates need one within it",
+                caller.name
+            )));
+        };
+        mine.covers(new).map_err(|e| {
+            ApiError::Denied(format!(
+                "token {:?} may create only tokens within its own policy: {e}",
+                caller.name
+            ))
+        })?;
+    }
     let expires_at = match req.expires_in_secs {
         Some(secs) => Some(
             now + chrono::Duration::try_seconds(secs.min(i64::MAX as u64) as i64)
@@ -50,7 +80,8 @@ pub async fn create(
         ),
         None => None,
     };
-    let generated = auth::generate(req.name.trim(), req.scope, expires_at);
+    let mut generated = auth::generate(req.name.trim(), req.scope, expires_at);
+    generated.token.policy = req.policy;
     match app
         .write(Command::CreateToken {
             token: generated.token,

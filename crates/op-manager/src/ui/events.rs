@@ -74,6 +74,9 @@ pub async fn list(
         Ok(e) => e,
         Err(e) => return html::server_error(&s, e),
     };
+    if let Some(p) = s.caller.policy.as_ref().filter(|p| p.restricts_jobs()) {
+        events.retain(|e| e.job.as_ref().is_some_and(|j| p.sees_job(j)));
+    }
     let older = events.len() > PER_PAGE;
     events.truncate(PER_PAGE);
 

@@ -111,6 +111,7 @@ pub async fn list(
     }
     let shown: Vec<&JobRecord> = jobs
         .iter()
+        .filter(|j| s.caller.sees_job(&j.spec.name))
         .filter(|j| needle.is_empty() || j.spec.name.to_lowercase().contains(&needle))
         .filter(|j| {
             !failing_only

@@ -71,6 +71,7 @@ pub async fn list(
         Ok(n) => n,
         Err(e) => return html::server_error(&s, e),
     };
+    nodes.retain(|n| s.caller.reaches_host(&n.identity()));
     // Heartbeats not yet written carry the freshest status and last-seen time.
     ui.app.beats.overlay(&mut nodes);
     nodes.sort_by(|a, b| (&a.hostname, a.node_id).cmp(&(&b.hostname, b.node_id)));

@@ -164,7 +164,11 @@ pub async fn page(State(ui): State<Arc<Ui>>, Extension(s): Extension<SessionView
         })
         .await;
     let (c, timeline) = match read {
-        Ok((mut nodes, jobs, last, packages, timeline)) => {
+        Ok((mut nodes, mut jobs, mut last, packages, timeline)) => {
+            // A policy token's counts are of its jobs and hosts.
+            nodes.retain(|n| s.caller.reaches_host(&n.identity()));
+            jobs.retain(|j| s.caller.sees_job(&j.spec.name));
+            last.retain(|(j, _, _)| s.caller.sees_job(j));
             ui.app.beats.overlay(&mut nodes);
             (count(&nodes, &jobs, &last, &packages), timeline)
         }

@@ -181,6 +181,7 @@ pub async fn list(
         }
         Err(e) => return html::server_error(&s, e),
     };
+    runs.retain(|r| s.caller.sees_job(&r.job));
     let more = runs.len() > PER_PAGE;
     runs.truncate(PER_PAGE);
     let mut body = String::with_capacity(8192 + runs.len() * 400);
@@ -298,6 +299,12 @@ pub async fn show(
         return html::not_found(&s, "that is not a run id");
     };
     let found = match find(&ui, run_id).await {
+        Ok(Some(Found::Stored(r))) if !s.caller.sees_job(&r.job) => {
+            return html::not_found(&s, "no such run");
+        }
+        Ok(Some(Found::Running(_, r))) if !s.caller.sees_job(&r.job) => {
+            return html::not_found(&s, "no such run");
+        }
         Ok(Some(f)) => f,
         Ok(None) => {
             return html::not_found(

@@ -409,6 +409,12 @@ fn refuse(
     html::error_page(status, session, message)
 }
 
+/// The job a console path names (`/ui/jobs/NAME...`, not the new/validate/save forms).
+fn ui_named_job(path: &str) -> Option<&str> {
+    let name = path.strip_prefix("/ui/jobs/")?.split('/').next()?;
+    (!name.is_empty() && !matches!(name, "new" | "validate" | "save")).then_some(name)
+}
+
 /// Every console route but the login page and the static assets passes here: it finds the
 /// session (or sends the browser to the login page), and for every other method than GET/HEAD
 /// checks the scope and the CSRF token before the handler sees the request.
@@ -451,6 +457,30 @@ async fn check(ui: Arc<Ui>, mut req: Request, next: Next) -> Response {
                 );
             }
         }
+    }
+    // A policy token's session sees its own jobs' pages only (lists filter in their handlers;
+    // writes go through the API, which checks the policy itself).
+    if let Some(v) = &view
+        && let Some(job) = ui_named_job(&path)
+        && !v.caller.sees_job(job)
+    {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            req.headers(),
+            Some(v),
+            &format!("no job named {job:?}"),
+        );
+    }
+    if let Some(v) = &view
+        && path.starts_with("/ui/audit")
+        && v.caller.policy.as_ref().is_some_and(|p| p.restricts_jobs())
+    {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            req.headers(),
+            Some(v),
+            "the audit log shows every team's changes; this token's policy limits it to some jobs",
+        );
     }
     let safe = req.method() == Method::GET || req.method() == Method::HEAD;
     let Some(view) = view else {

@@ -42,8 +42,8 @@ pub(super) fn create(
         ))));
     }
     conn.execute(
-        "INSERT INTO tokens(id, name, scope, hash, created_at, expires_at, revoked, node_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
+        "INSERT INTO tokens(id, name, scope, hash, created_at, expires_at, revoked, node_id, policy)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8)",
         params![
             token.id,
             token.name,
@@ -51,7 +51,11 @@ pub(super) fn create(
             token.secret_sha256,
             ms(at),
             token.expires_at.map(ms),
-            token.node_id.map(|n| n.to_string())
+            token.node_id.map(|n| n.to_string()),
+            token
+                .policy
+                .as_ref()
+                .map(|p| serde_json::to_string(p).unwrap_or_default())
         ],
     )?;
     audit(
@@ -60,7 +64,15 @@ pub(super) fn create(
         actor,
         "token.create",
         &token.name,
-        &format!("id {} scope {}", token.id, token.scope.as_str()),
+        &match &token.policy {
+            Some(p) => format!(
+                "id {} scope {} policy {}",
+                token.id,
+                token.scope.as_str(),
+                p.summary()
+            ),
+            None => format!("id {} scope {}", token.id, token.scope.as_str()),
+        },
     )?;
     ch.tokens = true;
     Ok(Ok(CommandResult::Token {
@@ -72,6 +84,7 @@ pub(super) fn create(
             expires_at: token.expires_at,
             revoked: false,
             node_id: token.node_id,
+            policy: token.policy.clone(),
         },
     }))
 }

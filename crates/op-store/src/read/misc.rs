@@ -14,7 +14,7 @@ pub const MAX_AUDIT_LIMIT: u32 = 10_000;
 
 pub(crate) fn tokens(conn: &Connection) -> Result<Vec<TokenRecord>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, name, scope, hash, created_at, expires_at, revoked, node_id FROM tokens
+        "SELECT id, name, scope, hash, created_at, expires_at, revoked, node_id, policy FROM tokens
          ORDER BY created_at, id",
     )?;
     let rows = stmt.query_map([], token_row)?;
@@ -25,7 +25,7 @@ pub(crate) fn tokens(conn: &Connection) -> Result<Vec<TokenRecord>> {
 pub(crate) fn token(conn: &Connection, id: &str) -> Result<Option<TokenRecord>> {
     Ok(conn
         .prepare_cached(
-            "SELECT id, name, scope, hash, created_at, expires_at, revoked, node_id FROM tokens
+            "SELECT id, name, scope, hash, created_at, expires_at, revoked, node_id, policy FROM tokens
              WHERE id = ?1",
         )?
         .query_row([id], token_row)
@@ -57,6 +57,15 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
             node_id: r
                 .get::<_, Option<String>>(7)?
                 .and_then(|n| uuid::Uuid::parse_str(&n).ok()),
+            // A policy that no longer reads is kept as the narrowest one: read only, no job
+            // (the empty glob matches no job name), no host.
+            policy: r.get::<_, Option<String>>(8)?.map(|p| {
+                serde_json::from_str(&p).unwrap_or_else(|_| op_proto::policy::TokenPolicy {
+                    jobs: vec![String::new()],
+                    hosts: vec![String::new()],
+                    verbs: vec!["read".into()],
+                })
+            }),
         },
         secret_sha256: r.get(3)?,
     })

@@ -263,6 +263,7 @@ fn tokens_are_unique_by_active_name() {
             secret_sha256: "00".repeat(32),
             expires_at: None,
             node_id: None,
+            policy: None,
         },
         at: at(0),
         actor: "admin".into(),

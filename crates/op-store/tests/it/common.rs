@@ -171,6 +171,7 @@ pub fn fill(s: &mut TestStore) {
             secret_sha256: "11".repeat(32),
             expires_at: Some(at(3600)),
             node_id: None,
+            policy: None,
         },
         at: at(3),
         actor: "admin".into(),

@@ -96,6 +96,7 @@ fn samples() -> Vec<Command> {
                 secret_sha256: "ab".repeat(32),
                 expires_at: None,
                 node_id: None,
+                policy: None,
             },
             at: t0(),
             actor: "admin".into(),

@@ -25,6 +25,7 @@ mod newhosts;
 mod notify;
 mod packages;
 mod packaging;
+mod policies;
 mod private_files;
 mod quickstart;
 mod retry;

@@ -1,0 +1,294 @@
+//! Token policies (issue 24) with real binaries: a manager and three agents, a team token made
+//! with `agentcli token create --job/--host/--verbs` that lists only its jobs and hosts, runs
+//! `exec --all` only on its hosts (naming the refused one), cannot save a job reaching outside
+//! its hosts or named outside its globs, cannot read tokens or set secrets, and whose console
+//! shows only its jobs. Bad policies are a 400 and create nothing.
+
+use std::process::Output;
+
+use op_client::Started;
+use op_proto::NodeStatus;
+use op_proto::api::{CreatePolicyTokenRequest, Scope};
+use op_proto::invoke::{InvocationEvent, InvokeRequest};
+use op_proto::policy::TokenPolicy;
+use op_testkit::{Agent, AgentOptions, Manager, bin, wait_until};
+
+use op_proto::api::RunQuery;
+
+use crate::support::{LONG, console_get, runs_of};
+
+async fn agentcli(m: &Manager, token: &str, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(bin("agentcli"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", m.dir.path())
+        .env("OP_MANAGER", &m.api_url)
+        .env("OP_TOKEN", token)
+        .args(args);
+    tokio::task::spawn_blocking(move || cmd.output().expect("agentcli runs"))
+        .await
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn task(name: &str, white: &[&str]) -> String {
+    serde_json::json!({
+        "JobName": name,
+        "Command": "true",
+        "CronExpr": "0 0 3 * * * *",
+        "WhiteHosts": white,
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_token_sees_and_reaches_only_its_jobs_and_hosts() {
+    let m = Manager::start();
+    let _agents: Vec<Agent> = (1..=3)
+        .map(|i| {
+            Agent::start(
+                AgentOptions::new(&format!("node-{i}"), &format!("127.0.0.{}", i + 1)).manager(&m),
+            )
+        })
+        .collect();
+    let c = m.client();
+    wait_until(LONG, "three agents Ready", || async {
+        c.list_nodes()
+            .await
+            .is_ok_and(|n| n.iter().filter(|n| n.status == NodeStatus::Ready).count() == 3)
+    })
+    .await;
+    c.save_job_text("team-a-backup", &task("team-a-backup", &["node-1"]))
+        .await
+        .unwrap();
+    c.save_job_text("team-b-report", &task("team-b-report", &["node-3"]))
+        .await
+        .unwrap();
+
+    // Bad policies: a clear 400 and nothing created.
+    for (args, says) in [
+        (vec!["--verbs", "read,fly"], "unknown verb \"fly\""),
+        (vec!["--job", "team a"], "job glob"),
+        (vec!["--host", "10.0.0.0/99"], "10.0.0.0/99"),
+    ] {
+        let mut all = vec!["token", "create", "--name", "bad", "--scope", "operator"];
+        all.extend(args);
+        let out = agentcli(&m, &m.admin_token, &all).await;
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains(says), "{says}: {}", text(&out));
+    }
+    let err = c
+        .create_policy_token(&CreatePolicyTokenRequest {
+            name: "bad".into(),
+            scope: Scope::Operator,
+            expires_in_secs: None,
+            policy: Some(TokenPolicy {
+                verbs: vec!["sudo".into()],
+                ..TokenPolicy::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+    assert!(
+        !c.list_tokens()
+            .await
+            .unwrap()
+            .iter()
+            .any(|t| t.name == "bad")
+    );
+
+    // The team token, made as the docs type it; `token list` shows its policy.
+    let out = agentcli(
+        &m,
+        &m.admin_token,
+        &[
+            "token",
+            "create",
+            "--name",
+            "team-a",
+            "--scope",
+            "operator",
+            "--job",
+            "team-a-*",
+            "--host",
+            "node-1",
+            "--host",
+            "node-2",
+            "--verbs",
+            "read,save,run,exec",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let team = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = agentcli(&m, &m.admin_token, &["token", "list"]).await;
+    let line = text(&out)
+        .lines()
+        .find(|l| l.contains("team-a"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.contains("jobs=team-a-*") && line.contains("hosts=node-1,node-2"),
+        "{}",
+        text(&out)
+    );
+    let t = m.client_with(&team);
+
+    // Listings: its jobs and its hosts only.
+    let jobs: Vec<String> = t
+        .list_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.record.spec.name)
+        .collect();
+    assert_eq!(jobs, vec!["team-a-backup".to_string()]);
+    let mut nodes: Vec<String> = t
+        .list_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.hostname)
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, vec!["node-1".to_string(), "node-2".to_string()]);
+    let err = t.get_job("team-b-report").await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+
+    // exec --all runs on its hosts only and names the refused one.
+    let out = agentcli(&m, &team, &["exec", "--all", "--", "hostname"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains("refused by this token's policy (not run there): node-3"),
+        "{all}"
+    );
+    assert!(all.contains("2 host(s): 2 ok"), "{all}");
+    let out = agentcli(&m, &team, &["exec", "--all", "-o", "json", "--", "true"]).await;
+    let mut ran = Vec::new();
+    let mut refused = Vec::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        match serde_json::from_str::<InvocationEvent>(l).unwrap() {
+            InvocationEvent::Accepted(a) => refused = a.refused,
+            InvocationEvent::Result(r) => ran.push(r.host),
+            _ => {}
+        }
+    }
+    ran.sort();
+    assert_eq!(ran, vec!["node-1".to_string(), "node-2".to_string()]);
+    assert_eq!(refused, vec!["node-3".to_string()]);
+    // Naming only a refused host runs nothing.
+    let err = t
+        .exec(&InvokeRequest {
+            command: Some("true".into()),
+            hosts: vec!["node-3".into()],
+            wait: Some(false),
+            ..InvokeRequest::default()
+        })
+        .await
+        .map(|s| matches!(s, Started::Accepted(_)))
+        .unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    assert!(err.to_string().contains("node-3"), "{err}");
+
+    // Runs: the team runs its job; the admin runs the other team's. The team's run listing
+    // holds its own job's runs only, and it may not run the other job.
+    let run = InvokeRequest {
+        wait: Some(false),
+        ..InvokeRequest::default()
+    };
+    t.run_job("team-a-backup", &run).await.unwrap();
+    c.run_job("team-b-report", &run).await.unwrap();
+    assert_eq!(
+        t.run_job("team-b-report", &run)
+            .await
+            .err()
+            .and_then(|e| e.status()),
+        Some(403)
+    );
+    wait_until(LONG, "both jobs' runs stored", || async {
+        !runs_of(&c, "team-a-backup").await.is_empty()
+            && !runs_of(&c, "team-b-report").await.is_empty()
+    })
+    .await;
+    let seen = t
+        .runs(&RunQuery {
+            limit: Some(1000),
+            ..RunQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|r| r.job.starts_with("team-a-")),
+        "{seen:?}"
+    );
+    assert!(runs_of(&t, "team-b-report").await.is_empty());
+
+    // Saving: within its hosts and globs, yes; outside either, 403 and nothing saved.
+    t.save_job_text("team-a-new", &task("team-a-new", &["node-2"]))
+        .await
+        .unwrap();
+    for (name, white) in [
+        ("team-a-wide", vec!["node-1", "node-3"]),
+        ("team-a-all", vec![]),
+        ("team-b-sneak", vec!["node-1"]),
+    ] {
+        let err = t
+            .save_job_text(name, &task(name, &white))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(403), "{name}: {err}");
+    }
+    let names: Vec<String> = c
+        .list_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.record.spec.name)
+        .collect();
+    assert_eq!(names, ["team-a-backup", "team-a-new", "team-b-report"]);
+
+    // No tokens, no secrets: not for the team's operator token, nor for an admin token whose
+    // policy does not grant them.
+    let boss = c
+        .create_policy_token(&CreatePolicyTokenRequest {
+            name: "team-a-admin".into(),
+            scope: Scope::Admin,
+            expires_in_secs: None,
+            policy: Some(TokenPolicy {
+                jobs: vec!["team-a-*".into()],
+                verbs: vec!["read".into(), "save".into()],
+                ..TokenPolicy::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .secret;
+    for who in [&team, &boss] {
+        let w = m.client_with(who);
+        assert_eq!(w.list_tokens().await.unwrap_err().status(), Some(403));
+        assert_eq!(
+            w.set_secret("team-a/pw", "x").await.unwrap_err().status(),
+            Some(403)
+        );
+    }
+    assert!(c.list_secrets().await.unwrap().is_empty());
+
+    // The console signed in with the team token: its jobs only.
+    let page = console_get(&m, &team, "/ui/jobs").await;
+    assert!(page.contains("team-a-backup"), "{page}");
+    assert!(!page.contains("team-b-report"), "{page}");
+    let page = console_get(&m, &team, "/ui/jobs/team-b-report").await;
+    assert!(page.contains("no job named"), "{page}");
+    let page = console_get(&m, &m.admin_token, "/ui/jobs").await;
+    assert!(page.contains("team-b-report"), "{page}");
+}
