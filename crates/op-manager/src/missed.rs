@@ -295,13 +295,16 @@ impl FireJudge {
         let zone = spec.zone();
         let mut out = Vec::with_capacity(due.len());
         for fire in &due {
-            let hosts: Vec<HostAtFire> = selected
-                .iter()
-                .map(|n| HostAtFire {
-                    node_id: n.node_id,
-                    readiness: readiness(n, fire.at),
-                })
-                .collect();
+            let hosts: Vec<HostAtFire> = match spec.run_on.count() {
+                None => selected
+                    .iter()
+                    .map(|n| HostAtFire {
+                        node_id: n.node_id,
+                        readiness: readiness(n, fire.at),
+                    })
+                    .collect(),
+                Some(n) => picked_hosts(spec, fire, n as usize, selected, &runs),
+            };
             let verdicts = match judge_fire(fire, now, &hosts, &runs, &missed) {
                 Ok(v) => v,
                 Err(e) => {
@@ -325,6 +328,55 @@ impl FireJudge {
         }
         Ok(out)
     }
+}
+
+/// The hosts a fire of a `RunOn` job is judged on (issue 23): N in total, not every selected
+/// host. The hosts that ran it (a run carrying the fire), and when fewer than N did, the ones the
+/// leader would pick now among the others (Ready ones first): a fire nobody started is missed
+/// on them. A host that was picked but replaced (unresponsive) ran nothing and is not judged.
+fn picked_hosts(
+    spec: &op_proto::JobSpec,
+    fire: &Fire,
+    n: usize,
+    selected: &[&NodeInfo],
+    runs: &[ObservedRun],
+) -> Vec<HostAtFire> {
+    let ran: BTreeSet<Uuid> = runs
+        .iter()
+        .filter(|r| r.belongs_to(fire.at, fire.next))
+        .map(|r| r.node_id)
+        .filter(|id| selected.binary_search_by_key(id, |n| n.node_id).is_ok())
+        .collect();
+    let mut hosts: Vec<HostAtFire> = selected
+        .iter()
+        .filter(|n| ran.contains(&n.node_id))
+        .map(|n| HostAtFire {
+            node_id: n.node_id,
+            readiness: Readiness::Ready,
+        })
+        .collect();
+    for want in [Readiness::Ready, Readiness::NotReady] {
+        let short = n.saturating_sub(hosts.len());
+        if short == 0 {
+            break;
+        }
+        let others: Vec<op_proto::runon::Candidate> = selected
+            .iter()
+            .filter(|n| !ran.contains(&n.node_id) && readiness(n, fire.at) == want)
+            .map(|n| op_proto::runon::Candidate {
+                node_id: n.node_id,
+                load: None,
+            })
+            .collect();
+        for id in op_proto::runon::pick(spec.pick, &spec.name, fire.at, &others, short) {
+            hosts.push(HostAtFire {
+                node_id: id,
+                readiness: want,
+            });
+        }
+    }
+    hosts.sort_by_key(|h| h.node_id);
+    hosts
 }
 
 /// Where a job's judgement starts: its save time, or the latest fire judged under this

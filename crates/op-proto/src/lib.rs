@@ -23,6 +23,7 @@ pub mod node;
 pub mod package;
 pub mod params;
 pub mod run;
+pub mod runon;
 pub mod schedule;
 pub mod secret;
 pub mod units;

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 pub use taskfile::{FieldError, TaskFileError, known_keys};
 
 use crate::hosts::{HostPattern, HostSelector};
+pub use crate::runon::{Pick, RunOn};
 use crate::schedule::{Schedule, Zone};
 
 /// Longest accepted job name, in characters.
@@ -135,6 +136,12 @@ pub struct JobSpec {
     /// `MaxDuration`: a run alive longer than this many seconds is reported overrunning (it is
     /// not killed: that is `Timeout`); `None` = never.
     pub max_duration_secs: Option<u64>,
+    /// `RunOn`: all selected hosts (default), or N of them picked by the leader per fire.
+    pub run_on: RunOn,
+    /// `Pick`: how the leader picks the hosts of a `RunOn` job.
+    pub pick: Pick,
+    /// `RetryOnAnother`: a failed run of a `RunOn` job is retried once on another host.
+    pub retry_on_another: bool,
 }
 
 impl JobSpec {
@@ -164,6 +171,9 @@ impl JobSpec {
             cgroup: CgroupLimits::default(),
             grace_secs: None,
             max_duration_secs: None,
+            run_on: RunOn::All,
+            pick: Pick::LeastLoaded,
+            retry_on_another: false,
         }
     }
 

@@ -167,6 +167,7 @@ fn samples() -> Vec<Command> {
                 }],
                 release: vec![target],
                 retry_of: None,
+                fire: None,
             }),
             at: t0(),
             actor: "ops".into(),
