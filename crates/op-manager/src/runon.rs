@@ -313,10 +313,7 @@ impl RunOnFirer {
                 .filter(|n| selector.matches(&n.identity()))
                 .map(|n| Candidate {
                     node_id: n.node_id,
-                    load: n
-                        .load
-                        .as_ref()
-                        .map(|l| l.load1 / f64::from(l.cpus.max(1))),
+                    load: n.load.as_ref().map(|l| l.load1 / f64::from(l.cpus.max(1))),
                 })
                 .collect()
         };

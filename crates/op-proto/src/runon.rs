@@ -103,11 +103,7 @@ pub fn pick(
             (primary, tie, c.node_id)
         })
         .collect();
-    scored.sort_by(|a, b| {
-        a.0.total_cmp(&b.0)
-            .then(b.1.cmp(&a.1))
-            .then(a.2.cmp(&b.2))
-    });
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
     scored.dedup_by_key(|s| s.2);
     scored.into_iter().take(n).map(|s| s.2).collect()
 }

@@ -214,10 +214,7 @@ pub fn to_value(spec: &JobSpec) -> Value {
         map.insert("MaxDuration".into(), json!(max));
     }
     if let Some(n) = spec.run_on.count() {
-        map.insert(
-            "RunOn".into(),
-            if n == 1 { json!("one") } else { json!(n) },
-        );
+        map.insert("RunOn".into(), if n == 1 { json!("one") } else { json!(n) });
         map.insert("Pick".into(), json!(spec.pick.as_str()));
     }
     if spec.retry_on_another {
@@ -628,9 +625,7 @@ impl Reader {
                 Some(p) => spec.pick = p,
                 None => self.error(
                     key,
-                    format!(
-                        "{s:?} is not a pick; use \"least_loaded\", \"hash\" or \"random\""
-                    ),
+                    format!("{s:?} is not a pick; use \"least_loaded\", \"hash\" or \"random\""),
                 ),
             }
             if !given {
@@ -1223,17 +1218,26 @@ mod tests {
         use crate::runon::{Pick, RunOn};
         let cron = r#""JobName":"a","Command":"x","CronExpr":"* * * * * *""#;
         let spec = parse(&format!("{{{cron},\"RunOn\":\"one\"}}")).unwrap();
-        assert_eq!((spec.run_on, spec.pick), (RunOn::Hosts(1), Pick::LeastLoaded));
-        let spec =
-            parse(&format!("{{{cron},\"runon\":3,\"Pick\":\"hash\",\"RetryOnAnother\":true}}"))
-                .unwrap();
+        assert_eq!(
+            (spec.run_on, spec.pick),
+            (RunOn::Hosts(1), Pick::LeastLoaded)
+        );
+        let spec = parse(&format!(
+            "{{{cron},\"runon\":3,\"Pick\":\"hash\",\"RetryOnAnother\":true}}"
+        ))
+        .unwrap();
         assert_eq!(spec.run_on, RunOn::Hosts(3));
         assert_eq!(spec.pick, Pick::Hash);
         assert!(spec.retry_on_another);
         assert_eq!(decode_stored(&to_value(&spec)).unwrap(), spec);
         let spec = parse(&format!("{{{cron},\"RunOn\":\"all\"}}")).unwrap();
         assert_eq!(spec, parse(&format!("{{{cron}}}")).unwrap());
-        assert_eq!(parse(&format!("{{{cron},\"RunOn\":\"2\"}}")).unwrap().run_on, RunOn::Hosts(2));
+        assert_eq!(
+            parse(&format!("{{{cron},\"RunOn\":\"2\"}}"))
+                .unwrap()
+                .run_on,
+            RunOn::Hosts(2)
+        );
 
         for (extra, field, says) in [
             (r#""RunOn":0"#, "RunOn", "no host"),
@@ -1242,7 +1246,11 @@ mod tests {
             (r#""RunOn":"some""#, "RunOn", "not \"all\""),
             (r#""RunOn":true"#, "RunOn", "must be"),
             (r#""RunOn":99999"#, "RunOn", "out of range"),
-            (r#""RunOn":"one","Pick":"round_robin""#, "Pick", "not a pick"),
+            (
+                r#""RunOn":"one","Pick":"round_robin""#,
+                "Pick",
+                "not a pick",
+            ),
             (r#""Pick":"hash""#, "Pick", "RunOn"),
             (r#""RetryOnAnother":1"#, "RetryOnAnother", "RunOn"),
         ] {

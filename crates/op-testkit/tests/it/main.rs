@@ -27,6 +27,7 @@ mod packaging;
 mod private_files;
 mod quickstart;
 mod retry;
+mod runon;
 mod secrets;
 mod signals;
 mod slow_clients;
