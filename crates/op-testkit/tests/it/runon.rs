@@ -300,3 +300,80 @@ async fn bad_run_on_fields_are_refused_and_nothing_is_saved() {
     assert_eq!(job.record.spec.run_on, op_proto::job::RunOn::Hosts(2));
     assert!(job.record.spec.retry_on_another);
 }
+
+/// `RetryOnAnother`: the picked host (`Pick: hash`) starts failing the job; each later fire's
+/// failed run is retried once on another host, where it succeeds: one failure and one success
+/// per fire, never a second retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_on_another_retries_a_failed_fire_once_elsewhere() {
+    let m = Manager::start_with(ManagerOptions {
+        args: ["--directive-ack-timeout", "2s"].map(String::from).to_vec(),
+        ..ManagerOptions::default()
+    });
+    let agents = fleet(&m, 3, &[]).await;
+    let c = m.client();
+    c.save_job_text(
+        "flaky",
+        r#"{"JobName":"flaky","Command":"test ! -e \"$OP_DEPLOY_DIR/fail\"","CronExpr":"* * * * * * *",
+            "RunOn":"one","Pick":"hash","RetryOnAnother":1}"#,
+    )
+    .await
+    .expect("save");
+    wait_until(LONG, "three fires of flaky ran", || async {
+        hosts_per_fire(&c, "flaky").await.len() >= 3
+    })
+    .await;
+    let owner = single(&hosts_per_fire(&c, "flaky").await)
+        .values()
+        .next()
+        .unwrap()
+        .clone();
+    let agent = agents
+        .iter()
+        .find(|a| a.options.node_name == owner)
+        .expect("the owner is one of the agents");
+    std::fs::create_dir_all(agent.deploy_dir()).unwrap();
+    std::fs::write(agent.deploy_dir().join("fail"), b"").unwrap();
+    let broken_at = Utc::now() + chrono::Duration::seconds(1);
+
+    let outcomes = || async {
+        let mut per_fire: BTreeMap<DateTime<Utc>, Vec<(String, op_proto::RunStatus)>> =
+            BTreeMap::new();
+        for r in runs_of(&c, "flaky").await {
+            if let Some(at) = r.planned_at.filter(|at| *at > broken_at) {
+                per_fire.entry(at).or_default().push((r.hostname, r.status));
+            }
+        }
+        per_fire
+    };
+    wait_until(
+        LONG,
+        "four failed fires were retried and succeeded",
+        || async {
+            outcomes()
+                .await
+                .values()
+                .filter(|runs| runs.iter().any(|(_, s)| *s == op_proto::RunStatus::Ok))
+                .count()
+                >= 4
+        },
+    )
+    .await;
+    for (at, runs) in outcomes().await {
+        assert!(runs.len() <= 2, "fire {at}: {runs:?}");
+        let failed: Vec<&(String, op_proto::RunStatus)> = runs
+            .iter()
+            .filter(|(_, s)| *s == op_proto::RunStatus::Failed)
+            .collect();
+        let ok: Vec<&(String, op_proto::RunStatus)> = runs
+            .iter()
+            .filter(|(_, s)| *s == op_proto::RunStatus::Ok)
+            .collect();
+        assert!(ok.len() <= 1, "fire {at} succeeded twice: {runs:?}");
+        if let Some((host, _)) = ok.first() {
+            assert_ne!(*host, owner, "fire {at}: {runs:?}");
+            assert_eq!(failed.len(), 1, "fire {at}: {runs:?}");
+            assert_eq!(failed[0].0, owner, "fire {at}: {runs:?}");
+        }
+    }
+}
