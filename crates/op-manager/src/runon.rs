@@ -149,17 +149,7 @@ impl RunOnFirer {
     /// One pass: start the due fires, then replace or retry the hosts of the open ones.
     pub async fn pass(&self, memory: &mut Memory) -> Result<(), DomainError> {
         let now = self.clock.now();
-        let (jobs, mut nodes) = state::read(&self.store, |s| Ok((s.jobs()?, s.nodes()?))).await?;
-        if !jobs.iter().any(|j| j.spec.run_on.is_picked()) {
-            memory.cursors.clear();
-            memory.open.clear();
-            return Ok(());
-        }
-        self.beats.overlay(&mut nodes);
-        nodes.retain(|n| n.status != NodeStatus::Left);
-        nodes.sort_by_key(|n| n.node_id);
-        memory.suspects.retain(|_, until| *until > now);
-
+        let jobs = state::read(&self.store, |s| s.jobs()).await?;
         let live: HashMap<&str, &JobRecord> = jobs
             .iter()
             .filter(|j| j.spec.enabled && j.spec.run_on.is_picked() && j.spec.schedule().is_some())
@@ -173,6 +163,25 @@ impl RunOnFirer {
                 .is_some_and(|j| j.revision == f.revision)
                 && f.fire + FOLLOW_FOR > now
         });
+        // The nodes are read only when there is something to do: a fire due, or one followed.
+        let due = live
+            .values()
+            .any(|j| match memory.cursors.get(&j.spec.name) {
+                Some(c) if c.revision == j.revision => j
+                    .spec
+                    .schedule()
+                    .and_then(|s| s.next_after(c.at))
+                    .is_some_and(|next| next <= now),
+                _ => true,
+            });
+        if !due && memory.open.is_empty() {
+            return Ok(());
+        }
+        let mut nodes = state::read(&self.store, |s| s.nodes()).await?;
+        self.beats.overlay(&mut nodes);
+        nodes.retain(|n| n.status != NodeStatus::Left);
+        nodes.sort_by_key(|n| n.node_id);
+        memory.suspects.retain(|_, until| *until > now);
 
         for job in live.values() {
             self.fire_job(memory, job, &nodes, now).await?;
