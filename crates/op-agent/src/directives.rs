@@ -187,6 +187,13 @@ impl Directives {
             tracing::warn!(%run_id, job = %d.spec.name, not_after = %d.not_after, "directive arrived after its deadline; not starting it");
             return Taken::Ignored;
         }
+        if let Some(start_by) = d.start_by
+            && now > start_by + skew
+        {
+            // A fire of a RunOn job: the leader has given it to another host by now.
+            tracing::warn!(%run_id, job = %d.spec.name, %start_by, "fire directive arrived after its start window; another host runs it");
+            return Taken::Ignored;
+        }
         let req = match request(&d, now) {
             Ok(req) => req,
             Err(reason) => {
@@ -258,13 +265,18 @@ fn plain(d: &RunDirective, now: DateTime<Utc>) -> RunRequest {
         run_id: d.run_id,
         spec: Arc::new(d.spec.clone()),
         revision: d.revision,
-        trigger: Trigger::Adhoc,
+        // A RunOn job's fire is a cron run of that fire, wherever the leader sent it.
+        trigger: if d.planned_at.is_some() {
+            Trigger::Cron
+        } else {
+            Trigger::Adhoc
+        },
         attempt: 0,
         invocation_id: Some(d.invocation_id),
         params: d.params.clone(),
         command: d.spec.command.clone(),
         param_env: Vec::new(),
-        planned_at: Some(now),
+        planned_at: Some(d.planned_at.unwrap_or(now)),
         start_at: None,
         once: false,
     }
@@ -415,6 +427,8 @@ mod tests {
                 .collect(),
             trigger: Trigger::Adhoc,
             not_after: Utc::now(),
+            planned_at: None,
+            start_by: None,
         }
     }
 

@@ -40,6 +40,7 @@ pub mod notify;
 pub mod output;
 pub mod raft;
 pub mod retention;
+pub mod runon;
 pub mod secrets;
 pub mod state;
 pub mod ui;
@@ -412,6 +413,17 @@ pub async fn start(
                 every: config.fire_check_every,
                 settle: config.fire_settle,
                 skew_threshold: config.clock_skew_threshold,
+            },
+            shutdown.clone(),
+        )),
+        tokio::spawn(runon::run(
+            runon::RunOnFirer {
+                store: app.store.clone(),
+                writer: app.writer.clone(),
+                beats: app.beats.clone(),
+                clock: Arc::new(clock::SystemClock),
+                every: std::time::Duration::from_millis(200),
+                ack_timeout: config.directive_ack_timeout,
             },
             shutdown.clone(),
         )),

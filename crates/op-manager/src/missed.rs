@@ -295,13 +295,16 @@ impl FireJudge {
         let zone = spec.zone();
         let mut out = Vec::with_capacity(due.len());
         for fire in &due {
-            let hosts: Vec<HostAtFire> = selected
-                .iter()
-                .map(|n| HostAtFire {
-                    node_id: n.node_id,
-                    readiness: readiness(n, fire.at),
-                })
-                .collect();
+            let hosts: Vec<HostAtFire> = match spec.run_on.count() {
+                None => selected
+                    .iter()
+                    .map(|n| HostAtFire {
+                        node_id: n.node_id,
+                        readiness: readiness(n, fire.at),
+                    })
+                    .collect(),
+                Some(n) => picked_hosts(spec, fire, n as usize, selected, &runs),
+            };
             let verdicts = match judge_fire(fire, now, &hosts, &runs, &missed) {
                 Ok(v) => v,
                 Err(e) => {
@@ -327,6 +330,55 @@ impl FireJudge {
     }
 }
 
+/// The hosts a fire of a `RunOn` job is judged on (issue 23): N in total, not every selected
+/// host. The hosts that ran it (a run carrying the fire), and when fewer than N did, the ones the
+/// leader would pick now among the others (Ready ones first): a fire nobody started is missed
+/// on them. A host that was picked but replaced (unresponsive) ran nothing and is not judged.
+fn picked_hosts(
+    spec: &op_proto::JobSpec,
+    fire: &Fire,
+    n: usize,
+    selected: &[&NodeInfo],
+    runs: &[ObservedRun],
+) -> Vec<HostAtFire> {
+    let ran: BTreeSet<Uuid> = runs
+        .iter()
+        .filter(|r| r.belongs_to(fire.at, fire.next))
+        .map(|r| r.node_id)
+        .filter(|id| selected.binary_search_by_key(id, |n| n.node_id).is_ok())
+        .collect();
+    let mut hosts: Vec<HostAtFire> = selected
+        .iter()
+        .filter(|n| ran.contains(&n.node_id))
+        .map(|n| HostAtFire {
+            node_id: n.node_id,
+            readiness: Readiness::Ready,
+        })
+        .collect();
+    for want in [Readiness::Ready, Readiness::NotReady] {
+        let short = n.saturating_sub(hosts.len());
+        if short == 0 {
+            break;
+        }
+        let others: Vec<op_proto::runon::Candidate> = selected
+            .iter()
+            .filter(|n| !ran.contains(&n.node_id) && readiness(n, fire.at) == want)
+            .map(|n| op_proto::runon::Candidate {
+                node_id: n.node_id,
+                load: None,
+            })
+            .collect();
+        for id in op_proto::runon::pick(spec.pick, &spec.name, fire.at, &others, short) {
+            hosts.push(HostAtFire {
+                node_id: id,
+                readiness: want,
+            });
+        }
+    }
+    hosts.sort_by_key(|h| h.node_id);
+    hosts
+}
+
 /// Where a job's judgement starts: its save time, or the latest fire judged under this
 /// revision (a new leader continues there).
 fn start(job: &JobRecord, latest_judged: Option<DateTime<Utc>>) -> Cursor {
@@ -349,5 +401,99 @@ fn readiness(node: &NodeInfo, fire: DateTime<Utc>) -> Readiness {
         Readiness::NotReady
     } else {
         Readiness::Ready
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use op_proto::{Concurrency, JobSpec, Schedule, Zone};
+
+    fn node(n: u8, status: NodeStatus) -> NodeInfo {
+        let long_ago = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        NodeInfo {
+            node_id: Uuid::from_u128(u128::from(n)),
+            hostname: format!("node-{n}"),
+            ips: vec![format!("10.0.0.{n}").parse().unwrap()],
+            labels: Default::default(),
+            manager_labels: Default::default(),
+            agent_version: "t".into(),
+            os: String::new(),
+            arch: String::new(),
+            machine_id: String::new(),
+            status,
+            first_seen: long_ago,
+            last_seen: long_ago,
+            load: None,
+            running: vec![],
+            packages: vec![],
+            stats: Default::default(),
+            degraded: None,
+            clock_skew_ms: None,
+            capabilities: Vec::new(),
+        }
+    }
+
+    fn ran(node: u8, fire: DateTime<Utc>, status: RunStatus) -> ObservedRun {
+        ObservedRun {
+            run_id: Uuid::now_v7(),
+            node_id: Uuid::from_u128(u128::from(node)),
+            trigger: Trigger::Cron,
+            planned_at: Some(fire),
+            started_at: Some(fire),
+            ended_at: Some(fire),
+            status,
+        }
+    }
+
+    /// A RunOn job is judged on N hosts per fire: those that ran it (a retry elsewhere adds its
+    /// host), else the ones the pick would choose (Ready first), never every selected host.
+    #[test]
+    fn run_on_fires_are_judged_on_the_hosts_that_ran_them_or_n_picked() {
+        let schedule = Schedule::parse("* * * * * * *", Zone::parse("UTC").unwrap()).unwrap();
+        let at = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
+        let fire = Fire::new(
+            &schedule,
+            at,
+            None,
+            chrono::Duration::zero(),
+            None,
+            Concurrency::Forbid,
+        );
+        let mut spec = JobSpec::new("solo", "true");
+        spec.run_on = op_proto::runon::RunOn::Hosts(1);
+        let nodes = [
+            node(1, NodeStatus::Ready),
+            node(2, NodeStatus::NotReady),
+            node(3, NodeStatus::Ready),
+            node(4, NodeStatus::Ready),
+        ];
+        let selected: Vec<&NodeInfo> = nodes.iter().collect();
+        let ids = |hosts: &[HostAtFire]| -> Vec<u128> {
+            hosts.iter().map(|h| h.node_id.as_u128()).collect()
+        };
+
+        let runs = [ran(3, at, RunStatus::Ok)];
+        assert_eq!(ids(&picked_hosts(&spec, &fire, 1, &selected, &runs)), [3]);
+        // A run of another fire does not count for this one.
+        let other = [ran(3, at + chrono::Duration::seconds(1), RunStatus::Ok)];
+        let hosts = picked_hosts(&spec, &fire, 1, &selected, &other);
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].readiness, Readiness::Ready);
+        assert_ne!(hosts[0].node_id.as_u128(), 2);
+        // Failed on one host, retried on another: both judged.
+        let retried = [ran(1, at, RunStatus::Failed), ran(4, at, RunStatus::Ok)];
+        assert_eq!(
+            ids(&picked_hosts(&spec, &fire, 1, &selected, &retried)),
+            [1, 4]
+        );
+        // Nothing ran: N hosts missed, Ready ones first, then NotReady.
+        let hosts = picked_hosts(&spec, &fire, 4, &selected, &[]);
+        assert_eq!(ids(&hosts), [1, 2, 3, 4]);
+        assert_eq!(hosts[1].readiness, Readiness::NotReady);
+        let verdicts =
+            judge_fire(&fire, at + chrono::Duration::hours(1), &hosts, &[], &[]).unwrap();
+        assert_eq!(verdicts.len(), 4);
     }
 }

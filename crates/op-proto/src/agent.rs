@@ -258,6 +258,14 @@ pub struct RunDirective {
     /// Do not start after this instant (the caller has given up on this host), on the manager's
     /// clock (see [`DesiredState::received_at`]).
     pub not_after: DateTime<Utc>,
+    /// The fire of a `RunOn` job this run is (issue 23): the run is recorded as a `cron` run
+    /// with this `planned_at`, so fires are counted alike wherever they ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_at: Option<DateTime<Utc>>,
+    /// Do not start after this instant either (manager's clock): for a fire, the end of the
+    /// acknowledgement window, after which the leader gives the fire to another host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_by: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,6 +24,7 @@ pub mod package;
 pub mod params;
 pub mod policy;
 pub mod run;
+pub mod runon;
 pub mod schedule;
 pub mod secret;
 pub mod units;

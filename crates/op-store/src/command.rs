@@ -449,6 +449,10 @@ pub struct NewInvocation {
     /// The invocation this one retries (its hosts that did not succeed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_of: Option<Uuid>,
+    /// The fire of a `RunOn` job this invocation runs (issue 23): its runs are `cron` runs of
+    /// that fire (`planned_at`), and a host must start it within its acknowledgement window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fire: Option<DateTime<Utc>>,
 }
 
 /// One host an invocation runs on, with the run id the manager picked for it (so a directive

@@ -360,7 +360,12 @@ impl Loop {
                 entry.next_fire = plan.next;
                 continue;
             }
-            let schedule = entry.spec.schedule();
+            // A RunOn job (issue 23) is fired by the manager's leader on the hosts it picks (a
+            // directive per fire), never by each agent's own cron.
+            let schedule = entry
+                .spec
+                .schedule()
+                .filter(|_| !entry.spec.run_on.is_picked());
             let next = schedule.as_ref().and_then(|s| s.next_after(now));
             if self.first_set
                 && let Some(s) = &schedule

@@ -279,6 +279,7 @@ async fn start(
             unreachable: selected.unreachable,
             release,
             retry_of: p.retry_of,
+            fire: None,
         }),
         at: now,
         actor: caller.name,

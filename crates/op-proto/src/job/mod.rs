@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 pub use taskfile::{FieldError, TaskFileError, known_keys};
 
 use crate::hosts::{HostPattern, HostSelector};
+pub use crate::runon::{Pick, RunOn};
 use crate::schedule::{Schedule, Zone};
 
 /// Longest accepted job name, in characters.
@@ -145,6 +146,12 @@ pub struct JobSpec {
     /// `NewHostsAtOnce`: at most this many late hosts are let start at once (admitted in the order
     /// they came); `None` = [`DEFAULT_NEW_HOSTS_AT_ONCE`].
     pub new_hosts_at_once: Option<u64>,
+    /// `RunOn`: all selected hosts (default), or N of them picked by the leader per fire.
+    pub run_on: RunOn,
+    /// `Pick`: how the leader picks the hosts of a `RunOn` job.
+    pub pick: Pick,
+    /// `RetryOnAnother`: a failed run of a `RunOn` job is retried once on another host.
+    pub retry_on_another: bool,
 }
 
 impl JobSpec {
@@ -176,6 +183,9 @@ impl JobSpec {
             max_duration_secs: None,
             new_hosts: false,
             new_hosts_at_once: None,
+            run_on: RunOn::All,
+            pick: Pick::LeastLoaded,
+            retry_on_another: false,
         }
     }
 

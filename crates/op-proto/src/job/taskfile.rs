@@ -61,6 +61,9 @@ const KEYS: &[&str] = &[
     "MaxDuration",
     "NewHosts",
     "NewHostsAtOnce",
+    "RunOn",
+    "Pick",
+    "RetryOnAnother",
 ];
 
 /// Every key a task file may hold, in canonical spelling.
@@ -217,6 +220,13 @@ pub fn to_value(spec: &JobSpec) -> Value {
     }
     if let Some(n) = spec.new_hosts_at_once {
         map.insert("NewHostsAtOnce".into(), json!(n));
+    }
+    if let Some(n) = spec.run_on.count() {
+        map.insert("RunOn".into(), if n == 1 { json!("one") } else { json!(n) });
+        map.insert("Pick".into(), json!(spec.pick.as_str()));
+    }
+    if spec.retry_on_another {
+        map.insert("RetryOnAnother".into(), json!(1));
     }
     Value::Object(map)
 }
@@ -594,7 +604,98 @@ impl Reader {
                 );
             }
         }
+        self.run_on(f, &mut spec);
         spec
+    }
+
+    /// `RunOn`, `Pick`, `RetryOnAnother` (issue 23): a job the leader fires on N picked hosts.
+    fn run_on(&mut self, f: &Fields<'_>, spec: &mut JobSpec) {
+        use crate::runon::{MAX_RUN_ON, Pick, RunOn};
+        let mut given = false;
+        if let Some((key, value)) = f.get("RunOn")
+            && !value.is_null()
+        {
+            let word = match value {
+                Value::String(s) => s.trim().to_ascii_lowercase(),
+                Value::Number(n) => n.to_string(),
+                other => {
+                    self.error(
+                        key,
+                        format!(
+                            "must be \"all\", \"one\" or a number of hosts, found {}",
+                            json_kind(other)
+                        ),
+                    );
+                    String::new()
+                }
+            };
+            match word.as_str() {
+                "" => {}
+                "all" => {}
+                "one" => spec.run_on = RunOn::Hosts(1),
+                w => match w.parse::<i64>() {
+                    Ok(n) if (1..=i64::from(MAX_RUN_ON)).contains(&n) => {
+                        spec.run_on = RunOn::Hosts(n as u32);
+                    }
+                    Ok(n) if n < 1 => self.error(
+                        key,
+                        format!(
+                            "{n} would run each fire on no host; use \"one\", a number \
+                             1..={MAX_RUN_ON} or \"all\""
+                        ),
+                    ),
+                    Ok(n) => self.error(
+                        key,
+                        format!("{n} is out of range; allowed is 1..={MAX_RUN_ON} hosts"),
+                    ),
+                    Err(_) => self.error(
+                        key,
+                        format!("{w:?} is not \"all\", \"one\" or a number of hosts"),
+                    ),
+                },
+            }
+            given = spec.run_on.is_picked();
+        }
+        if let Some((key, value)) = f.get("Pick")
+            && !value.is_null()
+            && let Some(s) = self.string(key, value)
+            && !s.trim().is_empty()
+        {
+            match Pick::parse(&s) {
+                Some(p) => spec.pick = p,
+                None => self.error(
+                    key,
+                    format!("{s:?} is not a pick; use \"least_loaded\", \"hash\" or \"random\""),
+                ),
+            }
+            if !given {
+                self.rule(
+                    key,
+                    "picks hosts only for a job with RunOn \"one\" or a number; set RunOn \
+                     or remove Pick",
+                );
+            }
+        }
+        if let Some((key, value)) = f.get("RetryOnAnother")
+            && !value.is_null()
+            && let Some(b) = self.flag(key, value)
+        {
+            spec.retry_on_another = b;
+            if b && !given {
+                self.rule(
+                    key,
+                    "retries on another host only for a job with RunOn \"one\" or a number \
+                     (with RunOn all every host runs anyway); set RunOn or remove RetryOnAnother",
+                );
+            }
+        }
+        if given && spec.cron_expr.is_empty() {
+            self.rule(
+                "RunOn",
+                "the leader picks hosts per fire of a schedule; set CronExpr (a once-job or an \
+                 API job runs where it is sent)",
+            );
+        }
     }
 
     fn cgroup(&mut self, f: &Fields<'_>) -> CgroupLimits {
@@ -1203,5 +1304,56 @@ mod tests {
                 "{text}: {e:?}"
             );
         }
+    }
+
+    #[test]
+    fn run_on_pick_and_retry_on_another() {
+        use crate::runon::{Pick, RunOn};
+        let cron = r#""JobName":"a","Command":"x","CronExpr":"* * * * * *""#;
+        let spec = parse(&format!("{{{cron},\"RunOn\":\"one\"}}")).unwrap();
+        assert_eq!(
+            (spec.run_on, spec.pick),
+            (RunOn::Hosts(1), Pick::LeastLoaded)
+        );
+        let spec = parse(&format!(
+            "{{{cron},\"runon\":3,\"Pick\":\"hash\",\"RetryOnAnother\":true}}"
+        ))
+        .unwrap();
+        assert_eq!(spec.run_on, RunOn::Hosts(3));
+        assert_eq!(spec.pick, Pick::Hash);
+        assert!(spec.retry_on_another);
+        assert_eq!(decode_stored(&to_value(&spec)).unwrap(), spec);
+        let spec = parse(&format!("{{{cron},\"RunOn\":\"all\"}}")).unwrap();
+        assert_eq!(spec, parse(&format!("{{{cron}}}")).unwrap());
+        assert_eq!(
+            parse(&format!("{{{cron},\"RunOn\":\"2\"}}"))
+                .unwrap()
+                .run_on,
+            RunOn::Hosts(2)
+        );
+
+        for (extra, field, says) in [
+            (r#""RunOn":0"#, "RunOn", "no host"),
+            (r#""RunOn":"0""#, "RunOn", "no host"),
+            (r#""RunOn":-2"#, "RunOn", "no host"),
+            (r#""RunOn":"some""#, "RunOn", "not \"all\""),
+            (r#""RunOn":true"#, "RunOn", "must be"),
+            (r#""RunOn":99999"#, "RunOn", "out of range"),
+            (
+                r#""RunOn":"one","Pick":"round_robin""#,
+                "Pick",
+                "not a pick",
+            ),
+            (r#""Pick":"hash""#, "Pick", "RunOn"),
+            (r#""RetryOnAnother":1"#, "RetryOnAnother", "RunOn"),
+        ] {
+            let e = errs(&format!("{{{cron},{extra}}}"));
+            assert!(
+                e.iter().any(|m| m.starts_with(field) && m.contains(says)),
+                "{extra}: {e:?}"
+            );
+        }
+        let e = errs(r#"{"JobName":"a","Command":"x","RunOn":"one"}"#);
+        assert!(e[0].contains("CronExpr"), "{e:?}");
     }
 }

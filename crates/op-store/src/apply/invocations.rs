@@ -71,6 +71,7 @@ pub(super) fn create(
         options: inv.options.clone(),
         unreachable: inv.unreachable.clone(),
         retry_of: inv.retry_of,
+        fire: inv.fire,
     };
     let finished = inv.targets.is_empty();
     conn.execute(

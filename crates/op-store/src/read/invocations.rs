@@ -37,6 +37,9 @@ pub struct InvocationDetail {
     /// The invocation this one retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_of: Option<Uuid>,
+    /// The fire of a `RunOn` job this invocation runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fire: Option<DateTime<Utc>>,
 }
 
 /// One invocation as stored.
@@ -137,6 +140,7 @@ fn invocation_row(r: &Row<'_>) -> rusqlite::Result<(InvocationRow, String)> {
                 options: InvocationOptions::default(),
                 unreachable: Vec::new(),
                 retry_of: None,
+                fire: None,
             },
         },
         r.get(8)?,
@@ -230,7 +234,7 @@ pub(crate) fn directives(conn: &Connection, node: Option<Uuid>) -> Result<Vec<(U
         "AND ?1 IS NULL"
     };
     let sql = format!(
-        "SELECT t.node_id, t.run_id, t.kill, t.not_after, i.id, i.record
+        "SELECT t.node_id, t.run_id, t.kill, t.not_after, i.id, i.record, t.ack_by
          FROM invocation_targets t JOIN invocations i ON i.id = t.invocation_id
          WHERE t.status = 'running' {filter} ORDER BY t.node_id, i.created_at, t.seq"
     );
@@ -262,8 +266,20 @@ pub(crate) fn directives(conn: &Connection, node: Option<Uuid>) -> Result<Vec<(U
                 revision: detail.revision,
                 spec: detail.spec.clone(),
                 params: detail.params.clone(),
-                trigger: Trigger::Adhoc,
+                trigger: if detail.fire.is_some() {
+                    Trigger::Cron
+                } else {
+                    Trigger::Adhoc
+                },
                 not_after,
+                planned_at: detail.fire,
+                // A fire's host must start within its acknowledgement window (the leader gives
+                // the fire to another host after it), with a second's margin for the ack to
+                // arrive.
+                start_by: detail.fire.and(
+                    r.get::<_, Option<i64>>(6)?
+                        .map(|ms| from_ms(ms) - chrono::Duration::seconds(1)),
+                ),
             })),
         ));
     }

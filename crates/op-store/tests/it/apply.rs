@@ -310,6 +310,7 @@ fn apply_is_deterministic() {
                 unreachable: vec![],
                 release: vec![Uuid::from_u128(8)],
                 retry_of: None,
+                fire: None,
             }),
             at: at(3),
             actor: "ops".into(),

@@ -168,6 +168,7 @@ fn samples() -> Vec<Command> {
                 }],
                 release: vec![target],
                 retry_of: None,
+                fire: None,
             }),
             at: t0(),
             actor: "ops".into(),

@@ -51,6 +51,7 @@ fn exec(inv: u128, nodes: &[u8], batch: Option<u32>, release: &[u8], at_secs: i6
             }],
             release: release.iter().map(|n| run_id(inv, *n)).collect(),
             retry_of: None,
+            fire: None,
         }),
         at: at(at_secs),
         actor: "ops".into(),

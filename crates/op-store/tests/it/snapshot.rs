@@ -54,6 +54,7 @@ fn snapshot_install_round_trips_all_tables() {
             unreachable: vec![],
             release: vec![uuid::Uuid::from_u128(8)],
             retry_of: None,
+            fire: None,
         }),
         at: at(40),
         actor: "ops".into(),

@@ -29,6 +29,7 @@ mod policies;
 mod private_files;
 mod quickstart;
 mod retry;
+mod runon;
 mod secrets;
 mod signals;
 mod slow_clients;
