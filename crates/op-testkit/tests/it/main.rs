@@ -24,6 +24,7 @@ mod missed;
 mod notify;
 mod packages;
 mod packaging;
+mod pause;
 mod private_files;
 mod quickstart;
 mod retry;
