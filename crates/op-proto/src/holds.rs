@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn a_window_covers_start_inclusive_end_exclusive() {
-        let w = window("0 0 3 * * *", 600, HoldScope::All);
+        let w = window("0 0 3 * * * *", 600, HoldScope::All);
         assert_eq!(w.open_at(t("2030-01-02T02:59:59Z")), None);
         assert_eq!(
             w.open_at(t("2030-01-02T03:00:00Z")),
@@ -316,7 +316,7 @@ mod tests {
                 by: "alice".into(),
                 at,
             }],
-            windows: vec![window("0 0 3 * * *", 600, HoldScope::Job("backup".into()))],
+            windows: vec![window("0 0 3 * * * *", 600, HoldScope::Job("backup".into()))],
             draining: false,
         };
         assert_eq!(
@@ -346,11 +346,11 @@ mod tests {
     #[test]
     fn bad_windows_are_refused() {
         let now = t("2030-01-01T00:00:00Z");
-        assert!(check_window("w", "0 0 3 * * *", 0, now).is_err());
-        assert!(check_window("w", "0 0 0 30 2 *", 60, now).is_err());
+        assert!(check_window("w", "0 0 3 * * * *", 0, now).is_err());
+        assert!(check_window("w", "0 0 0 30 2 * *", 60, now).is_err());
         assert!(check_window("w", "not cron", 60, now).is_err());
-        assert!(check_window("bad name", "0 0 3 * * *", 60, now).is_err());
-        assert!(check_window("w", "0 0 3 * * *", 60, now).is_ok());
+        assert!(check_window("bad name", "0 0 3 * * * *", 60, now).is_err());
+        assert!(check_window("w", "0 0 3 * * * *", 60, now).is_ok());
     }
 
     #[test]
