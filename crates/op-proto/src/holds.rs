@@ -316,7 +316,11 @@ mod tests {
                 by: "alice".into(),
                 at,
             }],
-            windows: vec![window("0 0 3 * * * *", 600, HoldScope::Job("backup".into()))],
+            windows: vec![window(
+                "0 0 3 * * * *",
+                600,
+                HoldScope::Job("backup".into()),
+            )],
             draining: false,
         };
         assert_eq!(

@@ -546,6 +546,12 @@ impl SyncLoop {
             && self.applied_holds.as_ref() != Some(&holds)
         {
             self.scheduler.set_holds(holds.clone());
+            let (dir, cached) = (self.state_dir.clone(), holds.clone());
+            match tokio::task::spawn_blocking(move || desired::save_holds(&dir, &cached)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "caching the pauses and windows failed"),
+                Err(e) => tracing::warn!(error = %e, "caching the pauses and windows failed"),
+            }
             self.applied_holds = Some(holds);
         }
         if labels_changed || self.applied_jobs.as_ref() != Some(&state.jobs) {
