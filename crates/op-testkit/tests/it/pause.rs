@@ -276,7 +276,13 @@ fn once_at(t: DateTime<Utc>) -> String {
 
 #[tokio::test]
 async fn a_maintenance_window_suppresses_a_1hz_job_exactly_during_the_window() {
-    let m = Manager::start();
+    // A manager that judges fires every second, 2 s after their grace (as missed.rs).
+    let m = Manager::start_with(op_testkit::ManagerOptions {
+        args: ["--fire-check-every", "1s", "--fire-settle", "2s"]
+            .map(String::from)
+            .to_vec(),
+        ..op_testkit::ManagerOptions::default()
+    });
     let _agents = fleet(&m, 1, &[]).await;
     let c = m.client();
 
@@ -422,6 +428,31 @@ async fn a_maintenance_window_suppresses_a_1hz_job_exactly_during_the_window() {
             .any(|r| r.status == RunStatus::Ok && planned(r) >= end + chrono::Duration::seconds(2))
     })
     .await;
+    // The leader judges the window's fires skipped, not missed: every judged fire is collected
+    // while the judge moves past the window (it keeps only the newest few per job).
+    let judged = std::sync::Mutex::new(std::collections::BTreeMap::new());
+    wait_until(LONG, "the window's fires are judged", || async {
+        let Ok(j) = c.get_job("tick").await else {
+            return false;
+        };
+        let mut seen = judged.lock().unwrap();
+        for f in &j.last_fires {
+            seen.insert(f.fire, f.counts.clone());
+        }
+        seen.keys().next_back().is_some_and(|f| *f >= end)
+    })
+    .await;
+    let judged = judged.into_inner().unwrap();
+    let in_window: Vec<_> = judged
+        .iter()
+        .filter(|(f, _)| **f >= start && **f < end)
+        .collect();
+    assert!(in_window.len() >= 3, "{judged:?}");
+    for (fire, counts) in &in_window {
+        assert_eq!(counts.get("skipped"), Some(&1), "{fire}: {counts:?}");
+        assert_eq!(counts.get("missed"), None, "{fire}: {counts:?}");
+    }
+
     let runs = runs_of(&c, "tick").await;
     let mut inside = 0;
     for r in runs.iter().filter(|r| planned(r) > saved_at) {
