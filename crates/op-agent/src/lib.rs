@@ -129,6 +129,12 @@ pub async fn run(
     } else {
         // Keep running the last known job set until a manager sends a new one.
         let mut cached_index = 0;
+        // The pauses, windows and drain last received, before any job can fire (issue 23).
+        match state::desired::load_holds(&config.state_dir) {
+            Ok(Some(holds)) => scheduler.set_holds(holds),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "ignoring the cached pauses and windows"),
+        }
         match state::desired::load(&config.state_dir) {
             Ok(Some(cached)) => {
                 if cached.source == "manager" {

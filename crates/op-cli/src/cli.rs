@@ -383,6 +383,95 @@ Examples:
         after_help = "Example:\n  agentcli completion bash > /etc/bash_completion.d/agentcli"
     )]
     Completion { shell: clap_complete::Shell },
+    /// Pause scheduled fires of the whole fleet, a job or the hosts with a label: its fires are
+    /// recorded `skipped` with the reason (`paused by WHO until TIME`). Unlike `disable`, the
+    /// job stays and running processes are not touched. `--list` shows the pauses.
+    #[command(after_help = "\
+Examples:
+  agentcli pause --label role=db --until 2h        the db hosts run nothing for two hours
+  agentcli pause --job backup.sh                   until `agentcli resume --job backup.sh`
+  agentcli pause --all --until 2026-12-24T06:00:00Z
+  agentcli pause --list
+
+--until takes an instant (RFC 3339) or a duration from now (30m, 2h); it ends by itself then
+(judged on each agent's clock). Pausing the same scope again replaces its --until.")]
+    Pause {
+        #[command(flatten)]
+        scope: HoldScopeArgs,
+        /// End the pause by itself at this instant (RFC 3339) or after this long (30m, 2h).
+        #[arg(long, value_name = "TIME|DURATION")]
+        until: Option<String>,
+        /// List the pauses instead.
+        #[arg(long, conflicts_with_all = ["all", "job", "label", "until"])]
+        list: bool,
+    },
+    /// End a pause (the one with exactly this scope).
+    #[command(after_help = "\
+Examples:
+  agentcli resume --label role=db
+  agentcli resume --all")]
+    Resume {
+        #[command(flatten)]
+        scope: HoldScopeArgs,
+    },
+    /// Drain a node (by hostname, IP or id): no new runs of any job start on it (fires are
+    /// recorded `skipped`, reason `node draining`; run and exec report it not run); running
+    /// ones finish. `get nodes` shows it `Draining` until `undrain`.
+    #[command(after_help = "Example:\n  agentcli drain web-07")]
+    Drain { node: String },
+    /// End a node's drain.
+    #[command(after_help = "Example:\n  agentcli undrain web-07")]
+    Undrain { node: String },
+    /// Maintenance windows: from each fire of a cron schedule (UTC) for a duration, matching
+    /// jobs do not fire (recorded `skipped`, reason `maintenance window NAME`).
+    #[command(subcommand)]
+    Window(WindowCommand),
+}
+
+/// What a pause covers: exactly one of these.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HoldScopeArgs {
+    /// Every job on every host.
+    #[arg(long)]
+    pub all: bool,
+    /// One job (on every host it runs on).
+    #[arg(long, value_name = "JOB")]
+    pub job: Option<String>,
+    /// Every job on the hosts with this label.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WindowCommand {
+    /// Create or replace a window. Without --job or --label it covers every job.
+    #[command(after_help = "\
+Examples:
+  agentcli window add nightly-db --cron '0 0 2 * * * *' --duration 1h --label role=db
+  agentcli window add sunday --cron '0 0 0 * * 0 *' --duration 6h --job backup.sh
+
+The schedule is read in UTC, in any form `agentcli cron` takes. A schedule that never fires
+again, or a zero duration, is refused.")]
+    Add {
+        name: String,
+        /// When the window opens (cron, UTC).
+        #[arg(long, value_name = "EXPR")]
+        cron: String,
+        /// How long it stays open (30m, 2h; seconds when a bare number).
+        #[arg(long, value_name = "DURATION")]
+        duration: String,
+        /// Only this job.
+        #[arg(long, value_name = "JOB", conflicts_with = "label")]
+        job: Option<String>,
+        /// Only jobs on the hosts with this label.
+        #[arg(long, value_name = "KEY=VALUE")]
+        label: Option<String>,
+    },
+    /// List windows: name, schedule, duration, scope, next opening.
+    List,
+    /// Remove a window.
+    #[command(visible_alias = "rm")]
+    Remove { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -484,6 +484,57 @@ impl Client {
             .await
     }
 
+    /// Drains (`true`) or undrains a node (by id, hostname or IP); the node as it is now.
+    pub async fn drain_node(&self, key: &str, drain: bool) -> Result<NodeInfo> {
+        let verb = if drain { "drain" } else { "undrain" };
+        self.post(&format!("/v1/nodes/{}/{verb}", path_segment(key)), &())
+            .await
+    }
+
+    /// Every pause (issue 23), expired or not.
+    pub async fn pauses(&self) -> Result<Vec<op_proto::holds::Pause>> {
+        self.get("/v1/pauses").await
+    }
+
+    /// Pauses a scope (replacing its earlier pause); the pause as saved.
+    pub async fn pause(
+        &self,
+        req: &op_proto::holds::PauseRequest,
+    ) -> Result<op_proto::holds::Pause> {
+        self.post("/v1/pauses", req).await
+    }
+
+    /// Ends the pause of exactly this scope.
+    pub async fn resume(&self, req: &op_proto::holds::ResumeRequest) -> Result<()> {
+        let path = "/v1/pauses/resume";
+        self.send(path, self.request(Method::POST, path).json(req))
+            .await?;
+        Ok(())
+    }
+
+    /// Every maintenance window, by name.
+    pub async fn windows(&self) -> Result<Vec<op_proto::holds::Window>> {
+        self.get("/v1/windows").await
+    }
+
+    /// Creates or replaces a maintenance window; the window as saved.
+    pub async fn put_window(
+        &self,
+        name: &str,
+        req: &op_proto::holds::WindowRequest,
+    ) -> Result<op_proto::holds::Window> {
+        let path = format!("/v1/windows/{}", path_segment(name));
+        self.json(&path, self.request(Method::PUT, &path).json(req))
+            .await
+    }
+
+    pub async fn remove_window(&self, name: &str) -> Result<()> {
+        let path = format!("/v1/windows/{}", path_segment(name));
+        self.send(&path, self.request(Method::DELETE, &path))
+            .await?;
+        Ok(())
+    }
+
     /// Forgets a node: it becomes Left until its agent registers again.
     pub async fn forget_node(&self, id: Uuid) -> Result<()> {
         let path = format!("/v1/nodes/{id}");

@@ -62,6 +62,8 @@ pub struct NodeDesired {
     pub directives: Vec<Directive>,
     /// The labels `jobs` were selected by (the agent's own and manager-set).
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The node is drained (`agentcli drain`): its agent starts no new runs.
+    pub draining: bool,
 }
 
 /// A node as the hub needs it.
@@ -75,6 +77,7 @@ struct CachedNode {
     pending: HashSet<(String, u64)>,
     /// Live directives (ad-hoc runs, kills) for this node.
     directives: Vec<Directive>,
+    draining: bool,
 }
 
 /// Everything needed to answer any node's sync.
@@ -157,6 +160,7 @@ impl DesiredCache {
                     desired_index: index,
                     pending: HashSet::new(),
                     directives: Vec::new(),
+                    draining: n.drain.is_some(),
                 },
             );
         }
@@ -179,6 +183,7 @@ impl DesiredCache {
             packages: self.packages.clone(),
             directives: self.nodes.get(&id)?.directives.clone(),
             labels: self.nodes.get(&id)?.identity.labels.clone(),
+            draining: self.nodes.get(&id)?.draining,
         })
     }
 
@@ -252,9 +257,45 @@ pub struct Hub {
     /// A package version was added (or the whole state replaced): check that every referenced
     /// blob is here.
     blob_sync_now: Notify,
+    /// The pauses and windows as last read, with the `seq` they were read at (issue 23).
+    holds: std::sync::Mutex<Option<(u64, Arc<FleetHolds>)>>,
+}
+
+/// The pauses and maintenance windows every agent is sent.
+#[derive(Debug, Default)]
+pub struct FleetHolds {
+    pub pauses: Vec<op_proto::holds::Pause>,
+    pub windows: Vec<op_proto::holds::Window>,
 }
 
 impl Hub {
+    /// The pauses and windows, read again only after a change that concerned every node (a pause
+    /// or window change bumps `seq`).
+    pub async fn holds(&self, store: &Arc<Store>) -> Result<Arc<FleetHolds>, StoreError> {
+        // The generation before the store: a change in between only makes the next call read again.
+        let generation = *self.seq.borrow();
+        if let Ok(cached) = self.holds.lock()
+            && let Some((g, h)) = cached.as_ref()
+            && *g == generation
+        {
+            return Ok(h.clone());
+        }
+        let s = store.clone();
+        let read = tokio::task::spawn_blocking(move || -> Result<FleetHolds, StoreError> {
+            Ok(FleetHolds {
+                pauses: s.pauses()?,
+                windows: s.windows()?,
+            })
+        })
+        .await
+        .map_err(|_| StoreError::Poisoned)??;
+        let read = Arc::new(read);
+        if let Ok(mut cached) = self.holds.lock() {
+            *cached = Some((generation, read.clone()));
+        }
+        Ok(read)
+    }
+
     pub fn new(prune_threshold: u64) -> Hub {
         Hub {
             dirty: std::sync::Mutex::new(Dirty {
@@ -275,6 +316,7 @@ impl Hub {
             prune_now: Notify::new(),
             blob_gc_now: Notify::new(),
             blob_sync_now: Notify::new(),
+            holds: std::sync::Mutex::new(None),
         }
     }
 

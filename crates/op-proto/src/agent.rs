@@ -201,6 +201,10 @@ pub struct DesiredState {
     /// managers, light answers): the agent's own labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<std::collections::BTreeMap<String, String>>,
+    /// The pauses and maintenance windows in force and whether this node drains (issue 23):
+    /// the agent holds the fires they cover. Absent (older managers, light answers): unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holds: Option<crate::holds::Holds>,
 }
 
 /// A one-off order for this node, carried by the sync channel.

@@ -420,6 +420,7 @@ mod tests {
             running: vec![],
             packages: held.into_iter().collect(),
             stats: Default::default(),
+            drain: None,
         }
     }
 

@@ -564,7 +564,7 @@ impl FireSummary {
         for (kind, what) in [
             (
                 OutcomeKind::Skipped,
-                "skipped its {at} fire (previous run still running)",
+                "skipped its {at} fire (previous run still running, or held by a pause, drain or maintenance window)",
             ),
             (OutcomeKind::Late, "started its {at} fire late"),
             (OutcomeKind::Overrunning, "is overrunning its {at} fire"),

@@ -135,9 +135,22 @@ pub struct NodeInfo {
     /// [`crate::agent::RegisterRequest::capabilities`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capabilities: Vec<String>,
+    /// Set by `agentcli drain`: no new runs start on the node until `undrain` (issue 23).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<crate::holds::Drain>,
 }
 
 impl NodeInfo {
+    /// The status as `get nodes` and the console show it: `Draining` for a Ready node that is
+    /// drained, else the status itself.
+    pub fn status_text(&self) -> &'static str {
+        if self.drain.is_some() && self.status == NodeStatus::Ready {
+            "Draining"
+        } else {
+            self.status.as_str()
+        }
+    }
+
     pub fn identity(&self) -> HostIdentity {
         HostIdentity {
             hostname: self.hostname.clone(),

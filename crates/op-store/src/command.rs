@@ -267,6 +267,28 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         replaces: BTreeMap<String, String>,
     },
+    /// A pause (issue 23): replaces any pause of the same scope. Checked by the proposer.
+    Pause { pause: op_proto::holds::Pause },
+    /// Removes the pause of exactly this scope.
+    Resume {
+        scope: op_proto::holds::HoldScope,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+    /// Creates or replaces a maintenance window. Checked by the proposer (it opens again).
+    SetWindow { window: op_proto::holds::Window },
+    RemoveWindow {
+        name: String,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+    /// Drains (`Some`) or undrains (`None`) a node: no new runs start on it while drained.
+    SetNodeDrain {
+        node_id: Uuid,
+        drain: Option<op_proto::holds::Drain>,
+        at: DateTime<Utc>,
+        actor: String,
+    },
 }
 
 /// A secret's value sealed with the cluster's secrets key (an AEAD; the name is its associated
@@ -315,6 +337,11 @@ impl Command {
             Command::SetSecret { .. } => "set_secret",
             Command::RemoveSecret { .. } => "remove_secret",
             Command::RekeySecrets { .. } => "rekey_secrets",
+            Command::Pause { .. } => "pause",
+            Command::Resume { .. } => "resume",
+            Command::SetWindow { .. } => "set_window",
+            Command::RemoveWindow { .. } => "remove_window",
+            Command::SetNodeDrain { .. } => "set_node_drain",
         }
     }
 }
@@ -744,5 +771,9 @@ pub enum CommandResult {
     Secret {
         info: op_proto::secret::SecretInfo,
         created: bool,
+    },
+    /// The node with its drain as set (issue 23).
+    NodeDrained {
+        node: Box<NodeInfo>,
     },
 }

@@ -264,6 +264,18 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tokens ADD COLUMN policy TEXT;
     "#,
+    // pauses and maintenance windows (issue 23): each a JSON `op_proto::holds` record. A pause
+    // is keyed by its scope's text (`all`, `job=NAME`, `label:k=v`): pausing it again replaces it.
+    r#"
+    CREATE TABLE pauses (
+        scope TEXT PRIMARY KEY,
+        info  TEXT NOT NULL
+    );
+    CREATE TABLE windows (
+        name TEXT PRIMARY KEY,
+        info TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -189,6 +189,7 @@ pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Link {
         index: parts.cached_index,
         applied_jobs: None,
         applied_labels: None,
+        applied_holds: None,
         received: Vec::new(),
         settings: AgentSettings::default(),
         registered: registered_tx,
@@ -322,6 +323,8 @@ struct SyncLoop {
     applied_jobs: Option<Vec<DesiredJob>>,
     /// The labels the manager selects this node by (its own and manager-set), last applied.
     applied_labels: Option<std::collections::BTreeMap<String, String>>,
+    /// The pauses, windows and drain last applied (issue 23).
+    applied_holds: Option<op_proto::holds::Holds>,
     /// The run directives of the last full answer applied: every sync call acknowledges them
     /// (`Heartbeat::received`), so the manager knows they reached this agent.
     received: Vec<uuid::Uuid>,
@@ -536,6 +539,20 @@ impl SyncLoop {
         if labels_changed && let Some(labels) = state.labels.clone() {
             self.scheduler.set_labels(labels);
             self.applied_labels = state.labels.clone();
+        }
+        // Pauses, windows and drain (issue 23): before the job set, so a job that arrives with
+        // its pause never fires unpaused.
+        if let Some(holds) = state.holds.clone()
+            && self.applied_holds.as_ref() != Some(&holds)
+        {
+            self.scheduler.set_holds(holds.clone());
+            let (dir, cached) = (self.state_dir.clone(), holds.clone());
+            match tokio::task::spawn_blocking(move || desired::save_holds(&dir, &cached)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "caching the pauses and windows failed"),
+                Err(e) => tracing::warn!(error = %e, "caching the pauses and windows failed"),
+            }
+            self.applied_holds = Some(holds);
         }
         if labels_changed || self.applied_jobs.as_ref() != Some(&state.jobs) {
             tracing::info!(

@@ -66,6 +66,8 @@ enum Msg {
     SetJobs(Vec<DesiredJob>, Option<tokio::sync::oneshot::Sender<()>>),
     /// The labels the manager selects this host by (the agent's own merged with manager-set).
     SetLabels(std::collections::BTreeMap<String, String>),
+    /// The pauses and windows in force and whether this node drains (issue 23).
+    SetHolds(op_proto::holds::Holds),
     /// True while a package deploy is in progress (see [`Scheduler::hold_once_jobs_while`]).
     Gate(tokio::sync::watch::Receiver<bool>),
     /// Once-job revisions already in the ledger (written there by someone else), and who to
@@ -101,6 +103,12 @@ impl Scheduler {
     /// with the next job set.
     pub fn set_labels(&self, labels: std::collections::BTreeMap<String, String>) {
         let _ = self.tx.send(Msg::SetLabels(labels));
+    }
+
+    /// Replaces the pauses, windows and drain the scheduler holds fires by (from the manager):
+    /// a held cron or retry fire is recorded `skipped` with the reason; a held once-job waits.
+    pub fn set_holds(&self, holds: op_proto::holds::Holds) {
+        let _ = self.tx.send(Msg::SetHolds(holds));
     }
 
     /// Tells the scheduler about once-job revisions just written into the ledger (the manager's
@@ -166,6 +174,7 @@ pub fn spawn(
         held_since: None,
         ledger,
         first_set: true,
+        holds: op_proto::holds::Holds::default(),
         shutdown: shutdown.clone(),
         clock: parts.clock,
     };
@@ -192,6 +201,7 @@ pub fn spawn(
                 Some(record) = finished.recv() => lp.on_finished(&record),
                 msg = rx.recv() => match msg {
                     Some(Msg::SetLabels(labels)) => lp.host.labels = labels,
+                    Some(Msg::SetHolds(holds)) => lp.holds = holds,
                     Some(Msg::SetJobs(jobs, applied)) => {
                         lp.set_jobs(jobs);
                         if let Some(applied) = applied {
@@ -278,6 +288,8 @@ struct Loop {
     held_since: Option<DateTime<Utc>>,
     ledger: HashSet<(String, u64)>,
     first_set: bool,
+    /// Pauses, windows and drain (issue 23), as the manager last sent them.
+    holds: op_proto::holds::Holds,
     shutdown: CancellationToken,
     clock: Arc<dyn Clock>,
 }
@@ -586,6 +598,12 @@ impl Loop {
             if self.ledger.contains(&key) {
                 continue;
             }
+            if let Some(why) = self.holds.why_held(&name, &self.host.labels, now) {
+                // A once-job is never skipped: it waits for the hold to end.
+                tracing::debug!(job = %name, reason = %why, "once-job held");
+                self.pending_once.insert(name);
+                continue;
+            }
             let busy = !self.executor.running_for(&name).is_empty();
             let replacing = plan.replacing.as_ref().is_some_and(|h| !h.is_finished());
             if replacing || (busy && plan.spec.concurrency == Concurrency::Forbid) {
@@ -602,6 +620,22 @@ impl Loop {
 
     /// Applies the concurrency policy to one fire.
     fn fire(&mut self, name: &str, req: RunRequest) {
+        if matches!(req.trigger, Trigger::Cron | Trigger::Retry) {
+            let at = req.planned_at.unwrap_or_else(|| self.clock.now());
+            if let Some(why) = self.holds.why_held(name, &self.host.labels, at) {
+                // Held (paused, drained, in a maintenance window): recorded as skipped with the
+                // reason, so the manager reports it skipped, not missed. Running runs go on.
+                self.metrics.fire_skipped();
+                let mut record = self.executor.record_for(&req);
+                record.status = RunStatus::Skipped;
+                record.started_at = None;
+                record.error = Some(format!("skipped: {why}"));
+                tracing::info!(job = %name, reason = %why, "fire held");
+                let executor = self.executor.clone();
+                tokio::spawn(async move { executor.record_without_process(record).await });
+                return;
+            }
+        }
         let Some(plan) = self.plans.get_mut(name) else {
             return;
         };

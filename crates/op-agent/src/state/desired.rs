@@ -54,6 +54,34 @@ pub fn load(dir: &Path) -> Result<Option<CachedJobs>, AgentError> {
         })
 }
 
+/// The pauses, windows and drain last received (issue 23), in `STATE_DIR/holds.json`: a
+/// restarted agent holds the same fires before its first sync.
+pub const HOLDS_FILE: &str = "holds.json";
+
+pub fn save_holds(dir: &Path, holds: &op_proto::holds::Holds) -> Result<(), AgentError> {
+    let text = serde_json::to_vec_pretty(holds).map_err(|e| AgentError::Corrupt {
+        path: dir.join(HOLDS_FILE),
+        message: e.to_string(),
+    })?;
+    write_atomic(&dir.join(HOLDS_FILE), &text)
+}
+
+/// `None` when none were ever saved.
+pub fn load_holds(dir: &Path) -> Result<Option<op_proto::holds::Holds>, AgentError> {
+    let path = dir.join(HOLDS_FILE);
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(AgentError::io("reading", path, e)),
+    };
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| AgentError::Corrupt {
+            path,
+            message: e.to_string(),
+        })
+}
+
 /// Replaces `path` with `bytes` so that readers and crashes see the old or the new content only.
 /// The file is its owner's only, like everything in the state dir.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {

@@ -116,7 +116,7 @@ async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
             // One row per node, whatever its addresses: scripts written against the seed
             // read hostnames with `awk 'NR>1{print $1}'`.
             n.ip_string(),
-            n.status.as_str().to_string(),
+            n.status_text().to_string(),
             n.agent_version.clone(),
             local_time(n.first_seen),
             local_time(n.last_seen),

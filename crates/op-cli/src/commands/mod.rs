@@ -9,6 +9,7 @@ mod events;
 mod exec;
 mod fanout;
 mod get;
+mod holds;
 mod hosts;
 mod invocations;
 mod job;
@@ -224,6 +225,26 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Version => {
             let ctx = ctx()?;
             crate::connect::block_on(version::run(&ctx))
+        }
+        Command::Pause { scope, until, list } => {
+            let ctx = ctx()?;
+            crate::connect::block_on(holds::pause(&ctx, &scope, until.as_deref(), list))
+        }
+        Command::Resume { scope } => {
+            let ctx = ctx()?;
+            crate::connect::block_on(holds::resume(&ctx, &scope))
+        }
+        Command::Drain { node } => {
+            let ctx = ctx()?;
+            crate::connect::block_on(holds::drain(&ctx, &node, true))
+        }
+        Command::Undrain { node } => {
+            let ctx = ctx()?;
+            crate::connect::block_on(holds::drain(&ctx, &node, false))
+        }
+        Command::Window(what) => {
+            let ctx = ctx()?;
+            crate::connect::block_on(holds::window(&ctx, what))
         }
     }
 }

@@ -214,6 +214,7 @@ mod tests {
             degraded: None,
             clock_skew_ms: None,
             capabilities: Vec::new(),
+            drain: None,
         }
     }
 

@@ -188,6 +188,7 @@ fn desired(
     uploads: Vec<Directive>,
     received_at: chrono::DateTime<Utc>,
     secrets: op_proto::secret::SecretValues,
+    holds: &crate::hub::FleetHolds,
 ) -> DesiredState {
     let mut directives = answer.directives;
     directives.extend(uploads);
@@ -202,6 +203,11 @@ fn desired(
         directives_only: false,
         secrets,
         labels: Some(answer.labels),
+        holds: Some(op_proto::holds::Holds {
+            pauses: holds.pauses.clone(),
+            windows: holds.windows.clone(),
+            draining: answer.draining,
+        }),
     }
 }
 
@@ -222,6 +228,7 @@ fn uploads_only(
         directives_only: true,
         secrets: Default::default(),
         labels: None,
+        holds: None,
     }
 }
 
@@ -346,9 +353,18 @@ pub async fn sync(
             // The values of the secrets this node's own jobs name, for this node alone (the
             // caller is the node's own credential, checked above).
             let secrets = super::secrets::resolve(&app, &answer.jobs, &answer.directives).await?;
+            // The pauses and windows in force, and whether this node drains (issue 23).
+            let holds = app.hub.holds(&app.store).await?;
             // Taken after the last await: a call dropped before answering takes nothing.
             let uploads = app.outputs.take(node);
-            Ok(Json(desired(&app, answer, uploads, received_at, secrets)))
+            Ok(Json(desired(
+                &app,
+                answer,
+                uploads,
+                received_at,
+                secrets,
+                &holds,
+            )))
         }
         _ => Err(ApiError::UnknownNode(node)),
     }

@@ -12,6 +12,7 @@ pub(crate) mod error;
 mod events;
 pub(crate) mod extract;
 mod guard;
+mod holds;
 mod invoke;
 mod jobs;
 mod nodes;
@@ -109,6 +110,15 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/notify", get(notify::list).post(notify::create))
         .route("/v1/notify/{name}", put(notify::put).delete(notify::remove))
         .route("/v1/notify/{name}/test", post(notify::test))
+        .route("/v1/pauses", get(holds::list_pauses).post(holds::pause))
+        .route("/v1/pauses/resume", post(holds::resume))
+        .route("/v1/windows", get(holds::list_windows))
+        .route(
+            "/v1/windows/{name}",
+            put(holds::put_window).delete(holds::remove_window),
+        )
+        .route("/v1/nodes/{key}/drain", post(holds::drain))
+        .route("/v1/nodes/{key}/undrain", post(holds::undrain))
         .route("/v1/agent/register", post(agent::register))
         .route("/v1/agent/sync", post(agent::sync))
         .layer(Extension(BodyLimit {

@@ -62,7 +62,13 @@ pub fn select(
         .collect();
     chosen.sort_by(|a, b| (&a.hostname, a.node_id).cmp(&(&b.hostname, b.node_id)));
     for node in chosen {
-        if node.status.is_live() {
+        if node.status.is_live() && node.drain.is_some() {
+            // A drained node starts nothing new (issue 23): reported at once, never waited for.
+            out.unreachable.push(MissingHost {
+                host: node.hostname.clone(),
+                reason: "node draining (agentcli undrain to run here again)".into(),
+            });
+        } else if node.status.is_live() {
             out.targets.push(node.clone());
         } else {
             out.unreachable.push(MissingHost {
@@ -121,6 +127,7 @@ mod tests {
             degraded: None,
             clock_skew_ms: None,
             capabilities: Vec::new(),
+            drain: None,
         }
     }
 

@@ -85,6 +85,15 @@ pub fn node_status(s: NodeStatus) -> String {
     }
 }
 
+/// A node's status badge: `Draining` for a Ready node that is drained (issue 23).
+pub fn node_badge(n: &op_proto::NodeInfo) -> String {
+    if n.status_text() == "Draining" {
+        badge("warn", "⏸", "Draining")
+    } else {
+        node_status(n.status)
+    }
+}
+
 /// A clock face, drawn in the text's colour at the text's size.
 const CLOCK: &str = "<svg class=\"icon\" viewBox=\"0 0 16 16\"><circle cx=\"8\" cy=\"9\" r=\"6\"/>\
                      <path d=\"M8 5.5V9l2.5 1.5M6 1.5h4\"/></svg>";

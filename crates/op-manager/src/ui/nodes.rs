@@ -194,7 +194,7 @@ pub async fn show(
         body,
         "<h1>{} <span id=\"node-status\">{}</span></h1><div id=\"node\" data-refresh=\"5000\">",
         esc(&node.hostname),
-        html::node_status(node.status)
+        html::node_badge(&node)
     );
     body.push_str("<section class=\"card\"><dl class=\"facts\">");
     // Manager-set labels (`agentcli label`) are marked `k=v*`.
@@ -353,7 +353,7 @@ fn status_cell(n: &NodeInfo) -> String {
             html::node_status(n.status),
             esc(why)
         ),
-        _ => html::node_status(n.status),
+        _ => html::node_badge(n),
     }
 }
 

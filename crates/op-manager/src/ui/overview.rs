@@ -333,6 +333,7 @@ mod tests {
             degraded: None,
             clock_skew_ms: None,
             capabilities: Vec::new(),
+            drain: None,
         }
     }
 

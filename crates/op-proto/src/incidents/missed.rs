@@ -82,7 +82,7 @@ impl IncidentState {
                         )
                     }
                     _ => format!(
-                        "{} skipped its {} fire {on} (previous run still running)",
+                        "{} skipped its {} fire {on} (previous run still running, or held by a pause, drain or maintenance window)",
                         fire.job, fire.fire_label
                     ),
                 };

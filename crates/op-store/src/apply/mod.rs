@@ -6,6 +6,7 @@
 //! such values arrive inside the command.
 
 pub(crate) mod events;
+mod holds;
 mod invocations;
 mod jobs;
 pub(crate) mod judged;
@@ -282,6 +283,18 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
             actor,
             replaces,
         } => secrets::rekey(conn, sealed, replaces, *at, actor),
+        Command::Pause { pause } => holds::pause(conn, index, pause, ch),
+        Command::Resume { scope, at, actor } => holds::resume(conn, index, scope, *at, actor, ch),
+        Command::SetWindow { window } => holds::set_window(conn, index, window, ch),
+        Command::RemoveWindow { name, at, actor } => {
+            holds::remove_window(conn, index, name, *at, actor, ch)
+        }
+        Command::SetNodeDrain {
+            node_id,
+            drain,
+            at,
+            actor,
+        } => nodes::set_drain(conn, index, *node_id, drain.clone(), *at, actor, ch),
     }
 }
 

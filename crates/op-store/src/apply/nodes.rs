@@ -53,6 +53,7 @@ pub(super) fn register(
         degraded: None,
         clock_skew_ms: None,
         capabilities: Vec::new(),
+        drain: None,
     });
     node.hostname = reg.hostname.clone();
     node.capabilities = reg.capabilities.clone();
@@ -414,6 +415,45 @@ pub(super) fn set_labels(
         &text.join(" "),
     )?;
     Ok(Ok(CommandResult::NodeLabelled {
+        node: Box::new(node),
+    }))
+}
+
+/// Drains (`Some`) or undrains (`None`) a node (issue 23): its agent is told with its next sync
+/// answer and starts no new runs while drained. Draining a drained node keeps the first drain.
+pub(super) fn set_drain(
+    conn: &Connection,
+    index: u64,
+    node_id: Uuid,
+    drain: Option<op_proto::holds::Drain>,
+    at: DateTime<Utc>,
+    actor: &str,
+    ch: &mut Changes,
+) -> Outcome {
+    let Some(mut node) = read::nodes::by_id(conn, node_id)? else {
+        return Ok(Err(Rejection::not_found(format!(
+            "no node with id {node_id}"
+        ))));
+    };
+    if node.status == NodeStatus::Left {
+        return Ok(Err(Rejection::conflict(format!(
+            "node {} ({node_id}) was forgotten",
+            node.hostname
+        ))));
+    }
+    let action = if drain.is_some() {
+        "node.drain"
+    } else {
+        "node.undrain"
+    };
+    if node.drain.is_some() != drain.is_some() {
+        node.drain = drain;
+        write(conn, &node)?;
+        bump_desired_node(conn, index, node_id, ch)?;
+        ch.nodes.insert(node_id);
+        audit(conn, at, actor, action, &node.hostname, "")?;
+    }
+    Ok(Ok(CommandResult::NodeDrained {
         node: Box::new(node),
     }))
 }

@@ -2,6 +2,7 @@
 //! take a `Connection` so that `apply` can use the same queries inside its transaction.
 
 pub(crate) mod events;
+pub(crate) mod holds;
 pub(crate) mod invocations;
 pub(crate) mod jobs;
 pub(crate) mod judged;

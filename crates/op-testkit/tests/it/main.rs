@@ -26,6 +26,7 @@ mod notify;
 mod packages;
 mod packaging;
 mod policies;
+mod pause;
 mod private_files;
 mod quickstart;
 mod retry;
