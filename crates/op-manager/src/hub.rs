@@ -62,6 +62,8 @@ pub struct NodeDesired {
     pub directives: Vec<Directive>,
     /// The labels `jobs` were selected by (the agent's own and manager-set).
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The hash of the facts `jobs` were selected by ("" when none were reported).
+    pub facts_hash: String,
 }
 
 /// A node as the hub needs it.
@@ -179,6 +181,14 @@ impl DesiredCache {
             packages: self.packages.clone(),
             directives: self.nodes.get(&id)?.directives.clone(),
             labels: self.nodes.get(&id)?.identity.labels.clone(),
+            facts_hash: self
+                .nodes
+                .get(&id)?
+                .identity
+                .facts
+                .as_ref()
+                .map(|f| f.hash())
+                .unwrap_or_default(),
         })
     }
 

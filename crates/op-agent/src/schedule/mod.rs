@@ -66,6 +66,8 @@ enum Msg {
     SetJobs(Vec<DesiredJob>, Option<tokio::sync::oneshot::Sender<()>>),
     /// The labels the manager selects this host by (the agent's own merged with manager-set).
     SetLabels(std::collections::BTreeMap<String, String>),
+    /// This host's facts, probed again after a change.
+    SetFacts(op_proto::facts::Facts),
     /// True while a package deploy is in progress (see [`Scheduler::hold_once_jobs_while`]).
     Gate(tokio::sync::watch::Receiver<bool>),
     /// Once-job revisions already in the ledger (written there by someone else), and who to
@@ -101,6 +103,12 @@ impl Scheduler {
     /// with the next job set.
     pub fn set_labels(&self, labels: std::collections::BTreeMap<String, String>) {
         let _ = self.tx.send(Msg::SetLabels(labels));
+    }
+
+    /// Replaces the host's facts used to check job selections (`fact.` selectors); takes effect
+    /// with the next job set.
+    pub fn set_facts(&self, facts: op_proto::facts::Facts) {
+        let _ = self.tx.send(Msg::SetFacts(facts));
     }
 
     /// Tells the scheduler about once-job revisions just written into the ledger (the manager's
@@ -192,6 +200,7 @@ pub fn spawn(
                 Some(record) = finished.recv() => lp.on_finished(&record),
                 msg = rx.recv() => match msg {
                     Some(Msg::SetLabels(labels)) => lp.host.labels = labels,
+                    Some(Msg::SetFacts(facts)) => lp.host.facts = Some(facts),
                     Some(Msg::SetJobs(jobs, applied)) => {
                         lp.set_jobs(jobs);
                         if let Some(applied) = applied {

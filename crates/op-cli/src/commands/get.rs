@@ -107,6 +107,7 @@ async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
             "PACKAGES",
             "DEGRADED",
             "CLOCKSKEW",
+            "FACTS",
         ]);
     }
     let mut table = Table::new(&headers);
@@ -161,6 +162,9 @@ async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
             );
             // The agent's clock minus the manager's: a wrong clock fires jobs at wrong times.
             row.push(n.clock_skew_text());
+            // What its agent probed, short: `debian 12, 2 cpus, 23.5 GiB, docker` (all of them
+            // under `facts` in -o json).
+            row.push(n.facts_text());
         }
         table.row(row);
     }

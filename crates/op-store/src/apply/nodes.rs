@@ -39,6 +39,7 @@ pub(super) fn register(
         ips: Vec::new(),
         labels: Default::default(),
         manager_labels: Default::default(),
+        facts: None,
         agent_version: String::new(),
         os: String::new(),
         arch: String::new(),
@@ -390,6 +391,44 @@ pub(super) fn set_labels(
     )?;
     Ok(Ok(CommandResult::NodeLabelled {
         node: Box::new(node),
+    }))
+}
+
+/// The facts a node's agent reported. A change remembers the jobs of the old identity and bumps
+/// the node's desired state, so a `fact.` selector changes which jobs the node runs at once; the
+/// same facts again change nothing.
+pub(super) fn set_facts(
+    conn: &Connection,
+    index: u64,
+    node_id: Uuid,
+    facts: &op_proto::facts::Facts,
+    ch: &mut Changes,
+) -> Outcome {
+    let Some(mut node) = read::nodes::by_id(conn, node_id)? else {
+        return Ok(Err(Rejection::not_found(format!(
+            "no node with id {node_id}"
+        ))));
+    };
+    if node.status == NodeStatus::Left {
+        return Ok(Err(Rejection::conflict(format!(
+            "node {} ({node_id}) was forgotten; its agent must register again",
+            node.hostname
+        ))));
+    }
+    if node.facts.as_ref() == Some(facts) {
+        return Ok(Ok(CommandResult::NodeFactsSet {
+            node_id,
+            changed: false,
+        }));
+    }
+    super::selections::remember_node(conn, node_id, &node.identity())?;
+    node.facts = Some(facts.clone());
+    write(conn, &node)?;
+    bump_desired_node(conn, index, node_id, ch)?;
+    ch.nodes.insert(node_id);
+    Ok(Ok(CommandResult::NodeFactsSet {
+        node_id,
+        changed: true,
     }))
 }
 
