@@ -11,6 +11,7 @@ mod console;
 mod delivery;
 mod docs_commands;
 mod events;
+mod facts;
 mod fanout;
 mod faults;
 mod fleet;
