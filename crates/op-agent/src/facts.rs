@@ -133,6 +133,8 @@ fn disks(mounts: &str) -> Vec<Disk> {
         let Ok(st) = nix::sys::statvfs::statvfs(Path::new(&mount)) else {
             continue;
         };
+        // fsblkcnt_t and c_ulong are u64 here, narrower on some targets.
+        #[allow(clippy::unnecessary_cast)]
         let size = (st.blocks() as u64).saturating_mul(st.fragment_size() as u64);
         out.push(Disk {
             mount,
