@@ -189,4 +189,18 @@ async fn facts_of_a_real_agent_and_labels_from_the_manager_select_hosts() {
     assert!(local_runs(&agents[1], "huge").await.is_empty());
     assert!(local_runs(&agents[1], "by-os").await.is_empty());
     assert!(local_runs(&agents[0], "db-only").await.is_empty());
+
+    // The console's node page lists the facts.
+    let node = c.get_node("node-1").await.unwrap();
+    let b = crate::browser::Browser::start(1280, 900).await;
+    b.goto(&format!("{}/ui", m.api_url)).await;
+    b.fill("#token", &m.admin_token).await;
+    b.click("#login").await;
+    b.find("#overview").await;
+    b.goto(&format!("{}/ui/nodes/{}", m.api_url, node.node_id))
+        .await;
+    b.ready().await;
+    let card = b.text("#node-facts").await;
+    assert!(card.contains("cpus") && card.contains(&os), "{card}");
+    assert!(card.contains(&cpu_count().to_string()), "{card}");
 }
