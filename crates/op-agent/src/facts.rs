@@ -52,6 +52,7 @@ pub fn probe() -> Facts {
         virt: virt(hypervisor_flag),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
     }
+    .bounded()
 }
 
 /// `KEY=VALUE` lines, values unquoted.

@@ -178,6 +178,41 @@ impl Facts {
         parts.join(", ")
     }
 
+    /// These facts cut to the limits [`Facts::check`] enforces (control characters dropped,
+    /// strings cut at 253 bytes on a character boundary, at most 64 disks), so what an agent
+    /// probed on an odd machine never makes the manager refuse its heartbeat.
+    pub fn bounded(mut self) -> Facts {
+        fn cut(s: &mut String) {
+            s.retain(|c| !c.is_control());
+            if s.len() > 253 {
+                let mut end = 253;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                s.truncate(end);
+            }
+        }
+        for s in [
+            &mut self.os,
+            &mut self.os_version,
+            &mut self.os_name,
+            &mut self.kernel,
+            &mut self.arch,
+            &mut self.cpu_model,
+            &mut self.virt,
+            &mut self.agent_version,
+        ] {
+            cut(s);
+        }
+        self.disks.truncate(64);
+        for d in &mut self.disks {
+            cut(&mut d.mount);
+            cut(&mut d.device);
+            cut(&mut d.fs);
+        }
+        self
+    }
+
     /// Every value within the limits the manager accepts: strings of at most 253 printable
     /// characters, at most 64 disks. The error names the first field that is not.
     pub fn check(&self) -> Result<(), String> {
@@ -274,5 +309,9 @@ mod tests {
         assert!(a.check().is_ok());
         b.os = "x".repeat(300);
         assert!(b.check().is_err());
+        b.os = format!("{}\u{7}é", "x".repeat(252));
+        let cut = b.clone().bounded();
+        assert!(cut.check().is_ok());
+        assert_eq!(cut.os, "x".repeat(252), "cut on a character boundary");
     }
 }
