@@ -28,6 +28,7 @@ pub mod deploy;
 pub mod directives;
 mod error;
 pub mod executor;
+pub mod facts;
 pub mod health;
 pub mod invoke;
 pub mod jobs;
@@ -85,10 +86,14 @@ pub async fn run(
     let (executor, finished) =
         Executor::new(settings, state.clone(), metrics.clone(), health.clone());
     let table = JobTable::default();
+    // Probed once before anything is scheduled, so `fact.` selectors hold from the first fire;
+    // the link probes again now and then and reports a change.
+    let facts = facts::probe();
     let host = HostIdentity {
         hostname: config.node_name.clone(),
         ips: config.ips.clone(),
         labels: config.labels.clone(),
+        facts: Some(facts.clone()),
     };
     let sources = CancellationToken::new();
     tokio::spawn(health::watchdog(
@@ -182,6 +187,7 @@ pub async fn run(
                     state_dir: config.state_dir.clone(),
                     cached_index,
                     state: state.clone(),
+                    facts,
                     deploy: deploy::DeploySettings {
                         keep: config.package_keep,
                         limits: config.package_limits,

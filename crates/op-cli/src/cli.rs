@@ -477,11 +477,15 @@ again, or a zero duration, is refused.")]
 #[derive(Debug, Subcommand)]
 pub enum GetCommand {
     /// Agents: HOSTNAME IP STATUS VERSION FIRSTSEEN LASTSEEN (Ready first).
-    #[command(after_help = "\
+    #[command(
+        after_help = "\
 Examples:
   agentcli get nodes
   agentcli get nodes 192.168.1.1
-  agentcli get nodes -o wide        adds labels, load, running jobs and packages")]
+  agentcli get nodes -o wide        adds labels, load, running jobs, packages and facts
+  agentcli get node web-01          one node in detail (its facts in -o json)",
+        visible_alias = "node"
+    )]
     Nodes {
         /// A hostname or IP to show alone.
         host: Option<String>,
@@ -511,7 +515,8 @@ Examples:
 /// Host selection and rollout options shared by `run` and `exec`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct FanoutArgs {
-    /// A host: hostname, IP, CIDR or glob like 'web-*' (repeatable).
+    /// A host: hostname, IP, CIDR, glob like 'web-*', label.KEY=VALUE or fact.KEY=VALUE,
+    /// fact.KEY>=N, fact.KEY<=N (repeatable).
     #[arg(long = "host", short = 'H', value_name = "HOST")]
     pub hosts: Vec<String>,
     /// Every Ready host (narrowed by --label and --exclude).
@@ -520,7 +525,7 @@ pub struct FanoutArgs {
     /// Only hosts with this label KEY=VALUE (repeatable).
     #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
-    /// Never this host: hostname, IP, CIDR or glob (repeatable).
+    /// Never this host: hostname, IP, CIDR, glob, label.KEY=VALUE or a fact. selector (repeatable).
     #[arg(long = "exclude", alias = "black", value_name = "HOST")]
     pub exclude: Vec<String>,
     /// Print each host's result as it arrives (the default for exec; for run, the job's SynFlag).

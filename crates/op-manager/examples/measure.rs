@@ -24,6 +24,7 @@ fn heartbeat(node_id: Uuid) -> Heartbeat {
         degraded: None,
         sent_at: None,
         received: Vec::new(),
+        facts: None,
     }
 }
 

@@ -64,6 +64,8 @@ pub struct NodeDesired {
     pub labels: std::collections::BTreeMap<String, String>,
     /// The node is drained (`agentcli drain`): its agent starts no new runs.
     pub draining: bool,
+    /// The hash of the facts `jobs` were selected by ("" when none were reported).
+    pub facts_hash: String,
 }
 
 /// A node as the hub needs it.
@@ -184,6 +186,14 @@ impl DesiredCache {
             directives: self.nodes.get(&id)?.directives.clone(),
             labels: self.nodes.get(&id)?.identity.labels.clone(),
             draining: self.nodes.get(&id)?.draining,
+            facts_hash: self
+                .nodes
+                .get(&id)?
+                .identity
+                .facts
+                .as_ref()
+                .map(|f| f.hash())
+                .unwrap_or_default(),
         })
     }
 

@@ -432,6 +432,8 @@ mod tests {
             degraded: None,
             clock_skew_ms: None,
             capabilities: Vec::new(),
+            drain: None,
+            facts: None,
         }
     }
 

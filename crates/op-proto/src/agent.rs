@@ -97,6 +97,11 @@ pub struct RegisterResponse {
     /// The nodes this registration retired (after `op-agent reset-identity`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replaced: Vec<Uuid>,
+    /// The hash ([`crate::facts::Facts::hash`]) of the facts the manager holds for this node, ""
+    /// when none. Present: this manager takes facts, and the agent sends its own in the next
+    /// heartbeat when their hash differs. Absent (older managers): the agent sends none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts_hash: Option<String>,
 }
 
 /// Settings the manager hands to every agent.
@@ -154,6 +159,10 @@ pub struct Heartbeat {
     /// acknowledgement that they reached it (an agent with [`CAPABILITY_DIRECTIVE_ACK`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub received: Vec<Uuid>,
+    /// The host's facts, sent only when their hash differs from the one the manager last
+    /// acknowledged ([`DesiredState::facts_hash`], [`RegisterResponse::facts_hash`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<crate::facts::Facts>,
 }
 
 /// One job an agent must hold.
@@ -205,6 +214,10 @@ pub struct DesiredState {
     /// the agent holds the fires they cover. Absent (older managers, light answers): unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holds: Option<crate::holds::Holds>,
+    /// The hash of the facts the manager holds for this node ("" when none): the agent sends its
+    /// facts again when its own hash differs. Absent (older managers, light answers): unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts_hash: Option<String>,
 }
 
 /// A one-off order for this node, carried by the sync channel.

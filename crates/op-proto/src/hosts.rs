@@ -1,8 +1,16 @@
 //! Host selection: which machines a job runs on.
 //!
-//! An entry of `WhiteHosts`/`BlackHosts` is an exact hostname, an IP address, a CIDR block, or a
-//! hostname glob (`web-*`). Matching is never by substring: the seed's `strings.Contains` made
-//! `10.0.0.1` select `10.0.0.11`, and that is exactly the bug this module exists to prevent.
+//! An entry of `WhiteHosts`/`BlackHosts` (and of `--host`/`--exclude`, fan-out selections and
+//! token policies: every place that selects hosts parses it here) is one of:
+//! - an exact hostname, an IP address, a CIDR block, or a hostname glob (`web-*`);
+//! - `label.KEY=VALUE`: the host's label KEY (its agent's own merged with the manager-set ones,
+//!   the manager's value winning) equals VALUE, or matches it as a glob when VALUE has `*`/`?`;
+//! - `fact.KEY=VALUE`: the host's probed fact KEY ([`crate::facts::FACT_KEYS`]) equals VALUE
+//!   (ignoring ASCII case; a glob when VALUE has `*`/`?`), or `fact.KEY>=N` / `fact.KEY<=N`: it
+//!   is a number and compares so with N (a decimal number). A host without that fact matches none.
+//!
+//! Matching is never by substring: the seed's `strings.Contains` made `10.0.0.1` select
+//! `10.0.0.11`, and that is exactly the bug this module exists to prevent.
 //! Black beats white, an empty white list means every host, and labels narrow further.
 
 use std::collections::BTreeMap;
@@ -11,12 +19,17 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::facts::Facts;
+
 /// What a selector is matched against: one agent's identity.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HostIdentity {
     pub hostname: String,
     pub ips: Vec<IpAddr>,
+    /// The agent's own labels merged with the manager-set ones (the manager's value wins).
     pub labels: BTreeMap<String, String>,
+    /// The facts the host's agent probed; `None` until it reported any.
+    pub facts: Option<Facts>,
 }
 
 /// One entry of a white or black list.
@@ -30,8 +43,30 @@ pub struct HostPattern {
 enum PatternKind {
     Name(String),
     Ip(IpAddr),
-    Cidr { net: IpAddr, prefix: u8 },
+    Cidr {
+        net: IpAddr,
+        prefix: u8,
+    },
     Glob(String),
+    /// `label.KEY=VALUE`
+    Label {
+        key: String,
+        value: String,
+    },
+    /// `fact.KEY=VALUE`, `fact.KEY>=N`, `fact.KEY<=N`
+    Fact {
+        key: String,
+        test: FactTest,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum FactTest {
+    /// Equal ignoring ASCII case, or a glob; lowercased.
+    Eq(String),
+    /// The f64's bits, so the kind stays `Eq` and `Hash`.
+    AtLeast(u64),
+    AtMost(u64),
 }
 
 /// Why a host entry was refused.
@@ -52,7 +87,11 @@ impl HostPattern {
         if t.is_empty() {
             return Err(err("must not be empty"));
         }
-        let kind = if let Some((addr, prefix)) = t.split_once('/') {
+        let kind = if let Some(rest) = t.strip_prefix("label.") {
+            parse_label(rest).map_err(|r| err(&r))?
+        } else if let Some(rest) = t.strip_prefix("fact.") {
+            parse_fact(rest).map_err(|r| err(&r))?
+        } else if let Some((addr, prefix)) = t.split_once('/') {
             let net: IpAddr = addr
                 .parse()
                 .map_err(|_| err("is not a valid CIDR: the address part is not an IP address"))?;
@@ -123,8 +162,127 @@ impl HostPattern {
                 glob.as_bytes(),
                 host.hostname.to_ascii_lowercase().as_bytes(),
             ),
+            PatternKind::Label { key, value } => host.labels.get(key).is_some_and(|v| {
+                if is_glob(value) {
+                    glob_match(value.as_bytes(), v.as_bytes())
+                } else {
+                    v == value
+                }
+            }),
+            PatternKind::Fact { key, test } => {
+                let Some(have) = host.facts.as_ref().and_then(|f| f.get(key)) else {
+                    return false;
+                };
+                match test {
+                    FactTest::Eq(want) => {
+                        let have = have.text().to_ascii_lowercase();
+                        if is_glob(want) {
+                            glob_match(want.as_bytes(), have.as_bytes())
+                        } else {
+                            have == *want
+                        }
+                    }
+                    FactTest::AtLeast(n) => have.number().is_some_and(|h| h >= f64::from_bits(*n)),
+                    FactTest::AtMost(n) => have.number().is_some_and(|h| h <= f64::from_bits(*n)),
+                }
+            }
         }
     }
+
+    /// True for `label.` and `fact.` selectors.
+    pub fn is_attribute(&self) -> bool {
+        matches!(
+            self.kind,
+            PatternKind::Label { .. } | PatternKind::Fact { .. }
+        )
+    }
+}
+
+fn is_glob(s: &str) -> bool {
+    s.contains(['*', '?'])
+}
+
+fn printable(s: &str) -> bool {
+    !s.chars().any(char::is_control)
+}
+
+/// `KEY=VALUE` after `label.`: a key of printable characters without `=` or spaces, a value of
+/// printable characters (empty matches a label set to the empty string).
+fn parse_label(rest: &str) -> Result<PatternKind, String> {
+    let Some((key, value)) = rest.split_once('=') else {
+        return Err("a label selector is label.KEY=VALUE (e.g. label.role=db)".into());
+    };
+    if key.is_empty() {
+        return Err("the label key is missing: write label.KEY=VALUE (e.g. label.role=db)".into());
+    }
+    if key.contains(char::is_whitespace) || !printable(key) || key.len() > 253 {
+        return Err(format!(
+            "label key {key:?} must be at most 253 printable characters without spaces"
+        ));
+    }
+    if !printable(value) || value.len() > 253 {
+        return Err("the label value must be at most 253 printable characters".into());
+    }
+    Ok(PatternKind::Label {
+        key: key.to_string(),
+        value: value.to_string(),
+    })
+}
+
+/// `KEY=VALUE`, `KEY>=N` or `KEY<=N` after `fact.`, KEY one of [`crate::facts::FACT_KEYS`].
+fn parse_fact(rest: &str) -> Result<PatternKind, String> {
+    let usage = "a fact selector is fact.KEY=VALUE, fact.KEY>=N or fact.KEY<=N (e.g. fact.os=ubuntu, fact.cpus>=8)";
+    let (key, op, value) = if let Some(i) = rest.find(">=") {
+        (&rest[..i], ">=", &rest[i + 2..])
+    } else if let Some(i) = rest.find("<=") {
+        (&rest[..i], "<=", &rest[i + 2..])
+    } else if let Some((k, v)) = rest.split_once('=') {
+        (k, "=", v)
+    } else {
+        return Err(usage.into());
+    };
+    if key.is_empty() {
+        return Err(format!("the fact key is missing: {usage}"));
+    }
+    let Some(numeric) = crate::facts::key_is_numeric(key) else {
+        return Err(format!(
+            "unknown fact {key:?}; the facts are {}",
+            crate::facts::known_keys()
+        ));
+    };
+    if value.trim().is_empty() {
+        return Err(format!("fact.{key}{op} needs a value: {usage}"));
+    }
+    if !printable(value) || value.len() > 253 {
+        return Err("the fact value must be at most 253 printable characters".into());
+    }
+    let test = match op {
+        "=" => FactTest::Eq(value.to_ascii_lowercase()),
+        _ => {
+            if !numeric {
+                return Err(format!(
+                    "fact {key} is not a number; compare it with fact.{key}=VALUE"
+                ));
+            }
+            let n = value
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite())
+                .ok_or_else(|| {
+                    format!("fact.{key}{op} needs a number (e.g. fact.{key}{op}8), found {value:?}")
+                })?;
+            if op == ">=" {
+                FactTest::AtLeast(n.to_bits())
+            } else {
+                FactTest::AtMost(n.to_bits())
+            }
+        }
+    };
+    Ok(PatternKind::Fact {
+        key: key.to_string(),
+        test,
+    })
 }
 
 impl fmt::Display for HostPattern {
@@ -243,7 +401,84 @@ mod tests {
             hostname: name.into(),
             ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
             labels: BTreeMap::new(),
+            facts: None,
         }
+    }
+
+    #[test]
+    fn label_and_fact_selectors() {
+        let mut h = host("db-1", &["10.0.0.5"]);
+        h.labels.insert("role".into(), "db".into());
+        h.labels.insert("zone".into(), "eu-west-1".into());
+        assert!(pat("label.role=db").matches(&h));
+        assert!(!pat("label.role=DB").matches(&h), "label values are exact");
+        assert!(!pat("label.role=web").matches(&h));
+        assert!(!pat("label.rack=db").matches(&h));
+        assert!(pat("label.zone=eu-*").matches(&h));
+        assert!(!pat("label.zone=us-*").matches(&h));
+        assert!(!pat("fact.os=ubuntu").matches(&h), "no facts reported yet");
+        assert!(!pat("fact.disks>=0").matches(&h), "no facts reported yet");
+        h.facts = Some(crate::facts::Facts {
+            os: "ubuntu".into(),
+            os_version: "22.04".into(),
+            cpus: Some(8),
+            memory_mb: Some(16_000),
+            cpu_model: "Intel(R) Xeon(R) Gold".into(),
+            ..Default::default()
+        });
+        assert!(pat("fact.os=ubuntu").matches(&h));
+        assert!(pat("fact.os=Ubuntu").matches(&h), "fact values ignore case");
+        assert!(!pat("fact.os=debian").matches(&h));
+        assert!(pat("fact.cpus>=8").matches(&h));
+        assert!(!pat("fact.cpus>=9").matches(&h));
+        assert!(pat("fact.cpus<=8").matches(&h));
+        assert!(!pat("fact.cpus<=7.5").matches(&h));
+        assert!(pat("fact.cpus=8").matches(&h));
+        assert!(pat("fact.memory_mb>=15999.5").matches(&h));
+        assert!(pat("fact.os_version>=20.04").matches(&h));
+        assert!(!pat("fact.os_version<=20.04").matches(&h));
+        assert!(pat("fact.cpu_model=*xeon*").matches(&h));
+        assert!(!pat("fact.cpus>=100000").matches(&h));
+        assert!(!pat("fact.kernel=6.1").matches(&h), "kernel was not probed");
+        assert!(pat("fact.disks<=0").matches(&h));
+        for p in ["label.role=db", "fact.cpus>=8", "fact.os=ubuntu"] {
+            assert!(pat(p).is_attribute() && !pat(p).is_specific(), "{p}");
+            assert_eq!(pat(p).as_str(), p);
+        }
+        // In a selector: white by fact, black by label.
+        let sel = HostSelector {
+            white: vec![pat("fact.os=ubuntu")],
+            black: vec![pat("label.role=web")],
+            labels: BTreeMap::new(),
+        };
+        assert!(sel.matches(&h));
+        h.labels.insert("role".into(), "web".into());
+        assert!(!sel.matches(&h));
+    }
+
+    #[test]
+    fn bad_selectors_are_refused_with_a_reason() {
+        for (bad, says) in [
+            ("label.=x", "key is missing"),
+            ("label.role", "label.KEY=VALUE"),
+            ("label.ro le=x", "without spaces"),
+            ("fact.", "fact selector is"),
+            ("fact.=x", "key is missing"),
+            ("fact.cpus>=abc", "needs a number"),
+            ("fact.cpus<=", "needs a value"),
+            ("fact.os=", "needs a value"),
+            ("fact.os>=3", "not a number"),
+            ("fact.colour=red", "unknown fact"),
+            ("fact.cpus", "fact selector is"),
+            ("fact.cpus>=inf", "needs a number"),
+        ] {
+            let e = HostPattern::parse(bad).expect_err(bad);
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+        // Serde goes through the same parser: a bad selector in JSON is an error.
+        assert!(serde_json::from_str::<HostPattern>(r#""fact.cpus>=abc""#).is_err());
+        let p: HostPattern = serde_json::from_str(r#""label.role=db""#).unwrap();
+        assert_eq!(serde_json::to_string(&p).unwrap(), r#""label.role=db""#);
     }
 
     fn pat(s: &str) -> HostPattern {

@@ -654,6 +654,7 @@ mod tests {
             hostname: name.into(),
             ips: vec![ip.parse().unwrap()],
             labels: BTreeMap::new(),
+            facts: None,
         };
         let req = InvokeRequest {
             hosts: vec!["a".into()],

@@ -13,6 +13,7 @@ pub mod config_reference;
 pub mod events;
 pub mod expect;
 pub mod exposition;
+pub mod facts;
 pub mod holds;
 pub mod hosts;
 pub mod incidents;

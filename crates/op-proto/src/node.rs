@@ -138,6 +138,10 @@ pub struct NodeInfo {
     /// Set by `agentcli drain`: no new runs start on the node until `undrain` (issue 23).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<crate::holds::Drain>,
+    /// What the node's agent probed about its machine ([`crate::facts::Facts`]), as last
+    /// reported; `None` until an agent that reports facts synced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<crate::facts::Facts>,
 }
 
 impl NodeInfo {
@@ -156,7 +160,13 @@ impl NodeInfo {
             hostname: self.hostname.clone(),
             ips: self.ips.clone(),
             labels: self.all_labels(),
+            facts: self.facts.clone(),
         }
+    }
+
+    /// The short FACTS view (`ubuntu 22.04, 2 cpus, 7.7 GiB`); empty when none were reported.
+    pub fn facts_text(&self) -> String {
+        self.facts.as_ref().map(|f| f.summary()).unwrap_or_default()
     }
 
     /// The agent's labels with the manager's merged over them (the manager's value wins): the

@@ -85,6 +85,13 @@ pub enum Command {
         at: DateTime<Utc>,
         actor: String,
     },
+    /// The facts a node's agent probed (OS, CPUs, memory, disks, ...), sent when they changed.
+    /// Checked by the proposer; the node's desired state follows its new identity.
+    SetNodeFacts {
+        node_id: Uuid,
+        facts: Box<op_proto::facts::Facts>,
+        at: DateTime<Utc>,
+    },
     /// A batch of run records from one node; idempotent by run id.
     IngestRuns {
         node_id: Uuid,
@@ -314,6 +321,7 @@ impl Command {
             Command::SetNodeStatus { .. } => "set_node_status",
             Command::ForgetNode { .. } => "forget_node",
             Command::SetNodeLabels { .. } => "set_node_labels",
+            Command::SetNodeFacts { .. } => "set_node_facts",
             Command::IngestRuns { .. } => "ingest_runs",
             Command::IngestRunBatches { .. } => "ingest_run_batches",
             Command::Prune { .. } => "prune",
@@ -723,6 +731,11 @@ pub enum CommandResult {
     /// The node with its labels as set.
     NodeLabelled {
         node: Box<NodeInfo>,
+    },
+    /// The node's facts were stored (`changed`: they differed from what was held).
+    NodeFactsSet {
+        node_id: Uuid,
+        changed: bool,
     },
     NodeForgotten {
         node_id: Uuid,

@@ -29,6 +29,7 @@ pub fn build(
         degraded: executor.health().summary(),
         sent_at: None,
         received: Vec::new(),
+        facts: None,
     }
 }
 

@@ -78,6 +78,8 @@ pub struct LinkParts {
     /// How packages of the desired state are deployed.
     pub deploy: DeploySettings,
     pub state: crate::state::StateStore,
+    /// This host's facts as probed at start.
+    pub facts: op_proto::facts::Facts,
 }
 
 /// The managers this agent knows and which one it is using.
@@ -190,6 +192,11 @@ pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Link {
         applied_jobs: None,
         applied_labels: None,
         applied_holds: None,
+        facts_hash: parts.facts.hash(),
+        facts: parts.facts,
+        facts_probed: std::time::Instant::now(),
+        facts_acked: None,
+        facts_changed: false,
         received: Vec::new(),
         settings: AgentSettings::default(),
         registered: registered_tx,
@@ -325,6 +332,15 @@ struct SyncLoop {
     applied_labels: Option<std::collections::BTreeMap<String, String>>,
     /// The pauses, windows and drain last applied (issue 23).
     applied_holds: Option<op_proto::holds::Holds>,
+    /// This host's facts as last probed, their hash and when.
+    facts: op_proto::facts::Facts,
+    facts_hash: String,
+    facts_probed: std::time::Instant,
+    /// The hash of the facts the manager holds ("" none); `None` while the manager has not said
+    /// (an older manager never does, and is sent no facts).
+    facts_acked: Option<String>,
+    /// The facts changed since the job set was last given to the scheduler.
+    facts_changed: bool,
     /// The run directives of the last full answer applied: every sync call acknowledges them
     /// (`Heartbeat::received`), so the manager knows they reached this agent.
     received: Vec<uuid::Uuid>,
@@ -387,6 +403,7 @@ impl SyncLoop {
                         }
                         self.shared.learn(&resp.managers);
                         self.settings = resp.settings;
+                        self.facts_acked = resp.facts_hash;
                         registered_at = Some(url.clone());
                         let _ = self.registered.send(true);
                         if let Some(token) = resp.node_token {
@@ -417,6 +434,7 @@ impl SyncLoop {
             deploys.borrow_and_update();
             health.borrow_and_update();
             starts.borrow_and_update();
+            self.reprobe_facts().await;
             let mut beat = heartbeat::build(
                 self.shared.node_id,
                 &self.executor,
@@ -428,6 +446,14 @@ impl SyncLoop {
             let sent_at = Utc::now();
             beat.sent_at = Some(heartbeat::reported_now());
             beat.received = self.received.clone();
+            // Facts only when the manager holds others (or none): they rarely change.
+            if self
+                .facts_acked
+                .as_ref()
+                .is_some_and(|h| *h != self.facts_hash)
+            {
+                beat.facts = Some(self.facts.clone());
+            }
             let answer = tokio::select! {
                 r = client.sync(self.index, wait, &beat) => r,
                 // A deploy moved on: report it now instead of at the end of the wait.
@@ -488,6 +514,25 @@ impl SyncLoop {
         }
     }
 
+    /// Probes the facts again once [`crate::facts::REPROBE_EVERY`] has passed; a change goes to
+    /// the scheduler (with the next job set) and to the manager (with the next beat).
+    async fn reprobe_facts(&mut self) {
+        if self.facts_probed.elapsed() < crate::facts::REPROBE_EVERY {
+            return;
+        }
+        self.facts_probed = std::time::Instant::now();
+        let Ok(facts) = tokio::task::spawn_blocking(crate::facts::probe).await else {
+            return;
+        };
+        if facts != self.facts {
+            tracing::info!(facts = %facts.summary(), "the host's facts changed");
+            self.facts_hash = facts.hash();
+            self.scheduler.set_facts(facts.clone());
+            self.facts = facts;
+            self.facts_changed = true;
+        }
+    }
+
     async fn apply(&mut self, state: DesiredState, sent_at: chrono::DateTime<Utc>) {
         // Directives first: they are what a caller is waiting for, and they run on their own.
         let (uploads, directives): (Vec<_>, Vec<_>) = state
@@ -509,6 +554,9 @@ impl SyncLoop {
         if state.directives_only {
             // A light answer (output requests only): the desired state held is unchanged.
             return;
+        }
+        if let Some(hash) = state.facts_hash.clone() {
+            self.facts_acked = Some(hash);
         }
         self.received = directives
             .iter()
@@ -554,7 +602,9 @@ impl SyncLoop {
             }
             self.applied_holds = Some(holds);
         }
-        if labels_changed || self.applied_jobs.as_ref() != Some(&state.jobs) {
+        // Changed facts re-check the job set too (`fact.` selectors).
+        let facts_changed = std::mem::take(&mut self.facts_changed);
+        if labels_changed || facts_changed || self.applied_jobs.as_ref() != Some(&state.jobs) {
             tracing::info!(
                 index = state.index,
                 jobs = state.jobs.len(),

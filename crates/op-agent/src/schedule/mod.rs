@@ -68,6 +68,8 @@ enum Msg {
     SetLabels(std::collections::BTreeMap<String, String>),
     /// The pauses and windows in force and whether this node drains (issue 23).
     SetHolds(op_proto::holds::Holds),
+    /// This host's facts, probed again after a change.
+    SetFacts(op_proto::facts::Facts),
     /// True while a package deploy is in progress (see [`Scheduler::hold_once_jobs_while`]).
     Gate(tokio::sync::watch::Receiver<bool>),
     /// Once-job revisions already in the ledger (written there by someone else), and who to
@@ -109,6 +111,12 @@ impl Scheduler {
     /// a held cron or retry fire is recorded `skipped` with the reason; a held once-job waits.
     pub fn set_holds(&self, holds: op_proto::holds::Holds) {
         let _ = self.tx.send(Msg::SetHolds(holds));
+    }
+
+    /// Replaces the host's facts used to check job selections (`fact.` selectors); takes effect
+    /// with the next job set.
+    pub fn set_facts(&self, facts: op_proto::facts::Facts) {
+        let _ = self.tx.send(Msg::SetFacts(facts));
     }
 
     /// Tells the scheduler about once-job revisions just written into the ledger (the manager's
@@ -202,6 +210,7 @@ pub fn spawn(
                 msg = rx.recv() => match msg {
                     Some(Msg::SetLabels(labels)) => lp.host.labels = labels,
                     Some(Msg::SetHolds(holds)) => lp.holds = holds,
+                    Some(Msg::SetFacts(facts)) => lp.host.facts = Some(facts),
                     Some(Msg::SetJobs(jobs, applied)) => {
                         lp.set_jobs(jobs);
                         if let Some(applied) = applied {

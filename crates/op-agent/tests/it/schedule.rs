@@ -82,6 +82,7 @@ impl Rig {
                     hostname: "sched-test".into(),
                     ips: vec![],
                     labels: Default::default(),
+                    facts: None,
                 },
                 finished,
                 clock: clock.clone(),

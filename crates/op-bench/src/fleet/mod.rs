@@ -100,6 +100,7 @@ impl SimAgent {
             degraded: None,
             sent_at: None,
             received: Vec::new(),
+            facts: None,
         }
     }
 }

@@ -191,6 +191,7 @@ async fn seed_node(
         degraded: None,
         sent_at: None,
         received: Vec::new(),
+        facts: None,
     };
     retry(|| agent.sync(0, 0, &beat)).await?;
     let now = chrono::Utc::now();

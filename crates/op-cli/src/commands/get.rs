@@ -106,6 +106,7 @@ async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
             "RUNNING",
             "PACKAGES",
             "DEGRADED",
+            "FACTS",
             "CLOCKSKEW",
         ]);
     }
@@ -159,6 +160,9 @@ async fn nodes(ctx: &Ctx, host: Option<&str>) -> anyhow::Result<Outcome> {
                     .unwrap_or_default()
                     .to_string(),
             );
+            // What its agent probed, short: `debian 12, 2 cpus, 23.5 GiB, docker` (all of them
+            // under `facts` in -o json).
+            row.push(n.facts_text());
             // The agent's clock minus the manager's: a wrong clock fires jobs at wrong times.
             row.push(n.clock_skew_text());
         }

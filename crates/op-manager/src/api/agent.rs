@@ -135,13 +135,18 @@ pub async fn register(
             actor: caller.name,
         })
         .await?;
-    let (once_history, replaced) = match written {
+    let (once_history, replaced, facts_hash) = match written {
         CommandResult::NodeRegistered {
             once_history,
             replaced,
+            node,
             ..
-        } => (once_history, replaced),
-        _ => (Vec::new(), Vec::new()),
+        } => (
+            once_history,
+            replaced,
+            node.facts.as_ref().map(|f| f.hash()).unwrap_or_default(),
+        ),
+        _ => (Vec::new(), Vec::new(), String::new()),
     };
     for old in &replaced {
         tracing::info!(%node_id, replaced = %old, %hostname, "identity reset: the new node replaces the old one");
@@ -153,6 +158,7 @@ pub async fn register(
         node_token,
         once_history,
         replaced,
+        facts_hash: Some(facts_hash),
     }))
 }
 
@@ -208,6 +214,7 @@ fn desired(
             windows: holds.windows.clone(),
             draining: answer.draining,
         }),
+        facts_hash: Some(answer.facts_hash),
     }
 }
 
@@ -229,6 +236,7 @@ fn uploads_only(
         secrets: Default::default(),
         labels: None,
         holds: None,
+        facts_hash: None,
     }
 }
 
@@ -270,6 +278,10 @@ pub async fn sync(
         .sent_at
         .map(|sent| (sent - received_at).num_milliseconds());
     let received = std::mem::take(&mut hb.received);
+    let facts = hb.facts.take();
+    if let Some(f) = &facts {
+        f.check().map_err(|m| ApiError::bad("invalid_facts", m))?;
+    }
     let beat = NodeBeat {
         node_id: node,
         seen_at: Utc::now(),
@@ -297,6 +309,17 @@ pub async fn sync(
     };
     // The directives of the last answer reached the agent (`crate::acks`).
     app.acks.offer(node, received);
+    // Facts come only when they changed (their hash differs from the one this node's last answer
+    // carried): written at once, since they change which jobs `fact.` selectors give the node.
+    // The write bumps the node's desired state, so the answer below carries the new selection.
+    if let Some(facts) = facts {
+        Box::pin(app.write(Command::SetNodeFacts {
+            node_id: node,
+            facts: Box::new(facts),
+            at: Utc::now(),
+        }))
+        .await?;
+    }
     // A beat that keeps the node's status (Ready, or Degraded for a fault it still reports) waits
     // for the coalesced flush; one that changes it is written now.
     if state.status == NodeStatus::of_beat(beat.degraded.as_deref()) {

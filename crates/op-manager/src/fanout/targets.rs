@@ -113,6 +113,7 @@ mod tests {
             ips: vec![format!("10.0.0.{n}").parse().unwrap()],
             labels: Default::default(),
             manager_labels: Default::default(),
+            facts: None,
             agent_version: "t".into(),
             os: String::new(),
             arch: String::new(),

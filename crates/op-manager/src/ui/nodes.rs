@@ -232,6 +232,7 @@ pub async fn show(
         let _ = write!(body, "<dt>{k}</dt><dd>{v}</dd>");
     }
     body.push_str("</dl></section>");
+    body.push_str(&facts_card(&node));
 
     let history = ui.app.beats.load_history();
     let _ = write!(
@@ -372,4 +373,38 @@ impl ParseUi for NodeStatus {
             _ => None,
         }
     }
+}
+
+/// The facts the node's agent probed (`fact.KEY` selectors name these keys), with its disks.
+fn facts_card(node: &op_proto::NodeInfo) -> String {
+    let mut out = String::from("<section class=\"card\" id=\"node-facts\"><h2>Facts</h2>");
+    let Some(facts) = &node.facts else {
+        out.push_str("<p class=\"muted\">Its agent has not reported facts.</p></section>");
+        return out;
+    };
+    out.push_str("<dl class=\"facts\">");
+    for (key, _) in op_proto::facts::FACT_KEYS {
+        if let Some(v) = facts.get(key) {
+            let _ = write!(out, "<dt>{}</dt><dd>{}</dd>", esc(key), esc(&v.text()));
+        }
+    }
+    out.push_str("</dl>");
+    if !facts.disks.is_empty() {
+        out.push_str(
+            "<table><thead><tr><th>Mount</th><th>Device</th><th>Filesystem</th><th>Size</th></tr></thead><tbody>",
+        );
+        for d in &facts.disks {
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1} GiB</td></tr>",
+                esc(&d.mount),
+                esc(&d.device),
+                esc(&d.fs),
+                d.size_bytes as f64 / (1u64 << 30) as f64
+            );
+        }
+        out.push_str("</tbody></table>");
+    }
+    out.push_str("</section>");
+    out
 }

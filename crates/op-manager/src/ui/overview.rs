@@ -309,6 +309,7 @@ mod tests {
             ips: vec![],
             labels: Default::default(),
             manager_labels: Default::default(),
+            facts: None,
             agent_version: "0.1.0".into(),
             os: String::new(),
             arch: String::new(),

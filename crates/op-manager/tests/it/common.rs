@@ -261,6 +261,7 @@ impl FakeAgent {
             degraded: None,
             sent_at: None,
             received: Vec::new(),
+            facts: None,
         }
     }
 

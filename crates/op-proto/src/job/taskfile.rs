@@ -1163,6 +1163,7 @@ mod tests {
             hostname: name.into(),
             ips: vec![ip.parse().unwrap()],
             labels: BTreeMap::new(),
+            facts: None,
         };
         assert!(!white.matches(&host("web-1", "10.0.0.1")));
         assert!(spec.black_hosts[0].matches(&host("BAD HOST", "10.0.0.1")));

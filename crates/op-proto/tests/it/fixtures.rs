@@ -239,3 +239,32 @@ fn wire_fixture_invocation_event_stream() {
         assert_eq!(again, orig, "{line}");
     }
 }
+
+#[test]
+fn wire_fixture_heartbeat_with_facts() {
+    // A heartbeat carrying the host's facts (sent when their hash differs from the manager's).
+    let text = data("wire/heartbeat_facts.json");
+    let beat: op_proto::agent::Heartbeat = serde_json::from_str(&text).unwrap();
+    let facts = beat.facts.as_ref().unwrap();
+    assert_eq!((facts.os.as_str(), facts.cpus), ("ubuntu", Some(8)));
+    assert_eq!(
+        facts.get("disk_gb"),
+        Some(op_proto::facts::FactValue::Number(100))
+    );
+    let again: serde_json::Value = serde_json::to_value(&beat).unwrap();
+    let orig: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(again, orig);
+    // The hash is a function of the facts alone: pinned, so an agent and a manager of different
+    // builds agree on it (a change here makes every agent resend its facts once).
+    assert_eq!(facts.hash(), "bddb21d5ac596377");
+    // A sync answer without facts_hash (an older manager) reads as before, and one with it
+    // round-trips.
+    let full: op_proto::agent::DesiredState =
+        serde_json::from_str(&data("wire/desired_state_directives.json")).unwrap();
+    assert_eq!(full.facts_hash, None);
+    let mut acked = full.clone();
+    acked.facts_hash = Some(facts.hash());
+    let back: op_proto::agent::DesiredState =
+        serde_json::from_value(serde_json::to_value(&acked).unwrap()).unwrap();
+    assert_eq!(back, acked);
+}

@@ -68,7 +68,7 @@ proptest! {
         let ip_a = std::net::Ipv4Addr::from(a);
         let ip_b = std::net::Ipv4Addr::from(b);
         let p = HostPattern::parse(&ip_a.to_string()).unwrap();
-        let host = HostIdentity { hostname: "h".into(), ips: vec![ip_b.into()], labels: Default::default() };
+        let host = HostIdentity { hostname: "h".into(), ips: vec![ip_b.into()], labels: Default::default(), facts: None };
         prop_assert_eq!(p.matches(&host), a == b);
     }
 

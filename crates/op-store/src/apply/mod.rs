@@ -171,6 +171,9 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
             at,
             actor,
         } => nodes::set_labels(conn, index, *node_id, set, remove, *at, actor, ch),
+        Command::SetNodeFacts { node_id, facts, .. } => {
+            nodes::set_facts(conn, index, *node_id, facts, ch)
+        }
         Command::IngestRuns { node_id, at, runs } => {
             runs::ingest(conn, index, *node_id, *at, runs, ch)
         }

@@ -54,6 +54,7 @@ pub(super) fn register(
         clock_skew_ms: None,
         capabilities: Vec::new(),
         drain: None,
+        facts: None,
     });
     node.hostname = reg.hostname.clone();
     node.capabilities = reg.capabilities.clone();
@@ -486,4 +487,42 @@ fn write(conn: &Connection, n: &NodeInfo) -> Result<()> {
         to_json(n)
     ])?;
     Ok(())
+}
+
+/// The facts a node's agent reported. A change remembers the jobs of the old identity and bumps
+/// the node's desired state, so a `fact.` selector changes which jobs the node runs at once; the
+/// same facts again change nothing.
+pub(super) fn set_facts(
+    conn: &Connection,
+    index: u64,
+    node_id: Uuid,
+    facts: &op_proto::facts::Facts,
+    ch: &mut Changes,
+) -> Outcome {
+    let Some(mut node) = read::nodes::by_id(conn, node_id)? else {
+        return Ok(Err(Rejection::not_found(format!(
+            "no node with id {node_id}"
+        ))));
+    };
+    if node.status == NodeStatus::Left {
+        return Ok(Err(Rejection::conflict(format!(
+            "node {} ({node_id}) was forgotten; its agent must register again",
+            node.hostname
+        ))));
+    }
+    if node.facts.as_ref() == Some(facts) {
+        return Ok(Ok(CommandResult::NodeFactsSet {
+            node_id,
+            changed: false,
+        }));
+    }
+    super::selections::remember_node(conn, node_id, &node.identity())?;
+    node.facts = Some(facts.clone());
+    write(conn, &node)?;
+    bump_desired_node(conn, index, node_id, ch)?;
+    ch.nodes.insert(node_id);
+    Ok(Ok(CommandResult::NodeFactsSet {
+        node_id,
+        changed: true,
+    }))
 }

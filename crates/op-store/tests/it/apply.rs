@@ -596,3 +596,71 @@ fn notify_rules_are_saved_replaced_removed_and_checked_in_apply() {
         .collect();
     assert_eq!(actions, ["notify.add", "notify.update", "notify.remove"]);
 }
+
+#[test]
+fn facts_are_stored_bump_the_nodes_desired_state_and_keep_what_the_old_facts_selected() {
+    let mut s = TestStore::new();
+    given(&mut s, &[2], &[]);
+    let mut big = cron_job("big");
+    big.white_hosts = vec![op_proto::hosts::HostPattern::parse("fact.cpus>=8").unwrap()];
+    s.apply(save(big, 1));
+    let desired = |s: &TestStore| {
+        let view = s.store.desired_view().unwrap();
+        view.nodes
+            .iter()
+            .find(|(n, _)| n.node_id == node_id(2))
+            .map(|(_, i)| *i)
+            .unwrap()
+    };
+    let facts = |cpus| op_proto::facts::Facts {
+        os: "debian".into(),
+        cpus: Some(cpus),
+        ..Default::default()
+    };
+    let set = |cpus| Command::SetNodeFacts {
+        node_id: node_id(2),
+        facts: Box::new(facts(cpus)),
+        at: at(2),
+    };
+    let before = desired(&s);
+    assert!(matches!(
+        s.apply(set(16)),
+        CommandResult::NodeFactsSet { changed: true, .. }
+    ));
+    let node = s.store.node(node_id(2)).unwrap().unwrap();
+    assert_eq!(node.facts, Some(facts(16)));
+    assert!(big_selects(&s));
+    assert!(desired(&s) > before, "the node's desired state moved");
+    // The same facts again change nothing; a registration keeps them.
+    let index = desired(&s);
+    assert!(matches!(
+        s.apply(set(16)),
+        CommandResult::NodeFactsSet { changed: false, .. }
+    ));
+    assert_eq!(desired(&s), index);
+    s.apply(register(2, 3));
+    assert_eq!(
+        s.store.node(node_id(2)).unwrap().unwrap().facts,
+        Some(facts(16))
+    );
+    // Fewer CPUs: `big` no longer selects the node, yet a run it sent under the old facts is
+    // still stored (it was given the job).
+    s.apply(set(2));
+    assert!(!big_selects(&s));
+    let late = run(2, "big", 1, 5, RunStatus::Ok);
+    let ack = ingested(s.apply(ingest(2, vec![late.clone()], 10)));
+    assert_eq!(ack.accepted, 1, "{ack:?}");
+    // A forgotten node takes no facts.
+    s.apply(Command::ForgetNode {
+        node_id: node_id(2),
+        at: at(11),
+        actor: "admin".into(),
+    });
+    assert!(matches!(s.apply(set(4)), CommandResult::Rejected { .. }));
+
+    fn big_selects(s: &TestStore) -> bool {
+        let job = s.store.job("big").unwrap().unwrap();
+        let node = s.store.node(node_id(2)).unwrap().unwrap();
+        job.spec.selector().matches(&node.identity())
+    }
+}

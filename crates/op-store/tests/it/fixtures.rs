@@ -76,6 +76,25 @@ fn samples() -> Vec<Command> {
             at: t0(),
             actor: "admin".into(),
         },
+        Command::SetNodeFacts {
+            node_id: node_id(2),
+            facts: Box::new(op_proto::facts::Facts {
+                os: "ubuntu".into(),
+                os_version: "22.04".into(),
+                cpus: Some(8),
+                memory_mb: Some(16_000),
+                disks: vec![op_proto::facts::Disk {
+                    mount: "/".into(),
+                    device: "/dev/sda1".into(),
+                    fs: "ext4".into(),
+                    size_bytes: 100_000_000_000,
+                }],
+                virt: "kvm".into(),
+                agent_version: "0.1.0".into(),
+                ..Default::default()
+            }),
+            at: t0(),
+        },
         ingest(2, vec![r.clone()], 5),
         Command::IngestRunBatches {
             at: t0(),
