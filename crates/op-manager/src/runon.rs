@@ -22,6 +22,10 @@
 //! `retry_of`); its own directive carries `start_by`, so a host that wakes up later does not run
 //! the fire as well. With `RetryOnAnother`, a host whose run failed is retried once on another
 //! host the same way. A host that went unresponsive is picked last for a minute.
+//!
+//! **Holds.** A drained host, and a host a pause or an open maintenance window covers for the
+//! job at the fire, is never picked (issue 23), as its agent would not fire there. A fire every
+//! selected host is held for is not started; the fire judge has no skipped record for it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -114,6 +118,9 @@ pub struct Memory {
     cursors: HashMap<String, Cursor>,
     open: Vec<OpenFire>,
     suspects: HashMap<Uuid, DateTime<Utc>>,
+    /// The pauses and maintenance windows in force, read with the nodes each pass: a host they
+    /// hold (or a drained one) is never picked, as an agent would not fire there.
+    holds: op_proto::holds::Holds,
 }
 
 /// Fires every `every` until `shutdown`, on the leader only.
@@ -177,7 +184,13 @@ impl RunOnFirer {
         if !due && memory.open.is_empty() {
             return Ok(());
         }
-        let mut nodes = state::read(&self.store, |s| s.nodes()).await?;
+        let (mut nodes, pauses, windows) =
+            state::read(&self.store, |s| Ok((s.nodes()?, s.pauses()?, s.windows()?))).await?;
+        memory.holds = op_proto::holds::Holds {
+            pauses,
+            windows,
+            draining: false,
+        };
         self.beats.overlay(&mut nodes);
         nodes.retain(|n| n.status != NodeStatus::Left);
         nodes.sort_by_key(|n| n.node_id);
@@ -316,10 +329,17 @@ impl RunOnFirer {
         let candidates = |suspects: bool| -> Vec<Candidate> {
             nodes
                 .iter()
-                .filter(|n| n.status == NodeStatus::Ready)
+                .filter(|n| n.status == NodeStatus::Ready && n.drain.is_none())
                 .filter(|n| !open.tried.contains(&n.node_id))
                 .filter(|n| suspects == memory.suspects.contains_key(&n.node_id))
-                .filter(|n| selector.matches(&n.identity()))
+                .filter(|n| {
+                    let host = n.identity();
+                    selector.matches(&host)
+                        && memory
+                            .holds
+                            .why_held(&spec.name, &host.labels, open.fire)
+                            .is_none()
+                })
                 .map(|n| Candidate {
                     node_id: n.node_id,
                     load: n.load.as_ref().map(|l| l.load1 / f64::from(l.cpus.max(1))),

@@ -377,3 +377,85 @@ async fn retry_on_another_retries_a_failed_fire_once_elsewhere() {
         }
     }
 }
+
+/// A drained host and a host a pause covers are never picked for a `RunOn` fire (the leader
+/// fires, not the agent, so the leader applies the holds): draining the host `Pick: hash` chose
+/// moves the fires to another host, and pausing the job on every host stops them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_on_never_picks_a_drained_or_paused_host() {
+    let m = Manager::start();
+    let _agents = fleet(&m, 2, &[]).await;
+    let c = m.client();
+    c.save_job_text("solo", &solo("hash")).await.expect("save");
+    wait_until(LONG, "three fires of solo ran", || async {
+        hosts_per_fire(&c, "solo").await.len() >= 3
+    })
+    .await;
+    let owner = single(&hosts_per_fire(&c, "solo").await)
+        .into_values()
+        .next()
+        .unwrap();
+    let agentcli = |args: &[&str]| {
+        let out = std::process::Command::new(op_testkit::bin("agentcli"))
+            .args(args)
+            .env("OP_MANAGER", &m.api_url)
+            .env("OP_TOKEN", &m.admin_token)
+            .output()
+            .expect("agentcli runs");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    agentcli(&["drain", &owner]);
+    let drained_at = Utc::now() + chrono::Duration::seconds(1);
+    wait_until(
+        LONG,
+        "three fires after the drain ran elsewhere",
+        || async {
+            hosts_per_fire(&c, "solo")
+                .await
+                .iter()
+                .filter(|(at, _)| **at > drained_at)
+                .count()
+                >= 3
+        },
+    )
+    .await;
+    let after = single(&hosts_per_fire(&c, "solo").await);
+    assert!(
+        after
+            .iter()
+            .filter(|(at, _)| **at > drained_at)
+            .all(|(_, h)| *h != owner),
+        "{after:#?}"
+    );
+
+    // Paused on every host: no fire starts until resume.
+    agentcli(&["pause", "--job", "solo"]);
+    let paused_at = Utc::now() + chrono::Duration::seconds(1);
+    agentcli(&["undrain", &owner]);
+    // Barrier: a 1 Hz probe job saved after the pause ran three times, so several solo fires
+    // were due meanwhile.
+    c.save_job_text(
+        "probe",
+        r#"{"JobName":"probe","Command":"true","CronExpr":"* * * * * * *"}"#,
+    )
+    .await
+    .expect("save probe");
+    wait_until(LONG, "the probe ran three times", || async {
+        runs_of(&c, "probe").await.len() >= 6
+    })
+    .await;
+    let during = hosts_per_fire(&c, "solo").await;
+    assert!(
+        during.keys().all(|at| *at <= paused_at),
+        "fires ran while paused: {during:#?}"
+    );
+    agentcli(&["resume", "--job", "solo"]);
+    let resumed_at = Utc::now();
+    wait_until(LONG, "solo fires again after resume", || async {
+        hosts_per_fire(&c, "solo")
+            .await
+            .keys()
+            .any(|at| *at > resumed_at)
+    })
+    .await;
+}
