@@ -18,7 +18,7 @@ use crate::raft::ClusterError;
 pub enum ApiError {
     #[error("missing or invalid credentials: send Authorization: Bearer TOKEN")]
     Unauthorized,
-    #[error("a {scope} token may not {action}; this needs {needs}")]
+    #[error("{scope} tokens may not {action}; this needs {needs}")]
     Forbidden {
         scope: &'static str,
         action: &'static str,
