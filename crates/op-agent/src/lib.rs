@@ -248,7 +248,7 @@ pub async fn run(
     // Every connection is bounded in time: silent, slow-head and dripping-body clients are
     // closed (op_tls::guard).
     let limits = config.conn_limits;
-    let guard = op_tls::guard::GuardAcceptor(limits);
+    let guard = op_tls::guard::GuardAcceptor::new(limits);
     let mut server_task = match &config.tls {
         None => {
             let mut server = axum_server::from_tcp(listener)

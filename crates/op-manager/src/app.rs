@@ -50,6 +50,8 @@ pub struct App {
     pub outputs: Arc<crate::output::OutputRequests>,
     /// This member's secrets key(s) (`crate::secrets`).
     pub secrets: Arc<crate::secrets::Keeper>,
+    /// The cap on API connections open at once (`max_connections`).
+    pub conn_cap: Arc<op_tls::guard::ConnCap>,
 }
 
 impl App {

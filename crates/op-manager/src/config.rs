@@ -158,6 +158,11 @@ pub struct ConfigArgs {
     /// [default: 100].
     #[arg(long, env = "OP_DOWNLOAD_CONCURRENCY")]
     pub download_concurrency: Option<usize>,
+    /// Most API connections (agents, agentcli, browsers) open at once; past it a new
+    /// connection is closed at once, so clients can never take the descriptors the manager's
+    /// own files need [default: the open-files limit minus a tenth of it (at least 256)].
+    #[arg(long, env = "OP_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Largest package upload [default: 1GiB].
     #[arg(long, env = "OP_UPLOAD_MAX_BYTES")]
     pub upload_max_bytes: Option<String>,
@@ -230,6 +235,7 @@ pub struct RawConfig {
     pub disk_reserve: Option<String>,
     pub raft_snapshot_logs: Option<u64>,
     pub download_concurrency: Option<usize>,
+    pub max_connections: Option<usize>,
     pub upload_max_bytes: Option<String>,
     pub blob_gc_interval: Option<String>,
     pub log_format: Option<String>,
@@ -302,6 +308,8 @@ pub struct Config {
     pub raft_snapshot_logs: u64,
     /// Most package downloads served at once (default 100).
     pub download_concurrency: usize,
+    /// Most API connections open at once ([`default_max_connections`] unless set).
+    pub max_connections: usize,
     /// Largest package upload in bytes (default 1 GiB).
     pub upload_max_bytes: u64,
     /// Period of the blob garbage collector (default 10 minutes).
@@ -571,6 +579,10 @@ impl Config {
                 .download_concurrency
                 .or(f.download_concurrency)
                 .unwrap_or(100),
+            max_connections: a
+                .max_connections
+                .or(f.max_connections)
+                .unwrap_or_else(default_max_connections),
             upload_max_bytes: size(
                 "upload_max_bytes",
                 a.upload_max_bytes.or(f.upload_max_bytes),
@@ -677,6 +689,9 @@ impl Config {
         if self.prune_interval < Duration::from_secs(1) {
             return Err(bad("prune_interval", "must be at least 1s"));
         }
+        if self.max_connections == 0 {
+            return Err(bad("max_connections", "must be at least 1"));
+        }
         if self.download_concurrency == 0 {
             return Err(bad(
                 "download_concurrency",
@@ -743,6 +758,17 @@ fn absolute(p: &Path) -> Result<PathBuf, ManagerError> {
         path: p.to_path_buf(),
         source: e,
     })
+}
+
+/// The open-files limit of this process less a tenth of it (at least 256) for the manager's
+/// own files: its SQLite databases, raft log, blobs and peer connections.
+pub fn default_max_connections() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    let reserve = (soft / 10).max(256);
+    soft.saturating_sub(reserve).max(1)
 }
 
 #[cfg(test)]

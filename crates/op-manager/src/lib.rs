@@ -143,6 +143,7 @@ fn serve(
     listener: TcpListener,
     router: axum::Router,
     limits: op_tls::guard::ConnLimits,
+    cap: Option<Arc<op_tls::guard::ConnCap>>,
     handle: axum_server::Handle<SocketAddr>,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
 ) -> Result<JoinHandle<std::io::Result<()>>, ManagerError> {
@@ -159,7 +160,10 @@ fn serve(
     // idle keep-alive connection at one 8 KiB buffer instead of a 16 KiB one: 80 MB less at
     // 10,000 parked agents (valgrind massif, BENCHMARKS.md). Bodies still stream through it in
     // 8 KiB reads.
-    let guard = op_tls::guard::GuardAcceptor(limits);
+    let mut guard = op_tls::guard::GuardAcceptor::new(limits);
+    if let Some(cap) = cap {
+        guard = guard.capped(cap);
+    }
     Ok(match tls {
         None => {
             let mut server = axum_server::from_tcp(listener)
@@ -177,7 +181,7 @@ fn serve(
             let mut server = axum_server::tls_rustls::from_tcp_rustls(listener, config)
                 .map_err(listen_err)?
                 .handle(handle)
-                .map(|tls| tls.acceptor(guard));
+                .map(move |tls| tls.acceptor(guard.clone()));
             server
                 .http_builder()
                 .http1()
@@ -287,6 +291,7 @@ pub async fn start(
         auth: Arc::new(Authenticator::new(store.clone(), hub.clone())),
         beats: Arc::new(HeartbeatBuffer::new(config.load_sample_every)),
         acks: Default::default(),
+        conn_cap: op_tls::guard::ConnCap::new(config.max_connections),
         ingest,
         metrics,
         writer,
@@ -317,6 +322,8 @@ pub async fn start(
             blobs::replicate::routes(app.replicas()),
         ),
         app.config.conn_limits(),
+        // Peers only: few connections, and never to be refused.
+        None,
         raft_handle.clone(),
         raft_tls.clone(),
     )?;
@@ -342,6 +349,7 @@ pub async fn start(
                 .merge(ui::router(app.clone(), api, peer_http.clone()))
         },
         app.config.conn_limits(),
+        Some(app.conn_cap.clone()),
         api_handle.clone(),
         api_tls.clone(),
     )?;

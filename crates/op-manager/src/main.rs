@@ -78,6 +78,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    raise_open_files_limit();
     let cli = Cli::parse();
     if cli.print_config_reference {
         print!("{}", op_manager::config::reference());
@@ -158,4 +159,17 @@ fn main() -> ExitCode {
     };
     op_log::flush(std::time::Duration::from_secs(1));
     code
+}
+
+/// Raises this process's open-files limit to its hard limit (as a service manager's
+/// `LimitNOFILE` would): every agent holds a connection, and the default soft limit (often
+/// 1,024) would cap the fleet far below what the machine allows. `max_connections` is derived
+/// from the raised limit.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }

@@ -14,6 +14,11 @@
 //!   averaged over [`ConnLimits::body_rate_window`] of waiting for it (time the handler spends
 //!   not reading does not count against the client). A slower body ends with `408` and
 //!   `Connection: close`.
+//!
+//! A [`ConnCap`] bounds how many connections are open at once: past it a new connection is
+//! closed as soon as it is accepted, so a crowd of clients can never take the file descriptors
+//! the daemon needs for its own files (the manager's SQLite files: out of descriptors, its state
+//! machine could not apply and raft would stop).
 
 use std::future::Future;
 use std::io;
@@ -44,10 +49,76 @@ pub struct ConnLimits {
     pub body_rate_window: Duration,
 }
 
-/// An [`Accept`] that applies [`ConnLimits`] to the connection and its service. Use it as the
-/// acceptor of a plain server, or as the inner acceptor of `RustlsAcceptor`.
-#[derive(Debug, Clone, Copy)]
-pub struct GuardAcceptor(pub ConnLimits);
+/// At most this many connections open at once (shared by the clones of one acceptor).
+#[derive(Debug)]
+pub struct ConnCap {
+    max: usize,
+    open: AtomicUsize,
+    refused: AtomicU64,
+}
+
+impl ConnCap {
+    pub fn new(max: usize) -> Arc<ConnCap> {
+        Arc::new(ConnCap {
+            max,
+            open: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// The most connections held open at once.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed at once because the cap was reached, since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more open connection, or refuses it when `max` are open.
+    fn admit(&self) -> bool {
+        if self.open.fetch_add(1, Ordering::AcqRel) < self.max {
+            return true;
+        }
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        let refused = self.refused.fetch_add(1, Ordering::Relaxed);
+        if refused.is_multiple_of(1000) {
+            tracing::warn!(
+                max = self.max,
+                refused = refused + 1,
+                "connection limit reached: closing new connections until some end"
+            );
+        }
+        false
+    }
+}
+
+/// An [`Accept`] that applies [`ConnLimits`] to the connection and its service, and a
+/// [`ConnCap`] when it has one. Use it as the acceptor of a plain server, or as the inner
+/// acceptor of `RustlsAcceptor`.
+#[derive(Debug, Clone)]
+pub struct GuardAcceptor {
+    limits: ConnLimits,
+    cap: Option<Arc<ConnCap>>,
+}
+
+impl GuardAcceptor {
+    pub fn new(limits: ConnLimits) -> GuardAcceptor {
+        GuardAcceptor { limits, cap: None }
+    }
+
+    /// Closes a new connection at once while `cap` connections are open.
+    pub fn capped(mut self, cap: Arc<ConnCap>) -> GuardAcceptor {
+        self.cap = Some(cap);
+        self
+    }
+}
 
 impl<I, S> Accept<I, S> for GuardAcceptor {
     type Stream = GuardedIo<I>;
@@ -55,24 +126,31 @@ impl<I, S> Accept<I, S> for GuardAcceptor {
     type Future = std::future::Ready<io::Result<(GuardedIo<I>, GuardedService<S>)>>;
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
+        if let Some(cap) = &self.cap
+            && !cap.admit()
+        {
+            // Dropping `stream` closes it: its descriptor is free again at once.
+            return std::future::ready(Err(io::Error::other("connection limit reached")));
+        }
         let conn = Arc::new(Conn {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             reader: Mutex::new(None),
+            cap: self.cap.clone(),
         });
         std::future::ready(Ok((
             GuardedIo {
                 inner: stream,
                 conn: conn.clone(),
-                limit: self.0.head_timeout,
-                sleep: Box::pin(tokio::time::sleep(self.0.head_timeout)),
+                limit: self.limits.head_timeout,
+                sleep: Box::pin(tokio::time::sleep(self.limits.head_timeout)),
                 armed: None,
             },
             GuardedService {
                 inner: service,
                 conn,
-                limits: self.0,
+                limits: self.limits,
             },
         )))
     }
@@ -88,6 +166,16 @@ struct Conn {
     /// The task reading the connection, woken when the last request in progress ends so that it
     /// starts the idle clock (HTTP/2 ends answers on other tasks).
     reader: Mutex<Option<Waker>>,
+    /// The cap this connection counts against, released when the connection ends.
+    cap: Option<Arc<ConnCap>>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(cap) = &self.cap {
+            cap.open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Conn {

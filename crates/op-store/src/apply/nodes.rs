@@ -368,17 +368,10 @@ pub(super) fn set_labels(
     actor: &str,
     ch: &mut Changes,
 ) -> Outcome {
-    let Some(mut node) = read::nodes::by_id(conn, node_id)? else {
-        return Ok(Err(Rejection::not_found(format!(
-            "no node with id {node_id}"
-        ))));
+    let mut node = match live_node(conn, node_id, "; label it once its agent registers again")? {
+        Ok(node) => node,
+        Err(refused) => return Ok(Err(refused)),
     };
-    if node.status == NodeStatus::Left {
-        return Ok(Err(Rejection::conflict(format!(
-            "node {} ({node_id}) was forgotten; label it once its agent registers again",
-            node.hostname
-        ))));
-    }
     if let Some(k) = remove
         .iter()
         .find(|k| !node.manager_labels.contains_key(*k))
@@ -431,17 +424,10 @@ pub(super) fn set_drain(
     actor: &str,
     ch: &mut Changes,
 ) -> Outcome {
-    let Some(mut node) = read::nodes::by_id(conn, node_id)? else {
-        return Ok(Err(Rejection::not_found(format!(
-            "no node with id {node_id}"
-        ))));
+    let mut node = match live_node(conn, node_id, "")? {
+        Ok(node) => node,
+        Err(refused) => return Ok(Err(refused)),
     };
-    if node.status == NodeStatus::Left {
-        return Ok(Err(Rejection::conflict(format!(
-            "node {} ({node_id}) was forgotten",
-            node.hostname
-        ))));
-    }
     let action = if drain.is_some() {
         "node.drain"
     } else {
@@ -499,17 +485,10 @@ pub(super) fn set_facts(
     facts: &op_proto::facts::Facts,
     ch: &mut Changes,
 ) -> Outcome {
-    let Some(mut node) = read::nodes::by_id(conn, node_id)? else {
-        return Ok(Err(Rejection::not_found(format!(
-            "no node with id {node_id}"
-        ))));
+    let mut node = match live_node(conn, node_id, "; its agent must register again")? {
+        Ok(node) => node,
+        Err(refused) => return Ok(Err(refused)),
     };
-    if node.status == NodeStatus::Left {
-        return Ok(Err(Rejection::conflict(format!(
-            "node {} ({node_id}) was forgotten; its agent must register again",
-            node.hostname
-        ))));
-    }
     if node.facts.as_ref() == Some(facts) {
         return Ok(Ok(CommandResult::NodeFactsSet {
             node_id,
@@ -525,4 +504,24 @@ pub(super) fn set_facts(
         node_id,
         changed: true,
     }))
+}
+
+/// The node `node_id`, refused when unknown or forgotten (`then` ends the refusal's sentence).
+fn live_node(
+    conn: &Connection,
+    node_id: Uuid,
+    then: &str,
+) -> Result<std::result::Result<NodeInfo, Rejection>> {
+    let Some(node) = read::nodes::by_id(conn, node_id)? else {
+        return Ok(Err(Rejection::not_found(format!(
+            "no node with id {node_id}"
+        ))));
+    };
+    if node.status == NodeStatus::Left {
+        return Ok(Err(Rejection::conflict(format!(
+            "node {} ({node_id}) was forgotten{then}",
+            node.hostname
+        ))));
+    }
+    Ok(Ok(node))
 }

@@ -3,28 +3,9 @@
 //! `WhiteHosts` and `exec --host` select by them, a manager label changes selection without the
 //! agent restarting, and a selector that does not parse is a 400 with nothing saved.
 
-use std::process::Output;
+use op_testkit::{Manager, wait_until};
 
-use op_testkit::{Manager, bin, wait_until};
-
-use crate::support::{LONG, fleet, job, local_runs};
-
-async fn agentcli(m: &Manager, args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(bin("agentcli"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", m.dir.path())
-        .env("OP_MANAGER", &m.api_url)
-        .env("OP_TOKEN", &m.admin_token)
-        .args(args);
-    tokio::task::spawn_blocking(move || cmd.output().expect("agentcli runs"))
-        .await
-        .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use crate::support::{LONG, agentcli, fleet, job, local_runs, text};
 
 /// `ID` of this machine's /etc/os-release, as the agent on it reports it.
 fn os_id() -> String {

@@ -9,28 +9,10 @@ use std::time::{Duration, Instant};
 use op_proto::api::{CreateTokenRequest, Scope};
 use op_proto::invoke::{HostResult, HostStatus, InvocationEvent, InvocationState, Summary};
 use op_proto::{RunStatus, Trigger};
-use op_testkit::{Agent, Manager, bin, wait_until};
+use op_testkit::{Agent, Manager, wait_until};
 use uuid::Uuid;
 
-use crate::support::{LONG, fleet, job, local_runs};
-
-/// Runs the real `agentcli` against `m` with `token` (the admin's when `None`).
-async fn agentcli(m: &Manager, token: Option<&str>, args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(bin("agentcli"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", m.dir.path())
-        .env("OP_MANAGER", &m.api_url)
-        .env("OP_TOKEN", token.unwrap_or(&m.admin_token))
-        .args(args);
-    tokio::task::spawn_blocking(move || cmd.output().expect("agentcli runs"))
-        .await
-        .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use crate::support::{LONG, agentcli_as as agentcli, fleet, job, local_runs, text};
 
 /// The `-o json` output of run or exec: the results and the summary.
 fn events(out: &Output) -> (Vec<HostResult>, Summary) {

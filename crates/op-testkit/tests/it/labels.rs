@@ -2,28 +2,9 @@
 //! agent is given at once, survives the agent's registrations, wins over the agent's own label,
 //! and bad input saves nothing.
 
-use std::process::Output;
+use op_testkit::{Agent, AgentOptions, Manager, wait_until};
 
-use op_testkit::{Agent, AgentOptions, Manager, bin, wait_until};
-
-use crate::support::{LONG, fleet, job, local_runs};
-
-async fn agentcli(m: &Manager, args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(bin("agentcli"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", m.dir.path())
-        .env("OP_MANAGER", &m.api_url)
-        .env("OP_TOKEN", &m.admin_token)
-        .args(args);
-    tokio::task::spawn_blocking(move || cmd.output().expect("agentcli runs"))
-        .await
-        .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use crate::support::{LONG, agentcli, fleet, job, local_runs, text};
 
 /// Runs of the `gold` job the agent itself recorded.
 async fn runs_on(a: &Agent) -> usize {

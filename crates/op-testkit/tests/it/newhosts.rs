@@ -3,32 +3,14 @@
 //! most `NewHostsAtOnce` late hosts run it at once; without `NewHosts` a later host never gets it.
 
 use std::collections::BTreeSet;
-use std::process::Output;
 use std::time::Duration;
 
 use op_client::Client;
 use op_proto::api::TargetState;
 use op_proto::{NodeStatus, RunStatus};
-use op_testkit::{Agent, AgentOptions, Manager, bin, wait_until};
+use op_testkit::{Agent, AgentOptions, Manager, wait_until};
 
-use crate::support::{LONG, fleet, job, local_runs, runs_of};
-
-async fn agentcli(m: &Manager, args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(bin("agentcli"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", m.dir.path())
-        .env("OP_MANAGER", &m.api_url)
-        .env("OP_TOKEN", &m.admin_token)
-        .args(args);
-    tokio::task::spawn_blocking(move || cmd.output().expect("agentcli runs"))
-        .await
-        .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use crate::support::{LONG, agentcli, fleet, job, local_runs, runs_of, text};
 
 /// The state of `host`'s target of the current revision of `job`, if it has one.
 async fn target(c: &Client, job: &str, host: &str) -> Option<(TargetState, bool)> {

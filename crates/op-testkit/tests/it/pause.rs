@@ -2,31 +2,13 @@
 //! recorded `skipped` with the reason (never run, never missed), running runs finish, and bad
 //! input saves nothing.
 
-use std::process::Output;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, SubsecRound, Timelike, Utc};
 use op_proto::{RunRecord, RunStatus};
 use op_testkit::{Agent, AgentOptions, Manager, bin, wait_until};
 
-use crate::support::{LONG, fleet, job, runs_of};
-
-async fn agentcli(m: &Manager, args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(bin("agentcli"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", m.dir.path())
-        .env("OP_MANAGER", &m.api_url)
-        .env("OP_TOKEN", &m.admin_token)
-        .args(args);
-    tokio::task::spawn_blocking(move || cmd.output().expect("agentcli runs"))
-        .await
-        .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use crate::support::{LONG, agentcli, fleet, job, runs_of, text};
 
 async fn ok(m: &Manager, args: &[&str]) -> String {
     let out = agentcli(m, args).await;

@@ -6,27 +6,10 @@ use std::process::Output;
 
 use op_proto::api::{CreateTokenRequest, Scope};
 use op_proto::invoke::{HostStatus, InvocationEvent, RetryRequest, Summary};
-use op_testkit::{Agent, Manager, bin};
+use op_testkit::{Agent, Manager};
 use uuid::Uuid;
 
-use crate::support::fleet;
-
-async fn agentcli(m: &Manager, token: Option<&str>, args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(bin("agentcli"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", m.dir.path())
-        .env("OP_MANAGER", &m.api_url)
-        .env("OP_TOKEN", token.unwrap_or(&m.admin_token))
-        .args(args);
-    tokio::task::spawn_blocking(move || cmd.output().expect("agentcli runs"))
-        .await
-        .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use crate::support::{agentcli_as as agentcli, fleet, text};
 
 /// The hosts and summary of a `-o json` run, exec or retry.
 fn events(out: &Output) -> (Vec<(String, HostStatus)>, Summary) {

@@ -201,3 +201,73 @@ async fn silent_and_dripping_clients_are_cut_off_on_every_listener() {
     .await;
     assert_eq!(count(&metrics().await, "error"), 0, "{}", agent.log());
 }
+
+/// A crowd of connections never takes the descriptors the manager's own files need. Found at
+/// 10,000 simulated agents posting a fire's runs at once: the manager ran out of descriptors,
+/// SQLite could not open a file while applying, raft stopped and the manager exited. Here the
+/// manager's open-files limit is lowered to 300 and 400 connections are opened: past
+/// `--max-connections 100` they are closed at once, and a write on a connection opened before
+/// the crowd still commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_connections_is_capped_and_the_manager_keeps_writing() {
+    let m = Manager::start_with(ManagerOptions {
+        args: ["--max-connections", "100"].map(String::from).to_vec(),
+        ..ManagerOptions::default()
+    });
+    let pid = m.pid().expect("the manager runs");
+    let lowered = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--nofile=300:300"])
+        .status()
+        .expect("prlimit runs");
+    assert!(lowered.success(), "prlimit failed");
+    // One kept-alive connection, opened before the crowd.
+    let client = m.client();
+    client.list_jobs().await.expect("a first call");
+
+    let addr = host_port(&m.api_url);
+    let mut crowd = Vec::new();
+    for _ in 0..400 {
+        if let Ok(s) = TcpStream::connect(&addr).await {
+            crowd.push(s);
+        }
+    }
+    // The connections past the cap are closed by the manager at once (EOF on read).
+    let mut closed = 0;
+    for s in crowd.iter_mut() {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(200), s.read(&mut b)).await {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 250,
+        "only {closed} of 400 connections were closed"
+    );
+
+    // The write goes through on the connection that was open before the crowd, and commits.
+    for i in 0..5 {
+        client
+            .save_job_text(
+                &format!("after-crowd-{i}"),
+                &format!(r#"{{"JobName":"after-crowd-{i}","Command":"true"}}"#),
+            )
+            .await
+            .expect("a save while the crowd holds its connections");
+    }
+    drop(crowd);
+    let fresh = m.client();
+    let started = Instant::now();
+    loop {
+        match fresh.list_jobs().await {
+            Ok(jobs) => {
+                assert_eq!(jobs.len(), 5, "{jobs:?}");
+                break;
+            }
+            Err(e) if started.elapsed() < LONG => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the manager no longer answers after the crowd: {e}"),
+        }
+    }
+}

@@ -120,3 +120,32 @@ pub async fn console_get(m: &op_testkit::Manager, token: &str, path: &str) -> St
         .await
         .unwrap()
 }
+
+/// `agentcli ARGS` against `m` as `token` (the manager's admin token when `None`), in a clean
+/// environment (no config file of the machine's user is read).
+pub async fn agentcli_as(
+    m: &op_testkit::Manager,
+    token: Option<&str>,
+    args: &[&str],
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(op_testkit::bin("agentcli"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", m.dir.path())
+        .env("OP_MANAGER", &m.api_url)
+        .env("OP_TOKEN", token.unwrap_or(&m.admin_token))
+        .args(args);
+    tokio::task::spawn_blocking(move || cmd.output().expect("agentcli runs"))
+        .await
+        .unwrap()
+}
+
+/// `agentcli ARGS` against `m` as its admin.
+pub async fn agentcli(m: &op_testkit::Manager, args: &[&str]) -> std::process::Output {
+    agentcli_as(m, None, args).await
+}
+
+/// Bytes of a child's output as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
