@@ -292,6 +292,20 @@ impl FireJudge {
         runs.sort_by_key(|r| r.node_id);
         missed.sort_by_key(|m| m.node_id);
 
+        // A RunOn job's fires are started by the leader, which never picks a held host
+        // (`runon`): the hosts a pause, an open window or a drain holds at the fire are not
+        // expected to run it, so a fire they all hold is not missed.
+        let holds = if spec.run_on.is_picked() {
+            let (pauses, windows) =
+                state::read(&self.store, |s| Ok((s.pauses()?, s.windows()?))).await?;
+            Some(op_proto::holds::Holds {
+                pauses,
+                windows,
+                draining: false,
+            })
+        } else {
+            None
+        };
         let zone = spec.zone();
         let mut out = Vec::with_capacity(due.len());
         for fire in &due {
@@ -303,7 +317,23 @@ impl FireJudge {
                         readiness: readiness(n, fire.at),
                     })
                     .collect(),
-                Some(n) => picked_hosts(spec, fire, n as usize, selected, &runs),
+                Some(n) => {
+                    let free: Vec<&NodeInfo> = selected
+                        .iter()
+                        .copied()
+                        .filter(|node| {
+                            // A host that ran the fire is judged on its run, held now or not.
+                            runs.iter().any(|r| {
+                                r.node_id == node.node_id && r.belongs_to(fire.at, fire.next)
+                            }) || node.drain.is_none()
+                                && holds.as_ref().is_none_or(|h| {
+                                    h.why_held(&spec.name, &node.identity().labels, fire.at)
+                                        .is_none()
+                                })
+                        })
+                        .collect();
+                    picked_hosts(spec, fire, n as usize, &free, &runs)
+                }
             };
             let verdicts = match judge_fire(fire, now, &hosts, &runs, &missed) {
                 Ok(v) => v,

@@ -123,6 +123,11 @@ pub fn required_verb(method: &Method, path: &str) -> Option<Verb> {
         }
     } else if path.starts_with("/v1/nodes/") && method == Method::DELETE {
         Verb::Delete
+    } else if ["/v1/pauses", "/v1/windows"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+    {
+        Verb::Pause
     } else {
         return None;
     })
@@ -162,6 +167,14 @@ fn policy_allows(caller: &Caller, method: &Method, path: &str) -> Result<(), Api
     }
     if let Some(job) = named_job(path) {
         caller.check_job(job)?;
+    }
+    // The metrics name every job and node: not for a token limited to some of them.
+    if path == "/metrics" && (policy.restricts_jobs() || policy.restricts_hosts()) {
+        return Err(ApiError::Denied(format!(
+            "token {:?} is limited to some jobs or hosts, and /metrics covers all of them; \
+             scrape with a token without a policy",
+            caller.name
+        )));
     }
     Ok(())
 }
@@ -391,6 +404,12 @@ mod tests {
                 "/v1/cluster/secrets-key/rotate",
                 Some(Verb::Secrets),
             ),
+            (Method::POST, "/v1/pauses", Some(Verb::Pause)),
+            (Method::POST, "/v1/pauses/resume", Some(Verb::Pause)),
+            (Method::PUT, "/v1/windows/nightly", Some(Verb::Pause)),
+            (Method::DELETE, "/v1/windows/nightly", Some(Verb::Pause)),
+            (Method::POST, "/v1/nodes/n/drain", Some(Verb::Pause)),
+            (Method::POST, "/v1/nodes/n/undrain", Some(Verb::Pause)),
             (Method::POST, "/v1/cluster/members", None),
             (Method::POST, "/v1/cluster/leader", None),
         ];
@@ -429,6 +448,14 @@ mod tests {
         assert!(policy_allows(&team, &Method::GET, "/v1/tokens").is_err());
         assert!(policy_allows(&team, &Method::PUT, "/v1/secrets/x").is_err());
         assert!(policy_allows(&team, &Method::POST, "/v1/cluster/members").is_err());
+        // The metrics name every job: refused to a token limited to some.
+        assert!(policy_allows(&team, &Method::GET, "/metrics").is_err());
+        let reader = caller(Some(op_proto::policy::TokenPolicy {
+            jobs: vec![],
+            hosts: vec![],
+            verbs: vec!["read".into()],
+        }));
+        assert!(policy_allows(&reader, &Method::GET, "/metrics").is_ok());
         // Without a policy, the scope alone decides (checked by `allows`).
         let root = caller(None);
         assert!(policy_allows(&root, &Method::POST, "/v1/cluster/members").is_ok());

@@ -383,7 +383,12 @@ async fn retry_on_another_retries_a_failed_fire_once_elsewhere() {
 /// moves the fires to another host, and pausing the job on every host stops them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_on_never_picks_a_drained_or_paused_host() {
-    let m = Manager::start();
+    let m = Manager::start_with(ManagerOptions {
+        args: ["--fire-check-every", "1s", "--fire-settle", "2s"]
+            .map(String::from)
+            .to_vec(),
+        ..ManagerOptions::default()
+    });
     let _agents = fleet(&m, 2, &[]).await;
     let c = m.client();
     c.save_job_text("solo", &solo("hash")).await.expect("save");
@@ -449,6 +454,18 @@ async fn run_on_never_picks_a_drained_or_paused_host() {
         during.keys().all(|at| *at <= paused_at),
         "fires ran while paused: {during:#?}"
     );
+    // The judge agrees while the pause holds: the fires every host was held for were not
+    // expected anywhere, so nothing is missed.
+    wait_until(LONG, "fires inside the pause are judged", || async {
+        c.get_job("solo").await.is_ok_and(|j| {
+            j.last_fires
+                .iter()
+                .any(|f| f.fire > paused_at + chrono::Duration::seconds(2))
+        })
+    })
+    .await;
+    let missed = missed_events(&c, "solo").await;
+    assert!(missed.is_empty(), "{missed:#?}");
     agentcli(&["resume", "--job", "solo"]);
     let resumed_at = Utc::now();
     wait_until(LONG, "solo fires again after resume", || async {
