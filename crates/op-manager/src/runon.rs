@@ -25,7 +25,8 @@
 //!
 //! **Holds.** A drained host, and a host a pause or an open maintenance window covers for the
 //! job at the fire, is never picked (issue 23), as its agent would not fire there. A fire every
-//! selected host is held for is not started; the fire judge has no skipped record for it.
+//! selected host is held for is not started, and the fire judge (`missed`) leaves held hosts out
+//! the same way.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
