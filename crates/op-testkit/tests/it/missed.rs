@@ -24,7 +24,7 @@ fn manager() -> Manager {
 }
 
 /// Every kept event of `kind` about `job`.
-async fn events(c: &Client, kind: &str, job: &str) -> Vec<Event> {
+pub(crate) async fn events(c: &Client, kind: &str, job: &str) -> Vec<Event> {
     let mut stream = c
         .events(&EventQuery {
             kinds: vec![kind.to_string()],

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use op_client::{Client, EventQuery};
+use op_client::Client;
 use op_proto::{NodeStatus, RunRecord, Trigger};
 use op_testkit::{Agent, AgentOptions, Cluster, FAST_RAFT, Manager, ManagerOptions, wait_until};
 
@@ -45,19 +45,7 @@ fn single(fires: &BTreeMap<DateTime<Utc>, Vec<String>>) -> BTreeMap<DateTime<Utc
 
 /// Every kept `run.missed` event of `job`.
 async fn missed_events(c: &Client, job: &str) -> Vec<op_proto::events::Event> {
-    let mut stream = c
-        .events(&EventQuery {
-            kinds: vec!["run.missed".into()],
-            jobs: vec![job.into()],
-            ..EventQuery::default()
-        })
-        .await
-        .expect("events");
-    let mut out = Vec::new();
-    while let Some(e) = stream.next().await.expect("event stream") {
-        out.push(e);
-    }
-    out
+    crate::missed::events(c, "run.missed", job).await
 }
 
 /// A 1 Hz `RunOn: one` job on 3 agents for ~20 s: every fire runs on exactly one host, the same
