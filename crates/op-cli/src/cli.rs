@@ -257,17 +257,24 @@ Examples:
   agentcli upload test.py /data/op-agent/src       agents deploy /data/op-agent/src/test.py (0755)
   agentcli upload ./python_project_dir             agents unpack python_project_dir.tar.gz
   agentcli upload test.py                          keep the package's last deploy dir
+  agentcli upload schema.sql --label role=db       only the hosts labelled role=db
+  agentcli upload tool --host 'web-*' --exclude web-3
 
 The package name is the file's name, or DIR's name + .tar.gz (streamed, no file is written). A
 .tar.gz, .tgz or .tar.zst is unpacked by the agents into DEPLOYDIR; anything else lands as
 DEPLOYDIR/NAME. Without DEPLOYDIR the package keeps the deploy dir of its last version, or the
 agents' own default for a new package. Pass \"\" for the agents' default explicitly.
+--host, --exclude and --label target this version (a job's WhiteHosts, BlackHosts and Labels
+grammar); without them it goes to every host, whatever the previous version had. A host that
+stops being targeted keeps the files it has and stops reporting the package.
 Every agent switches to the new version atomically; `agentcli analysis packages` shows progress.")]
     Upload {
         /// A file, or a directory to pack as NAME.tar.gz.
         path: std::path::PathBuf,
         /// Absolute directory on the agents.
         deploy_dir: Option<String>,
+        #[command(flatten)]
+        target: UploadTargetArgs,
     },
     /// Download a package version (default: the current one), checked against its sha256.
     #[command(after_help = "\
@@ -510,6 +517,21 @@ Examples:
         /// A package to list every version of.
         name: Option<String>,
     },
+}
+
+/// The hosts a package version goes to (`upload`); none = every host.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct UploadTargetArgs {
+    /// Only this host: hostname, IP, CIDR, glob like 'web-*', label.KEY=VALUE or fact.KEY=VALUE,
+    /// fact.KEY>=N, fact.KEY<=N (repeatable; any of them matches).
+    #[arg(long = "host", short = 'H', value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Never this host, same grammar as --host (repeatable).
+    #[arg(long = "exclude", value_name = "HOST")]
+    pub exclude: Vec<String>,
+    /// Only hosts with this label KEY=VALUE (repeatable; all of them must match).
+    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
 }
 
 /// Host selection and rollout options shared by `run` and `exec`.

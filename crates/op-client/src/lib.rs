@@ -75,6 +75,15 @@ pub enum ClientError {
     Stream { url: String, message: String },
 }
 
+/// The targeting of an upload as the flags gave it (`--host`, `--exclude`, `--label KEY=VALUE`),
+/// sent as repeated query parameters; the manager parses and checks every entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UploadTarget {
+    pub hosts: Vec<String>,
+    pub exclude: Vec<String>,
+    pub labels: Vec<String>,
+}
+
 impl ClientError {
     /// The server's error code (`not_found`, `unauthorized`, ...), when the server answered.
     pub fn code(&self) -> Option<&str> {
@@ -695,6 +704,25 @@ impl Client {
         S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
         Bytes: From<S::Ok>,
     {
+        self.upload_package_targeted(name, deploy_dir, &UploadTarget::default(), len, body)
+            .await
+    }
+
+    /// Uploads a new version that goes only to the hosts `target` selects (the manager checks
+    /// every entry; an empty target = every host).
+    pub async fn upload_package_targeted<S>(
+        &self,
+        name: &str,
+        deploy_dir: Option<&str>,
+        target: &UploadTarget,
+        len: Option<u64>,
+        body: S,
+    ) -> Result<PackageVersion>
+    where
+        S: futures_util::TryStream + Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        Bytes: From<S::Ok>,
+    {
         let path = format!("/v1/packages/{}", path_segment(name));
         let mut req = self
             .request(Method::PUT, &path)
@@ -704,10 +732,36 @@ impl Client {
         if let Some(dir) = deploy_dir {
             req = req.query(&[("deploy_dir", dir)]);
         }
+        for (key, values) in [
+            ("host", &target.hosts),
+            ("exclude", &target.exclude),
+            ("label", &target.labels),
+        ] {
+            for v in values {
+                req = req.query(&[(key, v)]);
+            }
+        }
         if let Some(n) = len {
             req = req.header(reqwest::header::CONTENT_LENGTH, n);
         }
         self.json(&path, req).await
+    }
+
+    /// Uploads a package held in memory for the hosts `target` selects.
+    pub async fn upload_package_bytes_targeted(
+        &self,
+        name: &str,
+        deploy_dir: Option<&str>,
+        target: &UploadTarget,
+        content: Vec<u8>,
+    ) -> Result<PackageVersion> {
+        let len = content.len() as u64;
+        let once =
+            futures_util::stream::once(
+                async move { Ok::<_, std::io::Error>(Bytes::from(content)) },
+            );
+        self.upload_package_targeted(name, deploy_dir, target, Some(len), once)
+            .await
     }
 
     /// Uploads a package held in memory.

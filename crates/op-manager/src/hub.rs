@@ -91,8 +91,8 @@ struct DesiredCache {
     desired_index: u64,
     jobs: Vec<(JobRecord, HostSelector)>,
     nodes: HashMap<Uuid, CachedNode>,
-    /// The current version of every package; every node holds all of them.
-    packages: Vec<PackageRef>,
+    /// The current version of every package with its targeting (an empty selector: every node).
+    packages: Vec<(PackageRef, HostSelector)>,
 }
 
 impl DesiredCache {
@@ -182,7 +182,7 @@ impl DesiredCache {
         Some(NodeDesired {
             state: self.state(id)?,
             jobs: self.jobs_for(id),
-            packages: self.packages.clone(),
+            packages: self.packages_for(id),
             directives: self.nodes.get(&id)?.directives.clone(),
             labels: self.nodes.get(&id)?.identity.labels.clone(),
             draining: self.nodes.get(&id)?.draining,
@@ -203,6 +203,20 @@ impl DesiredCache {
             index: self.desired_index.max(node.desired_index),
             status: node.status,
         })
+    }
+
+    /// The packages this node must hold: the current version of each package whose targeting
+    /// (white, black, labels: a job's selector grammar) matches the node. A package that stops
+    /// matching leaves the answer; the agent then stops reporting it and leaves its files alone.
+    fn packages_for(&self, id: Uuid) -> Vec<PackageRef> {
+        let Some(node) = self.nodes.get(&id) else {
+            return Vec::new();
+        };
+        self.packages
+            .iter()
+            .filter(|(_, target)| target.matches(&node.identity))
+            .map(|(package, _)| package.clone())
+            .collect()
     }
 
     /// The jobs this node must hold: enabled jobs whose selector matches it, and once-jobs only

@@ -223,6 +223,16 @@ pub fn fleet(nodes: &[NodeInfo]) -> Vec<&NodeInfo> {
     hosts
 }
 
+/// The hosts a package version is meant for: the [`fleet`] narrowed by the version's targeting
+/// (`PackageVersion::target`). A host outside it is neither missing nor failed for the version.
+pub fn targeted<'a>(package: &PackageVersion, nodes: &'a [NodeInfo]) -> Vec<&'a NodeInfo> {
+    let mut hosts = fleet(nodes);
+    if !crate::package::is_everywhere(&package.target) {
+        hosts.retain(|n| package.target.matches(&n.identity()));
+    }
+    hosts
+}
+
 /// How far the fleet has come on one package version.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Convergence {
@@ -235,10 +245,10 @@ pub struct Convergence {
 }
 
 impl Convergence {
-    /// Counts the [`fleet`] of `nodes` by [`Standing`].
+    /// Counts the [`targeted`] hosts of `nodes` by [`Standing`].
     pub fn of(package: &PackageVersion, nodes: &[NodeInfo]) -> Convergence {
         let mut c = Convergence::default();
-        for node in fleet(nodes) {
+        for node in targeted(package, nodes) {
             c.add(&Standing::of(package, node));
         }
         c
@@ -447,6 +457,7 @@ mod tests {
             uploaded_at: DateTime::from_timestamp(7, 0).unwrap(),
             uploader: String::new(),
             current: true,
+            target: Default::default(),
         };
         let nodes = [
             node(1, NodeStatus::Ready, held(7, PackageState::Installed, None)),
@@ -505,5 +516,19 @@ mod tests {
             (7, 2, 1, 2, 1, 1)
         );
         assert_eq!(c.behind(), 5);
+
+        // Targeted at host-1 and at the hosts labelled role=db: the others do not count at all.
+        let mut targeted_package = package.clone();
+        targeted_package.target =
+            crate::package::parse_target(&["host-1,label.role=db".into()], &[], &[]).unwrap();
+        let mut nodes = nodes;
+        nodes[6].labels.insert("role".into(), "db".into());
+        let hosts: Vec<&str> = targeted(&targeted_package, &nodes)
+            .iter()
+            .map(|n| n.hostname.as_str())
+            .collect();
+        assert_eq!(hosts, ["host-1", "host-7"]);
+        let c = Convergence::of(&targeted_package, &nodes);
+        assert_eq!((c.hosts, c.current, c.missing, c.failed), (2, 1, 1, 0));
     }
 }

@@ -6,9 +6,19 @@
 //! [`InstalledPackage`] in every heartbeat. What a name means for deployment (a plain file or an
 //! archive to unpack) is decided here, by [`PackageKind::of`], so the CLI, the manager and the
 //! agent can never disagree about it.
+//!
+//! A version may be **targeted** ([`PackageVersion::target`]): white hosts, black hosts and labels
+//! with the same grammar and meaning as a job's `WhiteHosts`/`BlackHosts`/`Labels`
+//! ([`crate::hosts`]). Only the nodes it matches receive it; the others are neither missing nor
+//! failed for it. Targeting belongs to the version: a new upload without targeting goes to every
+//! host again, whatever the previous version had.
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::hosts::{HostPattern, HostSelector};
 
 /// A version an agent must have installed: part of its desired state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +47,102 @@ pub struct PackageVersion {
     /// True for the version agents converge to.
     #[serde(default)]
     pub current: bool,
+    /// The hosts this version goes to (white, black, labels); empty = every host.
+    #[serde(default, skip_serializing_if = "is_everywhere")]
+    pub target: HostSelector,
+}
+
+/// True for a selector that selects every host (no white, black or label entry).
+pub fn is_everywhere(target: &HostSelector) -> bool {
+    target.white.is_empty() && target.black.is_empty() && target.labels.is_empty()
+}
+
+/// The targeting in one line, for tables: `everywhere`, or e.g.
+/// `host web-*,10.0.0.0/8 exclude web-3 label role=db`.
+pub fn describe_target(target: &HostSelector) -> String {
+    if is_everywhere(target) {
+        return "everywhere".into();
+    }
+    let mut parts = Vec::new();
+    let list = |ps: &[HostPattern]| ps.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(",");
+    if !target.white.is_empty() {
+        parts.push(format!("host {}", list(&target.white)));
+    }
+    if !target.black.is_empty() {
+        parts.push(format!("exclude {}", list(&target.black)));
+    }
+    if !target.labels.is_empty() {
+        let labels: Vec<String> = target
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        parts.push(format!("label {}", labels.join(",")));
+    }
+    parts.join(" ")
+}
+
+/// Checks a label a package version is targeted by (`--label KEY=VALUE`): the same rules as a
+/// job's `Labels` (key 1..63 of `[A-Za-z0-9._/-]`, value at most 63 characters without ',', '='
+/// or control characters).
+pub fn validate_target_label(key: &str, value: &str) -> Result<(), String> {
+    let key_ok = !key.is_empty()
+        && key.len() <= 63
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+    if !key_ok {
+        return Err(format!(
+            "label key {key:?} must be 1..63 of [A-Za-z0-9._/-]"
+        ));
+    }
+    if value.len() > 63
+        || value
+            .chars()
+            .any(|c| c.is_control() || c == ',' || c == '=')
+    {
+        return Err(format!(
+            "label value {value:?} must be at most 63 characters without ',', '=' or control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Builds a targeting from the texts of `--host`, `--exclude` and `--label KEY=VALUE` (each
+/// entry of `hosts`/`exclude` may hold several, comma-separated), checking every entry; the error
+/// names the flag and the entry.
+pub fn parse_target(
+    hosts: &[String],
+    exclude: &[String],
+    labels: &[String],
+) -> Result<HostSelector, String> {
+    let patterns = |texts: &[String], flag: &str| -> Result<Vec<HostPattern>, String> {
+        let mut out = Vec::new();
+        for t in texts {
+            let entries: Vec<&str> = t.split(',').map(str::trim).collect();
+            if entries.iter().all(|e| e.is_empty()) {
+                return Err(format!("{flag} needs a host: got {t:?}"));
+            }
+            for e in entries.into_iter().filter(|e| !e.is_empty()) {
+                out.push(HostPattern::parse(e).map_err(|err| format!("{flag} {err}"))?);
+            }
+        }
+        Ok(out)
+    };
+    let mut map = BTreeMap::new();
+    for l in labels {
+        let Some((k, v)) = l.split_once('=') else {
+            return Err(format!("--label {l:?} is not KEY=VALUE (e.g. role=db)"));
+        };
+        let k = k.trim();
+        validate_target_label(k, v).map_err(|e| format!("--label {e}"))?;
+        map.insert(k.to_string(), v.to_string());
+    }
+    Ok(HostSelector {
+        white: patterns(hosts, "--host")?,
+        black: patterns(exclude, "--exclude")?,
+        labels: map,
+    })
 }
 
 impl PackageVersion {
@@ -220,5 +326,49 @@ mod tests {
         assert_eq!(normalize_deploy_dir("/data/src/"), "/data/src");
         assert_eq!(normalize_deploy_dir("/"), "/");
         assert_eq!(normalize_deploy_dir(""), "");
+    }
+
+    #[test]
+    fn targets_parse_check_and_describe() {
+        let none = parse_target(&[], &[], &[]).unwrap();
+        assert!(is_everywhere(&none));
+        assert_eq!(describe_target(&none), "everywhere");
+        let t = parse_target(
+            &["web-*, 10.0.0.0/8".into()],
+            &["web-3".into()],
+            &["role=db".into()],
+        )
+        .unwrap();
+        assert_eq!(t.white.len(), 2);
+        assert_eq!(
+            describe_target(&t),
+            "host web-*,10.0.0.0/8 exclude web-3 label role=db"
+        );
+        let mut db = crate::hosts::HostIdentity {
+            hostname: "web-1".into(),
+            ..Default::default()
+        };
+        assert!(!t.matches(&db), "the label narrows");
+        db.labels.insert("role".into(), "db".into());
+        assert!(t.matches(&db));
+        let err = parse_target(&[], &[], &["role".into()]).unwrap_err();
+        assert!(err.contains("not KEY=VALUE"), "{err}");
+        let err = parse_target(&[], &[], &["ro le=db".into()]).unwrap_err();
+        assert!(err.contains("label key"), "{err}");
+        let err = parse_target(&[], &[], &["role=a,b".into()]).unwrap_err();
+        assert!(err.contains("label value"), "{err}");
+        let err = parse_target(&["10.0.0.999".into()], &[], &[]).unwrap_err();
+        assert!(err.starts_with("--host host entry"), "{err}");
+        let err = parse_target(&[], &["fact.cpus>=abc".into()], &[]).unwrap_err();
+        assert!(err.starts_with("--exclude"), "{err}");
+        assert!(parse_target(&[",".into()], &[], &[]).is_err());
+    }
+
+    #[test]
+    fn an_untargeted_version_reads_and_writes_as_before() {
+        let json = r#"{"name":"a.py","version":1,"sha256":"x","size":1,"uploaded_at":"2026-01-01T00:00:00Z"}"#;
+        let v: PackageVersion = serde_json::from_str(json).unwrap();
+        assert!(is_everywhere(&v.target));
+        assert!(!serde_json::to_string(&v).unwrap().contains("target"));
     }
 }

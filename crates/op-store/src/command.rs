@@ -132,6 +132,10 @@ pub enum Command {
         deploy_dir: Option<String>,
         at: DateTime<Utc>,
         actor: String,
+        /// The hosts this version goes to; absent (entries written before targeting existed, or
+        /// an upload without --host/--exclude/--label) = every host. Not inherited.
+        #[serde(default, skip_serializing_if = "op_proto::package::is_everywhere")]
+        target: op_proto::HostSelector,
     },
     /// Moves a package's current version; None = the newest version older than the current one.
     RollbackPackage {

@@ -276,6 +276,11 @@ const MIGRATIONS: &[&str] = &[
         info TEXT NOT NULL
     );
     "#,
+    // package targeting (issue 21 item 5): the hosts a version goes to, an
+    // `op_proto::HostSelector` as JSON; '' = every host (every version stored before).
+    r#"
+    ALTER TABLE package_versions ADD COLUMN target TEXT NOT NULL DEFAULT '';
+    "#,
 ];
 
 /// The schema version this build writes.

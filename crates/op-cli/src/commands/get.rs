@@ -34,11 +34,20 @@ async fn packages(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// The seed's package table; wide adds which version is current, size, hash and uploader.
+/// The seed's package table; wide adds which version is current, size, hash, uploader and the
+/// targeting. TARGET is in the plain table too as soon as a listed version is targeted (so a
+/// fleet without targeting reads exactly as the seed's).
 pub fn packages_table(list: &[PackageVersion], wide: bool) -> Table {
     let mut headers = vec!["PACKAGENAME", "PACKAGEVERSION", "TIMESTAMP", "DEPLOYDIR"];
     if wide {
         headers.extend(["CURRENT", "SIZE", "SHA256", "UPLOADER"]);
+    }
+    let with_target = wide
+        || list
+            .iter()
+            .any(|p| !op_proto::package::is_everywhere(&p.target));
+    if with_target {
+        headers.push("TARGET");
     }
     let mut table = Table::new(&headers);
     for p in list {
@@ -55,6 +64,9 @@ pub fn packages_table(list: &[PackageVersion], wide: bool) -> Table {
                 p.sha256.clone(),
                 p.uploader.clone(),
             ]);
+        }
+        if with_target {
+            row.push(op_proto::package::describe_target(&p.target));
         }
         table.row(row);
     }
@@ -414,6 +426,7 @@ mod tests {
             uploaded_at: chrono::DateTime::from_timestamp(v as i64, 0).unwrap(),
             uploader: "admin".into(),
             current,
+            target: Default::default(),
         }
     }
 
@@ -458,14 +471,34 @@ mod tests {
                 "CURRENT",
                 "SIZE",
                 "SHA256",
-                "UPLOADER"
+                "UPLOADER",
+                "TARGET"
             ]
         );
+        let sha = "0f".repeat(32);
         assert!(
             text.lines()
                 .nth(1)
                 .unwrap()
-                .ends_with(&format!("2048\t{}\tadmin", "0f".repeat(32)))
+                .split('\t')
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .ends_with(&["2048", &sha, "admin", "everywhere"])
         );
+        // A targeted version brings the TARGET column into the plain table.
+        let mut db = version("schema.sql", 7, "", true);
+        db.target = op_proto::package::parse_target(&[], &[], &["role=db".into()]).unwrap();
+        let mut out = Vec::new();
+        packages_table(&[db, version("a.sh", 5, "/opt", true)], false)
+            .write(&mut out)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split('\t').map(str::trim).collect())
+            .collect();
+        assert_eq!(rows[0].last(), Some(&"TARGET"));
+        assert_eq!(rows[1].last(), Some(&"label role=db"));
+        assert_eq!(rows[2].last(), Some(&"everywhere"));
     }
 }

@@ -173,9 +173,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             let ctx = ctx()?;
             crate::connect::block_on(analysis::run(&ctx, what))
         }
-        Command::Upload { path, deploy_dir } => {
+        Command::Upload {
+            path,
+            deploy_dir,
+            target,
+        } => {
             let ctx = ctx()?;
-            crate::connect::block_on(upload::run(&ctx, &path, deploy_dir.as_deref()))
+            crate::connect::block_on(upload::run(&ctx, &path, deploy_dir.as_deref(), &target))
         }
         Command::Download {
             name,

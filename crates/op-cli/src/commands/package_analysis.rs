@@ -8,12 +8,16 @@
 //! host that is not Ready is named as such, since what it last reported may be stale. The
 //! standing of a host is `op_proto::analysis::Standing`, which the web console shows too; a host
 //! whose agent retries after a failed download counts as failed (`failed: REASON (retrying)`).
+//!
+//! A targeted version (`upload --host/--exclude/--label`) counts only the hosts it targets
+//! (`op_proto::analysis::targeted`): a host outside is neither missing nor failed, and the
+//! summary line names the targeting.
 
 use std::io::Write;
 
 use chrono::{DateTime, Utc};
-use op_proto::analysis::{Convergence, Standing, fleet};
-use op_proto::package::PackageVersion;
+use op_proto::analysis::{Convergence, Standing, targeted};
+use op_proto::package::{PackageVersion, describe_target, is_everywhere};
 use op_proto::{NodeInfo, NodeStatus};
 use serde::Serialize;
 
@@ -45,13 +49,22 @@ pub struct Summary {
     pub failed: usize,
     pub missing: usize,
     pub outdated: usize,
+    /// The version's targeting (`label role=db`); absent when it goes to every host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 impl Summary {
-    /// `test.py 1730000000: 48/50 hosts current, 1 failed, 1 downloading`
+    /// `test.py 1730000000: 48/50 hosts current, 1 failed, 1 downloading`, or for a targeted
+    /// version `schema.sql 1730000000 (label role=db): 2/2 hosts current`.
     pub fn line(&self) -> String {
+        let target = self
+            .target
+            .as_ref()
+            .map(|t| format!(" ({t})"))
+            .unwrap_or_default();
         let mut line = format!(
-            "{} {}: {}/{} hosts current",
+            "{} {}{target}: {}/{} hosts current",
             self.package, self.version, self.current, self.hosts
         );
         for (n, what) in [
@@ -74,15 +87,15 @@ pub struct Report {
     pub summaries: Vec<Summary>,
 }
 
-/// Compares what every non-Left node reports with the current version of each package.
+/// Compares what every non-Left node the version targets reports with the current version of
+/// each package.
 pub fn analyze(packages: &[PackageVersion], nodes: &[NodeInfo], now: DateTime<Utc>) -> Report {
     let mut report = Report::default();
-    let nodes = fleet(nodes);
     let mut packages: Vec<&PackageVersion> = packages.iter().collect();
     packages.sort_by(|a, b| a.name.cmp(&b.name));
     for p in packages {
         let mut c = Convergence::default();
-        for node in &nodes {
+        for node in targeted(p, nodes) {
             let standing = Standing::of(p, node);
             c.add(&standing);
             if standing == Standing::Current {
@@ -119,6 +132,7 @@ pub fn analyze(packages: &[PackageVersion], nodes: &[NodeInfo], now: DateTime<Ut
             failed: c.failed,
             missing: c.missing,
             outdated: c.outdated,
+            target: (!is_everywhere(&p.target)).then(|| describe_target(&p.target)),
         });
     }
     report
@@ -240,6 +254,7 @@ mod tests {
             uploaded_at: DateTime::from_timestamp(version as i64, 0).unwrap(),
             uploader: String::new(),
             current: true,
+            target: Default::default(),
         }
     }
 
@@ -315,5 +330,37 @@ mod tests {
         let mut out = Vec::new();
         print(&mut out, &analyze(&[], &nodes, Utc::now())).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "no packages\n");
+    }
+
+    #[test]
+    fn a_targeted_version_counts_only_its_hosts() {
+        let v = 9;
+        let mut nodes = [
+            node(
+                1,
+                NodeStatus::Ready,
+                vec![held(v, PackageState::Installed, None)],
+            ),
+            node(2, NodeStatus::Ready, vec![]),
+            // Outside the targeting: never heard of the package, yet neither missing nor failed.
+            node(3, NodeStatus::Ready, vec![]),
+            node(
+                4,
+                NodeStatus::Ready,
+                vec![held(1, PackageState::Failed, Some("x"))],
+            ),
+        ];
+        for n in &mut nodes[..2] {
+            n.labels.insert("role".into(), "db".into());
+        }
+        let mut p = package(v);
+        p.target = op_proto::package::parse_target(&[], &[], &["role=db".into()]).unwrap();
+        let report = analyze(&[p], &nodes, Utc::now());
+        let behind: Vec<&str> = report.behind.iter().map(|b| b.hostname.as_str()).collect();
+        assert_eq!(behind, ["host-2"]);
+        assert_eq!(
+            report.summaries[0].line(),
+            "test.py 9 (label role=db): 1/2 hosts current, 1 missing"
+        );
     }
 }

@@ -10,20 +10,41 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
 use futures_util::StreamExt;
-use op_proto::package::{PackageVersion, validate_deploy_dir, validate_package_name};
+use op_client::UploadTarget;
+use op_proto::package::{
+    PackageVersion, describe_target, is_everywhere, parse_target, validate_deploy_dir,
+    validate_package_name,
+};
 
 use super::Ctx;
 use crate::Outcome;
-use crate::cli::Format;
+use crate::cli::{Format, UploadTargetArgs};
 use crate::output::{Table, local_time, transfer_bar, write_json};
 
 /// Bytes per chunk sent; also the buffer of the archive writer.
 const CHUNK: usize = 256 << 10;
 
-pub async fn run(ctx: &Ctx, path: &Path, deploy_dir: Option<&str>) -> anyhow::Result<Outcome> {
+pub async fn run(
+    ctx: &Ctx,
+    path: &Path,
+    deploy_dir: Option<&str>,
+    target_args: &UploadTargetArgs,
+) -> anyhow::Result<Outcome> {
     if let Some(dir) = deploy_dir {
         validate_deploy_dir(dir).map_err(|e| anyhow!("deploy dir {e}"))?;
     }
+    // Checked here too, so a bad entry fails before anything is sent.
+    parse_target(
+        &target_args.hosts,
+        &target_args.exclude,
+        &target_args.labels,
+    )
+    .map_err(|e| anyhow!(e))?;
+    let target = UploadTarget {
+        hosts: target_args.hosts.clone(),
+        exclude: target_args.exclude.clone(),
+        labels: target_args.labels.clone(),
+    };
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     let json = ctx.format == Format::Json;
@@ -44,7 +65,10 @@ pub async fn run(ctx: &Ctx, path: &Path, deploy_dir: Option<&str>) -> anyhow::Re
             }
         });
         let result = ctx
-            .call(ctx.client.upload_package(&name, deploy_dir, None, stream))
+            .call(
+                ctx.client
+                    .upload_package_targeted(&name, deploy_dir, &target, None, stream),
+            )
             .await;
         bar.finish_and_clear();
         result?
@@ -65,10 +89,13 @@ pub async fn run(ctx: &Ctx, path: &Path, deploy_dir: Option<&str>) -> anyhow::Re
             }
         });
         let result = ctx
-            .call(
-                ctx.client
-                    .upload_package(&name, deploy_dir, Some(meta.len()), stream),
-            )
+            .call(ctx.client.upload_package_targeted(
+                &name,
+                deploy_dir,
+                &target,
+                Some(meta.len()),
+                stream,
+            ))
             .await;
         bar.finish_and_clear();
         result?
@@ -78,6 +105,9 @@ pub async fn run(ctx: &Ctx, path: &Path, deploy_dir: Option<&str>) -> anyhow::Re
         write_json(&mut out, &version)?;
     } else {
         uploaded_table(&version).write(&mut out)?;
+        if !is_everywhere(&version.target) {
+            writeln!(out, "target: {}", describe_target(&version.target))?;
+        }
         out.flush()?;
     }
     Ok(Outcome::Ok)
@@ -243,6 +273,7 @@ mod tests {
             uploaded_at: chrono::DateTime::from_timestamp(1_730_000_000, 0).unwrap(),
             uploader: "admin".into(),
             current: true,
+            target: Default::default(),
         };
         let mut out = Vec::new();
         uploaded_table(&v).write(&mut out).unwrap();

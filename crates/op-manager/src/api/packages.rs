@@ -19,10 +19,9 @@ use axum::{Extension, Json};
 use chrono::Utc;
 use futures_util::StreamExt;
 use op_proto::package::{
-    PackageVersion, RollbackRequest, validate_deploy_dir, validate_package_name,
+    PackageVersion, RollbackRequest, parse_target, validate_deploy_dir, validate_package_name,
 };
 use op_store::{Command, CommandResult};
-use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::error::ApiError;
@@ -56,21 +55,52 @@ fn answer(result: CommandResult, what: &str) -> Result<PackageVersion, ApiError>
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The query of an upload: `deploy_dir` (absent: inherit the package's last deploy dir; empty:
+/// the agent's default) and the version's targeting, each repeatable: `host`, `exclude` (host
+/// entries of the `WhiteHosts`/`BlackHosts` grammar, comma-separated allowed) and `label`
+/// (`KEY=VALUE`). No targeting: every host.
+#[derive(Debug, Default, PartialEq)]
 pub struct UploadQuery {
-    /// Absent: inherit the package's last deploy dir. Empty: the agent's default.
     deploy_dir: Option<String>,
+    target: op_proto::HostSelector,
+}
+
+impl UploadQuery {
+    /// Reads the pairs of the query string; an unknown key or a bad entry is a 400 naming it.
+    pub fn parse(pairs: Vec<(String, String)>) -> Result<UploadQuery, ApiError> {
+        let (mut hosts, mut exclude, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+        let mut deploy_dir = None;
+        for (key, value) in pairs {
+            match key.as_str() {
+                "deploy_dir" => deploy_dir = Some(value),
+                "host" => hosts.push(value),
+                "exclude" => exclude.push(value),
+                "label" => labels.push(value),
+                other => {
+                    return Err(ApiError::bad(
+                        "invalid_query",
+                        format!(
+                            "unknown query parameter {other:?}; an upload takes deploy_dir, host, exclude and label"
+                        ),
+                    ));
+                }
+            }
+        }
+        let target = parse_target(&hosts, &exclude, &labels)
+            .map_err(|e| ApiError::bad("invalid_target", e))?;
+        Ok(UploadQuery { deploy_dir, target })
+    }
 }
 
 pub async fn upload(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    ApiQuery(q): ApiQuery<UploadQuery>,
+    ApiQuery(pairs): ApiQuery<Vec<(String, String)>>,
     req: Request,
 ) -> Result<(StatusCode, Json<PackageVersion>), ApiError> {
     check_name(&name)?;
+    let q = UploadQuery::parse(pairs)?;
     if let Some(dir) = &q.deploy_dir {
         validate_deploy_dir(dir)
             .map_err(|e| ApiError::bad("invalid_deploy_dir", format!("deploy dir {e}")))?;
@@ -108,6 +138,7 @@ pub async fn upload(
             deploy_dir: q.deploy_dir,
             at: Utc::now(),
             actor: caller.name,
+            target: q.target,
         })
         .await?;
     let version = answer(result, "AddPackageVersion")?;
@@ -321,6 +352,47 @@ pub async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_queries() {
+        let q = |pairs: &[(&str, &str)]| {
+            UploadQuery::parse(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        assert_eq!(q(&[]).unwrap(), UploadQuery::default());
+        let got = q(&[
+            ("deploy_dir", "/opt"),
+            ("host", "db-*"),
+            ("host", "10.0.0.5"),
+            ("exclude", "db-3"),
+            ("label", "role=db"),
+        ])
+        .unwrap();
+        assert_eq!(got.deploy_dir.as_deref(), Some("/opt"));
+        assert_eq!(
+            op_proto::package::describe_target(&got.target),
+            "host db-*,10.0.0.5 exclude db-3 label role=db"
+        );
+        for bad in [
+            ("label", "role"),
+            ("host", "10.0.0.999"),
+            ("exclude", "fact.cpus>=x"),
+            ("labels", "a=b"),
+        ] {
+            let Err(ApiError::BadRequest { code, message }) = q(&[bad]) else {
+                panic!("{bad:?} was accepted");
+            };
+            assert!(
+                code == "invalid_target" || code == "invalid_query",
+                "{code}"
+            );
+            assert!(message.contains(bad.0), "{message}");
+        }
+    }
 
     #[test]
     fn ranges() {

@@ -405,6 +405,7 @@ mod tests {
             uploaded_at: DateTime::from_timestamp(1_730_000_000, 0).unwrap(),
             uploader: "admin".into(),
             current: true,
+            target: Default::default(),
         }];
         let c = count(&nodes, &jobs, &last, &packages);
         assert_eq!((c.ready, c.not_ready, c.left), (1, 1, 1));

@@ -12,7 +12,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use op_proto::analysis::{Convergence, Standing, fleet};
+use op_proto::analysis::{Convergence, Standing, targeted};
+use op_proto::package::{describe_target, is_everywhere};
 use serde::Deserialize;
 
 use super::Ui;
@@ -87,7 +88,7 @@ pub async fn list(State(ui): State<Arc<Ui>>, Extension(s): Extension<SessionView
         let _ = write!(
             body,
             "<tr data-package=\"{}\"><td data-label=\"Package\"><a href=\"/ui/packages/{}\">{}</a></td><td data-label=\"Current\">{}</td>\
-             <td data-label=\"Size\">{}</td><td data-label=\"Uploaded\">{} by {}</td><td data-label=\"Current on\">{} of {}</td><td data-label=\"Behind\">{detail}</td></tr>",
+             <td data-label=\"Size\">{}</td><td data-label=\"Uploaded\">{} by {}</td><td data-label=\"Current on\">{} of {}{}</td><td data-label=\"Behind\">{detail}</td></tr>",
             attr(&p.name),
             html::url(&p.name),
             esc(&p.name),
@@ -96,7 +97,15 @@ pub async fn list(State(ui): State<Arc<Ui>>, Extension(s): Extension<SessionView
             html::time(p.uploaded_at),
             esc(&p.uploader),
             c.current,
-            c.hosts
+            c.hosts,
+            if is_everywhere(&p.target) {
+                String::new()
+            } else {
+                format!(
+                    " <span class=\"muted target\">({})</span>",
+                    esc(&describe_target(&p.target))
+                )
+            }
         );
     }
     if packages.is_empty() {
@@ -136,7 +145,8 @@ pub async fn show(
     let Some(current) = versions.iter().find(|v| v.current).cloned() else {
         return html::not_found(&s, &format!("no package named {name:?}"));
     };
-    let hosts = fleet(&nodes);
+    // Only the hosts the current version targets (every host when it is not targeted).
+    let hosts = targeted(&current, &nodes);
     let path = format!("/ui/packages/{}", html::url(&name));
     let mut body = String::with_capacity(8192);
     let _ = write!(
@@ -168,7 +178,7 @@ pub async fn show(
         body.push_str("</div>");
     }
     body.push_str("</div><div id=\"package\" data-refresh=\"2000\">");
-    body.push_str("<section class=\"card\"><h2>Versions</h2><table class=\"list\"><thead><tr><th>Version</th><th>SHA-256</th><th>Size</th><th>Deploy dir</th><th>Uploaded</th><th></th></tr></thead><tbody>");
+    body.push_str("<section class=\"card\"><h2>Versions</h2><table class=\"list\"><thead><tr><th>Version</th><th>SHA-256</th><th>Size</th><th>Deploy dir</th><th>Target</th><th>Uploaded</th><th></th></tr></thead><tbody>");
     for v in versions.iter().rev() {
         let action = if v.current {
             "<span class=\"badge good\"><span aria-hidden=\"true\">★</span> current</span>"
@@ -187,7 +197,7 @@ pub async fn show(
         let _ = write!(
             body,
             "<tr data-version=\"{}\"><td data-label=\"Version\">{}</td><td data-label=\"SHA-256\"><code title=\"{}\">{}…</code></td>\
-             <td data-label=\"Size\">{}</td><td data-label=\"Deploy dir\">{}</td><td data-label=\"Uploaded\">{} by {}</td><td>{action}</td></tr>",
+             <td data-label=\"Size\">{}</td><td data-label=\"Deploy dir\">{}</td><td data-label=\"Target\" class=\"target\">{}</td><td data-label=\"Uploaded\">{} by {}</td><td>{action}</td></tr>",
             v.version,
             v.version,
             attr(&v.sha256),
@@ -198,6 +208,7 @@ pub async fn show(
             } else {
                 &v.deploy_dir
             }),
+            esc(&describe_target(&v.target)),
             html::time(v.uploaded_at),
             esc(&v.uploader)
         );

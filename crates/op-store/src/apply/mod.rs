@@ -198,6 +198,7 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
             deploy_dir,
             at,
             actor,
+            target,
         } => packages::add(
             conn,
             index,
@@ -208,6 +209,7 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
             *at,
             actor,
             ch,
+            target,
         ),
         Command::RollbackPackage {
             name,

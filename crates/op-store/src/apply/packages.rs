@@ -5,8 +5,12 @@
 //! current version changes every node's desired state.
 
 use chrono::{DateTime, Utc};
+use op_proto::HostSelector;
 use op_proto::NodeStatus;
-use op_proto::package::{normalize_deploy_dir, validate_deploy_dir, validate_package_name};
+use op_proto::package::{
+    describe_target, is_everywhere, normalize_deploy_dir, validate_deploy_dir,
+    validate_package_name, validate_target_label,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Changes, Outcome, audit, bump_desired_all};
@@ -30,9 +34,15 @@ pub(super) fn add(
     at: DateTime<Utc>,
     actor: &str,
     ch: &mut Changes,
+    target: &HostSelector,
 ) -> Outcome {
     if let Err(e) = validate_package_name(name) {
         return Ok(Err(Rejection::invalid(format!("package name {e}"))));
+    }
+    for (k, v) in &target.labels {
+        if let Err(e) = validate_target_label(k, v) {
+            return Ok(Err(Rejection::invalid(format!("target {e}"))));
+        }
     }
     if !is_sha256(sha256) {
         return Ok(Err(Rejection::invalid(
@@ -66,9 +76,19 @@ pub(super) fn add(
             .optional()?
             .unwrap_or_default(),
     };
+    // The targeting is the version's own: "" = every host (what a version without one means).
+    let target_json = if is_everywhere(target) {
+        String::new()
+    } else {
+        serde_json::to_string(target).map_err(|source| crate::StoreError::Corrupt {
+            what: "package target",
+            source,
+        })?
+    };
     conn.execute(
-        "INSERT INTO package_versions(name, version, sha256, size, deploy_dir, uploaded_at, uploader)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO package_versions(name, version, sha256, size, deploy_dir, uploaded_at, uploader,
+                                      target)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             name,
             version as i64,
@@ -76,7 +96,8 @@ pub(super) fn add(
             size as i64,
             deploy_dir,
             ms(at),
-            actor
+            actor,
+            target_json
         ],
     )?;
     conn.execute(
@@ -91,7 +112,14 @@ pub(super) fn add(
         actor,
         "package.upload",
         name,
-        &format!("version {version} sha256 {sha256} size {size}"),
+        &if is_everywhere(target) {
+            format!("version {version} sha256 {sha256} size {size}")
+        } else {
+            format!(
+                "version {version} sha256 {sha256} size {size} target {}",
+                describe_target(target)
+            )
+        },
     )?;
     ch.blobs_added = true;
     bump_desired_all(conn, index, ch)?;

@@ -13,10 +13,10 @@ pub(crate) mod packages;
 pub(crate) mod runs;
 pub(crate) mod secrets;
 
-use op_proto::NodeInfo;
 use op_proto::agent::Directive;
 use op_proto::api::JobRecord;
 use op_proto::package::PackageRef;
+use op_proto::{HostSelector, NodeInfo};
 use rusqlite::{Connection, OptionalExtension};
 use uuid::Uuid;
 
@@ -41,8 +41,9 @@ pub struct DesiredView {
     pub nodes: Vec<(NodeInfo, u64)>,
     /// Pending once-job targets: (node, job, revision).
     pub pending: Vec<(Uuid, String, u64)>,
-    /// The current version of every package: every node must hold all of them.
-    pub packages: Vec<PackageRef>,
+    /// The current version of every package with its targeting: a node must hold those whose
+    /// targeting matches it.
+    pub packages: Vec<(PackageRef, HostSelector)>,
     /// Live directives (ad-hoc runs and kills of invocations): (node, directive).
     pub directives: Vec<(Uuid, Directive)>,
 }
@@ -76,7 +77,7 @@ pub struct JobsView {
     pub desired_index: u64,
     pub jobs: Vec<JobRecord>,
     pub pending: Vec<(Uuid, String, u64)>,
-    pub packages: Vec<PackageRef>,
+    pub packages: Vec<(PackageRef, HostSelector)>,
 }
 
 fn jobs_view(tx: &Connection) -> Result<JobsView> {

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeSet;
 
+use op_proto::HostSelector;
 use op_proto::package::{PackageRef, PackageVersion};
+use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row};
 
 use crate::Store;
@@ -11,7 +13,7 @@ use crate::codec::from_ms;
 use crate::error::Result;
 
 const COLUMNS: &str = "v.name, v.version, v.sha256, v.size, v.deploy_dir, v.uploaded_at, \
-                       v.uploader, (p.current = v.version)";
+                       v.uploader, (p.current = v.version), v.target";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<PackageVersion> {
     Ok(PackageVersion {
@@ -23,6 +25,16 @@ fn row(r: &Row<'_>) -> rusqlite::Result<PackageVersion> {
         uploaded_at: from_ms(r.get(5)?),
         uploader: r.get(6)?,
         current: r.get::<_, i64>(7)? != 0,
+        target: {
+            let text: String = r.get(8)?;
+            if text.is_empty() {
+                HostSelector::default()
+            } else {
+                serde_json::from_str(&text).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(8, Type::Text, Box::new(e))
+                })?
+            }
+        },
     })
 }
 
@@ -37,9 +49,13 @@ pub(crate) fn current(conn: &Connection) -> Result<Vec<PackageVersion>> {
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-/// The refs every node must hold: the current version of each package.
-pub(crate) fn desired(conn: &Connection) -> Result<Vec<PackageRef>> {
-    Ok(current(conn)?.iter().map(PackageVersion::to_ref).collect())
+/// The current version of each package with the hosts it goes to: a node holds the ones whose
+/// targeting matches it.
+pub(crate) fn desired(conn: &Connection) -> Result<Vec<(PackageRef, HostSelector)>> {
+    Ok(current(conn)?
+        .into_iter()
+        .map(|v| (v.to_ref(), v.target))
+        .collect())
 }
 
 pub(crate) fn current_version(conn: &Connection, name: &str) -> Result<Option<u64>> {

@@ -334,6 +334,7 @@ fn apply_is_deterministic() {
             deploy_dir: None,
             at: at(5),
             actor: "ops".into(),
+            target: Default::default(),
         },
         Command::AddPackageVersion {
             name: "p.sh".into(),
@@ -342,6 +343,7 @@ fn apply_is_deterministic() {
             deploy_dir: Some("/opt".into()),
             at: at(5),
             actor: "ops".into(),
+            target: Default::default(),
         },
         Command::RollbackPackage {
             name: "p.sh".into(),

@@ -189,6 +189,7 @@ pub fn fill(s: &mut TestStore) {
             deploy_dir: Some("/data/op-agent/src".into()),
             at: at(secs),
             actor: "admin".into(),
+            target: Default::default(),
         });
     }
     s.apply(Command::RollbackPackage {

@@ -132,6 +132,7 @@ fn samples() -> Vec<Command> {
             deploy_dir: Some("/data/op-agent/src".into()),
             at: t0(),
             actor: "ops".into(),
+            target: Default::default(),
         },
         Command::RollbackPackage {
             name: "test.py".into(),

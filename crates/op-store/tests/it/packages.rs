@@ -18,6 +18,7 @@ fn upload(name: &str, c: char, deploy_dir: Option<&str>, at_secs: i64) -> Comman
         deploy_dir: deploy_dir.map(str::to_string),
         at: at(at_secs),
         actor: "ops".into(),
+        target: Default::default(),
     }
 }
 
@@ -100,6 +101,7 @@ fn bad_input_is_refused_deterministically() {
         deploy_dir: None,
         at: at(0),
         actor: "ops".into(),
+        target: Default::default(),
     });
     assert_eq!(rejected_code(r), "invalid");
     assert!(s.store.packages().unwrap().is_empty());
@@ -143,7 +145,10 @@ fn rollback_moves_current_and_new_uploads_win_again() {
     let view = s.store.desired_view().unwrap();
     assert_eq!(view.packages.len(), 1);
     assert_eq!(
-        (view.packages[0].version, view.packages[0].sha256.clone()),
+        (
+            view.packages[0].0.version,
+            view.packages[0].0.sha256.clone()
+        ),
         (v4.version, sha('d'))
     );
 }
@@ -261,4 +266,58 @@ fn delete_refuses_current_and_installed_versions_and_releases_blobs() {
             "package.upload"
         ]
     );
+}
+
+#[test]
+fn targeting_belongs_to_the_version_and_old_entries_decode_without_it() {
+    let mut s = TestStore::new();
+    let target =
+        op_proto::package::parse_target(&["db-*".into()], &["db-3".into()], &["role=db".into()])
+            .unwrap();
+    let mut cmd = upload("schema.sql", 'a', None, 0);
+    if let Command::AddPackageVersion { target: t, .. } = &mut cmd {
+        *t = target.clone();
+    }
+    let v1 = added(s.apply(cmd));
+    assert_eq!(v1.target, target);
+    let view = s.store.desired_view().unwrap();
+    assert_eq!(
+        view.packages[0].1, target,
+        "the hub gets the targeting with the ref"
+    );
+    // A new version without targeting goes everywhere again: targeting is not inherited.
+    let v2 = added(s.apply(upload("schema.sql", 'b', None, 10)));
+    assert!(op_proto::package::is_everywhere(&v2.target));
+    let versions = s.store.package_versions("schema.sql").unwrap();
+    assert_eq!(versions[0].target, target, "the old version keeps its own");
+    // A rollback to v1 brings v1's targeting back with it.
+    added(s.apply(Command::RollbackPackage {
+        name: "schema.sql".into(),
+        version: Some(v1.version),
+        at: at(20),
+        actor: "ops".into(),
+    }));
+    assert_eq!(s.store.desired_view().unwrap().packages[0].1, target);
+
+    // A raft entry written before targeting existed has no `target`: it decodes to everywhere,
+    // and an untargeted upload is written without the field, as before.
+    let old = r#"{"type":"add_package_version","name":"a.py","sha256":"ab","size":1,"deploy_dir":null,"at":"2026-01-01T00:00:00Z","actor":"ops"}"#;
+    let decoded: Command = serde_json::from_str(old).unwrap();
+    let Command::AddPackageVersion { target, .. } = &decoded else {
+        panic!("{decoded:?}")
+    };
+    assert!(op_proto::package::is_everywhere(target));
+    assert!(!serde_json::to_string(&decoded).unwrap().contains("target"));
+}
+
+#[test]
+fn a_bad_target_label_is_refused_and_nothing_is_stored() {
+    let mut s = TestStore::new();
+    let mut cmd = upload("x.py", 'a', None, 0);
+    if let Command::AddPackageVersion { target, .. } = &mut cmd {
+        target.labels.insert("ro le".into(), "db".into());
+    }
+    assert_eq!(rejected_code(s.apply(cmd)), "invalid");
+    assert!(s.store.packages().unwrap().is_empty());
+    assert!(s.store.package_versions("x.py").unwrap().is_empty());
 }
