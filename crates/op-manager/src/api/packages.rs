@@ -101,6 +101,19 @@ pub async fn upload(
 ) -> Result<(StatusCode, Json<PackageVersion>), ApiError> {
     check_name(&name)?;
     let q = UploadQuery::parse(pairs)?;
+    // A policy token limited to some hosts uploads only versions targeted within them, judged
+    // from the targeting's text as a job's selection is (an untargeted version reaches every
+    // host, so it is refused).
+    if let Some(policy) = &caller.policy {
+        policy.confines(&q.target).map_err(|e| {
+            ApiError::Denied(format!(
+                "token {:?} may not upload package {name:?}: {}",
+                caller.name,
+                e.replacen("the job selects", "the version goes to", 1)
+                    .replacen("WhiteHosts entry", "--host entry", 1)
+            ))
+        })?;
+    }
     if let Some(dir) = &q.deploy_dir {
         validate_deploy_dir(dir)
             .map_err(|e| ApiError::bad("invalid_deploy_dir", format!("deploy dir {e}")))?;

@@ -334,3 +334,53 @@ async fn bad_targeting_is_a_clear_4xx_and_nothing_is_stored() {
         .unwrap_or(0);
     assert_eq!(stored, 0, "no blob in {}", blobs.display());
 }
+
+#[tokio::test]
+async fn a_host_limited_token_uploads_only_versions_targeted_within_its_hosts() {
+    let m = Manager::start();
+    let admin = m.client();
+    let team = admin
+        .create_policy_token(&op_proto::api::CreatePolicyTokenRequest {
+            name: "db-team".into(),
+            scope: op_proto::api::Scope::Operator,
+            expires_in_secs: None,
+            policy: Some(op_proto::policy::TokenPolicy {
+                hosts: vec!["label.role=db".into()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let t = m.client_with(&team.secret);
+    let everywhere = UploadTarget::default();
+    let err = t
+        .upload_package_bytes_targeted("schema.sql", None, &everywhere, b"x\n".to_vec())
+        .await
+        .unwrap_err();
+    let ClientError::Api { status, body } = err else {
+        panic!("{err}")
+    };
+    assert_eq!(status, 403, "{}", body.message);
+    assert!(
+        body.message.contains("the version goes to every host"),
+        "{}",
+        body.message
+    );
+    assert!(admin.list_packages().await.unwrap().is_empty());
+    // Within its hosts: by label, or by its own entry as written.
+    for target in [
+        UploadTarget {
+            labels: vec!["role=db".into()],
+            ..Default::default()
+        },
+        UploadTarget {
+            hosts: vec!["label.role=db".into()],
+            ..Default::default()
+        },
+    ] {
+        t.upload_package_bytes_targeted("schema.sql", None, &target, b"x\n".to_vec())
+            .await
+            .unwrap_or_else(|e| panic!("{target:?}: {e}"));
+    }
+    assert_eq!(admin.package_versions("schema.sql").await.unwrap().len(), 2);
+}
