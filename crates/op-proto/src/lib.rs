@@ -26,6 +26,7 @@ pub mod package;
 pub mod params;
 pub mod policy;
 pub mod run;
+pub mod rollout;
 pub mod runon;
 pub mod schedule;
 pub mod secret;
