@@ -29,6 +29,8 @@ use rusqlite::{Connection, OpenFlags};
 pub use apply::events::{MAX_EVENT_AGE, MAX_EVENTS};
 pub use apply::{Changes, Entry};
 pub use command::SealedSecret;
+pub use command::NewRollout;
+pub use read::rollouts::ActiveRollout;
 pub use command::{
     Command, CommandResult, DirectiveAck, FireToClose, MissingHost, NewInvocation, NewTarget,
     NewToken, NodeBeat, NodeRegistration, NodeRuns, PruneReport, Rejection, RejectionCode,
