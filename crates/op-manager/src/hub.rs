@@ -93,6 +93,8 @@ struct DesiredCache {
     nodes: HashMap<Uuid, CachedNode>,
     /// The current version of every package; every node holds all of them.
     packages: Vec<PackageRef>,
+    /// The rollouts deciding what each node gets (issue 21; `crate::rollouts`).
+    rollouts: Vec<op_store::ActiveRollout>,
 }
 
 impl DesiredCache {
@@ -110,6 +112,7 @@ impl DesiredCache {
                 .collect(),
             nodes: HashMap::new(),
             packages: view.packages,
+            rollouts: view.rollouts,
         };
         cache.put(view.nodes, view.pending, view.directives);
         cache
@@ -119,6 +122,7 @@ impl DesiredCache {
     fn set_jobs(&mut self, view: op_store::JobsView) {
         self.desired_index = view.desired_index;
         self.packages = view.packages;
+        self.rollouts = view.rollouts;
         self.jobs = view
             .jobs
             .into_iter()
@@ -181,8 +185,13 @@ impl DesiredCache {
     fn answer(&self, id: Uuid) -> Option<NodeDesired> {
         Some(NodeDesired {
             state: self.state(id)?,
-            jobs: self.jobs_for(id),
-            packages: self.packages.clone(),
+            jobs: crate::rollouts::filter_jobs(
+                &self.rollouts,
+                id,
+                &self.nodes.get(&id)?.identity,
+                self.jobs_for(id),
+            ),
+            packages: crate::rollouts::filter_packages(&self.rollouts, id, self.packages.clone()),
             directives: self.nodes.get(&id)?.directives.clone(),
             labels: self.nodes.get(&id)?.identity.labels.clone(),
             draining: self.nodes.get(&id)?.draining,
