@@ -392,10 +392,12 @@ pub struct RolloutStatus {
 }
 
 /// Splits a task file's `Rollout` field off the rest (which stays a task file for
-/// [`crate::JobSpec::from_task_json_at`]).
+/// [`crate::JobSpec::from_task_json_at`]; the text is unchanged when it has no `Rollout`).
 pub fn split_task_rollout(text: &str) -> Result<(String, Option<RolloutRequest>), String> {
-    let mut value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("invalid task file: {e}"))?;
+    // Not JSON: the task-file parser says what is wrong with it.
+    let Ok(mut value) = serde_json::from_str::<serde_json::Value>(text) else {
+        return Ok((text.to_string(), None));
+    };
     let Some(obj) = value.as_object_mut() else {
         return Ok((text.to_string(), None));
     };

@@ -61,6 +61,11 @@ fn answer(result: CommandResult, what: &str) -> Result<PackageVersion, ApiError>
 pub struct UploadQuery {
     /// Absent: inherit the package's last deploy dir. Empty: the agent's default.
     deploy_dir: Option<String>,
+    /// A staged rollout of this version (issue 21; see `super::rollouts::RolloutQuery`).
+    rollout: Option<String>,
+    step_wait: Option<String>,
+    halt_on: Option<String>,
+    auto_rollback: Option<bool>,
 }
 
 pub async fn upload(
@@ -75,6 +80,16 @@ pub async fn upload(
         validate_deploy_dir(dir)
             .map_err(|e| ApiError::bad("invalid_deploy_dir", format!("deploy dir {e}")))?;
     }
+    // Checked before the body is read: a bad rollout changes nothing.
+    let rollout = super::rollouts::checked(
+        super::rollouts::RolloutQuery {
+            rollout: q.rollout.clone(),
+            step_wait: q.step_wait.clone(),
+            halt_on: q.halt_on.clone(),
+            auto_rollback: q.auto_rollback,
+        }
+        .request()?,
+    )?;
     let limit = app.config.upload_max_bytes;
     let staged = app
         .blobs
@@ -101,14 +116,17 @@ pub async fn upload(
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     replicate::push_to_majority(&app.replicas(), &received.sha256).await?;
     let result = app
-        .write(Command::AddPackageVersion {
-            name,
-            sha256: received.sha256,
-            size: received.size,
-            deploy_dir: q.deploy_dir,
-            at: Utc::now(),
-            actor: caller.name,
-        })
+        .write(super::rollouts::staged(
+            Command::AddPackageVersion {
+                name,
+                sha256: received.sha256,
+                size: received.size,
+                deploy_dir: q.deploy_dir,
+                at: Utc::now(),
+                actor: caller.name,
+            },
+            rollout,
+        ))
         .await?;
     let version = answer(result, "AddPackageVersion")?;
     app.metrics.uploads.inc();
