@@ -18,6 +18,7 @@ mod logs;
 mod notify;
 mod package_analysis;
 mod rollback;
+mod rollout;
 mod run;
 mod save;
 mod secret;
@@ -85,9 +86,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             let ctx = ctx()?;
             crate::connect::block_on(get::run(&ctx, what))
         }
-        Command::Save { files } => {
+        Command::Save { files, rollout } => {
             let ctx = ctx()?;
-            crate::connect::block_on(save::run(&ctx, &files))
+            crate::connect::block_on(save::run_with(&ctx, &files, &rollout))
         }
         Command::Delete { job } => {
             let ctx = ctx()?;
@@ -173,9 +174,22 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             let ctx = ctx()?;
             crate::connect::block_on(analysis::run(&ctx, what))
         }
-        Command::Upload { path, deploy_dir } => {
+        Command::Upload {
+            path,
+            deploy_dir,
+            rollout,
+        } => {
             let ctx = ctx()?;
-            crate::connect::block_on(upload::run(&ctx, &path, deploy_dir.as_deref()))
+            crate::connect::block_on(upload::run_with(
+                &ctx,
+                &path,
+                deploy_dir.as_deref(),
+                &rollout,
+            ))
+        }
+        Command::Rollout(what) => {
+            let ctx = ctx()?;
+            crate::connect::block_on(rollout::run(&ctx, what))
         }
         Command::Download {
             name,

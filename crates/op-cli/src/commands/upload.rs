@@ -20,7 +20,24 @@ use crate::output::{Table, local_time, transfer_bar, write_json};
 /// Bytes per chunk sent; also the buffer of the archive writer.
 const CHUNK: usize = 256 << 10;
 
-pub async fn run(ctx: &Ctx, path: &Path, deploy_dir: Option<&str>) -> anyhow::Result<Outcome> {
+pub async fn run_with(
+    ctx: &Ctx,
+    path: &Path,
+    deploy_dir: Option<&str>,
+    rollout: &crate::cli::RolloutArgs,
+) -> anyhow::Result<Outcome> {
+    let query = rollout.query();
+    if let Some(stages) = &rollout.rollout {
+        // Checked here first, so a bad plan never sends the content.
+        op_proto::rollout::RolloutRequest::from_flags(
+            stages,
+            rollout.step_wait.as_deref(),
+            rollout.halt_on.as_deref(),
+            rollout.auto_rollback,
+        )
+        .plan()
+        .map_err(|e| anyhow!("--rollout: {e}"))?;
+    }
     if let Some(dir) = deploy_dir {
         validate_deploy_dir(dir).map_err(|e| anyhow!("deploy dir {e}"))?;
     }
@@ -44,7 +61,10 @@ pub async fn run(ctx: &Ctx, path: &Path, deploy_dir: Option<&str>) -> anyhow::Re
             }
         });
         let result = ctx
-            .call(ctx.client.upload_package(&name, deploy_dir, None, stream))
+            .call(
+                ctx.client
+                    .upload_package_with(&name, deploy_dir, None, stream, &query),
+            )
             .await;
         bar.finish_and_clear();
         result?
@@ -66,8 +86,13 @@ pub async fn run(ctx: &Ctx, path: &Path, deploy_dir: Option<&str>) -> anyhow::Re
         });
         let result = ctx
             .call(
-                ctx.client
-                    .upload_package(&name, deploy_dir, Some(meta.len()), stream),
+                ctx.client.upload_package_with(
+                    &name,
+                    deploy_dir,
+                    Some(meta.len()),
+                    stream,
+                    &query,
+                ),
             )
             .await;
         bar.finish_and_clear();
@@ -78,6 +103,12 @@ pub async fn run(ctx: &Ctx, path: &Path, deploy_dir: Option<&str>) -> anyhow::Re
         write_json(&mut out, &version)?;
     } else {
         uploaded_table(&version).write(&mut out)?;
+        if rollout.rollout.is_some() {
+            writeln!(
+                out,
+                "staged rollout started; follow it with: agentcli rollout list"
+            )?;
+        }
         out.flush()?;
     }
     Ok(Outcome::Ok)
