@@ -973,7 +973,9 @@ pub enum RolloutCommand {
     /// Every rollout, newest first.
     List,
     /// One rollout: its stages, threshold, and each selected host's state.
-    #[command(after_help = "Example:\n  agentcli rollout status 0193a1b2-0000-7000-8000-000000000001")]
+    #[command(
+        after_help = "Example:\n  agentcli rollout status 0193a1b2-0000-7000-8000-000000000001"
+    )]
     Status { id: String },
     /// Hold a running rollout at its stage.
     Pause { id: String },

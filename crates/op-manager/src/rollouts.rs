@@ -107,7 +107,10 @@ pub fn status(
             for (node, _host, st) in
                 store.rollout_failed_runs(&info.subject, info.version, info.counted_from)?
             {
-                failed_runs.insert(node, format!("a run of revision {} ended {st}", info.version));
+                failed_runs.insert(
+                    node,
+                    format!("a run of revision {} ended {st}", info.version),
+                );
             }
             Some(job.map(|j| j.spec.selector()))
         }

@@ -432,7 +432,9 @@ mod tests {
 
     #[test]
     fn bad_stages_are_refused() {
-        for bad in ["", "0", "0%", "10,5", "10%,5%", "10%,2", "101%", "x", "1,1", "-1"] {
+        for bad in [
+            "", "0", "0%", "10,5", "10%,5%", "10%,2", "101%", "x", "1,1", "-1",
+        ] {
             assert!(plan(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(
@@ -493,11 +495,6 @@ mod tests {
         assert_eq!(r.stages, ["1", "100%"]);
         assert_eq!(r.plan().unwrap().step_wait_secs, 5);
         assert!(split_task_rollout(r#"{"Name":"a","Rollout":{"Stagez":[]}}"#).is_err());
-        assert!(
-            split_task_rollout(r#"{"Name":"a"}"#)
-                .unwrap()
-                .1
-                .is_none()
-        );
+        assert!(split_task_rollout(r#"{"Name":"a"}"#).unwrap().1.is_none());
     }
 }

@@ -114,7 +114,13 @@ pub async fn run(ctx: &Ctx, what: RolloutCommand) -> anyhow::Result<Outcome> {
     if json {
         write_json(&mut out, &r)?;
     } else {
-        writeln!(out, "rollout {} ({}) is {}", r.id, subject(&r), r.state.as_str())?;
+        writeln!(
+            out,
+            "rollout {} ({}) is {}",
+            r.id,
+            subject(&r),
+            r.state.as_str()
+        )?;
     }
     Ok(Outcome::Ok)
 }

@@ -85,15 +85,13 @@ pub async fn run_with(
             }
         });
         let result = ctx
-            .call(
-                ctx.client.upload_package_with(
-                    &name,
-                    deploy_dir,
-                    Some(meta.len()),
-                    stream,
-                    &query,
-                ),
-            )
+            .call(ctx.client.upload_package_with(
+                &name,
+                deploy_dir,
+                Some(meta.len()),
+                stream,
+                &query,
+            ))
             .await;
         bar.finish_and_clear();
         result?

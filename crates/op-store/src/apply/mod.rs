@@ -124,7 +124,12 @@ pub(crate) fn apply_one(
     }
 }
 
-pub(super) fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) -> Outcome {
+pub(super) fn dispatch(
+    conn: &Connection,
+    index: u64,
+    command: &Command,
+    ch: &mut Changes,
+) -> Outcome {
     match command {
         Command::InitCluster { cluster_id, .. } => init_cluster(conn, cluster_id),
         Command::SaveJob { spec, at, actor } => jobs::save(conn, index, spec, *at, actor, ch),

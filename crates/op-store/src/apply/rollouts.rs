@@ -71,7 +71,13 @@ fn subject_ref(info: &RolloutInfo) -> (Option<String>, Option<String>) {
     }
 }
 
-fn event(info: &RolloutInfo, kind: EventKind, hosts: Vec<String>, summary: String, ch: &mut Changes) {
+fn event(
+    info: &RolloutInfo,
+    kind: EventKind,
+    hosts: Vec<String>,
+    summary: String,
+    ch: &mut Changes,
+) {
     let (job, package) = subject_ref(info);
     ch.inputs.push(Input::Rollout(RolloutChange {
         time: info.updated_at,
@@ -120,7 +126,13 @@ pub(super) fn after(conn: &Connection, command: &Command) -> Result<()> {
         }
         _ => return Ok(()),
     };
-    supersede(conn, kind, subject, at, "replaced by a change without a rollout")
+    supersede(
+        conn,
+        kind,
+        subject,
+        at,
+        "replaced by a change without a rollout",
+    )
 }
 
 pub(super) fn start(
@@ -131,7 +143,9 @@ pub(super) fn start(
     ch: &mut Changes,
 ) -> Outcome {
     if new.plan.stages.is_empty() {
-        return Ok(Err(Rejection::invalid("a rollout needs at least one stage")));
+        return Ok(Err(Rejection::invalid(
+            "a rollout needs at least one stage",
+        )));
     }
     if read::rollouts::one(conn, new.id)?.is_some() {
         return Ok(Err(Rejection::conflict(format!(
@@ -187,7 +201,13 @@ pub(super) fn start(
         CommandResult::JobSaved { response } => response.revision,
         _ => return Ok(Err(Rejection::invalid("the staged change made no version"))),
     };
-    supersede(conn, kind, &subject, at, &format!("superseded by rollout {}", new.id))?;
+    supersede(
+        conn,
+        kind,
+        &subject,
+        at,
+        &format!("superseded by rollout {}", new.id),
+    )?;
     let mut info = RolloutInfo {
         id: new.id,
         kind,
@@ -280,7 +300,14 @@ pub(super) fn advance(
         info.state = RolloutState::Finished;
         info.threshold = Some(u64::MAX);
         update(conn, &info)?;
-        audit(conn, at, "op-manager (rollouts)", "rollout.finish", &id.to_string(), &what(&info))?;
+        audit(
+            conn,
+            at,
+            "op-manager (rollouts)",
+            "rollout.finish",
+            &id.to_string(),
+            &what(&info),
+        )?;
         let summary = format!("rollout of {} finished: every host has it", what(&info));
         event(&info, EventKind::RolloutFinished, Vec::new(), summary, ch);
         bump_desired_all(conn, index, ch)?;
@@ -352,13 +379,15 @@ pub(super) fn halt(
     let summary = format!(
         "rollout of {} halted{}: {reason}",
         what(&info),
-        if rollback {
-            " and rolled back"
-        } else {
-            ""
-        }
+        if rollback { " and rolled back" } else { "" }
     );
-    event(&info, EventKind::RolloutHalted, failed_hosts.to_vec(), summary, ch);
+    event(
+        &info,
+        EventKind::RolloutHalted,
+        failed_hosts.to_vec(),
+        summary,
+        ch,
+    );
     if rollback {
         bump_desired_all(conn, index, ch)?;
     }
@@ -435,7 +464,10 @@ pub(super) fn action(
         &what(&info),
     )?;
     if action == RolloutAction::Promote {
-        let summary = format!("rollout of {} promoted to every host by {actor}", what(&info));
+        let summary = format!(
+            "rollout of {} promoted to every host by {actor}",
+            what(&info)
+        );
         event(&info, EventKind::RolloutFinished, Vec::new(), summary, ch);
     }
     if desired {

@@ -10,8 +10,8 @@ pub(crate) mod misc;
 pub(crate) mod nodes;
 pub(crate) mod notify;
 pub(crate) mod packages;
-pub(crate) mod runs;
 pub(crate) mod rollouts;
+pub(crate) mod runs;
 pub(crate) mod secrets;
 
 use op_proto::NodeInfo;

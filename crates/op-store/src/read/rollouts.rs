@@ -140,19 +140,16 @@ pub(crate) fn unfinished_of(
 /// job's current revision (a rollout of anything older changes nothing).
 pub(crate) fn active(conn: &Connection) -> Result<Vec<ActiveRollout>> {
     let mut out = Vec::new();
-    for (info, job) in query(
-        conn,
-        "WHERE state NOT IN ('finished', 'superseded')",
-        &[],
-    )? {
+    for (info, job) in query(conn, "WHERE state NOT IN ('finished', 'superseded')", &[])? {
         match info.kind {
             RolloutKind::Package => {
                 if super::packages::current_version(conn, &info.subject)? != Some(info.version) {
                     continue;
                 }
                 let previous_package = match info.previous {
-                    Some(v) => super::packages::version(conn, &info.subject, v)?
-                        .map(|p| p.to_ref()),
+                    Some(v) => {
+                        super::packages::version(conn, &info.subject, v)?.map(|p| p.to_ref())
+                    }
                     None => None,
                 };
                 out.push(ActiveRollout {

@@ -307,9 +307,14 @@ fn samples() -> Vec<Command> {
         Command::StartRollout {
             rollout: op_store::NewRollout {
                 id: uuid::Uuid::from_u128(21),
-                plan: op_proto::rollout::RolloutRequest::from_flags("1,10%", Some("5m"), Some("2"), true)
-                    .plan()
-                    .unwrap(),
+                plan: op_proto::rollout::RolloutRequest::from_flags(
+                    "1,10%",
+                    Some("5m"),
+                    Some("2"),
+                    true,
+                )
+                .plan()
+                .unwrap(),
             },
             change: Box::new(Command::AddPackageVersion {
                 name: "tool.sh".into(),

@@ -152,12 +152,7 @@ async fn a_package_reaches_one_host_then_half_then_all() {
     .await;
     let advanced = kind_events(&c, "rollout.advanced").await;
     assert_eq!(advanced.len(), 2, "{advanced:#?}");
-    assert_eq!(
-        kind_events(&c, "rollout.finished")
-            .await
-            .len(),
-        1
-    );
+    assert_eq!(kind_events(&c, "rollout.finished").await.len(), 1);
     let json = ok(&agentcli(&m, &["rollout", "status", &r.id.to_string(), "-o", "json"]).await);
     let st: RolloutStatus = serde_json::from_str(&json).unwrap();
     assert_eq!((st.admitted, st.selected), (10, 10));
@@ -227,7 +222,10 @@ async fn failing_revision_halts(auto_rollback: bool) {
     let halted_at = Utc::now();
     let r = the_rollout(&c).await;
     assert_eq!(r.stage, 0, "it never left the first stage: {r:#?}");
-    assert!(r.reason.as_deref().unwrap_or("").contains("HaltOn 1"), "{r:#?}");
+    assert!(
+        r.reason.as_deref().unwrap_or("").contains("HaltOn 1"),
+        "{r:#?}"
+    );
     let failed = hosts_with(&c, 2, RunStatus::Failed, t0).await;
     assert_eq!(failed.len(), 1, "one host ran revision 2: {failed:?}");
     let first = failed.iter().next().unwrap().clone();
@@ -252,7 +250,10 @@ async fn failing_revision_halts(auto_rollback: bool) {
         let st = status(&c, &r).await;
         assert_eq!(st.admitted, 0, "{st:#?}");
     } else {
-        assert!(!ok1.contains(&first), "{first} went back without auto-rollback");
+        assert!(
+            !ok1.contains(&first),
+            "{first} went back without auto-rollback"
+        );
         let st = status(&c, &r).await;
         assert_eq!(st.admitted, 1, "{st:#?}");
     }
@@ -435,14 +436,25 @@ async fn bad_rollouts_are_refused_and_change_nothing() {
     let unknown = uuid::Uuid::now_v7().to_string();
     let e = c.rollout(&unknown).await.expect_err("unknown");
     assert_eq!(e.status(), Some(404), "{e}");
-    let e = c.rollout_action(&unknown, "pause").await.expect_err("unknown");
+    let e = c
+        .rollout_action(&unknown, "pause")
+        .await
+        .expect_err("unknown");
     assert_eq!(e.status(), Some(404), "{e}");
     let e = c.rollout("not-an-id").await.expect_err("bad id");
     assert_eq!(e.status(), Some(400), "{e}");
     let out = agentcli(&m, &["rollout", "abort", &unknown]).await;
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("no rollout"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no rollout"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = agentcli(&m, &["upload", "/etc/hostname", "--rollout", "0%"]).await;
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("1% to 100%"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("1% to 100%"),
+        "{}",
+        text(&out.stderr)
+    );
 }
