@@ -458,3 +458,97 @@ async fn bad_rollouts_are_refused_and_change_nothing() {
         text(&out.stderr)
     );
 }
+
+/// Uploads `content` as `tool.sh` through `c`, staged by `query`.
+async fn upload_tool(c: &Client, content: &'static str, query: &[(&str, String)]) {
+    c.upload_package_with(
+        "tool.sh",
+        None,
+        Some(content.len() as u64),
+        futures_util::stream::once(
+            async move { Ok::<_, std::io::Error>(content.as_bytes().to_vec()) },
+        ),
+        query,
+    )
+    .await
+    .expect("upload");
+}
+
+/// Three managers, six agents, `tool.sh` v2 staged `1,50%,100% --step-wait 3s`; the raft leader
+/// is killed (kill -9) while the first stage holds. The new leader carries the rollout on to
+/// every host, and at no sample does a host hold v2 without being admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_mid_rollout_continues_where_it_was() {
+    let mut c = op_testkit::Cluster::start(3, op_testkit::FAST_RAFT).await;
+    let agents: Vec<Agent> = (1..=6)
+        .map(|i| {
+            Agent::start(
+                AgentOptions::new(&format!("node-{i}"), &format!("127.0.0.{}", i + 1)).cluster(&c),
+            )
+        })
+        .collect();
+    let leader = c.wait_leader(LONG).await;
+    let client = c.client(leader);
+    wait_until(LONG, "every agent Ready", || async {
+        client.list_nodes().await.is_ok_and(|nodes| {
+            nodes
+                .iter()
+                .filter(|n| n.status == op_proto::NodeStatus::Ready)
+                .count()
+                == 6
+        })
+    })
+    .await;
+    upload_tool(&client, "v1", &[]).await;
+    wait_until(LONG, "v1 on every host", || async {
+        count(&on_disk(&agents), "v1") == 6
+    })
+    .await;
+    upload_tool(
+        &client,
+        "v2",
+        &[
+            ("rollout", "1,50%,100%".to_string()),
+            ("step_wait", "3s".to_string()),
+        ],
+    )
+    .await;
+    let r = the_rollout(&client).await;
+    wait_until(LONG, "the first host has v2", || async {
+        count(&on_disk(&agents), "v2") == 1
+    })
+    .await;
+    let before = the_rollout(&client).await;
+    assert_eq!(before.stage, 0, "{before:#?}");
+
+    c.members[leader].kill9();
+    let new_leader = c.wait_leader(LONG).await;
+    assert_ne!(new_leader, leader);
+    let reader = c.client(new_leader);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let files = on_disk(&agents);
+        if let Ok(st) = reader.rollout(&r.id.to_string()).await {
+            for h in &st.hosts {
+                if files[&h.hostname].as_deref() == Some("v2") {
+                    assert!(
+                        h.admitted,
+                        "{} has v2 but is not admitted: {st:#?}",
+                        h.hostname
+                    );
+                }
+            }
+            if count(&files, "v2") == 6 && st.rollout.state == RolloutState::Finished {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rollout did not finish after the election: {files:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let advanced = kind_events(&reader, "rollout.advanced").await;
+    assert_eq!(advanced.len(), 2, "each stage entered once: {advanced:#?}");
+    drop(agents);
+}
