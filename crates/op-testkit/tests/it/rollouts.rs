@@ -386,6 +386,16 @@ async fn a_host_added_during_a_rollout_gets_what_its_rank_allows() {
         1 + usize::from(five.admitted)
     );
 
+    // The console's Rollouts page lists it; its page shows the hosts and the buttons.
+    let list = crate::support::console_get(&m, &m.admin_token, "/ui/rollouts").await;
+    assert!(list.contains(&r.id.to_string()), "{list}");
+    let page =
+        crate::support::console_get(&m, &m.admin_token, &format!("/ui/rollouts/{}", r.id)).await;
+    for want in [
+        "node-5", "admitted", "previous", "Pause", "Promote", "Abort",
+    ] {
+        assert!(page.contains(want), "{want} missing: {page}");
+    }
     ok(&agentcli(&m, &["rollout", "promote", &r.id.to_string()]).await);
     wait_until(LONG, "v2 on every host", || async {
         count(&on_disk(&agents), "v2") == 5
