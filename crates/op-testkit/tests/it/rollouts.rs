@@ -562,3 +562,50 @@ async fn killing_the_leader_mid_rollout_continues_where_it_was() {
     assert_eq!(advanced.len(), 2, "each stage entered once: {advanced:#?}");
     drop(agents);
 }
+
+/// A package version that cannot be deployed (an archive that is not one), staged
+/// `1,100% --halt-on 1`: the first host's failed deploy halts the rollout, and no other host is
+/// ever sent it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_deploy_halts_a_package_rollout() {
+    let m = Manager::start();
+    let agents = fleet(&m, 4, &[]).await;
+    let c = m.client();
+    let body: &'static str = "this is not a gzip archive";
+    c.upload_package_with(
+        "broken.tar.gz",
+        None,
+        Some(body.len() as u64),
+        futures_util::stream::once(
+            async move { Ok::<_, std::io::Error>(body.as_bytes().to_vec()) },
+        ),
+        &[
+            ("rollout", "1,100%".to_string()),
+            ("halt_on", "1".to_string()),
+            ("step_wait", "60s".to_string()),
+        ],
+    )
+    .await
+    .expect("upload");
+    wait_until(LONG, "the rollout halted", || async {
+        the_rollout(&c).await.state == RolloutState::Halted
+    })
+    .await;
+    let r = the_rollout(&c).await;
+    let st = status(&c, &r).await;
+    assert_eq!((st.admitted, st.failures), (1, 1), "{st:#?}");
+    let failed = st.hosts.iter().find(|h| h.failed.is_some()).unwrap();
+    assert!(failed.admitted);
+    // The others were never sent the package: they report nothing about it.
+    for n in c.list_nodes().await.unwrap() {
+        if n.hostname != failed.hostname {
+            assert!(
+                n.packages.iter().all(|p| p.name != "broken.tar.gz"),
+                "{} was sent it: {:?}",
+                n.hostname,
+                n.packages
+            );
+        }
+    }
+    drop(agents);
+}
