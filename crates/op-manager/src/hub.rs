@@ -13,6 +13,10 @@
 //!
 //! Packages ride in the same view: every node must hold the current version of every package, so
 //! an upload or rollback is a change for all nodes, like a job change.
+//! Staged rollouts (issue 21) ride there too: the view holds the active rollouts, and a node
+//! outside a rollout's admitted stages is answered the previous job revision or package version
+//! (`crate::rollouts::filter_jobs`/`filter_packages`); every threshold change is a change for all
+//! nodes.
 //!
 //! Directives (ad-hoc runs and kills of invocations) are part of each node's desired state: a
 //! release bumps the node's own index, so only that node's parked sync wakes. A directive that
