@@ -120,6 +120,8 @@ Ready. Exits 1 if any file was refused.")]
     Save {
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
+        #[command(flatten)]
+        rollout: RolloutArgs,
     },
     /// Delete a job: agents drop it and stop its running process.
     #[command(after_help = "Example:\n  agentcli delete cycleTest.py")]
@@ -275,7 +277,13 @@ Every agent switches to the new version atomically; `agentcli analysis packages`
         deploy_dir: Option<String>,
         #[command(flatten)]
         target: UploadTargetArgs,
+        #[command(flatten)]
+        rollout: RolloutArgs,
     },
+    /// Staged rollouts of package versions and job revisions: list, status, pause, resume,
+    /// abort, promote.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Download a package version (default: the current one), checked against its sha256.
     #[command(after_help = "\
 Examples:
@@ -943,4 +951,60 @@ Use it in a task file as \"Env\": {\"DB_PW\": \"secret:db/pw\"}. Names: letters,
     List,
     /// Remove a secret (refused while a job uses it).
     Rm { name: String },
+}
+
+/// A staged rollout of an upload or a save (issue 21; docs/rollouts.md).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RolloutArgs {
+    /// Stage the change: host counts, then percentages of the selected hosts (e.g. 1,10%,100%).
+    #[arg(long = "rollout", value_name = "STAGES")]
+    pub rollout: Option<String>,
+    /// How long each stage runs before the next [default: 60s; 0 = no wait].
+    #[arg(long = "step-wait", value_name = "DUR", requires = "rollout")]
+    pub step_wait: Option<String>,
+    /// Halt when this many admitted hosts failed, or this percentage of them [default: 1].
+    #[arg(long = "halt-on", value_name = "N|P%", requires = "rollout")]
+    pub halt_on: Option<String>,
+    /// On halt, return every admitted host to the previous version.
+    #[arg(long = "auto-rollback", requires = "rollout")]
+    pub auto_rollback: bool,
+}
+
+impl RolloutArgs {
+    /// The query parameters the manager takes.
+    pub fn query(&self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        if let Some(r) = &self.rollout {
+            q.push(("rollout", r.clone()));
+            if let Some(w) = &self.step_wait {
+                q.push(("step_wait", w.clone()));
+            }
+            if let Some(h) = &self.halt_on {
+                q.push(("halt_on", h.clone()));
+            }
+            if self.auto_rollback {
+                q.push(("auto_rollback", "true".to_string()));
+            }
+        }
+        q
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Every rollout, newest first.
+    List,
+    /// One rollout: its stages, threshold, and each selected host's state.
+    #[command(
+        after_help = "Example:\n  agentcli rollout status 0193a1b2-0000-7000-8000-000000000001"
+    )]
+    Status { id: String },
+    /// Hold a running rollout at its stage.
+    Pause { id: String },
+    /// Resume a paused or halted rollout (failures before now no longer count).
+    Resume { id: String },
+    /// Stop a rollout: every host returns to the previous version.
+    Abort { id: String },
+    /// Give every host the new version now, and finish.
+    Promote { id: String },
 }

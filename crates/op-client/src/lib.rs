@@ -428,12 +428,46 @@ impl Client {
 
     /// Saves a task file as written (the seed's JSON). The server validates it.
     pub async fn save_job_text(&self, name: &str, task_json: &str) -> Result<SaveJobResponse> {
+        self.save_job_text_with(name, task_json, &[]).await
+    }
+
+    /// [`Self::save_job_text`] with query parameters (a rollout: `rollout`, `step_wait`, ...).
+    pub async fn save_job_text_with(
+        &self,
+        name: &str,
+        task_json: &str,
+        query: &[(&str, String)],
+    ) -> Result<SaveJobResponse> {
         let path = format!("/v1/jobs/{}", path_segment(name));
-        let req = self
+        let mut req = self
             .request(Method::PUT, &path)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(task_json.to_string());
+        if !query.is_empty() {
+            req = req.query(query);
+        }
         self.json(&path, req).await
+    }
+
+    // --- rollouts (issue 21) ---
+
+    pub async fn rollouts(&self) -> Result<Vec<op_proto::rollout::RolloutInfo>> {
+        self.get("/v1/rollouts").await
+    }
+
+    pub async fn rollout(&self, id: &str) -> Result<op_proto::rollout::RolloutStatus> {
+        self.get(&format!("/v1/rollouts/{}", path_segment(id)))
+            .await
+    }
+
+    /// `pause`, `resume`, `abort` or `promote`.
+    pub async fn rollout_action(
+        &self,
+        id: &str,
+        action: &str,
+    ) -> Result<op_proto::rollout::RolloutInfo> {
+        let path = format!("/v1/rollouts/{}/{}", path_segment(id), path_segment(action));
+        self.json(&path, self.request(Method::POST, &path)).await
     }
 
     /// Saves a job spec (sent in its task-file form).
@@ -704,7 +738,7 @@ impl Client {
         S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
         Bytes: From<S::Ok>,
     {
-        self.upload_package_targeted(name, deploy_dir, &UploadTarget::default(), len, body)
+        self.upload_package_full(name, deploy_dir, &UploadTarget::default(), len, body, &[])
             .await
     }
 
@@ -717,6 +751,44 @@ impl Client {
         target: &UploadTarget,
         len: Option<u64>,
         body: S,
+    ) -> Result<PackageVersion>
+    where
+        S: futures_util::TryStream + Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        Bytes: From<S::Ok>,
+    {
+        self.upload_package_full(name, deploy_dir, target, len, body, &[])
+            .await
+    }
+
+    /// [`Self::upload_package`] with more query parameters (a rollout: `rollout`, `step_wait`,
+    /// `halt_on`, `auto_rollback`).
+    pub async fn upload_package_with<S>(
+        &self,
+        name: &str,
+        deploy_dir: Option<&str>,
+        len: Option<u64>,
+        body: S,
+        query: &[(&str, String)],
+    ) -> Result<PackageVersion>
+    where
+        S: futures_util::TryStream + Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        Bytes: From<S::Ok>,
+    {
+        self.upload_package_full(name, deploy_dir, &UploadTarget::default(), len, body, query)
+            .await
+    }
+
+    /// Uploads a version with its targeting and more query parameters (a rollout).
+    pub async fn upload_package_full<S>(
+        &self,
+        name: &str,
+        deploy_dir: Option<&str>,
+        target: &UploadTarget,
+        len: Option<u64>,
+        body: S,
+        query: &[(&str, String)],
     ) -> Result<PackageVersion>
     where
         S: futures_util::TryStream + Send + 'static,
@@ -740,6 +812,9 @@ impl Client {
             for v in values {
                 req = req.query(&[(key, v)]);
             }
+        }
+        if !query.is_empty() {
+            req = req.query(query);
         }
         if let Some(n) = len {
             req = req.header(reqwest::header::CONTENT_LENGTH, n);

@@ -13,6 +13,10 @@
 //!
 //! Packages ride in the same view: every node must hold the current version of every package, so
 //! an upload or rollback is a change for all nodes, like a job change.
+//! Staged rollouts (issue 21) ride there too: the view holds the active rollouts, and a node
+//! outside a rollout's admitted stages is answered the previous job revision or package version
+//! (`crate::rollouts::filter_jobs`/`filter_packages`); every threshold change is a change for all
+//! nodes.
 //!
 //! Directives (ad-hoc runs and kills of invocations) are part of each node's desired state: a
 //! release bumps the node's own index, so only that node's parked sync wakes. A directive that
@@ -93,6 +97,8 @@ struct DesiredCache {
     nodes: HashMap<Uuid, CachedNode>,
     /// The current version of every package with its targeting (an empty selector: every node).
     packages: Vec<(PackageRef, HostSelector)>,
+    /// The rollouts deciding what each node gets (issue 21; `crate::rollouts`).
+    rollouts: Vec<op_store::ActiveRollout>,
 }
 
 impl DesiredCache {
@@ -110,6 +116,7 @@ impl DesiredCache {
                 .collect(),
             nodes: HashMap::new(),
             packages: view.packages,
+            rollouts: view.rollouts,
         };
         cache.put(view.nodes, view.pending, view.directives);
         cache
@@ -119,6 +126,7 @@ impl DesiredCache {
     fn set_jobs(&mut self, view: op_store::JobsView) {
         self.desired_index = view.desired_index;
         self.packages = view.packages;
+        self.rollouts = view.rollouts;
         self.jobs = view
             .jobs
             .into_iter()
@@ -181,8 +189,13 @@ impl DesiredCache {
     fn answer(&self, id: Uuid) -> Option<NodeDesired> {
         Some(NodeDesired {
             state: self.state(id)?,
-            jobs: self.jobs_for(id),
-            packages: self.packages_for(id),
+            jobs: crate::rollouts::filter_jobs(
+                &self.rollouts,
+                id,
+                &self.nodes.get(&id)?.identity,
+                self.jobs_for(id),
+            ),
+            packages: crate::rollouts::filter_packages(&self.rollouts, id, self.packages_for(id)),
             directives: self.nodes.get(&id)?.directives.clone(),
             labels: self.nodes.get(&id)?.identity.labels.clone(),
             draining: self.nodes.get(&id)?.draining,

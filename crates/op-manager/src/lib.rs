@@ -40,6 +40,7 @@ pub mod notify;
 pub mod output;
 pub mod raft;
 pub mod retention;
+pub mod rollouts;
 pub mod runon;
 pub mod secrets;
 pub mod state;
@@ -432,6 +433,16 @@ pub async fn start(
                 clock: Arc::new(clock::SystemClock),
                 every: std::time::Duration::from_millis(200),
                 ack_timeout: config.directive_ack_timeout,
+            },
+            shutdown.clone(),
+        )),
+        tokio::spawn(rollouts::run(
+            rollouts::RolloutDriver {
+                store: app.store.clone(),
+                writer: app.writer.clone(),
+                beats: app.beats.clone(),
+                clock: Arc::new(clock::SystemClock),
+                every: std::time::Duration::from_millis(500),
             },
             shutdown.clone(),
         )),

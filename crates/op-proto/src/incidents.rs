@@ -274,6 +274,26 @@ pub enum Input {
     InvocationFinished(InvocationFinished),
     /// The leader judged job fires (issue 20): missed, late, skipped and overrunning runs.
     FiresJudged(FiresJudged),
+    /// A rollout advanced, halted or finished (issue 21): one event at once.
+    Rollout(RolloutChange),
+}
+
+/// A rollout's change, as its event tells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutChange {
+    pub time: DateTime<Utc>,
+    /// `RolloutAdvanced`, `RolloutHalted` or `RolloutFinished`.
+    pub kind: EventKind,
+    pub rollout: uuid::Uuid,
+    #[serde(default)]
+    pub job: Option<String>,
+    /// `name@version` for a package rollout.
+    #[serde(default)]
+    pub package: Option<String>,
+    /// The hosts it concerns (the failed ones of a halt).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub summary: String,
 }
 
 /// A fire whose results are still being collected.
@@ -417,6 +437,7 @@ impl IncidentState {
             Input::Flush(f) => self.flush(f.time),
             Input::InvocationFinished(i) => vec![self.invocation_finished(i)],
             Input::FiresJudged(j) => self.fires_judged(j),
+            Input::Rollout(r) => vec![self.rollout_change(r)],
         }
     }
 
@@ -831,6 +852,20 @@ impl IncidentState {
 }
 
 /// An event with the host fields filled from `hosts` (sorted, capped at [`MAX_EVENT_HOSTS`]).
+impl IncidentState {
+    fn rollout_change(&mut self, r: &RolloutChange) -> Event {
+        let id = self.take_id();
+        let none = Labels::default();
+        let hosts: Vec<(&str, &Labels)> = r.hosts.iter().map(|h| (h.as_str(), &none)).collect();
+        let mut event = base_event(id, r.kind.clone(), r.time, &hosts);
+        event.job = r.job.clone();
+        event.package = r.package.clone();
+        event.summary = r.summary.clone();
+        event.url = format!("/ui/rollouts/{}", r.rollout);
+        event
+    }
+}
+
 fn base_event(id: u64, kind: EventKind, time: DateTime<Utc>, hosts: &[(&str, &Labels)]) -> Event {
     let mut names: Vec<&str> = hosts.iter().map(|(h, _)| *h).collect();
     names.sort_unstable();

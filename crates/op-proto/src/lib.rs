@@ -25,6 +25,7 @@ pub mod node;
 pub mod package;
 pub mod params;
 pub mod policy;
+pub mod rollout;
 pub mod run;
 pub mod runon;
 pub mod schedule;

@@ -300,6 +300,45 @@ pub enum Command {
         at: DateTime<Utc>,
         actor: String,
     },
+    /// A staged rollout (issue 21): applies `change` (an `AddPackageVersion` or a `SaveJob`) and,
+    /// in the same entry, starts a rollout of the version or revision it made. Any unfinished
+    /// rollout of the same package or job is superseded; hosts outside the first stage keep what
+    /// was fully rolled out before.
+    StartRollout {
+        rollout: NewRollout,
+        change: Box<Command>,
+    },
+    /// The leader moves a rollout from stage `from_stage` to the next (or finishes it after its
+    /// last stage). Holds only while the rollout runs at `from_stage`; the next stage's threshold
+    /// is derived here from the hosts selected at this point of the log.
+    AdvanceRollout {
+        id: Uuid,
+        from_stage: usize,
+        at: DateTime<Utc>,
+    },
+    /// The leader halts a running rollout whose failures reached its `HaltOn` (with
+    /// `AutoRollback` it is rolled back: nobody is admitted any more).
+    HaltRollout {
+        id: Uuid,
+        reason: String,
+        #[serde(default)]
+        failed_hosts: Vec<String>,
+        at: DateTime<Utc>,
+    },
+    /// An operator pauses, resumes, aborts or promotes a rollout.
+    RolloutAction {
+        id: Uuid,
+        action: op_proto::rollout::RolloutAction,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+}
+
+/// A rollout to start: its id (chosen by the proposer) and its checked plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewRollout {
+    pub id: Uuid,
+    pub plan: op_proto::rollout::RolloutPlan,
 }
 
 /// A secret's value sealed with the cluster's secrets key (an AEAD; the name is its associated
@@ -354,6 +393,10 @@ impl Command {
             Command::SetWindow { .. } => "set_window",
             Command::RemoveWindow { .. } => "remove_window",
             Command::SetNodeDrain { .. } => "set_node_drain",
+            Command::StartRollout { .. } => "start_rollout",
+            Command::AdvanceRollout { .. } => "advance_rollout",
+            Command::HaltRollout { .. } => "halt_rollout",
+            Command::RolloutAction { .. } => "rollout_action",
         }
     }
 }
@@ -792,5 +835,9 @@ pub enum CommandResult {
     /// The node with its drain as set (issue 23).
     NodeDrained {
         node: Box<NodeInfo>,
+    },
+    /// The rollout as it is after the command (issue 21).
+    Rollout {
+        rollout: Box<op_proto::rollout::RolloutInfo>,
     },
 }

@@ -28,6 +28,7 @@ use rusqlite::{Connection, OpenFlags};
 
 pub use apply::events::{MAX_EVENT_AGE, MAX_EVENTS};
 pub use apply::{Changes, Entry};
+pub use command::NewRollout;
 pub use command::SealedSecret;
 pub use command::{
     Command, CommandResult, DirectiveAck, FireToClose, MissingHost, NewInvocation, NewTarget,
@@ -40,6 +41,7 @@ pub use read::invocations::{
     DEFAULT_INVOCATION_LIMIT, InvocationDetail, InvocationRow, MAX_INVOCATION_LIMIT, TargetRow,
 };
 pub use read::misc::MAX_AUDIT_LIMIT;
+pub use read::rollouts::ActiveRollout;
 pub use read::runs::{DEFAULT_RUN_LIMIT, LatestRunCount, MAX_RUN_LIMIT, RunBucket};
 pub use read::{DesiredView, JobsView, NodesView, StoreStats};
 pub use schema::SCHEMA_VERSION;

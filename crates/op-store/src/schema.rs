@@ -281,6 +281,31 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE package_versions ADD COLUMN target TEXT NOT NULL DEFAULT '';
     "#,
+    // staged rollouts (issue 21): one row per rollout of a package version or job revision.
+    // `threshold`: ranks at or below are admitted (the u64 rank stored bit for bit as an
+    // INTEGER), NULL = nobody. `previous_job`: the JobRecord (JSON) hosts outside the admitted
+    // stages keep, for a job rollout; `plan` the RolloutPlan (JSON).
+    r#"
+    CREATE TABLE rollouts (
+        id               TEXT PRIMARY KEY,
+        kind             TEXT NOT NULL,
+        subject          TEXT NOT NULL,
+        version          INTEGER NOT NULL,
+        previous         INTEGER,
+        previous_job     TEXT,
+        plan             TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        stage            INTEGER NOT NULL,
+        threshold        INTEGER,
+        created_at       INTEGER NOT NULL,
+        created_by       TEXT NOT NULL,
+        stage_entered_at INTEGER NOT NULL,
+        counted_from     INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL,
+        reason           TEXT
+    );
+    CREATE INDEX rollouts_subject ON rollouts(kind, subject);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -18,6 +18,7 @@ mod logs;
 mod notify;
 mod package_analysis;
 mod rollback;
+mod rollout;
 mod run;
 mod save;
 mod secret;
@@ -85,9 +86,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             let ctx = ctx()?;
             crate::connect::block_on(get::run(&ctx, what))
         }
-        Command::Save { files } => {
+        Command::Save { files, rollout } => {
             let ctx = ctx()?;
-            crate::connect::block_on(save::run(&ctx, &files))
+            crate::connect::block_on(save::run_with(&ctx, &files, &rollout))
         }
         Command::Delete { job } => {
             let ctx = ctx()?;
@@ -177,9 +178,20 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             path,
             deploy_dir,
             target,
+            rollout,
         } => {
             let ctx = ctx()?;
-            crate::connect::block_on(upload::run(&ctx, &path, deploy_dir.as_deref(), &target))
+            crate::connect::block_on(upload::run(
+                &ctx,
+                &path,
+                deploy_dir.as_deref(),
+                &target,
+                &rollout,
+            ))
+        }
+        Command::Rollout(what) => {
+            let ctx = ctx()?;
+            crate::connect::block_on(rollout::run(&ctx, what))
         }
         Command::Download {
             name,

@@ -21,14 +21,23 @@ struct SaveReport {
     errors: Vec<String>,
 }
 
-pub async fn run(ctx: &Ctx, files: &[std::path::PathBuf]) -> anyhow::Result<Outcome> {
+pub async fn run_with(
+    ctx: &Ctx,
+    files: &[std::path::PathBuf],
+    rollout: &crate::cli::RolloutArgs,
+) -> anyhow::Result<Outcome> {
+    let query = rollout.query();
     let mut reports = Vec::new();
     for path in files {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {file}: {e}"))?;
-        // Check locally first so a bad file gets every error at once, without a round trip.
-        let spec = match JobSpec::from_task_json_at(&text, Utc::now()) {
+        // Check locally first so a bad file gets every error at once, without a round trip. A
+        // `Rollout` field (issue 21) is the manager's to check; the rest is a task file.
+        let task = op_proto::rollout::split_task_rollout(&text)
+            .map(|(t, _)| t)
+            .unwrap_or_else(|_| text.clone());
+        let spec = match JobSpec::from_task_json_at(&task, Utc::now()) {
             Ok(spec) => spec,
             Err(e) => {
                 reports.push(SaveReport {
@@ -39,7 +48,11 @@ pub async fn run(ctx: &Ctx, files: &[std::path::PathBuf]) -> anyhow::Result<Outc
                 continue;
             }
         };
-        match ctx.client.save_job_text(&spec.name, &text).await {
+        match ctx
+            .client
+            .save_job_text_with(&spec.name, &text, &query)
+            .await
+        {
             Ok(saved) => reports.push(SaveReport {
                 file,
                 saved: Some(saved),

@@ -29,7 +29,20 @@ pub async fn run(
     path: &Path,
     deploy_dir: Option<&str>,
     target_args: &UploadTargetArgs,
+    rollout: &crate::cli::RolloutArgs,
 ) -> anyhow::Result<Outcome> {
+    let query = rollout.query();
+    if let Some(stages) = &rollout.rollout {
+        // Checked here first, so a bad plan never sends the content.
+        op_proto::rollout::RolloutRequest::from_flags(
+            stages,
+            rollout.step_wait.as_deref(),
+            rollout.halt_on.as_deref(),
+            rollout.auto_rollback,
+        )
+        .plan()
+        .map_err(|e| anyhow!("--rollout: {e}"))?;
+    }
     if let Some(dir) = deploy_dir {
         validate_deploy_dir(dir).map_err(|e| anyhow!("deploy dir {e}"))?;
     }
@@ -67,7 +80,7 @@ pub async fn run(
         let result = ctx
             .call(
                 ctx.client
-                    .upload_package_targeted(&name, deploy_dir, &target, None, stream),
+                    .upload_package_full(&name, deploy_dir, &target, None, stream, &query),
             )
             .await;
         bar.finish_and_clear();
@@ -89,12 +102,13 @@ pub async fn run(
             }
         });
         let result = ctx
-            .call(ctx.client.upload_package_targeted(
+            .call(ctx.client.upload_package_full(
                 &name,
                 deploy_dir,
                 &target,
                 Some(meta.len()),
                 stream,
+                &query,
             ))
             .await;
         bar.finish_and_clear();
@@ -107,6 +121,12 @@ pub async fn run(
         uploaded_table(&version).write(&mut out)?;
         if !is_everywhere(&version.target) {
             writeln!(out, "target: {}", describe_target(&version.target))?;
+        }
+        if rollout.rollout.is_some() {
+            writeln!(
+                out,
+                "staged rollout started; follow it with: agentcli rollout list"
+            )?;
         }
         out.flush()?;
     }

@@ -91,7 +91,7 @@ pub fn required_verb(method: &Method, path: &str) -> Option<Verb> {
         return None;
     } else if path.starts_with("/v1/notify") {
         Verb::Notify
-    } else if has("rollout") {
+    } else if has("rollout") || path.starts_with("/v1/rollouts/") {
         Verb::Rollout
     } else if has("upgrade") {
         Verb::Upgrade

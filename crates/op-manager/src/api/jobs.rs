@@ -97,6 +97,7 @@ pub async fn save(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
+    ApiQuery(rq): ApiQuery<super::rollouts::RolloutQuery>,
     ApiBytes(body): ApiBytes,
 ) -> Result<(StatusCode, Json<SaveJobResponse>), ApiError> {
     check_name(&name)?;
@@ -111,6 +112,19 @@ pub async fn save(
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad("invalid_body", "the task file is not UTF-8 text"))?;
     let now = Utc::now();
+    // The task file's `Rollout` (issue 21), or the query's; not both.
+    let (text, file_rollout) = op_proto::rollout::split_task_rollout(text)
+        .map_err(|e| ApiError::bad("invalid_rollout", e))?;
+    let text = text.as_str();
+    let rollout = match (file_rollout, rq.request()?) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                "invalid_rollout",
+                "the task file has a Rollout and the request gives one too; keep one",
+            ));
+        }
+        (a, b) => super::rollouts::checked(a.or(b))?,
+    };
     let spec = JobSpec::from_task_json_at(text, now).map_err(|e| ApiError::InvalidJob {
         message: format!("invalid task file: {e}"),
         details: e.messages(),
@@ -140,11 +154,14 @@ pub async fn save(
         .map(|s| s.upcoming(now, NEXT_FIRES))
         .unwrap_or_default();
     let result = app
-        .write(Command::SaveJob {
-            spec: Box::new(spec),
-            at: now,
-            actor: caller.name,
-        })
+        .write(super::rollouts::staged(
+            Command::SaveJob {
+                spec: Box::new(spec),
+                at: now,
+                actor: caller.name,
+            },
+            rollout,
+        ))
         .await?;
     let CommandResult::JobSaved { mut response } = result else {
         return Err(ApiError::Internal("unexpected answer to SaveJob".into()));

@@ -19,6 +19,7 @@ mod nodes;
 mod notify;
 pub mod output;
 mod packages;
+mod rollouts;
 mod runs;
 pub(crate) mod secrets;
 mod system;
@@ -119,6 +120,9 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/nodes/{key}/drain", post(holds::drain))
         .route("/v1/nodes/{key}/undrain", post(holds::undrain))
+        .route("/v1/rollouts", get(rollouts::list))
+        .route("/v1/rollouts/{id}", get(rollouts::get))
+        .route("/v1/rollouts/{id}/{action}", post(rollouts::act))
         .route("/v1/agent/register", post(agent::register))
         .route("/v1/agent/sync", post(agent::sync))
         .layer(Extension(BodyLimit {

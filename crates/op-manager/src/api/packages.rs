@@ -63,32 +63,52 @@ fn answer(result: CommandResult, what: &str) -> Result<PackageVersion, ApiError>
 pub struct UploadQuery {
     deploy_dir: Option<String>,
     target: op_proto::HostSelector,
+    /// A staged rollout of this version (issue 21; see `super::rollouts::RolloutQuery`).
+    rollout: Option<String>,
+    step_wait: Option<String>,
+    halt_on: Option<String>,
+    auto_rollback: Option<bool>,
 }
 
 impl UploadQuery {
     /// Reads the pairs of the query string; an unknown key or a bad entry is a 400 naming it.
     pub fn parse(pairs: Vec<(String, String)>) -> Result<UploadQuery, ApiError> {
         let (mut hosts, mut exclude, mut labels) = (Vec::new(), Vec::new(), Vec::new());
-        let mut deploy_dir = None;
+        let mut q = UploadQuery::default();
         for (key, value) in pairs {
             match key.as_str() {
-                "deploy_dir" => deploy_dir = Some(value),
+                "deploy_dir" => q.deploy_dir = Some(value),
                 "host" => hosts.push(value),
                 "exclude" => exclude.push(value),
                 "label" => labels.push(value),
+                "rollout" => q.rollout = Some(value),
+                "step_wait" => q.step_wait = Some(value),
+                "halt_on" => q.halt_on = Some(value),
+                "auto_rollback" => {
+                    q.auto_rollback = Some(match value.as_str() {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        other => {
+                            return Err(ApiError::bad(
+                                "invalid_query",
+                                format!("auto_rollback={other:?}: expected true or false"),
+                            ));
+                        }
+                    })
+                }
                 other => {
                     return Err(ApiError::bad(
                         "invalid_query",
                         format!(
-                            "unknown query parameter {other:?}; an upload takes deploy_dir, host, exclude and label"
+                            "unknown query parameter {other:?}; an upload takes deploy_dir, host, exclude, label, rollout, step_wait, halt_on and auto_rollback"
                         ),
                     ));
                 }
             }
         }
-        let target = parse_target(&hosts, &exclude, &labels)
+        q.target = parse_target(&hosts, &exclude, &labels)
             .map_err(|e| ApiError::bad("invalid_target", e))?;
-        Ok(UploadQuery { deploy_dir, target })
+        Ok(q)
     }
 }
 
@@ -118,6 +138,16 @@ pub async fn upload(
         validate_deploy_dir(dir)
             .map_err(|e| ApiError::bad("invalid_deploy_dir", format!("deploy dir {e}")))?;
     }
+    // Checked before the body is read: a bad rollout changes nothing.
+    let rollout = super::rollouts::checked(
+        super::rollouts::RolloutQuery {
+            rollout: q.rollout.clone(),
+            step_wait: q.step_wait.clone(),
+            halt_on: q.halt_on.clone(),
+            auto_rollback: q.auto_rollback,
+        }
+        .request()?,
+    )?;
     let limit = app.config.upload_max_bytes;
     let staged = app
         .blobs
@@ -144,15 +174,18 @@ pub async fn upload(
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     replicate::push_to_majority(&app.replicas(), &received.sha256).await?;
     let result = app
-        .write(Command::AddPackageVersion {
-            name,
-            sha256: received.sha256,
-            size: received.size,
-            deploy_dir: q.deploy_dir,
-            at: Utc::now(),
-            actor: caller.name,
-            target: q.target,
-        })
+        .write(super::rollouts::staged(
+            Command::AddPackageVersion {
+                name,
+                sha256: received.sha256,
+                size: received.size,
+                deploy_dir: q.deploy_dir,
+                at: Utc::now(),
+                actor: caller.name,
+                target: q.target,
+            },
+            rollout,
+        ))
         .await?;
     let version = answer(result, "AddPackageVersion")?;
     app.metrics.uploads.inc();

@@ -179,15 +179,17 @@ pub enum Section {
     Audit,
     Login,
     Events,
+    Rollouts,
 }
 
-const NAV: [(Section, &str, &str); 8] = [
+const NAV: [(Section, &str, &str); 9] = [
     (Section::Overview, "/ui", "Overview"),
     (Section::Nodes, "/ui/nodes", "Nodes"),
     (Section::Jobs, "/ui/jobs", "Jobs"),
     (Section::Runs, "/ui/runs", "Runs"),
     (Section::Events, "/ui/events", "Events"),
     (Section::Packages, "/ui/packages", "Packages"),
+    (Section::Rollouts, "/ui/rollouts", "Rollouts"),
     (Section::Cluster, "/ui/cluster", "Cluster"),
     (Section::Audit, "/ui/audit", "Audit"),
 ];

@@ -19,6 +19,7 @@ mod jobs;
 mod nodes;
 mod overview;
 mod packages;
+mod rollouts;
 mod runs;
 mod session;
 mod session_view;
@@ -82,6 +83,9 @@ pub fn router(app: Arc<App>, api: Router, http: reqwest::Client) -> Router {
         .route("/ui/packages/upload", post(packages::upload))
         .route("/ui/packages/{name}", get(packages::show))
         .route("/ui/packages/{name}/rollback", post(packages::rollback))
+        .route("/ui/rollouts", get(rollouts::list))
+        .route("/ui/rollouts/{id}", get(rollouts::show))
+        .route("/ui/rollouts/{id}/{action}", post(rollouts::act))
         .route("/ui/cluster", get(cluster::page))
         .route("/ui/audit", get(audit::page))
         .route("/ui/events", get(events::list))

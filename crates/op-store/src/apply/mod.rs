@@ -15,6 +15,7 @@ mod nodes;
 mod notify;
 mod packages;
 mod prune;
+mod rollouts;
 mod runs;
 mod secrets;
 mod selections;
@@ -109,6 +110,7 @@ pub(crate) fn apply_one(
     let mut local = Changes::default();
     match dispatch(conn, entry.index, command, &mut local)? {
         Ok(result) => {
+            rollouts::after(conn, command)?;
             conn.execute_batch("RELEASE cmd")?;
             let inputs = std::mem::take(&mut local.inputs);
             incidents.feed(conn, inputs, &mut local)?;
@@ -122,7 +124,12 @@ pub(crate) fn apply_one(
     }
 }
 
-fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) -> Outcome {
+pub(super) fn dispatch(
+    conn: &Connection,
+    index: u64,
+    command: &Command,
+    ch: &mut Changes,
+) -> Outcome {
     match command {
         Command::InitCluster { cluster_id, .. } => init_cluster(conn, cluster_id),
         Command::SaveJob { spec, at, actor } => jobs::save(conn, index, spec, *at, actor, ch),
@@ -300,6 +307,24 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
             at,
             actor,
         } => nodes::set_drain(conn, index, *node_id, drain.clone(), *at, actor, ch),
+        Command::StartRollout { rollout, change } => {
+            rollouts::start(conn, index, rollout, change, ch)
+        }
+        Command::AdvanceRollout { id, from_stage, at } => {
+            rollouts::advance(conn, index, *id, *from_stage, *at, ch)
+        }
+        Command::HaltRollout {
+            id,
+            reason,
+            failed_hosts,
+            at,
+        } => rollouts::halt(conn, index, *id, reason, failed_hosts, *at, ch),
+        Command::RolloutAction {
+            id,
+            action,
+            at,
+            actor,
+        } => rollouts::action(conn, index, *id, *action, *at, actor, ch),
     }
 }
 

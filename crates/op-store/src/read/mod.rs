@@ -10,6 +10,7 @@ pub(crate) mod misc;
 pub(crate) mod nodes;
 pub(crate) mod notify;
 pub(crate) mod packages;
+pub(crate) mod rollouts;
 pub(crate) mod runs;
 pub(crate) mod secrets;
 
@@ -46,6 +47,8 @@ pub struct DesiredView {
     pub packages: Vec<(PackageRef, HostSelector)>,
     /// Live directives (ad-hoc runs and kills of invocations): (node, directive).
     pub directives: Vec<(Uuid, Directive)>,
+    /// The rollouts deciding what each host gets (issue 21).
+    pub rollouts: Vec<rollouts::ActiveRollout>,
 }
 
 /// Row counts for `/metrics` and `/v1/cluster`.
@@ -78,6 +81,8 @@ pub struct JobsView {
     pub jobs: Vec<JobRecord>,
     pub pending: Vec<(Uuid, String, u64)>,
     pub packages: Vec<(PackageRef, HostSelector)>,
+    /// The rollouts deciding what each host gets (issue 21).
+    pub rollouts: Vec<rollouts::ActiveRollout>,
 }
 
 fn jobs_view(tx: &Connection) -> Result<JobsView> {
@@ -102,11 +107,13 @@ fn jobs_view(tx: &Connection) -> Result<JobsView> {
         .collect::<rusqlite::Result<Vec<_>>>()?;
     drop(stmt);
     let packages = packages::desired(tx)?;
+    let rollouts = rollouts::active(tx)?;
     Ok(JobsView {
         desired_index,
         jobs,
         pending,
         packages,
+        rollouts,
     })
 }
 
@@ -119,6 +126,7 @@ impl Store {
                 jobs,
                 pending,
                 packages,
+                rollouts,
             } = jobs_view(&tx)?;
             let nodes = nodes::all_with_index(&tx)?;
             let directives = invocations::directives(&tx, None)?;
@@ -130,6 +138,7 @@ impl Store {
                 pending,
                 packages,
                 directives,
+                rollouts,
             })
         })
     }

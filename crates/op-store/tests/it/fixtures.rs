@@ -305,6 +305,45 @@ fn samples() -> Vec<Command> {
             actor: "op-manager".into(),
             replaces: [("db/pw".to_string(), "0b0a09080706050403020100".to_string())].into(),
         },
+        Command::StartRollout {
+            rollout: op_store::NewRollout {
+                id: uuid::Uuid::from_u128(21),
+                plan: op_proto::rollout::RolloutRequest::from_flags(
+                    "1,10%",
+                    Some("5m"),
+                    Some("2"),
+                    true,
+                )
+                .plan()
+                .unwrap(),
+            },
+            change: Box::new(Command::AddPackageVersion {
+                name: "tool.sh".into(),
+                sha256: "ab".repeat(32),
+                size: 10,
+                deploy_dir: None,
+                at: t0(),
+                actor: "admin".into(),
+                target: Default::default(),
+            }),
+        },
+        Command::AdvanceRollout {
+            id: uuid::Uuid::from_u128(21),
+            from_stage: 0,
+            at: t0(),
+        },
+        Command::HaltRollout {
+            id: uuid::Uuid::from_u128(21),
+            reason: "1 failed host reached HaltOn 1".into(),
+            failed_hosts: vec!["web-1".into()],
+            at: t0(),
+        },
+        Command::RolloutAction {
+            id: uuid::Uuid::from_u128(21),
+            action: op_proto::rollout::RolloutAction::Pause,
+            at: t0(),
+            actor: "admin".into(),
+        },
     ]
 }
 

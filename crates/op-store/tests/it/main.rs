@@ -10,5 +10,6 @@ mod invocations;
 mod late;
 mod packages;
 mod retention;
+mod rollouts;
 mod secrets;
 mod snapshot;

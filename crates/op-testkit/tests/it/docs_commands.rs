@@ -464,6 +464,21 @@ async fn fixtures() -> Fixtures {
     agentcli(dir, &["upload", "notes.txt", deploy.to_str().unwrap()]);
     let versions = c.package_versions("notes.txt").await.unwrap();
     let first = versions.iter().map(|v| v.version).min().unwrap();
+    // A staged rollout that waits (issue 21), for the `rollout` lines to pause, resume, promote.
+    std::fs::write(dir.join("staged.txt"), "staged").unwrap();
+    agentcli(
+        dir,
+        &[
+            "upload",
+            "staged.txt",
+            deploy.to_str().unwrap(),
+            "--rollout",
+            "1",
+            "--step-wait",
+            "1h",
+        ],
+    );
+    let rollout = c.rollouts().await.unwrap()[0].id.to_string();
     // An invocation still running, to get and cancel.
     let invocation = uuid_in(&agentcli(dir, &["run", "slow", "--all", "--async"]));
     // A finished invocation whose one host failed, to retry: its command fails the first time
@@ -522,6 +537,7 @@ async fn fixtures() -> Fixtures {
         ("DEPLOYDIR", deploy.display().to_string()),
         ("DIR", "python_project_dir".into()),
         ("ID", invocation.clone()),
+        ("ROLLOUT-ID", rollout),
         ("FAILED-ID", failed.to_string()),
         ("TIME", since),
         ("DURATION", "1h".into()),

@@ -32,6 +32,7 @@ mod policies;
 mod private_files;
 mod quickstart;
 mod retry;
+mod rollouts;
 mod runon;
 mod secrets;
 mod signals;

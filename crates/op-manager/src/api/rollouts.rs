@@ -1,0 +1,129 @@
+//! `/v1/rollouts` (issue 21): list, status (with each host's state), and the operator's pause,
+//! resume, abort and promote. Also what upload and save use to stage their change.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use chrono::Utc;
+use op_proto::NodeStatus;
+use op_proto::rollout::{RolloutAction, RolloutInfo, RolloutRequest, RolloutStatus};
+use op_store::{Command, CommandResult, NewRollout};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use crate::app::App;
+use crate::auth::Caller;
+
+/// The rollout of an upload or a save, as query parameters (`agentcli upload/save --rollout`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutQuery {
+    pub rollout: Option<String>,
+    pub step_wait: Option<String>,
+    pub halt_on: Option<String>,
+    pub auto_rollback: Option<bool>,
+}
+
+impl RolloutQuery {
+    /// The request the parameters make; `--step-wait` and the others without `--rollout` are
+    /// refused.
+    pub fn request(&self) -> Result<Option<RolloutRequest>, ApiError> {
+        match &self.rollout {
+            Some(stages) => Ok(Some(RolloutRequest::from_flags(
+                stages,
+                self.step_wait.as_deref(),
+                self.halt_on.as_deref(),
+                self.auto_rollback.unwrap_or(false),
+            ))),
+            None if self.step_wait.is_some()
+                || self.halt_on.is_some()
+                || self.auto_rollback.is_some() =>
+            {
+                Err(ApiError::bad(
+                    "invalid_rollout",
+                    "step_wait, halt_on and auto_rollback need rollout (the stages, e.g. 1,10%,100%)",
+                ))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// Checks a rollout request: the rollout to start, or a 400 saying what is wrong.
+pub fn checked(request: Option<RolloutRequest>) -> Result<Option<NewRollout>, ApiError> {
+    let Some(r) = request else { return Ok(None) };
+    let plan = r
+        .plan()
+        .map_err(|e| ApiError::bad("invalid_rollout", format!("rollout: {e}")))?;
+    Ok(Some(NewRollout {
+        id: Uuid::now_v7(),
+        plan,
+    }))
+}
+
+/// `change` staged by `rollout`, or as it is.
+pub fn staged(change: Command, rollout: Option<NewRollout>) -> Command {
+    match rollout {
+        Some(rollout) => Command::StartRollout {
+            rollout,
+            change: Box::new(change),
+        },
+        None => change,
+    }
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id)
+        .map_err(|_| ApiError::bad("invalid_id", format!("{id:?} is not a rollout id")))
+}
+
+pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<RolloutInfo>>, ApiError> {
+    Ok(Json(app.read(|s| s.rollouts()).await?))
+}
+
+pub async fn get(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutStatus>, ApiError> {
+    let id = parse_id(&id)?;
+    let info = app
+        .read(move |s| s.rollout(id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no rollout {id}")))?;
+    let mut nodes = app.read(|s| s.nodes()).await?;
+    app.beats.overlay(&mut nodes);
+    nodes.retain(|n| n.status != NodeStatus::Left);
+    let status = app
+        .read(move |s| crate::rollouts::status(s, info, &nodes))
+        .await?;
+    Ok(Json(status))
+}
+
+pub async fn act(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Json<RolloutInfo>, ApiError> {
+    let id = parse_id(&id)?;
+    let action = RolloutAction::parse(&action).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no rollout action {action:?}; use pause, resume, abort or promote"
+        ))
+    })?;
+    match app
+        .write(Command::RolloutAction {
+            id,
+            action,
+            at: Utc::now(),
+            actor: caller.name,
+        })
+        .await?
+    {
+        CommandResult::Rollout { rollout } => Ok(Json(*rollout)),
+        _ => Err(ApiError::Internal(
+            "unexpected answer to RolloutAction".into(),
+        )),
+    }
+}
