@@ -167,3 +167,43 @@ fn a_new_rollout_keeps_what_was_fully_rolled_out_before() {
     });
     assert_eq!(rollout(r).state, RolloutState::Finished);
 }
+
+#[test]
+fn a_targeted_package_rollout_counts_and_admits_only_the_hosts_its_version_targets() {
+    let mut s = TestStore::new();
+    for n in 1..=10 {
+        s.apply(register(n, 1));
+    }
+    let hosts: Vec<String> = (1..=4).map(|n| format!("node-{n}")).collect();
+    let target = op_proto::package::parse_target(&hosts, &[], &[]).unwrap();
+    let targeted = |c: char, at_secs: i64| match upload("db.sql", c, at_secs) {
+        Command::AddPackageVersion {
+            name,
+            sha256,
+            size,
+            deploy_dir,
+            at,
+            actor,
+            ..
+        } => Command::AddPackageVersion {
+            name,
+            sha256,
+            size,
+            deploy_dir,
+            at,
+            actor,
+            target: target.clone(),
+        },
+        other => other,
+    };
+    s.apply(targeted('a', 10));
+    s.apply(staged(11, "50%", false, targeted('b', 20)));
+    let info = s.store.rollout(Uuid::from_u128(11)).unwrap().unwrap();
+    let admitted: Vec<u8> = (1..=10)
+        .filter(|n| admitted(info.id, info.threshold, node_id(*n)))
+        .collect();
+    // Half of the 4 targeted hosts, never one of the 6 others (which would never report the
+    // version and hold the rollout forever).
+    assert_eq!(admitted.len(), 2, "{admitted:?}");
+    assert!(admitted.iter().all(|n| *n <= 4), "{admitted:?}");
+}
