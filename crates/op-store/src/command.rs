@@ -296,6 +296,21 @@ pub enum Command {
         at: DateTime<Utc>,
         actor: String,
     },
+    /// Records the declared version and deadline of an agent release (issue 22), by the sha256
+    /// of its content; proposed before the release's `AddPackageVersion`.
+    SetAgentRelease {
+        sha256: String,
+        release: op_proto::agent_upgrade::AgentRelease,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+    /// Pins (`Some`) or unpins (`None`) hosts on an agent version: `node:<id>` or `label:k=v`.
+    SetAgentPin {
+        target: String,
+        version: Option<String>,
+        at: DateTime<Utc>,
+        actor: String,
+    },
 }
 
 /// A secret's value sealed with the cluster's secrets key (an AEAD; the name is its associated
@@ -350,6 +365,8 @@ impl Command {
             Command::SetWindow { .. } => "set_window",
             Command::RemoveWindow { .. } => "remove_window",
             Command::SetNodeDrain { .. } => "set_node_drain",
+            Command::SetAgentRelease { .. } => "set_agent_release",
+            Command::SetAgentPin { .. } => "set_agent_pin",
         }
     }
 }

@@ -5,6 +5,7 @@
 //! Determinism rule: nothing here reads the clock, generates ids or depends on the machine. All
 //! such values arrive inside the command.
 
+pub(crate) mod agent_upgrade;
 pub(crate) mod events;
 mod holds;
 mod invocations;
@@ -298,6 +299,18 @@ fn dispatch(conn: &Connection, index: u64, command: &Command, ch: &mut Changes) 
             at,
             actor,
         } => nodes::set_drain(conn, index, *node_id, drain.clone(), *at, actor, ch),
+        Command::SetAgentRelease {
+            sha256,
+            release,
+            at,
+            actor,
+        } => agent_upgrade::set_release(conn, sha256, release, *at, actor),
+        Command::SetAgentPin {
+            target,
+            version,
+            at,
+            actor,
+        } => agent_upgrade::set_pin(conn, index, target, version.as_deref(), *at, actor, ch),
     }
 }
 
