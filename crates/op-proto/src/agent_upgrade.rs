@@ -105,6 +105,20 @@ pub struct ReleaseView {
     pub release: Option<AgentRelease>,
 }
 
+/// The answer to `PUT /v1/agents/upgrade/NAME`: what was stored, and how it is delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeStarted {
+    pub package: crate::package::PackageVersion,
+    pub release: AgentRelease,
+    /// The newest version an agent ran when the release was stored ("" when none reported).
+    #[serde(default)]
+    pub newest_running: String,
+    /// The rollout that delivers it, when staged rollouts deliver it (its id); `None`: every
+    /// selected host at once.
+    #[serde(default)]
+    pub rollout: Option<String>,
+}
+
 /// Compares dotted version numbers (`0.1.10` > `0.1.9`); a part that is not a number compares
 /// by its leading digits, then as text (`1.2.0-rc1` < `1.2.0-rc2`); missing parts are 0.
 pub fn compare_versions(a: &str, b: &str) -> Ordering {

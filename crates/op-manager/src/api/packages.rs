@@ -71,6 +71,14 @@ pub async fn upload(
     req: Request,
 ) -> Result<(StatusCode, Json<PackageVersion>), ApiError> {
     check_name(&name)?;
+    if op_proto::agent_upgrade::is_reserved(&name) {
+        return Err(ApiError::bad(
+            "reserved_name",
+            format!(
+                "{name} is an agent release name: upload agent releases with agentcli agent upgrade start"
+            ),
+        ));
+    }
     if let Some(dir) = &q.deploy_dir {
         validate_deploy_dir(dir)
             .map_err(|e| ApiError::bad("invalid_deploy_dir", format!("deploy dir {e}")))?;
