@@ -92,7 +92,8 @@ fn truthy(v: Option<&str>) -> bool {
 
 /// The newest agent version any live node reports ("" when none).
 async fn newest_running(app: &App) -> Result<String, ApiError> {
-    let nodes = app.read(|s| s.nodes()).await?;
+    let mut nodes = app.read(|s| s.nodes()).await?;
+    app.beats.overlay(&mut nodes);
     Ok(nodes
         .into_iter()
         .filter(|n| n.status != NodeStatus::Left && !n.agent_version.is_empty())
@@ -310,6 +311,9 @@ pub async fn status(State(app): State<Arc<App>>) -> Result<Json<UpgradeStatus>, 
             ))
         })
         .await?;
+    // The latest heartbeats (packages, versions) over the stored records, as `get nodes` shows.
+    let mut nodes = nodes;
+    app.beats.overlay(&mut nodes);
     Ok(Json(build_status(packages, nodes, &releases, pins)))
 }
 

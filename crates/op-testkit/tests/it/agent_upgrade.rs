@@ -308,7 +308,8 @@ async fn a_binary_that_exits_at_start_is_rolled_back_and_reported() {
     let shown = text(&status.stdout);
     assert!(
         !status.status.success(),
-        "a failed host makes status exit 1"
+        "a failed host makes status exit 1: {shown}{}",
+        text(&status.stderr)
     );
     assert!(
         shown.contains("failed") && shown.contains("9.0.0"),
