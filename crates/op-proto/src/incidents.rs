@@ -989,6 +989,16 @@ impl EventLog {
     }
 }
 
+/// The package name of a `package.failed` event (`name@version`).
+fn event_package(event: &Event) -> String {
+    event
+        .package
+        .as_deref()
+        .and_then(|p| p.rsplit_once('@'))
+        .map(|(n, _)| n.to_string())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1497,14 +1507,4 @@ mod tests {
         let back: EventLog = serde_json::from_str(&serde_json::to_string(&log).unwrap()).unwrap();
         assert_eq!(back, log);
     }
-}
-
-/// The package name of a `package.failed` event (`name@version`).
-fn event_package(event: &Event) -> String {
-    event
-        .package
-        .as_deref()
-        .and_then(|p| p.rsplit_once('@'))
-        .map(|(n, _)| n.to_string())
-        .unwrap_or_default()
 }
