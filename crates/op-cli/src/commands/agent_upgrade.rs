@@ -103,7 +103,14 @@ pub async fn run(ctx: &Ctx, what: AgentCommand) -> anyhow::Result<Outcome> {
         }
         AgentCommand::Upgrade(UpgradeCommand::Status) => {
             let status = ctx.call(ctx.client.agent_upgrade_status()).await?;
-            print_status(ctx, &status)
+            let failed = status.hosts.iter().any(|h| h.state == "failed");
+            print_status(ctx, &status)?;
+            // Exit 1 names a problem: a host whose upgrade failed.
+            Ok(if failed {
+                Outcome::Problem
+            } else {
+                Outcome::Ok
+            })
         }
         AgentCommand::Pin { args, label } => {
             let (node, version) = match (label.is_some(), args.as_slice()) {
@@ -124,7 +131,8 @@ pub async fn run(ctx: &Ctx, what: AgentCommand) -> anyhow::Result<Outcome> {
                     version: Some(version),
                 }))
                 .await?;
-            print_status(ctx, &status)
+            print_status(ctx, &status)?;
+            Ok(Outcome::Ok)
         }
         AgentCommand::Unpin { node, label } => {
             let status = ctx
@@ -134,16 +142,17 @@ pub async fn run(ctx: &Ctx, what: AgentCommand) -> anyhow::Result<Outcome> {
                     version: None,
                 }))
                 .await?;
-            print_status(ctx, &status)
+            print_status(ctx, &status)?;
+            Ok(Outcome::Ok)
         }
     }
 }
 
-fn print_status(ctx: &Ctx, status: &UpgradeStatus) -> anyhow::Result<Outcome> {
+fn print_status(ctx: &Ctx, status: &UpgradeStatus) -> anyhow::Result<()> {
     let mut out = crate::output::stdout();
     if ctx.format == Format::Json {
         write_json(&mut out, status)?;
-        return Ok(Outcome::Ok);
+        return Ok(());
     }
     if status.releases.is_empty() {
         writeln!(
@@ -166,9 +175,7 @@ fn print_status(ctx: &Ctx, status: &UpgradeStatus) -> anyhow::Result<Outcome> {
     }
     writeln!(out)?;
     let mut t = Table::new(&["NODE", "STATUS", "VERSION", "UPGRADE", "ERROR"]);
-    let mut failed = false;
     for h in &status.hosts {
-        failed |= h.state == "failed";
         t.row([
             h.hostname.clone(),
             h.status.clone(),
@@ -179,9 +186,5 @@ fn print_status(ctx: &Ctx, status: &UpgradeStatus) -> anyhow::Result<Outcome> {
     }
     t.write(&mut out)?;
     out.flush()?;
-    Ok(if failed {
-        Outcome::Problem
-    } else {
-        Outcome::Ok
-    })
+    Ok(())
 }
