@@ -167,6 +167,17 @@ async fn five_agents_upgrade_to_the_next_binary_and_lose_no_runs() {
         let exe = std::fs::read_link(format!("/proc/{child}/exe")).unwrap();
         assert_eq!(exe, dir.join(format!("op-agent-{}", next_version())));
     }
+    // `op-agent --version` prints what the manager records.
+    for (bin, version) in [
+        ("op-agent", OLD.to_string()),
+        ("op-agent-next", next_version()),
+    ] {
+        let out = std::process::Command::new(op_testkit::bin(bin))
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert_eq!(text(&out.stdout).trim(), format!("op-agent {version}"));
+    }
     let status = agentcli(&m, &["agent", "upgrade", "status", "-o", "json"]).await;
     let status: op_proto::agent_upgrade::UpgradeStatus =
         serde_json::from_slice(&status.stdout).expect("status json");
@@ -203,11 +214,24 @@ async fn five_agents_upgrade_to_the_next_binary_and_lose_no_runs() {
     let ticks = runs_of(&c, "tick").await;
     for a in &agents {
         let host = &a.options.node_name;
+        // Every fire with a record: a run, or a fire the agent reports missed (while down).
         let mut fires: Vec<_> = ticks
             .iter()
-            .filter(|r| &r.hostname == host && r.status != RunStatus::Missed)
+            .filter(|r| &r.hostname == host)
             .filter_map(|r| r.planned_at)
             .filter(|t| *t <= settled)
+            .collect();
+        let statuses: Vec<(String, &'static str)> = ticks
+            .iter()
+            .filter(|r| &r.hostname == host)
+            .map(|r| {
+                (
+                    r.planned_at
+                        .map(|t| t.format("%H:%M:%S").to_string())
+                        .unwrap_or_default(),
+                    r.status.as_str(),
+                )
+            })
             .collect();
         fires.sort();
         let before = fires.len();
@@ -226,7 +250,7 @@ async fn five_agents_upgrade_to_the_next_binary_and_lose_no_runs() {
             .map(|w| (w[1] - w[0]).num_seconds())
             .filter(|s| *s > 1)
             .collect();
-        assert!(gaps.len() <= 2, "{host}: gaps {gaps:?}");
+        assert!(gaps.len() <= 2, "{host}: gaps {gaps:?} in {statuses:?}");
         assert!(gaps.iter().all(|g| *g <= 20), "{host}: gaps {gaps:?}");
         assert!(
             fires.last().unwrap() > &(settled - chrono::Duration::seconds(4)),
@@ -539,4 +563,53 @@ async fn a_pinned_host_keeps_its_version_until_unpinned() {
     let out = agentcli(&m, &["agent", "unpin", "node-2"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     all_on(&c, 2, &next_version(), Duration::from_secs(90)).await;
+}
+
+/// A binary that is not the version its release declares (`op-agent-next` declared as 9.1.0)
+/// counts as a failed upgrade: the new agent says so after its first sync, and the guard restores
+/// the previous binary at once, naming both versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_of_another_version_than_declared_is_rolled_back() {
+    let m = Manager::start();
+    let agents = guarded_fleet(&m, 1);
+    let c = m.client();
+    all_on(&c, 1, OLD, LONG).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let next = copy_to(&op_testkit::bin("op-agent-next"), tmp.path(), "op-agent");
+    let out = agentcli(
+        &m,
+        &[
+            "agent",
+            "upgrade",
+            "start",
+            next.to_str().unwrap(),
+            "--version",
+            "9.1.0",
+            "--deadline",
+            "60s",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let want = format!(
+        "the new binary reports version {}, not the declared 9.1.0",
+        next_version()
+    );
+    wait_until(Duration::from_secs(60), "the mismatch reported", || async {
+        c.list_nodes().await.is_ok_and(|nodes| {
+            nodes.iter().all(|n| {
+                n.agent_version == OLD
+                    && n.packages.iter().any(|p| {
+                        p.name == NAME && p.error.as_deref().is_some_and(|e| e.contains(&want))
+                    })
+            })
+        })
+    })
+    .await;
+    let dir = bin_dir(&agents[0]);
+    assert!(!dir.join("current").exists());
+    assert!(
+        !dir.join(format!("op-agent-9.1.0")).exists(),
+        "the refused binary is removed"
+    );
 }
