@@ -613,3 +613,77 @@ async fn a_binary_of_another_version_than_declared_is_rolled_back() {
         "the refused binary is removed"
     );
 }
+
+/// A new agent that cannot reach a manager within the deadline (the manager is stopped with
+/// SIGSTOP while the old agent hands over) is replaced by the previous binary when the deadline
+/// passes; the restored agent reports why once the manager answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_agent_that_reaches_no_manager_in_time_is_rolled_back() {
+    let m = Manager::start();
+    let agents = guarded_fleet(&m, 1);
+    let c = m.client();
+    all_on(&c, 1, OLD, LONG).await;
+    c.save_job_text(
+        "hold",
+        r#"{"JobName":"hold","Command":"sleep 3","OnceJob":1}"#,
+    )
+    .await
+    .expect("save");
+    wait_until(LONG, "the job running", || async {
+        c.list_nodes()
+            .await
+            .map(|n| n.iter().any(|n| n.running.iter().any(|r| r.job == "hold")))
+            .unwrap_or(false)
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let next = copy_to(&op_testkit::bin("op-agent-next"), tmp.path(), "op-agent");
+    let out = agentcli(
+        &m,
+        &[
+            "agent",
+            "upgrade",
+            "start",
+            next.to_str().unwrap(),
+            "--version",
+            &next_version(),
+            "--deadline",
+            "12s",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let a = &agents[0];
+    let dir = bin_dir(a);
+    wait_until(
+        LONG,
+        "the switch, while the old agent waits for its job",
+        || async { dir.join("pending.json").exists() },
+    )
+    .await;
+    m.pause();
+    // The guard restores the previous binary by itself within the deadline (and its poll).
+    let restored = tokio::time::timeout(Duration::from_secs(40), async {
+        while !dir.join("failed.json").exists() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    m.resume();
+    restored.expect("restored within the deadline");
+    assert!(!dir.join("current").exists());
+    wait_until(LONG, "the failure reported", || async {
+        c.list_nodes().await.is_ok_and(|nodes| {
+            nodes.iter().all(|n| {
+                n.agent_version == OLD
+                    && n.packages.iter().any(|p| {
+                        p.name == NAME
+                            && p.error
+                                .as_deref()
+                                .is_some_and(|e| e.contains("did not reach a manager within 12 s"))
+                    })
+            })
+        })
+    })
+    .await;
+}
