@@ -609,7 +609,7 @@ async fn a_binary_of_another_version_than_declared_is_rolled_back() {
     let dir = bin_dir(&agents[0]);
     assert!(!dir.join("current").exists());
     assert!(
-        !dir.join(format!("op-agent-9.1.0")).exists(),
+        !dir.join("op-agent-9.1.0").exists(),
         "the refused binary is removed"
     );
 }
