@@ -109,6 +109,25 @@ pub async fn start(
     ApiQuery(q): ApiQuery<StartQuery>,
     req: Request,
 ) -> Result<(StatusCode, Json<UpgradeStarted>), ApiError> {
+    // The body is read before anything is judged: a refusal sent while a large upload is still
+    // arriving would reach the client as a broken pipe instead of its reason. A refused upload
+    // leaves nothing (the staged file is removed when dropped).
+    let staged = app
+        .blobs
+        .receive(
+            req.into_body().into_data_stream(),
+            app.config.upload_max_bytes,
+            app.config.header_read_timeout,
+        )
+        .await
+        .map_err(|e| match e {
+            ReceiveError::TooLarge { limit } => ApiError::PayloadTooLarge {
+                limit: limit as usize,
+            },
+            ReceiveError::Idle { secs } => ApiError::BodyTimeout { secs },
+            ReceiveError::Body(m) => ApiError::bad("invalid_body", m),
+            ReceiveError::Io { .. } => ApiError::Internal(e.to_string()),
+        })?;
     let Some((_, arch)) = platform_of(&name) else {
         return Err(ApiError::bad(
             "invalid_name",
@@ -146,22 +165,6 @@ pub async fn start(
             q.version
         )));
     }
-    let staged = app
-        .blobs
-        .receive(
-            req.into_body().into_data_stream(),
-            app.config.upload_max_bytes,
-            app.config.header_read_timeout,
-        )
-        .await
-        .map_err(|e| match e {
-            ReceiveError::TooLarge { limit } => ApiError::PayloadTooLarge {
-                limit: limit as usize,
-            },
-            ReceiveError::Idle { secs } => ApiError::BodyTimeout { secs },
-            ReceiveError::Body(m) => ApiError::bad("invalid_body", m),
-            ReceiveError::Io { .. } => ApiError::Internal(e.to_string()),
-        })?;
     // The ELF header, read before the content is kept: a refused file leaves nothing behind.
     let mut head = Vec::with_capacity(64);
     if let Some(path) = staged.path() {
