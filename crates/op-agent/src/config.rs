@@ -193,6 +193,22 @@ pub enum AgentCommand {
         #[arg(long)]
         state_dir: PathBuf,
     },
+    /// Run the agent under the upgrade guard (what the shipped systemd unit starts).
+    ///
+    /// Starts the agent binary that `STATE_DIR/bin/current` points to (a self-upgraded one), or
+    /// this binary when there is none, with the given agent flags, and restarts it when it
+    /// exits. While a self-upgrade is unconfirmed it watches the new agent: if it does not reach
+    /// a manager within the release's deadline, reports another version than declared, or exits
+    /// 3 times, the previous binary is restored and started, and the failure (with the new
+    /// binary's last output) is reported by the restored agent. Does not depend on the new
+    /// binary working. SIGTERM and SIGINT go to the agent; the guard exits with it.
+    #[command(after_help = "Example (the shipped systemd unit):
+  op-agent guard --config /etc/op-agent/agent.toml")]
+    Guard {
+        /// The agent's flags (as for `op-agent` itself).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// The TOML file, key for key. Unknown keys are an error, so a typo never goes unnoticed.

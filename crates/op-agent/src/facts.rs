@@ -50,7 +50,7 @@ pub fn probe() -> Facts {
         memory_mb: parse_mem_total_kb(&read("/proc/meminfo")).map(|kb| kb / 1024),
         disks: disks(&read("/proc/self/mounts")),
         virt: virt(hypervisor_flag),
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        agent_version: crate::version().to_string(),
     }
     .bounded()
 }

@@ -26,6 +26,7 @@ pub mod clock;
 pub mod config;
 pub mod deploy;
 pub mod directives;
+pub mod entry;
 mod error;
 pub mod executor;
 pub mod facts;
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod schedule;
 pub mod state;
+pub mod upgrade;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +51,22 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use error::AgentError;
+
+/// The version of the `op-agent` binary built from this crate.
+pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+static VERSION: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// The version this agent reports (`--version`, heartbeats, facts): the one its binary's entry
+/// set ([`entry::main`]), else [`BUILD_VERSION`].
+pub fn version() -> &'static str {
+    VERSION.get().copied().unwrap_or(BUILD_VERSION)
+}
+
+/// Sets the reported version; the first call wins.
+pub fn set_version(v: &'static str) {
+    let _ = VERSION.set(v);
+}
 
 use crate::api::{AgentFacts, AppInner, AppState};
 use crate::executor::{ExecSettings, Executor};
@@ -169,7 +187,7 @@ pub async fn run(
                         hostname: config.node_name.clone(),
                         ips: config.ips.clone(),
                         labels: config.labels.clone(),
-                        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                        agent_version: crate::version().to_string(),
                         os: std::env::consts::OS.to_string(),
                         arch: std::env::consts::ARCH.to_string(),
                         machine_id: state::identity::machine_id(),
@@ -188,6 +206,7 @@ pub async fn run(
                     cached_index,
                     state: state.clone(),
                     facts,
+                    stop: shutdown.clone(),
                     deploy: deploy::DeploySettings {
                         keep: config.package_keep,
                         limits: config.package_limits,

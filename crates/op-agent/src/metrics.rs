@@ -168,7 +168,7 @@ impl Metrics {
         let build = Family::<VersionLabel, Gauge>::default();
         build
             .get_or_create(&VersionLabel {
-                version: env!("CARGO_PKG_VERSION"),
+                version: crate::version(),
             })
             .set(1);
         registry.register("build_info", "The agent's version (always 1)", build);

@@ -441,6 +441,83 @@ Examples:
     /// jobs do not fire (recorded `skipped`, reason `maintenance window NAME`).
     #[command(subcommand)]
     Window(WindowCommand),
+    /// The agents themselves: self-upgrade and pins (docs/operations.md, "Upgrade").
+    #[command(subcommand)]
+    Agent(AgentCommand),
+}
+
+/// `agentcli agent ...` (issue 22).
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Agent releases: upload a new agent binary for every agent to upgrade to, and follow it.
+    #[command(subcommand)]
+    Upgrade(UpgradeCommand),
+    /// Keep hosts on an agent version (a node by hostname, IP or id, or every host with a label).
+    #[command(
+        after_help = "Examples:\n  agentcli agent pin web-07 0.1.0\n  agentcli agent pin --label role=db 0.1.0"
+    )]
+    Pin {
+        /// NODE VERSION, or VERSION alone with --label.
+        #[arg(required = true, num_args = 1..=2, value_name = "NODE VERSION")]
+        args: Vec<String>,
+        /// Every host with this label (k=v).
+        #[arg(long, value_name = "K=V")]
+        label: Option<String>,
+    },
+    /// Remove a pin.
+    #[command(
+        after_help = "Examples:\n  agentcli agent unpin web-07\n  agentcli agent unpin --label role=db"
+    )]
+    Unpin {
+        #[arg(required_unless_present = "label")]
+        node: Option<String>,
+        #[arg(long, value_name = "K=V", conflicts_with = "node")]
+        label: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpgradeCommand {
+    /// Upload BINARY as the agent release of a platform: every agent (not pinned) downloads it,
+    /// verifies it, and restarts on it through its guard, which restores the previous binary if
+    /// the new one does not reach a manager within the deadline.
+    #[command(
+        after_help = "Examples:\n  agentcli agent upgrade start ./op-agent --version 0.2.0\n  agentcli agent upgrade start ./op-agent --version 0.2.0 --deadline 5m --rollout 1,10%,100% --step-wait 5m\n  agentcli agent upgrade start ./op-agent-0.1.9 --version 0.1.9 --force"
+    )]
+    Start {
+        /// The op-agent executable.
+        binary: std::path::PathBuf,
+        /// The version the binary reports (`op-agent --version`).
+        #[arg(long)]
+        version: String,
+        /// The platform it is for, OS-ARCH [default: this machine's, e.g. linux-x86_64].
+        #[arg(long)]
+        platform: Option<String>,
+        /// Rollout stages (counts or percentages) [default: 1,10%,100%].
+        #[arg(long, value_name = "STAGES")]
+        rollout: Option<String>,
+        /// Wait between stages.
+        #[arg(long, value_name = "DURATION")]
+        step_wait: Option<String>,
+        /// Failures (a count or a percentage) that halt the rollout.
+        #[arg(long, value_name = "N|P%")]
+        halt_on: Option<String>,
+        /// On halt, return every admitted host to the previous version.
+        #[arg(long)]
+        auto_rollback: bool,
+        /// How long a new agent has to reach a manager before its guard restores the previous
+        /// binary [default: 2m].
+        #[arg(long, value_name = "DURATION")]
+        deadline: Option<String>,
+        /// Allow a version older than the newest one an agent runs.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The current release, the pins, and each host's agent version and upgrade state.
+    #[command(
+        after_help = "Examples:\n  agentcli agent upgrade status\n  agentcli agent upgrade status -o json"
+    )]
+    Status,
 }
 
 /// What a pause covers: exactly one of these.

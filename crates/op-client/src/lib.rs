@@ -527,6 +527,46 @@ impl Client {
             .await
     }
 
+    /// Stores an agent release (issue 22): `name` is the reserved package name of a platform,
+    /// `query` the declared version, deadline, force and rollout fields.
+    pub async fn upload_agent_release<S>(
+        &self,
+        name: &str,
+        query: &[(&str, String)],
+        len: Option<u64>,
+        body: S,
+    ) -> Result<op_proto::agent_upgrade::UpgradeStarted>
+    where
+        S: futures_util::TryStream + Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        Bytes: From<S::Ok>,
+    {
+        let path = format!("/v1/agents/upgrade/{}", path_segment(name));
+        let mut req = self
+            .request(Method::PUT, &path)
+            .timeout(TRANSFER_TIMEOUT)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .query(query)
+            .body(reqwest::Body::wrap_stream(body));
+        if let Some(n) = len {
+            req = req.header(reqwest::header::CONTENT_LENGTH, n);
+        }
+        self.json(&path, req).await
+    }
+
+    /// The agent releases, pins and each host's agent version and upgrade state.
+    pub async fn agent_upgrade_status(&self) -> Result<op_proto::agent_upgrade::UpgradeStatus> {
+        self.get("/v1/agents/upgrade").await
+    }
+
+    /// Pins (a version) or unpins hosts.
+    pub async fn agent_pin(
+        &self,
+        req: &op_proto::agent_upgrade::PinRequest,
+    ) -> Result<op_proto::agent_upgrade::UpgradeStatus> {
+        self.post("/v1/agents/upgrade/pins", req).await
+    }
+
     /// Drains (`true`) or undrains a node (by id, hostname or IP); the node as it is now.
     pub async fn drain_node(&self, key: &str, drain: bool) -> Result<NodeInfo> {
         let verb = if drain { "drain" } else { "undrain" };

@@ -218,6 +218,10 @@ pub struct DesiredState {
     /// facts again when its own hash differs. Absent (older managers, light answers): unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts_hash: Option<String>,
+    /// The declared version and watchdog deadline of the agent release (the reserved package
+    /// `op-agent-OS-ARCH`) in `packages`, when there is one (issue 22).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_release: Option<crate::agent_upgrade::AgentRelease>,
 }
 
 /// A one-off order for this node, carried by the sync channel.

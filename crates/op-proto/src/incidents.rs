@@ -804,6 +804,16 @@ impl IncidentState {
             );
             event.url = format!("/ui/packages/{}", url_segment(&g.package));
             event.signature = Some(g.reason.clone());
+            // An agent release that failed is also `agent.upgrade_failed` (issue 22).
+            if crate::agent_upgrade::is_reserved(&event_package(&event)) {
+                let mut upgrade = event.clone();
+                upgrade.id = self.take_id();
+                upgrade.kind = EventKind::AgentUpgradeFailed;
+                upgrade.summary = format!("agent upgrade {}", upgrade.summary);
+                events.push(event);
+                events.push(upgrade);
+                continue;
+            }
             events.push(event);
         }
         self.batch_since = None;
@@ -1012,6 +1022,16 @@ impl EventLog {
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
     }
+}
+
+/// The package name of a `package.failed` event (`name@version`).
+fn event_package(event: &Event) -> String {
+    event
+        .package
+        .as_deref()
+        .and_then(|p| p.rsplit_once('@'))
+        .map(|(n, _)| n.to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

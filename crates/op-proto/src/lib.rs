@@ -7,6 +7,7 @@
 //! and can be tested, fuzzed and reused by the agent, the manager, the CLI and the benchmarks alike.
 
 pub mod agent;
+pub mod agent_upgrade;
 pub mod analysis;
 pub mod api;
 pub mod config_reference;

@@ -332,6 +332,21 @@ pub enum Command {
         at: DateTime<Utc>,
         actor: String,
     },
+    /// Records the declared version and deadline of an agent release (issue 22), by the sha256
+    /// of its content; proposed before the release's `AddPackageVersion`.
+    SetAgentRelease {
+        sha256: String,
+        release: op_proto::agent_upgrade::AgentRelease,
+        at: DateTime<Utc>,
+        actor: String,
+    },
+    /// Pins (`Some`) or unpins (`None`) hosts on an agent version: `node:<id>` or `label:k=v`.
+    SetAgentPin {
+        target: String,
+        version: Option<String>,
+        at: DateTime<Utc>,
+        actor: String,
+    },
 }
 
 /// A rollout to start: its id (chosen by the proposer) and its checked plan.
@@ -397,6 +412,8 @@ impl Command {
             Command::AdvanceRollout { .. } => "advance_rollout",
             Command::HaltRollout { .. } => "halt_rollout",
             Command::RolloutAction { .. } => "rollout_action",
+            Command::SetAgentRelease { .. } => "set_agent_release",
+            Command::SetAgentPin { .. } => "set_agent_pin",
         }
     }
 }

@@ -378,6 +378,8 @@ pub struct AgentOptions {
     pub dead_stderr: bool,
     /// Environment variables set for the agent (`OP_*` of the test's own are removed).
     pub env: Vec<(String, String)>,
+    /// Started as `op-agent guard ...`, as the shipped systemd unit does (self-upgrade).
+    pub guarded: bool,
 }
 
 impl AgentOptions {
@@ -392,7 +394,14 @@ impl AgentOptions {
             state_dir: None,
             dead_stderr: false,
             env: Vec::new(),
+            guarded: false,
         }
+    }
+
+    /// Runs the agent under `op-agent guard`, which starts (and restores) the agent binary.
+    pub fn guarded(mut self) -> AgentOptions {
+        self.guarded = true;
+        self
     }
 
     /// Connects the agent to every member of `cluster` (it starts at a random one).
@@ -479,6 +488,9 @@ impl Agent {
         let o = &self.options;
         let stderr = stderr_to(&log, o.dead_stderr);
         let mut cmd = clean_command(&bin("op-agent"));
+        if o.guarded {
+            cmd.arg("guard");
+        }
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--state-dir")
@@ -537,6 +549,11 @@ impl Agent {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The pid of the process started (the guard, for a guarded agent).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Sends `sig` to the agent process.

@@ -17,7 +17,7 @@ pub async fn healthz() -> &'static str {
 
 pub async fn version() -> Json<VersionInfo> {
     Json(VersionInfo {
-        version: env!("CARGO_PKG_VERSION").into(),
+        version: crate::version().into(),
         api_version: op_proto::API_VERSION,
         component: "op-agent".into(),
     })
@@ -52,7 +52,7 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<AgentStatus>, 
         hostname: f.hostname.clone(),
         ips: f.ips.clone(),
         labels: f.labels.clone(),
-        agent_version: env!("CARGO_PKG_VERSION").into(),
+        agent_version: crate::version().into(),
         api_version: op_proto::API_VERSION,
         started_at: f.started_at,
         mode: f.mode.clone(),

@@ -21,7 +21,7 @@ pub fn build(
 ) -> Heartbeat {
     Heartbeat {
         node_id,
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        agent_version: crate::version().to_string(),
         load: read_load(),
         running: executor.running().iter().map(|h| h.running_run()).collect(),
         packages,

@@ -80,6 +80,8 @@ pub struct LinkParts {
     pub state: crate::state::StateStore,
     /// This host's facts as probed at start.
     pub facts: op_proto::facts::Facts,
+    /// The agent's own shutdown: a self-upgrade stops the agent through it (issue 22).
+    pub stop: CancellationToken,
 }
 
 /// The managers this agent knows and which one it is using.
@@ -172,6 +174,11 @@ pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Link {
         shutdown.clone(),
     );
     parts.scheduler.hold_once_jobs_while(deployer.deploying());
+    let upgrader = crate::upgrade::Upgrader::new(
+        &parts.state_dir,
+        Arc::new(packages::ManagerSource::new(shared.clone())),
+        parts.stop.clone(),
+    );
     let outputs = output::OutputSender::new(
         parts.state.clone(),
         parts.executor.clone(),
@@ -181,6 +188,7 @@ pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Link {
     let sync = SyncLoop {
         outputs,
         deployer: deployer.clone(),
+        upgrader,
         shared: shared.clone(),
         register: parts.register,
         scheduler: parts.scheduler,
@@ -318,6 +326,8 @@ fn is_refusal(e: &ClientError) -> bool {
 
 struct SyncLoop {
     deployer: Deployer,
+    /// The agent release (issue 22): not deployed like other packages.
+    upgrader: crate::upgrade::Upgrader,
     outputs: Arc<output::OutputSender>,
     shared: Arc<Shared>,
     register: RegisterRequest,
@@ -354,6 +364,7 @@ impl SyncLoop {
         let mut failures: u32 = 0;
         let mut registered_at: Option<String> = None;
         let mut deploys = self.deployer.subscribe();
+        let mut upgrades = self.upgrader.subscribe();
         let mut health = self.executor.health().subscribe();
         let mut starts = self.executor.starts();
         while !shutdown.is_cancelled() {
@@ -432,15 +443,14 @@ impl SyncLoop {
                 }
             }
             deploys.borrow_and_update();
+            upgrades.borrow_and_update();
             health.borrow_and_update();
             starts.borrow_and_update();
             self.reprobe_facts().await;
-            let mut beat = heartbeat::build(
-                self.shared.node_id,
-                &self.executor,
-                &self.metrics,
-                self.deployer.report(),
-            );
+            let mut reports = self.deployer.report();
+            reports.extend(self.upgrader.report());
+            let mut beat =
+                heartbeat::build(self.shared.node_id, &self.executor, &self.metrics, reports);
             let wait = self.settings.sync_wait_secs;
             // Against the manager's receive time this gives the clocks' offset (directives).
             let sent_at = Utc::now();
@@ -458,6 +468,7 @@ impl SyncLoop {
                 r = client.sync(self.index, wait, &beat) => r,
                 // A deploy moved on: report it now instead of at the end of the wait.
                 r = deploys.changed() => if r.is_ok() { continue } else { break },
+                r = upgrades.changed() => if r.is_ok() { continue } else { break },
                 // The agent turned Degraded or healthy: the manager hears it now.
                 r = health.changed() => if r.is_ok() { continue } else { break },
                 // A run started: the manager hears it now rather than at the end of the wait,
@@ -477,6 +488,7 @@ impl SyncLoop {
                     self.metrics
                         .sync_ok((Utc::now() - sent_at).to_std().unwrap_or_default());
                     self.apply(state, sent_at).await;
+                    self.upgrader.synced();
                 }
                 Err(e) if e.status() == Some(401) && self.shared.has_node_token() => {
                     tracing::warn!(manager = %url, "the node credential was refused (revoked, or the node was forgotten); enrolling again");
@@ -577,7 +589,19 @@ impl SyncLoop {
             self.directives.apply(directives, skew);
         }
         self.shared.learn(&state.managers);
-        self.deployer.set_desired(&state.packages);
+        // The agent release of this platform goes to the upgrader; no reserved name is ever
+        // deployed as a file.
+        let own = op_proto::agent_upgrade::own_package_name();
+        let (releases, packages): (Vec<_>, Vec<_>) = state
+            .packages
+            .iter()
+            .cloned()
+            .partition(|p| op_proto::agent_upgrade::is_reserved(&p.name));
+        self.deployer.set_desired(&packages);
+        self.upgrader.set_desired(
+            releases.iter().find(|p| p.name == own),
+            state.agent_release.as_ref(),
+        );
         if let Some(settings) = state.settings.clone() {
             self.settings = settings;
         }

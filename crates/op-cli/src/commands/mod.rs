@@ -1,5 +1,6 @@
 //! Dispatch: one file per command. Commands that talk to the manager get a [`Ctx`].
 
+mod agent_upgrade;
 mod analysis;
 mod audit;
 mod cluster;
@@ -261,6 +262,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Window(what) => {
             let ctx = ctx()?;
             crate::connect::block_on(holds::window(&ctx, what))
+        }
+        Command::Agent(what) => {
+            let ctx = ctx()?;
+            crate::connect::block_on(agent_upgrade::run(&ctx, what))
         }
     }
 }

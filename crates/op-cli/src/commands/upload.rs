@@ -172,7 +172,16 @@ fn check_name(name: &str, path: &Path) -> anyhow::Result<()> {
             "{}: package name {name:?} {e}; rename it (letters, digits, '.', '_', '-')",
             path.display()
         )
-    })
+    })?;
+    // Checked here too (the manager refuses it as well), so the reason is not lost in a broken
+    // pipe while a large body is still being sent.
+    if op_proto::agent_upgrade::is_reserved(name) {
+        return Err(anyhow!(
+            "{}: {name} is an agent release name: upload agent releases with agentcli agent upgrade start",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// A `Write` that hands full buffers to the upload through a bounded channel, so the archive is

@@ -195,6 +195,7 @@ fn desired(
     received_at: chrono::DateTime<Utc>,
     secrets: op_proto::secret::SecretValues,
     holds: &crate::hub::FleetHolds,
+    agent_release: Option<op_proto::agent_upgrade::AgentRelease>,
 ) -> DesiredState {
     let mut directives = answer.directives;
     directives.extend(uploads);
@@ -215,6 +216,7 @@ fn desired(
             draining: answer.draining,
         }),
         facts_hash: Some(answer.facts_hash),
+        agent_release,
     }
 }
 
@@ -237,6 +239,7 @@ fn uploads_only(
         labels: None,
         holds: None,
         facts_hash: None,
+        agent_release: None,
     }
 }
 
@@ -372,7 +375,11 @@ pub async fn sync(
         return Ok(Json(uploads_only(q.index, uploads, received_at)));
     }
     match app.hub.desired(&app.store, node).await? {
-        Some(answer) if live(Some(answer.state)).is_some() => {
+        Some(mut answer) if live(Some(answer.state)).is_some() => {
+            // The agent release (issue 22): its declared version, or a pinned host's version.
+            let agent_release =
+                super::agent_upgrade::for_node(&app, node, &answer.labels, &mut answer.packages)
+                    .await?;
             // The values of the secrets this node's own jobs name, for this node alone (the
             // caller is the node's own credential, checked above).
             let secrets = super::secrets::resolve(&app, &answer.jobs, &answer.directives).await?;
@@ -387,6 +394,7 @@ pub async fn sync(
                 received_at,
                 secrets,
                 &holds,
+                agent_release,
             )))
         }
         _ => Err(ApiError::UnknownNode(node)),

@@ -124,7 +124,7 @@ pub async fn remove_window(
 }
 
 /// The one live node `key` (a node id, hostname or IP) names.
-async fn one_node(app: &App, key: &str) -> Result<NodeInfo, ApiError> {
+pub(super) async fn one_node(app: &App, key: &str) -> Result<NodeInfo, ApiError> {
     let k = key.to_string();
     let nodes = app.read(move |s| s.find_nodes(&k)).await?;
     let mut live: Vec<NodeInfo> = nodes

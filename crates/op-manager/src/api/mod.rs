@@ -5,6 +5,7 @@
 //! its results for as long as its hosts' deadlines allow.
 
 mod agent;
+mod agent_upgrade;
 mod audit;
 mod cluster;
 mod consistency;
@@ -55,6 +56,7 @@ pub fn router(app: Arc<App>) -> Router {
     let upload_limit = usize::try_from(app.config.upload_max_bytes).unwrap_or(usize::MAX);
     let uploads = Router::new()
         .route("/v1/packages/{name}", put(packages::upload))
+        .route("/v1/agents/upgrade/{name}", put(agent_upgrade::start))
         .layer(axum::middleware::from_fn(move |req, next| {
             extract::reject_declared_oversize(upload_limit, req, next)
         }));
@@ -123,6 +125,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/rollouts", get(rollouts::list))
         .route("/v1/rollouts/{id}", get(rollouts::get))
         .route("/v1/rollouts/{id}/{action}", post(rollouts::act))
+        .route("/v1/agents/upgrade", get(agent_upgrade::status))
+        .route("/v1/agents/upgrade/pins", post(agent_upgrade::pin))
         .route("/v1/agent/register", post(agent::register))
         .route("/v1/agent/sync", post(agent::sync))
         .layer(Extension(BodyLimit {

@@ -120,6 +120,14 @@ pub async fn upload(
     req: Request,
 ) -> Result<(StatusCode, Json<PackageVersion>), ApiError> {
     check_name(&name)?;
+    if op_proto::agent_upgrade::is_reserved(&name) {
+        return Err(ApiError::bad(
+            "reserved_name",
+            format!(
+                "{name} is an agent release name: upload agent releases with agentcli agent upgrade start"
+            ),
+        ));
+    }
     let q = UploadQuery::parse(pairs)?;
     // A policy token limited to some hosts uploads only versions targeted within them, judged
     // from the targeting's text as a job's selection is (an untargeted version reaches every

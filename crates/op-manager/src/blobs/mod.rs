@@ -53,6 +53,14 @@ pub enum ReceiveError {
     },
 }
 
+impl Staged {
+    /// The temp file holding the received content, while staged (agent releases read its ELF
+    /// header before it is committed).
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.temp.0.as_deref()
+    }
+}
+
 /// A received blob: its hash and size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {

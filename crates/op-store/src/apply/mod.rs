@@ -5,6 +5,7 @@
 //! Determinism rule: nothing here reads the clock, generates ids or depends on the machine. All
 //! such values arrive inside the command.
 
+pub(crate) mod agent_upgrade;
 pub(crate) mod events;
 mod holds;
 mod invocations;
@@ -325,6 +326,18 @@ pub(super) fn dispatch(
             at,
             actor,
         } => rollouts::action(conn, index, *id, *action, *at, actor, ch),
+        Command::SetAgentRelease {
+            sha256,
+            release,
+            at,
+            actor,
+        } => agent_upgrade::set_release(conn, sha256, release, *at, actor),
+        Command::SetAgentPin {
+            target,
+            version,
+            at,
+            actor,
+        } => agent_upgrade::set_pin(conn, index, target, version.as_deref(), *at, actor, ch),
     }
 }
 

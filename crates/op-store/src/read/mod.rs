@@ -1,6 +1,7 @@
 //! Read queries. Each `Store` method here borrows a pooled reader connection; the free functions
 //! take a `Connection` so that `apply` can use the same queries inside its transaction.
 
+pub(crate) mod agent_upgrade;
 pub(crate) mod events;
 pub(crate) mod holds;
 pub(crate) mod invocations;

@@ -296,6 +296,12 @@ fn expect(text: &str) -> Expect {
         // op-cli's notify tests deliver to a real receiver.
         return Expect::Exit(&[0, 1]);
     }
+    if text.starts_with("agentcli agent upgrade status") {
+        // Exit 1 names a host whose upgrade failed: the docs fleet's agents are not started by
+        // `op-agent guard`, so they refuse to replace themselves (agent_upgrade.rs upgrades
+        // guarded agents).
+        return Expect::Exit(&[0, 1]);
+    }
     if text.starts_with("agentcli analysis ") {
         // "exit 0 once every host has it"; 1 while a host is behind or a job failed.
         return Expect::Exit(&[0, 1]);
@@ -544,6 +550,12 @@ async fn fixtures() -> Fixtures {
         ("EXPR", "*/5 * * * *".into()),
         ("N", "3".into()),
         ("ZONE", "Europe/Paris".into()),
+        // Agent self-upgrade: the test build's second agent binary and its version.
+        (
+            "BINARY",
+            bin_dir().join("op-agent-next").display().to_string(),
+        ),
+        ("AGENTVERSION", format!("{}.1", env!("CARGO_PKG_VERSION"))),
     ]
     .into_iter()
     .collect();

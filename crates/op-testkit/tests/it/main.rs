@@ -3,6 +3,7 @@
 // The scenarios start real binaries and job processes.
 #![allow(clippy::disallowed_methods)]
 
+mod agent_upgrade;
 mod backup;
 mod browser;
 mod cluster;
