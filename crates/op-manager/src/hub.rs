@@ -15,7 +15,7 @@
 //! an upload or rollback is a change for all nodes, like a job change.
 //! Staged rollouts (issue 21) ride there too: the view holds the active rollouts, and a node
 //! outside a rollout's admitted stages is answered the previous job revision or package version
-//! (`crate::rollouts::filter_jobs`/`filter_packages`); every threshold change is a change for all
+//! (`op_store::ActiveRollout::filter_jobs`/`filter_packages`); every threshold change is a change for all
 //! nodes.
 //!
 //! Directives (ad-hoc runs and kills of invocations) are part of each node's desired state: a
@@ -189,13 +189,17 @@ impl DesiredCache {
     fn answer(&self, id: Uuid) -> Option<NodeDesired> {
         Some(NodeDesired {
             state: self.state(id)?,
-            jobs: crate::rollouts::filter_jobs(
+            jobs: op_store::ActiveRollout::filter_jobs(
                 &self.rollouts,
                 id,
                 &self.nodes.get(&id)?.identity,
                 self.jobs_for(id),
             ),
-            packages: crate::rollouts::filter_packages(&self.rollouts, id, self.packages_for(id)),
+            packages: op_store::ActiveRollout::filter_packages(
+                &self.rollouts,
+                id,
+                self.packages_for(id),
+            ),
             directives: self.nodes.get(&id)?.directives.clone(),
             labels: self.nodes.get(&id)?.identity.labels.clone(),
             draining: self.nodes.get(&id)?.draining,

@@ -1,9 +1,10 @@
 //! Staged rollouts (issue 21) on the manager: what a node outside the admitted stages is sent,
 //! each rollout's host states, and the leader's driver that advances or halts rollouts.
 //!
-//! - **Sync answer.** [`filter_jobs`] and [`filter_packages`] take what a node would get without
-//!   rollouts and, for each active rollout that does not admit it, put back the previous job
-//!   revision or package version (or nothing when there was none).
+//! - **Sync answer.** `op_store::ActiveRollout::filter_jobs`/`filter_packages` (pure, beside the
+//!   type, so the hub needs nothing of this driver) take what a node would get without rollouts
+//!   and, for each active rollout that does not admit it, put back the previous job revision or
+//!   package version (or nothing when there was none).
 //! - **Host states** ([`status`]): per selected host, admitted or not, has the new version or not,
 //!   failed or not. A package host has it when its heartbeat reports the version installed, and
 //!   failed when it reports that version failed. A job host has the new revision once its agent
@@ -20,14 +21,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use op_proto::agent::DesiredJob;
-use op_proto::hosts::HostIdentity;
-use op_proto::package::{PackageRef, PackageState};
+use op_proto::package::PackageState;
 use op_proto::rollout::{
     RolloutHost, RolloutInfo, RolloutKind, RolloutState, RolloutStatus, admitted,
 };
 use op_proto::{NodeInfo, NodeStatus};
-use op_store::{ActiveRollout, Command, Store};
+use op_store::{Command, Store};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -35,57 +34,6 @@ use crate::clock::Clock;
 use crate::error::DomainError;
 use crate::heartbeat::HeartbeatBuffer;
 use crate::state::{self, Writer};
-
-/// The jobs `node` is sent, with each rollout that does not admit it undone.
-pub fn filter_jobs(
-    rollouts: &[ActiveRollout],
-    node: Uuid,
-    identity: &HostIdentity,
-    mut jobs: Vec<DesiredJob>,
-) -> Vec<DesiredJob> {
-    for r in rollouts {
-        let info = &r.info;
-        if info.kind != RolloutKind::Job || admitted(info.id, info.threshold, node) {
-            continue;
-        }
-        jobs.retain(|j| j.spec.name != info.subject);
-        if let Some(prev) = &r.previous_job
-            && prev.spec.enabled
-            && !prev.spec.once_job
-            && prev.spec.selector().matches(identity)
-        {
-            jobs.push(DesiredJob {
-                revision: prev.revision,
-                spec: prev.spec.clone(),
-            });
-        }
-    }
-    jobs
-}
-
-/// The packages `node` is sent, with each rollout that does not admit it undone.
-pub fn filter_packages(
-    rollouts: &[ActiveRollout],
-    node: Uuid,
-    mut packages: Vec<PackageRef>,
-) -> Vec<PackageRef> {
-    for r in rollouts {
-        let info = &r.info;
-        if info.kind != RolloutKind::Package || admitted(info.id, info.threshold, node) {
-            continue;
-        }
-        // Only a host the new version targets is in its rollout; the others hold no version
-        // of it (targeting belongs to the version).
-        let before = packages.len();
-        packages.retain(|p| p.name != info.subject);
-        if packages.len() < before
-            && let Some(prev) = &r.previous_package
-        {
-            packages.push(prev.clone());
-        }
-    }
-    packages
-}
 
 /// The host states of `info` among `nodes` (not Left), read from `store` where needed.
 pub fn status(

@@ -1,8 +1,11 @@
 //! Rollout queries (issue 21): every rollout, one rollout, and the rollouts that decide what each
 //! host gets now (for the sync hub).
 
+use op_proto::agent::DesiredJob;
 use op_proto::api::JobRecord;
+use op_proto::hosts::HostIdentity;
 use op_proto::package::PackageRef;
+use op_proto::rollout::admitted;
 use op_proto::rollout::{RolloutInfo, RolloutKind, RolloutState};
 use rusqlite::{Connection, OptionalExtension, Row};
 use uuid::Uuid;
@@ -23,6 +26,59 @@ pub struct ActiveRollout {
     pub previous_job: Option<JobRecord>,
     /// For a package rollout: the version non-admitted hosts keep (none: nothing).
     pub previous_package: Option<PackageRef>,
+}
+
+impl ActiveRollout {
+    /// The jobs `node` is sent, with each rollout that does not admit it undone.
+    pub fn filter_jobs(
+        rollouts: &[ActiveRollout],
+        node: Uuid,
+        identity: &HostIdentity,
+        mut jobs: Vec<DesiredJob>,
+    ) -> Vec<DesiredJob> {
+        for r in rollouts {
+            let info = &r.info;
+            if info.kind != RolloutKind::Job || admitted(info.id, info.threshold, node) {
+                continue;
+            }
+            jobs.retain(|j| j.spec.name != info.subject);
+            if let Some(prev) = &r.previous_job
+                && prev.spec.enabled
+                && !prev.spec.once_job
+                && prev.spec.selector().matches(identity)
+            {
+                jobs.push(DesiredJob {
+                    revision: prev.revision,
+                    spec: prev.spec.clone(),
+                });
+            }
+        }
+        jobs
+    }
+
+    /// The packages `node` is sent, with each rollout that does not admit it undone.
+    pub fn filter_packages(
+        rollouts: &[ActiveRollout],
+        node: Uuid,
+        mut packages: Vec<PackageRef>,
+    ) -> Vec<PackageRef> {
+        for r in rollouts {
+            let info = &r.info;
+            if info.kind != RolloutKind::Package || admitted(info.id, info.threshold, node) {
+                continue;
+            }
+            // Only a host the new version targets is in its rollout; the others hold no version
+            // of it (targeting belongs to the version).
+            let before = packages.len();
+            packages.retain(|p| p.name != info.subject);
+            if packages.len() < before
+                && let Some(prev) = &r.previous_package
+            {
+                packages.push(prev.clone());
+            }
+        }
+        packages
+    }
 }
 
 type Raw = (RolloutInfo, Option<String>);
