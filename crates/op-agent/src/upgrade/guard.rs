@@ -266,12 +266,28 @@ impl Guard {
 
     #[allow(clippy::disallowed_methods)] // The guard starts the agent itself: it is the agent's supervisor, not a job.
     fn start(&self, binary: &Path, output: &Arc<Mutex<VecDeque<u8>>>) -> std::io::Result<Child> {
-        let mut child = std::process::Command::new(binary)
-            .args(&self.args)
+        let mut cmd = std::process::Command::new(binary);
+        cmd.args(&self.args)
             .env(GUARDED_ENV, "1")
             .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
+            .stderr(Stdio::piped());
+        // The guard blocks SIGTERM, SIGINT and SIGHUP in every thread (one thread takes them and
+        // passes them on); a blocked mask is inherited across exec, so without this the agent
+        // would never see the SIGTERM passed to it and a stop would wait for SIGKILL.
+        // SAFETY: runs in the child between fork and exec and calls only async-signal-safe
+        // functions (sigemptyset, pthread_sigmask) on a set on the stack.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                match libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) {
+                    0 => Ok(()),
+                    e => Err(std::io::Error::from_raw_os_error(e)),
+                }
+            });
+        }
+        let mut child = cmd.spawn()?;
         CHILD.store(child.id() as i32, Ordering::SeqCst);
         if let Some(mut err) = child.stderr.take() {
             let keep = output.clone();

@@ -383,6 +383,40 @@ async fn a_binary_that_exits_at_start_is_rolled_back_and_reported() {
     }
 }
 
+/// SIGTERM to the guard (what `systemctl stop` sends) stops the agent it runs, at once: the
+/// signals the guard blocks for itself are unblocked in the agent it starts (a blocked mask is
+/// inherited across exec, and the agent then never saw the SIGTERM passed on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_the_guard_stops_the_agent_it_runs() {
+    let m = Manager::start();
+    let mut agents = guarded_fleet(&m, 1);
+    let c = m.client();
+    all_on(&c, 1, OLD, LONG).await;
+    let guard = agents[0].pid().unwrap();
+    let child = agent_child(guard).expect("the guard runs an agent");
+    let status = std::fs::read_to_string(format!("/proc/{child}/status")).unwrap();
+    let blocked = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    // SIGHUP (1), SIGINT (2) and SIGTERM (15) reach the agent.
+    assert_eq!(
+        blocked & ((1 << 0) | (1 << 1) | (1 << 14)),
+        0,
+        "{blocked:#x}"
+    );
+    agents[0].signal(nix::sys::signal::Signal::SIGTERM);
+    let exit = agents[0].wait_exit(Duration::from_secs(30));
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{child}")).exists()
+            || std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .is_ok_and(|s| s.contains(") Z ")),
+        "the agent stopped with its guard"
+    );
+}
+
 /// `kill -9` of the agent while it upgrades (its binary switched, waiting for a running job):
 /// the guard starts it again, on the old or the new binary, never on none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
