@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod missed;
 pub mod notify;
 pub mod output;
+pub mod peers;
 pub mod raft;
 pub mod retention;
 pub mod runon;
@@ -284,7 +285,11 @@ pub async fn start(
     let blob_dir = dir.join("blobs");
     let blobs = Arc::new(BlobStore::open(blob_dir.clone()).map_err(|e| io_err(&blob_dir, e))?);
     let metrics = Arc::new(Metrics::new());
-    let downloads = DownloadGate::new(config.download_concurrency, metrics.downloads.clone());
+    let downloads = DownloadGate::new(
+        config.download_concurrency,
+        config.download_rate_limit,
+        metrics.downloads.clone(),
+    );
     let (ingest, ingest_queue) = ingest::RunIngest::new();
     let writer = state::Writer::new(cluster.clone(), metrics.clone());
     let app = Arc::new(App {

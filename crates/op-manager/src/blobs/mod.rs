@@ -331,7 +331,10 @@ impl BlobStore {
         let (blobs, store) = (self.clone(), store.clone());
         tokio::task::spawn_blocking(move || {
             let referenced = store.referenced_blobs().map_err(|e| e.to_string())?;
-            blobs.gc_files(&referenced).map_err(|e| e.to_string())
+            let report = blobs.gc_files(&referenced).map_err(|e| e.to_string())?;
+            // Chunk lists (derived from blobs) go with their blob.
+            crate::peers::gc(&blobs).map_err(|e| e.to_string())?;
+            Ok(report)
         })
         .await
         .map_err(|e| e.to_string())?

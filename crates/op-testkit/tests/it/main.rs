@@ -24,6 +24,7 @@ mod metrics;
 mod missed;
 mod newhosts;
 mod notify;
+mod package_peers;
 mod packages;
 mod packaging;
 mod pause;
