@@ -163,6 +163,11 @@ pub struct ConfigArgs {
     /// [default: 0].
     #[arg(long, env = "OP_DOWNLOAD_RATE_LIMIT")]
     pub download_rate_limit: Option<String>,
+    /// Agents may get chunk tickets to fetch package chunks from peer agents that hold the
+    /// version; false: no tickets, every agent downloads from a manager as before [default:
+    /// true].
+    #[arg(long, env = "OP_PEER_DISTRIBUTION")]
+    pub peer_distribution: Option<bool>,
     /// Most API connections (agents, agentcli, browsers) open at once; past it a new
     /// connection is closed at once, so clients can never take the descriptors the manager's
     /// own files need [default: the open-files limit minus a tenth of it (at least 256)].
@@ -241,6 +246,7 @@ pub struct RawConfig {
     pub raft_snapshot_logs: Option<u64>,
     pub download_concurrency: Option<usize>,
     pub download_rate_limit: Option<String>,
+    pub peer_distribution: Option<bool>,
     pub max_connections: Option<usize>,
     pub upload_max_bytes: Option<String>,
     pub blob_gc_interval: Option<String>,
@@ -316,6 +322,8 @@ pub struct Config {
     pub download_concurrency: usize,
     /// Package bytes sent per second over all downloads (0: no limit).
     pub download_rate_limit: u64,
+    /// Chunk tickets for peer distribution are granted (default true).
+    pub peer_distribution: bool,
     /// Most API connections open at once ([`default_max_connections`] unless set).
     pub max_connections: usize,
     /// Largest package upload in bytes (default 1 GiB).
@@ -592,6 +600,7 @@ impl Config {
                 a.download_rate_limit.or(f.download_rate_limit),
                 "0",
             )?,
+            peer_distribution: a.peer_distribution.or(f.peer_distribution).unwrap_or(true),
             max_connections: a
                 .max_connections
                 .or(f.max_connections)

@@ -5,6 +5,14 @@
 //! existed included) and keeps it at `blobs/chunks/<sha256>.json`, next to the blob; every manager
 //! derives the same list from the same blob. A cached list is checked against its blob's hash and
 //! size when read, and recomputed when it does not match; GC deletes lists whose blob is gone.
+//!
+//! Chunk tickets: a node that wants chunks from peer agents asks its manager for a ticket
+//! ([`op_proto::chunks::Ticket`]: node, package, version, expiry of [`TICKET_TTL_SECS`]) signed
+//! with the fleet's ed25519 key. That key is derived from the cluster's secrets key
+//! ([`crate::secrets::SecretsKey::derive`]), so every member that holds the secrets key signs with
+//! the same key and nothing new is stored; the private half is never written or shown, only the
+//! public half is handed out. A forgotten node's credential is gone, so it gets no new tickets,
+//! and the ones it had expire within minutes. Rotating the secrets key rotates the ticket key.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -13,6 +21,37 @@ use op_proto::chunks::{CHUNK_SIZE, ChunkManifest};
 use sha2::{Digest, Sha256};
 
 use crate::blobs::BlobStore;
+use crate::secrets::SecretsKey;
+
+/// How long a chunk ticket is good for.
+pub const TICKET_TTL_SECS: i64 = 300;
+
+/// The fleet's ticket signing key, derived from the secrets key.
+pub struct TicketSigner {
+    pair: ring::signature::Ed25519KeyPair,
+}
+
+impl TicketSigner {
+    pub fn from_secrets_key(key: &SecretsKey) -> TicketSigner {
+        let seed = key.derive("chunk tickets ed25519");
+        // A 32-byte seed always makes a key pair.
+        let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
+            .expect("a 32-byte ed25519 seed");
+        TicketSigner { pair }
+    }
+
+    /// The public key, hex (safe to show and to send to agents).
+    pub fn public_key(&self) -> String {
+        use ring::signature::KeyPair;
+        hex::encode(self.pair.public_key().as_ref())
+    }
+
+    /// `ticket`, encoded with its signature.
+    pub fn sign(&self, ticket: &op_proto::chunks::Ticket) -> String {
+        let sig = self.pair.sign(&ticket.signed_bytes());
+        ticket.encode(sig.as_ref())
+    }
+}
 
 /// Where the chunk list of blob `sha256` is kept.
 pub fn manifest_path(blobs: &BlobStore, sha256: &str) -> PathBuf {
@@ -162,6 +201,39 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert_eq!(gc(&blobs).unwrap(), 1);
         assert!(!manifest_path(&blobs, &sha).exists());
+    }
+
+    #[test]
+    fn every_member_with_the_secrets_key_signs_alike_and_only_that_key_verifies() {
+        use op_proto::chunks::Ticket;
+        use ring::signature::{ED25519, UnparsedPublicKey};
+        let key = SecretsKey::generate();
+        let a = TicketSigner::from_secrets_key(&key);
+        let b = TicketSigner::from_secrets_key(&SecretsKey::from_hex(&key.to_hex()).unwrap());
+        assert_eq!(a.public_key(), b.public_key());
+        let t = Ticket {
+            node: uuid::Uuid::new_v4(),
+            package: "tool".into(),
+            version: 3,
+            expires: 1,
+        };
+        let (back, sig) = Ticket::decode(&a.sign(&t)).unwrap();
+        let pk = hex::decode(a.public_key()).unwrap();
+        assert!(
+            UnparsedPublicKey::new(&ED25519, &pk)
+                .verify(&back.signed_bytes(), &sig)
+                .is_ok()
+        );
+        let other = TicketSigner::from_secrets_key(&SecretsKey::generate());
+        assert_ne!(other.public_key(), a.public_key());
+        let (_, forged) = Ticket::decode(&other.sign(&t)).unwrap();
+        assert!(
+            UnparsedPublicKey::new(&ED25519, &pk)
+                .verify(&t.signed_bytes(), &forged)
+                .is_err()
+        );
+        // The public key is not the secrets key nor shows it.
+        assert!(!a.public_key().contains(&key.to_hex()[..16]));
     }
 
     #[test]

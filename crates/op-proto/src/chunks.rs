@@ -54,6 +54,95 @@ pub fn chunk_range(size: u64, chunk_size: u64, k: usize) -> Option<(u64, u64)> {
     (start < size).then(|| (start, (start + chunk_size).min(size)))
 }
 
+/// What a chunk ticket grants: node `node` may fetch chunks of `package` version `version` from
+/// peer agents until `expires` (unix seconds). Signed by the fleet's ticket key (ed25519), which
+/// every manager of a cluster derives from the same secret; peers verify it with the public key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    pub node: uuid::Uuid,
+    pub package: String,
+    pub version: u64,
+    pub expires: i64,
+}
+
+/// Why a ticket is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TicketError {
+    #[error("malformed ticket")]
+    Malformed,
+    #[error("the ticket's signature is not the fleet's")]
+    BadSignature,
+    #[error("the ticket expired")]
+    Expired,
+    #[error("the ticket is for {package} {version}, not this version")]
+    OtherVersion { package: String, version: u64 },
+}
+
+impl Ticket {
+    /// The bytes the signature covers (a domain string first, so a signature over anything
+    /// else never passes as a ticket).
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        format!(
+            "op-agent chunk ticket v1\n{}\n{}\n{}\n{}",
+            self.node, self.package, self.version, self.expires
+        )
+        .into_bytes()
+    }
+
+    /// The ticket as sent in the `x-op-ticket` header: hex(JSON) "." hex(signature).
+    pub fn encode(&self, signature: &[u8]) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        format!("{}.{}", to_hex(&json), to_hex(signature))
+    }
+
+    /// Splits an encoded ticket into the ticket and its signature (not yet verified).
+    pub fn decode(text: &str) -> Result<(Ticket, Vec<u8>), TicketError> {
+        let (body, sig) = text.trim().split_once('.').ok_or(TicketError::Malformed)?;
+        let json = from_hex(body).ok_or(TicketError::Malformed)?;
+        let sig = from_hex(sig).ok_or(TicketError::Malformed)?;
+        let t: Ticket = serde_json::from_slice(&json).map_err(|_| TicketError::Malformed)?;
+        Ok((t, sig))
+    }
+
+    /// Checks what the signature check leaves: not expired at `now`, and naming this version.
+    pub fn check(&self, package: &str, version: u64, now: i64) -> Result<(), TicketError> {
+        if self.expires <= now {
+            return Err(TicketError::Expired);
+        }
+        if self.package != package || self.version != version {
+            return Err(TicketError::OtherVersion {
+                package: self.package.clone(),
+                version: self.version,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The manager's answer to a ticket request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketGrant {
+    /// The encoded ticket, for the `x-op-ticket` header.
+    pub ticket: String,
+    pub expires: i64,
+    /// The fleet's ticket public key (ed25519, hex), to check tickets with.
+    pub public_key: String,
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +172,25 @@ mod tests {
             ..m
         };
         assert!(!short.is_consistent());
+    }
+
+    #[test]
+    fn tickets_round_trip_and_check_expiry_and_version() {
+        let t = Ticket {
+            node: uuid::Uuid::nil(),
+            package: "tool".into(),
+            version: 7,
+            expires: 1000,
+        };
+        let text = t.encode(&[1, 2, 255]);
+        assert_eq!(Ticket::decode(&text).unwrap(), (t.clone(), vec![1, 2, 255]));
+        assert_eq!(Ticket::decode("zz.00"), Err(TicketError::Malformed));
+        assert_eq!(Ticket::decode("nodot"), Err(TicketError::Malformed));
+        assert!(t.check("tool", 7, 999).is_ok());
+        assert_eq!(t.check("tool", 7, 1000), Err(TicketError::Expired));
+        assert!(matches!(
+            t.check("tool", 8, 1),
+            Err(TicketError::OtherVersion { .. })
+        ));
     }
 }

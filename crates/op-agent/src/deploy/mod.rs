@@ -21,6 +21,7 @@
 pub mod archive;
 pub mod download;
 pub mod layout;
+pub mod peers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -2,15 +2,21 @@
 //! agents (the path is under `/v1/agent/`, so only agent tokens pass the guard). Each chunk is then
 //! fetched with a `Range` request on the version's `/content` (or, later, from a peer) and checked
 //! against its sha256 before it is written.
+//!
+//! `GET /v1/agent/packages/{name}/{version}/ticket`: a chunk ticket for the calling node (its own
+//! node credential only; an enrollment token or a forgotten node gets none), for fetching that
+//! version's chunks from peer agents (`crate::peers`).
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, State};
-use op_proto::chunks::ChunkManifest;
+use op_proto::chunks::{ChunkManifest, Ticket, TicketGrant};
 
 use super::error::ApiError;
 use crate::app::App;
+use crate::auth::Caller;
 use crate::blobs::replicate;
 
 pub async fn manifest(
@@ -36,4 +42,43 @@ pub async fn manifest(
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::Internal(format!("chunk list of {} {}: {e}", v.name, v.version)))?;
     Ok(Json(m))
+}
+
+pub async fn ticket(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<TicketGrant>, ApiError> {
+    let Some(node) = caller.node_id else {
+        return Err(ApiError::Denied(
+            "chunk tickets are for a node's own credential, not an enrollment token".into(),
+        ));
+    };
+    let state = app.hub.node(&app.store, node).await?;
+    if state.is_none_or(|s| s.status == op_proto::NodeStatus::Left) {
+        return Err(ApiError::UnknownNode(node));
+    }
+    let v = super::packages::load(&app, name, &version).await?;
+    if !app.config.peer_distribution {
+        return Err(ApiError::Denied(
+            "peer distribution is off on this cluster (--peer-distribution false): download from a manager".into(),
+        ));
+    }
+    let key = app
+        .secrets
+        .current()
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let signer = crate::peers::TicketSigner::from_secrets_key(&key);
+    let expires = chrono::Utc::now().timestamp() + crate::peers::TICKET_TTL_SECS;
+    let t = Ticket {
+        node,
+        package: v.name,
+        version: v.version,
+        expires,
+    };
+    Ok(Json(TicketGrant {
+        ticket: signer.sign(&t),
+        expires,
+        public_key: signer.public_key(),
+    }))
 }

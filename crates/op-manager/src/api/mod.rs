@@ -102,6 +102,10 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/agent/packages/{name}/{version}/chunks",
             get(chunks::manifest),
         )
+        .route(
+            "/v1/agent/packages/{name}/{version}/ticket",
+            get(chunks::ticket),
+        )
         .route("/v1/audit", get(audit::list))
         .route("/v1/events", get(events::list))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))

@@ -1,4 +1,5 @@
-//! Issue 26, packages from peers: the manager's egress cap (`--download-rate-limit`).
+//! Issue 26, packages from peers: the manager's egress cap (`--download-rate-limit`), the chunk
+//! list agents verify chunks with, and the chunk tickets peers check.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -102,7 +103,10 @@ async fn the_chunk_list_lets_an_agent_verify_each_range_on_its_own() {
     let r = http.get(&chunks_url).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let r = http
-        .get(format!("{}/v1/agent/packages/three.bin/999/chunks", m.api_url))
+        .get(format!(
+            "{}/v1/agent/packages/three.bin/999/chunks",
+            m.api_url
+        ))
         .bearer_auth(&m.agent_token)
         .send()
         .await
@@ -156,4 +160,121 @@ async fn the_chunk_list_lets_an_agent_verify_each_range_on_its_own() {
         .await
         .unwrap();
     assert_eq!(again, list);
+}
+
+/// GET `path` with `token`: the status and the body.
+async fn get_as(m: &Manager, token: &str, path: &str) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .get(format!("{}{path}", m.api_url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_node_gets_a_ticket_peers_accept_and_a_forgotten_node_gets_none() {
+    use op_agent::deploy::peers::verify_ticket;
+    use op_proto::chunks::{TicketError, TicketGrant};
+
+    let m = Manager::start();
+    let agents = crate::support::fleet(&m, 1, &[]).await;
+    let work = tempfile::tempdir().unwrap();
+    let f = work.path().join("tool.bin");
+    std::fs::write(&f, noise(1000)).unwrap();
+    agentcli(&m, &["upload", f.to_str().unwrap(), ""]);
+    let versions: Vec<serde_json::Value> =
+        serde_json::from_str(&get_as(&m, &m.admin_token, "/v1/packages/tool.bin").await.1).unwrap();
+    let version = versions[0]["version"].as_u64().unwrap();
+    let node_token = std::fs::read_to_string(agents[0].path("state").join("node.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let path = format!("/v1/agent/packages/tool.bin/{version}/ticket");
+    let (status, body) = get_as(&m, &node_token, &path).await;
+    assert_eq!(status, 200, "{body}");
+    let grant: TicketGrant = serde_json::from_str(&body).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    assert!(
+        grant.expires > now && grant.expires <= now + 600,
+        "minutes, not more"
+    );
+    let t = verify_ticket(&grant.public_key, &grant.ticket, "tool.bin", version, now).unwrap();
+    let node = m.client().list_nodes().await.unwrap()[0].node_id;
+    assert_eq!(t.node, node);
+    // Not for another version, not once expired, not with another key.
+    assert!(
+        verify_ticket(
+            &grant.public_key,
+            &grant.ticket,
+            "tool.bin",
+            version + 1,
+            now
+        )
+        .is_err()
+    );
+    assert_eq!(
+        verify_ticket(
+            &grant.public_key,
+            &grant.ticket,
+            "tool.bin",
+            version,
+            grant.expires
+        ),
+        Err(TicketError::Expired)
+    );
+    let other_key = "11".repeat(32);
+    assert_eq!(
+        verify_ticket(&other_key, &grant.ticket, "tool.bin", version, now),
+        Err(TicketError::BadSignature)
+    );
+    // The enrollment token and operators get no tickets; an unknown version gets none.
+    assert_eq!(get_as(&m, &m.agent_token, &path).await.0, 403);
+    assert_eq!(get_as(&m, &m.admin_token, &path).await.0, 403);
+    assert_eq!(
+        get_as(&m, &node_token, "/v1/agent/packages/tool.bin/999/ticket")
+            .await
+            .0,
+        404
+    );
+    // Forgotten: its credential gets nothing more.
+    let mut agents = agents;
+    agents[0].stop();
+    m.client().forget_node(node).await.unwrap();
+    let (status, body) = get_as(&m, &node_token, &path).await;
+    assert!(status == 401 || status == 404, "{status} {body}");
+}
+
+#[tokio::test]
+async fn peer_distribution_off_grants_no_tickets() {
+    let m = Manager::start_with(ManagerOptions {
+        args: vec!["--peer-distribution".into(), "false".into()],
+        ..Default::default()
+    });
+    let agents = crate::support::fleet(&m, 1, &[]).await;
+    let work = tempfile::tempdir().unwrap();
+    let f = work.path().join("tool.bin");
+    std::fs::write(&f, noise(1000)).unwrap();
+    agentcli(&m, &["upload", f.to_str().unwrap(), ""]);
+    let versions: Vec<serde_json::Value> =
+        serde_json::from_str(&get_as(&m, &m.admin_token, "/v1/packages/tool.bin").await.1).unwrap();
+    let version = versions[0]["version"].as_u64().unwrap();
+    let node_token = std::fs::read_to_string(agents[0].path("state").join("node.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (status, body) = get_as(
+        &m,
+        &node_token,
+        &format!("/v1/agent/packages/tool.bin/{version}/ticket"),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("peer distribution is off"), "{body}");
+    // The package still arrives, from the manager, as before.
+    op_testkit::wait_until(crate::support::LONG, "the package on the agent", || async {
+        agents[0].deploy_dir().join("tool.bin").is_file()
+    })
+    .await;
 }
