@@ -111,6 +111,12 @@ impl App {
         AgentSettings {
             sync_wait_secs: self.config.sync_wait.as_secs().max(1),
             run_batch_max: self.config.run_batch_max,
+            ticket_public_key: self
+                .config
+                .peer_distribution
+                .then(|| self.secrets.current().ok())
+                .flatten()
+                .map(|k| crate::peers::TicketSigner::from_secrets_key(&k).public_key()),
         }
     }
 }

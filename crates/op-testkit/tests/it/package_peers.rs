@@ -203,6 +203,28 @@ async fn a_node_gets_a_ticket_peers_accept_and_a_forgotten_node_gets_none() {
     let t = verify_ticket(&grant.public_key, &grant.ticket, "tool.bin", version, now).unwrap();
     let node = m.client().list_nodes().await.unwrap()[0].node_id;
     assert_eq!(t.node, node);
+    // Agents get the same public key at registration (and in every sync answer's settings).
+    let reg: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/v1/agent/register", m.api_url))
+        .bearer_auth(&m.agent_token)
+        .json(&serde_json::json!({
+            "api_version": op_proto::API_VERSION,
+            "node_id": uuid::Uuid::new_v4(),
+            "hostname": "another",
+            "ips": ["127.0.0.9"],
+            "agent_version": "test",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        reg["settings"]["ticket_public_key"].as_str(),
+        Some(grant.public_key.as_str()),
+        "{reg}"
+    );
     // Not for another version, not once expired, not with another key.
     assert!(
         verify_ticket(
