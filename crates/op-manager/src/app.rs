@@ -52,6 +52,8 @@ pub struct App {
     pub secrets: Arc<crate::secrets::Keeper>,
     /// The cap on API connections open at once (`max_connections`).
     pub conn_cap: Arc<op_tls::guard::ConnCap>,
+    /// Where the agents syncing here serve package chunks to peers (`crate::peers`).
+    pub peer_dir: Arc<crate::peers::PeerDirectory>,
 }
 
 impl App {

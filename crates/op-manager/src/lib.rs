@@ -296,6 +296,7 @@ pub async fn start(
         auth: Arc::new(Authenticator::new(store.clone(), hub.clone())),
         beats: Arc::new(HeartbeatBuffer::new(config.load_sample_every)),
         acks: Default::default(),
+        peer_dir: Default::default(),
         conn_cap: op_tls::guard::ConnCap::new(config.max_connections),
         ingest,
         metrics,

@@ -169,6 +169,10 @@ pub struct Heartbeat {
     /// acknowledged ([`DesiredState::facts_hash`], [`RegisterResponse::facts_hash`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts: Option<crate::facts::Facts>,
+    /// Where this agent serves package chunks to peers (its API's base URL), sent while it
+    /// serves them and the manager hands out chunk tickets (packages from peers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_url: Option<String>,
 }
 
 /// One job an agent must hold.

@@ -127,6 +127,21 @@ pub struct TicketGrant {
     pub expires: i64,
     /// The fleet's ticket public key (ed25519, hex), to check tickets with.
     pub public_key: String,
+    /// Peers that hold the version, nearest first (at most a few); empty when none do.
+    #[serde(default)]
+    pub sources: Vec<PeerSource>,
+    /// No peer holds the version yet but a few nodes are fetching it from the managers: ask
+    /// again after this many seconds, when they can serve it (instead of every node loading
+    /// the managers at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_secs: Option<u64>,
+}
+
+/// A peer agent that holds a version: its node id and the base URL of its API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSource {
+    pub node: uuid::Uuid,
+    pub url: String,
 }
 
 fn to_hex(bytes: &[u8]) -> String {

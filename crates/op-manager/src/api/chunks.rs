@@ -12,7 +12,8 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, State};
-use op_proto::chunks::{ChunkManifest, Ticket, TicketGrant};
+use op_proto::chunks::{ChunkManifest, PeerSource, Ticket, TicketGrant};
+use op_proto::package::PackageState;
 
 use super::error::ApiError;
 use crate::app::App;
@@ -76,9 +77,75 @@ pub async fn ticket(
         version: v.version,
         expires,
     };
+    let (sources, holders) = sources(&app, node, &t.package, t.version).await?;
+    // Nobody holds it yet: a few nodes fetch it from the managers, the others wait for them.
+    let wait_secs = if sources.is_empty() {
+        app.peer_dir
+            .seed_or_wait(node, &t.package, t.version, &holders)
+    } else {
+        None
+    };
     Ok(Json(TicketGrant {
         ticket: signer.sign(&t),
         expires,
         public_key: signer.public_key(),
+        sources,
+        wait_secs,
     }))
+}
+
+/// The peers `node` may fetch `name` `version` from: live nodes that report it installed and
+/// serve chunks (a peer URL heard lately), nearest first (`crate::peers::choose`); and every
+/// node that reports it installed.
+async fn sources(
+    app: &Arc<App>,
+    node: uuid::Uuid,
+    name: &str,
+    version: u64,
+) -> Result<(Vec<PeerSource>, Vec<uuid::Uuid>), ApiError> {
+    let mut nodes = app.read(|st| st.nodes()).await?;
+    app.beats.overlay(&mut nodes);
+    let holders = nodes
+        .iter()
+        .filter(|n| {
+            n.packages.iter().any(|p| {
+                p.name == name && p.version == version && p.state == PackageState::Installed
+            })
+        })
+        .map(|n| n.node_id)
+        .collect();
+    let Some(me) = nodes.iter().find(|n| n.node_id == node) else {
+        return Ok((Vec::new(), holders));
+    };
+    let rack = me.labels.get("rack").cloned();
+    let ips = me.ips.clone();
+    let candidates = nodes
+        .iter()
+        .filter(|n| {
+            n.node_id != node
+                && matches!(
+                    n.status,
+                    op_proto::NodeStatus::Ready | op_proto::NodeStatus::Degraded
+                )
+                && n.packages.iter().any(|p| {
+                    p.name == name && p.version == version && p.state == PackageState::Installed
+                })
+        })
+        .filter_map(|n| {
+            Some(crate::peers::Candidate {
+                node: n.node_id,
+                url: app.peer_dir.url(n.node_id)?,
+                rack: n.labels.get("rack").cloned(),
+                ips: n.ips.clone(),
+            })
+        })
+        .collect();
+    let chosen = crate::peers::choose(rack.as_deref(), &ips, candidates)
+        .into_iter()
+        .map(|c| PeerSource {
+            node: c.node,
+            url: c.url,
+        })
+        .collect();
+    Ok((chosen, holders))
 }

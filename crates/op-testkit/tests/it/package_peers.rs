@@ -300,3 +300,192 @@ async fn peer_distribution_off_grants_no_tickets() {
     })
     .await;
 }
+
+/// The version number of the only version of `name`.
+async fn only_version(m: &Manager, name: &str) -> u64 {
+    let versions: Vec<serde_json::Value> = serde_json::from_str(
+        &get_as(m, &m.admin_token, &format!("/v1/packages/{name}"))
+            .await
+            .1,
+    )
+    .unwrap();
+    versions[0]["version"].as_u64().expect("a version")
+}
+
+/// The value of metric `name` (with its labels, e.g. `x_total{source="peer"}`) in `text`, 0 when
+/// absent.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|v| v.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+async fn agent_metrics(a: &op_testkit::Agent) -> String {
+    reqwest::Client::new()
+        .get(format!("{}/metrics", a.url()))
+        .basic_auth(op_testkit::AGENT_USER, Some(op_testkit::AGENT_PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn manager_sent(m: &Manager) -> f64 {
+    metric(
+        &m.client().metrics().await.unwrap(),
+        "op_manager_package_download_bytes_total",
+    )
+}
+
+/// Waits until every agent holds exactly `data` as `name`.
+async fn all_hold(agents: &[op_testkit::Agent], name: &str, data: &[u8], within: Duration) {
+    op_testkit::wait_until(within, "every agent holds the package", || async {
+        agents.iter().all(|a| {
+            std::fs::metadata(a.deploy_dir().join(name)).is_ok_and(|m| m.len() == data.len() as u64)
+        })
+    })
+    .await;
+    for a in agents {
+        assert!(
+            std::fs::read(a.deploy_dir().join(name)).unwrap() == data,
+            "{} holds the exact content",
+            a.options.node_name
+        );
+    }
+}
+
+#[tokio::test]
+async fn ten_agents_get_a_package_mostly_from_each_other() {
+    let m = Manager::start_with(ManagerOptions {
+        args: vec!["--download-rate-limit".into(), "4MiB".into()],
+        ..Default::default()
+    });
+    let agents = crate::support::fleet(&m, 10, &[]).await;
+    let work = tempfile::tempdir().unwrap();
+    let size = 20 << 20;
+    let data = noise(size);
+    let f = work.path().join("big.bin");
+    std::fs::write(&f, &data).unwrap();
+    agentcli(&m, &["upload", f.to_str().unwrap(), ""]);
+    // From the manager alone, 200 MiB at 4 MiB/s would take 50 s.
+    all_hold(&agents, "big.bin", &data, Duration::from_secs(120)).await;
+    let sent = manager_sent(&m).await;
+    let total = (10 * size) as f64;
+    assert!(
+        sent < 0.4 * total,
+        "the manager sent {sent} of {total} bytes ({:.1} %)",
+        100.0 * sent / total
+    );
+    let (mut from_peers, mut served) = (0.0, 0.0);
+    for a in &agents {
+        let text = agent_metrics(a).await;
+        from_peers += metric(
+            &text,
+            "op_agent_package_fetched_bytes_total{source=\"peer\"}",
+        );
+        served += metric(&text, "op_agent_peer_served_bytes_total");
+    }
+    assert!(from_peers >= 0.5 * total, "from peers: {from_peers}");
+    assert!(
+        served >= from_peers,
+        "served {served}, fetched {from_peers}"
+    );
+    // Each keeps the verified copy it serves from.
+    let version = only_version(&m, "big.bin").await;
+    for a in &agents {
+        let copy = a
+            .path("state")
+            .join(format!("peer-store/big.bin/{version}"));
+        assert_eq!(std::fs::metadata(&copy).unwrap().len(), size as u64);
+    }
+}
+
+#[tokio::test]
+async fn a_peer_serving_corrupted_chunks_is_reported_and_the_others_end_right() {
+    use op_testkit::{Agent, AgentOptions};
+    let m = Manager::start();
+    let first = Agent::start(AgentOptions::new("node-1", "127.0.0.2").manager(&m));
+    let work = tempfile::tempdir().unwrap();
+    let size = (3 << 22) + 1000;
+    let data = noise(size);
+    let f = work.path().join("big.bin");
+    std::fs::write(&f, &data).unwrap();
+    agentcli(&m, &["upload", f.to_str().unwrap(), ""]);
+    all_hold(
+        std::slice::from_ref(&first),
+        "big.bin",
+        &data,
+        crate::support::LONG,
+    )
+    .await;
+    let version = only_version(&m, "big.bin").await;
+    let copy = first
+        .path("state")
+        .join(format!("peer-store/big.bin/{version}"));
+    // The test flips bytes in every chunk of the copy the first agent serves from.
+    let mut bad = std::fs::read(&copy).unwrap();
+    for k in 0..4 {
+        bad[k * (4 << 20) + 17] ^= 0xff;
+    }
+    std::fs::write(&copy, &bad).unwrap();
+    // Without a ticket, nothing is served.
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/peer/packages/big.bin/{version}/chunks/0",
+            first.url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let others: Vec<Agent> = (2..=4)
+        .map(|i| {
+            Agent::start(
+                AgentOptions::new(&format!("node-{i}"), &format!("127.0.0.{}", i + 1)).manager(&m),
+            )
+        })
+        .collect();
+    all_hold(&others, "big.bin", &data, Duration::from_secs(60)).await;
+    let mut bad_chunks = 0.0;
+    for a in &others {
+        bad_chunks += metric(&agent_metrics(a).await, "op_agent_peer_bad_chunks_total");
+    }
+    assert!(bad_chunks >= 1.0, "the bad source was counted");
+    assert!(
+        others
+            .iter()
+            .any(|a| a.log().contains("fails its sha256") && a.log().contains(&first.url())),
+        "the bad source was named in a log"
+    );
+}
+
+#[tokio::test]
+async fn with_peer_serving_off_everything_comes_from_the_manager() {
+    let m = Manager::start();
+    let agents = crate::support::fleet(&m, 4, &["--peer-serve", "false"]).await;
+    let work = tempfile::tempdir().unwrap();
+    let size = (2 << 22) + 5;
+    let data = noise(size);
+    let f = work.path().join("big.bin");
+    std::fs::write(&f, &data).unwrap();
+    agentcli(&m, &["upload", f.to_str().unwrap(), ""]);
+    all_hold(&agents, "big.bin", &data, Duration::from_secs(60)).await;
+    assert!(manager_sent(&m).await >= (4 * size) as f64);
+    for a in &agents {
+        let text = agent_metrics(a).await;
+        assert_eq!(
+            metric(
+                &text,
+                "op_agent_package_fetched_bytes_total{source=\"peer\"}"
+            ),
+            0.0
+        );
+        assert!(!a.path("state").join("peer-store").exists());
+    }
+}
