@@ -70,8 +70,11 @@ const PEER_FRESH: Duration = Duration::from_secs(120);
 pub struct PeerDirectory {
     urls: Mutex<HashMap<uuid::Uuid, (String, Instant)>>,
     /// Per version, the nodes told to fetch it from the managers while no peer held it.
-    seeding: Mutex<HashMap<(String, u64), Vec<(uuid::Uuid, Instant)>>>,
+    seeding: Mutex<HashMap<(String, u64), Seeds>>,
 }
+
+/// The nodes fetching one version from the managers, and since when.
+type Seeds = Vec<(uuid::Uuid, Instant)>;
 
 /// Nodes that fetch a version no peer holds yet from the managers at once; the others wait.
 pub const MAX_SEEDS: usize = 2;
