@@ -38,10 +38,12 @@ pub async fn manifest(
     let _one = lock.lock().await;
     let blobs = app.blobs.clone();
     let sha = v.sha256.clone();
-    let m = tokio::task::spawn_blocking(move || crate::peers::load_or_compute(&blobs, &path, &sha))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(format!("chunk list of {} {}: {e}", v.name, v.version)))?;
+    let m = tokio::task::spawn_blocking(move || {
+        crate::blobs::chunks::load_or_compute(&blobs, &path, &sha)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| ApiError::Internal(format!("chunk list of {} {}: {e}", v.name, v.version)))?;
     Ok(Json(m))
 }
 

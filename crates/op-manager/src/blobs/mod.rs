@@ -17,6 +17,7 @@
 //! exclusively while it decides, so it never sees that window. Incoming copies are outside GC's
 //! reach for the same reason.
 
+pub mod chunks;
 pub mod replicate;
 
 use std::collections::{BTreeSet, HashMap};
@@ -333,7 +334,7 @@ impl BlobStore {
             let referenced = store.referenced_blobs().map_err(|e| e.to_string())?;
             let report = blobs.gc_files(&referenced).map_err(|e| e.to_string())?;
             // Chunk lists (derived from blobs) go with their blob.
-            crate::peers::gc(&blobs).map_err(|e| e.to_string())?;
+            chunks::gc(&blobs).map_err(|e| e.to_string())?;
             Ok(report)
         })
         .await

@@ -444,6 +444,45 @@ async fn a_peer_serving_corrupted_chunks_is_reported_and_the_others_end_right() 
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // With the node's own ticket the chunk is served; the same ticket on another version, or
+    // altered, is refused.
+    let node_token = std::fs::read_to_string(first.path("state").join("node.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (status, body) = get_as(
+        &m,
+        &node_token,
+        &format!("/v1/agent/packages/big.bin/{version}/ticket"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let grant: op_proto::chunks::TicketGrant = serde_json::from_str(&body).unwrap();
+    let peer_get = |v: u64, ticket: String| {
+        let url = format!("{}/v1/peer/packages/big.bin/{v}/chunks/1", first.url());
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("x-op-ticket", ticket)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let served = peer_get(version, grant.ticket.clone()).await;
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.bytes().await.unwrap().len(), 4 << 20);
+    assert_eq!(
+        peer_get(version + 1, grant.ticket.clone()).await.status(),
+        401
+    );
+    let (body, sig) = grant.ticket.split_once('.').unwrap();
+    let mut altered = body.to_string();
+    altered.replace_range(2..4, if &body[2..4] == "00" { "01" } else { "00" });
+    assert_eq!(
+        peer_get(version, format!("{altered}.{sig}")).await.status(),
+        401
+    );
     let others: Vec<Agent> = (2..=4)
         .map(|i| {
             Agent::start(
