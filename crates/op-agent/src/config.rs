@@ -166,6 +166,13 @@ pub struct Cli {
     /// PEM key of --client-cert.
     #[arg(long, env = "OP_CLIENT_KEY")]
     pub client_key: Option<PathBuf>,
+    /// Serve the chunks of package versions this agent holds to other agents of the fleet that
+    /// present a manager-signed ticket (packages from peers) [default: true].
+    #[arg(long, env = "OP_PEER_SERVE", num_args = 0..=1, default_missing_value = "true")]
+    pub peer_serve: Option<bool>,
+    /// Most bytes per second served to peers, e.g. `20MiB` (0 = no limit) [default: 0].
+    #[arg(long, env = "OP_PEER_UPLOAD_RATE_LIMIT")]
+    pub peer_upload_rate_limit: Option<String>,
     /// Print the configuration reference (docs/config.md) and exit.
     #[arg(long, hide = true)]
     pub print_config_reference: bool,
@@ -249,6 +256,8 @@ pub struct FileConfig {
     pub ca: Option<PathBuf>,
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    pub peer_serve: Option<bool>,
+    pub peer_upload_rate_limit: Option<SizeValue>,
 }
 
 /// A size written as a number of bytes or a string such as `64KiB`.
@@ -334,6 +343,10 @@ pub struct Config {
     pub tls: Option<op_tls::ServerTls>,
     /// What the agent trusts and presents when it calls managers.
     pub manager_tls: op_client::ClientTls,
+    /// Serve held package versions to peers (`--peer-serve`, default true).
+    pub peer_serve: bool,
+    /// Bytes per second served to peers (0 = no limit).
+    pub peer_upload_rate_limit: u64,
 }
 
 /// The configuration reference (docs/config.md): every flag of [`Cli`], its environment
@@ -588,9 +601,19 @@ impl Config {
             ));
         }
 
+        let peer_upload_rate_limit = size(
+            "peer_upload_rate_limit",
+            &cli.peer_upload_rate_limit,
+            &file.peer_upload_rate_limit,
+            0,
+        )?;
+        let peer_serve = pick(&cli.peer_serve, &file.peer_serve).unwrap_or(true);
+
         Ok(Config {
             tls,
             manager_tls,
+            peer_serve,
+            peer_upload_rate_limit,
             listen,
             state_dir,
             log_dir,

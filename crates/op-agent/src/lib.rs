@@ -76,6 +76,28 @@ use crate::metrics::Metrics;
 use crate::schedule::SchedulerParts;
 use crate::state::StateStore;
 
+/// The URL peers reach this agent's API at: the bound address, or when bound to every address,
+/// the first of the node's addresses (non-loopback first).
+fn peer_url(bound: std::net::SocketAddr, config: &Config) -> String {
+    let ip = if bound.ip().is_unspecified() {
+        config
+            .ips
+            .iter()
+            .find(|ip| !ip.is_loopback())
+            .or(config.ips.first())
+            .copied()
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+    } else {
+        bound.ip()
+    };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{}", std::net::SocketAddr::new(ip, bound.port()))
+}
+
 /// Runs the agent until `shutdown` is cancelled, then stops in order: no new fires or
 /// invocations; running jobs get `shutdown_grace` to finish and are then killed (recorded
 /// `killed`); the HTTP server drains; the state is left consistent.
@@ -93,6 +115,14 @@ pub async fn run(
     )?;
     let node_id = state.node_id()?;
     let metrics = Metrics::new();
+    let peer_share = match (config.peer_serve, listener.local_addr()) {
+        (true, Ok(bound)) => Some(Arc::new(deploy::peers::PeerShare::new(
+            &config.state_dir,
+            peer_url(bound, &config),
+            config.peer_upload_rate_limit,
+        ))),
+        _ => None,
+    };
     let settings = ExecSettings::from_config(&config, node_id);
 
     // Runs a previous agent left in flight become `lost` before anything new starts.
@@ -210,6 +240,8 @@ pub async fn run(
                     deploy: deploy::DeploySettings {
                         keep: config.package_keep,
                         limits: config.package_limits,
+                        peers: peer_share.clone(),
+                        metrics: Some(metrics.clone()),
                         ..deploy::DeploySettings::new(config.deploy_dir.clone())
                     },
                 },
@@ -260,6 +292,7 @@ pub async fn run(
             started_at: Utc::now(),
         },
         log_dir: config.log_dir.clone(),
+        peers: peer_share.clone(),
     })));
 
     let listener = listener.into_std().map_err(AgentError::Server)?;

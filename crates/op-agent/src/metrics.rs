@@ -69,11 +69,26 @@ struct Inner {
     delivered: Counter,
     delivery_delay: Histogram,
     log_write_failures: Counter,
+    peer_served_bytes: Counter,
+    peer_refused: Counter,
+    package_bytes: Family<SourceLabel, Counter>,
+    peer_bad_chunks: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: &'static str,
 }
 
 /// Shared handle to every metric.
 #[derive(Clone)]
 pub struct Metrics(Arc<Inner>);
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -165,6 +180,30 @@ impl Metrics {
             "Log lines dropped because stderr could not take them (a broken or stalled pipe)",
             log_write_failures.clone(),
         );
+        let peer_served_bytes = Counter::default();
+        registry.register(
+            "peer_served_bytes",
+            "Package chunk bytes this agent served to peer agents",
+            peer_served_bytes.clone(),
+        );
+        let peer_refused = Counter::default();
+        registry.register(
+            "peer_requests_refused",
+            "Chunk requests from peers refused (bad or expired ticket, version not held, serving off)",
+            peer_refused.clone(),
+        );
+        let package_bytes = Family::<SourceLabel, Counter>::default();
+        registry.register(
+            "package_fetched_bytes",
+            "Package bytes fetched by source (peer, manager)",
+            package_bytes.clone(),
+        );
+        let peer_bad_chunks = Counter::default();
+        registry.register(
+            "peer_bad_chunks",
+            "Chunks from a peer that failed their sha256 (dropped; the peer is reported)",
+            peer_bad_chunks.clone(),
+        );
         let build = Family::<VersionLabel, Gauge>::default();
         build
             .get_or_create(&VersionLabel {
@@ -181,6 +220,10 @@ impl Metrics {
             delivered,
             delivery_delay,
             log_write_failures,
+            peer_served_bytes,
+            peer_refused,
+            package_bytes,
+            peer_bad_chunks,
             runs,
             skipped_fires,
             lost_fires,
@@ -190,6 +233,27 @@ impl Metrics {
             outbox_bytes,
             outbox_dropped,
         }))
+    }
+
+    pub fn peer_served(&self, n: u64) {
+        self.0.peer_served_bytes.inc_by(n);
+    }
+
+    pub fn peer_refused(&self) {
+        self.0.peer_refused.inc();
+    }
+
+    /// Package bytes received from a peer (`from_peer`) or a manager.
+    pub fn package_fetched(&self, from_peer: bool, n: u64) {
+        let source = if from_peer { "peer" } else { "manager" };
+        self.0
+            .package_bytes
+            .get_or_create(&SourceLabel { source })
+            .inc_by(n);
+    }
+
+    pub fn peer_bad_chunk(&self) {
+        self.0.peer_bad_chunks.inc();
     }
 
     pub fn run_started(&self) {

@@ -25,6 +25,7 @@ fn heartbeat(node_id: Uuid) -> Heartbeat {
         sent_at: None,
         received: Vec::new(),
         facts: None,
+        peer_url: None,
     }
 }
 

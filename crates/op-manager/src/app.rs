@@ -52,6 +52,8 @@ pub struct App {
     pub secrets: Arc<crate::secrets::Keeper>,
     /// The cap on API connections open at once (`max_connections`).
     pub conn_cap: Arc<op_tls::guard::ConnCap>,
+    /// Where the agents syncing here serve package chunks to peers (`crate::peers`).
+    pub peer_dir: Arc<crate::peers::PeerDirectory>,
 }
 
 impl App {
@@ -111,6 +113,12 @@ impl App {
         AgentSettings {
             sync_wait_secs: self.config.sync_wait.as_secs().max(1),
             run_batch_max: self.config.run_batch_max,
+            ticket_public_key: self
+                .config
+                .peer_distribution
+                .then(|| self.secrets.current().ok())
+                .flatten()
+                .map(|k| crate::peers::TicketSigner::from_secrets_key(&k).public_key()),
         }
     }
 }

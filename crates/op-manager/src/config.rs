@@ -158,6 +158,16 @@ pub struct ConfigArgs {
     /// [default: 100].
     #[arg(long, env = "OP_DOWNLOAD_CONCURRENCY")]
     pub download_concurrency: Option<usize>,
+    /// Most package bytes this manager sends per second, over all downloads together (a token
+    /// bucket; size grammar, e.g. 50MiB), for sites that must cap manager egress; 0 = no limit
+    /// [default: 0].
+    #[arg(long, env = "OP_DOWNLOAD_RATE_LIMIT")]
+    pub download_rate_limit: Option<String>,
+    /// Agents may get chunk tickets to fetch package chunks from peer agents that hold the
+    /// version; false: no tickets, every agent downloads from a manager as before [default:
+    /// true].
+    #[arg(long, env = "OP_PEER_DISTRIBUTION")]
+    pub peer_distribution: Option<bool>,
     /// Most API connections (agents, agentcli, browsers) open at once; past it a new
     /// connection is closed at once, so clients can never take the descriptors the manager's
     /// own files need [default: the open-files limit minus a tenth of it (at least 256)].
@@ -235,6 +245,8 @@ pub struct RawConfig {
     pub disk_reserve: Option<String>,
     pub raft_snapshot_logs: Option<u64>,
     pub download_concurrency: Option<usize>,
+    pub download_rate_limit: Option<String>,
+    pub peer_distribution: Option<bool>,
     pub max_connections: Option<usize>,
     pub upload_max_bytes: Option<String>,
     pub blob_gc_interval: Option<String>,
@@ -308,6 +320,10 @@ pub struct Config {
     pub raft_snapshot_logs: u64,
     /// Most package downloads served at once (default 100).
     pub download_concurrency: usize,
+    /// Package bytes sent per second over all downloads (0: no limit).
+    pub download_rate_limit: u64,
+    /// Chunk tickets for peer distribution are granted (default true).
+    pub peer_distribution: bool,
     /// Most API connections open at once ([`default_max_connections`] unless set).
     pub max_connections: usize,
     /// Largest package upload in bytes (default 1 GiB).
@@ -579,6 +595,12 @@ impl Config {
                 .download_concurrency
                 .or(f.download_concurrency)
                 .unwrap_or(100),
+            download_rate_limit: size(
+                "download_rate_limit",
+                a.download_rate_limit.or(f.download_rate_limit),
+                "0",
+            )?,
+            peer_distribution: a.peer_distribution.or(f.peer_distribution).unwrap_or(true),
             max_connections: a
                 .max_connections
                 .or(f.max_connections)
@@ -804,6 +826,16 @@ mod tests {
             toml::from_str("download_concurrency = 2\nupload_max_bytes = \"10MiB\"").unwrap();
         let c = Config::resolve(&ConfigArgs::default(), file).unwrap();
         assert_eq!((c.download_concurrency, c.upload_max_bytes), (2, 10 << 20));
+        assert_eq!(c.download_rate_limit, 0);
+        let file: RawConfig = toml::from_str("download_rate_limit = \"50MiB\"").unwrap();
+        let c = Config::resolve(&ConfigArgs::default(), file).unwrap();
+        assert_eq!(c.download_rate_limit, 50 << 20);
+        let args = ConfigArgs {
+            download_rate_limit: Some("fast".into()),
+            ..ConfigArgs::default()
+        };
+        let err = Config::resolve(&args, RawConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("download_rate_limit"), "{err}");
     }
 
     #[test]

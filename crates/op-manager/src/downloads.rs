@@ -6,10 +6,15 @@
 //! queue would hold sockets and memory for every waiting agent, while a refusal lets each agent
 //! back off with jitter and come back. The in-flight count and its peak are exported on
 //! `/metrics`, so the cap can be checked from outside.
+//!
+//! `--download-rate-limit` adds a token bucket shared by every download of this manager (whole
+//! blobs and chunks alike): each piece of a body waits for its tokens before it is sent, so the
+//! manager's package egress stays at the rate however many agents download.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use op_tls::bucket::TokenBucket;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -32,6 +37,7 @@ pub struct DownloadGate {
     in_flight: Arc<AtomicI64>,
     peak: Arc<AtomicI64>,
     metrics: DownloadMetrics,
+    rate: Option<Arc<TokenBucket>>,
 }
 
 /// One download in progress; dropping it frees the slot.
@@ -40,12 +46,18 @@ pub struct DownloadPermit {
     _slot: OwnedSemaphorePermit,
     in_flight: Arc<AtomicI64>,
     metrics: DownloadMetrics,
+    rate: Option<Arc<TokenBucket>>,
 }
 
 impl DownloadPermit {
     /// Counts bytes sent under this permit.
     pub fn sent(&self, n: u64) {
         self.metrics.bytes.inc_by(n);
+    }
+
+    /// The manager-wide rate limit, if one is set: take `n` tokens before sending `n` bytes.
+    pub fn rate(&self) -> Option<Arc<TokenBucket>> {
+        self.rate.clone()
     }
 }
 
@@ -57,8 +69,10 @@ impl Drop for DownloadPermit {
 }
 
 impl DownloadGate {
-    pub fn new(limit: usize, metrics: DownloadMetrics) -> DownloadGate {
+    /// `rate`: package bytes per second over all downloads (0: no limit).
+    pub fn new(limit: usize, rate: u64, metrics: DownloadMetrics) -> DownloadGate {
         DownloadGate {
+            rate: (rate > 0).then(|| Arc::new(TokenBucket::new(rate))),
             slots: Arc::new(Semaphore::new(limit)),
             in_flight: Arc::new(AtomicI64::new(0)),
             peak: Arc::new(AtomicI64::new(0)),
@@ -81,6 +95,7 @@ impl DownloadGate {
             _slot: slot,
             in_flight: self.in_flight.clone(),
             metrics: self.metrics.clone(),
+            rate: self.rate.clone(),
         })
     }
 
@@ -99,7 +114,7 @@ mod tests {
 
     #[test]
     fn refuses_beyond_the_limit_and_tracks_the_peak() {
-        let gate = DownloadGate::new(2, DownloadMetrics::default());
+        let gate = DownloadGate::new(2, 0, DownloadMetrics::default());
         let a = gate.try_enter().unwrap();
         let b = gate.try_enter().unwrap();
         assert!(gate.try_enter().is_none());

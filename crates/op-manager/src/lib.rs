@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod missed;
 pub mod notify;
 pub mod output;
+pub mod peers;
 pub mod raft;
 pub mod retention;
 pub mod rollouts;
@@ -285,13 +286,18 @@ pub async fn start(
     let blob_dir = dir.join("blobs");
     let blobs = Arc::new(BlobStore::open(blob_dir.clone()).map_err(|e| io_err(&blob_dir, e))?);
     let metrics = Arc::new(Metrics::new());
-    let downloads = DownloadGate::new(config.download_concurrency, metrics.downloads.clone());
+    let downloads = DownloadGate::new(
+        config.download_concurrency,
+        config.download_rate_limit,
+        metrics.downloads.clone(),
+    );
     let (ingest, ingest_queue) = ingest::RunIngest::new();
     let writer = state::Writer::new(cluster.clone(), metrics.clone());
     let app = Arc::new(App {
         auth: Arc::new(Authenticator::new(store.clone(), hub.clone())),
         beats: Arc::new(HeartbeatBuffer::new(config.load_sample_every)),
         acks: Default::default(),
+        peer_dir: Default::default(),
         conn_cap: op_tls::guard::ConnCap::new(config.max_connections),
         ingest,
         metrics,

@@ -85,6 +85,18 @@ impl SecretsKey {
         hex::encode(self.key)
     }
 
+    /// A 256-bit key for another purpose derived from this one (SHA-256 over a domain string,
+    /// the purpose and the key): the same on every member that holds this key, and revealing
+    /// nothing about it. Used for the fleet's chunk-ticket signing key (`crate::peers`).
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"op-agent derived key\0");
+        h.update(purpose.as_bytes());
+        h.update(b"\0");
+        h.update(self.key);
+        h.finalize().into()
+    }
+
     /// The key's id: the first 8 bytes of a SHA-256 of it, hex. Safe to show.
     pub fn id(&self) -> &str {
         &self.id

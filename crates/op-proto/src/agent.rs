@@ -111,6 +111,11 @@ pub struct AgentSettings {
     pub sync_wait_secs: u64,
     /// Most run records per `POST /v1/agent/runs`.
     pub run_batch_max: usize,
+    /// The fleet's chunk-ticket public key (ed25519, hex), to check the tickets of nodes that
+    /// fetch package chunks from this one (issue 26). Absent when peer distribution is off, the
+    /// cluster has no secrets key, or the manager predates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_public_key: Option<String>,
 }
 
 impl Default for AgentSettings {
@@ -118,6 +123,7 @@ impl Default for AgentSettings {
         AgentSettings {
             sync_wait_secs: 10,
             run_batch_max: 500,
+            ticket_public_key: None,
         }
     }
 }
@@ -163,6 +169,10 @@ pub struct Heartbeat {
     /// acknowledged ([`DesiredState::facts_hash`], [`RegisterResponse::facts_hash`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts: Option<crate::facts::Facts>,
+    /// Where this agent serves package chunks to peers (its API's base URL), sent while it
+    /// serves them and the manager hands out chunk tickets (packages from peers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_url: Option<String>,
 }
 
 /// One job an agent must hold.

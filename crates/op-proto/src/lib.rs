@@ -10,6 +10,7 @@ pub mod agent;
 pub mod agent_upgrade;
 pub mod analysis;
 pub mod api;
+pub mod chunks;
 pub mod config_reference;
 pub mod events;
 pub mod expect;

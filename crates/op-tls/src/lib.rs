@@ -8,6 +8,7 @@
 //! on disk (checked every second) or on SIGHUP; the new ones serve new handshakes while open
 //! connections carry on undisturbed. A bad replacement is logged and the old one kept.
 
+pub mod bucket;
 pub mod certs;
 pub mod guard;
 

@@ -7,11 +7,14 @@
 //! | `GET /v1/runs`, `/v1/runs/{id}`, `/v1/runs/{id}/output` | [`runs`] |
 //! | `GET /v1/status`, `/v1/version`, `/metrics`, `/healthz` | [`status`] |
 //!
-//! Every route but `/healthz` sits behind [`auth::require`].
+//! | `GET /v1/peer/packages/{name}/{version}/chunks/{k}` (other agents, by ticket) | [`peers`] |
+//!
+//! Every route but `/healthz` and the peer route (checked by ticket) sits behind [`auth::require`].
 
 pub mod auth;
 pub mod error;
 mod jobs;
+pub mod peers;
 mod runs;
 mod seed;
 mod status;
@@ -55,6 +58,8 @@ pub struct AppInner {
     pub credentials: auth::Credentials,
     pub facts: AgentFacts,
     pub log_dir: PathBuf,
+    /// Chunks served to peers (`--peer-serve`); None when off.
+    pub peers: Option<Arc<crate::deploy::peers::PeerShare>>,
 }
 
 /// Shared by every handler. Cheap to clone.
@@ -79,6 +84,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(protected)
         .route("/healthz", get(status::healthz))
+        // Checked by ticket, not by the API credential (another node calls it).
+        .route(
+            "/v1/peer/packages/{name}/{version}/chunks/{k}",
+            get(peers::chunk),
+        )
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }

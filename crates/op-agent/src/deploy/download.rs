@@ -20,7 +20,7 @@ use super::{DeployError, FetchError, Source};
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Retry-After plus up to as much again (at least a second) of jitter.
-fn busy_pause(retry_after: Option<Duration>) -> Duration {
+pub(crate) fn busy_pause(retry_after: Option<Duration>) -> Duration {
     let base = retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
     let spread = base.max(Duration::from_secs(1)).as_millis() as u64;
     base + Duration::from_millis(rand::rng().random_range(0..=spread))

@@ -21,6 +21,7 @@
 pub mod archive;
 pub mod download;
 pub mod layout;
+pub mod peers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -87,6 +88,23 @@ pub trait Source: Send + Sync {
         pkg: &'a PackageRef,
         offset: u64,
     ) -> BoxFuture<'a, Result<Opened, FetchError>>;
+
+    /// A ticket, peers and the chunk list for fetching `pkg` from peers; None when the manager
+    /// names no peer (or grants no tickets): then the whole download comes from a manager.
+    fn plan<'a>(&'a self, _pkg: &'a PackageRef) -> BoxFuture<'a, Option<peers::PeerPlan>> {
+        Box::pin(async { None })
+    }
+
+    /// Chunk `k` of `pkg` from the peer at `url`, presenting `ticket`.
+    fn peer_chunk<'a>(
+        &'a self,
+        _url: &'a str,
+        _pkg: &'a PackageRef,
+        _k: usize,
+        _ticket: &'a str,
+    ) -> BoxFuture<'a, Result<Bytes, String>> {
+        Box::pin(async { Err("no peers".to_string()) })
+    }
 }
 
 /// How the deployer works; every field has a default fit for production.
@@ -102,6 +120,10 @@ pub struct DeploySettings {
     /// Backoff between failed attempts: from `retry_min`, doubling, up to `retry_max`.
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// Keeps verified copies of downloaded versions to serve to peers (`--peer-serve`).
+    pub peers: Option<Arc<peers::PeerShare>>,
+    /// Counts bytes by source and bad peer chunks.
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 impl DeploySettings {
@@ -113,6 +135,8 @@ impl DeploySettings {
             idle: Duration::from_secs(60),
             retry_min: Duration::from_secs(2),
             retry_max: Duration::from_secs(300),
+            peers: None,
+            metrics: None,
         }
     }
 }
@@ -211,6 +235,11 @@ impl Deployer {
     /// Bumped whenever [`Deployer::report`] changes, so the link can send a heartbeat at once.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changed.subscribe()
+    }
+
+    /// What this node shares with peers, when it serves them.
+    pub fn peers(&self) -> Option<Arc<peers::PeerShare>> {
+        self.inner.settings.peers.clone()
     }
 
     /// Waits for the workers to stop (after the shutdown token was cancelled).
@@ -371,6 +400,18 @@ fn retry_pause(s: &DeploySettings, failures: u32) -> Duration {
     Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)))
 }
 
+/// Longest a download waits for peers to get a version before it comes from a manager.
+const PEER_WAIT_MAX: Duration = Duration::from_secs(120);
+
+/// Stops sharing the versions of `name` the deploy dir no longer keeps. Blocking.
+fn prune_shared(share: Option<&peers::PeerShare>, dir: &Path, name: &str, current: u64) {
+    if let Some(share) = share {
+        share.prune(name, |v, sha| {
+            v == current || layout::kept(dir, name, v, sha).is_some()
+        });
+    }
+}
+
 /// One try at getting `pkg` in place.
 async fn attempt(
     inner: &Arc<Inner>,
@@ -424,9 +465,11 @@ async fn attempt(
         // Rollback (or a version another agent on this deploy dir fetched): switch only.
         let (d, m, prev) = (dir.clone(), meta.clone(), installed.clone());
         let keep = inner.settings.keep;
+        let share = inner.settings.peers.clone();
         return match blocking(move || {
             layout::switch(&d, &m, prev.as_ref())?;
             layout::prune(&d, &m.name, m.version, keep);
+            prune_shared(share.as_deref(), &d, &m.name, m.version);
             Ok(())
         })
         .await
@@ -456,8 +499,50 @@ async fn attempt(
         &pkg.name,
     );
     let part = layout::part_path(&layout::pkg_dir(&dir, &pkg.name), pkg.version);
+    let fetch = async {
+        // While the first few nodes fetch a version nobody holds yet, the others wait for them
+        // (for a while: then the managers serve as before).
+        let waited_since = tokio::time::Instant::now();
+        let mut plan = inner.source.plan(pkg).await;
+        while let Some(w) = plan.as_ref().and_then(|p| p.wait_secs) {
+            if waited_since.elapsed() > PEER_WAIT_MAX {
+                plan = None;
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(w.clamp(1, 30))).await;
+            plan = inner.source.plan(pkg).await;
+        }
+        if let Some(plan) = plan.filter(|p| p.fits(pkg)) {
+            match peers::fetch_chunks(
+                inner.source.as_ref(),
+                pkg,
+                &part,
+                &plan,
+                inner.settings.idle,
+                inner.settings.metrics.as_ref(),
+            )
+            .await
+            {
+                Ok(stats) => {
+                    tracing::info!(package = %pkg.name, version = pkg.version, from_peers = stats.from_peers, from_managers = stats.from_managers, bad_sources = ?stats.bad_sources, "downloaded in chunks");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(package = %pkg.name, version = pkg.version, error = %e, "chunked download failed; downloading from a manager");
+                    let _ = tokio::fs::remove_file(&part).await;
+                }
+            }
+        }
+        let r = download::fetch(inner.source.as_ref(), pkg, &part, inner.settings.idle).await;
+        if r.is_ok()
+            && let Some(m) = &inner.settings.metrics
+        {
+            m.package_fetched(false, pkg.size);
+        }
+        r
+    };
     let fetched = tokio::select! {
-        r = download::fetch(inner.source.as_ref(), pkg, &part, inner.settings.idle) => r,
+        r = fetch => r,
         r = rx.changed() => return if r.is_err() { Attempt::Shutdown } else { Attempt::Superseded },
         _ = inner.shutdown.cancelled() => return Attempt::Shutdown,
     };
@@ -468,11 +553,19 @@ async fn attempt(
     // only leave a staging tree to clean up.
     let (d, p, limits, keep) = (dir, pkg.clone(), inner.settings.limits, inner.settings.keep);
     let installed_before = installed;
+    let share = inner.settings.peers.clone();
     let result = blocking(move || {
+        if let Some(share) = &share
+            && let Err(e) = share.keep(&p.name, p.version, &p.sha256, p.size, &part)
+        {
+            // Peers then fetch elsewhere; the deploy itself goes on.
+            tracing::warn!(package = %p.name, version = p.version, error = %e, "cannot keep a copy to serve to peers");
+        }
         let (staging, meta) = layout::stage(&d, &p, &part, &limits)?;
         layout::commit(&d, &staging, &meta)?;
         layout::switch(&d, &meta, installed_before.as_ref())?;
         layout::prune(&d, &p.name, p.version, keep);
+        prune_shared(share.as_deref(), &d, &p.name, p.version);
         drop(lock);
         Ok(meta)
     })

@@ -30,6 +30,7 @@ pub fn build(
         sent_at: None,
         received: Vec::new(),
         facts: None,
+        peer_url: None,
     }
 }
 

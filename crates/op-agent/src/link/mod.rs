@@ -414,6 +414,9 @@ impl SyncLoop {
                         }
                         self.shared.learn(&resp.managers);
                         self.settings = resp.settings;
+                        if let Some(share) = self.deployer.peers() {
+                            share.set_public_key(self.settings.ticket_public_key.clone());
+                        }
                         self.facts_acked = resp.facts_hash;
                         registered_at = Some(url.clone());
                         let _ = self.registered.send(true);
@@ -456,6 +459,12 @@ impl SyncLoop {
             let sent_at = Utc::now();
             beat.sent_at = Some(heartbeat::reported_now());
             beat.received = self.received.clone();
+            // Peers can fetch from here only with tickets, so say where only when they exist.
+            beat.peer_url = self
+                .deployer
+                .peers()
+                .filter(|p| p.public_key().is_some())
+                .map(|p| p.url.clone());
             // Facts only when the manager holds others (or none): they rarely change.
             if self
                 .facts_acked
@@ -604,6 +613,9 @@ impl SyncLoop {
         );
         if let Some(settings) = state.settings.clone() {
             self.settings = settings;
+            if let Some(share) = self.deployer.peers() {
+                share.set_public_key(self.settings.ticket_public_key.clone());
+            }
         }
         // Manager-set labels: the scheduler's own check of each job's selection must see them,
         // and a change re-checks the job set even when the set itself is the same.

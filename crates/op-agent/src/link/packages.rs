@@ -9,7 +9,11 @@ use op_client::{ClientError, TRANSFER_TIMEOUT};
 use op_proto::package::PackageRef;
 
 use super::Shared;
+use crate::api::peers::TICKET_HEADER;
+use crate::deploy::peers::{BUSY, PeerPlan};
 use crate::deploy::{FetchError, Opened, Source};
+use bytes::Bytes;
+use op_proto::chunks::{ChunkManifest, TicketGrant};
 
 pub struct ManagerSource {
     shared: Arc<Shared>,
@@ -53,4 +57,96 @@ impl Source for ManagerSource {
             Ok(Opened { start, body })
         })
     }
+
+    fn plan<'a>(&'a self, pkg: &'a PackageRef) -> BoxFuture<'a, Option<PeerPlan>> {
+        Box::pin(async move {
+            let url = self.shared.current();
+            let client = self.shared.new_client(&url).ok()?;
+            let base = format!(
+                "/v1/agent/packages/{}/{}",
+                utf8_percent(&pkg.name),
+                pkg.version
+            );
+            // No ticket (peer distribution off, an older manager) or no peer: a plain download.
+            let grant: TicketGrant = get_json(&client, &format!("{base}/ticket")).await?;
+            if grant.sources.is_empty() {
+                return grant.wait_secs.map(|w| PeerPlan {
+                    ticket: grant.ticket,
+                    sources: Vec::new(),
+                    manifest: ChunkManifest {
+                        sha256: String::new(),
+                        size: 0,
+                        chunk_size: 0,
+                        chunks: Vec::new(),
+                    },
+                    wait_secs: Some(w),
+                });
+            }
+            let manifest: ChunkManifest = get_json(&client, &format!("{base}/chunks")).await?;
+            Some(PeerPlan {
+                ticket: grant.ticket,
+                sources: grant.sources,
+                manifest,
+                wait_secs: None,
+            })
+        })
+    }
+
+    fn peer_chunk<'a>(
+        &'a self,
+        url: &'a str,
+        pkg: &'a PackageRef,
+        k: usize,
+        ticket: &'a str,
+    ) -> BoxFuture<'a, Result<Bytes, String>> {
+        Box::pin(async move {
+            // A peer is called without this node's credential: the ticket is what it checks.
+            let client = op_client::Client::with_tls(url, None, &self.shared.tls)
+                .map_err(|e| e.to_string())?
+                .with_timeout(TRANSFER_TIMEOUT);
+            let path = format!(
+                "/v1/peer/packages/{}/{}/chunks/{k}",
+                utf8_percent(&pkg.name),
+                pkg.version
+            );
+            let resp = client
+                .request(axum::http::Method::GET, &path)
+                .header(TICKET_HEADER, ticket)
+                .send()
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            if resp.status().as_u16() == 429 {
+                return Err(format!("{BUSY}{url}"));
+            }
+            if !resp.status().is_success() {
+                return Err(format!("{url}: {}", resp.status()));
+            }
+            resp.bytes().await.map_err(|e| format!("{url}: {e}"))
+        })
+    }
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(
+    client: &op_client::Client,
+    path: &str,
+) -> Option<T> {
+    let resp = client
+        .request(axum::http::Method::GET, path)
+        .send()
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.json().await.ok()
+}
+
+/// A package name as a path segment (names are restricted to safe characters; this only guards).
+fn utf8_percent(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

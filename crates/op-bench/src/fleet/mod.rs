@@ -101,6 +101,7 @@ impl SimAgent {
             sent_at: None,
             received: Vec::new(),
             facts: None,
+            peer_url: None,
         }
     }
 }

@@ -192,6 +192,7 @@ async fn seed_node(
         sent_at: None,
         received: Vec::new(),
         facts: None,
+        peer_url: None,
     };
     retry(|| agent.sync(0, 0, &beat)).await?;
     let now = chrono::Utc::now();

@@ -7,6 +7,7 @@
 mod agent;
 mod agent_upgrade;
 mod audit;
+mod chunks;
 mod cluster;
 mod consistency;
 pub(crate) mod error;
@@ -99,6 +100,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/v1/packages/{name}/{version}/content",
             get(packages::content),
+        )
+        .route(
+            "/v1/agent/packages/{name}/{version}/chunks",
+            get(chunks::manifest),
+        )
+        .route(
+            "/v1/agent/packages/{name}/{version}/ticket",
+            get(chunks::ticket),
         )
         .route("/v1/audit", get(audit::list))
         .route("/v1/events", get(events::list))

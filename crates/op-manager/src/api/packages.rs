@@ -218,7 +218,11 @@ pub async fn versions(
     Ok(Json(versions))
 }
 
-async fn load(app: &App, name: String, version: &str) -> Result<PackageVersion, ApiError> {
+pub(super) async fn load(
+    app: &App,
+    name: String,
+    version: &str,
+) -> Result<PackageVersion, ApiError> {
     check_name(&name)?;
     let version = parse_version(version)?;
     let n = name.clone();
@@ -321,12 +325,18 @@ pub async fn content(
             .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
     }
     let stream =
-        tokio_util::io::ReaderStream::with_capacity(file.take(len), CHUNK).map(move |chunk| {
+        tokio_util::io::ReaderStream::with_capacity(file.take(len), CHUNK).then(move |chunk| {
             // The permit lives as long as the body: a finished or dropped download frees it.
+            let rate = permit.rate();
             if let Ok(bytes) = &chunk {
                 permit.sent(bytes.len() as u64);
             }
-            chunk
+            async move {
+                if let (Some(rate), Ok(bytes)) = (rate, &chunk) {
+                    rate.take(bytes.len() as u64).await;
+                }
+                chunk
+            }
         });
     let mut resp = Response::new(Body::from_stream(stream));
     *resp.status_mut() = status;

@@ -17,6 +17,7 @@
 //! exclusively while it decides, so it never sees that window. Incoming copies are outside GC's
 //! reach for the same reason.
 
+pub mod chunks;
 pub mod replicate;
 
 use std::collections::{BTreeSet, HashMap};
@@ -339,7 +340,10 @@ impl BlobStore {
         let (blobs, store) = (self.clone(), store.clone());
         tokio::task::spawn_blocking(move || {
             let referenced = store.referenced_blobs().map_err(|e| e.to_string())?;
-            blobs.gc_files(&referenced).map_err(|e| e.to_string())
+            let report = blobs.gc_files(&referenced).map_err(|e| e.to_string())?;
+            // Chunk lists (derived from blobs) go with their blob.
+            chunks::gc(&blobs).map_err(|e| e.to_string())?;
+            Ok(report)
         })
         .await
         .map_err(|e| e.to_string())?

@@ -262,6 +262,7 @@ impl FakeAgent {
             sent_at: None,
             received: Vec::new(),
             facts: None,
+            peer_url: None,
         }
     }
 

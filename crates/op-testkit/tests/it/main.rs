@@ -26,6 +26,7 @@ mod missed;
 mod newhosts;
 mod notify;
 mod package_targeting;
+mod package_peers;
 mod packages;
 mod packaging;
 mod pause;

@@ -255,8 +255,14 @@ async fn a_new_upload_replaces_and_rollback_restores_on_every_agent() {
 
 #[tokio::test]
 async fn the_download_cap_holds_with_six_agents() {
+    // Every agent from the manager (no peers), so that six downloads meet the cap of two.
     let m = Manager::start_with(ManagerOptions {
-        args: vec!["--download-concurrency".into(), "2".into()],
+        args: vec![
+            "--download-concurrency".into(),
+            "2".into(),
+            "--peer-distribution".into(),
+            "false".into(),
+        ],
         ..Default::default()
     });
     let agents = fleet(&m, 6, &[]).await;

@@ -74,6 +74,7 @@ async fn sync_answer(m: &Manager, agent: &Agent, node_id: uuid::Uuid) -> serde_j
         sent_at: None,
         received: Vec::new(),
         facts: None,
+        peer_url: None,
     };
     c.sync_as(0, 0, &hb).await.expect("sync answer")
 }

@@ -235,6 +235,7 @@ async fn a_replaced_certificate_is_served_without_dropping_connections() {
         sent_at: None,
         received: Vec::new(),
         facts: None,
+        peer_url: None,
     };
     let index = node.sync(0, 0, &beat).await.unwrap().index;
     let parked = tokio::spawn({
