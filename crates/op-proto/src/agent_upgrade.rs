@@ -95,6 +95,10 @@ pub struct UpgradeStatus {
     pub releases: Vec<ReleaseView>,
     pub pins: Vec<AgentPin>,
     pub hosts: Vec<HostUpgrade>,
+    /// The newest staged rollout of each platform's current release (an agent release always
+    /// goes out staged).
+    #[serde(default)]
+    pub rollouts: Vec<crate::rollout::RolloutInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

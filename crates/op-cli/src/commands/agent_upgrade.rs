@@ -170,6 +170,23 @@ fn print_status(ctx: &Ctx, status: &UpgradeStatus) -> anyhow::Result<()> {
             r.package, r.package_version
         )?;
     }
+    for r in &status.rollouts {
+        writeln!(
+            out,
+            "rollout {}: {}, stage {}/{} ({}) of {}{} (agentcli rollout status {})",
+            r.id,
+            r.state.as_str(),
+            r.stage + 1,
+            r.plan.stages.len(),
+            r.plan.stages[r.stage.min(r.plan.stages.len().saturating_sub(1))],
+            r.plan.stages_text(),
+            r.reason
+                .as_deref()
+                .map(|why| format!(": {why}"))
+                .unwrap_or_default(),
+            r.id
+        )?;
+    }
     for p in &status.pins {
         writeln!(out, "pin {} -> {}", p.target, p.version)?;
     }

@@ -294,20 +294,38 @@ pub async fn for_node(
 }
 
 pub async fn status(State(app): State<Arc<App>>) -> Result<Json<UpgradeStatus>, ApiError> {
-    let (packages, nodes, releases, pins) = app
+    let (packages, nodes, releases, pins, rollouts) = app
         .read(|s| {
             Ok((
                 s.packages()?,
                 s.nodes()?,
                 s.agent_releases()?,
                 s.agent_pins()?,
+                s.rollouts()?,
             ))
         })
         .await?;
     // The latest heartbeats (packages, versions) over the stored records, as `get nodes` shows.
     let mut nodes = nodes;
     app.beats.overlay(&mut nodes);
-    Ok(Json(build_status(packages, nodes, &releases, pins)))
+    let mut status = build_status(packages, nodes, &releases, pins);
+    // The rollout of each current release (the newest, should one have been superseded).
+    status.rollouts = status
+        .releases
+        .iter()
+        .filter_map(|r| {
+            rollouts
+                .iter()
+                .filter(|o| {
+                    o.kind == op_proto::rollout::RolloutKind::Package
+                        && o.subject == r.package
+                        && o.version == r.package_version
+                })
+                .max_by_key(|o| o.created_at)
+                .cloned()
+        })
+        .collect();
+    Ok(Json(status))
 }
 
 fn build_status(
@@ -367,6 +385,7 @@ fn build_status(
         releases: current,
         pins,
         hosts,
+        rollouts: Vec::new(),
     }
 }
 

@@ -369,6 +369,13 @@ async fn a_binary_that_exits_at_start_is_rolled_back_and_reported() {
         shown.contains("failed") && shown.contains("9.0.0"),
         "{shown}"
     );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("rollout ")
+                && l.contains(": halted, stage 1/3 (1) of 1,10%,100%")),
+        "agent upgrade status shows the halted rollout: {shown}"
+    );
     wait_until(LONG, "agent.upgrade_failed raised", || async {
         upgrade_events(&c)
             .await
