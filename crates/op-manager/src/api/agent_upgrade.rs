@@ -38,7 +38,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use crate::app::App;
 use crate::auth::Caller;
-use crate::blobs::{ReceiveError, replicate};
+use crate::blobs::replicate;
 
 /// The longest watchdog deadline a release may ask for.
 const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
@@ -87,22 +87,7 @@ pub async fn start(
     // The body is read before anything is judged: a refusal sent while a large upload is still
     // arriving would reach the client as a broken pipe instead of its reason. A refused upload
     // leaves nothing (the staged file is removed when dropped).
-    let staged = app
-        .blobs
-        .receive(
-            req.into_body().into_data_stream(),
-            app.config.upload_max_bytes,
-            app.config.header_read_timeout,
-        )
-        .await
-        .map_err(|e| match e {
-            ReceiveError::TooLarge { limit } => ApiError::PayloadTooLarge {
-                limit: limit as usize,
-            },
-            ReceiveError::Idle { secs } => ApiError::BodyTimeout { secs },
-            ReceiveError::Body(m) => ApiError::bad("invalid_body", m),
-            ReceiveError::Io { .. } => ApiError::Internal(e.to_string()),
-        })?;
+    let staged = super::packages::receive_body(&app, req).await?;
     let Some((_, arch)) = platform_of(&name) else {
         return Err(ApiError::bad(
             "invalid_name",

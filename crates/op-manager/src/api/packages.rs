@@ -28,7 +28,7 @@ use super::error::ApiError;
 use super::extract::{ApiBytes, ApiQuery};
 use crate::app::App;
 use crate::auth::Caller;
-use crate::blobs::{ReceiveError, replicate};
+use crate::blobs::{ReceiveError, Staged, replicate};
 use crate::downloads::RETRY_AFTER_SECS;
 
 /// Size of the chunks a download is sent in.
@@ -112,6 +112,27 @@ impl UploadQuery {
     }
 }
 
+/// Receives an upload's body into a staged blob (hashed as it arrives), under the upload size
+/// limit and the idle timeout. A refused body leaves nothing: the staged file is removed when
+/// dropped. Shared by package uploads and agent releases.
+pub(super) async fn receive_body(app: &App, req: Request) -> Result<Staged, ApiError> {
+    app.blobs
+        .receive(
+            req.into_body().into_data_stream(),
+            app.config.upload_max_bytes,
+            app.config.header_read_timeout,
+        )
+        .await
+        .map_err(|e| match e {
+            ReceiveError::TooLarge { limit } => ApiError::PayloadTooLarge {
+                limit: limit as usize,
+            },
+            ReceiveError::Idle { secs } => ApiError::BodyTimeout { secs },
+            ReceiveError::Body(m) => ApiError::bad("invalid_body", m),
+            ReceiveError::Io { .. } => ApiError::Internal(e.to_string()),
+        })
+}
+
 pub async fn upload(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -156,23 +177,7 @@ pub async fn upload(
         }
         .request()?,
     )?;
-    let limit = app.config.upload_max_bytes;
-    let staged = app
-        .blobs
-        .receive(
-            req.into_body().into_data_stream(),
-            limit,
-            app.config.header_read_timeout,
-        )
-        .await
-        .map_err(|e| match e {
-            ReceiveError::TooLarge { limit } => ApiError::PayloadTooLarge {
-                limit: limit as usize,
-            },
-            ReceiveError::Idle { secs } => ApiError::BodyTimeout { secs },
-            ReceiveError::Body(m) => ApiError::bad("invalid_body", m),
-            ReceiveError::Io { .. } => ApiError::Internal(e.to_string()),
-        })?;
+    let staged = receive_body(&app, req).await?;
     // From the rename until the version is applied, GC must not judge this blob.
     let _commit = app.blobs.commit_guard().await;
     let received = app
