@@ -202,9 +202,22 @@ async fn five_agents_upgrade_to_the_next_binary_and_lose_no_runs() {
         next_version()
     );
 
-    // Let the new agents fire for a while, then judge the cron job's record.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let settled = chrono::Utc::now();
+    // Judge the cron job's record up to a point a few fires after the upgrade, once every host
+    // has reported a fire past it (the outbox delivers in order, so everything before is in).
+    let settled = chrono::Utc::now() + chrono::Duration::seconds(3);
+    wait_until(
+        LONG,
+        "every host reported a tick past the settle point",
+        || async {
+            let ticks = runs_of(&c, "tick").await;
+            agents.iter().all(|a| {
+                ticks.iter().any(|r| {
+                    r.hostname == a.options.node_name && r.planned_at.is_some_and(|t| t > settled)
+                })
+            })
+        },
+    )
+    .await;
     wait_until(LONG, "the once-job reported by every host", || async {
         runs_of(&c, "once").await.len() >= 5
     })
