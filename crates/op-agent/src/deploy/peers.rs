@@ -109,11 +109,12 @@ impl PeerShare {
             return Ok(());
         }
         let dir = content.parent().unwrap_or(&self.dir).to_path_buf();
-        std::fs::create_dir_all(&dir)?;
+        // Part of the agent's state: private like the rest of it (0700 dirs, 0600 files).
+        crate::state::private_dir(&dir)?;
         let tmp = dir.join(format!(".{version}.{}.tmp", std::process::id()));
         let result = (|| {
             let mut from = std::fs::File::open(part)?;
-            let mut to = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            let mut to = std::io::BufWriter::new(crate::state::create_private_file(&tmp)?);
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; 1 << 20];
             let mut n_total = 0u64;
@@ -137,10 +138,8 @@ impl PeerShare {
                 sha256: sha256.to_string(),
                 size,
             };
-            std::fs::write(
-                &meta,
-                serde_json::to_vec(&held).map_err(std::io::Error::other)?,
-            )?;
+            crate::state::create_private_file(&meta)?
+                .write_all(&serde_json::to_vec(&held).map_err(std::io::Error::other)?)?;
             std::fs::rename(&tmp, &content)
         })();
         if result.is_err() {

@@ -66,6 +66,17 @@ async fn manager_data_backups_and_agent_state_are_private() {
         runs_of(&c, "once").await.len() == 1
     })
     .await;
+    // The package deployed too: the agent's state then holds its copy for peers.
+    wait_until(LONG, "the package installed", || async {
+        c.list_nodes().await.is_ok_and(|nodes| {
+            nodes.iter().all(|n| {
+                n.packages.iter().any(|p| {
+                    p.name == "notes.txt" && p.state == op_proto::package::PackageState::Installed
+                })
+            })
+        })
+    })
+    .await;
 
     let data = m.data_dir();
     assert!(data.join("state.db").is_file() && data.join("raft.db").is_file());
