@@ -18,6 +18,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod cluster;
+mod ports;
 
 pub use cluster::{Cluster, FAST_RAFT};
 pub use nix::sys::signal::Signal;
@@ -111,14 +112,6 @@ fn reap(child: &mut Option<Child>, what: &str) -> Option<std::process::ExitStatu
     Some(status)
 }
 
-fn port_of(url: &str) -> u16 {
-    url.trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {url:?}"))
-}
-
 /// Settings of a manager to start.
 #[derive(Debug, Clone, Default)]
 pub struct ManagerOptions {
@@ -155,10 +148,10 @@ pub struct Manager {
     child: Option<Child>,
     _stdout: Option<BufReader<ChildStdout>>,
     starts: u32,
-    /// The API port of the first start, reused on restarts so agents find the manager again.
-    port: u16,
-    /// The raft port of the first start, reused on restarts so peers find the manager again.
-    raft_port: u16,
+    /// The API port, the same on every start so agents find the manager again.
+    port: ports::PortLease,
+    /// The raft port, the same on every start so peers find the manager again.
+    raft_port: ports::PortLease,
 }
 
 impl Manager {
@@ -194,8 +187,8 @@ impl Manager {
             child: None,
             _stdout: None,
             starts: 0,
-            port: 0,
-            raft_port: 0,
+            port: ports::lease(),
+            raft_port: ports::lease(),
         };
         m.launch();
         m
@@ -213,9 +206,9 @@ impl Manager {
         cmd.arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(format!("127.0.0.1:{}", self.port.port))
             .arg("--raft-listen")
-            .arg(format!("127.0.0.1:{}", self.raft_port))
+            .arg(format!("127.0.0.1:{}", self.raft_port.port))
             .args(&self.options.args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -232,8 +225,6 @@ impl Manager {
             }
         }
         assert!(!self.api_url.is_empty(), "unexpected first line {line:?}");
-        self.port = port_of(&self.api_url);
-        self.raft_port = port_of(&self.raft_url);
         // A manager that joined a cluster has no token files: the cluster's first node wrote
         // them, and [`Cluster`] hands them to every member.
         let data_dir = self.data_dir();

@@ -447,7 +447,9 @@ async fn kill_9_in_the_middle_of_an_upgrade_comes_back_on_a_binary() {
     all_on(&c, 1, OLD, LONG).await;
     c.save_job_text(
         "hold",
-        r#"{"JobName":"hold","Command":"sleep 8","OnceJob":1}"#,
+        // Longer than the upgrade takes on a loaded machine (it took 8 s in CI, and a job of
+        // 8 s was over before the switch); within the agent's 30 s shutdown grace.
+        r#"{"JobName":"hold","Command":"sleep 28","OnceJob":1}"#,
     )
     .await
     .expect("save");
@@ -485,7 +487,8 @@ async fn kill_9_in_the_middle_of_an_upgrade_comes_back_on_a_binary() {
         || async { dir.join("pending.json").exists() },
     )
     .await;
-    let victim = agent_child(a.pid().unwrap()).expect("the guard runs an agent");
+    let victim =
+        agent_child(a.pid().unwrap()).expect("the guard runs the agent that waits for its job");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(victim),
         nix::sys::signal::Signal::SIGKILL,
