@@ -396,8 +396,15 @@ async fn a_binary_that_exits_at_start_is_rolled_back_and_reported() {
             .any(|e| e.summary.contains("stopped 3 times"))
     })
     .await;
-    // The agents keep the old binary: the failed content is never tried again.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The agents keep the old binary: the failed content is never tried again, though every
+    // agent has synced since (and been answered the release again) by the time this looks.
+    let past = chrono::Utc::now() + chrono::Duration::seconds(2);
+    wait_until(LONG, "every agent synced past the failure", || async {
+        c.list_nodes()
+            .await
+            .is_ok_and(|n| n.len() == agents.len() && n.iter().all(|n| n.last_seen > past))
+    })
+    .await;
     for a in &agents {
         assert!(!bin_dir(a).join("pending.json").exists());
     }
