@@ -1,8 +1,8 @@
 //! The operating-system limits a large simulated fleet runs into, checked before anything starts.
 //!
 //! Every simulated agent holds one TCP connection to the manager while its sync call is parked, so
-//! N agents need N open files in this process, N in the manager, and N local ports from the
-//! ephemeral range (all connections go from 127.0.0.1 to one manager port). A limit that is too
+//! N agents need N open files in this process and N in the manager; local ports come from the
+//! ephemeral range of each pool's own loopback source address (127.0.0.1, .2, ...). A limit that is too
 //! low would otherwise show up as connections that fail or hang half-way through a run; here it is
 //! a clear error before the run, naming the setting to change (BENCHMARKS.md lists them).
 
@@ -43,14 +43,16 @@ pub fn check_fleet(agents: usize) -> anyhow::Result<()> {
             nofile.saturating_sub(HEADROOM)
         );
     }
+    // Each pool of agents connects from its own loopback address ([`crate::fleet::source_address`]),
+    // so one address needs ports for one pool only.
+    let per_address = agents.min(crate::fleet::AGENTS_PER_POOL) as u64 + HEADROOM;
     if let Some(ports) = ephemeral_ports()
-        && ports < need
+        && ports < per_address
     {
         bail!(
-            "{agents} simulated agents need about {need} local ports, but net.ipv4.ip_local_port_range \
-             holds {ports}; widen it (`sysctl -w net.ipv4.ip_local_port_range=\"1024 65000\"`) or \
-             simulate at most {} agents",
-            ports.saturating_sub(HEADROOM)
+            "each source address of the simulated agents needs about {per_address} local ports, \
+             but net.ipv4.ip_local_port_range holds {ports}; widen it \
+             (`sysctl -w net.ipv4.ip_local_port_range=\"1024 65000\"`)"
         );
     }
     Ok(())

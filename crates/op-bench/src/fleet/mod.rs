@@ -46,6 +46,21 @@ pub const REGISTER_CONCURRENCY: usize = 64;
 /// Version string the simulated agents report.
 const SIM_VERSION: &str = "op-bench-sim";
 
+/// The loopback source address of connection pool `pool`: 127.0.0.1 for the first, then .2, ...
+/// (the whole of 127.0.0.0/8 reaches the loopback interface).
+pub fn source_address(pool: usize) -> IpAddr {
+    let n = pool as u32 + 1;
+    IpAddr::V4(Ipv4Addr::new(127, (n >> 16) as u8, (n >> 8) as u8, n as u8))
+}
+
+/// Whether the manager listens on a loopback address (then the pools may speak from several).
+fn manager_is_loopback(api_url: &str) -> bool {
+    reqwest::Url::parse(api_url)
+        .ok()
+        .and_then(|u| u.host_str().and_then(|h| h.parse::<IpAddr>().ok()))
+        .is_some_and(|ip| ip.is_loopback())
+}
+
 /// One simulated machine.
 #[derive(Debug, Clone)]
 pub struct SimAgent {
@@ -159,9 +174,14 @@ impl Fleet {
     /// registered. Returns when every agent is registered (their first syncs may still be running).
     pub async fn start(manager: &ManagerProcess, n: usize) -> anyhow::Result<Fleet> {
         let pools = n.div_ceil(AGENTS_PER_POOL).max(1);
+        let loopback = manager_is_loopback(&manager.api_url);
         let enroll = (0..pools)
-            .map(|_| {
+            .map(|pool| {
                 let http = reqwest::Client::builder()
+                    // Each pool speaks from its own loopback address (127.0.0.1, .2, ...), so
+                    // the local ports of one address are never short: 50,000 agents through one
+                    // source address would need more than the 28,232 ephemeral ports there are.
+                    .local_address(loopback.then(|| source_address(pool)))
                     .http1_only()
                     .tcp_nodelay(true)
                     .connect_timeout(Duration::from_secs(10))
