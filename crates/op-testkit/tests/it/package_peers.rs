@@ -502,6 +502,53 @@ async fn a_peer_serving_corrupted_chunks_is_reported_and_the_others_end_right() 
             .any(|a| a.log().contains("fails its sha256") && a.log().contains(&first.url())),
         "the bad source was named in a log"
     );
+    // The fetchers report it to the manager, and operators see it with where bytes came from.
+    op_testkit::wait_until(crate::support::LONG, "the bad source reported", || async {
+        let fetched = fetched_by_host(&m, "big.bin").await;
+        fetched.values().any(|f| {
+            f.version == version
+                && f.bad_sources
+                    .iter()
+                    .any(|b| b.reason == "sha256" && b.url == first.url() && b.count >= 1)
+        }) && ["node-2", "node-3", "node-4"]
+            .iter()
+            .all(|h| fetched.get(*h).is_some_and(|f| f.version == version))
+    })
+    .await;
+    let text =
+        String::from_utf8(agentcli(&m, &["analysis", "packages", "big.bin"]).stdout).unwrap();
+    assert!(text.contains("BADSOURCE"), "{text}");
+    let bad_line = text
+        .lines()
+        .find(|l| l.contains(&first.url()))
+        .unwrap_or_else(|| panic!("no line names the bad source:\n{text}"));
+    assert!(bad_line.contains("sha256"), "{text}");
+    assert!(
+        text.contains("FROMPEERS") && text.contains("from peers: "),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(
+        &agentcli(&m, &["analysis", "packages", "big.bin", "-o", "json"]).stdout,
+    )
+    .unwrap();
+    let hosts = json["sources"].as_array().expect("sources per host");
+    for h in ["node-2", "node-3", "node-4"] {
+        let s = hosts
+            .iter()
+            .find(|s| s["hostname"] == h)
+            .unwrap_or_else(|| panic!("{h} in {json}"));
+        let (p, m_) = (
+            s["from_peers"].as_u64().unwrap(),
+            s["from_managers"].as_u64().unwrap(),
+        );
+        assert_eq!(p + m_, size as u64, "{s}");
+    }
+    assert!(
+        hosts.iter().any(|s| s["bad_sources"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|b| b["url"] == first.url()))),
+        "{json}"
+    );
 }
 
 #[tokio::test]
