@@ -552,6 +552,152 @@ mod tests {
     use super::*;
     use ring::signature::{Ed25519KeyPair, KeyPair};
 
+    /// A manager with `data`, and peers that each misbehave one way (`hang` answers nothing for
+    /// the whole `silence`, as a frozen peer does through the real client), or serve well.
+    struct Fake {
+        data: Vec<u8>,
+        chunk: u64,
+        calls: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl super::super::Source for Fake {
+        fn open<'a>(
+            &'a self,
+            _pkg: &'a op_proto::package::PackageRef,
+            offset: u64,
+        ) -> futures_util::future::BoxFuture<
+            'a,
+            Result<super::super::Opened, super::super::FetchError>,
+        > {
+            use futures_util::StreamExt;
+            let body = bytes::Bytes::from(self.data[offset as usize..].to_vec());
+            Box::pin(async move {
+                Ok(super::super::Opened {
+                    start: offset,
+                    body: futures_util::stream::once(async move { Ok(body) }).boxed(),
+                })
+            })
+        }
+
+        fn peer_chunk<'a>(
+            &'a self,
+            url: &'a str,
+            _pkg: &'a op_proto::package::PackageRef,
+            k: usize,
+            _ticket: &'a str,
+            silence: std::time::Duration,
+        ) -> futures_util::future::BoxFuture<'a, Result<bytes::Bytes, PeerError>> {
+            self.calls.lock().unwrap().push(url.to_string());
+            let (a, b) =
+                op_proto::chunks::chunk_range(self.data.len() as u64, self.chunk, k).unwrap();
+            let good = bytes::Bytes::from(self.data[a as usize..b as usize].to_vec());
+            Box::pin(async move {
+                match url {
+                    "http://hang" => {
+                        tokio::time::sleep(silence).await;
+                        Err(PeerError::Unreachable("no answer".into()))
+                    }
+                    "http://refuse" => Err(PeerError::Refused("401".into())),
+                    "http://corrupt" => {
+                        let mut bad = good.to_vec();
+                        bad[0] ^= 1;
+                        Ok(bad.into())
+                    }
+                    _ => Ok(good),
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_peers_are_reported_once_each_and_the_file_still_arrives_right() {
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        let chunk = 1000u64;
+        let chunks: Vec<String> = data
+            .chunks(chunk as usize)
+            .map(|c| hex::encode(Sha256::digest(c)))
+            .collect();
+        let pkg = op_proto::package::PackageRef {
+            name: "tool".into(),
+            version: 3,
+            sha256: hex::encode(Sha256::digest(&data)),
+            size: data.len() as u64,
+            deploy_dir: String::new(),
+        };
+        let source = |url: &str| op_proto::chunks::PeerSource {
+            node: uuid::Uuid::new_v4(),
+            url: url.into(),
+        };
+        let plan = PeerPlan {
+            ticket: "t".into(),
+            sources: [
+                "http://hang",
+                "http://refuse",
+                "http://corrupt",
+                "http://good",
+            ]
+            .map(source)
+            .to_vec(),
+            manifest: op_proto::chunks::ChunkManifest {
+                sha256: pkg.sha256.clone(),
+                size: pkg.size,
+                chunk_size: chunk,
+                chunks,
+            },
+            wait_secs: None,
+        };
+        let fake = Fake {
+            data: data.clone(),
+            chunk,
+            calls: Default::default(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("tool.part");
+        let silence = std::time::Duration::from_millis(300);
+        let started = std::time::Instant::now();
+        let stats = fetch_chunks(
+            &fake,
+            &pkg,
+            &part,
+            &plan,
+            std::time::Duration::from_secs(60),
+            silence,
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read(&part).unwrap(), data);
+        assert_eq!(stats.from_peers + stats.from_managers, data.len() as u64);
+        assert!(stats.from_peers > 0, "the good peer served");
+        let mut reasons: Vec<(String, String, u64)> = stats
+            .bad_sources
+            .iter()
+            .map(|b| (b.url.clone(), b.reason.clone(), b.count))
+            .collect();
+        reasons.sort();
+        let urls: Vec<&str> = reasons.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(urls, ["http://corrupt", "http://hang", "http://refuse"]);
+        let find = |u: &str| reasons.iter().find(|r| r.0 == u).unwrap().1.clone();
+        assert_eq!(find("http://corrupt"), "sha256");
+        assert_eq!(find("http://hang"), "unreachable");
+        assert_eq!(find("http://refuse"), "refused");
+        // 40 chunks, yet the silent peer was asked only by the chunks in flight when it first
+        // went silent: it cost about one `silence`, not forty.
+        let hung = fake
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|u| *u == "http://hang")
+            .count();
+        assert!(hung <= PARALLEL, "asked the silent peer {hung} times");
+        assert!(
+            started.elapsed() < silence * 20,
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
     fn pair(seed: u8) -> Ed25519KeyPair {
         Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap()
     }
