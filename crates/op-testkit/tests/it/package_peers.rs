@@ -543,6 +543,11 @@ async fn a_peer_serving_corrupted_chunks_is_reported_and_the_others_end_right() 
         );
         assert_eq!(p + m_, size as u64, "{s}");
     }
+    // The console's package page: a From peers column, the bad source counted on its host.
+    let page = crate::support::console_get(&m, &m.admin_token, "/ui/packages/big.bin").await;
+    assert!(page.contains("<th>From peers</th>"), "{page}");
+    assert!(page.contains("id=\"from-peers\""), "{page}");
+    assert!(page.contains("bad source"), "{page}");
     assert!(
         hosts.iter().any(|s| s["bad_sources"]
             .as_array()
