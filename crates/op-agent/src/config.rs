@@ -23,6 +23,8 @@ pub mod defaults {
     /// keeping it makes them work unchanged.
     pub const DEPLOY_DIR: &str = "/data/op-agent/src";
     pub const SHUTDOWN_GRACE_SECS: u64 = 30;
+    /// `--peer-timeout`: a peer silent this long during a chunk fetch is given up on.
+    pub const PEER_TIMEOUT_SECS: u64 = 10;
     pub const OUTPUT_TAIL: u64 = op_proto::run::DEFAULT_OUTPUT_TAIL as u64;
     pub const LOG_KEEP_RUNS: u64 = 50;
     pub const LOG_KEEP_BYTES: u64 = 64 * 1024 * 1024;
@@ -173,6 +175,10 @@ pub struct Cli {
     /// Most bytes per second served to peers, e.g. `20MiB` (0 = no limit) [default: 0].
     #[arg(long, env = "OP_PEER_UPLOAD_RATE_LIMIT")]
     pub peer_upload_rate_limit: Option<String>,
+    /// How long a chunk fetch waits on a peer that stops answering (no response or no bytes)
+    /// before it moves to another source, e.g. `10s` [default: 10s].
+    #[arg(long, env = "OP_PEER_TIMEOUT")]
+    pub peer_timeout: Option<String>,
     /// Print the configuration reference (docs/config.md) and exit.
     #[arg(long, hide = true)]
     pub print_config_reference: bool,
@@ -258,6 +264,7 @@ pub struct FileConfig {
     pub client_key: Option<PathBuf>,
     pub peer_serve: Option<bool>,
     pub peer_upload_rate_limit: Option<SizeValue>,
+    pub peer_timeout: Option<String>,
 }
 
 /// A size written as a number of bytes or a string such as `64KiB`.
@@ -347,6 +354,8 @@ pub struct Config {
     pub peer_serve: bool,
     /// Bytes per second served to peers (0 = no limit).
     pub peer_upload_rate_limit: u64,
+    /// How long a peer may stay silent during a chunk fetch (`--peer-timeout`).
+    pub peer_timeout: Duration,
 }
 
 /// The configuration reference (docs/config.md): every flag of [`Cli`], its environment
@@ -608,12 +617,19 @@ impl Config {
             0,
         )?;
         let peer_serve = pick(&cli.peer_serve, &file.peer_serve).unwrap_or(true);
+        let peer_timeout = seconds(
+            "peer_timeout",
+            &cli.peer_timeout,
+            &file.peer_timeout,
+            defaults::PEER_TIMEOUT_SECS,
+        )?;
 
         Ok(Config {
             tls,
             manager_tls,
             peer_serve,
             peer_upload_rate_limit,
+            peer_timeout,
             listen,
             state_dir,
             log_dir,

@@ -242,6 +242,7 @@ pub async fn run(
                         limits: config.package_limits,
                         peers: peer_share.clone(),
                         metrics: Some(metrics.clone()),
+                        peer_timeout: config.peer_timeout,
                         ..deploy::DeploySettings::new(config.deploy_dir.clone())
                     },
                 },

@@ -145,6 +145,19 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         cap: usize,
     },
+    /// Packages from peers: a package to N real agents while the manager's package egress is
+    /// capped; time until all have it and the share of bytes the manager sent.
+    PackagePeers {
+        /// Agents to start.
+        #[arg(long, default_value_t = 20)]
+        agents: usize,
+        /// Package size (random content): `200MiB`, `1G`; a bare number is MiB.
+        #[arg(long, default_value = "200MiB", value_parser = parse_mib)]
+        size: usize,
+        /// The manager's `--download-rate-limit` (bytes per second), e.g. `50MiB`.
+        #[arg(long, default_value = "50MiB")]
+        manager_egress: String,
+    },
     /// `exec --all -- true` through a real manager to real `op-agent` processes, until every
     /// result is back.
     FanoutReal {
@@ -283,6 +296,21 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<report::Figure>> {
                 agents,
                 size_mib,
                 cap,
+            )
+            .await
+        }
+        Scenario::PackagePeers {
+            agents,
+            size,
+            manager_egress,
+        } => {
+            scenarios::package_peers::run(
+                &agent_bin()?,
+                &manager_bin()?,
+                margs,
+                agents,
+                size,
+                &manager_egress,
             )
             .await
         }

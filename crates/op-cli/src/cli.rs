@@ -733,7 +733,9 @@ Examples:
 
 Reasons: downloading, failed: REASON, missing, outdated (the host has another version and has
 not started on the current one yet). Then one line per package:
-  test.py 1730000000: 48/50 hosts current, 1 failed, 1 downloading
+  test.py 1730000000: 48/50 hosts current, 1 failed, 1 downloading, from peers: 82.5 %
+(from peers: the share of the version's bytes the hosts fetched from peer agents). Peers that
+failed a host are listed as bad sources; with NAME, each host's bytes from peers and managers.
 Exits 1 when any host is behind.")]
     Packages {
         /// Only this package.

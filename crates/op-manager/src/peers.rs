@@ -9,8 +9,8 @@
 //! public half is handed out. A forgotten node's credential is gone, so it gets no new tickets,
 //! and the ones it had expire within minutes. Rotating the secrets key rotates the ticket key.
 //!
-//! Sources: [`PeerDirectory`] (where agents serve, seeds of versions nobody holds yet) and
-//! [`choose`] (same rack, then nearest address, ties shuffled).
+//! Sources: [`PeerDirectory`] (where agents serve, which versions they hold, seeds of versions
+//! nobody holds yet) and [`choose`] (same rack, then nearest address, ties shuffled).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -61,8 +61,18 @@ const PEER_FRESH: Duration = Duration::from_secs(120);
 #[derive(Default)]
 pub struct PeerDirectory {
     urls: Mutex<HashMap<uuid::Uuid, (String, Instant)>>,
+    /// Which nodes syncing with this member last reported which versions installed: the index a
+    /// ticket request reads instead of the whole node list.
+    held: Mutex<Held>,
     /// Per version, the nodes told to fetch it from the managers while no peer held it.
     seeding: Mutex<HashMap<(String, u64), Seeds>>,
+}
+
+/// Per version the nodes that report it installed, and per node what it reported and when.
+#[derive(Default)]
+struct Held {
+    by_version: HashMap<(String, u64), std::collections::HashSet<uuid::Uuid>>,
+    by_node: HashMap<uuid::Uuid, (Vec<(String, u64)>, Instant)>,
 }
 
 /// The nodes fetching one version from the managers, and since when.
@@ -90,6 +100,75 @@ impl PeerDirectory {
         if m.len() > 64 && rand::random::<u8>() == 0 {
             m.retain(|_, (_, at)| at.elapsed() < PEER_FRESH * 4);
         }
+    }
+
+    /// Records the versions `node` reports installed in its heartbeat (`packages`).
+    pub fn record_installed(
+        &self,
+        node: uuid::Uuid,
+        packages: &[op_proto::package::InstalledPackage],
+    ) {
+        let now: Vec<(String, u64)> = packages
+            .iter()
+            .filter(|p| p.state == op_proto::package::PackageState::Installed && p.version > 0)
+            .map(|p| (p.name.clone(), p.version))
+            .collect();
+        let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let h = &mut *h;
+        let before = h.by_node.remove(&node).map(|(v, _)| v).unwrap_or_default();
+        for key in before.iter().filter(|k| !now.contains(k)) {
+            if let Some(set) = h.by_version.get_mut(key) {
+                set.remove(&node);
+                if set.is_empty() {
+                    h.by_version.remove(key);
+                }
+            }
+        }
+        for key in &now {
+            h.by_version.entry(key.clone()).or_default().insert(node);
+        }
+        if !now.is_empty() {
+            h.by_node.insert(node, (now, Instant::now()));
+        }
+        // Nodes gone silent (forgotten, moved to another member) leave the index in time.
+        if h.by_node.len() > 64 && rand::random::<u8>() == 0 {
+            let stale: Vec<uuid::Uuid> = h
+                .by_node
+                .iter()
+                .filter(|(_, (_, at))| at.elapsed() >= PEER_FRESH * 4)
+                .map(|(n, _)| *n)
+                .collect();
+            for n in stale {
+                if let Some((keys, _)) = h.by_node.remove(&n) {
+                    for key in keys {
+                        if let Some(set) = h.by_version.get_mut(&key) {
+                            set.remove(&n);
+                            if set.is_empty() {
+                                h.by_version.remove(&key);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The nodes heard of lately that report `name` `version` installed.
+    pub fn holders(&self, name: &str, version: u64) -> Vec<uuid::Uuid> {
+        let h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        h.by_version
+            .get(&(name.to_string(), version))
+            .map(|set| {
+                set.iter()
+                    .filter(|n| {
+                        h.by_node
+                            .get(n)
+                            .is_some_and(|(_, at)| at.elapsed() < PEER_FRESH)
+                    })
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// For `node` asking for `name` `version` that no peer holds: None when it should fetch
@@ -233,6 +312,42 @@ mod tests {
         assert_eq!(ids, vec![2, 1, 5, 3]);
         assert_eq!(common_prefix(ip("10.0.0.0"), ip("10.0.0.1")), 31);
         assert_eq!(common_prefix(ip("10.0.0.1"), ip("::1")), 0);
+    }
+
+    #[test]
+    fn the_holders_index_follows_what_each_node_last_reported() {
+        use op_proto::package::{InstalledPackage, PackageState};
+        let pkg = |name: &str, version: u64, state: PackageState| InstalledPackage {
+            name: name.into(),
+            version,
+            sha256: String::new(),
+            state,
+            target_version: None,
+            error: None,
+            fetched: None,
+        };
+        let d = PeerDirectory::default();
+        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        d.record_installed(a, &[pkg("p", 1, PackageState::Installed)]);
+        d.record_installed(
+            b,
+            &[
+                pkg("p", 1, PackageState::Installed),
+                pkg("q", 3, PackageState::Downloading),
+            ],
+        );
+        let mut both = d.holders("p", 1);
+        both.sort();
+        let mut want = vec![a, b];
+        want.sort();
+        assert_eq!(both, want);
+        assert!(d.holders("q", 3).is_empty(), "downloading is not holding");
+        // a moves to version 2: it no longer holds 1.
+        d.record_installed(a, &[pkg("p", 2, PackageState::Installed)]);
+        assert_eq!(d.holders("p", 1), vec![b]);
+        assert_eq!(d.holders("p", 2), vec![a]);
+        d.record_installed(b, &[]);
+        assert!(d.holders("p", 1).is_empty());
     }
 
     #[test]

@@ -443,6 +443,7 @@ mod tests {
             state,
             target_version: None,
             error: error.map(str::to_string),
+            fetched: None,
         })
     }
 

@@ -202,6 +202,45 @@ pub struct InstalledPackage {
     /// `state` Downloading).
     #[serde(default)]
     pub error: Option<String>,
+    /// Where the bytes of the last version this agent downloaded came from (packages from
+    /// peers). Absent from older agents and until this agent downloads a version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched: Option<FetchSources>,
+}
+
+/// Where the bytes of one downloaded package version came from (packages from peers): how many
+/// from peer agents and how many from managers, and the peers that failed this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchSources {
+    pub version: u64,
+    #[serde(default)]
+    pub from_peers: u64,
+    #[serde(default)]
+    pub from_managers: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad_sources: Vec<BadSource>,
+}
+
+impl FetchSources {
+    /// The share of the bytes that came from peers, in percent (None when nothing was counted).
+    pub fn peer_percent(&self) -> Option<f64> {
+        let total = self.from_peers + self.from_managers;
+        (total > 0).then(|| 100.0 * self.from_peers as f64 / total as f64)
+    }
+}
+
+/// A peer that failed a node during one download, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadSource {
+    /// The peer's URL, as the manager named it.
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<uuid::Uuid>,
+    /// `sha256` (it sent a chunk that fails its hash), `refused` (it refused this node's ticket)
+    /// or `unreachable` (no answer, or it stopped sending, within `--peer-timeout`).
+    pub reason: String,
+    /// Chunks this happened on.
+    pub count: u64,
 }
 
 /// How a package is deployed, decided by its name.

@@ -95,15 +95,17 @@ pub trait Source: Send + Sync {
         Box::pin(async { None })
     }
 
-    /// Chunk `k` of `pkg` from the peer at `url`, presenting `ticket`.
+    /// Chunk `k` of `pkg` from the peer at `url`, presenting `ticket`; a peer that sends no
+    /// answer or no bytes for `silence` is given up on.
     fn peer_chunk<'a>(
         &'a self,
         _url: &'a str,
         _pkg: &'a PackageRef,
         _k: usize,
         _ticket: &'a str,
-    ) -> BoxFuture<'a, Result<Bytes, String>> {
-        Box::pin(async { Err("no peers".to_string()) })
+        _silence: Duration,
+    ) -> BoxFuture<'a, Result<Bytes, peers::PeerError>> {
+        Box::pin(async { Err(peers::PeerError::Unreachable("no peers".to_string())) })
     }
 }
 
@@ -124,6 +126,9 @@ pub struct DeploySettings {
     pub peers: Option<Arc<peers::PeerShare>>,
     /// Counts bytes by source and bad peer chunks.
     pub metrics: Option<crate::metrics::Metrics>,
+    /// A peer that sends nothing for this long during a chunk fetch is given up on for the rest
+    /// of that download (`--peer-timeout`).
+    pub peer_timeout: Duration,
 }
 
 impl DeploySettings {
@@ -137,6 +142,7 @@ impl DeploySettings {
             retry_max: Duration::from_secs(300),
             peers: None,
             metrics: None,
+            peer_timeout: Duration::from_secs(crate::config::defaults::PEER_TIMEOUT_SECS),
         }
     }
 }
@@ -152,6 +158,8 @@ struct Inner {
     source: Arc<dyn Source>,
     workers: Mutex<HashMap<String, watch::Sender<Option<PackageRef>>>>,
     reports: Mutex<BTreeMap<String, InstalledPackage>>,
+    /// Per package, where the bytes of its last download came from (reported with it).
+    fetched: Mutex<HashMap<String, op_proto::package::FetchSources>>,
     changed: watch::Sender<u64>,
     /// True while some desired package has not settled (installed, or failed) at its version.
     deploying: watch::Sender<bool>,
@@ -171,6 +179,7 @@ impl Deployer {
                 source,
                 workers: Mutex::new(HashMap::new()),
                 reports: Mutex::new(BTreeMap::new()),
+                fetched: Mutex::new(HashMap::new()),
                 changed: watch::Sender::new(0),
                 deploying: watch::Sender::new(false),
                 tracker: TaskTracker::new(),
@@ -261,7 +270,23 @@ impl Inner {
         Ok(p.to_path_buf())
     }
 
-    fn set_report(&self, report: Option<InstalledPackage>, name: &str) {
+    /// Remembers where the bytes of `pkg` came from; its next report carries it.
+    fn record_fetched(&self, pkg: &PackageRef, sources: op_proto::package::FetchSources) {
+        self.fetched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pkg.name.clone(), sources);
+    }
+
+    fn set_report(&self, mut report: Option<InstalledPackage>, name: &str) {
+        if let Some(r) = report.as_mut() {
+            r.fetched = self
+                .fetched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name)
+                .cloned();
+        }
         let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
         let changed = match report {
             Some(r) => reports.insert(name.to_string(), r.clone()).as_ref() != Some(&r),
@@ -330,6 +355,7 @@ fn report_for(
         state,
         target_version: (version != pkg.version).then_some(pkg.version),
         error,
+        fetched: None,
     }
 }
 
@@ -519,12 +545,22 @@ async fn attempt(
                 &part,
                 &plan,
                 inner.settings.idle,
+                inner.settings.peer_timeout,
                 inner.settings.metrics.as_ref(),
             )
             .await
             {
                 Ok(stats) => {
                     tracing::info!(package = %pkg.name, version = pkg.version, from_peers = stats.from_peers, from_managers = stats.from_managers, bad_sources = ?stats.bad_sources, "downloaded in chunks");
+                    inner.record_fetched(
+                        pkg,
+                        op_proto::package::FetchSources {
+                            version: pkg.version,
+                            from_peers: stats.from_peers,
+                            from_managers: stats.from_managers,
+                            bad_sources: stats.bad_sources,
+                        },
+                    );
                     return Ok(());
                 }
                 Err(e) => {
@@ -534,10 +570,19 @@ async fn attempt(
             }
         }
         let r = download::fetch(inner.source.as_ref(), pkg, &part, inner.settings.idle).await;
-        if r.is_ok()
-            && let Some(m) = &inner.settings.metrics
-        {
-            m.package_fetched(false, pkg.size);
+        if r.is_ok() {
+            if let Some(m) = &inner.settings.metrics {
+                m.package_fetched(false, pkg.size);
+            }
+            inner.record_fetched(
+                pkg,
+                op_proto::package::FetchSources {
+                    version: pkg.version,
+                    from_peers: 0,
+                    from_managers: pkg.size,
+                    bad_sources: Vec::new(),
+                },
+            );
         }
         r
     };

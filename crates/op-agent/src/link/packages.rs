@@ -10,7 +10,7 @@ use op_proto::package::PackageRef;
 
 use super::Shared;
 use crate::api::peers::TICKET_HEADER;
-use crate::deploy::peers::{BUSY, PeerPlan};
+use crate::deploy::peers::{PeerError, PeerPlan};
 use crate::deploy::{FetchError, Opened, Source};
 use bytes::Bytes;
 use op_proto::chunks::{ChunkManifest, TicketGrant};
@@ -98,30 +98,64 @@ impl Source for ManagerSource {
         pkg: &'a PackageRef,
         k: usize,
         ticket: &'a str,
-    ) -> BoxFuture<'a, Result<Bytes, String>> {
+        silence: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Bytes, PeerError>> {
         Box::pin(async move {
             // A peer is called without this node's credential: the ticket is what it checks.
             let client = op_client::Client::with_tls(url, None, &self.shared.tls)
-                .map_err(|e| e.to_string())?
+                .map_err(|e| PeerError::Failed(e.to_string()))?
                 .with_timeout(TRANSFER_TIMEOUT);
             let path = format!(
                 "/v1/peer/packages/{}/{}/chunks/{k}",
                 utf8_percent(&pkg.name),
                 pkg.version
             );
-            let resp = client
-                .request(axum::http::Method::GET, &path)
-                .header(TICKET_HEADER, ticket)
-                .send()
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
-            if resp.status().as_u16() == 429 {
-                return Err(format!("{BUSY}{url}"));
+            let secs = silence.as_secs_f64();
+            // A peer that was killed refuses the connection; one that froze (or whose host did)
+            // accepts it and then says nothing: both are given up on within `silence`.
+            let mut resp = tokio::time::timeout(
+                silence,
+                client
+                    .request(axum::http::Method::GET, &path)
+                    .header(TICKET_HEADER, ticket)
+                    .send(),
+            )
+            .await
+            .map_err(|_| PeerError::Unreachable(format!("{url}: no answer within {secs} s")))?
+            .map_err(|e| PeerError::Unreachable(format!("{url}: {e}")))?;
+            let status = resp.status();
+            if status.as_u16() == 429 {
+                return Err(PeerError::Busy);
             }
-            if !resp.status().is_success() {
-                return Err(format!("{url}: {}", resp.status()));
+            if status.as_u16() == 401 || status.as_u16() == 403 {
+                let why = tokio::time::timeout(silence, resp.text())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                return Err(PeerError::Refused(format!("{url}: {status}: {why}")));
             }
-            resp.bytes().await.map_err(|e| format!("{url}: {e}"))
+            if !status.is_success() {
+                return Err(PeerError::Failed(format!("{url}: {status}")));
+            }
+            let mut out = Vec::with_capacity(
+                resp.content_length()
+                    .unwrap_or(0)
+                    .min(op_proto::chunks::CHUNK_SIZE) as usize,
+            );
+            loop {
+                match tokio::time::timeout(silence, resp.chunk()).await {
+                    Err(_) => {
+                        return Err(PeerError::Unreachable(format!(
+                            "{url}: sent nothing for {secs} s in the middle of chunk {k}"
+                        )));
+                    }
+                    Ok(Err(e)) => return Err(PeerError::Unreachable(format!("{url}: {e}"))),
+                    Ok(Ok(None)) => break,
+                    Ok(Ok(Some(piece))) => out.extend_from_slice(&piece),
+                }
+            }
+            Ok(Bytes::from(out))
         })
     }
 }

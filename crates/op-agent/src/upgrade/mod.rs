@@ -146,6 +146,7 @@ impl Upgrader {
             state: PackageState::Failed,
             target_version: Some(pkg.version),
             error: Some(error),
+            fetched: None,
         };
         let Some(release) = release else {
             self.set_report(Some(fail(
@@ -162,6 +163,7 @@ impl Upgrader {
                 state: PackageState::Installed,
                 target_version: None,
                 error: None,
+                fetched: None,
             }));
             return;
         }
@@ -199,6 +201,7 @@ impl Upgrader {
                     state: PackageState::Failed,
                     target_version: Some(pkg.version),
                     error: Some(e),
+                    fetched: None,
                 }));
             }
         });
@@ -223,6 +226,7 @@ impl Upgrader {
             state: PackageState::Downloading,
             target_version: Some(pkg.version),
             error: None,
+            fetched: None,
         }));
         let dir = self.inner.dir.clone();
         crate::state::private_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;

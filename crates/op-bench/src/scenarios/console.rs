@@ -186,6 +186,7 @@ async fn seed_node(
             state: PackageState::Installed,
             target_version: None,
             error: None,
+            fetched: None,
         }],
         stats: Default::default(),
         degraded: None,

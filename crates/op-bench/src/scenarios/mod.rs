@@ -14,5 +14,6 @@ pub mod incident;
 pub mod ingest;
 pub mod invoke;
 pub mod package_fanout;
+pub mod package_peers;
 pub mod propagation;
 pub mod propagation_real;

@@ -12,6 +12,12 @@
 //! A targeted version (`upload --host/--exclude/--label`) counts only the hosts it targets
 //! (`op_proto::analysis::targeted`): a host outside is neither missing nor failed, and the
 //! summary line names the targeting.
+//!
+//! Packages from peers: each summary line says which share of the current version's bytes the
+//! hosts fetched from peer agents (`from peers: 82.5 %`, from what each agent reports in
+//! `InstalledPackage::fetched`); `analysis packages NAME` also lists, per host, the bytes from
+//! peers and from managers. Peers that failed a host (a chunk failing its sha256, a refused
+//! ticket, no answer) are listed as bad sources, with the host that reported them.
 
 use std::io::Write;
 
@@ -24,7 +30,7 @@ use serde::Serialize;
 use super::Ctx;
 use crate::Outcome;
 use crate::cli::Format;
-use crate::output::{Table, human_secs, write_json};
+use crate::output::{Table, human_bytes, human_secs, write_json};
 
 /// One host behind on one package.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -52,6 +58,31 @@ pub struct Summary {
     /// The version's targeting (`label role=db`); absent when it goes to every host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Bytes of this version the hosts that report it fetched from peer agents, and from
+    /// managers (packages from peers; 0 and 0 when no host reported where its bytes came from).
+    pub from_peers_bytes: u64,
+    pub from_managers_bytes: u64,
+}
+
+/// Where one host's bytes of a package version came from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostSources {
+    pub package: String,
+    pub version: u64,
+    pub hostname: String,
+    pub ips: String,
+    pub from_peers: u64,
+    pub from_managers: u64,
+    /// `from_peers` in percent of both, one decimal.
+    pub from_peers_percent: f64,
+    /// Peers that failed this host during that download.
+    pub bad_sources: Vec<op_proto::package::BadSource>,
+}
+
+/// `82.5 %` of `part` in `part + rest`, None when both are 0.
+fn percent(part: u64, rest: u64) -> Option<f64> {
+    let total = part + rest;
+    (total > 0).then(|| (1000.0 * part as f64 / total as f64).round() / 10.0)
 }
 
 impl Summary {
@@ -77,6 +108,9 @@ impl Summary {
                 line.push_str(&format!(", {n} {what}"));
             }
         }
+        if let Some(p) = percent(self.from_peers_bytes, self.from_managers_bytes) {
+            line.push_str(&format!(", from peers: {p:.1} %"));
+        }
         line
     }
 }
@@ -85,6 +119,8 @@ impl Summary {
 pub struct Report {
     pub behind: Vec<Behind>,
     pub summaries: Vec<Summary>,
+    /// Per host that reported it, where its bytes of the current version came from.
+    pub sources: Vec<HostSources>,
 }
 
 /// Compares what every non-Left node the version targets reports with the current version of
@@ -95,7 +131,28 @@ pub fn analyze(packages: &[PackageVersion], nodes: &[NodeInfo], now: DateTime<Ut
     packages.sort_by(|a, b| a.name.cmp(&b.name));
     for p in packages {
         let mut c = Convergence::default();
+        let (mut from_peers, mut from_managers) = (0, 0);
         for node in targeted(p, nodes) {
+            if let Some(f) = node
+                .packages
+                .iter()
+                .find(|i| i.name == p.name)
+                .and_then(|i| i.fetched.as_ref())
+                .filter(|f| f.version == p.version)
+            {
+                from_peers += f.from_peers;
+                from_managers += f.from_managers;
+                report.sources.push(HostSources {
+                    package: p.name.clone(),
+                    version: p.version,
+                    hostname: node.hostname.clone(),
+                    ips: node.ip_string(),
+                    from_peers: f.from_peers,
+                    from_managers: f.from_managers,
+                    from_peers_percent: percent(f.from_peers, f.from_managers).unwrap_or(0.0),
+                    bad_sources: f.bad_sources.clone(),
+                });
+            }
             let standing = Standing::of(p, node);
             c.add(&standing);
             if standing == Standing::Current {
@@ -133,14 +190,68 @@ pub fn analyze(packages: &[PackageVersion], nodes: &[NodeInfo], now: DateTime<Ut
             missing: c.missing,
             outdated: c.outdated,
             target: (!is_everywhere(&p.target)).then(|| describe_target(&p.target)),
+            from_peers_bytes: from_peers,
+            from_managers_bytes: from_managers,
         });
     }
     report
 }
 
-pub fn print(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+/// The report as text; with the bytes from peers and managers of every host when `per_host`.
+pub fn print(out: &mut impl Write, report: &Report, per_host: bool) -> std::io::Result<()> {
     if report.summaries.is_empty() {
         return writeln!(out, "no packages");
+    }
+    if per_host && !report.sources.is_empty() {
+        let mut t = Table::new(&[
+            "PACKAGENAME",
+            "PACKAGEVERSION",
+            "HOSTNAME",
+            "HOSTIP",
+            "FROMPEERS",
+            "FROMMANAGERS",
+            "PEERSHARE",
+        ]);
+        for h in &report.sources {
+            t.row([
+                h.package.clone(),
+                h.version.to_string(),
+                h.hostname.clone(),
+                h.ips.clone(),
+                human_bytes(h.from_peers),
+                human_bytes(h.from_managers),
+                format!("{:.1} %", h.from_peers_percent),
+            ]);
+        }
+        t.write(out)?;
+        writeln!(out)?;
+    }
+    let bad: Vec<(&HostSources, &op_proto::package::BadSource)> = report
+        .sources
+        .iter()
+        .flat_map(|h| h.bad_sources.iter().map(move |b| (h, b)))
+        .collect();
+    if !bad.is_empty() {
+        let mut t = Table::new(&[
+            "PACKAGENAME",
+            "PACKAGEVERSION",
+            "BADSOURCE",
+            "REASON",
+            "CHUNKS",
+            "REPORTEDBY",
+        ]);
+        for (h, b) in bad {
+            t.row([
+                h.package.clone(),
+                h.version.to_string(),
+                b.url.clone(),
+                b.reason.clone(),
+                b.count.to_string(),
+                h.hostname.clone(),
+            ]);
+        }
+        t.write(out)?;
+        writeln!(out)?;
     }
     if !report.behind.is_empty() {
         let mut t = Table::new(&[
@@ -190,7 +301,7 @@ pub async fn run(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Outcome> {
     if ctx.format == Format::Json {
         write_json(&mut out, &report)?;
     } else {
-        print(&mut out, &report)?;
+        print(&mut out, &report, name.is_some())?;
     }
     Ok(if report.behind.is_empty() {
         Outcome::Ok
@@ -241,6 +352,7 @@ mod tests {
             state,
             target_version: None,
             error: error.map(str::to_string),
+            fetched: None,
         }
     }
 
@@ -298,7 +410,7 @@ mod tests {
             "test.py 1730000000: 2/6 hosts current, 1 failed, 1 downloading, 1 outdated, 1 missing"
         );
         let mut out = Vec::new();
-        print(&mut out, &report).unwrap();
+        print(&mut out, &report, false).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "PACKAGENAME\tPACKAGEVERSION\tHOSTNAME\tHOSTIP  \tINSTALLED \tPACKAGESTATUS\n\
@@ -322,14 +434,79 @@ mod tests {
         let report = analyze(&[package(v)], &nodes, Utc::now());
         assert!(report.behind.is_empty());
         let mut out = Vec::new();
-        print(&mut out, &report).unwrap();
+        print(&mut out, &report, false).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "test.py 7: 1/1 hosts current\n"
         );
         let mut out = Vec::new();
-        print(&mut out, &analyze(&[], &nodes, Utc::now())).unwrap();
+        print(&mut out, &analyze(&[], &nodes, Utc::now()), false).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "no packages\n");
+    }
+
+    #[test]
+    fn the_share_from_peers_per_version_and_host_and_the_bad_sources() {
+        use op_proto::package::{BadSource, FetchSources};
+        let v = 5;
+        let from = |peers: u64, managers: u64, bad: Vec<BadSource>| {
+            let mut h = held(v, PackageState::Installed, None);
+            h.fetched = Some(FetchSources {
+                version: v,
+                from_peers: peers,
+                from_managers: managers,
+                bad_sources: bad,
+            });
+            h
+        };
+        let mut older = held(v, PackageState::Installed, None);
+        // Where an older version came from does not count for this one.
+        older.fetched = Some(FetchSources {
+            version: v - 1,
+            from_peers: 1000,
+            ..Default::default()
+        });
+        let nodes = [
+            node(1, NodeStatus::Ready, vec![from(0, 4096, vec![])]),
+            node(
+                2,
+                NodeStatus::Ready,
+                vec![from(
+                    3072,
+                    1024,
+                    vec![BadSource {
+                        url: "http://10.0.0.1:7070".into(),
+                        node: None,
+                        reason: "sha256".into(),
+                        count: 2,
+                    }],
+                )],
+            ),
+            node(3, NodeStatus::Ready, vec![older]),
+        ];
+        let report = analyze(&[package(v)], &nodes, Utc::now());
+        assert_eq!(
+            report.summaries[0].line(),
+            "test.py 5: 3/3 hosts current, from peers: 37.5 %"
+        );
+        assert_eq!(report.sources.len(), 2);
+        assert_eq!(report.sources[1].from_peers_percent, 75.0);
+        let mut out = Vec::new();
+        print(&mut out, &report, true).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("host-2  \t10.0.0.2\t3.0 KiB  "), "{text}");
+        assert!(text.contains("75.0 %"), "{text}");
+        assert!(
+            text.contains("http://10.0.0.1:7070\tsha256\t2     \thost-2"),
+            "{text}"
+        );
+        // Without per-host lines the bad sources still show.
+        let mut out = Vec::new();
+        print(&mut out, &report, false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text.contains("FROMPEERS") && text.contains("BADSOURCE"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -282,6 +282,7 @@ pub async fn sync(
         .map(|sent| (sent - received_at).num_milliseconds());
     let received = std::mem::take(&mut hb.received);
     app.peer_dir.record(node, hb.peer_url.as_deref());
+    app.peer_dir.record_installed(node, &hb.packages);
     let facts = hb.facts.take();
     if let Some(f) = &facts {
         f.check().map_err(|m| ApiError::bad("invalid_facts", m))?;

@@ -13,7 +13,6 @@ use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, State};
 use op_proto::chunks::{ChunkManifest, PeerSource, Ticket, TicketGrant};
-use op_proto::package::PackageState;
 
 use super::error::ApiError;
 use crate::app::App;
@@ -96,53 +95,65 @@ pub async fn ticket(
     }))
 }
 
-/// The peers `node` may fetch `name` `version` from: live nodes that report it installed and
-/// serve chunks (a peer URL heard lately), nearest first (`crate::peers::choose`); and every
-/// node that reports it installed.
+/// Most holders scored for nearness per ticket request: a random sample of this many, so a
+/// version held by thousands costs a few node reads, not the whole list.
+const SCORED: usize = 64;
+
+/// The peers `node` may fetch `name` `version` from: live nodes that report it installed (the
+/// holders index `PeerDirectory::holders`, kept from the heartbeats this member receives) and
+/// serve chunks (a peer URL heard lately), nearest first (`crate::peers::choose`) among a
+/// random sample of [`SCORED`]; and every node that reports it installed. Reads only the asking
+/// node and the sampled holders from the store, not the node list.
 async fn sources(
     app: &Arc<App>,
     node: uuid::Uuid,
     name: &str,
     version: u64,
 ) -> Result<(Vec<PeerSource>, Vec<uuid::Uuid>), ApiError> {
-    let mut nodes = app.read(|st| st.nodes()).await?;
-    app.beats.overlay(&mut nodes);
-    let holders = nodes
+    use rand::seq::SliceRandom;
+    let holders = app.peer_dir.holders(name, version);
+    let mut sample: Vec<(uuid::Uuid, String)> = holders
         .iter()
-        .filter(|n| {
-            n.packages.iter().any(|p| {
-                p.name == name && p.version == version && p.state == PackageState::Installed
-            })
-        })
-        .map(|n| n.node_id)
+        .filter(|n| **n != node)
+        .filter_map(|n| Some((*n, app.peer_dir.url(*n)?)))
         .collect();
-    let Some(me) = nodes.iter().find(|n| n.node_id == node) else {
+    if sample.is_empty() {
+        return Ok((Vec::new(), holders));
+    }
+    sample.shuffle(&mut rand::rng());
+    sample.truncate(SCORED);
+    let ids: Vec<uuid::Uuid> = std::iter::once(node)
+        .chain(sample.iter().map(|(n, _)| *n))
+        .collect();
+    let mut infos = app
+        .read(move |st| {
+            ids.into_iter()
+                .map(|id| st.node(id))
+                .collect::<op_store::Result<Vec<_>>>()
+        })
+        .await?
+        .into_iter();
+    let Some(Some(me)) = infos.next() else {
         return Ok((Vec::new(), holders));
     };
     let rack = me.labels.get("rack").cloned();
-    let ips = me.ips.clone();
-    let candidates = nodes
-        .iter()
-        .filter(|n| {
-            n.node_id != node
-                && matches!(
-                    n.status,
-                    op_proto::NodeStatus::Ready | op_proto::NodeStatus::Degraded
-                )
-                && n.packages.iter().any(|p| {
-                    p.name == name && p.version == version && p.state == PackageState::Installed
-                })
-        })
-        .filter_map(|n| {
-            Some(crate::peers::Candidate {
-                node: n.node_id,
-                url: app.peer_dir.url(n.node_id)?,
+    let candidates = infos
+        .zip(sample)
+        .filter_map(|(info, (id, url))| {
+            let n = info?;
+            matches!(
+                n.status,
+                op_proto::NodeStatus::Ready | op_proto::NodeStatus::Degraded
+            )
+            .then(|| crate::peers::Candidate {
+                node: id,
+                url,
                 rack: n.labels.get("rack").cloned(),
                 ips: n.ips.clone(),
             })
         })
         .collect();
-    let chosen = crate::peers::choose(rack.as_deref(), &ips, candidates)
+    let chosen = crate::peers::choose(rack.as_deref(), &me.ips, candidates)
         .into_iter()
         .map(|c| PeerSource {
             node: c.node,

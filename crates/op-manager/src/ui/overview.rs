@@ -327,6 +327,7 @@ mod tests {
                     state: PackageState::Installed,
                     target_version: None,
                     error: None,
+                    fetched: None,
                 })
                 .into_iter()
                 .collect(),

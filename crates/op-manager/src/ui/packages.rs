@@ -215,13 +215,40 @@ pub async fn show(
     }
     body.push_str("</tbody></table></section>");
     let current_hosts = Convergence::of(&current, &nodes).current;
+    // Packages from peers: where the hosts' bytes of the current version came from.
+    let fetched_of = |n: &op_proto::NodeInfo| {
+        n.packages
+            .iter()
+            .find(|i| i.name == name)
+            .and_then(|i| i.fetched.clone())
+            .filter(|f| f.version == current.version)
+    };
+    let (peer_bytes, manager_bytes) = hosts
+        .iter()
+        .filter_map(|n| fetched_of(n))
+        .fold((0u64, 0u64), |(p, m), f| {
+            (p + f.from_peers, m + f.from_managers)
+        });
+    let spread = op_proto::package::FetchSources {
+        from_peers: peer_bytes,
+        from_managers: manager_bytes,
+        ..Default::default()
+    }
+    .peer_percent()
+    .map(|p| {
+        format!(
+            " <span id=\"from-peers\" class=\"muted\">({p:.1} % of the bytes from peers, {} from managers)</span>",
+            html::bytes(manager_bytes)
+        )
+    })
+    .unwrap_or_default();
     let _ = write!(
         body,
-        "<section class=\"card\"><h2>On each host: <span id=\"converged\">{current_hosts} of {}</span> current</h2>",
+        "<section class=\"card\"><h2>On each host: <span id=\"converged\">{current_hosts} of {}</span> current{spread}</h2>",
         hosts.len()
     );
     let (rows, page) = html::page_of(&hosts, q.page.unwrap_or(1));
-    body.push_str("<table class=\"list\"><thead><tr><th>Host</th><th>Node</th><th>Standing</th><th>Installed</th><th>Agent state</th><th>Error</th></tr></thead><tbody>");
+    body.push_str("<table class=\"list\"><thead><tr><th>Host</th><th>Node</th><th>Standing</th><th>Installed</th><th>Agent state</th><th>From peers</th><th>Error</th></tr></thead><tbody>");
     for n in rows {
         let held = n.packages.iter().find(|i| i.name == name);
         let standing = Standing::of(&current, n);
@@ -239,11 +266,26 @@ pub async fn show(
             ),
             None => ("–".into(), "–".into(), String::new()),
         };
+        let from_peers = fetched_of(n)
+            .and_then(|f| {
+                let bad = f.bad_sources.len();
+                f.peer_percent().map(|p| {
+                    if bad > 0 {
+                        format!(
+                            "{p:.1} % ({bad} bad source{})",
+                            if bad == 1 { "" } else { "s" }
+                        )
+                    } else {
+                        format!("{p:.1} %")
+                    }
+                })
+            })
+            .unwrap_or_else(|| "–".into());
         let _ = write!(
             body,
             "<tr data-host=\"{}\" data-standing=\"{}\"><td data-label=\"Host\"><a href=\"/ui/nodes/{}\">{}</a></td>\
              <td data-label=\"Node\">{}</td><td data-label=\"Standing\">{}</td><td data-label=\"Installed\">{installed}</td>\
-             <td data-label=\"State\">{state}</td><td data-label=\"Error\">{error}</td></tr>",
+             <td data-label=\"State\">{state}</td><td data-label=\"From peers\">{from_peers}</td><td data-label=\"Error\">{error}</td></tr>",
             attr(&n.hostname),
             standing.word(),
             n.node_id,

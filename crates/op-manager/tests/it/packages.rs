@@ -332,6 +332,7 @@ async fn agents_get_current_versions_and_report_what_they_hold() {
         state: PackageState::Downloading,
         target_version: Some(v1.version),
         error: None,
+        fetched: None,
     }];
     a.client(&agent).sync(state.index, 0, &hb).await.unwrap();
     let node = admin.get_node(&a.hostname).await.unwrap();

@@ -158,6 +158,7 @@ fn report(
         state,
         target_version: target,
         error: error.map(str::to_string),
+        fetched: None,
     }
 }
 

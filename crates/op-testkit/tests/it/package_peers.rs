@@ -502,6 +502,58 @@ async fn a_peer_serving_corrupted_chunks_is_reported_and_the_others_end_right() 
             .any(|a| a.log().contains("fails its sha256") && a.log().contains(&first.url())),
         "the bad source was named in a log"
     );
+    // The fetchers report it to the manager, and operators see it with where bytes came from.
+    op_testkit::wait_until(crate::support::LONG, "the bad source reported", || async {
+        let fetched = fetched_by_host(&m, "big.bin").await;
+        fetched.values().any(|f| {
+            f.version == version
+                && f.bad_sources
+                    .iter()
+                    .any(|b| b.reason == "sha256" && b.url == first.url() && b.count >= 1)
+        }) && ["node-2", "node-3", "node-4"]
+            .iter()
+            .all(|h| fetched.get(*h).is_some_and(|f| f.version == version))
+    })
+    .await;
+    let text =
+        String::from_utf8(agentcli(&m, &["analysis", "packages", "big.bin"]).stdout).unwrap();
+    assert!(text.contains("BADSOURCE"), "{text}");
+    let bad_line = text
+        .lines()
+        .find(|l| l.contains(&first.url()))
+        .unwrap_or_else(|| panic!("no line names the bad source:\n{text}"));
+    assert!(bad_line.contains("sha256"), "{text}");
+    assert!(
+        text.contains("FROMPEERS") && text.contains("from peers: "),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(
+        &agentcli(&m, &["analysis", "packages", "big.bin", "-o", "json"]).stdout,
+    )
+    .unwrap();
+    let hosts = json["sources"].as_array().expect("sources per host");
+    for h in ["node-2", "node-3", "node-4"] {
+        let s = hosts
+            .iter()
+            .find(|s| s["hostname"] == h)
+            .unwrap_or_else(|| panic!("{h} in {json}"));
+        let (p, m_) = (
+            s["from_peers"].as_u64().unwrap(),
+            s["from_managers"].as_u64().unwrap(),
+        );
+        assert_eq!(p + m_, size as u64, "{s}");
+    }
+    // The console's package page: a From peers column, the bad source counted on its host.
+    let page = crate::support::console_get(&m, &m.admin_token, "/ui/packages/big.bin").await;
+    assert!(page.contains("<th>From peers</th>"), "{page}");
+    assert!(page.contains("id=\"from-peers\""), "{page}");
+    assert!(page.contains("bad source"), "{page}");
+    assert!(
+        hosts.iter().any(|s| s["bad_sources"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|b| b["url"] == first.url()))),
+        "{json}"
+    );
 }
 
 #[tokio::test]
@@ -527,4 +579,143 @@ async fn with_peer_serving_off_everything_comes_from_the_manager() {
         );
         assert!(!a.path("state").join("peer-store").exists());
     }
+}
+
+/// Waits until the manager's node list shows every node named in `names` with `name` `version`
+/// installed.
+async fn manager_sees_installed(m: &Manager, names: &[&str], name: &str, version: u64) {
+    let c = m.client();
+    op_testkit::wait_until(
+        crate::support::LONG,
+        "the manager sees the holders",
+        || async {
+            let Ok(nodes) = c.list_nodes().await else {
+                return false;
+            };
+            names.iter().all(|h| {
+                nodes.iter().any(|n| {
+                    n.hostname == *h
+                        && n.packages.iter().any(|p| {
+                            p.name == name
+                                && p.version == version
+                                && p.state == op_proto::package::PackageState::Installed
+                        })
+                })
+            })
+        },
+    )
+    .await;
+}
+
+/// Per node name, what its last heartbeat says about where the bytes of `name` came from.
+async fn fetched_by_host(
+    m: &Manager,
+    name: &str,
+) -> std::collections::BTreeMap<String, op_proto::package::FetchSources> {
+    m.client()
+        .list_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|n| {
+            let f = n
+                .packages
+                .iter()
+                .find(|p| p.name == name)?
+                .fetched
+                .clone()?;
+            Some((n.hostname, f))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn peers_killed_or_frozen_mid_serve_cost_seconds_and_every_file_arrives() {
+    use op_testkit::{Agent, AgentOptions};
+    let m = Manager::start();
+    // Two seeds that serve slowly (1 MiB/s shared by their uploads), so a chunk to a peer takes
+    // many seconds and stopping them lands in the middle of serving.
+    let seed = |i: u32| {
+        Agent::start(
+            AgentOptions::new(&format!("node-{i}"), &format!("127.0.0.{}", i + 1))
+                .manager(&m)
+                .arg("--peer-upload-rate-limit")
+                .arg("1MiB"),
+        )
+    };
+    let seeds = [seed(1), seed(2)];
+    let work = tempfile::tempdir().unwrap();
+    let size = (4 << 22) + 333;
+    let data = noise(size);
+    let f = work.path().join("big.bin");
+    std::fs::write(&f, &data).unwrap();
+    agentcli(&m, &["upload", f.to_str().unwrap(), ""]);
+    all_hold(&seeds, "big.bin", &data, crate::support::LONG).await;
+    let [frozen, mut killed] = seeds;
+    let version = only_version(&m, "big.bin").await;
+    manager_sees_installed(&m, &["node-1", "node-2"], "big.bin", version).await;
+    // Fetchers that give up on a silent peer after 2 s (the default is 10 s).
+    let fetchers: Vec<Agent> = (3..=5)
+        .map(|i| {
+            Agent::start(
+                AgentOptions::new(&format!("node-{i}"), &format!("127.0.0.{}", i + 1))
+                    .manager(&m)
+                    .arg("--peer-timeout")
+                    .arg("2s"),
+            )
+        })
+        .collect();
+    op_testkit::wait_until(crate::support::LONG, "the seeds serving chunks", || async {
+        metric(
+            &agent_metrics(&frozen).await,
+            "op_agent_peer_served_bytes_total",
+        ) > 0.0
+            && metric(
+                &agent_metrics(&killed).await,
+                "op_agent_peer_served_bytes_total",
+            ) > 0.0
+    })
+    .await;
+    // Mid-serve: one peer freezes (its connections stay open, it answers nothing), the other
+    // dies (its connections break, new ones are refused).
+    let stopped_at = Instant::now();
+    frozen.pause();
+    killed.kill9();
+    all_hold(&fetchers, "big.bin", &data, Duration::from_secs(45)).await;
+    let spent = stopped_at.elapsed();
+    frozen.resume();
+    // Each fetcher gave up on each peer once, 2 s at most, not once per chunk.
+    assert!(spent < Duration::from_secs(40), "took {spent:?}");
+    let logs: Vec<String> = fetchers.iter().map(|a| a.log()).collect();
+    assert!(
+        logs.iter().any(|l| l.contains("stopped answering")
+            && (l.contains(&frozen.url()) || l.contains(&killed.url()))),
+        "a fetcher logged the peer it gave up on"
+    );
+    // ...and reported it in its heartbeat: the manager knows the source went bad.
+    op_testkit::wait_until(
+        crate::support::LONG,
+        "unreachable sources reported",
+        || async {
+            let fetched = fetched_by_host(&m, "big.bin").await;
+            fetched.values().any(|f| {
+                f.version == version
+                    && f.bad_sources.iter().any(|b| {
+                        b.reason == "unreachable"
+                            && (b.url == frozen.url() || b.url == killed.url())
+                    })
+            })
+        },
+    )
+    .await;
+    // Every fetcher says where all its bytes came from.
+    op_testkit::wait_until(crate::support::LONG, "every fetcher's sources", || async {
+        let fetched = fetched_by_host(&m, "big.bin").await;
+        ["node-3", "node-4", "node-5"].iter().all(|h| {
+            fetched.get(*h).is_some_and(|f| {
+                f.version == version && f.from_peers + f.from_managers == size as u64
+            })
+        })
+    })
+    .await;
 }
