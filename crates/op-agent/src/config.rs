@@ -42,6 +42,8 @@ pub mod defaults {
     /// Slowest accepted request body, bytes per second.
     pub const BODY_MIN_RATE: u64 = 1024;
     pub const BODY_RATE_WINDOW_SECS: u64 = 30;
+    /// Async worker threads: the agent's work is timers, pipes and small HTTP requests.
+    pub const WORKER_THREADS: usize = 1;
 }
 
 /// Command-line flags. Each also reads an `OP_*` environment variable; a flag wins over its
@@ -139,6 +141,10 @@ pub struct Cli {
     /// Most members one package archive may have [default: 100000].
     #[arg(long, env = "OP_PACKAGE_MAX_ENTRIES")]
     pub package_max_entries: Option<u64>,
+    /// Async worker threads (1 to 64); more only add memory unless the host runs many jobs
+    /// at once [default: 1].
+    #[arg(long, env = "OP_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// Log filter (tracing EnvFilter syntax) [default: $RUST_LOG, else info].
     #[arg(long, env = "OP_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -253,6 +259,7 @@ pub struct FileConfig {
     pub package_keep: Option<u64>,
     pub package_max_bytes: Option<SizeValue>,
     pub package_max_entries: Option<u64>,
+    pub worker_threads: Option<usize>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
     pub tls_cert: Option<PathBuf>,
@@ -344,6 +351,8 @@ pub struct Config {
     pub package_keep: usize,
     /// Bounds on what one package archive may unpack to (defaults 4 GiB, 100,000 members).
     pub package_limits: crate::deploy::Limits,
+    /// Async worker threads of the runtime (default 1).
+    pub worker_threads: usize,
     pub log_level: String,
     pub log_format: LogFormat,
     /// TLS of the agent's API; `None` serves plain HTTP.
@@ -560,6 +569,15 @@ impl Config {
             .package_max_entries
             .or(file.package_max_entries)
             .unwrap_or(defaults::PACKAGE_MAX_ENTRIES);
+        let worker_threads = cli
+            .worker_threads
+            .or(file.worker_threads)
+            .unwrap_or(defaults::WORKER_THREADS);
+        if !(1..=64).contains(&worker_threads) {
+            return Err(AgentError::Config(format!(
+                "worker_threads must be between 1 and 64, not {worker_threads}"
+            )));
+        }
         if package_max_bytes == 0 || package_max_entries == 0 {
             return Err(AgentError::Config(
                 "package_max_bytes and package_max_entries must be more than 0".into(),
@@ -658,6 +676,7 @@ impl Config {
                 max_bytes: package_max_bytes,
                 max_entries: package_max_entries,
             },
+            worker_threads,
             // RUST_LOG is honoured as the last resort, as in most Rust daemons.
             log_level: pick(&cli.log_level, &file.log_level)
                 .or_else(|| std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()))
@@ -785,6 +804,11 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         let c = Config::resolve(&cli(&["--labels", "a=1, b=2"]), &file).unwrap();
         assert_eq!(c.labels.len(), 2);
+        assert_eq!(c.worker_threads, 1, "one async worker by default");
+        let file = parse_file("worker_threads = 3").unwrap();
+        assert_eq!(Config::resolve(&cli(&[]), &file).unwrap().worker_threads, 3);
+        let c = Config::resolve(&cli(&["--worker-threads", "2"]), &file).unwrap();
+        assert_eq!(c.worker_threads, 2);
     }
 
     #[test]
@@ -803,6 +827,8 @@ mod tests {
             (vec!["--auth-user", "u"], "auth_user"),
             (vec!["--manager", "ftp://x"], "manager"),
             (vec!["--shutdown-grace", "soon"], "shutdown_grace"),
+            (vec!["--worker-threads", "0"], "worker_threads"),
+            (vec!["--worker-threads", "65"], "worker_threads"),
         ] {
             let err = Config::resolve(&cli(&args), &f).unwrap_err().to_string();
             assert!(err.contains(key), "{args:?}: {err}");

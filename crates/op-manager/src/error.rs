@@ -101,6 +101,10 @@ pub enum ClusterError {
     /// This node is not the leader (any more); [`crate::raft::Cluster`] retries on the leader.
     #[error("this manager is not the raft leader")]
     NotLeader,
+    /// This node leads, but its raft core did not answer in time (starved of CPU, or a slow
+    /// disk under the log): not a leader search, and not worth one.
+    #[error("manager overloaded: {what} within {secs} s; retry")]
+    Overloaded { what: &'static str, secs: u64 },
 }
 
 impl ClusterError {

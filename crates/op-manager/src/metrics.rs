@@ -129,6 +129,9 @@ pub struct Metrics {
     notify_failing: Gauge,
     /// Consecutive failures per rule, to count the failing channels.
     notify_health: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
+    /// API connections closed at accept because `max_connections` were open; open now.
+    connections_refused: Counter,
+    connections_open: Gauge,
 }
 
 impl Default for Metrics {
@@ -192,6 +195,8 @@ impl Metrics {
             notify_pending: Family::default(),
             notify_failing: Gauge::default(),
             notify_health: Default::default(),
+            connections_refused: Counter::default(),
+            connections_open: Gauge::default(),
         };
         r.register(
             "http_responses",
@@ -414,6 +419,16 @@ impl Metrics {
             "Notification rules whose last delivery attempt failed; on the leader",
             m.notify_failing.clone(),
         );
+        r.register(
+            "connections_refused",
+            "API connections closed as soon as accepted because max_connections were open",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "connections_open",
+            "API connections open now (counted against max_connections)",
+            m.connections_open.clone(),
+        );
         let build = Family::<Labels, Gauge>::default();
         build
             .get_or_create(&labels("version", env!("CARGO_PKG_VERSION")))
@@ -518,6 +533,15 @@ impl Metrics {
 
     pub fn leader_changed(&self) {
         self.leader_changes.inc();
+    }
+
+    /// The connection cap's counts (`op_tls::guard::ConnCap`), read at scrape time.
+    pub fn connections(&self, open: usize, refused: u64) {
+        self.connections_open.set(open as i64);
+        let seen = self.connections_refused.get();
+        if refused > seen {
+            self.connections_refused.inc_by(refused - seen);
+        }
     }
 
     /// Renders the text format, after setting the scrape-time gauges.

@@ -59,6 +59,9 @@ pub enum ApiError {
     OutcomeUnknown(String),
     #[error("{0}")]
     NoLeader(String),
+    /// The leader is too busy to answer in time (not a leader search).
+    #[error("{0}")]
+    Overloaded(String),
     #[error("this manager was removed from the cluster; use one of its members: {}", .members.join(", "))]
     Removed { members: Vec<String> },
     #[error("too many downloads in progress; retry after {retry_after_secs} s")]
@@ -113,6 +116,7 @@ impl ApiError {
             ApiError::DiskFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "disk_full"),
             ApiError::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
             ApiError::NoLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
+            ApiError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::Removed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "removed"),
             ApiError::TooManyRequests { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, code::TOO_MANY_REQUESTS)
@@ -184,6 +188,7 @@ impl From<&ClusterError> for ApiError {
                 ApiError::NoLeader(e.to_string())
             }
             ClusterError::OutcomeUnknown(_) => ApiError::OutcomeUnknown(e.to_string()),
+            ClusterError::Overloaded { .. } => ApiError::Overloaded(e.to_string()),
             ClusterError::Refused { code, message } => {
                 let message = message.clone();
                 match code.as_str() {
@@ -191,6 +196,7 @@ impl From<&ClusterError> for ApiError {
                     "conflict" | "wrong_cluster" => ApiError::Conflict(message),
                     "invalid" => ApiError::bad("invalid", message),
                     "disk_full" => ApiError::DiskFull(message),
+                    "overloaded" => ApiError::Overloaded(message),
                     _ => ApiError::Unavailable(message),
                 }
             }
@@ -290,6 +296,23 @@ mod tests {
                 503,
                 "no_leader",
                 ClusterError::NoLeader { secs: 5 }.to_string(),
+            ),
+            (
+                ClusterError::Overloaded {
+                    what: "the leadership check was not answered",
+                    secs: 10,
+                }
+                .into(),
+                503,
+                "overloaded",
+                "manager overloaded: the leadership check was not answered within 10 s; retry"
+                    .into(),
+            ),
+            (
+                ClusterError::refused("overloaded", "manager overloaded: busy").into(),
+                503,
+                "overloaded",
+                "manager overloaded: busy".into(),
             ),
             (
                 ClusterError::OutcomeUnknown("reset".into()).into(),

@@ -82,6 +82,8 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
                 .unwrap_or_default(),
         }
     };
+    app.metrics
+        .connections(app.conn_cap.open(), app.conn_cap.refused());
     let body = app.metrics.render(&stats, &latest, &raft);
     Ok((
         [(

@@ -33,6 +33,8 @@ pub mod code {
     pub const DISK_FULL: &str = "disk_full";
     /// A blob is not on this node.
     pub const NO_BLOB: &str = "no_blob";
+    /// The leader leads but its raft core did not answer in time (busy, slow disk).
+    pub const OVERLOADED: &str = "overloaded";
 }
 
 /// `POST /raft/join`: a new node asks for the cluster's identity. Authenticated by an admin token

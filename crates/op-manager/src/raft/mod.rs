@@ -59,6 +59,8 @@ const APPLY_WAIT: Duration = Duration::from_secs(10);
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How long a leader keeps asking a majority to confirm it before a linearizable read fails.
 const QUORUM_WAIT: Duration = Duration::from_secs(5);
+/// How long one leadership check may wait for this node's raft core to answer.
+const LEADERSHIP_CHECK_WAIT: Duration = Duration::from_secs(10);
 
 /// Raft timing and log-compaction settings, and the peer client.
 #[derive(Debug, Clone)]
@@ -111,6 +113,7 @@ impl ClusterError {
     pub fn code(&self) -> &str {
         match self {
             ClusterError::NotLeader | ClusterError::NoLeader { .. } => code::NOT_LEADER,
+            ClusterError::Overloaded { .. } => code::OVERLOADED,
             ClusterError::Refused { code, .. } => code,
             _ => code::FAILED,
         }
@@ -494,11 +497,25 @@ impl Cluster {
                 Err(ClusterError::NotLeader)
             }
             Ok(Err(e)) => Err(raft_err(e)),
+            // Alone, no majority can be lost: the log or the state machine is slow (a starved
+            // or disk-bound manager). The entry may still commit.
+            Err(_) if self.is_leader() && self.sole_voter() => Err(ClusterError::Overloaded {
+                what: "the write was not committed (it may still be made)",
+                secs: WRITE_TIMEOUT.as_secs(),
+            }),
             Err(_) => Err(ClusterError::OutcomeUnknown(format!(
                 "not committed within {} s; the cluster may have lost its majority",
                 WRITE_TIMEOUT.as_secs()
             ))),
         }
+    }
+
+    /// True when the membership this node knows has it as the only voter.
+    fn sole_voter(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        voters == [self.id()]
     }
 
     /// Why writes are refused now, when the data dir's filesystem has less free space than
@@ -528,7 +545,7 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + QUORUM_WAIT;
         loop {
             let round =
-                tokio::time::timeout(Duration::from_secs(10), self.raft.get_read_log_id()).await;
+                tokio::time::timeout(LEADERSHIP_CHECK_WAIT, self.raft.get_read_log_id()).await;
             match round {
                 Ok(Ok((read, _applied))) => return Ok(read.map_or(0, |l| l.index)),
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
@@ -541,6 +558,15 @@ impl Cluster {
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 Ok(Err(e)) => return Err(raft_err(e)),
+                // The core did not answer at all (a quorum lost answers QuorumNotEnough). While
+                // the metrics still name this node the leader, it is busy, not deposed: say so
+                // rather than search for another leader (which ended as "no raft leader").
+                Err(_) if self.is_leader() => {
+                    return Err(ClusterError::Overloaded {
+                        what: "the leadership check was not answered",
+                        secs: LEADERSHIP_CHECK_WAIT.as_secs(),
+                    });
+                }
                 Err(_) => return Err(ClusterError::NotLeader),
             }
         }

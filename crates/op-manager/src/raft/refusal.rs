@@ -35,9 +35,9 @@ impl IntoResponse for PeerRefusal {
 impl From<ClusterError> for PeerRefusal {
     fn from(e: ClusterError) -> Self {
         let status = match &e {
-            ClusterError::NotLeader | ClusterError::NoLeader { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ClusterError::NotLeader
+            | ClusterError::NoLeader { .. }
+            | ClusterError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ClusterError::Refused { code, .. } if code == "not_found" => StatusCode::NOT_FOUND,
             ClusterError::Refused { code, .. } if code == "conflict" => StatusCode::CONFLICT,
             ClusterError::Refused { code, .. } if code == "invalid" => StatusCode::BAD_REQUEST,

@@ -25,6 +25,7 @@ mod metrics;
 mod missed;
 mod newhosts;
 mod notify;
+mod overload;
 mod package_peers;
 mod package_targeting;
 mod packages;

@@ -243,6 +243,27 @@ async fn a_crowd_of_connections_is_capped_and_the_manager_keeps_writing() {
         closed >= 250,
         "only {closed} of 400 connections were closed"
     );
+    // Each refusal is counted, and the open count stays at the cap (read on the connection
+    // that was open before the crowd).
+    let text = client
+        .metrics()
+        .await
+        .expect("metrics while the crowd is there");
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /metrics:\n{text}"))
+    };
+    let refused = value("op_manager_connections_refused_total");
+    assert!(
+        refused >= closed as u64,
+        "{closed} connections were closed at once but {refused} refusals were counted"
+    );
+    let open = value("op_manager_connections_open");
+    assert!(
+        (1..=100).contains(&open),
+        "{open} connections open, with a cap of 100"
+    );
 
     // The write goes through on the connection that was open before the crowd, and commits.
     for i in 0..5 {
