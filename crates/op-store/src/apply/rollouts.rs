@@ -487,3 +487,41 @@ pub(super) fn action(
     }
     done(info)
 }
+
+/// Sets or clears the default rollout of package `name` (which must exist).
+pub(super) fn set_package_default(
+    conn: &Connection,
+    name: &str,
+    plan: Option<&op_proto::rollout::RolloutPlan>,
+    at: DateTime<Utc>,
+    actor: &str,
+) -> Outcome {
+    if read::packages::current_version(conn, name)?.is_none() {
+        return Ok(Err(Rejection::not_found(format!(
+            "no package named {name:?} (upload it first)"
+        ))));
+    }
+    match plan {
+        Some(plan) => {
+            if let Err(e) = plan.check() {
+                return Ok(Err(Rejection::invalid(format!("rollout: {e}"))));
+            }
+            conn.execute(
+                "INSERT INTO package_rollouts(name, plan, set_at, set_by) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(name) DO UPDATE SET plan = ?2, set_at = ?3, set_by = ?4",
+                params![name, to_json(plan), ms(at), actor],
+            )?;
+            audit(conn, at, actor, "package.rollout", name, &plan.describe())?;
+        }
+        None => {
+            let removed = conn.execute("DELETE FROM package_rollouts WHERE name = ?1", [name])?;
+            if removed == 0 {
+                return Ok(Err(Rejection::not_found(format!(
+                    "package {name:?} has no default rollout"
+                ))));
+            }
+            audit(conn, at, actor, "package.rollout", name, "none")?;
+        }
+    }
+    Ok(Ok(CommandResult::Done))
+}
