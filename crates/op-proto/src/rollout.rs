@@ -377,6 +377,10 @@ pub struct RolloutHost {
     /// Why the host counts as a failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
+    /// Why the rollout does not wait on this host (an agent release over a host pinned on
+    /// another agent version: it never reports the new one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excluded: Option<String>,
 }
 
 /// `GET /v1/rollouts/ID`: the rollout with its hosts.
@@ -388,6 +392,9 @@ pub struct RolloutStatus {
     pub failures: u64,
     /// The failures at which it halts, for the hosts admitted now.
     pub halt_at: u64,
+    /// Selected hosts the rollout does not wait on (see [`RolloutHost::excluded`]).
+    #[serde(default)]
+    pub excluded: u64,
     pub hosts: Vec<RolloutHost>,
 }
 

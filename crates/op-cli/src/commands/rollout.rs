@@ -96,15 +96,30 @@ pub async fn run(ctx: &Ctx, what: RolloutCommand) -> anyhow::Result<Outcome> {
                     ""
                 }
             )?;
-            let mut t = Table::new(&["HOST", "STATUS", "ADMITTED", "HAS NEW", "FAILED"]);
+            if st.excluded > 0 {
+                writeln!(
+                    out,
+                    "  excluded:   {} host(s) not waited on (pinned on another agent version)",
+                    st.excluded
+                )?;
+            }
+            let mut headers = vec!["HOST", "STATUS", "ADMITTED", "HAS NEW", "FAILED"];
+            if st.excluded > 0 {
+                headers.push("EXCLUDED");
+            }
+            let mut t = Table::new(&headers);
             for h in &st.hosts {
-                t.row([
+                let mut row = vec![
                     h.hostname.clone(),
                     h.status.clone(),
                     if h.admitted { "yes" } else { "no" }.to_string(),
                     if h.has_new { "yes" } else { "no" }.to_string(),
                     h.failed.clone().unwrap_or_default(),
-                ]);
+                ];
+                if st.excluded > 0 {
+                    row.push(h.excluded.clone().unwrap_or_default());
+                }
+                t.row(row);
             }
             t.write(&mut out)?;
             out.flush()?;

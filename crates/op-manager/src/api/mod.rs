@@ -5,7 +5,7 @@
 //! its results for as long as its hosts' deadlines allow.
 
 mod agent;
-mod agent_upgrade;
+pub(crate) mod agent_upgrade;
 mod audit;
 mod chunks;
 mod cluster;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use op_client::Client;
 use op_proto::rollout::{RolloutInfo, RolloutState, RolloutStatus};
-use op_proto::{RunStatus, Trigger};
+use op_proto::{NodeStatus, RunStatus, Trigger};
 use op_testkit::{Agent, AgentOptions, Manager, wait_until};
 
 use crate::support::{LONG, agentcli, fleet, runs_of, text};
@@ -746,4 +746,90 @@ async fn a_package_default_rollout_stages_uploads_without_rollout() {
     // Every change is audited.
     let audit = ok(&agentcli(&m, &["audit"]).await);
     assert!(audit.contains("package.rollout"), "{audit}");
+}
+
+/// An agent release staged `1,100% --step-wait 0` over two guarded agents, one pinned on the
+/// running version (`agent pin`): the pinned host never reports the new version, so the rollout
+/// does not wait on it; it finishes, `rollout status` shows the host excluded, and the host
+/// keeps its version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_release_rollout_does_not_wait_on_pinned_hosts() {
+    const OLD: &str = env!("CARGO_PKG_VERSION");
+    let next_version = format!("{OLD}.1");
+    let m = Manager::start();
+    let _agents: Vec<Agent> = (1..=2)
+        .map(|i| {
+            Agent::start(
+                AgentOptions::new(&format!("node-{i}"), &format!("127.0.0.{}", i + 1))
+                    .manager(&m)
+                    .guarded(),
+            )
+        })
+        .collect();
+    let c = m.client();
+    let version_of = |host: &'static str| {
+        let c = c.clone();
+        async move {
+            c.list_nodes()
+                .await
+                .ok()
+                .and_then(|ns| ns.into_iter().find(|n| n.hostname == host))
+                .map(|n| (n.agent_version, n.status))
+        }
+    };
+    wait_until(LONG, "both agents Ready", || async {
+        c.list_nodes()
+            .await
+            .is_ok_and(|ns| ns.len() == 2 && ns.iter().all(|n| n.status == NodeStatus::Ready))
+    })
+    .await;
+    ok(&agentcli(&m, &["agent", "pin", "node-2", OLD]).await);
+    let tmp = tempfile::tempdir().unwrap();
+    let next = tmp.path().join("op-agent");
+    std::fs::copy(op_testkit::bin("op-agent-next"), &next).unwrap();
+    ok(&agentcli(
+        &m,
+        &[
+            "agent",
+            "upgrade",
+            "start",
+            next.to_str().unwrap(),
+            "--version",
+            &next_version,
+            "--rollout",
+            "1,100%",
+            "--step-wait",
+            "0",
+        ],
+    )
+    .await);
+    let r = the_rollout(&c).await;
+    wait_until(
+        Duration::from_secs(120),
+        "the release rollout finished",
+        || async {
+            c.rollout(&r.id.to_string())
+                .await
+                .is_ok_and(|st| st.rollout.state == RolloutState::Finished)
+        },
+    )
+    .await;
+    let st = status(&c, &r).await;
+    assert_eq!(st.excluded, 1, "{st:#?}");
+    let pinned = st.hosts.iter().find(|h| h.hostname == "node-2").unwrap();
+    assert_eq!(
+        pinned.excluded.as_deref(),
+        Some(format!("pinned on agent {OLD}").as_str()),
+        "{st:#?}"
+    );
+    let upgraded = st.hosts.iter().find(|h| h.hostname == "node-1").unwrap();
+    assert!(upgraded.has_new && upgraded.excluded.is_none(), "{st:#?}");
+    wait_until(LONG, "node-1 Ready on the new version", || async {
+        version_of("node-1").await == Some((next_version.clone(), NodeStatus::Ready))
+    })
+    .await;
+    assert_eq!(version_of("node-2").await.unwrap().0, OLD);
+    let shown = ok(&agentcli(&m, &["rollout", "status", &r.id.to_string()]).await);
+    assert!(shown.contains("excluded:   1 host(s)"), "{shown}");
+    assert!(shown.contains(&format!("pinned on agent {OLD}")), "{shown}");
 }
