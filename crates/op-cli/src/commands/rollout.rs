@@ -155,6 +155,9 @@ async fn default(
     let mut out = crate::output::stdout();
     let json = ctx.format == Format::Json;
     let Some(name) = name else {
+        if args.rollout.is_some() {
+            anyhow::bail!("--rollout sets a package's default rollout: name the package");
+        }
         let list = ctx.call(ctx.client.package_rollouts()).await?;
         if json {
             write_json(&mut out, &list)?;
