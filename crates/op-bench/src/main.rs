@@ -76,6 +76,10 @@ enum Scenario {
         /// The job names a secret in its Env (issue 24): every sync answer carries its value.
         #[arg(long)]
         secret: bool,
+        /// Then as many saves staged by these stages (e.g. 1,10%,100%; step wait 0), compared
+        /// with the unstaged ones: manager CPU and sync answer bytes per save (issue 21).
+        #[arg(long, value_name = "STAGES")]
+        rollout: Option<String>,
     },
     /// Run records per second accepted through raft, and the acknowledgement latency.
     Ingest {
@@ -264,7 +268,11 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<report::Figure>> {
             agents,
             saves,
             secret,
-        } => scenarios::propagation::run(&manager_bin()?, margs, agents, saves, secret).await,
+            rollout,
+        } => {
+            scenarios::propagation::run(&manager_bin()?, margs, agents, saves, secret, rollout)
+                .await
+        }
         Scenario::Ingest {
             agents,
             rate,

@@ -1086,4 +1086,21 @@ pub enum RolloutCommand {
     Abort { id: String },
     /// Give every host the new version now, and finish.
     Promote { id: String },
+    /// A package's default rollout: uploads of it without --rollout are staged by it
+    /// (`--rollout 100%` on an upload reaches every host at once). Alone: every package's.
+    #[command(after_help = "\
+Examples:
+  agentcli rollout default tool.sh --rollout 1,10%,100% --step-wait 5m --halt-on 2
+  agentcli rollout default tool.sh             show it
+  agentcli rollout default tool.sh --none      uploads of tool.sh are unstaged again
+  agentcli rollout default                     every package's default rollout")]
+    Default {
+        /// The package.
+        name: Option<String>,
+        #[command(flatten)]
+        rollout: RolloutArgs,
+        /// Clear the package's default rollout.
+        #[arg(long = "none", conflicts_with = "rollout", requires = "name")]
+        none: bool,
+    },
 }

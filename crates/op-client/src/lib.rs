@@ -460,6 +460,36 @@ impl Client {
             .await
     }
 
+    /// Every package's default rollout.
+    pub async fn package_rollouts(&self) -> Result<Vec<op_proto::rollout::PackageRollout>> {
+        self.get("/v1/rollouts/defaults").await
+    }
+
+    /// The default rollout of package `name` (a 404 when it has none).
+    pub async fn package_rollout(&self, name: &str) -> Result<op_proto::rollout::PackageRollout> {
+        self.get(&format!("/v1/packages/{}/rollout", path_segment(name)))
+            .await
+    }
+
+    /// Sets the default rollout of package `name`: uploads without a rollout are staged by it.
+    pub async fn set_package_rollout(
+        &self,
+        name: &str,
+        request: &op_proto::rollout::RolloutRequest,
+    ) -> Result<op_proto::rollout::PackageRollout> {
+        let path = format!("/v1/packages/{}/rollout", path_segment(name));
+        self.json(&path, self.request(Method::PUT, &path).json(request))
+            .await
+    }
+
+    /// Clears the default rollout of package `name`.
+    pub async fn clear_package_rollout(&self, name: &str) -> Result<()> {
+        let path = format!("/v1/packages/{}/rollout", path_segment(name));
+        self.send(&path, self.request(Method::DELETE, &path))
+            .await?;
+        Ok(())
+    }
+
     /// `pause`, `resume`, `abort` or `promote`.
     pub async fn rollout_action(
         &self,

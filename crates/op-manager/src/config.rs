@@ -126,6 +126,12 @@ pub struct ConfigArgs {
     /// Left nodes and old once-job targets are deleted after this long [default: 30d].
     #[arg(long, env = "OP_HISTORY_MAX_AGE")]
     pub history_max_age: Option<String>,
+    /// Most ended (finished or superseded) rollouts kept, newest first [default: 1000].
+    #[arg(long, env = "OP_RETENTION_ROLLOUTS")]
+    pub retention_rollouts: Option<u64>,
+    /// Ended rollouts older than this are deleted [default: 90d].
+    #[arg(long, env = "OP_ROLLOUT_MAX_AGE")]
+    pub rollout_max_age: Option<String>,
     /// How often retention runs [default: 60s].
     #[arg(long, env = "OP_PRUNE_INTERVAL")]
     pub prune_interval: Option<String>,
@@ -236,6 +242,8 @@ pub struct RawConfig {
     pub audit_max_age: Option<String>,
     pub audit_max_entries: Option<u64>,
     pub history_max_age: Option<String>,
+    pub retention_rollouts: Option<u64>,
+    pub rollout_max_age: Option<String>,
     pub prune_interval: Option<String>,
     pub json_body_limit: Option<String>,
     pub runs_body_limit: Option<String>,
@@ -423,6 +431,16 @@ impl Config {
                 "history_max_age",
                 a.history_max_age.or(f.history_max_age),
                 "30d",
+            )?
+            .as_secs(),
+            rollouts_kept: a
+                .retention_rollouts
+                .or(f.retention_rollouts)
+                .unwrap_or(op_store::DEFAULT_ROLLOUTS_KEPT),
+            rollout_max_age_secs: duration(
+                "rollout_max_age",
+                a.rollout_max_age.or(f.rollout_max_age),
+                "90d",
             )?
             .as_secs(),
         };

@@ -14,6 +14,8 @@
 //! - **Driver** ([`run`], leader only, every `every`): a running rollout whose failures reached its
 //!   `HaltOn` is halted (`HaltRollout`); one whose admitted hosts that are not NotReady all have
 //!   the new version, and whose stage was entered `StepWait` ago, advances (`AdvanceRollout`).
+//!   Hosts of an agent release pinned on another agent version (`agentcli agent pin`) never
+//!   report the new one: they are `excluded`, shown but not waited on.
 //!   Both commands hold only for the state they were decided on, so a decision of a deposed leader
 //!   changes nothing.
 
@@ -42,6 +44,18 @@ pub fn status(
     nodes: &[NodeInfo],
 ) -> Result<RolloutStatus, op_store::StoreError> {
     let mut failed_runs: HashMap<Uuid, String> = HashMap::new();
+    // An agent release (issue 22): hosts pinned on another agent version never get it.
+    let mut pinned: Option<(Vec<op_proto::agent_upgrade::AgentPin>, Option<String>)> = None;
+    if info.kind == RolloutKind::Package && op_proto::agent_upgrade::is_reserved(&info.subject) {
+        let release = match store.package_version(&info.subject, info.version)? {
+            Some(v) => store
+                .agent_releases()?
+                .get(&v.sha256)
+                .map(|r| r.version.clone()),
+            None => None,
+        };
+        pinned = Some((store.agent_pins()?, release));
+    }
     let mut once: Option<HashMap<Uuid, String>> = None;
     let selector = match info.kind {
         // The hosts the version targets (an untargeted version: every host).
@@ -112,6 +126,11 @@ pub fn status(
                 (has, failed_runs.get(&n.node_id).cloned())
             }
         };
+        let excluded = pinned.as_ref().and_then(|(pins, release)| {
+            let pin = crate::api::agent_upgrade::pin_for(pins, n.node_id, &n.identity().labels)?;
+            (release.as_deref() != Some(pin.version.as_str()) && !has_new)
+                .then(|| format!("pinned on agent {}", pin.version))
+        });
         hosts.push(RolloutHost {
             node_id: n.node_id,
             hostname: n.hostname.clone(),
@@ -119,6 +138,7 @@ pub fn status(
             admitted: is_admitted,
             has_new: is_admitted && has_new,
             failed: if is_admitted { failed } else { None },
+            excluded,
         });
     }
     hosts.sort_by(|a, b| {
@@ -128,7 +148,9 @@ pub fn status(
     });
     let admitted_count = hosts.iter().filter(|h| h.admitted).count() as u64;
     let failures = hosts.iter().filter(|h| h.failed.is_some()).count() as u64;
+    let excluded = hosts.iter().filter(|h| h.excluded.is_some()).count() as u64;
     Ok(RolloutStatus {
+        excluded,
         selected: hosts.len() as u64,
         admitted: admitted_count,
         failures,
@@ -204,7 +226,7 @@ pub fn decide(st: &RolloutStatus, now: chrono::DateTime<chrono::Utc>) -> Decisio
     let all_have = st
         .hosts
         .iter()
-        .filter(|h| h.admitted && h.status != NodeStatus::NotReady.as_str())
+        .filter(|h| h.admitted && h.status != NodeStatus::NotReady.as_str() && h.excluded.is_none())
         .all(|h| h.has_new);
     if waited && all_have {
         Decision::Advance

@@ -377,6 +377,10 @@ pub struct RolloutHost {
     /// Why the host counts as a failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
+    /// Why the rollout does not wait on this host (an agent release over a host pinned on
+    /// another agent version: it never reports the new one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excluded: Option<String>,
 }
 
 /// `GET /v1/rollouts/ID`: the rollout with its hosts.
@@ -388,7 +392,53 @@ pub struct RolloutStatus {
     pub failures: u64,
     /// The failures at which it halts, for the hosts admitted now.
     pub halt_at: u64,
+    /// Selected hosts the rollout does not wait on (see [`RolloutHost::excluded`]).
+    #[serde(default)]
+    pub excluded: u64,
     pub hosts: Vec<RolloutHost>,
+}
+
+/// A package's default rollout (`agentcli rollout default NAME --rollout ...`): what an upload
+/// of it without `--rollout` is staged by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageRollout {
+    pub name: String,
+    pub plan: RolloutPlan,
+    pub set_at: DateTime<Utc>,
+    pub set_by: String,
+}
+
+impl RolloutPlan {
+    /// The plan in the flags' words: `1,10%,100% step-wait 60s halt-on 1 [auto-rollback]`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} step-wait {}s halt-on {}{}",
+            self.stages_text(),
+            self.step_wait_secs,
+            self.halt_on,
+            if self.auto_rollback {
+                " auto-rollback"
+            } else {
+                ""
+            }
+        )
+    }
+
+    /// What apply checks of a plan it did not parse itself: stages present, increasing as
+    /// [`RolloutRequest::plan`] requires, and ending at `100%`.
+    pub fn check(&self) -> Result<(), String> {
+        let request = RolloutRequest {
+            stages: self.stages.iter().map(Stage::to_string).collect(),
+            step_wait: Some(self.step_wait_secs.to_string()),
+            halt_on: Some(self.halt_on.to_string()),
+            auto_rollback: self.auto_rollback,
+        };
+        let again = request.plan()?;
+        if again != *self {
+            return Err("a rollout plan must end with 100%".into());
+        }
+        Ok(())
+    }
 }
 
 /// Splits a task file's `Rollout` field off the rest (which stays a task file for

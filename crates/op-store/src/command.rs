@@ -347,6 +347,14 @@ pub enum Command {
         at: DateTime<Utc>,
         actor: String,
     },
+    /// Sets (`Some`) or clears (`None`) a package's default rollout: what an upload of it
+    /// without `--rollout` is staged by (issue 21).
+    SetPackageRollout {
+        name: String,
+        plan: Option<op_proto::rollout::RolloutPlan>,
+        at: DateTime<Utc>,
+        actor: String,
+    },
 }
 
 /// A rollout to start: its id (chosen by the proposer) and its checked plan.
@@ -414,6 +422,7 @@ impl Command {
             Command::RolloutAction { .. } => "rollout_action",
             Command::SetAgentRelease { .. } => "set_agent_release",
             Command::SetAgentPin { .. } => "set_agent_pin",
+            Command::SetPackageRollout { .. } => "set_package_rollout",
         }
     }
 }
@@ -488,6 +497,11 @@ pub struct StatusChange {
     pub unless_seen_after: DateTime<Utc>,
 }
 
+/// Ended rollouts kept by default, newest first.
+pub const DEFAULT_ROLLOUTS_KEPT: u64 = 1000;
+/// Ended rollouts are kept 90 days by default.
+pub const DEFAULT_ROLLOUT_MAX_AGE_SECS: u64 = 90 * 86_400;
+
 /// How much history to keep. Each limit of 0 disables that rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetentionLimits {
@@ -503,6 +517,13 @@ pub struct RetentionLimits {
     pub audit_max_entries: u64,
     /// Left nodes, and once-job targets of old revisions, are deleted after this many seconds.
     pub history_max_age_secs: u64,
+    /// Most ended rollouts (finished or superseded) kept, newest first. Absent in entries written
+    /// before it existed: 0, so they replay as they applied.
+    #[serde(default)]
+    pub rollouts_kept: u64,
+    /// Ended rollouts older than this many seconds (since their last change) are deleted.
+    #[serde(default)]
+    pub rollout_max_age_secs: u64,
 }
 
 impl Default for RetentionLimits {
@@ -514,6 +535,8 @@ impl Default for RetentionLimits {
             audit_max_age_secs: 90 * 86_400,
             audit_max_entries: 100_000,
             history_max_age_secs: 30 * 86_400,
+            rollouts_kept: DEFAULT_ROLLOUTS_KEPT,
+            rollout_max_age_secs: DEFAULT_ROLLOUT_MAX_AGE_SECS,
         }
     }
 }
@@ -612,6 +635,9 @@ pub struct PruneReport {
     /// Finished invocations (with their targets).
     #[serde(default)]
     pub invocations: u64,
+    /// Ended (finished or superseded) rollouts.
+    #[serde(default)]
+    pub rollouts: u64,
 }
 
 impl PruneReport {

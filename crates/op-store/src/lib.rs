@@ -35,6 +35,7 @@ pub use command::{
     NewToken, NodeBeat, NodeRegistration, NodeRuns, PruneReport, Rejection, RejectionCode,
     RetentionLimits, StatusChange, TokenRecord,
 };
+pub use command::{DEFAULT_ROLLOUT_MAX_AGE_SECS, DEFAULT_ROLLOUTS_KEPT};
 pub use error::{Result, StoreError};
 pub use read::events::MAX_EVENT_PAGE;
 pub use read::invocations::{

@@ -306,6 +306,15 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX rollouts_subject ON rollouts(kind, subject);
     "#,
+    // A package's default rollout (issue 21): what an upload without --rollout is staged by.
+    r#"
+    CREATE TABLE package_rollouts (
+        name   TEXT PRIMARY KEY,
+        plan   TEXT NOT NULL,
+        set_at INTEGER NOT NULL,
+        set_by TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

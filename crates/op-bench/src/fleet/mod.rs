@@ -139,6 +139,8 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// Agents whose first sync returned.
     pub synced: AtomicUsize,
+    /// Bytes of the sync answers (JSON bodies) received.
+    pub answer_bytes: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -468,9 +470,23 @@ impl SyncLoop {
         let mut answered: HashSet<Uuid> = HashSet::new();
         loop {
             let answer = tokio::select! {
-                r = self.client.sync_as::<SyncAnswer>(index, self.wait_secs, &beat) => r,
+                r = self.client.sync_as::<serde_json::Value>(index, self.wait_secs, &beat) => r,
                 _ = shutdown.cancelled() => return,
             };
+            // The answer's size: compact JSON re-serialized has the length of the body the
+            // manager wrote (key order aside, which does not change it).
+            let answer = answer.and_then(|v| {
+                let bytes = serde_json::to_vec(&v).map_or(0, |b| b.len());
+                self.counters
+                    .answer_bytes
+                    .fetch_add(bytes as u64, Ordering::Relaxed);
+                serde_json::from_value::<SyncAnswer>(v).map_err(|e| {
+                    op_client::ClientError::Decode {
+                        url: "/v1/agent/sync".into(),
+                        message: e.to_string(),
+                    }
+                })
+            });
             match answer {
                 Ok(state) => {
                     let at = Instant::now();

@@ -29,15 +29,22 @@ async fn packages(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Outcome> {
     if ctx.format == Format::Json {
         write_json(&mut out, &list)?;
     } else {
-        packages_table(&list, ctx.format == Format::Wide).write(&mut out)?;
+        // The default rollouts of the listed packages (`rollout default`), as a column.
+        let rollouts = ctx.call(ctx.client.package_rollouts()).await?;
+        packages_table(&list, ctx.format == Format::Wide, &rollouts).write(&mut out)?;
     }
     Ok(Outcome::Ok)
 }
 
 /// The seed's package table; wide adds which version is current, size, hash, uploader and the
 /// targeting. TARGET is in the plain table too as soon as a listed version is targeted (so a
-/// fleet without targeting reads exactly as the seed's).
-pub fn packages_table(list: &[PackageVersion], wide: bool) -> Table {
+/// fleet without targeting reads exactly as the seed's); ROLLOUT, a package's default rollout,
+/// as soon as a listed package has one.
+pub fn packages_table(
+    list: &[PackageVersion],
+    wide: bool,
+    rollouts: &[op_proto::rollout::PackageRollout],
+) -> Table {
     let mut headers = vec!["PACKAGENAME", "PACKAGEVERSION", "TIMESTAMP", "DEPLOYDIR"];
     if wide {
         headers.extend(["CURRENT", "SIZE", "SHA256", "UPLOADER"]);
@@ -48,6 +55,11 @@ pub fn packages_table(list: &[PackageVersion], wide: bool) -> Table {
             .any(|p| !op_proto::package::is_everywhere(&p.target));
     if with_target {
         headers.push("TARGET");
+    }
+    let rollout_of = |name: &str| rollouts.iter().find(|r| r.name == name);
+    let with_rollout = list.iter().any(|p| rollout_of(&p.name).is_some());
+    if with_rollout {
+        headers.push("ROLLOUT");
     }
     let mut table = Table::new(&headers);
     for p in list {
@@ -67,6 +79,13 @@ pub fn packages_table(list: &[PackageVersion], wide: bool) -> Table {
         }
         if with_target {
             row.push(op_proto::package::describe_target(&p.target));
+        }
+        if with_rollout {
+            row.push(
+                rollout_of(&p.name)
+                    .map(|r| r.plan.describe())
+                    .unwrap_or_else(|| "-".into()),
+            );
         }
         table.row(row);
     }
@@ -442,7 +461,7 @@ mod tests {
             version("test.py", 1_730_000_100, "", true),
         ];
         let mut out = Vec::new();
-        packages_table(&list, false).write(&mut out).unwrap();
+        packages_table(&list, false, &[]).write(&mut out).unwrap();
         let (t1, t2) = (
             local_time(list[0].uploaded_at),
             local_time(list[1].uploaded_at),
@@ -456,7 +475,7 @@ mod tests {
             )
         );
         let mut out = Vec::new();
-        packages_table(&[version("a.sh", 5, "/opt", false)], true)
+        packages_table(&[version("a.sh", 5, "/opt", false)], true, &[])
             .write(&mut out)
             .unwrap();
         let text = String::from_utf8(out).unwrap();
@@ -489,7 +508,7 @@ mod tests {
         let mut db = version("schema.sql", 7, "", true);
         db.target = op_proto::package::parse_target(&[], &[], &["role=db".into()]).unwrap();
         let mut out = Vec::new();
-        packages_table(&[db, version("a.sh", 5, "/opt", true)], false)
+        packages_table(&[db, version("a.sh", 5, "/opt", true)], false, &[])
             .write(&mut out)
             .unwrap();
         let text = String::from_utf8(out).unwrap();

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use op_proto::rollout::{RolloutInfo, RolloutKind};
+use op_proto::rollout::{PackageRollout, RolloutInfo, RolloutKind, RolloutRequest};
 
 use super::Ctx;
 use crate::Outcome;
@@ -29,6 +29,11 @@ pub async fn run(ctx: &Ctx, what: RolloutCommand) -> anyhow::Result<Outcome> {
     let mut out = crate::output::stdout();
     let json = ctx.format == Format::Json;
     let (id, action) = match &what {
+        RolloutCommand::Default {
+            name,
+            rollout,
+            none,
+        } => return default(ctx, name.as_deref(), rollout, *none).await,
         RolloutCommand::List => {
             let list = ctx.call(ctx.client.rollouts()).await?;
             if json {
@@ -91,15 +96,30 @@ pub async fn run(ctx: &Ctx, what: RolloutCommand) -> anyhow::Result<Outcome> {
                     ""
                 }
             )?;
-            let mut t = Table::new(&["HOST", "STATUS", "ADMITTED", "HAS NEW", "FAILED"]);
+            if st.excluded > 0 {
+                writeln!(
+                    out,
+                    "  excluded:   {} host(s) not waited on (pinned on another agent version)",
+                    st.excluded
+                )?;
+            }
+            let mut headers = vec!["HOST", "STATUS", "ADMITTED", "HAS NEW", "FAILED"];
+            if st.excluded > 0 {
+                headers.push("EXCLUDED");
+            }
+            let mut t = Table::new(&headers);
             for h in &st.hosts {
-                t.row([
+                let mut row = vec![
                     h.hostname.clone(),
                     h.status.clone(),
                     if h.admitted { "yes" } else { "no" }.to_string(),
                     if h.has_new { "yes" } else { "no" }.to_string(),
                     h.failed.clone().unwrap_or_default(),
-                ]);
+                ];
+                if st.excluded > 0 {
+                    row.push(h.excluded.clone().unwrap_or_default());
+                }
+                t.row(row);
             }
             t.write(&mut out)?;
             out.flush()?;
@@ -123,4 +143,77 @@ pub async fn run(ctx: &Ctx, what: RolloutCommand) -> anyhow::Result<Outcome> {
         )?;
     }
     Ok(Outcome::Ok)
+}
+
+/// `rollout default [NAME] [--rollout STAGES ... | --none]`.
+async fn default(
+    ctx: &Ctx,
+    name: Option<&str>,
+    args: &crate::cli::RolloutArgs,
+    none: bool,
+) -> anyhow::Result<Outcome> {
+    let mut out = crate::output::stdout();
+    let json = ctx.format == Format::Json;
+    let Some(name) = name else {
+        if args.rollout.is_some() {
+            anyhow::bail!("--rollout sets a package's default rollout: name the package");
+        }
+        let list = ctx.call(ctx.client.package_rollouts()).await?;
+        if json {
+            write_json(&mut out, &list)?;
+        } else {
+            defaults_table(&list).write(&mut out)?;
+        }
+        return Ok(Outcome::Ok);
+    };
+    if none {
+        ctx.call(ctx.client.clear_package_rollout(name)).await?;
+        if json {
+            write_json(&mut out, &serde_json::json!({"name": name, "plan": null}))?;
+        } else {
+            writeln!(
+                out,
+                "package {name}: no default rollout; uploads reach every host at once"
+            )?;
+        }
+        return Ok(Outcome::Ok);
+    }
+    let d = match &args.rollout {
+        Some(stages) => {
+            let request = RolloutRequest::from_flags(
+                stages,
+                args.step_wait.as_deref(),
+                args.halt_on.as_deref(),
+                args.auto_rollback,
+            );
+            // Checked here first for a clear message; the manager checks again.
+            request
+                .plan()
+                .map_err(|e| anyhow::anyhow!("--rollout: {e}"))?;
+            ctx.call(ctx.client.set_package_rollout(name, &request))
+                .await?
+        }
+        None => ctx.call(ctx.client.package_rollout(name)).await?,
+    };
+    if json {
+        write_json(&mut out, &d)?;
+    } else {
+        defaults_table(std::slice::from_ref(&d)).write(&mut out)?;
+    }
+    out.flush()?;
+    Ok(Outcome::Ok)
+}
+
+/// PACKAGENAME ROLLOUT SET SETBY.
+pub fn defaults_table(list: &[PackageRollout]) -> Table {
+    let mut t = Table::new(&["PACKAGENAME", "ROLLOUT", "SET", "SETBY"]);
+    for d in list {
+        t.row([
+            d.name.clone(),
+            d.plan.describe(),
+            local_time(d.set_at),
+            d.set_by.clone(),
+        ]);
+    }
+    t
 }

@@ -127,6 +127,13 @@ pub async fn run(
                 out,
                 "staged rollout started; follow it with: agentcli rollout list"
             )?;
+        } else if let Ok(d) = ctx.client.package_rollout(&version.name).await {
+            // Staged by the package's default rollout (`rollout default`).
+            writeln!(
+                out,
+                "staged by the package's default rollout ({}); follow it with: agentcli rollout list",
+                d.plan.stages_text()
+            )?;
         }
         out.flush()?;
     }

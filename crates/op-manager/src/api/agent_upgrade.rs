@@ -214,7 +214,7 @@ pub async fn start(
 }
 
 /// The pin that applies to a node: its own, else the first label pin it matches.
-fn pin_for<'a>(
+pub(crate) fn pin_for<'a>(
     pins: &'a [AgentPin],
     node: Uuid,
     labels: &BTreeMap<String, String>,

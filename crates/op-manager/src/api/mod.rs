@@ -5,7 +5,7 @@
 //! its results for as long as its hosts' deadlines allow.
 
 mod agent;
-mod agent_upgrade;
+pub(crate) mod agent_upgrade;
 mod audit;
 mod chunks;
 mod cluster;
@@ -94,6 +94,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/packages/{name}", get(packages::versions))
         .route("/v1/packages/{name}/rollback", post(packages::rollback))
         .route(
+            "/v1/packages/{name}/rollout",
+            get(rollouts::get_default)
+                .put(rollouts::set_default)
+                .delete(rollouts::clear_default),
+        )
+        .route(
             "/v1/packages/{name}/{version}",
             get(packages::get).delete(packages::delete),
         )
@@ -132,6 +138,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/nodes/{key}/drain", post(holds::drain))
         .route("/v1/nodes/{key}/undrain", post(holds::undrain))
         .route("/v1/rollouts", get(rollouts::list))
+        .route("/v1/rollouts/defaults", get(rollouts::defaults))
         .route("/v1/rollouts/{id}", get(rollouts::get))
         .route("/v1/rollouts/{id}/{action}", post(rollouts::act))
         .route("/v1/agents/upgrade", get(agent_upgrade::status))

@@ -167,16 +167,19 @@ pub async fn upload(
         validate_deploy_dir(dir)
             .map_err(|e| ApiError::bad("invalid_deploy_dir", format!("deploy dir {e}")))?;
     }
-    // Checked before the body is read: a bad rollout changes nothing.
-    let rollout = super::rollouts::checked(
+    // Checked before the body is read: a bad rollout changes nothing. Without one, the
+    // package's default rollout stages the upload.
+    let rollout = super::rollouts::for_upload(
+        &app,
+        &name,
         super::rollouts::RolloutQuery {
             rollout: q.rollout.clone(),
             step_wait: q.step_wait.clone(),
             halt_on: q.halt_on.clone(),
             auto_rollback: q.auto_rollback,
-        }
-        .request()?,
-    )?;
+        },
+    )
+    .await?;
     let staged = receive_body(&app, req).await?;
     // From the rename until the version is applied, GC must not judge this blob.
     let _commit = app.blobs.commit_guard().await;

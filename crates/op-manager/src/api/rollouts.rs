@@ -4,15 +4,19 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::{Extension, Json};
 use chrono::Utc;
 use op_proto::NodeStatus;
-use op_proto::rollout::{RolloutAction, RolloutInfo, RolloutRequest, RolloutStatus};
+use op_proto::rollout::{
+    PackageRollout, RolloutAction, RolloutInfo, RolloutRequest, RolloutStatus,
+};
 use op_store::{Command, CommandResult, NewRollout};
 use serde::Deserialize;
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::extract::ApiJson;
 use crate::app::App;
 use crate::auth::Caller;
 
@@ -72,6 +76,103 @@ pub fn staged(change: Command, rollout: Option<NewRollout>) -> Command {
         },
         None => change,
     }
+}
+
+/// The rollout an upload of package `name` is staged by: the one its query asks for, else the
+/// package's default rollout (`rollout=100%` reaches every host at once).
+pub async fn for_upload(
+    app: &App,
+    name: &str,
+    query: RolloutQuery,
+) -> Result<Option<NewRollout>, ApiError> {
+    if let Some(asked) = checked(query.request()?)? {
+        return Ok(Some(asked));
+    }
+    let n = name.to_string();
+    Ok(app
+        .read(move |s| s.package_rollout(&n))
+        .await?
+        .map(|d| NewRollout {
+            id: Uuid::now_v7(),
+            plan: d.plan,
+        }))
+}
+
+fn package_name(name: &str) -> Result<(), ApiError> {
+    op_proto::package::validate_package_name(name)
+        .map_err(|e| ApiError::bad("invalid_name", format!("package name {name:?} {e}")))?;
+    if op_proto::agent_upgrade::is_reserved(name) {
+        return Err(ApiError::bad(
+            "reserved_name",
+            format!(
+                "{name} is an agent release: its rollout is set by agentcli agent upgrade start"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /v1/rollouts/defaults`: every package's default rollout.
+pub async fn defaults(State(app): State<Arc<App>>) -> Result<Json<Vec<PackageRollout>>, ApiError> {
+    Ok(Json(app.read(|s| s.package_rollouts()).await?))
+}
+
+/// `GET /v1/packages/NAME/rollout`: the package's default rollout (404 when it has none).
+pub async fn get_default(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Json<PackageRollout>, ApiError> {
+    package_name(&name)?;
+    let n = name.clone();
+    app.read(move |s| s.package_rollout(&n))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("package {name:?} has no default rollout")))
+}
+
+/// `PUT /v1/packages/NAME/rollout` with a task file's `Rollout` object: sets the package's
+/// default rollout.
+pub async fn set_default(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<RolloutRequest>,
+) -> Result<Json<PackageRollout>, ApiError> {
+    package_name(&name)?;
+    let plan = request
+        .plan()
+        .map_err(|e| ApiError::bad("invalid_rollout", format!("rollout: {e}")))?;
+    let at = Utc::now();
+    app.write(Command::SetPackageRollout {
+        name: name.clone(),
+        plan: Some(plan.clone()),
+        at,
+        actor: caller.name.clone(),
+    })
+    .await?;
+    Ok(Json(PackageRollout {
+        name,
+        plan,
+        set_at: at,
+        set_by: caller.name,
+    }))
+}
+
+/// `DELETE /v1/packages/NAME/rollout`: uploads of the package are unstaged again.
+pub async fn clear_default(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    package_name(&name)?;
+    app.write(Command::SetPackageRollout {
+        name,
+        plan: None,
+        at: Utc::now(),
+        actor: caller.name,
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {

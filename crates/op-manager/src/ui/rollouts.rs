@@ -210,7 +210,11 @@ pub async fn show(
             esc(&h.hostname),
             esc(&h.status),
             if h.admitted { "admitted" } else { "previous" },
-            if h.has_new { "yes" } else { "no" },
+            match (&h.excluded, h.has_new) {
+                (Some(why), false) => esc(&format!("no ({why}: not waited on)")),
+                (_, true) => "yes".to_string(),
+                (None, false) => "no".to_string(),
+            },
             esc(h.failed.as_deref().unwrap_or(""))
         );
     }

@@ -338,6 +338,12 @@ pub(super) fn dispatch(
             at,
             actor,
         } => agent_upgrade::set_pin(conn, index, target, version.as_deref(), *at, actor, ch),
+        Command::SetPackageRollout {
+            name,
+            plan,
+            at,
+            actor,
+        } => rollouts::set_package_default(conn, name, plan.as_ref(), *at, actor),
     }
 }
 

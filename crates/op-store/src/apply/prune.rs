@@ -5,6 +5,9 @@
 //! age and count, once-job targets of superseded revisions, and Left nodes, by history age.
 //! Finished invocations go with the runs' age limit, and beyond the newest
 //! [`MAX_FINISHED_INVOCATIONS`]; running ones are never pruned (their hosts still answer).
+//! Rollouts go once they decide nothing (finished or superseded), by age and beyond the newest
+//! `rollouts_kept`; a running, paused, halted, aborted or rolled-back one stays, since it decides
+//! what its hosts get (the next change of its package or job supersedes it).
 
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{Connection, params};
@@ -92,6 +95,7 @@ pub(super) fn prune(conn: &Connection, now: DateTime<Utc>, l: &RetentionLimits) 
         )?;
     }
     r.invocations = prune_invocations(conn, now, l)?;
+    r.rollouts = prune_rollouts(conn, now, l)?;
     // Output requests that releases up to 0.1.0 wrote through raft; nothing reads them now.
     conn.execute("DELETE FROM output_requests", [])?;
     Ok(Ok(CommandResult::Pruned { report: r }))
@@ -120,5 +124,32 @@ fn prune_invocations(
         &format!("DELETE FROM invocations WHERE id IN ({doomed})"),
         params![before, MAX_FINISHED_INVOCATIONS],
     )?;
+    Ok(n as u64)
+}
+
+fn prune_rollouts(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    l: &RetentionLimits,
+) -> crate::Result<u64> {
+    let mut n = 0;
+    // Only rows that decide nothing: what each host gets is the same without them.
+    let ended = "state IN ('finished', 'superseded')";
+    if l.rollout_max_age_secs > 0 {
+        n += conn.execute(
+            &format!("DELETE FROM rollouts WHERE {ended} AND updated_at < ?1"),
+            [cutoff(now, l.rollout_max_age_secs)],
+        )?;
+    }
+    if l.rollouts_kept > 0 {
+        n += conn.execute(
+            &format!(
+                "DELETE FROM rollouts WHERE id IN (
+                   SELECT id FROM rollouts WHERE {ended}
+                   ORDER BY updated_at DESC, id DESC LIMIT -1 OFFSET ?1)"
+            ),
+            [l.rollouts_kept.min(i64::MAX as u64) as i64],
+        )?;
+    }
     Ok(n as u64)
 }

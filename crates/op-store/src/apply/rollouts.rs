@@ -309,6 +309,9 @@ pub(super) fn advance(
     }
     info.updated_at = at;
     if from_stage + 1 >= info.plan.stages.len() {
+        // After a last stage that admitted every rank, finishing changes no host's answer: no
+        // bump, so the fleet is not woken once more for nothing (10,000 answers at 10,000 hosts).
+        let changes_answers = info.threshold != Some(u64::MAX);
         info.state = RolloutState::Finished;
         info.threshold = Some(u64::MAX);
         update(conn, &info)?;
@@ -322,7 +325,9 @@ pub(super) fn advance(
         )?;
         let summary = format!("rollout of {} finished: every host has it", what(&info));
         event(&info, EventKind::RolloutFinished, Vec::new(), summary, ch);
-        bump_desired_all(conn, index, ch)?;
+        if changes_answers {
+            bump_desired_all(conn, index, ch)?;
+        }
         return done(info);
     }
     info.stage = from_stage + 1;
@@ -486,4 +491,42 @@ pub(super) fn action(
         bump_desired_all(conn, index, ch)?;
     }
     done(info)
+}
+
+/// Sets or clears the default rollout of package `name` (which must exist).
+pub(super) fn set_package_default(
+    conn: &Connection,
+    name: &str,
+    plan: Option<&op_proto::rollout::RolloutPlan>,
+    at: DateTime<Utc>,
+    actor: &str,
+) -> Outcome {
+    if read::packages::current_version(conn, name)?.is_none() {
+        return Ok(Err(Rejection::not_found(format!(
+            "no package named {name:?} (upload it first)"
+        ))));
+    }
+    match plan {
+        Some(plan) => {
+            if let Err(e) = plan.check() {
+                return Ok(Err(Rejection::invalid(format!("rollout: {e}"))));
+            }
+            conn.execute(
+                "INSERT INTO package_rollouts(name, plan, set_at, set_by) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(name) DO UPDATE SET plan = ?2, set_at = ?3, set_by = ?4",
+                params![name, to_json(plan), ms(at), actor],
+            )?;
+            audit(conn, at, actor, "package.rollout", name, &plan.describe())?;
+        }
+        None => {
+            let removed = conn.execute("DELETE FROM package_rollouts WHERE name = ?1", [name])?;
+            if removed == 0 {
+                return Ok(Err(Rejection::not_found(format!(
+                    "package {name:?} has no default rollout"
+                ))));
+            }
+            audit(conn, at, actor, "package.rollout", name, "none")?;
+        }
+    }
+    Ok(Ok(CommandResult::Done))
 }

@@ -237,6 +237,16 @@ impl Store {
         self.read(|conn| Ok(query(conn, "", &[])?.into_iter().map(|(i, _)| i).collect()))
     }
 
+    /// Every package's default rollout, by name.
+    pub fn package_rollouts(&self) -> Result<Vec<op_proto::rollout::PackageRollout>> {
+        self.read(|conn| package_defaults(conn, None))
+    }
+
+    /// The default rollout of package `name`.
+    pub fn package_rollout(&self, name: &str) -> Result<Option<op_proto::rollout::PackageRollout>> {
+        self.read(|conn| Ok(package_defaults(conn, Some(name))?.into_iter().next()))
+    }
+
     pub fn rollout(&self, id: Uuid) -> Result<Option<RolloutInfo>> {
         self.read(|conn| Ok(one(conn, id)?.map(|(i, _)| i)))
     }
@@ -286,4 +296,34 @@ impl Store {
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
+}
+
+fn package_defaults(
+    conn: &Connection,
+    name: Option<&str>,
+) -> Result<Vec<op_proto::rollout::PackageRollout>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, plan, set_at, set_by FROM package_rollouts
+         WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
+    )?;
+    let rows = stmt
+        .query_map([name], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter()
+        .map(|(name, plan, set_at, set_by)| {
+            Ok(op_proto::rollout::PackageRollout {
+                name,
+                plan: from_json("rollout plan", &plan)?,
+                set_at: from_ms(set_at),
+                set_by,
+            })
+        })
+        .collect()
 }

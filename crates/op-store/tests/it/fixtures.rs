@@ -344,6 +344,16 @@ fn samples() -> Vec<Command> {
             at: t0(),
             actor: "admin".into(),
         },
+        Command::SetPackageRollout {
+            name: "tool.sh".into(),
+            plan: Some(
+                op_proto::rollout::RolloutRequest::from_flags("1,10%", Some("5m"), Some("2"), true)
+                    .plan()
+                    .unwrap(),
+            ),
+            at: t0(),
+            actor: "admin".into(),
+        },
     ]
 }
 

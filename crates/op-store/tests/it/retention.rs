@@ -14,6 +14,8 @@ fn none() -> RetentionLimits {
         audit_max_age_secs: 0,
         audit_max_entries: 0,
         history_max_age_secs: 0,
+        rollouts_kept: 0,
+        rollout_max_age_secs: 0,
     }
 }
 

@@ -207,3 +207,129 @@ fn a_targeted_package_rollout_counts_and_admits_only_the_hosts_its_version_targe
     assert_eq!(admitted.len(), 2, "{admitted:?}");
     assert!(admitted.iter().all(|n| *n <= 4), "{admitted:?}");
 }
+
+/// The commands of `pruning_keeps_what_decides_and_the_newest_ended_rollouts`, for two stores.
+fn pruning_history(s: &mut TestStore) {
+    for n in 1..=3 {
+        s.apply(register(n, 1));
+    }
+    s.apply(upload("tool.sh", 'a', 10));
+    s.apply(upload("other.sh", 'a', 10));
+    // other.sh: halted, so it still decides what its hosts get however old it is.
+    s.apply(staged(9, "1", false, upload("other.sh", 'b', 100)));
+    s.apply(Command::HaltRollout {
+        id: Uuid::from_u128(9),
+        reason: "1 failed host".into(),
+        failed_hosts: vec!["node-1".into()],
+        at: at(150),
+    });
+    // tool.sh: rollouts 1 to 3 superseded (at 300, 400, 500), 4 finished (at 503).
+    for (i, c) in ['b', 'c', 'd', 'e'].into_iter().enumerate() {
+        let id = i as u128 + 1;
+        s.apply(staged(
+            id,
+            "1,50%",
+            false,
+            upload("tool.sh", c, 100 * (id as i64 + 1)),
+        ));
+    }
+    for stage in 0..3 {
+        s.apply(Command::AdvanceRollout {
+            id: Uuid::from_u128(4),
+            from_stage: stage,
+            at: at(501 + stage as i64),
+        });
+    }
+}
+
+fn prune_rollouts(s: &mut TestStore, now_secs: i64, kept: u64, max_age_secs: u64) -> u64 {
+    let limits = op_store::RetentionLimits {
+        runs_per_job_node: 0,
+        run_max_age_secs: 0,
+        run_max_bytes: 0,
+        audit_max_age_secs: 0,
+        audit_max_entries: 0,
+        history_max_age_secs: 0,
+        rollouts_kept: kept,
+        rollout_max_age_secs: max_age_secs,
+    };
+    match s.apply(Command::Prune {
+        now: at(now_secs),
+        limits,
+    }) {
+        CommandResult::Pruned { report } => report.rollouts,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn ids(s: &TestStore) -> Vec<u128> {
+    let mut ids: Vec<u128> = s
+        .store
+        .rollouts()
+        .unwrap()
+        .iter()
+        .map(|r| r.id.as_u128())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Retention of rollouts: only finished and superseded ones go (a halted one decides what its
+/// hosts get and stays, however old), beyond the newest `rollouts_kept` and by age; the same
+/// rows on every replica, and what each host gets is unchanged.
+#[test]
+fn pruning_keeps_what_decides_and_the_newest_ended_rollouts() {
+    let mut a = TestStore::new();
+    let mut b = TestStore::new();
+    pruning_history(&mut a);
+    pruning_history(&mut b);
+    assert_eq!(ids(&a), vec![1, 2, 3, 4, 9]);
+    let states: Vec<RolloutState> = a
+        .store
+        .rollouts()
+        .unwrap()
+        .iter()
+        .map(|r| r.state)
+        .collect();
+    assert_eq!(
+        states
+            .iter()
+            .filter(|s| **s == RolloutState::Superseded)
+            .count(),
+        3,
+        "{states:?}"
+    );
+    let active = a.store.active_rollouts().unwrap();
+    assert_eq!(active.len(), 1);
+
+    // Limits of 0: nothing goes.
+    assert_eq!(prune_rollouts(&mut a, 10_000, 0, 0), 0);
+    assert_eq!(ids(&a), vec![1, 2, 3, 4, 9]);
+
+    // The newest 2 ended (4, finished at 503; 3, superseded at 500) stay.
+    assert_eq!(prune_rollouts(&mut a, 1000, 2, 0), 2);
+    assert_eq!(prune_rollouts(&mut b, 1000, 2, 0), 2);
+    assert_eq!(ids(&a), vec![3, 4, 9]);
+    assert_eq!(a.store.rollouts().unwrap(), b.store.rollouts().unwrap());
+    assert_eq!(a.store.active_rollouts().unwrap(), active);
+
+    // By age: older than 498 s at 1000 (before 502) goes; the halted one (150) stays.
+    assert_eq!(prune_rollouts(&mut a, 1000, 0, 498), 1);
+    assert_eq!(prune_rollouts(&mut b, 1000, 0, 498), 1);
+    assert_eq!(ids(&a), vec![4, 9]);
+    assert_eq!(a.store.rollouts().unwrap(), b.store.rollouts().unwrap());
+    assert_eq!(a.store.active_rollouts().unwrap(), active);
+
+    // A Prune entry written before the rollout limits existed replays without touching them.
+    let old = serde_json::json!({
+        "type": "prune", "now": at(10_000), "limits": {
+            "runs_per_job_node": 0, "run_max_age_secs": 0, "run_max_bytes": 0,
+            "audit_max_age_secs": 0, "audit_max_entries": 0, "history_max_age_secs": 0}
+    });
+    let command: Command = serde_json::from_value(old).unwrap();
+    match a.apply(command) {
+        CommandResult::Pruned { report } => assert_eq!(report.rollouts, 0),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ids(&a), vec![4, 9]);
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use op_client::Client;
 use op_proto::rollout::{RolloutInfo, RolloutState, RolloutStatus};
-use op_proto::{RunStatus, Trigger};
+use op_proto::{NodeStatus, RunStatus, Trigger};
 use op_testkit::{Agent, AgentOptions, Manager, wait_until};
 
 use crate::support::{LONG, agentcli, fleet, runs_of, text};
@@ -608,4 +608,228 @@ async fn a_failed_deploy_halts_a_package_rollout() {
         }
     }
     drop(agents);
+}
+
+/// A package's default rollout (`rollout default`): bad input refused with nothing stored; set,
+/// it is shown by `get packages` and stages an upload without `--rollout` (one host of four has
+/// v2 on disk while the stage waits); `--rollout 100%` reaches every host at once anyway; cleared
+/// with `--none`, uploads are unstaged again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_default_rollout_stages_uploads_without_rollout() {
+    let m = Manager::start();
+    let agents = fleet(&m, 4, &[]).await;
+    let c = m.client();
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("tool.sh");
+    let path = file.to_str().unwrap();
+
+    // No package yet: refused, nothing stored.
+    let out = agentcli(
+        &m,
+        &["rollout", "default", "tool.sh", "--rollout", "1,100%"],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no package named"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(&file, "v1").unwrap();
+    ok(&agentcli(&m, &["upload", path]).await);
+    wait_until(LONG, "v1 on every host", || async {
+        count(&on_disk(&agents), "v1") == 4
+    })
+    .await;
+    // Bad plans: refused by the CLI and, sent directly, by the manager (400); nothing stored.
+    let out = agentcli(
+        &m,
+        &["rollout", "default", "tool.sh", "--rollout", "50%,10%"],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("stages must increase"),
+        "{}",
+        text(&out.stderr)
+    );
+    for stages in ["0%", "5,2", "x"] {
+        let e = c
+            .set_package_rollout(
+                "tool.sh",
+                &op_proto::rollout::RolloutRequest::from_flags(stages, None, None, false),
+            )
+            .await
+            .expect_err(stages);
+        assert_eq!(e.status(), Some(400), "{stages}: {e}");
+    }
+    let e = c
+        .set_package_rollout(
+            "tool.sh",
+            &op_proto::rollout::RolloutRequest::from_flags("1", Some("soon"), None, false),
+        )
+        .await
+        .expect_err("bad step wait");
+    assert_eq!(e.status(), Some(400), "{e}");
+    let e = c.clear_package_rollout("tool.sh").await.expect_err("none");
+    assert_eq!(e.status(), Some(404), "{e}");
+    assert!(c.package_rollouts().await.unwrap().is_empty());
+
+    let out = ok(&agentcli(
+        &m,
+        &[
+            "rollout",
+            "default",
+            "tool.sh",
+            "--rollout",
+            "1,100%",
+            "--step-wait",
+            "1h",
+            "--halt-on",
+            "2",
+        ],
+    )
+    .await);
+    assert!(out.contains("1,100% step-wait 3600s halt-on 2"), "{out}");
+    let listed = ok(&agentcli(&m, &["get", "packages"]).await);
+    assert!(listed.contains("ROLLOUT"), "{listed}");
+    assert!(listed.contains("1,100% step-wait 3600s"), "{listed}");
+
+    // An upload without --rollout is staged by the default: one host gets v2, three keep v1.
+    std::fs::write(&file, "v2").unwrap();
+    let out = ok(&agentcli(&m, &["upload", path]).await);
+    assert!(out.contains("default rollout"), "{out}");
+    let r = the_rollout(&c).await;
+    assert_eq!(r.plan.stages_text(), "1,100%");
+    assert_eq!(r.plan.step_wait_secs, 3600);
+    assert_eq!(r.state, RolloutState::Running);
+    wait_until(LONG, "v2 on the first stage's host", || async {
+        count(&on_disk(&agents), "v2") == 1
+    })
+    .await;
+    let st = status(&c, &r).await;
+    assert_eq!(st.admitted, 1, "{st:#?}");
+    assert_eq!(count(&on_disk(&agents), "v1"), 3);
+
+    // An explicit --rollout wins: 100% reaches every host at once.
+    std::fs::write(&file, "v3").unwrap();
+    ok(&agentcli(&m, &["upload", path, "--rollout", "100%"]).await);
+    wait_until(LONG, "v3 on every host", || async {
+        count(&on_disk(&agents), "v3") == 4
+    })
+    .await;
+    let list = c.rollouts().await.unwrap();
+    assert_eq!(list.len(), 2, "{list:#?}");
+    assert!(
+        list.iter().any(|x| x.plan.stages_text() == "100%"),
+        "{list:#?}"
+    );
+    assert!(
+        list.iter()
+            .any(|x| x.id == r.id && x.state == RolloutState::Superseded),
+        "{list:#?}"
+    );
+
+    // Cleared: the next upload is unstaged (no new rollout) and reaches every host.
+    ok(&agentcli(&m, &["rollout", "default", "tool.sh", "--none"]).await);
+    assert!(c.package_rollouts().await.unwrap().is_empty());
+    let listed = ok(&agentcli(&m, &["get", "packages"]).await);
+    assert!(!listed.contains("ROLLOUT"), "{listed}");
+    std::fs::write(&file, "v4").unwrap();
+    let out = ok(&agentcli(&m, &["upload", path]).await);
+    assert!(!out.contains("rollout"), "{out}");
+    wait_until(LONG, "v4 on every host", || async {
+        count(&on_disk(&agents), "v4") == 4
+    })
+    .await;
+    assert_eq!(c.rollouts().await.unwrap().len(), 2);
+    // Every change is audited.
+    let audit = ok(&agentcli(&m, &["audit"]).await);
+    assert!(audit.contains("package.rollout"), "{audit}");
+}
+
+/// An agent release staged `1,100% --step-wait 0` over two guarded agents, one pinned on the
+/// running version (`agent pin`): the pinned host never reports the new version, so the rollout
+/// does not wait on it; it finishes, `rollout status` shows the host excluded, and the host
+/// keeps its version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_release_rollout_does_not_wait_on_pinned_hosts() {
+    const OLD: &str = env!("CARGO_PKG_VERSION");
+    let next_version = format!("{OLD}.1");
+    let m = Manager::start();
+    let _agents: Vec<Agent> = (1..=2)
+        .map(|i| {
+            Agent::start(
+                AgentOptions::new(&format!("node-{i}"), &format!("127.0.0.{}", i + 1))
+                    .manager(&m)
+                    .guarded(),
+            )
+        })
+        .collect();
+    let c = m.client();
+    let version_of = |host: &'static str| {
+        let c = c.clone();
+        async move {
+            c.list_nodes()
+                .await
+                .ok()
+                .and_then(|ns| ns.into_iter().find(|n| n.hostname == host))
+                .map(|n| (n.agent_version, n.status))
+        }
+    };
+    wait_until(LONG, "both agents Ready", || async {
+        c.list_nodes()
+            .await
+            .is_ok_and(|ns| ns.len() == 2 && ns.iter().all(|n| n.status == NodeStatus::Ready))
+    })
+    .await;
+    ok(&agentcli(&m, &["agent", "pin", "node-2", OLD]).await);
+    let tmp = tempfile::tempdir().unwrap();
+    let next = tmp.path().join("op-agent");
+    std::fs::copy(op_testkit::bin("op-agent-next"), &next).unwrap();
+    ok(&agentcli(
+        &m,
+        &[
+            "agent",
+            "upgrade",
+            "start",
+            next.to_str().unwrap(),
+            "--version",
+            &next_version,
+            "--rollout",
+            "1,100%",
+            "--step-wait",
+            "0",
+        ],
+    )
+    .await);
+    let r = the_rollout(&c).await;
+    wait_until(
+        Duration::from_secs(120),
+        "the release rollout finished",
+        || async {
+            c.rollout(&r.id.to_string())
+                .await
+                .is_ok_and(|st| st.rollout.state == RolloutState::Finished)
+        },
+    )
+    .await;
+    let st = status(&c, &r).await;
+    assert_eq!(st.excluded, 1, "{st:#?}");
+    let pinned = st.hosts.iter().find(|h| h.hostname == "node-2").unwrap();
+    assert_eq!(
+        pinned.excluded.as_deref(),
+        Some(format!("pinned on agent {OLD}").as_str()),
+        "{st:#?}"
+    );
+    let upgraded = st.hosts.iter().find(|h| h.hostname == "node-1").unwrap();
+    assert!(upgraded.has_new && upgraded.excluded.is_none(), "{st:#?}");
+    wait_until(LONG, "node-1 Ready on the new version", || async {
+        version_of("node-1").await == Some((next_version.clone(), NodeStatus::Ready))
+    })
+    .await;
+    assert_eq!(version_of("node-2").await.unwrap().0, OLD);
+    let shown = ok(&agentcli(&m, &["rollout", "status", &r.id.to_string()]).await);
+    assert!(shown.contains("excluded:   1 host(s)"), "{shown}");
+    assert!(shown.contains(&format!("pinned on agent {OLD}")), "{shown}");
 }
