@@ -24,7 +24,7 @@ pub mod defaults {
     pub const DEPLOY_DIR: &str = "/data/op-agent/src";
     pub const SHUTDOWN_GRACE_SECS: u64 = 30;
     /// `--peer-timeout`: a peer silent this long during a chunk fetch is given up on.
-    pub const PEER_TIMEOUT_SECS: u64 = 10;
+    pub const PEER_TIMEOUT_SECS: u64 = crate::deploy::PEER_TIMEOUT_SECS;
     pub const OUTPUT_TAIL: u64 = op_proto::run::DEFAULT_OUTPUT_TAIL as u64;
     pub const LOG_KEEP_RUNS: u64 = 50;
     pub const LOG_KEEP_BYTES: u64 = 64 * 1024 * 1024;

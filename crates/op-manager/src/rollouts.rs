@@ -127,7 +127,8 @@ pub fn status(
             }
         };
         let excluded = pinned.as_ref().and_then(|(pins, release)| {
-            let pin = crate::api::agent_upgrade::pin_for(pins, n.node_id, &n.identity().labels)?;
+            let pin =
+                op_proto::agent_upgrade::AgentPin::applying(pins, n.node_id, &n.identity().labels)?;
             (release.as_deref() != Some(pin.version.as_str()) && !has_new)
                 .then(|| format!("pinned on agent {}", pin.version))
         });

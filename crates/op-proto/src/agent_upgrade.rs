@@ -60,6 +60,25 @@ pub struct AgentPin {
     pub version: String,
 }
 
+impl AgentPin {
+    /// The pin that applies to a node among `pins`: its own, else the first label pin it matches.
+    pub fn applying<'a>(
+        pins: &'a [AgentPin],
+        node: uuid::Uuid,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Option<&'a AgentPin> {
+        let own = format!("node:{node}");
+        pins.iter().find(|p| p.target == own).or_else(|| {
+            pins.iter().find(|p| {
+                p.target
+                    .strip_prefix("label:")
+                    .and_then(|kv| kv.split_once('='))
+                    .is_some_and(|(k, v)| labels.get(k).map(String::as_str) == Some(v))
+            })
+        })
+    }
+}
+
 /// Body of `POST /v1/agent-upgrade/pins`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -142,10 +142,14 @@ impl DeploySettings {
             retry_max: Duration::from_secs(300),
             peers: None,
             metrics: None,
-            peer_timeout: Duration::from_secs(crate::config::defaults::PEER_TIMEOUT_SECS),
+            peer_timeout: Duration::from_secs(PEER_TIMEOUT_SECS),
         }
     }
 }
+
+/// How long a peer may stay silent during a chunk fetch before it is given up on (the default
+/// of `--peer-timeout`).
+pub const PEER_TIMEOUT_SECS: u64 = 10;
 
 /// The deployer; cheap to clone.
 #[derive(Clone)]

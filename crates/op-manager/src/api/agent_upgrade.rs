@@ -213,23 +213,6 @@ pub async fn start(
     ))
 }
 
-/// The pin that applies to a node: its own, else the first label pin it matches.
-pub(crate) fn pin_for<'a>(
-    pins: &'a [AgentPin],
-    node: Uuid,
-    labels: &BTreeMap<String, String>,
-) -> Option<&'a AgentPin> {
-    let own = format!("node:{node}");
-    pins.iter().find(|p| p.target == own).or_else(|| {
-        pins.iter().find(|p| {
-            p.target
-                .strip_prefix("label:")
-                .and_then(|kv| kv.split_once('='))
-                .is_some_and(|(k, v)| labels.get(k).map(String::as_str) == Some(v))
-        })
-    })
-}
-
 /// The agent release of a sync answer: the release of the reserved package in `packages`, or
 /// for a pinned host the kept version of its pinned release (the package is left out when that
 /// version is no longer kept: the host gets nothing new). Reads the store only when an agent
@@ -250,7 +233,7 @@ pub async fn for_node(
         .read(|s| Ok((s.agent_releases()?, s.agent_pins()?)))
         .await?;
     let current = packages[pos].clone();
-    let Some(pin) = pin_for(&pins, node, labels) else {
+    let Some(pin) = AgentPin::applying(&pins, node, labels) else {
         return Ok(releases.get(&current.sha256).cloned());
     };
     if releases
@@ -336,7 +319,7 @@ fn build_status(
             let name = op_proto::agent_upgrade::package_name(&n.os, &n.arch);
             let release = current.iter().find(|r| r.package == name);
             let labels = n.identity().labels;
-            let pin = pin_for(&pins, n.node_id, &labels);
+            let pin = AgentPin::applying(&pins, n.node_id, &labels);
             let report = n.packages.iter().find(|p| p.name == name);
             let want = pin
                 .map(|p| p.version.clone())
