@@ -13,7 +13,8 @@ use crate::manager::ManagerProcess;
 use crate::procfs::cpu_secs;
 use crate::report::Figure;
 
-fn random_content(bytes: usize) -> Vec<u8> {
+/// `bytes` of pseudo-random content (xorshift): incompressible, the same on every run.
+pub(super) fn random_content(bytes: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes + 8);
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     while out.len() < bytes {
@@ -24,6 +25,35 @@ fn random_content(bytes: usize) -> Vec<u8> {
     }
     out.truncate(bytes);
     out
+}
+
+/// Waits until `agents` nodes report version `v` installed; returns how long that took.
+pub(super) async fn wait_installed(
+    c: &op_client::Client,
+    v: &op_proto::package::PackageVersion,
+    agents: usize,
+    limit: Duration,
+) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    loop {
+        let nodes = c.list_nodes().await?;
+        let done = nodes
+            .iter()
+            .filter(|n| {
+                n.packages.iter().any(|p| {
+                    p.name == v.name && p.version == v.version && p.state == PackageState::Installed
+                })
+            })
+            .count();
+        if done == agents {
+            return Ok(t0.elapsed());
+        }
+        anyhow::ensure!(
+            t0.elapsed() < limit,
+            "only {done}/{agents} agents got the package"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 pub async fn run(
@@ -69,28 +99,7 @@ pub async fn run(
     let upload = t0.elapsed();
     let cpu1 = cpu_secs(pid)?;
 
-    let t1 = Instant::now();
-    let deadline = t1 + Duration::from_secs(1800);
-    loop {
-        let nodes = c.list_nodes().await?;
-        let done = nodes
-            .iter()
-            .filter(|n| {
-                n.packages.iter().any(|p| {
-                    p.name == v.name && p.version == v.version && p.state == PackageState::Installed
-                })
-            })
-            .count();
-        if done == agents {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {done}/{agents} agents got the package"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let fanout = t1.elapsed();
+    let fanout = wait_installed(c, &v, agents, Duration::from_secs(1800)).await?;
     let cpu2 = cpu_secs(pid)?;
     let metrics = c.metrics().await?;
     let peak = metrics

@@ -10,24 +10,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use op_proto::package::PackageState;
-
 use crate::agent::{AgentProcess, PASS, USER};
 use crate::manager::ManagerProcess;
 use crate::report::Figure;
-
-fn random_content(bytes: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes + 8);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    while out.len() < bytes {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(bytes);
-    out
-}
+use crate::scenarios::package_fanout::{random_content, wait_installed};
 
 /// The value of the unlabelled metric `name` in a Prometheus text page (0 when absent).
 fn metric(text: &str, name: &str) -> f64 {
@@ -86,28 +72,7 @@ pub async fn run(
     let v = c
         .upload_package_bytes("bench-peers.bin", Some(""), content.to_vec())
         .await?;
-    let t0 = Instant::now();
-    let deadline = t0 + Duration::from_secs(3600);
-    loop {
-        let nodes = c.list_nodes().await?;
-        let done = nodes
-            .iter()
-            .filter(|n| {
-                n.packages.iter().any(|p| {
-                    p.name == v.name && p.version == v.version && p.state == PackageState::Installed
-                })
-            })
-            .count();
-        if done == agents {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {done}/{agents} agents got the package"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let all_have = t0.elapsed();
+    let all_have = wait_installed(c, &v, agents, Duration::from_secs(3600)).await?;
     let sent = m.metric("op_manager_package_download_bytes_total").await? - sent0;
     // Every copy, checked on disk.
     for a in &fleet {
