@@ -327,7 +327,15 @@ async fn a_once_job_under_a_rollout_runs_once_per_host_across_stages() {
         the_rollout(&c).await.state == RolloutState::Finished
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing runs twice: judged once every agent has synced (and been answered the finished
+    // job set) after the rollout ended, not after a guessed time.
+    let past = chrono::Utc::now() + chrono::Duration::seconds(2);
+    wait_until(LONG, "every agent synced past the end", || async {
+        c.list_nodes()
+            .await
+            .is_ok_and(|n| n.len() == 5 && n.iter().all(|n| n.last_seen > past))
+    })
+    .await;
     let all = ran(runs_of(&c, "setup").await);
     assert!(all.values().all(|n| *n == 1), "{all:?}");
 }
