@@ -40,10 +40,19 @@ async fn a_leader_with_a_stalled_log_says_overloaded_not_no_leader() {
         let c = c.clone();
         tokio::spawn(async move { c.save_job_text("during", &job("during")).await })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let asked = Instant::now();
-    let e = c.list_jobs().await.unwrap_err();
-    let took = asked.elapsed();
+    // Ask until a read meets the stalled core (one asked before the writer's append reached the
+    // lock is answered at once); every answer must come while the lock is still held.
+    let (e, took) = loop {
+        let asked = Instant::now();
+        match c.list_jobs().await {
+            Err(e) => break (e, asked.elapsed()),
+            Ok(_) => assert!(
+                locked_at.elapsed() < STALL,
+                "no read met the stalled log while it was stalled"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(
         (e.status(), e.code()),
         (Some(503), Some("overloaded")),
