@@ -673,14 +673,6 @@ fn bad_form(s: &SessionView, lines: &[String], back: &str) -> Response {
     )
 }
 
-fn see_other(to: &str) -> Response {
-    let mut resp = StatusCode::SEE_OTHER.into_response();
-    if let Ok(v) = axum::http::HeaderValue::from_str(to) {
-        resp.headers_mut().insert(axum::http::header::LOCATION, v);
-    }
-    resp
-}
-
 pub async fn run_now(
     State(ui): State<Arc<Ui>>,
     Extension(s): Extension<SessionView>,
@@ -707,7 +699,7 @@ pub async fn run_now(
         return bad_form(&s, &writes::error_lines(status, &text), &back);
     }
     match serde_json::from_str::<InvocationAccepted>(&text) {
-        Ok(a) => see_other(&format!("/ui/invocations/{}", a.invocation_id)),
+        Ok(a) => writes::see_other(&format!("/ui/invocations/{}", a.invocation_id)),
         Err(e) => bad_form(&s, &[format!("unexpected answer from the API: {e}")], &back),
     }
 }
@@ -723,7 +715,7 @@ async fn simple_write(
     let resp = writes::call(ui, s, method, api, CallBody::Empty).await;
     let (status, text) = writes::read(resp).await;
     if status.is_success() {
-        see_other(done)
+        writes::see_other(done)
     } else {
         bad_form(s, &writes::error_lines(status, &text), back)
     }
@@ -937,7 +929,7 @@ pub async fn save(
     if !status.is_success() {
         return again(writes::error_lines(status, &answer));
     }
-    see_other(&format!("/ui/jobs/{}", html::url(&name)))
+    writes::see_other(&format!("/ui/jobs/{}", html::url(&name)))
 }
 
 #[cfg(test)]

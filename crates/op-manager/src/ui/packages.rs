@@ -11,7 +11,7 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use op_proto::analysis::{Convergence, Standing, targeted};
 use op_proto::package::{describe_target, is_everywhere};
 use serde::Deserialize;
@@ -362,17 +362,5 @@ pub async fn rollback(
         },
     )
     .await;
-    let (status, text) = writes::read(resp).await;
-    if status.is_success() {
-        let mut resp = StatusCode::SEE_OTHER.into_response();
-        if let Ok(v) = axum::http::HeaderValue::from_str(&page) {
-            resp.headers_mut().insert(header::LOCATION, v);
-        }
-        return resp;
-    }
-    html::error_page(
-        status,
-        Some(&s),
-        &writes::error_lines(status, &text).join("; "),
-    )
+    writes::back_or_error(resp, &s, &page).await
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
 use op_proto::NodeStatus;
 use op_proto::rollout::{RolloutAction, RolloutInfo, RolloutKind, RolloutState};
 
@@ -239,17 +239,5 @@ pub async fn act(
         CallBody::Empty,
     )
     .await;
-    let (status, text) = writes::read(resp).await;
-    if status.is_success() {
-        let mut resp = StatusCode::SEE_OTHER.into_response();
-        if let Ok(v) = axum::http::HeaderValue::from_str(&page) {
-            resp.headers_mut().insert(header::LOCATION, v);
-        }
-        return resp;
-    }
-    html::error_page(
-        status,
-        Some(&s),
-        &writes::error_lines(status, &text).join("; "),
-    )
+    writes::back_or_error(resp, &s, &page).await
 }

@@ -171,6 +171,29 @@ pub fn error_lines(status: StatusCode, body: &str) -> Vec<String> {
     }
 }
 
+/// A `303 See Other` to the console page `to`.
+pub fn see_other(to: &str) -> Response {
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// What a console action answers once its API call returned `resp`: back to `page` when it
+/// succeeded, else an error page with the API's message.
+pub async fn back_or_error(resp: Response, session: &SessionView, page: &str) -> Response {
+    let (status, text) = read(resp).await;
+    if status.is_success() {
+        return see_other(page);
+    }
+    super::html::error_page(
+        status,
+        Some(session),
+        &error_lines(status, &text).join("; "),
+    )
+}
+
 /// Marks a response as not to be cached or sniffed (answers scripts read).
 pub fn no_store(mut resp: Response) -> Response {
     resp.headers_mut()
