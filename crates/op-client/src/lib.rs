@@ -362,6 +362,21 @@ impl Client {
         self.json(path, self.request(Method::GET, path)).await
     }
 
+    async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.json(path, self.request(Method::PUT, path).json(body))
+            .await
+    }
+
+    /// `DELETE path`, ignoring the answer's body.
+    async fn delete(&self, path: &str) -> Result<()> {
+        self.send(path, self.request(Method::DELETE, path)).await?;
+        Ok(())
+    }
+
     async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         path: &str,
@@ -478,16 +493,13 @@ impl Client {
         request: &op_proto::rollout::RolloutRequest,
     ) -> Result<op_proto::rollout::PackageRollout> {
         let path = format!("/v1/packages/{}/rollout", path_segment(name));
-        self.json(&path, self.request(Method::PUT, &path).json(request))
-            .await
+        self.put(&path, request).await
     }
 
     /// Clears the default rollout of package `name`.
     pub async fn clear_package_rollout(&self, name: &str) -> Result<()> {
         let path = format!("/v1/packages/{}/rollout", path_segment(name));
-        self.send(&path, self.request(Method::DELETE, &path))
-            .await?;
-        Ok(())
+        self.delete(&path).await
     }
 
     /// `pause`, `resume`, `abort` or `promote`.
@@ -511,9 +523,7 @@ impl Client {
 
     pub async fn delete_job(&self, name: &str) -> Result<()> {
         let path = format!("/v1/jobs/{}", path_segment(name));
-        self.send(&path, self.request(Method::DELETE, &path))
-            .await?;
-        Ok(())
+        self.delete(&path).await
     }
 
     pub async fn enable_job(&self, name: &str) -> Result<JobView> {
@@ -637,23 +647,18 @@ impl Client {
         req: &op_proto::holds::WindowRequest,
     ) -> Result<op_proto::holds::Window> {
         let path = format!("/v1/windows/{}", path_segment(name));
-        self.json(&path, self.request(Method::PUT, &path).json(req))
-            .await
+        self.put(&path, req).await
     }
 
     pub async fn remove_window(&self, name: &str) -> Result<()> {
         let path = format!("/v1/windows/{}", path_segment(name));
-        self.send(&path, self.request(Method::DELETE, &path))
-            .await?;
-        Ok(())
+        self.delete(&path).await
     }
 
     /// Forgets a node: it becomes Left until its agent registers again.
     pub async fn forget_node(&self, id: Uuid) -> Result<()> {
         let path = format!("/v1/nodes/{id}");
-        self.send(&path, self.request(Method::DELETE, &path))
-            .await?;
-        Ok(())
+        self.delete(&path).await
     }
 
     // --- runs ---
@@ -733,9 +738,7 @@ impl Client {
 
     pub async fn remove_secret(&self, name: &str) -> Result<()> {
         let path = format!("/v1/secrets/{}", secret_path(name));
-        self.send(&path, self.request(Method::DELETE, &path))
-            .await?;
-        Ok(())
+        self.delete(&path).await
     }
 
     /// Rotates the cluster's secrets key (admin): a new key on every member, every secret
@@ -757,15 +760,12 @@ impl Client {
         rule: &op_proto::events::NotifyRule,
     ) -> Result<op_proto::events::NotifyRuleInfo> {
         let path = format!("/v1/notify/{}", path_segment(&rule.name));
-        self.json(&path, self.request(Method::PUT, &path).json(rule))
-            .await
+        self.put(&path, rule).await
     }
 
     pub async fn remove_notify_rule(&self, name: &str) -> Result<()> {
         let path = format!("/v1/notify/{}", path_segment(name));
-        self.send(&path, self.request(Method::DELETE, &path))
-            .await?;
-        Ok(())
+        self.delete(&path).await
     }
 
     /// Sends a sample event through rule `name` from the manager called; a failed delivery is
@@ -940,9 +940,7 @@ impl Client {
     /// Deletes one version (refused while it is current or installed somewhere).
     pub async fn delete_package_version(&self, name: &str, version: u64) -> Result<()> {
         let path = format!("/v1/packages/{}/{version}", path_segment(name));
-        self.send(&path, self.request(Method::DELETE, &path))
-            .await?;
-        Ok(())
+        self.delete(&path).await
     }
 
     /// Starts downloading the content of `name` `version` from byte `offset` (0 = all of it).
