@@ -27,6 +27,33 @@ pub(super) fn random_content(bytes: usize) -> Vec<u8> {
     out
 }
 
+/// Starts `agents` real agents enrolled with `m` (`bench-1` at 127.0.0.2, ...) and waits until
+/// every one has registered.
+pub(super) async fn start_fleet(
+    agent_bin: &Path,
+    m: &ManagerProcess,
+    agents: usize,
+    limit: Duration,
+) -> anyhow::Result<Vec<AgentProcess>> {
+    let fleet: Vec<AgentProcess> = (1..=agents)
+        .map(|i| {
+            AgentProcess::start_managed(
+                agent_bin,
+                &m.api_url,
+                &m.agent_token,
+                &format!("bench-{i}"),
+                &format!("127.0.{}.{}", 1 + i / 250, 1 + i % 250),
+            )
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let deadline = Instant::now() + limit;
+    while m.admin.list_nodes().await?.len() < agents {
+        anyhow::ensure!(Instant::now() < deadline, "agents did not register in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(fleet)
+}
+
 /// Waits until `agents` nodes report version `v` installed; returns how long that took.
 pub(super) async fn wait_installed(
     c: &op_client::Client,
@@ -72,23 +99,8 @@ pub async fn run(
     args.extend(manager_args.iter().cloned());
     let m = ManagerProcess::start(manager_bin, &args).await?;
     let pid = m.pid();
-    let fleet: Vec<AgentProcess> = (1..=agents)
-        .map(|i| {
-            AgentProcess::start_managed(
-                agent_bin,
-                &m.api_url,
-                &m.agent_token,
-                &format!("bench-{i}"),
-                &format!("127.0.{}.{}", 1 + i / 250, 1 + i % 250),
-            )
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let fleet = start_fleet(agent_bin, &m, agents, Duration::from_secs(60)).await?;
     let c = &m.admin;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while c.list_nodes().await?.len() < agents {
-        anyhow::ensure!(Instant::now() < deadline, "agents did not register in time");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let content = random_content(size_mib << 20);
 
     let cpu0 = cpu_secs(pid)?;

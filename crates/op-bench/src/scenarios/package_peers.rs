@@ -8,12 +8,12 @@
 //! fleet without peers.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::agent::{AgentProcess, PASS, USER};
+use crate::agent::{PASS, USER};
 use crate::manager::ManagerProcess;
 use crate::report::Figure;
-use crate::scenarios::package_fanout::{random_content, wait_installed};
+use crate::scenarios::package_fanout::{random_content, start_fleet, wait_installed};
 
 /// The value of the unlabelled metric `name` in a Prometheus text page (0 when absent).
 fn metric(text: &str, name: &str) -> f64 {
@@ -46,23 +46,8 @@ pub async fn run(
         .any(|w| w[0] == "--peer-distribution" && w[1] == "false")
         || args.iter().any(|a| a == "--peer-distribution=false");
     let m = ManagerProcess::start(manager_bin, &args).await?;
-    let fleet: Vec<AgentProcess> = (1..=agents)
-        .map(|i| {
-            AgentProcess::start_managed(
-                agent_bin,
-                &m.api_url,
-                &m.agent_token,
-                &format!("bench-{i}"),
-                &format!("127.0.{}.{}", 1 + i / 250, 1 + i % 250),
-            )
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let fleet = start_fleet(agent_bin, &m, agents, Duration::from_secs(120)).await?;
     let c = &m.admin;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while c.list_nodes().await?.len() < agents {
-        anyhow::ensure!(Instant::now() < deadline, "agents did not register in time");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let size = (size_mib as u64) << 20;
     let content = std::sync::Arc::new(random_content(size as usize));
     let sent0 = m
