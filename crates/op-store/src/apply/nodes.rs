@@ -208,6 +208,12 @@ pub(super) fn heartbeats(
             unknown.push(beat.node_id);
             continue;
         }
+        // A beat older than what the node last reported changes nothing: one buffered on a
+        // member and flushed after the agent restarted and registered again (a self-upgrade:
+        // it would put the old version back), or after the agent moved to another member.
+        if beat.seen_at < node.last_seen {
+            continue;
+        }
         let status = NodeStatus::of_beat(beat.degraded.as_deref());
         if node.status != status {
             ch.inputs.push(node_change(&node, status, beat.seen_at));

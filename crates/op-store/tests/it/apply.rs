@@ -213,6 +213,42 @@ fn status_changes_lose_to_newer_heartbeats() {
 }
 
 #[test]
+fn a_beat_older_than_the_nodes_registration_changes_nothing() {
+    let mut s = TestStore::new();
+    s.apply(register(2, 0));
+    let beat = |seen: i64, version: &str| Command::Heartbeats {
+        beats: vec![op_store::NodeBeat {
+            node_id: node_id(2),
+            seen_at: at(seen),
+            agent_version: version.into(),
+            load: None,
+            running: vec![],
+            packages: vec![],
+            stats: Default::default(),
+            degraded: Some("stopping".into()),
+            clock_skew_ms: None,
+        }],
+    };
+    s.apply(beat(10, "0.1.0"));
+    // The agent upgraded itself and registered again at 20 with its new version; the old
+    // agent's last beat, taken at 15, is flushed after that.
+    let mut reg = register(2, 20);
+    if let Command::RegisterNode { registration, .. } = &mut reg {
+        registration.agent_version = "0.1.1".into();
+    }
+    s.apply(reg);
+    s.apply(beat(15, "0.1.0"));
+    let node = s.store.node(node_id(2)).unwrap().unwrap();
+    assert_eq!(node.agent_version, "0.1.1");
+    assert_eq!(node.last_seen, at(20));
+    // A newer beat counts as ever.
+    s.apply(beat(25, "0.1.1"));
+    let node = s.store.node(node_id(2)).unwrap().unwrap();
+    assert_eq!(node.status, NodeStatus::Degraded);
+    assert_eq!(node.last_seen, at(25));
+}
+
+#[test]
 fn a_beat_that_reports_a_fault_makes_the_node_degraded_and_one_without_makes_it_ready() {
     let mut s = TestStore::new();
     s.apply(register(2, 0));
