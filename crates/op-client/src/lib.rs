@@ -39,9 +39,11 @@ pub const STREAM_IDLE: Duration = Duration::from_secs(45);
 pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 mod events;
+mod watch;
 
 pub use bytes::Bytes;
 pub use events::{EventQuery, EventStream};
+pub use watch::Watch;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +229,21 @@ impl Client {
         Client::with_tls(base_url, token, &ClientTls::default())
     }
 
+    /// [`Client::with_tls`] speaking HTTP/1.1 only, as the watch needs (`Client::watch`): an
+    /// upgrade is an HTTP/1.1 exchange, and over TLS the manager would otherwise agree to HTTP/2.
+    pub fn with_tls_http1(base_url: &str, token: Option<&str>, tls: &ClientTls) -> Result<Client> {
+        let builder = tls.apply(
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .http1_only(),
+        )?;
+        let http = builder.build().map_err(|e| ClientError::Transport {
+            url: base_url.to_string(),
+            source: e,
+        })?;
+        Client::with_http(http, base_url, token)
+    }
+
     /// [`Client::new`] with TLS trust and identity files.
     pub fn with_tls(base_url: &str, token: Option<&str>, tls: &ClientTls) -> Result<Client> {
         let builder =
@@ -300,7 +317,8 @@ impl Client {
     async fn send(&self, path: &str, req: RequestBuilder) -> Result<Response> {
         let resp = req.send().await.map_err(|e| self.transport(path, e))?;
         let status = resp.status();
-        if status.is_success() {
+        // 101: the watch switched protocols (`Client::watch`).
+        if status.is_success() || status == StatusCode::SWITCHING_PROTOCOLS {
             return Ok(resp);
         }
         let retry_after = resp

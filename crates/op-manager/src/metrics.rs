@@ -87,6 +87,8 @@ pub struct Metrics {
     pub runs_duplicate: Counter,
     runs_pruned: Counter,
     pub syncs_parked: Gauge,
+    /// Agents holding a watch (`op_proto::watch`).
+    pub watches_open: Gauge,
     pub invocation_streams: Gauge,
     nodes: Family<Labels, Gauge>,
     jobs: Gauge,
@@ -157,6 +159,7 @@ impl Metrics {
             runs_duplicate: Counter::default(),
             runs_pruned: Counter::default(),
             syncs_parked: Gauge::default(),
+            watches_open: Gauge::default(),
             invocation_streams: Gauge::default(),
             nodes: Family::default(),
             jobs: Gauge::default(),
@@ -233,6 +236,11 @@ impl Metrics {
             "syncs_parked",
             "Agent sync calls waiting for a change",
             m.syncs_parked.clone(),
+        );
+        r.register(
+            "watches_open",
+            "Agents holding a watch connection (heartbeats up, desired state down)",
+            m.watches_open.clone(),
         );
         r.register(
             "invocation_streams",

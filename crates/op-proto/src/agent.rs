@@ -204,6 +204,12 @@ pub struct DesiredState {
     /// clock, holds on a host whose clock is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received_at: Option<DateTime<Utc>>,
+    /// On a watch (`crate::watch`): the `sent_at` of the beat whose arrival `received_at` is. An
+    /// answer on a watch is not the reply to a request the agent just sent (it may come long
+    /// after a beat, or sit in a stopped agent's socket), so the agent pairs the two clocks'
+    /// readings of that one beat instead of its own clock at arrival.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beat_sent_at: Option<DateTime<Utc>>,
     /// Set on a light answer, sent only to an agent that asked for one (`partial=1` on the sync
     /// call): it carries only `directives` (output requests), the rest is empty and not a
     /// change. An agent that does not ask always gets the full state.

@@ -33,6 +33,7 @@ pub mod runon;
 pub mod schedule;
 pub mod secret;
 pub mod units;
+pub mod watch;
 
 pub use api::{API_VERSION, API_VERSION_HEADER, ErrorBody};
 pub use hosts::{HostIdentity, HostPattern, HostSelector};

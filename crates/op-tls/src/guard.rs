@@ -138,6 +138,7 @@ impl<I, S> Accept<I, S> for GuardAcceptor {
             idle_since_ms: AtomicU64::new(0),
             reader: Mutex::new(None),
             cap: self.cap.clone(),
+            upgraded: AtomicBool::new(false),
         });
         std::future::ready(Ok((
             GuardedIo {
@@ -168,6 +169,9 @@ struct Conn {
     reader: Mutex<Option<Waker>>,
     /// The cap this connection counts against, released when the connection ends.
     cap: Option<Arc<ConnCap>>,
+    /// The connection switched protocols (`101`, the agents' watch): it is no longer HTTP, and
+    /// the handler that holds it bounds its silence.
+    upgraded: AtomicBool,
 }
 
 impl Drop for Conn {
@@ -229,6 +233,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for GuardedIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.conn.upgraded.load(Ordering::SeqCst) {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
         if this.conn.in_flight.load(Ordering::SeqCst) > 0 {
             *this.conn.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
             // The request may have ended between the check and storing the waker.
@@ -318,6 +325,9 @@ where
             .call(req.map(|body| RateBody::new(body, limits, slow)));
         Box::pin(async move {
             let response = answer.await?;
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                flight.0.upgraded.store(true, Ordering::SeqCst);
+            }
             if too_slow.load(Ordering::SeqCst) {
                 return Ok(too_slow_response(limits, flight));
             }

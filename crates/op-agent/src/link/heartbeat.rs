@@ -38,8 +38,13 @@ pub fn build(
 /// or fractional) shifts the reported clock, for testing only: it lets a test show a node whose
 /// clock is wrong without moving the system's clock. Nothing else in the agent reads it.
 pub fn reported_now() -> DateTime<Utc> {
+    Utc::now() + reported_offset()
+}
+
+/// How far [`reported_now`] is from the system's clock (zero but in tests).
+pub fn reported_offset() -> chrono::Duration {
     static OFFSET: OnceLock<chrono::Duration> = OnceLock::new();
-    let offset = OFFSET.get_or_init(|| {
+    *OFFSET.get_or_init(|| {
         std::env::var("OP_TEST_CLOCK_OFFSET")
             .ok()
             .and_then(|v| v.trim().parse::<f64>().ok())
@@ -47,8 +52,7 @@ pub fn reported_now() -> DateTime<Utc> {
             .map_or(chrono::Duration::zero(), |s| {
                 chrono::Duration::milliseconds((s * 1000.0) as i64)
             })
-    });
-    Utc::now() + *offset
+    })
 }
 
 /// Load averages, CPUs and memory; `None` where /proc cannot be read (not Linux, a sandbox).

@@ -3,9 +3,12 @@
 //!
 //! The link owns the connection: which manager to talk to ([`Managers`]), the node's credential
 //! and the kept client. Two users share it:
-//! - the **sync loop** registers, then calls `POST /v1/agent/sync` over and over. Each call is the
-//!   heartbeat (load, running runs, counters) and returns the node's full desired state, at once
-//!   when it changed and otherwise when the manager's wait ends. A new job set goes to the
+//! - the **sync loop** registers, then opens the node's watch (`op_proto::watch`): one kept
+//!   connection carrying a heartbeat (load, running runs, counters) up every sync wait and after
+//!   every state applied, and the node's full desired state down whenever it changes (and on
+//!   every reconnect). A manager without the watch is long-polled instead: `POST /v1/agent/sync`
+//!   over and over, each call the heartbeat, returning the full desired state at once when it
+//!   changed and otherwise when the manager's wait ends. A new job set goes to the
 //!   scheduler and is cached in `desired.json`, so the jobs keep running across restarts with no
 //!   manager (invariant 6). Because every answer is the full state, a reconnect cannot miss an
 //!   update.
@@ -167,6 +170,7 @@ pub fn spawn(parts: LinkParts, shutdown: CancellationToken) -> Link {
         tls: parts.tls.clone(),
         node_id: parts.register.node_id,
         client: Mutex::new(None),
+        watch_client: Mutex::new(None),
     });
     let deployer = Deployer::new(
         parts.deploy,
@@ -237,6 +241,8 @@ struct Shared {
     /// root certificates (hundreds of files), and a kept one reuses its connections. Measured:
     /// rebuilding it per call was a third of an agent's CPU in a fan-out of `true`.
     client: Mutex<Option<(String, Client)>>,
+    /// The HTTP/1.1 client the watch is opened with (`op_client::Watch`), kept likewise.
+    watch_client: Mutex<Option<(String, Client)>>,
 }
 
 impl Shared {
@@ -289,7 +295,12 @@ impl Shared {
             tracing::error!(path = %self.node_token_path.display(), error = %e, "cannot store the node credential");
         }
         *self.node_token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
+        self.forget_clients();
+    }
+
+    fn forget_clients(&self) {
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.watch_client.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Forgets a credential the manager no longer accepts (the node was forgotten or its token
@@ -297,7 +308,7 @@ impl Shared {
     fn drop_node_token(&self) {
         let _ = std::fs::remove_file(&self.node_token_path);
         *self.node_token.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.forget_clients();
     }
 
     /// A fresh client for `url` with the current credential and the TLS settings.
@@ -315,6 +326,59 @@ impl Shared {
         let c = self.new_client(url)?.with_timeout(REQUEST_TIMEOUT);
         *cached = Some((url.to_string(), c.clone()));
         Ok(c)
+    }
+
+    /// Opens this node's watch on the manager at `url`.
+    async fn open_watch(&self, url: &str) -> Result<op_client::Watch, ClientError> {
+        let client = {
+            let mut cached = self.watch_client.lock().unwrap_or_else(|p| p.into_inner());
+            match cached.as_ref() {
+                Some((u, c)) if u == url => c.clone(),
+                _ => {
+                    let c = Client::with_tls_http1(url, self.credential().as_deref(), &self.tls)?
+                        .with_timeout(REQUEST_TIMEOUT);
+                    *cached = Some((url.to_string(), c.clone()));
+                    c
+                }
+            }
+        };
+        client.watch().await
+    }
+}
+
+/// The manager (or a proxy before it) answered the watch's request, but not with the watch: an
+/// older manager (`not_found`), a proxy that drops `Upgrade` (`upgrade_required`, or a 200), or
+/// one that refuses it. The agent long-polls that manager instead. Refusals another call would
+/// get too (credentials, an unknown node, a busy manager) are not this.
+fn has_no_watch(e: &ClientError) -> bool {
+    match e {
+        ClientError::Decode { .. } => true,
+        _ => {
+            matches!(e.status(), Some(400 | 404 | 405 | 426 | 501 | 502))
+                && !matches!(e.code(), Some("unknown_node" | "too_many_syncs"))
+        }
+    }
+}
+
+/// Waits for news the manager should hear at once rather than at the end of the wait: a deploy
+/// or an upgrade moved on, the agent turned Degraded or healthy, a run started (then the starts
+/// of the next few ms join it, one beat for a fan-out). False when a channel closed.
+async fn news<A, B, C, D>(
+    deploys: &mut watch::Receiver<A>,
+    upgrades: &mut watch::Receiver<B>,
+    health: &mut watch::Receiver<C>,
+    starts: &mut watch::Receiver<D>,
+) -> bool {
+    tokio::select! {
+        r = deploys.changed() => r.is_ok(),
+        r = upgrades.changed() => r.is_ok(),
+        r = health.changed() => r.is_ok(),
+        r = starts.changed() => {
+            if r.is_ok() {
+                tokio::time::sleep(START_COALESCE).await;
+            }
+            r.is_ok()
+        }
     }
 }
 
@@ -367,6 +431,9 @@ impl SyncLoop {
         let mut upgrades = self.upgrader.subscribe();
         let mut health = self.executor.health().subscribe();
         let mut starts = self.executor.starts();
+        // The watch in use, with its manager's URL, and the manager found to have none.
+        let mut watch: Option<(String, op_client::Watch)> = None;
+        let mut no_watch: Option<String> = None;
         while !shutdown.is_cancelled() {
             let url = self.shared.current();
             let client = match self.shared.client(&url) {
@@ -382,6 +449,10 @@ impl SyncLoop {
                 }
             };
             if registered_at.as_deref() != Some(url.as_str()) {
+                // A new registration asks again whether the manager has a watch (it may have
+                // been upgraded meanwhile).
+                no_watch = None;
+                watch = None;
                 match client.register(&self.register).await {
                     Ok(resp) => {
                         tracing::info!(manager = %url, node_id = %resp.node_id, "registered");
@@ -473,30 +544,85 @@ impl SyncLoop {
             {
                 beat.facts = Some(self.facts.clone());
             }
-            let answer = tokio::select! {
-                r = client.sync(self.index, wait, &beat) => r,
-                // A deploy moved on: report it now instead of at the end of the wait.
-                r = deploys.changed() => if r.is_ok() { continue } else { break },
-                r = upgrades.changed() => if r.is_ok() { continue } else { break },
-                // The agent turned Degraded or healthy: the manager hears it now.
-                r = health.changed() => if r.is_ok() { continue } else { break },
-                // A run started: the manager hears it now rather than at the end of the wait,
-                // once the starts of the next few ms have joined it (one beat for a fan-out).
-                r = starts.changed() => {
-                    if r.is_err() {
-                        break;
+            // The watch when the manager has one: the beat goes up whole first (a frame cut by
+            // the select below would break the stream), then an answer is awaited as a sync
+            // call's would be; none within the wait means nothing changed.
+            if watch.as_ref().is_some_and(|(u, _)| *u != url) {
+                watch = None;
+            }
+            let mut sent = Ok(());
+            if watch.is_none() && no_watch.as_deref() != Some(url.as_str()) {
+                match self.shared.open_watch(&url).await {
+                    Ok(w) => watch = Some((url.clone(), w)),
+                    Err(e) if has_no_watch(&e) => {
+                        tracing::info!(manager = %url, "the manager has no watch; long-polling instead");
+                        no_watch = Some(url.clone());
                     }
-                    tokio::time::sleep(START_COALESCE).await;
-                    continue;
+                    Err(e) => sent = Err(e),
                 }
-                _ = shutdown.cancelled() => break,
+            }
+            if sent.is_ok()
+                && let Some((_, w)) = watch.as_mut()
+            {
+                sent = match tokio::time::timeout(REQUEST_TIMEOUT, w.beat(self.index, &beat)).await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(ClientError::Timeout {
+                        url: url.clone(),
+                        secs: REQUEST_TIMEOUT.as_secs(),
+                    }),
+                };
+            }
+            let answer = match sent {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    let exchange = async {
+                        match watch.as_mut() {
+                            Some((_, w)) => tokio::select! {
+                                r = w.next::<DesiredState>() => r.map(Some),
+                                _ = tokio::time::sleep(Duration::from_secs(wait.max(1))) => Ok(None),
+                            },
+                            None => client.sync(self.index, wait, &beat).await.map(Some),
+                        }
+                    };
+                    tokio::select! {
+                        r = exchange => r,
+                        // Something the manager should hear now: a new beat at once.
+                        ok = news(&mut deploys, &mut upgrades, &mut health, &mut starts) => {
+                            if ok { continue } else { break }
+                        }
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
             };
+            if answer.is_err() {
+                watch = None;
+            }
             match answer {
-                Ok(state) => {
+                Ok(None) => {
+                    // The watch stayed open through the wait and took the beat: in touch.
+                    failures = 0;
+                    self.metrics.sync_ok(Duration::ZERO);
+                }
+                Ok(Some(state)) => {
                     failures = 0;
                     self.metrics
                         .sync_ok((Utc::now() - sent_at).to_std().unwrap_or_default());
-                    self.apply(state, sent_at).await;
+                    // A watch's answer is not the reply to the beat just sent (it may have come
+                    // long after a beat, or waited in the socket while this process was
+                    // stopped): the clocks' offset is taken on the beat it names, whose send
+                    // time it echoes (on the reported clock, less the test offset). None named:
+                    // no offset is assumed.
+                    let asked_at = if watch.is_some() {
+                        state
+                            .beat_sent_at
+                            .map(|s| s - heartbeat::reported_offset())
+                            .or(state.received_at)
+                            .unwrap_or_else(Utc::now)
+                    } else {
+                        sent_at
+                    };
+                    self.apply(state, asked_at).await;
                     self.upgrader.synced();
                 }
                 Err(e) if e.status() == Some(401) && self.shared.has_node_token() => {

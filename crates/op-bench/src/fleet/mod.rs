@@ -3,20 +3,20 @@
 //!
 //! Each [`SimAgent`] has its own node id, hostname (`sim-00042`) and IP string (`10.0.0.43`). It
 //! enrolls with the shared agent token, then speaks with the node credential the registration
-//! returned, keeping one long-poll sync open, as `op-agent`'s link does: the heartbeat rides in
-//! every sync body, the answer's index is passed back, and a changed job set is "applied" (reported
+//! returned, holding the node's watch as `op-agent`'s link does: a beat goes up at once, after each
+//! state and once per sync wait, with the index held; a changed job set is "applied" (reported
 //! to the scenario as an [`Applied`] event with the instant it arrived). Of each answer a simulated
 //! agent reads the index, the jobs' names and revisions, and its directives: each ad-hoc run is
 //! answered at once with a finished `ok` record (as if `true` ran), so fan-out can be measured
 //! against simulated agents, and each output request with an empty piece of a run still going
-//! (the `follow` scenario). It asks for full answers, as an agent older than light answers does. Run reports are in [`runs`]. What a real agent does with its jobs (scheduling, processes, the outbox on disk) is
+//! (the `follow` scenario), which comes alone in a light answer (`directives_only`). Run reports
+//! are in [`runs`]. What a real agent does with its jobs (scheduling, processes, the outbox on disk) is
 //! deliberately absent: the simulator measures the manager, not the agent.
 //!
-//! Cost: one task per agent on the benchmark's one runtime. A parked sync needs its own HTTP/1.1
-//! connection, so the agents share a few `reqwest` pools (one per [`AGENTS_PER_POOL`] agents, to
-//! spread the pool's lock), each free to hold as many idle connections as it has agents. A
-//! connection goes back to its pool when a sync returns and is reused by the next call, so after the
-//! ramp no new connections are made. Registration runs at most [`REGISTER_CONCURRENCY`] at a time,
+//! Cost: one task per agent on the benchmark's one runtime. Each watch is its own upgraded
+//! HTTP/1.1 connection, opened through a `reqwest` pool shared by [`AGENTS_PER_POOL`] agents
+//! (each pool from its own loopback source address); run reports and output pieces go through
+//! the pool's kept connections. Registration runs at most [`REGISTER_CONCURRENCY`] at a time,
 //! which also paces new connections so the manager's accept backlog never overflows.
 
 pub mod runs;
@@ -133,8 +133,10 @@ pub struct Applied {
 /// What the sync loops have done so far.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Sync calls that returned a desired state.
+    /// Desired states received (watch frames).
     pub syncs: AtomicU64,
+    /// Heartbeats sent up the watches.
+    pub beats: AtomicU64,
     /// Sync calls (and re-registrations) that failed.
     pub errors: AtomicU64,
     /// Agents whose first sync returned.
@@ -295,7 +297,9 @@ impl Fleet {
         loop {
             let synced = self.counters.synced.load(Ordering::Relaxed);
             if synced == n {
-                parked = manager.metric("op_manager_syncs_parked").await? as usize;
+                // Agents on a watch, and any still long-polling.
+                parked = manager.metric("op_manager_watches_open").await? as usize
+                    + manager.metric("op_manager_syncs_parked").await? as usize;
                 if parked >= want {
                     return Ok(parked);
                 }
@@ -349,6 +353,9 @@ struct SyncAnswer {
     /// Ad-hoc runs and kills; a simulated agent answers each run at once (see [`runs::answer`]).
     #[serde(default)]
     directives: Vec<Directive>,
+    /// A light answer: output requests alone, the state held unchanged.
+    #[serde(default)]
+    directives_only: bool,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -468,27 +475,73 @@ impl SyncLoop {
         let mut failures: u32 = 0;
         // Runs already answered, of the directives still in the desired state.
         let mut answered: HashSet<Uuid> = HashSet::new();
+        let wait = Duration::from_secs(self.wait_secs.max(1));
+        let mut watch: Option<op_client::Watch> = None;
         loop {
-            let answer = tokio::select! {
-                r = self.client.sync_as::<serde_json::Value>(index, self.wait_secs, &beat) => r,
-                _ = shutdown.cancelled() => return,
-            };
-            // The answer's size: compact JSON re-serialized has the length of the body the
-            // manager wrote (key order aside, which does not change it).
-            let answer = answer.and_then(|v| {
-                let bytes = serde_json::to_vec(&v).map_or(0, |b| b.len());
-                self.counters
-                    .answer_bytes
-                    .fetch_add(bytes as u64, Ordering::Relaxed);
-                serde_json::from_value::<SyncAnswer>(v).map_err(|e| {
-                    op_client::ClientError::Decode {
-                        url: "/v1/agent/sync".into(),
-                        message: e.to_string(),
+            // The watch as a real agent holds it: a beat up (now, after each state, and once
+            // per sync wait), the desired state down when it changes.
+            let frame = match watch.as_mut() {
+                None => {
+                    let opened = tokio::select! {
+                        r = self.client.watch() => r,
+                        _ = shutdown.cancelled() => return,
+                    };
+                    match opened {
+                        Ok(w) => {
+                            watch = Some(w);
+                            continue;
+                        }
+                        Err(e) => Err(e),
                     }
-                })
+                }
+                Some(w) => {
+                    let sent = tokio::select! {
+                        r = w.beat(index, &beat) => r,
+                        _ = shutdown.cancelled() => return,
+                    };
+                    if sent.is_ok() {
+                        self.counters.beats.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match sent {
+                        Err(e) => Err(e),
+                        Ok(()) => tokio::select! {
+                            r = w.next_frame() => r.map(Some),
+                            _ = tokio::time::sleep(wait) => Ok(None),
+                            _ = shutdown.cancelled() => return,
+                        },
+                    }
+                }
+            };
+            let answer = frame.and_then(|frame| match frame {
+                None => Ok(None),
+                Some(frame) => {
+                    self.counters
+                        .answer_bytes
+                        .fetch_add(frame.len() as u64, Ordering::Relaxed);
+                    watch
+                        .as_ref()
+                        .map(|w| w.decode::<SyncAnswer>(&frame))
+                        .transpose()
+                }
             });
             match answer {
-                Ok(state) => {
+                Ok(None) => failures = 0,
+                Ok(Some(state)) if state.directives_only => {
+                    // Output requests alone: the runs answered so far are still answered.
+                    failures = 0;
+                    for d in &state.directives {
+                        if let Directive::UploadOutput {
+                            request_id,
+                            run_id,
+                            offset,
+                            ..
+                        } = d
+                        {
+                            self.upload_nothing(*request_id, *run_id, *offset).await;
+                        }
+                    }
+                }
+                Ok(Some(state)) => {
                     let at = Instant::now();
                     failures = 0;
                     let seen: Vec<(String, u64)> = state
@@ -517,9 +570,9 @@ impl SyncLoop {
                     }
                 }
                 Err(e) => {
+                    watch = None;
                     self.counters.failed(&e);
                     if e.code() == Some("unknown_node") {
-                        // The manager forgot this node: register again, as a real agent does.
                         // The manager forgot this node (and revoked its credential): enroll again,
                         // as a real agent does, and speak with the new credential.
                         match self.enroll.register(&self.sim.registration()).await {

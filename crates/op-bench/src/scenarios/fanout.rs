@@ -8,8 +8,9 @@
 //!   fleet-wide fan-out, without N processes to fork.
 //!
 //! Each invocation is timed from the request until the summary line of the NDJSON stream; before
-//! each one the bench waits until every agent's sync call is parked again, so every sample starts
-//! from the steady state a fleet is in between two operator commands.
+//! each one the bench waits until every agent is connected again (its watch open, or its sync
+//! call parked), so every sample starts from the steady state a fleet is in between two operator
+//! commands.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -115,7 +116,7 @@ async fn measure_stopped(
     };
     let mut out = Vec::new();
     for i in 0..STOPPED_ROUNDS {
-        // A stopped agent's sync was answered (with the first directive) and is not parked again.
+        // A stopped agent's watch stays open until the manager gives up on it (node_timeout).
         wait_parked(client, agents - stopped).await?;
         let t0 = Instant::now();
         let Started::Stream(mut stream) = client.exec(&req).await? else {
@@ -241,21 +242,24 @@ async fn measure(client: &Client, agents: usize, count: usize) -> anyhow::Result
     Ok(samples)
 }
 
-/// Waits until the manager reports `n` parked sync calls (every agent idle and connected).
+/// Waits until the manager reports `n` agents connected and idle: open watches and parked sync
+/// calls (of agents that long-poll) together.
 async fn wait_parked(client: &Client, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let text = client.metrics().await?;
-        let parked = text
-            .lines()
-            .find_map(|l| l.strip_prefix("op_manager_syncs_parked "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0) as usize;
+        let gauge = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0) as usize
+        };
+        let parked = gauge("op_manager_watches_open ") + gauge("op_manager_syncs_parked ");
         if parked >= n {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("only {parked} of {n} agents parked their sync call within 120 s");
+            bail!("only {parked} of {n} agents connected (watch or parked sync) within 120 s");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -1,9 +1,9 @@
 //! `idle`: what holding N agents that only heartbeat costs the manager (DESIGN.md section 10:
 //! 10,000 agents with RSS ≤ 300 MB).
 //!
-//! N simulated agents register and park; then, for `duration`, they only cycle their long-polls
-//! (each answer at the end of the sync wait, each call a heartbeat, coalesced into one raft write
-//! per `heartbeat_flush`). The manager's CPU time and RSS come from /proc, sampled every second.
+//! N simulated agents register and open their watches; then, for `duration`, they only beat (one
+//! heartbeat frame per sync wait, unanswered, coalesced into one raft write per
+//! `heartbeat_flush`). The manager's CPU time and RSS come from /proc, sampled every second.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -34,6 +34,7 @@ pub async fn run(
     let cpu_start = cpu_secs(pid)?;
     let sim_cpu_start = cpu_secs(own)?;
     let syncs_start = fleet.counters.syncs.load(Ordering::Relaxed);
+    let beats_start = fleet.counters.beats.load(Ordering::Relaxed);
     let errors_start = fleet.counters.errors.load(Ordering::Relaxed);
     let started = Instant::now();
     let end = started + duration;
@@ -48,6 +49,7 @@ pub async fn run(
     let (rss_end, rss_peak) = rss_kib(pid)?;
     let (sim_rss, _) = rss_kib(own)?;
     let syncs = fleet.counters.syncs.load(Ordering::Relaxed) - syncs_start;
+    let beats = fleet.counters.beats.load(Ordering::Relaxed) - beats_start;
     let errors = fleet.counters.errors.load(Ordering::Relaxed) - errors_start;
     let wait = fleet.settings.sync_wait_secs;
     fleet.stop().await;
@@ -56,7 +58,7 @@ pub async fn run(
     let mib = |kib: f64| kib / 1024.0;
     let avg = samples.iter().sum::<u64>() as f64 / samples.len().max(1) as f64;
     let cond = format!(
-        "{agents} simulated agents cycling long-polls (sync wait {wait}s, each a heartbeat), \
+        "{agents} simulated agents on watches (a heartbeat every sync wait, {wait}s), \
          watched {}s, manager {} build",
         duration.as_secs(),
         crate::binaries::profile(manager_bin)
@@ -85,6 +87,12 @@ pub async fn run(
             "idle_syncs_per_s",
             syncs as f64 / elapsed,
             "syncs/s",
+            cond.clone(),
+        ),
+        Figure::new(
+            "idle_beats_per_s",
+            beats as f64 / elapsed,
+            "beats/s",
             cond.clone(),
         ),
         Figure::new("idle_sync_errors", errors as f64, "errors", cond.clone()),

@@ -207,6 +207,7 @@ fn desired(
         managers: app.managers(),
         settings: Some(app.agent_settings()),
         received_at: Some(received_at),
+        beat_sent_at: None,
         directives_only: false,
         secrets,
         labels: Some(answer.labels),
@@ -234,6 +235,7 @@ fn uploads_only(
         managers: Vec::new(),
         settings: None,
         received_at: Some(received_at),
+        beat_sent_at: None,
         directives_only: true,
         secrets: Default::default(),
         labels: None,
@@ -244,7 +246,7 @@ fn uploads_only(
 }
 
 /// A node the manager serves: known and not forgotten.
-fn live(state: Option<NodeState>) -> Option<NodeState> {
+pub(super) fn live(state: Option<NodeState>) -> Option<NodeState> {
     state.filter(|s| s.status != NodeStatus::Left)
 }
 
@@ -261,43 +263,17 @@ pub async fn sync(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<SyncParams>,
-    ApiJson(mut hb): ApiJson<Heartbeat>,
+    ApiJson(hb): ApiJson<Heartbeat>,
 ) -> Result<Json<DesiredState>, ApiError> {
     caller.speaks_for(hb.node_id)?;
-    let _slot = app.auth.syncs.take(&caller.token_id).ok_or_else(|| {
-        ApiError::bad(
-            "too_many_syncs",
-            format!(
-                "this credential already holds {} sync calls; a node needs one at a time",
-                crate::auth::MAX_SYNCS_PER_TOKEN
-            ),
-        )
-    })?;
+    let _slot = app
+        .auth
+        .syncs
+        .take(&caller.token_id)
+        .ok_or_else(too_many_syncs)?;
     let received_at = Utc::now();
     let wait = wait_of(&app, q.wait.as_deref())?;
     let node = hb.node_id;
-    // The agent's clock minus ours; the request's travel time makes it a little small.
-    let clock_skew_ms = hb
-        .sent_at
-        .map(|sent| (sent - received_at).num_milliseconds());
-    let received = std::mem::take(&mut hb.received);
-    app.peer_dir.record(node, hb.peer_url.as_deref());
-    app.peer_dir.record_installed(node, &hb.packages);
-    let facts = hb.facts.take();
-    if let Some(f) = &facts {
-        f.check().map_err(|m| ApiError::bad("invalid_facts", m))?;
-    }
-    let beat = NodeBeat {
-        node_id: node,
-        seen_at: Utc::now(),
-        agent_version: hb.agent_version,
-        load: hb.load,
-        running: hb.running,
-        packages: hb.packages,
-        stats: hb.stats,
-        degraded: hb.degraded,
-        clock_skew_ms,
-    };
     // Listen before reading the state, so a change between the two still wakes us: job changes
     // wake every node through `changes`, a change of this node alone through `mine`.
     let mut changes = app.hub.subscribe();
@@ -309,37 +285,7 @@ pub async fn sync(
     let attached = app.outputs.attach(node);
     let mut uploads_ready = std::pin::pin!(attached.wake.notified());
     uploads_ready.as_mut().enable();
-    let Some(state) = live(app.hub.node(&app.store, node).await?) else {
-        return Err(ApiError::UnknownNode(node));
-    };
-    // The directives of the last answer reached the agent (`crate::acks`).
-    app.acks.offer(node, received);
-    // Facts come only when they changed (their hash differs from the one this node's last answer
-    // carried): written at once, since they change which jobs `fact.` selectors give the node.
-    // The write bumps the node's desired state, so the answer below carries the new selection.
-    if let Some(facts) = facts {
-        Box::pin(app.write(Command::SetNodeFacts {
-            node_id: node,
-            facts: Box::new(facts),
-            at: Utc::now(),
-        }))
-        .await?;
-    }
-    // A beat that keeps the node's status (Ready, or Degraded for a fault it still reports) waits
-    // for the coalesced flush; one that changes it is written now.
-    if state.status == NodeStatus::of_beat(beat.degraded.as_deref()) {
-        app.beats.record(beat);
-    } else {
-        // A status change is written at once, not with the next coalesced flush. Boxed: the
-        // write's future is most of this handler's size otherwise, and every parked sync would
-        // carry it (about 2.4 KB each, 24 MB at 10,000 agents).
-        if let CommandResult::HeartbeatsRecorded { unknown, .. } =
-            Box::pin(app.write(Command::Heartbeats { beats: vec![beat] })).await?
-            && unknown.contains(&node)
-        {
-            return Err(ApiError::UnknownNode(node));
-        }
-    }
+    let state = take_beat(&app, hb, received_at).await?;
     let mut index_moved = state.index != q.index;
     if !index_moved && !wait.is_zero() && !app.outputs.has_pending(node) {
         let deadline = tokio::time::Instant::now() + wait;
@@ -370,34 +316,127 @@ pub async fn sync(
             }
         }
     }
+    let light = !index_moved && q.partial.as_deref() == Some("1");
+    Ok(Json(answer(&app, node, light, q.index, received_at).await?))
+}
+
+pub(super) fn too_many_syncs() -> ApiError {
+    ApiError::bad(
+        "too_many_syncs",
+        format!(
+            "this credential already holds {} sync calls; a node needs one at a time",
+            crate::auth::MAX_SYNCS_PER_TOKEN
+        ),
+    )
+}
+
+/// Takes in a heartbeat, from a sync call or a watch alike, and returns the node's state as read
+/// after it: the caller has subscribed to the node's changes before, so none is missed between.
+/// The caller has checked that its credential speaks for `hb.node_id`.
+pub(super) async fn take_beat(
+    app: &App,
+    mut hb: Heartbeat,
+    received_at: chrono::DateTime<Utc>,
+) -> Result<NodeState, ApiError> {
+    let node = hb.node_id;
+    // The agent's clock minus ours; the request's travel time makes it a little small.
+    let clock_skew_ms = hb
+        .sent_at
+        .map(|sent| (sent - received_at).num_milliseconds());
+    let received = std::mem::take(&mut hb.received);
+    app.peer_dir.record(node, hb.peer_url.as_deref());
+    app.peer_dir.record_installed(node, &hb.packages);
+    let facts = hb.facts.take();
+    if let Some(f) = &facts {
+        f.check().map_err(|m| ApiError::bad("invalid_facts", m))?;
+    }
+    let beat = NodeBeat {
+        node_id: node,
+        seen_at: Utc::now(),
+        agent_version: hb.agent_version,
+        load: hb.load,
+        running: hb.running,
+        packages: hb.packages,
+        stats: hb.stats,
+        degraded: hb.degraded,
+        clock_skew_ms,
+    };
+    let Some(state) = live(app.hub.node(&app.store, node).await?) else {
+        return Err(ApiError::UnknownNode(node));
+    };
+    // The directives of the last answer reached the agent (`crate::acks`).
+    app.acks.offer(node, received);
+    // Facts come only when they changed (their hash differs from the one this node's last answer
+    // carried): written at once, since they change which jobs `fact.` selectors give the node.
+    // The write bumps the node's desired state, so the answer below carries the new selection.
+    let wrote = facts.is_some() || state.status != NodeStatus::of_beat(beat.degraded.as_deref());
+    if let Some(facts) = facts {
+        Box::pin(app.write(Command::SetNodeFacts {
+            node_id: node,
+            facts: Box::new(facts),
+            at: Utc::now(),
+        }))
+        .await?;
+    }
+    // A beat that keeps the node's status (Ready, or Degraded for a fault it still reports) waits
+    // for the coalesced flush; one that changes it is written now.
+    if state.status == NodeStatus::of_beat(beat.degraded.as_deref()) {
+        app.beats.record(beat);
+    } else {
+        // A status change is written at once, not with the next coalesced flush. Boxed: the
+        // write's future is most of this handler's size otherwise, and every parked sync would
+        // carry it (about 2.4 KB each, 24 MB at 10,000 agents).
+        if let CommandResult::HeartbeatsRecorded { unknown, .. } =
+            Box::pin(app.write(Command::Heartbeats { beats: vec![beat] })).await?
+            && unknown.contains(&node)
+        {
+            return Err(ApiError::UnknownNode(node));
+        }
+    }
+    if !wrote {
+        return Ok(state);
+    }
+    // Read again: a facts or status write above moved the node's index.
+    live(app.hub.node(&app.store, node).await?).ok_or(ApiError::UnknownNode(node))
+}
+
+/// The answer to a node: its full desired state, or with `light` and an output request waiting,
+/// the request alone (the agent already holds the state of `index`).
+pub(super) async fn answer(
+    app: &App,
+    node: uuid::Uuid,
+    light: bool,
+    index: u64,
+    received_at: chrono::DateTime<Utc>,
+) -> Result<DesiredState, ApiError> {
     // An agent that takes light answers gets a waiting output request alone, without the
     // desired state it already holds (a following reader asks twice a second).
-    if !index_moved && q.partial.as_deref() == Some("1") && app.outputs.has_pending(node) {
+    if light && app.outputs.has_pending(node) {
         let uploads = app.outputs.take(node);
-        return Ok(Json(uploads_only(q.index, uploads, received_at)));
+        return Ok(uploads_only(index, uploads, received_at));
     }
     match app.hub.desired(&app.store, node).await? {
         Some(mut answer) if live(Some(answer.state)).is_some() => {
             // The agent release (issue 22): its declared version, or a pinned host's version.
             let agent_release =
-                super::agent_upgrade::for_node(&app, node, &answer.labels, &mut answer.packages)
+                super::agent_upgrade::for_node(app, node, &answer.labels, &mut answer.packages)
                     .await?;
             // The values of the secrets this node's own jobs name, for this node alone (the
-            // caller is the node's own credential, checked above).
-            let secrets = super::secrets::resolve(&app, &answer.jobs, &answer.directives).await?;
+            // caller is the node's own credential, checked by the caller).
+            let secrets = super::secrets::resolve(app, &answer.jobs, &answer.directives).await?;
             // The pauses and windows in force, and whether this node drains (issue 23).
             let holds = app.hub.holds(&app.store).await?;
             // Taken after the last await: a call dropped before answering takes nothing.
             let uploads = app.outputs.take(node);
-            Ok(Json(desired(
-                &app,
+            Ok(desired(
+                app,
                 answer,
                 uploads,
                 received_at,
                 secrets,
                 &holds,
                 agent_release,
-            )))
+            ))
         }
         _ => Err(ApiError::UnknownNode(node)),
     }

@@ -93,6 +93,16 @@ impl ApiError {
         }
     }
 
+    /// The refusal as a watch's last frame (`op_proto::watch`): what a sync call would answer.
+    pub fn watch_error(&self) -> op_proto::watch::WatchError {
+        let (status, code) = self.status_and_code();
+        op_proto::watch::WatchError {
+            status: status.as_u16(),
+            code: code.to_string(),
+            message: self.to_string(),
+        }
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, code::UNAUTHORIZED),

@@ -26,6 +26,7 @@ mod runs;
 pub(crate) mod secrets;
 mod system;
 mod tokens;
+mod watch;
 
 use std::sync::Arc;
 
@@ -145,6 +146,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/agents/upgrade/pins", post(agent_upgrade::pin))
         .route("/v1/agent/register", post(agent::register))
         .route("/v1/agent/sync", post(agent::sync))
+        .route("/v1/agent/watch", get(watch::open))
         .layer(Extension(BodyLimit {
             bytes: json_limit,
             idle,

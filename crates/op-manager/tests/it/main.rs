@@ -17,3 +17,4 @@ mod release_fixtures;
 mod restart;
 mod runs;
 mod sync;
+mod watch;

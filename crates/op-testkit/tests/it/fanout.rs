@@ -336,6 +336,14 @@ async fn a_stopped_agent_is_unresponsive_within_seconds_while_an_acknowledged_sl
         })
     })
     .await;
+    // Real agents hold watches (issue 25): a stopped one keeps its socket open, and only the
+    // missing acknowledgement tells the manager.
+    wait_until(LONG, "three open watches", || async {
+        c.metrics()
+            .await
+            .is_ok_and(|t| t.lines().any(|l| l == "op_manager_watches_open 3"))
+    })
+    .await;
     agents[1].pause();
     let started = Instant::now();
     let out = agentcli(

@@ -176,7 +176,7 @@ async fn both_metrics_endpoints_pass_promtool_and_the_dashboard_and_alerts_name_
         "op_manager_job_latest_runs{job=\"tick\",status=\"ok\"} 1",
         "op_manager_job_latest_runs{job=\"broken\",status=\"failed\"} 1",
         "op_manager_run_duration_seconds_bucket{",
-        "op_manager_http_request_duration_seconds_bucket{le=\"+Inf\",route=\"/v1/agent/sync\"}",
+        "op_manager_http_request_duration_seconds_bucket{le=\"+Inf\",route=\"/v1/agent/watch\"}",
         "# TYPE op_manager_runs_stored_total counter",
         "op_manager_build_info{version=\"",
         "op_manager_agent_outbox_runs 0",

@@ -1,0 +1,214 @@
+//! The agent's watch: one kept connection per agent that carries its heartbeats up and its desired
+//! state down, instead of a long-poll sync that must be answered and re-sent every sync wait
+//! (issue 25).
+//!
+//! `GET /v1/agent/watch` with `Connection: upgrade` and `Upgrade: op-watch` (the node's own
+//! credential) is answered `101 Switching Protocols`; from then on the connection carries frames
+//! both ways: a 4-byte big-endian length, then that many bytes of JSON.
+//! - up, agent → manager: a [`WatchBeat`], the same heartbeat a sync call carries plus the index
+//!   the agent holds. The agent sends one at once, after each state it applies (which
+//!   acknowledges that state's directives) and at least once per sync wait;
+//! - down, manager → agent: a [`WatchDown`]: the node's desired state, sent when a beat names an
+//!   index other than the node's, when the node's state moves, when an output request is waiting
+//!   (the light answer of `DesiredState::directives_only`), and every [`WATCH_REFRESH_SECS`] as a
+//!   full resync; or an error, after which the manager closes the watch.
+//!
+//! Why: a parked long-poll keeps hyper's connection state (two 8 KiB buffers) and the sync
+//! future for every agent, and costs a whole request and answer every sync wait. A watch is the
+//! bare socket and a small task: its read buffer holds at most the frame being read, and a beat
+//! is parsed, recorded and left unanswered. A stopped agent keeps its socket open but sends no
+//! beat: the manager closes its watch after `node_timeout` without one, and the node turns
+//! NotReady as it would without the watch.
+//!
+//! A manager that does not know the watch answers 404; the agent then long-polls as before.
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::Heartbeat;
+
+/// The `Upgrade` token of the watch protocol.
+pub const WATCH_PROTOCOL: &str = "op-watch";
+
+/// The largest frame an agent may send (a beat lists running runs and installed packages).
+pub const MAX_UP_FRAME: usize = 1 << 20;
+
+/// The largest frame a manager may send (a desired state with its jobs and directives).
+pub const MAX_DOWN_FRAME: usize = 64 << 20;
+
+/// Seconds between the full answers a manager sends unasked on a quiet watch, so that what an
+/// agent holds is renewed (secret values, the manager list) even when its index never moves.
+pub const WATCH_REFRESH_SECS: u64 = 300;
+
+/// One beat, agent → manager.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchBeat {
+    /// The index of the desired state the agent holds (0: none).
+    pub index: u64,
+    pub beat: Heartbeat,
+}
+
+/// One frame, manager → agent: `{"state": DesiredState}` or `{"error": {...}}`. Generic over the
+/// state's type so a reader may decode only what it needs (the benchmark's simulated agents).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchDown<S> {
+    State(S),
+    Error(WatchError),
+}
+
+/// Why the manager ends a watch: what the same request over HTTP would have answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchError {
+    /// The HTTP status the same refusal has on a sync call (404 for `unknown_node`, 401, ...).
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+/// A frame's bytes: the length, then `json`.
+pub fn encode(json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len() + 4);
+    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    out.extend_from_slice(json);
+    out
+}
+
+/// A frame that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("a frame of {len} bytes; at most {max} are accepted")]
+    TooLarge { len: usize, max: usize },
+    #[error("the connection closed in the middle of a frame")]
+    Truncated,
+}
+
+/// Reads frames from a byte stream in any pieces, keeping its progress in itself: a caller reads
+/// into [`Frames::buf`] and reports what it got with [`Frames::filled`], so a read dropped half
+/// way (a `select!` that took another branch) loses nothing. Between frames it holds nothing but
+/// the 4 bytes of the next length.
+#[derive(Debug)]
+pub struct Frames {
+    max: usize,
+    head: [u8; 4],
+    head_got: usize,
+    body: Vec<u8>,
+    body_got: usize,
+}
+
+impl Frames {
+    pub fn new(max: usize) -> Frames {
+        Frames {
+            max,
+            head: [0; 4],
+            head_got: 0,
+            body: Vec::new(),
+            body_got: 0,
+        }
+    }
+
+    /// Where the next bytes read go (never empty).
+    pub fn buf(&mut self) -> &mut [u8] {
+        if self.head_got < 4 {
+            &mut self.head[self.head_got..]
+        } else {
+            &mut self.body[self.body_got..]
+        }
+    }
+
+    /// Takes `n` bytes just read into [`Frames::buf`]; a whole frame, once there, is returned.
+    pub fn filled(&mut self, n: usize) -> Result<Option<Vec<u8>>, FrameError> {
+        if self.head_got < 4 {
+            self.head_got += n;
+            if self.head_got < 4 {
+                return Ok(None);
+            }
+            let len = u32::from_be_bytes(self.head) as usize;
+            if len > self.max {
+                return Err(FrameError::TooLarge { len, max: self.max });
+            }
+            self.body = vec![0; len];
+            self.body_got = 0;
+        } else {
+            self.body_got += n;
+        }
+        if self.body_got < self.body.len() {
+            return Ok(None);
+        }
+        self.head_got = 0;
+        self.body_got = 0;
+        Ok(Some(std::mem::take(&mut self.body)))
+    }
+
+    /// The end of the stream: clean between frames, an error inside one.
+    pub fn closed(&self) -> Result<(), FrameError> {
+        if self.head_got == 0 {
+            Ok(())
+        } else {
+            Err(FrameError::Truncated)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `bytes` in pieces of `step` and returns the frames read.
+    fn read_all(bytes: &[u8], step: usize, max: usize) -> Result<Vec<Vec<u8>>, FrameError> {
+        let mut frames = Frames::new(max);
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let buf = frames.buf();
+            let n = buf.len().min(step).min(bytes.len() - at);
+            buf[..n].copy_from_slice(&bytes[at..at + n]);
+            at += n;
+            if let Some(f) = frames.filled(n)? {
+                out.push(f);
+            }
+        }
+        frames.closed()?;
+        Ok(out)
+    }
+
+    #[test]
+    fn frames_come_back_whole_whatever_the_pieces() {
+        let mut stream = encode(br#"{"a":1}"#);
+        stream.extend(encode(b""));
+        stream.extend(encode(&[b'x'; 300]));
+        for step in [1, 3, 4, 5, 7, 1000] {
+            let frames = read_all(&stream, step, 1000).unwrap();
+            assert_eq!(frames.len(), 3, "step {step}");
+            assert_eq!(frames[0], br#"{"a":1}"#);
+            assert!(frames[1].is_empty());
+            assert_eq!(frames[2], vec![b'x'; 300]);
+        }
+    }
+
+    #[test]
+    fn an_oversized_or_cut_frame_is_an_error() {
+        assert_eq!(
+            read_all(&encode(&[0; 11]), 64, 10),
+            Err(FrameError::TooLarge { len: 11, max: 10 })
+        );
+        // A length that announces 4 GiB is refused before anything is allocated.
+        assert!(matches!(
+            read_all(&[0xff, 0xff, 0xff, 0xff], 64, 1 << 20),
+            Err(FrameError::TooLarge { .. })
+        ));
+        let whole = encode(b"hello");
+        assert_eq!(read_all(&whole[..6], 64, 100), Err(FrameError::Truncated));
+        assert_eq!(read_all(&whole[..2], 64, 100), Err(FrameError::Truncated));
+    }
+
+    #[test]
+    fn the_down_frame_names_its_kind() {
+        let down: WatchDown<u64> = WatchDown::State(7);
+        assert_eq!(serde_json::to_string(&down).unwrap(), r#"{"state":7}"#);
+        let err: WatchDown<u64> =
+            serde_json::from_str(r#"{"error":{"status":404,"code":"unknown_node","message":"m"}}"#)
+                .unwrap();
+        assert!(matches!(err, WatchDown::Error(e) if e.code == "unknown_node"));
+    }
+}
