@@ -329,8 +329,18 @@ async fn failover_under_load_loses_no_acknowledged_write_and_no_run() {
     // Every acknowledged save is on every member.
     let mut want: BTreeSet<String> = acked.into_iter().collect();
     assert!(want.len() > 20, "the writer got through: {}", want.len());
-    let all: BTreeSet<String> = jobs_on(&c, 0).await.unwrap_or_default();
     want.insert("beat".to_string());
+    // Member 0 is read from its own applied state, which may trail the writer's last
+    // acknowledgement by a moment: wait for it (a lost save never arrives, and fails below).
+    let deadline = Instant::now() + LONG;
+    let mut all: BTreeSet<String> = BTreeSet::new();
+    while Instant::now() < deadline {
+        all = jobs_on(&c, 0).await.unwrap_or_default();
+        if want.is_subset(&all) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         want.is_subset(&all),
         "acknowledged saves missing: {:?}",

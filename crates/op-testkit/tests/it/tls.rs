@@ -100,6 +100,13 @@ async fn with_mutual_tls_the_fleet_works_and_strangers_are_refused() {
             .unwrap_or(false)
     })
     .await;
+    // Both hold watches over TLS (HTTP/1.1 upgrades; the manager offers HTTP/2 too).
+    wait_until(LONG, "two watches over TLS", || async {
+        c.metrics()
+            .await
+            .is_ok_and(|t| t.lines().any(|l| l == "op_manager_watches_open 2"))
+    })
+    .await;
 
     // The manager issue's flow: a once-job runs once on each agent, a cron job keeps running,
     // and every record arrives.
