@@ -174,6 +174,10 @@ enum Scenario {
         /// invocations until they end (`fanout_real_stopped_elapsed`).
         #[arg(long, default_value_t = 0)]
         stopped: usize,
+        /// Threads that spin beside the fleet while it is measured, so the machine is busy (`2`
+        /// on a 2-core machine: every core contended).
+        #[arg(long, default_value_t = 0)]
+        hog: usize,
     },
     /// A cluster with the default raft timings: kill -9 the leader while a client saves jobs;
     /// time until a save is accepted again (op-manager beside this executable).
@@ -326,6 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<report::Figure>> {
             agents,
             count,
             stopped,
+            hog,
         } => {
             scenarios::fanout::real(
                 &agent_bin()?,
@@ -334,6 +339,7 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<report::Figure>> {
                 agents,
                 count,
                 stopped,
+                hog,
             )
             .await
         }

@@ -328,8 +328,13 @@ impl Shared {
         Ok(c)
     }
 
-    /// Opens this node's watch on the manager at `url`.
+    /// Opens this node's watch on the manager at `url`. Plain HTTP is HTTP/1.1 and goes
+    /// through the kept client; over TLS a second client that speaks only HTTP/1.1 is kept for
+    /// it (the manager would agree to HTTP/2, which has no upgrade).
     async fn open_watch(&self, url: &str) -> Result<op_client::Watch, ClientError> {
+        if url.starts_with("http://") {
+            return self.client(url)?.watch().await;
+        }
         let client = {
             let mut cached = self.watch_client.lock().unwrap_or_else(|p| p.into_inner());
             match cached.as_ref() {

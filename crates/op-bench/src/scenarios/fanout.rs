@@ -35,11 +35,14 @@ pub async fn real(
     agents: usize,
     count: usize,
     stopped: usize,
+    hog: usize,
 ) -> anyhow::Result<Vec<Figure>> {
     anyhow::ensure!(
         stopped < agents,
         "--stopped must leave at least one agent running"
     );
+    // Spinning threads, stopped (and joined) when `_hogs` is dropped, however this returns.
+    let _hogs = Hogs::start(hog);
     let m = ManagerProcess::start(manager_bin, manager_args).await?;
     let fleet: Vec<AgentProcess> = (0..agents)
         .map(|i| {
@@ -71,16 +74,21 @@ pub async fn real(
     }
     m.stop()?;
     let build = crate::binaries::profile(agent_bin);
+    let busy = if hog > 0 {
+        format!(", {hog} spinning threads beside (--hog)")
+    } else {
+        String::new()
+    };
     let cond = format!(
         "`exec --all -- true` on {agents} real agents, {count} sequential invocations after \
-         {WARMUP} warm-up, one manager, loopback, {build} build"
+         {WARMUP} warm-up, one manager, loopback, {build} build{busy}"
     );
     let mut figures = samples.figures("fanout_real", &cond);
     if !stopped_ms.is_empty() {
         let cond = format!(
             "`exec --all -- true` on {agents} real agents of which {stopped} stopped (SIGSTOP, \
              connections open), {STOPPED_ROUNDS} invocations, manager args {manager_args:?}, \
-             one manager, loopback, {build} build; request → summary"
+             one manager, loopback, {build} build{busy}; request → summary"
         );
         figures.push(Figure::new(
             "fanout_real_stopped_elapsed",
@@ -96,6 +104,41 @@ pub async fn real(
         ));
     }
     Ok(figures)
+}
+
+/// Threads that spin until dropped: a busy machine for `fanout-real --hog N`.
+struct Hogs {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Hogs {
+    fn start(n: usize) -> Hogs {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x: u64 = 1;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        for _ in 0..10_000 {
+                            x = std::hint::black_box(x.wrapping_mul(6364136223846793005) + 1);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Hogs { stop, threads }
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Invocations timed with stopped agents.
