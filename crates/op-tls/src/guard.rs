@@ -33,6 +33,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Request, Response, StatusCode, header};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -120,17 +121,23 @@ impl GuardAcceptor {
     }
 }
 
-impl<I, S> Accept<I, S> for GuardAcceptor {
-    type Stream = GuardedIo<I>;
+impl<S> Accept<TcpStream, S> for GuardAcceptor {
+    type Stream = GuardedIo<TcpStream>;
     type Service = GuardedService<S>;
-    type Future = std::future::Ready<io::Result<(GuardedIo<I>, GuardedService<S>)>>;
+    type Future = std::future::Ready<io::Result<(GuardedIo<TcpStream>, GuardedService<S>)>>;
 
-    fn accept(&self, stream: I, service: S) -> Self::Future {
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
         if let Some(cap) = &self.cap
             && !cap.admit()
         {
             // Dropping `stream` closes it: its descriptor is free again at once.
             return std::future::ready(Err(io::Error::other("connection limit reached")));
+        }
+        // Small writes go out at once. With Nagle's algorithm on, the second of two small
+        // writes (a result event after the `accepted` one of an invocation stream, a frame on a
+        // watch) waited for the peer's delayed acknowledgement: about 40 ms on every fan-out.
+        if let Err(e) = stream.set_nodelay(true) {
+            return std::future::ready(Err(e));
         }
         let conn = Arc::new(Conn {
             opened: Instant::now(),
@@ -536,5 +543,30 @@ impl Body for RateBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_send_small_writes_at_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        assert!(
+            !stream.nodelay().unwrap(),
+            "the kernel's default is Nagle on"
+        );
+        let limits = ConnLimits {
+            head_timeout: Duration::from_secs(5),
+            body_min_rate: 0,
+            body_rate_window: Duration::from_secs(5),
+        };
+        let (io, _service) = GuardAcceptor::new(limits).accept(stream, ()).await.unwrap();
+        assert!(io.inner.nodelay().unwrap());
+        drop(client);
     }
 }
