@@ -394,17 +394,7 @@ impl SyncLoop {
         answered: &mut HashSet<Uuid>,
         shutdown: &CancellationToken,
     ) -> bool {
-        for d in directives {
-            if let Directive::UploadOutput {
-                request_id,
-                run_id,
-                offset,
-                ..
-            } = d
-            {
-                self.upload_nothing(*request_id, *run_id, *offset).await;
-            }
-        }
+        self.answer_uploads(directives).await;
         let runs: Vec<&op_proto::agent::RunDirective> = directives
             .iter()
             .filter_map(|d| match d {
@@ -447,6 +437,21 @@ impl SyncLoop {
         }
         answered.extend(new.iter().map(|r| r.run_id));
         true
+    }
+
+    /// Answers every output request among `directives` (see [`SyncLoop::upload_nothing`]).
+    async fn answer_uploads(&self, directives: &[Directive]) {
+        for d in directives {
+            if let Directive::UploadOutput {
+                request_id,
+                run_id,
+                offset,
+                ..
+            } = d
+            {
+                self.upload_nothing(*request_id, *run_id, *offset).await;
+            }
+        }
     }
 
     /// Answers an output request as an agent whose run is still going and wrote nothing new:
@@ -529,17 +534,7 @@ impl SyncLoop {
                 Ok(Some(state)) if state.directives_only => {
                     // Output requests alone: the runs answered so far are still answered.
                     failures = 0;
-                    for d in &state.directives {
-                        if let Directive::UploadOutput {
-                            request_id,
-                            run_id,
-                            offset,
-                            ..
-                        } = d
-                        {
-                            self.upload_nothing(*request_id, *run_id, *offset).await;
-                        }
-                    }
+                    self.answer_uploads(&state.directives).await;
                 }
                 Ok(Some(state)) => {
                     let at = Instant::now();

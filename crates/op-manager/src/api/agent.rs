@@ -250,6 +250,67 @@ pub(super) fn live(state: Option<NodeState>) -> Option<NodeState> {
     state.filter(|s| s.status != NodeStatus::Left)
 }
 
+/// What wakes a node's sync call or watch: a change for every node (a job saved), a change of
+/// this node alone, an output request for it. Made before the node's state is read, so a change
+/// in between still wakes it; [`NodeWakes::next`] keeps its futures in itself, so a `select!`
+/// that takes another branch loses no wake.
+pub(super) struct NodeWakes<'a> {
+    changes: tokio::sync::watch::Receiver<u64>,
+    waker: Arc<tokio::sync::Notify>,
+    mine: std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>,
+    /// Output requests for the node come to this member while it is attached (`crate::output`).
+    attached: crate::output::Attached<'a>,
+    uploads: std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>,
+}
+
+/// Why a node's wait woke.
+pub(super) enum Wake {
+    /// Its desired state may have changed: read it again.
+    Changed,
+    /// An output request may be waiting for it.
+    Uploads,
+    /// The hub is gone (the manager stops).
+    Closed,
+}
+
+impl<'a> NodeWakes<'a> {
+    pub(super) fn listen(app: &'a App, node: uuid::Uuid) -> NodeWakes<'a> {
+        let mut changes = app.hub.subscribe();
+        changes.borrow_and_update();
+        let waker = app.hub.waker(node);
+        let mut mine = Box::pin(waker.clone().notified_owned());
+        mine.as_mut().enable();
+        let attached = app.outputs.attach(node);
+        let mut uploads = Box::pin(attached.wake.clone().notified_owned());
+        uploads.as_mut().enable();
+        NodeWakes {
+            changes,
+            waker,
+            mine,
+            attached,
+            uploads,
+        }
+    }
+
+    /// The next wake. Cancel-safe.
+    pub(super) async fn next(&mut self) -> Wake {
+        let wake = tokio::select! {
+            r = self.changes.changed() => if r.is_err() { Wake::Closed } else { Wake::Changed },
+            _ = self.mine.as_mut() => {
+                self.mine.set(self.waker.clone().notified_owned());
+                Wake::Changed
+            }
+            _ = self.uploads.as_mut() => {
+                self.uploads.set(self.attached.wake.clone().notified_owned());
+                Wake::Uploads
+            }
+        };
+        self.mine.as_mut().enable();
+        self.uploads.as_mut().enable();
+        wake
+    }
+}
+
 /// Decrements the parked-sync gauge however the wait ends.
 struct Parked<'a>(&'a App);
 
@@ -274,17 +335,8 @@ pub async fn sync(
     let received_at = Utc::now();
     let wait = wait_of(&app, q.wait.as_deref())?;
     let node = hb.node_id;
-    // Listen before reading the state, so a change between the two still wakes us: job changes
-    // wake every node through `changes`, a change of this node alone through `mine`.
-    let mut changes = app.hub.subscribe();
-    changes.borrow_and_update();
-    let waker = app.hub.waker(node);
-    let mut mine = std::pin::pin!(waker.notified());
-    mine.as_mut().enable();
-    // Output requests for this node come to this member while it syncs here (`crate::output`).
-    let attached = app.outputs.attach(node);
-    let mut uploads_ready = std::pin::pin!(attached.wake.notified());
-    uploads_ready.as_mut().enable();
+    // Listen before reading the state, so a change between the two still wakes us.
+    let mut wakes = NodeWakes::listen(&app, node);
     let state = take_beat(&app, hb, received_at).await?;
     let mut index_moved = state.index != q.index;
     if !index_moved && !wait.is_zero() && !app.outputs.has_pending(node) {
@@ -293,20 +345,15 @@ pub async fn sync(
         let _parked = Parked(&app);
         loop {
             tokio::select! {
-                changed = changes.changed() => if changed.is_err() { break },
-                _ = mine.as_mut() => mine.set(waker.notified()),
-                _ = uploads_ready.as_mut() => {
-                    if app.outputs.has_pending(node) {
-                        break;
-                    }
-                    uploads_ready.set(attached.wake.notified());
-                    uploads_ready.as_mut().enable();
-                    continue;
-                }
+                wake = wakes.next() => match wake {
+                    Wake::Closed => break,
+                    Wake::Uploads if app.outputs.has_pending(node) => break,
+                    Wake::Uploads => continue,
+                    Wake::Changed => {}
+                },
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = app.shutdown.cancelled() => break,
             }
-            mine.as_mut().enable();
             match live(app.hub.node(&app.store, node).await?) {
                 Some(s) if s.index == q.index => {}
                 _ => {

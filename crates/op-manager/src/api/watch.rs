@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::agent::{answer, live, take_beat, too_many_syncs};
+use super::agent::{NodeWakes, Wake, answer, live, take_beat, too_many_syncs};
 use super::error::ApiError;
 use crate::app::App;
 use crate::auth::Caller;
@@ -126,14 +126,7 @@ async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
     app.metrics.watches_open.inc();
     let _open = Open(&app);
     // Listen before the first beat reads the state, as a sync call does.
-    let mut changes = app.hub.subscribe();
-    changes.borrow_and_update();
-    let waker = app.hub.waker(node);
-    let mut mine = std::pin::pin!(waker.notified());
-    mine.as_mut().enable();
-    let attached = app.outputs.attach(node);
-    let mut uploads_ready = std::pin::pin!(attached.wake.notified());
-    uploads_ready.as_mut().enable();
+    let mut wakes = NodeWakes::listen(&app, node);
     let mut frames = Frames::new(MAX_UP_FRAME);
     let silence = app.config.node_timeout;
     let refresh = Duration::from_secs(WATCH_REFRESH_SECS);
@@ -154,21 +147,15 @@ async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
                     Err(e) => break Some(ApiError::bad("invalid_frame", e.to_string())),
                 },
             },
-            r = changes.changed() => if r.is_err() { break None } else { Event::Changed },
-            _ = mine.as_mut() => {
-                mine.set(waker.notified());
-                Event::Changed
-            }
-            _ = uploads_ready.as_mut() => {
-                uploads_ready.set(attached.wake.notified());
-                uploads_ready.as_mut().enable();
-                Event::Uploads
-            }
+            wake = wakes.next() => match wake {
+                Wake::Closed => break None,
+                Wake::Changed => Event::Changed,
+                Wake::Uploads => Event::Uploads,
+            },
             // No beat for a node timeout: a stopped agent, whose socket is still open.
             _ = tokio::time::sleep_until(last_beat + silence) => break None,
             _ = app.shutdown.cancelled() => break None,
         };
-        mine.as_mut().enable();
         let reply = match event {
             Event::Frame(frame) => {
                 let beat: WatchBeat = match serde_json::from_slice(&frame) {
