@@ -2,7 +2,7 @@
 //! node's beats up and its desired state down.
 
 use op_proto::agent::Heartbeat;
-use op_proto::watch::{Frames, MAX_DOWN_FRAME, WatchDown, encode};
+use op_proto::watch::{ALIVE, Frames, MAX_DOWN_FRAME, WatchDown, encode};
 use op_proto::{ErrorBody, watch::WATCH_PROTOCOL};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -16,6 +16,8 @@ pub struct Watch {
     io: reqwest::Upgraded,
     frames: Frames,
     url: String,
+    /// When the manager last sent anything (a frame, or the upgrade itself).
+    heard: std::time::Instant,
 }
 
 /// [`op_proto::watch::WatchBeat`] without copying the heartbeat.
@@ -48,6 +50,7 @@ impl Client {
             io,
             frames: Frames::new(MAX_DOWN_FRAME),
             url,
+            heard: std::time::Instant::now(),
         })
     }
 }
@@ -76,8 +79,14 @@ impl Watch {
         sent.map_err(|e| self.broken(e.to_string()))
     }
 
-    /// The next frame's bytes. Cancel-safe: a call dropped half way loses nothing, the next one
-    /// goes on where it stopped.
+    /// How long the manager has sent nothing: past [`op_proto::watch::silence_limit`], take it
+    /// for gone (frozen, or cut off without the connection closing).
+    pub fn silent_for(&self) -> std::time::Duration {
+        self.heard.elapsed()
+    }
+
+    /// The next frame's bytes (`alive` frames are taken in and skipped). Cancel-safe: a call
+    /// dropped half way loses nothing, the next one goes on where it stopped.
     pub async fn next_frame(&mut self) -> Result<Vec<u8>> {
         loop {
             let n = match self.io.read(self.frames.buf()).await {
@@ -92,7 +101,12 @@ impl Watch {
                 return Err(self.broken(message));
             }
             match self.frames.filled(n) {
-                Ok(Some(frame)) => return Ok(frame),
+                Ok(Some(frame)) => {
+                    self.heard = std::time::Instant::now();
+                    if frame != ALIVE {
+                        return Ok(frame);
+                    }
+                }
                 Ok(None) => {}
                 Err(e) => return Err(self.broken(e.to_string())),
             }
@@ -104,6 +118,10 @@ impl Watch {
     pub fn decode<S: DeserializeOwned>(&self, frame: &[u8]) -> Result<S> {
         match serde_json::from_slice::<WatchDown<S>>(frame) {
             Ok(WatchDown::State(s)) => Ok(s),
+            Ok(WatchDown::Alive) => Err(ClientError::Decode {
+                url: self.url.clone(),
+                message: "an alive frame where a state was expected".into(),
+            }),
             Ok(WatchDown::Error(e)) => Err(ClientError::Api {
                 status: e.status,
                 body: ErrorBody::new(e.code, e.message),

@@ -11,7 +11,9 @@
 //! - down, manager → agent: a [`WatchDown`]: the node's desired state, sent when a beat names an
 //!   index other than the node's, when the node's state moves, when an output request is waiting
 //!   (the light answer of `DesiredState::directives_only`), and every [`WATCH_REFRESH_SECS`] as a
-//!   full resync; or an error, after which the manager closes the watch.
+//!   full resync; `alive` for a beat when nothing went down for a sync wait (a manager that froze
+//!   without closing the connection is given up after [`silence_limit`]); or an error, after
+//!   which the manager closes the watch.
 //!
 //! Why: a parked long-poll keeps hyper's connection state (two 8 KiB buffers) and the sync
 //! future for every agent, and costs a whole request and answer every sync wait. A watch is the
@@ -48,13 +50,28 @@ pub struct WatchBeat {
     pub beat: Heartbeat,
 }
 
-/// One frame, manager → agent: `{"state": DesiredState}` or `{"error": {...}}`. Generic over the
-/// state's type so a reader may decode only what it needs (the benchmark's simulated agents).
+/// One frame, manager → agent: `{"state": DesiredState}`, `{"error": {...}}`, or `"alive"`.
+/// Generic over the state's type so a reader may decode only what it needs (the benchmark's
+/// simulated agents).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WatchDown<S> {
     State(S),
     Error(WatchError),
+    /// The manager is there: sent for a beat when nothing else went down for a sync wait. A
+    /// manager that froze or vanished without closing the connection sends nothing, and the
+    /// agent gives the watch up after [`silence_limit`].
+    Alive,
+}
+
+/// The bytes of a [`WatchDown::Alive`] frame's JSON.
+pub const ALIVE: &[u8] = b"\"alive\"";
+
+/// How long an agent holds a watch on which nothing came down (no state, no `alive`) before it
+/// takes the manager for gone and moves on, for a sync wait of `wait`: two waits (the manager
+/// says `alive` at least once per wait of beats) and 10 s for a busy manager.
+pub fn silence_limit(wait: std::time::Duration) -> std::time::Duration {
+    wait * 2 + std::time::Duration::from_secs(10)
 }
 
 /// Why the manager ends a watch: what the same request over HTTP would have answered.
@@ -206,6 +223,8 @@ mod tests {
     fn the_down_frame_names_its_kind() {
         let down: WatchDown<u64> = WatchDown::State(7);
         assert_eq!(serde_json::to_string(&down).unwrap(), r#"{"state":7}"#);
+        let alive: WatchDown<u64> = WatchDown::Alive;
+        assert_eq!(serde_json::to_vec(&alive).unwrap(), ALIVE);
         let err: WatchDown<u64> =
             serde_json::from_str(r#"{"error":{"status":404,"code":"unknown_node","message":"m"}}"#)
                 .unwrap();

@@ -566,6 +566,17 @@ impl SyncLoop {
                     Err(e) => sent = Err(e),
                 }
             }
+            // A manager that sent nothing, not even `alive`, for the silence limit froze or was
+            // cut off with the connection still open: give it up and move on, as a sync call
+            // that timed out would.
+            if let Some((_, w)) = watch.as_ref()
+                && w.silent_for() > op_proto::watch::silence_limit(Duration::from_secs(wait.max(1)))
+            {
+                sent = Err(ClientError::Timeout {
+                    url: url.clone(),
+                    secs: w.silent_for().as_secs(),
+                });
+            }
             if sent.is_ok()
                 && let Some((_, w)) = watch.as_mut()
             {

@@ -11,7 +11,9 @@
 //!   is a full resync), when the agent's index is not the node's, when an output request waits,
 //!   or when the last full answer is older than [`WATCH_REFRESH_SECS`];
 //! - a change of the node's state, or of every node's (a job saved), sends the new state at once;
-//! - an output request sends the light answer (`DesiredState::directives_only`).
+//! - an output request sends the light answer (`DesiredState::directives_only`);
+//! - a beat that nothing went down for during a sync wait gets `alive`, so an agent can tell a
+//!   frozen manager (whose socket stays open) from a quiet one.
 //!
 //! A watch that carries no beat for `node_timeout` is closed: a stopped agent keeps its socket
 //! open, and only beats are signs of life. A refusal (unknown node, revoked credential, a
@@ -137,6 +139,8 @@ async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
     // The last beat's arrival on our clock and its `sent_at` on the agent's: every answer
     // carries both, so the agent measures the clocks' offset on one message.
     let mut beat_clock = (Utc::now(), None);
+    // When anything last went down: a beat answered by nothing for a sync wait gets `alive`.
+    let mut last_sent = Instant::now();
     let refusal: Option<ApiError> = loop {
         let event = tokio::select! {
             r = io.read(frames.buf()) => match r {
@@ -156,6 +160,7 @@ async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
             _ = tokio::time::sleep_until(last_beat + silence) => break None,
             _ = app.shutdown.cancelled() => break None,
         };
+        let is_beat = matches!(event, Event::Frame(_));
         let reply = match event {
             Event::Frame(frame) => {
                 let beat: WatchBeat = match serde_json::from_slice(&frame) {
@@ -199,6 +204,12 @@ async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
         };
         // Some(light): send an answer, the light one if only an output request waits.
         let (Some(light), Some(index)) = (reply, held) else {
+            if is_beat && last_sent.elapsed() >= app.config.sync_wait {
+                if send(&mut io, &WatchDown::<()>::Alive).await.is_err() {
+                    break None;
+                }
+                last_sent = Instant::now();
+            }
             continue;
         };
         let mut state = match Box::pin(answer(&app, node, light, index, beat_clock.0)).await {
@@ -213,6 +224,7 @@ async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
         if send(&mut io, &WatchDown::State(&state)).await.is_err() {
             break None;
         }
+        last_sent = Instant::now();
     };
     if let Some(e) = refusal {
         tracing::debug!(%node, error = %e, "watch refused");

@@ -159,6 +159,42 @@ async fn refusal(s: &mut TcpStream) -> op_proto::watch::WatchError {
     }
 }
 
+/// The next frame's JSON, read by hand.
+async fn raw_frame(s: &mut TcpStream) -> Vec<u8> {
+    let read = async {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut body).await.unwrap();
+        body
+    };
+    tokio::time::timeout(FRAME_WAIT, read)
+        .await
+        .expect("a frame")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_watch_hears_alive_once_per_sync_wait() {
+    let m = TestManager::start_with(|a| a.sync_wait = Some("1s".into())).await;
+    let a = FakeAgent::new(2);
+    a.register(&m.agent()).await;
+    let token = a.token.lock().unwrap().clone().unwrap();
+    let mut s = raw_watch(&m, &token).await;
+    let beat = |index: u64| {
+        encode(&serde_json::to_vec(&json!({"index": index, "beat": a.heartbeat()})).unwrap())
+    };
+    s.write_all(&beat(0)).await.unwrap();
+    let first: WatchDown<DesiredState> = serde_json::from_slice(&raw_frame(&mut s).await).unwrap();
+    let WatchDown::State(first) = first else {
+        panic!("expected the state first")
+    };
+    // A sync wait with nothing sent down: the next beat that needs no state hears `alive`.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    s.write_all(&beat(first.index)).await.unwrap();
+    assert_eq!(raw_frame(&mut s).await, op_proto::watch::ALIVE);
+    m.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_watch_requests_and_frames_are_refused() {
     let m = TestManager::start().await;

@@ -403,6 +403,74 @@ async fn a_read_while_both_followers_are_slow_for_a_moment_waits_for_them_instea
     );
 }
 
+/// Open watches on member `i`, or None while it does not answer.
+async fn watches_on(c: &Cluster, i: usize) -> Option<u64> {
+    let client = c.client(i).with_timeout(Duration::from_secs(2));
+    let text = client.metrics().await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("op_manager_watches_open "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// A frozen member (SIGSTOP) keeps its sockets open: the agent's watch on it goes quiet, not
+/// closed. The agent gives it up after the silence limit (two sync waits and 10 s) and holds
+/// its watch on another member, where the jobs saved meanwhile reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_manager_freezes_moves_to_another_member() {
+    let args: Vec<&str> = FAST_RAFT
+        .iter()
+        .copied()
+        .chain(["--sync-wait", "1s"])
+        .collect();
+    let c = Cluster::start(3, &args).await;
+    let fleet = agents(&c, 1).await;
+    wait_until(LONG, "the agent's watch on a member", || async {
+        for i in c.running() {
+            if watches_on(&c, i).await == Some(1) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    let mut held_on = None;
+    for i in c.running() {
+        if watches_on(&c, i).await == Some(1) {
+            held_on = Some(i);
+        }
+    }
+    let frozen = held_on.expect("the member that holds the watch");
+    c.members[frozen].pause();
+    let others: Vec<usize> = c.running().into_iter().filter(|i| *i != frozen).collect();
+    wait_until(
+        Duration::from_secs(60),
+        "the agent's watch on another member",
+        || async {
+            for i in &others {
+                if watches_on(&c, *i).await == Some(1) {
+                    return true;
+                }
+            }
+            false
+        },
+    )
+    .await;
+    // A job saved through a live member reaches it there.
+    let leader = c.wait_leader(LONG).await;
+    c.client(leader)
+        .save_job(&job(
+            r#"{"JobName":"after-freeze","Command":"echo moved","CronExpr":"*/1 * * * * * *"}"#,
+        ))
+        .await
+        .unwrap();
+    wait_until(LONG, "a run of the job saved after the freeze", || async {
+        !local_runs(&fleet[0], "after-freeze").await.is_empty()
+    })
+    .await;
+    c.members[frozen].resume();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_paused_for_30_s_catches_up_and_agrees() {
     let c = Cluster::start(3, FAST_RAFT).await;
