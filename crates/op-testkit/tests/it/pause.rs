@@ -108,7 +108,12 @@ async fn a_paused_label_runs_nothing_until_resume_and_its_fires_are_skipped_with
         let first = held.iter().map(|r| planned(r)).min().unwrap();
         let last = held.iter().map(|r| planned(r)).max().unwrap();
         assert!(first >= paused_at - chrono::Duration::seconds(5), "{h}");
-        assert!(last <= resumed_at, "{h}: a fire after resume was held");
+        // An agent hears of the resume a moment after the command returns (the state goes out
+        // on its watch): a fire due in that moment may still be held, none later.
+        assert!(
+            last <= resumed_at + chrono::Duration::seconds(2),
+            "{h}: a fire 2 s after resume was held"
+        );
         // Between the first and the last held fire nothing ran: every fire there is skipped with
         // the reason, and no process started.
         for r in mine
