@@ -45,8 +45,16 @@ async fn a_watch_pushes_each_change_and_outlives_the_http_idle_bound() {
     w.beat(first.index, &a.heartbeat()).await.unwrap();
     assert_eq!(metric(&admin, "op_manager_watches_open").await, 1.0);
 
-    // Past the idle bound, a save reaches the agent unasked.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Past the idle bound (an idle connection opened after the watch has been closed by it), a
+    // save reaches the agent unasked.
+    let mut idle = TcpStream::connect(m.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(FRAME_WAIT, idle.read(&mut byte))
+        .await
+        .expect("the idle bound closes an idle connection");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
     save(
         &admin,
         json!({"JobName": "pushed", "Command": "true", "CronExpr": "*/10 * * * * * *"}),
@@ -138,29 +146,8 @@ async fn raw_watch(m: &TestManager, token: &str) -> TcpStream {
     s
 }
 
-/// The error frame the manager sends before closing, then the end of the stream.
-async fn refusal(s: &mut TcpStream) -> op_proto::watch::WatchError {
-    let read = async {
-        let mut len = [0u8; 4];
-        s.read_exact(&mut len).await.unwrap();
-        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        s.read_exact(&mut body).await.unwrap();
-        let mut rest = Vec::new();
-        s.read_to_end(&mut rest).await.unwrap();
-        assert!(rest.is_empty(), "nothing follows the refusal");
-        body
-    };
-    let body = tokio::time::timeout(FRAME_WAIT, read)
-        .await
-        .expect("closed");
-    match serde_json::from_slice::<WatchDown<serde_json::Value>>(&body).unwrap() {
-        WatchDown::Error(e) => e,
-        other => panic!("expected an error frame, got {other:?}"),
-    }
-}
-
 /// The next frame's JSON, read by hand.
-async fn raw_frame(s: &mut TcpStream) -> Vec<u8> {
+async fn raw_frame<R: tokio::io::AsyncRead + Unpin>(s: &mut R) -> Vec<u8> {
     let read = async {
         let mut len = [0u8; 4];
         s.read_exact(&mut len).await.unwrap();
@@ -171,6 +158,21 @@ async fn raw_frame(s: &mut TcpStream) -> Vec<u8> {
     tokio::time::timeout(FRAME_WAIT, read)
         .await
         .expect("a frame")
+}
+
+/// The error frame the manager sends before closing, then the end of the stream.
+async fn refusal(s: &mut TcpStream) -> op_proto::watch::WatchError {
+    let body = raw_frame(s).await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(FRAME_WAIT, s.read_to_end(&mut rest))
+        .await
+        .expect("closed")
+        .unwrap();
+    assert!(rest.is_empty(), "nothing follows the refusal");
+    match serde_json::from_slice::<WatchDown<serde_json::Value>>(&body).unwrap() {
+        WatchDown::Error(e) => e,
+        other => panic!("expected an error frame, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,10 +190,20 @@ async fn a_quiet_watch_hears_alive_once_per_sync_wait() {
     let WatchDown::State(first) = first else {
         panic!("expected the state first")
     };
-    // A sync wait with nothing sent down: the next beat that needs no state hears `alive`.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    s.write_all(&beat(first.index)).await.unwrap();
-    assert_eq!(raw_frame(&mut s).await, op_proto::watch::ALIVE);
+    // Beats that need no state hear nothing until a sync wait has passed with nothing sent down;
+    // then `alive`. The agent beats every 200 ms meanwhile.
+    let (mut rd, mut wr) = s.into_split();
+    let next = beat(first.index);
+    let beating = tokio::spawn(async move {
+        loop {
+            if wr.write_all(&next).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    assert_eq!(raw_frame(&mut rd).await, op_proto::watch::ALIVE);
+    beating.abort();
     m.stop().await;
 }
 
