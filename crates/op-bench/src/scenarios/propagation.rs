@@ -42,6 +42,26 @@ struct SaveCost {
     last_ms: f64,
 }
 
+impl SaveCost {
+    /// What one save cost from `cpu0` (the manager's CPU seconds) and `answered0` (the fleet's
+    /// counters) until now, the last agent having seen it after `latest`.
+    fn since(
+        pid: i32,
+        fleet: &Fleet,
+        cpu0: f64,
+        (n0, b0): (u64, u64),
+        latest: Duration,
+    ) -> anyhow::Result<SaveCost> {
+        let (n1, b1) = answered(fleet);
+        Ok(SaveCost {
+            cpu_secs: cpu_secs(pid)? - cpu0,
+            answers: n1 - n0,
+            answer_bytes: b1 - b0,
+            last_ms: latest.as_secs_f64() * 1e3,
+        })
+    }
+}
+
 /// The fleet's answer counters now: (sync answers, their bytes).
 fn answered(fleet: &Fleet) -> (u64, u64) {
     (
@@ -151,13 +171,7 @@ pub async fn run(
         .await?;
         last_seen.push(latest.as_secs_f64() * 1e3);
         fleet.wait_parked(&manager, ramp_limit(agents)).await?;
-        let (n1, b1) = answered(&fleet);
-        unstaged.push(SaveCost {
-            cpu_secs: cpu_secs(pid)? - cpu0,
-            answers: n1 - n0,
-            answer_bytes: b1 - b0,
-            last_ms: latest.as_secs_f64() * 1e3,
-        });
+        unstaged.push(SaveCost::since(pid, &fleet, cpu0, (n0, b0), latest)?);
     }
     let cpu_saves = cpu_secs(pid)? - cpu_parked;
     // With --rollout: as many saves again, each staged (step wait 0: a stage advances as soon as
@@ -209,13 +223,7 @@ pub async fn run(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             fleet.wait_parked(&manager, ramp_limit(agents)).await?;
-            let (n1, b1) = answered(&fleet);
-            staged.push(SaveCost {
-                cpu_secs: cpu_secs(pid)? - cpu0,
-                answers: n1 - n0,
-                answer_bytes: b1 - b0,
-                last_ms: latest.as_secs_f64() * 1e3,
-            });
+            staged.push(SaveCost::since(pid, &fleet, cpu0, (n0, b0), latest)?);
         }
     }
     let cpu_total = cpu_secs(pid)? - cpu_start;
