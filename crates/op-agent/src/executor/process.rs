@@ -153,6 +153,8 @@ pub fn signal_group(pgid: i32, sig: Signal) {
 /// Tracks job leaders and reaps every other zombie child.
 pub struct Reaper {
     leaders: Mutex<HashSet<i32>>,
+    /// Whether `PR_SET_CHILD_SUBREAPER` took: only then are a run's orphans surely ours.
+    subreaper: bool,
 }
 
 /// The process-wide reaper: children belong to the process, so there is exactly one.
@@ -169,6 +171,7 @@ pub fn reaper() -> &'static Reaper {
         }
         Reaper {
             leaders: Mutex::new(HashSet::new()),
+            subreaper: rc == 0,
         }
     })
 }
@@ -187,13 +190,34 @@ impl Reaper {
     }
 
     /// Reaps the exited leader `pid` (it must have exited) and returns its status and rusage.
+    /// Under the leader lock (the wait returns at once: the leader has exited), so the agent's
+    /// children change only by exits and re-parenting while [`Reaper::only_leaders`] reads them.
     pub fn reap_leader(&self, pid: i32) -> io::Result<(ExitKind, Rusage)> {
+        let mut leaders = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
         let result = wait4(pid);
-        self.leaders
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&pid);
+        leaders.remove(&pid);
         result
+    }
+
+    /// True when every child of the agent is the leader of a run (alive, or its zombie): then no
+    /// run has a process left but its leader, and a run whose leader exited has none at all, so
+    /// [`run_members`] (a read of every process in /proc) would find nothing.
+    ///
+    /// Why that holds: the agent is a child subreaper, so every process a run started is a
+    /// descendant of the agent, through the run's leader while it lives; once the leader exited
+    /// its children were re-parented to the agent before the exit could be seen, so they are
+    /// direct children of the agent that are not leaders. Children are listed from
+    /// `/proc/self/task/*/children` under the leader lock: no leader is spawned or reaped while
+    /// they are read, and no other child is reaped (only [`Reaper::sweep`] reaps others, under
+    /// the same lock), so no entry can drop out of a list while it is read. False, so the
+    /// caller scans, whenever that cannot be known: no subreaper, no `children` files (kernels
+    /// without `CONFIG_PROC_CHILDREN`), a read error, or any child that is not a leader.
+    pub fn only_leaders(&self) -> bool {
+        if !self.subreaper {
+            return false;
+        }
+        let leaders = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
+        own_children().is_some_and(|children| children.iter().all(|c| leaders.contains(c)))
     }
 
     /// Reaps every zombie child of ours that is not a tracked leader: orphaned grandchildren
@@ -237,6 +261,33 @@ impl Reaper {
             }
         }
     }
+}
+
+/// The agent's children, from the `children` file of each of its threads (a child belongs to
+/// the thread that started it, an orphan to the thread that adopted it). None when a file cannot
+/// be read.
+fn own_children() -> Option<Vec<i32>> {
+    let mut out = Vec::new();
+    let mut text = String::new();
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = entry.ok()?.path().join("children");
+        text.clear();
+        match std::fs::File::open(&path).and_then(|mut f| {
+            use std::io::Read;
+            f.read_to_string(&mut text)
+        }) {
+            Ok(_) => {}
+            // A thread that ended after the listing: its children moved to a live thread. Only
+            // leaders can have been among them (the agent starts no other process, and an
+            // orphan is adopted by the main thread, which lives as long as the agent).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(_) => return None,
+        }
+        for pid in text.split_whitespace() {
+            out.push(pid.parse().ok()?);
+        }
+    }
+    Some(out)
 }
 
 /// Waits until process `pid` (our unreaped child) has exited, without reaping it.
@@ -410,6 +461,34 @@ mod tests {
             let (exit, _) = wait4(pid).unwrap();
             assert_eq!(exit, ExitKind::Code(0));
         }
+    }
+
+    #[test]
+    // Test children, reaped with wait4 below rather than through std's Child.
+    #[allow(clippy::disallowed_methods, clippy::zombie_processes)]
+    fn only_leaders_sees_a_child_that_is_not_a_leader() {
+        let r = reaper();
+        let leader = r
+            .spawn_tracked(|| {
+                let c = std::process::Command::new("sleep").arg("5").spawn()?;
+                Ok(((), c.id() as i32))
+            })
+            .unwrap()
+            .1;
+        assert!(own_children().unwrap().contains(&leader));
+        assert!(r.only_leaders(), "a leader alone");
+        let other = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let other = other.id() as i32;
+        assert!(!r.only_leaders(), "a child that is no leader");
+        let _ = nix::sys::signal::kill(Pid::from_raw(other), Signal::SIGKILL);
+        wait4(other).unwrap();
+        assert!(r.only_leaders(), "the other child reaped");
+        let _ = nix::sys::signal::kill(Pid::from_raw(leader), Signal::SIGKILL);
+        r.reap_leader(leader).unwrap();
+        assert!(!own_children().unwrap().contains(&leader));
     }
 
     #[test]

@@ -192,7 +192,13 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
         _ = handle.0.kill.cancelled() => Some(StopReason::Killed(handle.kill_reason())),
     };
     let run_id = record.run_id.to_string();
-    if stop.is_some() || process::run_members(pid, &run_id) != (0, Vec::new()) {
+    // Left-behind processes: none when the agent's only children are leaders (a few small
+    // reads), else found by a pass over every process. Measured: that pass after each run was
+    // the largest share of an agent's CPU in `exec --all -- true` to 20 agents on one machine.
+    if stop.is_some()
+        || (!process::reaper().only_leaders()
+            && process::run_members(pid, &run_id) != (0, Vec::new()))
+    {
         terminate_run(pid, &run_id, grace, &exit_rx).await;
     }
     exited(exit_rx.clone()).await;

@@ -434,3 +434,49 @@ async fn jobs_get_their_environment_and_run_as() {
     );
     assert!(second.ends_with("/deploy"));
 }
+
+#[tokio::test]
+async fn processes_left_behind_by_a_leader_that_exited_die_with_the_run() {
+    // The leader exits at once; what it left (in its group, and outside it with setsid) must not
+    // outlive the run. No cgroup: only the agent's own tracking finds them.
+    let agent = Agent::start();
+    let pids = agent.path("pids");
+    agent.write_job(
+        "leaver",
+        &json!({
+            "JobName": "leaver",
+            "Command": format!(
+                "sleep 1003 & echo $! >> {p}; setsid sleep 1004 & echo $! >> {p}; exit 0",
+                p = pids.display()
+            ),
+            "KillGrace": 1,
+        }),
+    );
+    agent.wait_job("leaver", None).await;
+    let id = agent.invoke_async("leaver", &json!({})).await;
+    wait_until(Duration::from_secs(10), "run recorded", || async {
+        agent.run(&id).await.status != RunStatus::Running
+    })
+    .await;
+    assert_eq!(agent.run(&id).await.status, RunStatus::Ok);
+    // The record is stored once they are stopped, so none is left by now.
+    assert_eq!(processes_with_env("OP_RUN_ID", &id), Vec::<i32>::new());
+    for pid in std::fs::read_to_string(&pids).unwrap().lines() {
+        let pid: i32 = pid.trim().parse().unwrap();
+        wait_until(
+            Duration::from_secs(5),
+            "left-behind process reaped",
+            || async { !crate::support::pid_exists(pid) },
+        )
+        .await;
+    }
+    // A run that leaves nothing behind ends as quickly as ever, and still ok.
+    agent.write_job("plain", &json!({"JobName": "plain", "Command": "true"}));
+    agent.wait_job("plain", None).await;
+    let id = agent.invoke_async("plain", &json!({})).await;
+    wait_until(Duration::from_secs(10), "plain run recorded", || async {
+        agent.run(&id).await.status != RunStatus::Running
+    })
+    .await;
+    assert_eq!(agent.run(&id).await.status, RunStatus::Ok);
+}
