@@ -69,11 +69,20 @@ pub async fn output(
     let id = parse_id(&id)?;
     let record = find(&state, id).await?;
     let path = run_log_path(&state.0.log_dir, &record.job, id);
-    let file = tokio::fs::File::open(&path).await.map_err(|_| {
-        ApiError::NotFound(format!(
-            "the output file of run {id} is gone (removed by log retention, or never written)"
-        ))
-    })?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let body = match tokio::fs::File::open(&path).await {
+        Ok(file) => Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+        // The file is created at the first output: a run that wrote nothing (yet) has none.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && crate::executor::logs::no_output_yet(&record) =>
+        {
+            Body::empty()
+        }
+        Err(_) => {
+            return Err(ApiError::NotFound(format!(
+                "the output file of run {id} is gone (removed by log retention, or never written)"
+            )));
+        }
+    };
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }

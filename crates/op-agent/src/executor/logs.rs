@@ -1,7 +1,8 @@
 //! Run output files: `LOG_DIR/JOB/RUN_ID.log`, and their per-job retention.
 //!
-//! Run ids are UUIDv7, so file names sort in start order and the oldest files are the first in
-//! name order. After every run the job's directory is trimmed to `keep_runs` files and
+//! A file is created at the run's first output ([`super::output::LogFile`]): a run that writes
+//! nothing has none. Run ids are UUIDv7, so file names sort in start order and the oldest files
+//! are the first in name order. After every run that wrote a file the job's directory is trimmed to `keep_runs` files and
 //! `keep_bytes` bytes, never touching the files of runs still in progress.
 
 use std::collections::HashSet;
@@ -13,6 +14,12 @@ use uuid::Uuid;
 /// the path cannot leave `log_dir`.
 pub fn run_log_path(log_dir: &Path, job: &str, run_id: Uuid) -> PathBuf {
     log_dir.join(job).join(format!("{run_id}.log"))
+}
+
+/// True when the run has written no output so far, so it has no log file (it is created at the
+/// first output): a missing file is then empty output, not one that retention removed.
+pub fn no_output_yet(record: &op_proto::RunRecord) -> bool {
+    record.status == op_proto::RunStatus::Running || record.output_bytes == 0
 }
 
 /// Deletes the oldest finished output files of one job until both limits hold.

@@ -464,8 +464,13 @@ impl Executor {
         let s = &self.0.settings;
         let job_dir = s.log_dir.join(&record.job);
         let (keep_runs, keep_bytes) = (s.log_keep_runs, s.log_keep_bytes);
+        // A run without output added no file (it is created at the first output), so the
+        // directory is as the last prune left it.
+        let wrote = record.output_bytes > 0;
         let _ = tokio::task::spawn_blocking(move || {
-            logs::prune(&job_dir, keep_runs, keep_bytes, &in_progress);
+            if wrote {
+                logs::prune(&job_dir, keep_runs, keep_bytes, &in_progress);
+            }
             process::reaper().sweep();
         })
         .await;

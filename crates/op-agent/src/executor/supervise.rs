@@ -67,21 +67,7 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
         _ => std::path::PathBuf::from("/"),
     };
     let log_path = logs::run_log_path(&s.log_dir, &spec.name, record.run_id);
-    let file = log_path
-        .parent()
-        .map(crate::state::private_dir)
-        .transpose()
-        .and_then(|_| open_log(&log_path));
-    let file = match file {
-        Ok(file) => Some(LogFile {
-            path: log_path.clone(),
-            file,
-        }),
-        Err(e) => {
-            tracing::warn!(path = %log_path.display(), error = %e, "cannot write the run's output file; keeping the tail only");
-            None
-        }
-    };
+    let file = Some(LogFile::at_first_output(log_path));
 
     // `secret:NAME` values become the secret's value, which the manager sent in memory with
     // the job; without it the run fails, never runs with an empty value (issue 24).
@@ -287,19 +273,6 @@ async fn terminate_run(pgid: i32, run_id: &str, grace: Duration, exit_rx: &watch
             "processes of the run survive SIGKILL (uninterruptible sleep?)"
         );
     }
-}
-
-/// The run's log file, readable too: output past the cap moves its middle out of it.
-fn open_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // A run's output is its owner's only, like the rest of the state dir.
-    std::fs::OpenOptions::new()
-        .mode(0o600)
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
 }
 
 async fn exited(mut rx: watch::Receiver<bool>) {

@@ -100,10 +100,15 @@ impl OutputSender {
         };
         // Whether the run has ended is decided before reading, so "finished and read to the end"
         // really means there is no more output.
-        let (job, finished) = match self.executor.get(run_id) {
-            Some(h) if h.finished().is_none() => (h.job().to_string(), false),
+        // A run that wrote nothing (yet) has no log file (it is created at the first output).
+        let (job, finished, silent) = match self.executor.get(run_id) {
+            Some(h) if h.finished().is_none() => (h.job().to_string(), false, true),
             _ => match self.state.get_run(run_id).await {
-                Ok(Some(r)) => (r.job.clone(), r.status != RunStatus::Running),
+                Ok(Some(r)) => (
+                    r.job.clone(),
+                    r.status != RunStatus::Running,
+                    crate::executor::logs::no_output_yet(&r),
+                ),
                 Ok(None) => {
                     chunk.error = Some("this agent has no such run".into());
                     return chunk;
@@ -132,6 +137,7 @@ impl OutputSender {
                 chunk.size = size;
                 chunk.data = base64::engine::general_purpose::STANDARD.encode(bytes);
             }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound && silent => {}
             Ok(Err(e)) => chunk.error = Some(format!("the output file is gone: {e}")),
             Err(e) => chunk.error = Some(format!("reading the output file: {e}")),
         }

@@ -480,3 +480,34 @@ async fn processes_left_behind_by_a_leader_that_exited_die_with_the_run() {
     .await;
     assert_eq!(agent.run(&id).await.status, RunStatus::Ok);
 }
+
+#[tokio::test]
+async fn a_run_without_output_has_no_file_and_reads_as_empty() {
+    let agent = Agent::start();
+    agent.write_job("quiet", &json!({"JobName": "quiet", "Command": "true"}));
+    agent.write_job("talky", &json!({"JobName": "talky", "Command": "echo hi"}));
+    agent.wait_job("quiet", None).await;
+    agent.wait_job("talky", None).await;
+    let quiet = agent.invoke_sync("quiet", &json!({})).await;
+    assert_eq!((quiet.status, quiet.output_bytes), (RunStatus::Ok, 0));
+    // No file was created for it: its output reads as empty, not as gone.
+    let file = agent
+        .path("state")
+        .join(format!("logs/quiet/{}.log", quiet.run_id));
+    assert!(!file.exists(), "{}", file.display());
+    let resp = agent
+        .get(&format!("/v1/runs/{}/output", quiet.run_id))
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "");
+    // A run that wrote something has its file, and retention still applies to it.
+    let talky = agent.invoke_sync("talky", &json!({})).await;
+    let file = agent
+        .path("state")
+        .join(format!("logs/talky/{}.log", talky.run_id));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "hi\n");
+    let resp = agent
+        .get(&format!("/v1/runs/{}/output", talky.run_id))
+        .await;
+    assert_eq!(resp.text().await.unwrap(), "hi\n");
+}
