@@ -454,8 +454,8 @@ impl Executor {
         );
         handle.0.done.send_replace(Some(record.clone()));
         let _ = self.0.finished.send(record.clone());
-        // Gauges and retention, outside the hot path of the waiters.
-        self.refresh_outbox_gauges().await;
+        // Retention, outside the hot path of the waiters (the gauges were refreshed with the
+        // store above).
         let in_progress: HashSet<Uuid> = self
             .running_for(&record.job)
             .iter()

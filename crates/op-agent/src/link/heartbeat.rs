@@ -55,11 +55,27 @@ pub fn reported_offset() -> chrono::Duration {
     })
 }
 
+/// How long a reading of the load serves the beats that follow: a fan-out sends a few beats
+/// within milliseconds, and the kernel's load averages move every 5 s anyway.
+const LOAD_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Load averages, CPUs and memory; `None` where /proc cannot be read (not Linux, a sandbox).
+/// Read at most once per [`LOAD_FRESH`]: /proc/meminfo and the cgroup files behind the CPU count
+/// cost more than the rest of a beat.
 pub fn read_load() -> Option<LoadInfo> {
+    static LAST: std::sync::Mutex<Option<(std::time::Instant, LoadInfo)>> =
+        std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((at, load)) = last.as_ref()
+        && at.elapsed() < LOAD_FRESH
+    {
+        return Some(load.clone());
+    }
     let loadavg = std::fs::read_to_string("/proc/loadavg").ok()?;
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    Some(parse_load(&loadavg, &meminfo, num_cpus()))
+    let load = parse_load(&loadavg, &meminfo, num_cpus());
+    *last = Some((std::time::Instant::now(), load.clone()));
+    Some(load)
 }
 
 fn num_cpus() -> u32 {
