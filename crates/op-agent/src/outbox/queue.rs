@@ -71,18 +71,31 @@ fn peek(conn: &mut Connection, max: usize) -> rusqlite::Result<Vec<RunRecord>> {
     rows.map(|r| r.and_then(from_json)).collect()
 }
 
+/// The acknowledgement is committed without its own fsync (`synchronous=NORMAL` for this one
+/// transaction; every other commit keeps `FULL`): an acknowledgement lost to a power cut only
+/// sends its runs again, which the manager deduplicates by run id. In WAL mode the log is
+/// appended in order, so the next `FULL` commit makes it durable with everything before it;
+/// nothing written with `FULL` can be lost through it. A process kill loses nothing either way
+/// (the write is in the OS's cache). Measured: one fsync fewer of three per run.
 fn ack(conn: &mut Connection, run_ids: Vec<Uuid>) -> rusqlite::Result<u64> {
-    let tx = conn.transaction()?;
-    let mut n = 0;
-    {
-        let mut stmt =
-            tx.prepare("UPDATE runs SET delivery = 2 WHERE run_id = ?1 AND delivery = 1")?;
-        for id in run_ids {
-            n += stmt.execute(params![id.to_string()])? as u64;
+    conn.execute_batch("PRAGMA synchronous=NORMAL")?;
+    let acked = (|| {
+        let tx = conn.transaction()?;
+        let mut n = 0;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE runs SET delivery = 2 WHERE run_id = ?1 AND delivery = 1",
+            )?;
+            for id in run_ids {
+                n += stmt.execute(params![id.to_string()])? as u64;
+            }
         }
-    }
-    tx.commit()?;
-    Ok(n)
+        tx.commit()?;
+        Ok(n)
+    })();
+    // Back to FULL whatever happened (setting the pragma touches no file).
+    conn.execute_batch("PRAGMA synchronous=FULL")?;
+    acked
 }
 
 fn totals(conn: &Connection) -> rusqlite::Result<OutboxTotals> {
@@ -140,6 +153,12 @@ mod tests {
         let batch = outbox.peek_batch(10).await.unwrap();
         assert_eq!(batch.last().unwrap().run_id, ids[4]);
         assert_eq!(outbox.ack(&[ids[4], ids[4]]).await.unwrap(), 1);
+        // Only the acknowledgement went without its own fsync: later commits are FULL again.
+        let sync: i64 = s
+            .call(|c, _| c.query_row("PRAGMA synchronous", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
         assert_eq!(outbox.totals().await.unwrap().depth, t.depth - 1);
         // The drop count is stored: a restarted agent reports the same totals.
         drop(s);
