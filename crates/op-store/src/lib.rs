@@ -87,12 +87,6 @@ fn open_conn(path: &Path) -> Result<Connection> {
     // rebuilt from it, so NORMAL is enough here and keeps apply fast.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    // Statement journals (and temporary tables) in memory: a statement touching more than a few
-    // pages otherwise spills its journal to a temporary file, written and dropped per apply.
-    // Measured: such writes were two fifths of the manager's file writes during
-    // `exec --all -- true` to 20 agents. They guard a statement's own rollback only; the
-    // database and its WAL are written as before.
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
 }
 
