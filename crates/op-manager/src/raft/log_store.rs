@@ -9,7 +9,10 @@
 //! The newest entries are also kept decoded in memory ([`Recent`]): openraft reads every entry
 //! back right after appending it, once to apply it and once per follower to replicate it, and
 //! decoding a run batch from JSON costs more than the rest of its write. Those reads are served
-//! from memory when they fall in the cached tail; anything older is read from SQLite.
+//! from memory when they fall in the cached tail; anything older is read from SQLite. The tail
+//! keeps each entry's stored JSON too, which is exactly what a follower is sent: the network
+//! splices it into the append request ([`Encoded`]) instead of encoding the entry once more per
+//! follower.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -37,15 +40,26 @@ pub struct LogStore {
 /// whatever its size. A run batch of 4,000 records is about 2.5 MB.
 const RECENT_BYTES: usize = 8 << 20;
 
-/// The newest entries of the log, decoded, with the size of each one's stored form.
+/// The newest entries of the log, decoded, with each one's stored JSON.
 ///
 /// Invariant: when not empty, the entries have consecutive indexes and the last one is the last
 /// entry of the log. Every append adds to it (or starts it again when the append does not follow
 /// on), a truncation cuts it, a purge drops its front; anything that fails empties it.
-#[derive(Default)]
 struct Recent {
-    entries: VecDeque<(Entry, usize)>,
+    entries: VecDeque<(Entry, Arc<str>)>,
     bytes: usize,
+    /// [`RECENT_BYTES`], smaller in tests.
+    limit: usize,
+}
+
+impl Default for Recent {
+    fn default() -> Recent {
+        Recent {
+            entries: VecDeque::new(),
+            bytes: 0,
+            limit: RECENT_BYTES,
+        }
+    }
 }
 
 impl Recent {
@@ -59,7 +73,7 @@ impl Recent {
     }
 
     /// Adds entries just written durably, in order.
-    fn appended(&mut self, entries: Vec<(Entry, usize)>) {
+    fn appended(&mut self, entries: Vec<(Entry, Arc<str>)>) {
         let Some(first) = entries.first().map(|(e, _)| e.log_id.index) else {
             return;
         };
@@ -70,13 +84,13 @@ impl Recent {
         if !follows {
             self.clear();
         }
-        for (entry, size) in entries {
-            self.bytes += size;
-            self.entries.push_back((entry, size));
+        for (entry, text) in entries {
+            self.bytes += text.len();
+            self.entries.push_back((entry, text));
         }
-        while self.bytes > RECENT_BYTES && self.entries.len() > 1 {
-            if let Some((_, size)) = self.entries.pop_front() {
-                self.bytes -= size;
+        while self.bytes > self.limit && self.entries.len() > 1 {
+            if let Some((_, text)) = self.entries.pop_front() {
+                self.bytes -= text.len();
             }
         }
     }
@@ -88,8 +102,8 @@ impl Recent {
             .back()
             .is_some_and(|(e, _)| e.log_id.index >= index)
         {
-            if let Some((_, size)) = self.entries.pop_back() {
-                self.bytes -= size;
+            if let Some((_, text)) = self.entries.pop_back() {
+                self.bytes -= text.len();
             }
         }
     }
@@ -101,10 +115,18 @@ impl Recent {
             .front()
             .is_some_and(|(e, _)| e.log_id.index <= index)
         {
-            if let Some((_, size)) = self.entries.pop_front() {
-                self.bytes -= size;
+            if let Some((_, text)) = self.entries.pop_front() {
+                self.bytes -= text.len();
             }
         }
+    }
+
+    /// The stored JSON of the entry with `log_id`, when the tail holds it.
+    fn text(&self, log_id: &LogId) -> Option<Arc<str>> {
+        let first = self.first_index()?;
+        let at = usize::try_from(log_id.index.checked_sub(first)?).ok()?;
+        let (entry, text) = self.entries.get(at)?;
+        (entry.log_id == *log_id).then(|| text.clone())
     }
 
     /// The entries of `[start, end)`, when the cached tail holds all of that range the log has.
@@ -156,6 +178,11 @@ impl LogStore {
             committed: Arc::new(AtomicU64::new(committed.map_or(0, |l| l.index + 1))),
             recent: Arc::default(),
         })
+    }
+
+    /// The stored JSON of the newest entries, for the network to send as it is.
+    pub fn encoded(&self) -> Encoded {
+        Encoded(self.recent.clone())
     }
 
     /// The committed index + 1 as last saved (0 = nothing committed yet).
@@ -213,6 +240,38 @@ impl LogStore {
         )
         .map_err(|e| e.to_string())?;
         Ok(())
+    }
+}
+
+/// The stored JSON of the log's newest entries (see the module's documentation).
+#[derive(Clone, Default)]
+pub struct Encoded(Arc<Mutex<Recent>>);
+
+impl Encoded {
+    /// The JSON `entry` was stored as, when it is among the newest entries.
+    pub fn text(&self, entry: &Entry) -> Option<Arc<str>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .text(&entry.log_id)
+    }
+}
+
+#[cfg(test)]
+impl Encoded {
+    /// A tail holding `entries` as `append` would store them.
+    pub(crate) fn holding(entries: Vec<Entry>) -> Encoded {
+        let mut recent = Recent::default();
+        recent.appended(
+            entries
+                .into_iter()
+                .map(|e| {
+                    let text = serde_json::to_string(&e).expect("an entry encodes");
+                    (e, Arc::from(text))
+                })
+                .collect(),
+        );
+        Encoded(Arc::new(Mutex::new(recent)))
     }
 }
 
@@ -349,7 +408,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                             text
                         ])
                         .map_err(|e| e.to_string())?;
-                        written.push((entry, text.len()));
+                        written.push((entry, Arc::<str>::from(text)));
                     }
                 }
                 tx.commit().map_err(|e| e.to_string())?;
@@ -417,6 +476,10 @@ mod tests {
         }
     }
 
+    fn text(len: usize) -> Arc<str> {
+        Arc::from("x".repeat(len))
+    }
+
     /// What the cache answers for `[start, end)` is what the log holds there, or nothing.
     fn check(recent: &Recent, log: &BTreeMap<u64, Entry>, start: u64, end: u64) {
         if let Some(got) = recent.get(start, end) {
@@ -436,7 +499,10 @@ mod tests {
             seed ^= seed << 17;
             seed % n
         };
-        let mut recent = Recent::default();
+        let mut recent = Recent {
+            limit: 800,
+            ..Recent::default()
+        };
         let mut log: BTreeMap<u64, Entry> = BTreeMap::new();
         let mut term = 1;
         let mut hits = 0;
@@ -452,8 +518,8 @@ mod tests {
                     if first > last.map_or(0, |l| l + 1) {
                         log.clear();
                     }
-                    let batch: Vec<(Entry, usize)> = (first..first + 1 + next(4))
-                        .map(|i| (entry(term, i), 1 + next(3 << 20) as usize))
+                    let batch: Vec<(Entry, Arc<str>)> = (first..first + 1 + next(4))
+                        .map(|i| (entry(term, i), text(1 + next(300) as usize)))
                         .collect();
                     for (e, _) in &batch {
                         log.insert(e.log_id.index, e.clone());
@@ -485,11 +551,17 @@ mod tests {
             if recent.get(start, end).is_some() {
                 hits += 1;
             }
-            assert!(recent.bytes <= RECENT_BYTES || recent.entries.len() == 1);
+            assert!(recent.bytes <= recent.limit || recent.entries.len() == 1);
             assert_eq!(
                 recent.bytes,
-                recent.entries.iter().map(|(_, s)| s).sum::<usize>()
+                recent.entries.iter().map(|(_, t)| t.len()).sum::<usize>()
             );
+            if let Some(e) = log.get(&start) {
+                if let Some(t) = recent.text(&e.log_id) {
+                    let cached = recent.entries.iter().find(|(c, _)| c.log_id == e.log_id);
+                    assert_eq!(Some(&t), cached.map(|(_, t)| t));
+                }
+            }
         }
         // The test means something only if the cache answered often.
         assert!(hits > 500, "the cache answered only {hits} reads");
@@ -498,10 +570,23 @@ mod tests {
     #[test]
     fn an_append_after_a_gap_starts_the_tail_again() {
         let mut recent = Recent::default();
-        recent.appended(vec![(entry(1, 1), 10), (entry(1, 2), 10)]);
+        recent.appended(vec![(entry(1, 1), text(10)), (entry(1, 2), text(10))]);
         assert_eq!(recent.get(1, 3).map(|v| v.len()), Some(2));
-        recent.appended(vec![(entry(1, 7), 10)]);
-        assert_eq!(recent.get(1, 3), None, "entries before the gap are not cached");
+        recent.appended(vec![(entry(1, 7), text(10))]);
+        assert_eq!(
+            recent.text(&entry(1, 7).log_id).as_deref(),
+            Some("xxxxxxxxxx")
+        );
+        assert_eq!(
+            recent.text(&entry(2, 7).log_id),
+            None,
+            "another term's entry 7"
+        );
+        assert_eq!(
+            recent.get(1, 3),
+            None,
+            "entries before the gap are not cached"
+        );
         assert_eq!(recent.get(7, 100), Some(vec![entry(1, 7)]));
         recent.truncated(7);
         assert_eq!(recent.get(7, 100), None, "an empty tail answers nothing");
