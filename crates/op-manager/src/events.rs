@@ -8,6 +8,7 @@
 //! The selection is what the state says now: the live nodes a cron job's selector matches, a
 //! once-job revision's targets, an invocation's targets.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,8 +67,21 @@ impl EventTimer {
             .map(|(k, first, reported)| (k.clone(), first, reported))
             .collect();
         let mut fires = Vec::new();
+        // A cron job's selection is the same for all its open fires (a fire a second of a
+        // busy job): looked up once per look, not once per fire.
+        let mut by_job: HashMap<String, Vec<String>> = HashMap::new();
         for (fire, first, reported) in open {
-            let selected = self.selection(&fire).await?;
+            let selected = match &fire {
+                FireKey::Cron { job, .. } => match by_job.get(job) {
+                    Some(selected) => selected.clone(),
+                    None => {
+                        let selected = self.selection(&fire).await?;
+                        by_job.insert(job.clone(), selected.clone());
+                        selected
+                    }
+                },
+                _ => self.selection(&fire).await?,
+            };
             let complete = match &fire {
                 FireKey::Run { .. } => reported >= 1,
                 _ => !selected.is_empty() && reported >= selected.len(),

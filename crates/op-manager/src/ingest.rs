@@ -98,7 +98,10 @@ pub async fn run(
             })
             .await;
         match result {
-            Ok(CommandResult::RunBatchesIngested { acks }) if acks.len() == replies.len() => {
+            Ok(CommandResult::RunBatchesIngested { acks, trimmed })
+                if acks.len() == replies.len() =>
+            {
+                metrics.pruned(trimmed);
                 for ((durations, reply), ack) in replies.into_iter().zip(acks) {
                     metrics.runs_stored.inc_by(ack.accepted as u64);
                     // The ack counts duplicates but does not name them; a batch delivered again

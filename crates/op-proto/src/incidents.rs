@@ -514,7 +514,9 @@ impl IncidentState {
                 fire: fire.clone(),
             });
         }
-        let open = match self.fires.iter_mut().find(|f| f.key == fire) {
+        // The newest fires first: a result almost always belongs to the fire opened last (keys
+        // are unique, so the order of the search changes only its cost).
+        let open = match self.fires.iter_mut().rev().find(|f| f.key == fire) {
             Some(f) => f,
             None => {
                 self.fires.push(OpenFire {

@@ -836,6 +836,9 @@ pub enum CommandResult {
     /// One acknowledgement per batch of an `IngestRunBatches`, in order.
     RunBatchesIngested {
         acks: Vec<RunBatchAck>,
+        /// Older runs deleted to keep each (job, node) pair at the retention count.
+        #[serde(default)]
+        trimmed: u64,
     },
     Pruned {
         report: PruneReport,

@@ -55,6 +55,9 @@ pub const META_MEMBERSHIP: &str = "membership";
 pub const META_CLUSTER_ID: &str = "cluster_id";
 /// Meta key of the log index of the last change that concerns every node's desired state.
 pub const META_DESIRED_INDEX: &str = "desired_index";
+/// Meta key of the runs kept per (job, node), as the last `Prune` enforced it on every pair:
+/// from then on each ingested batch trims its own pairs (see `apply::runs`).
+pub const META_RUNS_PER_JOB_NODE: &str = "runs_per_job_node";
 
 /// Most idle reader connections kept open.
 const READER_POOL: usize = 8;

@@ -5,7 +5,16 @@
 //! calls `log_io_completed` only after the commit returned, which is what lets openraft count this
 //! node in a quorum. All SQLite work runs on blocking threads, one at a time (one connection
 //! behind a mutex), which also serializes vote and log writes as openraft requires.
+//!
+//! The newest entries are also kept decoded in memory ([`Recent`]): openraft reads every entry
+//! back right after appending it, once to apply it and once per follower to replicate it, and
+//! decoding a run batch from JSON costs more than the rest of its write. Those reads are served
+//! from memory when they fall in the cached tail; anything older is read from SQLite. The tail
+//! keeps each entry's stored JSON too, which is exactly what a follower is sent: the network
+//! splices it into the append request ([`Encoded`]) instead of encoding the entry once more per
+//! follower.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
@@ -23,6 +32,118 @@ pub struct LogStore {
     db: Arc<Mutex<Connection>>,
     /// The last saved committed index + 1 (0 = none), for `/v1/cluster` and metrics.
     committed: Arc<AtomicU64>,
+    /// The tail of the log, decoded.
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// Most bytes (of the entries' stored JSON) the decoded tail holds; the newest entry is kept
+/// whatever its size. A run batch of 4,000 records is about 2.5 MB.
+const RECENT_BYTES: usize = 8 << 20;
+
+/// The newest entries of the log, decoded, with each one's stored JSON.
+///
+/// Invariant: when not empty, the entries have consecutive indexes and the last one is the last
+/// entry of the log. Every append adds to it (or starts it again when the append does not follow
+/// on), a truncation cuts it, a purge drops its front; anything that fails empties it.
+struct Recent {
+    entries: VecDeque<(Entry, Arc<str>)>,
+    bytes: usize,
+    /// [`RECENT_BYTES`], smaller in tests.
+    limit: usize,
+}
+
+impl Default for Recent {
+    fn default() -> Recent {
+        Recent {
+            entries: VecDeque::new(),
+            bytes: 0,
+            limit: RECENT_BYTES,
+        }
+    }
+}
+
+impl Recent {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Adds entries just written durably, in order.
+    fn appended(&mut self, entries: Vec<(Entry, Arc<str>)>) {
+        let Some(first) = entries.first().map(|(e, _)| e.log_id.index) else {
+            return;
+        };
+        let follows = self
+            .entries
+            .back()
+            .is_some_and(|(e, _)| e.log_id.index + 1 == first);
+        if !follows {
+            self.clear();
+        }
+        for (entry, text) in entries {
+            self.bytes += text.len();
+            self.entries.push_back((entry, text));
+        }
+        while self.bytes > self.limit && self.entries.len() > 1 {
+            if let Some((_, text)) = self.entries.pop_front() {
+                self.bytes -= text.len();
+            }
+        }
+    }
+
+    /// Drops the entries from `index` on (the log was truncated there).
+    fn truncated(&mut self, index: u64) {
+        while self
+            .entries
+            .back()
+            .is_some_and(|(e, _)| e.log_id.index >= index)
+        {
+            if let Some((_, text)) = self.entries.pop_back() {
+                self.bytes -= text.len();
+            }
+        }
+    }
+
+    /// Drops the entries up to and including `index` (the log was purged there).
+    fn purged(&mut self, index: u64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|(e, _)| e.log_id.index <= index)
+        {
+            if let Some((_, text)) = self.entries.pop_front() {
+                self.bytes -= text.len();
+            }
+        }
+    }
+
+    /// The stored JSON of the entry with `log_id`, when the tail holds it.
+    fn text(&self, log_id: &LogId) -> Option<Arc<str>> {
+        let first = self.first_index()?;
+        let at = usize::try_from(log_id.index.checked_sub(first)?).ok()?;
+        let (entry, text) = self.entries.get(at)?;
+        (entry.log_id == *log_id).then(|| text.clone())
+    }
+
+    /// The entries of `[start, end)`, when the cached tail holds all of that range the log has.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        if start < first {
+            return None;
+        }
+        let from = (start - first) as usize;
+        let to = (end.saturating_sub(first).min(self.entries.len() as u64)) as usize;
+        Some(
+            self.entries
+                .range(from.min(to)..to)
+                .map(|(e, _)| e.clone())
+                .collect(),
+        )
+    }
 }
 
 impl std::fmt::Debug for LogStore {
@@ -55,7 +176,13 @@ impl LogStore {
         Ok(LogStore {
             db: Arc::new(Mutex::new(conn)),
             committed: Arc::new(AtomicU64::new(committed.map_or(0, |l| l.index + 1))),
+            recent: Arc::default(),
         })
+    }
+
+    /// The stored JSON of the newest entries, for the network to send as it is.
+    pub fn encoded(&self) -> Encoded {
+        Encoded(self.recent.clone())
     }
 
     /// The committed index + 1 as last saved (0 = nothing committed yet).
@@ -87,6 +214,11 @@ impl LogStore {
         .map_err(|e| sto_err(subject, verb, e))
     }
 
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        // The cache holds no invariant a panic elsewhere could break half-way: take it anyway.
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn get_kv<T: serde::de::DeserializeOwned>(
         conn: &Connection,
         key: &str,
@@ -111,6 +243,38 @@ impl LogStore {
     }
 }
 
+/// The stored JSON of the log's newest entries (see the module's documentation).
+#[derive(Clone, Default)]
+pub struct Encoded(Arc<Mutex<Recent>>);
+
+impl Encoded {
+    /// The JSON `entry` was stored as, when it is among the newest entries.
+    pub fn text(&self, entry: &Entry) -> Option<Arc<str>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .text(&entry.log_id)
+    }
+}
+
+#[cfg(test)]
+impl Encoded {
+    /// A tail holding `entries` as `append` would store them.
+    pub(crate) fn holding(entries: Vec<Entry>) -> Encoded {
+        let mut recent = Recent::default();
+        recent.appended(
+            entries
+                .into_iter()
+                .map(|e| {
+                    let text = serde_json::to_string(&e).expect("an entry encodes");
+                    (e, Arc::from(text))
+                })
+                .collect(),
+        );
+        Encoded(Arc::new(Mutex::new(recent)))
+    }
+}
+
 fn bounds<RB: RangeBounds<u64>>(range: &RB) -> (i64, i64) {
     let start = match range.start_bound() {
         Bound::Included(s) => *s as i64,
@@ -131,6 +295,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = bounds(&range);
+        if let Some(entries) = self.recent().get(start as u64, end as u64) {
+            return Ok(entries);
+        }
         self.with_db(ErrorSubject::Logs, ErrorVerb::Read, move |conn| {
             let mut stmt = conn
                 .prepare_cached("SELECT entry FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")
@@ -226,43 +393,63 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let result = self
             .with_db(ErrorSubject::Logs, ErrorVerb::Write, move |conn| {
                 let tx = conn.transaction().map_err(|e| e.to_string())?;
+                let mut written = Vec::with_capacity(entries.len());
                 {
                     let mut stmt = tx
                         .prepare_cached(
                             "INSERT OR REPLACE INTO log(idx, term, entry) VALUES (?1, ?2, ?3)",
                         )
                         .map_err(|e| e.to_string())?;
-                    for entry in &entries {
-                        let text = serde_json::to_string(entry).map_err(|e| e.to_string())?;
+                    for entry in entries {
+                        let text = serde_json::to_string(&entry).map_err(|e| e.to_string())?;
                         stmt.execute(rusqlite::params![
                             entry.log_id.index as i64,
                             entry.log_id.leader_id.term as i64,
                             text
                         ])
                         .map_err(|e| e.to_string())?;
+                        written.push((entry, Arc::<str>::from(text)));
                     }
                 }
-                tx.commit().map_err(|e| e.to_string())
+                tx.commit().map_err(|e| e.to_string())?;
+                Ok(written)
             })
             .await;
         // Only a committed (fsynced) append may be reported as flushed.
-        match &result {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        match result {
+            Ok(written) => {
+                self.recent().appended(written);
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                // What the log holds now is not known here: read it from SQLite from now on.
+                self.recent().clear();
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent().truncated(log_id.index);
+        let result = self
+            .with_db(ErrorSubject::Logs, ErrorVerb::Delete, move |conn| {
+                conn.execute("DELETE FROM log WHERE idx >= ?1", [log_id.index as i64])
+                    .map_err(|e| e.to_string())?;
+                Ok(())
+            })
+            .await;
+        if result.is_err() {
+            self.recent().clear();
         }
         result
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.with_db(ErrorSubject::Logs, ErrorVerb::Delete, move |conn| {
-            conn.execute("DELETE FROM log WHERE idx >= ?1", [log_id.index as i64])
-                .map_err(|e| e.to_string())?;
-            Ok(())
-        })
-        .await
-    }
-
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Entries up to the purged one are never read again; the rest of the tail stays valid
+        // whether or not the delete below succeeds.
+        self.recent().purged(log_id.index);
         self.with_db(ErrorSubject::Logs, ErrorVerb::Delete, move |conn| {
             let tx = conn.transaction().map_err(|e| e.to_string())?;
             LogStore::put_kv(&tx, "last_purged", &log_id)?;
@@ -271,5 +458,137 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             tx.commit().map_err(|e| e.to_string())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn text(len: usize) -> Arc<str> {
+        Arc::from("x".repeat(len))
+    }
+
+    /// What the cache answers for `[start, end)` is what the log holds there, or nothing.
+    fn check(recent: &Recent, log: &BTreeMap<u64, Entry>, start: u64, end: u64) {
+        if let Some(got) = recent.get(start, end) {
+            let want: Vec<Entry> = log.range(start..end).map(|(_, e)| e.clone()).collect();
+            assert_eq!(got, want, "range {start}..{end}");
+        }
+    }
+
+    #[test]
+    fn the_cached_tail_always_answers_what_the_log_holds() {
+        // A small deterministic generator: appends that follow on, appends after a gap (a
+        // snapshot was installed), truncations and purges, against a model of the log.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut recent = Recent {
+            limit: 800,
+            ..Recent::default()
+        };
+        let mut log: BTreeMap<u64, Entry> = BTreeMap::new();
+        let mut term = 1;
+        let mut hits = 0;
+        for _ in 0..5_000 {
+            let last = log.keys().next_back().copied();
+            match next(10) {
+                0..=5 => {
+                    let first = match (last, next(8)) {
+                        (Some(_), 0) => last.unwrap() + 2 + next(5),
+                        (Some(l), _) => l + 1,
+                        (None, _) => next(20),
+                    };
+                    if first > last.map_or(0, |l| l + 1) {
+                        log.clear();
+                    }
+                    let batch: Vec<(Entry, Arc<str>)> = (first..first + 1 + next(4))
+                        .map(|i| (entry(term, i), text(1 + next(300) as usize)))
+                        .collect();
+                    for (e, _) in &batch {
+                        log.insert(e.log_id.index, e.clone());
+                    }
+                    recent.appended(batch);
+                }
+                6 => {
+                    if let Some(l) = last {
+                        let at = l.saturating_sub(next(4));
+                        log.retain(|&i, _| i < at);
+                        recent.truncated(at);
+                        term += 1;
+                    }
+                }
+                7 => {
+                    if let Some(l) = last {
+                        let upto = l.saturating_sub(next(6));
+                        log.retain(|&i, _| i > upto);
+                        recent.purged(upto);
+                    }
+                }
+                _ => {}
+            }
+            let top = log.keys().next_back().map_or(0, |l| l + 3);
+            let start = next(top + 1);
+            let end = start + next(8);
+            check(&recent, &log, start, end);
+            check(&recent, &log, start, u64::MAX);
+            if recent.get(start, end).is_some() {
+                hits += 1;
+            }
+            assert!(recent.bytes <= recent.limit || recent.entries.len() == 1);
+            assert_eq!(
+                recent.bytes,
+                recent.entries.iter().map(|(_, t)| t.len()).sum::<usize>()
+            );
+            if let Some(e) = log.get(&start) {
+                if let Some(t) = recent.text(&e.log_id) {
+                    let cached = recent.entries.iter().find(|(c, _)| c.log_id == e.log_id);
+                    assert_eq!(Some(&t), cached.map(|(_, t)| t));
+                }
+            }
+        }
+        // The test means something only if the cache answered often.
+        assert!(hits > 500, "the cache answered only {hits} reads");
+    }
+
+    #[test]
+    fn an_append_after_a_gap_starts_the_tail_again() {
+        let mut recent = Recent::default();
+        recent.appended(vec![(entry(1, 1), text(10)), (entry(1, 2), text(10))]);
+        assert_eq!(recent.get(1, 3).map(|v| v.len()), Some(2));
+        recent.appended(vec![(entry(1, 7), text(10))]);
+        assert_eq!(
+            recent.text(&entry(1, 7).log_id).as_deref(),
+            Some("xxxxxxxxxx")
+        );
+        assert_eq!(
+            recent.text(&entry(2, 7).log_id),
+            None,
+            "another term's entry 7"
+        );
+        assert_eq!(
+            recent.get(1, 3),
+            None,
+            "entries before the gap are not cached"
+        );
+        assert_eq!(recent.get(7, 100), Some(vec![entry(1, 7)]));
+        recent.truncated(7);
+        assert_eq!(recent.get(7, 100), None, "an empty tail answers nothing");
     }
 }

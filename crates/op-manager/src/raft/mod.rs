@@ -179,6 +179,7 @@ pub async fn open(
         source: e,
     })?;
     let committed = log_store.committed_handle();
+    let encoded = log_store.encoded();
     let sm =
         state_machine::StateMachine::new(store, hub, data_dir.join("snapshots")).map_err(|e| {
             ManagerError::Io {
@@ -195,7 +196,7 @@ pub async fn open(
     let raft = Raft::new(
         identity.node_id,
         Arc::new(config),
-        network::Network::new(peers.clone()),
+        network::Network::new(peers.clone(), encoded),
         log_store,
         sm,
     )

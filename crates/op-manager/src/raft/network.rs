@@ -26,6 +26,7 @@ use reqwest::{Method, RequestBuilder, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::log_store::Encoded;
 use super::messages::{CLUSTER_HEADER, NODE_HEADER, code};
 use super::types::{Member, NodeId, TypeConfig};
 
@@ -237,11 +238,13 @@ impl Peers {
 #[derive(Clone)]
 pub struct Network {
     peers: Peers,
+    /// The JSON the log stored its newest entries as.
+    encoded: Encoded,
 }
 
 impl Network {
-    pub fn new(peers: Peers) -> Network {
-        Network { peers }
+    pub fn new(peers: Peers, encoded: Encoded) -> Network {
+        Network { peers, encoded }
     }
 }
 
@@ -253,6 +256,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             base: node.raft_addr.trim_end_matches('/').to_string(),
             peers: self.peers.clone(),
+            encoded: self.encoded.clone(),
             append: None,
         }
     }
@@ -300,6 +304,7 @@ pub struct PeerClient {
     target: NodeId,
     base: String,
     peers: Peers,
+    encoded: Encoded,
     /// openraft gives an append one heartbeat period, then drops it and sends it again. A batch
     /// of run records, or a new member catching up, can take longer to send, write durably and
     /// acknowledge than that, and would then be sent again forever. So each append runs in a
@@ -349,11 +354,59 @@ where
     Resp: DeserializeOwned,
     E: std::error::Error + DeserializeOwned,
 {
+    let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+    call_with(peers, target, base, endpoint, body, timeout).await
+}
+
+/// The body of an append request: the JSON openraft's `AppendEntriesRequest` serializes to, with
+/// each entry the log still holds encoded copied as the log stored it (the same encoder wrote
+/// it) rather than encoded again for every follower.
+fn append_body(
+    rpc: &AppendEntriesRequest<TypeConfig>,
+    encoded: &Encoded,
+) -> serde_json::Result<Vec<u8>> {
+    let stored: Vec<Option<Arc<str>>> = rpc.entries.iter().map(|e| encoded.text(e)).collect();
+    let size = stored.iter().flatten().map(|t| t.len() + 1).sum::<usize>() + 256;
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(b"{\"vote\":");
+    serde_json::to_writer(&mut out, &rpc.vote)?;
+    out.extend_from_slice(b",\"prev_log_id\":");
+    serde_json::to_writer(&mut out, &rpc.prev_log_id)?;
+    out.extend_from_slice(b",\"entries\":[");
+    for (i, (entry, text)) in rpc.entries.iter().zip(&stored).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match text {
+            Some(text) => out.extend_from_slice(text.as_bytes()),
+            None => serde_json::to_writer(&mut out, entry)?,
+        }
+    }
+    out.extend_from_slice(b"],\"leader_commit\":");
+    serde_json::to_writer(&mut out, &rpc.leader_commit)?;
+    out.push(b'}');
+    Ok(out)
+}
+
+/// Sends `body` (JSON) to the peer's `/raft/{endpoint}` and reads its answer.
+async fn call_with<Resp, E>(
+    peers: &Peers,
+    target: NodeId,
+    base: &str,
+    endpoint: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+where
+    Resp: DeserializeOwned,
+    E: std::error::Error + DeserializeOwned,
+{
     {
         let (url, builder) = peers.request(Method::POST, base, &format!("/raft/{endpoint}"));
         let resp = builder
             .timeout(timeout)
-            .json(req)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
             .send()
             .await
             .map_err(|e| {
@@ -401,10 +454,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             }
         }
         let (peers, target, base) = (self.peers.clone(), self.target, self.base.clone());
-        let task =
-            tokio::spawn(
-                async move { call(&peers, target, &base, "append", &rpc, APPEND_LIMIT).await },
-            );
+        let encoded = self.encoded.clone();
+        let task = tokio::spawn(async move {
+            let body = append_body(&rpc, &encoded)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            call_with(&peers, target, &base, "append", body, APPEND_LIMIT).await
+        });
         let flight = self.append.insert(InFlight { key, task });
         let result = (&mut flight.task).await;
         self.append = None;
@@ -428,5 +483,60 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         self.call("vote", &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use op_store::Command;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::raft::types::Entry;
+
+    #[test]
+    fn an_append_body_is_what_openraft_would_send() {
+        let entry = |index: u64| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(3, 1), index),
+            payload: EntryPayload::Normal(Command::FlushEvents {
+                at: chrono::DateTime::from_timestamp(1_700_000_000 + index as i64, 0).unwrap(),
+            }),
+        };
+        let rpc = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: Some(LogId::new(CommittedLeaderId::new(2, 1), 6)),
+            entries: vec![entry(7), entry(8)],
+            leader_commit: Some(LogId::new(CommittedLeaderId::new(3, 1), 7)),
+        };
+        let want = serde_json::to_value(&rpc).unwrap();
+        // Nothing cached: every entry encoded here.
+        let body = append_body(&rpc, &Encoded::default()).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            want
+        );
+        // Both entries as the log stored them, and one of them only (the other encoded here).
+        for held in [vec![entry(7), entry(8)], vec![entry(8)]] {
+            let encoded = Encoded::holding(held);
+            assert!(encoded.text(&entry(8)).is_some());
+            let body = append_body(&rpc, &encoded).unwrap();
+            assert_eq!(
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+                want
+            );
+        }
+        // A heartbeat: no entries.
+        let beat = AppendEntriesRequest::<TypeConfig> {
+            entries: Vec::new(),
+            ..rpc.clone()
+        };
+        let body = append_body(&beat, &Encoded::default()).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            serde_json::to_value(&beat).unwrap()
+        );
+        // The follower decodes it into the same request.
+        let back: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back.prev_log_id, beat.prev_log_id);
     }
 }

@@ -58,6 +58,8 @@ pub struct Changes {
     pub run_bytes: u64,
     /// Duplicate run records ignored by this batch.
     pub runs_duplicate: u64,
+    /// Run records deleted because their (job, node) pair holds the newest count without them.
+    pub runs_trimmed: u64,
     /// A package version was deleted: its blob may now be unreferenced.
     pub blobs_released: bool,
     /// Invocations whose progress or results changed (created, advanced, a host's result).
@@ -82,6 +84,7 @@ impl Changes {
         self.runs_stored += other.runs_stored;
         self.run_bytes += other.run_bytes;
         self.runs_duplicate += other.runs_duplicate;
+        self.runs_trimmed += other.runs_trimmed;
         self.blobs_released |= other.blobs_released;
         self.invocations.extend(other.invocations);
         self.directives_ended.extend(other.directives_ended);
@@ -186,6 +189,7 @@ pub(super) fn dispatch(
             runs::ingest(conn, index, *node_id, *at, runs, ch)
         }
         Command::IngestRunBatches { at, batches } => {
+            let trimmed_before = ch.runs_trimmed;
             let mut acks = Vec::with_capacity(batches.len());
             for b in batches {
                 match runs::ingest(conn, index, b.node_id, *at, &b.runs, ch)? {
@@ -194,7 +198,10 @@ pub(super) fn dispatch(
                     _ => acks.push(op_proto::agent::RunBatchAck::default()),
                 }
             }
-            Ok(Ok(CommandResult::RunBatchesIngested { acks }))
+            Ok(Ok(CommandResult::RunBatchesIngested {
+                acks,
+                trimmed: ch.runs_trimmed - trimmed_before,
+            }))
         }
         Command::Prune { now, limits } => prune::prune(conn, *now, limits),
         Command::CreateToken { token, at, actor } => tokens::create(conn, token, *at, actor, ch),

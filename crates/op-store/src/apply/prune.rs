@@ -15,6 +15,7 @@ use rusqlite::{Connection, params};
 use super::Outcome;
 use crate::codec::ms;
 use crate::command::{CommandResult, PruneReport, RetentionLimits};
+use crate::{META_RUNS_PER_JOB_NODE, read, set_meta};
 
 /// Most finished invocations kept, whatever their age: each holds its command and parameters.
 pub const MAX_FINISHED_INVOCATIONS: i64 = 10_000;
@@ -25,7 +26,14 @@ fn cutoff(now: DateTime<Utc>, secs: u64) -> i64 {
 
 pub(super) fn prune(conn: &Connection, now: DateTime<Utc>, l: &RetentionLimits) -> Outcome {
     let mut r = PruneReport::default();
-    if l.runs_per_job_node > 0 {
+    // Once a count has been enforced on every pair, ingestion keeps it (`apply::runs`): the pass
+    // over the whole table is made again only when the count changes.
+    let enforced = read::meta(conn, META_RUNS_PER_JOB_NODE)?;
+    let count = l.runs_per_job_node.to_string();
+    if l.runs_per_job_node == 0 {
+        conn.execute("DELETE FROM meta WHERE key = ?1", [META_RUNS_PER_JOB_NODE])?;
+    } else if enforced.as_deref() != Some(count.as_str()) {
+        set_meta(conn, META_RUNS_PER_JOB_NODE, &count)?;
         r.runs_by_count = conn.execute(
             "DELETE FROM runs WHERE rowid IN (
                SELECT rowid FROM (

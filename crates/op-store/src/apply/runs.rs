@@ -8,8 +8,13 @@
 //! (so the agent stops sending it) and leaves no trace. Runs of the manager's own invocations
 //! (ad-hoc directives) are checked by their invocation target instead, when they settle it.
 //! Every newly stored final record feeds the incident state (`super::events`).
+//!
+//! Once a `Prune` has enforced the per-(job, node) count on every pair, it records that count
+//! ([`META_RUNS_PER_JOB_NODE`]) and each batch trims the pairs it added to: the oldest beyond the
+//! count go at once, through the (job, node) index. A prune then has no count pass to make, which
+//! on a large history was a sort of the whole run table every minute on every member.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use op_proto::agent::{RefusedRun, RunBatchAck};
@@ -22,7 +27,7 @@ use super::selections::Given;
 use super::{Changes, Outcome, bump_desired_node};
 use crate::codec::{ip_list, ms, to_json};
 use crate::command::CommandResult;
-use crate::read;
+use crate::{META_RUNS_PER_JOB_NODE, read};
 
 pub(super) fn ingest(
     conn: &Connection,
@@ -58,6 +63,8 @@ pub(super) fn ingest(
     let mut targets_changed = false;
     // The job's retries and revision, for judging whether an attempt is its last (events).
     let mut jobs: HashMap<String, (u32, u64)> = HashMap::new();
+    // The jobs this batch stored runs of, whose (job, node) pair may now be over the count.
+    let mut added: BTreeSet<String> = BTreeSet::new();
     for run in runs {
         if let Some(reason) = refusal(&mut given, node_id, run)? {
             ack.refused.push(RefusedRun {
@@ -98,6 +105,9 @@ pub(super) fn ingest(
             continue;
         }
         ack.accepted += 1;
+        if !added.contains(&run.job) {
+            added.insert(run.job.clone());
+        }
         ch.runs_stored += 1;
         ch.run_bytes += record.len() as u64;
         if run.trigger == Trigger::Once && follow_target(conn, run, at)? {
@@ -125,12 +135,36 @@ pub(super) fn ingest(
         }
     }
     ch.runs_duplicate += ack.duplicates as u64;
+    ch.runs_trimmed += trim(conn, node_id, &added)?;
     if targets_changed {
         bump_desired_node(conn, index, node_id, ch)?;
         // A late host of a `NewHosts` once-job that finished frees its place for the next one.
         super::late::admit(conn, index, at, ch)?;
     }
     Ok(Ok(CommandResult::RunsIngested { ack }))
+}
+
+/// Deletes the runs of `node_id` beyond the newest [`META_RUNS_PER_JOB_NODE`] of each of `jobs`,
+/// once a prune has recorded that count; returns how many went.
+fn trim(conn: &Connection, node_id: Uuid, jobs: &BTreeSet<String>) -> crate::Result<u64> {
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let Some(keep) = read::meta(conn, META_RUNS_PER_JOB_NODE)?.and_then(|v| v.parse::<i64>().ok())
+    else {
+        return Ok(0);
+    };
+    let mut delete = conn.prepare_cached(
+        "DELETE FROM runs WHERE rowid IN (
+           SELECT rowid FROM runs WHERE job = ?1 AND node_id = ?2
+           ORDER BY sort_at DESC, run_id DESC LIMIT -1 OFFSET ?3)",
+    )?;
+    let node = node_id.to_string();
+    let mut trimmed = 0;
+    for job in jobs {
+        trimmed += delete.execute(params![job, node, keep])? as u64;
+    }
+    Ok(trimmed)
 }
 
 /// Why `run` may not be stored for `node_id`, if it may not.

@@ -167,3 +167,99 @@ fn prunes_audit_and_left_nodes() {
     assert_eq!(s.store.audit(None, 100).unwrap().len(), 2);
     assert!(s.store.nodes().unwrap().is_empty());
 }
+
+fn starts(s: &TestStore, job: &str, host: &str) -> Vec<chrono::DateTime<chrono::Utc>> {
+    s.store
+        .runs(&RunQuery {
+            job: Some(job.into()),
+            host: Some(host.into()),
+            ..RunQuery::default()
+        })
+        .unwrap()
+        .iter()
+        .map(|r| r.started_at.unwrap())
+        .collect()
+}
+
+fn trimmed(result: CommandResult) -> u64 {
+    match result {
+        CommandResult::RunBatchesIngested { trimmed, .. } => trimmed,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn batch(node: u8, runs: Vec<op_proto::RunRecord>) -> Command {
+    Command::IngestRunBatches {
+        at: at(100),
+        batches: vec![op_store::NodeRuns {
+            node_id: node_id(node),
+            runs,
+        }],
+    }
+}
+
+#[test]
+fn ingestion_keeps_the_count_once_a_prune_enforced_it() {
+    let mut s = TestStore::new();
+    given(&mut s, &[2, 3], &["a", "b"]);
+    let three = RetentionLimits {
+        runs_per_job_node: 3,
+        ..none()
+    };
+    // Before any prune recorded a count, ingestion keeps everything.
+    let first = s.apply(batch(
+        2,
+        (0..5).map(|i| run(2, "a", 1, i, RunStatus::Ok)).collect(),
+    ));
+    assert_eq!(trimmed(first), 0);
+    assert_eq!(count(&s, "a", "node-2"), 5);
+    assert_eq!(prune(&mut s, 30, three).runs_by_count, 2);
+    // Newer runs push the oldest out as they are stored, on their own pair only.
+    s.apply(ingest(
+        3,
+        (0..2).map(|i| run(3, "a", 1, i, RunStatus::Ok)).collect(),
+        40,
+    ));
+    let more = s.apply(batch(
+        2,
+        (5..9).map(|i| run(2, "a", 1, i, RunStatus::Ok)).collect(),
+    ));
+    assert_eq!(trimmed(more), 4);
+    assert_eq!(starts(&s, "a", "node-2"), [at(8), at(7), at(6)]);
+    assert_eq!(count(&s, "a", "node-3"), 2);
+    // An older run arriving late is the oldest of its pair: it goes at once.
+    let late = s.apply(batch(2, vec![run(2, "a", 1, 1, RunStatus::Ok)]));
+    assert_eq!(trimmed(late), 1);
+    assert_eq!(starts(&s, "a", "node-2"), [at(8), at(7), at(6)]);
+    // The same count again: nothing left to do.
+    assert_eq!(prune(&mut s, 50, three).runs_by_count, 0);
+}
+
+#[test]
+fn a_changed_count_is_enforced_on_every_pair_by_the_next_prune() {
+    let mut s = TestStore::new();
+    given(&mut s, &[2, 3], &["a", "b"]);
+    for n in [2, 3] {
+        s.apply(ingest(
+            n,
+            (0..4).map(|i| run(n, "a", 1, i, RunStatus::Ok)).collect(),
+            20,
+        ));
+    }
+    let limits = |n| RetentionLimits {
+        runs_per_job_node: n,
+        ..none()
+    };
+    assert_eq!(prune(&mut s, 30, limits(3)).runs_by_count, 2);
+    assert_eq!(prune(&mut s, 31, limits(2)).runs_by_count, 2);
+    assert_eq!(count(&s, "a", "node-2"), 2);
+    assert_eq!(count(&s, "a", "node-3"), 2);
+    // No count: ingestion trims nothing any more.
+    assert_eq!(prune(&mut s, 32, limits(0)).runs_by_count, 0);
+    let kept = s.apply(batch(
+        2,
+        (4..8).map(|i| run(2, "a", 1, i, RunStatus::Ok)).collect(),
+    ));
+    assert_eq!(trimmed(kept), 0);
+    assert_eq!(count(&s, "a", "node-2"), 6);
+}
