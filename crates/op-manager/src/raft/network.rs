@@ -252,6 +252,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
+        self.encoded.replicating();
         PeerClient {
             target,
             base: node.raft_addr.trim_end_matches('/').to_string(),
