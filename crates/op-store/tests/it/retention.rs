@@ -69,16 +69,7 @@ fn keeps_the_newest_runs_per_job_and_node() {
     assert_eq!(count(&s, "a", "node-3"), 3);
     assert_eq!(count(&s, "b", "node-2"), 2);
     // The newest are the ones kept.
-    let kept = s
-        .store
-        .runs(&RunQuery {
-            job: Some("a".into()),
-            host: Some("node-2".into()),
-            ..RunQuery::default()
-        })
-        .unwrap();
-    let starts: Vec<_> = kept.iter().map(|r| r.started_at.unwrap()).collect();
-    assert_eq!(starts, [at(9), at(8), at(7)]);
+    assert_eq!(starts(&s, "a", "node-2"), [at(9), at(8), at(7)]);
 }
 
 #[test]
