@@ -79,7 +79,7 @@ impl Recent {
     }
 
     /// Adds entries just written durably, in order.
-    fn appended(&mut self, entries: Vec<(Entry, Arc<str>)>) {
+    fn appended<T: Into<Arc<str>>>(&mut self, entries: Vec<(Entry, T)>) {
         if !self.replicating {
             return;
         }
@@ -94,13 +94,24 @@ impl Recent {
             self.clear();
         }
         for (entry, text) in entries {
+            let text: Arc<str> = text.into();
             self.bytes += text.len();
             self.entries.push_back((entry, text));
         }
         while self.bytes > self.limit && self.entries.len() > 1 {
-            if let Some((_, text)) = self.entries.pop_front() {
-                self.bytes -= text.len();
-            }
+            self.pop(true);
+        }
+    }
+
+    /// Drops the oldest (`front`) or the newest entry.
+    fn pop(&mut self, front: bool) {
+        let popped = if front {
+            self.entries.pop_front()
+        } else {
+            self.entries.pop_back()
+        };
+        if let Some((_, text)) = popped {
+            self.bytes -= text.len();
         }
     }
 
@@ -111,9 +122,7 @@ impl Recent {
             .back()
             .is_some_and(|(e, _)| e.log_id.index >= index)
         {
-            if let Some((_, text)) = self.entries.pop_back() {
-                self.bytes -= text.len();
-            }
+            self.pop(false);
         }
     }
 
@@ -124,9 +133,7 @@ impl Recent {
             .front()
             .is_some_and(|(e, _)| e.log_id.index <= index)
         {
-            if let Some((_, text)) = self.entries.pop_front() {
-                self.bytes -= text.len();
-            }
+            self.pop(true);
         }
     }
 
@@ -434,7 +441,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                             text
                         ])
                         .map_err(|e| e.to_string())?;
-                        written.push((entry, Arc::<str>::from(text)));
+                        // Copied into the tail only while there are followers (`appended`).
+                        written.push((entry, text));
                     }
                 }
                 tx.commit().map_err(|e| e.to_string())?;

@@ -195,11 +195,12 @@ async fn a_quiet_watch_hears_alive_once_per_sync_wait() {
     let (mut rd, mut wr) = s.into_split();
     let next = beat(first.index);
     let beating = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(200));
         loop {
+            every.tick().await;
             if wr.write_all(&next).await.is_err() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
     assert_eq!(raw_frame(&mut rd).await, op_proto::watch::ALIVE);
