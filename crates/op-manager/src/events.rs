@@ -61,11 +61,16 @@ impl EventTimer {
     pub async fn check(&self) -> Result<(), DomainError> {
         let now = self.clock.now();
         let window = chrono::Duration::from_std(self.window).unwrap_or(chrono::Duration::MAX);
-        let incidents = state::read(&self.store, |s| s.incident_state()).await?;
-        let open: Vec<(FireKey, DateTime<Utc>, usize)> = incidents
-            .open_fires()
-            .map(|(k, first, reported)| (k.clone(), first, reported))
-            .collect();
+        let (open, flush_due) = state::read(&self.store, move |s| {
+            s.with_incidents(|incidents| {
+                let open: Vec<(FireKey, DateTime<Utc>, usize)> = incidents
+                    .open_fires()
+                    .map(|(k, first, reported)| (k.clone(), first, reported))
+                    .collect();
+                (open, incidents.flush_due(now, window))
+            })
+        })
+        .await?;
         let mut fires = Vec::new();
         // A cron job's selection is the same for all its open fires (a fire a second of a
         // busy job): looked up once per look, not once per fire.
@@ -80,6 +85,8 @@ impl EventTimer {
                         selected
                     }
                 },
+                // A run on one agent stands alone: nothing to look up.
+                FireKey::Run { .. } => Vec::new(),
                 _ => self.selection(&fire).await?,
             };
             let complete = match &fire {
@@ -95,7 +102,7 @@ impl EventTimer {
                 .write(Command::CloseFires { at: now, fires })
                 .await?;
         }
-        if incidents.flush_due(now, window) {
+        if flush_due {
             self.writer.write(Command::FlushEvents { at: now }).await?;
         }
         Ok(())

@@ -30,6 +30,7 @@
 //! [`EventLog`] keeps the derived events with bounded retention and answers `after(id)` for
 //! `GET /v1/events?after=ID`.
 
+mod fires;
 mod missed;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -44,7 +45,10 @@ use crate::invoke::Summary;
 use crate::node::NodeStatus;
 use crate::run::{RunRecord, RunStatus, Trigger};
 
+pub use fires::{FireChanges, FireResult};
 pub use missed::FiresJudged;
+
+use fires::{Fires, OpenFire};
 
 /// How long the leader waits after a fire's first result before it closes the fire, and after a
 /// first node or package change before it flushes the batch (both configurable in the manager).
@@ -57,7 +61,7 @@ const SUMMARY_HOSTS: usize = 3;
 pub type Labels = BTreeMap<String, String>;
 
 /// One fire of a job: the unit whose results are grouped into events.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FireKey {
     /// A cron fire, by its planned time.
@@ -296,15 +300,6 @@ pub struct RolloutChange {
     pub summary: String,
 }
 
-/// A fire whose results are still being collected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct OpenFire {
-    key: FireKey,
-    first_result: DateTime<Utc>,
-    /// Host name → its latest counted outcome and labels.
-    results: BTreeMap<String, (Outcome, Labels)>,
-}
-
 /// A host of an incident.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct IncidentHost {
@@ -357,14 +352,19 @@ struct PendingNode {
 }
 
 /// The replicated state that derives events. Keep it with the rest of the state machine (store
-/// and snapshot): it is plain serde data. A new state gives its first event id 1, so
-/// `after(0)` lists everything. Fields a stored state lacks decode as new (DESIGN 13.7).
+/// and snapshot): its serde form holds everything but the open fires, which a store keeps as
+/// rows ([`FireChanges`], [`IncidentState::restore_fire`]). A new state gives its first event
+/// id 1, so `after(0)` lists everything. Fields a stored state lacks decode as new
+/// (DESIGN 13.7).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct IncidentState {
     /// The id the next event gets.
     next_id: u64,
-    fires: Vec<OpenFire>,
+    /// Kept by the store as rows; a `fires` list in a state written before they were (schema
+    /// 19 moves it into rows) is not read.
+    #[serde(skip)]
+    fires: Fires,
     /// Open incidents by the id of the event that opened them.
     incidents: BTreeMap<u64, Incident>,
     retries: Vec<AwaitingRetry>,
@@ -391,7 +391,7 @@ impl IncidentState {
     pub fn new(first_id: u64) -> Self {
         IncidentState {
             next_id: first_id,
-            fires: Vec::new(),
+            fires: Fires::default(),
             incidents: BTreeMap::new(),
             retries: Vec::new(),
             nodes: BTreeMap::new(),
@@ -410,6 +410,11 @@ impl IncidentState {
 
     /// Applies one input; returns the events it produces, ids increasing.
     pub fn apply(&mut self, input: &Input) -> Vec<Event> {
+        // Only a run result can leave everything but the fires as it was (`run_result` marks
+        // the retries it changes).
+        if !matches!(input, Input::RunResult(_)) {
+            self.fires.changes.core = true;
+        }
         match input {
             Input::RunResult(r) => {
                 self.run_result(r);
@@ -417,7 +422,7 @@ impl IncidentState {
             }
             Input::CloseFire(c) => self.close_fire(c),
             Input::JobRemoved(j) => {
-                self.fires.retain(|f| f.key.job() != j.job);
+                self.fires.remove_job(&j.job);
                 self.retries.retain(|a| a.job != j.job);
                 self.incidents.retain(|_, i| i.job != j.job);
                 Vec::new()
@@ -461,10 +466,48 @@ impl IncidentState {
 
     /// How many hosts have reported for `fire` so far.
     pub fn reported(&self, fire: &FireKey) -> usize {
+        self.fires.get(fire).map_or(0, |f| f.results.len())
+    }
+
+    /// What changed since the last call (the store writes it with the batch that applied it).
+    pub fn take_changes(&mut self) -> FireChanges {
+        std::mem::take(&mut self.fires.changes)
+    }
+
+    /// The open fire at `row`: its key and first result's time.
+    pub fn fire_at(&self, row: u64) -> Option<(&FireKey, DateTime<Utc>)> {
+        self.fires.row(row).map(|f| (&f.key, f.first_result))
+    }
+
+    /// `host`'s result in the open fire at `row`.
+    pub fn fire_result(&self, row: u64, host: &str) -> Option<&FireResult> {
+        self.fires.row(row).and_then(|f| f.results.get(host))
+    }
+
+    /// Every result of the open fire at `row`.
+    pub fn fire_results(&self, row: u64) -> impl Iterator<Item = (&String, &FireResult)> {
         self.fires
-            .iter()
-            .find(|f| &f.key == fire)
-            .map_or(0, |f| f.results.len())
+            .row(row)
+            .into_iter()
+            .flat_map(|f| f.results.iter())
+    }
+
+    /// Puts back a fire a store kept at `row` (loading: records no change).
+    pub fn restore_fire(
+        &mut self,
+        row: u64,
+        key: FireKey,
+        first_result: DateTime<Utc>,
+        results: BTreeMap<String, FireResult>,
+    ) {
+        self.fires.restore(
+            row,
+            OpenFire {
+                key,
+                first_result,
+                results,
+            },
+        );
     }
 
     /// Whether the leader should commit [`Flush`] at `now`.
@@ -504,6 +547,7 @@ impl IncidentState {
         // A retry consumes the note; an attempt the agent retries again renews it. Other runs of
         // the job (an overlapping next fire) leave it alone.
         if r.trigger == Trigger::Retry || r.outcome == Outcome::Retrying {
+            self.fires.changes.core = true;
             self.retries
                 .retain(|a| !(a.job == r.job && a.host == r.host));
         }
@@ -514,28 +558,18 @@ impl IncidentState {
                 fire: fire.clone(),
             });
         }
-        // The newest fires first: a result almost always belongs to the fire opened last (keys
-        // are unique, so the order of the search changes only its cost).
-        let open = match self.fires.iter_mut().rev().find(|f| f.key == fire) {
-            Some(f) => f,
-            None => {
-                self.fires.push(OpenFire {
-                    key: fire,
-                    first_result: r.time,
-                    results: BTreeMap::new(),
-                });
-                self.fires.last_mut().expect("just pushed")
-            }
-        };
-        open.results
-            .insert(r.host.clone(), (r.outcome.clone(), r.labels.clone()));
+        self.fires.record(
+            &fire,
+            r.time,
+            &r.host,
+            (r.outcome.clone(), r.labels.clone()),
+        );
     }
 
     fn close_fire(&mut self, c: &CloseFire) -> Vec<Event> {
-        let Some(pos) = self.fires.iter().position(|f| f.key == c.fire) else {
+        let Some(fire) = self.fires.remove(&c.fire) else {
             return Vec::new();
         };
-        let fire = self.fires.remove(pos);
         let job = fire.key.job().to_string();
         let selected: BTreeSet<&str> = c.selected.iter().map(String::as_str).collect();
         let selected_hosts = selected.len().max(fire.results.len()) as u64;
@@ -1507,8 +1541,21 @@ mod tests {
         let all = run(&mut whole, &inputs);
         let mut first = IncidentState::new(1);
         let mut events = run(&mut first, &inputs[..split]);
+        // As a store keeps it: the serde form, and the open fires as rows.
         let json = serde_json::to_string(&first).unwrap();
         let mut restored: IncidentState = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            restored.open_fires().count(),
+            0,
+            "fires are not in the serde form"
+        );
+        for (row, f) in first.fires.iter().enumerate() {
+            restored.restore_fire(row as u64, f.key.clone(), f.first_result, f.results.clone());
+        }
+        assert!(
+            first.fires.iter().next().is_some(),
+            "a fire is open mid-sequence"
+        );
         assert_eq!(restored, first);
         events.extend(run(&mut restored, &inputs[split..]));
         assert_eq!(events, all);

@@ -69,6 +69,9 @@ pub struct Store {
     readers: Mutex<Vec<Connection>>,
     /// Readers share it; snapshot install takes it exclusively while it swaps the file.
     swap: RwLock<()>,
+    /// The incident state as last committed (`None`: load it from the database). A batch holds
+    /// it while it applies. Lock order: `swap`, then `writer`, then this.
+    incidents: Mutex<Option<op_proto::incidents::IncidentState>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -107,6 +110,7 @@ impl Store {
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             swap: RwLock::new(()),
+            incidents: Mutex::new(None),
         })
     }
 
@@ -117,6 +121,11 @@ impl Store {
     /// Runs `f` on a reader connection. Blocking: call from a blocking thread.
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let _shared = self.swap.read().map_err(|_| StoreError::Poisoned)?;
+        self.with_reader(f)
+    }
+
+    /// [`Store::read`] for a caller that already holds `swap`.
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let pooled = self.readers.lock().map_err(|_| StoreError::Poisoned)?.pop();
         let conn = match pooled {
             Some(conn) => conn,
@@ -152,16 +161,20 @@ impl Store {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut changes = Changes::default();
         let mut results = Vec::with_capacity(entries.len());
-        let mut incidents = apply::events::Incidents::default();
+        // Taken out for the batch: if anything below fails, the cache stays empty and the next
+        // use loads the state as committed.
+        let mut cache = self.incidents.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut incidents = apply::events::Incidents::new(cache.take());
         for entry in entries {
             results.push(apply::apply_one(&tx, entry, &mut changes, &mut incidents)?);
         }
-        incidents.finish(&tx)?;
+        let state = incidents.finish(&tx)?;
         set_meta(&tx, META_LAST_APPLIED, last_applied)?;
         if let Some(m) = membership {
             set_meta(&tx, META_MEMBERSHIP, m)?;
         }
         tx.commit()?;
+        *cache = state;
         Ok((results, changes))
     }
 
@@ -201,6 +214,8 @@ impl Store {
     pub fn install_from(&self, src: &Path) -> Result<()> {
         let _exclusive = self.swap.write().map_err(|_| StoreError::Poisoned)?;
         let mut writer = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
+        // Whatever happens below, the cached incident state is not the new file's.
+        *self.incidents.lock().map_err(|_| StoreError::Poisoned)? = None;
         self.readers
             .lock()
             .map_err(|_| StoreError::Poisoned)?

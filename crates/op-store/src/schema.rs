@@ -315,6 +315,31 @@ const MIGRATIONS: &[&str] = &[
         set_by TEXT NOT NULL
     );
     "#,
+    // The open fires of the incident state as rows (issue 25): a batch writes the results it
+    // applied instead of the whole state. `id` is the fire's row in the state (local to this
+    // member), `key` the FireKey and `first_result` its time (JSON), `result` an (Outcome, Labels)
+    // pair (JSON). A `fires` list kept inside the state until now moves here.
+    r#"
+    CREATE TABLE incident_fires (
+        id           INTEGER PRIMARY KEY,
+        key          TEXT NOT NULL,
+        first_result TEXT NOT NULL
+    );
+    CREATE TABLE incident_fire_results (
+        fire   INTEGER NOT NULL,
+        host   TEXT NOT NULL,
+        result TEXT NOT NULL,
+        PRIMARY KEY (fire, host)
+    ) WITHOUT ROWID;
+    INSERT INTO incident_fires(id, key, first_result)
+        SELECT f.key, json_extract(f.value, '$.key'),
+               json_quote(json_extract(f.value, '$.first_result'))
+        FROM incidents i, json_each(i.state, '$.fires') f;
+    INSERT INTO incident_fire_results(fire, host, result)
+        SELECT f.key, r.key, r.value
+        FROM incidents i, json_each(i.state, '$.fires') f, json_each(f.value, '$.results') r;
+    UPDATE incidents SET state = json_remove(state, '$.fires');
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -285,7 +285,14 @@ pub async fn show(
                 None,
                 INCIDENT_EVENTS,
             )?;
-            let state = st.incident_state()?;
+            // Which of those incidents are still open (not a copy of the whole state).
+            let state: std::collections::HashSet<u64> = st.with_incidents(|s| {
+                incident_events
+                    .iter()
+                    .filter_map(|e| e.incident)
+                    .filter(|id| s.incident_open(*id))
+                    .collect()
+            })?;
             // The last judged fires and the runs they judged, for the per-host grid.
             let judged = st.judged_fires(Some(&n))?.remove(&n).unwrap_or_default();
             let fire_runs = match judged.iter().map(|f| f.fire).min() {
@@ -457,7 +464,7 @@ pub async fn show(
     body.push_str(&super::events::incidents(
         &spec.name,
         &incident_events,
-        |id| incident_state.incident_open(id),
+        |id| incident_state.contains(&id),
     ));
 
     if !judged.is_empty() {

@@ -7,12 +7,20 @@
 //! the same events with the same ids. The leader only decides *when* to close a fire or flush a
 //! batch, and commits that decision as a command (`CloseFires`, `FlushEvents`).
 //!
-//! The state is loaded once per batch (when a command of it has inputs) and written back at the
-//! end of the batch; a refused command feeds nothing (its inputs are dropped with its savepoint).
+//! The store keeps the state as it was last committed in memory ([`crate::Store`]'s cache),
+//! so a batch neither decodes nor re-encodes it: it writes the serde form only when something
+//! besides the open fires changed, and of the fires only the rows the batch changed
+//! ([`FireChanges`]). A batch that fails leaves the cache empty, and the next use loads the
+//! state from the database again; so does installing a snapshot. A refused command feeds nothing
+//! (its inputs are dropped with its savepoint).
+
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::Duration;
 use op_proto::events::Event;
-use op_proto::incidents::{CloseFire, Flush, IncidentState, Input};
+use op_proto::incidents::{
+    CloseFire, FireChanges, FireKey, FireResult, Flush, IncidentState, Input,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Changes, Outcome};
@@ -25,13 +33,17 @@ pub const MAX_EVENTS: i64 = 10_000;
 /// Events older than this (behind the newest event's time) are dropped.
 pub const MAX_EVENT_AGE: Duration = Duration::days(30);
 
-/// The incident state of one applied batch, loaded on first use.
-#[derive(Default)]
+/// The incident state of one applied batch: the cached one, or loaded on first use.
 pub(crate) struct Incidents {
     state: Option<IncidentState>,
 }
 
 impl Incidents {
+    /// Starts a batch with the cached state, if there is one.
+    pub(crate) fn new(cached: Option<IncidentState>) -> Incidents {
+        Incidents { state: cached }
+    }
+
     /// Feeds the inputs of one applied command; appends the events they produce.
     pub(crate) fn feed(
         &mut self,
@@ -54,29 +66,101 @@ impl Incidents {
         Ok(())
     }
 
-    /// Writes the state back if a command of the batch used it.
-    pub(crate) fn finish(self, conn: &Connection) -> Result<()> {
-        let Some(state) = self.state else {
-            return Ok(());
+    /// Writes what the batch changed; returns the state to cache once the batch commits.
+    pub(crate) fn finish(self, conn: &Connection) -> Result<Option<IncidentState>> {
+        let Some(mut state) = self.state else {
+            return Ok(None);
         };
-        conn.execute(
-            "INSERT INTO incidents(id, state) VALUES (1, ?1)
-             ON CONFLICT(id) DO UPDATE SET state = excluded.state",
-            [to_json(&state)],
-        )?;
-        Ok(())
+        let changes = state.take_changes();
+        if !changes.is_empty() {
+            write(conn, &state, &changes)?;
+        }
+        Ok(Some(state))
     }
 }
 
-/// The stored incident state (a new one when none was written yet).
+/// Writes `changes` of `state`: the serde form if it changed, then the fire rows.
+fn write(conn: &Connection, state: &IncidentState, changes: &FireChanges) -> Result<()> {
+    if changes.core {
+        conn.execute(
+            "INSERT INTO incidents(id, state) VALUES (1, ?1)
+             ON CONFLICT(id) DO UPDATE SET state = excluded.state",
+            [to_json(state)],
+        )?;
+    }
+    let mut del_fire = conn.prepare_cached("DELETE FROM incident_fires WHERE id = ?1")?;
+    let mut del_results =
+        conn.prepare_cached("DELETE FROM incident_fire_results WHERE fire = ?1")?;
+    for row in &changes.closed {
+        del_fire.execute([*row as i64])?;
+        del_results.execute([*row as i64])?;
+    }
+    let mut put_fire = conn.prepare_cached(
+        "INSERT OR REPLACE INTO incident_fires(id, key, first_result) VALUES (?1, ?2, ?3)",
+    )?;
+    for row in &changes.opened {
+        if let Some((key, first)) = state.fire_at(*row) {
+            put_fire.execute(params![*row as i64, to_json(key), to_json(&first)])?;
+        }
+    }
+    let mut put_result = conn.prepare_cached(
+        "INSERT OR REPLACE INTO incident_fire_results(fire, host, result) VALUES (?1, ?2, ?3)",
+    )?;
+    let mut done: HashSet<(u64, &str)> = HashSet::new();
+    for (row, host) in &changes.results {
+        if !done.insert((*row, host)) {
+            continue;
+        }
+        if let Some(result) = state.fire_result(*row, host) {
+            put_result.execute(params![*row as i64, host, to_json(result)])?;
+        }
+    }
+    Ok(())
+}
+
+/// The stored incident state (a new one when none was written yet), with its open fires. Call
+/// it inside one transaction, so the state and its fires are of one moment.
 pub(crate) fn load(conn: &Connection) -> Result<IncidentState> {
     let text: Option<String> = conn
         .query_row("SELECT state FROM incidents WHERE id = 1", [], |r| r.get(0))
         .optional()?;
-    match text {
-        Some(t) => from_json("incident state", &t),
-        None => Ok(IncidentState::default()),
+    let mut state = match text {
+        Some(t) => from_json("incident state", &t)?,
+        None => IncidentState::default(),
+    };
+    let mut results: BTreeMap<i64, BTreeMap<String, FireResult>> = BTreeMap::new();
+    let mut stmt = conn.prepare_cached("SELECT fire, host, result FROM incident_fire_results")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (fire, host, result) = row?;
+        results
+            .entry(fire)
+            .or_default()
+            .insert(host, from_json("incident fire result", &result)?);
     }
+    let mut stmt =
+        conn.prepare_cached("SELECT id, key, first_result FROM incident_fires ORDER BY id")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (id, key, first) = row?;
+        let key: FireKey = from_json("incident fire key", &key)?;
+        let first = from_json("incident fire time", &first)?;
+        let fire_results = results.remove(&id).unwrap_or_default();
+        state.restore_fire(id as u64, key, first, fire_results);
+    }
+    Ok(state)
 }
 
 fn append(conn: &Connection, events: &[Event]) -> Result<()> {

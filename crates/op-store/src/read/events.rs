@@ -5,7 +5,7 @@ use op_proto::incidents::IncidentState;
 
 use crate::Store;
 use crate::codec::from_json;
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 
 /// Most events one read returns.
 pub const MAX_EVENT_PAGE: u32 = 1_000;
@@ -29,9 +29,27 @@ impl Store {
         })
     }
 
-    /// The replicated incident state, as last applied (the leader reads which fires are due).
+    /// A copy of the replicated incident state, as last applied.
     pub fn incident_state(&self) -> Result<IncidentState> {
-        self.read(crate::apply::events::load)
+        self.with_incidents(IncidentState::clone)
+    }
+
+    /// Runs `f` on the incident state as last applied (the leader reads which fires are due),
+    /// without copying it. Applying waits while `f` runs: keep it short.
+    pub fn with_incidents<T>(&self, f: impl FnOnce(&IncidentState) -> T) -> Result<T> {
+        let _shared = self.swap.read().map_err(|_| StoreError::Poisoned)?;
+        let mut cache = self.incidents.lock().map_err(|_| StoreError::Poisoned)?;
+        let state = match &mut *cache {
+            Some(state) => state,
+            None => cache.insert(self.with_reader(|conn| {
+                // The state and its fire rows of one moment.
+                let tx = conn.unchecked_transaction()?;
+                let state = crate::apply::events::load(&tx)?;
+                tx.commit()?;
+                Ok(state)
+            })?),
+        };
+        Ok(f(state))
     }
 }
 

@@ -580,3 +580,147 @@ fn judged_fires_are_kept_per_job_bounded_and_raise_schedule_events() {
     });
     assert!(s.store.judged_fires(None).unwrap().is_empty());
 }
+
+/// The open fires are rows (issue 25): a store opened again on the same file, and one that
+/// installed a snapshot of it, hold the same open fires and derive the same events as the store
+/// that never stopped.
+#[test]
+fn open_fires_survive_a_restart_and_a_snapshot() {
+    let mut s = TestStore::new();
+    given(&mut s, &[2, 3, 4], &["a", "b"]);
+    s.apply(ingest(2, vec![failing(2, "a", 100, "boom\n")], 101));
+    s.apply(ingest(3, vec![failing(3, "a", 100, "bang\n")], 101));
+    s.apply(ingest(3, vec![failing(3, "b", 100, "boom\n")], 101));
+    // A fire that closes before the restart: its rows go with it.
+    s.apply(close("b", 100, &[3]));
+    let before = s.store.incident_state().unwrap();
+    assert_eq!(before.open_fires().count(), 1);
+
+    let path = s.dir.path().join("state.db");
+    let mut again = TestStore {
+        store: op_store::Store::open(&path).unwrap(),
+        index: s.index,
+        dir: tempfile::tempdir().unwrap(),
+    };
+    assert_eq!(again.store.incident_state().unwrap(), before);
+
+    let snap = s.dir.path().join("snap.db");
+    s.store.snapshot_to(&snap).unwrap();
+    let mut other = TestStore::new();
+    given(&mut other, &[5], &["c"]);
+    other.apply(ingest(5, vec![failing(5, "c", 100, "other\n")], 101));
+    assert!(other.store.incident_state().unwrap() != before);
+    other.store.install_from(&snap).unwrap();
+    other.index = s.index;
+    assert_eq!(other.store.incident_state().unwrap(), before);
+
+    // node-4 reports late, then the leader closes the fire: the same events everywhere.
+    let mut derived = Vec::new();
+    for store in [&mut s, &mut again, &mut other] {
+        store.apply(ingest(4, vec![failing(4, "a", 100, "boom\n")], 103));
+        store.apply(close("a", 100, &[2, 3, 4]));
+        derived.push(store.store.events_after(0, 100).unwrap());
+        assert_eq!(
+            store.store.incident_state().unwrap().open_fires().count(),
+            0
+        );
+    }
+    assert_eq!(
+        derived[0].len(),
+        3,
+        "b's, then a's two signatures: {:?}",
+        derived[0]
+    );
+    assert_eq!(derived[0], derived[1]);
+    assert_eq!(derived[0], derived[2]);
+    let a_boom = derived[0]
+        .iter()
+        .find(|e| e.signature.as_deref() == Some("boom") && e.job.as_deref() == Some("a"));
+    assert_eq!(a_boom.unwrap().hosts, ["node-2", "node-4"]);
+
+    // Nothing of a closed fire is left behind in the database.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let rows: i64 = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM incident_fires) + (SELECT count(*) FROM incident_fire_results)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
+/// A database written before the fires were rows keeps its open fires: the migration moves the
+/// `fires` list out of the stored state into rows.
+#[test]
+fn open_fires_kept_inside_the_state_move_into_rows() {
+    let mut s = TestStore::new();
+    given(&mut s, &[2, 3], &["a"]);
+    // Something besides fires in the state, so its other fields must survive the move.
+    s.apply(ingest(2, vec![failing(2, "a", 40, "old\n")], 41));
+    s.apply(close("a", 40, &[2, 3]));
+    let opened = s.store.events_after(0, 100).unwrap();
+    assert_eq!(opened.len(), 1);
+    let path = s.dir.path().join("state.db");
+    drop(s.store);
+
+    // Rewind to schema 18 with one open fire kept the old way.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let state: String = conn
+        .query_row("SELECT state FROM incidents WHERE id = 1", [], |r| r.get(0))
+        .unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let failed = serde_json::json!([
+        {"outcome": "failed", "kind": "exit", "signature": "boom", "error": "exit status 1"},
+        {"role": "db"}
+    ]);
+    state["fires"] = serde_json::json!([{
+        "key": {"type": "cron", "job": "a", "planned_at": at(100)},
+        "first_result": at(101),
+        "results": {"node-2": failed, "node-3": [{"outcome": "ok"}, {}]},
+    }]);
+    conn.execute_batch(
+        "DROP TABLE incident_fires; DROP TABLE incident_fire_results; PRAGMA user_version = 18;",
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE incidents SET state = ?1 WHERE id = 1",
+        [state.to_string()],
+    )
+    .unwrap();
+    drop(conn);
+
+    let mut s = TestStore {
+        store: op_store::Store::open(&path).unwrap(),
+        index: 100,
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let incidents = s.store.incident_state().unwrap();
+    let open: Vec<_> = incidents
+        .open_fires()
+        .map(|(k, t, n)| (k.clone(), t, n))
+        .collect();
+    assert_eq!(
+        open,
+        [(
+            FireKey::Cron {
+                job: "a".into(),
+                planned_at: at(100)
+            },
+            at(101),
+            2
+        )]
+    );
+    assert_eq!(
+        incidents.open_incidents(),
+        1,
+        "the rest of the state is kept"
+    );
+    s.apply(close("a", 100, &[2, 3]));
+    let events = s.store.events_after(opened[0].id, 100).unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::RunFailed);
+    assert_eq!(events[0].signature.as_deref(), Some("boom"));
+    assert_eq!(events[0].hosts, ["node-2"]);
+    assert_eq!(events[0].id, opened[0].id + 1, "the event counter is kept");
+}
