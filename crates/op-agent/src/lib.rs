@@ -30,6 +30,7 @@ pub mod entry;
 mod error;
 pub mod executor;
 pub mod facts;
+pub mod footprint;
 pub mod health;
 pub mod invoke;
 pub mod jobs;

@@ -251,6 +251,7 @@ pub(super) async fn run(exec: Executor, handle: RunHandle, req: RunRequest) {
         tracing::info!(job = %record.job, run_id = %record.run_id, status = status.as_str(), error = record.error.as_deref().unwrap_or(""), "run finished");
     }
     exec.finish(&handle, record).await;
+    crate::footprint::work_done();
 }
 
 /// SIGTERM (and SIGCONT) to the group and to the run's processes outside it; SIGKILL if anything
