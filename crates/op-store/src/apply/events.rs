@@ -129,38 +129,31 @@ pub(crate) fn load(conn: &Connection) -> Result<IncidentState> {
         None => IncidentState::default(),
     };
     let mut results: BTreeMap<i64, BTreeMap<String, FireResult>> = BTreeMap::new();
-    let mut stmt = conn.prepare_cached("SELECT fire, host, result FROM incident_fire_results")?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (fire, host, result) = row?;
+    for (fire, host, result) in
+        triples(conn, "SELECT fire, host, result FROM incident_fire_results")?
+    {
         results
             .entry(fire)
             .or_default()
             .insert(host, from_json("incident fire result", &result)?);
     }
-    let mut stmt =
-        conn.prepare_cached("SELECT id, key, first_result FROM incident_fires ORDER BY id")?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (id, key, first) = row?;
+    for (id, key, first) in triples(
+        conn,
+        "SELECT id, key, first_result FROM incident_fires ORDER BY id",
+    )? {
         let key: FireKey = from_json("incident fire key", &key)?;
         let first = from_json("incident fire time", &first)?;
         let fire_results = results.remove(&id).unwrap_or_default();
         state.restore_fire(id as u64, key, first, fire_results);
     }
     Ok(state)
+}
+
+/// The rows of `sql`: an integer and two texts each.
+fn triples(conn: &Connection, sql: &str) -> Result<Vec<(i64, String, String)>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 fn append(conn: &Connection, events: &[Event]) -> Result<()> {
