@@ -29,12 +29,12 @@ use subtle::ConstantTimeEq;
 
 use super::messages::{
     CLUSTER_HEADER, CampaignRequest, ForwardedOutputAnswer, ForwardedOutputRequest, JoinRequest,
-    JoinResponse, ReadIndexResponse, RemovedNotice, WriteRequest, WriteResponse, code,
+    JoinResponse, ReadIndexResponse, RemovedNotice, WriteResponse, code,
 };
 use super::network::RAFT_BODY_LIMIT;
 use super::refusal::PeerRefusal;
 use super::types::{NodeId, TypeConfig};
-use super::wire::AppendRequest;
+use super::wire::{AppendRequest, decode_write};
 use super::{Cluster, ClusterError};
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
@@ -186,10 +186,18 @@ async fn snapshot(
     Json(app.cluster.raft.install_snapshot(req).await)
 }
 
+/// A command a follower forwards (most are run batches: decoded without serde's buffering).
 async fn write(
     State(app): State<Arc<RaftListener>>,
-    Json(req): Json<WriteRequest>,
+    body: Bytes,
 ) -> Result<Json<WriteResponse>, PeerRefusal> {
+    let req = decode_write(&body).map_err(|e| {
+        PeerRefusal::new(
+            StatusCode::BAD_REQUEST,
+            code::FAILED,
+            format!("undecodable write request: {e}"),
+        )
+    })?;
     if !app.cluster.is_leader() {
         return Err(ClusterError::NotLeader.into());
     }

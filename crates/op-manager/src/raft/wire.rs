@@ -10,7 +10,8 @@
 //! when it is the tag of one of the commands below, the rest of the object is decoded straight
 //! into that variant's fields. Anything else (another command, a blank or membership entry, a tag
 //! not first, malformed JSON) is decoded by the derived decoder, from the start: the values, and
-//! the errors, are the derived decoder's. The JSON format does not change.
+//! the errors, are the derived decoder's. The JSON format does not change. [`decode_write`] does
+//! the same for the commands followers forward to the leader (`/raft/write`).
 //!
 //! [`AppendRequest`] is the append request a follower receives, with each entry's JSON kept as
 //! it was sent: the follower stores that text in its log as it is (see
@@ -28,6 +29,7 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use super::messages::WriteRequest;
 use super::types::{Entry, LogId, TypeConfig, Vote};
 
 /// Decodes one log entry's JSON (as `serde_json::from_str::<Entry>` would).
@@ -48,6 +50,20 @@ fn decode_fast(text: &str) -> Option<Entry> {
         log_id,
         payload: EntryPayload::Normal(command),
     })
+}
+
+/// Decodes a forwarded write's body (as `serde_json::from_slice::<WriteRequest>` would).
+pub fn decode_write(body: &[u8]) -> serde_json::Result<WriteRequest> {
+    #[derive(Deserialize)]
+    struct FastWrite {
+        command: FastCommand,
+    }
+    match serde_json::from_slice::<FastWrite>(body) {
+        Ok(FastWrite {
+            command: FastCommand(command),
+        }) => Ok(WriteRequest { command }),
+        Err(_) => serde_json::from_slice(body),
+    }
 }
 
 /// An entry whose payload is a command decoded by [`FastCommand`]; any other entry is an error
@@ -504,5 +520,26 @@ mod tests {
         assert!(AppendRequest::parse(br#"{"vote":1}"#).is_err());
         let bad = br#"{"vote":{"leader_id":{"term":1,"node_id":1},"committed":true},"prev_log_id":null,"entries":[{"log_id":1}],"leader_commit":null}"#;
         assert!(AppendRequest::parse(bad).unwrap().decode().is_err());
+    }
+
+    /// A forwarded write decodes as the derived decoder decodes it, whatever its command.
+    #[test]
+    fn a_forwarded_write_decodes_as_the_derived_decoder_decodes_it() {
+        for e in entries() {
+            let EntryPayload::Normal(command) = e.payload else {
+                continue;
+            };
+            let body = serde_json::to_vec(&WriteRequest { command }).unwrap();
+            let want: WriteRequest = serde_json::from_slice(&body).unwrap();
+            assert_eq!(decode_write(&body).unwrap(), want);
+        }
+        for bad in [&b"{}"[..], br#"{"command":{"type":"heartbeats"}}"#, b"[1"] {
+            assert_eq!(
+                decode_write(bad).unwrap_err().to_string(),
+                serde_json::from_slice::<WriteRequest>(bad)
+                    .unwrap_err()
+                    .to_string()
+            );
+        }
     }
 }
