@@ -445,7 +445,7 @@ mod tests {
             format!(
                 r#"{{"type":"ingest_run_batches","at":{at},"batches":[],"type":"ingest_run_batches"}}"#
             ),
-            format!(r#"{{"type":"ingest_run_batches","batches":[]}}"#),
+            r#"{"type":"ingest_run_batches","batches":[]}"#.to_string(),
             format!(r#"{{"type":"ingest_run_batches","at":{at},"batches":{{}}}}"#),
             format!(r#"{{"type":"ingest_run_batches","at":{at},"at":{at},"batches":[]}}"#),
             format!(
