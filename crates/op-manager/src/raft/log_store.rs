@@ -6,14 +6,15 @@
 //! node in a quorum. All SQLite work runs on blocking threads, one at a time (one connection
 //! behind a mutex), which also serializes vote and log writes as openraft requires.
 //!
-//! Once this member has followers to replicate to, the newest entries are also kept in memory
-//! ([`Recent`]), decoded and as stored: each replication stream reads every entry back right
-//! after it was appended, and the reader openraft hands those streams serves that from memory
-//! instead of decoding the JSON again per follower; the stored JSON is exactly what a follower is
-//! sent, so the network splices it into the append request ([`Encoded`]) instead of encoding the
-//! entry once more. The state machine's reads (openraft's own log store) always go to SQLite:
-//! serving those from memory too made a kept-alive connection in op-testkit's
-//! crowd-of-connections test close under load, for reasons not found.
+//! Once this member has followers to replicate to, or is a follower, the newest entries are also
+//! kept in memory ([`Recent`]), decoded and as stored. openraft reads every entry back right
+//! after it was appended: once to apply it, and on a leader once per replication stream; those
+//! reads are served from memory instead of decoding the JSON again. On a leader the stored JSON
+//! is exactly what a follower is sent, so the network splices it into the append request
+//! ([`Encoded`]) instead of encoding the entry once more; a follower stores the JSON it was sent
+//! ([`Received`]). A lone manager keeps no tail and reads back from SQLite: serving its reads
+//! from memory once made a kept-alive connection in op-testkit's crowd-of-connections test
+//! (a single manager) close under load, for reasons not found.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
@@ -31,12 +32,10 @@ use super::wire::decode_entry;
 
 #[derive(Clone)]
 pub struct LogStore {
-    /// Whether reads may be served from [`Recent`]: only the replication streams' reader.
-    from_tail: bool,
     db: Arc<Mutex<Connection>>,
     /// The last saved committed index + 1 (0 = none), for `/v1/cluster` and metrics.
     committed: Arc<AtomicU64>,
-    /// The tail of the log, kept while there are followers.
+    /// The tail of the log, kept in a cluster (a leader with followers, or a follower).
     recent: Arc<Mutex<Recent>>,
     /// Entries' JSON as the leader sent them, for `append` to store as it is.
     received: Received,
@@ -53,7 +52,8 @@ const RECENT_BYTES: usize = 8 << 20;
 /// on), a truncation cuts it, a purge drops its front; anything that fails empties it.
 struct Recent {
     entries: VecDeque<(Entry, Arc<str>)>,
-    /// Set once a follower's replication stream exists: before, nothing is kept.
+    /// Set once a follower's replication stream exists, or once entries came from a leader (this
+    /// member is a follower): before, nothing is kept.
     replicating: bool,
     bytes: usize,
     /// [`RECENT_BYTES`], smaller in tests.
@@ -195,7 +195,6 @@ impl LogStore {
         Ok(LogStore {
             db: Arc::new(Mutex::new(conn)),
             committed: Arc::new(AtomicU64::new(committed.map_or(0, |l| l.index + 1))),
-            from_tail: false,
             recent: Arc::default(),
             received: Received::default(),
         })
@@ -381,9 +380,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = bounds(&range);
-        if self.from_tail
-            && let Some(entries) = self.recent().get(start as u64, end as u64)
-        {
+        // The tail exists only in a cluster (a leader with followers, or a follower): there it
+        // also serves the read-back of each entry to apply it, which spares decoding it again.
+        if let Some(entries) = self.recent().get(start as u64, end as u64) {
             // Fewer entries than asked (the newest not yet in the tail) is what a read of SQLite
             // before that append committed gives too; replication asks again.
             return Ok(entries);
@@ -467,11 +466,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        // openraft hands this reader to the replication streams (and to nothing that applies).
-        LogStore {
-            from_tail: true,
-            ..self.clone()
-        }
+        // openraft hands this reader to the replication streams.
+        self.clone()
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
@@ -517,6 +513,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let received = self.received.clone();
+        if !received.lock().is_empty() {
+            // A follower: keep the tail, for the read-back before apply (and replication, should
+            // this member lead).
+            self.recent().replicating = true;
+        }
         let result = self
             .with_db(ErrorSubject::Logs, ErrorVerb::Write, move |conn| {
                 write_entries(conn, entries, &received)
