@@ -6,16 +6,17 @@
 //! node in a quorum. All SQLite work runs on blocking threads, one at a time (one connection
 //! behind a mutex), which also serializes vote and log writes as openraft requires.
 //!
-//! Once this member has followers to replicate to, the newest entries are also kept in memory
-//! ([`Recent`]), decoded and as stored: each replication stream reads every entry back right
-//! after it was appended, and the reader openraft hands those streams serves that from memory
-//! instead of decoding the JSON again per follower; the stored JSON is exactly what a follower is
-//! sent, so the network splices it into the append request ([`Encoded`]) instead of encoding the
-//! entry once more. The state machine's reads (openraft's own log store) always go to SQLite:
-//! serving those from memory too made a kept-alive connection in op-testkit's
-//! crowd-of-connections test close under load, for reasons not found.
+//! Once this member has followers to replicate to, or is a follower, the newest entries are also
+//! kept in memory ([`Recent`]), decoded and as stored. openraft reads every entry back right
+//! after it was appended: once to apply it, and on a leader once per replication stream; those
+//! reads are served from memory instead of decoding the JSON again. On a leader the stored JSON
+//! is exactly what a follower is sent, so the network splices it into the append request
+//! ([`Encoded`]) instead of encoding the entry once more; a follower stores the JSON it was sent
+//! ([`Received`]). A lone manager keeps no tail and reads back from SQLite: serving its reads
+//! from memory once made a kept-alive connection in op-testkit's crowd-of-connections test
+//! (a single manager) close under load, for reasons not found.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
@@ -27,16 +28,17 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, S
 use rusqlite::{Connection, OptionalExtension};
 
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use super::wire::decode_entry;
 
 #[derive(Clone)]
 pub struct LogStore {
-    /// Whether reads may be served from [`Recent`]: only the replication streams' reader.
-    from_tail: bool,
     db: Arc<Mutex<Connection>>,
     /// The last saved committed index + 1 (0 = none), for `/v1/cluster` and metrics.
     committed: Arc<AtomicU64>,
-    /// The tail of the log, kept while there are followers.
+    /// The tail of the log, kept in a cluster (a leader with followers, or a follower).
     recent: Arc<Mutex<Recent>>,
+    /// Entries' JSON as the leader sent them, for `append` to store as it is.
+    received: Received,
 }
 
 /// Most bytes of stored JSON the tail holds; the newest entry is kept whatever its size. A run
@@ -50,7 +52,8 @@ const RECENT_BYTES: usize = 8 << 20;
 /// on), a truncation cuts it, a purge drops its front; anything that fails empties it.
 struct Recent {
     entries: VecDeque<(Entry, Arc<str>)>,
-    /// Set once a follower's replication stream exists: before, nothing is kept.
+    /// Set once a follower's replication stream exists, or once entries came from a leader (this
+    /// member is a follower): before, nothing is kept.
     replicating: bool,
     bytes: usize,
     /// [`RECENT_BYTES`], smaller in tests.
@@ -192,14 +195,19 @@ impl LogStore {
         Ok(LogStore {
             db: Arc::new(Mutex::new(conn)),
             committed: Arc::new(AtomicU64::new(committed.map_or(0, |l| l.index + 1))),
-            from_tail: false,
             recent: Arc::default(),
+            received: Received::default(),
         })
     }
 
     /// The stored JSON of the newest entries, for the network to send as it is.
     pub fn encoded(&self) -> Encoded {
         Encoded(self.recent.clone())
+    }
+
+    /// Where the append handler leaves the JSON of the entries it received.
+    pub fn received(&self) -> Received {
+        self.received.clone()
     }
 
     /// The committed index + 1 as last saved (0 = nothing committed yet).
@@ -257,6 +265,58 @@ impl LogStore {
         )
         .map_err(|e| e.to_string())?;
         Ok(())
+    }
+}
+
+/// The JSON of entries a follower received, from the append handler that decoded them to the
+/// log store that writes them: the follower stores each entry as the leader sent it (the leader's
+/// stored JSON, see [`Encoded`]) instead of encoding it once more. Keyed by log id, which names
+/// one entry only (two entries with the same log id are the same entry). The handler removes
+/// what the log did not take once openraft answered ([`ReceivedGuard`]).
+#[derive(Clone, Default)]
+pub struct Received(Arc<Mutex<BTreeMap<LogId, String>>>);
+
+impl Received {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<LogId, String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Holds the JSON of `entries` until the guard is dropped (or the log took it).
+    pub fn hold<'a>(&self, entries: impl IntoIterator<Item = (LogId, &'a str)>) -> ReceivedGuard {
+        let mut held = Vec::new();
+        let mut map = self.lock();
+        for (log_id, text) in entries {
+            map.insert(log_id, text.to_string());
+            held.push(log_id);
+        }
+        ReceivedGuard {
+            received: self.clone(),
+            held,
+        }
+    }
+
+    /// The JSON `log_id` was received as, taken out.
+    fn take(&self, log_id: &LogId) -> Option<String> {
+        let mut map = self.lock();
+        if map.is_empty() {
+            return None;
+        }
+        map.remove(log_id)
+    }
+}
+
+/// Removes the received JSON the log did not take.
+pub struct ReceivedGuard {
+    received: Received,
+    held: Vec<LogId>,
+}
+
+impl Drop for ReceivedGuard {
+    fn drop(&mut self) {
+        let mut map = self.received.lock();
+        for log_id in &self.held {
+            map.remove(log_id);
+        }
     }
 }
 
@@ -320,9 +380,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = bounds(&range);
-        if self.from_tail
-            && let Some(entries) = self.recent().get(start as u64, end as u64)
-        {
+        // The tail exists only in a cluster (a leader with followers, or a follower): there it
+        // also serves the read-back of each entry to apply it, which spares decoding it again.
+        if let Some(entries) = self.recent().get(start as u64, end as u64) {
             // Fewer entries than asked (the newest not yet in the tail) is what a read of SQLite
             // before that append committed gives too; replication asks again.
             return Ok(entries);
@@ -337,12 +397,44 @@ impl RaftLogReader<TypeConfig> for LogStore {
             let mut out = Vec::new();
             for row in rows {
                 let text = row.map_err(|e| e.to_string())?;
-                out.push(serde_json::from_str(&text).map_err(|e| format!("log entry: {e}"))?);
+                out.push(decode_entry(&text).map_err(|e| format!("log entry: {e}"))?);
             }
             Ok(out)
         })
         .await
     }
+}
+
+/// Writes `entries` in one transaction, each as the JSON it was received as (a follower) or
+/// encoded here (the leader), and returns them with that JSON.
+fn write_entries(
+    conn: &mut Connection,
+    entries: Vec<Entry>,
+    received: &Received,
+) -> Result<Vec<(Entry, String)>, String> {
+    let tx = conn.transaction().map_err(|e| e.to_string())?;
+    let mut written = Vec::with_capacity(entries.len());
+    {
+        let mut stmt = tx
+            .prepare_cached("INSERT OR REPLACE INTO log(idx, term, entry) VALUES (?1, ?2, ?3)")
+            .map_err(|e| e.to_string())?;
+        for entry in entries {
+            let text = match received.take(&entry.log_id) {
+                Some(text) => text,
+                None => serde_json::to_string(&entry).map_err(|e| e.to_string())?,
+            };
+            stmt.execute(rusqlite::params![
+                entry.log_id.index as i64,
+                entry.log_id.leader_id.term as i64,
+                text
+            ])
+            .map_err(|e| e.to_string())?;
+            // Copied into the tail only while there are followers (`appended`).
+            written.push((entry, text));
+        }
+    }
+    tx.commit().map_err(|e| e.to_string())?;
+    Ok(written)
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
@@ -374,11 +466,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        // openraft hands this reader to the replication streams (and to nothing that applies).
-        LogStore {
-            from_tail: true,
-            ..self.clone()
-        }
+        // openraft hands this reader to the replication streams.
+        self.clone()
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
@@ -423,30 +512,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        let received = self.received.clone();
+        if !received.lock().is_empty() {
+            // A follower: keep the tail, for the read-back before apply (and replication, should
+            // this member lead).
+            self.recent().replicating = true;
+        }
         let result = self
             .with_db(ErrorSubject::Logs, ErrorVerb::Write, move |conn| {
-                let tx = conn.transaction().map_err(|e| e.to_string())?;
-                let mut written = Vec::with_capacity(entries.len());
-                {
-                    let mut stmt = tx
-                        .prepare_cached(
-                            "INSERT OR REPLACE INTO log(idx, term, entry) VALUES (?1, ?2, ?3)",
-                        )
-                        .map_err(|e| e.to_string())?;
-                    for entry in entries {
-                        let text = serde_json::to_string(&entry).map_err(|e| e.to_string())?;
-                        stmt.execute(rusqlite::params![
-                            entry.log_id.index as i64,
-                            entry.log_id.leader_id.term as i64,
-                            text
-                        ])
-                        .map_err(|e| e.to_string())?;
-                        // Copied into the tail only while there are followers (`appended`).
-                        written.push((entry, text));
-                    }
-                }
-                tx.commit().map_err(|e| e.to_string())?;
-                Ok(written)
+                write_entries(conn, entries, &received)
             })
             .await;
         // Only a committed (fsynced) append may be reported as flushed.
@@ -628,5 +702,72 @@ mod tests {
         );
         recent.truncated(7);
         assert_eq!(recent.get(7, 100), None, "an empty tail answers nothing");
+    }
+
+    /// A follower stores each entry as the leader sent it, byte for byte what the leader stored;
+    /// an entry not received (the leader's own) is encoded; what the log did not take is
+    /// dropped with the guard.
+    #[test]
+    fn a_follower_stores_the_entries_as_the_leader_stored_them() {
+        use op_store::Command;
+        let dir = tempfile::tempdir().unwrap();
+        let normal = |index: u64| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 1), index),
+            payload: EntryPayload::Normal(Command::FlushEvents {
+                at: chrono::DateTime::from_timestamp(1_700_000_000 + index as i64, 5).unwrap(),
+            }),
+        };
+        let stored = |path: &Path| -> Vec<String> {
+            let conn = Connection::open(path).unwrap();
+            let mut stmt = conn.prepare("SELECT entry FROM log ORDER BY idx").unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let entries = vec![normal(1), normal(2), entry(2, 3)];
+        // The leader encodes.
+        let leader = LogStore::open(&dir.path().join("leader.db")).unwrap();
+        let mut conn = leader.db.lock().unwrap();
+        write_entries(&mut conn, entries.clone(), &leader.received).unwrap();
+        drop(conn);
+        let sent = stored(&dir.path().join("leader.db"));
+        // The follower received the first two (as the leader's text, which a different encoding
+        // would show) and one it never writes.
+        let follower = LogStore::open(&dir.path().join("follower.db")).unwrap();
+        let mut marked = sent.clone();
+        marked[0] = format!(" {}", sent[0]);
+        let guard = follower.received().hold([
+            (entries[0].log_id, marked[0].as_str()),
+            (entries[1].log_id, sent[1].as_str()),
+            (normal(9).log_id, sent[1].as_str()),
+        ]);
+        let mut conn = follower.db.lock().unwrap();
+        let written = write_entries(&mut conn, entries.clone(), &follower.received).unwrap();
+        drop(conn);
+        assert_eq!(stored(&dir.path().join("follower.db")), marked);
+        assert_eq!(
+            written.into_iter().map(|(e, _)| e).collect::<Vec<_>>(),
+            entries
+        );
+        assert_eq!(follower.received.lock().len(), 1, "the unused one is held");
+        drop(guard);
+        assert!(
+            follower.received.lock().is_empty(),
+            "and dropped with the guard"
+        );
+        // Without the mark, byte for byte the leader's.
+        let again = LogStore::open(&dir.path().join("again.db")).unwrap();
+        let _guard = again.received().hold(
+            entries
+                .iter()
+                .map(|e| e.log_id)
+                .zip(sent.iter().map(String::as_str)),
+        );
+        let mut conn = again.db.lock().unwrap();
+        write_entries(&mut conn, entries, &again.received).unwrap();
+        drop(conn);
+        assert_eq!(stored(&dir.path().join("again.db")), sent);
+        assert!(again.received.lock().is_empty(), "the log took them all");
     }
 }

@@ -25,6 +25,7 @@ pub mod secrets_key;
 pub mod server;
 pub mod state_machine;
 pub mod types;
+pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -146,6 +147,8 @@ pub struct Cluster {
     pub settings: RaftSettings,
     /// The log store's committed index + 1 (0 = nothing committed yet).
     committed: Arc<AtomicU64>,
+    /// Where the append handler leaves the entries' JSON for the log to store as it is.
+    pub received: log_store::Received,
     /// Held shared by every local proposal; a leadership transfer holds it exclusively so no
     /// entry refreshes the followers' lease while the new leader campaigns.
     gate: RwLock<()>,
@@ -179,6 +182,7 @@ pub async fn open(
         source: e,
     })?;
     let committed = log_store.committed_handle();
+    let received = log_store.received();
     let encoded = log_store.encoded();
     let sm =
         state_machine::StateMachine::new(store, hub, data_dir.join("snapshots")).map_err(|e| {
@@ -208,6 +212,7 @@ pub async fn open(
         peers,
         settings,
         committed,
+        received,
         gate: RwLock::new(()),
         changing: Mutex::new(()),
         reserved: std::sync::Mutex::new(BTreeSet::new()),

@@ -362,7 +362,7 @@ where
 /// The body of an append request: the JSON openraft's `AppendEntriesRequest` serializes to, with
 /// each entry the log still holds encoded copied as the log stored it (the same encoder wrote
 /// it) rather than encoded again for every follower.
-fn append_body(
+pub(super) fn append_body(
     rpc: &AppendEntriesRequest<TypeConfig>,
     encoded: &Encoded,
 ) -> serde_json::Result<Vec<u8>> {

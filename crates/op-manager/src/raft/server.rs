@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
@@ -21,18 +22,19 @@ use chrono::Utc;
 use op_proto::api::{AddMemberRequest, Scope, TransferLeaderRequest};
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
 };
 use subtle::ConstantTimeEq;
 
 use super::messages::{
     CLUSTER_HEADER, CampaignRequest, ForwardedOutputAnswer, ForwardedOutputRequest, JoinRequest,
-    JoinResponse, ReadIndexResponse, RemovedNotice, WriteRequest, WriteResponse, code,
+    JoinResponse, ReadIndexResponse, RemovedNotice, WriteResponse, code,
 };
 use super::network::RAFT_BODY_LIMIT;
 use super::refusal::PeerRefusal;
 use super::types::{NodeId, TypeConfig};
+use super::wire::{AppendRequest, decode_write};
 use super::{Cluster, ClusterError};
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
@@ -121,11 +123,29 @@ async fn authenticate(
     Ok(next.run(req).await)
 }
 
+/// An append from the leader: each entry is decoded here and its JSON, as sent, is left for the
+/// log to store as it is (`log_store::Received`), which spares encoding it again.
 async fn append(
     State(app): State<Arc<RaftListener>>,
-    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
-    Json(app.cluster.raft.append_entries(req).await)
+    body: Bytes,
+) -> Result<Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>, PeerRefusal> {
+    let bad = |e: serde_json::Error| {
+        PeerRefusal::new(
+            StatusCode::BAD_REQUEST,
+            code::FAILED,
+            format!("undecodable append request: {e}"),
+        )
+    };
+    let (req, texts) = AppendRequest::parse(&body)
+        .and_then(AppendRequest::decode)
+        .map_err(bad)?;
+    let _held = app.cluster.received.hold(
+        req.entries
+            .iter()
+            .map(|e| e.log_id)
+            .zip(texts.iter().copied()),
+    );
+    Ok(Json(app.cluster.raft.append_entries(req).await))
 }
 
 async fn vote(
@@ -166,10 +186,18 @@ async fn snapshot(
     Json(app.cluster.raft.install_snapshot(req).await)
 }
 
+/// A command a follower forwards (most are run batches: decoded without serde's buffering).
 async fn write(
     State(app): State<Arc<RaftListener>>,
-    Json(req): Json<WriteRequest>,
+    body: Bytes,
 ) -> Result<Json<WriteResponse>, PeerRefusal> {
+    let req = decode_write(&body).map_err(|e| {
+        PeerRefusal::new(
+            StatusCode::BAD_REQUEST,
+            code::FAILED,
+            format!("undecodable write request: {e}"),
+        )
+    })?;
     if !app.cluster.is_leader() {
         return Err(ClusterError::NotLeader.into());
     }
