@@ -540,4 +540,54 @@ mod tests {
         let back: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(&body).unwrap();
         assert_eq!(back.prev_log_id, beat.prev_log_id);
     }
+
+    /// The follower gets the entries the leader sent, and each entry's JSON byte for byte as the
+    /// leader stored it.
+    #[test]
+    fn an_append_request_keeps_each_entry_as_the_leader_stored_it() {
+        let all = crate::raft::wire::tests::entries();
+        let rpc = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(4, 2),
+            prev_log_id: Some(LogId::new(CommittedLeaderId::new(3, 1), 0)),
+            entries: all.clone(),
+            leader_commit: None,
+        };
+        // The leader's log holds the first entries' JSON; the rest it encodes for the request.
+        let encoded = Encoded::holding(all[..3].to_vec());
+        let body = append_body(&rpc, &encoded).unwrap();
+        let (got, texts) = crate::raft::wire::AppendRequest::parse(&body)
+            .unwrap()
+            .decode()
+            .unwrap();
+        let want: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(got.vote, want.vote);
+        assert_eq!(got.prev_log_id, want.prev_log_id);
+        assert_eq!(got.leader_commit, want.leader_commit);
+        assert_eq!(got.entries, want.entries);
+        assert_eq!(got.entries, all);
+        let stored: Vec<String> = all
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap())
+            .collect();
+        assert_eq!(texts, stored);
+        // A heartbeat and a body that is not a request.
+        let beat = AppendEntriesRequest::<TypeConfig> {
+            entries: vec![],
+            ..rpc
+        };
+        let body = append_body(&beat, &Encoded::default()).unwrap();
+        let (got, texts) = crate::raft::wire::AppendRequest::parse(&body)
+            .unwrap()
+            .decode()
+            .unwrap();
+        assert!(got.entries.is_empty() && texts.is_empty());
+        assert!(crate::raft::wire::AppendRequest::parse(br#"{"vote":1}"#).is_err());
+        let bad = br#"{"vote":{"leader_id":{"term":1,"node_id":1},"committed":true},"prev_log_id":null,"entries":[{"log_id":1}],"leader_commit":null}"#;
+        assert!(
+            crate::raft::wire::AppendRequest::parse(bad)
+                .unwrap()
+                .decode()
+                .is_err()
+        );
+    }
 }

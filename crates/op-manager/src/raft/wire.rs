@@ -255,7 +255,7 @@ impl<'a> AppendRequest<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use op_proto::node::LoadInfo;
@@ -263,7 +263,6 @@ mod tests {
     use openraft::{CommittedLeaderId, Membership};
 
     use super::*;
-    use crate::raft::log_store::Encoded;
     use crate::raft::types::Member;
 
     fn at(s: i64) -> DateTime<Utc> {
@@ -321,7 +320,7 @@ mod tests {
 
     /// Entries of every shape: the commands decoded here (empty and full), others, and entries
     /// without a command.
-    fn entries() -> Vec<Entry> {
+    pub(crate) fn entries() -> Vec<Entry> {
         let node = Uuid::from_u128(42);
         let commands = vec![
             Command::IngestRunBatches {
@@ -481,45 +480,6 @@ mod tests {
             }
         }
         assert!(ok >= 6, "only {ok} decoded");
-    }
-
-    /// The follower gets the entries the leader sent, and each entry's JSON byte for byte as the
-    /// leader stored it.
-    #[test]
-    fn an_append_request_keeps_each_entry_as_the_leader_stored_it() {
-        let all = entries();
-        let rpc = AppendEntriesRequest::<TypeConfig> {
-            vote: Vote::new_committed(4, 2),
-            prev_log_id: Some(LogId::new(CommittedLeaderId::new(3, 1), 0)),
-            entries: all.clone(),
-            leader_commit: None,
-        };
-        // The leader's log holds the first entries' JSON; the rest it encodes for the request.
-        let encoded = Encoded::holding(all[..3].to_vec());
-        let body = crate::raft::network::append_body(&rpc, &encoded).unwrap();
-        let (got, texts) = AppendRequest::parse(&body).unwrap().decode().unwrap();
-        let want: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(&body).unwrap();
-        assert_eq!(got.vote, want.vote);
-        assert_eq!(got.prev_log_id, want.prev_log_id);
-        assert_eq!(got.leader_commit, want.leader_commit);
-        assert_eq!(got.entries, want.entries);
-        assert_eq!(got.entries, all);
-        let stored: Vec<String> = all
-            .iter()
-            .map(|e| serde_json::to_string(e).unwrap())
-            .collect();
-        assert_eq!(texts, stored);
-        // A heartbeat and a body that is not a request.
-        let beat = AppendEntriesRequest::<TypeConfig> {
-            entries: vec![],
-            ..rpc
-        };
-        let body = crate::raft::network::append_body(&beat, &Encoded::default()).unwrap();
-        let (got, texts) = AppendRequest::parse(&body).unwrap().decode().unwrap();
-        assert!(got.entries.is_empty() && texts.is_empty());
-        assert!(AppendRequest::parse(br#"{"vote":1}"#).is_err());
-        let bad = br#"{"vote":{"leader_id":{"term":1,"node_id":1},"committed":true},"prev_log_id":null,"entries":[{"log_id":1}],"leader_commit":null}"#;
-        assert!(AppendRequest::parse(bad).unwrap().decode().is_err());
     }
 
     /// A forwarded write decodes as the derived decoder decodes it, whatever its command.
