@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use op_client::Client;
 use op_proto::agent::{RegisterRequest, RunBatch};
 use op_proto::{API_VERSION, JobSpec, RunRecord, RunStatus, Trigger};
@@ -102,18 +103,74 @@ pub async fn ingest(
     duration: Duration,
 ) -> anyhow::Result<Vec<Figure>> {
     let mut figures = Vec::new();
+    let mut rates = Vec::new();
     for n in [members, 1] {
         let c = Cluster::start(n, &[]).await;
-        let rate = ingest_on(&c, senders, batch, duration).await?;
+        let leader = c.wait_leader(LONG).await;
+        let pids: Vec<i32> = c
+            .members
+            .iter()
+            .map(|m| m.pid().map(|p| p as i32).context("a member runs"))
+            .collect::<anyhow::Result<_>>()?;
+        let cpu = |pid: i32| crate::procfs::cpu_secs(pid);
+        let before: Vec<f64> = pids
+            .iter()
+            .map(|p| cpu(*p))
+            .collect::<anyhow::Result<_>>()?;
+        let (stored, elapsed) = ingest_on(&c, senders, batch, duration).await?;
+        let after: Vec<f64> = pids
+            .iter()
+            .map(|p| cpu(*p))
+            .collect::<anyhow::Result<_>>()?;
+        let per_record = |i: usize| (after[i] - before[i]) * 1e6 / stored.max(1) as f64;
+        let rate = stored as f64 / elapsed.as_secs_f64();
+        rates.push(rate);
+        let conditions = format!(
+            "{senders} simulated agents posting batches of {batch} runs for {duration:?}, spread over {n} manager(s)"
+        );
         figures.push(Figure::new(
             &format!("run_ingest_{n}_managers"),
             rate,
             "records/s",
-            format!(
-                "{senders} simulated agents posting batches of {batch} runs for {duration:?}, spread over {n} manager(s)"
-            ),
+            conditions.clone(),
+        ));
+        if n == 1 {
+            figures.push(Figure::new(
+                "ingest_cpu_per_record_single",
+                per_record(0),
+                "µs",
+                conditions,
+            ));
+            continue;
+        }
+        let followers: Vec<usize> = (0..n).filter(|i| *i != leader).collect();
+        let follower_mean =
+            followers.iter().map(|i| per_record(*i)).sum::<f64>() / followers.len().max(1) as f64;
+        figures.push(Figure::new(
+            "ingest_cpu_per_record_leader",
+            per_record(leader),
+            "µs",
+            conditions.clone(),
+        ));
+        figures.push(Figure::new(
+            "ingest_cpu_per_record_follower",
+            follower_mean,
+            "µs",
+            format!("{conditions}; the mean of {} followers", followers.len()),
+        ));
+        figures.push(Figure::new(
+            "ingest_cpu_per_record_cluster",
+            (0..n).map(per_record).sum(),
+            "µs",
+            conditions,
         ));
     }
+    figures.push(Figure::new(
+        "run_ingest_ratio",
+        rates[0] / rates[1].max(f64::MIN_POSITIVE),
+        "",
+        format!("records/s of {members} managers over records/s of one, the same senders"),
+    ));
     Ok(figures)
 }
 
@@ -122,7 +179,7 @@ async fn ingest_on(
     senders: usize,
     batch: usize,
     duration: Duration,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(u64, Duration)> {
     // The manager stores only runs of jobs selected for their node: save the one they report.
     Client::new(&c.api_urls()[0], Some(&c.admin_token))?
         .save_job(&JobSpec::from_task_json(
@@ -197,5 +254,5 @@ async fn ingest_on(
     for t in tasks {
         t.await??;
     }
-    Ok(stored.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    Ok((stored.load(Ordering::Relaxed), start.elapsed()))
 }
