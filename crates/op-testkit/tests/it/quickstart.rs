@@ -107,6 +107,18 @@ async fn running_the_quickstart_again_restarts_both_and_names_the_console() {
         .mode();
     assert_eq!(mode & 0o777, 0o700);
 
+    // A word the script does not know is refused and leaves the pair running.
+    let out = q.run(&["stpo"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("usage: scripts/quickstart [stop]"),
+        "{out:?}"
+    );
+    assert!(
+        alive(manager2) && alive(agent2),
+        "a refused word stopped the pair"
+    );
+
     let out = q.run(&["stop"]);
     assert!(out.status.success());
     wait_until(LONG, "both stopped", || async {
