@@ -134,11 +134,11 @@ pub struct RunRecord {
     pub params: BTreeMap<String, String>,
     /// The command as it was run (after parameter substitution).
     pub command: String,
-    #[serde(default)]
+    #[serde(default, serialize_with = "instant::serialize")]
     pub planned_at: Option<DateTime<Utc>>,
-    #[serde(default)]
+    #[serde(default, serialize_with = "instant::serialize")]
     pub started_at: Option<DateTime<Utc>>,
-    #[serde(default)]
+    #[serde(default, serialize_with = "instant::serialize")]
     pub ended_at: Option<DateTime<Utc>>,
     pub status: RunStatus,
     #[serde(default)]
@@ -186,5 +186,68 @@ impl RunRecord {
             .next()
             .unwrap_or("")
             .to_string()
+    }
+}
+
+/// A run's times as JSON, faster. chrono's own `Serialize` hands its text to `collect_str`, and
+/// serde_json escapes what a formatter writes one character at a time: the three times of each
+/// record were 8.5 % of a manager's CPU applying run batches (perf, cluster-ingest), and paid
+/// again for the raft log and the HTTP bodies. This writes the same text (chrono's impl formats
+/// `to_rfc3339_opts(SecondsFormat::AutoSi, true)`) as one string. Reading is chrono's, unchanged.
+mod instant {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_some(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+            None => s.serialize_none(),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use chrono::{NaiveDate, TimeZone};
+
+        use super::*;
+
+        #[derive(serde::Serialize)]
+        struct Fast(#[serde(serialize_with = "serialize")] Option<DateTime<Utc>>);
+
+        #[test]
+        fn the_text_is_chronos_own() {
+            let day = NaiveDate::from_ymd_opt(2026, 12, 5).unwrap();
+            let mut times = vec![None, Some(Utc::now())];
+            for nano in [
+                0,
+                1,
+                999,
+                1_000,
+                120_000,
+                1_000_000,
+                123_456_789,
+                999_999_999,
+            ] {
+                for (h, m, sec) in [(0, 0, 0), (6, 38, 7), (23, 59, 59)] {
+                    let naive = day.and_hms_nano_opt(h, m, sec, nano).unwrap();
+                    times.push(Some(Utc.from_utc_datetime(&naive)));
+                }
+            }
+            // A leap second (chrono keeps it as a nanosecond count past 1e9).
+            let leap = day.and_hms_nano_opt(23, 59, 59, 1_500_000_000).unwrap();
+            times.push(Some(Utc.from_utc_datetime(&leap)));
+            for year in [1, 1970, 9999] {
+                let naive = NaiveDate::from_ymd_opt(year, 1, 2)
+                    .unwrap()
+                    .and_hms_opt(3, 4, 5)
+                    .unwrap();
+                times.push(Some(Utc.from_utc_datetime(&naive)));
+            }
+            for t in times {
+                let ours = serde_json::to_string(&Fast(t)).unwrap();
+                let chronos = serde_json::to_string(&t).unwrap();
+                assert_eq!(ours, chronos, "{t:?}");
+            }
+        }
     }
 }
