@@ -75,20 +75,20 @@ impl EventTimer {
         // A cron job's selection is the same for all its open fires (a fire a second of a
         // busy job): looked up once per look, not once per fire.
         // Only a fire that closes gets a copy of its selection: a busy job has thousands open.
-        let mut by_job: HashMap<String, std::sync::Arc<Vec<String>>> = HashMap::new();
+        let mut by_job: HashMap<String, Arc<Vec<String>>> = HashMap::new();
         for (fire, first, reported) in open {
             let selected = match &fire {
                 FireKey::Cron { job, .. } => match by_job.get(job) {
                     Some(selected) => selected.clone(),
                     None => {
-                        let selected = std::sync::Arc::new(self.selection(&fire).await?);
+                        let selected = Arc::new(self.selection(&fire).await?);
                         by_job.insert(job.clone(), selected.clone());
                         selected
                     }
                 },
                 // A run on one agent stands alone: nothing to look up.
-                FireKey::Run { .. } => std::sync::Arc::default(),
-                _ => std::sync::Arc::new(self.selection(&fire).await?),
+                FireKey::Run { .. } => Arc::default(),
+                _ => Arc::new(self.selection(&fire).await?),
             };
             let complete = match &fire {
                 FireKey::Run { .. } => reported >= 1,

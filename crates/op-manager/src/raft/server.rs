@@ -123,22 +123,26 @@ async fn authenticate(
     Ok(next.run(req).await)
 }
 
+/// The refusal of a peer's request body that does not decode (`what`: the request's kind).
+fn undecodable(what: &'static str) -> impl Fn(serde_json::Error) -> PeerRefusal {
+    move |e| {
+        PeerRefusal::new(
+            StatusCode::BAD_REQUEST,
+            code::FAILED,
+            format!("undecodable {what} request: {e}"),
+        )
+    }
+}
+
 /// An append from the leader: each entry is decoded here and its JSON, as sent, is left for the
 /// log to store as it is (`log_store::Received`), which spares encoding it again.
 async fn append(
     State(app): State<Arc<RaftListener>>,
     body: Bytes,
 ) -> Result<Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>, PeerRefusal> {
-    let bad = |e: serde_json::Error| {
-        PeerRefusal::new(
-            StatusCode::BAD_REQUEST,
-            code::FAILED,
-            format!("undecodable append request: {e}"),
-        )
-    };
     let (req, texts) = AppendRequest::parse(&body)
         .and_then(AppendRequest::decode)
-        .map_err(bad)?;
+        .map_err(undecodable("append"))?;
     let _held = app.cluster.received.hold(
         req.entries
             .iter()
@@ -191,13 +195,7 @@ async fn write(
     State(app): State<Arc<RaftListener>>,
     body: Bytes,
 ) -> Result<Json<WriteResponse>, PeerRefusal> {
-    let req = decode_write(&body).map_err(|e| {
-        PeerRefusal::new(
-            StatusCode::BAD_REQUEST,
-            code::FAILED,
-            format!("undecodable write request: {e}"),
-        )
-    })?;
+    let req = decode_write(&body).map_err(undecodable("write"))?;
     if !app.cluster.is_leader() {
         return Err(ClusterError::NotLeader.into());
     }
