@@ -80,6 +80,13 @@ enum Scenario {
         /// with the unstaged ones: manager CPU and sync answer bytes per save (issue 21).
         #[arg(long, value_name = "STAGES")]
         rollout: Option<String>,
+        /// Other jobs every agent holds beside the one saved: a save changes one job of each
+        /// agent's set, and a delta names the others instead of sending them.
+        #[arg(long, default_value_t = 0)]
+        jobs: usize,
+        /// The agents ask for whole states only, as agents before state deltas did (to compare).
+        #[arg(long)]
+        whole_states: bool,
     },
     /// Run records per second accepted through raft, and the acknowledgement latency.
     Ingest {
@@ -275,9 +282,18 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<report::Figure>> {
             saves,
             secret,
             rollout,
+            jobs,
+            whole_states,
         } => {
-            scenarios::propagation::run(&manager_bin()?, margs, agents, saves, secret, rollout)
-                .await
+            let options = scenarios::propagation::Options {
+                agents,
+                saves,
+                secret,
+                rollout,
+                jobs,
+                whole_states,
+            };
+            scenarios::propagation::run(&manager_bin()?, margs, options).await
         }
         Scenario::Ingest {
             agents,

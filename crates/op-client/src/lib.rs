@@ -43,7 +43,7 @@ mod watch;
 
 pub use bytes::Bytes;
 pub use events::{EventQuery, EventStream};
-pub use watch::Watch;
+pub use watch::{Watch, WatchState};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]

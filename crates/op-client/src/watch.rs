@@ -2,7 +2,7 @@
 //! node's beats up and its desired state down.
 
 use op_proto::agent::Heartbeat;
-use op_proto::watch::{ALIVE, Frames, MAX_DOWN_FRAME, WatchDown, encode};
+use op_proto::watch::{ALIVE, DELTA_HEADER, Frames, MAX_DOWN_FRAME, StateDelta, WatchDown, encode};
 use op_proto::{ErrorBody, watch::WATCH_PROTOCOL};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -20,6 +20,14 @@ pub struct Watch {
     heard: std::time::Instant,
 }
 
+/// A state sent down a watch: whole, or as a delta from the last one sent on it (only when the
+/// watch was opened asking for deltas).
+#[derive(Debug)]
+pub enum WatchState<S> {
+    Whole(S),
+    Delta(StateDelta<S>),
+}
+
 /// [`op_proto::watch::WatchBeat`] without copying the heartbeat.
 #[derive(Serialize)]
 struct BeatRef<'a> {
@@ -28,15 +36,19 @@ struct BeatRef<'a> {
 }
 
 impl Client {
-    /// Opens the node's watch. A manager that has none answers 404 (`ClientError::status`),
-    /// and the agent long-polls [`Client::sync`] instead.
-    pub async fn watch(&self) -> Result<Watch> {
+    /// Opens the node's watch; with `deltas`, asking to be sent [`WatchState::Delta`]s (a
+    /// manager that does not know them sends whole states). A manager that has no watch answers
+    /// 404 (`ClientError::status`), and the agent long-polls [`Client::sync`] instead.
+    pub async fn watch(&self, deltas: bool) -> Result<Watch> {
         let path = "/v1/agent/watch";
-        let req = self
+        let mut req = self
             .request(Method::GET, path)
             .version(reqwest::Version::HTTP_11)
             .header(reqwest::header::CONNECTION, "upgrade")
             .header(reqwest::header::UPGRADE, WATCH_PROTOCOL);
+        if deltas {
+            req = req.header(DELTA_HEADER, "1");
+        }
         let resp = self.send(path, req).await?;
         let url = self.url(path);
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -115,9 +127,10 @@ impl Watch {
 
     /// A frame's state, or the refusal that ended the watch as the error a sync call would have
     /// returned (`unknown_node`, 401, ...).
-    pub fn decode<S: DeserializeOwned>(&self, frame: &[u8]) -> Result<S> {
+    pub fn decode<S: DeserializeOwned>(&self, frame: &[u8]) -> Result<WatchState<S>> {
         match serde_json::from_slice::<WatchDown<S>>(frame) {
-            Ok(WatchDown::State(s)) => Ok(s),
+            Ok(WatchDown::State(s)) => Ok(WatchState::Whole(s)),
+            Ok(WatchDown::Delta(d)) => Ok(WatchState::Delta(d)),
             Ok(WatchDown::Alive) => Err(ClientError::Decode {
                 url: self.url.clone(),
                 message: "an alive frame where a state was expected".into(),
@@ -134,7 +147,7 @@ impl Watch {
     }
 
     /// The next state (see [`Watch::next_frame`] and [`Watch::decode`]). Cancel-safe.
-    pub async fn next<S: DeserializeOwned>(&mut self) -> Result<S> {
+    pub async fn next<S: DeserializeOwned>(&mut self) -> Result<WatchState<S>> {
         let frame = self.next_frame().await?;
         self.decode(&frame)
     }

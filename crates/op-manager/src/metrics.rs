@@ -89,6 +89,8 @@ pub struct Metrics {
     pub syncs_parked: Gauge,
     /// Agents holding a watch (`op_proto::watch`).
     pub watches_open: Gauge,
+    watch_states: Family<Labels, Counter>,
+    watch_state_bytes: Family<Labels, Counter>,
     pub invocation_streams: Gauge,
     nodes: Family<Labels, Gauge>,
     jobs: Gauge,
@@ -160,6 +162,8 @@ impl Metrics {
             runs_pruned: Counter::default(),
             syncs_parked: Gauge::default(),
             watches_open: Gauge::default(),
+            watch_states: Family::default(),
+            watch_state_bytes: Family::default(),
             invocation_streams: Gauge::default(),
             nodes: Family::default(),
             jobs: Gauge::default(),
@@ -241,6 +245,16 @@ impl Metrics {
             "watches_open",
             "Agents holding a watch connection (heartbeats up, desired state down)",
             m.watches_open.clone(),
+        );
+        r.register(
+            "watch_states",
+            "Desired states sent down watches, by kind: whole, delta (the jobs the agent holds named, not sent), light (output requests alone)",
+            m.watch_states.clone(),
+        );
+        r.register(
+            "watch_state_bytes",
+            "Bytes of the desired states sent down watches, by kind",
+            m.watch_state_bytes.clone(),
         );
         r.register(
             "invocation_streams",
@@ -476,6 +490,15 @@ impl Metrics {
         self.status_changes
             .get_or_create(&labels("status", status.as_str()))
             .inc();
+    }
+
+    /// A desired state went down a watch: `kind` is `whole`, `delta` or `light`.
+    pub fn watch_state_sent(&self, kind: &'static str, bytes: usize) {
+        let kind = labels("kind", kind);
+        self.watch_states.get_or_create(&kind).inc();
+        self.watch_state_bytes
+            .get_or_create(&kind)
+            .inc_by(bytes as u64);
     }
 
     pub fn heartbeats_flushed(&self, n: u64) {

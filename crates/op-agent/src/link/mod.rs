@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use op_client::{Client, ClientError};
+use op_client::{Client, ClientError, WatchState};
 use op_proto::agent::{AgentSettings, DesiredJob, DesiredState, Directive, RegisterRequest};
 use rand::Rng;
 use tokio::sync::watch;
@@ -331,9 +331,9 @@ impl Shared {
     /// Opens this node's watch on the manager at `url`. Plain HTTP is HTTP/1.1 and goes
     /// through the kept client; over TLS a second client that speaks only HTTP/1.1 is kept for
     /// it (the manager would agree to HTTP/2, which has no upgrade).
-    async fn open_watch(&self, url: &str) -> Result<op_client::Watch, ClientError> {
+    async fn open_watch(&self, url: &str, deltas: bool) -> Result<op_client::Watch, ClientError> {
         if url.starts_with("http://") {
-            return self.client(url)?.watch().await;
+            return self.client(url)?.watch(deltas).await;
         }
         let client = {
             let mut cached = self.watch_client.lock().unwrap_or_else(|p| p.into_inner());
@@ -347,7 +347,7 @@ impl Shared {
                 }
             }
         };
-        client.watch().await
+        client.watch(deltas).await
     }
 }
 
@@ -439,6 +439,10 @@ impl SyncLoop {
         // The watch in use, with its manager's URL, and the manager found to have none.
         let mut watch: Option<(String, op_client::Watch)> = None;
         let mut no_watch: Option<String> = None;
+        // Deltas are asked for on every watch but the one opened after a delta that did not
+        // fit what this agent holds: that one carries whole states, so a manager that keeps
+        // sending bad deltas cannot make the agent reopen without end.
+        let mut deltas = true;
         while !shutdown.is_cancelled() {
             let url = self.shared.current();
             let client = match self.shared.client(&url) {
@@ -557,8 +561,11 @@ impl SyncLoop {
             }
             let mut sent = Ok(());
             if watch.is_none() && no_watch.as_deref() != Some(url.as_str()) {
-                match self.shared.open_watch(&url).await {
-                    Ok(w) => watch = Some((url.clone(), w)),
+                match self.shared.open_watch(&url, deltas).await {
+                    Ok(w) => {
+                        watch = Some((url.clone(), w));
+                        deltas = true;
+                    }
                     Err(e) if has_no_watch(&e) => {
                         tracing::info!(manager = %url, "the manager has no watch; long-polling instead");
                         no_watch = Some(url.clone());
@@ -598,7 +605,10 @@ impl SyncLoop {
                                 r = w.next::<DesiredState>() => r.map(Some),
                                 _ = tokio::time::sleep(Duration::from_secs(wait.max(1))) => Ok(None),
                             },
-                            None => client.sync(self.index, wait, &beat).await.map(Some),
+                            None => client
+                                .sync(self.index, wait, &beat)
+                                .await
+                                .map(|s| Some(WatchState::Whole(s))),
                         }
                     };
                     tokio::select! {
@@ -614,6 +624,25 @@ impl SyncLoop {
             if answer.is_err() {
                 watch = None;
             }
+            // A delta (on a watch, from the last state sent there) becomes the whole state from
+            // the one held; one that does not fit is a state this agent cannot know: reopen the
+            // watch, whose first state is whole.
+            let answer = match answer {
+                Ok(Some(WatchState::Whole(state))) => Ok(Some(state)),
+                Ok(Some(WatchState::Delta(delta))) => {
+                    match delta.resolve(self.index, self.applied_jobs.as_deref().unwrap_or(&[])) {
+                        Ok(state) => Ok(Some(state)),
+                        Err(e) => {
+                            tracing::warn!(manager = %url, error = %e, "a state delta does not fit the state held; reopening the watch for a whole state");
+                            watch = None;
+                            deltas = false;
+                            continue;
+                        }
+                    }
+                }
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
             match answer {
                 Ok(None) => {
                     // The watch stayed open through the wait and took the beat: in touch.

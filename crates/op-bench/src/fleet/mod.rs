@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use op_client::Client;
+use op_client::{Client, WatchState};
 use op_proto::API_VERSION;
 use op_proto::agent::{AgentSettings, Directive, Heartbeat, RegisterRequest, RunBatch};
 use op_proto::node::LoadInfo;
@@ -167,6 +167,8 @@ pub struct Fleet {
     clients: Vec<Option<Client>>,
     /// The settings the manager handed out at registration (sync wait, batch size).
     pub settings: AgentSettings,
+    /// The agents ask for state deltas on their watches.
+    deltas: bool,
     pub counters: Arc<Counters>,
     applied: mpsc::UnboundedReceiver<Applied>,
     shutdown: CancellationToken,
@@ -177,6 +179,16 @@ impl Fleet {
     /// Registers `n` agents with `manager` and starts each one's sync loop as soon as it is
     /// registered. Returns when every agent is registered (their first syncs may still be running).
     pub async fn start(manager: &ManagerProcess, n: usize) -> anyhow::Result<Fleet> {
+        Fleet::start_with(manager, n, true).await
+    }
+
+    /// [`Fleet::start`], the agents asking for state deltas on their watches (as `op-agent`
+    /// does) or, without `deltas`, for whole states only (as agents before deltas did).
+    pub async fn start_with(
+        manager: &ManagerProcess,
+        n: usize,
+        deltas: bool,
+    ) -> anyhow::Result<Fleet> {
         let pools = n.div_ceil(AGENTS_PER_POOL).max(1);
         let loopback = manager_is_loopback(&manager.api_url);
         let enroll = (0..pools)
@@ -208,6 +220,7 @@ impl Fleet {
             enroll,
             clients: vec![None; n],
             settings: AgentSettings::default(),
+            deltas,
             counters,
             applied,
             shutdown,
@@ -258,6 +271,7 @@ impl Fleet {
             client: own,
             enroll: self.enroll_for(i).clone(),
             wait_secs: self.settings.sync_wait_secs,
+            deltas: self.deltas,
             counters: self.counters.clone(),
             applied: tx.clone(),
         };
@@ -380,6 +394,7 @@ struct SyncLoop {
     /// The shared enrollment token, for a node the manager forgot.
     enroll: Client,
     wait_secs: u64,
+    deltas: bool,
     counters: Arc<Counters>,
     applied: mpsc::UnboundedSender<Applied>,
 }
@@ -488,7 +503,7 @@ impl SyncLoop {
             let frame = match watch.as_mut() {
                 None => {
                     let opened = tokio::select! {
-                        r = self.client.watch() => r,
+                        r = self.client.watch(self.deltas) => r,
                         _ = shutdown.cancelled() => return,
                     };
                     match opened {
@@ -529,6 +544,41 @@ impl SyncLoop {
                         .transpose()
                 }
             });
+            // A delta names the jobs held (by name and revision) instead of sending them.
+            let answer = match answer {
+                Ok(Some(WatchState::Delta(d))) => {
+                    let held = jobs.as_deref().unwrap_or(&[]);
+                    let sent = d
+                        .state
+                        .jobs
+                        .into_iter()
+                        .map(|j| (j.spec.name, j.revision))
+                        .collect();
+                    match op_proto::watch::merge_jobs(d.base, index, &d.kept, sent, |k| {
+                        held.iter()
+                            .find(|(n, r)| *n == k.name && *r == k.revision)
+                            .cloned()
+                    }) {
+                        Ok(merged) => Ok(Some(SyncAnswer {
+                            jobs: merged
+                                .into_iter()
+                                .map(|(name, revision)| AnswerJob {
+                                    revision,
+                                    spec: AnswerSpec { name },
+                                })
+                                .collect(),
+                            ..d.state
+                        })),
+                        Err(e) => Err(op_client::ClientError::Decode {
+                            url: "watch".into(),
+                            message: e.to_string(),
+                        }),
+                    }
+                }
+                Ok(Some(WatchState::Whole(s))) => Ok(Some(s)),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
             match answer {
                 Ok(None) => failures = 0,
                 Ok(Some(state)) if state.directives_only => {

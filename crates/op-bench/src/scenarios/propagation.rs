@@ -107,14 +107,32 @@ async fn wait_seen(
     Ok(latest)
 }
 
+/// What a propagation run measures.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub agents: usize,
+    pub saves: usize,
+    pub secret: bool,
+    pub rollout: Option<String>,
+    /// Other jobs every agent holds beside the one saved (a fleet runs a dozen cron jobs).
+    pub jobs: usize,
+    /// The agents ask for whole states only (as agents before state deltas did).
+    pub whole_states: bool,
+}
+
 pub async fn run(
     manager_bin: &Path,
     manager_args: &[String],
-    agents: usize,
-    saves: usize,
-    secret: bool,
-    rollout: Option<String>,
+    options: Options,
 ) -> anyhow::Result<Vec<Figure>> {
+    let Options {
+        agents,
+        saves,
+        secret,
+        rollout,
+        jobs,
+        whole_states,
+    } = options;
     if let Some(stages) = &rollout {
         op_proto::rollout::RolloutRequest::from_flags(stages, Some("0"), None, false)
             .plan()
@@ -126,10 +144,19 @@ pub async fn run(
     );
     limits::check_fleet(agents)?;
     let manager = ManagerProcess::start(manager_bin, manager_args).await?;
+    // The other jobs, saved before the fleet comes: each agent's every state carries them.
+    for i in 0..jobs {
+        let name = format!("bench-steady-{i:03}");
+        let task = format!(
+            r#"{{"JobName":"{name}","Command":"/usr/local/bin/steady-task --part {i} >> /var/log/steady-{i}.log 2>&1","CronExpr":"0 {m} * * * * *","Timeout":600}}"#,
+            m = i % 60
+        );
+        manager.admin.save_job_text(&name, &task).await?;
+    }
     let pid = manager.pid();
     let cpu_start = cpu_secs(pid)?;
     let ramp_started = Instant::now();
-    let mut fleet = Fleet::start(&manager, agents).await?;
+    let mut fleet = Fleet::start_with(&manager, agents, !whole_states).await?;
     fleet.wait_parked(&manager, ramp_limit(agents)).await?;
     let ramp = ramp_started.elapsed();
     let (rss_parked, _) = rss_kib(pid)?;
@@ -239,17 +266,30 @@ pub async fn run(
 
     let mib = |kib: u64| kib as f64 / 1024.0;
     let build = crate::binaries::profile(manager_bin);
-    let with = if secret {
-        ", the job names a secret"
-    } else {
-        ""
-    };
+    let with = format!(
+        "{}{}{}",
+        if secret {
+            ", the job names a secret"
+        } else {
+            ""
+        },
+        if jobs > 0 {
+            format!(", {jobs} other jobs held")
+        } else {
+            String::new()
+        },
+        if whole_states {
+            ", whole states only (no deltas)"
+        } else {
+            ""
+        }
+    );
     let cond = format!(
         "{agents} simulated agents parked (sync wait {wait}s), {saves} saves{with}, save sent → \
          sync answer parsed, {} samples, manager {build} build",
         latencies.len()
     );
-    let held = format!("{agents} simulated agents parked, manager {build} build");
+    let held = format!("{agents} simulated agents parked{with}, manager {build} build");
     let mut figures = spread("propagation", &latencies, "ms", &cond);
     figures.extend([
         Figure::new(

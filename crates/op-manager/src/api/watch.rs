@@ -12,6 +12,10 @@
 //!   or when the last full answer is older than [`WATCH_REFRESH_SECS`];
 //! - a change of the node's state, or of every node's (a job saved), sends the new state at once;
 //! - an output request sends the light answer (`DesiredState::directives_only`);
+//! - to an agent that asked for deltas ([`DELTA_HEADER`]), every state after the watch's first
+//!   goes as a [`StateDelta`] from the last one sent, until the refresh sends a whole one again:
+//!   the watch keeps the jobs it last sent as one hash of `(name, revision)` each ([`Sent`]), and
+//!   names those the agent holds instead of sending them;
 //! - a beat that nothing went down for during a sync wait gets `alive`, so an agent can tell a
 //!   frozen manager (whose socket stays open) from a quiet one.
 //!
@@ -30,9 +34,11 @@ use axum::http::{StatusCode, header};
 use axum::response::Response;
 use chrono::Utc;
 use hyper_util::rt::TokioIo;
+use op_proto::agent::DesiredJob;
 use op_proto::agent::DesiredState;
 use op_proto::watch::{
-    Frames, MAX_UP_FRAME, WATCH_PROTOCOL, WATCH_REFRESH_SECS, WatchBeat, WatchDown, encode,
+    DELTA_HEADER, Frames, KeptJob, MAX_UP_FRAME, StateDelta, WATCH_PROTOCOL, WATCH_REFRESH_SECS,
+    WatchBeat, WatchDown, encode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -80,10 +86,14 @@ pub async fn open(
     if live(app.hub.node(&app.store, node).await?).is_none() {
         return Err(ApiError::UnknownNode(node));
     }
+    let deltas = req
+        .headers()
+        .get(DELTA_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1");
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match upgrade.await {
-            Ok(io) => serve(app, caller, node, TokioIo::new(io)).await,
+            Ok(io) => serve(app, caller, node, deltas, TokioIo::new(io)).await,
             Err(e) => tracing::debug!(%node, error = %e, "the watch's upgrade failed"),
         }
     });
@@ -104,6 +114,47 @@ impl Drop for Open<'_> {
     }
 }
 
+/// The jobs of the last whole or delta state sent on a watch: what the agent holds once it read
+/// it (frames arrive in order), one hash of `(name, revision)` each, sorted. Eight bytes a job.
+struct Sent(Vec<u64>);
+
+impl Sent {
+    fn key(job: &DesiredJob) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        job.spec.name.hash(&mut h);
+        job.revision.hash(&mut h);
+        h.finish()
+    }
+
+    fn of(jobs: &[DesiredJob]) -> Sent {
+        let mut keys: Vec<u64> = jobs.iter().map(Sent::key).collect();
+        keys.sort_unstable();
+        Sent(keys)
+    }
+
+    /// `state` as a delta from the state these jobs were sent with (`base`): the jobs held
+    /// named, the others left in `state.jobs`. A hash that collides names a job the agent does
+    /// not hold at that revision; the agent finds it missing and reopens for a whole state.
+    fn delta(&self, base: u64, mut state: DesiredState) -> StateDelta<DesiredState> {
+        let mut kept = Vec::new();
+        let mut sent = Vec::new();
+        for (at, job) in std::mem::take(&mut state.jobs).into_iter().enumerate() {
+            if self.0.binary_search(&Sent::key(&job)).is_ok() {
+                kept.push(KeptJob {
+                    at,
+                    name: job.spec.name,
+                    revision: job.revision,
+                });
+            } else {
+                sent.push(job);
+            }
+        }
+        state.jobs = sent;
+        StateDelta { base, kept, state }
+    }
+}
+
 enum Event {
     Frame(Vec<u8>),
     Changed,
@@ -115,6 +166,7 @@ async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
     app: Arc<App>,
     caller: Caller,
     node: Uuid,
+    deltas: bool,
     mut io: I,
 ) {
     let Some(_slot) = app.auth.syncs.take(&caller.token_id) else {
@@ -136,6 +188,8 @@ async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
     // The index the agent holds: as its last beat said, or as last sent. None before its first.
     let mut held: Option<u64> = None;
     let mut refreshed = Instant::now();
+    // The index and jobs of the last state sent, for deltas: none before the first (whole).
+    let mut sent: Option<(u64, Sent)> = None;
     // The last beat's arrival on our clock and its `sent_at` on the agent's: every answer
     // carries both, so the agent measures the clocks' offset on one message.
     let mut beat_clock = (Utc::now(), None);
@@ -217,12 +271,35 @@ async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
             Err(e) => break Some(e),
         };
         state.beat_sent_at = beat_clock.1;
-        if !state.directives_only {
+        let written = if state.directives_only {
+            send(&mut io, &WatchDown::State(&state))
+                .await
+                .map(|n| ("light", n))
+        } else {
             held = Some(state.index);
-            refreshed = Instant::now();
-        }
-        if send(&mut io, &WatchDown::State(&state)).await.is_err() {
-            break None;
+            let index = state.index;
+            let jobs = Sent::of(&state.jobs);
+            let whole = !deltas || refreshed.elapsed() >= refresh;
+            let written = match sent.as_ref() {
+                Some((base, before)) if !whole => {
+                    let delta = before.delta(*base, state);
+                    send(&mut io, &WatchDown::Delta(delta))
+                        .await
+                        .map(|n| ("delta", n))
+                }
+                _ => {
+                    refreshed = Instant::now();
+                    send(&mut io, &WatchDown::State(&state))
+                        .await
+                        .map(|n| ("whole", n))
+                }
+            };
+            sent = Some((index, jobs));
+            written
+        };
+        match written {
+            Ok((kind, bytes)) => app.metrics.watch_state_sent(kind, bytes),
+            Err(_) => break None,
         }
         last_sent = Instant::now();
     };
@@ -233,11 +310,11 @@ async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
     let _ = tokio::time::timeout(SEND_TIMEOUT, io.shutdown()).await;
 }
 
-/// Writes one frame, within [`SEND_TIMEOUT`].
+/// Writes one frame, within [`SEND_TIMEOUT`]; returns its length.
 async fn send<I: AsyncWrite + Unpin, S: serde::Serialize>(
     io: &mut I,
     down: &WatchDown<S>,
-) -> std::io::Result<()> {
+) -> std::io::Result<usize> {
     let json = serde_json::to_vec(down).map_err(std::io::Error::other)?;
     let frame = encode(&json);
     match tokio::time::timeout(SEND_TIMEOUT, async {
@@ -246,7 +323,7 @@ async fn send<I: AsyncWrite + Unpin, S: serde::Serialize>(
     })
     .await
     {
-        Ok(r) => r,
+        Ok(r) => r.map(|()| frame.len()),
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "the agent took no frame for 30 s",

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use op_client::Client;
-use op_proto::agent::DesiredState;
-use op_proto::watch::{WatchDown, encode};
+use op_client::{Client, WatchState};
+use op_proto::agent::{DesiredJob, DesiredState};
+use op_proto::watch::{StateDelta, WatchDown, encode};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -15,11 +15,25 @@ use crate::common::*;
 
 const FRAME_WAIT: Duration = Duration::from_secs(15);
 
-async fn next_state(w: &mut op_client::Watch) -> DesiredState {
+async fn next_down(w: &mut op_client::Watch) -> WatchState<DesiredState> {
     tokio::time::timeout(FRAME_WAIT, w.next::<DesiredState>())
         .await
         .expect("a state within 15 s")
         .expect("a state, not an error")
+}
+
+async fn next_state(w: &mut op_client::Watch) -> DesiredState {
+    match next_down(w).await {
+        WatchState::Whole(s) => s,
+        WatchState::Delta(d) => panic!("a whole state was expected, got a delta: {d:?}"),
+    }
+}
+
+async fn next_delta(w: &mut op_client::Watch) -> StateDelta<DesiredState> {
+    match next_down(w).await {
+        WatchState::Delta(d) => d,
+        WatchState::Whole(s) => panic!("a delta was expected, got a whole state: {s:?}"),
+    }
 }
 
 async fn metric(admin: &Client, name: &str) -> f64 {
@@ -37,7 +51,7 @@ async fn a_watch_pushes_each_change_and_outlives_the_http_idle_bound() {
     let (admin, agent) = (m.admin(), m.agent());
     let a = FakeAgent::new(2);
     a.register(&agent).await;
-    let mut w = a.client(&agent).watch().await.unwrap();
+    let mut w = a.client(&agent).watch(false).await.unwrap();
     // The first beat of a watch is always answered with the full state (a reconnect resyncs).
     w.beat(0, &a.heartbeat()).await.unwrap();
     let first = next_state(&mut w).await;
@@ -102,7 +116,7 @@ async fn a_silent_watch_is_closed_and_a_forgotten_node_is_told() {
     let a = FakeAgent::new(2);
     a.register(&agent).await;
     // A stopped agent keeps its socket open and sends nothing: closed after node_timeout.
-    let mut silent = a.client(&agent).watch().await.unwrap();
+    let mut silent = a.client(&agent).watch(false).await.unwrap();
     silent.beat(0, &a.heartbeat()).await.unwrap();
     next_state(&mut silent).await;
     let closed = tokio::time::timeout(FRAME_WAIT, silent.next_frame())
@@ -113,7 +127,7 @@ async fn a_silent_watch_is_closed_and_a_forgotten_node_is_told() {
     // A node forgotten while it watches is told so, with the code a sync call answers.
     let b = FakeAgent::new(3);
     b.register(&agent).await;
-    let mut w = b.client(&agent).watch().await.unwrap();
+    let mut w = b.client(&agent).watch(false).await.unwrap();
     w.beat(0, &b.heartbeat()).await.unwrap();
     next_state(&mut w).await;
     admin.forget_node(b.node_id).await.unwrap();
@@ -230,7 +244,7 @@ async fn hostile_watch_requests_and_frames_are_refused() {
         (admin.clone(), 403),
         (Client::new(&m.url, None).unwrap(), 401),
     ] {
-        let e = client.watch().await.err().expect("refused");
+        let e = client.watch(false).await.err().expect("refused");
         assert_eq!(e.status(), Some(status), "{e}");
     }
 
@@ -250,8 +264,102 @@ async fn hostile_watch_requests_and_frames_are_refused() {
     assert_eq!(refusal(&mut s).await.code, "invalid_frame");
 
     // The manager is unharmed: the node still watches and gets its state.
-    let mut w = a.client(&agent).watch().await.unwrap();
+    let mut w = a.client(&agent).watch(false).await.unwrap();
     w.beat(0, &a.heartbeat()).await.unwrap();
     assert!(next_state(&mut w).await.index > 0);
+    m.stop().await;
+}
+
+fn names_and_revisions(jobs: &[DesiredJob]) -> Vec<(String, u64)> {
+    jobs.iter()
+        .map(|j| (j.spec.name.clone(), j.revision))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_asks_is_sent_only_the_jobs_that_changed() {
+    let m = TestManager::start().await;
+    let (admin, agent) = (m.admin(), m.agent());
+    for name in ["alpha", "bravo", "charlie"] {
+        save(
+            &admin,
+            json!({"JobName": name, "Command": "true", "CronExpr": "0 0 * * * * *"}),
+        )
+        .await;
+    }
+    let a = FakeAgent::new(2);
+    a.register(&agent).await;
+    let client = a.client(&agent);
+    let mut w = client.watch(true).await.unwrap();
+    // A watch's first state is whole, deltas asked or not (a reconnect resyncs).
+    w.beat(0, &a.heartbeat()).await.unwrap();
+    let first = next_state(&mut w).await;
+    assert_eq!(first.jobs.len(), 3);
+
+    // One job saved again: only it is sent; the two others are named at their places.
+    save(
+        &admin,
+        json!({"JobName": "bravo", "Command": "echo changed", "CronExpr": "0 0 * * * * *"}),
+    )
+    .await;
+    let delta = next_delta(&mut w).await;
+    assert_eq!(delta.base, first.index);
+    assert_eq!(
+        names_and_revisions(&delta.state.jobs),
+        [("bravo".into(), 2)]
+    );
+    let kept: Vec<(usize, &str)> = delta.kept.iter().map(|k| (k.at, k.name.as_str())).collect();
+    assert_eq!(kept, [(0, "alpha"), (2, "charlie")]);
+    // The rest of the state is whole.
+    assert!(delta.state.settings.is_some() && delta.state.holds.is_some());
+    let second = delta.clone().resolve(first.index, &first.jobs).unwrap();
+    // What the agent rebuilds is what a whole answer says (a sync call asks for one).
+    let whole = client.sync(0, 0, &a.heartbeat()).await.unwrap();
+    assert_eq!(second.index, whole.index);
+    assert_eq!(second.jobs, whole.jobs);
+    // A delta does not fit a state other than its base.
+    assert!(delta.resolve(first.index + 1, &first.jobs).is_err());
+
+    // A deleted job: nothing sent, the others kept.
+    admin.delete_job("charlie").await.unwrap();
+    let delta = next_delta(&mut w).await;
+    assert_eq!(delta.base, second.index);
+    assert!(delta.state.jobs.is_empty());
+    let third = delta.resolve(second.index, &second.jobs).unwrap();
+    assert_eq!(
+        names_and_revisions(&third.jobs),
+        [("alpha".into(), 1), ("bravo".into(), 2)]
+    );
+
+    // Counted by kind, with their bytes.
+    let states = |kind: &str| format!("op_manager_watch_states_total{{kind=\"{kind}\"}}");
+    assert_eq!(metric(&admin, &states("whole")).await, 1.0);
+    assert_eq!(metric(&admin, &states("delta")).await, 2.0);
+    assert!(metric(&admin, "op_manager_watch_state_bytes_total{kind=\"delta\"}").await > 0.0);
+
+    // A new watch (a reconnect) starts whole again.
+    drop(w);
+    let mut w = client.watch(true).await.unwrap();
+    w.beat(third.index, &a.heartbeat()).await.unwrap();
+    let again = next_state(&mut w).await;
+    assert_eq!(again.jobs, third.jobs);
+
+    // An agent that does not ask is sent whole states only.
+    let b = FakeAgent::new(3);
+    b.register(&agent).await;
+    let mut plain = b.client(&agent).watch(false).await.unwrap();
+    plain.beat(0, &b.heartbeat()).await.unwrap();
+    next_state(&mut plain).await;
+    save(
+        &admin,
+        json!({"JobName": "alpha", "Command": "echo changed", "CronExpr": "0 0 * * * * *"}),
+    )
+    .await;
+    assert_eq!(next_state(&mut plain).await.jobs.len(), 2);
+    let delta = next_delta(&mut w).await;
+    assert_eq!(
+        names_and_revisions(&delta.state.jobs),
+        [("alpha".into(), 2)]
+    );
     m.stop().await;
 }
