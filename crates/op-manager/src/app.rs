@@ -54,6 +54,8 @@ pub struct App {
     pub conn_cap: Arc<op_tls::guard::ConnCap>,
     /// Where the agents syncing here serve package chunks to peers (`crate::peers`).
     pub peer_dir: Arc<crate::peers::PeerDirectory>,
+    /// The public half of the chunk ticket key, kept for the secrets key it came from.
+    pub ticket_public: crate::peers::TicketPublicKey,
 }
 
 impl App {
@@ -118,7 +120,7 @@ impl App {
                 .peer_distribution
                 .then(|| self.secrets.current().ok())
                 .flatten()
-                .map(|k| crate::peers::TicketSigner::from_secrets_key(&k).public_key()),
+                .map(|k| self.ticket_public.of(&k)),
         }
     }
 }

@@ -298,6 +298,7 @@ pub async fn start(
         beats: Arc::new(HeartbeatBuffer::new(config.load_sample_every)),
         acks: Default::default(),
         peer_dir: Default::default(),
+        ticket_public: Default::default(),
         conn_cap: op_tls::guard::ConnCap::new(config.max_connections),
         ingest,
         metrics,

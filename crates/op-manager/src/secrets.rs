@@ -273,7 +273,13 @@ impl Keeper {
 
     /// The current key, for sealing; [`SecretError::NoKey`] without one.
     pub fn current(&self) -> Result<SecretsKey, SecretError> {
-        self.ring().current().cloned().ok_or(SecretError::NoKey)
+        // Read in place: every desired state sent asks (the ticket key), so no ring copy.
+        self.ring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .current()
+            .cloned()
+            .ok_or(SecretError::NoKey)
     }
 
     /// Makes this member's key file hold `ring`, then uses it.
