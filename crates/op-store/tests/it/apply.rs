@@ -702,3 +702,36 @@ fn facts_are_stored_bump_the_nodes_desired_state_and_keep_what_the_old_facts_sel
         job.spec.selector().matches(&node.identity())
     }
 }
+
+#[test]
+fn stats_sum_the_agents_outboxes_and_drops_over_nodes_not_left() {
+    let mut s = TestStore::new();
+    let beat = |n: u8, outbox: u64, dropped: u64| op_store::NodeBeat {
+        node_id: node_id(n),
+        seen_at: at(50),
+        agent_version: "0.1.0".into(),
+        load: None,
+        running: vec![],
+        packages: vec![],
+        stats: op_proto::node::AgentStats {
+            outbox_depth: outbox,
+            dropped_runs: dropped,
+            ..Default::default()
+        },
+        degraded: None,
+        clock_skew_ms: None,
+    };
+    for n in [2, 3, 4] {
+        s.apply(register(n, 0));
+    }
+    s.apply(Command::Heartbeats {
+        beats: vec![beat(2, 3, 1), beat(3, 4, 2), beat(4, 100, 100)],
+    });
+    s.apply(Command::ForgetNode {
+        node_id: node_id(4),
+        at: at(60),
+        actor: "admin".into(),
+    });
+    let stats = s.store.stats().unwrap();
+    assert_eq!((stats.agent_outbox_runs, stats.agent_dropped_runs), (7, 3));
+}
