@@ -42,6 +42,7 @@ pub use read::invocations::{
     DEFAULT_INVOCATION_LIMIT, InvocationDetail, InvocationRow, MAX_INVOCATION_LIMIT, TargetRow,
 };
 pub use read::misc::MAX_AUDIT_LIMIT;
+pub use read::nodes::NodeSeen;
 pub use read::rollouts::ActiveRollout;
 pub use read::runs::{DEFAULT_RUN_LIMIT, LatestRunCount, MAX_RUN_LIMIT, RunBucket};
 pub use read::{DesiredView, JobsView, NodesView, StoreStats};

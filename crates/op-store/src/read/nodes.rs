@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension};
 use uuid::Uuid;
 
 use crate::Store;
-use crate::codec::{from_json, like_escape};
+use crate::codec::{from_json, from_ms, like_escape};
 use crate::error::Result;
 
 pub(crate) fn by_id(conn: &Connection, id: Uuid) -> Result<Option<NodeInfo>> {
@@ -56,7 +56,58 @@ pub(crate) fn sort_fleet(nodes: &mut [NodeInfo]) {
     });
 }
 
+/// What the liveness check reads of a node: the columns written beside its record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSeen {
+    pub node_id: Uuid,
+    pub hostname: String,
+    pub status: NodeStatus,
+    pub last_seen: chrono::DateTime<chrono::Utc>,
+}
+
+fn status_of(text: &str) -> Option<NodeStatus> {
+    [
+        NodeStatus::Ready,
+        NodeStatus::Degraded,
+        NodeStatus::NotReady,
+        NodeStatus::Left,
+    ]
+    .into_iter()
+    .find(|s| s.as_str() == text)
+}
+
 impl Store {
+    /// Every node's id, hostname, status and last beat, from the columns written with its
+    /// record, without decoding the record: the liveness check reads this every few seconds,
+    /// and decoding every node's record was a fifth of an idle manager's CPU at 5,000 agents.
+    pub fn nodes_seen(&self) -> Result<Vec<NodeSeen>> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT node_id, hostname, status, last_seen FROM nodes")?;
+            let rows = stmt.query_map([], |r| {
+                let bad = |col: usize, what: String| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        col,
+                        rusqlite::types::Type::Text,
+                        what.into(),
+                    )
+                };
+                let id = r.get::<_, String>(0)?;
+                let status = r.get::<_, String>(2)?;
+                Ok(NodeSeen {
+                    node_id: id
+                        .parse()
+                        .map_err(|_| bad(0, format!("node id {id:?} is not a UUID")))?,
+                    hostname: r.get(1)?,
+                    status: status_of(&status)
+                        .ok_or_else(|| bad(2, format!("node {id}: unknown status {status:?}")))?,
+                    last_seen: from_ms(r.get(3)?),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
     /// Every node, Ready first.
     pub fn nodes(&self) -> Result<Vec<NodeInfo>> {
         let mut nodes = self.read(all)?;

@@ -735,3 +735,55 @@ fn stats_sum_the_agents_outboxes_and_drops_over_nodes_not_left() {
     let stats = s.store.stats().unwrap();
     assert_eq!((stats.agent_outbox_runs, stats.agent_dropped_runs), (7, 3));
 }
+
+#[test]
+fn the_liveness_columns_say_what_the_records_say() {
+    let mut s = TestStore::new();
+    for n in [2, 3, 4] {
+        s.apply(register(n, 0));
+    }
+    s.apply(Command::Heartbeats {
+        beats: vec![op_store::NodeBeat {
+            node_id: node_id(3),
+            seen_at: at(50),
+            agent_version: "0.1.0".into(),
+            load: None,
+            running: vec![],
+            packages: vec![],
+            stats: Default::default(),
+            degraded: Some("state disk full".into()),
+            clock_skew_ms: None,
+        }],
+    });
+    s.apply(Command::SetNodeStatus {
+        at: at(60),
+        changes: vec![StatusChange {
+            node_id: node_id(4),
+            status: NodeStatus::NotReady,
+            unless_seen_after: at(0),
+        }],
+    });
+    let mut seen = s.store.nodes_seen().unwrap();
+    seen.sort_by_key(|n| n.node_id);
+    let mut records = s.store.nodes().unwrap();
+    records.sort_by_key(|n| n.node_id);
+    let from_records: Vec<op_store::NodeSeen> = records
+        .iter()
+        .map(|n| op_store::NodeSeen {
+            node_id: n.node_id,
+            hostname: n.hostname.clone(),
+            status: n.status,
+            last_seen: n.last_seen,
+        })
+        .collect();
+    assert_eq!(seen, from_records);
+    let statuses: Vec<NodeStatus> = seen.iter().map(|n| n.status).collect();
+    assert!(statuses.contains(&NodeStatus::NotReady));
+    assert_eq!(
+        seen.iter()
+            .find(|n| n.node_id == node_id(3))
+            .unwrap()
+            .last_seen,
+        at(50)
+    );
+}
