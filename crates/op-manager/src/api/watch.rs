@@ -34,8 +34,7 @@ use axum::http::{StatusCode, header};
 use axum::response::Response;
 use chrono::Utc;
 use hyper_util::rt::TokioIo;
-use op_proto::agent::DesiredJob;
-use op_proto::agent::DesiredState;
+use op_proto::agent::{DesiredJob, DesiredState};
 use op_proto::watch::{
     DELTA_HEADER, Frames, KeptJob, MAX_UP_FRAME, StateDelta, WATCH_PROTOCOL, WATCH_REFRESH_SECS,
     WatchBeat, WatchDown, encode,
@@ -127,20 +126,25 @@ impl Sent {
         h.finish()
     }
 
-    fn of(jobs: &[DesiredJob]) -> Sent {
-        let mut keys: Vec<u64> = jobs.iter().map(Sent::key).collect();
+    /// The jobs of `keys` (one per job, in order), sorted for the next delta.
+    fn of(mut keys: Vec<u64>) -> Sent {
         keys.sort_unstable();
         Sent(keys)
     }
 
     /// `state` as a delta from the state these jobs were sent with (`base`): the jobs held
-    /// named, the others left in `state.jobs`. A hash that collides names a job the agent does
-    /// not hold at that revision; the agent finds it missing and reopens for a whole state.
-    fn delta(&self, base: u64, mut state: DesiredState) -> StateDelta<DesiredState> {
+    /// named, the others left in `state.jobs`; `keys` are its jobs' keys, in order. A hash that
+    /// collides names a job the agent does not hold at that revision; the agent finds it
+    /// missing and reopens for a whole state.
+    fn delta(&self, base: u64, keys: &[u64], mut state: DesiredState) -> StateDelta<DesiredState> {
         let mut kept = Vec::new();
         let mut sent = Vec::new();
-        for (at, job) in std::mem::take(&mut state.jobs).into_iter().enumerate() {
-            if self.0.binary_search(&Sent::key(&job)).is_ok() {
+        for (at, (job, key)) in std::mem::take(&mut state.jobs)
+            .into_iter()
+            .zip(keys)
+            .enumerate()
+        {
+            if self.0.binary_search(key).is_ok() {
                 kept.push(KeptJob {
                     at,
                     name: job.spec.name,
@@ -278,11 +282,16 @@ async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
         } else {
             held = Some(state.index);
             let index = state.index;
-            let jobs = Sent::of(&state.jobs);
+            // Each job hashed once, and only on a watch that takes deltas.
+            let keys: Vec<u64> = if deltas {
+                state.jobs.iter().map(Sent::key).collect()
+            } else {
+                Vec::new()
+            };
             let whole = !deltas || refreshed.elapsed() >= refresh;
             let written = match sent.as_ref() {
                 Some((base, before)) if !whole => {
-                    let delta = before.delta(*base, state);
+                    let delta = before.delta(*base, &keys, state);
                     send(&mut io, &WatchDown::Delta(delta))
                         .await
                         .map(|n| ("delta", n))
@@ -294,7 +303,9 @@ async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
                         .map(|n| ("whole", n))
                 }
             };
-            sent = Some((index, jobs));
+            if deltas {
+                sent = Some((index, Sent::of(keys)));
+            }
             written
         };
         match written {
