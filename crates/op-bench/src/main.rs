@@ -66,28 +66,7 @@ enum Scenario {
         count: usize,
     },
     /// Job save → seen by every simulated agent, and the manager's RSS and CPU holding them.
-    Propagation {
-        /// Simulated agents.
-        #[arg(long, default_value_t = 1000)]
-        agents: usize,
-        /// Saves to time (each a new revision of one job).
-        #[arg(long, default_value_t = 5)]
-        saves: usize,
-        /// The job names a secret in its Env (issue 24): every sync answer carries its value.
-        #[arg(long)]
-        secret: bool,
-        /// Then as many saves staged by these stages (e.g. 1,10%,100%; step wait 0), compared
-        /// with the unstaged ones: manager CPU and sync answer bytes per save (issue 21).
-        #[arg(long, value_name = "STAGES")]
-        rollout: Option<String>,
-        /// Other jobs every agent holds beside the one saved: a save changes one job of each
-        /// agent's set, and a delta names the others instead of sending them.
-        #[arg(long, default_value_t = 0)]
-        jobs: usize,
-        /// The agents ask for whole states only, as agents before state deltas did (to compare).
-        #[arg(long)]
-        whole_states: bool,
-    },
+    Propagation(scenarios::propagation::Options),
     /// Run records per second accepted through raft, and the acknowledgement latency.
     Ingest {
         /// Simulated agents reporting runs.
@@ -277,22 +256,7 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<report::Figure>> {
             scenarios::cron_precision::run(&agent_bin()?, duration).await
         }
         Scenario::Invoke { count } => scenarios::invoke::run(&agent_bin()?, count).await,
-        Scenario::Propagation {
-            agents,
-            saves,
-            secret,
-            rollout,
-            jobs,
-            whole_states,
-        } => {
-            let options = scenarios::propagation::Options {
-                agents,
-                saves,
-                secret,
-                rollout,
-                jobs,
-                whole_states,
-            };
+        Scenario::Propagation(options) => {
             scenarios::propagation::run(&manager_bin()?, margs, options).await
         }
         Scenario::Ingest {

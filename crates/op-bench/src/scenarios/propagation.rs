@@ -107,16 +107,28 @@ async fn wait_seen(
     Ok(latest)
 }
 
-/// What a propagation run measures.
-#[derive(Debug, Clone)]
+/// What a propagation run measures (`op-bench propagation`'s flags).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
+    /// Simulated agents.
+    #[arg(long, default_value_t = 1000)]
     pub agents: usize,
+    /// Saves to time (each a new revision of one job).
+    #[arg(long, default_value_t = 5)]
     pub saves: usize,
+    /// The job names a secret in its Env (issue 24): every sync answer carries its value.
+    #[arg(long)]
     pub secret: bool,
+    /// Then as many saves staged by these stages (e.g. 1,10%,100%; step wait 0), compared
+    /// with the unstaged ones: manager CPU and sync answer bytes per save (issue 21).
+    #[arg(long, value_name = "STAGES")]
     pub rollout: Option<String>,
-    /// Other jobs every agent holds beside the one saved (a fleet runs a dozen cron jobs).
+    /// Other jobs every agent holds beside the one saved: a save changes one job of each
+    /// agent's set, and a delta names the others instead of sending them.
+    #[arg(long, default_value_t = 0)]
     pub jobs: usize,
-    /// The agents ask for whole states only (as agents before state deltas did).
+    /// The agents ask for whole states only, as agents before state deltas did (to compare).
+    #[arg(long)]
     pub whole_states: bool,
 }
 

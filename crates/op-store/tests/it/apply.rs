@@ -175,17 +175,7 @@ fn status_changes_lose_to_newer_heartbeats() {
     let mut s = TestStore::new();
     s.apply(register(2, 0));
     s.apply(Command::Heartbeats {
-        beats: vec![op_store::NodeBeat {
-            node_id: node_id(2),
-            seen_at: at(50),
-            agent_version: "0.1.0".into(),
-            load: None,
-            running: vec![],
-            packages: vec![],
-            stats: Default::default(),
-            degraded: None,
-            clock_skew_ms: None,
-        }],
+        beats: vec![beat(2, 50)],
     });
     // Decided on a last_seen of 0: the beat at 50 wins.
     let r = s.apply(Command::SetNodeStatus {
@@ -707,19 +697,12 @@ fn facts_are_stored_bump_the_nodes_desired_state_and_keep_what_the_old_facts_sel
 fn stats_sum_the_agents_outboxes_and_drops_over_nodes_not_left() {
     let mut s = TestStore::new();
     let beat = |n: u8, outbox: u64, dropped: u64| op_store::NodeBeat {
-        node_id: node_id(n),
-        seen_at: at(50),
-        agent_version: "0.1.0".into(),
-        load: None,
-        running: vec![],
-        packages: vec![],
         stats: op_proto::node::AgentStats {
             outbox_depth: outbox,
             dropped_runs: dropped,
             ..Default::default()
         },
-        degraded: None,
-        clock_skew_ms: None,
+        ..beat(n, 50)
     };
     for n in [2, 3, 4] {
         s.apply(register(n, 0));
@@ -744,15 +727,8 @@ fn the_liveness_columns_say_what_the_records_say() {
     }
     s.apply(Command::Heartbeats {
         beats: vec![op_store::NodeBeat {
-            node_id: node_id(3),
-            seen_at: at(50),
-            agent_version: "0.1.0".into(),
-            load: None,
-            running: vec![],
-            packages: vec![],
-            stats: Default::default(),
             degraded: Some("state disk full".into()),
-            clock_skew_ms: None,
+            ..beat(3, 50)
         }],
     });
     s.apply(Command::SetNodeStatus {

@@ -55,6 +55,21 @@ pub fn node_id(n: u8) -> Uuid {
     Uuid::from_u128(0x1000 + u128::from(n))
 }
 
+/// A plain heartbeat of node `n`, seen at `seen_secs`.
+pub fn beat(n: u8, seen_secs: i64) -> op_store::NodeBeat {
+    op_store::NodeBeat {
+        node_id: node_id(n),
+        seen_at: at(seen_secs),
+        agent_version: "0.1.0".into(),
+        load: None,
+        running: vec![],
+        packages: vec![],
+        stats: Default::default(),
+        degraded: None,
+        clock_skew_ms: None,
+    }
+}
+
 pub fn register(n: u8, at_secs: i64) -> Command {
     Command::RegisterNode {
         registration: Box::new(NodeRegistration {
