@@ -465,10 +465,12 @@ fn node_change(node: &NodeInfo, to: NodeStatus, time: DateTime<Utc>) -> Input {
 fn write(conn: &Connection, n: &NodeInfo) -> Result<()> {
     // Cached: a heartbeat flush writes every node in one command.
     conn.prepare_cached(
-        "INSERT INTO nodes(node_id, hostname, ips, status, last_seen, info)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO nodes(node_id, hostname, ips, status, last_seen, info, outbox_depth,
+                           dropped_runs)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT(node_id) DO UPDATE SET hostname = excluded.hostname, ips = excluded.ips,
-           status = excluded.status, last_seen = excluded.last_seen, info = excluded.info",
+           status = excluded.status, last_seen = excluded.last_seen, info = excluded.info,
+           outbox_depth = excluded.outbox_depth, dropped_runs = excluded.dropped_runs",
     )?
     .execute(params![
         n.node_id.to_string(),
@@ -476,7 +478,9 @@ fn write(conn: &Connection, n: &NodeInfo) -> Result<()> {
         ip_list(&n.ips),
         n.status.as_str(),
         ms(n.last_seen),
-        to_json(n)
+        to_json(n),
+        i64::try_from(n.stats.outbox_depth).unwrap_or(i64::MAX),
+        i64::try_from(n.stats.dropped_runs).unwrap_or(i64::MAX),
     ])?;
     Ok(())
 }

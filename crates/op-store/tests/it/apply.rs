@@ -717,6 +717,21 @@ fn stats_sum_the_agents_outboxes_and_drops_over_nodes_not_left() {
     });
     let stats = s.store.stats().unwrap();
     assert_eq!((stats.agent_outbox_runs, stats.agent_dropped_runs), (7, 3));
+
+    // A database written before the columns (schema 19): the migration fills them from the
+    // records, so the first scrape after an upgrade says the same.
+    let path = s.dir.path().join("state.db");
+    drop(s.store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE nodes DROP COLUMN outbox_depth; ALTER TABLE nodes DROP COLUMN dropped_runs;
+         PRAGMA user_version = 19;",
+    )
+    .unwrap();
+    drop(conn);
+    let store = op_store::Store::open(&path).unwrap();
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.agent_outbox_runs, stats.agent_dropped_runs), (7, 3));
 }
 
 #[test]
