@@ -680,7 +680,9 @@ fn open_fires_kept_inside_the_state_move_into_rows() {
         "results": {"node-2": failed, "node-3": [{"outcome": "ok"}, {}]},
     }]);
     conn.execute_batch(
-        "DROP TABLE incident_fires; DROP TABLE incident_fire_results; PRAGMA user_version = 18;",
+        "DROP TABLE incident_fires; DROP TABLE incident_fire_results;
+         ALTER TABLE nodes DROP COLUMN outbox_depth; ALTER TABLE nodes DROP COLUMN dropped_runs;
+         PRAGMA user_version = 18;",
     )
     .unwrap();
     conn.execute(
