@@ -7,6 +7,12 @@
 //!
 //! Each beat's load also goes to [`LoadHistory`], the short in-memory history behind the
 //! console's load chart (the store keeps only the latest load).
+//!
+//! A flush keeps the beats it writes readable until the write is done: while the command is on
+//! its way through raft the store does not have them yet, and a buffer that had let them go
+//! would show every node as of its previous flush (a running run gone from its node and the
+//! console's run page, a fire judged without the run that is running it, a `last_seen` a flush
+//! interval old to the liveness check).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,15 +29,30 @@ use crate::metrics::Metrics;
 use crate::state::Writer;
 
 pub struct HeartbeatBuffer {
-    pending: Mutex<HashMap<Uuid, NodeBeat>>,
+    beats: Mutex<Beats>,
     load: LoadHistory,
+}
+
+#[derive(Default)]
+struct Beats {
+    /// The latest beat of each node since the last flush took them.
+    pending: HashMap<Uuid, NodeBeat>,
+    /// The beats a flush is writing, until the write is done (older than `pending`'s).
+    flushing: HashMap<Uuid, NodeBeat>,
+}
+
+impl Beats {
+    /// The newest beat of `id` the store may not have yet.
+    fn newest(&self, id: &Uuid) -> Option<&NodeBeat> {
+        self.pending.get(id).or_else(|| self.flushing.get(id))
+    }
 }
 
 impl HeartbeatBuffer {
     /// `load_sample_every`: the spacing of the load samples kept per node.
     pub fn new(load_sample_every: std::time::Duration) -> HeartbeatBuffer {
         HeartbeatBuffer {
-            pending: Mutex::new(HashMap::new()),
+            beats: Mutex::new(Beats::default()),
             load: LoadHistory::new(load_sample_every),
         }
     }
@@ -40,8 +61,8 @@ impl HeartbeatBuffer {
         if let Some(load) = &beat.load {
             self.load.record(beat.node_id, beat.seen_at, load);
         }
-        if let Ok(mut p) = self.pending.lock() {
-            p.insert(beat.node_id, beat);
+        if let Ok(mut b) = self.beats.lock() {
+            b.pending.insert(beat.node_id, beat);
         }
     }
 
@@ -52,15 +73,17 @@ impl HeartbeatBuffer {
 
     /// The newest unflushed beat time of a node.
     pub fn last_seen(&self, id: Uuid) -> Option<DateTime<Utc>> {
-        self.pending.lock().ok()?.get(&id).map(|b| b.seen_at)
+        self.beats.lock().ok()?.newest(&id).map(|b| b.seen_at)
     }
 
     /// Shows unflushed beats in node listings, so `last_seen` and what a node reports (installed
     /// packages, running jobs, load) are never a flush interval behind.
     pub fn overlay(&self, nodes: &mut [NodeInfo]) {
-        let Ok(p) = self.pending.lock() else { return };
+        let Ok(beats) = self.beats.lock() else {
+            return;
+        };
         for n in nodes {
-            if let Some(b) = p.get(&n.node_id)
+            if let Some(b) = beats.newest(&n.node_id)
                 && b.seen_at >= n.last_seen
             {
                 n.last_seen = b.seen_at;
@@ -79,8 +102,18 @@ impl HeartbeatBuffer {
     /// How many unflushed beats report `name` `version` in place. The store checks flushed
     /// beats when a version is deleted; this covers the last flush interval.
     pub fn reporting_installed(&self, name: &str, version: u64) -> usize {
-        let Ok(p) = self.pending.lock() else { return 0 };
-        p.values()
+        let Ok(beats) = self.beats.lock() else {
+            return 0;
+        };
+        let flushing = beats
+            .flushing
+            .iter()
+            .filter(|(id, _)| !beats.pending.contains_key(id))
+            .map(|(_, b)| b);
+        beats
+            .pending
+            .values()
+            .chain(flushing)
             .filter(|b| {
                 b.packages
                     .iter()
@@ -89,24 +122,35 @@ impl HeartbeatBuffer {
             .count()
     }
 
-    /// Puts back beats a failed flush took, unless a newer beat of the node arrived meanwhile.
-    fn restore(&self, beats: Vec<NodeBeat>) {
-        if let Ok(mut p) = self.pending.lock() {
-            for b in beats {
-                p.entry(b.node_id).or_insert(b);
+    /// The beats to write now; they stay readable until [`HeartbeatBuffer::flushed`].
+    fn take(&self) -> Vec<NodeBeat> {
+        let Ok(mut beats) = self.beats.lock() else {
+            return Vec::new();
+        };
+        let taken = std::mem::take(&mut beats.pending);
+        let out = taken.values().cloned().collect();
+        beats.flushing = taken;
+        out
+    }
+
+    /// The write of the beats [`HeartbeatBuffer::take`] gave ended: written, they are the
+    /// store's now; not written, they go back for the next flush unless a newer beat of the
+    /// node arrived meanwhile.
+    fn flushed(&self, written: bool) {
+        let Ok(mut beats) = self.beats.lock() else {
+            return;
+        };
+        let flushing = std::mem::take(&mut beats.flushing);
+        if !written {
+            for (id, b) in flushing {
+                beats.pending.entry(id).or_insert(b);
             }
         }
     }
 
-    fn take(&self) -> Vec<NodeBeat> {
-        match self.pending.lock() {
-            Ok(mut p) => p.drain().map(|(_, b)| b).collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-
+    /// Beats not yet taken by a flush.
     pub fn len(&self) -> usize {
-        self.pending.lock().map_or(0, |p| p.len())
+        self.beats.lock().map_or(0, |b| b.pending.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -144,12 +188,90 @@ async fn flush(buffer: &HeartbeatBuffer, writer: &Writer, metrics: &Metrics) {
         return;
     }
     let n = beats.len();
-    let beats_copy = beats.clone();
-    match writer.write(Command::Heartbeats { beats }).await {
-        Ok(_) => metrics.heartbeats_flushed(n as u64),
+    let written = match writer.write(Command::Heartbeats { beats }).await {
+        Ok(_) => {
+            metrics.heartbeats_flushed(n as u64);
+            true
+        }
         Err(e) => {
             tracing::warn!(error = %e, beats = n, "could not write heartbeats; keeping them for the next flush");
-            buffer.restore(beats_copy);
+            false
         }
+    };
+    buffer.flushed(written);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use op_proto::NodeStatus;
+    use op_proto::node::RunningRun;
+
+    fn node(id: Uuid, seen: DateTime<Utc>) -> NodeInfo {
+        serde_json::from_value(serde_json::json!({
+            "node_id": id,
+            "hostname": "node-1",
+            "ips": [],
+            "agent_version": "0.1.0",
+            "status": NodeStatus::Ready,
+            "first_seen": seen,
+            "last_seen": seen,
+        }))
+        .expect("a minimal node record")
+    }
+
+    fn beat(id: Uuid, seen: DateTime<Utc>, running: Vec<RunningRun>) -> NodeBeat {
+        NodeBeat {
+            node_id: id,
+            seen_at: seen,
+            agent_version: "0.1.0".into(),
+            load: None,
+            running,
+            packages: Vec::new(),
+            stats: Default::default(),
+            degraded: None,
+            clock_skew_ms: None,
+        }
+    }
+
+    #[test]
+    fn beats_being_written_stay_visible_until_the_write_ends() {
+        let buffer = HeartbeatBuffer::new(std::time::Duration::from_secs(10));
+        let id = Uuid::new_v4();
+        let t0 = Utc::now() - chrono::Duration::seconds(30);
+        let t1 = t0 + chrono::Duration::seconds(10);
+        let run = RunningRun {
+            run_id: Uuid::new_v4(),
+            job: "ticker".into(),
+            trigger: op_proto::Trigger::Adhoc,
+            started_at: t1,
+        };
+        buffer.record(beat(id, t1, vec![run.clone()]));
+
+        // A flush took the beat and writes it: the store still says t0, no run.
+        let taken = buffer.take();
+        assert_eq!(taken.len(), 1);
+        assert!(buffer.is_empty());
+        let mut nodes = [node(id, t0)];
+        buffer.overlay(&mut nodes);
+        assert_eq!(nodes[0].running, [run.clone()], "the run is still shown");
+        assert_eq!(nodes[0].last_seen, t1);
+        assert_eq!(buffer.last_seen(id), Some(t1), "liveness sees the beat");
+
+        // Failed: the beat goes back for the next flush; a newer one arrived meanwhile wins.
+        let t2 = t1 + chrono::Duration::seconds(10);
+        buffer.record(beat(id, t2, Vec::new()));
+        buffer.flushed(false);
+        assert_eq!(buffer.len(), 1);
+        assert_eq!(buffer.last_seen(id), Some(t2));
+
+        // Written: the store has it, the buffer lets it go.
+        let taken = buffer.take();
+        assert_eq!(taken[0].seen_at, t2);
+        buffer.flushed(true);
+        assert_eq!(buffer.last_seen(id), None);
+        let mut nodes = [node(id, t2)];
+        buffer.overlay(&mut nodes);
+        assert_eq!(nodes[0].last_seen, t2);
     }
 }

@@ -91,6 +91,8 @@ pub struct Metrics {
     pub watches_open: Gauge,
     watch_states: Family<Labels, Counter>,
     watch_state_bytes: Family<Labels, Counter>,
+    /// Beats taken in on watches.
+    pub watch_beats: Counter,
     pub invocation_streams: Gauge,
     nodes: Family<Labels, Gauge>,
     jobs: Gauge,
@@ -163,6 +165,7 @@ impl Metrics {
             syncs_parked: Gauge::default(),
             watches_open: Gauge::default(),
             watch_states: Family::default(),
+            watch_beats: Counter::default(),
             watch_state_bytes: Family::default(),
             invocation_streams: Gauge::default(),
             nodes: Family::default(),
@@ -255,6 +258,11 @@ impl Metrics {
             "watch_state_bytes",
             "Bytes of the desired states sent down watches, by kind",
             m.watch_state_bytes.clone(),
+        );
+        r.register(
+            "watch_beats",
+            "Heartbeats taken in on watches (each agent beats once per sync wait, and at once when it has news)",
+            m.watch_beats.clone(),
         );
         r.register(
             "invocation_streams",

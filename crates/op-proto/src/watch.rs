@@ -6,8 +6,9 @@
 //! credential) is answered `101 Switching Protocols`; from then on the connection carries frames
 //! both ways: a 4-byte big-endian length, then that many bytes of JSON.
 //! - up, agent → manager: a [`WatchBeat`], the same heartbeat a sync call carries plus the index
-//!   the agent holds. The agent sends one at once, after each state it applies (which
-//!   acknowledges that state's directives) and at least once per sync wait;
+//!   the agent holds. The agent sends one at once, after a state it applies that carries
+//!   directives (which acknowledges them) or asks for facts it holds others of, and at least
+//!   once per sync wait;
 //! - down, manager → agent: a [`WatchDown`]: the node's desired state, sent when a beat names an
 //!   index other than the node's, when the node's state moves, when an output request is waiting
 //!   (the light answer of `DesiredState::directives_only`), and every [`WATCH_REFRESH_SECS`] as a

@@ -443,7 +443,14 @@ impl SyncLoop {
         // fit what this agent holds: that one carries whole states, so a manager that keeps
         // sending bad deltas cannot make the agent reopen without end.
         let mut deltas = true;
+        // On a watch, when the next periodic beat is due, and whether the last state needs no
+        // beat at once: a beat follows a state only when it has something to say (run directives
+        // to acknowledge, facts the manager lacks). A job saved for 50,000 agents then costs the
+        // manager 50,000 answers, not 50,000 answers and 50,000 beats read and written.
+        let mut next_beat: Option<tokio::time::Instant> = None;
+        let mut quiet_state = false;
         while !shutdown.is_cancelled() {
+            let after_quiet_state = std::mem::take(&mut quiet_state);
             let url = self.shared.current();
             let client = match self.shared.client(&url) {
                 Ok(c) => c,
@@ -525,6 +532,12 @@ impl SyncLoop {
                     }
                 }
             }
+            // News that came while the state was applied goes up now, in this beat.
+            let news_waiting = deploys.has_changed().unwrap_or(true)
+                || upgrades.has_changed().unwrap_or(true)
+                || health.has_changed().unwrap_or(true)
+                || starts.has_changed().unwrap_or(true);
+            let after_quiet_state = after_quiet_state && !news_waiting;
             deploys.borrow_and_update();
             upgrades.borrow_and_update();
             health.borrow_and_update();
@@ -560,6 +573,10 @@ impl SyncLoop {
                 watch = None;
             }
             let mut sent = Ok(());
+            // A beat already sent on this watch stands until its wait is over.
+            let beat_stands = after_quiet_state
+                && watch.is_some()
+                && next_beat.is_some_and(|t| t > tokio::time::Instant::now());
             if watch.is_none() && no_watch.as_deref() != Some(url.as_str()) {
                 match self.shared.open_watch(&url, deltas).await {
                     Ok(w) => {
@@ -585,8 +602,10 @@ impl SyncLoop {
                 });
             }
             if sent.is_ok()
+                && !beat_stands
                 && let Some((_, w)) = watch.as_mut()
             {
+                next_beat = Some(tokio::time::Instant::now() + Duration::from_secs(wait.max(1)));
                 sent = match tokio::time::timeout(REQUEST_TIMEOUT, w.beat(self.index, &beat)).await
                 {
                     Ok(r) => r,
@@ -596,6 +615,9 @@ impl SyncLoop {
                     }),
                 };
             }
+            let beat_at = next_beat
+                .filter(|_| watch.is_some())
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(wait.max(1)));
             let answer = match sent {
                 Err(e) => Err(e),
                 Ok(()) => {
@@ -603,7 +625,7 @@ impl SyncLoop {
                         match watch.as_mut() {
                             Some((_, w)) => tokio::select! {
                                 r = w.next::<DesiredState>() => r.map(Some),
-                                _ = tokio::time::sleep(Duration::from_secs(wait.max(1))) => Ok(None),
+                                _ = tokio::time::sleep_until(beat_at) => Ok(None),
                             },
                             None => client
                                 .sync(self.index, wait, &beat)
@@ -667,7 +689,15 @@ impl SyncLoop {
                     } else {
                         sent_at
                     };
+                    // Nothing in it to acknowledge and no facts to send: the beat waits for
+                    // its time (output requests come in light answers, always answered).
+                    quiet_state =
+                        watch.is_some() && state.directives.is_empty() && !state.directives_only;
                     self.apply(state, asked_at).await;
+                    quiet_state &= !self
+                        .facts_acked
+                        .as_ref()
+                        .is_some_and(|h| *h != self.facts_hash);
                     self.upgrader.synced();
                 }
                 Err(e) if e.status() == Some(401) && self.shared.has_node_token() => {

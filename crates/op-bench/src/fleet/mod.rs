@@ -3,8 +3,8 @@
 //!
 //! Each [`SimAgent`] has its own node id, hostname (`sim-00042`) and IP string (`10.0.0.43`). It
 //! enrolls with the shared agent token, then speaks with the node credential the registration
-//! returned, holding the node's watch as `op-agent`'s link does: a beat goes up at once, after each
-//! state and once per sync wait, with the index held; a changed job set is "applied" (reported
+//! returned, holding the node's watch as `op-agent`'s link does: a beat goes up at once, after a
+//! state that carried directives, and once per sync wait, with the index held; a changed job set is "applied" (reported
 //! to the scenario as an [`Applied`] event with the instant it arrived). Of each answer a simulated
 //! agent reads the index, the jobs' names and revisions, and its directives: each ad-hoc run is
 //! answered at once with a finished `ok` record (as if `true` ran), so fan-out can be measured
@@ -497,9 +497,15 @@ impl SyncLoop {
         let mut answered: HashSet<Uuid> = HashSet::new();
         let wait = Duration::from_secs(self.wait_secs.max(1));
         let mut watch: Option<op_client::Watch> = None;
+        // When the next periodic beat is due, and whether the last state needs none at once.
+        let mut next_beat = tokio::time::Instant::now();
+        let mut quiet_state = false;
         loop {
-            // The watch as a real agent holds it: a beat up (now, after each state, and once
-            // per sync wait), the desired state down when it changes.
+            // The watch as a real agent holds it: a beat up (now, after a state with run
+            // directives or output requests, and once per sync wait), the desired state down
+            // when it changes.
+            let beat_stands =
+                std::mem::take(&mut quiet_state) && next_beat > tokio::time::Instant::now();
             let frame = match watch.as_mut() {
                 None => {
                     let opened = tokio::select! {
@@ -509,24 +515,31 @@ impl SyncLoop {
                     match opened {
                         Ok(w) => {
                             watch = Some(w);
+                            quiet_state = false;
                             continue;
                         }
                         Err(e) => Err(e),
                     }
                 }
                 Some(w) => {
-                    let sent = tokio::select! {
-                        r = w.beat(index, &beat) => r,
-                        _ = shutdown.cancelled() => return,
+                    let sent = if beat_stands {
+                        Ok(())
+                    } else {
+                        next_beat = tokio::time::Instant::now() + wait;
+                        let sent = tokio::select! {
+                            r = w.beat(index, &beat) => r,
+                            _ = shutdown.cancelled() => return,
+                        };
+                        if sent.is_ok() {
+                            self.counters.beats.fetch_add(1, Ordering::Relaxed);
+                        }
+                        sent
                     };
-                    if sent.is_ok() {
-                        self.counters.beats.fetch_add(1, Ordering::Relaxed);
-                    }
                     match sent {
                         Err(e) => Err(e),
                         Ok(()) => tokio::select! {
                             r = w.next_frame() => r.map(Some),
-                            _ = tokio::time::sleep(wait) => Ok(None),
+                            _ = tokio::time::sleep_until(next_beat) => Ok(None),
                             _ = shutdown.cancelled() => return,
                         },
                     }
@@ -606,6 +619,7 @@ impl SyncLoop {
                         jobs = Some(seen);
                     }
                     index = state.index;
+                    quiet_state = state.directives.is_empty();
                     self.counters.syncs.fetch_add(1, Ordering::Relaxed);
                     if !self
                         .answer(&state.directives, &mut answered, &shutdown)

@@ -231,6 +231,7 @@ async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
                     break Some(e.into());
                 }
                 last_beat = Instant::now();
+                app.metrics.watch_beats.inc();
                 beat_clock = (Utc::now(), beat.beat.sent_at);
                 let state = match Box::pin(take_beat(&app, beat.beat, beat_clock.0)).await {
                     Ok(s) => s,

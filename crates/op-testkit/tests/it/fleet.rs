@@ -257,3 +257,69 @@ async fn killed_agent_goes_not_ready_and_comes_back_without_rerunning_once_jobs(
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(runs_of(&c, "ls-l").await.len(), 2, "the once-job ran again");
 }
+
+/// The beats a manager took in on watches, from its `/metrics`.
+async fn watch_beats(c: &op_client::Client) -> u64 {
+    let text = c.metrics().await.expect("metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix("op_manager_watch_beats_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no op_manager_watch_beats_total:\n{text}"))
+}
+
+/// Issue 25: a state that only changes jobs is applied without a beat in answer (a save for a
+/// fleet of 50,000 costs the manager 50,000 answers, not also 50,000 beats read and written),
+/// while a state with a run directive is acknowledged by a beat at once.
+#[tokio::test]
+async fn a_job_save_is_answered_without_a_beat_and_a_directive_with_one() {
+    // A sync wait longer than the test: no periodic beat falls inside it.
+    let m = Manager::start_with(ManagerOptions {
+        args: ["--sync-wait", "120s", "--node-timeout", "300s"]
+            .map(String::from)
+            .to_vec(),
+        ..ManagerOptions::default()
+    });
+    let agents = fleet(&m, 1, &[]).await;
+    let c = m.client();
+    let applied = || {
+        agents[0]
+            .log()
+            .matches("applying the manager's job set")
+            .count()
+    };
+    let before = watch_beats(&c).await;
+    let sets = applied();
+    const SAVES: usize = 8;
+    for i in 1..=SAVES {
+        c.save_job(&job(&format!(
+            r#"{{"JobName":"quiet","Command":"echo {i}","CronExpr":"0 0 1 1 * * 2099"}}"#
+        )))
+        .await
+        .unwrap();
+        wait_until(LONG, &format!("save {i} applied"), || async {
+            applied() >= sets + i
+        })
+        .await;
+    }
+    // A run directive: acknowledged by a beat at once (it comes after any beat the saves
+    // caused, on the same connection).
+    let out = crate::support::agentcli(&m, &["exec", "--all", "--", "true"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        crate::support::text(&out.stderr)
+    );
+    wait_until(LONG, "the directive's acknowledgement", || async {
+        watch_beats(&c).await > before
+    })
+    .await;
+    let beats = watch_beats(&c).await - before;
+    // The acknowledgement and the run's start (which may share one beat); one beat per save
+    // would make it SAVES more.
+    assert!(
+        beats <= 3,
+        "{beats} beats for {SAVES} saves and one directive"
+    );
+}
