@@ -308,9 +308,12 @@ impl JobSpec {
 /// carries data that was validated once, at the API, and must keep decoding after a later
 /// release tightens the rules (DESIGN 13.7). Input from a person goes through
 /// [`JobSpec::from_task_json_at`] instead.
+///
+/// Serializing writes the bytes that serializing [`JobSpec::to_task_value`] writes, straight to
+/// the serializer (no `Value` per job: the manager writes every job of each sync answer).
 impl serde::Serialize for JobSpec {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.to_task_value().serialize(s)
+        taskfile::serialize(self, s)
     }
 }
 

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -149,6 +150,10 @@ fn read_value(value: &Value, check: Check) -> Result<JobSpec, TaskFileError> {
 }
 
 /// The task-file form of a job: the seed's keys always, our optional keys when not at default.
+///
+/// `JobSpec`'s `Serialize` writes the same form without a `Value` ([`serialize`]): a key added
+/// here is added to [`KEYS`] and [`wire_fields`] too (its array is `KEYS.len()` long, and
+/// `serializer_writes_what_to_value_writes` compares the two on jobs that set every key).
 pub fn to_value(spec: &JobSpec) -> Value {
     let mut map = Map::new();
     map.insert("JobName".into(), json!(spec.name));
@@ -233,6 +238,116 @@ pub fn to_value(spec: &JobSpec) -> Value {
 
 fn hosts_value(hosts: &[HostPattern]) -> Value {
     Value::Array(hosts.iter().map(|h| json!(h.as_str())).collect())
+}
+
+/// Writes the task-file form of a job straight to a serializer: the same keys, order and values
+/// that serializing [`to_value`] writes, without building the `Value` first (the manager sends
+/// every job of a host's desired state in each sync answer; `to_value` allocated a map of values
+/// per job per answer).
+///
+/// serde_json is built without `preserve_order`, so the `Value` of [`to_value`] is a `BTreeMap`
+/// and writes its keys sorted byte-wise: [`wire_fields`] lists them in that order.
+pub(super) fn serialize<S: Serializer>(spec: &JobSpec, s: S) -> Result<S::Ok, S::Error> {
+    let fields = wire_fields(spec);
+    let len = fields.iter().filter(|(_, value)| value.is_some()).count();
+    let mut map = s.serialize_map(Some(len))?;
+    for (key, value) in &fields {
+        if let Some(value) = value {
+            map.serialize_entry(key, value)?;
+        }
+    }
+    map.end()
+}
+
+/// One value of the task-file form, written as its `Value` in [`to_value`] is written.
+enum WireValue<'a> {
+    Str(&'a str),
+    /// Every number of the form: a `Value` holding a non-negative integer writes a `u64`.
+    Num(u64),
+    Hosts(&'a [HostPattern]),
+    StrList(&'a [String]),
+    StrMap(&'a BTreeMap<String, String>),
+}
+
+impl Serialize for WireValue<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            WireValue::Str(text) => s.serialize_str(text),
+            WireValue::Num(n) => s.serialize_u64(*n),
+            WireValue::Hosts(hosts) => s.collect_seq(hosts.iter().map(HostPattern::as_str)),
+            WireValue::StrList(list) => s.collect_seq(list.iter()),
+            WireValue::StrMap(map) => s.collect_map(map.iter()),
+        }
+    }
+}
+
+/// Every key of the task-file form, sorted byte-wise (as a `BTreeMap<String, _>` holds them),
+/// with its value, or `None` where [`to_value`] leaves the key out.
+fn wire_fields(spec: &JobSpec) -> [(&'static str, Option<WireValue<'_>>); KEYS.len()] {
+    use WireValue::{Hosts, Num, Str, StrList, StrMap};
+    let flag = |b: bool| Some(Num(u64::from(b)));
+    let nonzero = |n: u64| (n != 0).then_some(Num(n));
+    let cg = &spec.cgroup;
+    [
+        ("BlackHosts", Some(Hosts(&spec.black_hosts))),
+        ("CPUQuotaUs", nonzero(cg.cpu_quota_us)),
+        ("CPUShares", nonzero(cg.cpu_shares)),
+        ("Command", Some(Str(&spec.command))),
+        (
+            "Concurrency",
+            (spec.concurrency != Concurrency::Forbid).then(|| Str(spec.concurrency.as_str())),
+        ),
+        ("CronExpr", Some(Str(&spec.cron_expr))),
+        ("Enabled", flag(spec.enabled)),
+        ("Env", (!spec.env.is_empty()).then_some(StrMap(&spec.env))),
+        ("Grace", spec.grace_secs.map(Num)),
+        (
+            "IOLimitDevice",
+            (!cg.io_limit_device.is_empty()).then_some(Str(&cg.io_limit_device)),
+        ),
+        ("IOReadLimit", nonzero(cg.io_read_limit)),
+        ("IOWriteLimit", nonzero(cg.io_write_limit)),
+        ("Jitter", nonzero(spec.jitter_secs)),
+        ("JobName", Some(Str(&spec.name))),
+        (
+            "KillGrace",
+            (spec.kill_grace_secs != DEFAULT_KILL_GRACE_SECS).then_some(Num(spec.kill_grace_secs)),
+        ),
+        (
+            "Labels",
+            (!spec.labels.is_empty()).then_some(StrMap(&spec.labels)),
+        ),
+        ("MaxDuration", spec.max_duration_secs.map(Num)),
+        ("MemoryLimit", nonzero(cg.memory_limit)),
+        ("MemorySwLimit", nonzero(cg.memory_sw_limit)),
+        ("NewHosts", spec.new_hosts.then_some(Num(1))),
+        ("NewHostsAtOnce", spec.new_hosts_at_once.map(Num)),
+        ("OnceJob", flag(spec.once_job)),
+        (
+            "Params",
+            (!spec.params.is_empty()).then_some(StrList(&spec.params)),
+        ),
+        ("Pick", spec.run_on.count().map(|_| Str(spec.pick.as_str()))),
+        ("Retries", nonzero(u64::from(spec.retries))),
+        ("RetryDelay", nonzero(spec.retry_delay_secs)),
+        ("RetryOnAnother", spec.retry_on_another.then_some(Num(1))),
+        ("RunAs", spec.run_as.as_deref().map(Str)),
+        (
+            "RunOn",
+            spec.run_on.count().map(|n| {
+                if n == 1 {
+                    Str("one")
+                } else {
+                    Num(u64::from(n))
+                }
+            }),
+        ),
+        ("SynFlag", flag(spec.syn_flag)),
+        ("TimeZone", spec.time_zone.as_deref().map(Str)),
+        ("Timeout", Some(Num(spec.timeout_secs))),
+        ("WhiteHosts", Some(Hosts(&spec.white_hosts))),
+        ("WorkDir", spec.work_dir.as_deref().map(Str)),
+    ]
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -1356,5 +1471,323 @@ mod tests {
         }
         let e = errs(r#"{"JobName":"a","Command":"x","RunOn":"one"}"#);
         assert!(e[0].contains("CronExpr"), "{e:?}");
+    }
+
+    /// A serializer that accepts one map and returns the entry count it declared and the number
+    /// of entries written: serde_json ignores the declared count, other serializers rely on it.
+    struct MapCounter;
+
+    #[derive(Debug)]
+    struct NotAMap;
+
+    impl fmt::Display for NotAMap {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("MapCounter serializes only a map")
+        }
+    }
+
+    impl std::error::Error for NotAMap {}
+
+    impl serde::ser::Error for NotAMap {
+        fn custom<T: fmt::Display>(_: T) -> Self {
+            NotAMap
+        }
+    }
+
+    struct Counted {
+        declared: Option<usize>,
+        written: usize,
+    }
+
+    impl SerializeMap for Counted {
+        type Ok = (Option<usize>, usize);
+        type Error = NotAMap;
+
+        fn serialize_key<T: Serialize + ?Sized>(&mut self, _: &T) -> Result<(), NotAMap> {
+            self.written += 1;
+            Ok(())
+        }
+
+        fn serialize_value<T: Serialize + ?Sized>(&mut self, _: &T) -> Result<(), NotAMap> {
+            Ok(())
+        }
+
+        fn end(self) -> Result<Self::Ok, NotAMap> {
+            Ok((self.declared, self.written))
+        }
+    }
+
+    macro_rules! not_a_map {
+        ($($method:ident($($arg:ty),*)),* $(,)?) => {$(
+            fn $method(self, $(_: $arg),*) -> Result<Self::Ok, NotAMap> {
+                Err(NotAMap)
+            }
+        )*};
+    }
+
+    impl Serializer for MapCounter {
+        type Ok = (Option<usize>, usize);
+        type Error = NotAMap;
+        type SerializeMap = Counted;
+        type SerializeSeq = serde::ser::Impossible<Self::Ok, NotAMap>;
+        type SerializeTuple = serde::ser::Impossible<Self::Ok, NotAMap>;
+        type SerializeTupleStruct = serde::ser::Impossible<Self::Ok, NotAMap>;
+        type SerializeTupleVariant = serde::ser::Impossible<Self::Ok, NotAMap>;
+        type SerializeStruct = serde::ser::Impossible<Self::Ok, NotAMap>;
+        type SerializeStructVariant = serde::ser::Impossible<Self::Ok, NotAMap>;
+
+        fn serialize_map(self, declared: Option<usize>) -> Result<Counted, NotAMap> {
+            Ok(Counted {
+                declared,
+                written: 0,
+            })
+        }
+
+        not_a_map!(
+            serialize_bool(bool),
+            serialize_i8(i8),
+            serialize_i16(i16),
+            serialize_i32(i32),
+            serialize_i64(i64),
+            serialize_u8(u8),
+            serialize_u16(u16),
+            serialize_u32(u32),
+            serialize_u64(u64),
+            serialize_f32(f32),
+            serialize_f64(f64),
+            serialize_char(char),
+            serialize_str(&str),
+            serialize_bytes(&[u8]),
+            serialize_none(),
+            serialize_unit(),
+            serialize_unit_struct(&'static str),
+            serialize_unit_variant(&'static str, u32, &'static str),
+        );
+
+        fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<Self::Ok, NotAMap> {
+            Err(NotAMap)
+        }
+
+        fn serialize_newtype_struct<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            _: &T,
+        ) -> Result<Self::Ok, NotAMap> {
+            Err(NotAMap)
+        }
+
+        fn serialize_newtype_variant<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: &T,
+        ) -> Result<Self::Ok, NotAMap> {
+            Err(NotAMap)
+        }
+
+        fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, NotAMap> {
+            Err(NotAMap)
+        }
+
+        fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, NotAMap> {
+            Err(NotAMap)
+        }
+
+        fn serialize_tuple_struct(
+            self,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleStruct, NotAMap> {
+            Err(NotAMap)
+        }
+
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleVariant, NotAMap> {
+            Err(NotAMap)
+        }
+
+        fn serialize_struct(
+            self,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeStruct, NotAMap> {
+            Err(NotAMap)
+        }
+
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeStructVariant, NotAMap> {
+            Err(NotAMap)
+        }
+    }
+
+    /// Jobs that between them set, and leave at default, every key of the task-file form.
+    fn wire_specs() -> Vec<JobSpec> {
+        use crate::runon::{Pick, RunOn};
+        let hosts = |list: &[&str]| -> Vec<HostPattern> {
+            list.iter()
+                .map(|h| HostPattern::parse(h).unwrap())
+                .collect()
+        };
+        let pairs = |list: &[(&str, &str)]| -> BTreeMap<String, String> {
+            list.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let mut specs = vec![JobSpec::new("defaults", "true")];
+
+        let mut full = JobSpec::new("full.job-1", "echo {host} && sleep 1");
+        full.cron_expr = "*/5 * * * *".into();
+        full.timeout_secs = 600;
+        full.syn_flag = true;
+        full.enabled = false;
+        full.white_hosts = hosts(&["10.0.0.0/8", "web-*", "label.role=db", "fact.cpus>=8"]);
+        full.black_hosts = hosts(&["10.0.0.5", "db-7.example.com"]);
+        full.time_zone = Some("Europe/Berlin".into());
+        full.concurrency = Concurrency::Replace;
+        full.work_dir = Some("/var/tmp".into());
+        full.env = pairs(&[("A", "1"), ("PATH", "/usr/bin:/bin"), ("B_2", "")]);
+        full.run_as = Some("nobody".into());
+        full.params = vec!["host".into(), "port".into()];
+        full.retries = 2;
+        full.retry_delay_secs = 30;
+        full.jitter_secs = 9;
+        full.labels = pairs(&[("role", "db"), ("zone", "eu-1")]);
+        full.kill_grace_secs = 60;
+        full.cgroup = CgroupLimits {
+            cpu_shares: 512,
+            cpu_quota_us: 50_000,
+            memory_limit: 1 << 20,
+            memory_sw_limit: 2 << 20,
+            io_read_limit: 1000,
+            io_write_limit: 2000,
+            io_limit_device: "/dev/sdb".into(),
+        };
+        full.grace_secs = Some(30);
+        full.max_duration_secs = Some(300);
+        full.run_on = RunOn::Hosts(3);
+        full.pick = Pick::Hash;
+        full.retry_on_another = true;
+        specs.push(full);
+
+        let mut one = JobSpec::new("one", "date");
+        one.cron_expr = "0 3 * * *".into();
+        one.run_on = RunOn::Hosts(1);
+        one.pick = Pick::Random;
+        specs.push(one.clone());
+        one.run_on = RunOn::Hosts(crate::runon::MAX_RUN_ON);
+        one.pick = Pick::LeastLoaded;
+        specs.push(one);
+
+        let mut cgroup = JobSpec::new("cgroup", "stress");
+        cgroup.cgroup.memory_limit = u64::MAX;
+        cgroup.cgroup.io_limit_device = "8:16".into();
+        cgroup.cgroup.io_write_limit = 1;
+        specs.push(cgroup);
+
+        let mut zone = JobSpec::new("zone", "true");
+        zone.cron_expr = "0 0 1 1 *".into();
+        zone.time_zone = Some("America/Argentina/Buenos_Aires".into());
+        zone.concurrency = Concurrency::Allow;
+        zone.kill_grace_secs = 0;
+        zone.timeout_secs = u64::MAX;
+        zone.retries = u32::MAX;
+        specs.push(zone);
+
+        let mut late = JobSpec::new("late", "./install.sh");
+        late.once_job = true;
+        late.new_hosts = true;
+        specs.push(late.clone());
+        late.new_hosts_at_once = Some(25);
+        late.white_hosts = hosts(&["web-1"]);
+        specs.push(late);
+
+        let mut text = JobSpec::new(
+            "text",
+            "printf 'h\u{e9}llo \"w\u{f6}rld\" \\\\ \\n' \t\r\n\u{1}\u{1f}\u{7f} \u{2028}\u{1f600} </script>",
+        );
+        text.env = pairs(&[
+            ("QUOTED", "a \"b\" \\c\\ /d/"),
+            ("LINES", "one\ntwo\r\n\tthree\u{0}"),
+            ("UNICODE", "\u{fc}ber \u{65e5}\u{672c} \u{1f680}"),
+            ("\u{c4}RGER", "key not ASCII"),
+        ]);
+        text.labels = pairs(&[("team", "\u{e9}quipe \"x\""), ("", "")]);
+        text.params = vec!["_x9".into(), "host".into()];
+        text.work_dir = Some("/home/\u{fc}ser/dir with spaces".into());
+        text.run_as = Some("d\u{f6}m\u{e4}n\\user".into());
+        text.black_hosts = vec![HostPattern::exact_name("bad host \u{e9}")];
+        specs.push(text);
+
+        specs
+    }
+
+    #[test]
+    fn wire_fields_are_every_key_sorted_bytewise() {
+        let keys: Vec<&str> = wire_fields(&JobSpec::new("a", "b"))
+            .iter()
+            .map(|(key, _)| *key)
+            .collect();
+        assert!(
+            keys.windows(2).all(|w| w[0].as_bytes() < w[1].as_bytes()),
+            "not strictly sorted: {keys:?}"
+        );
+        let mut known = KEYS.to_vec();
+        known.sort_unstable();
+        assert_eq!(keys, known);
+    }
+
+    /// `JobSpec`'s serializer writes exactly what serializing `to_value` writes (the old path),
+    /// declares as many entries as it writes, and reads back as the same job.
+    #[test]
+    fn serializer_writes_what_to_value_writes() {
+        let specs = wire_specs();
+        for spec in &specs {
+            let value = to_value(spec);
+            let direct = serde_json::to_string(spec).unwrap();
+            assert_eq!(direct, serde_json::to_string(&value).unwrap(), "{spec:?}");
+            assert_eq!(
+                serde_json::to_vec(spec).unwrap(),
+                serde_json::to_vec(&value).unwrap()
+            );
+            assert_eq!(
+                serde_json::to_string_pretty(spec).unwrap(),
+                serde_json::to_string_pretty(&value).unwrap()
+            );
+            assert_eq!(serde_json::to_value(spec).unwrap(), value);
+            let entries = value.as_object().map(Map::len).unwrap();
+            let (declared, written) = spec.serialize(MapCounter).unwrap();
+            assert_eq!((declared, written), (Some(entries), entries), "{direct}");
+
+            let back: JobSpec = serde_json::from_str(&direct).unwrap();
+            assert_eq!(&back, spec, "{direct}");
+        }
+        // Nested, as in a sync answer.
+        let values: Vec<Value> = specs.iter().map(to_value).collect();
+        assert_eq!(
+            serde_json::to_string(&specs).unwrap(),
+            serde_json::to_string(&values).unwrap()
+        );
+        // The set covers every key, and leaves out every key that may be left out.
+        let mut seen: Vec<&str> = values
+            .iter()
+            .flat_map(|v| v.as_object().unwrap().keys().map(String::as_str))
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        let mut known = KEYS.to_vec();
+        known.sort_unstable();
+        assert_eq!(seen, known);
+        assert_eq!(values[0].as_object().unwrap().len(), 9, "{}", values[0]);
     }
 }
