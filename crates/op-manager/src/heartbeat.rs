@@ -254,7 +254,7 @@ mod tests {
         assert!(buffer.is_empty());
         let mut nodes = [node(id, t0)];
         buffer.overlay(&mut nodes);
-        assert_eq!(nodes[0].running, [run.clone()], "the run is still shown");
+        assert_eq!(nodes[0].running, [run], "the run is still shown");
         assert_eq!(nodes[0].last_seen, t1);
         assert_eq!(buffer.last_seen(id), Some(t1), "liveness sees the beat");
 

@@ -694,10 +694,10 @@ impl SyncLoop {
                     quiet_state =
                         watch.is_some() && state.directives.is_empty() && !state.directives_only;
                     self.apply(state, asked_at).await;
-                    quiet_state &= !self
+                    quiet_state &= self
                         .facts_acked
                         .as_ref()
-                        .is_some_and(|h| *h != self.facts_hash);
+                        .is_none_or(|h| *h == self.facts_hash);
                     self.upgrader.synced();
                 }
                 Err(e) if e.status() == Some(401) && self.shared.has_node_token() => {
