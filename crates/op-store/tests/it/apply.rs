@@ -724,7 +724,8 @@ fn stats_sum_the_agents_outboxes_and_drops_over_nodes_not_left() {
     drop(s.store);
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "ALTER TABLE nodes DROP COLUMN outbox_depth; ALTER TABLE nodes DROP COLUMN dropped_runs;
+        "DROP INDEX nodes_stats;
+         ALTER TABLE nodes DROP COLUMN outbox_depth; ALTER TABLE nodes DROP COLUMN dropped_runs;
          PRAGMA user_version = 19;",
     )
     .unwrap();

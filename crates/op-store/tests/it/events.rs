@@ -681,6 +681,7 @@ fn open_fires_kept_inside_the_state_move_into_rows() {
     }]);
     conn.execute_batch(
         "DROP TABLE incident_fires; DROP TABLE incident_fire_results;
+         DROP INDEX nodes_stats;
          ALTER TABLE nodes DROP COLUMN outbox_depth; ALTER TABLE nodes DROP COLUMN dropped_runs;
          PRAGMA user_version = 18;",
     )
