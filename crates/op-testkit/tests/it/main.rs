@@ -43,3 +43,4 @@ mod slow_clients;
 mod support;
 mod tls;
 mod units;
+mod watch_faults;
