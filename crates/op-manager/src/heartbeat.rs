@@ -46,6 +46,16 @@ impl Beats {
     fn newest(&self, id: &Uuid) -> Option<&NodeBeat> {
         self.pending.get(id).or_else(|| self.flushing.get(id))
     }
+
+    /// The newest beat of every node that has one the store may not have yet.
+    fn each_newest(&self) -> impl Iterator<Item = &NodeBeat> {
+        let flushing = self
+            .flushing
+            .iter()
+            .filter(|(id, _)| !self.pending.contains_key(id))
+            .map(|(_, b)| b);
+        self.pending.values().chain(flushing)
+    }
 }
 
 impl HeartbeatBuffer {
@@ -105,15 +115,8 @@ impl HeartbeatBuffer {
         let Ok(beats) = self.beats.lock() else {
             return 0;
         };
-        let flushing = beats
-            .flushing
-            .iter()
-            .filter(|(id, _)| !beats.pending.contains_key(id))
-            .map(|(_, b)| b);
         beats
-            .pending
-            .values()
-            .chain(flushing)
+            .each_newest()
             .filter(|b| {
                 b.packages
                     .iter()

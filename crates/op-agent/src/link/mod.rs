@@ -537,7 +537,6 @@ impl SyncLoop {
                 || upgrades.has_changed().unwrap_or(true)
                 || health.has_changed().unwrap_or(true)
                 || starts.has_changed().unwrap_or(true);
-            let after_quiet_state = after_quiet_state && !news_waiting;
             deploys.borrow_and_update();
             upgrades.borrow_and_update();
             health.borrow_and_update();
@@ -575,6 +574,7 @@ impl SyncLoop {
             let mut sent = Ok(());
             // A beat already sent on this watch stands until its wait is over.
             let beat_stands = after_quiet_state
+                && !news_waiting
                 && watch.is_some()
                 && next_beat.is_some_and(|t| t > tokio::time::Instant::now());
             if watch.is_none() && no_watch.as_deref() != Some(url.as_str()) {

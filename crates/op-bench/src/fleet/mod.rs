@@ -4,8 +4,8 @@
 //! Each [`SimAgent`] has its own node id, hostname (`sim-00042`) and IP string (`10.0.0.43`). It
 //! enrolls with the shared agent token, then speaks with the node credential the registration
 //! returned, holding the node's watch as `op-agent`'s link does: a beat goes up at once, after a
-//! state that carried directives, and once per sync wait, with the index held; a changed job set is "applied" (reported
-//! to the scenario as an [`Applied`] event with the instant it arrived). Of each answer a simulated
+//! state that carried directives, and once per sync wait, with the index held; a changed job set
+//! is "applied" (reported to the scenario as an [`Applied`] event with the instant it arrived). Of each answer a simulated
 //! agent reads the index, the jobs' names and revisions, and its directives: each ad-hoc run is
 //! answered at once with a finished `ok` record (as if `true` ran), so fan-out can be measured
 //! against simulated agents, and each output request with an empty piece of a run still going

@@ -4,21 +4,11 @@
 
 use op_testkit::{Agent, AgentOptions, Manager, wait_until};
 
-use crate::support::{LONG, agentcli, fleet, job, local_runs, text};
+use crate::support::{LONG, agentcli, fleet, job, job_sets, local_runs, text};
 
 /// Runs of the `gold` job the agent itself recorded.
 async fn runs_on(a: &Agent) -> usize {
     local_runs(a, "gold").await.len()
-}
-
-/// How many times the agent applied a job set of `n` jobs.
-fn job_sets(a: &Agent, n: usize) -> usize {
-    a.log()
-        .lines()
-        .filter(|l| {
-            l.contains("applying the manager's job set") && l.contains(&format!("jobs={n}"))
-        })
-        .count()
 }
 
 #[tokio::test]

@@ -44,6 +44,16 @@ pub fn job(text: &str) -> JobSpec {
     JobSpec::from_task_json(text).expect("valid task file")
 }
 
+/// How many times the agent applied a job set of `n` jobs.
+pub fn job_sets(a: &op_testkit::Agent, n: usize) -> usize {
+    a.log()
+        .lines()
+        .filter(|l| {
+            l.contains("applying the manager's job set") && l.contains(&format!("jobs={n}"))
+        })
+        .count()
+}
+
 /// Runs of `job` the manager stores, all of them.
 pub async fn runs_of(c: &Client, job: &str) -> Vec<RunRecord> {
     c.runs(&RunQuery {
