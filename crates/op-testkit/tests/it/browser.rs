@@ -73,31 +73,46 @@ impl Browser {
             "google-chrome",
         ])
         .unwrap_or_else(|| panic!("chromium is missing: {MISSING}"));
-        let mut driver = Command::new(&driver_bin)
-            .arg("--port=0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("could not start {}: {e}", driver_bin.display()));
-        // "ChromeDriver was started successfully on port 35061."
-        let mut out = BufReader::new(driver.stdout.take().expect("piped stdout"));
-        let mut port = None;
-        let mut seen = String::new();
-        for _ in 0..20 {
-            let mut line = String::new();
-            if out.read_line(&mut line).unwrap_or(0) == 0 {
-                break;
+        // With `--port=0` chromedriver picks a port, lets it go and binds it again; another test
+        // may take it in between ("IPv4 port not available. Exiting..."): start it again.
+        let mut attempts = 0;
+        let (driver, mut out, port) = loop {
+            attempts += 1;
+            let mut driver = Command::new(&driver_bin)
+                .arg("--port=0")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("could not start {}: {e}", driver_bin.display()));
+            // "ChromeDriver was started successfully on port 35061."
+            let mut out = BufReader::new(driver.stdout.take().expect("piped stdout"));
+            let mut port = None;
+            let mut seen = String::new();
+            for _ in 0..20 {
+                let mut line = String::new();
+                if out.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                seen.push_str(&line);
+                if let Some(rest) = line.split("successfully on port ").nth(1) {
+                    port = rest.trim().trim_end_matches('.').parse::<u16>().ok();
+                    break;
+                }
             }
-            seen.push_str(&line);
-            if let Some(rest) = line.split("successfully on port ").nth(1) {
-                port = rest.trim().trim_end_matches('.').parse::<u16>().ok();
-                break;
+            match port {
+                Some(port) => break (driver, out, port),
+                None => {
+                    let _ = driver.kill();
+                    let _ = driver.wait();
+                    if attempts == 5 || !seen.contains("port not available") {
+                        panic!(
+                            "chromedriver did not say which port it serves ({attempts} attempts); \
+                             it printed:\n{seen}"
+                        );
+                    }
+                }
             }
-        }
-        let Some(port) = port else {
-            let _ = driver.kill();
-            panic!("chromedriver did not say which port it serves; it printed:\n{seen}");
         };
         // Keep draining its stdout so it never blocks on a full pipe.
         std::thread::spawn(move || {
