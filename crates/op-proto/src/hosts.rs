@@ -392,6 +392,28 @@ impl HostSelector {
     }
 }
 
+/// The entries of a host flag given one or more times (`--host a,b --host c`), each parsed,
+/// with the text it was parsed from. A value that names no host (`--host ""`, `--host ,`) is an
+/// error rather than nothing: a script passing an empty variable must not widen the selection
+/// to every host the command would pick without the flag. The error names the flag.
+pub fn host_flag_entries<'a>(
+    texts: &'a [String],
+    flag: &str,
+) -> Result<Vec<(&'a str, HostPattern)>, String> {
+    let mut out = Vec::new();
+    for t in texts {
+        let entries: Vec<&str> = t.split(',').map(str::trim).collect();
+        if entries.iter().all(|e| e.is_empty()) {
+            return Err(format!("{flag} needs a host: got {t:?}"));
+        }
+        for e in entries.into_iter().filter(|e| !e.is_empty()) {
+            let p = HostPattern::parse(e).map_err(|err| format!("{flag} {err}"))?;
+            out.push((e, p));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,6 +425,24 @@ mod tests {
             labels: BTreeMap::new(),
             facts: None,
         }
+    }
+
+    #[test]
+    fn a_host_flag_that_names_no_host_is_refused() {
+        let texts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for bad in [&[""][..], &[" , "], &["web-01", ""]] {
+            let err = host_flag_entries(&texts(bad), "--host").unwrap_err();
+            assert!(err.starts_with("--host needs a host"), "{bad:?}: {err}");
+        }
+        let ok = texts(&["web-01, db-*", "10.0.0.0/8"]);
+        let got: Vec<&str> = host_flag_entries(&ok, "--exclude")
+            .unwrap()
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(got, ["web-01", "db-*", "10.0.0.0/8"]);
+        let err = host_flag_entries(&texts(&["label.=x"]), "--exclude").unwrap_err();
+        assert!(err.starts_with("--exclude "), "{err}");
     }
 
     #[test]

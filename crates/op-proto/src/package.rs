@@ -117,17 +117,10 @@ pub fn parse_target(
     labels: &[String],
 ) -> Result<HostSelector, String> {
     let patterns = |texts: &[String], flag: &str| -> Result<Vec<HostPattern>, String> {
-        let mut out = Vec::new();
-        for t in texts {
-            let entries: Vec<&str> = t.split(',').map(str::trim).collect();
-            if entries.iter().all(|e| e.is_empty()) {
-                return Err(format!("{flag} needs a host: got {t:?}"));
-            }
-            for e in entries.into_iter().filter(|e| !e.is_empty()) {
-                out.push(HostPattern::parse(e).map_err(|err| format!("{flag} {err}"))?);
-            }
-        }
-        Ok(out)
+        Ok(crate::hosts::host_flag_entries(texts, flag)?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect())
     };
     let mut map = BTreeMap::new();
     for l in labels {

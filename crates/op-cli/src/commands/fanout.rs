@@ -6,7 +6,7 @@ use std::io::Write;
 
 use anyhow::{Context, bail};
 use op_client::Started;
-use op_proto::HostPattern;
+use op_proto::hosts::host_flag_entries;
 use op_proto::invoke::{
     BatchSize, HostResult, HostStatus, InvocationAccepted, InvocationEvent, InvokeRequest, Summary,
 };
@@ -34,22 +34,18 @@ pub fn request(args: &FanoutArgs) -> anyhow::Result<InvokeRequest> {
         deadline: args.deadline,
         ..InvokeRequest::default()
     };
-    for h in &args.hosts {
-        for entry in h.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let p = HostPattern::parse(entry).map_err(|e| anyhow::anyhow!("--host {e}"))?;
-            if p.is_specific() {
-                req.hosts.push(entry.to_string());
-            } else {
-                req.white.push(p);
-            }
+    for (entry, p) in host_flag_entries(&args.hosts, "--host").map_err(anyhow::Error::msg)? {
+        if p.is_specific() {
+            req.hosts.push(entry.to_string());
+        } else {
+            req.white.push(p);
         }
     }
-    for h in &args.exclude {
-        for entry in h.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            req.black
-                .push(HostPattern::parse(entry).map_err(|e| anyhow::anyhow!("--exclude {e}"))?);
-        }
-    }
+    req.black = host_flag_entries(&args.exclude, "--exclude")
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
     for l in &args.labels {
         let (k, v) = key_value(l, "--label")?;
         req.labels.insert(k, v);

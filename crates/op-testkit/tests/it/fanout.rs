@@ -509,3 +509,48 @@ async fn a_viewer_cannot_run_or_exec() {
     // A viewer may still read what others ran.
     assert!(v.invocations(&Default::default()).await.unwrap().is_empty());
 }
+
+/// `run JOB --host "$H"` with an empty H used to drop the flag and run the job on its whole
+/// selection; an empty `--host` or `--exclude` is refused and nothing runs, as for `upload`.
+#[tokio::test]
+async fn an_empty_host_flag_is_refused_and_runs_nothing() {
+    let m = Manager::start();
+    let agents = fleet(&m, 1, &[]).await;
+    m.client()
+        .save_job(&job(r#"{"JobName":"hello","Command":"echo hello"}"#))
+        .await
+        .unwrap();
+    for args in [
+        &["run", "hello", "--host", ""][..],
+        &["run", "hello", "--host", " , "][..],
+        &["run", "hello", "--exclude", ""][..],
+        &["exec", "--all", "--exclude", "", "--", "echo hi"][..],
+    ] {
+        let out = agentcli(&m, None, args).await;
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stdout)
+        );
+        let flag = if args.contains(&"--host") {
+            "--host"
+        } else {
+            "--exclude"
+        };
+        assert!(
+            text(&out.stderr).contains(&format!("{flag} needs a host")),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert!(
+        m.client()
+            .invocations(&Default::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(local_runs(&agents[0], "hello").await.is_empty());
+    assert!(local_runs(&agents[0], "adhoc").await.is_empty());
+}
