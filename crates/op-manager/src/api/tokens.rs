@@ -72,11 +72,25 @@ pub async fn create(
             ))
         })?;
     }
+    // A token that expires as it is made would be created, shown once and be useless: refused.
+    const MAX_EXPIRY_SECS: u64 = 100 * 365 * 86_400;
     let expires_at = match req.expires_in_secs {
+        Some(0) => {
+            return Err(ApiError::bad(
+                "invalid_body",
+                "expires_in_secs is 0: the token would expire at once; give at least 1 second, \
+                 or leave it out for a token that never expires",
+            ));
+        }
         Some(secs) => Some(
             now + chrono::Duration::try_seconds(secs.min(i64::MAX as u64) as i64)
-                .filter(|_| secs <= 100 * 365 * 86_400)
-                .ok_or_else(|| ApiError::bad("invalid_body", "expires_in_secs is too large"))?,
+                .filter(|_| secs <= MAX_EXPIRY_SECS)
+                .ok_or_else(|| {
+                    ApiError::bad(
+                        "invalid_body",
+                        format!("expires_in_secs {secs} is too large; at most 100 years ({MAX_EXPIRY_SECS} s)"),
+                    )
+                })?,
         ),
         None => None,
     };

@@ -109,6 +109,16 @@ async fn bad_input_is_refused_and_changes_nothing() {
             "admin",
         ),
         (
+            "a token that would expire at once",
+            admin
+                .request(Method::POST, "/v1/tokens")
+                .header("content-type", "application/json")
+                .body(r#"{"name":"x","scope":"viewer","expires_in_secs":0}"#),
+            400,
+            "invalid_body",
+            "expire at once",
+        ),
+        (
             "unknown scope",
             admin
                 .request(Method::POST, "/v1/tokens")
