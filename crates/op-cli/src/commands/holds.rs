@@ -23,7 +23,10 @@ fn until_instant(text: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>
     }
     match op_proto::units::parse_duration(text) {
         Ok(d) if !d.is_zero() => Ok(now + chrono::Duration::from_std(d)?),
-        _ => bail!(
+        Ok(_) => bail!(
+            "--until {text:?} would end the pause at once; give a duration above 0 (e.g. 30m) or a later time"
+        ),
+        Err(_) => bail!(
             "--until {text:?} is neither a time like 2026-12-24T06:00:00Z nor a duration like 30m or 2h"
         ),
     }

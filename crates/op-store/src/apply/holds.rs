@@ -46,7 +46,7 @@ pub(super) fn resume(
     let removed = conn.execute("DELETE FROM pauses WHERE scope = ?1", [scope.text()])?;
     if removed == 0 {
         return Ok(Err(Rejection::not_found(format!(
-            "nothing is paused with {} (see agentcli pause list)",
+            "nothing is paused with {} (see agentcli pause --list)",
             scope.text()
         ))));
     }

@@ -289,7 +289,11 @@ async fn a_maintenance_window_suppresses_a_1hz_job_exactly_during_the_window() {
             "not in the future",
         ),
         (&["pause", "--all", "--until", "soon"][..], "--until"),
-        (&["resume", "--all"][..], "nothing is paused"),
+        (
+            &["resume", "--all"][..],
+            "nothing is paused with all (see agentcli pause --list)",
+        ),
+        (&["pause", "--all", "--until", "0s"][..], "above 0"),
         (
             &[
                 "window",
