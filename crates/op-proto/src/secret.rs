@@ -44,9 +44,7 @@ pub fn validate_secret_name(name: &str) -> Result<(), String> {
         .split('/')
         .any(|seg| seg.is_empty() || seg == "." || seg == "..")
     {
-        return Err(format!(
-            "{name:?} has an empty, '.' or '..' part between slashes"
-        ));
+        return Err("has an empty, '.' or '..' part between slashes".into());
     }
     Ok(())
 }
@@ -150,6 +148,12 @@ mod tests {
             assert!(validate_secret_name(bad).is_err(), "{bad}");
         }
         assert!(validate_secret_name(&"a".repeat(129)).is_err());
+        // Callers put the name before the reason (`secret name "../x" has ...`): the reason
+        // must not repeat it.
+        for bad in ["../x", "/db", "db//pw"] {
+            let reason = validate_secret_name(bad).unwrap_err();
+            assert!(!reason.contains(bad), "{bad}: {reason}");
+        }
     }
 
     #[test]
