@@ -837,6 +837,12 @@ invocation.finished, and the later kinds listed in docs/notifications.md.")]
     Test { name: String },
 }
 
+// A channel's own flags conflict with the other channels: clap's `requires` alone let
+// `--webhook URL --smtp HOST:PORT` (or `--alertmanager URL --secret-file F`) through, and the
+// flag was then dropped without a word.
+const NOT_WEBHOOK: [&str; 2] = ["alertmanager", "email"];
+const NOT_EMAIL: [&str; 2] = ["webhook", "alertmanager"];
+
 /// `notify add`: a rule's name, its channel (exactly one) and its filter.
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("channel").required(true).multiple(false)
@@ -865,30 +871,31 @@ pub struct NotifyAdd {
     #[arg(long, value_name = "N|P%")]
     pub min_hosts: Option<String>,
     /// A body template (MiniJinja) for the webhook, read from this file now.
-    #[arg(long, value_name = "FILE", requires = "webhook")]
+    #[arg(long, value_name = "FILE", requires = "webhook", conflicts_with_all = NOT_WEBHOOK)]
     pub template: Option<std::path::PathBuf>,
     /// A file on each manager holding the webhook's HMAC key (absolute path).
-    #[arg(long, value_name = "F", requires = "webhook")]
+    #[arg(long, value_name = "F", requires = "webhook", conflicts_with_all = NOT_WEBHOOK)]
     pub secret_file: Option<std::path::PathBuf>,
     /// The SMTP server, HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT", requires = "email")]
+    #[arg(long, value_name = "HOST:PORT", requires = "email", conflicts_with_all = NOT_EMAIL)]
     pub smtp: Option<String>,
     /// The SMTP user (needs --smtp-password-file).
-    #[arg(long, value_name = "U", requires = "email")]
+    #[arg(long, value_name = "U", requires = "email", conflicts_with_all = NOT_EMAIL)]
     pub smtp_user: Option<String>,
     /// A file on each manager holding the SMTP password (absolute path).
-    #[arg(long, value_name = "F", requires = "email")]
+    #[arg(long, value_name = "F", requires = "email", conflicts_with_all = NOT_EMAIL)]
     pub smtp_password_file: Option<std::path::PathBuf>,
     /// STARTTLS: opportunistic (when offered) or required.
     #[arg(
         long,
         value_name = "MODE",
         default_value = "opportunistic",
-        requires = "email"
+        requires = "email",
+        conflicts_with_all = NOT_EMAIL
     )]
     pub smtp_tls: String,
     /// The sender address [default: op-agent@localhost].
-    #[arg(long, value_name = "ADDR", requires = "email")]
+    #[arg(long, value_name = "ADDR", requires = "email", conflicts_with_all = NOT_EMAIL)]
     pub from: Option<String>,
 }
 
@@ -974,6 +981,44 @@ mod tests {
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect()
+    }
+
+    #[test]
+    fn a_notify_channels_own_flags_are_refused_with_another_channel() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["agentcli", "notify", "add", "r"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all)
+        };
+        for args in [
+            &["--webhook", "https://h/op", "--smtp", "mail:587"][..],
+            &["--webhook", "https://h/op", "--smtp-tls", "required"],
+            &["--alertmanager", "http://am:9093", "--secret-file", "/k"],
+            &["--alertmanager", "http://am:9093", "--template", "t.j2"],
+            &["--email", "a@b.c", "--smtp", "m:25", "--secret-file", "/k"],
+            &["--alertmanager", "http://am:9093", "--from", "a@b.c"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{args:?}: {err}"
+            );
+        }
+        for args in [
+            &["--webhook", "https://h/op", "--secret-file", "/k"][..],
+            &[
+                "--email",
+                "a@b.c",
+                "--smtp",
+                "m:25",
+                "--smtp-tls",
+                "required",
+            ],
+            &["--alertmanager", "http://am:9093"],
+        ] {
+            parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
     }
 
     #[test]
