@@ -75,6 +75,10 @@ pub enum ClientError {
     Decode { url: String, message: String },
     #[error("{url}: the result stream broke off: {message}")]
     Stream { url: String, message: String },
+    /// A name the request is about was empty (`agentcli delete ''`): the path would have an
+    /// empty segment, which the manager can only answer with "no such route".
+    #[error("a name is empty: {path} needs one; nothing was sent")]
+    EmptyName { path: String },
 }
 
 /// The targeting of an upload as the flags gave it (`--host`, `--exclude`, `--label KEY=VALUE`),
@@ -315,6 +319,11 @@ impl Client {
     }
 
     async fn send(&self, path: &str, req: RequestBuilder) -> Result<Response> {
+        if has_empty_segment(path) {
+            return Err(ClientError::EmptyName {
+                path: path.split('?').next().unwrap_or(path).to_string(),
+            });
+        }
         let resp = req.send().await.map_err(|e| self.transport(path, e))?;
         let status = resp.status();
         // 101: the watch switched protocols (`Client::watch`).
@@ -1311,6 +1320,14 @@ fn secret_path(name: &str) -> String {
         .join("/")
 }
 
+/// True when the path part of `path` (`/v1/notify/NAME?...`) has an empty segment: a name that
+/// went into it was empty. Every request passes here, so no command sends one.
+fn has_empty_segment(path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or(path);
+    path.strip_prefix('/')
+        .is_some_and(|rest| rest.split('/').any(str::is_empty))
+}
+
 fn path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
@@ -1351,6 +1368,16 @@ mod tests {
         assert_eq!(normalize_base_url("https://h").unwrap(), "https://h");
         assert!(normalize_base_url("ftp://h").is_err());
         assert!(normalize_base_url("").is_err());
+    }
+
+    #[test]
+    fn an_empty_segment_is_found() {
+        for bad in ["/v1/notify/", "/v1/jobs//runs", "/v1/jobs/?x=1"] {
+            assert!(has_empty_segment(bad), "{bad}");
+        }
+        for ok in ["/v1/notify/ops", "/v1/jobs/a/runs?after=", "/healthz"] {
+            assert!(!has_empty_segment(ok), "{ok}");
+        }
     }
 
     #[test]

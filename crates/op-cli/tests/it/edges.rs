@@ -335,3 +335,39 @@ async fn background_run_says_so_and_a_stuck_host_is_named() {
     child.wait().unwrap();
     b.resume();
 }
+
+/// An empty name (`agentcli delete ''`, often an empty shell variable) made a path with an empty
+/// segment, and the manager could only say "no such route; see the API reference". Every
+/// command now says the name is empty, exits 2 and sends nothing.
+#[tokio::test]
+async fn an_empty_name_is_named_as_such_and_nothing_is_sent() {
+    let m = Manager::start();
+    for args in [
+        &["delete", ""][..],
+        &["get", "jobs", ""],
+        &["get", "nodes", ""],
+        &["logs", ""],
+        &[
+            "notify",
+            "add",
+            "",
+            "--webhook",
+            "https://hooks.example.com/op",
+        ],
+        &["notify", "remove", ""],
+        &["window", "remove", ""],
+        &["token", "revoke", ""],
+        &["secret", "rm", ""],
+        &["rollout", "status", ""],
+        &["rollback", ""],
+        &["analysis", "jobs", ""],
+    ] {
+        let (code, out, err) = run(cli(&m).args(args));
+        assert_eq!(code, 2, "{args:?}: {out}");
+        assert!(
+            err.contains("a name is empty") && !err.contains("no such route"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(m.client().notify_rules().await.unwrap().is_empty());
+}
