@@ -396,6 +396,30 @@ pub fn detail_table(job: &JobView, targets: &[OnceTarget]) -> Table {
         kv("Jitter:", format!("{}s", s.jitter_secs));
     }
     kv("KillGrace:", format!("{}s", s.kill_grace_secs));
+    // The second-wave fields, shown when set: without them a user could not see from here that
+    // the leader picks this job's hosts, or when its fires count as missed or overrunning.
+    if let Some(n) = s.run_on.count() {
+        let hosts = if n == 1 {
+            "one host".to_string()
+        } else {
+            format!("{n} hosts")
+        };
+        let retry = if s.retry_on_another {
+            ", a failed run retried once on another host"
+        } else {
+            ""
+        };
+        kv(
+            "RunOn:",
+            format!("{hosts} per fire, picked {}{retry}", s.pick.as_str()),
+        );
+    }
+    if let Some(g) = s.grace_secs {
+        kv("Grace:", format!("{g}s"));
+    }
+    if let Some(d) = s.max_duration_secs {
+        kv("MaxDuration:", format!("{d}s"));
+    }
     if !job.next_fires.is_empty() {
         kv(
             "Next fire times:",
@@ -446,6 +470,50 @@ mod tests {
             uploader: "admin".into(),
             current,
             target: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_detail_view_shows_run_on_grace_and_max_duration() {
+        let view = |text: &str| {
+            let at = chrono::DateTime::from_timestamp(1_730_000_000, 0).unwrap();
+            JobView {
+                record: op_proto::api::JobRecord {
+                    spec: op_proto::JobSpec::from_task_json(text).unwrap(),
+                    revision: 1,
+                    created_at: at,
+                    updated_at: at,
+                    updated_by: "admin".into(),
+                },
+                next_fires: Vec::new(),
+                last_fires: Vec::new(),
+            }
+        };
+        let mut out = Vec::new();
+        let job = view(
+            r#"{"JobName": "report", "Command": "true", "CronExpr": "0 0 3 * * * *",
+                "RunOn": 2, "Pick": "hash", "RetryOnAnother": 1, "Grace": 30, "MaxDuration": 600}"#,
+        );
+        detail_table(&job, &[]).write(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for want in [
+            "2 hosts per fire, picked hash, a failed run retried once on another host",
+            "Grace:",
+            "30s",
+            "MaxDuration:",
+            "600s",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+        let mut out = Vec::new();
+        let plain = view(r#"{"JobName": "tick", "Command": "true", "CronExpr": "@daily"}"#);
+        detail_table(&plain, &[]).write(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for absent in ["RunOn:", "Grace:", "MaxDuration:"] {
+            assert!(
+                !text.lines().any(|l| l.starts_with(absent)),
+                "{absent}: {text}"
+            );
         }
     }
 
