@@ -336,6 +336,11 @@ fn build_status(
                 (_, _, Some(r)) if r.state == PackageState::Downloading => {
                     ("downloading".to_string(), r.error.clone())
                 }
+                // A pin on a version no kept release declares sends nothing (the host stays as
+                // it is): it is not pending, it would wait forever.
+                (_, Some(w), _) if pin.is_some() && !releases.values().any(|r| r.version == w) => {
+                    (format!("pinned {w} (no release of it kept)"), None)
+                }
                 (_, Some(w), _) => (format!("pending {w}"), None),
                 _ => ("-".to_string(), None),
             };

@@ -663,6 +663,29 @@ async fn a_pinned_host_keeps_its_version_until_unpinned() {
     all_on(&c, 2, &next_version(), Duration::from_secs(90)).await;
 }
 
+/// A pin on a version no release declares keeps the host where it is; `upgrade status` showed
+/// it `pending 9.9.9`, a version that would never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_on_a_version_never_released_is_not_shown_pending() {
+    let m = Manager::start();
+    let _agents = guarded_fleet(&m, 1);
+    let c = m.client();
+    all_on(&c, 1, OLD, LONG).await;
+    let out = agentcli(&m, &["agent", "pin", "node-1", "9.9.9"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status = agentcli(&m, &["agent", "upgrade", "status"]).await;
+    let shown = text(&status.stdout);
+    let row = shown
+        .lines()
+        .find(|l| l.starts_with("node-1"))
+        .unwrap_or_else(|| panic!("no row of node-1: {shown}"));
+    assert!(!row.contains("pending"), "{shown}");
+    assert!(
+        row.contains("pinned 9.9.9 (no release of it kept)"),
+        "{shown}"
+    );
+}
+
 /// A binary that is not the version its release declares (`op-agent-next` declared as 9.1.0)
 /// counts as a failed upgrade: the new agent says so after its first sync, and the guard restores
 /// the previous binary at once, naming both versions.
