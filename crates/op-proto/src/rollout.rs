@@ -459,9 +459,40 @@ pub fn split_task_rollout(text: &str) -> Result<(String, Option<RolloutRequest>)
     Ok((value.to_string(), Some(request)))
 }
 
+/// [`split_task_rollout`] with the `Rollout` checked as the manager checks it, for the CLI's
+/// offline checks (`validate`, and `save` before it sends): a task file with a bad `Rollout` is
+/// refused with what is wrong in it, not as an unknown key of the task file.
+pub fn split_checked_task_rollout(text: &str) -> Result<(String, Option<RolloutPlan>), String> {
+    let (rest, request) = split_task_rollout(text)?;
+    let plan = request
+        .map(|r| r.plan().map_err(|e| format!("Rollout: {e}")))
+        .transpose()?;
+    Ok((rest, plan))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_files_rollout_is_checked_with_its_own_message() {
+        let (rest, plan) = split_checked_task_rollout(
+            r#"{"JobName":"a","Command":"true","Rollout":{"Stages":["1","100%"],"StepWait":"5m"}}"#,
+        )
+        .unwrap();
+        assert!(!rest.contains("Rollout"));
+        assert_eq!(plan.unwrap().step_wait_secs, 300);
+        let err = split_checked_task_rollout(
+            r#"{"JobName":"a","Command":"true","Rollout":{"Stages":["1"],"Bogus":1}}"#,
+        )
+        .unwrap_err();
+        assert!(err.contains("Bogus"), "{err}");
+        let err = split_checked_task_rollout(
+            r#"{"JobName":"a","Command":"true","Rollout":{"Stages":[]}}"#,
+        )
+        .unwrap_err();
+        assert!(err.starts_with("Rollout: "), "{err}");
+    }
 
     fn plan(stages: &str) -> Result<RolloutPlan, String> {
         RolloutRequest::from_flags(stages, None, None, false).plan()

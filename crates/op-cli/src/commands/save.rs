@@ -33,10 +33,18 @@ pub async fn run_with(
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {file}: {e}"))?;
         // Check locally first so a bad file gets every error at once, without a round trip. A
-        // `Rollout` field (issue 21) is the manager's to check; the rest is a task file.
-        let task = op_proto::rollout::split_task_rollout(&text)
-            .map(|(t, _)| t)
-            .unwrap_or_else(|_| text.clone());
+        // `Rollout` field (issue 21) is checked on its own; the rest is a task file.
+        let task = match op_proto::rollout::split_checked_task_rollout(&text) {
+            Ok((task, _)) => task,
+            Err(e) => {
+                reports.push(SaveReport {
+                    file,
+                    saved: None,
+                    errors: vec![e],
+                });
+                continue;
+            }
+        };
         let spec = match JobSpec::from_task_json_at(&task, Utc::now()) {
             Ok(spec) => spec,
             Err(e) => {

@@ -62,7 +62,21 @@ pub fn run(files: &[std::path::PathBuf], format: Format) -> anyhow::Result<Outco
 }
 
 fn check(file: String, text: &str, now: chrono::DateTime<Utc>) -> FileReport {
-    match JobSpec::from_task_json_at(text, now) {
+    // A `Rollout` field (docs/rollouts.md) is checked on its own, as `save` does; the rest is
+    // the task file.
+    let text = match op_proto::rollout::split_checked_task_rollout(text) {
+        Ok((task, _)) => task,
+        Err(e) => {
+            return FileReport {
+                file,
+                ok: false,
+                job: None,
+                next_fires: Vec::new(),
+                errors: vec![e],
+            };
+        }
+    };
+    match JobSpec::from_task_json_at(&text, now) {
         Ok(spec) => {
             let next_fires = spec
                 .schedule()

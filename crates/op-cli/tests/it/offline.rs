@@ -284,3 +284,45 @@ fn usage_and_help_keep_global_flags_apart() {
     let token = help.find("--token <TOKEN>").unwrap();
     assert!(own < global && global < token, "{help}");
 }
+
+/// The task file of docs/rollouts.md (a `Rollout` field) is valid; `validate` called the field an
+/// unknown key (and `save` did too when the Rollout itself was wrong) instead of checking it.
+#[test]
+fn validate_checks_a_task_files_rollout() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("backup.json");
+    std::fs::write(
+        &good,
+        r#"{"JobName": "backup", "Command": "/opt/backup.sh", "CronExpr": "0 0 2 * * * *",
+ "Rollout": {"Stages": ["1", "10%", "100%"], "StepWait": "5m", "HaltOn": "1", "AutoRollback": true}}"#,
+    )
+    .unwrap();
+    agentcli()
+        .arg("validate")
+        .arg(&good)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("backup.json: OK  backup"));
+    for (rollout, want) in [
+        (r#"{"Stages": ["1"], "Bogus": 1}"#, "Bogus"),
+        (
+            r#"{"Stages": ["10%", "5"]}"#,
+            "Rollout: host counts come before percentages",
+        ),
+    ] {
+        let bad = dir.path().join("bad.json");
+        std::fs::write(
+            &bad,
+            format!(r#"{{"JobName": "backup", "Command": "true", "Rollout": {rollout}}}"#),
+        )
+        .unwrap();
+        agentcli()
+            .arg("validate")
+            .arg(&bad)
+            .assert()
+            .code(1)
+            .stdout(
+                predicate::str::contains(want).and(predicate::str::contains("unknown key").not()),
+            );
+    }
+}
