@@ -179,7 +179,7 @@ fn policy_allows(caller: &Caller, method: &Method, path: &str) -> Result<(), Api
     Ok(())
 }
 
-fn allows(scope: Scope, access: Access) -> Result<(), ApiError> {
+fn allows(scope: Scope, access: Access, path: &str) -> Result<(), ApiError> {
     let ok = match access {
         Access::Public => true,
         Access::Read => scope.can_read(),
@@ -191,16 +191,26 @@ fn allows(scope: Scope, access: Access) -> Result<(), ApiError> {
     if ok {
         return Ok(());
     }
+    // The refusal names what this request does: a viewer listing secret names was told it
+    // "may not change jobs, runs, nodes or packages".
+    let secrets = path == "/v1/secrets"
+        || path.starts_with("/v1/secrets/")
+        || path.starts_with("/v1/cluster/secrets-key");
     let (action, needs) = match access {
         Access::Read => ("read fleet data", "a viewer, operator or admin token"),
+        Access::Operate if secrets => ("list secret names", "an operator or admin token"),
         Access::Operate => (
             "change jobs, runs, nodes or packages",
             "an operator or admin token",
         ),
-        Access::Admin => (
-            "manage tokens, cluster membership or notification rules",
-            "an admin token",
-        ),
+        Access::Admin if secrets => ("set, remove or rotate secrets", "an admin token"),
+        Access::Admin if path == "/v1/notify" || path.starts_with("/v1/notify/") => {
+            ("change or test notification rules", "an admin token")
+        }
+        Access::Admin if path == "/v1/tokens" || path.starts_with("/v1/tokens/") => {
+            ("manage tokens", "an admin token")
+        }
+        Access::Admin => ("change cluster membership or leadership", "an admin token"),
         Access::Agent => ("use the agent protocol", "an agent token"),
         Access::ReadOrAgent => (
             "download packages",
@@ -283,7 +293,7 @@ async fn admit(app: &App, mut req: Request) -> Result<Request, ApiError> {
             }
             return Err(ApiError::Unauthorized);
         };
-        allows(caller.scope, access)?;
+        allows(caller.scope, access, req.uri().path())?;
         policy_allows(&caller, req.method(), req.uri().path())?;
         req.extensions_mut().insert(caller);
     }
@@ -326,12 +336,49 @@ mod tests {
             required_access(&Method::GET, "/v1/invocations/x"),
             Access::Read
         );
-        assert!(allows(Scope::Viewer, Access::Read).is_ok());
-        assert!(allows(Scope::Viewer, Access::Operate).is_err());
-        assert!(allows(Scope::Agent, Access::Operate).is_err());
-        assert!(allows(Scope::Agent, Access::Read).is_err());
-        assert!(allows(Scope::Admin, Access::Agent).is_err());
-        assert!(allows(Scope::Operator, Access::Admin).is_err());
+        assert!(allows(Scope::Viewer, Access::Read, "/v1/jobs").is_ok());
+        assert!(allows(Scope::Viewer, Access::Operate, "/v1/jobs/x").is_err());
+        assert!(allows(Scope::Agent, Access::Operate, "/v1/jobs/x").is_err());
+        assert!(allows(Scope::Agent, Access::Read, "/v1/jobs").is_err());
+        assert!(allows(Scope::Admin, Access::Agent, "/v1/agent/sync").is_err());
+        assert!(allows(Scope::Operator, Access::Admin, "/v1/tokens").is_err());
+        // The refusal says what the request does.
+        for (scope, access, path, says) in [
+            (
+                Scope::Viewer,
+                Access::Operate,
+                "/v1/secrets",
+                "list secret names",
+            ),
+            (Scope::Viewer, Access::Operate, "/v1/jobs/x", "change jobs"),
+            (
+                Scope::Operator,
+                Access::Admin,
+                "/v1/secrets/db/pw",
+                "set, remove or rotate secrets",
+            ),
+            (
+                Scope::Operator,
+                Access::Admin,
+                "/v1/notify/ops",
+                "notification rules",
+            ),
+            (
+                Scope::Operator,
+                Access::Admin,
+                "/v1/tokens",
+                "manage tokens",
+            ),
+            (
+                Scope::Operator,
+                Access::Admin,
+                "/v1/cluster/members",
+                "cluster membership",
+            ),
+        ] {
+            let err = allows(scope, access, path).unwrap_err().to_string();
+            assert!(err.contains(says), "{path}: {err}");
+        }
         assert_eq!(required_access(&Method::GET, "/v1/notify"), Access::Read);
         for (method, path) in [
             (Method::POST, "/v1/notify"),
@@ -355,8 +402,8 @@ mod tests {
         }
         let content = "/v1/packages/test.py/1730000000/content";
         assert_eq!(required_access(&Method::GET, content), Access::ReadOrAgent);
-        assert!(allows(Scope::Agent, Access::ReadOrAgent).is_ok());
-        assert!(allows(Scope::Viewer, Access::ReadOrAgent).is_ok());
+        assert!(allows(Scope::Agent, Access::ReadOrAgent, content).is_ok());
+        assert!(allows(Scope::Viewer, Access::ReadOrAgent, content).is_ok());
         assert_eq!(required_access(&Method::GET, "/v1/packages"), Access::Read);
         assert_eq!(
             required_access(&Method::PUT, "/v1/packages/test.py"),

@@ -147,7 +147,14 @@ async fn a_secret_reaches_only_its_job_and_is_masked_everywhere() {
     assert!(text(&out).contains("db/pw") && !text(&out).contains(&value));
     let out = agentcli(&m, &operator, &["secret", "set", "db/pw"], b"other");
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(m.client_with(&viewer).list_secrets().await.is_err());
+    let out = agentcli(&m, &viewer, &["secret", "list"], b"");
+    assert!(!out.status.success(), "{}", text(&out));
+    // It says what was refused: listing, not "changing jobs, runs, nodes or packages".
+    assert!(
+        text(&out).contains("may not list secret names") && !text(&out).contains("change jobs"),
+        "{}",
+        text(&out)
+    );
 
     c.save_job(&job(&task)).await.unwrap();
     wait_until(LONG, "two runs of the secret job stored", || async {
