@@ -988,9 +988,21 @@ impl Reader {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for item in items {
+        for (i, item) in items.iter().enumerate() {
             match item {
-                Value::String(s) if s.trim().is_empty() => {}
+                // An empty entry is most often a template variable that expanded to nothing. Were it
+                // skipped, `["{{host}}"]` with no host would become `[]`, which means every host
+                // (the seed did the same: its substring test matches "" everywhere). Input is
+                // refused; stored records, which may hold one, read back without it as before.
+                Value::String(s) if s.trim().is_empty() => self.rule(
+                    key,
+                    format!(
+                        "entry {} of {} is empty; an empty entry would not narrow the selection, \
+                         so remove it (an empty list [] means every host)",
+                        i + 1,
+                        items.len()
+                    ),
+                ),
                 Value::String(s) if s.len() > MAX_FIELD_LEN => self.error(
                     key,
                     format!(
@@ -1205,6 +1217,31 @@ mod tests {
         );
         let e = errs(r#"{"JobName":"a","Command":"x","whitehost":[]}"#);
         assert!(e[0].contains("\"WhiteHosts\""), "{e:?}");
+    }
+
+    #[test]
+    fn empty_host_entry_is_refused_in_input_but_read_from_storage() {
+        for key in ["WhiteHosts", "blackhosts"] {
+            let text = format!(r#"{{"JobName":"a","Command":"x","{key}":["web-1",""]}}"#);
+            let e = errs(&text);
+            assert_eq!(
+                e,
+                vec![format!(
+                    "{key}: entry 2 of 2 is empty; an empty entry would not narrow the selection, \
+                     so remove it (an empty list [] means every host)"
+                )]
+            );
+            let value: Value = serde_json::from_str(&text).unwrap();
+            let spec = decode_stored(&value).unwrap();
+            let stored = if key == "WhiteHosts" {
+                &spec.white_hosts
+            } else {
+                &spec.black_hosts
+            };
+            assert_eq!(stored.len(), 1, "{key}");
+        }
+        // The seed's files hold empty lists, which stay valid.
+        assert!(parse(r#"{"JobName":"a","Command":"x","WhiteHosts":[],"BlackHosts":[]}"#).is_ok());
     }
 
     #[test]
