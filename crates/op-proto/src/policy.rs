@@ -13,6 +13,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::Scope;
 use crate::hosts::{HostIdentity, HostPattern, HostSelector, glob_match};
 
 /// What a request does, for a policy's `verbs`.
@@ -91,6 +92,28 @@ impl Verb {
     pub fn parse(s: &str) -> Option<Verb> {
         Verb::ALL.into_iter().find(|v| v.as_str() == s)
     }
+
+    /// The least scope whose requests ever need this verb, as the manager's API guard decides
+    /// (`required_access` beside `required_verb`): a viewer only reads; notification rules and
+    /// tokens are admin's; an operator may list secret names. A policy verb that its token's
+    /// scope cannot use would grant nothing, so a token naming one is refused.
+    pub fn least_scope(self) -> Scope {
+        match self {
+            Verb::Read => Scope::Viewer,
+            Verb::Notify | Verb::Tokens => Scope::Admin,
+            _ => Scope::Operator,
+        }
+    }
+
+    /// True when a token of `scope` can ever use this verb.
+    pub fn granted_by(self, scope: Scope) -> bool {
+        match scope {
+            Scope::Agent => false,
+            Scope::Viewer => self.least_scope() == Scope::Viewer,
+            Scope::Operator => self.least_scope() != Scope::Admin,
+            Scope::Admin => true,
+        }
+    }
 }
 
 impl fmt::Display for Verb {
@@ -166,6 +189,12 @@ impl Policy {
     /// The strict reading, for a token being created: every glob, host selector and verb must
     /// be valid, else the reason (the manager answers 400 with it).
     pub fn check(p: &TokenPolicy) -> Result<Policy, String> {
+        Policy::check_for(p, Scope::Admin)
+    }
+
+    /// [`Policy::check`] for a token of `scope`: a verb the scope can never use is refused too,
+    /// since a `--scope viewer --verbs save` token would otherwise be made and do nothing.
+    pub fn check_for(p: &TokenPolicy, scope: Scope) -> Result<Policy, String> {
         for g in &p.jobs {
             validate_job_glob(g)?;
         }
@@ -182,6 +211,20 @@ impl Policy {
                     Verb::ALL.map(Verb::as_str).join(", ")
                 )
             })?;
+            if !verb.granted_by(scope) {
+                let usable: Vec<&str> = Verb::ALL
+                    .into_iter()
+                    .filter(|v| v.granted_by(scope))
+                    .map(Verb::as_str)
+                    .collect();
+                return Err(format!(
+                    "verb {:?} needs an {} token; a {} token can use only {}",
+                    verb.as_str(),
+                    verb.least_scope().as_str(),
+                    scope.as_str(),
+                    usable.join(", ")
+                ));
+            }
             verbs.insert(verb);
         }
         if verbs.is_empty() {
@@ -385,6 +428,26 @@ mod tests {
         assert!(policy(&[""], &[], &[]).is_err());
         let e = policy(&[], &["10.0.0.0/99"], &[]).unwrap_err();
         assert!(e.contains("10.0.0.0/99"), "{e}");
+    }
+
+    #[test]
+    fn a_verb_the_scope_cannot_use_is_refused() {
+        let named = |verbs: &[&str]| TokenPolicy {
+            verbs: verbs.iter().map(|s| s.to_string()).collect(),
+            ..TokenPolicy::default()
+        };
+        let e = Policy::check_for(&named(&["read", "save"]), Scope::Viewer).unwrap_err();
+        assert_eq!(
+            e,
+            "verb \"save\" needs an operator token; a viewer token can use only read"
+        );
+        let e = Policy::check_for(&named(&["tokens"]), Scope::Operator).unwrap_err();
+        assert!(e.starts_with("verb \"tokens\" needs an admin token"), "{e}");
+        assert!(Policy::check_for(&named(&["read"]), Scope::Viewer).is_ok());
+        assert!(Policy::check_for(&named(&["secrets", "run"]), Scope::Operator).is_ok());
+        assert!(Policy::check_for(&named(&["tokens", "notify"]), Scope::Admin).is_ok());
+        // No verbs named: the scope's own limits apply, as before.
+        assert!(Policy::check_for(&named(&[]), Scope::Viewer).is_ok());
     }
 
     #[test]

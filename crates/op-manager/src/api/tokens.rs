@@ -53,7 +53,7 @@ pub async fn create(
                         .into(),
                 ));
             }
-            Some(Policy::check(p).map_err(bad)?)
+            Some(Policy::check_for(p, req.scope).map_err(bad)?)
         }
         None => None,
     };

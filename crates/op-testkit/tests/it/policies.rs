@@ -49,6 +49,60 @@ fn task(name: &str, white: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verb_beyond_the_scope_is_refused_and_creates_nothing() {
+    let m = Manager::start();
+    for (scope, verbs, says) in [
+        (
+            "viewer",
+            "save",
+            "verb \"save\" needs an operator token; a viewer token can use only read",
+        ),
+        (
+            "operator",
+            "read,tokens",
+            "verb \"tokens\" needs an admin token",
+        ),
+    ] {
+        let out = agentcli(
+            &m,
+            &m.admin_token,
+            &[
+                "token", "create", "--name", "useless", "--scope", scope, "--verbs", verbs,
+            ],
+        )
+        .await;
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains(says), "{says}: {}", text(&out));
+    }
+    let c = m.client();
+    let err = c
+        .create_policy_token(&CreatePolicyTokenRequest {
+            name: "useless".into(),
+            scope: Scope::Viewer,
+            expires_in_secs: None,
+            policy: Some(TokenPolicy {
+                verbs: vec!["run".into()],
+                ..TokenPolicy::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+    let tokens = c.list_tokens().await.unwrap();
+    assert!(!tokens.iter().any(|t| t.name == "useless"), "{tokens:?}");
+    // What the scope can use is still accepted.
+    let out = agentcli(
+        &m,
+        &m.admin_token,
+        &[
+            "token", "create", "--name", "board", "--scope", "viewer", "--verbs", "read",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_team_token_sees_and_reaches_only_its_jobs_and_hosts() {
     let m = Manager::start();
     let _agents: Vec<Agent> = (1..=3)
