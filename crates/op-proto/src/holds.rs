@@ -161,9 +161,47 @@ pub fn check_window(
         return Err("--duration is at most 366 days".into());
     }
     let schedule = Schedule::parse(cron, window_zone()).map_err(|e| format!("--cron: {e}"))?;
-    schedule
+    let next = schedule
         .check_fires(now)
-        .map_err(|_| format!("--cron {cron:?} never fires again: the window would never open"))
+        .map_err(|_| format!("--cron {cron:?} never fires again: the window would never open"))?;
+    // A window as long as the gap to the next opening reopens before it closes: from then on it
+    // never closes, which is a pause in disguise (and one that `resume` cannot end).
+    if let Some((from, gap)) = shortest_gap(&schedule, next)
+        && duration_secs >= gap
+    {
+        let text = |secs: u64| crate::units::format_duration(std::time::Duration::from_secs(secs));
+        return Err(format!(
+            "--duration {} is not shorter than the {} between two openings of --cron {cron:?} \
+             (from {}): the window would never close; give a shorter --duration, or use \
+             'agentcli pause' to hold jobs until resumed",
+            text(duration_secs),
+            text(gap),
+            from.to_rfc3339_opts(SecondsFormat::Secs, true)
+        ));
+    }
+    Ok(next)
+}
+
+/// How many upcoming openings [`check_window`] compares: enough to see a schedule's pattern over
+/// weeks for hourly windows and years for daily ones, while bounding the work of one request.
+const GAP_FIRES: usize = 1000;
+
+/// The shortest time between consecutive fires among the first [`GAP_FIRES`] from `first`, with
+/// the fire it starts at; `None` when the schedule fires only once.
+fn shortest_gap(schedule: &Schedule, first: DateTime<Utc>) -> Option<(DateTime<Utc>, u64)> {
+    let mut best: Option<(DateTime<Utc>, u64)> = None;
+    let mut at = first;
+    for _ in 0..GAP_FIRES {
+        let Some(next) = schedule.next_after(at) else {
+            break;
+        };
+        let gap = u64::try_from((next - at).num_seconds()).unwrap_or(0);
+        if best.is_none_or(|(_, b)| gap < b) {
+            best = Some((at, gap));
+        }
+        at = next;
+    }
+    best
 }
 
 impl Window {
@@ -355,6 +393,25 @@ mod tests {
         assert!(check_window("w", "not cron", 60, now).is_err());
         assert!(check_window("bad name", "0 0 3 * * * *", 60, now).is_err());
         assert!(check_window("w", "0 0 3 * * * *", 60, now).is_ok());
+    }
+
+    #[test]
+    fn a_window_that_would_never_close_is_refused() {
+        let now = t("2030-01-01T00:00:00Z");
+        let e = check_window("w", "@daily", 25 * 3600, now).unwrap_err();
+        assert_eq!(
+            e,
+            "--duration 1d1h is not shorter than the 1d between two openings of --cron \"@daily\" \
+             (from 2030-01-02T00:00:00Z): the window would never close; give a shorter --duration, \
+             or use 'agentcli pause' to hold jobs until resumed"
+        );
+        assert!(check_window("w", "@daily", 24 * 3600, now).is_err());
+        assert!(check_window("w", "@daily", 24 * 3600 - 1, now).is_ok());
+        // Weekdays at 02:00: the shortest gap is a day (Monday to Tuesday), not three.
+        assert!(check_window("w", "0 0 2 * * 1-5 *", 2 * 86_400, now).is_err());
+        assert!(check_window("w", "0 0 2 * * 1-5 *", 3600, now).is_ok());
+        // One opening in all (a year field): no gap to compare against.
+        assert!(check_window("w", "0 0 3 1 1 * 2031", 30 * 86_400, now).is_ok());
     }
 
     #[test]

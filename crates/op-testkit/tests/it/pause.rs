@@ -311,6 +311,18 @@ async fn a_maintenance_window_suppresses_a_1hz_job_exactly_during_the_window() {
             "more than 0",
         ),
         (
+            &[
+                "window",
+                "add",
+                "w",
+                "--cron",
+                "@daily",
+                "--duration",
+                "25h",
+            ][..],
+            "--duration 1d1h is not shorter than the 1d between two openings",
+        ),
+        (
             &["window", "add", "w", "--cron", "bad", "--duration", "1h"][..],
             "--cron",
         ),
