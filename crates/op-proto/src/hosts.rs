@@ -9,6 +9,11 @@
 //!   (ignoring ASCII case; a glob when VALUE has `*`/`?`), or `fact.KEY>=N` / `fact.KEY<=N`: it
 //!   is a number and compares so with N (a decimal number). A host without that fact matches none.
 //!
+//! `=` is the only other comparison: there is no `>`, `<` or `!=`. A `=` value that starts with
+//! `<`, `>`, `=` or `!` (`fact.cpus=>1`, `label.tier=!db`) is a comparison this grammar lacks,
+//! read as equality with a value no host has, so [`HostPattern::parse`] refuses it and says what
+//! to write. Stored data read through serde keeps its old meaning (DESIGN 13.7).
+//!
 //! Matching is never by substring: the seed's `strings.Contains` made `10.0.0.1` select
 //! `10.0.0.11`, and that is exactly the bug this module exists to prevent.
 //! Black beats white, an empty white list means every host, and labels narrow further.
@@ -78,7 +83,14 @@ pub struct HostPatternError {
 }
 
 impl HostPattern {
+    /// Parses an entry as a person wrote it, applying every rule.
     pub fn parse(text: &str) -> Result<HostPattern, HostPatternError> {
+        HostPattern::parse_with(text, true)
+    }
+
+    /// `strict`: also refuse an equality whose value looks like a comparison; off for stored
+    /// data, which was accepted under the older rule.
+    fn parse_with(text: &str, strict: bool) -> Result<HostPattern, HostPatternError> {
         let err = |reason: &str| HostPatternError {
             entry: text.to_string(),
             reason: reason.to_string(),
@@ -88,9 +100,9 @@ impl HostPattern {
             return Err(err("must not be empty"));
         }
         let kind = if let Some(rest) = t.strip_prefix("label.") {
-            parse_label(rest).map_err(|r| err(&r))?
+            parse_label(rest, strict).map_err(|r| err(&r))?
         } else if let Some(rest) = t.strip_prefix("fact.") {
-            parse_fact(rest).map_err(|r| err(&r))?
+            parse_fact(rest, strict).map_err(|r| err(&r))?
         } else if let Some((addr, prefix)) = t.split_once('/') {
             let net: IpAddr = addr
                 .parse()
@@ -208,7 +220,7 @@ fn printable(s: &str) -> bool {
 
 /// `KEY=VALUE` after `label.`: a key of printable characters without `=` or spaces, a value of
 /// printable characters (empty matches a label set to the empty string).
-fn parse_label(rest: &str) -> Result<PatternKind, String> {
+fn parse_label(rest: &str, strict: bool) -> Result<PatternKind, String> {
     let Some((key, value)) = rest.split_once('=') else {
         return Err("a label selector is label.KEY=VALUE (e.g. label.role=db)".into());
     };
@@ -223,6 +235,13 @@ fn parse_label(rest: &str) -> Result<PatternKind, String> {
     if !printable(value) || value.len() > 253 {
         return Err("the label value must be at most 253 printable characters".into());
     }
+    if strict && let Some(c) = comparison_char(value) {
+        return Err(format!(
+            "label.{key}={value}: a value starting with '{c}' looks like a comparison, but labels \
+             compare only for equality (label.{key}=VALUE){}",
+            negation_hint(c)
+        ));
+    }
     Ok(PatternKind::Label {
         key: key.to_string(),
         value: value.to_string(),
@@ -230,7 +249,7 @@ fn parse_label(rest: &str) -> Result<PatternKind, String> {
 }
 
 /// `KEY=VALUE`, `KEY>=N` or `KEY<=N` after `fact.`, KEY one of [`crate::facts::FACT_KEYS`].
-fn parse_fact(rest: &str) -> Result<PatternKind, String> {
+fn parse_fact(rest: &str, strict: bool) -> Result<PatternKind, String> {
     let usage = "a fact selector is fact.KEY=VALUE, fact.KEY>=N or fact.KEY<=N (e.g. fact.os=ubuntu, fact.cpus>=8)";
     let (key, op, value) = if let Some(i) = rest.find(">=") {
         (&rest[..i], ">=", &rest[i + 2..])
@@ -255,6 +274,21 @@ fn parse_fact(rest: &str) -> Result<PatternKind, String> {
     }
     if !printable(value) || value.len() > 253 {
         return Err("the fact value must be at most 253 printable characters".into());
+    }
+    if strict
+        && op == "="
+        && let Some(c) = comparison_char(value)
+    {
+        let compare = if numeric {
+            format!("fact.{key}>=N and fact.{key}<=N compare (there is no strict > or <)")
+        } else {
+            format!("fact {key} is not a number, so only fact.{key}=VALUE compares")
+        };
+        return Err(format!(
+            "fact.{key}={value}: a value starting with '{c}' looks like a comparison, but '=' \
+             means equal to; {compare}{}",
+            negation_hint(c)
+        ));
     }
     let test = match op {
         "=" => FactTest::Eq(value.to_ascii_lowercase()),
@@ -285,6 +319,23 @@ fn parse_fact(rest: &str) -> Result<PatternKind, String> {
     })
 }
 
+/// The comparison character a `=` value starts with, if any (see the module doc).
+fn comparison_char(value: &str) -> Option<char> {
+    value
+        .trim_start()
+        .chars()
+        .next()
+        .filter(|c| matches!(c, '<' | '>' | '=' | '!'))
+}
+
+fn negation_hint(c: char) -> &'static str {
+    if c == '!' {
+        "; to leave hosts out, put the selector in BlackHosts (or --exclude)"
+    } else {
+        ""
+    }
+}
+
 impl fmt::Display for HostPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
@@ -300,7 +351,10 @@ impl Serialize for HostPattern {
 impl<'de> Deserialize<'de> for HostPattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        HostPattern::parse(&text).map_err(serde::de::Error::custom)
+        // Stored jobs, invocations and policies come this way: read them under the rules they
+        // were accepted by. Input is checked with `parse` where it enters (task files, flags,
+        // `Selection::from_request`).
+        HostPattern::parse_with(&text, false).map_err(serde::de::Error::custom)
     }
 }
 
@@ -511,12 +565,27 @@ mod tests {
             ("fact.colour=red", "unknown fact"),
             ("fact.cpus", "fact selector is"),
             ("fact.cpus>=inf", "needs a number"),
+            (
+                "fact.cpus=>1",
+                "fact.cpus=>1: a value starting with '>' looks like a comparison, but '=' means \
+                 equal to; fact.cpus>=N and fact.cpus<=N compare (there is no strict > or <)",
+            ),
+            ("fact.cpus=<8", "starting with '<'"),
+            ("fact.os==ubuntu", "only fact.os=VALUE compares"),
+            ("fact.os=!ubuntu", "put the selector in BlackHosts"),
+            (
+                "label.tier=>2",
+                "labels compare only for equality (label.tier=VALUE)",
+            ),
         ] {
             let e = HostPattern::parse(bad).expect_err(bad);
             assert!(e.to_string().contains(says), "{bad}: {e}");
         }
         // Serde goes through the same parser: a bad selector in JSON is an error.
         assert!(serde_json::from_str::<HostPattern>(r#""fact.cpus>=abc""#).is_err());
+        // Stored data keeps the meaning it was accepted with: equality with ">1".
+        let old: HostPattern = serde_json::from_str(r#""fact.cpus=>1""#).unwrap();
+        assert_eq!(old.as_str(), "fact.cpus=>1");
         let p: HostPattern = serde_json::from_str(r#""label.role=db""#).unwrap();
         assert_eq!(serde_json::to_string(&p).unwrap(), r#""label.role=db""#);
     }

@@ -203,6 +203,11 @@ impl Selection {
             }
             named.push(p);
         }
+        // `white` and `black` were read through serde, which accepts stored data as it was
+        // written; a request is input, so its entries meet every rule of `HostPattern::parse`.
+        for p in req.white.iter().chain(&req.black) {
+            HostPattern::parse(p.as_str()).map_err(|e| e.to_string())?;
+        }
         Ok(Selection {
             named,
             white: req.white.clone(),

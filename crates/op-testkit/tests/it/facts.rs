@@ -66,7 +66,14 @@ async fn facts_of_a_real_agent_and_labels_from_the_manager_select_hosts() {
     assert!(row.contains(&os), "{row}");
 
     // Bad selectors: a 400 naming the entry, nothing saved; agentcli refuses before sending.
-    for bad in ["label.=x", "fact.cpus>=abc", "fact.", "fact.colour=red"] {
+    for bad in [
+        "label.=x",
+        "fact.cpus>=abc",
+        "fact.",
+        "fact.colour=red",
+        "fact.cpus=>1",
+        "label.tier=!db",
+    ] {
         let task = serde_json::json!({
             "JobName": "bad-sel", "Command": "true", "CronExpr": "*/1 * * * * * *",
             "WhiteHosts": [bad],
