@@ -118,6 +118,16 @@ async fn jobs(
             }
         }
     }
+    if let (Some(v), [j]) = (once_version, jobs.as_slice())
+        && !j.record.spec.once_job
+    {
+        anyhow::bail!(
+            "{} is not a once-job, so it has no once-job version {v} to analyse; \
+             drop the version: agentcli analysis jobs {}",
+            j.record.spec.name,
+            j.record.spec.name
+        );
+    }
     for j in &jobs {
         if j.record.spec.once_job {
             once_job(ctx, j, once_version, &nodes, &mut report).await?;

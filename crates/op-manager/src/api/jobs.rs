@@ -241,6 +241,16 @@ pub async fn once(
 ) -> Result<Json<Vec<OnceTarget>>, ApiError> {
     let job = load(&app, name).await?;
     let name = job.spec.name.clone();
+    // Every save makes the next revision, so versions are 1..=latest; one outside that range
+    // would read as "no targets, nothing wrong" and hide the typo.
+    if let Some(r) = q.revision
+        && (r == 0 || r > job.revision)
+    {
+        return Err(ApiError::NotFound(format!(
+            "job {name:?} has no version {r}; its versions are 1 to {} (the latest)",
+            job.revision
+        )));
+    }
     let targets = app.read(move |s| s.once_targets(&name, q.revision)).await?;
     Ok(Json(targets))
 }

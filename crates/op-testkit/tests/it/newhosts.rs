@@ -207,3 +207,51 @@ async fn bad_new_hosts_input_is_refused_and_nothing_is_saved() {
     assert!(said.contains("NewHostsAtOnce"), "{said}");
     assert_eq!(c.get_job("bad").await.unwrap_err().status(), Some(404));
 }
+
+/// `analysis jobs NAME VERSION` with a version the job never had is a 404 and a non-zero exit,
+/// not an empty report; a version of a job that is not a once-job is refused by agentcli.
+#[tokio::test]
+async fn analysis_of_a_once_job_version_that_does_not_exist_is_an_error() {
+    let m = Manager::start();
+    let c = m.client();
+    c.save_job_text(
+        "once",
+        r#"{"JobName":"once","Command":"true","OnceJob":1,"NewHosts":1}"#,
+    )
+    .await
+    .unwrap();
+    c.save_job_text(
+        "tick",
+        r#"{"JobName":"tick","Command":"true","CronExpr":"0 0 3 * * * *"}"#,
+    )
+    .await
+    .unwrap();
+    let e = c.once_targets("once", Some(999)).await.unwrap_err();
+    assert_eq!(e.status(), Some(404), "{e}");
+    for (args, says) in [
+        (
+            &["analysis", "jobs", "once", "999"][..],
+            "job \"once\" has no version 999; its versions are 1 to 1 (the latest)",
+        ),
+        (&["analysis", "jobs", "once", "0"][..], "no version 0"),
+        (
+            &["analysis", "jobs", "tick", "1"][..],
+            "tick is not a once-job, so it has no once-job version 1",
+        ),
+    ] {
+        let out = agentcli(&m, args).await;
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stdout)
+        );
+        assert!(
+            text(&out.stderr).contains(says),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = agentcli(&m, &["analysis", "jobs", "once", "1"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
