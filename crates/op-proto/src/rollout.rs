@@ -451,13 +451,41 @@ pub fn split_task_rollout(text: &str) -> Result<(String, Option<RolloutRequest>)
     let Some(obj) = value.as_object_mut() else {
         return Ok((text.to_string(), None));
     };
-    let Some(r) = obj.remove("Rollout") else {
-        return Ok((text.to_string(), None));
+    // Task-file keys match case-insensitively (DESIGN section 1), `Rollout` and its own keys too.
+    let keys: Vec<String> = obj
+        .keys()
+        .filter(|k| k.eq_ignore_ascii_case("Rollout"))
+        .cloned()
+        .collect();
+    let r = match keys.as_slice() {
+        [] => return Ok((text.to_string(), None)),
+        [key] => obj.remove(key).unwrap_or_default(),
+        [a, b, ..] => return Err(format!("Rollout: given twice (as {a:?} and {b:?})")),
+    };
+    let r = match r {
+        serde_json::Value::Object(inner) => {
+            let mut canonical = serde_json::Map::new();
+            for (key, v) in inner {
+                let name = ROLLOUT_KEYS
+                    .iter()
+                    .find(|k| k.eq_ignore_ascii_case(&key))
+                    .map_or(key.clone(), |k| k.to_string());
+                if canonical.contains_key(&name) {
+                    return Err(format!("Rollout: {name} given twice (as {key:?} too)"));
+                }
+                canonical.insert(name, v);
+            }
+            serde_json::Value::Object(canonical)
+        }
+        other => other,
     };
     let request: RolloutRequest =
         serde_json::from_value(r).map_err(|e| format!("invalid Rollout: {e}"))?;
     Ok((value.to_string(), Some(request)))
 }
+
+/// The keys of a task file's `Rollout`, as [`RolloutRequest`] spells them.
+const ROLLOUT_KEYS: [&str; 4] = ["Stages", "StepWait", "HaltOn", "AutoRollback"];
 
 /// [`split_task_rollout`] with the `Rollout` checked as the manager checks it, for the CLI's
 /// offline checks (`validate`, and `save` before it sends): a task file with a bad `Rollout` is
@@ -576,6 +604,24 @@ mod tests {
         assert_eq!(r.stages, ["1", "100%"]);
         assert_eq!(r.plan().unwrap().step_wait_secs, 5);
         assert!(split_task_rollout(r#"{"Name":"a","Rollout":{"Stagez":[]}}"#).is_err());
+    }
+
+    #[test]
+    fn rollout_keys_match_case_insensitively_like_the_task_files() {
+        let (rest, r) = split_task_rollout(
+            r#"{"JobName":"a","rollout":{"stages":["1","100%"],"STEPWAIT":"5s","haltOn":"1"}}"#,
+        )
+        .unwrap();
+        assert!(!rest.to_ascii_lowercase().contains("rollout"), "{rest}");
+        let r = r.unwrap();
+        assert_eq!(r.stages, ["1", "100%"]);
+        assert_eq!(r.step_wait.as_deref(), Some("5s"));
+        assert_eq!(r.halt_on.as_deref(), Some("1"));
+        let e = split_task_rollout(r#"{"Rollout":{"Stages":["1"]},"ROLLOUT":{"Stages":["2"]}}"#)
+            .unwrap_err();
+        assert!(e.contains("given twice"), "{e}");
+        let e = split_task_rollout(r#"{"Rollout":{"Stages":["1"],"stages":["2"]}}"#).unwrap_err();
+        assert!(e.contains("Stages given twice"), "{e}");
         assert!(split_task_rollout(r#"{"Name":"a"}"#).unwrap().1.is_none());
     }
 }
