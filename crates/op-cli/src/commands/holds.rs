@@ -157,7 +157,10 @@ pub async fn window(ctx: &Ctx, what: WindowCommand) -> anyhow::Result<Outcome> {
                 table.row([
                     w.name.clone(),
                     w.cron.clone(),
-                    format!("{}s", w.duration_secs),
+                    // As the operator types it (`1h`, `1h30m`), not `3600s`.
+                    op_proto::units::format_duration(std::time::Duration::from_secs(
+                        w.duration_secs,
+                    )),
                     w.scope.text(),
                     w.next_open(now).map(time).unwrap_or_else(|| "never".into()),
                     if w.open_at(now).is_some() {

@@ -368,6 +368,24 @@ async fn a_maintenance_window_suppresses_a_1hz_job_exactly_during_the_window() {
     }
     assert!(c.pauses().await.unwrap().is_empty());
     assert!(c.windows().await.unwrap().is_empty());
+    // `window list` shows a duration as it is typed, not in seconds.
+    ok(
+        &m,
+        &[
+            "window",
+            "add",
+            "later",
+            "--cron",
+            "0 0 2 1 1 * *",
+            "--duration",
+            "90m",
+        ],
+    )
+    .await;
+    let list = ok(&m, &["window", "list"]).await;
+    let row = list.lines().find(|l| l.starts_with("later")).unwrap_or("");
+    assert!(row.contains("1h30m") && !row.contains("5400"), "{list}");
+    ok(&m, &["window", "remove", "later"]).await;
     // A viewer may not pause.
     let viewer = c
         .create_token(&op_proto::api::CreateTokenRequest {
