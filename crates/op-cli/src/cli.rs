@@ -1095,6 +1095,22 @@ pub struct RolloutArgs {
 }
 
 impl RolloutArgs {
+    /// Checks the flags as the manager will, with errors that name the flag
+    /// (`--step-wait: ...`), before anything is sent.
+    pub fn check(&self) -> Result<(), String> {
+        match &self.rollout {
+            Some(stages) => op_proto::rollout::RolloutRequest::from_flags(
+                stages,
+                self.step_wait.as_deref(),
+                self.halt_on.as_deref(),
+                self.auto_rollback,
+            )
+            .plan_for_flags()
+            .map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
     /// The query parameters the manager takes.
     pub fn query(&self) -> Vec<(&'static str, String)> {
         let mut q = Vec::new();

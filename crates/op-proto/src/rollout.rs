@@ -50,6 +50,20 @@ impl RolloutRequest {
         }
     }
 
+    /// [`RolloutRequest::plan`] for a request made from the flags: the error names the flag
+    /// (`--step-wait: ...`, `--halt-on ...`, `--rollout: ...`) once, not the task-file field.
+    pub fn plan_for_flags(&self) -> Result<RolloutPlan, String> {
+        self.plan().map_err(|e| {
+            if let Some(rest) = e.strip_prefix("StepWait: ") {
+                format!("--step-wait: {rest}")
+            } else if let Some(rest) = e.strip_prefix("HaltOn ") {
+                format!("--halt-on {rest}")
+            } else {
+                format!("--rollout: {e}")
+            }
+        })
+    }
+
     /// Checks the request and gives the plan apply stores.
     pub fn plan(&self) -> Result<RolloutPlan, String> {
         let mut stages = Vec::new();
@@ -604,6 +618,25 @@ mod tests {
         assert_eq!(r.stages, ["1", "100%"]);
         assert_eq!(r.plan().unwrap().step_wait_secs, 5);
         assert!(split_task_rollout(r#"{"Name":"a","Rollout":{"Stagez":[]}}"#).is_err());
+    }
+
+    #[test]
+    fn a_plan_from_flags_names_the_flag_once() {
+        let e = RolloutRequest::from_flags("1", Some("soon"), None, false)
+            .plan_for_flags()
+            .unwrap_err();
+        assert!(
+            e.starts_with("--step-wait: \"soon\" is not a duration"),
+            "{e}"
+        );
+        let e = RolloutRequest::from_flags("1", None, Some("x"), false)
+            .plan_for_flags()
+            .unwrap_err();
+        assert!(e.starts_with("--halt-on \"x\" must be"), "{e}");
+        let e = RolloutRequest::from_flags("0", None, None, false)
+            .plan_for_flags()
+            .unwrap_err();
+        assert!(e.starts_with("--rollout: stage \"0\""), "{e}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use op_proto::rollout::{PackageRollout, RolloutInfo, RolloutKind, RolloutRequest};
+use op_proto::rollout::{HaltOn, PackageRollout, RolloutInfo, RolloutKind, RolloutRequest};
 
 use super::Ctx;
 use crate::Outcome;
@@ -85,11 +85,12 @@ pub async fn run(ctx: &Ctx, what: RolloutCommand) -> anyhow::Result<Outcome> {
             )?;
             writeln!(
                 out,
-                "  failures:   {} (halts at {}; HaltOn {}), step wait {}s{}",
+                "  failures:   {} ({}), step wait {}{}",
                 st.failures,
-                st.halt_at,
-                r.plan.halt_on,
-                r.plan.step_wait_secs,
+                halts(r.plan.halt_on, st.halt_at),
+                op_proto::units::format_duration(std::time::Duration::from_secs(
+                    r.plan.step_wait_secs
+                )),
                 if r.plan.auto_rollback {
                     ", auto-rollback"
                 } else {
@@ -187,9 +188,7 @@ async fn default(
                 args.auto_rollback,
             );
             // Checked here first for a clear message; the manager checks again.
-            request
-                .plan()
-                .map_err(|e| anyhow::anyhow!("--rollout: {e}"))?;
+            request.plan_for_flags().map_err(|e| anyhow::anyhow!(e))?;
             ctx.call(ctx.client.set_package_rollout(name, &request))
                 .await?
         }
@@ -216,4 +215,26 @@ pub fn defaults_table(list: &[PackageRollout]) -> Table {
         ]);
     }
     t
+}
+
+/// `halts at 2`, or `halts at 3: 10% of the admitted hosts` (a count is said once).
+fn halts(halt_on: HaltOn, at: u64) -> String {
+    match halt_on {
+        HaltOn::Count(_) => format!("halts at {at}"),
+        HaltOn::Percent(p) => format!("halts at {at}: {p}% of the admitted hosts"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_halt_point_is_said_once() {
+        assert_eq!(halts(HaltOn::Count(2), 2), "halts at 2");
+        assert_eq!(
+            halts(HaltOn::Percent(10), 3),
+            "halts at 3: 10% of the admitted hosts"
+        );
+    }
 }

@@ -26,6 +26,8 @@ pub async fn run_with(
     files: &[std::path::PathBuf],
     rollout: &crate::cli::RolloutArgs,
 ) -> anyhow::Result<Outcome> {
+    // Checked here first, so its error names the flag that is wrong.
+    rollout.check().map_err(|e| anyhow::anyhow!(e))?;
     let query = rollout.query();
     let mut reports = Vec::new();
     for path in files {

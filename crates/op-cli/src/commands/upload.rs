@@ -32,17 +32,8 @@ pub async fn run(
     rollout: &crate::cli::RolloutArgs,
 ) -> anyhow::Result<Outcome> {
     let query = rollout.query();
-    if let Some(stages) = &rollout.rollout {
-        // Checked here first, so a bad plan never sends the content.
-        op_proto::rollout::RolloutRequest::from_flags(
-            stages,
-            rollout.step_wait.as_deref(),
-            rollout.halt_on.as_deref(),
-            rollout.auto_rollback,
-        )
-        .plan()
-        .map_err(|e| anyhow!("--rollout: {e}"))?;
-    }
+    // Checked here first, so a bad plan never sends the content.
+    rollout.check().map_err(|e| anyhow!(e))?;
     if let Some(dir) = deploy_dir {
         validate_deploy_dir(dir).map_err(|e| anyhow!("deploy dir {e}"))?;
     }
