@@ -48,6 +48,15 @@ impl Caller {
         self.policy.as_ref().is_none_or(|p| p.reaches_host(host))
     }
 
+    /// A job's `Env` as this caller may see it: a viewer gets the names, never the values
+    /// (issue 24; `secret:NAME` references stay, they hold no value). Every answer and page
+    /// that shows a job definition (API, console page, console editor) passes here.
+    pub fn redact_env(&self, env: &mut std::collections::BTreeMap<String, String>) {
+        if !self.scope.can_operate() {
+            op_proto::secret::redact_env(env);
+        }
+    }
+
     /// [`Caller::sees_job`] as an answer: a 403 naming the job.
     pub fn check_job(&self, name: &str) -> Result<(), DomainError> {
         if self.sees_job(name) {
