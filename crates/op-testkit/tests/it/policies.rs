@@ -291,4 +291,20 @@ async fn a_team_token_sees_and_reaches_only_its_jobs_and_hosts() {
     assert!(page.contains("no job named"), "{page}");
     let page = console_get(&m, &m.admin_token, "/ui/jobs").await;
     assert!(page.contains("team-b-report"), "{page}");
+    // The other team's run: neither its page nor the live output poll of that page (which
+    // once fell back to the stored output when the API refused the token).
+    let theirs = runs_of(&c, "team-b-report").await[0].run_id;
+    for path in [
+        format!("/ui/runs/{theirs}"),
+        format!("/ui/runs/{theirs}/live"),
+    ] {
+        let page = console_get(&m, &team, &path).await;
+        assert!(
+            page.contains("no such run") && !page.contains("\"text\""),
+            "{path}: {page}"
+        );
+    }
+    let ours = runs_of(&c, "team-a-backup").await[0].run_id;
+    let live = console_get(&m, &team, &format!("/ui/runs/{ours}/live")).await;
+    assert!(live.contains("\"text\""), "{live}");
 }
