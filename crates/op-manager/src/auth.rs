@@ -69,6 +69,48 @@ impl Caller {
         }
     }
 
+    /// May this caller pause, hold or pin `scope`? A job of its own, yes. The whole fleet or
+    /// every host with a label reaches other teams' jobs and hosts: only for a token whose
+    /// policy limits neither jobs nor hosts (docs/security.md, "Token policies").
+    pub fn check_hold(&self, scope: &op_proto::holds::HoldScope) -> Result<(), DomainError> {
+        use op_proto::holds::HoldScope;
+        match scope {
+            HoldScope::Job(name) => self.check_job(name),
+            HoldScope::All => self.check_fleet_wide("the whole fleet"),
+            HoldScope::Label { key, value } => {
+                self.check_fleet_wide(&format!("every host labelled {key}={value}"))
+            }
+        }
+    }
+
+    /// Refuses an action that reaches `what` (every job on many hosts) to a policy token
+    /// limited to some jobs or hosts.
+    pub fn check_fleet_wide(&self, what: &str) -> Result<(), DomainError> {
+        match &self.policy {
+            Some(p) if p.restricts_jobs() || p.restricts_hosts() => {
+                Err(DomainError::Denied(format!(
+                    "token {:?} is limited to some jobs or hosts, and this reaches {what}; \
+                     name one of its jobs instead",
+                    self.name
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Caller::reaches_host`] as an answer: a 403 naming the host, for actions on one node
+    /// (drain, upgrade pins).
+    pub fn check_node(&self, node: &op_proto::NodeInfo) -> Result<(), DomainError> {
+        if self.reaches_host(&node.identity()) {
+            Ok(())
+        } else {
+            Err(DomainError::Denied(format!(
+                "token {:?} may not target host {:?} (its policy's hosts)",
+                self.name, node.hostname
+            )))
+        }
+    }
+
     /// Checks that this agent caller may speak for `node`: only the node's own credential may
     /// (the shared enrollment token can only register).
     pub fn speaks_for(&self, node: uuid::Uuid) -> Result<(), DomainError> {

@@ -304,7 +304,143 @@ async fn a_team_token_sees_and_reaches_only_its_jobs_and_hosts() {
             "{path}: {page}"
         );
     }
+    // A host outside the token's hosts: its console page is as absent as `GET /v1/nodes/KEY`.
+    let nodes = c.list_nodes().await.unwrap();
+    let id_of = |name: &str| nodes.iter().find(|n| n.hostname == name).unwrap().node_id;
+    let page = console_get(&m, &team, &format!("/ui/nodes/{}", id_of("node-3"))).await;
+    assert!(
+        page.contains("no such node") && !page.contains("team-b-report"),
+        "{page}"
+    );
+    let page = console_get(&m, &team, &format!("/ui/nodes/{}", id_of("node-1"))).await;
+    assert!(page.contains("team-a-backup"), "{page}");
     let ours = runs_of(&c, "team-a-backup").await[0].run_id;
     let live = console_get(&m, &team, &format!("/ui/runs/{ours}/live")).await;
     assert!(live.contains("\"text\""), "{live}");
+}
+
+/// Pauses, windows, drains and upgrade pins reach other teams' jobs and hosts unless they
+/// name the team's own: a team token with the `pause` and `upgrade` verbs pauses and drains
+/// only its own jobs and hosts (403 and nothing held otherwise), cannot remove another's
+/// maintenance window, and hears of its own hosts only in the upgrade status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_token_holds_only_its_own_jobs_and_hosts() {
+    use op_proto::agent_upgrade::PinRequest;
+    use op_proto::holds::{HoldScope, PauseRequest, ResumeRequest, WindowRequest};
+
+    let m = Manager::start();
+    let _agents: Vec<Agent> = (1..=2)
+        .map(|i| {
+            Agent::start(
+                AgentOptions::new(&format!("node-{i}"), &format!("127.0.0.{}", i + 1)).manager(&m),
+            )
+        })
+        .collect();
+    let c = m.client();
+    wait_until(LONG, "two agents Ready", || async {
+        c.list_nodes()
+            .await
+            .is_ok_and(|n| n.iter().filter(|n| n.status == NodeStatus::Ready).count() == 2)
+    })
+    .await;
+    c.save_job_text("team-a-backup", &task("team-a-backup", &["node-1"]))
+        .await
+        .unwrap();
+    c.save_job_text("team-b-report", &task("team-b-report", &["node-2"]))
+        .await
+        .unwrap();
+    let team = c
+        .create_policy_token(&CreatePolicyTokenRequest {
+            name: "team-a".into(),
+            scope: Scope::Operator,
+            expires_in_secs: None,
+            policy: Some(TokenPolicy {
+                jobs: vec!["team-a-*".into()],
+                hosts: vec!["node-1".into()],
+                verbs: vec!["read".into(), "pause".into(), "upgrade".into()],
+            }),
+        })
+        .await
+        .unwrap()
+        .secret;
+    let t = m.client_with(&team);
+
+    let pause = |scope: HoldScope| PauseRequest { scope, until: None };
+    let label = HoldScope::Label {
+        key: "team".into(),
+        value: "b".into(),
+    };
+    for scope in [
+        HoldScope::All,
+        label.clone(),
+        HoldScope::Job("team-b-report".into()),
+    ] {
+        let err = t.pause(&pause(scope.clone())).await.unwrap_err();
+        assert_eq!(err.status(), Some(403), "{scope:?}: {err}");
+    }
+    assert!(c.pauses().await.unwrap().is_empty());
+    t.pause(&pause(HoldScope::Job("team-a-backup".into())))
+        .await
+        .unwrap();
+    t.resume(&ResumeRequest {
+        scope: HoldScope::Job("team-a-backup".into()),
+    })
+    .await
+    .unwrap();
+
+    // Windows: not fleet-wide, and not another's.
+    let window = |scope: HoldScope| WindowRequest {
+        cron: "0 2 * * *".into(),
+        duration: "1h".into(),
+        scope,
+    };
+    let err = t
+        .put_window("team-window", &window(HoldScope::All))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    c.put_window("nightly", &window(HoldScope::All))
+        .await
+        .unwrap();
+    let err = t.remove_window("nightly").await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    let err = t
+        .put_window("nightly", &window(HoldScope::Job("team-a-backup".into())))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    let windows = c.windows().await.unwrap();
+    assert!(
+        windows.len() == 1 && windows[0].scope == HoldScope::All,
+        "{windows:?}"
+    );
+
+    // Drains and pins: its own host only.
+    assert_eq!(
+        t.drain_node("node-2", true).await.unwrap_err().status(),
+        Some(403)
+    );
+    t.drain_node("node-1", true).await.unwrap();
+    t.drain_node("node-1", false).await.unwrap();
+    let pin = |node: Option<&str>, label: Option<&str>| PinRequest {
+        node: node.map(str::to_string),
+        label: label.map(str::to_string),
+        version: Some("0.1.0".into()),
+    };
+    for req in [pin(Some("node-2"), None), pin(None, Some("team=b"))] {
+        let err = t.agent_pin(&req).await.unwrap_err();
+        assert_eq!(err.status(), Some(403), "{req:?}: {err}");
+    }
+    assert!(c.agent_upgrade_status().await.unwrap().pins.is_empty());
+    let hosts: Vec<String> = t
+        .agent_upgrade_status()
+        .await
+        .unwrap()
+        .hosts
+        .into_iter()
+        .map(|h| h.hostname)
+        .collect();
+    assert_eq!(hosts, ["node-1"]);
+    let nodes = c.list_nodes().await.unwrap();
+    assert!(nodes.iter().all(|n| n.drain.is_none()), "{nodes:?}");
 }
