@@ -88,6 +88,8 @@ pub async fn start(
     // arriving would reach the client as a broken pipe instead of its reason. A refused upload
     // leaves nothing (the staged file is removed when dropped).
     let staged = super::packages::receive_body(&app, req).await?;
+    // A release goes to every agent of its platform.
+    caller.check_fleet_wide("every agent of the fleet")?;
     let Some((_, arch)) = platform_of(&name) else {
         return Err(ApiError::bad(
             "invalid_name",

@@ -9,7 +9,7 @@ use axum::{Extension, Json};
 use chrono::Utc;
 use op_proto::NodeStatus;
 use op_proto::rollout::{
-    PackageRollout, RolloutAction, RolloutInfo, RolloutRequest, RolloutStatus,
+    PackageRollout, RolloutAction, RolloutInfo, RolloutKind, RolloutRequest, RolloutStatus,
 };
 use op_store::{Command, CommandResult, NewRollout};
 use serde::Deserialize;
@@ -139,6 +139,7 @@ pub async fn set_default(
     ApiJson(request): ApiJson<RolloutRequest>,
 ) -> Result<Json<PackageRollout>, ApiError> {
     package_name(&name)?;
+    super::packages::check_own_package(&app, &caller, &name).await?;
     let plan = request
         .plan()
         .map_err(|e| ApiError::bad("invalid_rollout", format!("rollout: {e}")))?;
@@ -165,6 +166,7 @@ pub async fn clear_default(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     package_name(&name)?;
+    super::packages::check_own_package(&app, &caller, &name).await?;
     app.write(Command::SetPackageRollout {
         name,
         plan: None,
@@ -213,6 +215,17 @@ pub async fn act(
             "no rollout action {action:?}; use pause, resume, abort or promote"
         ))
     })?;
+    // A rollout moves a job's revision or a package's version: the token must own that.
+    let info = app
+        .read(move |s| s.rollout(id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no rollout {id}")))?;
+    match info.kind {
+        RolloutKind::Job => caller.check_job(&info.subject)?,
+        RolloutKind::Package => {
+            super::packages::check_own_package(&app, &caller, &info.subject).await?
+        }
+    }
     match app
         .write(Command::RolloutAction {
             id,

@@ -357,7 +357,9 @@ async fn a_team_token_holds_only_its_own_jobs_and_hosts() {
             policy: Some(TokenPolicy {
                 jobs: vec!["team-a-*".into()],
                 hosts: vec!["node-1".into()],
-                verbs: vec!["read".into(), "pause".into(), "upgrade".into()],
+                verbs: ["read", "pause", "upgrade", "upload", "rollback", "delete"]
+                    .map(String::from)
+                    .to_vec(),
             }),
         })
         .await
@@ -443,4 +445,43 @@ async fn a_team_token_holds_only_its_own_jobs_and_hosts() {
     assert_eq!(hosts, ["node-1"]);
     let nodes = c.list_nodes().await.unwrap();
     assert!(nodes.iter().all(|n| n.drain.is_none()), "{nodes:?}");
+
+    // Packages: another team's (which goes everywhere) is not its to roll back or prune; a
+    // new agent release goes to every agent. Its own, targeted at its host, it may.
+    for content in ["v1\n", "v2\n"] {
+        c.upload_package_bytes("tool.sh", None, content.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    let theirs = c.package_versions("tool.sh").await.unwrap();
+    let err = t.rollback_package("tool.sh", None).await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    let err = t
+        .delete_package_version("tool.sh", theirs[0].version)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    assert_eq!(c.package_versions("tool.sh").await.unwrap(), theirs);
+    let release =
+        futures_util::stream::once(async { Ok::<_, std::io::Error>(b"\x7fELF".to_vec()) });
+    let err = t
+        .upload_agent_release(
+            "op-agent-linux-x86_64",
+            &[("version", "9.9.9".to_string())],
+            Some(4),
+            release,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    let own = op_client::UploadTarget {
+        hosts: vec!["node-1".into()],
+        ..Default::default()
+    };
+    for content in ["a1\n", "a2\n"] {
+        t.upload_package_bytes_targeted("team-a.sh", None, &own, content.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    t.rollback_package("team-a.sh", None).await.unwrap();
 }
