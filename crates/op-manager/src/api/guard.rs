@@ -108,11 +108,37 @@ pub fn required_verb(method: &Method, path: &str) -> Option<Verb> {
     })
 }
 
-/// The job a path names (`/v1/jobs/NAME...`), for a policy's job globs.
-pub fn named_job(path: &str) -> Option<&str> {
+/// The job a path names (`/v1/jobs/NAME...`), for a policy's job globs: percent-decoded as
+/// the handler's `Path` extractor decodes it, so that the glob judges the job the handler
+/// acts on (`x%2db` is the job `x-b`, which a glob `*db` does not cover).
+pub fn named_job(path: &str) -> Option<String> {
     let rest = path.strip_prefix("/v1/jobs/")?;
     let name = rest.split('/').next()?;
-    (!name.is_empty()).then_some(name)
+    (!name.is_empty()).then(|| percent_decoded(name))
+}
+
+/// A path segment with its `%XX` escapes decoded (invalid escapes kept as they are, as axum
+/// keeps them; bytes that are not UTF-8 replaced, so they match no glob of a valid name).
+pub fn percent_decoded(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).and_then(|b| hex(*b)),
+                bytes.get(i + 2).and_then(|b| hex(*b)),
+            )
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A policy token's verb and named job (the scope was checked first: a policy never grants more).
@@ -141,7 +167,7 @@ fn policy_allows(caller: &Caller, method: &Method, path: &str) -> Result<(), Api
         }
     }
     if let Some(job) = named_job(path) {
-        caller.check_job(job)?;
+        caller.check_job(&job)?;
     }
     // The metrics name every job and node: not for a token limited to some of them.
     if path == "/metrics" && (policy.restricts_jobs() || policy.restricts_hosts()) {
@@ -418,7 +444,9 @@ mod tests {
         for (method, path, verb) in cases {
             assert_eq!(required_verb(&method, path), verb, "{method} {path}");
         }
-        assert_eq!(named_job("/v1/jobs/a/run"), Some("a"));
+        assert_eq!(named_job("/v1/jobs/a/run").as_deref(), Some("a"));
+        assert_eq!(named_job("/v1/jobs/x%2db/run").as_deref(), Some("x-b"));
+        assert_eq!(named_job("/v1/jobs/a%2").as_deref(), Some("a%2"));
         assert_eq!(named_job("/v1/jobs"), None);
         assert_eq!(named_job("/v1/runs/x"), None);
     }
@@ -447,6 +475,15 @@ mod tests {
         assert!(policy_allows(&team, &Method::GET, "/v1/jobs/team-b-x").is_err());
         assert!(policy_allows(&team, &Method::POST, "/v1/jobs/team-b-x/run").is_err());
         assert!(policy_allows(&team, &Method::PUT, "/v1/jobs/team-a-x").is_err());
+        // The glob judges the name the handler decodes: `x%2db` is `x-b`, outside `*db`.
+        let db = caller(Some(op_proto::policy::TokenPolicy {
+            jobs: vec!["*db".into()],
+            hosts: vec![],
+            verbs: vec!["read".into(), "run".into()],
+        }));
+        assert!(policy_allows(&db, &Method::POST, "/v1/jobs/main-db/run").is_ok());
+        assert!(policy_allows(&db, &Method::POST, "/v1/jobs/x%2db/run").is_err());
+        assert!(policy_allows(&db, &Method::POST, "/v1/jobs/main%2ddb/run").is_ok());
         assert!(policy_allows(&team, &Method::GET, "/v1/tokens").is_err());
         assert!(policy_allows(&team, &Method::PUT, "/v1/secrets/x").is_err());
         assert!(policy_allows(&team, &Method::POST, "/v1/cluster/members").is_err());
