@@ -69,6 +69,20 @@ impl Caller {
         }
     }
 
+    /// May this caller see a rollout? One of a job's revisions: when it sees the job (a
+    /// package's: always, as package listings are not filtered).
+    pub fn sees_rollout(&self, r: &op_proto::rollout::RolloutInfo) -> bool {
+        r.kind != op_proto::rollout::RolloutKind::Job || self.sees_job(&r.subject)
+    }
+
+    /// May this caller see a pause or window of `scope`? One on a job: when it sees the job.
+    pub fn sees_hold(&self, scope: &op_proto::holds::HoldScope) -> bool {
+        match scope {
+            op_proto::holds::HoldScope::Job(name) => self.sees_job(name),
+            _ => true,
+        }
+    }
+
     /// May this caller pause, hold or pin `scope`? A job of its own, yes. The whole fleet or
     /// every host with a label reaches other teams' jobs and hosts: only for a token whose
     /// policy limits neither jobs nor hosts (docs/security.md, "Token policies").

@@ -19,8 +19,13 @@ use super::extract::ApiJson;
 use crate::app::App;
 use crate::auth::Caller;
 
-pub async fn list_pauses(State(app): State<Arc<App>>) -> Result<Json<Vec<Pause>>, ApiError> {
-    Ok(Json(app.read(|s| s.pauses()).await?))
+pub async fn list_pauses(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<Pause>>, ApiError> {
+    let mut pauses = app.read(|s| s.pauses()).await?;
+    pauses.retain(|p| caller.sees_hold(&p.scope));
+    Ok(Json(pauses))
 }
 
 pub async fn pause(
@@ -77,8 +82,13 @@ pub async fn resume(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn list_windows(State(app): State<Arc<App>>) -> Result<Json<Vec<Window>>, ApiError> {
-    Ok(Json(app.read(|s| s.windows()).await?))
+pub async fn list_windows(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<Window>>, ApiError> {
+    let mut windows = app.read(|s| s.windows()).await?;
+    windows.retain(|w| caller.sees_hold(&w.scope));
+    Ok(Json(windows))
 }
 
 pub async fn put_window(

@@ -182,18 +182,25 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::bad("invalid_id", format!("{id:?} is not a rollout id")))
 }
 
-pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<RolloutInfo>>, ApiError> {
-    Ok(Json(app.read(|s| s.rollouts()).await?))
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<RolloutInfo>>, ApiError> {
+    let mut rollouts = app.read(|s| s.rollouts()).await?;
+    rollouts.retain(|r| caller.sees_rollout(r));
+    Ok(Json(rollouts))
 }
 
 pub async fn get(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<RolloutStatus>, ApiError> {
     let id = parse_id(&id)?;
     let info = app
         .read(move |s| s.rollout(id))
         .await?
+        .filter(|r| caller.sees_rollout(r))
         .ok_or_else(|| ApiError::NotFound(format!("no rollout {id}")))?;
     let mut nodes = app.read(|s| s.nodes()).await?;
     app.beats.overlay(&mut nodes);

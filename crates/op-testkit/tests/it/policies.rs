@@ -484,4 +484,50 @@ async fn a_team_token_holds_only_its_own_jobs_and_hosts() {
             .unwrap();
     }
     t.rollback_package("team-a.sh", None).await.unwrap();
+
+    // The other team's pauses, windows and rollouts are not listed to it, nor found by id.
+    c.pause(&pause(HoldScope::Job("team-b-report".into())))
+        .await
+        .unwrap();
+    c.put_window(
+        "team-b-nightly",
+        &window(HoldScope::Job("team-b-report".into())),
+    )
+    .await
+    .unwrap();
+    c.save_job_text(
+        "team-b-staged",
+        r#"{"JobName":"team-b-staged","Command":"true","WhiteHosts":["node-2"],
+            "Rollout":{"Stages":["1"]}}"#,
+    )
+    .await
+    .unwrap();
+    let staged = c
+        .rollouts()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.subject == "team-b-staged")
+        .expect("the save is staged");
+    assert_eq!(c.pauses().await.unwrap().len(), 1);
+    assert!(t.pauses().await.unwrap().is_empty());
+    let windows: Vec<String> = t
+        .windows()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    assert_eq!(windows, ["nightly"]);
+    let rollouts = t.rollouts().await.unwrap();
+    assert!(
+        rollouts.iter().all(|r| r.subject != "team-b-staged"),
+        "{rollouts:?}"
+    );
+    let err = t.rollout(&staged.id.to_string()).await.unwrap_err();
+    assert_eq!(err.status(), Some(404), "{err}");
+    let page = console_get(&m, &team, "/ui/rollouts").await;
+    assert!(!page.contains("team-b-staged"), "{page}");
+    let page = console_get(&m, &team, &format!("/ui/rollouts/{}", staged.id)).await;
+    assert!(page.contains("no rollout"), "{page}");
 }
