@@ -530,4 +530,49 @@ async fn a_team_token_holds_only_its_own_jobs_and_hosts() {
     assert!(!page.contains("team-b-staged"), "{page}");
     let page = console_get(&m, &team, &format!("/ui/rollouts/{}", staged.id)).await;
     assert!(page.contains("no rollout"), "{page}");
+
+    // A team's token manager (admin scope, `tokens` verb) lists, makes and revokes only tokens
+    // within its policy: never the admin's, nor the team token with more verbs.
+    let within = |verbs: &[&str]| TokenPolicy {
+        jobs: vec!["team-a-*".into()],
+        hosts: vec![],
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+    };
+    let keeper = c
+        .create_policy_token(&CreatePolicyTokenRequest {
+            name: "team-a-keeper".into(),
+            scope: Scope::Admin,
+            expires_in_secs: None,
+            policy: Some(within(&["read", "tokens"])),
+        })
+        .await
+        .unwrap()
+        .secret;
+    let k = m.client_with(&keeper);
+    let made = k
+        .create_policy_token(&CreatePolicyTokenRequest {
+            name: "team-a-dash".into(),
+            scope: Scope::Viewer,
+            expires_in_secs: None,
+            policy: Some(within(&["read"])),
+        })
+        .await
+        .unwrap();
+    let listed: Vec<String> = k
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(listed, ["team-a-keeper", "team-a-dash"]);
+    let admin_id = m.admin_token.split('.').next().unwrap().to_string();
+    let team_id = team.split('.').next().unwrap().to_string();
+    for id in [&admin_id, &team_id] {
+        let err = k.revoke_token(id).await.unwrap_err();
+        assert_eq!(err.status(), Some(403), "{id}: {err}");
+    }
+    k.revoke_token(&made.info.id).await.unwrap();
+    assert!(c.list_jobs().await.is_ok(), "the admin token still works");
+    assert!(t.pauses().await.is_ok(), "the team token still works");
 }
