@@ -48,6 +48,15 @@ impl Caller {
         self.policy.as_ref().is_none_or(|p| p.reaches_host(host))
     }
 
+    /// A job's `Env` as this caller may see it: a viewer gets the names, never the values
+    /// (issue 24; `secret:NAME` references stay, they hold no value). Every answer and page
+    /// that shows a job definition (API, console page, console editor) passes here.
+    pub fn redact_env(&self, env: &mut std::collections::BTreeMap<String, String>) {
+        if !self.scope.can_operate() {
+            op_proto::secret::redact_env(env);
+        }
+    }
+
     /// [`Caller::sees_job`] as an answer: a 403 naming the job.
     pub fn check_job(&self, name: &str) -> Result<(), DomainError> {
         if self.sees_job(name) {
@@ -56,6 +65,62 @@ impl Caller {
             Err(DomainError::Denied(format!(
                 "token {:?} may not see or act on job {name:?} (its policy's jobs)",
                 self.name
+            )))
+        }
+    }
+
+    /// May this caller see a rollout? One of a job's revisions: when it sees the job (a
+    /// package's: always, as package listings are not filtered).
+    pub fn sees_rollout(&self, r: &op_proto::rollout::RolloutInfo) -> bool {
+        r.kind != op_proto::rollout::RolloutKind::Job || self.sees_job(&r.subject)
+    }
+
+    /// May this caller see a pause or window of `scope`? One on a job: when it sees the job.
+    pub fn sees_hold(&self, scope: &op_proto::holds::HoldScope) -> bool {
+        match scope {
+            op_proto::holds::HoldScope::Job(name) => self.sees_job(name),
+            _ => true,
+        }
+    }
+
+    /// May this caller pause, hold or pin `scope`? A job of its own, yes. The whole fleet or
+    /// every host with a label reaches other teams' jobs and hosts: only for a token whose
+    /// policy limits neither jobs nor hosts (docs/security.md, "Token policies").
+    pub fn check_hold(&self, scope: &op_proto::holds::HoldScope) -> Result<(), DomainError> {
+        use op_proto::holds::HoldScope;
+        match scope {
+            HoldScope::Job(name) => self.check_job(name),
+            HoldScope::All => self.check_fleet_wide("the whole fleet"),
+            HoldScope::Label { key, value } => {
+                self.check_fleet_wide(&format!("every host labelled {key}={value}"))
+            }
+        }
+    }
+
+    /// Refuses an action that reaches `what` (every job on many hosts) to a policy token
+    /// limited to some jobs or hosts.
+    pub fn check_fleet_wide(&self, what: &str) -> Result<(), DomainError> {
+        match &self.policy {
+            Some(p) if p.restricts_jobs() || p.restricts_hosts() => {
+                Err(DomainError::Denied(format!(
+                    "token {:?} is limited to some jobs or hosts, and this reaches {what}; \
+                     name one of its jobs instead",
+                    self.name
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Caller::reaches_host`] as an answer: a 403 naming the host, for actions on one node
+    /// (drain, upgrade pins).
+    pub fn check_node(&self, node: &op_proto::NodeInfo) -> Result<(), DomainError> {
+        if self.reaches_host(&node.identity()) {
+            Ok(())
+        } else {
+            Err(DomainError::Denied(format!(
+                "token {:?} may not target host {:?} (its policy's hosts)",
+                self.name, node.hostname
             )))
         }
     }

@@ -146,9 +146,11 @@ impl Sender {
         let response = request
             .send()
             .await
+            // reqwest names the whole URL in its errors; its path and query may be the
+            // credential (Slack's webhooks), and `receiver` already names the origin.
             .map_err(|e| DeliveryError::Unreachable {
                 receiver: receiver.clone(),
-                reason: error_chain(&e),
+                reason: error_chain(&e.without_url()),
             })?;
         let status = response.status().as_u16();
         let success = response.status().is_success();

@@ -433,6 +433,18 @@ impl Channel {
         }
     }
 
+    /// The channel as shown to those who may not manage rules: a URL's path and query (which
+    /// may be the credential, as in Slack's webhooks) become `/***`, as [`Channel::receiver`]
+    /// leaves them out.
+    pub fn redact(&mut self) {
+        if let Channel::Webhook { url, .. } | Channel::Alertmanager { url } = self {
+            let origin = url_origin(url);
+            if origin.len() < url.len() {
+                *url = format!("{origin}/***");
+            }
+        }
+    }
+
     /// Names the receiver for messages and logs without anything that may be a credential: a
     /// URL's path and query (Slack puts its token there) are left out.
     pub fn receiver(&self) -> String {
@@ -1146,6 +1158,22 @@ mod tests {
             secret_file: None,
         };
         assert_eq!(c.receiver(), "webhook https://hooks.slack.com");
+        let mut shown = c.clone();
+        shown.redact();
+        assert!(
+            matches!(&shown, Channel::Webhook { url, .. } if url == "https://hooks.slack.com/***"),
+            "{shown:?}"
+        );
+        let mut bare = Channel::Alertmanager {
+            url: "http://am:9093".into(),
+        };
+        bare.redact();
+        assert_eq!(
+            bare,
+            Channel::Alertmanager {
+                url: "http://am:9093".into()
+            }
+        );
     }
 
     #[test]

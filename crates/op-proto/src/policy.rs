@@ -275,13 +275,18 @@ impl Policy {
         !self.hosts.is_empty()
     }
 
-    /// May the token see and act on the job called `name`?
+    /// May the token see and act on the job called `name`? Never, for a token limited to some
+    /// jobs, the pseudo-job of ad-hoc commands ([`crate::invoke::ADHOC_JOB`]): every `exec`
+    /// runs under that one name, so a glob such as `a*` would otherwise reach everyone's
+    /// execs (their invocations, runs, output and retries). Such a token sees the execs it
+    /// started itself through their invocations.
     pub fn sees_job(&self, name: &str) -> bool {
         self.jobs.is_empty()
-            || self
-                .jobs
-                .iter()
-                .any(|g| glob_match(g.as_bytes(), name.as_bytes()))
+            || (name != crate::invoke::ADHOC_JOB
+                && self
+                    .jobs
+                    .iter()
+                    .any(|g| glob_match(g.as_bytes(), name.as_bytes())))
     }
 
     /// May the token target `host`?
@@ -473,6 +478,16 @@ mod tests {
         assert!(!p.sees_job("team-b-backup"));
         assert!(!p.sees_job("shared2"));
         assert!(policy(&[], &[], &[]).unwrap().sees_job("anything"));
+        // The ad-hoc pseudo-job is nobody's, however wide the glob.
+        for glob in ["a*", "*", "adhoc"] {
+            let p = policy(&[glob], &[], &[]).unwrap();
+            assert!(!p.sees_job(crate::invoke::ADHOC_JOB), "{glob}");
+        }
+        assert!(
+            policy(&[], &[], &[])
+                .unwrap()
+                .sees_job(crate::invoke::ADHOC_JOB)
+        );
     }
 
     #[test]

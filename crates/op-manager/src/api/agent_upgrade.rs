@@ -88,6 +88,8 @@ pub async fn start(
     // arriving would reach the client as a broken pipe instead of its reason. A refused upload
     // leaves nothing (the staged file is removed when dropped).
     let staged = super::packages::receive_body(&app, req).await?;
+    // A release goes to every agent of its platform.
+    caller.check_fleet_wide("every agent of the fleet")?;
     let Some((_, arch)) = platform_of(&name) else {
         return Err(ApiError::bad(
             "invalid_name",
@@ -261,7 +263,10 @@ pub async fn for_node(
     }
 }
 
-pub async fn status(State(app): State<Arc<App>>) -> Result<Json<UpgradeStatus>, ApiError> {
+pub async fn status(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<UpgradeStatus>, ApiError> {
     let (packages, nodes, releases, pins, rollouts) = app
         .read(|s| {
             Ok((
@@ -276,6 +281,8 @@ pub async fn status(State(app): State<Arc<App>>) -> Result<Json<UpgradeStatus>, 
     // The latest heartbeats (packages, versions) over the stored records, as `get nodes` shows.
     let mut nodes = nodes;
     app.beats.overlay(&mut nodes);
+    // As `get nodes`: a token limited to some hosts hears of those only.
+    nodes.retain(|n| caller.reaches_host(&n.identity()));
     let mut status = build_status(packages, nodes, &releases, pins);
     // The rollout of each current release (the newest, should one have been superseded).
     status.rollouts = status
@@ -371,6 +378,7 @@ pub async fn pin(
     let target = match (&req.node, &req.label) {
         (Some(key), None) => {
             let node = super::holds::one_node(&app, key).await?;
+            caller.check_node(&node)?;
             format!("node:{}", node.node_id)
         }
         (None, Some(label)) => {
@@ -383,6 +391,7 @@ pub async fn pin(
                     format!("label {label:?}: expected k=v"),
                 ));
             };
+            caller.check_fleet_wide(&format!("every host labelled {k}={v}"))?;
             format!("label:{k}={v}")
         }
         _ => {
@@ -399,8 +408,8 @@ pub async fn pin(
         target,
         version: req.version,
         at: Utc::now(),
-        actor: caller.name,
+        actor: caller.name.clone(),
     })
     .await?;
-    status(State(app)).await
+    status(State(app), Extension(caller)).await
 }

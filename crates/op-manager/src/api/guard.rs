@@ -74,70 +74,71 @@ pub fn required_access(method: &Method, path: &str) -> Access {
 /// The verb a request needs of a token policy (docs/security.md, "Token policies"), decided
 /// here beside [`required_access`] so that every route has one. `None`: no policy token may
 /// (cluster membership and leadership need an unrestricted admin token).
+///
+/// Read from the route's shape, segment by segment: a name in the path (a job called
+/// `rollout`, a package called `rollback`, a node called `drain`) is never taken for the
+/// action, so it cannot turn a save or a run into a verb the token holds.
 pub fn required_verb(method: &Method, path: &str) -> Option<Verb> {
     let read = method == Method::GET || method == Method::HEAD;
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let has = |s: &str| segs.iter().skip(2).any(|x| *x == s);
-    Some(if path == "/v1/tokens" || path.starts_with("/v1/tokens/") {
-        Verb::Tokens
-    } else if path == "/v1/secrets"
-        || path.starts_with("/v1/secrets/")
-        || path.starts_with("/v1/cluster/secrets-key")
-    {
-        Verb::Secrets
-    } else if read {
-        Verb::Read
-    } else if path.starts_with("/v1/cluster") {
-        return None;
-    } else if path.starts_with("/v1/notify") {
-        Verb::Notify
-    } else if has("rollout") || path.starts_with("/v1/rollouts/") {
-        Verb::Rollout
-    } else if has("upgrade") {
-        Verb::Upgrade
-    } else if has("rollback") {
-        Verb::Rollback
-    } else if ["pause", "resume", "drain", "undrain", "enable", "disable"]
-        .iter()
-        .any(|s| has(s))
-    {
-        Verb::Pause
-    } else if has("labels") {
-        Verb::Label
-    } else if path == "/v1/exec" {
-        Verb::Exec
-    } else if segs.first() == Some(&"v1") && segs.get(1) == Some(&"jobs") {
-        match (segs.len(), method) {
-            (3, &Method::DELETE) => Verb::Delete,
-            (4, _) if segs[3] == "run" => Verb::Run,
-            _ => Verb::Save,
-        }
-    } else if path.starts_with("/v1/invocations/") {
+    let delete = method == Method::DELETE;
+    Some(match segs.as_slice() {
+        ["v1", "tokens", ..] => Verb::Tokens,
+        ["v1", "secrets", ..] | ["v1", "cluster", "secrets-key", ..] => Verb::Secrets,
+        _ if read => Verb::Read,
+        ["v1", "cluster", ..] => return None,
+        ["v1", "notify", ..] => Verb::Notify,
+        ["v1", "rollouts", ..] | ["v1", "packages", _, "rollout"] => Verb::Rollout,
+        ["v1", "agents", "upgrade", ..] => Verb::Upgrade,
+        ["v1", "packages", _, "rollback"] => Verb::Rollback,
+        ["v1", "packages", _, _] if delete => Verb::Delete,
+        ["v1", "packages", _] => Verb::Upload,
+        ["v1", "jobs", _] if delete => Verb::Delete,
+        ["v1", "jobs", _] => Verb::Save,
+        ["v1", "jobs", _, "run"] => Verb::Run,
+        ["v1", "jobs", _, "enable" | "disable"] => Verb::Pause,
+        ["v1", "exec"] => Verb::Exec,
         // cancel, retry
-        Verb::Run
-    } else if path.starts_with("/v1/packages/") {
-        if method == Method::DELETE {
-            Verb::Delete
-        } else {
-            Verb::Upload
-        }
-    } else if path.starts_with("/v1/nodes/") && method == Method::DELETE {
-        Verb::Delete
-    } else if ["/v1/pauses", "/v1/windows"]
-        .iter()
-        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
-    {
-        Verb::Pause
-    } else {
-        return None;
+        ["v1", "invocations", _, _] => Verb::Run,
+        ["v1", "nodes", _] if delete => Verb::Delete,
+        ["v1", "nodes", _, "labels"] => Verb::Label,
+        ["v1", "nodes", _, "drain" | "undrain"] => Verb::Pause,
+        ["v1", "pauses"] | ["v1", "pauses", "resume"] | ["v1", "windows", ..] => Verb::Pause,
+        _ => return None,
     })
 }
 
-/// The job a path names (`/v1/jobs/NAME...`), for a policy's job globs.
-pub fn named_job(path: &str) -> Option<&str> {
+/// The job a path names (`/v1/jobs/NAME...`), for a policy's job globs: percent-decoded as
+/// the handler's `Path` extractor decodes it, so that the glob judges the job the handler
+/// acts on (`x%2db` is the job `x-b`, which a glob `*db` does not cover).
+pub fn named_job(path: &str) -> Option<String> {
     let rest = path.strip_prefix("/v1/jobs/")?;
     let name = rest.split('/').next()?;
-    (!name.is_empty()).then_some(name)
+    (!name.is_empty()).then(|| percent_decoded(name))
+}
+
+/// A path segment with its `%XX` escapes decoded (invalid escapes kept as they are, as axum
+/// keeps them; bytes that are not UTF-8 replaced, so they match no glob of a valid name).
+pub fn percent_decoded(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).and_then(|b| hex(*b)),
+                bytes.get(i + 2).and_then(|b| hex(*b)),
+            )
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A policy token's verb and named job (the scope was checked first: a policy never grants more).
@@ -166,7 +167,7 @@ fn policy_allows(caller: &Caller, method: &Method, path: &str) -> Result<(), Api
         }
     }
     if let Some(job) = named_job(path) {
-        caller.check_job(job)?;
+        caller.check_job(&job)?;
     }
     // The metrics name every job and node: not for a token limited to some of them.
     if path == "/metrics" && (policy.restricts_jobs() || policy.restricts_hosts()) {
@@ -459,11 +460,40 @@ mod tests {
             (Method::POST, "/v1/nodes/n/undrain", Some(Verb::Pause)),
             (Method::POST, "/v1/cluster/members", None),
             (Method::POST, "/v1/cluster/leader", None),
+            (Method::PUT, "/v1/packages/p/rollout", Some(Verb::Rollout)),
+            (
+                Method::DELETE,
+                "/v1/packages/p/rollout",
+                Some(Verb::Rollout),
+            ),
+            (Method::POST, "/v1/rollouts/x/abort", Some(Verb::Rollout)),
+            (
+                Method::PUT,
+                "/v1/agents/upgrade/op-agent-linux-x86_64",
+                Some(Verb::Upgrade),
+            ),
+            (Method::POST, "/v1/agents/upgrade/pins", Some(Verb::Upgrade)),
+            (Method::POST, "/v1/invocations/x/cancel", Some(Verb::Run)),
+            // A name that reads as an action is still a name: saving a job called `rollout`
+            // needs `save`, running it `run`, and so on.
+            (Method::PUT, "/v1/jobs/rollout", Some(Verb::Save)),
+            (Method::POST, "/v1/jobs/rollout/run", Some(Verb::Run)),
+            (Method::POST, "/v1/jobs/labels/run", Some(Verb::Run)),
+            (Method::DELETE, "/v1/jobs/upgrade", Some(Verb::Delete)),
+            (Method::POST, "/v1/jobs/pause/enable", Some(Verb::Pause)),
+            (Method::PUT, "/v1/packages/rollback", Some(Verb::Upload)),
+            (Method::PUT, "/v1/packages/upgrade", Some(Verb::Upload)),
+            (Method::DELETE, "/v1/packages/rollout/1", Some(Verb::Delete)),
+            (Method::DELETE, "/v1/nodes/drain", Some(Verb::Delete)),
+            (Method::POST, "/v1/nodes/rollout/labels", Some(Verb::Label)),
+            (Method::POST, "/v1/unknown", None),
         ];
         for (method, path, verb) in cases {
             assert_eq!(required_verb(&method, path), verb, "{method} {path}");
         }
-        assert_eq!(named_job("/v1/jobs/a/run"), Some("a"));
+        assert_eq!(named_job("/v1/jobs/a/run").as_deref(), Some("a"));
+        assert_eq!(named_job("/v1/jobs/x%2db/run").as_deref(), Some("x-b"));
+        assert_eq!(named_job("/v1/jobs/a%2").as_deref(), Some("a%2"));
         assert_eq!(named_job("/v1/jobs"), None);
         assert_eq!(named_job("/v1/runs/x"), None);
     }
@@ -492,6 +522,15 @@ mod tests {
         assert!(policy_allows(&team, &Method::GET, "/v1/jobs/team-b-x").is_err());
         assert!(policy_allows(&team, &Method::POST, "/v1/jobs/team-b-x/run").is_err());
         assert!(policy_allows(&team, &Method::PUT, "/v1/jobs/team-a-x").is_err());
+        // The glob judges the name the handler decodes: `x%2db` is `x-b`, outside `*db`.
+        let db = caller(Some(op_proto::policy::TokenPolicy {
+            jobs: vec!["*db".into()],
+            hosts: vec![],
+            verbs: vec!["read".into(), "run".into()],
+        }));
+        assert!(policy_allows(&db, &Method::POST, "/v1/jobs/main-db/run").is_ok());
+        assert!(policy_allows(&db, &Method::POST, "/v1/jobs/x%2db/run").is_err());
+        assert!(policy_allows(&db, &Method::POST, "/v1/jobs/main%2ddb/run").is_ok());
         assert!(policy_allows(&team, &Method::GET, "/v1/tokens").is_err());
         assert!(policy_allows(&team, &Method::PUT, "/v1/secrets/x").is_err());
         assert!(policy_allows(&team, &Method::POST, "/v1/cluster/members").is_err());

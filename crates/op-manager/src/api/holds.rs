@@ -19,8 +19,13 @@ use super::extract::ApiJson;
 use crate::app::App;
 use crate::auth::Caller;
 
-pub async fn list_pauses(State(app): State<Arc<App>>) -> Result<Json<Vec<Pause>>, ApiError> {
-    Ok(Json(app.read(|s| s.pauses()).await?))
+pub async fn list_pauses(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<Pause>>, ApiError> {
+    let mut pauses = app.read(|s| s.pauses()).await?;
+    pauses.retain(|p| caller.sees_hold(&p.scope));
+    Ok(Json(pauses))
 }
 
 pub async fn pause(
@@ -30,6 +35,7 @@ pub async fn pause(
 ) -> Result<Json<Pause>, ApiError> {
     let bad = |m: String| ApiError::bad("invalid_pause", m);
     req.scope.check().map_err(bad)?;
+    caller.check_hold(&req.scope)?;
     let now = Utc::now();
     if let Some(until) = req.until
         && until <= now
@@ -66,6 +72,7 @@ pub async fn resume(
     req.scope
         .check()
         .map_err(|m| ApiError::bad("invalid_pause", m))?;
+    caller.check_hold(&req.scope)?;
     app.write(Command::Resume {
         scope: req.scope,
         at: Utc::now(),
@@ -75,8 +82,13 @@ pub async fn resume(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn list_windows(State(app): State<Arc<App>>) -> Result<Json<Vec<Window>>, ApiError> {
-    Ok(Json(app.read(|s| s.windows()).await?))
+pub async fn list_windows(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<Window>>, ApiError> {
+    let mut windows = app.read(|s| s.windows()).await?;
+    windows.retain(|w| caller.sees_hold(&w.scope));
+    Ok(Json(windows))
 }
 
 pub async fn put_window(
@@ -94,6 +106,11 @@ pub async fn put_window(
         return Err(bad("--duration must be whole seconds".into()));
     }
     req.scope.check().map_err(bad)?;
+    caller.check_hold(&req.scope)?;
+    if let Some(old) = find_window(&app, &name).await? {
+        // Replacing a window is removing the old one too.
+        caller.check_hold(&old.scope)?;
+    }
     let window = Window {
         name,
         cron: req.cron.trim().to_string(),
@@ -114,6 +131,9 @@ pub async fn remove_window(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    if let Some(old) = find_window(&app, &name).await? {
+        caller.check_hold(&old.scope)?;
+    }
     app.write(Command::RemoveWindow {
         name,
         at: Utc::now(),
@@ -121,6 +141,11 @@ pub async fn remove_window(
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn find_window(app: &App, name: &str) -> Result<Option<Window>, ApiError> {
+    let windows = app.read(|s| s.windows()).await?;
+    Ok(windows.into_iter().find(|w| w.name == name))
 }
 
 /// The one live node `key` (a node id, hostname or IP) names.
@@ -156,6 +181,7 @@ async fn set_drain(
     drain: bool,
 ) -> Result<Json<NodeInfo>, ApiError> {
     let node = one_node(app, key).await?;
+    caller.check_node(&node)?;
     let at = Utc::now();
     let result = app
         .write(Command::SetNodeDrain {

@@ -55,9 +55,7 @@ pub fn view_for(
     mut record: JobRecord,
     judged: &mut std::collections::BTreeMap<String, Vec<op_proto::judged::JudgedFire>>,
 ) -> JobView {
-    if caller.scope == op_proto::api::Scope::Viewer {
-        op_proto::secret::redact_env(&mut record.spec.env);
-    }
+    caller.redact_env(&mut record.spec.env);
     view_judged(record, judged)
 }
 

@@ -34,7 +34,7 @@ use axum::routing::{delete, get, post, put};
 use axum::{Extension, Router};
 
 pub use error::ApiError;
-pub use guard::{Access, required_access};
+pub use guard::{Access, percent_decoded, required_access};
 
 use crate::app::App;
 use extract::BodyLimit;

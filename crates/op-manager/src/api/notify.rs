@@ -28,8 +28,19 @@ use crate::auth::Caller;
 /// How long `notify test` waits for the receiver (connection, sending and its answer).
 const TEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<NotifyRuleInfo>>, ApiError> {
-    Ok(Json(app.read(|s| s.notify_rules()).await?))
+/// `GET /v1/notify`: every reader sees the rules; only an admin (who manages them) sees the
+/// whole URL of a webhook, whose path may be its credential.
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<NotifyRuleInfo>>, ApiError> {
+    let mut rules = app.read(|s| s.notify_rules()).await?;
+    if caller.scope != op_proto::api::Scope::Admin {
+        for r in &mut rules {
+            r.rule.channel.redact();
+        }
+    }
+    Ok(Json(rules))
 }
 
 /// `PUT /v1/notify/{name}`: the body's `name` may be left out; when given it must match.

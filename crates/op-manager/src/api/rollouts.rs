@@ -9,7 +9,7 @@ use axum::{Extension, Json};
 use chrono::Utc;
 use op_proto::NodeStatus;
 use op_proto::rollout::{
-    PackageRollout, RolloutAction, RolloutInfo, RolloutRequest, RolloutStatus,
+    PackageRollout, RolloutAction, RolloutInfo, RolloutKind, RolloutRequest, RolloutStatus,
 };
 use op_store::{Command, CommandResult, NewRollout};
 use serde::Deserialize;
@@ -139,6 +139,7 @@ pub async fn set_default(
     ApiJson(request): ApiJson<RolloutRequest>,
 ) -> Result<Json<PackageRollout>, ApiError> {
     package_name(&name)?;
+    super::packages::check_own_package(&app, &caller, &name).await?;
     let plan = request
         .plan()
         .map_err(|e| ApiError::bad("invalid_rollout", format!("rollout: {e}")))?;
@@ -165,6 +166,7 @@ pub async fn clear_default(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     package_name(&name)?;
+    super::packages::check_own_package(&app, &caller, &name).await?;
     app.write(Command::SetPackageRollout {
         name,
         plan: None,
@@ -180,18 +182,25 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::bad("invalid_id", format!("{id:?} is not a rollout id")))
 }
 
-pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Vec<RolloutInfo>>, ApiError> {
-    Ok(Json(app.read(|s| s.rollouts()).await?))
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<RolloutInfo>>, ApiError> {
+    let mut rollouts = app.read(|s| s.rollouts()).await?;
+    rollouts.retain(|r| caller.sees_rollout(r));
+    Ok(Json(rollouts))
 }
 
 pub async fn get(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<RolloutStatus>, ApiError> {
     let id = parse_id(&id)?;
     let info = app
         .read(move |s| s.rollout(id))
         .await?
+        .filter(|r| caller.sees_rollout(r))
         .ok_or_else(|| ApiError::NotFound(format!("no rollout {id}")))?;
     let mut nodes = app.read(|s| s.nodes()).await?;
     app.beats.overlay(&mut nodes);
@@ -213,6 +222,17 @@ pub async fn act(
             "no rollout action {action:?}; use pause, resume, abort or promote"
         ))
     })?;
+    // A rollout moves a job's revision or a package's version: the token must own that.
+    let info = app
+        .read(move |s| s.rollout(id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no rollout {id}")))?;
+    match info.kind {
+        RolloutKind::Job => caller.check_job(&info.subject)?,
+        RolloutKind::Package => {
+            super::packages::check_own_package(&app, &caller, &info.subject).await?
+        }
+    }
     match app
         .write(Command::RolloutAction {
             id,

@@ -23,8 +23,27 @@ pub struct ListQuery {
     nodes: bool,
 }
 
+/// Refuses, to a policy token, any token (to make, list or revoke) that is not within its own
+/// policy: one without a policy, an agent token or node credential, or one whose policy
+/// reaches further. A token without a policy (an admin's) may touch any.
+fn check_within(
+    caller: &Caller,
+    scope: Scope,
+    policy: Option<&op_proto::policy::TokenPolicy>,
+) -> Result<(), String> {
+    let Some(mine) = &caller.policy else {
+        return Ok(());
+    };
+    let theirs = match policy {
+        Some(p) if scope != Scope::Agent => Policy::check(p)?,
+        _ => return Err("a token without a policy (or an agent's) is outside any policy".into()),
+    };
+    mine.covers(&theirs)
+}
+
 pub async fn list(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     super::extract::ApiQuery(q): super::extract::ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     let tokens = app.read(|s| s.tokens()).await?;
@@ -33,6 +52,7 @@ pub async fn list(
             .into_iter()
             .map(|t| t.info)
             .filter(|t| q.nodes || t.node_id.is_none())
+            .filter(|t| check_within(&caller, t.scope, t.policy.as_ref()).is_ok())
             .collect(),
     ))
 }
@@ -58,20 +78,18 @@ pub async fn create(
         None => None,
     };
     // A policy token that may make tokens makes only narrower ones (never an unrestricted one).
-    if let Some(mine) = &caller.policy {
-        let Some(new) = &policy else {
-            return Err(ApiError::Denied(format!(
-                "token {:?} has a policy; the tokens it creates need one within it",
-                caller.name
-            )));
-        };
-        mine.covers(new).map_err(|e| {
-            ApiError::Denied(format!(
-                "token {:?} may create only tokens within its own policy: {e}",
-                caller.name
-            ))
-        })?;
+    if caller.policy.is_some() && policy.is_none() {
+        return Err(ApiError::Denied(format!(
+            "token {:?} has a policy; the tokens it creates need one within it",
+            caller.name
+        )));
     }
+    check_within(&caller, req.scope, req.policy.as_ref()).map_err(|e| {
+        ApiError::Denied(format!(
+            "token {:?} may create only tokens within its own policy: {e}",
+            caller.name
+        ))
+    })?;
     // A token that expires as it is made would be created, shown once and be useless: refused.
     const MAX_EXPIRY_SECS: u64 = 100 * 365 * 86_400;
     let expires_at = match req.expires_in_secs {
@@ -122,6 +140,24 @@ pub async fn revoke(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<TokenInfo>, ApiError> {
+    // A policy token revokes only tokens it could have made: not the admin's, nor another
+    // team's (an unknown id is left to the store's answer).
+    if caller.policy.is_some() {
+        let wanted = id.clone();
+        let target = app
+            .read(move |s| s.tokens())
+            .await?
+            .into_iter()
+            .find(|t| t.info.id == wanted);
+        if let Some(t) = target {
+            check_within(&caller, t.info.scope, t.info.policy.as_ref()).map_err(|e| {
+                ApiError::Denied(format!(
+                    "token {:?} may revoke only tokens within its own policy: {e}",
+                    caller.name
+                ))
+            })?;
+        }
+    }
     match app
         .write(Command::RevokeToken {
             id,

@@ -332,10 +332,7 @@ pub async fn show(
         Err(e) => return html::server_error(&s, e),
     };
     latest.sort_by(|a, b| a.hostname.cmp(&b.hostname));
-    if !s.can_operate() {
-        // A viewer sees the names of Env variables, never their values (issue 24).
-        op_proto::secret::redact_env(&mut job.spec.env);
-    }
+    s.caller.redact_env(&mut job.spec.env);
     let spec = &job.spec;
     let mut body = String::with_capacity(16384);
     let _ = write!(
@@ -834,11 +831,13 @@ pub async fn edit_form(
     Path(name): Path<String>,
 ) -> Response {
     let n = name.clone();
-    let job = match ui.app.read(move |st| st.job(&n)).await {
+    let mut job = match ui.app.read(move |st| st.job(&n)).await {
         Ok(Some(j)) => j,
         Ok(None) => return html::not_found(&s, &format!("no job named {name:?}")),
         Err(e) => return html::server_error(&s, e),
     };
+    // The editor shows the whole definition: to a viewer, as the job's page does.
+    s.caller.redact_env(&mut job.spec.env);
     let text = serde_json::to_string_pretty(&job.spec.to_task_value()).unwrap_or_default();
     html::respond(
         StatusCode::OK,

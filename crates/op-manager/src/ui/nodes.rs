@@ -176,18 +176,23 @@ pub async fn show(
             Ok((node, jobs, runs))
         })
         .await;
-    let (node, jobs, runs) = match read {
-        Ok((Some(n), j, r)) => {
+    let (mut node, mut jobs, mut runs) = match read {
+        // A host outside the token's policy is as absent as in the API's `GET /v1/nodes/KEY`.
+        Ok((Some(n), j, r)) if s.caller.reaches_host(&n.identity()) => {
             let mut one = [n];
             ui.app.beats.overlay(&mut one);
             let [n] = one;
             (n, j, r)
         }
-        Ok((None, _, _)) => {
+        Ok(_) => {
             return html::not_found(&s, "no such node (it may have been forgotten)");
         }
         Err(e) => return html::server_error(&s, e),
     };
+    // And of the jobs on a host it reaches, only its own jobs and their runs.
+    jobs.retain(|j| s.caller.sees_job(&j.spec.name));
+    runs.retain(|r| s.caller.sees_job(&r.job));
+    node.running.retain(|r| s.caller.sees_job(&r.job));
     let ident = node.identity();
     let mut body = String::with_capacity(8192);
     let _ = write!(

@@ -64,10 +64,11 @@ fn stage_text(r: &RolloutInfo) -> String {
 }
 
 pub async fn list(State(ui): State<Arc<Ui>>, Extension(s): Extension<SessionView>) -> Response {
-    let rollouts = match ui.app.read(|st| st.rollouts()).await {
+    let mut rollouts = match ui.app.read(|st| st.rollouts()).await {
         Ok(r) => r,
         Err(e) => return html::server_error(&s, e),
     };
+    rollouts.retain(|r| s.caller.sees_rollout(r));
     let mut body = String::from(
         "<h1>Rollouts</h1><p class=\"muted\">Staged uploads and saves, newest first \
          (<code>--rollout</code>; docs/rollouts.md).</p>\
@@ -106,8 +107,8 @@ pub async fn show(
         return html::not_found(&s, "no such rollout");
     };
     let info = match ui.app.read(move |st| st.rollout(id)).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return html::not_found(&s, &format!("no rollout {id}")),
+        Ok(Some(r)) if s.caller.sees_rollout(&r) => r,
+        Ok(_) => return html::not_found(&s, &format!("no rollout {id}")),
         Err(e) => return html::server_error(&s, e),
     };
     let mut nodes = match ui.app.read(|st| st.nodes()).await {

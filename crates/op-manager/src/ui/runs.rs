@@ -268,7 +268,19 @@ enum Found {
     Running(Box<NodeInfo>, RunningRun),
 }
 
-async fn find(ui: &Ui, id: Uuid) -> Result<Option<Found>, crate::api::ApiError> {
+/// The run `id` as the session may see it: none when it is not found, or when it belongs to a
+/// job outside the session token's policy (every page and poll that shows a run asks here, so
+/// none can forget the check).
+async fn find(ui: &Ui, s: &SessionView, id: Uuid) -> Result<Option<Found>, crate::api::ApiError> {
+    Ok(find_any(ui, id).await?.filter(|f| {
+        s.caller.sees_job(match f {
+            Found::Stored(r) => &r.job,
+            Found::Running(_, r) => &r.job,
+        })
+    }))
+}
+
+async fn find_any(ui: &Ui, id: Uuid) -> Result<Option<Found>, crate::api::ApiError> {
     let (stored, mut nodes) = ui
         .app
         .read(move |st| {
@@ -298,13 +310,7 @@ pub async fn show(
     let Ok(run_id) = Uuid::parse_str(&id) else {
         return html::not_found(&s, "that is not a run id");
     };
-    let found = match find(&ui, run_id).await {
-        Ok(Some(Found::Stored(r))) if !s.caller.sees_job(&r.job) => {
-            return html::not_found(&s, "no such run");
-        }
-        Ok(Some(Found::Running(_, r))) if !s.caller.sees_job(&r.job) => {
-            return html::not_found(&s, "no such run");
-        }
+    let found = match find(&ui, &s, run_id).await {
         Ok(Some(f)) => f,
         Ok(None) => {
             return html::not_found(
@@ -512,7 +518,7 @@ pub async fn live(
     }
     // The route could not answer (the agent is away, or this manager predates it): what the
     // store has is the best there is.
-    match find(&ui, run_id).await {
+    match find(&ui, &s, run_id).await {
         Ok(Some(Found::Stored(r))) => writes::no_store(
             Json(LiveChunk {
                 text: if q.offset == 0 {

@@ -410,9 +410,11 @@ fn refuse(
 }
 
 /// The job a console path names (`/ui/jobs/NAME...`, not the new/validate/save forms).
-fn ui_named_job(path: &str) -> Option<&str> {
+/// Decoded as the handler's `Path` extractor decodes it (see `api::guard::named_job`).
+fn ui_named_job(path: &str) -> Option<String> {
     let name = path.strip_prefix("/ui/jobs/")?.split('/').next()?;
-    (!name.is_empty() && !matches!(name, "new" | "validate" | "save")).then_some(name)
+    (!name.is_empty() && !matches!(name, "new" | "validate" | "save"))
+        .then(|| crate::api::percent_decoded(name))
 }
 
 /// Every console route but the login page and the static assets passes here: it finds the
@@ -462,7 +464,7 @@ async fn check(ui: Arc<Ui>, mut req: Request, next: Next) -> Response {
     // writes go through the API, which checks the policy itself).
     if let Some(v) = &view
         && let Some(job) = ui_named_job(&path)
-        && !v.caller.sees_job(job)
+        && !v.caller.sees_job(&job)
     {
         return refuse(
             StatusCode::NOT_FOUND,

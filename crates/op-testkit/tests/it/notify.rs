@@ -105,3 +105,56 @@ async fn a_rule_saved_on_one_member_is_tested_from_every_member_and_survives_the
     assert_eq!(answer.status, 200);
     received.recv_timeout(Duration::from_secs(10)).unwrap();
 }
+
+/// A webhook URL may itself be the credential (Slack's): a failed delivery names only its
+/// origin (reqwest's error names the whole URL), in the answer and in the manager's log, and a
+/// viewer's `notify list` shows its path as `/***`; the admin who manages the rule sees it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_url_path_is_never_shown_to_readers_or_in_delivery_errors() {
+    use op_proto::api::{CreatePolicyTokenRequest, Scope};
+
+    let m = op_testkit::Manager::start();
+    let c = m.client();
+    // A port nothing listens on: the delivery fails at once with a connection error.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("http://{closed}/services/T0/B0/SECRETPATH");
+    c.put_notify_rule(&NotifyRule {
+        name: "slack".into(),
+        filter: NotifyFilter::default(),
+        channel: Channel::Webhook {
+            url: url.clone(),
+            template: None,
+            secret_file: None,
+        },
+    })
+    .await
+    .unwrap();
+    let err = c.test_notify_rule("slack").await.unwrap_err().to_string();
+    assert!(
+        err.contains(&closed.to_string()) && !err.contains("SECRETPATH"),
+        "{err}"
+    );
+    assert!(!m.log().contains("SECRETPATH"), "{}", m.log());
+
+    let viewer = c
+        .create_policy_token(&CreatePolicyTokenRequest {
+            name: "dash".into(),
+            scope: Scope::Viewer,
+            expires_in_secs: None,
+            policy: None,
+        })
+        .await
+        .unwrap()
+        .secret;
+    let shown =
+        serde_json::to_string(&m.client_with(&viewer).notify_rules().await.unwrap()).unwrap();
+    assert!(
+        !shown.contains("SECRETPATH") && shown.contains(&format!("http://{closed}/***")),
+        "{shown}"
+    );
+    let full = serde_json::to_string(&c.notify_rules().await.unwrap()).unwrap();
+    assert!(full.contains(&url), "{full}");
+}

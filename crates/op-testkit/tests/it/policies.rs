@@ -345,4 +345,288 @@ async fn a_team_token_sees_and_reaches_only_its_jobs_and_hosts() {
     assert!(page.contains("no job named"), "{page}");
     let page = console_get(&m, &m.admin_token, "/ui/jobs").await;
     assert!(page.contains("team-b-report"), "{page}");
+    // The other team's run: neither its page nor the live output poll of that page (which
+    // once fell back to the stored output when the API refused the token).
+    let theirs = runs_of(&c, "team-b-report").await[0].run_id;
+    for path in [
+        format!("/ui/runs/{theirs}"),
+        format!("/ui/runs/{theirs}/live"),
+    ] {
+        let page = console_get(&m, &team, &path).await;
+        assert!(
+            page.contains("no such run") && !page.contains("\"text\""),
+            "{path}: {page}"
+        );
+    }
+    // A host outside the token's hosts: its console page is as absent as `GET /v1/nodes/KEY`.
+    let nodes = c.list_nodes().await.unwrap();
+    let id_of = |name: &str| nodes.iter().find(|n| n.hostname == name).unwrap().node_id;
+    let page = console_get(&m, &team, &format!("/ui/nodes/{}", id_of("node-3"))).await;
+    assert!(
+        page.contains("no such node") && !page.contains("team-b-report"),
+        "{page}"
+    );
+    let page = console_get(&m, &team, &format!("/ui/nodes/{}", id_of("node-1"))).await;
+    assert!(page.contains("team-a-backup"), "{page}");
+    let ours = runs_of(&c, "team-a-backup").await[0].run_id;
+    let live = console_get(&m, &team, &format!("/ui/runs/{ours}/live")).await;
+    assert!(live.contains("\"text\""), "{live}");
+}
+
+/// Pauses, windows, drains and upgrade pins reach other teams' jobs and hosts unless they
+/// name the team's own: a team token with the `pause` and `upgrade` verbs pauses and drains
+/// only its own jobs and hosts (403 and nothing held otherwise), cannot remove another's
+/// maintenance window, and hears of its own hosts only in the upgrade status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_token_holds_only_its_own_jobs_and_hosts() {
+    use op_proto::agent_upgrade::PinRequest;
+    use op_proto::holds::{HoldScope, PauseRequest, ResumeRequest, WindowRequest};
+
+    let m = Manager::start();
+    let _agents: Vec<Agent> = (1..=2)
+        .map(|i| {
+            Agent::start(
+                AgentOptions::new(&format!("node-{i}"), &format!("127.0.0.{}", i + 1)).manager(&m),
+            )
+        })
+        .collect();
+    let c = m.client();
+    wait_until(LONG, "two agents Ready", || async {
+        c.list_nodes()
+            .await
+            .is_ok_and(|n| n.iter().filter(|n| n.status == NodeStatus::Ready).count() == 2)
+    })
+    .await;
+    c.save_job_text("team-a-backup", &task("team-a-backup", &["node-1"]))
+        .await
+        .unwrap();
+    c.save_job_text("team-b-report", &task("team-b-report", &["node-2"]))
+        .await
+        .unwrap();
+    let team = c
+        .create_policy_token(&CreatePolicyTokenRequest {
+            name: "team-a".into(),
+            scope: Scope::Operator,
+            expires_in_secs: None,
+            policy: Some(TokenPolicy {
+                jobs: vec!["team-a-*".into()],
+                hosts: vec!["node-1".into()],
+                verbs: ["read", "pause", "upgrade", "upload", "rollback", "delete"]
+                    .map(String::from)
+                    .to_vec(),
+            }),
+        })
+        .await
+        .unwrap()
+        .secret;
+    let t = m.client_with(&team);
+
+    let pause = |scope: HoldScope| PauseRequest { scope, until: None };
+    let label = HoldScope::Label {
+        key: "team".into(),
+        value: "b".into(),
+    };
+    for scope in [
+        HoldScope::All,
+        label.clone(),
+        HoldScope::Job("team-b-report".into()),
+    ] {
+        let err = t.pause(&pause(scope.clone())).await.unwrap_err();
+        assert_eq!(err.status(), Some(403), "{scope:?}: {err}");
+    }
+    assert!(c.pauses().await.unwrap().is_empty());
+    t.pause(&pause(HoldScope::Job("team-a-backup".into())))
+        .await
+        .unwrap();
+    t.resume(&ResumeRequest {
+        scope: HoldScope::Job("team-a-backup".into()),
+    })
+    .await
+    .unwrap();
+
+    // Windows: not fleet-wide, and not another's.
+    let window = |scope: HoldScope| WindowRequest {
+        cron: "0 2 * * *".into(),
+        duration: "1h".into(),
+        scope,
+    };
+    let err = t
+        .put_window("team-window", &window(HoldScope::All))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    c.put_window("nightly", &window(HoldScope::All))
+        .await
+        .unwrap();
+    let err = t.remove_window("nightly").await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    let err = t
+        .put_window("nightly", &window(HoldScope::Job("team-a-backup".into())))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    let windows = c.windows().await.unwrap();
+    assert!(
+        windows.len() == 1 && windows[0].scope == HoldScope::All,
+        "{windows:?}"
+    );
+
+    // Drains and pins: its own host only.
+    assert_eq!(
+        t.drain_node("node-2", true).await.unwrap_err().status(),
+        Some(403)
+    );
+    t.drain_node("node-1", true).await.unwrap();
+    t.drain_node("node-1", false).await.unwrap();
+    let pin = |node: Option<&str>, label: Option<&str>| PinRequest {
+        node: node.map(str::to_string),
+        label: label.map(str::to_string),
+        version: Some("0.1.0".into()),
+    };
+    for req in [pin(Some("node-2"), None), pin(None, Some("team=b"))] {
+        let err = t.agent_pin(&req).await.unwrap_err();
+        assert_eq!(err.status(), Some(403), "{req:?}: {err}");
+    }
+    assert!(c.agent_upgrade_status().await.unwrap().pins.is_empty());
+    let hosts: Vec<String> = t
+        .agent_upgrade_status()
+        .await
+        .unwrap()
+        .hosts
+        .into_iter()
+        .map(|h| h.hostname)
+        .collect();
+    assert_eq!(hosts, ["node-1"]);
+    let nodes = c.list_nodes().await.unwrap();
+    assert!(nodes.iter().all(|n| n.drain.is_none()), "{nodes:?}");
+
+    // Packages: another team's (which goes everywhere) is not its to roll back or prune; a
+    // new agent release goes to every agent. Its own, targeted at its host, it may.
+    for content in ["v1\n", "v2\n"] {
+        c.upload_package_bytes("tool.sh", None, content.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    let theirs = c.package_versions("tool.sh").await.unwrap();
+    let err = t.rollback_package("tool.sh", None).await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    let err = t
+        .delete_package_version("tool.sh", theirs[0].version)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    assert_eq!(c.package_versions("tool.sh").await.unwrap(), theirs);
+    let release =
+        futures_util::stream::once(async { Ok::<_, std::io::Error>(b"\x7fELF".to_vec()) });
+    let err = t
+        .upload_agent_release(
+            "op-agent-linux-x86_64",
+            &[("version", "9.9.9".to_string())],
+            Some(4),
+            release,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    let own = op_client::UploadTarget {
+        hosts: vec!["node-1".into()],
+        ..Default::default()
+    };
+    for content in ["a1\n", "a2\n"] {
+        t.upload_package_bytes_targeted("team-a.sh", None, &own, content.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    t.rollback_package("team-a.sh", None).await.unwrap();
+
+    // The other team's pauses, windows and rollouts are not listed to it, nor found by id.
+    c.pause(&pause(HoldScope::Job("team-b-report".into())))
+        .await
+        .unwrap();
+    c.put_window(
+        "team-b-nightly",
+        &window(HoldScope::Job("team-b-report".into())),
+    )
+    .await
+    .unwrap();
+    c.save_job_text(
+        "team-b-staged",
+        r#"{"JobName":"team-b-staged","Command":"true","WhiteHosts":["node-2"],
+            "Rollout":{"Stages":["1"]}}"#,
+    )
+    .await
+    .unwrap();
+    let staged = c
+        .rollouts()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.subject == "team-b-staged")
+        .expect("the save is staged");
+    assert_eq!(c.pauses().await.unwrap().len(), 1);
+    assert!(t.pauses().await.unwrap().is_empty());
+    let windows: Vec<String> = t
+        .windows()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    assert_eq!(windows, ["nightly"]);
+    let rollouts = t.rollouts().await.unwrap();
+    assert!(
+        rollouts.iter().all(|r| r.subject != "team-b-staged"),
+        "{rollouts:?}"
+    );
+    let err = t.rollout(&staged.id.to_string()).await.unwrap_err();
+    assert_eq!(err.status(), Some(404), "{err}");
+    let page = console_get(&m, &team, "/ui/rollouts").await;
+    assert!(!page.contains("team-b-staged"), "{page}");
+    let page = console_get(&m, &team, &format!("/ui/rollouts/{}", staged.id)).await;
+    assert!(page.contains("no rollout"), "{page}");
+
+    // A team's token manager (admin scope, `tokens` verb) lists, makes and revokes only tokens
+    // within its policy: never the admin's, nor the team token with more verbs.
+    let within = |verbs: &[&str]| TokenPolicy {
+        jobs: vec!["team-a-*".into()],
+        hosts: vec![],
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+    };
+    let keeper = c
+        .create_policy_token(&CreatePolicyTokenRequest {
+            name: "team-a-keeper".into(),
+            scope: Scope::Admin,
+            expires_in_secs: None,
+            policy: Some(within(&["read", "tokens"])),
+        })
+        .await
+        .unwrap()
+        .secret;
+    let k = m.client_with(&keeper);
+    let made = k
+        .create_policy_token(&CreatePolicyTokenRequest {
+            name: "team-a-dash".into(),
+            scope: Scope::Viewer,
+            expires_in_secs: None,
+            policy: Some(within(&["read"])),
+        })
+        .await
+        .unwrap();
+    let listed: Vec<String> = k
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(listed, ["team-a-keeper", "team-a-dash"]);
+    let admin_id = m.admin_token.split('.').next().unwrap().to_string();
+    let team_id = team.split('.').next().unwrap().to_string();
+    for id in [&admin_id, &team_id] {
+        let err = k.revoke_token(id).await.unwrap_err();
+        assert_eq!(err.status(), Some(403), "{id}: {err}");
+    }
+    k.revoke_token(&made.info.id).await.unwrap();
+    assert!(c.list_jobs().await.is_ok(), "the admin token still works");
+    assert!(t.pauses().await.is_ok(), "the team token still works");
 }

@@ -218,11 +218,14 @@ async fn a_secret_reaches_only_its_job_and_is_masked_everywhere() {
         as_operator[0].record.spec.env["PLAIN"],
         "visible-to-operators"
     );
-    let page = crate::support::console_get(&m, &viewer, "/ui/jobs/uses-secret").await;
-    assert!(
-        page.contains("PLAIN") && !page.contains("visible-to-operators"),
-        "{page}"
-    );
+    // The job's page and its editor, which shows the whole task file.
+    for path in ["/ui/jobs/uses-secret", "/ui/jobs/uses-secret/edit"] {
+        let page = crate::support::console_get(&m, &viewer, path).await;
+        assert!(
+            page.contains("PLAIN") && !page.contains("visible-to-operators"),
+            "{path}: {page}"
+        );
+    }
 
     // Only the selected node receives the value, over its own credential.
     let nodes = c.list_nodes().await.unwrap();
