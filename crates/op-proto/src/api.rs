@@ -222,50 +222,8 @@ pub struct RunQuery {
     pub revision: Option<u64>,
 }
 
-/// Token scopes (DESIGN.md section 9).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// Read only.
-    Viewer,
-    /// Jobs, runs, packages.
-    Operator,
-    /// Everything, including tokens and cluster membership.
-    Admin,
-    /// The agent protocol only.
-    Agent,
-}
-
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Viewer => "viewer",
-            Scope::Operator => "operator",
-            Scope::Admin => "admin",
-            Scope::Agent => "agent",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Scope> {
-        Some(match s {
-            "viewer" => Scope::Viewer,
-            "operator" => Scope::Operator,
-            "admin" => Scope::Admin,
-            "agent" => Scope::Agent,
-            _ => return None,
-        })
-    }
-
-    /// True when a token of this scope may read fleet data (nodes, jobs, runs, packages).
-    pub fn can_read(self) -> bool {
-        matches!(self, Scope::Viewer | Scope::Operator | Scope::Admin)
-    }
-
-    /// True when a token of this scope may change jobs, run them and manage packages.
-    pub fn can_operate(self) -> bool {
-        matches!(self, Scope::Operator | Scope::Admin)
-    }
-}
+/// Token scopes live with the policies that narrow them.
+pub use crate::policy::Scope;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -312,6 +312,33 @@ async fn admit(app: &App, mut req: Request) -> Result<Request, ApiError> {
     Ok(req)
 }
 
+/// Refuses a change to package `name` as a whole (rollback, deleting a version, its default
+/// rollout, its rollouts' actions) to a token limited to some hosts, unless every stored version
+/// of it is targeted within them, as an upload by that token must be: otherwise the change
+/// reaches hosts the token may not target.
+pub(super) async fn check_own_package(
+    app: &App,
+    caller: &Caller,
+    name: &str,
+) -> Result<(), ApiError> {
+    let Some(policy) = caller.policy.as_ref().filter(|p| p.restricts_hosts()) else {
+        return Ok(());
+    };
+    let n = name.to_string();
+    for v in app.read(move |s| s.package_versions(&n)).await? {
+        policy.confines(&v.target).map_err(|e| {
+            ApiError::Denied(format!(
+                "token {:?} may not change package {name:?}: its version {} goes to hosts \
+                 outside the token's ({})",
+                caller.name,
+                v.version,
+                e.replacen("the job selects", "the version goes to", 1)
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

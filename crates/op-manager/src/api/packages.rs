@@ -369,33 +369,6 @@ pub async fn content(
     Ok(resp)
 }
 
-/// Refuses a change to package `name` as a whole (rollback, deleting a version, its default
-/// rollout, its rollouts' actions) to a token limited to some hosts, unless every stored version
-/// of it is targeted within them, as an upload by that token must be: otherwise the change
-/// reaches hosts the token may not target.
-pub(super) async fn check_own_package(
-    app: &App,
-    caller: &Caller,
-    name: &str,
-) -> Result<(), ApiError> {
-    let Some(policy) = caller.policy.as_ref().filter(|p| p.restricts_hosts()) else {
-        return Ok(());
-    };
-    let n = name.to_string();
-    for v in app.read(move |s| s.package_versions(&n)).await? {
-        policy.confines(&v.target).map_err(|e| {
-            ApiError::Denied(format!(
-                "token {:?} may not change package {name:?}: its version {} goes to hosts \
-                 outside the token's ({})",
-                caller.name,
-                v.version,
-                e.replacen("the job selects", "the version goes to", 1)
-            ))
-        })?;
-    }
-    Ok(())
-}
-
 pub async fn rollback(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -403,7 +376,7 @@ pub async fn rollback(
     ApiBytes(body): ApiBytes,
 ) -> Result<Json<PackageVersion>, ApiError> {
     check_name(&name)?;
-    check_own_package(&app, &caller, &name).await?;
+    super::guard::check_own_package(&app, &caller, &name).await?;
     // An empty body asks for the previous version.
     let req: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RollbackRequest::default()
@@ -433,7 +406,7 @@ pub async fn delete(
 ) -> Result<impl IntoResponse, ApiError> {
     check_name(&name)?;
     let version = parse_version(&version)?;
-    check_own_package(&app, &caller, &name).await?;
+    super::guard::check_own_package(&app, &caller, &name).await?;
     let fresh = app.beats.reporting_installed(&name, version);
     if fresh > 0 {
         return Err(ApiError::Conflict(format!(

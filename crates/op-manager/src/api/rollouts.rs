@@ -139,7 +139,7 @@ pub async fn set_default(
     ApiJson(request): ApiJson<RolloutRequest>,
 ) -> Result<Json<PackageRollout>, ApiError> {
     package_name(&name)?;
-    super::packages::check_own_package(&app, &caller, &name).await?;
+    super::guard::check_own_package(&app, &caller, &name).await?;
     let plan = request
         .plan()
         .map_err(|e| ApiError::bad("invalid_rollout", format!("rollout: {e}")))?;
@@ -166,7 +166,7 @@ pub async fn clear_default(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     package_name(&name)?;
-    super::packages::check_own_package(&app, &caller, &name).await?;
+    super::guard::check_own_package(&app, &caller, &name).await?;
     app.write(Command::SetPackageRollout {
         name,
         plan: None,
@@ -230,7 +230,7 @@ pub async fn act(
     match info.kind {
         RolloutKind::Job => caller.check_job(&info.subject)?,
         RolloutKind::Package => {
-            super::packages::check_own_package(&app, &caller, &info.subject).await?
+            super::guard::check_own_package(&app, &caller, &info.subject).await?
         }
     }
     match app
