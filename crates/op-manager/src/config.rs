@@ -81,7 +81,8 @@ pub struct ConfigArgs {
     #[arg(long, env = "OP_FIRE_CHECK_EVERY")]
     pub fire_check_every: Option<String>,
     /// Missed fires: how long after a fire's grace the leader waits for its runs' records to
-    /// arrive before it judges the fire [default: 5s].
+    /// arrive before it judges the fire, and how long after a save a job's fires start to be
+    /// judged [default: 5s].
     #[arg(long, env = "OP_FIRE_SETTLE")]
     pub fire_settle: Option<String>,
     /// A node whose clock differs from the manager's by more than this raises

@@ -125,9 +125,9 @@ impl FireJudge {
             let cursor = cursors
                 .jobs
                 .entry(job.spec.name.clone())
-                .or_insert_with(|| start(job, latest));
+                .or_insert_with(|| start(job, latest, settle));
             if cursor.revision != job.revision {
-                *cursor = start(job, None);
+                *cursor = start(job, None, settle);
             }
             let selected: Vec<&NodeInfo> = {
                 let selector = job.spec.selector();
@@ -409,12 +409,21 @@ fn picked_hosts(
     hosts
 }
 
-/// Where a job's judgement starts: its save time, or the latest fire judged under this
-/// revision (a new leader continues there).
-fn start(job: &JobRecord, latest_judged: Option<DateTime<Utc>>) -> Cursor {
+/// Where a job's judgement starts: `settle` after its save (the agents need a moment to receive
+/// a new revision: a 1 Hz job's first fire may come before they hold it, and nobody missed it),
+/// or the latest fire judged under this revision (a new leader continues there).
+fn start(
+    job: &JobRecord,
+    latest_judged: Option<DateTime<Utc>>,
+    settle: chrono::Duration,
+) -> Cursor {
+    let delivered = job
+        .updated_at
+        .checked_add_signed(settle)
+        .unwrap_or(job.updated_at);
     let at = match latest_judged {
         Some(t) if t > job.updated_at => t,
-        _ => job.updated_at,
+        _ => delivered,
     };
     Cursor {
         revision: job.revision,
@@ -527,5 +536,34 @@ mod tests {
         let verdicts =
             judge_fire(&fire, at + chrono::Duration::hours(1), &hosts, &[], &[]).unwrap();
         assert_eq!(verdicts.len(), 4);
+    }
+
+    #[test]
+    fn a_new_revision_is_judged_from_settle_after_its_save_and_a_new_leader_continues() {
+        let saved = Utc.timestamp_opt(1_800_000_000, 500_000_000).unwrap();
+        let job = JobRecord {
+            spec: JobSpec::new("tick", "true"),
+            revision: 3,
+            created_at: saved,
+            updated_at: saved,
+            updated_by: "t".into(),
+        };
+        let settle = chrono::Duration::seconds(2);
+        // The fires of the first two seconds after the save are not judged: the agents may
+        // not hold the revision yet.
+        let fresh = start(&job, None, settle);
+        assert_eq!(fresh.at, saved + settle);
+        assert_eq!(fresh.revision, 3);
+        let schedule = Schedule::parse("* * * * * * *", Zone::parse("UTC").unwrap()).unwrap();
+        let first = expected_fires(&schedule, fresh.at, saved + chrono::Duration::seconds(10))
+            .next()
+            .unwrap();
+        assert_eq!(first, Utc.timestamp_opt(1_800_000_003, 0).unwrap());
+        // A later leader continues after the latest judged fire, even within that time.
+        let judged = saved + chrono::Duration::milliseconds(500);
+        assert_eq!(start(&job, Some(judged), settle).at, judged);
+        // A fire judged before the save (an earlier revision) does not move the start back.
+        let before = saved - chrono::Duration::seconds(30);
+        assert_eq!(start(&job, Some(before), settle).at, saved + settle);
     }
 }
