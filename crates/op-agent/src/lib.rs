@@ -284,6 +284,7 @@ pub async fn run(
         state: state.clone(),
         metrics: metrics.clone(),
         credentials,
+        auth_failures: Default::default(),
         facts: AgentFacts {
             node_id,
             hostname: config.node_name.clone(),
@@ -313,7 +314,9 @@ pub async fn run(
                 .http_builder()
                 .http1()
                 .header_read_timeout(Some(limits.head_timeout));
-            tokio::spawn(server.serve(app.into_make_service()))
+            tokio::spawn(
+                server.serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>()),
+            )
         }
         Some(tls) => {
             let served = tls
@@ -329,7 +332,9 @@ pub async fn run(
                 .http_builder()
                 .http1()
                 .header_read_timeout(Some(limits.head_timeout));
-            tokio::spawn(server.serve(app.into_make_service()))
+            tokio::spawn(
+                server.serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>()),
+            )
         }
     };
     tracing::info!(%node_id, mode, "agent running");

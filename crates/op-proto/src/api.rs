@@ -51,6 +51,8 @@ pub mod code {
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
     /// 429.
     pub const TOO_MANY_REQUESTS: &str = "too_many_requests";
+    /// 429: too many failed authentications from this address; wait `Retry-After` seconds.
+    pub const TOO_MANY_AUTH_FAILURES: &str = "too_many_auth_failures";
     /// 500.
     pub const INTERNAL: &str = "internal";
     /// 503.

@@ -280,16 +280,18 @@ impl PackageKind {
 
 /// Checks a package name: the file or archive name, `[A-Za-z0-9._-]`, 1..128 characters, not
 /// starting with '.' (agents keep their own bookkeeping under `DEPLOYDIR/.op-packages`, and a hidden
-/// name is never what an operator meant to deploy).
+/// name is never what an operator meant to deploy). The reason leaves the name out: callers put
+/// it first (`package name ".x" starts with '.'`).
 pub fn validate_package_name(name: &str) -> Result<(), String> {
     crate::job::validate_name(name)?;
     if name.starts_with('.') {
-        return Err(format!("{name:?} starts with '.'; package names must not"));
+        return Err("starts with '.'; package names must not".into());
     }
     if name.starts_with('-') {
-        return Err(format!(
-            "{name:?} starts with '-', which commands would take for an option; package names must not"
-        ));
+        return Err(
+            "starts with '-', which commands would take for an option; package names must not"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -350,6 +352,12 @@ mod tests {
         assert!(validate_package_name(".op-packages").is_err());
         assert!(validate_package_name("a/b").is_err());
         assert!(validate_package_name("..").is_err());
+        // Callers put the name before the reason (`package name ".x" starts with ...`): the
+        // reason must not repeat it.
+        for bad in [".x", "-rf", "..", "a/b"] {
+            let reason = validate_package_name(bad).unwrap_err();
+            assert!(!reason.contains(&format!("{bad:?}")), "{bad}: {reason}");
+        }
         assert!(validate_deploy_dir("").is_ok());
         assert!(validate_deploy_dir("/data/op-agent/src/").is_ok());
         assert!(validate_deploy_dir("data/src").is_err());

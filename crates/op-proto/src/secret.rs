@@ -74,7 +74,26 @@ pub struct SecretInfo {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetSecretRequest {
+    #[serde(deserialize_with = "string_not_echoed")]
     pub value: String,
+}
+
+/// The value as a JSON string. serde's own refusal of another type quotes what it got
+/// (`invalid type: integer `1234`, expected a string`), and a refusal must never repeat a
+/// secret, so any other type is refused by its kind alone.
+fn string_not_echoed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    use serde::de::Error;
+    let kind = match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => return Ok(s),
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    };
+    Err(D::Error::custom(format!(
+        "the secret value is {kind}; it must be a JSON string (the value is not repeated here)"
+    )))
 }
 
 impl std::fmt::Debug for SetSecretRequest {
@@ -170,6 +189,26 @@ mod tests {
         redact_env(&mut e);
         assert_eq!(e["B"], MASK);
         assert_eq!(e["A"], "secret:db/pw");
+    }
+
+    #[test]
+    fn a_value_of_another_type_is_refused_without_repeating_it() {
+        for body in [
+            r#"{"value": 982734561}"#,
+            r#"{"value": 9827345.61}"#,
+            r#"{"value": true}"#,
+            r#"{"value": ["982734561"]}"#,
+        ] {
+            let e = serde_json::from_str::<SetSecretRequest>(body)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("must be a JSON string"), "{body}: {e}");
+            for echoed in ["982734561", "9827345.61", "true"] {
+                assert!(!e.contains(echoed), "{body}: {e}");
+            }
+        }
+        let ok: SetSecretRequest = serde_json::from_str(r#"{"value": "hunter2"}"#).unwrap();
+        assert_eq!(ok.value, "hunter2");
     }
 
     #[test]

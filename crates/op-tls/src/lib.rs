@@ -2,12 +2,13 @@
 //! optional client-certificate check and live reload, the client side's trust and identity
 //! files, and a development CA (`op-manager certs init`).
 //! [`guard`] bounds the time every connection of those listeners may take (silent or dripping
-//! clients).
+//! clients); [`auth_failures`] slows credential guessing on the listeners that check one.
 //!
 //! Everything reads PEM files. A listener's certificate and key are read again when they change
 //! on disk (checked every second) or on SIGHUP; the new ones serve new handshakes while open
 //! connections carry on undisturbed. A bad replacement is logged and the old one kept.
 
+pub mod auth_failures;
 pub mod bucket;
 pub mod certs;
 pub mod guard;

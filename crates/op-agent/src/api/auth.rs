@@ -4,6 +4,11 @@
 //! `Authorization: Bearer TOKEN`. Secrets are kept and compared as SHA-256 digests with a
 //! constant-time comparison, so neither the content nor the length of a secret leaks through
 //! timing. A missing or wrong credential gets 401 with `WWW-Authenticate`.
+//!
+//! A person may choose the basic-auth password, so guessing is slowed as on the manager, with
+//! the same limiter ([`op_tls::auth_failures`]): past its limit of wrong credentials from one
+//! address, that address gets 429 with `Retry-After` for everything (the right credential
+//! included) for a while. Other addresses, the manager's included, are served as before.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
@@ -75,22 +80,38 @@ impl Credentials {
 /// Middleware: lets the request through only with a valid credential.
 pub async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let creds = &state.0.credentials;
-    if creds.check(req.headers().get(header::AUTHORIZATION)) {
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let blocked = ip.and_then(|ip| state.0.auth_failures.check(ip).err());
+    let authorization = req.headers().get(header::AUTHORIZATION);
+    let err = if let Some(retry_after_secs) = blocked {
+        ApiError::AuthBlocked { retry_after_secs }
+    } else if creds.check(authorization) {
         return next.run(req).await;
-    }
-    let err = ApiError::Unauthorized(
-        "missing or invalid credential: use basic auth (-u USER:PASS) or Authorization: Bearer TOKEN".into(),
-    );
+    } else {
+        // Only a presented, wrong credential counts as a guess; a missing one is just refused.
+        if let (Some(ip), Some(_)) = (ip, authorization) {
+            state.0.auth_failures.failed(ip);
+        }
+        ApiError::Unauthorized(
+            "missing or invalid credential: use basic auth (-u USER:PASS) or Authorization: Bearer TOKEN".into(),
+        )
+    };
+    let challenge = matches!(err, ApiError::Unauthorized(_));
     // The seed's endpoint answers in the seed's envelope, everything else in ErrorBody.
     let mut resp = if req.uri().path().starts_with("/api/") {
         err.seed()
     } else {
         err.into_response()
     };
-    resp.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static(creds.challenge()),
-    );
+    if challenge {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(creds.challenge()),
+        );
+    }
     resp
 }
 

@@ -4,7 +4,7 @@
 //! answers with the seed envelope (`{"Code":"ERROR","Message",...}`) so old callers can parse it.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use op_proto::ErrorBody;
 use op_proto::api::{SeedEnvelope, code};
@@ -16,6 +16,10 @@ use crate::invoke::InvokeError;
 pub enum ApiError {
     /// No credential, or a wrong one.
     Unauthorized(String),
+    /// Too many failed authentications from the caller's address (op_tls::auth_failures).
+    AuthBlocked {
+        retry_after_secs: u64,
+    },
     BadRequest(String),
     NotFound(String),
     Conflict(String),
@@ -27,6 +31,11 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &str) {
         match self {
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, code::UNAUTHORIZED, m),
+            ApiError::AuthBlocked { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                code::TOO_MANY_AUTH_FAILURES,
+                "too many failed authentications from this address; try again after Retry-After seconds",
+            ),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, code::BAD_REQUEST, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, code::NOT_FOUND, m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, code::CONFLICT, m),
@@ -38,14 +47,25 @@ impl ApiError {
     /// The response in the seed envelope format.
     pub fn seed(self) -> Response {
         let (status, _, message) = self.parts();
-        (status, Json(SeedEnvelope::error(message))).into_response()
+        let resp = (status, Json(SeedEnvelope::error(message))).into_response();
+        self.with_headers(resp)
+    }
+
+    /// Headers a refusal carries beside its body: how long to wait after a 429.
+    fn with_headers(&self, mut resp: Response) -> Response {
+        if let ApiError::AuthBlocked { retry_after_secs } = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        resp
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = self.parts();
-        (status, Json(ErrorBody::new(code, message))).into_response()
+        let resp = (status, Json(ErrorBody::new(code, message))).into_response();
+        self.with_headers(resp)
     }
 }
 

@@ -56,6 +56,8 @@ pub struct AppInner {
     pub state: StateStore,
     pub metrics: Metrics,
     pub credentials: auth::Credentials,
+    /// Failed authentications per client address (the same limits as the manager's).
+    pub auth_failures: op_tls::auth_failures::FailureLimiter,
     pub facts: AgentFacts,
     pub log_dir: PathBuf,
     /// Chunks served to peers (`--peer-serve`); None when off.

@@ -323,3 +323,68 @@ async fn host_selection_applies_in_standalone_mode() {
             .contains("excludes this host")
     );
 }
+
+/// The basic-auth password may be a person's choice: a guessing loop from one address is
+/// blocked (429 with Retry-After, the right password included), as on the manager, while every
+/// other address (the manager's, say) is served as before.
+#[tokio::test]
+async fn a_password_guessing_loop_is_blocked_for_its_address_only() {
+    let agent = Agent::start();
+    let max = op_tls::auth_failures::MAX_AUTH_FAILURES;
+    let mut blocked_after = None;
+    for i in 1..=max + 5 {
+        let r = agent
+            .http
+            .get(agent.url("/v1/status"))
+            .basic_auth(USER, Some(format!("guess-{i}")))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            401 => {}
+            429 => {
+                blocked_after = Some(i);
+                break;
+            }
+            other => panic!("attempt {i}: {other}"),
+        }
+    }
+    assert_eq!(blocked_after, Some(max + 1));
+    // From that address, even the right password is refused, with how long to wait.
+    let r = agent.get("/v1/status").await;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        op_proto::api::code::TOO_MANY_AUTH_FAILURES
+    );
+    // The seed's endpoint answers in its envelope.
+    let r = agent
+        .http
+        .post(agent.url("/api/opAgent"))
+        .basic_auth(USER, Some(PASS))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(r.json::<Value>().await.unwrap()["Code"], "ERROR");
+    // Another address is not locked out.
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let r = other
+        .get(agent.url("/v1/status"))
+        .basic_auth(USER, Some(PASS))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -515,7 +515,7 @@ pub async fn runs(
         Err(e) => {
             refused.push(RefusedRun {
                 run_id: run.run_id,
-                reason: format!("job name {e}"),
+                reason: format!("job name {:?} {e}", run.job),
             });
             false
         }

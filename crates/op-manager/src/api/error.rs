@@ -132,7 +132,7 @@ impl ApiError {
                 (StatusCode::TOO_MANY_REQUESTS, code::TOO_MANY_REQUESTS)
             }
             ApiError::AuthBlocked { .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, "too_many_auth_failures")
+                (StatusCode::TOO_MANY_REQUESTS, code::TOO_MANY_AUTH_FAILURES)
             }
             ApiError::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")

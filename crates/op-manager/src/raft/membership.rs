@@ -140,6 +140,17 @@ impl Cluster {
                     )
                     .await
                     .map_err(|e| match e {
+                        // It does not hold this cluster's secret: a manager of another cluster
+                        // (which, unauthenticated, says nothing more about itself).
+                        PeerError::Refused { body, .. } if body.code == code::UNAUTHORIZED => {
+                            ClusterError::refused(
+                                code::WRONG_CLUSTER,
+                                format!(
+                                    "node {} refused to join: the manager at {} belongs to another cluster (it does not hold this cluster's secret); a manager's data dir belongs to one cluster (start a new member on an empty data dir with --join)",
+                                    req.node_id, member.raft_addr
+                                ),
+                            )
+                        }
                         PeerError::Refused { body, .. } => ClusterError::refused(
                             &body.code,
                             format!("node {} refused to join: {}", req.node_id, body.message),

@@ -2,11 +2,14 @@
 //! barriers, membership, leadership transfer, blobs, output requests).
 //!
 //! Every route but `/raft/join` demands this cluster's secret (`Authorization: Bearer`,
-//! compared in constant time) and this cluster's id ([`CLUSTER_HEADER`]); a node of another
-//! cluster is told which cluster it reached, so its log says what is wrong. Anyone who can
+//! compared in constant time) and this cluster's id ([`CLUSTER_HEADER`]). Anyone who can
 //! reach the raft port but lacks the secret can therefore neither vote nor inject entries.
 //! `/raft/join` hands the secret out, so it demands an admin token of this cluster (or the
 //! secret itself).
+//!
+//! The credential is checked first, before the body is read or parsed, and an unauthenticated
+//! caller learns nothing: one 401 whatever it sent, without this cluster's id (a node of another
+//! cluster holds another secret, so it is told only that it is not of this cluster).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +100,13 @@ async fn authenticate(
     req: Request,
     next: Next,
 ) -> Result<Response, PeerRefusal> {
+    if !bearer(req.headers()).is_some_and(|t| is_secret(&app, t)) {
+        return Err(PeerRefusal::new(
+            StatusCode::UNAUTHORIZED,
+            code::UNAUTHORIZED,
+            "raft request without this cluster's secret (DATA_DIR/cluster.secret): the caller is not a member of this manager's cluster; a manager's data dir belongs to one cluster (start a new member on an empty data dir with --join)",
+        ));
+    }
     let ours = &app.cluster.identity.cluster_id;
     let theirs = req
         .headers()
@@ -111,13 +121,6 @@ async fn authenticate(
                 "this manager belongs to cluster {ours}, the caller to {}; a manager's data dir belongs to one cluster (start a new member on an empty data dir with --join)",
                 if theirs.is_empty() { "none" } else { theirs }
             ),
-        ));
-    }
-    if !bearer(req.headers()).is_some_and(|t| is_secret(&app, t)) {
-        return Err(PeerRefusal::new(
-            StatusCode::UNAUTHORIZED,
-            code::UNAUTHORIZED,
-            "raft request without this cluster's secret (DATA_DIR/cluster.secret)",
         ));
     }
     Ok(next.run(req).await)
@@ -312,8 +315,10 @@ async fn secrets_key(
 async fn join(
     State(app): State<Arc<RaftListener>>,
     headers: HeaderMap,
-    Json(req): Json<JoinRequest>,
+    body: Bytes,
 ) -> Result<Json<JoinResponse>, PeerRefusal> {
+    // The body is parsed only once the caller is known (an extractor would refuse a bad one
+    // first, telling an unauthenticated caller what this route expects).
     let token = bearer(&headers).unwrap_or("");
     let allowed = is_secret(&app, token)
         || app
@@ -330,6 +335,7 @@ async fn join(
             "joining needs an admin token of this cluster or its secret (--join-token)",
         ));
     }
+    let req: JoinRequest = serde_json::from_slice(&body).map_err(undecodable("join"))?;
     let ours = &app.cluster.identity.cluster_id;
     if let Some(theirs) = req.cluster_id.as_deref().filter(|t| *t != ours) {
         return Err(PeerRefusal::new(

@@ -325,7 +325,8 @@ impl<'de> serde::Deserialize<'de> for JobSpec {
 }
 
 /// Checks a job name: `[A-Za-z0-9._-]`, 1..=128 characters, and not `.` or `..` (names become
-/// directory names on the agent).
+/// directory names on the agent). The reason leaves the name out: callers put it first
+/// (`job name ".." must not be ...`).
 pub fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".into());
@@ -345,7 +346,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         ));
     }
     if name == "." || name == ".." {
-        return Err(format!("{name:?} is not a valid name"));
+        return Err("must not be '.' or '..' (names become directory names)".into());
     }
     Ok(())
 }

@@ -37,7 +37,9 @@ pub(super) fn add(
     target: &HostSelector,
 ) -> Outcome {
     if let Err(e) = validate_package_name(name) {
-        return Ok(Err(Rejection::invalid(format!("package name {e}"))));
+        return Ok(Err(Rejection::invalid(format!(
+            "package name {name:?} {e}"
+        ))));
     }
     for (k, v) in &target.labels {
         if let Err(e) = validate_target_label(k, v) {

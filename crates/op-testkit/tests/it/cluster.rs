@@ -802,7 +802,7 @@ async fn agentcli_moves_leadership_removes_members_and_refuses_another_clusters_
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("belongs to cluster"), "{err}");
+    assert!(err.contains("belongs to another cluster"), "{err}");
     assert_eq!(cli_status(&c, rest[0]).members.len(), 2);
     assert_eq!(jobs_on(&c, rest[0]).await.unwrap().len(), 1);
 }
@@ -995,4 +995,51 @@ async fn logs_follow_and_full_through_a_member_the_agent_does_not_sync_with() {
         runs[0].output == expected,
         "the whole output through member 1"
     );
+}
+
+/// The raft listener checks the cluster's credential before anything else: a caller without it
+/// gets one 401 whatever it sends (not a 415 or 400 about the join body it would have to
+/// send), and never the cluster's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_routes_check_the_credential_first_and_tell_a_stranger_nothing() {
+    let m = op_testkit::Manager::start();
+    let identity: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(m.data_dir().join("cluster.json")).unwrap())
+            .unwrap();
+    let cluster = identity["cluster_id"].as_str().unwrap();
+    let secret = std::fs::read_to_string(m.data_dir().join("cluster.secret")).unwrap();
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", m.raft_url);
+    for (path, body, content_type, credential) in [
+        ("/raft/join", "not json", "text/plain", None),
+        ("/raft/join", "{\"node_id\":", "application/json", None),
+        ("/raft/join", "{}", "application/json", Some("nope.wrong")),
+        ("/raft/hello", "{}", "application/json", None),
+        ("/raft/vote", "{}", "application/json", Some("wrong-secret")),
+    ] {
+        let mut req = http
+            .post(url(path))
+            .header("content-type", content_type)
+            .header("x-op-cluster", "someone-elses")
+            .body(body);
+        if let Some(c) = credential {
+            req = req.bearer_auth(c);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{path} {body:?}");
+        let text = resp.text().await.unwrap();
+        assert!(
+            !text.contains(cluster),
+            "{path} told its cluster id: {text}"
+        );
+    }
+    // With the secret, a bad join body is the caller's error, said plainly.
+    let resp = http
+        .post(url("/raft/join"))
+        .bearer_auth(secret.trim())
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
 }
