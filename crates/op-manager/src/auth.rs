@@ -48,6 +48,17 @@ impl Caller {
         self.policy.as_ref().is_none_or(|p| p.reaches_host(host))
     }
 
+    /// The nodes this caller may see: the hosts it reaches, each showing only the running
+    /// runs of jobs it sees (another team's run on a shared host is not its business). Every
+    /// answer and page that shows nodes passes here, after the heartbeat overlay (which
+    /// brings the freshest `running`).
+    pub fn narrow_nodes(&self, nodes: &mut Vec<op_proto::NodeInfo>) {
+        nodes.retain(|n| self.reaches_host(&n.identity()));
+        for n in nodes {
+            n.running.retain(|r| self.sees_job(&r.job));
+        }
+    }
+
     /// A job's `Env` as this caller may see it: a viewer gets the names, never the values
     /// (issue 24; `secret:NAME` references stay, they hold no value). Every answer and page
     /// that shows a job definition (API, console page, console editor) passes here.

@@ -15,14 +15,14 @@ use super::error::ApiError;
 use crate::app::App;
 use crate::auth::Caller;
 
-/// A policy token sees the nodes its host selectors match.
+/// A policy token sees the nodes its host selectors match, and on them its jobs' runs only.
 pub async fn list(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Vec<NodeInfo>>, ApiError> {
     let mut nodes = app.read(|s| s.nodes()).await?;
-    nodes.retain(|n| caller.reaches_host(&n.identity()));
     app.beats.overlay(&mut nodes);
+    caller.narrow_nodes(&mut nodes);
     Ok(Json(nodes))
 }
 
@@ -33,8 +33,8 @@ pub async fn get(
 ) -> Result<Json<NodeInfo>, ApiError> {
     let k = key.clone();
     let mut nodes = app.read(move |s| s.find_nodes(&k)).await?;
-    nodes.retain(|n| caller.reaches_host(&n.identity()));
     app.beats.overlay(&mut nodes);
+    caller.narrow_nodes(&mut nodes);
     nodes
         .into_iter()
         .next()
@@ -138,23 +138,25 @@ pub async fn label(
             set: req.set,
             remove: req.remove,
             at: Utc::now(),
-            actor: caller.name,
+            actor: caller.name.clone(),
         })
         .await?;
-    match result {
-        op_store::CommandResult::NodeLabelled { node } => Ok(Json(*node)),
+    let mut nodes = match result {
+        op_store::CommandResult::NodeLabelled { node } => vec![*node],
         _ => {
             let mut nodes = app
                 .read(move |s| s.find_nodes(&node_id.to_string()))
                 .await?;
             app.beats.overlay(&mut nodes);
             nodes
-                .into_iter()
-                .next()
-                .map(Json)
-                .ok_or_else(|| ApiError::NotFound(format!("no node {node_id}")))
         }
-    }
+    };
+    caller.narrow_nodes(&mut nodes);
+    nodes
+        .into_iter()
+        .next()
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no node {node_id}")))
 }
 
 fn check_label(key: &str, value: Option<&str>) -> Result<(), ApiError> {

@@ -71,9 +71,9 @@ pub async fn list(
         Ok(n) => n,
         Err(e) => return html::server_error(&s, e),
     };
-    nodes.retain(|n| s.caller.reaches_host(&n.identity()));
     // Heartbeats not yet written carry the freshest status and last-seen time.
     ui.app.beats.overlay(&mut nodes);
+    s.caller.narrow_nodes(&mut nodes);
     nodes.sort_by(|a, b| (&a.hostname, a.node_id).cmp(&(&b.hostname, b.node_id)));
     let status = NodeStatus::parse_ui(&q.status);
     let shown: Vec<&NodeInfo> = nodes
@@ -176,13 +176,16 @@ pub async fn show(
             Ok((node, jobs, runs))
         })
         .await;
-    let (mut node, mut jobs, mut runs) = match read {
+    let (node, mut jobs, mut runs) = match read {
         // A host outside the token's policy is as absent as in the API's `GET /v1/nodes/KEY`.
         Ok((Some(n), j, r)) if s.caller.reaches_host(&n.identity()) => {
-            let mut one = [n];
+            let mut one = vec![n];
             ui.app.beats.overlay(&mut one);
-            let [n] = one;
-            (n, j, r)
+            s.caller.narrow_nodes(&mut one);
+            match one.pop() {
+                Some(n) => (n, j, r),
+                None => return html::not_found(&s, "no such node (it may have been forgotten)"),
+            }
         }
         Ok(_) => {
             return html::not_found(&s, "no such node (it may have been forgotten)");
@@ -192,7 +195,6 @@ pub async fn show(
     // And of the jobs on a host it reaches, only its own jobs and their runs.
     jobs.retain(|j| s.caller.sees_job(&j.spec.name));
     runs.retain(|r| s.caller.sees_job(&r.job));
-    node.running.retain(|r| s.caller.sees_job(&r.job));
     let ident = node.identity();
     let mut body = String::with_capacity(8192);
     let _ = write!(

@@ -166,10 +166,10 @@ pub async fn page(State(ui): State<Arc<Ui>>, Extension(s): Extension<SessionView
     let (c, timeline) = match read {
         Ok((mut nodes, mut jobs, mut last, packages, timeline)) => {
             // A policy token's counts are of its jobs and hosts.
-            nodes.retain(|n| s.caller.reaches_host(&n.identity()));
+            ui.app.beats.overlay(&mut nodes);
+            s.caller.narrow_nodes(&mut nodes);
             jobs.retain(|j| s.caller.sees_job(&j.spec.name));
             last.retain(|(j, _, _)| s.caller.sees_job(j));
-            ui.app.beats.overlay(&mut nodes);
             (count(&nodes, &jobs, &last, &packages), timeline)
         }
         Err(e) => return html::server_error(&s, e),

@@ -630,3 +630,75 @@ async fn a_team_token_holds_only_its_own_jobs_and_hosts() {
     assert!(c.list_jobs().await.is_ok(), "the admin token still works");
     assert!(t.pauses().await.is_ok(), "the team token still works");
 }
+
+/// Makes a policy token through the API and returns its secret.
+async fn team_token(c: &op_client::Client, name: &str, jobs: &[&str], hosts: &[&str]) -> String {
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    c.create_policy_token(&CreatePolicyTokenRequest {
+        name: name.into(),
+        scope: Scope::Operator,
+        expires_in_secs: None,
+        policy: Some(TokenPolicy {
+            jobs: strings(jobs),
+            hosts: strings(hosts),
+            ..TokenPolicy::default()
+        }),
+    })
+    .await
+    .unwrap()
+    .secret
+}
+
+/// Two teams share a host: a team token's node listing, node lookup and console node pages
+/// count and name only its own jobs' running runs, never the other team's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_token_sees_only_its_own_runs_on_a_shared_host() {
+    let m = Manager::start();
+    let _agent = Agent::start(AgentOptions::new("node-1", "127.0.0.2").manager(&m));
+    let c = m.client();
+    wait_until(LONG, "the agent Ready", || async {
+        c.list_nodes()
+            .await
+            .is_ok_and(|n| n.iter().any(|n| n.status == NodeStatus::Ready))
+    })
+    .await;
+    let sleeper = |name: &str| {
+        serde_json::json!({
+            "JobName": name,
+            "Command": "sleep 60",
+            "CronExpr": "0 0 3 * * * *",
+            "WhiteHosts": ["node-1"],
+        })
+        .to_string()
+    };
+    c.save_job_text("team-b-long", &sleeper("team-b-long"))
+        .await
+        .unwrap();
+    let run = InvokeRequest {
+        wait: Some(false),
+        ..InvokeRequest::default()
+    };
+    c.run_job("team-b-long", &run).await.unwrap();
+    wait_until(LONG, "team-b-long running on node-1", || async {
+        c.get_node("node-1")
+            .await
+            .is_ok_and(|n| n.running.iter().any(|r| r.job == "team-b-long"))
+    })
+    .await;
+
+    let team = team_token(&c, "team-a", &["team-a-*"], &["node-1"]).await;
+    let t = m.client_with(&team);
+    let nodes = t.list_nodes().await.unwrap();
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert!(nodes[0].running.is_empty(), "{:?}", nodes[0].running);
+    let node = t.get_node("node-1").await.unwrap();
+    assert!(node.running.is_empty(), "{:?}", node.running);
+    let page = console_get(&m, &team, "/ui/nodes").await;
+    assert!(page.contains("<td data-label=\"Running\">0</td>"), "{page}");
+    let page = console_get(&m, &team, &format!("/ui/nodes/{}", node.node_id)).await;
+    assert!(!page.contains("team-b-long"), "{page}");
+    assert!(page.contains("Nothing is running."), "{page}");
+    // The admin still sees it.
+    let page = console_get(&m, &m.admin_token, "/ui/nodes").await;
+    assert!(page.contains("<td data-label=\"Running\">1</td>"), "{page}");
+}
