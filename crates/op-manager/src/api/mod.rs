@@ -6,7 +6,7 @@
 
 mod agent;
 pub(crate) mod agent_upgrade;
-mod audit;
+pub(crate) mod audit;
 mod chunks;
 mod cluster;
 mod consistency;

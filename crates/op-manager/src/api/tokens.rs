@@ -26,7 +26,7 @@ pub struct ListQuery {
 /// Refuses, to a policy token, any token (to make, list or revoke) that is not within its own
 /// policy: one without a policy, an agent token or node credential, or one whose policy
 /// reaches further. A token without a policy (an admin's) may touch any.
-fn check_within(
+pub(super) fn check_within(
     caller: &Caller,
     scope: Scope,
     policy: Option<&op_proto::policy::TokenPolicy>,

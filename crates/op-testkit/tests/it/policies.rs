@@ -702,3 +702,77 @@ async fn a_team_token_sees_only_its_own_runs_on_a_shared_host() {
     let page = console_get(&m, &m.admin_token, "/ui/nodes").await;
     assert!(page.contains("<td data-label=\"Running\">1</td>"), "{page}");
 }
+
+/// The audit log names every team's changes: a team token limited only by hosts (so every
+/// job is its) reads, in the API and the console, the entries about its hosts and the tokens
+/// within its policy, and none about another team's host or token, secrets or execs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_token_reads_only_its_own_audit_entries() {
+    let m = Manager::start();
+    let _agents: Vec<Agent> = (1..=2)
+        .map(|i| {
+            Agent::start(
+                AgentOptions::new(&format!("node-{i}"), &format!("127.0.0.{}", i + 1)).manager(&m),
+            )
+        })
+        .collect();
+    let c = m.client();
+    wait_until(LONG, "two agents Ready", || async {
+        c.list_nodes()
+            .await
+            .is_ok_and(|n| n.iter().filter(|n| n.status == NodeStatus::Ready).count() == 2)
+    })
+    .await;
+    for host in ["node-1", "node-2"] {
+        let req = op_proto::api::LabelRequest {
+            set: [("rack".to_string(), format!("rack-of-{host}"))].into(),
+            remove: vec![],
+        };
+        c.label_node(host, &req).await.unwrap();
+    }
+    team_token(&c, "team-a-ci", &[], &["node-1"]).await;
+    team_token(&c, "team-b-ci", &[], &["node-2"]).await;
+    c.set_secret("team-b/pw", "x").await.unwrap();
+    c.exec(&InvokeRequest {
+        command: Some("echo secret-plan".into()),
+        hosts: vec!["node-2".into()],
+        wait: Some(false),
+        ..InvokeRequest::default()
+    })
+    .await
+    .unwrap();
+    let team = team_token(&c, "team-a", &[], &["node-1"]).await;
+
+    let all = c.audit(None, None).await.unwrap();
+    for action in ["secret.add", "exec"] {
+        assert!(all.iter().any(|e| e.action == action), "{all:?}");
+    }
+    let seen: Vec<(String, String)> = m
+        .client_with(&team)
+        .audit(None, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, e.target))
+        .collect();
+    let has = |action: &str, target: &str| seen.iter().any(|(a, t)| a == action && t == target);
+    assert!(has("node.label", "node-1"), "{seen:?}");
+    assert!(has("token.create", "team-a-ci"), "{seen:?}");
+    assert!(!has("node.label", "node-2"), "{seen:?}");
+    assert!(!has("node.register", "node-2"), "{seen:?}");
+    assert!(!has("token.create", "team-b-ci"), "{seen:?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|(a, _)| a.starts_with("secret.") || a == "exec"),
+        "{seen:?}"
+    );
+
+    let page = console_get(&m, &team, "/ui/audit").await;
+    assert!(page.contains("rack-of-node-1"), "{page}");
+    for hidden in ["rack-of-node-2", "team-b-ci", "team-b/pw", "secret-plan"] {
+        assert!(!page.contains(hidden), "{hidden}: {page}");
+    }
+    let page = console_get(&m, &m.admin_token, "/ui/audit").await;
+    assert!(page.contains("rack-of-node-2"), "{page}");
+}
