@@ -15,7 +15,7 @@ use op_testkit::{Agent, AgentOptions, Manager, bin, wait_until};
 
 use op_proto::api::RunQuery;
 
-use crate::support::{LONG, console_get, runs_of};
+use crate::support::{LONG, console_get, fleet, runs_of};
 
 async fn agentcli(m: &Manager, token: &str, args: &[&str]) -> Output {
     let mut cmd = std::process::Command::new(bin("agentcli"));
@@ -383,20 +383,8 @@ async fn a_team_token_holds_only_its_own_jobs_and_hosts() {
     use op_proto::holds::{HoldScope, PauseRequest, ResumeRequest, WindowRequest};
 
     let m = Manager::start();
-    let _agents: Vec<Agent> = (1..=2)
-        .map(|i| {
-            Agent::start(
-                AgentOptions::new(&format!("node-{i}"), &format!("127.0.0.{}", i + 1)).manager(&m),
-            )
-        })
-        .collect();
+    let _agents = fleet(&m, 2, &[]).await;
     let c = m.client();
-    wait_until(LONG, "two agents Ready", || async {
-        c.list_nodes()
-            .await
-            .is_ok_and(|n| n.iter().filter(|n| n.status == NodeStatus::Ready).count() == 2)
-    })
-    .await;
     c.save_job_text("team-a-backup", &task("team-a-backup", &["node-1"]))
         .await
         .unwrap();
@@ -709,20 +697,8 @@ async fn a_team_token_sees_only_its_own_runs_on_a_shared_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_team_token_reads_only_its_own_audit_entries() {
     let m = Manager::start();
-    let _agents: Vec<Agent> = (1..=2)
-        .map(|i| {
-            Agent::start(
-                AgentOptions::new(&format!("node-{i}"), &format!("127.0.0.{}", i + 1)).manager(&m),
-            )
-        })
-        .collect();
+    let _agents = fleet(&m, 2, &[]).await;
     let c = m.client();
-    wait_until(LONG, "two agents Ready", || async {
-        c.list_nodes()
-            .await
-            .is_ok_and(|n| n.iter().filter(|n| n.status == NodeStatus::Ready).count() == 2)
-    })
-    .await;
     for host in ["node-1", "node-2"] {
         let req = op_proto::api::LabelRequest {
             set: [("rack".to_string(), format!("rack-of-{host}"))].into(),
