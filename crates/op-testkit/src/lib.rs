@@ -22,6 +22,7 @@ mod ports;
 
 pub use cluster::{Cluster, FAST_RAFT};
 pub use nix::sys::signal::Signal;
+pub use ports::{PortLease, lease, lease_consecutive};
 
 use nix::sys::signal::kill;
 use nix::unistd::Pid;

@@ -62,28 +62,39 @@ fn seed() -> u64 {
 
 /// Leases a free port on 127.0.0.1: locked by no other test process and bindable now.
 pub fn lease() -> PortLease {
+    lease_consecutive(1).pop().expect("one lease")
+}
+
+/// Leases `n` consecutive free ports on 127.0.0.1 (for a program that takes one port and uses
+/// the next ones too, as the quick start puts raft on the port after the API's).
+pub fn lease_consecutive(n: u16) -> Vec<PortLease> {
     let (low, high) = range();
-    let span = u64::from(high - low);
+    let span = u64::from(high - low - n.saturating_sub(1));
     let dir = lock_dir();
     let start = seed();
-    for i in 0..span {
-        let port = low + ((start + i) % span) as u16;
-        let Ok(file) = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(port.to_string()))
-        else {
-            continue;
-        };
-        let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
-            continue;
-        };
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return PortLease { port, _lock: lock };
+    'next: for i in 0..span {
+        let first = low + ((start + i) % span) as u16;
+        let mut leases = Vec::with_capacity(usize::from(n));
+        for port in first..first + n {
+            let Ok(file) = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(port.to_string()))
+            else {
+                continue 'next;
+            };
+            let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+                continue 'next;
+            };
+            if TcpListener::bind(("127.0.0.1", port)).is_err() {
+                continue 'next;
+            }
+            leases.push(PortLease { port, _lock: lock });
         }
+        return leases;
     }
-    panic!("no free port in {low}..{high}");
+    panic!("no {n} free consecutive ports in {low}..{high}");
 }
 
 #[cfg(test)]
@@ -99,5 +110,14 @@ mod tests {
         ports.sort_unstable();
         ports.dedup();
         assert_eq!(ports.len(), 50, "a port was leased twice");
+    }
+
+    #[test]
+    fn consecutive_leases_are_consecutive_and_held() {
+        let run = lease_consecutive(3);
+        let ports: Vec<u16> = run.iter().map(|l| l.port).collect();
+        assert_eq!(ports, vec![ports[0], ports[0] + 1, ports[0] + 2]);
+        let others: Vec<PortLease> = (0..50).map(|_| lease()).collect();
+        assert!(others.iter().all(|l| !ports.contains(&l.port)), "{ports:?}");
     }
 }

@@ -6,24 +6,18 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use op_testkit::{bin_dir, wait_until};
+use op_testkit::{PortLease, bin_dir, lease, lease_consecutive, wait_until};
 
 use crate::support::LONG;
-
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The quick start with the test's binaries, ports and home; stops what it started on drop.
 struct Quickstart {
     home: tempfile::TempDir,
     port: u16,
     agent_port: u16,
+    /// The API's port and raft's (the next one), and the agent's: leased below the ephemeral
+    /// range, where another test's connection cannot take one between the lease and the start.
+    _leases: Vec<PortLease>,
 }
 
 impl Quickstart {
@@ -82,10 +76,13 @@ fn alive(pid: i32) -> bool {
 
 #[tokio::test]
 async fn running_the_quickstart_again_restarts_both_and_names_the_console() {
+    let mut leases = lease_consecutive(2);
+    leases.push(lease());
     let q = Quickstart {
         home: tempfile::tempdir().unwrap(),
-        port: free_port(),
-        agent_port: free_port(),
+        port: leases[0].port,
+        agent_port: leases[2].port,
+        _leases: leases,
     };
     let first = q.start();
     let console = format!("http://127.0.0.1:{}/ui", q.port);
